@@ -1,0 +1,119 @@
+//! # mintguard-api
+//!
+//! The wire types shared by the Mintguard agent, broker and CLI: the workload
+//! credential request and response, and the one error shape every endpoint
+//! answers with (`{"error":{"code","message","reasons":[…]}}`). Serde types and
+//! their size limits only: no I/O, no policy.
+//!
+//! Requests refuse unknown fields, so a typo in a client is a clear 400 rather
+//! than a silently ignored option.
+
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Serialize};
+
+/// Largest request body the agent and broker accept, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// Longest grant name, in bytes.
+pub const MAX_GRANT_LEN: usize = 128;
+/// Longest purpose string, in bytes.
+pub const MAX_PURPOSE_LEN: usize = 512;
+
+/// `POST /v1/credentials` (workload → agent), `POST /v1/ci/credentials` (CI → broker).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    /// The grant asked for, by name.
+    pub grant: String,
+    /// The lifetime asked for; the decision may shorten it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_seconds: Option<u64>,
+    /// Why the credential is needed (some grants require it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose: Option<String>,
+    /// Which identity, when several registration entries match the workload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spiffe_id: Option<String>,
+    /// Revoke the lease when the calling process exits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bind_to_process: Option<bool>,
+    /// Redeem an approved step-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+}
+
+/// The answer to a credential request that was allowed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CredentialResponse {
+    /// The lease that tracks this credential until expiry or revocation.
+    pub lease_id: String,
+    /// When the credential expires (RFC 3339).
+    pub expires_at: String,
+    /// The credential, shaped by its grant kind.
+    pub credential: serde_json::Value,
+    /// The decision, with its reasons and numbers.
+    pub decision: serde_json::Value,
+}
+
+/// The error body every endpoint (but RFC 8693's) answers with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// The inside of [`ErrorBody`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code, `snake_case`.
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+    /// Machine-readable reason codes behind a denial (may be empty).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+}
+
+impl ErrorBody {
+    /// An error with a code, a message and reasons.
+    pub fn new(code: impl Into<String>, message: impl Into<String>, reasons: Vec<String>) -> Self {
+        Self {
+            error: ErrorDetail {
+                code: code.into(),
+                message: message.into(),
+                reasons,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_and_refuses_unknown_fields() {
+        let json = r#"{"grant":"payments-db","ttl_seconds":300,"purpose":"nightly batch"}"#;
+        let req: CredentialRequest = serde_json::from_str(json).unwrap();
+        assert_eq!(req.grant, "payments-db");
+        assert_eq!(req.ttl_seconds, Some(300));
+        assert_eq!(serde_json::to_string(&req).unwrap(), json);
+        assert!(
+            serde_json::from_str::<CredentialRequest>(r#"{"grant":"g","tll_seconds":1}"#).is_err()
+        );
+        assert!(serde_json::from_str::<CredentialRequest>(r#"{"ttl_seconds":1}"#).is_err());
+    }
+
+    #[test]
+    fn error_shape_matches_the_contract() {
+        let body = ErrorBody::new(
+            "denied",
+            "trust too low",
+            vec!["trust_below_critical".into()],
+        );
+        assert_eq!(
+            serde_json::to_value(&body).unwrap(),
+            serde_json::json!({"error":{"code":"denied","message":"trust too low","reasons":["trust_below_critical"]}})
+        );
+    }
+}

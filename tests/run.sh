@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Mintguard's full test suite: format and lint checks, a build of every
+# target, then every test (unit, integration, doc, bench smoke runs) with the
+# real peers from tests/peers.sh running. A missing peer fails the suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all --check
+cargo build --workspace --all-targets --locked
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Each criterion bench runs once in test mode (correctness, not timing);
+# then the whole workspace's tests, last so their summary closes the run.
+tests/peers.sh bash -c 'cargo test --workspace --benches --locked && cargo test --workspace --locked'
