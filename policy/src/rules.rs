@@ -321,18 +321,17 @@ impl RuleSet {
                     for id in forbids {
                         matched.insert(id.to_string(), Outcome::Deny);
                     }
-                    // Only a suspend outranks the hard deny: look for one.
-                    if self.graduated.values().any(|o| *o == Outcome::Suspend) {
+                    // Only a suspend outranks the hard deny; the other graduated
+                    // rules that matched are reported too, for the explanation.
+                    if !self.graduated.is_empty() {
                         let graduated =
                             self.authorizer
                                 .is_authorized(request, &self.graduated_only, entities);
                         for id in graduated.diagnostics().reason() {
                             if let Some(o) = self.graduated.get(id) {
                                 matched.insert(id.to_string(), *o);
-                                if *o == Outcome::Suspend {
-                                    outcome = Outcome::Suspend;
-                                    reasons.push(Reason::RuleSuspend);
-                                }
+                                outcome = outcome.stronger(*o);
+                                reasons.push(rule_reason(*o));
                             }
                         }
                     }
