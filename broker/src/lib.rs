@@ -6,8 +6,11 @@
 //! issuance log, and only then mints a short-lived credential (its own JWT, a
 //! Vault secret or token, AWS STS credentials) tracked as a lease.
 //!
-//! The service is being built up in order on the foundation that exists now
-//! (`mintguard-certs` for identities and keys, `mintguard-api` for the wire
-//! types): listeners, stores, the issuance pipeline and the minters follow.
+//! What exists now: the operator CLI's offline commands ([`cli`]), on the
+//! foundation crates (`mintguard-certs` for identities and keys,
+//! `mintguard-policy` for decisions, `mintguard-api` for wire types). The
+//! listeners, stores, issuance pipeline and minters follow.
 
 #![forbid(unsafe_code)]
+
+pub mod cli;
