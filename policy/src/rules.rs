@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use cedar_policy::{
     Authorizer, Decision as CedarDecision, Effect, Entities, Policy, PolicyId, PolicySet, Request,
-    Schema, ValidationMode, Validator,
+    ResourceConstraint, Schema, ValidationMode, Validator,
 };
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -78,10 +78,11 @@ pub struct RuleSet {
     sources: Vec<PolicySource>,
     trust: TrustConfig,
     hash: String,
-    /// Permits, hard forbids, and graduated forbids turned into permits.
-    main: PolicySet,
-    /// Graduated forbids only (as permits), for the hard-deny path.
-    graduated_only: PolicySet,
+    /// Per grant named in a resource scope: the policies that can apply to it.
+    slices: HashMap<String, Slice>,
+    /// For other grants: the policies whose resource scope names no grant.
+    unscoped: Slice,
+    count: usize,
     graduated: HashMap<PolicyId, Outcome>,
     permits: HashSet<PolicyId>,
     authorizer: std::sync::Arc<Authorizer>,
@@ -175,8 +176,8 @@ impl RuleSet {
             });
         }
 
-        let mut main = PolicySet::new();
-        let mut graduated_only = PolicySet::new();
+        // (policy as evaluated, whether graduated, the grant its resource scope names)
+        let mut evaluated: Vec<(Policy, bool, Option<String>)> = Vec::new();
         let mut graduated = HashMap::new();
         let mut permits = HashSet::new();
         let id_source = |policy: &Policy| {
@@ -189,8 +190,7 @@ impl RuleSet {
             match (policy.effect(), annotation) {
                 (Effect::Permit, None) => {
                     permits.insert(id);
-                    main.add(policy.clone())
-                        .map_err(|e| cedar_err(&id_source(policy), e))?;
+                    evaluated.push((policy.clone(), false, scoped_grant(policy)));
                 }
                 (Effect::Permit, Some(_)) => {
                     return Err(cedar_err(
@@ -199,8 +199,7 @@ impl RuleSet {
                     ));
                 }
                 (Effect::Forbid, None) => {
-                    main.add(policy.clone())
-                        .map_err(|e| cedar_err(&id_source(policy), e))?;
+                    evaluated.push((policy.clone(), false, scoped_grant(policy)));
                 }
                 (Effect::Forbid, Some(name)) => {
                     let outcome = match Outcome::parse(name) {
@@ -216,15 +215,37 @@ impl RuleSet {
                     };
                     let as_permit =
                         flip_to_permit(policy).map_err(|e| cedar_err(&id_source(policy), e))?;
-                    main.add(as_permit.clone())
-                        .map_err(|e| cedar_err(&id_source(policy), e))?;
-                    graduated_only
-                        .add(as_permit)
-                        .map_err(|e| cedar_err(&id_source(policy), e))?;
+                    evaluated.push((as_permit, true, scoped_grant(policy)));
                     graduated.insert(id, outcome);
                 }
             }
         }
+        // Slice by grant: a policy whose resource scope names another grant
+        // can never be satisfied (nor error) for this one, so leaving it out
+        // gives the same answer with less work.
+        let build = |keep: &dyn Fn(&Option<String>) -> bool| -> Result<Slice, PolicyError> {
+            let mut slice = Slice::default();
+            for (policy, is_graduated, grant) in &evaluated {
+                if keep(grant) {
+                    let err = |e| cedar_err(&id_source(policy), e);
+                    slice.main.add(policy.clone()).map_err(err)?;
+                    if *is_graduated {
+                        slice.graduated_only.add(policy.clone()).map_err(err)?;
+                        slice.has_graduated = true;
+                    }
+                }
+            }
+            Ok(slice)
+        };
+        let unscoped = build(&|grant| grant.is_none())?;
+        let mut slices = HashMap::new();
+        for grant in evaluated.iter().filter_map(|(_, _, g)| g.clone()) {
+            if let std::collections::hash_map::Entry::Vacant(entry) = slices.entry(grant) {
+                let grant = entry.key().clone();
+                entry.insert(build(&|g| g.is_none() || g.as_ref() == Some(&grant))?);
+            }
+        }
+        let count = evaluated.len();
         let stored = StoredRuleSet {
             trust: trust.clone(),
             policies: sources.clone(),
@@ -234,8 +255,9 @@ impl RuleSet {
             sources,
             trust,
             hash,
-            main,
-            graduated_only,
+            slices,
+            unscoped,
+            count,
             graduated,
             permits,
             authorizer: std::sync::Arc::new(Authorizer::new()),
@@ -267,7 +289,7 @@ impl RuleSet {
 
     /// Number of policies.
     pub fn len(&self) -> usize {
-        self.main.policies().count()
+        self.count
     }
 
     /// Whether the rule set has no policy (everything is denied).
@@ -276,8 +298,11 @@ impl RuleSet {
     }
 
     /// Evaluates a request.
-    pub fn evaluate(&self, request: &Request, entities: &Entities) -> RuleVerdict {
-        let response = self.authorizer.is_authorized(request, &self.main, entities);
+    pub fn evaluate(&self, grant: &str, request: &Request, entities: &Entities) -> RuleVerdict {
+        let slice = self.slices.get(grant).unwrap_or(&self.unscoped);
+        let response = self
+            .authorizer
+            .is_authorized(request, &slice.main, entities);
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -323,10 +348,10 @@ impl RuleSet {
                     }
                     // Only a suspend outranks the hard deny; the other graduated
                     // rules that matched are reported too, for the explanation.
-                    if !self.graduated.is_empty() {
+                    if slice.has_graduated {
                         let graduated =
                             self.authorizer
-                                .is_authorized(request, &self.graduated_only, entities);
+                                .is_authorized(request, &slice.graduated_only, entities);
                         for id in graduated.diagnostics().reason() {
                             if let Some(o) = self.graduated.get(id) {
                                 matched.insert(id.to_string(), *o);
@@ -353,6 +378,31 @@ impl RuleSet {
                 .collect(),
             errors,
         }
+    }
+}
+
+/// The policies that can apply to one grant.
+#[derive(Clone, Debug, Default)]
+struct Slice {
+    /// Permits, hard forbids, and graduated forbids turned into permits.
+    main: PolicySet,
+    /// Graduated forbids only (as permits), for the hard-deny path.
+    graduated_only: PolicySet,
+    has_graduated: bool,
+}
+
+/// The grant a policy's resource scope names (`resource == Mintguard::Grant::"x"`
+/// or `resource in …`, the same for grants, which have no parents).
+fn scoped_grant(policy: &Policy) -> Option<String> {
+    match policy.resource_constraint() {
+        ResourceConstraint::Eq(uid)
+        | ResourceConstraint::In(uid)
+        | ResourceConstraint::IsIn(_, uid)
+            if uid.type_name().to_string() == "Mintguard::Grant" =>
+        {
+            Some(AsRef::<str>::as_ref(uid.id()).to_owned())
+        }
+        _ => None,
     }
 }
 

@@ -111,6 +111,20 @@ fn decay(last_used: Option<i64>, now: i64, half_life_days: f64) -> f64 {
     }
 }
 
+/// The reversed, weighted edges `(u, v, w)` PageRank walks, in edge order:
+/// for each original edge `v → u`, `w = weight × decay × capacitance(v)`.
+pub fn reversed_edges<'a>(
+    graph: &'a ExposureGraph,
+    params: &'a PprParams,
+    now: i64,
+) -> impl Iterator<Item = (u32, u32, f64)> + 'a {
+    graph.edges().iter().map(move |e| {
+        let receiver = &graph.nodes()[e.from as usize];
+        let w = e.weight * decay(e.last_used, now, params.half_life_days) * receiver.capacitance;
+        (e.to, e.from, w)
+    })
+}
+
 impl PprMatrix {
     /// Builds the matrix of `graph` at time `now` (seconds since the epoch).
     pub fn build(graph: &ExposureGraph, params: &PprParams, now: i64) -> Self {
@@ -119,11 +133,8 @@ impl PprMatrix {
         // Reversed edge u → v for each original edge v → u: u = e.to, v = e.from.
         let mut out_sum = vec![0.0f64; n];
         let mut weights = Vec::with_capacity(edges.len());
-        for e in edges {
-            let receiver = &graph.nodes()[e.from as usize];
-            let w =
-                e.weight * decay(e.last_used, now, params.half_life_days) * receiver.capacitance;
-            out_sum[e.to as usize] += w;
+        for (u, _, w) in reversed_edges(graph, params, now) {
+            out_sum[u as usize] += w;
             weights.push(w);
         }
         // Count in-entries per receiving node v (= e.from), then fill.
