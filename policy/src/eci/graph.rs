@@ -150,6 +150,20 @@ pub struct Node {
     pub hygiene: Hygiene,
 }
 
+impl Node {
+    /// A node with the defaults: capacitance 1, no crown jewel, no labels, clean hygiene.
+    pub fn plain(id: String, kind: NodeKind) -> Self {
+        Self {
+            id,
+            kind,
+            capacitance: 1.0,
+            crown_jewel: false,
+            sensitivity: Vec::new(),
+            hygiene: Hygiene::default(),
+        }
+    }
+}
+
 /// An edge between node indices.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Edge {
@@ -165,6 +179,20 @@ pub struct Edge {
     pub weight: f64,
     /// Last use, seconds since the Unix epoch (`None` = no decay).
     pub last_used: Option<i64>,
+}
+
+impl Edge {
+    /// A `can_assume` edge of weight 1 without decay (the effective graph's edges).
+    pub fn can_assume(from: u32, to: u32) -> Self {
+        Self {
+            from,
+            to,
+            kind: EdgeKind::CanAssume,
+            access: None,
+            weight: 1.0,
+            last_used: None,
+        }
+    }
 }
 
 /// A validated exposure graph.
@@ -431,14 +459,10 @@ pub fn effective_graph(
         grants.len() * 2 + identities.len() * 2,
     );
     for grant in grants {
-        let node = graph.add_node(Node {
-            id: format!("{GRANT_PREFIX}{}", grant.name),
-            kind: NodeKind::Grant,
-            capacitance: 1.0,
-            crown_jewel: false,
-            sensitivity: Vec::new(),
-            hygiene: Hygiene::default(),
-        })?;
+        let node = graph.add_node(Node::plain(
+            format!("{GRANT_PREFIX}{}", grant.name),
+            NodeKind::Grant,
+        ))?;
         for target in &grant.eci_targets {
             let to = graph.node_index(target).ok_or_else(|| {
                 graph_err(format!(
@@ -446,28 +470,14 @@ pub fn effective_graph(
                     grant.name
                 ))
             })?;
-            graph.add_edge(Edge {
-                from: node,
-                to,
-                kind: EdgeKind::CanAssume,
-                access: None,
-                weight: 1.0,
-                last_used: None,
-            })?;
+            graph.add_edge(Edge::can_assume(node, to))?;
         }
     }
     for identity in identities {
         if graph.node_index(&identity.id).is_some() {
             continue;
         }
-        let node = graph.add_node(Node {
-            id: identity.id.clone(),
-            kind: NodeKind::Identity,
-            capacitance: 1.0,
-            crown_jewel: false,
-            sensitivity: Vec::new(),
-            hygiene: Hygiene::default(),
-        })?;
+        let node = graph.add_node(Node::plain(identity.id.clone(), NodeKind::Identity))?;
         for grant in &identity.grants {
             let to = graph
                 .node_index(&format!("{GRANT_PREFIX}{grant}"))
@@ -477,14 +487,7 @@ pub fn effective_graph(
                         identity.id
                     ))
                 })?;
-            graph.add_edge(Edge {
-                from: node,
-                to,
-                kind: EdgeKind::CanAssume,
-                access: None,
-                weight: 1.0,
-                last_used: None,
-            })?;
+            graph.add_edge(Edge::can_assume(node, to))?;
         }
     }
     Ok(graph)
