@@ -14,3 +14,5 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod log;
+pub mod store;

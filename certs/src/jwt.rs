@@ -97,6 +97,74 @@ impl Jwk {
     }
 }
 
+impl Jwk {
+    /// Verifies a compact JWS signed by this key and returns its payload.
+    ///
+    /// The header's `alg` must be this key's and its `kid`, when present, this
+    /// key's; nothing in the header is followed (`jku`, `x5u`, `jwk` are
+    /// ignored). This checks the signature only, not `exp` or other claims.
+    pub fn verify(&self, token: &str) -> Result<serde_json::Value> {
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, ED25519, UnparsedPublicKey};
+        let bad = |why: &str| CertsError::InvalidKey(format!("jws: {why}"));
+        if token.len() > MAX_JWS_LEN {
+            return Err(CertsError::LimitExceeded {
+                kind: "JWS length",
+                limit: MAX_JWS_LEN,
+                actual: token.len(),
+            });
+        }
+        let mut parts = token.split('.');
+        let (Some(h), Some(p), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(bad("not a compact JWS"));
+        };
+        let header: serde_json::Value =
+            serde_json::from_slice(&B64.decode(h).map_err(|_| bad("header is not base64url"))?)
+                .map_err(|_| bad("header is not JSON"))?;
+        if header.get("alg").and_then(|a| a.as_str()) != Some(self.alg.as_str()) {
+            return Err(bad("algorithm mismatch"));
+        }
+        if header
+            .get("kid")
+            .and_then(|k| k.as_str())
+            .is_some_and(|k| k != self.kid)
+        {
+            return Err(bad("kid mismatch"));
+        }
+        let signature = B64
+            .decode(sig)
+            .map_err(|_| bad("signature is not base64url"))?;
+        let message = &token.as_bytes()[..h.len() + 1 + p.len()];
+        let x = B64.decode(&self.x).map_err(|_| bad("bad key"))?;
+        let ok = match self.alg {
+            JwtAlgorithm::Es256 => {
+                let y = B64
+                    .decode(self.y.as_deref().unwrap_or_default())
+                    .map_err(|_| bad("bad key"))?;
+                let mut point = Vec::with_capacity(65);
+                point.push(4u8);
+                point.extend_from_slice(&x);
+                point.extend_from_slice(&y);
+                UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, point)
+                    .verify(message, &signature)
+                    .is_ok()
+            }
+            JwtAlgorithm::EdDsa => UnparsedPublicKey::new(&ED25519, x)
+                .verify(message, &signature)
+                .is_ok(),
+        };
+        if !ok {
+            return Err(bad("bad signature"));
+        }
+        serde_json::from_slice(&B64.decode(p).map_err(|_| bad("payload is not base64url"))?)
+            .map_err(|_| bad("payload is not JSON"))
+    }
+}
+
+/// The longest JWS [`Jwk::verify`] accepts, in bytes.
+pub const MAX_JWS_LEN: usize = 16 * 1024;
+
 /// A JSON Web Key Set, as served at `/.well-known/jwks.json`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Jwks {
@@ -493,6 +561,21 @@ mod tests {
             assert_eq!(header["alg"], alg.as_str());
             assert_eq!(header["kid"], key.kid());
             assert_eq!(token.split('.').count(), 3);
+        }
+    }
+
+    #[test]
+    fn jwk_verifies_its_own_signatures_only() {
+        for alg in [JwtAlgorithm::Es256, JwtAlgorithm::EdDsa] {
+            let key = SigningKey::generate(alg).unwrap();
+            let other = SigningKey::generate(alg).unwrap();
+            let token = key.sign(&Claims { sub: "s", exp: 7 }).unwrap();
+            assert_eq!(key.jwk().verify(&token).unwrap()["exp"], 7);
+            assert!(other.jwk().verify(&token).is_err());
+            let mut tampered = token.clone();
+            tampered.insert(token.find('.').unwrap() + 2, 'A');
+            assert!(key.jwk().verify(&tampered).is_err());
+            assert!(key.jwk().verify("a.b").is_err());
         }
     }
 

@@ -60,7 +60,13 @@ fn one() -> u64 {
 }
 
 /// The largest budget capacity accepted, in tokens.
-pub const MAX_BUDGET_AMOUNT: u64 = 1_000_000_000;
+pub const MAX_BUDGET_AMOUNT: u64 = 1_000_000;
+
+/// The longest refill period accepted, in seconds (31 days; longer budgets use
+/// `per = "never"` and top-ups). With [`MAX_BUDGET_AMOUNT`] this keeps
+/// `elapsed_ms × capacity_milli` inside `i64`, so stores compute the refill in
+/// SQL integers exactly as [`BudgetSnapshot::available`] does.
+pub const MAX_REFILL_SECONDS: u64 = 31 * 24 * 3600;
 
 impl BudgetPolicy {
     /// Checks the configuration.
@@ -75,8 +81,12 @@ impl BudgetPolicy {
                 self.amount
             )));
         }
-        if let Refill::Every { seconds: 0 } = self.per {
-            return Err(bad("per must be a positive duration or \"never\"".into()));
+        if let Refill::Every { seconds } = self.per
+            && (seconds == 0 || seconds > MAX_REFILL_SECONDS)
+        {
+            return Err(bad(format!(
+                "per must be 1 s..=31 days or \"never\", got {seconds} s"
+            )));
         }
         if self.base > MAX_BUDGET_AMOUNT || self.per_5min > MAX_BUDGET_AMOUNT {
             return Err(bad(
@@ -145,9 +155,11 @@ impl BudgetSnapshot {
         let refill = match policy.per {
             Refill::Never => 0,
             Refill::Every { seconds } => {
-                // A clock that went backwards refills nothing.
-                let elapsed = i128::from(now_ms.saturating_sub(self.updated_at_ms).max(0));
+                // A clock that went backwards refills nothing; a full period
+                // or more refills everything (clamping keeps the product small).
                 let per_ms = i128::from(seconds) * 1000;
+                let elapsed =
+                    i128::from(now_ms.saturating_sub(self.updated_at_ms).max(0)).min(per_ms);
                 let refill = elapsed * i128::from(policy.capacity_milli()) / per_ms;
                 i64::try_from(refill).unwrap_or(i64::MAX)
             }

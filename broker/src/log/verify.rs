@@ -1,0 +1,229 @@
+//! `logs verify`: the hash chain, and the chain against exported checkpoints.
+//!
+//! Detects an edited record (its hash), a deleted or inserted record (a gap in
+//! `seq` or a broken `prev_hash` link), a chain recomputed after an edit (a
+//! checkpoint's hash no longer matches), and a truncated tail (the log ends
+//! before the last exported checkpoint). Records after the last checkpoint are
+//! covered by the chain alone: the window is the checkpoint interval.
+
+use std::collections::BTreeMap;
+
+use mintguard_certs::jwt::Jwk;
+use serde::Serialize;
+
+use super::checkpoint::Checkpoint;
+use super::{GENESIS, LogRecord};
+
+/// What a successful verification covered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// Records checked.
+    pub records: i64,
+    /// The last record's hash (the chain head).
+    pub head: String,
+    /// Checkpoints matched against the chain.
+    pub checkpoints: usize,
+    /// The last checkpointed sequence number, if any.
+    pub last_checkpoint: Option<i64>,
+}
+
+/// The first problem found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+pub enum VerifyFailure {
+    /// A record's content does not match its hash (edited).
+    #[error("record {seq}: content does not match its hash (edited)")]
+    BadHash {
+        /// The record.
+        seq: i64,
+    },
+    /// A record does not name its predecessor's hash (deleted, inserted or reordered).
+    #[error("record {seq}: prev_hash does not match record {}'s hash (a record was deleted, inserted or replaced)", seq - 1)]
+    BrokenLink {
+        /// The record.
+        seq: i64,
+    },
+    /// Sequence numbers are not contiguous from 1.
+    #[error("expected record {expected}, found {found} (records missing or inserted)")]
+    Gap {
+        /// The sequence number expected.
+        expected: i64,
+        /// The one found.
+        found: i64,
+    },
+    /// A checkpoint's signature does not verify under the log-signing key.
+    #[error("checkpoint at record {seq}: bad signature")]
+    BadSignature {
+        /// The checkpointed record.
+        seq: i64,
+    },
+    /// The chain's hash at a checkpoint differs from the exported one (recomputed chain).
+    #[error(
+        "record {seq}: hash differs from the exported checkpoint (the chain was rewritten up to here)"
+    )]
+    CheckpointMismatch {
+        /// The checkpointed record.
+        seq: i64,
+    },
+    /// The log ends before an exported checkpoint (truncated).
+    #[error(
+        "the log ends at record {last} but a checkpoint covers record {checkpoint} (records were removed from the end)"
+    )]
+    Truncated {
+        /// The last record present.
+        last: i64,
+        /// The checkpoint beyond it.
+        checkpoint: i64,
+    },
+}
+
+/// Verifies records (in `seq` order) against each other and against the
+/// checkpoints, whose signatures are checked with `key` when given.
+pub fn verify_chain(
+    records: impl IntoIterator<Item = LogRecord>,
+    checkpoints: &[Checkpoint],
+    key: Option<&Jwk>,
+) -> Result<VerifyReport, VerifyFailure> {
+    let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
+    for cp in checkpoints {
+        if let Some(key) = key
+            && !cp.verify(key)
+        {
+            return Err(VerifyFailure::BadSignature { seq: cp.seq });
+        }
+        expected_cp.insert(cp.seq, cp);
+    }
+    let mut prev_hash = GENESIS.to_owned();
+    let mut expected = 1i64;
+    let mut matched = 0usize;
+    for record in records {
+        if record.seq != expected {
+            return Err(VerifyFailure::Gap {
+                expected,
+                found: record.seq,
+            });
+        }
+        if record.prev_hash != prev_hash {
+            return Err(VerifyFailure::BrokenLink { seq: record.seq });
+        }
+        if !record.hash_is_valid() {
+            return Err(VerifyFailure::BadHash { seq: record.seq });
+        }
+        if let Some(cp) = expected_cp.get(&record.seq) {
+            if cp.hash != record.hash {
+                return Err(VerifyFailure::CheckpointMismatch { seq: record.seq });
+            }
+            matched += 1;
+        }
+        prev_hash = record.hash;
+        expected += 1;
+    }
+    let last = expected - 1;
+    let last_checkpoint = expected_cp.keys().next_back().copied();
+    if let Some(cp) = last_checkpoint
+        && cp > last
+    {
+        return Err(VerifyFailure::Truncated {
+            last,
+            checkpoint: cp,
+        });
+    }
+    Ok(VerifyReport {
+        records: last,
+        head: prev_hash,
+        checkpoints: matched,
+        last_checkpoint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::checkpoint::LogSigner;
+    use super::super::{LogEntry, RecordKind};
+    use super::*;
+
+    fn chain(n: i64) -> Vec<LogRecord> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let entry = LogEntry {
+                    time_ms: seq,
+                    kind: RecordKind::Decision,
+                    request_id: format!("r{seq}"),
+                    identity: None,
+                    grant: None,
+                    node: None,
+                    outcome: Some("allow".into()),
+                    body: serde_json::json!({"n": seq}),
+                };
+                let r = LogRecord::seal(seq, entry, prev.clone());
+                prev = r.hash.clone();
+                r
+            })
+            .collect()
+    }
+
+    #[test]
+    fn detects_each_kind_of_tampering() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+        let records = chain(10);
+        let cps = vec![
+            signer.sign(5, &records[4].hash, 1).unwrap(),
+            signer.sign(8, &records[7].hash, 2).unwrap(),
+        ];
+        let key = signer.public_jwk();
+        let ok = verify_chain(records.clone(), &cps, Some(key)).unwrap();
+        assert_eq!(
+            (ok.records, ok.checkpoints, ok.last_checkpoint),
+            (10, 2, Some(8))
+        );
+
+        let mut edited = records.clone();
+        edited[2].entry.body = serde_json::json!({"n": 99});
+        assert_eq!(
+            verify_chain(edited, &cps, Some(key)),
+            Err(VerifyFailure::BadHash { seq: 3 })
+        );
+
+        let mut deleted = records.clone();
+        deleted.remove(3);
+        assert_eq!(
+            verify_chain(deleted, &cps, Some(key)),
+            Err(VerifyFailure::Gap {
+                expected: 4,
+                found: 5
+            })
+        );
+
+        // Recompute the whole chain after an edit: only the checkpoint catches it.
+        let mut rewritten = chain(10);
+        rewritten[1].entry.outcome = Some("deny".into());
+        let mut prev = GENESIS.to_owned();
+        for r in &mut rewritten {
+            *r = LogRecord::seal(r.seq, r.entry.clone(), prev.clone());
+            prev = r.hash.clone();
+        }
+        assert!(verify_chain(rewritten.clone(), &[], None).is_ok());
+        assert_eq!(
+            verify_chain(rewritten, &cps, Some(key)),
+            Err(VerifyFailure::CheckpointMismatch { seq: 5 })
+        );
+
+        let truncated = records[..6].to_vec();
+        assert_eq!(
+            verify_chain(truncated, &cps, Some(key)),
+            Err(VerifyFailure::Truncated {
+                last: 6,
+                checkpoint: 8
+            })
+        );
+
+        let mut forged = cps.clone();
+        forged[0].hash = records[3].hash.clone();
+        assert_eq!(
+            verify_chain(records, &forged, Some(key)),
+            Err(VerifyFailure::BadSignature { seq: 5 })
+        );
+    }
+}

@@ -1,0 +1,238 @@
+//! The broker's one store interface, with an embedded SQLite implementation
+//! ([`sqlite`], the default) and a PostgreSQL one ([`postgres`], for several
+//! replicas). Everything stateful goes through it.
+//!
+//! Writes that belong together are one transaction: a log record, the budget
+//! spends of its decision and its lease are appended atomically
+//! ([`Store::append`]). A spend is a conditional update computed in SQL from
+//! the stored balance (never a read-modify-write in the broker), so N
+//! concurrent requests against balance B at cost c succeed exactly
+//! min(N, ⌊B/c⌋) times, across replicas too. Appends are group-committed: one
+//! writer batches concurrent appends into one transaction and one fsync.
+
+pub mod postgres;
+pub mod sqlite;
+
+use async_trait::async_trait;
+use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
+use serde::{Deserialize, Serialize};
+
+use crate::log::checkpoint::Checkpoint;
+use crate::log::{LogEntry, LogRecord};
+
+/// Errors from a store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database cannot be reached or written (disk full, connection lost…):
+    /// the broker fails closed with 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// A uniqueness constraint refused the write.
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// Stored data is malformed.
+    #[error("corrupt store: {0}")]
+    Corrupt(String),
+    /// Opening or migrating the store failed.
+    #[error("store setup: {0}")]
+    Setup(String),
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// One budget spend, applied only if the bucket can pay.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpendOp {
+    /// The bucket.
+    pub key: String,
+    /// Its configuration (capacity and refill).
+    pub policy: BudgetPolicy,
+    /// Tokens.
+    pub cost: u64,
+}
+
+/// A credential tracked until expiry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// The lease id (for JWTs also the `jti`).
+    pub id: String,
+    /// The request that created it.
+    pub request_id: String,
+    /// The identity.
+    pub identity: String,
+    /// The grant.
+    pub grant: String,
+    /// The vouching node or CI issuer.
+    pub node: Option<String>,
+    /// `jwt`, `vault`, `aws_sts`.
+    pub kind: String,
+    /// `introspection_only`, `effective` or `advisory`.
+    pub revocation: String,
+    /// Issued, ms since the epoch.
+    pub issued_at_ms: i64,
+    /// Expires, ms since the epoch.
+    pub expires_at_ms: i64,
+    /// Revoked, if it was.
+    pub revoked_at_ms: Option<i64>,
+    /// When the workload said its task ended (`DELETE`), if it did.
+    pub task_ended_at_ms: Option<i64>,
+}
+
+/// A log append with what must commit with it.
+#[derive(Clone, Debug)]
+pub struct Append {
+    /// The record to add.
+    pub entry: LogEntry,
+    /// Budget spends: all succeed or none does; if one cannot pay, the record
+    /// is written with outcome `budget_exhausted` and no lease.
+    pub spend: Vec<SpendOp>,
+    /// The lease to start tracking (dropped when a spend fails).
+    pub lease: Option<Lease>,
+    /// The rule set the decision used, stored by hash if new.
+    pub rule_set: Option<(String, String)>,
+}
+
+/// What an append did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The record's sequence number.
+    pub seq: i64,
+    /// Its hash.
+    pub hash: String,
+    /// Whether the spends (if any) were applied; `false` means the record was
+    /// logged as `budget_exhausted`.
+    pub spent: bool,
+}
+
+/// A registration entry: which workloads on which node get which identity.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Entry id.
+    pub id: String,
+    /// The SPIFFE ID it assigns.
+    pub spiffe_id: String,
+    /// The node that may vouch for it.
+    pub parent: String,
+    /// Selectors, all of which the workload must present.
+    pub selectors: Vec<String>,
+    /// Grants the identity may request.
+    pub grants: Vec<String>,
+    /// Created, ms since the epoch.
+    pub created_at_ms: i64,
+}
+
+/// A suspension of an identity or issuer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SuspensionRecord {
+    /// The suspended SPIFFE ID or issuer.
+    pub subject: String,
+    /// Why.
+    pub reason: String,
+    /// Who or what: `operator:<name>`, `detection:<id>`, `signal:<source>`.
+    pub by: String,
+    /// When, ms since the epoch.
+    pub at_ms: i64,
+}
+
+/// Filters for reading the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogQuery {
+    /// Only this identity.
+    pub identity: Option<String>,
+    /// Only this grant.
+    pub grant: Option<String>,
+    /// Only this node or issuer.
+    pub node: Option<String>,
+    /// Only this outcome.
+    pub outcome: Option<String>,
+    /// From this time (inclusive), ms.
+    pub since_ms: Option<i64>,
+    /// Until this time (exclusive), ms.
+    pub until_ms: Option<i64>,
+    /// After this sequence number.
+    pub after_seq: Option<i64>,
+    /// At most this many records (oldest first).
+    pub limit: usize,
+}
+
+/// The store interface.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Appends a record atomically with its spends, lease and rule set (group-committed).
+    async fn append(&self, append: Append) -> Result<Appended>;
+    /// Records in `seq` order matching `query`.
+    async fn log(&self, query: &LogQuery) -> Result<Vec<LogRecord>>;
+    /// All records of one request, in order.
+    async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>>;
+    /// The chain head: (last seq, its hash); (0, genesis) when empty.
+    async fn head(&self) -> Result<(i64, String)>;
+    /// A stored rule set by hash.
+    async fn rule_set(&self, hash: &str) -> Result<Option<String>>;
+
+    /// Stores a signed checkpoint (also exported outside the store).
+    async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
+    /// The stored checkpoints, in order.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+
+    /// A bucket's stored balance (`None`: never used, i.e. full).
+    async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>>;
+    /// Adds `tokens` to a bucket (may exceed capacity); returns the new snapshot.
+    async fn top_up(
+        &self,
+        key: &str,
+        policy: &BudgetPolicy,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<BudgetSnapshot>;
+    /// Returns `cost` tokens after a failed mint (never past capacity).
+    async fn refund(&self, key: &str, policy: &BudgetPolicy, cost: u64, now_ms: i64) -> Result<()>;
+
+    /// Stores a join token (by hash) for `node`, valid until `expires_at_ms`.
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        node: &str,
+        expires_at_ms: i64,
+    ) -> Result<()>;
+    /// Consumes a join token once: the node name if it was unused and unexpired.
+    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>>;
+
+    /// Creates a registration entry.
+    async fn create_entry(&self, entry: &Entry) -> Result<()>;
+    /// Entries, all or those of one parent node.
+    async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>>;
+    /// Deletes an entry; whether it existed.
+    async fn delete_entry(&self, id: &str) -> Result<bool>;
+
+    /// A lease by id.
+    async fn lease(&self, id: &str) -> Result<Option<Lease>>;
+    /// Leases, all or one identity's, newest first.
+    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>>;
+    /// Marks a lease revoked (and its task ended); whether it was live.
+    async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool>;
+
+    /// Suspends a subject (idempotent).
+    async fn suspend(&self, record: &SuspensionRecord) -> Result<()>;
+    /// Lifts a suspension; whether there was one.
+    async fn resume(&self, subject: &str) -> Result<bool>;
+    /// A subject's suspension, if any.
+    async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>>;
+}
+
+/// Parameters of the SQL refill expression for a policy: (capacity millitokens,
+/// period in ms or `None` for never).
+pub(crate) fn bucket_params(policy: &BudgetPolicy) -> (i64, Option<i64>) {
+    let per_ms = match policy.per {
+        Refill::Never => None,
+        Refill::Every { seconds } => Some(i64::try_from(seconds).unwrap_or(i64::MAX / 1000) * 1000),
+    };
+    (policy.capacity_milli(), per_ms)
+}
+
+/// Millitokens of a whole-token cost.
+pub(crate) fn cost_milli(cost: u64) -> i64 {
+    i64::try_from(cost)
+        .unwrap_or(i64::MAX / 1000)
+        .saturating_mul(1000)
+}

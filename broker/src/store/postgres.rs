@@ -1,0 +1,795 @@
+//! The PostgreSQL store, for one or several broker replicas.
+//!
+//! One global hash chain: every append batch takes the row lock on
+//! `log_head` (`SELECT … FOR UPDATE`), so concurrent writers — in this
+//! process or in other replicas — extend one chain in order. Each replica
+//! group-commits: its writer task drains pending appends into one
+//! transaction. Budget spends are conditional updates in that transaction;
+//! join tokens are consumed by a conditional update; reads and other writes
+//! are single statements through a connection pool.
+
+use async_trait::async_trait;
+use deadpool_postgres::{Pool, Runtime};
+use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls, Row};
+
+use super::{
+    Append, Appended, Entry, Lease, LogQuery, Result, SpendOp, Store, StoreError, SuspensionRecord,
+    bucket_params, cost_milli,
+};
+use crate::log::checkpoint::Checkpoint;
+use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::store::sqlite::mark_budget_exhausted;
+
+/// Most appends group-committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE log (
+        seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
+        identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+     CREATE INDEX log_request ON log(request_id);
+     CREATE INDEX log_identity ON log(identity, seq);
+     CREATE INDEX log_time ON log(time_ms);
+     CREATE TABLE log_head (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
+     INSERT INTO log_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
+     CREATE TABLE rule_sets (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE checkpoints (seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, time_ms BIGINT NOT NULL, jws TEXT NOT NULL);
+     CREATE TABLE budgets (key TEXT PRIMARY KEY, balance_milli BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);
+     CREATE TABLE join_tokens (token_hash TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at_ms BIGINT NOT NULL, used_at_ms BIGINT);
+     CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent TEXT NOT NULL,
+        selectors TEXT NOT NULL, grants TEXT NOT NULL, created_at_ms BIGINT NOT NULL);
+     CREATE INDEX entries_parent ON entries(parent);
+     CREATE TABLE leases (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, grant_name TEXT NOT NULL,
+        node TEXT, kind TEXT NOT NULL, revocation TEXT NOT NULL, issued_at_ms BIGINT NOT NULL,
+        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT, task_ended_at_ms BIGINT);
+     CREATE INDEX leases_identity ON leases(identity);
+     CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by_whom TEXT NOT NULL, at_ms BIGINT NOT NULL);",
+)];
+
+/// Serializes migrations across replicas starting at once.
+const MIGRATION_LOCK: i64 = 0x4d47_4d49_4752; // "MGMIGR"
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_pg(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(e.to_string())
+    } else {
+        unavailable(e)
+    }
+}
+
+const AVAIL_EVERY: &str = "CASE WHEN balance_milli >= $1 THEN balance_milli
+     ELSE LEAST($1, balance_milli + (LEAST(GREATEST($2 - updated_at_ms, 0), $3) * $1) / $3) END";
+
+async fn ensure_bucket(
+    client: &impl tokio_postgres::GenericClient,
+    key: &str,
+    cap: i64,
+    now_ms: i64,
+) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO budgets(key, balance_milli, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
+            &[&key, &cap, &now_ms],
+        )
+        .await
+        .map_err(map_pg)?;
+    Ok(())
+}
+
+async fn spend_one(
+    client: &impl tokio_postgres::GenericClient,
+    op: &SpendOp,
+    now_ms: i64,
+) -> Result<bool> {
+    let (cap, per) = bucket_params(&op.policy);
+    ensure_bucket(client, &op.key, cap, now_ms).await?;
+    let cost = cost_milli(op.cost);
+    let changed = match per {
+        Some(per) => {
+            let sql = format!(
+                "UPDATE budgets SET balance_milli = ({AVAIL_EVERY}) - $4, updated_at_ms = GREATEST(updated_at_ms, $2)
+                 WHERE key = $5 AND ({AVAIL_EVERY}) >= $4"
+            );
+            client.execute(&sql, &[&cap, &now_ms, &per, &cost, &op.key]).await
+        }
+        None => {
+            client
+                .execute(
+                    "UPDATE budgets SET balance_milli = balance_milli - $2, updated_at_ms = GREATEST(updated_at_ms, $1)
+                     WHERE key = $3 AND balance_milli >= $2",
+                    &[&now_ms, &cost, &op.key],
+                )
+                .await
+        }
+    }
+    .map_err(map_pg)?;
+    Ok(changed == 1)
+}
+
+struct Job {
+    append: Append,
+    done: oneshot::Sender<Result<Appended>>,
+}
+
+/// Appends one record inside the batch transaction (under the head lock).
+async fn append_one(
+    tx: &tokio_postgres::Transaction<'_>,
+    head: &mut (i64, String),
+    append: Append,
+) -> Result<Appended> {
+    let Append {
+        mut entry,
+        spend,
+        lease,
+        rule_set,
+    } = append;
+    let mut spent = true;
+    if !spend.is_empty() {
+        tx.batch_execute("SAVEPOINT spend").await.map_err(map_pg)?;
+        for op in &spend {
+            if !spend_one(tx, op, entry.time_ms).await? {
+                spent = false;
+                break;
+            }
+        }
+        let sql = if spent {
+            "RELEASE SAVEPOINT spend"
+        } else {
+            "ROLLBACK TO SAVEPOINT spend; RELEASE SAVEPOINT spend"
+        };
+        tx.batch_execute(sql).await.map_err(map_pg)?;
+    }
+    if !spent {
+        mark_budget_exhausted(&mut entry);
+    }
+    if let Some((hash, body)) = &rule_set {
+        tx.execute(
+            "INSERT INTO rule_sets(hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
+            &[hash, body],
+        )
+        .await
+        .map_err(map_pg)?;
+    }
+    if spent && let Some(l) = &lease {
+        tx.execute(
+            "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
+                                revoked_at_ms, task_ended_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            &[
+                &l.id,
+                &l.request_id,
+                &l.identity,
+                &l.grant,
+                &l.node,
+                &l.kind,
+                &l.revocation,
+                &l.issued_at_ms,
+                &l.expires_at_ms,
+                &l.revoked_at_ms,
+                &l.task_ended_at_ms,
+            ],
+        )
+        .await
+        .map_err(map_pg)?;
+    }
+    let record = LogRecord::seal(head.0 + 1, entry, head.1.clone());
+    let e = &record.entry;
+    tx.execute(
+        "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+        &[
+            &record.seq,
+            &e.time_ms,
+            &e.kind.as_str(),
+            &e.request_id,
+            &e.identity,
+            &e.grant,
+            &e.node,
+            &e.outcome,
+            &e.body.to_string(),
+            &record.prev_hash,
+            &record.hash,
+        ],
+    )
+    .await
+    .map_err(map_pg)?;
+    *head = (record.seq, record.hash.clone());
+    Ok(Appended {
+        seq: record.seq,
+        hash: record.hash,
+        spent,
+    })
+}
+
+/// Runs one batch: lock the head, append each job in its own savepoint, commit.
+async fn run_batch(client: &mut Client, batch: Vec<Job>) {
+    let tx = match client.transaction().await {
+        Ok(tx) => tx,
+        Err(e) => {
+            for job in batch {
+                let _ = job.done.send(Err(unavailable(&e)));
+            }
+            return;
+        }
+    };
+    let head = tx
+        .query_one(
+            "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
+            &[],
+        )
+        .await;
+    let mut head: (i64, String) = match head {
+        Ok(row) => (row.get(0), row.get(1)),
+        Err(e) => {
+            for job in batch {
+                let _ = job.done.send(Err(unavailable(&e)));
+            }
+            return;
+        }
+    };
+    let mut results = Vec::with_capacity(batch.len());
+    for job in batch {
+        let saved = head.clone();
+        let result = async {
+            tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;
+            match append_one(&tx, &mut head, job.append).await {
+                Ok(appended) => {
+                    tx.batch_execute("RELEASE SAVEPOINT job")
+                        .await
+                        .map_err(map_pg)?;
+                    Ok(appended)
+                }
+                Err(e) => {
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
+                        .await
+                        .map_err(map_pg)?;
+                    Err(e)
+                }
+            }
+        }
+        .await;
+        if result.is_err() {
+            head = saved;
+        }
+        results.push((job.done, result));
+    }
+    let committed = async {
+        tx.execute(
+            "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",
+            &[&head.0, &head.1],
+        )
+        .await
+        .map_err(map_pg)?;
+        tx.commit().await.map_err(map_pg)
+    }
+    .await;
+    for (done, result) in results {
+        let _ = done.send(match &committed {
+            Ok(()) => result,
+            Err(e) => Err(unavailable(e)),
+        });
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    appends: mpsc::Sender<Job>,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`), migrates,
+    /// and starts the append writer.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Setup(format!("store url: {e}")))?;
+        let (mut client, conn) = config
+            .connect(NoTls)
+            .await
+            .map_err(|e| StoreError::Setup(format!("postgres: {e}")))?;
+        tokio::spawn(conn);
+        migrate(&mut client).await?;
+        let manager = deadpool_postgres::Manager::new(config, NoTls);
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Setup(format!("postgres pool: {e}")))?;
+        let (appends, mut rx) = mpsc::channel::<Job>(4096);
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            let mut client = Some(client);
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                // Reconnect after a lost connection: the broker recovers by itself.
+                if client.as_ref().is_none_or(Client::is_closed) {
+                    client = match url.parse::<tokio_postgres::Config>() {
+                        Ok(config) => match config.connect(NoTls).await {
+                            Ok((c, conn)) => {
+                                tokio::spawn(conn);
+                                Some(c)
+                            }
+                            Err(_) => None,
+                        },
+                        Err(_) => None,
+                    };
+                }
+                match client.as_mut() {
+                    Some(c) => run_batch(c, batch).await,
+                    None => {
+                        for job in batch {
+                            let _ = job.done.send(Err(unavailable("postgres is unreachable")));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self { pool, appends })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let setup = |e: tokio_postgres::Error| StoreError::Setup(format!("migration: {e}"));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(setup)?;
+    let result = async {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )
+            .await
+            .map_err(setup)?;
+        for (version, sql) in MIGRATIONS {
+            let tx = client.transaction().await.map_err(setup)?;
+            let done = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[version],
+                )
+                .await
+                .map_err(setup)?;
+            if done.is_none() {
+                tx.batch_execute(sql).await.map_err(setup)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations(version) VALUES ($1)",
+                    &[version],
+                )
+                .await
+                .map_err(setup)?;
+            }
+            tx.commit().await.map_err(setup)?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    result
+}
+
+const LOG_COLUMNS: &str =
+    "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash";
+const LEASE_COLUMNS: &str = "id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms, revoked_at_ms, task_ended_at_ms";
+
+fn row_to_record(r: &Row) -> Result<LogRecord> {
+    let seq: i64 = r.get(0);
+    let kind: String = r.get(2);
+    let body: String = r.get(8);
+    Ok(LogRecord {
+        seq,
+        entry: LogEntry {
+            time_ms: r.get(1),
+            kind: RecordKind::parse(&kind).ok_or_else(|| {
+                StoreError::Corrupt(format!("record {seq}: unknown kind {kind:?}"))
+            })?,
+            request_id: r.get(3),
+            identity: r.get(4),
+            grant: r.get(5),
+            node: r.get(6),
+            outcome: r.get(7),
+            body: serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("record {seq}: body is not JSON: {e}")))?,
+        },
+        prev_hash: r.get(9),
+        hash: r.get(10),
+    })
+}
+
+fn row_to_lease(r: &Row) -> Lease {
+    Lease {
+        id: r.get(0),
+        request_id: r.get(1),
+        identity: r.get(2),
+        grant: r.get(3),
+        node: r.get(4),
+        kind: r.get(5),
+        revocation: r.get(6),
+        issued_at_ms: r.get(7),
+        expires_at_ms: r.get(8),
+        revoked_at_ms: r.get(9),
+        task_ended_at_ms: r.get(10),
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        let (done, rx) = oneshot::channel();
+        self.appends
+            .send(Job { append, done })
+            .await
+            .map_err(|_| unavailable("the append writer stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the append was dropped"))?
+    }
+
+    async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!(
+                    "SELECT {LOG_COLUMNS} FROM log
+                     WHERE ($1::TEXT IS NULL OR identity = $1) AND ($2::TEXT IS NULL OR grant_name = $2)
+                       AND ($3::TEXT IS NULL OR node = $3) AND ($4::TEXT IS NULL OR outcome = $4)
+                       AND ($5::BIGINT IS NULL OR time_ms >= $5) AND ($6::BIGINT IS NULL OR time_ms < $6)
+                       AND seq > $7
+                     ORDER BY seq LIMIT $8"
+                ),
+                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit],
+            )
+            .await
+            .map_err(map_pg)?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {LOG_COLUMNS} FROM log WHERE request_id = $1 ORDER BY seq"),
+                &[&request_id],
+            )
+            .await
+            .map_err(map_pg)?;
+        rows.iter().map(row_to_record).collect()
+    }
+
+    async fn head(&self) -> Result<(i64, String)> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT seq, hash FROM log_head WHERE id = 1", &[])
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map_or((0, GENESIS.to_owned()), |r| (r.get(0), r.get(1))))
+    }
+
+    async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT body FROM rule_sets WHERE hash = $1", &[&hash])
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO checkpoints(seq, hash, time_ms, jws) VALUES ($1, $2, $3, $4)",
+                &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq",
+                &[],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| Checkpoint {
+                seq: r.get(0),
+                hash: r.get(1),
+                time_ms: r.get(2),
+                jws: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = $1",
+                &[&key],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| BudgetSnapshot {
+            balance_milli: r.get(0),
+            updated_at_ms: r.get(1),
+        }))
+    }
+
+    async fn top_up(
+        &self,
+        key: &str,
+        policy: &BudgetPolicy,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<BudgetSnapshot> {
+        let client = self.client().await?;
+        let (cap, per) = bucket_params(policy);
+        ensure_bucket(&**client, key, cap, now_ms).await?;
+        let add = cost_milli(tokens);
+        let row = match per {
+            Some(per) => {
+                client
+                    .query_one(
+                        &format!(
+                            "UPDATE budgets SET balance_milli = ({AVAIL_EVERY}) + $4, updated_at_ms = GREATEST(updated_at_ms, $2)
+                             WHERE key = $5 RETURNING balance_milli, updated_at_ms"
+                        ),
+                        &[&cap, &now_ms, &per, &add, &key],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query_one(
+                        "UPDATE budgets SET balance_milli = balance_milli + $2, updated_at_ms = GREATEST(updated_at_ms, $1)
+                         WHERE key = $3 RETURNING balance_milli, updated_at_ms",
+                        &[&now_ms, &add, &key],
+                    )
+                    .await
+            }
+        }
+        .map_err(map_pg)?;
+        Ok(BudgetSnapshot {
+            balance_milli: row.get(0),
+            updated_at_ms: row.get(1),
+        })
+    }
+
+    async fn refund(&self, key: &str, policy: &BudgetPolicy, cost: u64, now_ms: i64) -> Result<()> {
+        let client = self.client().await?;
+        let (cap, per) = bucket_params(policy);
+        let add = cost_milli(cost);
+        match per {
+            Some(per) => {
+                client
+                    .execute(
+                        &format!(
+                            "UPDATE budgets SET balance_milli = CASE WHEN ({AVAIL_EVERY}) > $1 THEN ({AVAIL_EVERY}) + $4
+                                                                     ELSE LEAST($1, ({AVAIL_EVERY}) + $4) END,
+                                                updated_at_ms = GREATEST(updated_at_ms, $2)
+                             WHERE key = $5"
+                        ),
+                        &[&cap, &now_ms, &per, &add, &key],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .execute(
+                        "UPDATE budgets SET balance_milli = CASE WHEN balance_milli > $1 THEN balance_milli + $3
+                                                                 ELSE LEAST($1, balance_milli + $3) END,
+                                            updated_at_ms = GREATEST(updated_at_ms, $2)
+                         WHERE key = $4",
+                        &[&cap, &now_ms, &add, &key],
+                    )
+                    .await
+            }
+        }
+        .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        node: &str,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO join_tokens(token_hash, node, expires_at_ms) VALUES ($1, $2, $3)",
+                &[&token_hash, &node, &expires_at_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE join_tokens SET used_at_ms = $2 WHERE token_hash = $1 AND used_at_ms IS NULL AND expires_at_ms > $2
+                 RETURNING node",
+                &[&token_hash, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn create_entry(&self, e: &Entry) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO entries(id, spiffe_id, parent, selectors, grants, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &e.id,
+                    &e.spiffe_id,
+                    &e.parent,
+                    &serde_json::to_string(&e.selectors).unwrap_or_default(),
+                    &serde_json::to_string(&e.grants).unwrap_or_default(),
+                    &e.created_at_ms,
+                ],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries
+                 WHERE ($1::TEXT IS NULL OR parent = $1) ORDER BY created_at_ms, id",
+                &[&parent],
+            )
+            .await
+            .map_err(map_pg)?;
+        rows.iter()
+            .map(|r| {
+                let id: String = r.get(0);
+                let parse = |s: String| {
+                    serde_json::from_str(&s)
+                        .map_err(|e| StoreError::Corrupt(format!("entry {id}: {e}")))
+                };
+                Ok(Entry {
+                    spiffe_id: r.get(1),
+                    parent: r.get(2),
+                    selectors: parse(r.get(3))?,
+                    grants: parse(r.get(4))?,
+                    created_at_ms: r.get(5),
+                    id: id.clone(),
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<bool> {
+        Ok(self
+            .client()
+            .await?
+            .execute("DELETE FROM entries WHERE id = $1", &[&id])
+            .await
+            .map_err(map_pg)?
+            == 1)
+    }
+
+    async fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.as_ref().map(row_to_lease))
+    }
+
+    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE ($1::TEXT IS NULL OR identity = $1) ORDER BY issued_at_ms DESC, id"),
+                &[&identity],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows.iter().map(row_to_lease).collect())
+    }
+
+    async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE leases SET revoked_at_ms = $2, task_ended_at_ms = COALESCE(task_ended_at_ms, $2)
+                 WHERE id = $1 AND revoked_at_ms IS NULL",
+                &[&id, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(changed == 1)
+    }
+
+    async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (subject) DO UPDATE SET reason = EXCLUDED.reason, by_whom = EXCLUDED.by_whom, at_ms = EXCLUDED.at_ms",
+                &[&s.subject, &s.reason, &s.by, &s.at_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn resume(&self, subject: &str) -> Result<bool> {
+        Ok(self
+            .client()
+            .await?
+            .execute("DELETE FROM suspensions WHERE subject = $1", &[&subject])
+            .await
+            .map_err(map_pg)?
+            == 1)
+    }
+
+    async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT subject, reason, by_whom, at_ms FROM suspensions WHERE subject = $1",
+                &[&subject],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| SuspensionRecord {
+            subject: r.get(0),
+            reason: r.get(1),
+            by: r.get(2),
+            at_ms: r.get(3),
+        }))
+    }
+}

@@ -1,0 +1,825 @@
+//! The embedded store: SQLite in WAL mode with `synchronous=FULL` (every
+//! commit is durable). One writer thread owns the write connection and
+//! group-commits: it drains the queue of pending writes into one transaction
+//! (one fsync), each write in its own savepoint so one failure does not undo
+//! the others. Reads use a separate connection.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot};
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Append, Appended, Entry, Lease, LogQuery, Result, SpendOp, Store, StoreError, SuspensionRecord,
+    bucket_params, cost_milli,
+};
+use crate::log::checkpoint::Checkpoint;
+use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+
+/// Most writes group-committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+const MIGRATIONS: &[(i64, &str)] = &[(
+    1,
+    "CREATE TABLE log (
+        seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
+        identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+     CREATE INDEX log_request ON log(request_id);
+     CREATE INDEX log_identity ON log(identity, seq);
+     CREATE INDEX log_time ON log(time_ms);
+     CREATE TABLE rule_sets (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time_ms INTEGER NOT NULL, jws TEXT NOT NULL);
+     CREATE TABLE budgets (key TEXT PRIMARY KEY, balance_milli INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
+     CREATE TABLE join_tokens (token_hash TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at_ms INTEGER NOT NULL, used_at_ms INTEGER);
+     CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent TEXT NOT NULL,
+        selectors TEXT NOT NULL, grants TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
+     CREATE INDEX entries_parent ON entries(parent);
+     CREATE TABLE leases (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, grant_name TEXT NOT NULL,
+        node TEXT, kind TEXT NOT NULL, revocation TEXT NOT NULL, issued_at_ms INTEGER NOT NULL,
+        expires_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER, task_ended_at_ms INTEGER);
+     CREATE INDEX leases_identity ON leases(identity);
+     CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at_ms INTEGER NOT NULL);",
+)];
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_sql(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Conflict(e.to_string())
+        }
+        _ => unavailable(e),
+    }
+}
+
+type Completion = Box<dyn FnOnce(Result<()>) + Send>;
+type Job = Box<dyn FnOnce(&mut Writer) -> Completion + Send>;
+
+/// The writer thread's state: the write connection and the chain head.
+struct Writer {
+    conn: Connection,
+    head_seq: i64,
+    head_hash: String,
+}
+
+impl Writer {
+    /// Runs `f` in a savepoint: its writes are undone if it fails.
+    fn savepoint<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
+        self.conn.execute_batch("SAVEPOINT job").map_err(map_sql)?;
+        let head = (self.head_seq, self.head_hash.clone());
+        match f(self) {
+            Ok(v) => {
+                self.conn.execute_batch("RELEASE job").map_err(map_sql)?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                (self.head_seq, self.head_hash) = head;
+                Err(e)
+            }
+        }
+    }
+
+    fn append(&mut self, append: Append) -> Result<Appended> {
+        let Append {
+            mut entry,
+            spend,
+            lease,
+            rule_set,
+        } = append;
+        let spent = spend.is_empty() || self.try_spend(&spend, entry.time_ms)?;
+        if !spent {
+            mark_budget_exhausted(&mut entry);
+        }
+        if let Some((hash, body)) = &rule_set {
+            self.conn
+                .execute(
+                    "INSERT OR IGNORE INTO rule_sets(hash, body) VALUES (?1, ?2)",
+                    params![hash, body],
+                )
+                .map_err(map_sql)?;
+        }
+        if spent && let Some(lease) = &lease {
+            insert_lease(&self.conn, lease)?;
+        }
+        let record = LogRecord::seal(self.head_seq + 1, entry, self.head_hash.clone());
+        let e = &record.entry;
+        self.conn
+            .execute(
+                "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                params![
+                    record.seq,
+                    e.time_ms,
+                    e.kind.as_str(),
+                    e.request_id,
+                    e.identity,
+                    e.grant,
+                    e.node,
+                    e.outcome,
+                    e.body.to_string(),
+                    record.prev_hash,
+                    record.hash
+                ],
+            )
+            .map_err(map_sql)?;
+        self.head_seq = record.seq;
+        self.head_hash = record.hash.clone();
+        Ok(Appended {
+            seq: record.seq,
+            hash: record.hash,
+            spent,
+        })
+    }
+
+    /// All spends or none, each a conditional update computed in SQL.
+    fn try_spend(&mut self, spend: &[SpendOp], now_ms: i64) -> Result<bool> {
+        self.conn
+            .execute_batch("SAVEPOINT spend")
+            .map_err(map_sql)?;
+        for op in spend {
+            if !spend_one(&self.conn, op, now_ms)? {
+                self.conn
+                    .execute_batch("ROLLBACK TO spend; RELEASE spend")
+                    .map_err(map_sql)?;
+                return Ok(false);
+            }
+        }
+        self.conn.execute_batch("RELEASE spend").map_err(map_sql)?;
+        Ok(true)
+    }
+}
+
+/// Records that a decision lost the budget race: its final outcome.
+pub(crate) fn mark_budget_exhausted(entry: &mut LogEntry) {
+    entry.outcome = Some("budget_exhausted".into());
+    if let Some(body) = entry.body.as_object_mut() {
+        body.insert("final_outcome".into(), "budget_exhausted".into());
+    }
+}
+
+/// The available-balance expression, in millitokens (see `BudgetSnapshot::available`).
+fn available_sql(per_ms: Option<i64>) -> &'static str {
+    match per_ms {
+        None => "balance_milli",
+        Some(_) => {
+            "CASE WHEN balance_milli >= :cap THEN balance_milli
+                  ELSE MIN(:cap, balance_milli + (MIN(MAX(:now - updated_at_ms, 0), :per) * :cap) / :per) END"
+        }
+    }
+}
+
+fn ensure_bucket(conn: &Connection, key: &str, cap: i64, now_ms: i64) -> Result<()> {
+    conn.execute(
+        "INSERT OR IGNORE INTO budgets(key, balance_milli, updated_at_ms) VALUES (?1, ?2, ?3)",
+        params![key, cap, now_ms],
+    )
+    .map_err(map_sql)?;
+    Ok(())
+}
+
+fn spend_one(conn: &Connection, op: &SpendOp, now_ms: i64) -> Result<bool> {
+    let (cap, per) = bucket_params(&op.policy);
+    ensure_bucket(conn, &op.key, cap, now_ms)?;
+    let avail = available_sql(per);
+    let sql = format!(
+        "UPDATE budgets SET balance_milli = ({avail}) - :cost, updated_at_ms = MAX(updated_at_ms, :now)
+         WHERE key = :key AND ({avail}) >= :cost"
+    );
+    let mut stmt = conn.prepare_cached(&sql).map_err(map_sql)?;
+    let changed = match per {
+        Some(per) => stmt.execute(rusqlite::named_params! {
+            ":cap": cap, ":now": now_ms, ":per": per, ":cost": cost_milli(op.cost), ":key": op.key,
+        }),
+        None => stmt.execute(rusqlite::named_params! { ":now": now_ms, ":cost": cost_milli(op.cost), ":key": op.key }),
+    }
+    .map_err(map_sql)?;
+    Ok(changed == 1)
+}
+
+fn insert_lease(conn: &Connection, l: &Lease) -> Result<()> {
+    conn.execute(
+        "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
+                            revoked_at_ms, task_ended_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            l.id,
+            l.request_id,
+            l.identity,
+            l.grant,
+            l.node,
+            l.kind,
+            l.revocation,
+            l.issued_at_ms,
+            l.expires_at_ms,
+            l.revoked_at_ms,
+            l.task_ended_at_ms
+        ],
+    )
+    .map_err(map_sql)?;
+    Ok(())
+}
+
+fn open(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
+    )
+    .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let setup = |e: rusqlite::Error| StoreError::Setup(format!("migration: {e}"));
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
+    )
+    .map_err(setup)?;
+    for (version, sql) in MIGRATIONS {
+        let tx = conn.transaction().map_err(setup)?;
+        let done: Option<i64> = tx
+            .query_row(
+                "SELECT version FROM schema_migrations WHERE version = ?1",
+                [version],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(setup)?;
+        if done.is_none() {
+            tx.execute_batch(sql).map_err(setup)?;
+            tx.execute(
+                "INSERT INTO schema_migrations(version) VALUES (?1)",
+                [version],
+            )
+            .map_err(setup)?;
+        }
+        tx.commit().map_err(setup)?;
+    }
+    Ok(())
+}
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LogRecord, String)> {
+    let kind: String = r.get(2)?;
+    let body: String = r.get(8)?;
+    Ok((
+        LogRecord {
+            seq: r.get(0)?,
+            entry: LogEntry {
+                time_ms: r.get(1)?,
+                kind: RecordKind::parse(&kind).unwrap_or(RecordKind::Admin),
+                request_id: r.get(3)?,
+                identity: r.get(4)?,
+                grant: r.get(5)?,
+                node: r.get(6)?,
+                outcome: r.get(7)?,
+                body: serde_json::Value::Null,
+            },
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        },
+        format!("{kind}\u{0}{body}"),
+    ))
+}
+
+/// Parses the body and checks the kind; a row that does not parse is reported
+/// as corrupt (verification then names it).
+fn finish_record((mut record, raw): (LogRecord, String)) -> Result<LogRecord> {
+    let (kind, body) = raw.split_once('\u{0}').unwrap_or_default();
+    if RecordKind::parse(kind).is_none() {
+        return Err(StoreError::Corrupt(format!(
+            "record {}: unknown kind {kind:?}",
+            record.seq
+        )));
+    }
+    record.entry.body = serde_json::from_str(body).map_err(|e| {
+        StoreError::Corrupt(format!("record {}: body is not JSON: {e}", record.seq))
+    })?;
+    Ok(record)
+}
+
+fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
+    Ok(Lease {
+        id: r.get(0)?,
+        request_id: r.get(1)?,
+        identity: r.get(2)?,
+        grant: r.get(3)?,
+        node: r.get(4)?,
+        kind: r.get(5)?,
+        revocation: r.get(6)?,
+        issued_at_ms: r.get(7)?,
+        expires_at_ms: r.get(8)?,
+        revoked_at_ms: r.get(9)?,
+        task_ended_at_ms: r.get(10)?,
+    })
+}
+
+const LEASE_COLUMNS: &str = "id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms, revoked_at_ms, task_ended_at_ms";
+const LOG_COLUMNS: &str =
+    "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash";
+
+/// The SQLite store.
+#[derive(Clone)]
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    read: Arc<Mutex<Connection>>,
+    path: PathBuf,
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
+        }
+        let mut conn = open(path)?;
+        migrate(&mut conn)?;
+        let (head_seq, head_hash) = conn
+            .query_row(
+                "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(|e| StoreError::Setup(e.to_string()))?
+            .unwrap_or((0, GENESIS.to_owned()));
+        let read = open(path)?;
+        let (jobs, mut rx) = mpsc::channel::<Job>(4096);
+        let mut writer = Writer {
+            conn,
+            head_seq,
+            head_hash,
+        };
+        std::thread::Builder::new()
+            .name("mintguard-sqlite-writer".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut batch = vec![first];
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(job) => batch.push(job),
+                            Err(_) => break,
+                        }
+                    }
+                    let head = (writer.head_seq, writer.head_hash.clone());
+                    if writer.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+                        // Dropping the jobs drops their senders: each caller
+                        // sees its write refused as unavailable.
+                        drop(batch);
+                        continue;
+                    }
+                    let completions: Vec<Completion> =
+                        batch.into_iter().map(|job| job(&mut writer)).collect();
+                    let committed = writer.conn.execute_batch("COMMIT").map_err(unavailable);
+                    if committed.is_err() {
+                        let _ = writer.conn.execute_batch("ROLLBACK");
+                        (writer.head_seq, writer.head_hash) = head;
+                    }
+                    for done in completions {
+                        done(
+                            committed
+                                .as_ref()
+                                .map(|_| ())
+                                .map_err(|e| StoreError::Unavailable(e.to_string())),
+                        );
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Setup(format!("writer thread: {e}")))?;
+        Ok(Self {
+            jobs,
+            read: Arc::new(Mutex::new(read)),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the writer, in its own savepoint of the next group commit;
+    /// resolves once the commit is durable.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |writer| {
+            let result = writer.savepoint(f);
+            Box::new(move |committed: Result<()>| {
+                let _ = tx.send(committed.and(result));
+            })
+        });
+        self.jobs
+            .send(job)
+            .await
+            .map_err(|_| unavailable("the writer thread stopped"))?;
+        rx.await
+            .map_err(|_| unavailable("the write was dropped (the batch could not begin)"))?
+    }
+
+    /// Runs a read on the read connection.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let conn = self.read.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = conn
+                .lock()
+                .map_err(|_| unavailable("read connection poisoned"))?;
+            f(&conn)
+        })
+        .await
+        .map_err(unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        self.write(move |w| w.append(append)).await
+    }
+
+    async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        let q = q.clone();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {LOG_COLUMNS} FROM log
+                 WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR grant_name = ?2) AND (?3 IS NULL OR node = ?3)
+                   AND (?4 IS NULL OR outcome = ?4) AND (?5 IS NULL OR time_ms >= ?5) AND (?6 IS NULL OR time_ms < ?6)
+                   AND seq > ?7
+                 ORDER BY seq LIMIT ?8"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(map_sql)?;
+            let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(
+                    params![q.identity, q.grant, q.node, q.outcome, q.since_ms, q.until_ms, q.after_seq.unwrap_or(0), limit],
+                    row_to_record,
+                )
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql).and_then(finish_record)).collect()
+        })
+        .await
+    }
+
+    async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>> {
+        let id = request_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {LOG_COLUMNS} FROM log WHERE request_id = ?1 ORDER BY seq"
+                ))
+                .map_err(map_sql)?;
+            let rows = stmt.query_map([id], row_to_record).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql).and_then(finish_record))
+                .collect()
+        })
+        .await
+    }
+
+    async fn head(&self) -> Result<(i64, String)> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(map_sql)?
+                .unwrap_or((0, GENESIS.to_owned())))
+        })
+        .await
+    }
+
+    async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
+        let hash = hash.to_owned();
+        self.read(move |conn| {
+            conn.query_row("SELECT body FROM rule_sets WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        let cp = cp.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO checkpoints(seq, hash, time_ms, jws) VALUES (?1, ?2, ?3, ?4)",
+                    params![cp.seq, cp.hash, cp.time_ms, cp.jws],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq")
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Checkpoint {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        time_ms: r.get(2)?,
+                        jws: r.get(3)?,
+                    })
+                })
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+
+    async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
+        let key = key.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok(BudgetSnapshot {
+                        balance_milli: r.get(0)?,
+                        updated_at_ms: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn top_up(
+        &self,
+        key: &str,
+        policy: &BudgetPolicy,
+        tokens: u64,
+        now_ms: i64,
+    ) -> Result<BudgetSnapshot> {
+        let (key, policy) = (key.to_owned(), policy.clone());
+        self.write(move |w| {
+            let (cap, per) = bucket_params(&policy);
+            ensure_bucket(&w.conn, &key, cap, now_ms)?;
+            let sql = format!(
+                "UPDATE budgets SET balance_milli = ({}) + :add, updated_at_ms = MAX(updated_at_ms, :now) WHERE key = :key
+                 RETURNING balance_milli, updated_at_ms",
+                available_sql(per)
+            );
+            let mut stmt = w.conn.prepare_cached(&sql).map_err(map_sql)?;
+            let snapshot = |r: &rusqlite::Row<'_>| Ok(BudgetSnapshot { balance_milli: r.get(0)?, updated_at_ms: r.get(1)? });
+            match per {
+                Some(per) => stmt.query_row(
+                    rusqlite::named_params! {":cap": cap, ":now": now_ms, ":per": per, ":add": cost_milli(tokens), ":key": key},
+                    snapshot,
+                ),
+                None => stmt.query_row(rusqlite::named_params! {":now": now_ms, ":add": cost_milli(tokens), ":key": key}, snapshot),
+            }
+            .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn refund(&self, key: &str, policy: &BudgetPolicy, cost: u64, now_ms: i64) -> Result<()> {
+        let (key, policy) = (key.to_owned(), policy.clone());
+        self.write(move |w| {
+            let (cap, per) = bucket_params(&policy);
+            let avail = available_sql(per);
+            let sql = format!(
+                "UPDATE budgets SET balance_milli = CASE WHEN ({avail}) > :cap THEN ({avail}) + :add
+                                                     ELSE MIN(:cap, ({avail}) + :add) END,
+                                    updated_at_ms = MAX(updated_at_ms, :now)
+                 WHERE key = :key"
+            );
+            let mut stmt = w.conn.prepare_cached(&sql).map_err(map_sql)?;
+            match per {
+                Some(per) => stmt.execute(rusqlite::named_params! {":cap": cap, ":now": now_ms, ":per": per, ":add": cost_milli(cost), ":key": key}),
+                None => stmt.execute(rusqlite::named_params! {":cap": cap, ":now": now_ms, ":add": cost_milli(cost), ":key": key}),
+            }
+            .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_join_token(
+        &self,
+        token_hash: &str,
+        node: &str,
+        expires_at_ms: i64,
+    ) -> Result<()> {
+        let (h, n) = (token_hash.to_owned(), node.to_owned());
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO join_tokens(token_hash, node, expires_at_ms) VALUES (?1, ?2, ?3)",
+                    params![h, n, expires_at_ms],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>> {
+        let h = token_hash.to_owned();
+        self.write(move |w| {
+            w.conn
+                .query_row(
+                    "UPDATE join_tokens SET used_at_ms = ?2 WHERE token_hash = ?1 AND used_at_ms IS NULL AND expires_at_ms > ?2
+                     RETURNING node",
+                    params![h, now_ms],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn create_entry(&self, e: &Entry) -> Result<()> {
+        let e = e.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO entries(id, spiffe_id, parent, selectors, grants, created_at_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![
+                        e.id,
+                        e.spiffe_id,
+                        e.parent,
+                        serde_json::to_string(&e.selectors).unwrap_or_default(),
+                        serde_json::to_string(&e.grants).unwrap_or_default(),
+                        e.created_at_ms
+                    ],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
+        let parent = parent.map(str::to_owned);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries
+                     WHERE (?1 IS NULL OR parent = ?1) ORDER BY created_at_ms, id",
+                )
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map([parent], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get::<_, String>(3)?,
+                        r.get::<_, String>(4)?,
+                        r.get(5)?,
+                    ))
+                })
+                .map_err(map_sql)?;
+            rows.map(|row| {
+                let (id, spiffe_id, parent, selectors, grants, created_at_ms) =
+                    row.map_err(map_sql)?;
+                let parse = |s: &str| {
+                    serde_json::from_str(s)
+                        .map_err(|e| StoreError::Corrupt(format!("entry {id}: {e}")))
+                };
+                Ok(Entry {
+                    selectors: parse(&selectors)?,
+                    grants: parse(&grants)?,
+                    id,
+                    spiffe_id,
+                    parent,
+                    created_at_ms,
+                })
+            })
+            .collect()
+        })
+        .await
+    }
+
+    async fn delete_entry(&self, id: &str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            Ok(w.conn
+                .execute("DELETE FROM entries WHERE id = ?1", [id])
+                .map_err(map_sql)?
+                == 1)
+        })
+        .await
+    }
+
+    async fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        let id = id.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"),
+                [id],
+                row_to_lease,
+            )
+            .optional()
+            .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>> {
+        let identity = identity.map(str::to_owned);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {LEASE_COLUMNS} FROM leases WHERE (?1 IS NULL OR identity = ?1) ORDER BY issued_at_ms DESC, id"
+                ))
+                .map_err(map_sql)?;
+            let rows = stmt.query_map([identity], row_to_lease).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+
+    async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            let changed = w
+                .conn
+                .execute(
+                    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
+                     WHERE id = ?1 AND revoked_at_ms IS NULL",
+                    params![id, now_ms],
+                )
+                .map_err(map_sql)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
+        let s = s.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO suspensions(subject, reason, by, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(subject) DO UPDATE SET reason = excluded.reason, by = excluded.by, at_ms = excluded.at_ms",
+                    params![s.subject, s.reason, s.by, s.at_ms],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn resume(&self, subject: &str) -> Result<bool> {
+        let subject = subject.to_owned();
+        self.write(move |w| {
+            Ok(w.conn
+                .execute("DELETE FROM suspensions WHERE subject = ?1", [subject])
+                .map_err(map_sql)?
+                == 1)
+        })
+        .await
+    }
+
+    async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
+        let subject = subject.to_owned();
+        self.read(move |conn| {
+            conn.query_row(
+                "SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1",
+                [subject],
+                |r| {
+                    Ok(SuspensionRecord {
+                        subject: r.get(0)?,
+                        reason: r.get(1)?,
+                        by: r.get(2)?,
+                        at_ms: r.get(3)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(map_sql)
+        })
+        .await
+    }
+}

@@ -1,0 +1,528 @@
+//! One conformance suite, run against the SQLite store (a file in a temp dir)
+//! and the PostgreSQL store (a fresh database on the peer from tests/peers.sh;
+//! these fail, never skip, without MINTGUARD_PG_URL).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+use std::sync::Arc;
+
+use mintguard_broker::log::checkpoint::LogSigner;
+use mintguard_broker::log::verify::verify_chain;
+use mintguard_broker::log::{LogEntry, RecordKind};
+use mintguard_broker::store::postgres::PostgresStore;
+use mintguard_broker::store::sqlite::SqliteStore;
+use mintguard_broker::store::{
+    Append, Entry, Lease, LogQuery, SpendOp, Store, StoreError, SuspensionRecord,
+};
+use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
+
+type Handle = (Arc<dyn Store>, Option<tempfile::TempDir>);
+
+fn sqlite_store() -> Handle {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("broker.db")).unwrap();
+    (Arc::new(store), Some(dir))
+}
+
+async fn postgres_store() -> Handle {
+    let url = std::env::var("MINTGUARD_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            panic!("MINTGUARD_PG_URL is not set: run under tests/peers.sh (see README)")
+        });
+    let admin: tokio_postgres::Config = url.parse().unwrap();
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut random = [0u8; 6];
+    getrandom(&mut random);
+    let db = format!(
+        "mg_conformance_{}",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let mut config = admin.clone();
+    config.dbname(&db);
+    let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("expected a TCP host, got {other:?}"),
+    };
+    let store_url = format!(
+        "postgres://{}:{}@{}:{}/{}",
+        config.get_user().unwrap(),
+        password,
+        host,
+        config.get_ports()[0],
+        db
+    );
+    (
+        Arc::new(PostgresStore::connect(&store_url).await.unwrap()),
+        None,
+    )
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .unwrap()
+        .read_exact(buf)
+        .unwrap();
+}
+
+fn entry(request: &str, identity: &str, outcome: &str, time_ms: i64) -> LogEntry {
+    LogEntry {
+        time_ms,
+        kind: RecordKind::Decision,
+        request_id: request.into(),
+        identity: Some(identity.into()),
+        grant: Some("payments-db".into()),
+        node: Some("spiffe://example.org/mintguard/node/n1".into()),
+        outcome: Some(outcome.into()),
+        body: serde_json::json!({"decision": {"outcome": outcome}, "n": time_ms}),
+    }
+}
+
+fn lease(id: &str, identity: &str, issued: i64) -> Lease {
+    Lease {
+        id: id.into(),
+        request_id: format!("req-{id}"),
+        identity: identity.into(),
+        grant: "payments-db".into(),
+        node: Some("spiffe://example.org/mintguard/node/n1".into()),
+        kind: "jwt".into(),
+        revocation: "introspection_only".into(),
+        issued_at_ms: issued,
+        expires_at_ms: issued + 300_000,
+        revoked_at_ms: None,
+        task_ended_at_ms: None,
+    }
+}
+
+fn plain(e: LogEntry) -> Append {
+    Append {
+        entry: e,
+        spend: vec![],
+        lease: None,
+        rule_set: None,
+    }
+}
+
+async fn concurrent_appends_form_one_verifiable_chain(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..64)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .append(plain(entry(
+                        &format!("r{i}"),
+                        "spiffe://example.org/a",
+                        "allow",
+                        i,
+                    )))
+                    .await
+            })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().seq);
+    }
+    seqs.sort_unstable();
+    assert_eq!(seqs, (1..=64).collect::<Vec<_>>());
+    let records = store
+        .log(&LogQuery {
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 64);
+    let head = store.head().await.unwrap();
+    let report = verify_chain(records, &[], None).unwrap();
+    assert_eq!((report.records, report.head), head);
+}
+
+async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
+    let policy = BudgetPolicy {
+        amount: 10,
+        per: Refill::Never,
+        base: 1,
+        per_5min: 0,
+        eci_factor: 0.0,
+    };
+    let now = 1_000_000;
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let (store, policy) = (store.clone(), policy.clone());
+            tokio::spawn(async move {
+                store
+                    .append(Append {
+                        entry: entry(&format!("b{i}"), "spiffe://example.org/a", "allow", now),
+                        spend: vec![SpendOp {
+                            key: "k".into(),
+                            policy,
+                            cost: 1,
+                        }],
+                        lease: Some(lease(&format!("lease-{i}"), "spiffe://example.org/a", now)),
+                        rule_set: None,
+                    })
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut spent = 0;
+    for t in tasks {
+        spent += usize::from(t.await.unwrap().spent);
+    }
+    assert_eq!(spent, 10, "exactly ⌊10/1⌋ of 40");
+    let exhausted = store
+        .log(&LogQuery {
+            outcome: Some("budget_exhausted".into()),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        exhausted.len(),
+        30,
+        "every loser is logged with its final outcome"
+    );
+    assert!(
+        exhausted
+            .iter()
+            .all(|r| r.entry.body["final_outcome"] == "budget_exhausted")
+    );
+    assert_eq!(
+        store.leases(None).await.unwrap().len(),
+        10,
+        "only winners get a lease"
+    );
+    assert_eq!(store.budget("k").await.unwrap().unwrap().balance_milli, 0);
+    verify_chain(
+        store
+            .log(&LogQuery {
+                limit: 100,
+                ..Default::default()
+            })
+            .await
+            .unwrap(),
+        &[],
+        None,
+    )
+    .unwrap();
+}
+
+async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
+    let policy = BudgetPolicy {
+        amount: 20,
+        per: Refill::Every { seconds: 3600 },
+        base: 1,
+        per_5min: 0,
+        eci_factor: 0.0,
+    };
+    let spend = |cost, t| Append {
+        entry: entry("x", "spiffe://example.org/a", "allow", t),
+        spend: vec![SpendOp {
+            key: "h".into(),
+            policy: policy.clone(),
+            cost,
+        }],
+        lease: None,
+        rule_set: None,
+    };
+    let t0 = 10_000_000;
+    assert!(store.append(spend(15, t0)).await.unwrap().spent);
+    let mut expected = BudgetSnapshot::full(&policy, t0)
+        .spend(&policy, t0, 15)
+        .unwrap();
+    assert_eq!(store.budget("h").await.unwrap().unwrap(), expected);
+    // 6 tokens > 5 available; after 15 minutes, 5 + 5 refilled = 10 ≥ 6.
+    assert!(!store.append(spend(6, t0 + 1)).await.unwrap().spent);
+    let t1 = t0 + 900_000;
+    assert!(store.append(spend(6, t1)).await.unwrap().spent);
+    expected = expected.spend(&policy, t1, 6).unwrap();
+    assert_eq!(store.budget("h").await.unwrap().unwrap(), expected);
+    let topped = store.top_up("h", &policy, 30, t1).await.unwrap();
+    assert_eq!(topped, expected.top_up(&policy, t1, 30));
+    assert!(
+        topped.balance_milli > policy.capacity_milli(),
+        "top-ups may exceed capacity"
+    );
+    store.refund("h", &policy, 2, t1).await.unwrap();
+    assert_eq!(
+        store.budget("h").await.unwrap().unwrap(),
+        topped.refund(&policy, t1, 2)
+    );
+}
+
+async fn join_tokens_are_single_use_and_expire(store: Arc<dyn Store>) {
+    store
+        .create_join_token("hash-1", "node-1", 5_000)
+        .await
+        .unwrap();
+    store
+        .create_join_token("hash-2", "node-2", 5_000)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.create_join_token("hash-1", "node-x", 5_000).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.consume_join_token("hash-1", 1_000).await.unwrap() })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for t in tasks {
+        winners.extend(t.await.unwrap());
+    }
+    assert_eq!(winners, vec!["node-1".to_owned()], "exactly one enrollment");
+    assert_eq!(
+        store.consume_join_token("hash-2", 5_000).await.unwrap(),
+        None,
+        "expired at 5000"
+    );
+    assert_eq!(store.consume_join_token("nope", 1).await.unwrap(), None);
+}
+
+async fn entries_crud_and_by_parent(store: Arc<dyn Store>) {
+    let e = |id: &str, parent: &str| Entry {
+        id: id.into(),
+        spiffe_id: format!("spiffe://example.org/{id}"),
+        parent: parent.into(),
+        selectors: vec!["unix:uid:1000".into(), "unix:sha256:ab".into()],
+        grants: vec!["payments-db".into()],
+        created_at_ms: 1,
+    };
+    store.create_entry(&e("a", "n1")).await.unwrap();
+    store.create_entry(&e("b", "n2")).await.unwrap();
+    store.create_entry(&e("c", "n1")).await.unwrap();
+    assert!(matches!(
+        store.create_entry(&e("a", "n3")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let n1: Vec<_> = store
+        .entries(Some("n1"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|x| x.id)
+        .collect();
+    assert_eq!(n1, vec!["a", "c"]);
+    assert_eq!(store.entries(None).await.unwrap().len(), 3);
+    assert_eq!(store.entries(Some("n1")).await.unwrap()[0], e("a", "n1"));
+    assert!(store.delete_entry("a").await.unwrap());
+    assert!(!store.delete_entry("a").await.unwrap());
+    assert_eq!(store.entries(Some("n1")).await.unwrap().len(), 1);
+}
+
+async fn leases_revoke_once(store: Arc<dyn Store>) {
+    let l = lease("l1", "spiffe://example.org/a", 100);
+    store
+        .append(Append {
+            entry: entry("req-l1", "spiffe://example.org/a", "allow", 100),
+            spend: vec![],
+            lease: Some(l.clone()),
+            rule_set: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.lease("l1").await.unwrap().unwrap(), l);
+    assert!(store.revoke_lease("l1", 200).await.unwrap());
+    assert!(
+        !store.revoke_lease("l1", 300).await.unwrap(),
+        "already revoked"
+    );
+    let revoked = store.lease("l1").await.unwrap().unwrap();
+    assert_eq!(
+        (revoked.revoked_at_ms, revoked.task_ended_at_ms),
+        (Some(200), Some(200))
+    );
+    assert_eq!(
+        store
+            .leases(Some("spiffe://example.org/a"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .leases(Some("spiffe://example.org/b"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.lease("nope").await.unwrap().is_none());
+}
+
+async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>) {
+    let l = lease("dup", "spiffe://example.org/a", 1);
+    let with_lease = |req: &str| Append {
+        entry: entry(req, "spiffe://example.org/a", "allow", 1),
+        spend: vec![],
+        lease: Some(l.clone()),
+        rule_set: None,
+    };
+    store.append(with_lease("first")).await.unwrap();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let a = if i == 3 {
+                with_lease("dup-again")
+            } else {
+                plain(entry(
+                    &format!("ok{i}"),
+                    "spiffe://example.org/a",
+                    "deny",
+                    2,
+                ))
+            };
+            tokio::spawn(async move { store.append(a).await })
+        })
+        .collect();
+    let mut failures = 0;
+    for t in tasks {
+        if t.await.unwrap().is_err() {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 1, "only the conflicting lease fails");
+    let records = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 8);
+    assert!(records.iter().all(|r| r.entry.request_id != "dup-again"));
+    verify_chain(records, &[], None).unwrap();
+}
+
+async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
+    for (i, (id, outcome)) in [("a", "allow"), ("b", "deny"), ("a", "deny"), ("a", "allow")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut a = plain(entry(
+            &format!("q{i}"),
+            &format!("spiffe://example.org/{id}"),
+            outcome,
+            1000 * i as i64,
+        ));
+        a.rule_set = Some(("hash-1".into(), "{\"policies\":[]}".into()));
+        store.append(a).await.unwrap();
+    }
+    let q = |identity: Option<&str>, outcome: Option<&str>, since: Option<i64>| LogQuery {
+        identity: identity.map(|s| format!("spiffe://example.org/{s}")),
+        outcome: outcome.map(str::to_owned),
+        since_ms: since,
+        limit: 100,
+        ..Default::default()
+    };
+    assert_eq!(store.log(&q(Some("a"), None, None)).await.unwrap().len(), 3);
+    assert_eq!(
+        store
+            .log(&q(Some("a"), Some("allow"), None))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        store.log(&q(None, None, Some(2000))).await.unwrap().len(),
+        2
+    );
+    assert_eq!(
+        store
+            .log(&LogQuery {
+                after_seq: Some(2),
+                limit: 1,
+                ..Default::default()
+            })
+            .await
+            .unwrap()[0]
+            .seq,
+        3
+    );
+    assert_eq!(store.log_for_request("q2").await.unwrap().len(), 1);
+    assert_eq!(
+        store.rule_set("hash-1").await.unwrap().as_deref(),
+        Some("{\"policies\":[]}")
+    );
+    assert_eq!(store.rule_set("hash-2").await.unwrap(), None);
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+    let (seq, hash) = store.head().await.unwrap();
+    let cp = signer.sign(seq, &hash, 5).unwrap();
+    store.add_checkpoint(&cp).await.unwrap();
+    assert_eq!(store.checkpoints().await.unwrap(), vec![cp.clone()]);
+    let records = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    verify_chain(records, &[cp], Some(signer.public_jwk())).unwrap();
+
+    let s = SuspensionRecord {
+        subject: "spiffe://example.org/a".into(),
+        reason: "incident 7".into(),
+        by: "operator:alice".into(),
+        at_ms: 9,
+    };
+    store.suspend(&s).await.unwrap();
+    store.suspend(&s).await.unwrap();
+    assert_eq!(store.suspension(&s.subject).await.unwrap(), Some(s.clone()));
+    assert!(store.resume(&s.subject).await.unwrap());
+    assert!(!store.resume(&s.subject).await.unwrap());
+    assert_eq!(store.suspension(&s.subject).await.unwrap(), None);
+}
+
+macro_rules! conformance {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, _dir) = super::sqlite_store();
+                    super::$name(store).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $name() {
+                    let (store, _dir) = super::postgres_store().await;
+                    super::$name(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    concurrent_appends_form_one_verifiable_chain,
+    budget_spends_are_exact_under_concurrency,
+    budget_refill_top_up_and_refund_match_the_policy_math,
+    join_tokens_are_single_use_and_expire,
+    entries_crud_and_by_parent,
+    leases_revoke_once,
+    a_failed_append_leaves_the_batch_and_chain_intact,
+    queries_rule_sets_checkpoints_and_suspensions,
+);
