@@ -14,5 +14,6 @@
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod config;
 pub mod log;
 pub mod store;

@@ -1,0 +1,715 @@
+//! The broker's TOML configuration: parsed and validated before anything is
+//! bound or opened. Every error names the file, the key and the reason.
+//! `deploy/broker_full.toml` documents every key.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mintguard_certs::id::{self, TrustDomain};
+use mintguard_certs::jwt::JwtAlgorithm;
+use mintguard_policy::budget::{BudgetPolicy, Refill};
+use mintguard_policy::trust::TrustConfig;
+use serde::Deserialize;
+
+/// A configuration error: which file, which key, why.
+#[derive(Debug, thiserror::Error)]
+#[error("{}: {key}: {reason}", file.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub file: PathBuf,
+    /// The key (`grants[2].max_ttl`), or `-` for the whole file.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Durations such as `"15m"`, `"1h"`, `"7d"`, `"90s"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        humantime::parse_duration(&s).map(Dur).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a duration like \"15m\" or \"1h\": {e}"
+            ))
+        })
+    }
+}
+
+/// `per = "1h"` or `per = "never"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Per(pub Refill);
+
+impl<'de> Deserialize<'de> for Per {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "never" {
+            return Ok(Per(Refill::Never));
+        }
+        let d = humantime::parse_duration(&s).map_err(|e| {
+            serde::de::Error::custom(format!("{s:?} is neither \"never\" nor a duration: {e}"))
+        })?;
+        Ok(Per(Refill::Every {
+            seconds: d.as_secs(),
+        }))
+    }
+}
+
+/// The three listeners.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// TLS: node enrollment, CI runners, JWKS, discovery, introspection, health.
+    pub public: SocketAddr,
+    /// mTLS with node SVIDs: renewal, entries, issuance, lease revocation.
+    pub agents: SocketAddr,
+    /// Operators (mTLS operator SVID or a bearer token).
+    pub admin: SocketAddr,
+}
+
+/// `[ca]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaConfig {
+    /// CA certificate lifetime. Default 7 days.
+    pub ca_ttl: Dur,
+    /// Node and broker SVID lifetime (also the rotation overlap). Default 1 hour.
+    pub svid_ttl: Dur,
+}
+
+impl Default for CaConfig {
+    fn default() -> Self {
+        Self {
+            ca_ttl: Dur(Duration::from_secs(7 * 86_400)),
+            svid_ttl: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `[jwt]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct JwtConfig {
+    /// `ES256` (default) or `EdDSA`.
+    pub algorithm: JwtAlgorithm,
+    /// The longest JWT any grant issues; retired keys stay in the JWKS this long.
+    pub max_ttl: Dur,
+}
+
+impl Default for JwtConfig {
+    fn default() -> Self {
+        Self {
+            algorithm: JwtAlgorithm::Es256,
+            max_ttl: Dur(Duration::from_secs(3600)),
+        }
+    }
+}
+
+/// `[eci]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct EciConfig {
+    /// The operator's exposure graph (JSON), relative to the config file.
+    pub graph: Option<PathBuf>,
+    /// Edge recency half-life, days. Default 30.
+    pub half_life_days: f64,
+    /// PageRank damping. Default 0.85.
+    pub alpha: f64,
+}
+
+impl Default for EciConfig {
+    fn default() -> Self {
+        Self {
+            graph: None,
+            half_life_days: 30.0,
+            alpha: 0.85,
+        }
+    }
+}
+
+/// `[policies]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// A directory of `*.cedar` files, relative to the config file. Without
+    /// it, no permit exists and everything is denied.
+    pub cedar: Option<PathBuf>,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Sign a checkpoint every this many records. Default 100.
+    pub checkpoint_every: u64,
+    /// … or every this often, if records were added. Default 10 s.
+    pub checkpoint_interval: Dur,
+    /// The JSON-lines file checkpoints are exported to (outside the database).
+    /// Default `<data_dir>/checkpoints.jsonl`.
+    pub checkpoints_file: Option<PathBuf>,
+    /// The log-signing key (Ed25519 PKCS#8 PEM, 0600; created if absent).
+    /// Default `<data_dir>/log-signing.key`. Never stored in the database.
+    pub signing_key: Option<PathBuf>,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            checkpoint_every: 100,
+            checkpoint_interval: Dur(Duration::from_secs(10)),
+            checkpoints_file: None,
+            signing_key: None,
+        }
+    }
+}
+
+/// `[signals]`: how the broker scores what it observes itself.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct SignalsConfig {
+    /// The `behaviour` value before anomaly analysis has enough history. Default 70.
+    pub behaviour_neutral: u8,
+    /// How long broker-observed signals stay fresh. Default 15 minutes.
+    pub ttl: Dur,
+}
+
+impl Default for SignalsConfig {
+    fn default() -> Self {
+        Self {
+            behaviour_neutral: 70,
+            ttl: Dur(Duration::from_secs(900)),
+        }
+    }
+}
+
+/// `[limits]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per second per node (per replica). Default 500.
+    pub per_node_per_second: u32,
+    /// Requests per second per identity (per replica). Default 100.
+    pub per_identity_per_second: u32,
+    /// Largest request body, bytes. Default 64 KiB.
+    pub max_body_bytes: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            per_node_per_second: 500,
+            per_identity_per_second: 100,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// A grant's budget (`budget = { amount, per, base, per_5min, eci_factor }`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Capacity and refill amount, tokens.
+    pub amount: u64,
+    /// `"1h"` or `"never"`.
+    pub per: Per,
+    /// Default 1.
+    #[serde(default = "one")]
+    pub base: u64,
+    /// Default 0.
+    #[serde(default)]
+    pub per_5min: u64,
+    /// Default 0.
+    #[serde(default)]
+    pub eci_factor: f64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl BudgetConfig {
+    /// As the policy crate's type.
+    pub fn policy(&self) -> BudgetPolicy {
+        BudgetPolicy {
+            amount: self.amount,
+            per: self.per.0,
+            base: self.base,
+            per_5min: self.per_5min,
+            eci_factor: self.eci_factor,
+        }
+    }
+}
+
+/// `reduced = { max_ttl }`: the privilege-reduced variant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ReducedConfig {
+    /// The reduced variant's longest TTL.
+    pub max_ttl: Option<Dur>,
+}
+
+/// The kinds of grant.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GrantKind {
+    /// A broker-signed JWT.
+    Jwt,
+    /// A Vault / OpenBao secret or token.
+    Vault,
+    /// AWS STS credentials.
+    AwsSts,
+}
+
+/// `[grants.jwt]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtGrant {
+    /// The `aud` claim.
+    pub audience: String,
+    /// Extra claims (strings) added to every token of this grant.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// `[[grants]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct GrantConfig {
+    /// Unique name.
+    pub name: String,
+    /// `jwt` (available), `vault`, `aws_sts`.
+    pub kind: GrantKind,
+    /// Longest TTL.
+    pub max_ttl: Dur,
+    /// Exposure-graph nodes the grant confers.
+    #[serde(default)]
+    pub eci_targets: Vec<String>,
+    /// Per-identity budget for this grant.
+    pub budget: Option<BudgetConfig>,
+    /// The reduced variant.
+    pub reduced: Option<ReducedConfig>,
+    /// JWT settings (kind `jwt`).
+    pub jwt: Option<JwtGrant>,
+}
+
+/// Operator roles.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Read logs.
+    Viewer,
+    /// Entries, suspend, revoke.
+    Operator,
+    /// Approve step-ups.
+    Approver,
+    /// Everything.
+    Admin,
+    /// May only post signals.
+    SignalSource,
+}
+
+/// `[[operators]]`: a named bearer token from a file.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Name (appears in the log).
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// File holding the token (0600), relative to the config file.
+    pub token_file: PathBuf,
+}
+
+/// `[[introspection_clients]]`: relying parties allowed to call `/v1/introspect`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionClient {
+    /// Name.
+    pub name: String,
+    /// File holding its bearer token.
+    pub token_file: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    trust_domain: String,
+    data_dir: PathBuf,
+    #[serde(default)]
+    store: Option<String>,
+    issuer_url: String,
+    listen: Listen,
+    #[serde(default)]
+    ca: CaConfig,
+    #[serde(default)]
+    jwt: JwtConfig,
+    #[serde(default)]
+    trust: TrustConfig,
+    #[serde(default)]
+    signals: SignalsConfig,
+    #[serde(default)]
+    eci: EciConfig,
+    #[serde(default)]
+    policies: PoliciesConfig,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    grants: Vec<GrantConfig>,
+    #[serde(default)]
+    operators: Vec<OperatorConfig>,
+    #[serde(default)]
+    introspection_clients: Vec<IntrospectionClient>,
+}
+
+/// A validated configuration; relative paths are resolved against the file's directory.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub file: PathBuf,
+    /// The trust domain.
+    pub trust_domain: TrustDomain,
+    /// Where the CA, keys and (by default) the SQLite database live.
+    pub data_dir: PathBuf,
+    /// `sqlite://PATH` or `postgres://…`.
+    pub store: String,
+    /// The JWT `iss` and OIDC issuer URL.
+    pub issuer_url: String,
+    /// Listeners.
+    pub listen: Listen,
+    /// CA lifetimes.
+    pub ca: CaConfig,
+    /// JWT keys.
+    pub jwt: JwtConfig,
+    /// Trust weights and thresholds.
+    pub trust: TrustConfig,
+    /// Broker-observed signals.
+    pub signals: SignalsConfig,
+    /// ECI.
+    pub eci: EciConfig,
+    /// Cedar policies.
+    pub policies: PoliciesConfig,
+    /// Issuance log.
+    pub log: LogConfig,
+    /// Limits.
+    pub limits: LimitsConfig,
+    /// Grants, by name.
+    pub grants: BTreeMap<String, GrantConfig>,
+    /// Operators with token files.
+    pub operators: Vec<OperatorConfig>,
+    /// Introspection clients.
+    pub introspection_clients: Vec<IntrospectionClient>,
+}
+
+impl Config {
+    /// Reads and validates `file`.
+    pub fn load(file: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
+            file: file.to_path_buf(),
+            key: "-".into(),
+            reason: e.to_string(),
+        })?;
+        Self::parse(file, &text)
+    }
+
+    /// Parses and validates `text` as if read from `file`.
+    pub fn parse(file: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |key: &str, reason: String| ConfigError {
+            file: file.to_path_buf(),
+            key: key.to_owned(),
+            reason,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map_or_else(|| "-".to_owned(), |s| format!("near byte {}", s.start));
+            err(&key, e.message().to_owned())
+        })?;
+        let base = file.parent().map(Path::to_path_buf).unwrap_or_default();
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_path_buf()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let trust_domain = id::parse_trust_domain(&raw.trust_domain)
+            .map_err(|e| err("trust_domain", e.to_string()))?;
+        let data_dir = resolve(&raw.data_dir);
+        let store = match raw.store {
+            None => format!("sqlite://{}", data_dir.join("broker.db").display()),
+            Some(s)
+                if s.starts_with("sqlite://")
+                    || s.starts_with("postgres://")
+                    || s.starts_with("postgresql://") =>
+            {
+                s
+            }
+            Some(s) => {
+                return Err(err(
+                    "store",
+                    format!("{s:?}: expected sqlite://PATH or postgres://…"),
+                ));
+            }
+        };
+        if !(raw.issuer_url.starts_with("https://")
+            || raw.issuer_url.starts_with("http://127.0.0.1")
+            || raw.issuer_url.starts_with("http://localhost"))
+        {
+            return Err(err(
+                "issuer_url",
+                "must be an https:// URL (http only for loopback)".into(),
+            ));
+        }
+        let l = &raw.listen;
+        // Port 0 (tests: pick a free port) may repeat; fixed addresses may not.
+        let fixed = l.public.port() != 0 || l.agents.port() != 0 || l.admin.port() != 0;
+        if fixed && (l.public == l.agents || l.public == l.admin || l.agents == l.admin) {
+            return Err(err(
+                "listen",
+                "public, agents and admin need three different addresses".into(),
+            ));
+        }
+        if raw.ca.svid_ttl.0.is_zero() || raw.ca.ca_ttl.0 < raw.ca.svid_ttl.0 * 2 {
+            return Err(err(
+                "ca.ca_ttl",
+                "must be at least twice ca.svid_ttl".into(),
+            ));
+        }
+        if raw.jwt.max_ttl.0.is_zero() {
+            return Err(err("jwt.max_ttl", "must be positive".into()));
+        }
+        raw.trust
+            .validate()
+            .map_err(|e| err("trust", e.to_string()))?;
+        if raw.signals.behaviour_neutral > 100 {
+            return Err(err("signals.behaviour_neutral", "must be 0–100".into()));
+        }
+        if !(raw.eci.half_life_days.is_finite() && raw.eci.half_life_days > 0.0) {
+            return Err(err("eci.half_life_days", "must be > 0".into()));
+        }
+        if !(raw.eci.alpha > 0.0 && raw.eci.alpha < 1.0) {
+            return Err(err("eci.alpha", "must be in (0, 1)".into()));
+        }
+        if raw.log.checkpoint_every == 0 || raw.log.checkpoint_interval.0.is_zero() {
+            return Err(err(
+                "log.checkpoint_every",
+                "checkpoint_every and checkpoint_interval must be positive".into(),
+            ));
+        }
+        if raw.limits.per_node_per_second == 0 || raw.limits.per_identity_per_second == 0 {
+            return Err(err("limits", "rates must be positive".into()));
+        }
+        if raw.limits.max_body_bytes < 1024 || raw.limits.max_body_bytes > 16 * 1024 * 1024 {
+            return Err(err(
+                "limits.max_body_bytes",
+                "must be 1 KiB..=16 MiB".into(),
+            ));
+        }
+
+        let mut grants = BTreeMap::new();
+        for (i, g) in raw.grants.into_iter().enumerate() {
+            let key = |k: &str| format!("grants[{i}].{k}");
+            if g.name.is_empty()
+                || g.name.len() > mintguard_api::MAX_GRANT_LEN
+                || !g
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+            {
+                return Err(err(
+                    &key("name"),
+                    format!("{:?}: 1–128 characters of [A-Za-z0-9._-]", g.name),
+                ));
+            }
+            if g.max_ttl.0.is_zero() {
+                return Err(err(&key("max_ttl"), "must be positive".into()));
+            }
+            match g.kind {
+                GrantKind::Jwt => {
+                    if g.jwt.as_ref().is_none_or(|j| j.audience.is_empty()) {
+                        return Err(err(
+                            &key("jwt"),
+                            "a jwt grant needs jwt = { audience = \"…\" }".into(),
+                        ));
+                    }
+                    if g.max_ttl.0 > raw.jwt.max_ttl.0 {
+                        return Err(err(
+                            &key("max_ttl"),
+                            format!("exceeds jwt.max_ttl ({}s)", raw.jwt.max_ttl.0.as_secs()),
+                        ));
+                    }
+                    for claim in g.jwt.iter().flat_map(|j| j.claims.keys()) {
+                        if ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"]
+                            .contains(&claim.as_str())
+                        {
+                            return Err(err(
+                                &key("jwt.claims"),
+                                format!("{claim:?} is set by the broker"),
+                            ));
+                        }
+                    }
+                }
+                GrantKind::Vault | GrantKind::AwsSts => {
+                    return Err(err(
+                        &key("kind"),
+                        format!(
+                            "{:?} grants are not available in this version of the broker",
+                            g.kind
+                        ),
+                    ));
+                }
+            }
+            if let Some(b) = &g.budget {
+                b.policy()
+                    .validate(&key("budget"))
+                    .map_err(|e| err(&key("budget"), e.to_string()))?;
+            }
+            if let Some(Some(max)) = g.reduced.as_ref().map(|r| r.max_ttl)
+                && max.0 > g.max_ttl.0
+            {
+                return Err(err(
+                    &key("reduced.max_ttl"),
+                    "exceeds the grant's max_ttl".into(),
+                ));
+            }
+            if grants.contains_key(&g.name) {
+                return Err(err(&key("name"), format!("duplicate grant {:?}", g.name)));
+            }
+            grants.insert(g.name.clone(), g);
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, o) in raw.operators.iter().enumerate() {
+            if !names.insert(o.name.clone()) || o.name.is_empty() {
+                return Err(err(
+                    &format!("operators[{i}].name"),
+                    format!("{:?}: empty or duplicate", o.name),
+                ));
+            }
+        }
+        Ok(Self {
+            file: file.to_path_buf(),
+            trust_domain,
+            store,
+            issuer_url: raw.issuer_url.trim_end_matches('/').to_owned(),
+            listen: raw.listen,
+            ca: raw.ca,
+            jwt: raw.jwt,
+            trust: raw.trust,
+            signals: raw.signals,
+            eci: EciConfig {
+                graph: raw.eci.graph.as_deref().map(resolve),
+                ..raw.eci
+            },
+            policies: PoliciesConfig {
+                cedar: raw.policies.cedar.as_deref().map(resolve),
+            },
+            log: LogConfig {
+                checkpoints_file: Some(
+                    raw.log
+                        .checkpoints_file
+                        .as_deref()
+                        .map_or_else(|| data_dir.join("checkpoints.jsonl"), resolve),
+                ),
+                signing_key: Some(
+                    raw.log
+                        .signing_key
+                        .as_deref()
+                        .map_or_else(|| data_dir.join("log-signing.key"), resolve),
+                ),
+                ..raw.log
+            },
+            limits: raw.limits,
+            grants,
+            operators: raw
+                .operators
+                .into_iter()
+                .map(|o| OperatorConfig {
+                    token_file: resolve(&o.token_file),
+                    ..o
+                })
+                .collect(),
+            introspection_clients: raw
+                .introspection_clients
+                .into_iter()
+                .map(|c| IntrospectionClient {
+                    token_file: resolve(&c.token_file),
+                    ..c
+                })
+                .collect(),
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        trust_domain = "example.org"
+        data_dir = "data"
+        issuer_url = "https://mintguard.example.org"
+        [listen]
+        public = "127.0.0.1:8444"
+        agents = "127.0.0.1:8443"
+        admin = "127.0.0.1:8445"
+        [[grants]]
+        name = "payments-token"
+        kind = "jwt"
+        max_ttl = "15m"
+        jwt = { audience = "payments" }
+        budget = { amount = 20, per = "1h", eci_factor = 2 }
+        reduced = { max_ttl = "5m" }
+    "#;
+
+    #[test]
+    fn minimal_config_with_defaults() {
+        let c = Config::parse(Path::new("/etc/mintguard/broker.toml"), MINIMAL).unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("/etc/mintguard/data"));
+        assert_eq!(c.store, "sqlite:///etc/mintguard/data/broker.db");
+        let g = &c.grants["payments-token"];
+        assert_eq!(g.max_ttl.0, Duration::from_secs(900));
+        assert_eq!(
+            g.budget.as_ref().unwrap().policy().per,
+            Refill::Every { seconds: 3600 }
+        );
+        assert_eq!(
+            c.log.signing_key.as_deref(),
+            Some(Path::new("/etc/mintguard/data/log-signing.key"))
+        );
+    }
+
+    fn refused(replace: (&str, &str), key: &str) {
+        let text = MINIMAL.replace(replace.0, replace.1);
+        let e = Config::parse(Path::new("/x/broker.toml"), &text).unwrap_err();
+        assert!(e.to_string().starts_with("/x/broker.toml: "), "{e}");
+        assert!(
+            e.key.contains(key) || e.reason.contains(key),
+            "expected {key:?} in {e}"
+        );
+    }
+
+    #[test]
+    fn bad_configs_name_file_key_and_reason() {
+        refused(("example.org", "Example.org"), "trust_domain");
+        refused(("\"15m\"", "\"soon\""), "not a duration");
+        refused(("kind = \"jwt\"", "kind = \"vault\""), "grants[0].kind");
+        refused(("kind = \"jwt\"", "kind = \"ldap\""), "unknown variant");
+        refused(("amount = 20", "amount = 0"), "grants[0].budget");
+        refused(("\"5m\" }", "\"1h\" }"), "grants[0].reduced.max_ttl");
+        refused(
+            ("audience = \"payments\"", "audience = \"\""),
+            "grants[0].jwt",
+        );
+        refused(("data_dir", "dat_dir"), "unknown field");
+        refused(("https://mintguard", "http://mintguard"), "issuer_url");
+        refused(("8445", "8444"), "listen");
+    }
+}
