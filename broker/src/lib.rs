@@ -15,5 +15,10 @@
 
 pub mod cli;
 pub mod config;
+pub mod http;
 pub mod log;
+pub mod mint;
+pub mod pipeline;
+pub mod routes;
+pub mod state;
 pub mod store;

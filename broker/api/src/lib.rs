@@ -87,6 +87,105 @@ impl ErrorBody {
     }
 }
 
+/// Most selectors an agent may present for one workload.
+pub const MAX_SELECTORS: usize = 64;
+/// Longest selector, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 512;
+
+/// `POST /v1/issue` (agent → broker, mTLS): the workload's attested selectors
+/// and its request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueRequest {
+    /// Selectors the agent proved from the workload's peer credentials.
+    pub selectors: Vec<String>,
+    /// The workload's request.
+    pub request: CredentialRequest,
+}
+
+/// `POST /v1/node/enroll` (public listener): a join token and a CSR.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollRequest {
+    /// The single-use join token; it names the node.
+    pub join_token: String,
+    /// A PEM CSR for the node key (its subject and SANs are ignored).
+    pub csr: String,
+}
+
+/// `POST /v1/node/renew` (agents listener): a CSR for the node's next SVID.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// A PEM CSR.
+    pub csr: String,
+}
+
+/// An X.509-SVID issued to a node, with the trust bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SvidResponse {
+    /// The node's SPIFFE ID.
+    pub spiffe_id: String,
+    /// The certificate chain, PEM, leaf first.
+    pub svid_pem: String,
+    /// The trust bundle, PEM.
+    pub bundle_pem: String,
+    /// When the SVID expires (RFC 3339).
+    pub expires_at: String,
+}
+
+/// A registration entry as the admin API and agents see it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    /// Entry id.
+    pub id: String,
+    /// The SPIFFE ID it assigns.
+    pub spiffe_id: String,
+    /// The node that may vouch for it.
+    pub parent: String,
+    /// Selectors, all required.
+    pub selectors: Vec<String>,
+    /// Grants the identity may request.
+    pub grants: Vec<String>,
+}
+
+/// `POST /admin/v1/entries`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateEntryRequest {
+    /// The SPIFFE ID to assign.
+    pub spiffe_id: String,
+    /// The parent node: its SPIFFE ID or its name.
+    pub parent: String,
+    /// Selectors; at least one of `unix:uid`, `unix:gid`, `unix:sha256`, `k8s:sa`.
+    pub selectors: Vec<String>,
+    /// Grants the identity may request.
+    #[serde(default)]
+    pub grants: Vec<String>,
+}
+
+/// `POST /admin/v1/tokens`: a join token for a node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateTokenRequest {
+    /// The node's name (its ID becomes `spiffe://<td>/mintguard/node/<name>`).
+    pub node: String,
+    /// Lifetime, seconds (default 600, at most 86400).
+    #[serde(default)]
+    pub ttl_seconds: Option<u64>,
+}
+
+/// The answer to `POST /admin/v1/tokens`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateTokenResponse {
+    /// The token: shown once, stored only as a hash.
+    pub token: String,
+    /// The node ID it enrolls.
+    pub spiffe_id: String,
+    /// When it expires (RFC 3339).
+    pub expires_at: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

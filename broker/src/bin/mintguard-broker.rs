@@ -1,12 +1,245 @@
 //! `mintguard-broker`: the broker service.
 
-use clap::Parser;
+//!
+//! `run --config FILE` validates the configuration before binding anything
+//! (exit 2 naming the file, key and reason), then serves. SIGHUP reloads
+//! rules, grants, signal weights and the exposure graph; a reload that fails
+//! validation keeps the running configuration and says why.
+
+#![allow(clippy::print_stdout)] // a command-line tool prints its results
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use mintguard_broker::config::{Config, Role};
+use mintguard_broker::state::{Broker, build_dynamic, load_tokens};
 
 /// The Mintguard credential broker.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the public, agents and admin listeners.
+    Run {
+        /// The TOML configuration (see deploy/broker_full.toml).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Log as JSON lines.
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Bootstrap operators.
+    Operator {
+        #[command(subcommand)]
+        command: OperatorCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum OperatorCommand {
+    /// Create an operator token (run on the broker host; the broker loads
+    /// `<data_dir>/operators/*.token` at start and on reload).
+    Create {
+        /// Operator name.
+        name: String,
+        /// viewer, operator, approver, admin or signal_source.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// The broker's configuration (for its data_dir).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Also copy the token file here.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    match Cli::parse().command {
+        Command::Run { config, log_json } => run(config, log_json),
+        Command::Operator {
+            command:
+                OperatorCommand::Create {
+                    name,
+                    role,
+                    config,
+                    out,
+                },
+        } => operator_create(&name, &role, &config, out),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("mintguard-broker: {message}");
+    ExitCode::from(2)
+}
+
+fn run(file: PathBuf, log_json: bool) -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    if log_json {
+        tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    } else {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let config = match Config::load(&file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(format!("runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let data_dir = config.data_dir.clone();
+        let broker = match Broker::start(config).await {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let bound = match mintguard_broker::routes::serve(broker.clone()).await {
+            Ok(b) => b,
+            Err(e) => return fail(e),
+        };
+        let listen = serde_json::to_string_pretty(&bound).unwrap_or_default();
+        if let Err(e) = std::fs::write(data_dir.join("listen.json"), &listen) {
+            return fail(format!("{}: {e}", data_dir.join("listen.json").display()));
+        }
+        eprintln!(
+            "mintguard-broker: serving public on {}, agents on {}, admin on {} (data in {})",
+            bound.public,
+            bound.agents,
+            bound.admin,
+            data_dir.display()
+        );
+        wait_for_signals(broker, file).await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signals(broker: Arc<Broker>, file: PathBuf) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&broker, &file).await,
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down");
+}
+
+async fn reload(broker: &Broker, file: &std::path::Path) {
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(%e, "reload refused: keeping the running configuration");
+            return;
+        }
+    };
+    let tokens = load_tokens(&config);
+    match (build_dynamic(config, &*broker.store).await, tokens) {
+        (Ok(dynamic), Ok((operators, introspection))) => {
+            let hash = dynamic.rules.hash().to_owned();
+            broker.dynamic.store(Arc::new(dynamic));
+            if let Ok(mut o) = broker.operators.write() {
+                *o = operators;
+            }
+            if let Ok(mut i) = broker.introspection.write() {
+                *i = introspection;
+            }
+            tracing::info!(rule_set = %hash, "configuration reloaded");
+        }
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(%e, "reload refused: keeping the running configuration")
+        }
+    }
+}
+
+fn operator_create(
+    name: &str,
+    role: &str,
+    file: &std::path::Path,
+    out: Option<PathBuf>,
+) -> ExitCode {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let parsed: Result<Role, _> =
+        serde_json::from_value(serde_json::Value::String(role.to_owned()));
+    if parsed.is_err() {
+        return fail(format!(
+            "unknown role {role:?}: viewer, operator, approver, admin or signal_source"
+        ));
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return fail(format!("operator name {name:?}: use [A-Za-z0-9_-]"));
+    }
+    let dir = config.data_dir.join("operators");
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        return fail(format!("{}: {e}", dir.display()));
+    }
+    let token = format!(
+        "mgop-{}",
+        mintguard_broker::pipeline::random_id("t").trim_start_matches("t-")
+    );
+    let write = |path: &std::path::Path, text: &str| -> std::io::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    };
+    let path = dir.join(format!("{name}.token"));
+    if let Err(e) =
+        write(&path, &token).and_then(|()| write(&dir.join(format!("{name}.role")), role))
+    {
+        return fail(format!(
+            "{}: {e} (does the operator exist already?)",
+            path.display()
+        ));
+    }
+    if let Some(out) = out {
+        let copy = out.join(format!("{name}.token"));
+        if let Err(e) = std::fs::create_dir_all(&out).and_then(|()| write(&copy, &token)) {
+            return fail(format!("{}: {e}", copy.display()));
+        }
+        println!("{}", copy.display());
+    } else {
+        println!("{}", path.display());
+    }
+    ExitCode::SUCCESS
 }

@@ -1,15 +1,23 @@
-//! `mintguard`: the operator CLI. Offline commands run here; the others are
-//! clients of the broker's admin API.
+//! `mintguard`: the operator CLI. `eci` runs offline; the other verbs are
+//! clients of the broker's admin API (`--data-dir` on the broker host, or
+//! `--broker`, `--trust-domain`, `--ca` and `--token-file`).
+
+#![allow(clippy::print_stdout)] // a command-line tool prints its results
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mintguard_broker::cli;
+use mintguard_broker::cli::client::{AdminClient, Target};
+use mintguard_broker::cli::ops::{self, EntryCommand, LogsArgs, TokenCommand, urlencode};
+use serde_json::json;
 
 /// Inspect, explain and act on Mintguard.
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    target: Target,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,22 +26,174 @@ struct Cli {
 enum Command {
     /// ECI of every node of an exposure graph, from the file alone.
     Eci(cli::eci::EciArgs),
+    /// Join tokens for node enrollment.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Registration entries.
+    Entry {
+        #[command(subcommand)]
+        command: EntryCommand,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The issuance log (and `logs verify`).
+    Logs(LogsArgs),
+    /// Everything recorded about one request.
+    Explain {
+        /// The request id.
+        request_id: String,
+    },
+    /// Re-decide logged decisions under their recorded inputs and rule sets.
+    Replay {
+        /// Only records newer than this (e.g. 24h).
+        #[arg(long)]
+        since: Option<String>,
+    },
+    /// Leases (credentials tracked until expiry).
+    Leases {
+        /// Only this identity's.
+        #[arg(long)]
+        identity: Option<String>,
+        /// Only leases still live after their task ended.
+        #[arg(long)]
+        outlived: bool,
+    },
+    /// Revoke a lease.
+    Revoke {
+        /// The lease id.
+        lease: String,
+    },
+    /// Suspend an identity or node: refuse everything and revoke its leases.
+    Suspend {
+        /// SPIFFE ID.
+        subject: String,
+        /// Why.
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Lift a suspension.
+    Resume {
+        /// SPIFFE ID.
+        subject: String,
+    },
 }
 
 fn main() -> ExitCode {
     let args = Cli::parse();
-    let result = match &args.command {
-        Command::Eci(eci) => cli::eci::run(
-            eci,
-            &mut std::io::stdout().lock(),
-            &mut std::io::stderr().lock(),
-        ),
+    if let Command::Eci(eci) = &args.command {
+        return finish(
+            cli::eci::run(
+                eci,
+                &mut std::io::stdout().lock(),
+                &mut std::io::stderr().lock(),
+            )
+            .map(|()| true),
+        );
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return finish(Err(format!("runtime: {e}"))),
     };
+    finish(runtime.block_on(run(args)))
+}
+
+fn finish(result: Result<bool, String>) -> ExitCode {
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
         Err(message) => {
             eprintln!("mintguard: {message}");
             ExitCode::from(2)
         }
+    }
+}
+
+async fn run(args: Cli) -> Result<bool, String> {
+    let out = &mut std::io::stdout().lock();
+    if let Command::Logs(LogsArgs {
+        verify: Some(cmd), ..
+    }) = &args.command
+    {
+        return ops::verify(&args.target, cmd, out).await;
+    }
+    let client = AdminClient::new(&args.target)?;
+    match &args.command {
+        Command::Eci(_) => Ok(true),
+        Command::Token { command } => ops::token(&client, command, out).await.map(|()| true),
+        Command::Entry { command, json } => ops::entry(&client, command, *json, out)
+            .await
+            .map(|()| true),
+        Command::Logs(logs) => ops::logs(&client, logs, out).await.map(|()| true),
+        Command::Explain { request_id } => ops::simple(
+            &client,
+            "GET",
+            &format!("/admin/v1/explain/{}", urlencode(request_id)),
+            None,
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Replay { since } => {
+            let path = match since {
+                Some(s) => {
+                    let d =
+                        humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
+                    let since = mintguard_broker::state::now_ms()
+                        - i64::try_from(d.as_millis()).unwrap_or(0);
+                    format!("/admin/v1/replay?since_ms={since}")
+                }
+                None => "/admin/v1/replay".into(),
+            };
+            let v = ops::simple(&client, "POST", &path, None, out).await?;
+            Ok(v["differences"].as_array().is_some_and(Vec::is_empty))
+        }
+        Command::Leases { identity, outlived } => {
+            let mut q = vec![format!("outlived={outlived}")];
+            if let Some(i) = identity {
+                q.push(format!("identity={}", urlencode(i)));
+            }
+            ops::simple(
+                &client,
+                "GET",
+                &format!("/admin/v1/leases?{}", q.join("&")),
+                None,
+                out,
+            )
+            .await
+            .map(|_| true)
+        }
+        Command::Revoke { lease } => ops::simple(
+            &client,
+            "POST",
+            &format!("/admin/v1/leases/{}/revoke", urlencode(lease)),
+            None,
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Suspend { subject, reason } => ops::simple(
+            &client,
+            "POST",
+            "/admin/v1/suspend",
+            Some(json!({"subject": subject, "reason": reason})),
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Resume { subject } => ops::simple(
+            &client,
+            "POST",
+            "/admin/v1/resume",
+            Some(json!({"subject": subject})),
+            out,
+        )
+        .await
+        .map(|_| true),
     }
 }

@@ -1,4 +1,6 @@
 //! The `mintguard` operator CLI's commands. `main` parses arguments and calls
 //! one of these; each returns an error message for a non-zero exit.
 
+pub mod client;
 pub mod eci;
+pub mod ops;

@@ -1,0 +1,448 @@
+//! The CLI verbs that talk to the broker's admin API (and `logs verify`,
+//! which can also read a store directly).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::client::{AdminClient, Target};
+use crate::log::LogRecord;
+use crate::log::checkpoint;
+use crate::log::verify::verify_chain;
+
+/// `mintguard token …`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use join token for a node.
+    Create {
+        /// The node's name.
+        #[arg(long)]
+        node: String,
+        /// Lifetime, e.g. 10m.
+        #[arg(long, default_value = "10m")]
+        ttl: String,
+    },
+}
+
+/// `mintguard entry …`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum EntryCommand {
+    /// Create a registration entry.
+    Create {
+        /// The SPIFFE ID to assign.
+        #[arg(long)]
+        spiffe_id: String,
+        /// The parent node (name or SPIFFE ID).
+        #[arg(long)]
+        parent: String,
+        /// A selector (repeat): unix:uid:N, unix:gid:N, unix:sha256:HEX, unix:path:/abs, k8s:sa:…
+        #[arg(long = "selector", required = true)]
+        selectors: Vec<String>,
+        /// A grant the identity may request (repeat).
+        #[arg(long = "grant")]
+        grants: Vec<String>,
+    },
+    /// List entries.
+    List {
+        /// Only this parent node's.
+        #[arg(long)]
+        parent: Option<String>,
+    },
+    /// Delete an entry.
+    Delete {
+        /// The entry id.
+        id: String,
+    },
+}
+
+/// `mintguard logs …`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct LogsArgs {
+    /// `verify` checks the chain (and checkpoints) instead of listing.
+    #[command(subcommand)]
+    pub verify: Option<LogsCommand>,
+    /// Only this identity.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Only this grant.
+    #[arg(long)]
+    pub grant: Option<String>,
+    /// Only this node or CI issuer.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only this outcome.
+    #[arg(long)]
+    pub outcome: Option<String>,
+    /// Only records newer than this (e.g. 1h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only records older than this (e.g. 10m).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// JSON lines.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep printing new records.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// `mintguard logs verify`.
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum LogsCommand {
+    /// Verify the hash chain against the exported checkpoints. Exit 0 if it
+    /// holds, 1 naming the first bad record otherwise.
+    Verify {
+        /// Exported checkpoints (JSON lines); default: the broker's own export.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+        /// The log-signing public key (JWK JSON); default `<data_dir>/log-signing.jwk.json`.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Read records from this store (sqlite://PATH or postgres://…) instead of the admin API.
+        #[arg(long)]
+        store: Option<String>,
+        /// JSON output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn ago_ms(spec: &str) -> Result<i64, String> {
+    let d = humantime::parse_duration(spec).map_err(|e| format!("{spec:?}: {e}"))?;
+    Ok(crate::state::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+}
+
+fn time_of(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+fn print_json(out: &mut impl Write, v: &Value) -> Result<(), String> {
+    writeln!(
+        out,
+        "{}",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// Runs `token create`.
+pub async fn token(
+    client: &AdminClient,
+    cmd: &TokenCommand,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let TokenCommand::Create { node, ttl } = cmd;
+    let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl {ttl:?}: {e}"))?;
+    let v = client
+        .call(
+            "POST",
+            "/admin/v1/tokens",
+            Some(&json!({"node": node, "ttl_seconds": ttl.as_secs()})),
+        )
+        .await?;
+    print_json(out, &v)
+}
+
+/// Runs `entry …`.
+pub async fn entry(
+    client: &AdminClient,
+    cmd: &EntryCommand,
+    json_out: bool,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    match cmd {
+        EntryCommand::Create {
+            spiffe_id,
+            parent,
+            selectors,
+            grants,
+        } => {
+            let v = client
+                .call("POST", "/admin/v1/entries", Some(&json!({"spiffe_id": spiffe_id, "parent": parent, "selectors": selectors, "grants": grants})))
+                .await?;
+            print_json(out, &v)
+        }
+        EntryCommand::List { parent } => {
+            let path = match parent {
+                Some(p) => format!("/admin/v1/entries?parent={}", urlencode(p)),
+                None => "/admin/v1/entries".into(),
+            };
+            let v = client.call("GET", &path, None).await?;
+            if json_out {
+                return print_json(out, &v);
+            }
+            for e in v.as_array().into_iter().flatten() {
+                writeln!(
+                    out,
+                    "{}  {}  parent {}  selectors {}  grants {}",
+                    e["id"].as_str().unwrap_or(""),
+                    e["spiffe_id"].as_str().unwrap_or(""),
+                    e["parent"].as_str().unwrap_or(""),
+                    join(&e["selectors"]),
+                    join(&e["grants"])
+                )
+                .map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        EntryCommand::Delete { id } => {
+            client
+                .call(
+                    "DELETE",
+                    &format!("/admin/v1/entries/{}", urlencode(id)),
+                    None,
+                )
+                .await?;
+            writeln!(out, "deleted {id}").map_err(|e| e.to_string())
+        }
+    }
+}
+
+fn join(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str())
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default()
+}
+
+/// Percent-encodes a query or path component.
+pub fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Prints records as a table or JSON lines.
+pub fn print_records(
+    records: &[LogRecord],
+    json_out: bool,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    for r in records {
+        let line = if json_out {
+            serde_json::to_string(r).unwrap_or_default()
+        } else {
+            let e = &r.entry;
+            format!(
+                "{:>6}  {}  {:<10} {:<16} {:<48} {:<16} {}",
+                r.seq,
+                time_of(e.time_ms),
+                e.kind.as_str(),
+                e.outcome.as_deref().unwrap_or("-"),
+                e.identity.as_deref().unwrap_or("-"),
+                e.grant.as_deref().unwrap_or("-"),
+                e.request_id
+            )
+        };
+        writeln!(out, "{line}").map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Runs `logs` (listing).
+pub async fn logs(
+    client: &AdminClient,
+    args: &LogsArgs,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let mut query = Vec::new();
+    for (k, v) in [
+        ("identity", &args.identity),
+        ("grant", &args.grant),
+        ("node", &args.node),
+        ("outcome", &args.outcome),
+    ] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", urlencode(v)));
+        }
+    }
+    if let Some(s) = &args.since {
+        query.push(format!("since_ms={}", ago_ms(s)?));
+    }
+    if let Some(u) = &args.until {
+        query.push(format!("until_ms={}", ago_ms(u)?));
+    }
+    if !args.json {
+        writeln!(
+            out,
+            "{:>6}  {:<20}  {:<10} {:<16} {:<48} {:<16} REQUEST",
+            "SEQ", "TIME", "KIND", "OUTCOME", "IDENTITY", "GRANT"
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let mut after = 0i64;
+    loop {
+        let mut q = query.clone();
+        q.push(format!("after_seq={after}"));
+        q.push("limit=1000".into());
+        let v = client
+            .call("GET", &format!("/admin/v1/logs?{}", q.join("&")), None)
+            .await?;
+        let records: Vec<LogRecord> =
+            serde_json::from_value(v).map_err(|e| format!("unexpected answer: {e}"))?;
+        if let Some(last) = records.last() {
+            after = last.seq;
+        }
+        print_records(&records, args.json, out)?;
+        out.flush().map_err(|e| e.to_string())?;
+        if records.len() < 1000 {
+            if !args.follow {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Runs `logs verify`. Returns whether the log verified.
+pub async fn verify(
+    target: &Target,
+    cmd: &LogsCommand,
+    out: &mut impl Write,
+) -> Result<bool, String> {
+    let LogsCommand::Verify {
+        checkpoints,
+        key,
+        store,
+        json: json_out,
+    } = cmd;
+    if checkpoints.is_none() && store.is_none() {
+        // The broker verifies against its own export.
+        let client = AdminClient::new(target)?;
+        let v = client.call("GET", "/admin/v1/logs/verify", None).await?;
+        return report(v, *json_out, out);
+    }
+    let key_path = key
+        .clone()
+        .or_else(|| {
+            target
+                .data_dir
+                .as_ref()
+                .map(|d| d.join("log-signing.jwk.json"))
+        })
+        .ok_or("pass --key FILE (the log-signing public key) or --data-dir")?;
+    let key: mintguard_certs::jwt::Jwk = serde_json::from_str(
+        &std::fs::read_to_string(&key_path).map_err(|e| format!("{}: {e}", key_path.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", key_path.display()))?;
+    let cps = match checkpoints {
+        Some(path) => checkpoint::read_file(path).map_err(|e| e.to_string())?,
+        None => Vec::new(),
+    };
+    let records = match store {
+        Some(url) => read_store(url).await?,
+        None => {
+            let client = AdminClient::new(target)?;
+            let mut all: Vec<LogRecord> = Vec::new();
+            loop {
+                let after = all.last().map_or(0, |r| r.seq);
+                let v = client
+                    .call(
+                        "GET",
+                        &format!("/admin/v1/logs?after_seq={after}&limit=10000"),
+                        None,
+                    )
+                    .await?;
+                let page: Vec<LogRecord> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+                let done = page.len() < 10_000;
+                all.extend(page);
+                if done {
+                    break all;
+                }
+            }
+        }
+    };
+    let v = match verify_chain(records, &cps, Some(&key)) {
+        Ok(r) => json!({"ok": true, "report": r}),
+        Err(f) => json!({"ok": false, "failure": f, "message": f.to_string()}),
+    };
+    report(v, *json_out, out)
+}
+
+async fn read_store(url: &str) -> Result<Vec<LogRecord>, String> {
+    use crate::store::{LogQuery, Store};
+    let store: Box<dyn Store> = if let Some(path) = url.strip_prefix("sqlite://") {
+        Box::new(
+            crate::store::sqlite::SqliteStore::open(std::path::Path::new(path))
+                .map_err(|e| e.to_string())?,
+        )
+    } else {
+        Box::new(
+            crate::store::postgres::PostgresStore::connect(url)
+                .await
+                .map_err(|e| e.to_string())?,
+        )
+    };
+    let mut all: Vec<LogRecord> = Vec::new();
+    loop {
+        let page = store
+            .log(&LogQuery {
+                after_seq: all.last().map(|r| r.seq),
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        let done = page.len() < 10_000;
+        all.extend(page);
+        if done {
+            return Ok(all);
+        }
+    }
+}
+
+fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String> {
+    let ok = v["ok"].as_bool().unwrap_or(false);
+    if json_out {
+        print_json(out, &v)?;
+    } else if ok {
+        let r = &v["report"];
+        writeln!(
+            out,
+            "ok: {} records, head {}, {} checkpoints matched (last at record {}); records after the last checkpoint are covered by the chain only",
+            r["records"],
+            r["head"].as_str().unwrap_or(""),
+            r["checkpoints"],
+            r["last_checkpoint"]
+        )
+        .map_err(|e| e.to_string())?;
+    } else {
+        writeln!(
+            out,
+            "FAILED: {}",
+            v["message"].as_str().unwrap_or("unknown failure")
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(ok)
+}
+
+/// Runs a simple GET/POST and prints the JSON answer.
+pub async fn simple(
+    client: &AdminClient,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+    out: &mut impl Write,
+) -> Result<Value, String> {
+    let v = client.call(method, path, body.as_ref()).await?;
+    print_json(out, &v)?;
+    Ok(v)
+}

@@ -1,0 +1,253 @@
+//! HTTP plumbing shared by the three listeners: the one place errors become
+//! statuses, JSON bodies with limits, and the TLS accept loops that hand each
+//! request the peer's verified SPIFFE ID.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequest, Request};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use mintguard_api::ErrorBody;
+use mintguard_certs::tls::{SpiffeAcceptor, SpiffePeer};
+use serde::de::DeserializeOwned;
+use tokio::net::TcpListener;
+use tower::ServiceExt as _;
+
+/// An API error: status, stable code, message, reasons. Internals are logged,
+/// never sent.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable `snake_case` code.
+    pub code: &'static str,
+    /// Human-readable message.
+    pub message: String,
+    /// Reason codes.
+    pub reasons: Vec<String>,
+    /// Seconds for `Retry-After` (429, 503).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with no reasons.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            reasons: Vec::new(),
+            retry_after: None,
+        }
+    }
+
+    /// 400.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    /// 401.
+    pub fn unauthenticated(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+
+    /// 403.
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+
+    /// 404.
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+
+    /// 503, with the internal cause logged (never sent).
+    pub fn unavailable(
+        code: &'static str,
+        message: impl Into<String>,
+        cause: impl std::fmt::Display,
+    ) -> Self {
+        tracing::error!(code, %cause, "service unavailable");
+        Self {
+            retry_after: Some(1),
+            ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+        }
+    }
+
+    /// With reason codes.
+    pub fn with_reasons(mut self, reasons: Vec<String>) -> Self {
+        self.reasons = reasons;
+        self
+    }
+}
+
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> Self {
+        match e {
+            crate::store::StoreError::Conflict(_) => {
+                Self::new(StatusCode::CONFLICT, "conflict", "already exists")
+            }
+            other => Self::unavailable(
+                "store_unavailable",
+                "the store is unavailable; nothing was issued",
+                other,
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            axum::Json(ErrorBody::new(self.code, self.message, self.reasons)),
+        )
+            .into_response();
+        if let Some(seconds) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&seconds.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        response
+    }
+}
+
+/// A JSON body: `application/json` only, within the body limit, unknown
+/// fields refused by the types; every failure is a 400 with a reason code.
+pub struct Json<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let json_type = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(';')
+                    .next()
+                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+            });
+        if !json_type {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        e.body_text(),
+                    )
+                } else {
+                    ApiError::bad_request("bad_body", e.body_text())
+                }
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(Json)
+            .map_err(|e| ApiError::bad_request("bad_json", format!("invalid request body: {e}")))
+    }
+}
+
+/// Serves `router` on `listener` with TLS from `acceptor`; each request gets
+/// the peer's verified SPIFFE ID as an extension. Handshake failures are
+/// logged and the connection dropped.
+pub async fn serve_mtls(
+    listener: TcpListener,
+    acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
+    router: Router,
+) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%e, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = acceptor.load_full();
+        let router = router.clone();
+        tokio::spawn(async move {
+            let (tls, peer) = match acceptor.accept(tcp).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::info!(%addr, %e, "mTLS handshake refused");
+                    return;
+                }
+            };
+            serve_connection(TokioIo::new(tls), addr, Some(peer), router).await;
+        });
+    }
+}
+
+/// Serves `router` on `listener` with server-authenticated TLS.
+pub async fn serve_tls(
+    listener: TcpListener,
+    config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
+    router: Router,
+) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%e, "accept failed");
+                continue;
+            }
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
+        let router = router.clone();
+        tokio::spawn(async move {
+            match acceptor.accept(tcp).await {
+                Ok(tls) => serve_connection(TokioIo::new(tls), addr, None, router).await,
+                Err(e) => tracing::info!(%addr, %e, "TLS handshake failed"),
+            }
+        });
+    }
+}
+
+/// Truncates untrusted input for an error message.
+pub fn excerpt(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
+/// The client's address, available to handlers as an extension.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddr(pub SocketAddr);
+
+async fn serve_connection<IO>(
+    io: TokioIo<IO>,
+    addr: SocketAddr,
+    peer: Option<SpiffePeer>,
+    router: Router,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        if let Some(peer) = &peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        req.extensions_mut().insert(ClientAddr(addr));
+        router.clone().oneshot(req.map(axum::body::Body::new))
+    });
+    let builder = hyper::server::conn::http1::Builder::new();
+    if let Err(e) = builder
+        .serve_connection(io, TowerToHyperService::new(service))
+        .await
+    {
+        tracing::debug!(%addr, %e, "connection ended with an error");
+    }
+}

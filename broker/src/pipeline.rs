@@ -1,0 +1,586 @@
+//! The issuance pipeline, for every request an agent forwards:
+//! authenticated node → entry match (issuer context) → rate limits →
+//! `decide()` → the record, budget spend and lease committed atomically →
+//! release the credential → answer. If the log cannot be written, nothing is
+//! released (503).
+
+use std::collections::BTreeMap;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use mintguard_api::{
+    CredentialRequest, CredentialResponse, IssueRequest, MAX_PURPOSE_LEN, MAX_SELECTOR_LEN,
+    MAX_SELECTORS,
+};
+use mintguard_policy::budget::BudgetSnapshot;
+use mintguard_policy::decision::{
+    BudgetView, EciInput, Evidence, EvidenceKind, GrantInput, IssuerContext, IssuerKind,
+    PrincipalKind, Suspension,
+};
+use mintguard_policy::trust::{Signal, SignalKind, TrustInput};
+use mintguard_policy::{Decision, DecisionInput, Outcome, decide};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use crate::config::{GrantConfig, GrantKind};
+use crate::http::ApiError;
+use crate::log::{LogEntry, RecordKind};
+use crate::mint::Durable;
+use crate::mint::jwt::{Claims, UnreleasedJwt};
+use crate::state::{Broker, now_ms};
+use crate::store::{Append, Entry, Lease, SpendOp, SuspensionRecord};
+
+/// A random id with a prefix: `req-…`, `lease-…` (128 bits, hex).
+pub fn random_id(prefix: &str) -> String {
+    let mut bytes = [0u8; 16];
+    // The system RNG failing is not recoverable; fall back to the clock so
+    // ids stay unique within this process (uniqueness, not secrecy, matters here).
+    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
+        bytes[..8].copy_from_slice(&now_ms().to_be_bytes());
+    }
+    format!("{prefix}-{}", crate::log::hex(&bytes))
+}
+
+fn rfc3339(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Checks the request's shape and limits (a 400 changes nothing).
+fn validate(req: &IssueRequest) -> Result<(), ApiError> {
+    if req.selectors.is_empty() || req.selectors.len() > MAX_SELECTORS {
+        return Err(ApiError::bad_request(
+            "bad_selectors",
+            format!("1..={MAX_SELECTORS} selectors required"),
+        ));
+    }
+    if let Some(s) = req
+        .selectors
+        .iter()
+        .find(|s| s.is_empty() || s.len() > MAX_SELECTOR_LEN || !s.contains(':'))
+    {
+        return Err(ApiError::bad_request(
+            "bad_selectors",
+            format!("malformed selector {:?}", crate::http::excerpt(s)),
+        ));
+    }
+    let r = &req.request;
+    if r.grant.is_empty() || r.grant.len() > mintguard_api::MAX_GRANT_LEN {
+        return Err(ApiError::bad_request(
+            "bad_grant",
+            "grant must be 1..=128 bytes",
+        ));
+    }
+    if r.purpose
+        .as_ref()
+        .is_some_and(|p| p.len() > MAX_PURPOSE_LEN)
+    {
+        return Err(ApiError::bad_request(
+            "bad_purpose",
+            format!("purpose exceeds {MAX_PURPOSE_LEN} bytes"),
+        ));
+    }
+    if r.ttl_seconds == Some(0) {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            "ttl_seconds must be positive",
+        ));
+    }
+    if let Some(id) = &r.spiffe_id {
+        mintguard_certs::id::parse_spiffe_id(id)
+            .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// The entry this workload gets: all its selectors among the presented ones.
+fn select_entry<'a>(
+    entries: &'a [Entry],
+    selectors: &[String],
+    wanted: Option<&str>,
+) -> Result<&'a Entry, ApiError> {
+    let matching: Vec<&Entry> = entries
+        .iter()
+        .filter(|e| e.selectors.iter().all(|s| selectors.contains(s)))
+        .filter(|e| wanted.is_none_or(|w| e.spiffe_id == w))
+        .collect();
+    match matching.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ApiError::unauthenticated(
+            "not_attested",
+            "no registration entry matches this workload",
+        )
+        .with_reasons(selectors.to_vec())),
+        many => {
+            let mut ids: Vec<String> = many.iter().map(|e| e.spiffe_id.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            if ids.len() == 1 {
+                Ok(many[0])
+            } else {
+                Err(ApiError::bad_request(
+                    "ambiguous_identity",
+                    "several identities match; name one with spiffe_id",
+                )
+                .with_reasons(ids))
+            }
+        }
+    }
+}
+
+/// The signals the broker observes itself (DESIGN's table; location, time
+/// and network drop out until their constraints are configured).
+fn observed_signals(broker: &Broker, selectors: &[String], now_s: i64) -> TrustInput {
+    let config = broker.dynamic.load();
+    let ttl = config.config.signals.ttl.0.as_secs();
+    let signal = |value, source: &str| Signal {
+        value,
+        observed_at: now_s,
+        ttl_seconds: ttl,
+        source: source.into(),
+    };
+    let attestation = if selectors.iter().any(|s| s.starts_with("unix:sha256:")) {
+        100
+    } else {
+        60
+    };
+    TrustInput {
+        signals: [
+            (SignalKind::Posture, signal(100, "broker:node_svid")),
+            (
+                SignalKind::Attestation,
+                signal(attestation, "agent:selectors"),
+            ),
+            (
+                SignalKind::Behaviour,
+                signal(config.config.signals.behaviour_neutral, "broker:neutral"),
+            ),
+        ]
+        .into(),
+        unconstrained: [SignalKind::Location, SignalKind::Time, SignalKind::Network].into(),
+    }
+}
+
+/// Handles `POST /v1/issue` from `node`.
+pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Response, ApiError> {
+    validate(&req)?;
+    let dynamic = broker.dynamic.load_full();
+    let IssueRequest { selectors, request } = req;
+    let Some(grant) = dynamic.config.grants.get(&request.grant) else {
+        return Err(ApiError::bad_request(
+            "unknown_grant",
+            format!("no grant named {:?}", request.grant),
+        ));
+    };
+    if broker.node_limiter.check_key(&node.to_owned()).is_err() {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this node",
+            )
+        });
+    }
+    let entries = broker.store.entries(Some(node)).await?;
+    let entry = select_entry(&entries, &selectors, request.spiffe_id.as_deref())?.clone();
+    if broker.identity_limiter.check_key(&entry.spiffe_id).is_err() {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests for this identity",
+            )
+        });
+    }
+
+    let request_id = random_id("req");
+    let now = now_ms();
+    let identity = entry.spiffe_id.clone();
+    let (identity_suspension, node_suspension) = tokio::try_join!(
+        broker.store.suspension(&identity),
+        broker.store.suspension(node)
+    )?;
+    let budget = grant.budget.as_ref().map(|b| {
+        (
+            format!("identity:{identity}/grant:{}", grant.name),
+            b.policy(),
+        )
+    });
+    let snapshot = match &budget {
+        Some((key, policy)) => Some(
+            broker
+                .store
+                .budget(key)
+                .await?
+                .unwrap_or_else(|| BudgetSnapshot::full(policy, now)),
+        ),
+        None => None,
+    };
+    let eci = &dynamic.eci;
+    let input = DecisionInput {
+        identity: identity.clone(),
+        principal: PrincipalKind::Workload,
+        issuer: IssuerContext {
+            kind: IssuerKind::Node,
+            id: node.to_owned(),
+            // The entry was found among this node's: it is the parent, and the
+            // attested selectors match. A grant outside the entry may not be vouched for.
+            may_vouch: entry.grants.contains(&grant.name),
+            suspended: node_suspension.is_some(),
+            anomalous: false,
+        },
+        grant: grant_input(grant),
+        requested_ttl_seconds: request.ttl_seconds,
+        purpose: request.purpose.clone(),
+        now_ms: now,
+        signals: observed_signals(broker, &selectors, now.div_euclid(1000)),
+        eci: EciInput {
+            identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
+            grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
+            issuer_blast_radius: 0.0,
+        },
+        budgets: match (&budget, snapshot) {
+            (Some((key, policy)), Some(snapshot)) => vec![BudgetView {
+                key: key.clone(),
+                policy: policy.clone(),
+                snapshot,
+            }],
+            _ => Vec::new(),
+        },
+        evidence: Vec::new(),
+        suspension: identity_suspension.map(|s| Suspension {
+            evidence: Evidence {
+                kind: evidence_kind(&s.by),
+                detail: format!("{}: {}", s.by, s.reason),
+            },
+        }),
+        approved: false,
+        ci_claims: BTreeMap::new(),
+    };
+    let decision = decide(&input, &dynamic.rules);
+    let mut body = json!({
+        "input": input,
+        "decision": decision,
+        "selectors": selectors,
+        "entry_id": entry.id,
+        "request": request,
+    });
+
+    if !decision.outcome.mints() {
+        let record = LogEntry {
+            time_ms: now,
+            kind: RecordKind::Decision,
+            request_id: request_id.clone(),
+            identity: Some(identity.clone()),
+            grant: Some(grant.name.clone()),
+            node: Some(node.to_owned()),
+            outcome: Some(decision.outcome.as_str().to_owned()),
+            body,
+        };
+        broker
+            .append(Append {
+                entry: record,
+                spend: Vec::new(),
+                lease: None,
+                rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+            })
+            .await
+            .map_err(|e| {
+                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
+            })?;
+        if decision.outcome == Outcome::Suspend {
+            suspend_identity(broker, &identity, &request_id, &decision).await?;
+        }
+        return Ok(refusal(&request_id, &decision));
+    }
+
+    // Mint: a local JWT is signed first; it is released only after its record is durable.
+    let GrantKind::Jwt = grant.kind else {
+        return Err(ApiError::unavailable(
+            "grant_unavailable",
+            "this grant kind cannot be minted by this broker",
+            "non-jwt grant",
+        ));
+    };
+    let lease_id = random_id("lease");
+    let ttl_ms = i64::try_from(decision.ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
+    let expires_at_ms = now + ttl_ms;
+    let jwt = grant
+        .jwt
+        .as_ref()
+        .map(|j| (j.audience.clone(), j.claims.clone()))
+        .unwrap_or_default();
+    let claims = Claims {
+        iss: dynamic.config.issuer_url.clone(),
+        sub: identity.clone(),
+        aud: jwt.0.clone(),
+        jti: lease_id.clone(),
+        iat: now.div_euclid(1000),
+        nbf: now.div_euclid(1000),
+        exp: expires_at_ms.div_euclid(1000),
+        extra: jwt.1,
+    };
+    let unreleased = {
+        let keys = broker.jwt.read().map_err(|_| {
+            ApiError::unavailable(
+                "signing_unavailable",
+                "signing keys unavailable",
+                "poisoned lock",
+            )
+        })?;
+        UnreleasedJwt::sign(&keys, &claims, OffsetDateTime::now_utc()).map_err(|e| {
+            ApiError::unavailable("signing_failed", "the credential could not be signed", e)
+        })?
+    };
+    let lease = Lease {
+        id: lease_id.clone(),
+        request_id: request_id.clone(),
+        identity: identity.clone(),
+        grant: grant.name.clone(),
+        node: Some(node.to_owned()),
+        kind: "jwt".into(),
+        revocation: "introspection_only".into(),
+        issued_at_ms: now,
+        expires_at_ms,
+        revoked_at_ms: None,
+        task_ended_at_ms: None,
+    };
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
+    }
+    let spend: Vec<SpendOp> = decision
+        .spend
+        .iter()
+        .filter_map(|s| {
+            budget
+                .as_ref()
+                .filter(|(key, _)| *key == s.key)
+                .map(|(key, policy)| SpendOp {
+                    key: key.clone(),
+                    policy: policy.clone(),
+                    cost: s.cost,
+                })
+        })
+        .collect();
+    let record = LogEntry {
+        time_ms: now,
+        kind: RecordKind::Decision,
+        request_id: request_id.clone(),
+        identity: Some(identity.clone()),
+        grant: Some(grant.name.clone()),
+        node: Some(node.to_owned()),
+        outcome: Some(decision.outcome.as_str().to_owned()),
+        body,
+    };
+    let appended = broker
+        .append(Append {
+            entry: record,
+            spend,
+            lease: Some(lease),
+            rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+        })
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "log_unavailable",
+                "the issuance log cannot be written; nothing was issued",
+                e,
+            )
+        })?;
+    let Some(durable) = Durable::from_appended(&appended) else {
+        // Lost the budget race after deciding: logged as budget_exhausted, token discarded.
+        return Err(budget_exhausted(&request_id));
+    };
+    let token = unreleased.release(&durable);
+    let response = CredentialResponse {
+        lease_id,
+        expires_at: rfc3339(expires_at_ms),
+        credential: json!({"type": "jwt", "token": token, "audience": jwt.0}),
+        decision: decision_summary(&request_id, &decision),
+    };
+    Ok((StatusCode::OK, axum::Json(response)).into_response())
+}
+
+fn evidence_kind(by: &str) -> EvidenceKind {
+    if by.starts_with("operator:") {
+        EvidenceKind::Operator
+    } else if by.starts_with("signal:") {
+        EvidenceKind::CompromiseSignal
+    } else {
+        EvidenceKind::Detection
+    }
+}
+
+fn grant_input(grant: &GrantConfig) -> GrantInput {
+    GrantInput {
+        name: grant.name.clone(),
+        kind: match grant.kind {
+            GrantKind::Jwt => "jwt",
+            GrantKind::Vault => "vault",
+            GrantKind::AwsSts => "aws_sts",
+        }
+        .into(),
+        max_ttl_seconds: grant.max_ttl.0.as_secs(),
+        reduced_max_ttl_seconds: grant
+            .reduced
+            .as_ref()
+            .and_then(|r| r.max_ttl)
+            .map(|d| d.0.as_secs()),
+    }
+}
+
+/// What the workload sees of a decision.
+pub fn decision_summary(request_id: &str, d: &Decision) -> serde_json::Value {
+    json!({
+        "request_id": request_id,
+        "outcome": d.outcome,
+        "reasons": d.reasons,
+        "trust_score": d.trust.score,
+        "min_trust": d.min_trust,
+        "eci": d.eci.eci,
+        "ttl_seconds": d.ttl_seconds,
+        "reduced": d.reduced,
+        "rule_set_hash": d.rule_set_hash,
+    })
+}
+
+fn budget_exhausted(request_id: &str) -> ApiError {
+    ApiError {
+        retry_after: Some(60),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "budget_exhausted",
+            format!("budget exhausted (request {request_id})"),
+        )
+        .with_reasons(vec!["budget_exhausted".into()])
+    }
+}
+
+/// The answer to a decision that does not mint.
+fn refusal(request_id: &str, d: &Decision) -> Response {
+    let reasons: Vec<String> = d.reasons.iter().map(|r| r.code().to_owned()).collect();
+    match d.outcome {
+        Outcome::StepUp => {
+            let approval_id = format!("apr-{}", &request_id[4..]);
+            (
+                StatusCode::ACCEPTED,
+                axum::Json(json!({
+                    "approval_id": approval_id,
+                    "error": {"code": "step_up_required", "message": "held for approval", "reasons": reasons},
+                    "decision": decision_summary(request_id, d),
+                })),
+            )
+                .into_response()
+        }
+        Outcome::Suspend => ApiError::forbidden(
+            "suspended",
+            format!("the identity is suspended (request {request_id})"),
+        )
+        .with_reasons(reasons)
+        .into_response(),
+        _ if d
+            .reasons
+            .contains(&mintguard_policy::Reason::BudgetExhausted) =>
+        {
+            budget_exhausted(request_id).into_response()
+        }
+        _ => ApiError::forbidden("denied", format!("denied (request {request_id})"))
+            .with_reasons(reasons)
+            .into_response(),
+    }
+}
+
+/// A `suspend` decision: record the suspension and revoke the identity's live leases.
+async fn suspend_identity(
+    broker: &Broker,
+    identity: &str,
+    request_id: &str,
+    decision: &Decision,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    broker
+        .store
+        .suspend(&SuspensionRecord {
+            subject: identity.to_owned(),
+            reason: decision
+                .reasons
+                .iter()
+                .map(|r| r.code())
+                .collect::<Vec<_>>()
+                .join(","),
+            by: format!("decision:{request_id}"),
+            at_ms: now,
+        })
+        .await?;
+    revoke_all(broker, identity, request_id, "suspension").await
+}
+
+/// Revokes every live lease of `identity`, logging each revocation.
+pub async fn revoke_all(
+    broker: &Broker,
+    identity: &str,
+    request_id: &str,
+    why: &str,
+) -> Result<(), ApiError> {
+    let now = now_ms();
+    for lease in broker.store.leases(Some(identity)).await? {
+        if lease.revoked_at_ms.is_none() && lease.expires_at_ms > now {
+            revoke_lease(broker, &lease, request_id, why).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Revokes one lease and logs it.
+pub async fn revoke_lease(
+    broker: &Broker,
+    lease: &Lease,
+    request_id: &str,
+    why: &str,
+) -> Result<bool, ApiError> {
+    let now = now_ms();
+    let revoked = broker.store.revoke_lease(&lease.id, now).await?;
+    if revoked {
+        let entry = LogEntry {
+            time_ms: now,
+            kind: RecordKind::Revocation,
+            request_id: request_id.to_owned(),
+            identity: Some(lease.identity.clone()),
+            grant: Some(lease.grant.clone()),
+            node: lease.node.clone(),
+            outcome: Some("revoked".into()),
+            body: json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation}),
+        };
+        broker
+            .append(Append {
+                entry,
+                spend: Vec::new(),
+                lease: None,
+                rule_set: None,
+            })
+            .await
+            .map_err(|e| {
+                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
+            })?;
+    }
+    Ok(revoked)
+}
+
+/// Parses a request for tests and tools.
+pub fn request(grant: &str) -> CredentialRequest {
+    CredentialRequest {
+        grant: grant.into(),
+        ttl_seconds: None,
+        purpose: None,
+        spiffe_id: None,
+        bind_to_process: None,
+        approval_id: None,
+    }
+}

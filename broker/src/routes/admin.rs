@@ -1,0 +1,624 @@
+//! Admin listener: operators authenticate with a named bearer token (from
+//! `[[operators]]` or `mintguard-broker operator create`), never anonymously
+//! and never with a node SVID. Roles: viewer < operator < admin; approver and
+//! signal-source tokens reach only their own endpoints.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use axum::routing::{delete, get, post};
+use mintguard_api::{CreateEntryRequest, CreateTokenRequest, CreateTokenResponse, EntryView};
+use mintguard_certs::id;
+use mintguard_policy::rules::{RuleSet, StoredRuleSet};
+use mintguard_policy::{Decision, DecisionInput, decide};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::config::Role;
+use crate::http::{ApiError, Json};
+use crate::log::verify::verify_chain;
+use crate::log::{LogEntry, LogRecord, RecordKind};
+use crate::pipeline::{self, random_id};
+use crate::state::{Broker, now_ms, token_hash};
+use crate::store::{Append, Entry, LogQuery, SuspensionRecord};
+
+/// Most records one log page returns.
+pub const MAX_PAGE: usize = 10_000;
+
+/// The admin router.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/admin/v1/tokens", post(create_token))
+        .route("/admin/v1/entries", post(create_entry).get(list_entries))
+        .route("/admin/v1/entries/{id}", delete(delete_entry))
+        .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/logs/verify", get(verify))
+        .route("/admin/v1/logs/key", get(log_key))
+        .route("/admin/v1/explain/{request_id}", get(explain))
+        .route("/admin/v1/replay", post(replay))
+        .route("/admin/v1/leases", get(leases))
+        .route("/admin/v1/leases/{id}/revoke", post(revoke))
+        .route("/admin/v1/suspend", post(suspend))
+        .route("/admin/v1/resume", post(resume))
+        .with_state(broker)
+}
+
+/// An authenticated operator.
+pub struct Operator {
+    /// Name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+}
+
+impl Operator {
+    fn require(&self, role: Role) -> Result<(), ApiError> {
+        let ok = match role {
+            Role::Viewer => matches!(
+                self.role,
+                Role::Viewer | Role::Operator | Role::Approver | Role::Admin
+            ),
+            Role::Operator => matches!(self.role, Role::Operator | Role::Admin),
+            Role::Approver => matches!(self.role, Role::Approver | Role::Admin),
+            Role::Admin => self.role == Role::Admin,
+            Role::SignalSource => {
+                matches!(self.role, Role::SignalSource | Role::Operator | Role::Admin)
+            }
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "insufficient_role",
+                format!("{:?} role required", role).to_lowercase(),
+            ))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Broker>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        broker: &Arc<Broker>,
+    ) -> Result<Self, Self::Rejection> {
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                ApiError::unauthenticated("unauthenticated", "an operator bearer token is required")
+            })?;
+        let found = broker
+            .operators
+            .read()
+            .ok()
+            .and_then(|m| m.get(&token_hash(token)).cloned());
+        let (name, role) = found.ok_or_else(|| {
+            ApiError::unauthenticated("unauthenticated", "unknown operator token")
+        })?;
+        Ok(Operator { name, role })
+    }
+}
+
+/// The API view of an entry.
+pub fn view(e: Entry) -> EntryView {
+    EntryView {
+        id: e.id,
+        spiffe_id: e.spiffe_id,
+        parent: e.parent,
+        selectors: e.selectors,
+        grants: e.grants,
+    }
+}
+
+async fn admin_record(
+    broker: &Broker,
+    op: &Operator,
+    action: &str,
+    identity: Option<String>,
+    body: Value,
+) -> Result<(), ApiError> {
+    let entry = LogEntry {
+        time_ms: now_ms(),
+        kind: RecordKind::Admin,
+        request_id: random_id("req"),
+        identity,
+        grant: None,
+        node: None,
+        outcome: Some(action.to_owned()),
+        body: json!({"action": action, "operator": op.name, "details": body}),
+    };
+    broker
+        .append(Append {
+            entry,
+            spend: Vec::new(),
+            lease: None,
+            rule_set: None,
+        })
+        .await
+        .map_err(|e| {
+            ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
+        })?;
+    Ok(())
+}
+
+async fn create_token(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<CreateTokenRequest>,
+) -> Result<axum::Json<CreateTokenResponse>, ApiError> {
+    op.require(Role::Operator)?;
+    let config = broker.config();
+    let node_id = id::node_id(&config.trust_domain, &req.node)
+        .map_err(|e| ApiError::bad_request("bad_node", e.to_string()))?;
+    let ttl = req.ttl_seconds.unwrap_or(600);
+    if ttl == 0 || ttl > 86_400 {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            "ttl_seconds must be 1..=86400",
+        ));
+    }
+    let token = random_id("jt");
+    let expires = now_ms() + i64::try_from(ttl).unwrap_or(600) * 1000;
+    broker
+        .store
+        .create_join_token(&token_hash(&token), &req.node, expires)
+        .await?;
+    admin_record(
+        &broker,
+        &op,
+        "join_token_created",
+        None,
+        json!({"node": node_id.to_string(), "expires_at_ms": expires}),
+    )
+    .await?;
+    Ok(axum::Json(CreateTokenResponse {
+        token,
+        spiffe_id: node_id.to_string(),
+        expires_at: time::OffsetDateTime::from_unix_timestamp(expires / 1000)
+            .ok()
+            .and_then(|t| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .ok()
+            })
+            .unwrap_or_default(),
+    }))
+}
+
+/// Selectors the agent can prove, and the ones an entry must hold one of.
+const STRONG: &[&str] = &["unix:uid:", "unix:gid:", "unix:sha256:", "k8s:sa:"];
+const KNOWN: &[&str] = &[
+    "unix:uid:",
+    "unix:gid:",
+    "unix:user:",
+    "unix:path:",
+    "unix:sha256:",
+    "cgroup:",
+    "k8s:ns:",
+    "k8s:sa:",
+];
+
+async fn create_entry(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<CreateEntryRequest>,
+) -> Result<(StatusCode, axum::Json<EntryView>), ApiError> {
+    op.require(Role::Operator)?;
+    let config = broker.config();
+    let spiffe_id = id::parse_spiffe_id(&req.spiffe_id)
+        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    if spiffe_id.trust_domain() != &config.trust_domain
+        || spiffe_id.path().starts_with("/mintguard/")
+    {
+        return Err(ApiError::bad_request(
+            "bad_spiffe_id",
+            "a workload ID in this trust domain, outside /mintguard/, is required",
+        ));
+    }
+    let parent = if req.parent.starts_with("spiffe://") {
+        id::parse_spiffe_id(&req.parent)
+            .map_err(|e| ApiError::bad_request("bad_parent", e.to_string()))?
+    } else {
+        id::node_id(&config.trust_domain, &req.parent)
+            .map_err(|e| ApiError::bad_request("bad_parent", e.to_string()))?
+    };
+    if !id::IdMatcher::nodes(&config.trust_domain).matches(&parent) {
+        return Err(ApiError::bad_request(
+            "bad_parent",
+            "the parent must be a node of this trust domain",
+        ));
+    }
+    if req.selectors.is_empty() || req.selectors.len() > mintguard_api::MAX_SELECTORS {
+        return Err(ApiError::bad_request(
+            "bad_selectors",
+            "1..=64 selectors required",
+        ));
+    }
+    for s in &req.selectors {
+        if s.len() > mintguard_api::MAX_SELECTOR_LEN
+            || !KNOWN.iter().any(|k| s.starts_with(k) && s.len() > k.len())
+        {
+            return Err(ApiError::bad_request(
+                "bad_selectors",
+                format!(
+                    "unknown or malformed selector {:?}",
+                    crate::http::excerpt(s)
+                ),
+            ));
+        }
+    }
+    if !req
+        .selectors
+        .iter()
+        .any(|s| STRONG.iter().any(|k| s.starts_with(k)))
+    {
+        return Err(ApiError::bad_request(
+            "weak_entry",
+            "an entry needs a unix:uid, unix:gid, unix:sha256 or k8s:sa selector",
+        ));
+    }
+    if let Some(g) = req.grants.iter().find(|g| !config.grants.contains_key(*g)) {
+        return Err(ApiError::bad_request(
+            "unknown_grant",
+            format!("no grant named {g:?}"),
+        ));
+    }
+    let entry = Entry {
+        id: random_id("entry"),
+        spiffe_id: spiffe_id.to_string(),
+        parent: parent.to_string(),
+        selectors: req.selectors,
+        grants: req.grants,
+        created_at_ms: now_ms(),
+    };
+    broker.store.create_entry(&entry).await?;
+    admin_record(
+        &broker,
+        &op,
+        "entry_created",
+        Some(entry.spiffe_id.clone()),
+        serde_json::to_value(view(entry.clone())).unwrap_or_default(),
+    )
+    .await?;
+    reload_eci(&broker).await;
+    Ok((StatusCode::CREATED, axum::Json(view(entry))))
+}
+
+/// Recomputes ECI after the registered identities changed.
+async fn reload_eci(broker: &Broker) {
+    let config = broker.config();
+    match crate::state::build_dynamic(config, &*broker.store).await {
+        Ok(d) => broker.dynamic.store(Arc::new(d)),
+        Err(e) => tracing::error!(%e, "recomputing ECI failed; keeping the previous values"),
+    }
+}
+
+#[derive(Deserialize)]
+struct ParentQuery {
+    parent: Option<String>,
+}
+
+async fn list_entries(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(q): Query<ParentQuery>,
+) -> Result<axum::Json<Vec<EntryView>>, ApiError> {
+    op.require(Role::Viewer)?;
+    Ok(axum::Json(
+        broker
+            .store
+            .entries(q.parent.as_deref())
+            .await?
+            .into_iter()
+            .map(view)
+            .collect(),
+    ))
+}
+
+async fn delete_entry(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    op.require(Role::Operator)?;
+    if !broker.store.delete_entry(&id).await? {
+        return Err(ApiError::not_found("unknown_entry", "no such entry"));
+    }
+    admin_record(&broker, &op, "entry_deleted", None, json!({"id": id})).await?;
+    reload_eci(&broker).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct LogParams {
+    identity: Option<String>,
+    grant: Option<String>,
+    node: Option<String>,
+    outcome: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<usize>,
+}
+
+async fn logs(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<LogParams>,
+) -> Result<axum::Json<Vec<LogRecord>>, ApiError> {
+    op.require(Role::Viewer)?;
+    let q = LogQuery {
+        identity: p.identity,
+        grant: p.grant,
+        node: p.node,
+        outcome: p.outcome,
+        since_ms: p.since_ms,
+        until_ms: p.until_ms,
+        after_seq: p.after_seq,
+        limit: p.limit.unwrap_or(1000).clamp(1, MAX_PAGE),
+    };
+    Ok(axum::Json(broker.store.log(&q).await?))
+}
+
+/// Reads every record in pages.
+pub async fn all_records(broker: &Broker) -> Result<Vec<LogRecord>, ApiError> {
+    let mut out = Vec::new();
+    loop {
+        let page = broker
+            .store
+            .log(&LogQuery {
+                after_seq: out.last().map(|r: &LogRecord| r.seq),
+                limit: MAX_PAGE,
+                ..Default::default()
+            })
+            .await?;
+        let done = page.len() < MAX_PAGE;
+        out.extend(page);
+        if done {
+            return Ok(out);
+        }
+    }
+}
+
+async fn verify(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let records = all_records(&broker).await?;
+    let checkpoints =
+        crate::log::checkpoint::read_file(&broker.log_export_path()).unwrap_or_default();
+    Ok(axum::Json(
+        match verify_chain(records, &checkpoints, Some(broker.log_public_key())) {
+            Ok(report) => json!({"ok": true, "report": report}),
+            Err(failure) => {
+                json!({"ok": false, "failure": failure, "message": failure.to_string()})
+            }
+        },
+    ))
+}
+
+async fn log_key(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    Ok(axum::Json(
+        serde_json::to_value(broker.log_public_key()).unwrap_or_default(),
+    ))
+}
+
+async fn explain(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(request_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let records = broker.store.log_for_request(&request_id).await?;
+    if records.is_empty() {
+        return Err(ApiError::not_found(
+            "unknown_request",
+            "no records for this request id",
+        ));
+    }
+    Ok(axum::Json(
+        json!({"request_id": request_id, "records": records}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ReplayParams {
+    since_ms: Option<i64>,
+}
+
+/// Re-decides every logged decision under its recorded input and rule set.
+async fn replay(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<ReplayParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let mut rule_sets: std::collections::HashMap<String, RuleSet> =
+        std::collections::HashMap::new();
+    let (mut replayed, mut differences) = (0usize, Vec::new());
+    for record in all_records(&broker).await? {
+        if record.entry.kind != RecordKind::Decision
+            || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
+        {
+            continue;
+        }
+        let body = &record.entry.body;
+        let (Ok(input), Ok(logged)) = (
+            serde_json::from_value::<DecisionInput>(body["input"].clone()),
+            serde_json::from_value::<Decision>(body["decision"].clone()),
+        ) else {
+            differences.push(json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "the record has no decodable input or decision"}));
+            continue;
+        };
+        let hash = logged.rule_set_hash.clone();
+        if !rule_sets.contains_key(&hash) {
+            let Some(stored) = broker.store.rule_set(&hash).await? else {
+                differences.push(json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": format!("rule set {hash} is not stored")}));
+                continue;
+            };
+            let stored: StoredRuleSet = serde_json::from_str(&stored).map_err(|e| {
+                ApiError::unavailable("corrupt_rule_set", "a stored rule set is unreadable", e)
+            })?;
+            let rules = RuleSet::from_stored(stored).map_err(|e| {
+                ApiError::unavailable("corrupt_rule_set", "a stored rule set no longer loads", e)
+            })?;
+            rule_sets.insert(hash.clone(), rules);
+        }
+        let again = decide(&input, &rule_sets[&hash]);
+        replayed += 1;
+        if again != logged {
+            differences.push(json!({
+                "seq": record.seq,
+                "request_id": record.entry.request_id,
+                "logged": {"outcome": logged.outcome, "reasons": logged.reasons},
+                "replayed": {"outcome": again.outcome, "reasons": again.reasons},
+            }));
+        }
+    }
+    Ok(axum::Json(
+        json!({"replayed": replayed, "differences": differences}),
+    ))
+}
+
+#[derive(Deserialize)]
+struct LeaseParams {
+    identity: Option<String>,
+    #[serde(default)]
+    outlived: bool,
+}
+
+async fn leases(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<LeaseParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let now = now_ms();
+    let leases: Vec<Value> = broker
+        .store
+        .leases(p.identity.as_deref())
+        .await?
+        .into_iter()
+        .filter(|l| {
+            !p.outlived
+                || (l.task_ended_at_ms.is_some()
+                    && l.revoked_at_ms.is_none()
+                    && l.expires_at_ms > now)
+        })
+        .map(|l| {
+            let live = l.revoked_at_ms.is_none() && l.expires_at_ms > now;
+            let mut v = serde_json::to_value(&l).unwrap_or_default();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("live".into(), live.into());
+            }
+            v
+        })
+        .collect();
+    Ok(axum::Json(Value::Array(leases)))
+}
+
+async fn revoke(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    let lease = broker
+        .store
+        .lease(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_lease", "no such lease"))?;
+    let revoked = pipeline::revoke_lease(
+        &broker,
+        &lease,
+        &random_id("req"),
+        &format!("operator:{}", op.name),
+    )
+    .await?;
+    Ok(axum::Json(
+        json!({"lease_id": id, "revoked": revoked, "revocation": lease.revocation}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuspendRequest {
+    subject: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn suspend(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<SuspendRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    id::parse_spiffe_id(&req.subject)
+        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    if req.reason.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "bad_reason",
+            "reason exceeds 1024 bytes",
+        ));
+    }
+    broker
+        .store
+        .suspend(&SuspensionRecord {
+            subject: req.subject.clone(),
+            reason: req.reason.clone(),
+            by: format!("operator:{}", op.name),
+            at_ms: now_ms(),
+        })
+        .await?;
+    let request_id = random_id("req");
+    admin_record(
+        &broker,
+        &op,
+        "suspended",
+        Some(req.subject.clone()),
+        json!({"reason": req.reason}),
+    )
+    .await?;
+    pipeline::revoke_all(&broker, &req.subject, &request_id, "suspension").await?;
+    Ok(axum::Json(
+        json!({"subject": req.subject, "suspended": true}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResumeRequest {
+    subject: String,
+}
+
+async fn resume(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<ResumeRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    let was = broker.store.resume(&req.subject).await?;
+    admin_record(
+        &broker,
+        &op,
+        "resumed",
+        Some(req.subject.clone()),
+        json!({"was_suspended": was}),
+    )
+    .await?;
+    Ok(axum::Json(
+        json!({"subject": req.subject, "was_suspended": was}),
+    ))
+}

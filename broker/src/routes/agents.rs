@@ -1,0 +1,110 @@
+//! Agents listener (mTLS, node SVIDs only): issuance, entries, renewal,
+//! lease revocation, approvals.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::{Extension, Router};
+use mintguard_api::{EntryView, IssueRequest, RenewRequest, SvidResponse};
+use mintguard_certs::tls::SpiffePeer;
+use time::OffsetDateTime;
+
+use crate::http::{ApiError, Json};
+use crate::pipeline::{self, random_id};
+use crate::state::Broker;
+
+/// The agents router.
+pub fn router(broker: Arc<Broker>) -> Router {
+    Router::new()
+        .route("/v1/issue", post(issue))
+        .route("/v1/node/entries", get(entries))
+        .route("/v1/node/renew", post(renew))
+        .route("/v1/leases/{id}", delete(revoke))
+        .route("/v1/approvals/{id}", get(approval))
+        .with_state(broker)
+}
+
+async fn issue(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+    Json(req): Json<IssueRequest>,
+) -> Result<Response, ApiError> {
+    let node = peer.id().to_string();
+    if broker.store.suspension(&node).await?.is_some() {
+        return Err(
+            ApiError::forbidden("node_suspended", "this node is suspended")
+                .with_reasons(vec!["issuer_suspended".into()]),
+        );
+    }
+    pipeline::issue(&broker, &node, req).await
+}
+
+async fn entries(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+) -> Result<axum::Json<Vec<EntryView>>, ApiError> {
+    let entries = broker.store.entries(Some(&peer.id().to_string())).await?;
+    Ok(axum::Json(
+        entries
+            .into_iter()
+            .map(crate::routes::admin::view)
+            .collect(),
+    ))
+}
+
+async fn renew(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+    Json(req): Json<RenewRequest>,
+) -> Result<axum::Json<SvidResponse>, ApiError> {
+    let config = broker.config();
+    let ca = broker
+        .ca
+        .read()
+        .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
+    let now = OffsetDateTime::now_utc();
+    let cert = ca
+        .issue_svid_from_csr(&req.csr, peer.id(), config.ca.svid_ttl.0, now)
+        .map_err(|e| ApiError::bad_request("bad_csr", e.to_string()))?;
+    let info = mintguard_certs::svid::SvidInfo::parse(&cert)
+        .map_err(|e| ApiError::unavailable("ca_failed", "CA failed", e))?;
+    Ok(axum::Json(SvidResponse {
+        spiffe_id: peer.id().to_string(),
+        svid_pem: crate::routes::public::pem(&cert),
+        bundle_pem: ca
+            .bundle(now)
+            .map_err(|e| ApiError::unavailable("ca_unavailable", "CA unavailable", e))?
+            .to_pem(),
+        expires_at: info
+            .not_after
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    }))
+}
+
+async fn revoke(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let lease = broker
+        .store
+        .lease(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_lease", "no such lease"))?;
+    if lease.node.as_deref() != Some(&peer.id().to_string()) {
+        return Err(ApiError::forbidden(
+            "not_your_lease",
+            "the lease was issued through another node",
+        ));
+    }
+    pipeline::revoke_lease(&broker, &lease, &random_id("req"), "task_ended").await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn approval(Path(_id): Path<String>) -> ApiError {
+    ApiError::not_found("unknown_approval", "no such approval")
+}

@@ -1,0 +1,427 @@
+//! The broker's state: configuration, store, CA, keys, the reloadable
+//! decision inputs (rules, grants, ECI), the log writer, and rate limiters.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::path::Path;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use mintguard_certs::ca::{CaSettings, CertificateAuthority};
+use mintguard_certs::jwt::{JwtKeySet, JwtSettings};
+use mintguard_certs::svid::X509Svid;
+use mintguard_policy::eci::graph::{ExposureGraph, GrantNode, RegisteredIdentity, effective_graph};
+use mintguard_policy::eci::pagerank::PprParams;
+use mintguard_policy::eci::{EciReport, compute_eci};
+use mintguard_policy::rules::{PolicySource, RuleSet};
+use sha2::{Digest, Sha256};
+use time::OffsetDateTime;
+
+use crate::config::{Config, Role};
+use crate::log::checkpoint::{self, LogSigner};
+use crate::store::{Append, Appended, Store, StoreError};
+
+/// What a reload replaces atomically.
+pub struct Dynamic {
+    /// The configuration it came from.
+    pub config: Config,
+    /// Cedar policies + trust configuration.
+    pub rules: RuleSet,
+    /// The rule set's stored form (JSON), written with the first record that uses it.
+    pub rules_json: String,
+    /// ECI of the effective graph.
+    pub eci: EciReport,
+}
+
+/// Errors while starting or reloading.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid.
+    #[error("{0}")]
+    Config(#[from] crate::config::ConfigError),
+    /// Something the configuration names is unusable.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(e: impl std::fmt::Display) -> StartError {
+    StartError::Setup(e.to_string())
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// Hex SHA-256 of a bearer token (tokens are compared by hash).
+pub fn token_hash(token: &str) -> String {
+    crate::log::hex(&Sha256::digest(token.trim().as_bytes()))
+}
+
+/// Loads the Cedar sources of a directory (`*.cedar`).
+pub fn load_policies(dir: Option<&Path>) -> Result<Vec<PolicySource>, StartError> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    let mut sources = Vec::new();
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| setup(format!("policies {}: {e}", dir.display())))?;
+    for entry in entries {
+        let path = entry.map_err(setup)?.path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            sources.push(PolicySource {
+                name: path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                text: std::fs::read_to_string(&path)
+                    .map_err(|e| setup(format!("{}: {e}", path.display())))?,
+            });
+        }
+    }
+    Ok(sources)
+}
+
+/// Builds the reloadable part from a configuration and the registered entries.
+pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic, StartError> {
+    let rules = RuleSet::new(
+        load_policies(config.policies.cedar.as_deref())?,
+        config.trust.clone(),
+    )
+    .map_err(|e| setup(format!("policies: {e}")))?;
+    let rules_json = serde_json::to_string(&rules.to_stored()).map_err(setup)?;
+    let graph = match &config.eci.graph {
+        Some(path) => ExposureGraph::from_json(
+            &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,
+        )
+        .map_err(|e| setup(format!("{}: {e}", path.display())))?,
+        None => ExposureGraph::new(),
+    };
+    let grants: Vec<GrantNode> = config
+        .grants
+        .values()
+        .map(|g| GrantNode {
+            name: g.name.clone(),
+            eci_targets: g.eci_targets.clone(),
+        })
+        .collect();
+    let mut identities: HashMap<String, Vec<String>> = HashMap::new();
+    for entry in store.entries(None).await.map_err(setup)? {
+        identities.entry(entry.spiffe_id).or_default().extend(
+            entry
+                .grants
+                .into_iter()
+                .filter(|g| config.grants.contains_key(g)),
+        );
+    }
+    let identities: Vec<RegisteredIdentity> = identities
+        .into_iter()
+        .map(|(id, grants)| RegisteredIdentity { id, grants })
+        .collect();
+    let effective =
+        effective_graph(&graph, &grants, &identities).map_err(|e| setup(format!("eci: {e}")))?;
+    let params = PprParams {
+        alpha: config.eci.alpha,
+        half_life_days: config.eci.half_life_days,
+        ..PprParams::default()
+    };
+    let eci = compute_eci(
+        &effective,
+        &params,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    );
+    for w in &eci.warnings {
+        tracing::warn!("eci: {w}");
+    }
+    Ok(Dynamic {
+        config,
+        rules,
+        rules_json,
+        eci,
+    })
+}
+
+/// Signs and exports checkpoints every N records or T seconds.
+pub struct LogWriter {
+    signer: LogSigner,
+    export: std::path::PathBuf,
+    every: i64,
+    last: Mutex<(i64, i64)>, // (seq checkpointed, time ms)
+}
+
+/// The broker.
+pub struct Broker {
+    /// Reloadable configuration and decision inputs.
+    pub dynamic: ArcSwap<Dynamic>,
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// The CA.
+    pub ca: RwLock<CertificateAuthority>,
+    /// The broker's own serving SVID.
+    pub svid: ArcSwap<X509Svid>,
+    /// JWT signing keys.
+    pub jwt: RwLock<JwtKeySet>,
+    /// Checkpointing.
+    pub log: LogWriter,
+    /// Operator tokens: hash → (name, role).
+    pub operators: RwLock<HashMap<String, (String, Role)>>,
+    /// Introspection client token hashes.
+    pub introspection: RwLock<HashMap<String, String>>,
+    /// Requests per node.
+    pub node_limiter: DefaultKeyedRateLimiter<String>,
+    /// Requests per identity.
+    pub identity_limiter: DefaultKeyedRateLimiter<String>,
+}
+
+impl Broker {
+    /// Opens everything the configuration names: store, CA, keys, policies, graph.
+    pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| setup(format!("{}: {e}", config.data_dir.display())))?;
+        let store: Arc<dyn Store> = if let Some(path) = config.store.strip_prefix("sqlite://") {
+            Arc::new(crate::store::sqlite::SqliteStore::open(Path::new(path)).map_err(setup)?)
+        } else {
+            Arc::new(
+                crate::store::postgres::PostgresStore::connect(&config.store)
+                    .await
+                    .map_err(setup)?,
+            )
+        };
+        let now = OffsetDateTime::now_utc();
+        let settings = CaSettings {
+            ca_ttl: config.ca.ca_ttl.0,
+            max_svid_ttl: config.ca.svid_ttl.0,
+        };
+        let mut ca = CertificateAuthority::load_or_create(
+            &config.data_dir.join("ca"),
+            config.trust_domain.clone(),
+            settings,
+            now,
+        )
+        .map_err(setup)?;
+        if ca.rotation_due(now) {
+            ca.rotate(now).map_err(setup)?;
+        }
+        ca.prune(now).map_err(setup)?;
+        let svid = ca
+            .issue_svid(
+                &mintguard_certs::id::broker_id(&config.trust_domain),
+                config.ca.svid_ttl.0,
+                now,
+            )
+            .map_err(setup)?;
+        write_bundle(&config.data_dir, &ca, now)?;
+        let jwt = JwtKeySet::load_or_create(
+            &config.data_dir.join("jwt"),
+            JwtSettings {
+                algorithm: config.jwt.algorithm,
+                max_token_ttl: config.jwt.max_ttl.0,
+            },
+        )
+        .map_err(setup)?;
+        let signing_key = config
+            .log
+            .signing_key
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("log-signing.key"));
+        let signer = LogSigner::load_or_create(&signing_key).map_err(setup)?;
+        std::fs::write(
+            config.data_dir.join("log-signing.jwk.json"),
+            serde_json::to_string_pretty(signer.public_jwk()).map_err(setup)?,
+        )
+        .map_err(setup)?;
+        let export = config
+            .log
+            .checkpoints_file
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("checkpoints.jsonl"));
+        let (head, _) = store.head().await.map_err(setup)?;
+        let last_cp = store
+            .checkpoints()
+            .await
+            .map_err(setup)?
+            .last()
+            .map_or(0, |c| c.seq);
+        let per_node =
+            NonZeroU32::new(config.limits.per_node_per_second).unwrap_or(NonZeroU32::MIN);
+        let per_identity =
+            NonZeroU32::new(config.limits.per_identity_per_second).unwrap_or(NonZeroU32::MIN);
+        let (operators, introspection) = load_tokens(&config)?;
+        let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
+        let dynamic = build_dynamic(config, &*store).await?;
+        tracing::info!(
+            records = head,
+            last_checkpoint = last_cp,
+            "issuance log opened"
+        );
+        Ok(Arc::new(Self {
+            dynamic: ArcSwap::from_pointee(dynamic),
+            store,
+            ca: RwLock::new(ca),
+            svid: ArcSwap::from_pointee(svid),
+            jwt: RwLock::new(jwt),
+            log: LogWriter {
+                signer,
+                export,
+                every,
+                last: Mutex::new((last_cp, now_ms())),
+            },
+            operators: RwLock::new(operators),
+            introspection: RwLock::new(introspection),
+            node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
+            identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),
+        }))
+    }
+
+    /// The current configuration.
+    pub fn config(&self) -> Config {
+        self.dynamic.load().config.clone()
+    }
+
+    /// Appends to the log, then signs a checkpoint if one is due.
+    pub async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        let appended = self.store.append(append).await?;
+        self.checkpoint_if_due(appended.seq, &appended.hash, false)
+            .await;
+        Ok(appended)
+    }
+
+    /// Signs, stores and exports a checkpoint of the head when `every` records
+    /// were added since the last one, or `force` (the interval timer) and any were.
+    pub async fn checkpoint_if_due(&self, seq: i64, hash: &str, force: bool) {
+        let due = {
+            let Ok(mut last) = self.log.last.lock() else {
+                return;
+            };
+            let due = seq > last.0 && (force || seq - last.0 >= self.log.every);
+            if due {
+                *last = (seq, now_ms());
+            }
+            due
+        };
+        if !due {
+            return;
+        }
+        let result = async {
+            let cp = self
+                .log
+                .signer
+                .sign(seq, hash, now_ms())
+                .map_err(|e| e.to_string())?;
+            checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
+            self.store
+                .add_checkpoint(&cp)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::error!(seq, %e, "checkpoint failed; it will be retried");
+            if let Ok(mut last) = self.log.last.lock() {
+                *last = (0, now_ms());
+            }
+        }
+    }
+
+    /// The checkpoint export file.
+    pub fn log_export_path(&self) -> std::path::PathBuf {
+        self.log.export.clone()
+    }
+
+    /// The log-signing public key.
+    pub fn log_public_key(&self) -> &mintguard_certs::jwt::Jwk {
+        self.log.signer.public_jwk()
+    }
+
+    /// Checkpoints the head every `interval` (records since the last checkpoint only).
+    pub async fn checkpoint_timer(self: Arc<Self>, interval: Duration) {
+        let mut tick = tokio::time::interval(interval);
+        loop {
+            tick.tick().await;
+            if let Ok((seq, hash)) = self.store.head().await
+                && seq > 0
+            {
+                self.checkpoint_if_due(seq, &hash, true).await;
+            }
+        }
+    }
+}
+
+fn write_bundle(
+    data_dir: &Path,
+    ca: &CertificateAuthority,
+    now: OffsetDateTime,
+) -> Result<(), StartError> {
+    let bundle = ca.bundle(now).map_err(setup)?;
+    std::fs::write(data_dir.join("bundle.pem"), bundle.to_pem())
+        .map_err(|e| setup(format!("bundle.pem: {e}")))
+}
+
+fn read_token(path: &Path) -> Result<String, StartError> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| setup(format!("token file {}: {e}", path.display())))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(setup(format!(
+            "token file {}: accessible to other users; run chmod 600",
+            path.display()
+        )));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| setup(format!("token file {}: {e}", path.display())))?;
+    if token.trim().len() < 32 {
+        return Err(setup(format!(
+            "token file {}: tokens must be at least 32 characters",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
+/// Operator tokens from `[[operators]]` and `<data_dir>/operators/*.token`
+/// (written by `mintguard-broker operator create`), and introspection tokens.
+#[allow(clippy::type_complexity)]
+pub fn load_tokens(
+    config: &Config,
+) -> Result<(HashMap<String, (String, Role)>, HashMap<String, String>), StartError> {
+    let mut operators = HashMap::new();
+    for op in &config.operators {
+        operators.insert(
+            token_hash(&read_token(&op.token_file)?),
+            (op.name.clone(), op.role),
+        );
+    }
+    let dir = config.data_dir.join("operators");
+    if let Ok(entries) = std::fs::read_dir(&dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "token") {
+                let name = path
+                    .file_stem()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned();
+                let role_text =
+                    std::fs::read_to_string(path.with_extension("role")).unwrap_or_default();
+                let role: Role =
+                    serde_json::from_value(serde_json::Value::String(role_text.trim().to_owned()))
+                        .map_err(|_| {
+                            setup(format!(
+                                "{}: unknown role {:?}",
+                                path.with_extension("role").display(),
+                                role_text.trim()
+                            ))
+                        })?;
+                operators.insert(token_hash(&read_token(&path)?), (name, role));
+            }
+        }
+    }
+    let mut introspection = HashMap::new();
+    for c in &config.introspection_clients {
+        introspection.insert(token_hash(&read_token(&c.token_file)?), c.name.clone());
+    }
+    Ok((operators, introspection))
+}
