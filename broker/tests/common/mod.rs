@@ -1,0 +1,321 @@
+//! Shared by the broker's end-to-end tests: a real `mintguard-broker`
+//! process on a temp config, the real `mintguard` CLI, and a minimal agent
+//! (node key, CSR, enrollment, mTLS) built from mintguard-certs.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared test support; a failed setup must fail
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mintguard_certs::bundle::TrustBundle;
+use mintguard_certs::id::{self, IdMatcher};
+use mintguard_certs::svid::{self, X509Svid};
+use mintguard_certs::tls::SpiffeConnector;
+use serde_json::Value;
+
+pub const POLICIES: &str = r#"
+@id("api-may-mint")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-token");
+"#;
+
+pub const INTROSPECTION_TOKEN: &str = "introspection-client-token-0123456789abcdef";
+
+/// A running broker in a temp dir, killed on drop.
+pub struct BrokerProcess {
+    pub dir: tempfile::TempDir,
+    pub child: Child,
+    pub listen: Value,
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn config_text(extra: &str) -> String {
+    format!(
+        r#"
+trust_domain = "example.org"
+data_dir = "data"
+issuer_url = "https://mintguard.example.org"
+[listen]
+public = "127.0.0.1:0"
+agents = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[policies]
+cedar = "policies"
+[log]
+checkpoint_every = 5
+checkpoint_interval = "1h"
+[[introspection_clients]]
+name = "payments-db"
+token_file = "introspection.token"
+[[grants]]
+name = "payments-token"
+kind = "jwt"
+max_ttl = "15m"
+jwt = {{ audience = "payments" }}
+budget = {{ amount = 100, per = "1h" }}
+{extra}
+"#
+    )
+}
+
+impl BrokerProcess {
+    /// Writes a config, creates an operator, starts the broker, waits for it.
+    pub fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("policies")).unwrap();
+        std::fs::write(root.join("policies/api.cedar"), POLICIES).unwrap();
+        std::fs::write(root.join("broker.toml"), config_text(extra)).unwrap();
+        write_private(&root.join("introspection.token"), INTROSPECTION_TOKEN);
+        if !root.join("data/operators/alice.token").exists() {
+            let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+                .args(["operator", "create", "alice", "--role", "admin", "--config"])
+                .arg(root.join("broker.toml"))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let _ = std::fs::remove_file(root.join("data/listen.json"));
+        // Killed and waited for in Drop.
+        #[allow(clippy::zombie_processes)]
+        let mut child = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+            .args(["run", "--config"])
+            .arg(root.join("broker.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("broker.log")).unwrap())
+            .spawn()
+            .unwrap();
+        let listen_path = root.join("data/listen.json");
+        for _ in 0..200 {
+            if let Ok(text) = std::fs::read_to_string(&listen_path)
+                && let Ok(listen) = serde_json::from_str::<Value>(&text)
+            {
+                return Self { dir, child, listen };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "broker did not start: {}",
+            std::fs::read_to_string(root.join("broker.log")).unwrap_or_default()
+        );
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn addr(&self, listener: &str) -> String {
+        self.listen[listener].as_str().unwrap().to_owned()
+    }
+
+    /// Runs the `mintguard` CLI against this broker.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_mintguard"))
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    pub fn cli_json(&self, args: &[&str]) -> Value {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "mintguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    pub fn bundle(&self) -> TrustBundle {
+        TrustBundle::from_pem(
+            id::parse_trust_domain("example.org").unwrap(),
+            &std::fs::read_to_string(self.data().join("bundle.pem")).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// Stops the broker (SIGKILL) and waits.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn write_private(path: &Path, text: &str) {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
+
+/// An HTTP exchange over TLS: (status, headers' Retry-After, JSON body or Null).
+pub struct Reply {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub body: Value,
+}
+
+/// Sends one request over TLS (`client` = the node SVID for mTLS, or none).
+pub async fn https(
+    addr: &str,
+    bundle: &TrustBundle,
+    client: Option<&X509Svid>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Vec<u8>,
+) -> Result<Reply, String> {
+    let connector = SpiffeConnector::new(
+        client,
+        bundle,
+        IdMatcher::exact(id::broker_id(bundle.trust_domain())),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (tls, _) = connector
+        .connect("mintguard-broker", tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "mintguard-broker");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = sender
+        .send_request(req.body(Full::new(Bytes::from(body))).unwrap())
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let retry_after = res
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let bytes = res
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        retry_after,
+        body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    })
+}
+
+pub async fn post_json(
+    addr: &str,
+    bundle: &TrustBundle,
+    client: Option<&X509Svid>,
+    path: &str,
+    body: &Value,
+) -> Reply {
+    https(
+        addr,
+        bundle,
+        client,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body.to_string().into_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Enrolls a node with a join token, like the agent will.
+pub async fn enroll(broker: &BrokerProcess, token: &str) -> X509Svid {
+    let key = svid::generate_key().unwrap();
+    let csr = svid::csr_pem(&key).unwrap();
+    let reply = post_json(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "/v1/node/enroll",
+        &serde_json::json!({"join_token": token, "csr": csr}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    X509Svid::from_pem(reply.body["svid_pem"].as_str().unwrap(), &key.to_pem()).unwrap()
+}
+
+/// Creates a join token with the CLI and enrolls `node`.
+pub async fn enrolled_node(broker: &BrokerProcess, node: &str) -> X509Svid {
+    let token = broker.cli_json(&["token", "create", "--node", node]);
+    enroll(broker, token["token"].as_str().unwrap()).await
+}
+
+pub const API: &str = "spiffe://example.org/ns/pay/sa/api";
+pub const SELECTORS: &[&str] = &["unix:uid:1000", "unix:gid:1000", "unix:sha256:0a1b2c"];
+
+/// Registers the payments API workload under `node`.
+pub fn register_api(broker: &BrokerProcess, node: &str) {
+    let out = broker.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        node,
+        "--selector",
+        "unix:uid:1000",
+        "--selector",
+        "unix:sha256:0a1b2c",
+        "--grant",
+        "payments-token",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Issues a credential for the API workload through `node`.
+pub async fn issue(broker: &BrokerProcess, node: &X509Svid, request: Value) -> Reply {
+    post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(node),
+        "/v1/issue",
+        &serde_json::json!({"selectors": SELECTORS, "request": request}),
+    )
+    .await
+}

@@ -1,0 +1,231 @@
+//! The real `mintguard-broker` binary end to end: enroll a node, create an
+//! entry, get a JWT, verify it with the fetched JWKS, revoke it, see it
+//! inactive in introspection, find it all in `mintguard logs --json`, replay
+//! with no difference, and verify the chain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use common::*;
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{DecodingKey, Validation};
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enroll_issue_verify_revoke_introspect_log_replay() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    assert_eq!(
+        node.spiffe_id().to_string(),
+        "spiffe://example.org/mintguard/node/node-1"
+    );
+    register_api(&broker, "node-1");
+
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-token", "ttl_seconds": 300, "purpose": "settlement"}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let lease_id = reply.body["lease_id"].as_str().unwrap().to_owned();
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        matches!(
+            reply.body["decision"]["outcome"].as_str(),
+            Some("allow" | "allow_reduced")
+        ),
+        "{}",
+        reply.body
+    );
+
+    // An independent verifier with only the served JWKS.
+    let jwks = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/.well-known/jwks.json",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let jwks: JwkSet = serde_json::from_value(jwks.body).unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    let key = DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap()).unwrap();
+    let mut validation = Validation::new(header.alg);
+    validation.set_audience(&["payments"]);
+    validation.set_issuer(&["https://mintguard.example.org"]);
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], API);
+    assert_eq!(claims["jti"], lease_id.as_str());
+
+    let discovery = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/.well-known/openid-configuration",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(discovery.body["issuer"], "https://mintguard.example.org");
+
+    // Introspection: active, then revoked by the workload's agent, then inactive.
+    let introspect = |tok: String| {
+        let addr = broker.addr("public");
+        let bundle = broker.bundle();
+        async move {
+            https(
+                &addr,
+                &bundle,
+                None,
+                "POST",
+                "/v1/introspect",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", &format!("Bearer {INTROSPECTION_TOKEN}")),
+                ],
+                format!("token={tok}").into_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let active = introspect(token.clone()).await;
+    assert_eq!(active.body["active"], true, "{}", active.body);
+    assert_eq!(active.body["sub"], API);
+    let revoked = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "DELETE",
+        &format!("/v1/leases/{lease_id}"),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(revoked.status, 204, "{}", revoked.body);
+    assert_eq!(
+        introspect(token.clone()).await.body,
+        json!({"active": false})
+    );
+    // Without client authentication, introspection is refused.
+    let anonymous = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/introspect",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        format!("token={token}").into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
+
+    // The log has it all, and never the credential.
+    let out = broker.cli(&["logs", "--json"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !text.contains(&token),
+        "the issuance log must never hold a credential"
+    );
+    let records: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let decision = records.iter().find(|r| r["kind"] == "decision").unwrap();
+    assert_eq!(decision["identity"], API);
+    assert_eq!(
+        decision["node"],
+        "spiffe://example.org/mintguard/node/node-1"
+    );
+    assert_eq!(decision["body"]["lease"]["id"], lease_id.as_str());
+    assert_eq!(
+        decision["body"]["lease"]["revocation"],
+        "introspection_only"
+    );
+    assert!(
+        decision["body"]["input"]["budgets"][0]["snapshot"].is_object(),
+        "the input records the balance it saw"
+    );
+    let revocation = records.iter().find(|r| r["kind"] == "revocation").unwrap();
+    assert_eq!(revocation["body"]["lease_id"], lease_id.as_str());
+    assert!(records.iter().any(|r| r["outcome"] == "node_enrolled"));
+
+    let explain = broker.cli_json(&["explain", decision["request_id"].as_str().unwrap()]);
+    assert_eq!(
+        explain["records"][0]["body"]["decision"]["rules"][0]["id"],
+        "api-may-mint"
+    );
+
+    let replay = broker.cli(&["replay"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    let replay: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(replay["replayed"], 1);
+    assert_eq!(replay["differences"], json!([]));
+
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    assert!(String::from_utf8_lossy(&verify.stdout).starts_with("ok: "));
+
+    let leases = broker.cli_json(&["leases", "--identity", API]);
+    assert_eq!(leases[0]["id"], lease_id.as_str());
+    assert_eq!(leases[0]["live"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_refuses_and_revokes() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let first = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(first.status, 200, "{}", first.body);
+    let lease = first.body["lease_id"].as_str().unwrap().to_owned();
+    let out = broker.cli(&["suspend", API, "--reason", "incident 7"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "suspended");
+    assert_eq!(
+        refused.body["error"]["reasons"],
+        json!(["identity_suspended"])
+    );
+    let leases = broker.cli_json(&["leases", "--identity", API]);
+    assert_eq!(leases[0]["id"], lease.as_str());
+    assert!(
+        leases[0]["revoked_at_ms"].is_i64(),
+        "suspension revokes outstanding leases"
+    );
+    assert!(broker.cli(&["resume", API]).status.success());
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+}
