@@ -277,6 +277,30 @@ impl Authority {
     }
 }
 
+/// Checks a PEM CSR (size, parse, self-signature, key type) without issuing,
+/// so a caller can refuse a bad CSR before consuming anything.
+pub fn validate_csr(csr_pem: &str) -> Result<()> {
+    if csr_pem.len() > MAX_CERT_LEN {
+        return Err(CertsError::LimitExceeded {
+            kind: "CSR size",
+            limit: MAX_CERT_LEN,
+            actual: csr_pem.len(),
+        });
+    }
+    let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+        .map_err(|e| CertsError::InvalidCsr(e.to_string()))?;
+    let alg = csr.public_key.algorithm();
+    if alg != &rcgen::PKCS_ECDSA_P256_SHA256
+        && alg != &rcgen::PKCS_ECDSA_P384_SHA384
+        && alg != &rcgen::PKCS_ED25519
+    {
+        return Err(CertsError::InvalidCsr(
+            "unsupported key type: use ECDSA P-256, P-384 or Ed25519".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A retired CA still trusted until `trusted_until`.
 #[derive(Debug)]
 pub struct Retired {

@@ -36,7 +36,7 @@ enum Command {
         #[command(subcommand)]
         command: EntryCommand,
         /// JSON output.
-        #[arg(long)]
+        #[arg(long, global = true)]
         json: bool,
     },
     /// The issuance log (and `logs verify`).

@@ -42,6 +42,9 @@ async fn enroll(
             "join token or CSR too large",
         ));
     }
+    // Refuse a bad CSR before the single-use token is consumed.
+    mintguard_certs::ca::validate_csr(&req.csr)
+        .map_err(|e| ApiError::bad_request("bad_csr", e.to_string()))?;
     let config = broker.config();
     let now = now_ms();
     let node = broker

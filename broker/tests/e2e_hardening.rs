@@ -1,0 +1,444 @@
+//! Hardening of the real broker: a table of malformed requests (each a 4xx
+//! with its reason code, never a 5xx), tamper detection on the SQLite file,
+//! and failing closed when the log's disk is full.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+use mintguard_broker::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use serde_json::{Value, json};
+
+const OTHER_GRANT: &str = r#"
+[[grants]]
+name = "other-token"
+kind = "jwt"
+max_ttl = "5m"
+jwt = { audience = "other" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_their_documented_status_and_reason() {
+    let broker = BrokerProcess::start(OTHER_GRANT);
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let (agents, public, admin, bundle) = (
+        broker.addr("agents"),
+        broker.addr("public"),
+        broker.addr("admin"),
+        broker.bundle(),
+    );
+    let json_ct = [("content-type", "application/json")];
+    let issue_raw = |body: Vec<u8>, headers: Vec<(&'static str, &'static str)>| {
+        let (agents, bundle, node) = (agents.clone(), bundle.clone(), node.clone());
+        async move {
+            https(
+                &agents,
+                &bundle,
+                Some(&node),
+                "POST",
+                "/v1/issue",
+                &headers,
+                body,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let sel = json!(SELECTORS);
+    let cases: Vec<(&str, Reply, u16, &str)> = vec![
+        ("bad JSON", issue_raw(b"{\"selectors\":".to_vec(), json_ct.to_vec()).await, 400, "bad_json"),
+        ("wrong content type", issue_raw(b"{}".to_vec(), vec![("content-type", "text/plain")]).await, 415, "unsupported_media_type"),
+        ("no content type", issue_raw(b"{}".to_vec(), vec![]).await, 415, "unsupported_media_type"),
+        ("huge body", issue_raw(vec![b' '; 200 * 1024], json_ct.to_vec()).await, 413, "body_too_large"),
+        (
+            "unknown field",
+            issue(&broker, &node, json!({"grant": "payments-token", "tll_seconds": 5})).await,
+            400,
+            "bad_json",
+        ),
+        ("unknown grant", issue(&broker, &node, json!({"grant": "nope"})).await, 400, "unknown_grant"),
+        ("zero ttl", issue(&broker, &node, json!({"grant": "payments-token", "ttl_seconds": 0})).await, 400, "bad_ttl"),
+        (
+            "bad SPIFFE ID",
+            issue(&broker, &node, json!({"grant": "payments-token", "spiffe_id": "spiffe://Example.org/x/"})).await,
+            400,
+            "bad_spiffe_id",
+        ),
+        (
+            "unattested workload",
+            post_json(&agents, &bundle, Some(&node), "/v1/issue", &json!({"selectors": ["unix:uid:4242"], "request": {"grant": "payments-token"}})).await,
+            401,
+            "not_attested",
+        ),
+        (
+            "malformed selector",
+            post_json(&agents, &bundle, Some(&node), "/v1/issue", &json!({"selectors": ["nocolon"], "request": {"grant": "payments-token"}})).await,
+            400,
+            "bad_selectors",
+        ),
+        (
+            "grant outside the entry",
+            post_json(&agents, &bundle, Some(&node), "/v1/issue", &json!({"selectors": sel, "request": {"grant": "other-token"}})).await,
+            403,
+            "denied",
+        ),
+        ("unknown lease", https(&agents, &bundle, Some(&node), "DELETE", "/v1/leases/lease-nope", &[], vec![]).await.unwrap(), 404, "unknown_lease"),
+        (
+            "reused or unknown join token",
+            post_json(&public, &bundle, None, "/v1/node/enroll", &json!({"join_token": "jt-00", "csr": mintguard_certs::svid::csr_pem(&mintguard_certs::svid::generate_key().unwrap()).unwrap()})).await,
+            401,
+            "invalid_join_token",
+        ),
+        ("garbage CSR", post_json(&public, &bundle, None, "/v1/node/enroll", &json!({"join_token": "jt-00", "csr": "nope"})).await, 400, "bad_csr"),
+        ("admin without a token", https(&admin, &bundle, None, "GET", "/admin/v1/logs", &[], vec![]).await.unwrap(), 401, "unauthenticated"),
+        (
+            "a node SVID on the admin API",
+            https(&admin, &bundle, Some(&node), "GET", "/admin/v1/logs", &[], vec![]).await.unwrap(),
+            401,
+            "unauthenticated",
+        ),
+        (
+            "a wrong operator token",
+            https(&admin, &bundle, None, "GET", "/admin/v1/logs", &[("authorization", "Bearer not-a-token")], vec![]).await.unwrap(),
+            401,
+            "unauthenticated",
+        ),
+    ];
+    let mut failures = Vec::new();
+    for (name, reply, status, code) in &cases {
+        if reply.status != *status || reply.body["error"]["code"] != *code {
+            failures.push(format!(
+                "{name}: got {} {}, expected {status} {code}",
+                reply.status, reply.body
+            ));
+        }
+        assert!(reply.status < 500, "{name}: a 5xx on bad input");
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    let unattested = &cases[8].1;
+    assert_eq!(
+        unattested.body["error"]["reasons"],
+        json!(["unix:uid:4242"]),
+        "the selectors presented are returned"
+    );
+    let outside = &cases[10].1;
+    assert_eq!(
+        outside.body["error"]["reasons"],
+        json!(["issuer_may_not_vouch", "no_permit"])
+    );
+
+    // An admin operation with bad input changes nothing.
+    let weak = broker.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/x",
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:path:/bin/sh",
+    ]);
+    assert!(!weak.status.success());
+    assert!(String::from_utf8_lossy(&weak.stderr).contains("weak_entry"));
+    assert_eq!(
+        broker
+            .cli_json(&["entry", "list", "--json"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // Without a client certificate the agents listener refuses the handshake.
+    let anonymous = https(
+        &agents,
+        &bundle,
+        None,
+        "POST",
+        "/v1/issue",
+        &json_ct,
+        b"{}".to_vec(),
+    )
+    .await;
+    assert!(anonymous.is_err(), "no client certificate must be refused");
+
+    // The broker is still healthy.
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+}
+
+fn verify_offline(broker: &BrokerProcess, db: &std::path::Path) -> (bool, String) {
+    let data = broker.data();
+    let out = Command::new(env!("CARGO_BIN_EXE_mintguard"))
+        .args(["logs", "verify", "--store"])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--checkpoints")
+        .arg(data.join("checkpoints.jsonl"))
+        .arg("--key")
+        .arg(data.join("log-signing.jwk.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn read_records(conn: &rusqlite::Connection) -> Vec<LogRecord> {
+    let mut stmt = conn.prepare("SELECT seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash FROM log ORDER BY seq").unwrap();
+    stmt.query_map([], |r| {
+        Ok(LogRecord {
+            seq: r.get(0)?,
+            entry: LogEntry {
+                time_ms: r.get(1)?,
+                kind: RecordKind::parse(&r.get::<_, String>(2)?).unwrap(),
+                request_id: r.get(3)?,
+                identity: r.get(4)?,
+                grant: r.get(5)?,
+                node: r.get(6)?,
+                outcome: r.get(7)?,
+                body: serde_json::from_str(&r.get::<_, String>(8)?).unwrap(),
+            },
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+fn rewrite(conn: &rusqlite::Connection, records: &[LogRecord]) {
+    conn.execute("DELETE FROM log", []).unwrap();
+    for r in records {
+        let e = &r.entry;
+        conn.execute(
+            "INSERT INTO log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            rusqlite::params![
+                r.seq,
+                e.time_ms,
+                e.kind.as_str(),
+                e.request_id,
+                e.identity,
+                e.grant,
+                e.node,
+                e.outcome,
+                e.body.to_string(),
+                r.prev_hash,
+                r.hash
+            ],
+        )
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_sqlite_log_is_detected_and_located() {
+    let mut broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    for _ in 0..10 {
+        assert_eq!(
+            issue(&broker, &node, json!({"grant": "payments-token"}))
+                .await
+                .status,
+            200
+        );
+    }
+    broker.stop();
+    let data = broker.data();
+    let checkpoints =
+        mintguard_broker::log::checkpoint::read_file(&data.join("checkpoints.jsonl")).unwrap();
+    assert_eq!(
+        checkpoints.iter().map(|c| c.seq).collect::<Vec<_>>(),
+        vec![5, 10],
+        "every 5 records"
+    );
+    let copy = |name: &str| {
+        let path = broker.dir.path().join(format!("{name}.db"));
+        rusqlite::Connection::open(data.join("broker.db"))
+            .unwrap()
+            .execute("VACUUM INTO ?1", [path.to_str().unwrap()])
+            .unwrap();
+        path
+    };
+    let pristine = copy("pristine");
+    let (ok, text) = verify_offline(&broker, &pristine);
+    assert!(ok, "{text}");
+
+    // An edited byte.
+    let db = copy("edited");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute(
+            "UPDATE log SET body = replace(body, 'allow', 'allox') WHERE seq = 7",
+            [],
+        )
+        .unwrap();
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("record 7: content does not match its hash"),
+        "{text}"
+    );
+
+    // A deleted record.
+    let db = copy("deleted");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM log WHERE seq = 4", [])
+        .unwrap();
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(!ok && text.contains("expected record 4, found 5"), "{text}");
+
+    // An inserted record, properly sealed after record 5: record 7 (the old 6) no longer links.
+    let db = copy("inserted");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut records = read_records(&conn);
+    let forged = LogRecord::seal(
+        6,
+        LogEntry {
+            request_id: "req-forged".into(),
+            outcome: Some("allow".into()),
+            ..records[5].entry.clone()
+        },
+        records[4].hash.clone(),
+    );
+    for r in records.iter_mut().skip(5) {
+        r.seq += 1;
+    }
+    records.insert(5, forged);
+    rewrite(&conn, &records);
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("record 7: prev_hash does not match"),
+        "{text}"
+    );
+
+    // A whole chain recomputed after an edit: only the exported checkpoint catches it.
+    let db = copy("recomputed");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut records = read_records(&conn);
+    records[2].entry.outcome = Some("deny".into());
+    let mut prev = GENESIS.to_owned();
+    for r in &mut records {
+        *r = LogRecord::seal(r.seq, r.entry.clone(), prev.clone());
+        prev = r.hash.clone();
+    }
+    rewrite(&conn, &records);
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("record 5: hash differs from the exported checkpoint"),
+        "{text}"
+    );
+
+    // A truncated tail before the last exported checkpoint.
+    let db = copy("truncated");
+    rusqlite::Connection::open(&db)
+        .unwrap()
+        .execute("DELETE FROM log WHERE seq > 8", [])
+        .unwrap();
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("ends at record 8 but a checkpoint covers record 10"),
+        "{text}"
+    );
+}
+
+/// Root-only: a small tmpfs for the data dir. Unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(path: &std::path::Path, size: &str) -> Self {
+        std::fs::create_dir_all(path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mounting a tmpfs needs root (tests run as root)"
+        );
+        Self(path.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_disk_fails_closed_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let _fs = Tmpfs::mount(&dir.path().join("data"), "4m");
+    let broker = BrokerProcess::start_in(dir, "");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    // Fill the filesystem.
+    let filler = broker.data().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+    let mut refused = 0;
+    for _ in 0..5 {
+        let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+        assert!(
+            reply.body["credential"].is_null(),
+            "no credential without a durable record: {}",
+            reply.body
+        );
+        if reply.status == 503 {
+            assert_eq!(reply.body["error"]["code"], "log_unavailable");
+            refused += 1;
+        }
+    }
+    assert!(
+        refused >= 4,
+        "requests fail closed with 503 while the disk is full ({refused}/5)"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(
+        reply.status, 200,
+        "serves again once space is freed: {}",
+        reply.body
+    );
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let decisions: Value = broker.cli_json(&["leases"]);
+    assert_eq!(
+        decisions.as_array().unwrap().len(),
+        2,
+        "only the two durable issuances hold leases"
+    );
+}
