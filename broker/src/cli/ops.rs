@@ -414,13 +414,18 @@ fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String
         print_json(out, &v)?;
     } else if ok {
         let r = &v["report"];
+        let coverage = match r["last_checkpoint"].as_i64() {
+            Some(last) => format!(
+                "{} checkpoints matched, the last at record {last}; records after it are covered by the chain only",
+                r["checkpoints"]
+            ),
+            None => "no checkpoint yet: the records are covered by the chain only".to_owned(),
+        };
         writeln!(
             out,
-            "ok: {} records, head {}, {} checkpoints matched (last at record {}); records after the last checkpoint are covered by the chain only",
+            "ok: {} records, head {}; {coverage}",
             r["records"],
-            r["head"].as_str().unwrap_or(""),
-            r["checkpoints"],
-            r["last_checkpoint"]
+            r["head"].as_str().unwrap_or("")
         )
         .map_err(|e| e.to_string())?;
     } else {
