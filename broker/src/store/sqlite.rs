@@ -113,9 +113,11 @@ impl Writer {
         let record = LogRecord::seal(self.head_seq + 1, entry, self.head_hash.clone());
         let e = &record.entry;
         self.conn
-            .execute(
+            .prepare_cached(
                 "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )
+            .and_then(|mut stmt| stmt.execute(
                 params![
                     record.seq,
                     e.time_ms,
@@ -129,7 +131,7 @@ impl Writer {
                     record.prev_hash,
                     record.hash
                 ],
-            )
+            ))
             .map_err(map_sql)?;
         self.head_seq = record.seq;
         self.head_hash = record.hash.clone();
@@ -206,24 +208,26 @@ fn spend_one(conn: &Connection, op: &SpendOp, now_ms: i64) -> Result<bool> {
 }
 
 fn insert_lease(conn: &Connection, l: &Lease) -> Result<()> {
-    conn.execute(
-        "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
-                            revoked_at_ms, task_ended_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            l.id,
-            l.request_id,
-            l.identity,
-            l.grant,
-            l.node,
-            l.kind,
-            l.revocation,
-            l.issued_at_ms,
-            l.expires_at_ms,
-            l.revoked_at_ms,
-            l.task_ended_at_ms
-        ],
-    )
+    let mut stmt = conn
+        .prepare_cached(
+            "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
+                                revoked_at_ms, task_ended_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        )
+        .map_err(map_sql)?;
+    stmt.execute(params![
+        l.id,
+        l.request_id,
+        l.identity,
+        l.grant,
+        l.node,
+        l.kind,
+        l.revocation,
+        l.issued_at_ms,
+        l.expires_at_ms,
+        l.revoked_at_ms,
+        l.task_ended_at_ms
+    ])
     .map_err(map_sql)?;
     Ok(())
 }

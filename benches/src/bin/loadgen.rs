@@ -1,0 +1,198 @@
+//! End-to-end load generator: a real broker (SQLite, WAL, `synchronous=FULL`,
+//! group commit) with its real listeners, and N concurrent agent connections
+//! (kept-alive mTLS with a node SVID) requesting JWTs through `POST /v1/issue`.
+//! Every issuance runs the whole pipeline: entry match, decide() with Cedar,
+//! the durable log record + lease, ES256 signing.
+//!
+//! ```text
+//! cargo run --release -p mintguard-benches --bin loadgen -- [--clients 32] [--requests 20000]
+//! ```
+
+#![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a report tool; setup failures stop it
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use mintguard_broker::config::Config;
+use mintguard_broker::state::{Broker, now_ms, token_hash};
+use mintguard_broker::store::Entry;
+use mintguard_certs::bundle::TrustBundle;
+use mintguard_certs::id::{self, IdMatcher};
+use mintguard_certs::svid::{self, X509Svid};
+use mintguard_certs::tls::SpiffeConnector;
+
+const CONFIG: &str = r#"
+trust_domain = "example.org"
+data_dir = "data"
+issuer_url = "https://mintguard.example.org"
+[listen]
+public = "127.0.0.1:0"
+agents = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+[policies]
+cedar = "policies"
+[limits]
+per_node_per_second = 1000000
+per_identity_per_second = 1000000
+[[grants]]
+name = "payments-token"
+kind = "jwt"
+max_ttl = "15m"
+jwt = { audience = "payments" }
+"#;
+
+const POLICY: &str = r#"permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+    action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-token");"#;
+
+fn arg(name: &str, default: usize) -> usize {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: &str, connector: &SpiffeConnector) -> Sender {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let (tls, _) = connector.connect("mintguard-broker", tcp).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn post(sender: &mut Sender, path: &str, body: &str) -> (u16, Bytes) {
+    sender.ready().await.unwrap();
+    let req = hyper::Request::post(path)
+        .header("host", "mintguard-broker")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    (status, res.into_body().collect().await.unwrap().to_bytes())
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn main() {
+    let clients = arg("--clients", 32);
+    let requests = arg("--requests", 20_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(clients, requests));
+}
+
+async fn run(clients: usize, requests: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
+    std::fs::write(dir.path().join("broker.toml"), CONFIG).unwrap();
+    let config = Config::load(&dir.path().join("broker.toml")).unwrap();
+    let broker = Broker::start(config).await.unwrap();
+    let bound = mintguard_broker::routes::serve(broker.clone())
+        .await
+        .unwrap();
+    let td = id::parse_trust_domain("example.org").unwrap();
+    let bundle = TrustBundle::from_pem(
+        td.clone(),
+        &std::fs::read_to_string(dir.path().join("data/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+
+    // Enroll a node over the public listener, register the workload.
+    broker
+        .store
+        .create_join_token(&token_hash("jt-loadgen"), "load-1", now_ms() + 60_000)
+        .await
+        .unwrap();
+    let key = svid::generate_key().unwrap();
+    let anon = SpiffeConnector::new(None, &bundle, IdMatcher::exact(id::broker_id(&td))).unwrap();
+    let mut s = connect(&bound.public.to_string(), &anon).await;
+    let body = serde_json::json!({"join_token": "jt-loadgen", "csr": svid::csr_pem(&key).unwrap()})
+        .to_string();
+    let (status, answer) = post(&mut s, "/v1/node/enroll", &body).await;
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+    let node = X509Svid::from_pem(answer["svid_pem"].as_str().unwrap(), &key.to_pem()).unwrap();
+    broker
+        .store
+        .create_entry(&Entry {
+            id: "entry-load".into(),
+            spiffe_id: "spiffe://example.org/ns/pay/sa/api".into(),
+            parent: node.spiffe_id().to_string(),
+            selectors: vec!["unix:uid:1000".into(), "unix:sha256:0a1b".into()],
+            grants: vec!["payments-token".into()],
+            created_at_ms: now_ms(),
+        })
+        .await
+        .unwrap();
+
+    let connector = Arc::new(
+        SpiffeConnector::new(Some(&node), &bundle, IdMatcher::exact(id::broker_id(&td))).unwrap(),
+    );
+    let issue = r#"{"selectors":["unix:uid:1000","unix:gid:1000","unix:sha256:0a1b"],"request":{"grant":"payments-token","ttl_seconds":300}}"#;
+    let agents = bound.agents.to_string();
+
+    // Warm-up, then the measured run.
+    for (label, n) in [("warm-up", requests / 10), ("measured", requests)] {
+        let per_client = n.div_ceil(clients);
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..clients)
+            .map(|_| {
+                let (agents, connector) = (agents.clone(), connector.clone());
+                tokio::spawn(async move {
+                    let mut sender = connect(&agents, &connector).await;
+                    let mut latencies = Vec::with_capacity(per_client);
+                    let mut failures = 0usize;
+                    for _ in 0..per_client {
+                        let t = Instant::now();
+                        let (status, _) = post(&mut sender, "/v1/issue", issue).await;
+                        latencies.push(t.elapsed());
+                        failures += usize::from(status != 200);
+                    }
+                    (latencies, failures)
+                })
+            })
+            .collect();
+        let mut all = Vec::with_capacity(n);
+        let mut failures = 0;
+        for t in tasks {
+            let (l, f) = t.await.unwrap();
+            all.extend(l);
+            failures += f;
+        }
+        let elapsed = start.elapsed();
+        all.sort_unstable();
+        if label == "measured" {
+            println!(
+                "{clients} clients, {} issuances in {:.2} s: {:.0} issuances/s; latency p50 {:?} p90 {:?} p99 {:?} max {:?}; {failures} non-200",
+                all.len(),
+                elapsed.as_secs_f64(),
+                all.len() as f64 / elapsed.as_secs_f64(),
+                percentile(&all, 0.5),
+                percentile(&all, 0.9),
+                percentile(&all, 0.99),
+                all[all.len() - 1],
+            );
+        }
+    }
+    let (seq, _) = broker.store.head().await.unwrap();
+    println!(
+        "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",
+        mintguard_broker::store::sqlite::MAX_BATCH
+    );
+}
