@@ -697,6 +697,23 @@ mod tests {
     }
 
     #[test]
+    fn the_reference_config_parses() {
+        let path = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/broker_full.toml"
+        ));
+        let c = Config::load(path).unwrap();
+        assert_eq!(c.grants.len(), 1);
+        assert_eq!(c.operators[0].role, Role::Viewer);
+        assert_eq!(c.log.checkpoint_every, 100);
+        let example = Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/broker/broker.toml"
+        ));
+        Config::load(example).unwrap();
+    }
+
+    #[test]
     fn bad_configs_name_file_key_and_reason() {
         refused(("example.org", "Example.org"), "trust_domain");
         refused(("\"15m\"", "\"soon\""), "not a duration");

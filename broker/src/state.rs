@@ -326,6 +326,39 @@ impl Broker {
         }
     }
 
+    /// Re-reads the configuration file: rules, grants, trust weights, the
+    /// exposure graph and tokens are replaced atomically. A file that fails
+    /// validation changes nothing; the error says why. Returns the new rule-set hash.
+    pub async fn reload(&self) -> Result<String, String> {
+        let file = self.dynamic.load().config.file.clone();
+        let config = Config::load(&file).map_err(|e| e.to_string())?;
+        let running = self.config();
+        if config.listen != running.listen
+            || config.data_dir != running.data_dir
+            || config.store != running.store
+            || config.trust_domain != running.trust_domain
+        {
+            return Err(format!(
+                "{}: listen, data_dir, store and trust_domain need a restart",
+                file.display()
+            ));
+        }
+        let (operators, introspection) = load_tokens(&config).map_err(|e| e.to_string())?;
+        let dynamic = build_dynamic(config, &*self.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        let hash = dynamic.rules.hash().to_owned();
+        self.dynamic.store(Arc::new(dynamic));
+        if let Ok(mut o) = self.operators.write() {
+            *o = operators;
+        }
+        if let Ok(mut i) = self.introspection.write() {
+            *i = introspection;
+        }
+        tracing::info!(rule_set = %hash, "configuration reloaded");
+        Ok(hash)
+    }
+
     /// The checkpoint export file.
     pub fn log_export_path(&self) -> std::path::PathBuf {
         self.log.export.clone()

@@ -229,3 +229,126 @@ async fn suspension_refuses_and_revokes() {
         200
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_rules_and_refuses_a_broken_config() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    // SIGHUP with a new forbid: the next requests are denied by it.
+    let policies = broker.dir.path().join("policies");
+    std::fs::write(
+        policies.join("freeze.cedar"),
+        "@id(\"freeze\") forbid (principal, action, resource);",
+    )
+    .unwrap();
+    let pid = broker.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut denied = None;
+    for _ in 0..100 {
+        let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+        if reply.status == 403 {
+            denied = Some(reply);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let denied = denied.expect("the reloaded forbid applies");
+    assert_eq!(denied.body["error"]["reasons"], json!(["rule_forbid"]));
+
+    // A broken policy: the reload is refused with the reason, the running rules stay.
+    std::fs::write(policies.join("broken.cedar"), "permit (principal").unwrap();
+    let out = broker.cli(&["reload"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("reload_refused") && stderr.contains("broken.cedar"),
+        "{stderr}"
+    );
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        403
+    );
+
+    std::fs::remove_file(policies.join("broken.cedar")).unwrap();
+    std::fs::remove_file(policies.join("freeze.cedar")).unwrap();
+    let out = broker.cli(&["reload"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    // Budgets: show and top up (re-authorization), both logged.
+    let shown = broker.cli_json(&[
+        "budget",
+        "show",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+    ]);
+    assert_eq!(shown["capacity"], 100);
+    let before = shown["available"].as_i64().unwrap();
+    assert!(before <= 98, "two issuances were spent: {shown}");
+    let topped = broker.cli_json(&[
+        "budget",
+        "top-up",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+        "--tokens",
+        "50",
+    ]);
+    assert_eq!(topped["available"].as_i64().unwrap(), before + 50);
+    let logs = broker.cli(&["logs", "--json", "--outcome", "budget_topped_up"]);
+    assert_eq!(String::from_utf8_lossy(&logs.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_bad_config_exits_2_naming_file_key_and_reason_before_binding() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("broker.toml");
+    std::fs::write(
+        &file,
+        config_text("").replace("kind = \"jwt\"", "kind = \"vault\""),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(file.to_str().unwrap()) && stderr.contains("grants[0].kind"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing was created or bound"
+    );
+}

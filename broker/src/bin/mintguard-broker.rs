@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use mintguard_broker::config::{Config, Role};
-use mintguard_broker::state::{Broker, build_dynamic, load_tokens};
+use mintguard_broker::state::Broker;
 
 /// The Mintguard credential broker.
 #[derive(Parser)]
@@ -128,12 +128,12 @@ fn run(file: PathBuf, log_json: bool) -> ExitCode {
             bound.admin,
             data_dir.display()
         );
-        wait_for_signals(broker, file).await;
+        wait_for_signals(broker).await;
         ExitCode::SUCCESS
     })
 }
 
-async fn wait_for_signals(broker: Arc<Broker>, file: PathBuf) {
+async fn wait_for_signals(broker: Arc<Broker>) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::hangup()),
@@ -145,7 +145,7 @@ async fn wait_for_signals(broker: Arc<Broker>, file: PathBuf) {
     };
     loop {
         tokio::select! {
-            _ = hup.recv() => reload(&broker, &file).await,
+            _ = hup.recv() => reload(&broker).await,
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -153,30 +153,9 @@ async fn wait_for_signals(broker: Arc<Broker>, file: PathBuf) {
     tracing::info!("shutting down");
 }
 
-async fn reload(broker: &Broker, file: &std::path::Path) {
-    let config = match Config::load(file) {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::error!(%e, "reload refused: keeping the running configuration");
-            return;
-        }
-    };
-    let tokens = load_tokens(&config);
-    match (build_dynamic(config, &*broker.store).await, tokens) {
-        (Ok(dynamic), Ok((operators, introspection))) => {
-            let hash = dynamic.rules.hash().to_owned();
-            broker.dynamic.store(Arc::new(dynamic));
-            if let Ok(mut o) = broker.operators.write() {
-                *o = operators;
-            }
-            if let Ok(mut i) = broker.introspection.write() {
-                *i = introspection;
-            }
-            tracing::info!(rule_set = %hash, "configuration reloaded");
-        }
-        (Err(e), _) | (_, Err(e)) => {
-            tracing::error!(%e, "reload refused: keeping the running configuration")
-        }
+async fn reload(broker: &Broker) {
+    if let Err(e) = broker.reload().await {
+        tracing::error!(%e, "reload refused: keeping the running configuration");
     }
 }
 

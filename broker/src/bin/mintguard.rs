@@ -79,6 +79,38 @@ enum Command {
         /// SPIFFE ID.
         subject: String,
     },
+    /// Re-read the broker's configuration (rules, grants, weights, graph).
+    Reload,
+    /// Budgets: show a balance or top it up (re-authorization).
+    Budget {
+        #[command(subcommand)]
+        command: BudgetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BudgetCommand {
+    /// An identity's balance for a grant.
+    Show {
+        /// SPIFFE ID.
+        #[arg(long)]
+        identity: String,
+        /// Grant.
+        #[arg(long)]
+        grant: String,
+    },
+    /// Add tokens (may exceed capacity).
+    TopUp {
+        /// SPIFFE ID.
+        #[arg(long)]
+        identity: String,
+        /// Grant.
+        #[arg(long)]
+        grant: String,
+        /// Tokens to add.
+        #[arg(long)]
+        tokens: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -182,6 +214,40 @@ async fn run(args: Cli) -> Result<bool, String> {
             "POST",
             "/admin/v1/suspend",
             Some(json!({"subject": subject, "reason": reason})),
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Reload => ops::simple(&client, "POST", "/admin/v1/reload", None, out)
+            .await
+            .map(|_| true),
+        Command::Budget {
+            command: BudgetCommand::Show { identity, grant },
+        } => ops::simple(
+            &client,
+            "GET",
+            &format!(
+                "/admin/v1/budget?identity={}&grant={}",
+                urlencode(identity),
+                urlencode(grant)
+            ),
+            None,
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Budget {
+            command:
+                BudgetCommand::TopUp {
+                    identity,
+                    grant,
+                    tokens,
+                },
+        } => ops::simple(
+            &client,
+            "POST",
+            "/admin/v1/budget/top-up",
+            Some(json!({"identity": identity, "grant": grant, "tokens": tokens})),
             out,
         )
         .await

@@ -43,6 +43,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/leases/{id}/revoke", post(revoke))
         .route("/admin/v1/suspend", post(suspend))
         .route("/admin/v1/resume", post(resume))
+        .route("/admin/v1/reload", post(reload))
+        .route("/admin/v1/budget", get(budget_show))
+        .route("/admin/v1/budget/top-up", post(budget_top_up))
         .with_state(broker)
 }
 
@@ -620,5 +623,114 @@ async fn resume(
     .await?;
     Ok(axum::Json(
         json!({"subject": req.subject, "was_suspended": was}),
+    ))
+}
+
+async fn reload(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Admin)?;
+    match broker.reload().await {
+        Ok(hash) => {
+            admin_record(
+                &broker,
+                &op,
+                "config_reloaded",
+                None,
+                json!({"rule_set_hash": hash}),
+            )
+            .await?;
+            Ok(axum::Json(json!({"reloaded": true, "rule_set_hash": hash})))
+        }
+        Err(reason) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "reload_refused",
+            reason,
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+struct BudgetParams {
+    identity: String,
+    grant: String,
+}
+
+fn budget_of(
+    broker: &Broker,
+    grant: &str,
+) -> Result<mintguard_policy::budget::BudgetPolicy, ApiError> {
+    let config = broker.config();
+    let grant = config.grants.get(grant).ok_or_else(|| {
+        ApiError::bad_request("unknown_grant", format!("no grant named {grant:?}"))
+    })?;
+    grant
+        .budget
+        .as_ref()
+        .map(crate::config::BudgetConfig::policy)
+        .ok_or_else(|| ApiError::bad_request("no_budget", "this grant has no budget"))
+}
+
+async fn budget_show(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<BudgetParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let policy = budget_of(&broker, &p.grant)?;
+    let key = format!("identity:{}/grant:{}", p.identity, p.grant);
+    let now = now_ms();
+    let snapshot = broker
+        .store
+        .budget(&key)
+        .await?
+        .unwrap_or_else(|| mintguard_policy::budget::BudgetSnapshot::full(&policy, now));
+    Ok(axum::Json(json!({
+        "key": key,
+        "capacity": policy.amount,
+        "per": policy.per,
+        "available_milli": snapshot.available(&policy, now),
+        "available": snapshot.available(&policy, now) / mintguard_policy::budget::MILLI,
+        "snapshot": snapshot,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopUp {
+    identity: String,
+    grant: String,
+    tokens: u64,
+}
+
+async fn budget_top_up(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<TopUp>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    if req.tokens == 0 || req.tokens > mintguard_policy::budget::MAX_BUDGET_AMOUNT {
+        return Err(ApiError::bad_request(
+            "bad_tokens",
+            "tokens must be 1..=1000000",
+        ));
+    }
+    id::parse_spiffe_id(&req.identity)
+        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    let policy = budget_of(&broker, &req.grant)?;
+    let key = format!("identity:{}/grant:{}", req.identity, req.grant);
+    let now = now_ms();
+    let snapshot = broker.store.top_up(&key, &policy, req.tokens, now).await?;
+    admin_record(
+        &broker,
+        &op,
+        "budget_topped_up",
+        Some(req.identity.clone()),
+        json!({"grant": req.grant, "tokens": req.tokens}),
+    )
+    .await?;
+    Ok(axum::Json(
+        json!({"key": key, "available": snapshot.available(&policy, now) / mintguard_policy::budget::MILLI, "snapshot": snapshot}),
     ))
 }
