@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod mint;
 pub mod pipeline;
 pub mod routes;

@@ -168,6 +168,16 @@ fn observed_signals(broker: &Broker, selectors: &[String], now_s: i64) -> TrustI
 
 /// Handles `POST /v1/issue` from `node`.
 pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
+    let result = issue_inner(broker, node, req).await;
+    broker
+        .metrics
+        .issue_seconds
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<Response, ApiError> {
     validate(&req)?;
     let dynamic = broker.dynamic.load_full();
     let IssueRequest { selectors, request } = req;
@@ -264,7 +274,12 @@ pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Res
         approved: false,
         ci_claims: BTreeMap::new(),
     };
+    let decide_started = std::time::Instant::now();
     let decision = decide(&input, &dynamic.rules);
+    broker
+        .metrics
+        .decision_seconds
+        .observe(decide_started.elapsed().as_secs_f64());
     let mut body = json!({
         "input": input,
         "decision": decision,
@@ -274,6 +289,16 @@ pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Res
     });
 
     if !decision.outcome.mints() {
+        broker.metrics.decided(
+            decision.outcome.as_str(),
+            decision.reasons.iter().map(|r| r.code()),
+        );
+        if decision
+            .reasons
+            .contains(&mintguard_policy::Reason::BudgetExhausted)
+        {
+            broker.metrics.budget_exhausted.inc();
+        }
         let record = LogEntry {
             time_ms: now,
             kind: RecordKind::Decision,
@@ -396,8 +421,16 @@ pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Res
         })?;
     let Some(durable) = Durable::from_appended(&appended) else {
         // Lost the budget race after deciding: logged as budget_exhausted, token discarded.
+        broker
+            .metrics
+            .decided("budget_exhausted", ["budget_exhausted"]);
+        broker.metrics.budget_exhausted.inc();
         return Err(budget_exhausted(&request_id));
     };
+    broker.metrics.decided(
+        decision.outcome.as_str(),
+        decision.reasons.iter().map(|r| r.code()),
+    );
     let token = unreleased.release(&durable);
     let response = CredentialResponse {
         lease_id,

@@ -174,6 +174,8 @@ pub struct Broker {
     pub node_limiter: DefaultKeyedRateLimiter<String>,
     /// Requests per identity.
     pub identity_limiter: DefaultKeyedRateLimiter<String>,
+    /// Prometheus metrics.
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Broker {
@@ -273,6 +275,7 @@ impl Broker {
             introspection: RwLock::new(introspection),
             node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
             identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),
+            metrics: crate::metrics::Metrics::default(),
         }))
     }
 
@@ -283,7 +286,11 @@ impl Broker {
 
     /// Appends to the log, then signs a checkpoint if one is due.
     pub async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        let started = std::time::Instant::now();
         let appended = self.store.append(append).await?;
+        self.metrics
+            .log_write_seconds
+            .observe(started.elapsed().as_secs_f64());
         self.checkpoint_if_due(appended.seq, &appended.hash, false)
             .await;
         Ok(appended)

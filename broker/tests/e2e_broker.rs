@@ -192,6 +192,47 @@ async fn enroll_issue_verify_revoke_introspect_log_replay() {
     let leases = broker.cli_json(&["leases", "--identity", API]);
     assert_eq!(leases[0]["id"], lease_id.as_str());
     assert_eq!(leases[0]["live"], false);
+
+    // Prometheus metrics on the admin listener, for an operator token.
+    let token = std::fs::read_to_string(broker.data().join("operators/alice.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let metrics = https(
+        &broker.addr("admin"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/metrics",
+        &[("authorization", &auth)],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(metrics.status, 200);
+    for needle in [
+        "mintguard_decisions_total{outcome=\"",
+        "mintguard_decision_seconds_bucket",
+        "mintguard_issue_seconds_count 1",
+        "mintguard_log_write_seconds_count",
+        "mintguard_budget_exhausted_total 0",
+    ] {
+        assert!(
+            metrics.text.contains(needle),
+            "{needle} missing from:\n{}",
+            metrics.text
+        );
+    }
+    let anonymous = https(
+        &broker.addr("admin"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/metrics",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(anonymous.status, 401);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

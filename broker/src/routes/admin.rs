@@ -44,6 +44,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/suspend", post(suspend))
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/reload", post(reload))
+        .route("/metrics", get(metrics))
         .route("/admin/v1/budget", get(budget_show))
         .route("/admin/v1/budget/top-up", post(budget_top_up))
         .with_state(broker)
@@ -733,4 +734,20 @@ async fn budget_top_up(
     Ok(axum::Json(
         json!({"key": key, "available": snapshot.available(&policy, now) / mintguard_policy::budget::MILLI, "snapshot": snapshot}),
     ))
+}
+
+async fn metrics(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::response::Response, ApiError> {
+    op.require(Role::Viewer)?;
+    use axum::response::IntoResponse as _;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        broker.metrics.encode(),
+    )
+        .into_response())
 }

@@ -181,6 +181,7 @@ pub struct Reply {
     pub status: u16,
     pub retry_after: Option<String>,
     pub body: Value,
+    pub text: String,
 }
 
 /// Sends one request over TLS (`client` = the node SVID for mTLS, or none).
@@ -237,6 +238,7 @@ pub async fn https(
         status,
         retry_after,
         body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        text: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }
 

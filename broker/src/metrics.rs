@@ -1,0 +1,113 @@
+//! Prometheus metrics, served at `GET /metrics` on the admin listener
+//! (viewer role): decisions by outcome and by reason, decision and
+//! end-to-end latency, log write latency, budget depletions.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `outcome` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// allow, allow_reduced, step_up, deny, suspend, budget_exhausted.
+    pub outcome: String,
+}
+
+/// `reason` label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A reason code.
+    pub reason: String,
+}
+
+/// The broker's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Decisions by final outcome.
+    pub decisions: Family<OutcomeLabel, Counter>,
+    /// Reason codes given.
+    pub reasons: Family<ReasonLabel, Counter>,
+    /// Time in `decide()`.
+    pub decision_seconds: Histogram,
+    /// Time from request to answer in the issuance pipeline.
+    pub issue_seconds: Histogram,
+    /// Time to append a record durably (group commit included).
+    pub log_write_seconds: Histogram,
+    /// Requests refused because a budget could not pay.
+    pub budget_exhausted: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("mintguard");
+        let decisions = Family::<OutcomeLabel, Counter>::default();
+        let reasons = Family::<ReasonLabel, Counter>::default();
+        let decision_seconds = Histogram::new(exponential_buckets(1e-6, 2.0, 20));
+        let issue_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 18));
+        let log_write_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
+        let budget_exhausted = Counter::default();
+        registry.register("decisions", "Decisions by final outcome", decisions.clone());
+        registry.register(
+            "decision_reasons",
+            "Reason codes given in decisions",
+            reasons.clone(),
+        );
+        registry.register(
+            "decision_seconds",
+            "Time spent in decide()",
+            decision_seconds.clone(),
+        );
+        registry.register(
+            "issue_seconds",
+            "End-to-end issuance pipeline latency",
+            issue_seconds.clone(),
+        );
+        registry.register(
+            "log_write_seconds",
+            "Durable log append latency",
+            log_write_seconds.clone(),
+        );
+        registry.register(
+            "budget_exhausted",
+            "Requests refused because a budget could not pay",
+            budget_exhausted.clone(),
+        );
+        Self {
+            registry,
+            decisions,
+            reasons,
+            decision_seconds,
+            issue_seconds,
+            log_write_seconds,
+            budget_exhausted,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts a decision's final outcome and its reasons.
+    pub fn decided(&self, outcome: &str, reasons: impl IntoIterator<Item = &'static str>) {
+        self.decisions
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+        for reason in reasons {
+            self.reasons
+                .get_or_create(&ReasonLabel {
+                    reason: reason.to_owned(),
+                })
+                .inc();
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
