@@ -28,7 +28,7 @@ use crate::log::{LogEntry, RecordKind};
 use crate::mint::Durable;
 use crate::mint::jwt::{Claims, UnreleasedJwt};
 use crate::state::{Broker, now_ms};
-use crate::store::{Append, Entry, Lease, SpendOp, SuspensionRecord};
+use crate::store::{Append, Entry, Lease, SignalRecord, SpendOp, SuspensionRecord};
 
 /// A random id with a prefix: `req-…`, `lease-…` (128 bits, hex).
 pub fn random_id(prefix: &str) -> String {
@@ -133,10 +133,18 @@ fn select_entry<'a>(
     }
 }
 
-/// The signals the broker observes itself (DESIGN's table; location, time
-/// and network drop out until their constraints are configured).
-fn observed_signals(broker: &Broker, selectors: &[String], now_s: i64) -> TrustInput {
+/// The signals: the ones the broker observes itself (DESIGN's table;
+/// location, time and network drop out until their constraints are
+/// configured), lowered by fresh external signals about the identity or its
+/// node (signals API): per kind, the lowest fresh value counts.
+fn observed_signals(
+    broker: &Broker,
+    selectors: &[String],
+    external: &[SignalRecord],
+    now_ms: i64,
+) -> TrustInput {
     let config = broker.dynamic.load();
+    let now_s = now_ms.div_euclid(1000);
     let ttl = config.config.signals.ttl.0.as_secs();
     let signal = |value, source: &str| Signal {
         value,
@@ -149,7 +157,7 @@ fn observed_signals(broker: &Broker, selectors: &[String], now_s: i64) -> TrustI
     } else {
         60
     };
-    TrustInput {
+    let mut input = TrustInput {
         signals: [
             (SignalKind::Posture, signal(100, "broker:node_svid")),
             (
@@ -163,7 +171,51 @@ fn observed_signals(broker: &Broker, selectors: &[String], now_s: i64) -> TrustI
         ]
         .into(),
         unconstrained: [SignalKind::Location, SignalKind::Time, SignalKind::Network].into(),
+    };
+    for ext in external {
+        let fresh =
+            ext.observed_at_ms + i64::try_from(ext.ttl_seconds).unwrap_or(0) * 1000 >= now_ms;
+        let kind = match ext.kind.as_str() {
+            "posture" => SignalKind::Posture,
+            "attestation" => SignalKind::Attestation,
+            "behaviour" => SignalKind::Behaviour,
+            "location" => SignalKind::Location,
+            "time" => SignalKind::Time,
+            "network" => SignalKind::Network,
+            _ => continue,
+        };
+        if !fresh {
+            continue;
+        }
+        let candidate = Signal {
+            value: ext.value.min(100),
+            observed_at: ext.observed_at_ms.div_euclid(1000),
+            ttl_seconds: ext.ttl_seconds,
+            source: format!("{} ({})", ext.source, ext.subject),
+        };
+        match input.signals.get(&kind) {
+            Some(current) if current.value <= candidate.value => {}
+            _ => {
+                input.signals.insert(kind, candidate);
+            }
+        }
     }
+    input
+}
+
+/// Fresh `compromise` signals about the identity or its node: positive evidence.
+fn compromise_evidence(external: &[SignalRecord], now_ms: i64) -> Vec<Evidence> {
+    external
+        .iter()
+        .filter(|s| {
+            s.kind == "compromise"
+                && s.observed_at_ms + i64::try_from(s.ttl_seconds).unwrap_or(0) * 1000 >= now_ms
+        })
+        .map(|s| Evidence {
+            kind: EvidenceKind::CompromiseSignal,
+            detail: format!("{} about {}", s.source, s.subject),
+        })
+        .collect()
 }
 
 /// Handles `POST /v1/issue` from `node`.
@@ -213,9 +265,11 @@ async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<R
     let request_id = random_id("req");
     let now = now_ms();
     let identity = entry.spiffe_id.clone();
-    let (identity_suspension, node_suspension) = tokio::try_join!(
+    let subjects = [identity.as_str(), node];
+    let (identity_suspension, node_suspension, external) = tokio::try_join!(
         broker.store.suspension(&identity),
-        broker.store.suspension(node)
+        broker.store.suspension(node),
+        broker.store.signals(&subjects),
     )?;
     let budget = grant.budget.as_ref().map(|b| {
         (
@@ -250,7 +304,7 @@ async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<R
         requested_ttl_seconds: request.ttl_seconds,
         purpose: request.purpose.clone(),
         now_ms: now,
-        signals: observed_signals(broker, &selectors, now.div_euclid(1000)),
+        signals: observed_signals(broker, &selectors, &external, now),
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
@@ -264,7 +318,7 @@ async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<R
             }],
             _ => Vec::new(),
         },
-        evidence: Vec::new(),
+        evidence: compromise_evidence(&external, now),
         suspension: identity_suspension.map(|s| Suspension {
             evidence: Evidence {
                 kind: evidence_kind(&s.by),

@@ -393,3 +393,136 @@ fn a_bad_config_exits_2_naming_file_key_and_reason_before_binding() {
         "nothing was created or bound"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn external_signals_lower_trust_and_compromise_is_evidence() {
+    // A suspend rule that stands only with positive evidence.
+    let broker = BrokerProcess::start("");
+    std::fs::write(
+        broker.dir.path().join("policies/suspend.cedar"),
+        "@id(\"compromise-suspends\") @outcome(\"suspend\") forbid (principal, action, resource) when { context.has_evidence };",
+    )
+    .unwrap();
+    assert!(broker.cli(&["reload"]).status.success());
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let node_id = node.spiffe_id().to_string();
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    // EDR says the node's posture collapsed: trust drops below critical.
+    let out = broker.cli(&[
+        "signals",
+        "put",
+        "--subject",
+        &node_id,
+        "--kind",
+        "posture",
+        "--value",
+        "0",
+        "--source",
+        "edr:test",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = broker.cli(&[
+        "signals",
+        "put",
+        "--subject",
+        API,
+        "--kind",
+        "attestation",
+        "--value",
+        "0",
+        "--source",
+        "edr:test",
+    ]);
+    assert!(out.status.success());
+    let refused = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(
+        refused.body["error"]["reasons"],
+        json!(["trust_below_critical"])
+    );
+    // Another source reporting a good posture does not outvote the bad one: the lowest fresh value counts.
+    assert!(
+        broker
+            .cli(&[
+                "signals",
+                "put",
+                "--subject",
+                &node_id,
+                "--kind",
+                "posture",
+                "--value",
+                "100"
+            ])
+            .status
+            .success()
+    );
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        403,
+        "the edr:test posture 0 is still fresh"
+    );
+    // The EDR clears the node: posture recovers, attestation stays 0, trust is enough again.
+    assert!(
+        broker
+            .cli(&[
+                "signals",
+                "put",
+                "--subject",
+                &node_id,
+                "--kind",
+                "posture",
+                "--value",
+                "100",
+                "--source",
+                "edr:test"
+            ])
+            .status
+            .success()
+    );
+    let allowed = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(allowed.status, 200, "{}", allowed.body);
+
+    // A compromise signal is positive evidence: the suspend rule stands, leases are revoked.
+    let out = broker.cli(&[
+        "signals",
+        "put",
+        "--subject",
+        &node_id,
+        "--kind",
+        "compromise",
+        "--source",
+        "siem:test",
+    ]);
+    assert!(out.status.success());
+    let suspended = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(suspended.status, 403, "{}", suspended.body);
+    assert_eq!(suspended.body["error"]["code"], "suspended");
+    assert_eq!(
+        suspended.body["error"]["reasons"],
+        json!(["compromise_evidence", "rule_suspend"])
+    );
+    let leases = broker.cli_json(&["leases", "--identity", API]);
+    assert!(
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| !l["live"].as_bool().unwrap()),
+        "all leases revoked: {leases}"
+    );
+    let shown = broker.cli_json(&["signals", "show", "--subject", &node_id]);
+    assert_eq!(shown.as_array().unwrap().len(), 3);
+}

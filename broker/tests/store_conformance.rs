@@ -12,7 +12,7 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Entry, Lease, LogQuery, SpendOp, Store, StoreError, SuspensionRecord,
+    Append, Entry, Lease, LogQuery, SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -493,6 +493,56 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
     assert_eq!(store.suspension(&s.subject).await.unwrap(), None);
 }
 
+async fn signals_keep_the_latest_per_subject_kind_and_source(store: Arc<dyn Store>) {
+    let sig = |subject: &str, kind: &str, source: &str, value: u8, at: i64| SignalRecord {
+        subject: subject.into(),
+        kind: kind.into(),
+        source: source.into(),
+        value,
+        observed_at_ms: at,
+        ttl_seconds: 900,
+    };
+    store
+        .put_signal(&sig("spiffe://example.org/a", "posture", "edr", 80, 1))
+        .await
+        .unwrap();
+    store
+        .put_signal(&sig("spiffe://example.org/a", "posture", "edr", 20, 2))
+        .await
+        .unwrap();
+    store
+        .put_signal(&sig("spiffe://example.org/a", "posture", "mdm", 90, 3))
+        .await
+        .unwrap();
+    store
+        .put_signal(&sig("spiffe://example.org/n", "compromise", "siem", 0, 4))
+        .await
+        .unwrap();
+    store
+        .put_signal(&sig("spiffe://example.org/other", "posture", "edr", 5, 5))
+        .await
+        .unwrap();
+    let got = store
+        .signals(&["spiffe://example.org/a", "spiffe://example.org/n"])
+        .await
+        .unwrap();
+    assert_eq!(
+        got,
+        vec![
+            sig("spiffe://example.org/a", "posture", "edr", 20, 2),
+            sig("spiffe://example.org/a", "posture", "mdm", 90, 3),
+            sig("spiffe://example.org/n", "compromise", "siem", 0, 4),
+        ]
+    );
+    assert!(
+        store
+            .signals(&["spiffe://example.org/none"])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -525,4 +575,5 @@ conformance!(
     leases_revoke_once,
     a_failed_append_leaves_the_batch_and_chain_intact,
     queries_rule_sets_checkpoints_and_suspensions,
+    signals_keep_the_latest_per_subject_kind_and_source,
 );

@@ -81,10 +81,43 @@ enum Command {
     },
     /// Re-read the broker's configuration (rules, grants, weights, graph).
     Reload,
+    /// External trust signals (EDR, MDM, SIEM) about an identity or node.
+    Signals {
+        #[command(subcommand)]
+        command: SignalsCommand,
+    },
     /// Budgets: show a balance or top it up (re-authorization).
     Budget {
         #[command(subcommand)]
         command: BudgetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum SignalsCommand {
+    /// Report a signal (it can only lower trust; `compromise` is positive evidence).
+    Put {
+        /// The SPIFFE ID it is about.
+        #[arg(long)]
+        subject: String,
+        /// posture, attestation, behaviour, location, time, network or compromise.
+        #[arg(long)]
+        kind: String,
+        /// 0 (no trust) – 100.
+        #[arg(long, default_value_t = 0)]
+        value: u8,
+        /// How long it stays fresh (e.g. 15m).
+        #[arg(long, default_value = "15m")]
+        ttl: String,
+        /// Who reports it.
+        #[arg(long)]
+        source: Option<String>,
+    },
+    /// The latest signals about a subject.
+    Show {
+        /// The SPIFFE ID.
+        #[arg(long)]
+        subject: String,
     },
 }
 
@@ -221,6 +254,33 @@ async fn run(args: Cli) -> Result<bool, String> {
         Command::Reload => ops::simple(&client, "POST", "/admin/v1/reload", None, out)
             .await
             .map(|_| true),
+        Command::Signals {
+            command:
+                SignalsCommand::Put {
+                    subject,
+                    kind,
+                    value,
+                    ttl,
+                    source,
+                },
+        } => {
+            let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl {ttl:?}: {e}"))?;
+            let body = json!({"subject": subject, "kind": kind, "value": value, "ttl_seconds": ttl.as_secs(), "source": source});
+            ops::simple(&client, "POST", "/admin/v1/signals", Some(body), out)
+                .await
+                .map(|_| true)
+        }
+        Command::Signals {
+            command: SignalsCommand::Show { subject },
+        } => ops::simple(
+            &client,
+            "GET",
+            &format!("/admin/v1/signals?subject={}", urlencode(subject)),
+            None,
+            out,
+        )
+        .await
+        .map(|_| true),
         Command::Budget {
             command: BudgetCommand::Show { identity, grant },
         } => ops::simple(

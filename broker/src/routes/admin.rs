@@ -23,7 +23,7 @@ use crate::log::verify::verify_chain;
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
-use crate::store::{Append, Entry, LogQuery, SuspensionRecord};
+use crate::store::{Append, Entry, LogQuery, SignalRecord, SuspensionRecord};
 
 /// Most records one log page returns.
 pub const MAX_PAGE: usize = 10_000;
@@ -45,6 +45,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/reload", post(reload))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/signals", post(put_signal).get(get_signals))
         .route("/admin/v1/budget", get(budget_show))
         .route("/admin/v1/budget/top-up", post(budget_top_up))
         .with_state(broker)
@@ -750,4 +751,106 @@ async fn metrics(
         broker.metrics.encode(),
     )
         .into_response())
+}
+
+/// Signal kinds the API accepts (`compromise` is positive evidence).
+const SIGNAL_KINDS: &[&str] = &[
+    "posture",
+    "attestation",
+    "behaviour",
+    "location",
+    "time",
+    "network",
+    "compromise",
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignalPost {
+    subject: String,
+    kind: String,
+    #[serde(default)]
+    value: u8,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+/// `POST /admin/v1/signals`: an external signal (EDR, MDM, SIEM) about an
+/// identity or node. Signals can only lower trust: the pipeline takes, per
+/// kind, the lowest fresh value among the broker's own and these.
+async fn put_signal(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<SignalPost>,
+) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
+    op.require(Role::SignalSource)?;
+    id::parse_spiffe_id(&req.subject)
+        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    if !SIGNAL_KINDS.contains(&req.kind.as_str()) {
+        return Err(ApiError::bad_request(
+            "bad_signal_kind",
+            format!("kind must be one of {}", SIGNAL_KINDS.join(", ")),
+        ));
+    }
+    if req.value > 100 {
+        return Err(ApiError::bad_request(
+            "bad_signal_value",
+            "value must be 0–100",
+        ));
+    }
+    let ttl = req.ttl_seconds.unwrap_or(900);
+    if ttl == 0 || ttl > 86_400 {
+        return Err(ApiError::bad_request(
+            "bad_ttl",
+            "ttl_seconds must be 1..=86400",
+        ));
+    }
+    let source = req
+        .source
+        .unwrap_or_else(|| format!("operator:{}", op.name));
+    if source.is_empty() || source.len() > 128 {
+        return Err(ApiError::bad_request(
+            "bad_source",
+            "source must be 1..=128 bytes",
+        ));
+    }
+    let record = SignalRecord {
+        subject: req.subject,
+        kind: req.kind,
+        source,
+        value: req.value,
+        observed_at_ms: now_ms(),
+        ttl_seconds: ttl,
+    };
+    broker.store.put_signal(&record).await?;
+    admin_record(
+        &broker,
+        &op,
+        "signal_received",
+        Some(record.subject.clone()),
+        serde_json::to_value(&record).unwrap_or_default(),
+    )
+    .await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        axum::Json(serde_json::to_value(&record).unwrap_or_default()),
+    ))
+}
+
+#[derive(Deserialize)]
+struct SignalQuery {
+    subject: String,
+}
+
+async fn get_signals(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(q): Query<SignalQuery>,
+) -> Result<axum::Json<Vec<SignalRecord>>, ApiError> {
+    op.require(Role::Viewer)?;
+    Ok(axum::Json(
+        broker.store.signals(&[q.subject.as_str()]).await?,
+    ))
 }

@@ -135,6 +135,24 @@ pub struct SuspensionRecord {
     pub at_ms: i64,
 }
 
+/// A signal about a subject (an identity or a node), from the signals API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignalRecord {
+    /// The SPIFFE ID it is about.
+    pub subject: String,
+    /// `posture`, `attestation`, `behaviour`, `location`, `time`, `network`,
+    /// or `compromise` (positive evidence of compromise).
+    pub kind: String,
+    /// Who reports it (`edr:crowdstrike`, `mdm:jamf`, `anomaly`, an operator).
+    pub source: String,
+    /// 0 (no trust) – 100.
+    pub value: u8,
+    /// When observed, ms since the epoch.
+    pub observed_at_ms: i64,
+    /// How long it stays fresh, seconds.
+    pub ttl_seconds: u64,
+}
+
 /// Filters for reading the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
@@ -218,6 +236,11 @@ pub trait Store: Send + Sync {
     async fn resume(&self, subject: &str) -> Result<bool>;
     /// A subject's suspension, if any.
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>>;
+
+    /// Records a signal (the latest per subject, kind and source wins).
+    async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;
+    /// The latest signals about these subjects.
+    async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>>;
 }
 
 /// Parameters of the SQL refill expression for a policy: (capacity millitokens,

@@ -20,13 +20,15 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::store::SignalRecord;
 use crate::store::sqlite::mark_budget_exhausted;
 
 /// Most appends group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     "CREATE TABLE log (
         seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
         identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
@@ -48,7 +50,13 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT, task_ended_at_ms BIGINT);
      CREATE INDEX leases_identity ON leases(identity);
      CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by_whom TEXT NOT NULL, at_ms BIGINT NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value SMALLINT NOT NULL,
+            observed_at_ms BIGINT NOT NULL, ttl_seconds BIGINT NOT NULL, PRIMARY KEY (subject, kind, source));",
+    ),
+];
 
 /// Serializes migrations across replicas starting at once.
 const MIGRATION_LOCK: i64 = 0x4d47_4d49_4752; // "MGMIGR"
@@ -773,6 +781,52 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg)?
             == 1)
+    }
+
+    async fn put_signal(&self, sig: &SignalRecord) -> Result<()> {
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO signals(subject, kind, source, value, observed_at_ms, ttl_seconds) VALUES ($1, $2, $3, $4, $5, $6)
+                 ON CONFLICT (subject, kind, source) DO UPDATE SET value = EXCLUDED.value,
+                    observed_at_ms = EXCLUDED.observed_at_ms, ttl_seconds = EXCLUDED.ttl_seconds",
+                &[
+                    &sig.subject,
+                    &sig.kind,
+                    &sig.source,
+                    &i16::from(sig.value),
+                    &sig.observed_at_ms,
+                    &i64::try_from(sig.ttl_seconds).unwrap_or(i64::MAX),
+                ],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
+        let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
+                 WHERE subject = ANY($1) ORDER BY subject, kind, source",
+                &[&subjects],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| SignalRecord {
+                subject: r.get(0),
+                kind: r.get(1),
+                source: r.get(2),
+                value: u8::try_from(r.get::<_, i16>(3)).unwrap_or(0),
+                observed_at_ms: r.get(4),
+                ttl_seconds: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
+            })
+            .collect())
     }
 
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {

@@ -18,12 +18,14 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::store::SignalRecord;
 
 /// Most writes group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
-const MIGRATIONS: &[(i64, &str)] = &[(
-    1,
+const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
     "CREATE TABLE log (
         seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
         identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
@@ -43,7 +45,13 @@ const MIGRATIONS: &[(i64, &str)] = &[(
         expires_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER, task_ended_at_ms INTEGER);
      CREATE INDEX leases_identity ON leases(identity);
      CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at_ms INTEGER NOT NULL);",
-)];
+    ),
+    (
+        2,
+        "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value INTEGER NOT NULL,
+            observed_at_ms INTEGER NOT NULL, ttl_seconds INTEGER NOT NULL, PRIMARY KEY (subject, kind, source));",
+    ),
+];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
@@ -802,6 +810,49 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM suspensions WHERE subject = ?1", [subject])
                 .map_err(map_sql)?
                 == 1)
+        })
+        .await
+    }
+
+    async fn put_signal(&self, sig: &SignalRecord) -> Result<()> {
+        let sig = sig.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO signals(subject, kind, source, value, observed_at_ms, ttl_seconds) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                     ON CONFLICT(subject, kind, source) DO UPDATE SET value = excluded.value,
+                        observed_at_ms = excluded.observed_at_ms, ttl_seconds = excluded.ttl_seconds",
+                    params![sig.subject, sig.kind, sig.source, sig.value, sig.observed_at_ms, i64::try_from(sig.ttl_seconds).unwrap_or(i64::MAX)],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
+        let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
+                     WHERE subject IN (SELECT value FROM json_each(?1)) ORDER BY subject, kind, source",
+                )
+                .map_err(map_sql)?;
+            let list = serde_json::to_string(&subjects).unwrap_or_default();
+            let rows = stmt
+                .query_map([list], |r| {
+                    Ok(SignalRecord {
+                        subject: r.get(0)?,
+                        kind: r.get(1)?,
+                        source: r.get(2)?,
+                        value: r.get(3)?,
+                        observed_at_ms: r.get(4)?,
+                        ttl_seconds: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+                    })
+                })
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
         })
         .await
     }
