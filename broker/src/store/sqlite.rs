@@ -342,8 +342,27 @@ const LOG_COLUMNS: &str =
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
-    read: Arc<Mutex<Connection>>,
+    readers: Arc<Vec<Mutex<Connection>>>,
     path: PathBuf,
+}
+
+/// Read connections (WAL lets readers run beside the writer).
+const READERS: usize = 4;
+
+/// Runs `f` on a free read connection (or waits for the first).
+fn with_reader<T>(
+    readers: &[Mutex<Connection>],
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    for reader in readers {
+        if let Ok(conn) = reader.try_lock() {
+            return f(&conn);
+        }
+    }
+    let conn = readers[0]
+        .lock()
+        .map_err(|_| unavailable("read connection poisoned"))?;
+    f(&conn)
 }
 
 impl SqliteStore {
@@ -366,7 +385,9 @@ impl SqliteStore {
             .optional()
             .map_err(|e| StoreError::Setup(e.to_string()))?
             .unwrap_or((0, GENESIS.to_owned()));
-        let read = open(path)?;
+        let readers = (0..READERS)
+            .map(|_| open(path).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
         let (jobs, mut rx) = mpsc::channel::<Job>(4096);
         let mut writer = Writer {
             conn,
@@ -411,7 +432,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Setup(format!("writer thread: {e}")))?;
         Ok(Self {
             jobs,
-            read: Arc::new(Mutex::new(read)),
+            readers: Arc::new(readers),
             path: path.to_path_buf(),
         })
     }
@@ -442,20 +463,21 @@ impl SqliteStore {
             .map_err(|_| unavailable("the write was dropped (the batch could not begin)"))?
     }
 
-    /// Runs a read on the read connection.
+    /// Runs a short point read inline on a read connection: a SQLite point
+    /// lookup takes microseconds, less than a hop to the blocking pool.
+    fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        with_reader(&self.readers, f)
+    }
+
+    /// Runs a read on a read connection, in the blocking pool (scans).
     async fn read<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.read.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn
-                .lock()
-                .map_err(|_| unavailable("read connection poisoned"))?;
-            f(&conn)
-        })
-        .await
-        .map_err(unavailable)?
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || with_reader(&readers, f))
+            .await
+            .map_err(unavailable)?
     }
 }
 
@@ -520,14 +542,13 @@ impl Store for SqliteStore {
 
     async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
         let hash = hash.to_owned();
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             conn.query_row("SELECT body FROM rule_sets WHERE hash = ?1", [hash], |r| {
                 r.get(0)
             })
             .optional()
             .map_err(map_sql)
         })
-        .await
     }
 
     async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
@@ -566,7 +587,7 @@ impl Store for SqliteStore {
 
     async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
         let key = key.to_owned();
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             conn.query_row(
                 "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1",
                 [key],
@@ -580,7 +601,6 @@ impl Store for SqliteStore {
             .optional()
             .map_err(map_sql)
         })
-        .await
     }
 
     async fn top_up(
@@ -693,7 +713,7 @@ impl Store for SqliteStore {
 
     async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
         let parent = parent.map(str::to_owned);
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries
@@ -730,7 +750,6 @@ impl Store for SqliteStore {
             })
             .collect()
         })
-        .await
     }
 
     async fn delete_entry(&self, id: &str) -> Result<bool> {
@@ -746,7 +765,7 @@ impl Store for SqliteStore {
 
     async fn lease(&self, id: &str) -> Result<Option<Lease>> {
         let id = id.to_owned();
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             conn.query_row(
                 &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"),
                 [id],
@@ -755,7 +774,6 @@ impl Store for SqliteStore {
             .optional()
             .map_err(map_sql)
         })
-        .await
     }
 
     async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>> {
@@ -832,7 +850,7 @@ impl Store for SqliteStore {
 
     async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
         let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
@@ -854,12 +872,11 @@ impl Store for SqliteStore {
                 .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql)).collect()
         })
-        .await
     }
 
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
         let subject = subject.to_owned();
-        self.read(move |conn| {
+        self.read_now(move |conn| {
             conn.query_row(
                 "SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1",
                 [subject],
@@ -875,6 +892,5 @@ impl Store for SqliteStore {
             .optional()
             .map_err(map_sql)
         })
-        .await
     }
 }
