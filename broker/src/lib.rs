@@ -6,10 +6,23 @@
 //! issuance log, and only then mints a short-lived credential (its own JWT, a
 //! Vault secret or token, AWS STS credentials) tracked as a lease.
 //!
-//! What exists now: the operator CLI's offline commands ([`cli`]), on the
-//! foundation crates (`mintguard-certs` for identities and keys,
-//! `mintguard-policy` for decisions, `mintguard-api` for wire types). The
-//! listeners, stores, issuance pipeline and minters follow.
+//! The map:
+//!
+//! - [`config`]: the TOML configuration, validated before anything binds.
+//! - [`state`]: the running broker — store, CA, keys, reloadable rules, grants
+//!   and ECI, checkpointing, rate limiters, metrics.
+//! - [`routes`]: the public, agents and admin listeners; [`http`] the shared
+//!   plumbing (the one place errors become statuses, TLS accept loops).
+//! - [`pipeline`]: one issuance — entry match, limits, `decide()`, the record,
+//!   spend and lease committed together, then the credential released.
+//! - [`mint`]: minters and the proof types that order minting after logging.
+//! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
+//! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
+//! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
+//!
+//! What it deliberately does not do: trust a caller's claims about itself (a
+//! node is its SVID; a workload is what its agent attested), release a
+//! credential before its record is durable, or keep a secret in the log.
 
 #![forbid(unsafe_code)]
 
