@@ -526,3 +526,110 @@ async fn external_signals_lower_trust_and_compromise_is_evidence() {
     let shown = broker.cli_json(&["signals", "show", "--subject", &node_id]);
     assert_eq!(shown.as_array().unwrap().len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_identities_and_node_ban() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+
+    // Renewal over mTLS keeps the node's ID, whatever the CSR asks.
+    let key = mintguard_certs::svid::generate_key().unwrap();
+    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
+    let renewed = post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "/v1/node/renew",
+        &json!({"csr": csr}),
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    let next = mintguard_certs::svid::X509Svid::from_pem(
+        renewed.body["svid_pem"].as_str().unwrap(),
+        &key.to_pem(),
+    )
+    .unwrap();
+    assert_eq!(next.spiffe_id(), node.spiffe_id());
+    assert_eq!(
+        issue(&broker, &next, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    let ids = broker.cli_json(&["identities"]);
+    assert_eq!(ids["identities"][0]["spiffe_id"], API);
+    assert!(ids["identities"][0]["eci"].is_number(), "{ids}");
+    assert_eq!(ids["issuers"][0]["node"], node.spiffe_id().to_string());
+    assert_eq!(ids["issuers"][0]["identities"], 1);
+
+    // Banning the node (suspending its ID) stops issuance and renewal through it.
+    assert!(
+        broker
+            .cli(&[
+                "suspend",
+                &node.spiffe_id().to_string(),
+                "--reason",
+                "lost laptop"
+            ])
+            .status
+            .success()
+    );
+    let refused = issue(&broker, &next, json!({"grant": "payments-token"})).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (403, Some("node_suspended"))
+    );
+    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
+    let renew = post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&next),
+        "/v1/node/renew",
+        &json!({"csr": csr}),
+    )
+    .await;
+    assert_eq!(renew.status, 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_renews_its_own_svid_before_it_expires() {
+    // Six-second SVIDs: without renewal the broker's certificate (and the
+    // node's) would expire mid-test.
+    let broker = BrokerProcess::start("[ca]\nca_ttl = \"30s\"\nsvid_ttl = \"6s\"\n");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+
+    // The node renews at half-life, as the agent will.
+    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
+    let key = mintguard_certs::svid::generate_key().unwrap();
+    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
+    let renewed = post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "/v1/node/renew",
+        &json!({"csr": csr}),
+    )
+    .await;
+    assert_eq!(renewed.status, 200, "{}", renewed.body);
+    let node = mintguard_certs::svid::X509Svid::from_pem(
+        renewed.body["svid_pem"].as_str().unwrap(),
+        &key.to_pem(),
+    )
+    .unwrap();
+
+    // Past the broker's first SVID: the handshake still verifies, so the broker renewed its own.
+    tokio::time::sleep(std::time::Duration::from_millis(4000)).await;
+    let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let log = std::fs::read_to_string(broker.dir.path().join("broker.log")).unwrap();
+    assert!(log.contains("broker SVID renewed"), "{log}");
+}

@@ -79,6 +79,8 @@ enum Command {
         /// SPIFFE ID.
         subject: String,
     },
+    /// Registered identities with their ECI, and each node's blast radius.
+    Identities,
     /// Re-read the broker's configuration (rules, grants, weights, graph).
     Reload,
     /// External trust signals (EDR, MDM, SIEM) about an identity or node.
@@ -251,6 +253,9 @@ async fn run(args: Cli) -> Result<bool, String> {
         )
         .await
         .map(|_| true),
+        Command::Identities => ops::simple(&client, "GET", "/admin/v1/identities", None, out)
+            .await
+            .map(|_| true),
         Command::Reload => ops::simple(&client, "POST", "/admin/v1/reload", None, out)
             .await
             .map(|_| true),

@@ -46,6 +46,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .route("/admin/v1/signals", post(put_signal).get(get_signals))
+        .route("/admin/v1/identities", get(identities))
         .route("/admin/v1/budget", get(budget_show))
         .route("/admin/v1/budget/top-up", post(budget_top_up))
         .with_state(broker)
@@ -852,5 +853,56 @@ async fn get_signals(
     op.require(Role::Viewer)?;
     Ok(axum::Json(
         broker.store.signals(&[q.subject.as_str()]).await?,
+    ))
+}
+
+/// Registered identities with their ECI, and each node's blast radius (the
+/// ECI it can reach through the identities it may vouch for).
+async fn identities(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let dynamic = broker.dynamic.load_full();
+    let entries = broker.store.entries(None).await?;
+    let mut by_identity: std::collections::BTreeMap<
+        String,
+        (
+            std::collections::BTreeSet<String>,
+            std::collections::BTreeSet<String>,
+        ),
+    > = std::collections::BTreeMap::new();
+    let mut by_node: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for e in entries {
+        let slot = by_identity.entry(e.spiffe_id.clone()).or_default();
+        slot.0.insert(e.parent.clone());
+        slot.1.extend(e.grants.iter().cloned());
+        by_node.entry(e.parent).or_default().insert(e.spiffe_id);
+    }
+    let mut identities = Vec::new();
+    for (id, (parents, grants)) in &by_identity {
+        let eci = dynamic.eci.get(id);
+        identities.push(json!({
+            "spiffe_id": id,
+            "parents": parents,
+            "grants": grants,
+            "eci": eci.and_then(|n| n.eci),
+            "eci_raw": eci.and_then(|n| n.eci_raw),
+            "structural_eci": eci.and_then(|n| n.structural_eci),
+            "factors": eci.and_then(|n| n.factors),
+            "suspended": broker.store.suspension(id).await?.is_some(),
+        }));
+    }
+    let issuers: Vec<Value> = by_node
+        .iter()
+        .map(|(node, ids)| {
+            let radius =
+                mintguard_policy::eci::blast_radius(&dynamic.eci, ids.iter().map(String::as_str));
+            json!({"node": node, "identities": ids.len(), "blast_radius": radius})
+        })
+        .collect();
+    Ok(axum::Json(
+        json!({"identities": identities, "issuers": issuers}),
     ))
 }

@@ -60,6 +60,17 @@ async fn renew(
     Extension(peer): Extension<SpiffePeer>,
     Json(req): Json<RenewRequest>,
 ) -> Result<axum::Json<SvidResponse>, ApiError> {
+    if broker
+        .store
+        .suspension(&peer.id().to_string())
+        .await?
+        .is_some()
+    {
+        return Err(
+            ApiError::forbidden("node_suspended", "this node is suspended")
+                .with_reasons(vec!["issuer_suspended".into()]),
+        );
+    }
     let config = broker.config();
     let ca = broker
         .ca

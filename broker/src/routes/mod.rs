@@ -69,20 +69,86 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         server_tls.clone(),
         public::router(broker.clone()).layer(limit),
     ));
+    let node_acceptor = Arc::new(ArcSwap::from_pointee(node_acceptor));
     tokio::spawn(crate::http::serve_mtls(
         agents,
-        Arc::new(ArcSwap::from_pointee(node_acceptor)),
+        node_acceptor.clone(),
         agents::router(broker.clone()).layer(limit),
     ));
     tokio::spawn(crate::http::serve_tls(
         admin,
-        server_tls,
+        server_tls.clone(),
         admin::router(broker.clone()).layer(limit),
     ));
+    tokio::spawn(rotate_identity(broker.clone(), server_tls, node_acceptor));
     tokio::spawn(
         broker
             .clone()
             .checkpoint_timer(config.log.checkpoint_interval.0),
     );
     Ok(bound)
+}
+
+/// Keeps the broker's serving identity fresh: at half the SVID's life it
+/// rotates the CA if due (the old CA stays in the bundle through the overlap),
+/// re-issues the broker SVID, rewrites `bundle.pem` and swaps the listeners'
+/// TLS configurations; new connections use them, live ones finish.
+async fn rotate_identity(
+    broker: Arc<Broker>,
+    server_tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    node_acceptor: Arc<ArcSwap<SpiffeAcceptor>>,
+) {
+    loop {
+        let now = time::OffsetDateTime::now_utc();
+        let remaining = broker.svid.load().not_after() - now;
+        let half: time::Duration = remaining / 2;
+        let wait = half.max(time::Duration::seconds(1));
+        tokio::time::sleep(std::time::Duration::from_millis(
+            u64::try_from(wait.whole_milliseconds()).unwrap_or(1000),
+        ))
+        .await;
+        if let Err(e) = renew_identity(&broker, &server_tls, &node_acceptor) {
+            tracing::error!(%e, "renewing the broker's identity failed; retrying");
+            tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        }
+    }
+}
+
+fn renew_identity(
+    broker: &Broker,
+    server_tls: &ArcSwap<rustls::ServerConfig>,
+    node_acceptor: &ArcSwap<SpiffeAcceptor>,
+) -> Result<(), String> {
+    let config = broker.config();
+    let now = time::OffsetDateTime::now_utc();
+    let (svid, bundle) = {
+        let mut ca = broker
+            .ca
+            .write()
+            .map_err(|_| "CA lock poisoned".to_owned())?;
+        if ca.rotation_due(now) {
+            ca.rotate(now).map_err(|e| e.to_string())?;
+        }
+        ca.prune(now).map_err(|e| e.to_string())?;
+        let svid = ca
+            .issue_svid(
+                &mintguard_certs::id::broker_id(&config.trust_domain),
+                config.ca.svid_ttl.0,
+                now,
+            )
+            .map_err(|e| e.to_string())?;
+        (svid, ca.bundle(now).map_err(|e| e.to_string())?)
+    };
+    std::fs::write(config.data_dir.join("bundle.pem"), bundle.to_pem())
+        .map_err(|e| e.to_string())?;
+    server_tls.store(Arc::new(
+        tls_server_config(&svid).map_err(|e| e.to_string())?,
+    ));
+    node_acceptor.store(Arc::new(
+        SpiffeAcceptor::new(&svid, &bundle, IdMatcher::nodes(&config.trust_domain))
+            .map_err(|e| e.to_string())?,
+    ));
+    tracing::info!(until = %svid.not_after(), "broker SVID renewed");
+    broker.svid.store(Arc::new(svid));
+    Ok(())
 }
