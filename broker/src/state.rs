@@ -204,9 +204,7 @@ impl Broker {
             now,
         )
         .map_err(setup)?;
-        if ca.rotation_due(now) {
-            ca.rotate(now).map_err(setup)?;
-        }
+        while ca.advance(now).map_err(setup)? {}
         ca.prune(now).map_err(setup)?;
         let svid = ca
             .issue_svid(

@@ -1,14 +1,17 @@
 //! The Mintguard CA: one signing [`Authority`] at a time, with retired ones kept
 //! in the trust bundle through an overlap window.
 //!
-//! Rotation never breaks a live SVID: when the active CA is replaced, the old
-//! one stays in the bundle until `retired_at + max_svid_ttl` (or its own expiry,
-//! whichever comes first), which is past the expiry of the last SVID it signed.
+//! Rotation never breaks a live SVID, in two steps as SPIRE does: at half the
+//! active CA's life the next CA is *prepared* — published in the bundle, so
+//! every client learns it with its next renewal, but signing nothing; at three
+//! quarters it is *activated*, and the old one stays in the bundle until
+//! `retired_at + max_svid_ttl` (or its own expiry), past the expiry of the
+//! last SVID it signed.
 //!
 //! On disk (`CertificateAuthority::create` / `load`):
 //!
 //! ```text
-//! <dir>/state.json     {"active": "<id>", "retired": [{"id": …, "trusted_until": …}]}
+//! <dir>/state.json     {"active": "<id>", "prepared": "<id>"?, "retired": [{"id": …, "trusted_until": …}]}
 //! <dir>/<id>.crt       CA certificate, PEM, 0644
 //! <dir>/<id>.key       CA private key, PKCS#8 PEM, 0600 (a wider mode is refused)
 //! ```
@@ -313,6 +316,8 @@ pub struct Retired {
 #[derive(Serialize, Deserialize)]
 struct State {
     active: String,
+    #[serde(default)]
+    prepared: Option<String>,
     retired: Vec<RetiredState>,
 }
 
@@ -329,6 +334,7 @@ pub struct CertificateAuthority {
     trust_domain: TrustDomain,
     settings: CaSettings,
     active: Authority,
+    prepared: Option<Authority>,
     retired: Vec<Retired>,
     dir: Option<PathBuf>,
 }
@@ -346,6 +352,7 @@ impl CertificateAuthority {
             trust_domain,
             settings,
             active,
+            prepared: None,
             retired: Vec::new(),
             dir: None,
         })
@@ -394,6 +401,7 @@ impl CertificateAuthority {
             Authority::from_pem(&cert, &key)
         };
         let active = read(&state.active)?;
+        let prepared = state.prepared.as_deref().map(read).transpose()?;
         let retired = state
             .retired
             .iter()
@@ -408,6 +416,7 @@ impl CertificateAuthority {
             trust_domain,
             settings,
             active,
+            prepared,
             retired,
             dir: Some(dir.to_path_buf()),
         })
@@ -489,19 +498,52 @@ impl CertificateAuthority {
         self.active.issue_svid(spiffe_id, ttl, now)
     }
 
-    /// Whether the active CA is past half its life (SPIRE's rule), so that
-    /// [`Self::rotate`] is due.
-    pub fn rotation_due(&self, now: OffsetDateTime) -> bool {
-        let remaining = self.active.not_after - now;
-        remaining < to_time(self.settings.ca_ttl) / 2
+    /// Whether the next CA should be prepared: the active one is past half
+    /// its life and none is prepared. A prepared CA is published in the
+    /// bundle (so agents and clients learn it through renewals) but signs
+    /// nothing until [`Self::activate`].
+    pub fn preparation_due(&self, now: OffsetDateTime) -> bool {
+        self.prepared.is_none() && self.active.not_after - now < to_time(self.settings.ca_ttl) / 2
     }
 
-    /// Replaces the active CA. The old one stays in the bundle until
-    /// `now + max_svid_ttl` (capped at its own expiry), past the expiry of every
-    /// SVID it signed.
-    pub fn rotate(&mut self, now: OffsetDateTime) -> Result<()> {
+    /// Whether the prepared CA should become active: the active one is past
+    /// three quarters of its life. Between preparation and activation at
+    /// least `ca_ttl / 4 ≥ max_svid_ttl / 2` passes, so every holder of a
+    /// live SVID has renewed (and fetched the bundle) at least once.
+    pub fn activation_due(&self, now: OffsetDateTime) -> bool {
+        self.prepared.is_some() && self.active.not_after - now < to_time(self.settings.ca_ttl) / 4
+    }
+
+    /// Whether either step is due (kept for callers that rotate in one go).
+    pub fn rotation_due(&self, now: OffsetDateTime) -> bool {
+        self.preparation_due(now) || self.activation_due(now)
+    }
+
+    /// The prepared CA, if any.
+    pub fn prepared(&self) -> Option<&Authority> {
+        self.prepared.as_ref()
+    }
+
+    /// Generates the next CA and publishes it in the bundle without using it.
+    pub fn prepare(&mut self, now: OffsetDateTime) -> Result<()> {
         let next = Authority::generate(&self.trust_domain, self.settings.ca_ttl, now)?;
         self.write_authority(&next)?;
+        self.prepared = Some(next);
+        self.write_state()
+    }
+
+    /// Makes the prepared CA (or a fresh one, if none was prepared) the
+    /// active one. The old one stays in the bundle until `now + max_svid_ttl`
+    /// (capped at its own expiry), past the expiry of every SVID it signed.
+    pub fn activate(&mut self, now: OffsetDateTime) -> Result<()> {
+        let next = match self.prepared.take() {
+            Some(prepared) => prepared,
+            None => {
+                let next = Authority::generate(&self.trust_domain, self.settings.ca_ttl, now)?;
+                self.write_authority(&next)?;
+                next
+            }
+        };
         let old = std::mem::replace(&mut self.active, next);
         let trusted_until = (now + to_time(self.settings.max_svid_ttl)).min(old.not_after);
         self.retired.push(Retired {
@@ -509,6 +551,26 @@ impl CertificateAuthority {
             trusted_until,
         });
         self.prune(now)
+    }
+
+    /// Replaces the active CA at once (prepare and activate in one step):
+    /// for tests and emergencies, since clients that have not fetched the new
+    /// bundle will not trust SVIDs from the new CA until they do.
+    pub fn rotate(&mut self, now: OffsetDateTime) -> Result<()> {
+        self.activate(now)
+    }
+
+    /// Advances a rotation that is due (prepare or activate); whether anything changed.
+    pub fn advance(&mut self, now: OffsetDateTime) -> Result<bool> {
+        if self.activation_due(now) {
+            self.activate(now)?;
+            Ok(true)
+        } else if self.preparation_due(now) {
+            self.prepare(now)?;
+            Ok(true)
+        } else {
+            Ok(false)
+        }
     }
 
     /// Drops retired CAs whose overlap window has ended.
@@ -524,6 +586,7 @@ impl CertificateAuthority {
     /// The bundle to trust now: the active CA and retired ones whose window is open.
     pub fn bundle(&self, now: OffsetDateTime) -> Result<TrustBundle> {
         let mut roots = vec![self.active.cert.clone()];
+        roots.extend(self.prepared.iter().map(|p| p.cert.clone()));
         roots.extend(
             self.retired
                 .iter()
@@ -549,6 +612,7 @@ impl CertificateAuthority {
         let Some(dir) = &self.dir else { return Ok(()) };
         let state = State {
             active: self.active.id.clone(),
+            prepared: self.prepared.as_ref().map(|p| p.id.clone()),
             retired: self
                 .retired
                 .iter()

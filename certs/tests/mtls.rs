@@ -381,3 +381,57 @@ fn svid_pem_round_trip() {
     let bundle = TrustBundle::from_pem(d.td.clone(), &d.bundle().to_pem()).unwrap();
     assert_eq!(bundle, d.bundle());
 }
+
+#[tokio::test]
+async fn a_prepared_ca_is_published_before_it_signs() {
+    let d = Domain::new();
+    let mut ca = d.ca;
+    let start = OffsetDateTime::now_utc();
+    let ttl = time::Duration::days(7);
+    assert!(!ca.rotation_due(start));
+    let half = start + ttl / 2 + time::Duration::minutes(1);
+    assert!(ca.preparation_due(half) && !ca.activation_due(half));
+    let old = ca.active().id().to_owned();
+    assert!(ca.advance(half).unwrap());
+    assert_eq!(
+        ca.active().id(),
+        old,
+        "preparing does not change the signer"
+    );
+    assert_eq!(
+        ca.bundle(half).unwrap().roots().len(),
+        2,
+        "the prepared CA is published"
+    );
+    // An agent that renews now gets a bundle trusting both.
+    let renewed_bundle = ca.bundle(half).unwrap();
+    assert!(!ca.advance(half).unwrap(), "nothing more is due yet");
+
+    let three_quarters = start + ttl * 3 / 4 + time::Duration::minutes(1);
+    assert!(ca.activation_due(three_quarters));
+    let prepared = ca.prepared().unwrap().id().to_owned();
+    assert!(ca.advance(three_quarters).unwrap());
+    assert_eq!(ca.active().id(), prepared);
+    assert!(ca.prepared().is_none());
+    assert_eq!(
+        ca.bundle(three_quarters).unwrap().roots().len(),
+        2,
+        "the old CA stays through the overlap"
+    );
+
+    // The broker's next SVID comes from the new CA; the agent's bundle from
+    // its last renewal already trusts it.
+    let now = OffsetDateTime::now_utc();
+    let broker = ca.issue_svid(&id::broker_id(&d.td), TEN_MIN, now).unwrap();
+    let node = enroll(&ca, &id::node_id(&d.td, "node-1").unwrap(), now);
+    let acceptor =
+        SpiffeAcceptor::new(&broker, &ca.bundle(now).unwrap(), IdMatcher::nodes(&d.td)).unwrap();
+    let connector = SpiffeConnector::new(
+        Some(&node),
+        &renewed_bundle,
+        IdMatcher::exact(id::broker_id(&d.td)),
+    )
+    .unwrap();
+    let out = handshake(acceptor, connector).await;
+    assert!(out.client.is_ok() && out.server.is_ok());
+}

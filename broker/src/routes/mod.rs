@@ -90,7 +90,7 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
 }
 
 /// Keeps the broker's serving identity fresh: at half the SVID's life it
-/// rotates the CA if due (the old CA stays in the bundle through the overlap),
+/// advances a due CA rotation (prepare, then activate; see `CertificateAuthority`),
 /// re-issues the broker SVID, rewrites `bundle.pem` and swaps the listeners'
 /// TLS configurations; new connections use them, live ones finish.
 async fn rotate_identity(
@@ -126,9 +126,9 @@ fn renew_identity(
             .ca
             .write()
             .map_err(|_| "CA lock poisoned".to_owned())?;
-        if ca.rotation_due(now) {
-            ca.rotate(now).map_err(|e| e.to_string())?;
-        }
+        // Prepare the next CA at half-life (published in the bundle agents
+        // fetch on renewal), activate it at three quarters.
+        ca.advance(now).map_err(|e| e.to_string())?;
         ca.prune(now).map_err(|e| e.to_string())?;
         let svid = ca
             .issue_svid(
