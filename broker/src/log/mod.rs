@@ -92,6 +92,8 @@ pub struct LogRecord {
     pub hash: String,
 }
 
+/// The record as hashed (tests check the assembled form against it).
+#[cfg(test)]
 #[derive(Serialize)]
 struct Hashed<'a> {
     seq: i64,
@@ -100,16 +102,53 @@ struct Hashed<'a> {
     prev_hash: &'a str,
 }
 
+/// The RFC 8785 (JCS) form of a record body; it is also what the store keeps.
+pub fn canonical_body(body: &serde_json::Value) -> String {
+    // JCS of plain JSON data cannot fail.
+    serde_jcs::to_string(body).unwrap_or_default()
+}
+
+fn push_jcs_str(out: &mut String, value: Option<&str>) {
+    match value {
+        Some(v) => out.push_str(&serde_jcs::to_string(v).unwrap_or_default()),
+        None => out.push_str("null"),
+    }
+}
+
 /// SHA-256 (hex) of the JCS form of `entry` at `seq` after `prev_hash`.
 pub fn record_hash(seq: i64, entry: &LogEntry, prev_hash: &str) -> String {
-    // JCS of plain JSON data cannot fail.
-    let canonical = serde_jcs::to_vec(&Hashed {
-        seq,
-        entry,
-        prev_hash,
-    })
-    .unwrap_or_default();
-    hex(&Sha256::digest(&canonical))
+    record_hash_canonical(seq, entry, &canonical_body(&entry.body), prev_hash)
+}
+
+/// [`record_hash`] with the body already in JCS form: the record's JCS is
+/// assembled around it (its members are fixed and already in JCS order), so
+/// the expensive canonicalization of the body can run before, and outside,
+/// the store's serial writer.
+pub fn record_hash_canonical(
+    seq: i64,
+    entry: &LogEntry,
+    body_jcs: &str,
+    prev_hash: &str,
+) -> String {
+    let mut out = String::with_capacity(body_jcs.len() + 512);
+    out.push_str("{\"body\":");
+    out.push_str(body_jcs);
+    out.push_str(",\"grant\":");
+    push_jcs_str(&mut out, entry.grant.as_deref());
+    out.push_str(",\"identity\":");
+    push_jcs_str(&mut out, entry.identity.as_deref());
+    out.push_str(",\"kind\":");
+    push_jcs_str(&mut out, Some(entry.kind.as_str()));
+    out.push_str(",\"node\":");
+    push_jcs_str(&mut out, entry.node.as_deref());
+    out.push_str(",\"outcome\":");
+    push_jcs_str(&mut out, entry.outcome.as_deref());
+    out.push_str(",\"prev_hash\":");
+    push_jcs_str(&mut out, Some(prev_hash));
+    out.push_str(",\"request_id\":");
+    push_jcs_str(&mut out, Some(&entry.request_id));
+    out.push_str(&format!(",\"seq\":{seq},\"time_ms\":{}}}", entry.time_ms));
+    hex(&Sha256::digest(out.as_bytes()))
 }
 
 /// Lowercase hex.
@@ -127,6 +166,17 @@ impl LogRecord {
     /// Seals `entry` as record `seq` after `prev_hash`.
     pub fn seal(seq: i64, entry: LogEntry, prev_hash: String) -> Self {
         let hash = record_hash(seq, &entry, &prev_hash);
+        Self {
+            seq,
+            entry,
+            prev_hash,
+            hash,
+        }
+    }
+
+    /// [`Self::seal`] with the body's JCS form computed beforehand.
+    pub fn seal_canonical(seq: i64, entry: LogEntry, body_jcs: &str, prev_hash: String) -> Self {
+        let hash = record_hash_canonical(seq, &entry, body_jcs, &prev_hash);
         Self {
             seq,
             entry,
@@ -176,6 +226,19 @@ mod tests {
         edited.entry.outcome = Some("deny".into());
         assert!(!edited.hash_is_valid());
         let second = LogRecord::seal(2, entry(2), first.hash.clone());
+        // The assembled JCS equals serde_jcs over the whole record.
+        for (seq, mut e) in [(1, entry(1)), (77, entry(2))] {
+            e.identity = Some("spiffe://x/\u{1}\"é\\\u{2028}".into());
+            e.node = None;
+            e.body = serde_json::json!({"b": [1e-7, 3.5, -0.0, 12345678901234567890u64], "a": "\t\n\u{7f}", "é": {"z": null}});
+            let whole = serde_jcs::to_vec(&Hashed {
+                seq,
+                entry: &e,
+                prev_hash: GENESIS,
+            })
+            .unwrap();
+            assert_eq!(record_hash(seq, &e, GENESIS), hex(&Sha256::digest(&whole)));
+        }
         assert_ne!(second.hash, first.hash);
         assert_eq!(first.hash.len(), 64);
     }

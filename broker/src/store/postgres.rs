@@ -124,6 +124,7 @@ async fn spend_one(
 
 struct Job {
     append: Append,
+    body_jcs: String,
     done: oneshot::Sender<Result<Appended>>,
 }
 
@@ -132,6 +133,7 @@ async fn append_one(
     tx: &tokio_postgres::Transaction<'_>,
     head: &mut (i64, String),
     append: Append,
+    mut body_jcs: String,
 ) -> Result<Appended> {
     let Append {
         mut entry,
@@ -157,6 +159,7 @@ async fn append_one(
     }
     if !spent {
         mark_budget_exhausted(&mut entry);
+        body_jcs = crate::log::canonical_body(&entry.body);
     }
     if let Some((hash, body)) = &rule_set {
         tx.execute(
@@ -187,7 +190,7 @@ async fn append_one(
         .await
         .map_err(map_pg)?;
     }
-    let record = LogRecord::seal(head.0 + 1, entry, head.1.clone());
+    let record = LogRecord::seal_canonical(head.0 + 1, entry, &body_jcs, head.1.clone());
     let e = &record.entry;
     tx.execute(
         "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
@@ -201,7 +204,7 @@ async fn append_one(
             &e.grant,
             &e.node,
             &e.outcome,
-            &e.body.to_string(),
+            &body_jcs,
             &record.prev_hash,
             &record.hash,
         ],
@@ -247,7 +250,7 @@ async fn run_batch(client: &mut Client, batch: Vec<Job>) {
         let saved = head.clone();
         let result = async {
             tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;
-            match append_one(&tx, &mut head, job.append).await {
+            match append_one(&tx, &mut head, job.append, job.body_jcs).await {
                 Ok(appended) => {
                     tx.batch_execute("RELEASE SAVEPOINT job")
                         .await
@@ -445,8 +448,14 @@ fn row_to_lease(r: &Row) -> Lease {
 impl Store for PostgresStore {
     async fn append(&self, append: Append) -> Result<Appended> {
         let (done, rx) = oneshot::channel();
+        // Canonicalize the body here, in the caller's task, not in the serial writer.
+        let body_jcs = crate::log::canonical_body(&append.entry.body);
         self.appends
-            .send(Job { append, done })
+            .send(Job {
+                append,
+                body_jcs,
+                done,
+            })
             .await
             .map_err(|_| unavailable("the append writer stopped"))?;
         rx.await

@@ -96,7 +96,7 @@ impl Writer {
         }
     }
 
-    fn append(&mut self, append: Append) -> Result<Appended> {
+    fn append(&mut self, append: Append, mut body_jcs: String) -> Result<Appended> {
         let Append {
             mut entry,
             spend,
@@ -106,6 +106,7 @@ impl Writer {
         let spent = spend.is_empty() || self.try_spend(&spend, entry.time_ms)?;
         if !spent {
             mark_budget_exhausted(&mut entry);
+            body_jcs = crate::log::canonical_body(&entry.body);
         }
         if let Some((hash, body)) = &rule_set {
             self.conn
@@ -118,7 +119,8 @@ impl Writer {
         if spent && let Some(lease) = &lease {
             insert_lease(&self.conn, lease)?;
         }
-        let record = LogRecord::seal(self.head_seq + 1, entry, self.head_hash.clone());
+        let record =
+            LogRecord::seal_canonical(self.head_seq + 1, entry, &body_jcs, self.head_hash.clone());
         let e = &record.entry;
         self.conn
             .prepare_cached(
@@ -135,7 +137,7 @@ impl Writer {
                     e.grant,
                     e.node,
                     e.outcome,
-                    e.body.to_string(),
+                    body_jcs,
                     record.prev_hash,
                     record.hash
                 ],
@@ -484,7 +486,9 @@ impl SqliteStore {
 #[async_trait]
 impl Store for SqliteStore {
     async fn append(&self, append: Append) -> Result<Appended> {
-        self.write(move |w| w.append(append)).await
+        // Canonicalize the body here, in the caller's task, not in the serial writer.
+        let body_jcs = crate::log::canonical_body(&append.entry.body);
+        self.write(move |w| w.append(append, body_jcs)).await
     }
 
     async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
