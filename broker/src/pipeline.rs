@@ -625,6 +625,22 @@ pub async fn revoke_all(
     Ok(())
 }
 
+/// Appends a record with nothing to commit beside it; 503 if the log cannot be written.
+pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
+    broker
+        .append(Append {
+            entry,
+            spend: Vec::new(),
+            lease: None,
+            rule_set: None,
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
+        })
+}
+
 /// Revokes one lease and logs it.
 pub async fn revoke_lease(
     broker: &Broker,
@@ -645,17 +661,7 @@ pub async fn revoke_lease(
             outcome: Some("revoked".into()),
             body: json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation}),
         };
-        broker
-            .append(Append {
-                entry,
-                spend: Vec::new(),
-                lease: None,
-                rule_set: None,
-            })
-            .await
-            .map_err(|e| {
-                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-            })?;
+        record(broker, entry).await?;
     }
     Ok(revoked)
 }

@@ -211,24 +211,7 @@ impl Authority {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<CertificateDer<'static>> {
-        if csr_pem.len() > MAX_CERT_LEN {
-            return Err(CertsError::LimitExceeded {
-                kind: "CSR size",
-                limit: MAX_CERT_LEN,
-                actual: csr_pem.len(),
-            });
-        }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CertsError::InvalidCsr(e.to_string()))?;
-        let alg = csr.public_key.algorithm();
-        if alg != &rcgen::PKCS_ECDSA_P256_SHA256
-            && alg != &rcgen::PKCS_ECDSA_P384_SHA384
-            && alg != &rcgen::PKCS_ED25519
-        {
-            return Err(CertsError::InvalidCsr(
-                "unsupported key type: use ECDSA P-256, P-384 or Ed25519".into(),
-            ));
-        }
+        let csr = parse_csr(csr_pem)?;
         let params = self.svid_params(spiffe_id, ttl, now)?;
         Ok(params
             .signed_by(&csr.public_key, &self.issuer)?
@@ -283,6 +266,12 @@ impl Authority {
 /// Checks a PEM CSR (size, parse, self-signature, key type) without issuing,
 /// so a caller can refuse a bad CSR before consuming anything.
 pub fn validate_csr(csr_pem: &str) -> Result<()> {
+    parse_csr(csr_pem).map(|_| ())
+}
+
+/// Parses a CSR within the size limit, verifies its self-signature (proof of
+/// possession) and accepts only ECDSA P-256, P-384 and Ed25519 keys.
+fn parse_csr(csr_pem: &str) -> Result<CertificateSigningRequestParams> {
     if csr_pem.len() > MAX_CERT_LEN {
         return Err(CertsError::LimitExceeded {
             kind: "CSR size",
@@ -301,7 +290,7 @@ pub fn validate_csr(csr_pem: &str) -> Result<()> {
             "unsupported key type: use ECDSA P-256, P-384 or Ed25519".into(),
         ));
     }
-    Ok(())
+    Ok(csr)
 }
 
 /// A retired CA still trusted until `trusted_until`.

@@ -23,7 +23,7 @@ use crate::log::verify::verify_chain;
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
-use crate::store::{Append, Entry, LogQuery, SignalRecord, SuspensionRecord};
+use crate::store::{Entry, LogQuery, SignalRecord, SuspensionRecord};
 
 /// Most records one log page returns.
 pub const MAX_PAGE: usize = 10_000;
@@ -140,17 +140,7 @@ async fn admin_record(
         outcome: Some(action.to_owned()),
         body: json!({"action": action, "operator": op.name, "details": body}),
     };
-    broker
-        .append(Append {
-            entry,
-            spend: Vec::new(),
-            lease: None,
-            rule_set: None,
-        })
-        .await
-        .map_err(|e| {
-            ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-        })?;
+    pipeline::record(broker, entry).await?;
     Ok(())
 }
 

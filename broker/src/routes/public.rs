@@ -18,7 +18,6 @@ use crate::http::{ApiError, Json};
 use crate::log::{LogEntry, RecordKind};
 use crate::pipeline::random_id;
 use crate::state::{Broker, now_ms, token_hash};
-use crate::store::Append;
 
 /// The public router.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -86,17 +85,7 @@ async fn enroll(
         outcome: Some("node_enrolled".into()),
         body: json!({"action": "node_enrolled", "node": node_id.to_string(), "svid_expires_at": info.not_after.unix_timestamp()}),
     };
-    broker
-        .append(Append {
-            entry,
-            spend: Vec::new(),
-            lease: None,
-            rule_set: None,
-        })
-        .await
-        .map_err(|e| {
-            ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-        })?;
+    crate::pipeline::record(&broker, entry).await?;
     Ok(axum::Json(SvidResponse {
         spiffe_id: node_id.to_string(),
         svid_pem: pem(&cert),
