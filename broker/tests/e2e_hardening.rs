@@ -442,3 +442,76 @@ async fn a_full_log_disk_fails_closed_and_recovers() {
         "only the two durable issuances hold leases"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_exports_then_prunes_and_the_rest_still_verifies() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    for _ in 0..9 {
+        assert_eq!(
+            issue(&broker, &node, json!({"grant": "payments-token"}))
+                .await
+                .status,
+            200
+        );
+    }
+    // Records 1..12 exist; checkpoints at 5 and 10.
+    let export = broker.dir.path().join("export.jsonl");
+    let out = broker.cli(&[
+        "logs",
+        "prune",
+        "--before",
+        "0s",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("pruned through record 10"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let exported: Vec<Value> = std::fs::read_to_string(&export)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(exported.len(), 10);
+    assert_eq!(exported[9]["seq"], 10);
+
+    // The remaining log verifies from the checkpointed base, and says it was pruned.
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let logs = broker.cli(&["logs", "--json"]);
+    let remaining: Vec<Value> = String::from_utf8_lossy(&logs.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(remaining[0]["seq"], 11);
+    assert!(remaining.iter().any(|r| r["outcome"] == "log_pruned"
+        && r["body"]["details"]["export"] == export.to_str().unwrap()));
+
+    // A second prune refuses to overwrite an export.
+    let again = broker.cli(&[
+        "logs",
+        "prune",
+        "--before",
+        "0s",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&again.stdout).contains("nothing to prune")
+            || !again.status.success()
+    );
+}

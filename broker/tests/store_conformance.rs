@@ -543,6 +543,57 @@ async fn signals_keep_the_latest_per_subject_kind_and_source(store: Arc<dyn Stor
     );
 }
 
+async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
+    for i in 0..10 {
+        store
+            .append(plain(entry(
+                &format!("p{i}"),
+                "spiffe://example.org/a",
+                "allow",
+                i,
+            )))
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.base().await.unwrap(), None);
+    let records = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let hash6 = records[5].hash.clone();
+    assert_eq!(store.prune_through(6).await.unwrap(), 6);
+    assert_eq!(store.base().await.unwrap(), Some((6, hash6.clone())));
+    let rest = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.first().map(|r| r.seq), Some(7));
+    // Without the record of the prune, the base is not accepted.
+    assert_eq!(
+        mintguard_broker::log::verify::verify_chain_from(Some((6, &hash6)), rest, &[], None),
+        Err(mintguard_broker::log::verify::VerifyFailure::UnrecordedPrune { seq: 6 })
+    );
+    assert!(
+        matches!(store.prune_through(3).await, Err(StoreError::Conflict(_))),
+        "already pruned"
+    );
+    // Appends continue the chain after a prune.
+    assert_eq!(
+        store
+            .append(plain(entry("after", "spiffe://example.org/a", "allow", 99)))
+            .await
+            .unwrap()
+            .seq,
+        11
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -576,4 +627,5 @@ conformance!(
     a_failed_append_leaves_the_batch_and_chain_intact,
     queries_rule_sets_checkpoints_and_suspensions,
     signals_keep_the_latest_per_subject_kind_and_source,
+    pruning_keeps_a_verifiable_base,
 );

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::client::{AdminClient, Target};
 use crate::log::LogRecord;
 use crate::log::checkpoint;
-use crate::log::verify::verify_chain;
+use crate::log::verify::verify_chain_from;
 
 /// `mintguard token …`.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -88,9 +88,20 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `mintguard logs verify`.
+/// `mintguard logs verify` and `mintguard logs prune`.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum LogsCommand {
+    /// Retention: export the records older than `--before` (through the last
+    /// checkpoint before that time) to a JSON-lines file, verify the export,
+    /// then delete them from the store; the prune is itself logged.
+    Prune {
+        /// Age of the oldest record to keep, e.g. 30d.
+        #[arg(long)]
+        before: String,
+        /// The JSON-lines file to export to (must not exist).
+        #[arg(long)]
+        export: PathBuf,
+    },
     /// Verify the hash chain against the exported checkpoints. Exit 0 if it
     /// holds, 1 naming the first bad record otherwise.
     Verify {
@@ -322,7 +333,10 @@ pub async fn verify(
         key,
         store,
         json: json_out,
-    } = cmd;
+    } = cmd
+    else {
+        return prune(target, cmd, out).await;
+    };
     if checkpoints.is_none() && store.is_none() {
         // The broker verifies against its own export.
         let client = AdminClient::new(target)?;
@@ -346,7 +360,7 @@ pub async fn verify(
         Some(path) => checkpoint::read_file(path).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    let records = match store {
+    let (base, records) = match store {
         Some(url) => read_store(url).await?,
         None => {
             let client = AdminClient::new(target)?;
@@ -364,19 +378,28 @@ pub async fn verify(
                 let done = page.len() < 10_000;
                 all.extend(page);
                 if done {
-                    break all;
+                    break;
                 }
             }
+            let base = client
+                .call("GET", "/admin/v1/logs/checkpoints", None)
+                .await?["base"]
+                .clone();
+            let base = base["seq"]
+                .as_i64()
+                .zip(base["hash"].as_str().map(str::to_owned));
+            (base, all)
         }
     };
-    let v = match verify_chain(records, &cps, Some(&key)) {
+    let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
+    let v = match verify_chain_from(base_ref, records, &cps, Some(&key)) {
         Ok(r) => json!({"ok": true, "report": r}),
         Err(f) => json!({"ok": false, "failure": f, "message": f.to_string()}),
     };
     report(v, *json_out, out)
 }
 
-async fn read_store(url: &str) -> Result<Vec<LogRecord>, String> {
+async fn read_store(url: &str) -> Result<(Option<(i64, String)>, Vec<LogRecord>), String> {
     use crate::store::{LogQuery, Store};
     let store: Box<dyn Store> = if let Some(path) = url.strip_prefix("sqlite://") {
         Box::new(
@@ -403,9 +426,96 @@ async fn read_store(url: &str) -> Result<Vec<LogRecord>, String> {
         let done = page.len() < 10_000;
         all.extend(page);
         if done {
-            return Ok(all);
+            let base = store.base().await.map_err(|e| e.to_string())?;
+            return Ok((base, all));
         }
     }
+}
+
+/// Runs `logs prune`.
+async fn prune(target: &Target, cmd: &LogsCommand, out: &mut impl Write) -> Result<bool, String> {
+    let LogsCommand::Prune { before, export } = cmd else {
+        return Ok(false);
+    };
+    let cutoff = ago_ms(before)?;
+    let client = AdminClient::new(target)?;
+    let state = client
+        .call("GET", "/admin/v1/logs/checkpoints", None)
+        .await?;
+    let checkpoints: Vec<checkpoint::Checkpoint> =
+        serde_json::from_value(state["checkpoints"].clone()).map_err(|e| e.to_string())?;
+    let base = state["base"]["seq"]
+        .as_i64()
+        .zip(state["base"]["hash"].as_str().map(str::to_owned));
+    let Some(through) = checkpoints
+        .iter()
+        .rfind(|c| c.time_ms < cutoff && c.seq > base.as_ref().map_or(0, |b| b.0))
+    else {
+        writeln!(
+            out,
+            "nothing to prune: no checkpoint older than {before} beyond the current base"
+        )
+        .map_err(|e| e.to_string())?;
+        return Ok(true);
+    };
+    // Export first, durably, and check what was exported.
+    let mut records: Vec<LogRecord> = Vec::new();
+    loop {
+        let after = records.last().map_or(0, |r| r.seq);
+        let v = client
+            .call(
+                "GET",
+                &format!("/admin/v1/logs?after_seq={after}&limit=10000"),
+                None,
+            )
+            .await?;
+        let page: Vec<LogRecord> = serde_json::from_value(v).map_err(|e| e.to_string())?;
+        let done = page.len() < 10_000 || page.last().is_some_and(|r| r.seq >= through.seq);
+        records.extend(page.into_iter().filter(|r| r.seq <= through.seq));
+        if done {
+            break;
+        }
+    }
+    let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
+    let covered: Vec<checkpoint::Checkpoint> = checkpoints
+        .iter()
+        .filter(|c| c.seq <= through.seq)
+        .cloned()
+        .collect();
+    verify_chain_from(base_ref, records.clone(), &covered, None)
+        .map_err(|f| format!("refusing to prune: {f}"))?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(export)
+            .map_err(|e| format!("{}: {e}", export.display()))?;
+        for r in &records {
+            writeln!(file, "{}", serde_json::to_string(r).unwrap_or_default())
+                .map_err(|e| e.to_string())?;
+        }
+        file.sync_all().map_err(|e| e.to_string())?;
+    }
+    let v = client
+        .call(
+            "POST",
+            "/admin/v1/logs/prune",
+            Some(&json!({"through_seq": through.seq, "export": export.display().to_string()})),
+        )
+        .await?;
+    writeln!(
+        out,
+        "exported {} records to {} and pruned through record {} (deleted {}); the chain resumes from checkpoint {}",
+        records.len(),
+        export.display(),
+        through.seq,
+        v["deleted"],
+        through.hash
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String> {

@@ -65,6 +65,22 @@ pub enum VerifyFailure {
         /// The checkpointed record.
         seq: i64,
     },
+    /// The pruned prefix ends at a record no exported checkpoint vouches for.
+    #[error(
+        "the log resumes after record {seq}, which no exported checkpoint covers (records were removed from the start)"
+    )]
+    UnanchoredBase {
+        /// The last pruned record.
+        seq: i64,
+    },
+    /// The log resumes after a base, but no record says it was pruned there.
+    #[error(
+        "the log resumes after record {seq}, but no log_pruned record accounts for the removed records"
+    )]
+    UnrecordedPrune {
+        /// The last pruned record.
+        seq: i64,
+    },
     /// The log ends before an exported checkpoint (truncated).
     #[error(
         "the log ends at record {last} but a checkpoint covers record {checkpoint} (records were removed from the end)"
@@ -84,6 +100,18 @@ pub fn verify_chain(
     checkpoints: &[Checkpoint],
     key: Option<&Jwk>,
 ) -> Result<VerifyReport, VerifyFailure> {
+    verify_chain_from(None, records, checkpoints, key)
+}
+
+/// [`verify_chain`] for a log whose records through `base.0` were exported
+/// and pruned: the chain resumes after `base` (seq, hash), which must itself
+/// be an exported checkpoint when checkpoints are given.
+pub fn verify_chain_from(
+    base: Option<(i64, &str)>,
+    records: impl IntoIterator<Item = LogRecord>,
+    checkpoints: &[Checkpoint],
+    key: Option<&Jwk>,
+) -> Result<VerifyReport, VerifyFailure> {
     let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
     for cp in checkpoints {
         if let Some(key) = key
@@ -96,6 +124,15 @@ pub fn verify_chain(
     let mut prev_hash = GENESIS.to_owned();
     let mut expected = 1i64;
     let mut matched = 0usize;
+    if let Some((seq, hash)) = base {
+        if !checkpoints.is_empty() && expected_cp.get(&seq).is_none_or(|cp| cp.hash != hash) {
+            return Err(VerifyFailure::UnanchoredBase { seq });
+        }
+        prev_hash = hash.to_owned();
+        expected = seq + 1;
+        matched += usize::from(!checkpoints.is_empty());
+    }
+    let mut prune_recorded = base.is_none();
     for record in records {
         if record.seq != expected {
             return Err(VerifyFailure::Gap {
@@ -115,8 +152,17 @@ pub fn verify_chain(
             }
             matched += 1;
         }
+        if let Some((seq, _)) = base
+            && record.entry.outcome.as_deref() == Some("log_pruned")
+            && record.entry.body["details"]["through_seq"].as_i64() == Some(seq)
+        {
+            prune_recorded = true;
+        }
         prev_hash = record.hash;
         expected += 1;
+    }
+    if let (false, Some((seq, _))) = (prune_recorded, base) {
+        return Err(VerifyFailure::UnrecordedPrune { seq });
     }
     let last = expected - 1;
     let last_checkpoint = expected_cp.keys().next_back().copied();

@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 
 use crate::config::Role;
 use crate::http::{ApiError, Json};
-use crate::log::verify::verify_chain;
+use crate::log::verify::verify_chain_from;
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
@@ -37,6 +37,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/logs", get(logs))
         .route("/admin/v1/logs/verify", get(verify))
         .route("/admin/v1/logs/key", get(log_key))
+        .route("/admin/v1/logs/checkpoints", get(checkpoints))
+        .route("/admin/v1/logs/prune", post(prune))
         .route("/admin/v1/explain/{request_id}", get(explain))
         .route("/admin/v1/replay", post(replay))
         .route("/admin/v1/leases", get(leases))
@@ -387,11 +389,13 @@ async fn verify(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
+    let base = broker.store.base().await?;
     let records = all_records(&broker).await?;
     let checkpoints =
         crate::log::checkpoint::read_file(&broker.log_export_path()).unwrap_or_default();
+    let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
     Ok(axum::Json(
-        match verify_chain(records, &checkpoints, Some(broker.log_public_key())) {
+        match verify_chain_from(base, records, &checkpoints, Some(broker.log_public_key())) {
             Ok(report) => json!({"ok": true, "report": report}),
             Err(failure) => {
                 json!({"ok": false, "failure": failure, "message": failure.to_string()})
@@ -894,5 +898,67 @@ async fn identities(
         .collect();
     Ok(axum::Json(
         json!({"identities": identities, "issuers": issuers}),
+    ))
+}
+
+/// The stored checkpoints and the base left by the last prune.
+async fn checkpoints(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let base = broker.store.base().await?;
+    Ok(axum::Json(json!({
+        "base": base.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "checkpoints": broker.store.checkpoints().await?,
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PruneRequest {
+    through_seq: i64,
+    /// Where the caller exported the pruned records (recorded in the log).
+    export: String,
+}
+
+/// Retention: deletes records through a checkpointed record the caller has
+/// exported, recording the prune (never silently). The chain then resumes
+/// from that checkpoint.
+async fn prune(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<PruneRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Admin)?;
+    if req.export.is_empty() || req.export.len() > 4096 {
+        return Err(ApiError::bad_request(
+            "bad_export",
+            "name the export the records were written to",
+        ));
+    }
+    let checkpoint = broker
+        .store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .find(|c| c.seq == req.through_seq)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "not_a_checkpoint",
+                "prune only through a checkpointed record",
+            )
+        })?;
+    let deleted = broker.store.prune_through(req.through_seq).await?;
+    admin_record(
+        &broker,
+        &op,
+        "log_pruned",
+        None,
+        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export}),
+    )
+    .await?;
+    Ok(axum::Json(
+        json!({"through_seq": req.through_seq, "deleted": deleted, "hash": checkpoint.hash}),
     ))
 }

@@ -237,6 +237,12 @@ pub trait Store: Send + Sync {
     /// A subject's suspension, if any.
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>>;
 
+    /// Deletes the records through `seq` (already exported) and remembers
+    /// `(seq, hash)` as the base the chain resumes from; the number deleted.
+    async fn prune_through(&self, seq: i64) -> Result<u64>;
+    /// The base left by the last prune: (seq, hash) of the last pruned record.
+    async fn base(&self) -> Result<Option<(i64, String)>>;
+
     /// Records a signal (the latest per subject, kind and source wins).
     async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;
     /// The latest signals about these subjects.

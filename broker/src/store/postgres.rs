@@ -56,6 +56,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value SMALLINT NOT NULL,
             observed_at_ms BIGINT NOT NULL, ttl_seconds BIGINT NOT NULL, PRIMARY KEY (subject, kind, source));",
     ),
+    (
+        3,
+        "CREATE TABLE log_base (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);",
+    ),
 ];
 
 /// Serializes migrations across replicas starting at once.
@@ -790,6 +794,44 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg)?
             == 1)
+    }
+
+    async fn prune_through(&self, seq: i64) -> Result<u64> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_pg)?;
+        // Serialize with appends (they hold this lock while extending the chain).
+        tx.query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
+            .await
+            .map_err(map_pg)?;
+        let row = tx
+            .query_opt("SELECT hash FROM log WHERE seq = $1", &[&seq])
+            .await
+            .map_err(map_pg)?;
+        let hash: String = row
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::Conflict(format!("record {seq} is not in the log")))?;
+        let deleted = tx
+            .execute("DELETE FROM log WHERE seq <= $1", &[&seq])
+            .await
+            .map_err(map_pg)?;
+        tx.execute(
+            "INSERT INTO log_base(id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
+            &[&seq, &hash],
+        )
+        .await
+        .map_err(map_pg)?;
+        tx.commit().await.map_err(map_pg)?;
+        Ok(deleted)
+    }
+
+    async fn base(&self) -> Result<Option<(i64, String)>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT seq, hash FROM log_base WHERE id = 1", &[])
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     async fn put_signal(&self, sig: &SignalRecord) -> Result<()> {

@@ -51,6 +51,10 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value INTEGER NOT NULL,
             observed_at_ms INTEGER NOT NULL, ttl_seconds INTEGER NOT NULL, PRIMARY KEY (subject, kind, source));",
     ),
+    (
+        3,
+        "CREATE TABLE log_base (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);",
+    ),
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -834,6 +838,40 @@ impl Store for SqliteStore {
                 == 1)
         })
         .await
+    }
+
+    async fn prune_through(&self, seq: i64) -> Result<u64> {
+        self.write(move |w| {
+            let hash: Option<String> = w
+                .conn
+                .query_row("SELECT hash FROM log WHERE seq = ?1", [seq], |r| r.get(0))
+                .optional()
+                .map_err(map_sql)?;
+            let hash = hash
+                .ok_or_else(|| StoreError::Conflict(format!("record {seq} is not in the log")))?;
+            let deleted = w
+                .conn
+                .execute("DELETE FROM log WHERE seq <= ?1", [seq])
+                .map_err(map_sql)?;
+            w.conn
+                .execute(
+                    "INSERT OR REPLACE INTO log_base(id, seq, hash) VALUES (1, ?1, ?2)",
+                    params![seq, hash],
+                )
+                .map_err(map_sql)?;
+            Ok(u64::try_from(deleted).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn base(&self) -> Result<Option<(i64, String)>> {
+        self.read_now(|conn| {
+            conn.query_row("SELECT seq, hash FROM log_base WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(map_sql)
+        })
     }
 
     async fn put_signal(&self, sig: &SignalRecord) -> Result<()> {
