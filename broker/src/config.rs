@@ -98,6 +98,8 @@ pub struct JwtConfig {
     pub algorithm: JwtAlgorithm,
     /// The longest JWT any grant issues; retired keys stay in the JWKS this long.
     pub max_ttl: Dur,
+    /// How often the signing key is replaced. Default 24 hours.
+    pub rotate_every: Dur,
 }
 
 impl Default for JwtConfig {
@@ -105,6 +107,7 @@ impl Default for JwtConfig {
         Self {
             algorithm: JwtAlgorithm::Es256,
             max_ttl: Dur(Duration::from_secs(3600)),
+            rotate_every: Dur(Duration::from_secs(86_400)),
         }
     }
 }
@@ -484,6 +487,9 @@ impl Config {
         }
         if raw.jwt.max_ttl.0.is_zero() {
             return Err(err("jwt.max_ttl", "must be positive".into()));
+        }
+        if raw.jwt.rotate_every.0 < Duration::from_secs(1) {
+            return Err(err("jwt.rotate_every", "must be at least 1s".into()));
         }
         raw.trust
             .validate()

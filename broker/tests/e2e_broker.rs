@@ -633,3 +633,51 @@ async fn the_broker_renews_its_own_svid_before_it_expires() {
     let log = std::fs::read_to_string(broker.dir.path().join("broker.log")).unwrap();
     assert!(log.contains("broker SVID renewed"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_keys_rotate_and_old_tokens_keep_verifying() {
+    let broker = BrokerProcess::start("[jwt]\nrotate_every = \"2s\"\n");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let first = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    let token = first.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kid = jsonwebtoken::decode_header(&token).unwrap().kid.unwrap();
+    let mut rotated = None;
+    for _ in 0..60 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let jwks = https(
+            &broker.addr("public"),
+            &broker.bundle(),
+            None,
+            "GET",
+            "/.well-known/jwks.json",
+            &[],
+            vec![],
+        )
+        .await
+        .unwrap();
+        if jwks.body["keys"].as_array().unwrap().len() >= 2 {
+            rotated = Some(jwks.body);
+            break;
+        }
+    }
+    let jwks: JwkSet =
+        serde_json::from_value(rotated.expect("the key rotated within 6 s")).unwrap();
+    assert!(
+        jwks.find(&kid).is_some(),
+        "the retired key stays in the JWKS"
+    );
+    let second = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    let new_kid = jsonwebtoken::decode_header(second.body["credential"]["token"].as_str().unwrap())
+        .unwrap()
+        .kid
+        .unwrap();
+    assert_ne!(new_kid, kid, "new tokens use the new key");
+    let mut validation = Validation::new(jsonwebtoken::Algorithm::ES256);
+    validation.set_audience(&["payments"]);
+    let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
+    jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
+}

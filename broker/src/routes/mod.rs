@@ -81,6 +81,7 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         admin::router(broker.clone()).layer(limit),
     ));
     tokio::spawn(rotate_identity(broker.clone(), server_tls, node_acceptor));
+    tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
     tokio::spawn(
         broker
             .clone()
@@ -151,4 +152,25 @@ fn renew_identity(
     tracing::info!(until = %svid.not_after(), "broker SVID renewed");
     broker.svid.store(Arc::new(svid));
     Ok(())
+}
+
+/// Replaces the JWT signing key every `every`; retired public keys stay in
+/// the JWKS until every token they signed has expired.
+async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let result = broker
+            .jwt
+            .write()
+            .map_err(|_| "JWT key lock poisoned".to_owned())
+            .and_then(|mut keys| {
+                keys.rotate(time::OffsetDateTime::now_utc())
+                    .map_err(|e| e.to_string())
+            });
+        match result {
+            Ok(()) => tracing::info!("JWT signing key rotated"),
+            Err(e) => tracing::error!(%e, "JWT key rotation failed; the current key stays active"),
+        }
+    }
 }
