@@ -308,7 +308,7 @@ async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<R
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
-            issuer_blast_radius: 0.0,
+            issuer_blast_radius: dynamic.blast_radius.get(node).map_or(100.0, |r| r.max),
         },
         budgets: match (&budget, snapshot) {
             (Some((key, policy)), Some(snapshot)) => vec![BudgetView {

@@ -33,6 +33,9 @@ pub struct Dynamic {
     pub rules_json: String,
     /// ECI of the effective graph.
     pub eci: EciReport,
+    /// Each node's blast radius: the ECI it can reach through the identities
+    /// its entries let it vouch for.
+    pub blast_radius: HashMap<String, mintguard_policy::eci::BlastRadius>,
 }
 
 /// Errors while starting or reloading.
@@ -109,7 +112,12 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         })
         .collect();
     let mut identities: HashMap<String, Vec<String>> = HashMap::new();
+    let mut vouches: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
     for entry in store.entries(None).await.map_err(setup)? {
+        vouches
+            .entry(entry.parent.clone())
+            .or_default()
+            .insert(entry.spiffe_id.clone());
         identities.entry(entry.spiffe_id).or_default().extend(
             entry
                 .grants
@@ -136,11 +144,19 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
     for w in &eci.warnings {
         tracing::warn!("eci: {w}");
     }
+    let blast_radius = vouches
+        .into_iter()
+        .map(|(node, ids)| {
+            let radius = mintguard_policy::eci::blast_radius(&eci, ids.iter().map(String::as_str));
+            (node, radius)
+        })
+        .collect();
     Ok(Dynamic {
         config,
         rules,
         rules_json,
         eci,
+        blast_radius,
     })
 }
 

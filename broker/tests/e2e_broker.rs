@@ -529,7 +529,19 @@ async fn external_signals_lower_trust_and_compromise_is_evidence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renewal_identities_and_node_ban() {
-    let broker = BrokerProcess::start("");
+    // An exposure graph where the API can reach a crown jewel, so ECI and the
+    // node's blast radius are not zero.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("graph.json"),
+        r#"{"nodes":[{"id":"spiffe://example.org/ns/pay/sa/api","kind":"identity"},
+                     {"id":"role:db-admin","kind":"role"},
+                     {"id":"db:payments","kind":"resource","crown_jewel":true,"sensitivity":["pii"]}],
+            "edges":[{"from":"spiffe://example.org/ns/pay/sa/api","to":"role:db-admin","kind":"can_assume"},
+                     {"from":"role:db-admin","to":"db:payments","kind":"grants","access":"admin"}]}"#,
+    )
+    .unwrap();
+    let broker = BrokerProcess::start_in(dir, "[eci]\ngraph = \"graph.json\"\n");
     let node = enrolled_node(&broker, "node-1").await;
     register_api(&broker, "node-1");
 
@@ -563,6 +575,21 @@ async fn renewal_identities_and_node_ban() {
     assert!(ids["identities"][0]["eci"].is_number(), "{ids}");
     assert_eq!(ids["issuers"][0]["node"], node.spiffe_id().to_string());
     assert_eq!(ids["issuers"][0]["identities"], 1);
+    let radius = ids["issuers"][0]["blast_radius"]["max"].as_f64().unwrap();
+    assert!(
+        radius > 50.0,
+        "the API reaches an admin grant on a crown jewel: {ids}"
+    );
+    // The decision saw the same blast radius for its issuer.
+    let out = broker.cli(&["logs", "--json", "--outcome", "allow"]);
+    let decision: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(
+        decision["body"]["input"]["eci"]["issuer_blast_radius"]
+            .as_f64()
+            .unwrap(),
+        radius
+    );
 
     // Banning the node (suspending its ID) stops issuance and renewal through it.
     assert!(
