@@ -22,6 +22,8 @@ use mintguard_policy::{Decision, DecisionInput, Outcome, decide};
 use serde_json::json;
 use time::OffsetDateTime;
 
+use mintguard_certs::tls::SpiffePeer;
+
 use crate::config::{GrantConfig, GrantKind};
 use crate::http::ApiError;
 use crate::log::{LogEntry, RecordKind};
@@ -137,8 +139,26 @@ fn select_entry<'a>(
 /// location, time and network drop out until their constraints are
 /// configured), lowered by fresh external signals about the identity or its
 /// node (signals API): per kind, the lowest fresh value counts.
+/// The node's posture as the broker observes it: the mTLS handshake proved a
+/// current SVID; one past three quarters of its life means the agent is not
+/// renewing on schedule (renewal is due at half-life), which lowers posture.
+pub fn node_posture(
+    not_before: OffsetDateTime,
+    not_after: OffsetDateTime,
+    now: OffsetDateTime,
+) -> (u8, &'static str) {
+    let life = (not_after - not_before).whole_milliseconds().max(1);
+    let age = (now - not_before).whole_milliseconds();
+    if age * 4 <= life * 3 {
+        (100, "broker:node_svid")
+    } else {
+        (50, "broker:node_svid_not_renewed")
+    }
+}
+
 fn observed_signals(
     broker: &Broker,
+    posture: (u8, &str),
     selectors: &[String],
     external: &[SignalRecord],
     now_ms: i64,
@@ -159,7 +179,7 @@ fn observed_signals(
     };
     let mut input = TrustInput {
         signals: [
-            (SignalKind::Posture, signal(100, "broker:node_svid")),
+            (SignalKind::Posture, signal(posture.0, posture.1)),
             (
                 SignalKind::Attestation,
                 signal(attestation, "agent:selectors"),
@@ -218,10 +238,19 @@ fn compromise_evidence(external: &[SignalRecord], now_ms: i64) -> Vec<Evidence> 
         .collect()
 }
 
-/// Handles `POST /v1/issue` from `node`.
-pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Response, ApiError> {
+/// Handles `POST /v1/issue` from the node `peer`.
+pub async fn issue(
+    broker: &Broker,
+    peer: &SpiffePeer,
+    req: IssueRequest,
+) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
-    let result = issue_inner(broker, node, req).await;
+    let posture = node_posture(
+        peer.not_before(),
+        peer.not_after(),
+        OffsetDateTime::now_utc(),
+    );
+    let result = issue_inner(broker, &peer.id().to_string(), posture, req).await;
     broker
         .metrics
         .issue_seconds
@@ -229,7 +258,12 @@ pub async fn issue(broker: &Broker, node: &str, req: IssueRequest) -> Result<Res
     result
 }
 
-async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<Response, ApiError> {
+async fn issue_inner(
+    broker: &Broker,
+    node: &str,
+    posture: (u8, &str),
+    req: IssueRequest,
+) -> Result<Response, ApiError> {
     validate(&req)?;
     let dynamic = broker.dynamic.load_full();
     let IssueRequest { selectors, request } = req;
@@ -304,7 +338,7 @@ async fn issue_inner(broker: &Broker, node: &str, req: IssueRequest) -> Result<R
         requested_ttl_seconds: request.ttl_seconds,
         purpose: request.purpose.clone(),
         now_ms: now,
-        signals: observed_signals(broker, &selectors, &external, now),
+        signals: observed_signals(broker, posture, &selectors, &external, now),
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
@@ -675,5 +709,28 @@ pub fn request(grant: &str) -> CredentialRequest {
         spiffe_id: None,
         bind_to_process: None,
         approval_id: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn posture_drops_when_the_node_stops_renewing() {
+        let start = OffsetDateTime::from_unix_timestamp(1_000_000).unwrap();
+        let end = start + time::Duration::hours(1);
+        assert_eq!(
+            node_posture(start, end, start + time::Duration::minutes(10)).0,
+            100
+        );
+        assert_eq!(
+            node_posture(start, end, start + time::Duration::minutes(45)).0,
+            100
+        );
+        assert_eq!(
+            node_posture(start, end, start + time::Duration::minutes(46)).0,
+            50
+        );
     }
 }

@@ -35,6 +35,10 @@ fn provider() -> Arc<CryptoProvider> {
 
 /// Checks that `end_entity` is an X.509-SVID whose ID `matcher` accepts.
 fn authorize(end_entity: &CertificateDer<'_>, matcher: &IdMatcher) -> Result<SpiffeId> {
+    authorize_info(end_entity, matcher).map(|info| info.spiffe_id)
+}
+
+fn authorize_info(end_entity: &CertificateDer<'_>, matcher: &IdMatcher) -> Result<SvidInfo> {
     let info = SvidInfo::parse(end_entity)?;
     if !matcher.matches(&info.spiffe_id) {
         return Err(CertsError::Unauthorized {
@@ -42,7 +46,7 @@ fn authorize(end_entity: &CertificateDer<'_>, matcher: &IdMatcher) -> Result<Spi
             expected: matcher.to_string(),
         });
     }
-    Ok(info.spiffe_id)
+    Ok(info)
 }
 
 /// Carries the SPIFFE reason (e.g. which ID was refused) inside the rustls error.
@@ -77,12 +81,32 @@ fn handshake_error(e: std::io::Error) -> CertsError {
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SpiffePeer {
     id: SpiffeId,
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
 }
 
 impl SpiffePeer {
+    fn from_info(info: SvidInfo) -> Self {
+        Self {
+            id: info.spiffe_id,
+            not_before: info.not_before,
+            not_after: info.not_after,
+        }
+    }
+
     /// The verified SPIFFE ID.
     pub fn id(&self) -> &SpiffeId {
         &self.id
+    }
+
+    /// When the peer's SVID became valid.
+    pub fn not_before(&self) -> time::OffsetDateTime {
+        self.not_before
+    }
+
+    /// When the peer's SVID expires.
+    pub fn not_after(&self) -> time::OffsetDateTime {
+        self.not_after
     }
 }
 
@@ -214,8 +238,8 @@ impl SpiffeAcceptor {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| CertsError::InvalidCertificate("peer sent no certificate".into()))?;
-        let id = authorize(leaf, &self.matcher)?;
-        Ok((stream, SpiffePeer { id }))
+        let info = authorize_info(leaf, &self.matcher)?;
+        Ok((stream, SpiffePeer::from_info(info)))
     }
 }
 
@@ -346,7 +370,7 @@ impl SpiffeConnector {
             .peer_certificates()
             .and_then(|c| c.first())
             .ok_or_else(|| CertsError::InvalidCertificate("server sent no certificate".into()))?;
-        let id = authorize(leaf, &self.matcher)?;
-        Ok((stream, SpiffePeer { id }))
+        let info = authorize_info(leaf, &self.matcher)?;
+        Ok((stream, SpiffePeer::from_info(info)))
     }
 }

@@ -39,7 +39,7 @@ async fn issue(
                 .with_reasons(vec!["issuer_suspended".into()]),
         );
     }
-    pipeline::issue(&broker, &node, req).await
+    pipeline::issue(&broker, &peer, req).await
 }
 
 async fn entries(
