@@ -8,8 +8,8 @@
 # Until the agent binary lands, broker/examples/quickstart_node.rs plays the
 # node (enrollment, mTLS) and the workload.
 #
-#   bash examples/quickstart.sh            # in a temp dir, removed afterwards
-#   MINTGUARD_QUICKSTART_DIR=~/.local/share/mintguard-quickstart bash examples/quickstart.sh   # keep it
+#   ./examples/quickstart.sh            # in a temp dir, removed afterwards
+#   MINTGUARD_QUICKSTART_DIR=~/.local/share/mintguard-quickstart ./examples/quickstart.sh   # keep it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -10,7 +10,7 @@ cargo build --workspace --all-targets --locked
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # The README's first command must keep working.
-bash examples/quickstart.sh >/dev/null
+./examples/quickstart.sh >/dev/null
 
 # Each criterion bench runs once in test mode (correctness, not timing);
 # then the whole workspace's tests, last so their summary closes the run.

@@ -368,6 +368,17 @@ async fn issue_inner(
         .metrics
         .decision_seconds
         .observe(decide_started.elapsed().as_secs_f64());
+    // The decision's log record (the body is filled in below).
+    let decision_record = |body| LogEntry {
+        time_ms: now,
+        kind: RecordKind::Decision,
+        request_id: request_id.clone(),
+        identity: Some(identity.clone()),
+        grant: Some(grant.name.clone()),
+        node: Some(node.to_owned()),
+        outcome: Some(decision.outcome.as_str().to_owned()),
+        body,
+    };
     let mut body = json!({
         "input": input,
         "decision": decision,
@@ -387,16 +398,7 @@ async fn issue_inner(
         {
             broker.metrics.budget_exhausted.inc();
         }
-        let record = LogEntry {
-            time_ms: now,
-            kind: RecordKind::Decision,
-            request_id: request_id.clone(),
-            identity: Some(identity.clone()),
-            grant: Some(grant.name.clone()),
-            node: Some(node.to_owned()),
-            outcome: Some(decision.outcome.as_str().to_owned()),
-            body,
-        };
+        let record = decision_record(body);
         broker
             .append(Append {
                 entry: record,
@@ -482,16 +484,7 @@ async fn issue_inner(
                 })
         })
         .collect();
-    let record = LogEntry {
-        time_ms: now,
-        kind: RecordKind::Decision,
-        request_id: request_id.clone(),
-        identity: Some(identity.clone()),
-        grant: Some(grant.name.clone()),
-        node: Some(node.to_owned()),
-        outcome: Some(decision.outcome.as_str().to_owned()),
-        body,
-    };
+    let record = decision_record(body);
     let appended = broker
         .append(Append {
             entry: record,

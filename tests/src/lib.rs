@@ -6,7 +6,7 @@
 //! library holds what they share.
 //!
 //! A test that needs a peer reads its address from the environment and
-//! **fails** when it is missing: run the suite with `bash tests/run.sh` (or
+//! **fails** when it is missing: run the suite with `./tests/run.sh` (or
 //! `tests/peers.sh cargo test --workspace`), never skip.
 
 #![allow(clippy::expect_used)] // test support: a missing peer must fail the test loudly
@@ -17,7 +17,7 @@ pub fn peer_env(name: &str) -> String {
         Ok(value) if !value.is_empty() => value,
         _ => panic!(
             "{name} is not set: this test needs a real peer. Run the suite with \
-             `bash tests/run.sh`, or wrap cargo in `tests/peers.sh` \
+             `./tests/run.sh`, or wrap cargo in `tests/peers.sh` \
              (e.g. `tests/peers.sh cargo test -p mintguard-tests`)"
         ),
     }
