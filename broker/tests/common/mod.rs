@@ -40,8 +40,14 @@ impl Drop for BrokerProcess {
 }
 
 pub fn config_text(extra: &str) -> String {
+    config_text_with("", extra)
+}
+
+/// The test config with top-level keys (`store = …`) and trailing tables.
+pub fn config_text_with(top: &str, extra: &str) -> String {
     format!(
         r#"
+{top}
 trust_domain = "example.org"
 data_dir = "data"
 issuer_url = "https://mintguard.example.org"
@@ -76,10 +82,15 @@ impl BrokerProcess {
     }
 
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Self {
+        Self::start_with(dir, "", extra)
+    }
+
+    /// Starts with top-level config keys too (e.g. a PostgreSQL store).
+    pub fn start_with(dir: tempfile::TempDir, top: &str, extra: &str) -> Self {
         let root = dir.path();
         std::fs::create_dir_all(root.join("policies")).unwrap();
         std::fs::write(root.join("policies/api.cedar"), POLICIES).unwrap();
-        std::fs::write(root.join("broker.toml"), config_text(extra)).unwrap();
+        std::fs::write(root.join("broker.toml"), config_text_with(top, extra)).unwrap();
         write_private(&root.join("introspection.token"), INTROSPECTION_TOKEN);
         if !root.join("data/operators/alice.token").exists() {
             let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
