@@ -297,6 +297,24 @@ pub struct GrantConfig {
     pub reduced: Option<ReducedConfig>,
     /// JWT settings (kind `jwt`).
     pub jwt: Option<JwtGrant>,
+    /// Allowed hours, UTC, `[start, end)` (e.g. `[7, 19]`; `[22, 6]` wraps
+    /// midnight). When set, the `time` trust signal is 100 inside and 0
+    /// outside; when absent, the signal drops out.
+    #[serde(default)]
+    pub allowed_hours: Option<[u8; 2]>,
+}
+
+impl GrantConfig {
+    /// Whether `hour` (0–23, UTC) is allowed; `None` when no hours are configured.
+    pub fn hour_allowed(&self, hour: u8) -> Option<bool> {
+        self.allowed_hours.map(|[start, end]| {
+            if start < end {
+                (start..end).contains(&hour)
+            } else {
+                hour >= start || hour < end
+            }
+        })
+    }
 }
 
 /// Operator roles.
@@ -572,6 +590,14 @@ impl Config {
                     ));
                 }
             }
+            if let Some([start, end]) = g.allowed_hours
+                && (start > 23 || end > 24 || start == end)
+            {
+                return Err(err(
+                    &key("allowed_hours"),
+                    "expected [start, end) hours, 0–24, start ≠ end".into(),
+                ));
+            }
             if let Some(b) = &g.budget {
                 b.policy()
                     .validate(&key("budget"))
@@ -717,6 +743,37 @@ mod tests {
             "/../examples/broker/broker.toml"
         ));
         Config::load(example).unwrap();
+    }
+
+    #[test]
+    fn allowed_hours_wrap_midnight() {
+        let c = Config::parse(
+            Path::new("/x/b.toml"),
+            &MINIMAL.replace(
+                "reduced = {",
+                "allowed_hours = [22, 6]\n        reduced = {",
+            ),
+        )
+        .unwrap();
+        let g = &c.grants["payments-token"];
+        assert_eq!(g.hour_allowed(23), Some(true));
+        assert_eq!(g.hour_allowed(5), Some(true));
+        assert_eq!(g.hour_allowed(6), Some(false));
+        assert_eq!(g.hour_allowed(12), Some(false));
+        let day = Config::parse(
+            Path::new("/x/b.toml"),
+            &MINIMAL.replace(
+                "reduced = {",
+                "allowed_hours = [7, 19]\n        reduced = {",
+            ),
+        )
+        .unwrap();
+        assert_eq!(day.grants["payments-token"].hour_allowed(7), Some(true));
+        assert_eq!(day.grants["payments-token"].hour_allowed(19), Some(false));
+        refused(
+            ("reduced = {", "allowed_hours = [5, 5]\n        reduced = {"),
+            "grants[0].allowed_hours",
+        );
     }
 
     #[test]

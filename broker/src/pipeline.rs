@@ -158,6 +158,7 @@ pub fn node_posture(
 
 fn observed_signals(
     broker: &Broker,
+    grant: &GrantConfig,
     posture: (u8, &str),
     selectors: &[String],
     external: &[SignalRecord],
@@ -192,6 +193,14 @@ fn observed_signals(
         .into(),
         unconstrained: [SignalKind::Location, SignalKind::Time, SignalKind::Network].into(),
     };
+    let hour = OffsetDateTime::from_unix_timestamp(now_s).map_or(0, |t| t.hour());
+    if let Some(allowed) = grant.hour_allowed(hour) {
+        let value = if allowed { 100 } else { 0 };
+        input
+            .signals
+            .insert(SignalKind::Time, signal(value, "broker:allowed_hours"));
+        input.unconstrained.remove(&SignalKind::Time);
+    }
     for ext in external {
         let fresh =
             ext.observed_at_ms + i64::try_from(ext.ttl_seconds).unwrap_or(0) * 1000 >= now_ms;
@@ -338,7 +347,7 @@ async fn issue_inner(
         requested_ttl_seconds: request.ttl_seconds,
         purpose: request.purpose.clone(),
         now_ms: now,
-        signals: observed_signals(broker, posture, &selectors, &external, now),
+        signals: observed_signals(broker, grant, posture, &selectors, &external, now),
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),

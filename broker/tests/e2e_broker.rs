@@ -708,3 +708,62 @@ async fn jwt_keys_rotate_and_old_tokens_keep_verifying() {
     let key = DecodingKey::from_jwk(jwks.find(&kid).unwrap()).unwrap();
     jsonwebtoken::decode::<Value>(&token, &key, &validation).unwrap();
 }
+
+fn time_signal(broker: &BrokerProcess) -> Value {
+    let out = broker.cli(&["logs", "--json"]);
+    let decision: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .rfind(|r| r["kind"] == "decision")
+        .unwrap();
+    decision["body"]["decision"]["trust"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "time")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_hours_drive_the_time_signal() {
+    // All day: the time signal counts, at 100.
+    let broker = BrokerProcess::start("allowed_hours = [0, 24]\n");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+    let time = time_signal(&broker);
+    assert_eq!(
+        (
+            time["value"].as_u64(),
+            time["status"].as_str(),
+            time["source"].as_str()
+        ),
+        (Some(100), Some("fresh"), Some("broker:allowed_hours"))
+    );
+
+    // Two hours from now: outside, the signal counts at 0 (and lowers trust).
+    let hour = time::OffsetDateTime::now_utc().hour();
+    let (start, end) = ((hour + 2) % 24, (hour + 3) % 24);
+    let broker = BrokerProcess::start(&format!("allowed_hours = [{start}, {end}]\n"));
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    let time = time_signal(&broker);
+    assert_eq!(
+        (time["value"].as_u64(), time["status"].as_str()),
+        (Some(0), Some("fresh"))
+    );
+
+    // Without allowed hours the signal drops out of the score.
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(time_signal(&broker)["status"], "dropped");
+}
