@@ -159,6 +159,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
     }
 }
 
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves `router` on `listener` with TLS from `acceptor`; each request gets
 /// the peer's verified SPIFFE ID as an extension. Handshake failures are
 /// logged and the connection dropped.
@@ -178,13 +183,18 @@ pub async fn serve_mtls(
         let acceptor = acceptor.load_full();
         let router = router.clone();
         tokio::spawn(async move {
-            let (tls, peer) = match acceptor.accept(tcp).await {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::info!(%addr, %e, "mTLS handshake refused");
-                    return;
-                }
-            };
+            let (tls, peer) =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => {
+                        tracing::info!(%addr, %e, "mTLS handshake refused");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(%addr, "mTLS handshake timed out");
+                        return;
+                    }
+                };
             serve_connection(TokioIo::new(tls), addr, Some(peer), router).await;
         });
     }
@@ -207,9 +217,10 @@ pub async fn serve_tls(
         let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
         let router = router.clone();
         tokio::spawn(async move {
-            match acceptor.accept(tcp).await {
-                Ok(tls) => serve_connection(TokioIo::new(tls), addr, None, router).await,
-                Err(e) => tracing::info!(%addr, %e, "TLS handshake failed"),
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), addr, None, router).await,
+                Ok(Err(e)) => tracing::info!(%addr, %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
             }
         });
     }
@@ -243,7 +254,11 @@ async fn serve_connection<IO>(
         req.extensions_mut().insert(ClientAddr(addr));
         router.clone().oneshot(req.map(axum::body::Body::new))
     });
-    let builder = hyper::server::conn::http1::Builder::new();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // A client that trickles its headers is cut off (slowloris).
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
     if let Err(e) = builder
         .serve_connection(io, TowerToHyperService::new(service))
         .await

@@ -515,3 +515,29 @@ async fn retention_exports_then_prunes_and_the_rest_still_verifies() {
             || !again.status.success()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_handshake_is_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let broker = BrokerProcess::start("");
+    // Connect to the agents listener and send nothing: the broker closes the
+    // connection after its handshake timeout instead of holding it forever.
+    let mut idle = tokio::net::TcpStream::connect(broker.addr("agents"))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), idle.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the idle connection must be closed by the broker: {read:?}"
+    );
+    // Meanwhile the broker serves others.
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+}
