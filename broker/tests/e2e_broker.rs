@@ -546,22 +546,9 @@ async fn renewal_identities_and_node_ban() {
     register_api(&broker, "node-1");
 
     // Renewal over mTLS keeps the node's ID, whatever the CSR asks.
-    let key = mintguard_certs::svid::generate_key().unwrap();
-    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
-    let renewed = post_json(
-        &broker.addr("agents"),
-        &broker.bundle(),
-        Some(&node),
-        "/v1/node/renew",
-        &json!({"csr": csr}),
-    )
-    .await;
+    let (renewed, next) = renew(&broker, &node).await;
     assert_eq!(renewed.status, 200, "{}", renewed.body);
-    let next = mintguard_certs::svid::X509Svid::from_pem(
-        renewed.body["svid_pem"].as_str().unwrap(),
-        &key.to_pem(),
-    )
-    .unwrap();
+    let next = next.unwrap();
     assert_eq!(next.spiffe_id(), node.spiffe_id());
     assert_eq!(
         issue(&broker, &next, json!({"grant": "payments-token"}))
@@ -608,16 +595,8 @@ async fn renewal_identities_and_node_ban() {
         (refused.status, refused.body["error"]["code"].as_str()),
         (403, Some("node_suspended"))
     );
-    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
-    let renew = post_json(
-        &broker.addr("agents"),
-        &broker.bundle(),
-        Some(&next),
-        "/v1/node/renew",
-        &json!({"csr": csr}),
-    )
-    .await;
-    assert_eq!(renew.status, 403);
+    let (refused_renewal, _) = renew(&broker, &next).await;
+    assert_eq!(refused_renewal.status, 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -636,22 +615,9 @@ async fn the_broker_renews_its_own_svid_before_it_expires() {
 
     // The node renews at half-life, as the agent will.
     tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let key = mintguard_certs::svid::generate_key().unwrap();
-    let csr = mintguard_certs::svid::csr_pem(&key).unwrap();
-    let renewed = post_json(
-        &broker.addr("agents"),
-        &broker.bundle(),
-        Some(&node),
-        "/v1/node/renew",
-        &json!({"csr": csr}),
-    )
-    .await;
+    let (renewed, node) = renew(&broker, &node).await;
     assert_eq!(renewed.status, 200, "{}", renewed.body);
-    let node = mintguard_certs::svid::X509Svid::from_pem(
-        renewed.body["svid_pem"].as_str().unwrap(),
-        &key.to_pem(),
-    )
-    .unwrap();
+    let node = node.unwrap();
 
     // Past the broker's first SVID: the handshake still verifies, so the broker renewed its own.
     tokio::time::sleep(std::time::Duration::from_millis(4000)).await;

@@ -9,40 +9,9 @@ mod common;
 use common::*;
 use serde_json::{Value, json};
 
-async fn fresh_database() -> String {
-    let url = std::env::var("MINTGUARD_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!("MINTGUARD_PG_URL is not set: run under tests/peers.sh (see README)")
-        });
-    let admin: tokio_postgres::Config = url.parse().unwrap();
-    let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let mut random = [0u8; 6];
-    std::io::Read::read_exact(
-        &mut std::fs::File::open("/dev/urandom").unwrap(),
-        &mut random,
-    )
-    .unwrap();
-    let db = format!(
-        "mg_broker_{}",
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let (base, _) = url.rsplit_once('/').unwrap();
-    format!("{base}/{db}")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_broker_issues_logs_and_verifies_on_postgres() {
-    let store = fresh_database().await;
+    let store = fresh_postgres_database("mg_broker").await;
     let broker = BrokerProcess::start_with(
         tempfile::tempdir().unwrap(),
         &format!("store = \"{store}\""),

@@ -4,6 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
 
+mod common;
+
 use std::sync::Arc;
 
 use mintguard_broker::log::checkpoint::LogSigner;
@@ -25,55 +27,8 @@ fn sqlite_store() -> Handle {
 }
 
 async fn postgres_store() -> Handle {
-    let url = std::env::var("MINTGUARD_PG_URL")
-        .ok()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| {
-            panic!("MINTGUARD_PG_URL is not set: run under tests/peers.sh (see README)")
-        });
-    let admin: tokio_postgres::Config = url.parse().unwrap();
-    let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
-    tokio::spawn(conn);
-    let mut random = [0u8; 6];
-    getrandom(&mut random);
-    let db = format!(
-        "mg_conformance_{}",
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    client
-        .batch_execute(&format!("CREATE DATABASE {db}"))
-        .await
-        .unwrap();
-    let mut config = admin.clone();
-    config.dbname(&db);
-    let password = String::from_utf8(config.get_password().unwrap().to_vec()).unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        other => panic!("expected a TCP host, got {other:?}"),
-    };
-    let store_url = format!(
-        "postgres://{}:{}@{}:{}/{}",
-        config.get_user().unwrap(),
-        password,
-        host,
-        config.get_ports()[0],
-        db
-    );
-    (
-        Arc::new(PostgresStore::connect(&store_url).await.unwrap()),
-        None,
-    )
-}
-
-fn getrandom(buf: &mut [u8]) {
-    use std::io::Read;
-    std::fs::File::open("/dev/urandom")
-        .unwrap()
-        .read_exact(buf)
-        .unwrap();
+    let url = common::fresh_postgres_database("mg_conformance").await;
+    (Arc::new(PostgresStore::connect(&url).await.unwrap()), None)
 }
 
 fn entry(request: &str, identity: &str, outcome: &str, time_ms: i64) -> LogEntry {

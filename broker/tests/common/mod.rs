@@ -332,3 +332,54 @@ pub async fn issue(broker: &BrokerProcess, node: &X509Svid, request: Value) -> R
     )
     .await
 }
+
+/// Renews `node`'s SVID over mTLS with a fresh key, as the agent will.
+pub async fn renew(broker: &BrokerProcess, node: &X509Svid) -> (Reply, Option<X509Svid>) {
+    let key = svid::generate_key().unwrap();
+    let csr = svid::csr_pem(&key).unwrap();
+    let reply = post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(node),
+        "/v1/node/renew",
+        &serde_json::json!({"csr": csr}),
+    )
+    .await;
+    let renewed = reply.body["svid_pem"]
+        .as_str()
+        .map(|pem| X509Svid::from_pem(pem, &key.to_pem()).unwrap());
+    (reply, renewed)
+}
+
+/// A fresh database on the PostgreSQL peer from tests/peers.sh; its URL.
+/// Fails (never skips) without MINTGUARD_PG_URL.
+pub async fn fresh_postgres_database(prefix: &str) -> String {
+    let url = std::env::var("MINTGUARD_PG_URL")
+        .ok()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| {
+            panic!("MINTGUARD_PG_URL is not set: run under tests/peers.sh (see README)")
+        });
+    let admin: tokio_postgres::Config = url.parse().unwrap();
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let mut random = [0u8; 6];
+    std::io::Read::read_exact(
+        &mut std::fs::File::open("/dev/urandom").unwrap(),
+        &mut random,
+    )
+    .unwrap();
+    let db = format!(
+        "{prefix}_{}",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    client
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let (base, _) = url.rsplit_once('/').unwrap();
+    format!("{base}/{db}")
+}
