@@ -172,6 +172,25 @@ pub async fn serve_mtls(
     acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
     router: Router,
 ) {
+    serve_spiffe(listener, acceptor, router, false).await;
+}
+
+/// Like [`serve_mtls`] for an acceptor built with `SpiffeAcceptor::optional`:
+/// a client without a certificate is served with no peer extension.
+pub async fn serve_optional_mtls(
+    listener: TcpListener,
+    acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
+    router: Router,
+) {
+    serve_spiffe(listener, acceptor, router, true).await;
+}
+
+async fn serve_spiffe(
+    listener: TcpListener,
+    acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
+    router: Router,
+    optional: bool,
+) {
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(c) => c,
@@ -183,19 +202,28 @@ pub async fn serve_mtls(
         let acceptor = acceptor.load_full();
         let router = router.clone();
         tokio::spawn(async move {
-            let (tls, peer) =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) => {
-                        tracing::info!(%addr, %e, "mTLS handshake refused");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(%addr, "mTLS handshake timed out");
-                        return;
-                    }
-                };
-            serve_connection(TokioIo::new(tls), addr, Some(peer), router).await;
+            let handshake = async {
+                if optional {
+                    acceptor.accept_optional(tcp).await
+                } else {
+                    acceptor
+                        .accept(tcp)
+                        .await
+                        .map(|(tls, peer)| (tls, Some(peer)))
+                }
+            };
+            let (tls, peer) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::info!(%addr, %e, "mTLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%addr, "mTLS handshake timed out");
+                    return;
+                }
+            };
+            serve_connection(TokioIo::new(tls), addr, peer, router).await;
         });
     }
 }

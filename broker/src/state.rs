@@ -183,7 +183,7 @@ pub struct Broker {
     /// Checkpointing.
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
-    pub operators: RwLock<HashMap<String, (String, Role)>>,
+    pub operators: RwLock<Operators>,
     /// Introspection client token hashes.
     pub introspection: RwLock<HashMap<String, String>>,
     /// Requests per node.
@@ -435,42 +435,57 @@ fn read_token(path: &Path) -> Result<String, StartError> {
     Ok(token)
 }
 
-/// Operator tokens from `[[operators]]` and `<data_dir>/operators/*.token`
-/// (written by `mintguard-broker operator create`), and introspection tokens.
-#[allow(clippy::type_complexity)]
-pub fn load_tokens(
-    config: &Config,
-) -> Result<(HashMap<String, (String, Role)>, HashMap<String, String>), StartError> {
-    let mut operators = HashMap::new();
+/// The operators the admin API knows: a name with a role, authenticated by
+/// its bearer token or by an SVID for `spiffe://<td>/mintguard/operator/<name>`.
+#[derive(Debug, Default)]
+pub struct Operators {
+    /// Token hash → (name, role).
+    pub tokens: HashMap<String, (String, Role)>,
+    /// Name → role.
+    pub roles: HashMap<String, Role>,
+}
+
+/// Operators from `[[operators]]` and `<data_dir>/operators/NAME.role` (with
+/// `NAME.token` for a token operator; written by `mintguard-broker operator
+/// create`), and introspection tokens.
+pub fn load_tokens(config: &Config) -> Result<(Operators, HashMap<String, String>), StartError> {
+    let mut operators = Operators::default();
     for op in &config.operators {
-        operators.insert(
+        operators.tokens.insert(
             token_hash(&read_token(&op.token_file)?),
             (op.name.clone(), op.role),
         );
+        operators.roles.insert(op.name.clone(), op.role);
     }
     let dir = config.data_dir.join("operators");
     if let Ok(entries) = std::fs::read_dir(&dir) {
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "token") {
-                let name = path
-                    .file_stem()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned();
-                let role_text =
-                    std::fs::read_to_string(path.with_extension("role")).unwrap_or_default();
-                let role: Role =
-                    serde_json::from_value(serde_json::Value::String(role_text.trim().to_owned()))
-                        .map_err(|_| {
-                            setup(format!(
-                                "{}: unknown role {:?}",
-                                path.with_extension("role").display(),
-                                role_text.trim()
-                            ))
-                        })?;
-                operators.insert(token_hash(&read_token(&path)?), (name, role));
+            if path.extension().is_none_or(|e| e != "role") {
+                continue;
             }
+            let name = path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            let role_text = std::fs::read_to_string(&path).unwrap_or_default();
+            let role: Role =
+                serde_json::from_value(serde_json::Value::String(role_text.trim().to_owned()))
+                    .map_err(|_| {
+                        setup(format!(
+                            "{}: unknown role {:?}",
+                            path.display(),
+                            role_text.trim()
+                        ))
+                    })?;
+            let token = path.with_extension("token");
+            if token.exists() {
+                operators
+                    .tokens
+                    .insert(token_hash(&read_token(&token)?), (name.clone(), role));
+            }
+            operators.roles.insert(name, role);
         }
     }
     let mut introspection = HashMap::new();

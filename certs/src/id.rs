@@ -140,6 +140,14 @@ impl IdMatcher {
         }
     }
 
+    /// Operators' IDs: strictly below `/mintguard/operator`.
+    pub fn operators(trust_domain: &TrustDomain) -> Self {
+        Self::Under {
+            trust_domain: trust_domain.clone(),
+            path: "/mintguard/operator".to_owned(),
+        }
+    }
+
     /// Whether `id` is accepted.
     pub fn matches(&self, id: &SpiffeId) -> bool {
         match self {

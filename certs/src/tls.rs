@@ -131,6 +131,14 @@ struct SpiffeClientVerifier {
 }
 
 impl ClientCertVerifier for SpiffeClientVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
         self.inner.root_hint_subjects()
     }
@@ -182,10 +190,25 @@ pub fn mtls_server_config(
     bundle: &TrustBundle,
     authorize: IdMatcher,
 ) -> Result<ServerConfig> {
-    let inner =
-        WebPkiClientVerifier::builder_with_provider(Arc::new(bundle.root_store()?), provider())
-            .build()
-            .map_err(|e| CertsError::Tls(rustls::Error::General(e.to_string())))?;
+    client_auth_config(svid, bundle, authorize, false)
+}
+
+fn client_auth_config(
+    svid: &X509Svid,
+    bundle: &TrustBundle,
+    authorize: IdMatcher,
+    optional: bool,
+) -> Result<ServerConfig> {
+    let builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(bundle.root_store()?), provider());
+    let builder = if optional {
+        builder.allow_unauthenticated()
+    } else {
+        builder
+    };
+    let inner = builder
+        .build()
+        .map_err(|e| CertsError::Tls(rustls::Error::General(e.to_string())))?;
     let verifier = Arc::new(SpiffeClientVerifier {
         inner,
         matcher: authorize,
@@ -218,6 +241,40 @@ impl SpiffeAcceptor {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
             matcher: authorize,
         })
+    }
+
+    /// An acceptor for which a client certificate is optional; one that is
+    /// presented must chain to `bundle` with an ID `authorize` accepts (the
+    /// admin listener: operator SVIDs or bearer tokens).
+    pub fn optional(svid: &X509Svid, bundle: &TrustBundle, authorize: IdMatcher) -> Result<Self> {
+        let config = client_auth_config(svid, bundle, authorize.clone(), true)?;
+        Ok(Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            matcher: authorize,
+        })
+    }
+
+    /// Runs the server handshake on `io` for an acceptor from
+    /// [`SpiffeAcceptor::optional`]: the peer is `None` when the client sent
+    /// no certificate.
+    pub async fn accept_optional<IO>(
+        &self,
+        io: IO,
+    ) -> Result<(tokio_rustls::server::TlsStream<IO>, Option<SpiffePeer>)>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let stream = self.acceptor.accept(io).await.map_err(handshake_error)?;
+        let peer = match stream
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+        {
+            Some(leaf) => Some(SpiffePeer::from_info(authorize_info(leaf, &self.matcher)?)),
+            None => None,
+        };
+        Ok((stream, peer))
     }
 
     /// Runs the server handshake on `io`.

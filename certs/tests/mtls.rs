@@ -435,3 +435,54 @@ async fn a_prepared_ca_is_published_before_it_signs() {
     let out = handshake(acceptor, connector).await;
     assert!(out.client.is_ok() && out.server.is_ok());
 }
+
+/// The admin listener: a client certificate is optional, but one that is
+/// presented must be an operator's, never a node's.
+#[tokio::test]
+async fn optional_client_auth_accepts_operators_or_no_certificate_only() {
+    let d = Domain::new();
+    let acceptor =
+        SpiffeAcceptor::optional(&d.broker, &d.bundle(), IdMatcher::operators(&d.td)).unwrap();
+    let operator = enroll(
+        &d.ca,
+        &id::operator_id(&d.td, "alice").unwrap(),
+        OffsetDateTime::now_utc(),
+    );
+    let anonymous =
+        SpiffeConnector::new(None, &d.bundle(), IdMatcher::exact(id::broker_id(&d.td))).unwrap();
+
+    for (client, expected) in [
+        (
+            d.connector(&operator),
+            Some("spiffe://example.org/mintguard/operator/alice"),
+        ),
+        (anonymous, None),
+        (d.connector(&d.node("node-1")), Some("refused")),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let acceptor = acceptor.clone();
+        let server = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (mut tls, peer) = acceptor.accept_optional(tcp).await?;
+            let mut buf = [0u8; 4];
+            tls.read_exact(&mut buf)
+                .await
+                .map_err(CertsError::Handshake)?;
+            Ok::<_, CertsError>(peer.map(|p| p.id().to_string()))
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        if let Ok((mut tls, _)) = client.connect("broker", tcp).await {
+            let _ = tls.write_all(b"ping").await;
+            let _ = tls.flush().await;
+        }
+        let got = server.await.unwrap();
+        match expected {
+            Some("refused") => {
+                let e = got.expect_err("a node SVID must not pass as an operator");
+                assert!(e.to_string().contains("mintguard/node/node-1"), "{e}");
+            }
+            want => assert_eq!(got.unwrap().as_deref(), want),
+        }
+    }
+}

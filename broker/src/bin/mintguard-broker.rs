@@ -44,18 +44,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum OperatorCommand {
-    /// Create an operator token (run on the broker host; the broker loads
-    /// `<data_dir>/operators/*.token` at start and on reload).
+    /// Create an operator: a token, or with `--cert` a certificate and key for
+    /// `spiffe://<td>/mintguard/operator/NAME` (run on the broker host; the
+    /// broker loads `<data_dir>/operators/NAME.role` and `NAME.token` at start
+    /// and on reload). Run again with `--cert` to renew the certificate.
     Create {
         /// Operator name.
         name: String,
         /// viewer, operator, approver, admin or signal_source.
         #[arg(long, default_value = "admin")]
         role: String,
-        /// The broker's configuration (for its data_dir).
+        /// The broker's configuration (for its data_dir and CA).
         #[arg(long, value_name = "FILE")]
         config: PathBuf,
-        /// Also copy the token file here.
+        /// Issue an operator certificate (valid for `ca.svid_ttl`) instead of
+        /// a token.
+        #[arg(long)]
+        cert: bool,
+        /// Also copy the token file (or write the certificate, key and trust
+        /// bundle) here.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
     },
@@ -70,9 +77,10 @@ fn main() -> ExitCode {
                     name,
                     role,
                     config,
+                    cert,
                     out,
                 },
-        } => operator_create(&name, &role, &config, out),
+        } => operator_create(&name, &role, &config, cert, out),
     }
 }
 
@@ -163,10 +171,9 @@ fn operator_create(
     name: &str,
     role: &str,
     file: &std::path::Path,
+    cert: bool,
     out: Option<PathBuf>,
 ) -> ExitCode {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let config = match Config::load(file) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -189,23 +196,31 @@ fn operator_create(
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return fail(format!("{}: {e}", dir.display()));
     }
+    let role_file = dir.join(format!("{name}.role"));
+    match std::fs::read_to_string(&role_file) {
+        Ok(existing) if existing.trim() != role => {
+            return fail(format!(
+                "{}: operator {name} exists with role {}",
+                role_file.display(),
+                existing.trim()
+            ));
+        }
+        Ok(_) => {}
+        Err(_) => {
+            if let Err(e) = write_secret(&role_file, role.as_bytes(), false) {
+                return fail(format!("{}: {e}", role_file.display()));
+            }
+        }
+    }
+    if cert {
+        return operator_cert(name, &config, out.unwrap_or(dir));
+    }
     let token = format!(
         "mgop-{}",
         mintguard_broker::pipeline::random_id("t").trim_start_matches("t-")
     );
-    let write = |path: &std::path::Path, text: &str| -> std::io::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    };
     let path = dir.join(format!("{name}.token"));
-    if let Err(e) =
-        write(&path, &token).and_then(|()| write(&dir.join(format!("{name}.role")), role))
-    {
+    if let Err(e) = write_secret(&path, token.as_bytes(), false) {
         return fail(format!(
             "{}: {e} (does the operator exist already?)",
             path.display()
@@ -213,12 +228,88 @@ fn operator_create(
     }
     if let Some(out) = out {
         let copy = out.join(format!("{name}.token"));
-        if let Err(e) = std::fs::create_dir_all(&out).and_then(|()| write(&copy, &token)) {
+        if let Err(e) = std::fs::create_dir_all(&out)
+            .and_then(|()| write_secret(&copy, token.as_bytes(), false))
+        {
             return fail(format!("{}: {e}", copy.display()));
         }
         println!("{}", copy.display());
     } else {
         println!("{}", path.display());
     }
+    ExitCode::SUCCESS
+}
+
+/// Writes a 0600 file: `create_new` refuses to overwrite; `replace` writes a
+/// temporary file and renames it over the old one (certificate renewal).
+fn write_secret(path: &std::path::Path, bytes: &[u8], replace: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let target = if replace {
+        path.with_extension("tmp")
+    } else {
+        path.to_owned()
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(!replace)
+        .create(replace)
+        .truncate(replace)
+        .mode(0o600)
+        .open(&target)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    if replace {
+        std::fs::rename(&target, path)?;
+    }
+    Ok(())
+}
+
+/// Issues `spiffe://<td>/mintguard/operator/NAME` from the broker's CA and
+/// writes `NAME.crt`, `NAME.key` (0600) and `bundle.pem` into `out`.
+fn operator_cert(name: &str, config: &Config, out: PathBuf) -> ExitCode {
+    use mintguard_certs::ca::{CaSettings, CertificateAuthority};
+    let now = time::OffsetDateTime::now_utc();
+    let settings = CaSettings {
+        ca_ttl: config.ca.ca_ttl.0,
+        max_svid_ttl: config.ca.svid_ttl.0,
+    };
+    let issued = CertificateAuthority::load_or_create(
+        &config.data_dir.join("ca"),
+        config.trust_domain.clone(),
+        settings,
+        now,
+    )
+    .and_then(|ca| {
+        let id = mintguard_certs::id::operator_id(&config.trust_domain, name)?;
+        Ok((
+            ca.issue_svid(&id, config.ca.svid_ttl.0, now)?,
+            ca.bundle(now)?,
+        ))
+    });
+    let (svid, bundle) = match issued {
+        Ok(v) => v,
+        Err(e) => return fail(format!("issuing the operator certificate: {e}")),
+    };
+    let files = [
+        (format!("{name}.crt"), svid.chain_pem()),
+        (format!("{name}.key"), svid.key().to_pem().to_string()),
+        ("bundle.pem".to_owned(), bundle.to_pem()),
+    ];
+    if let Err(e) = std::fs::create_dir_all(&out) {
+        return fail(format!("{}: {e}", out.display()));
+    }
+    for (file, text) in &files {
+        let path = out.join(file);
+        if let Err(e) = write_secret(&path, text.as_bytes(), true) {
+            return fail(format!("{}: {e}", path.display()));
+        }
+    }
+    println!(
+        "{}\n{}\nvalid until {}",
+        out.join(&files[0].0).display(),
+        out.join(&files[1].0).display(),
+        svid.not_after()
+    );
     ExitCode::SUCCESS
 }

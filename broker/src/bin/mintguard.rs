@@ -1,6 +1,6 @@
 //! `mintguard`: the operator CLI. `eci` runs offline; the other verbs are
 //! clients of the broker's admin API (`--data-dir` on the broker host, or
-//! `--broker`, `--trust-domain`, `--ca` and `--token-file`).
+//! `--broker`, `--trust-domain`, `--ca` and `--token-file` or `--cert`/`--key`).
 
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
 

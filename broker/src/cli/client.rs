@@ -1,6 +1,6 @@
 //! The CLI's client of the broker's admin API: HTTPS to the admin listener,
 //! verifying the broker's exact SPIFFE ID against the trust bundle, with an
-//! operator bearer token.
+//! operator certificate (mTLS) or bearer token.
 
 use std::path::{Path, PathBuf};
 
@@ -9,6 +9,7 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use mintguard_certs::bundle::TrustBundle;
 use mintguard_certs::id::{self, IdMatcher};
+use mintguard_certs::svid::X509Svid;
 use mintguard_certs::tls::SpiffeConnector;
 use serde_json::Value;
 
@@ -31,13 +32,21 @@ pub struct Target {
     /// A file holding the operator token.
     #[arg(long, env = "MINTGUARD_TOKEN_FILE", global = true)]
     pub token_file: Option<PathBuf>,
+    /// The operator certificate (PEM chain) for mTLS instead of a token
+    /// (`mintguard-broker operator create NAME --cert`).
+    #[arg(long, env = "MINTGUARD_CERT", global = true, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The operator certificate's private key (PEM).
+    #[arg(long, env = "MINTGUARD_KEY", global = true, requires = "cert")]
+    pub key: Option<PathBuf>,
 }
 
 /// An admin API client.
 pub struct AdminClient {
     addr: String,
     connector: SpiffeConnector,
-    token: String,
+    /// The bearer token, unless the client authenticates with a certificate.
+    token: Option<String>,
 }
 
 fn read(path: &Path) -> Result<String, String> {
@@ -80,13 +89,26 @@ impl AdminClient {
             .ok_or("no trust bundle: pass --ca FILE or --data-dir")?;
         let bundle = TrustBundle::from_pem(td.clone(), &read(&ca)?)
             .map_err(|e| format!("{}: {e}", ca.display()))?;
-        let token_file = match &target.token_file {
-            Some(f) => f.clone(),
-            None => single_token(target.data_dir.as_deref())?,
+        let broker_id = IdMatcher::exact(id::broker_id(&td));
+        let (connector, token) = match (&target.cert, &target.key) {
+            (Some(cert), Some(key)) => {
+                let svid = X509Svid::from_pem(&read(cert)?, &read(key)?)
+                    .map_err(|e| format!("{}: {e}", cert.display()))?;
+                let connector = SpiffeConnector::new(Some(&svid), &bundle, broker_id)
+                    .map_err(|e| e.to_string())?;
+                (connector, None)
+            }
+            _ => {
+                let token_file = match &target.token_file {
+                    Some(f) => f.clone(),
+                    None => single_token(target.data_dir.as_deref())?,
+                };
+                let token = read(&token_file)?.trim().to_owned();
+                let connector =
+                    SpiffeConnector::new(None, &bundle, broker_id).map_err(|e| e.to_string())?;
+                (connector, Some(token))
+            }
         };
-        let token = read(&token_file)?.trim().to_owned();
-        let connector = SpiffeConnector::new(None, &bundle, IdMatcher::exact(id::broker_id(&td)))
-            .map_err(|e| e.to_string())?;
         Ok(Self {
             addr,
             connector,
@@ -116,11 +138,10 @@ impl AdminClient {
         let mut req = hyper::Request::builder()
             .method(method)
             .uri(path)
-            .header(hyper::header::HOST, "mintguard-broker")
-            .header(
-                hyper::header::AUTHORIZATION,
-                format!("Bearer {}", self.token),
-            );
+            .header(hyper::header::HOST, "mintguard-broker");
+        if let Some(token) = &self.token {
+            req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         let payload = match body {
             Some(b) => {
                 req = req.header(hyper::header::CONTENT_TYPE, "application/json");

@@ -1,6 +1,7 @@
-//! Admin listener: operators authenticate with a named bearer token (from
-//! `[[operators]]` or `mintguard-broker operator create`), never anonymously
-//! and never with a node SVID. Roles: viewer < operator < admin; approver and
+//! Admin listener: operators authenticate with an operator SVID
+//! (`spiffe://<td>/mintguard/operator/<name>`, mTLS) or a named bearer token
+//! (from `[[operators]]` or `mintguard-broker operator create`), never
+//! anonymously and never with a node SVID (refused in the handshake). Roles: viewer < operator < admin; approver and
 //! signal-source tokens reach only their own endpoints.
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use axum::http::{StatusCode, header};
 use axum::routing::{delete, get, post};
 use mintguard_api::{CreateEntryRequest, CreateTokenRequest, CreateTokenResponse, EntryView};
 use mintguard_certs::id;
+use mintguard_certs::tls::SpiffePeer;
 use mintguard_policy::rules::{RuleSet, StoredRuleSet};
 use mintguard_policy::{Decision, DecisionInput, decide};
 use serde::Deserialize;
@@ -94,19 +96,44 @@ impl FromRequestParts<Arc<Broker>> for Operator {
         parts: &mut Parts,
         broker: &Arc<Broker>,
     ) -> Result<Self, Self::Rejection> {
+        // The listener admits only operator SVIDs (a node's fails the
+        // handshake); an operator whose role was removed is refused here.
+        if let Some(peer) = parts.extensions.get::<SpiffePeer>() {
+            let name = peer
+                .id()
+                .path()
+                .strip_prefix("/mintguard/operator/")
+                .unwrap_or_default()
+                .to_owned();
+            let role = broker
+                .operators
+                .read()
+                .ok()
+                .and_then(|o| o.roles.get(&name).copied());
+            return match role {
+                Some(role) => Ok(Operator { name, role }),
+                None => Err(ApiError::forbidden(
+                    "unknown_operator",
+                    format!("{} has no operator role", peer.id()),
+                )),
+            };
+        }
         let token = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| {
-                ApiError::unauthenticated("unauthenticated", "an operator bearer token is required")
+                ApiError::unauthenticated(
+                    "unauthenticated",
+                    "an operator certificate or bearer token is required",
+                )
             })?;
         let found = broker
             .operators
             .read()
             .ok()
-            .and_then(|m| m.get(&token_hash(token)).cloned());
+            .and_then(|o| o.tokens.get(&token_hash(token)).cloned());
         let (name, role) = found.ok_or_else(|| {
             ApiError::unauthenticated("unauthenticated", "unknown operator token")
         })?;

@@ -75,12 +75,21 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         node_acceptor.clone(),
         agents::router(broker.clone()).layer(limit),
     ));
-    tokio::spawn(crate::http::serve_tls(
+    let operator_acceptor = Arc::new(ArcSwap::from_pointee(
+        SpiffeAcceptor::optional(&svid, &bundle, IdMatcher::operators(&config.trust_domain))
+            .map_err(|e| e.to_string())?,
+    ));
+    tokio::spawn(crate::http::serve_optional_mtls(
         admin,
-        server_tls.clone(),
+        operator_acceptor.clone(),
         admin::router(broker.clone()).layer(limit),
     ));
-    tokio::spawn(rotate_identity(broker.clone(), server_tls, node_acceptor));
+    tokio::spawn(rotate_identity(
+        broker.clone(),
+        server_tls,
+        node_acceptor,
+        operator_acceptor,
+    ));
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
     tokio::spawn(
         broker
@@ -98,6 +107,7 @@ async fn rotate_identity(
     broker: Arc<Broker>,
     server_tls: Arc<ArcSwap<rustls::ServerConfig>>,
     node_acceptor: Arc<ArcSwap<SpiffeAcceptor>>,
+    operator_acceptor: Arc<ArcSwap<SpiffeAcceptor>>,
 ) {
     loop {
         let now = time::OffsetDateTime::now_utc();
@@ -108,7 +118,7 @@ async fn rotate_identity(
             u64::try_from(wait.whole_milliseconds()).unwrap_or(1000),
         ))
         .await;
-        if let Err(e) = renew_identity(&broker, &server_tls, &node_acceptor) {
+        if let Err(e) = renew_identity(&broker, &server_tls, &node_acceptor, &operator_acceptor) {
             tracing::error!(%e, "renewing the broker's identity failed; retrying");
             tokio::time::sleep(std::time::Duration::from_secs(5)).await;
         }
@@ -119,6 +129,7 @@ fn renew_identity(
     broker: &Broker,
     server_tls: &ArcSwap<rustls::ServerConfig>,
     node_acceptor: &ArcSwap<SpiffeAcceptor>,
+    operator_acceptor: &ArcSwap<SpiffeAcceptor>,
 ) -> Result<(), String> {
     let config = broker.config();
     let now = time::OffsetDateTime::now_utc();
@@ -147,6 +158,10 @@ fn renew_identity(
     ));
     node_acceptor.store(Arc::new(
         SpiffeAcceptor::new(&svid, &bundle, IdMatcher::nodes(&config.trust_domain))
+            .map_err(|e| e.to_string())?,
+    ));
+    operator_acceptor.store(Arc::new(
+        SpiffeAcceptor::optional(&svid, &bundle, IdMatcher::operators(&config.trust_domain))
             .map_err(|e| e.to_string())?,
     ));
     tracing::info!(until = %svid.not_after(), "broker SVID renewed");
