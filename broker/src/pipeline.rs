@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mintguard_api::{
-    CredentialRequest, CredentialResponse, IssueRequest, MAX_PURPOSE_LEN, MAX_SELECTOR_LEN,
-    MAX_SELECTORS,
+    CredentialRequest, CredentialResponse, IssueRequest, MAX_FACT_LEN, MAX_PURPOSE_LEN,
+    MAX_SELECTOR_LEN, MAX_SELECTORS, NodeFacts,
 };
 use mintguard_policy::budget::BudgetSnapshot;
 use mintguard_policy::decision::{
@@ -69,6 +69,16 @@ fn validate(req: &IssueRequest) -> Result<(), ApiError> {
         return Err(ApiError::bad_request(
             "bad_selectors",
             format!("malformed selector {:?}", crate::http::excerpt(s)),
+        ));
+    }
+    if let Some(f) = &req.node_facts
+        && [&f.agent_version, &f.kernel_release, &f.socket_mode]
+            .iter()
+            .any(|s| s.len() > MAX_FACT_LEN)
+    {
+        return Err(ApiError::bad_request(
+            "bad_node_facts",
+            format!("node facts are limited to {MAX_FACT_LEN} bytes each"),
         ));
     }
     let r = &req.request;
@@ -153,6 +163,32 @@ pub fn node_posture(
         (100, "broker:node_svid")
     } else {
         (50, "broker:node_svid_not_renewed")
+    }
+}
+
+/// Node facts the agent reports can only lower posture: an agent older than
+/// `signals.min_agent_version` (or one that does not say) gets
+/// `outdated_agent_posture` when a minimum is configured.
+fn lower_posture_by_facts<'a>(
+    signals: &crate::config::SignalsConfig,
+    posture: (u8, &'a str),
+    facts: Option<&NodeFacts>,
+) -> (u8, &'a str) {
+    let Some(minimum) = signals
+        .min_agent_version
+        .as_deref()
+        .and_then(crate::config::parse_version)
+    else {
+        return posture;
+    };
+    let reported = facts.and_then(|f| crate::config::parse_version(&f.agent_version));
+    if reported.is_some_and(|v| v >= minimum) || posture.0 <= signals.outdated_agent_posture {
+        posture
+    } else {
+        (
+            signals.outdated_agent_posture,
+            "agent:version_below_minimum",
+        )
     }
 }
 
@@ -275,7 +311,12 @@ async fn issue_inner(
 ) -> Result<Response, ApiError> {
     validate(&req)?;
     let dynamic = broker.dynamic.load_full();
-    let IssueRequest { selectors, request } = req;
+    let IssueRequest {
+        selectors,
+        request,
+        node_facts,
+    } = req;
+    let posture = lower_posture_by_facts(&dynamic.config.signals, posture, node_facts.as_ref());
     let Some(grant) = dynamic.config.grants.get(&request.grant) else {
         return Err(ApiError::bad_request(
             "unknown_grant",
@@ -392,6 +433,7 @@ async fn issue_inner(
         "input": input,
         "decision": decision,
         "selectors": selectors,
+        "node_facts": node_facts,
         "entry_id": entry.id,
         "request": request,
     });
@@ -717,6 +759,42 @@ pub fn request(grant: &str) -> CredentialRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_facts_only_lower_posture() {
+        let mut signals = crate::config::SignalsConfig::default();
+        let facts = |v: &str| NodeFacts {
+            agent_version: v.into(),
+            ..NodeFacts::default()
+        };
+        let fresh = (100, "broker:node_svid");
+        // No minimum configured: facts change nothing.
+        assert_eq!(
+            lower_posture_by_facts(&signals, fresh, Some(&facts("0.0.1"))),
+            fresh
+        );
+        signals.min_agent_version = Some("0.2.0".into());
+        let cases = [
+            (Some(facts("0.2.0")), 100),
+            (Some(facts("1.0.0-rc1")), 100),
+            (Some(facts("0.1.9")), 30),
+            (Some(facts("not a version")), 30),
+            (None, 30),
+        ];
+        for (f, want) in cases {
+            assert_eq!(
+                lower_posture_by_facts(&signals, fresh, f.as_ref()).0,
+                want,
+                "{f:?}"
+            );
+        }
+        // Never raised: an already lower posture stays.
+        let stale = (20, "broker:node_svid_not_renewed");
+        assert_eq!(
+            lower_posture_by_facts(&signals, stale, Some(&facts("0.0.1"))),
+            stale
+        );
+    }
 
     #[test]
     fn posture_drops_when_the_node_stops_renewing() {

@@ -101,6 +101,27 @@ pub struct IssueRequest {
     pub selectors: Vec<String>,
     /// The workload's request.
     pub request: CredentialRequest,
+    /// What the agent reports about its node; the broker may use these only
+    /// to lower posture, never to raise it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_facts: Option<NodeFacts>,
+}
+
+/// Longest node fact string, in bytes.
+pub const MAX_FACT_LEN: usize = 128;
+
+/// Node facts an agent reports with each request.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeFacts {
+    /// The agent's version (semver).
+    pub agent_version: String,
+    /// `uname -r` of the node.
+    pub kernel_release: String,
+    /// Seconds since the node booted.
+    pub uptime_seconds: u64,
+    /// The workload socket's mode as configured, octal (e.g. `0660`).
+    pub socket_mode: String,
 }
 
 /// `POST /v1/node/enroll` (public listener): a join token and a CSR.
