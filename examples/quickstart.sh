@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
 # Mintguard's main job on its embedded defaults: a broker with SQLite and a
 # generated CA and keys (examples/broker/broker.toml, in a fresh directory),
-# a node enrolled with a join token, a workload attested by uid, gid and the
-# SHA-256 of its executable getting a JWT over mTLS and verifying it against
-# the JWKS, then the issuance log and its verification.
-#
-# Until the agent binary lands, broker/examples/quickstart_node.rs plays the
-# node (enrollment, mTLS) and the workload.
+# the node agent enrolled with a join token (examples/agent/agent.toml), a
+# workload attested by the agent from the kernel (uid, gid, the SHA-256 of its
+# executable) getting a JWT over the agent's Unix socket and verifying it
+# against the broker's JWKS, then the issuance log and its verification.
 #
 #   ./examples/quickstart.sh            # in a temp dir, removed afterwards
 #   MINTGUARD_QUICKSTART_DIR=~/.local/share/mintguard-quickstart ./examples/quickstart.sh   # keep it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build -q -p mintguard-broker --bins --example quickstart_node
+cargo build -q -p mintguard-broker --bins
+cargo build -q -p mintguard-agent --bins --example workload
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
 bin=$target
-node_bin=$target/examples/quickstart_node
+workload_bin=$target/examples/workload
 
 if [[ -n ${MINTGUARD_QUICKSTART_DIR:-} ]]; then
     work=$MINTGUARD_QUICKSTART_DIR
@@ -26,14 +25,15 @@ else
     work=$(mktemp -d /tmp/mintguard-quickstart.XXXXXX)
     trap 'rm -rf "$work"' EXIT
 fi
-cp -r examples/broker examples/policies examples/graphs "$work/"
+cp -r examples/broker examples/agent examples/policies examples/graphs "$work/"
 config=$work/broker/broker.toml
 data=$work/broker/data
 
 "$bin/mintguard-broker" operator create quickstart --role admin --config "$config" >/dev/null
 "$bin/mintguard-broker" run --config "$config" 2>"$work/broker.log" &
 broker_pid=$!
-trap 'kill $broker_pid 2>/dev/null; wait $broker_pid 2>/dev/null; [[ -n ${MINTGUARD_QUICKSTART_DIR:-} ]] || rm -rf "$work"' EXIT
+agent_pid=
+trap 'kill $agent_pid $broker_pid 2>/dev/null; wait $agent_pid $broker_pid 2>/dev/null; [[ -n ${MINTGUARD_QUICKSTART_DIR:-} ]] || rm -rf "$work"' EXIT
 for _ in $(seq 100); do
     [[ -s $data/listen.json ]] && break
     kill -0 $broker_pid 2>/dev/null || { cat "$work/broker.log" >&2; exit 1; }
@@ -44,13 +44,32 @@ echo "== broker: $(tail -1 "$work/broker.log")"
 
 mg() { "$bin/mintguard" --data-dir "$data" "$@"; }
 token=$(mg token create --node node-1 --ttl 5m | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-sha=$(sha256sum "$node_bin" | cut -d' ' -f1)
+sha=$(sha256sum "$workload_bin" | cut -d' ' -f1)
 mg entry create --spiffe-id spiffe://example.org/ns/pay/sa/api --parent node-1 \
     --selector "unix:uid:$(id -u)" --selector "unix:sha256:$sha" --grant payments-token >/dev/null
 echo "== registered spiffe://example.org/ns/pay/sa/api for uid $(id -u) running sha256 ${sha:0:16}…"
 
-echo "== the node enrolls, the workload asks for a credential"
-MINTGUARD_JOIN_TOKEN=$token "$node_bin" "$data"
+echo "== the agent enrolls node-1 with its join token (read from the environment, never argv)"
+python3 - "$data/listen.json" "$work/agent/agent.toml" <<'PY'
+import json, sys
+listen = json.load(open(sys.argv[1]))
+text = open(sys.argv[2]).read()
+text = text.replace("BROKER_PUBLIC", listen["public"]).replace("BROKER_AGENTS", listen["agents"])
+open(sys.argv[2], "w").write(text)
+PY
+MINTGUARD_JOIN_TOKEN=$token "$bin/mintguard-agent" run --config "$work/agent/agent.toml" 2>"$work/agent.log" &
+agent_pid=$!
+socket=$work/agent/agent.sock
+for _ in $(seq 100); do
+    [[ -S $socket ]] && grep -q "serving workloads" "$work/agent.log" && break
+    kill -0 $agent_pid 2>/dev/null || { cat "$work/agent.log" >&2; exit 1; }
+    sleep 0.1
+done
+grep -q "serving workloads" "$work/agent.log" || { echo "the agent did not start:" >&2; cat "$work/agent.log" >&2; exit 1; }
+echo "== agent: $(grep -o 'node=[^ ]*' "$work/agent.log" | tail -1), socket $socket"
+
+echo "== the workload asks the agent for a credential"
+"$workload_bin" "$socket" "$data"
 
 echo "== the issuance log"
 mg logs

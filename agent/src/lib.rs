@@ -5,7 +5,86 @@
 //! and forwards credential requests to the broker over mTLS with the node's
 //! SVID, pinning the broker's exact SPIFFE ID.
 //!
-//! The agent is being built up in order on `mintguard-certs` (node key, CSR,
-//! SVID, SPIFFE-pinned TLS) and `mintguard-api` (the wire types).
+//! - [`config`]: the TOML configuration (`deploy/agent_full.toml`).
+//! - [`node`]: enrollment with a join token, the stored node SVID, renewal.
+//! - [`broker`]: kept-alive mTLS connections to the broker, bounded retries.
+//! - [`attest`]: `SO_PEERCRED` + `/proc` → selectors, pid-reuse guarded.
+//! - [`workload`]: the Workload API on the Unix socket.
+//! - [`watch`]: `bind_to_process` leases revoked when their process exits.
+//! - [`client`]: the helpers' side (`credential-process`, `fetch`).
 
 #![forbid(unsafe_code)]
+
+pub mod attest;
+pub mod broker;
+pub mod client;
+pub mod config;
+pub mod node;
+pub mod watch;
+pub mod workload;
+
+use std::sync::Arc;
+
+use mintguard_api::NodeFacts;
+
+/// The node facts this agent reports with each request.
+pub fn node_facts(config: &config::Config) -> NodeFacts {
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    NodeFacts {
+        agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+        kernel_release: read("/proc/sys/kernel/osrelease")
+            .trim()
+            .chars()
+            .take(128)
+            .collect(),
+        uptime_seconds: read("/proc/uptime")
+            .split('.')
+            .next()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        socket_mode: format!("{:04o}", config.socket_mode),
+    }
+}
+
+/// Runs the agent: node identity (enroll or reuse), entries, the workload
+/// socket, renewal and process watches. Returns only on a start-up error.
+pub async fn run(config: config::Config) -> Result<(), String> {
+    let socket = workload::bind(&config.socket_path, config.socket_mode, config.socket_group)
+        .map_err(|e| e.to_string())?;
+    let attestor =
+        attest::Attestor::new().map_err(|e| format!("attesting the agent itself: {e}"))?;
+    let node = node::NodeIdentity::start(&config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let watches = Arc::new(watch::Watches::default());
+    let agent = workload::Agent::new(node.clone(), attestor, node_facts(&config), watches.clone());
+    match agent.refresh_entries().await {
+        Ok(n) => tracing::info!(entries = n, "entries fetched"),
+        Err(e) => tracing::warn!(%e, "fetching entries failed; retrying in the background"),
+    }
+    tokio::spawn(node.clone().renew_forever());
+    tokio::spawn(watches.run(node.clone(), config.workloads.bind_poll_interval.0));
+    let refresher = agent.clone();
+    let every = config.workloads.entries_refresh.0;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tick.tick().await;
+            if let Err(e) = refresher.refresh_entries().await {
+                tracing::warn!(%e, "refreshing entries failed");
+            }
+        }
+    });
+    tracing::info!(
+        socket = %config.socket_path.display(),
+        node = %node.svid().spiffe_id(),
+        "serving workloads"
+    );
+    workload::serve(
+        socket,
+        workload::router(agent),
+        config.workloads.max_connections,
+    )
+    .await;
+    Ok(())
+}

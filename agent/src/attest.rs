@@ -1,0 +1,347 @@
+//! Workload attestation from the kernel, never from the request: the
+//! socket's `SO_PEERCRED` (pid, uid, gid) and `/proc/PID` (executable, its
+//! SHA-256, cgroups), re-read on every request and guarded against pid reuse
+//! by comparing the process start time before and after the reads.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// The peer of a workload connection, as the kernel reported it at connect
+/// time, with the process start time read right then.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    /// Process id.
+    pub pid: i32,
+    /// Effective uid at connect.
+    pub uid: u32,
+    /// Effective gid at connect.
+    pub gid: u32,
+    /// Start time (clock ticks since boot, `/proc/PID/stat` field 22).
+    pub start_time: u64,
+}
+
+/// Why a workload could not be attested (401 with the reason).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum AttestError {
+    /// The connecting process exited, or its pid now names another process.
+    #[error("the connecting process {0} is gone (exited, or its pid was reused)")]
+    PeerGone(i32),
+    /// `/proc` could not be read (the agent needs root or CAP_SYS_PTRACE).
+    #[error("cannot read {path}: {reason}")]
+    Proc {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// The agent's own helper whose parent cannot vouch for it.
+    #[error("credential helper refused: {0}")]
+    Helper(String),
+    /// The kernel gave no pid (not a local process).
+    #[error("the socket peer has no pid")]
+    NoPid,
+}
+
+/// What `/proc/PID/stat` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// Parent pid.
+    pub ppid: i32,
+    /// Session id.
+    pub session: i32,
+    /// Start time, clock ticks since boot.
+    pub start_time: u64,
+}
+
+/// Reads `/proc/PID/stat` (the command name may hold spaces and parentheses:
+/// fields are counted after its last `)`).
+pub fn stat(pid: i32) -> Result<Stat, AttestError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(|_| AttestError::PeerGone(pid))?;
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| proc_error(&path, "malformed"))?;
+    // After ")": state(3) ppid(4) pgrp(5) session(6) … starttime(22).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<i64, AttestError> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| proc_error(&path, "malformed"))
+    };
+    Ok(Stat {
+        ppid: i32::try_from(field(4)?).unwrap_or(0),
+        session: i32::try_from(field(6)?).unwrap_or(0),
+        start_time: u64::try_from(field(22)?).unwrap_or(0),
+    })
+}
+
+fn proc_error(path: &str, reason: impl ToString) -> AttestError {
+    AttestError::Proc {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// The real uid of `pid` (`/proc/PID/status`, `Uid:` first field).
+fn real_uid(pid: i32) -> Result<u32, AttestError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|_| AttestError::PeerGone(pid))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .ok_or_else(|| proc_error(&path, "no Uid line"))
+}
+
+type FileKey = (u64, u64, u64, i64, i64);
+
+/// Attests workloads; caches executable hashes by device, inode, size and mtime.
+pub struct Attestor {
+    own_sha256: String,
+    hashes: Mutex<HashMap<FileKey, String>>,
+    users: Mutex<Option<(i64, HashMap<u32, String>)>>,
+}
+
+/// Most cached executable hashes.
+const MAX_CACHED_HASHES: usize = 4096;
+
+impl Attestor {
+    /// An attestor that recognizes its own binary (`/proc/self/exe`) as the
+    /// credential helper.
+    pub fn new() -> Result<Self, AttestError> {
+        let me = Self {
+            own_sha256: String::new(),
+            hashes: Mutex::new(HashMap::new()),
+            users: Mutex::new(None),
+        };
+        let (_, own) = me.executable(std::process::id().try_into().unwrap_or(0))?;
+        Ok(Self {
+            own_sha256: own,
+            ..me
+        })
+    }
+
+    /// The SHA-256 of the agent's own binary.
+    pub fn own_sha256(&self) -> &str {
+        &self.own_sha256
+    }
+
+    /// The executable path and SHA-256 of `pid` (hashed through
+    /// `/proc/PID/exe`, so it is the file the process runs even if the path
+    /// was replaced or deleted since).
+    fn executable(&self, pid: i32) -> Result<(PathBuf, String), AttestError> {
+        let link = format!("/proc/{pid}/exe");
+        let path = std::fs::read_link(&link).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => AttestError::PeerGone(pid),
+            _ => proc_error(&link, e),
+        })?;
+        let meta = std::fs::metadata(&link).map_err(|e| proc_error(&link, e))?;
+        let key = (
+            meta.dev(),
+            meta.ino(),
+            meta.size(),
+            meta.mtime(),
+            meta.mtime_nsec(),
+        );
+        if let Some(hash) = self.hashes.lock().ok().and_then(|h| h.get(&key).cloned()) {
+            return Ok((path, hash));
+        }
+        let mut file = std::fs::File::open(&link).map_err(|e| proc_error(&link, e))?;
+        // aws-lc's SHA-256: fast in every build profile, on multi-MB binaries.
+        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| proc_error(&link, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let hash: String = hasher
+            .finish()
+            .as_ref()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if let Ok(mut h) = self.hashes.lock() {
+            if h.len() >= MAX_CACHED_HASHES {
+                h.clear();
+            }
+            h.insert(key, hash.clone());
+        }
+        Ok((path, hash))
+    }
+
+    /// The user name for `uid` from `/etc/passwd` (re-read when it changes;
+    /// users only known to NSS modules get no `unix:user` selector).
+    fn user_name(&self, uid: u32) -> Option<String> {
+        let mtime = std::fs::metadata("/etc/passwd").ok()?.mtime();
+        let mut users = self.users.lock().ok()?;
+        if users.as_ref().is_none_or(|(m, _)| *m != mtime) {
+            let text = std::fs::read_to_string("/etc/passwd").ok()?;
+            let map = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split(':');
+                    let name = f.next()?;
+                    let uid = f.nth(1)?.parse().ok()?;
+                    Some((uid, name.to_owned()))
+                })
+                .collect();
+            *users = Some((mtime, map));
+        }
+        users.as_ref()?.1.get(&uid).cloned()
+    }
+
+    /// The workload's selectors, read now. For the agent's own helper
+    /// (`credential-process`, `fetch`), uid and gid are the helper's and the
+    /// executable is its parent's: the parent must be alive, not PID 1, in
+    /// the helper's session (an orphan is reparented to init or a subreaper
+    /// outside it), under the same uid, and started before the helper.
+    pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
+        let before = stat(peer.pid)?;
+        if before.start_time != peer.start_time {
+            return Err(AttestError::PeerGone(peer.pid));
+        }
+        let (mut path, mut sha) = self.executable(peer.pid)?;
+        if sha == self.own_sha256 {
+            (path, sha) = self.helper_parent(peer, &before)?;
+        }
+        let cgroups = cgroup_selectors(peer.pid);
+        // The pid still names the process that connected.
+        if stat(peer.pid)?.start_time != peer.start_time {
+            return Err(AttestError::PeerGone(peer.pid));
+        }
+        let mut selectors = vec![
+            format!("unix:uid:{}", peer.uid),
+            format!("unix:gid:{}", peer.gid),
+        ];
+        if let Some(name) = self.user_name(peer.uid) {
+            selectors.push(format!("unix:user:{name}"));
+        }
+        let path = path.to_string_lossy();
+        selectors.push(format!(
+            "unix:path:{}",
+            path.strip_suffix(" (deleted)").unwrap_or(&path)
+        ));
+        selectors.push(format!("unix:sha256:{sha}"));
+        selectors.extend(cgroups);
+        Ok(selectors)
+    }
+
+    fn helper_parent(&self, peer: &Peer, helper: &Stat) -> Result<(PathBuf, String), AttestError> {
+        let ppid = helper.ppid;
+        if ppid <= 1 {
+            return Err(AttestError::Helper(
+                "its parent is PID 1 (the helper was orphaned)".into(),
+            ));
+        }
+        let parent = stat(ppid)?;
+        if parent.session != helper.session {
+            return Err(AttestError::Helper(format!(
+                "its parent {ppid} is outside its session (orphaned to a subreaper?)"
+            )));
+        }
+        if parent.start_time > helper.start_time {
+            return Err(AttestError::Helper(format!(
+                "its parent {ppid} started after it"
+            )));
+        }
+        if real_uid(ppid)? != peer.uid {
+            return Err(AttestError::Helper(format!(
+                "its parent {ppid} runs under another uid"
+            )));
+        }
+        let found = self.executable(ppid)?;
+        // The parent is still the one checked, and still the helper's parent.
+        if stat(ppid)?.start_time != parent.start_time || stat(peer.pid)?.ppid != ppid {
+            return Err(AttestError::Helper(format!("its parent {ppid} exited")));
+        }
+        Ok(found)
+    }
+}
+
+/// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
+/// where a path holds a 64-hex container id (docker, containerd, CRI-O).
+fn cgroup_selectors(pid: i32) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for line in text.lines().take(32) {
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
+        if path.is_empty() || path.len() > 400 {
+            continue;
+        }
+        let selector = format!("cgroup:path:{path}");
+        if !out.contains(&selector) {
+            out.push(selector);
+        }
+        if let Some(id) = container_id(Path::new(path)) {
+            let selector = format!("cgroup:container_id:{id}");
+            if !out.contains(&selector) {
+                out.push(selector);
+            }
+        }
+    }
+    out
+}
+
+fn container_id(path: &Path) -> Option<String> {
+    path.components().rev().find_map(|c| {
+        let name = c.as_os_str().to_str()?;
+        let name = name.strip_suffix(".scope").unwrap_or(name);
+        let id = name.rsplit(['-', ':']).next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn me() -> Peer {
+        let pid = i32::try_from(std::process::id()).unwrap();
+        Peer {
+            pid,
+            uid: 0,
+            gid: 0,
+            start_time: stat(pid).unwrap().start_time,
+        }
+    }
+
+    #[test]
+    fn stat_parses_names_with_spaces_and_parentheses() {
+        let s = stat(i32::try_from(std::process::id()).unwrap()).unwrap();
+        assert!(s.start_time > 0);
+        assert!(s.ppid > 0);
+    }
+
+    #[test]
+    fn a_pid_whose_start_time_changed_is_refused() {
+        let attestor = Attestor::new().unwrap();
+        let mut peer = me();
+        peer.start_time += 1;
+        assert_eq!(attestor.attest(&peer), Err(AttestError::PeerGone(peer.pid)));
+    }
+
+    #[test]
+    fn container_ids_are_found_in_common_layouts() {
+        let id = "a".repeat(64);
+        for path in [
+            format!("/docker/{id}"),
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/kubepods/burstable/pod1/cri-containerd:{id}"),
+        ] {
+            assert_eq!(container_id(Path::new(&path)), Some(id.clone()), "{path}");
+        }
+        assert_eq!(container_id(Path::new("/user.slice/user-0.slice")), None);
+    }
+}

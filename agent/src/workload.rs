@@ -1,0 +1,484 @@
+//! The Workload API on a Unix socket (HTTP/1.1, JSON): every request is
+//! attested from the kernel, then forwarded to the broker with the attested
+//! selectors and the node's facts.
+
+use std::collections::HashMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use hyper_util::rt::TokioIo;
+use hyper_util::service::TowerToHyperService;
+use mintguard_api::{
+    CredentialRequest, CredentialResponse, EntryView, ErrorBody, IssueRequest, MAX_REQUEST_BYTES,
+    NodeFacts,
+};
+use serde_json::json;
+use tokio::net::UnixListener;
+use tower::ServiceExt;
+
+use crate::attest::{AttestError, Attestor, Peer};
+use crate::broker::BrokerError;
+use crate::node::NodeIdentity;
+use crate::watch::Watches;
+
+/// Largest request head (request line and headers) on the socket, in bytes.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// How long a client may take to send a request's headers.
+pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// An error in the one shape every endpoint answers with.
+#[derive(Debug)]
+pub struct AgentError {
+    status: StatusCode,
+    body: ErrorBody,
+    retry_after: Option<String>,
+}
+
+impl AgentError {
+    /// An error with a status, code and message.
+    pub fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody::new(code, message, Vec::new()),
+            retry_after: None,
+        }
+    }
+
+    fn with_reasons(mut self, reasons: Vec<String>) -> Self {
+        self.body.error.reasons = reasons;
+        self
+    }
+}
+
+impl IntoResponse for AgentError {
+    fn into_response(self) -> Response {
+        let mut res = (self.status, axum::Json(self.body)).into_response();
+        if let Some(v) = self
+            .retry_after
+            .and_then(|v| HeaderValue::from_str(&v).ok())
+        {
+            res.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        res
+    }
+}
+
+impl From<AttestError> for AgentError {
+    fn from(e: AttestError) -> Self {
+        AgentError::new(StatusCode::UNAUTHORIZED, "not_attested", e.to_string())
+    }
+}
+
+impl From<BrokerError> for AgentError {
+    fn from(e: BrokerError) -> Self {
+        let mut err = AgentError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            e.to_string(),
+        );
+        err.retry_after = Some("1".into());
+        err
+    }
+}
+
+/// Who issued a lease through this agent (for `DELETE` and `bind_to_process`).
+#[derive(Clone, Debug)]
+struct LeaseOwner {
+    uid: String,
+    sha256: String,
+}
+
+/// The agent's shared state.
+pub struct Agent {
+    /// The node identity and broker client.
+    pub node: Arc<NodeIdentity>,
+    /// The attestor.
+    pub attestor: Attestor,
+    /// This node's entries, refreshed from the broker.
+    pub entries: arc_swap::ArcSwap<Vec<EntryView>>,
+    /// Node facts sent with every request.
+    pub facts: NodeFacts,
+    /// Process watches for `bind_to_process`.
+    pub watches: Arc<Watches>,
+    leases: Mutex<HashMap<String, LeaseOwner>>,
+}
+
+/// Most leases the agent remembers owners for.
+const MAX_TRACKED_LEASES: usize = 100_000;
+
+impl Agent {
+    /// The agent's state.
+    pub fn new(
+        node: Arc<NodeIdentity>,
+        attestor: Attestor,
+        facts: NodeFacts,
+        watches: Arc<Watches>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            node,
+            attestor,
+            entries: arc_swap::ArcSwap::from_pointee(Vec::new()),
+            facts,
+            watches,
+            leases: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Fetches this node's entries from the broker.
+    pub async fn refresh_entries(&self) -> Result<usize, String> {
+        let reply = self
+            .node
+            .broker
+            .send("GET", "/v1/node/entries", None)
+            .await
+            .map_err(|e| e.to_string())?;
+        if reply.status != 200 {
+            return Err(format!("entries: {}", reply.status));
+        }
+        let entries: Vec<EntryView> =
+            serde_json::from_slice(&reply.body).map_err(|e| e.to_string())?;
+        let n = entries.len();
+        self.entries.store(Arc::new(entries));
+        Ok(n)
+    }
+
+    /// Issues for an already attested workload (also the container
+    /// credentials endpoint's path).
+    pub async fn issue(
+        &self,
+        selectors: Vec<String>,
+        request: CredentialRequest,
+    ) -> Result<(StatusCode, Option<String>, Bytes), AgentError> {
+        let body = serde_json::to_vec(&IssueRequest {
+            selectors,
+            request,
+            node_facts: Some(self.facts.clone()),
+        })
+        .map_err(|e| AgentError::new(StatusCode::BAD_REQUEST, "bad_request", e.to_string()))?;
+        let reply = self
+            .node
+            .broker
+            .send("POST", "/v1/issue", Some(body))
+            .await?;
+        let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+        Ok((status, reply.retry_after, reply.body))
+    }
+}
+
+fn selector<'a>(selectors: &'a [String], prefix: &str) -> &'a str {
+    selectors
+        .iter()
+        .find_map(|s| s.strip_prefix(prefix))
+        .unwrap_or_default()
+}
+
+fn attest(agent: &Agent, peer: Option<&Peer>) -> Result<Vec<String>, AgentError> {
+    let peer = peer.ok_or(AttestError::NoPid)?;
+    Ok(agent.attestor.attest(peer)?)
+}
+
+fn passthrough(status: StatusCode, retry_after: Option<String>, body: Bytes) -> Response {
+    let mut res = (status, body).into_response();
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(v) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        res.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    res
+}
+
+/// Parses a JSON body: wrong content types and malformed JSON are 400s.
+pub fn parse_json<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, AgentError> {
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim() == "application/json")
+        });
+    if !json {
+        return Err(AgentError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "bad_content_type",
+            "Content-Type must be application/json",
+        ));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| AgentError::new(StatusCode::BAD_REQUEST, "bad_json", e.to_string()))
+}
+
+async fn credentials(
+    State(agent): State<Arc<Agent>>,
+    peer: Option<axum::Extension<Peer>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, AgentError> {
+    let peer = peer.map(|p| p.0);
+    let selectors = attest(&agent, peer.as_ref())?;
+    let request: CredentialRequest = parse_json(&headers, &body)?;
+    let bind = request.bind_to_process == Some(true);
+    let owner = LeaseOwner {
+        uid: selector(&selectors, "unix:uid:").to_owned(),
+        sha256: selector(&selectors, "unix:sha256:").to_owned(),
+    };
+    let (status, retry_after, body) = agent.issue(selectors, request).await?;
+    if status == StatusCode::OK
+        && let Ok(issued) = serde_json::from_slice::<CredentialResponse>(&body)
+    {
+        if let Ok(mut leases) = agent.leases.lock() {
+            if leases.len() >= MAX_TRACKED_LEASES {
+                leases.clear();
+            }
+            leases.insert(issued.lease_id.clone(), owner);
+        }
+        if bind && let Some(peer) = peer {
+            agent.watches.add(peer, issued.lease_id.clone());
+        }
+    }
+    Ok(passthrough(status, retry_after, body))
+}
+
+async fn release(
+    State(agent): State<Arc<Agent>>,
+    peer: Option<axum::Extension<Peer>>,
+    UrlPath(lease_id): UrlPath<String>,
+) -> Result<Response, AgentError> {
+    let selectors = attest(&agent, peer.as_ref().map(|p| &p.0))?;
+    if lease_id.len() > 128
+        || !lease_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    {
+        return Err(AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_lease_id",
+            "malformed lease id",
+        ));
+    }
+    let owner = agent
+        .leases
+        .lock()
+        .ok()
+        .and_then(|l| l.get(&lease_id).cloned())
+        .ok_or_else(|| {
+            AgentError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_lease",
+                "this agent issued no such lease (or restarted since)",
+            )
+        })?;
+    if owner.uid != selector(&selectors, "unix:uid:")
+        || owner.sha256 != selector(&selectors, "unix:sha256:")
+    {
+        return Err(AgentError::new(
+            StatusCode::FORBIDDEN,
+            "not_your_lease",
+            "the lease was issued to another workload",
+        ));
+    }
+    let reply = agent
+        .node
+        .broker
+        .send("DELETE", &format!("/v1/leases/{lease_id}"), None)
+        .await?;
+    if reply.status == 204 {
+        if let Ok(mut l) = agent.leases.lock() {
+            l.remove(&lease_id);
+        }
+        agent.watches.forget(&lease_id);
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok(passthrough(status, reply.retry_after, reply.body))
+}
+
+async fn approval(
+    State(agent): State<Arc<Agent>>,
+    peer: Option<axum::Extension<Peer>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, AgentError> {
+    attest(&agent, peer.as_ref().map(|p| &p.0))?;
+    if id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(AgentError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_approval_id",
+            "malformed approval id",
+        ));
+    }
+    let reply = agent
+        .node
+        .broker
+        .send("GET", &format!("/v1/approvals/{id}"), None)
+        .await?;
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok(passthrough(status, reply.retry_after, reply.body))
+}
+
+async fn identity(
+    State(agent): State<Arc<Agent>>,
+    peer: Option<axum::Extension<Peer>>,
+) -> Result<Response, AgentError> {
+    let selectors = attest(&agent, peer.as_ref().map(|p| &p.0))?;
+    let entries = agent.entries.load();
+    let matching: Vec<_> = entries
+        .iter()
+        .filter(|e| e.selectors.iter().all(|s| selectors.contains(s)))
+        .map(|e| json!({"spiffe_id": e.spiffe_id, "grants": e.grants}))
+        .collect();
+    if matching.is_empty() {
+        return Err(AgentError::new(
+            StatusCode::UNAUTHORIZED,
+            "not_attested",
+            "no registration entry matches this workload",
+        )
+        .with_reasons(selectors));
+    }
+    Ok(axum::Json(json!({"selectors": selectors, "identities": matching})).into_response())
+}
+
+async fn health(State(agent): State<Arc<Agent>>) -> Response {
+    let svid = agent.node.svid();
+    axum::Json(json!({
+        "status": "ok",
+        "node": svid.spiffe_id().to_string(),
+        "svid_expires_at": svid.not_after().format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+        "entries": agent.entries.load().len(),
+        "agent_version": agent.facts.agent_version,
+    }))
+    .into_response()
+}
+
+async fn not_found() -> AgentError {
+    AgentError::new(StatusCode::NOT_FOUND, "not_found", "no such endpoint")
+}
+
+/// The Workload API router.
+pub fn router(agent: Arc<Agent>) -> Router {
+    Router::new()
+        .route("/v1/credentials", post(credentials))
+        .route("/v1/credentials/{lease_id}", delete(release))
+        .route("/v1/approvals/{id}", get(approval))
+        .route("/v1/identity", get(identity))
+        .route("/v1/health", get(health))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .with_state(agent)
+}
+
+/// Why the socket cannot be served.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {reason}")]
+pub struct SocketError {
+    path: String,
+    reason: String,
+}
+
+/// Binds the workload socket after checking the path is safe: the parent
+/// directory is not world-writable, an existing file is a stale socket (no
+/// agent answers on it), then sets its mode and group.
+pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, SocketError> {
+    let fail = |reason: String| SocketError {
+        path: path.display().to_string(),
+        reason,
+    };
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = std::fs::metadata(parent)
+        .map_err(|e| fail(format!("parent directory {}: {e}", parent.display())))?;
+    if meta.mode() & 0o002 != 0 {
+        return Err(fail(format!(
+            "parent directory {} is world-writable: anyone could replace the socket",
+            parent.display()
+        )));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if !m.file_type().is_socket() => {
+            return Err(fail(
+                "exists and is not a socket; refusing to replace it".into(),
+            ));
+        }
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                return Err(fail("another process is serving this socket".into()));
+            }
+            std::fs::remove_file(path)
+                .map_err(|e| fail(format!("removing the stale socket: {e}")))?;
+        }
+        Err(_) => {}
+    }
+    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| fail(format!("chmod: {e}")))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(path, None, Some(gid)).map_err(|e| fail(format!("chown: {e}")))?;
+    }
+    Ok(listener)
+}
+
+/// Serves the Workload API on `listener`, at most `max_connections` at once
+/// (further clients wait in the kernel's backlog).
+pub async fn serve(listener: UnixListener, router: Router, max_connections: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // The kernel's view of the peer, taken at connect; the start time
+        // pins the pid to this process for the connection's life.
+        let peer = stream.peer_cred().ok().and_then(|c| {
+            let pid = c.pid()?;
+            let start_time = crate::attest::stat(pid).ok()?.start_time;
+            Some(Peer {
+                pid,
+                uid: c.uid(),
+                gid: c.gid(),
+                start_time,
+            })
+        });
+        let router = router.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service =
+                tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(peer) = peer {
+                        req.extensions_mut().insert(peer);
+                    }
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES.max(8192));
+            if let Err(e) = builder
+                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+                .await
+            {
+                tracing::debug!(%e, "workload connection ended with an error");
+            }
+        });
+    }
+}
