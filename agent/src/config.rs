@@ -114,8 +114,6 @@ pub struct WorkloadsConfig {
     /// Most concurrent workload connections; more wait in the kernel backlog.
     /// Default 2048.
     pub max_connections: usize,
-    /// A connection idle this long between requests is closed. Default 60 s.
-    pub idle_timeout: Dur,
 }
 
 impl Default for WorkloadsConfig {
@@ -124,7 +122,6 @@ impl Default for WorkloadsConfig {
             entries_refresh: Dur(Duration::from_secs(30)),
             bind_poll_interval: Dur(Duration::from_millis(500)),
             max_connections: 2048,
-            idle_timeout: Dur(Duration::from_secs(60)),
         }
     }
 }

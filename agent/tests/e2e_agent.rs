@@ -1,0 +1,683 @@
+//! The real `mintguard-agent` against the real `mintguard-broker`: workloads
+//! as separate processes (root and a second Unix user via `runuser`) talking
+//! HTTP over the agent's Unix socket, attested from the kernel.
+//!
+//! Needs the workspace's binaries built (`cargo build --workspace`, as
+//! tests/run.sh does), `/usr/bin/python3` (or `MINTGUARD_SYSTEM_PYTHON`), the
+//! second user `MINTGUARD_TEST_USER` (default `mg-test`, created by
+//! tests/peers.sh) and root.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::Value;
+
+/// The workspace's target dir (this test runs from `target/debug/deps`).
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe.parent().unwrap().parent().unwrap().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace)",
+        path.display()
+    );
+    path
+}
+
+fn python() -> String {
+    std::env::var("MINTGUARD_SYSTEM_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
+}
+
+fn sha256_of(path: &Path) -> String {
+    let bytes = std::fs::read(std::fs::canonicalize(path).unwrap()).unwrap();
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits for `done`, failing after `limit` (a bound on a hang, not a timing assertion).
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+const POLICY: &str = r#"
+@id("workloads-may-mint")
+permit (principal, action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-token");
+"#;
+
+/// A broker on fixed loopback ports (so it can restart where the agent
+/// expects it) and the agent, in one temp dir readable by the test user.
+struct Node {
+    dir: tempfile::TempDir,
+    broker: Option<Child>,
+    agent: Option<Child>,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        for child in [self.agent.as_mut(), self.broker.as_mut()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Node {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(root.join("policies")).unwrap();
+        std::fs::create_dir_all(root.join("sock")).unwrap();
+        std::fs::set_permissions(root.join("sock"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(root.join("policies/all.cedar"), POLICY).unwrap();
+        let (public, agents, admin) = (free_port(), free_port(), free_port());
+        std::fs::write(
+            root.join("broker.toml"),
+            format!(
+                r#"
+trust_domain = "example.org"
+data_dir = "data"
+issuer_url = "https://mintguard.example.org"
+[listen]
+public = "127.0.0.1:{public}"
+agents = "127.0.0.1:{agents}"
+admin = "127.0.0.1:{admin}"
+[policies]
+cedar = "policies"
+[[grants]]
+name = "payments-token"
+kind = "jwt"
+max_ttl = "15m"
+jwt = {{ audience = "payments" }}
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("agent.toml"),
+            format!(
+                r#"
+data_dir = "agent-data"
+[broker]
+public = "127.0.0.1:{public}"
+agents = "127.0.0.1:{agents}"
+spiffe_id = "spiffe://example.org/mintguard/broker"
+trust_bundle = "data/bundle.pem"
+connect_timeout = "1s"
+[socket]
+path = "sock/agent.sock"
+mode = "0666"
+[workloads]
+bind_poll_interval = "100ms"
+"#
+            ),
+        )
+        .unwrap();
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload.py"),
+            root.join("workload.py"),
+        )
+        .unwrap();
+        let out = Command::new(bin("mintguard-broker"))
+            .args(["operator", "create", "ops", "--role", "admin", "--config"])
+            .arg(root.join("broker.toml"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut node = Self {
+            dir,
+            broker: None,
+            agent: None,
+        };
+        node.start_broker();
+        node
+    }
+
+    fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.root().join("sock/agent.sock")
+    }
+
+    fn start_broker(&mut self) {
+        let root = self.root().to_owned();
+        let _ = std::fs::remove_file(root.join("data/listen.json"));
+        let child = Command::new(bin("mintguard-broker"))
+            .args(["run", "--config"])
+            .arg(root.join("broker.toml"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("broker.log")).unwrap())
+            .spawn()
+            .unwrap();
+        self.broker = Some(child);
+        wait_for("the broker", Duration::from_secs(30), || {
+            root.join("data/listen.json").exists()
+        });
+    }
+
+    fn kill_broker(&mut self) {
+        if let Some(mut b) = self.broker.take() {
+            b.kill().unwrap();
+            b.wait().unwrap();
+        }
+    }
+
+    fn mg(&self, args: &[&str]) -> Output {
+        Command::new(bin("mintguard"))
+            .arg("--data-dir")
+            .arg(self.root().join("data"))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn mg_json(&self, args: &[&str]) -> Value {
+        let out = self.mg(args);
+        assert!(
+            out.status.success(),
+            "mintguard {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn join_token(&self) -> String {
+        self.mg_json(&["token", "create", "--node", "node-1", "--ttl", "10m"])["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn entry(&self, id: &str, selectors: &[String]) {
+        let mut args = vec![
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent",
+            "node-1",
+            "--grant",
+            "payments-token",
+        ];
+        for s in selectors {
+            args.push("--selector");
+            args.push(s);
+        }
+        let out = self.mg(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Starts the agent (with `token` in its environment, if any) and waits
+    /// until it serves; returns its exit and stderr if it stopped instead.
+    fn start_agent(&mut self, token: Option<&str>, config: &str) -> Result<(), String> {
+        let root = self.root().to_owned();
+        let log = root.join(format!("{config}.log"));
+        let mut cmd = Command::new("prlimit");
+        cmd.arg("--nofile=4096:4096")
+            .arg("--")
+            .arg(bin("mintguard-agent"))
+            .args(["run", "--config"])
+            .arg(root.join(config))
+            .env_remove("MINTGUARD_JOIN_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(t) = token {
+            cmd.env("MINTGUARD_JOIN_TOKEN", t);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("serving workloads") {
+                self.agent = Some(child);
+                return Ok(());
+            }
+            if let Some(status) = child.try_wait().unwrap() {
+                return Err(format!("{status}: {text}"));
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "agent did not start: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            a.kill().unwrap();
+            a.wait().unwrap();
+        }
+    }
+
+    /// Runs the Python workload (`as_user` via runuser); its output lines.
+    fn workload(&self, as_user: Option<&str>, python: &str, args: &[&str]) -> Vec<String> {
+        let mut cmd = match as_user {
+            Some(user) => {
+                let mut c = Command::new("runuser");
+                c.args(["-u", user, "--", python]);
+                c
+            }
+            None => Command::new(python),
+        };
+        let out = cmd
+            .arg(self.root().join("workload.py"))
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn request(&self, as_user: Option<&str>, python: &str) -> (u16, Value) {
+        let socket = self.socket();
+        let lines = self.workload(
+            as_user,
+            python,
+            &["request", socket.to_str().unwrap(), "payments-token"],
+        );
+        parse_line(lines.first().expect("no answer from the workload"))
+    }
+}
+
+fn parse_line(line: &str) -> (u16, Value) {
+    let (status, body) = line.split_once(' ').unwrap();
+    (
+        status.parse().unwrap(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+/// The `sub` of an issued JWT.
+fn subject(answer: &Value) -> String {
+    let token = answer["credential"]["token"].as_str().unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .unwrap(),
+    )
+    .unwrap();
+    claims["sub"].as_str().unwrap().to_owned()
+}
+
+fn uid_of(user: &str) -> String {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "the test user {user} is missing (tests/peers.sh creates it)"
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn test_user() -> String {
+    std::env::var("MINTGUARD_TEST_USER").unwrap_or_else(|_| "mg-test".into())
+}
+
+#[test]
+fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
+    let mut node = Node::new();
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    let py_sha = sha256_of(Path::new(&py));
+    let user = test_user();
+    let user_uid = uid_of(&user);
+    node.entry(
+        "spiffe://example.org/w/root",
+        &["unix:uid:0".into(), format!("unix:sha256:{py_sha}")],
+    );
+    node.entry(
+        "spiffe://example.org/w/user",
+        &[
+            format!("unix:uid:{user_uid}"),
+            format!("unix:sha256:{py_sha}"),
+        ],
+    );
+
+    // Same program, two users, two identities.
+    let (status, answer) = node.request(None, &py);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(subject(&answer), "spiffe://example.org/w/root");
+    let (status, answer) = node.request(Some(&user), &py);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(subject(&answer), "spiffe://example.org/w/user");
+
+    // Another executable (one byte more): unattested, with its selectors.
+    let modified = node.root().join("python-modified");
+    let mut bytes = std::fs::read(std::fs::canonicalize(&py).unwrap()).unwrap();
+    bytes.push(0);
+    std::fs::write(&modified, &bytes).unwrap();
+    std::fs::set_permissions(&modified, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let modified_sha = sha256_of(&modified);
+    let (status, answer) = node.request(None, modified.to_str().unwrap());
+    assert_eq!(status, 401, "{answer}");
+    assert_eq!(answer["error"]["code"], "not_attested");
+    let reasons = answer["error"]["reasons"].to_string();
+    assert!(
+        reasons.contains(&format!("unix:sha256:{modified_sha}")),
+        "{reasons}"
+    );
+
+    // Exec on a kept-alive connection: the next request is attested anew.
+    let socket = node.socket();
+    let lines = node.workload(
+        None,
+        &py,
+        &[
+            "exec",
+            socket.to_str().unwrap(),
+            "payments-token",
+            modified.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(parse_line(&lines[0]).0, 200, "{lines:?}");
+    assert_eq!(parse_line(&lines[1]).0, 401, "{lines:?}");
+
+    // The agent's own helper is attested as its parent (here: sh).
+    let sh = std::fs::canonicalize("/bin/sh").unwrap();
+    node.entry(
+        "spiffe://example.org/w/script",
+        &[
+            "unix:uid:0".into(),
+            format!("unix:sha256:{}", sha256_of(&sh)),
+        ],
+    );
+    let agent = bin("mintguard-agent");
+    let helper = format!(
+        "{} credential-process --grant payments-token --socket {}",
+        agent.display(),
+        socket.display()
+    );
+    let out = Command::new("/bin/sh")
+        .args(["-c", &helper])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Attested as sh, issued a JWT, which credential_process cannot carry.
+    assert!(!out.status.success());
+    assert!(stderr.contains("grant_kind_unavailable"), "{stderr}");
+    let fetched = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!(
+                "{} fetch --grant payments-token --format token --socket {}",
+                agent.display(),
+                socket.display()
+            ),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        fetched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fetched.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&fetched.stdout).split('.').count(),
+        3
+    );
+
+    // An orphaned helper (its parent exited; reparented to init or a
+    // subreaper) never borrows its new parent's identity.
+    let err = node.root().join("orphan.err");
+    let orphan = format!("(sleep 0.5; exec {helper} 2>{}) & exit 0", err.display());
+    assert!(
+        Command::new("/bin/sh")
+            .args(["-c", &orphan])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_for("the orphaned helper", Duration::from_secs(30), || {
+        std::fs::read_to_string(&err).is_ok_and(|t| !t.is_empty())
+    });
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert!(text.contains("credential helper refused"), "{text}");
+}
+
+#[test]
+fn bound_leases_outages_restarts_and_used_tokens() {
+    let mut node = Node::new();
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    node.entry(
+        "spiffe://example.org/w/root",
+        &[
+            "unix:uid:0".into(),
+            format!("unix:sha256:{}", sha256_of(Path::new(&py))),
+        ],
+    );
+
+    // bind_to_process: the lease is revoked once the process exits.
+    let socket = node.socket();
+    let mut bound = Command::new(&py)
+        .arg(node.root().join("workload.py"))
+        .args(["bind", socket.to_str().unwrap(), "payments-token"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(bound.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (status, answer) = parse_line(line.trim());
+    assert_eq!(status, 200, "{answer}");
+    let lease = answer["lease_id"].as_str().unwrap().to_owned();
+    let live = |node: &Node| {
+        node.mg_json(&["leases"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["id"] == lease.as_str())
+            .map(|l| l["live"] == true)
+    };
+    assert_eq!(live(&node), Some(true));
+    drop(bound.stdin.take()); // EOF: the workload exits
+    bound.wait().unwrap();
+    wait_for(
+        "the bound lease's revocation",
+        Duration::from_secs(30),
+        || live(&node) == Some(false),
+    );
+    assert!(
+        node.mg_json(&["leases", "--outlived"])
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // The broker down: a 503 with a reason; back up: served, same agent.
+    node.kill_broker();
+    let (status, answer) = node.request(None, &py);
+    assert_eq!(status, 503, "{answer}");
+    assert_eq!(answer["error"]["code"], "broker_unavailable");
+    node.start_broker();
+    let (status, answer) = node.request(None, &py);
+    assert_eq!(status, 200, "{answer}");
+
+    // An agent restart reuses its SVID: no join token needed.
+    node.kill_agent();
+    node.start_agent(None, "agent.toml").unwrap();
+    let log = std::fs::read_to_string(node.root().join("agent.toml.log")).unwrap();
+    assert!(log.contains("reusing the stored node SVID"), "{log}");
+    assert_eq!(node.request(None, &py).0, 200);
+
+    // A used join token is refused to a second agent.
+    let second = std::fs::read_to_string(node.root().join("agent.toml"))
+        .unwrap()
+        .replace("agent-data", "agent2-data")
+        .replace("sock/agent.sock", "sock/agent2.sock");
+    std::fs::write(node.root().join("agent2.toml"), second).unwrap();
+    let mut other = Node {
+        dir: tempfile::tempdir().unwrap(),
+        broker: None,
+        agent: None,
+    };
+    std::mem::swap(&mut other.dir, &mut node.dir);
+    let refused = other.start_agent(Some(&token), "agent2.toml");
+    std::mem::swap(&mut other.dir, &mut node.dir);
+    let e = refused.expect_err("a used join token enrolled a second node");
+    assert!(e.contains("invalid_join_token"), "{e}");
+}
+
+fn raw(socket: &Path, bytes: &[u8]) -> String {
+    let mut s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(reply: &str) -> u16 {
+    reply
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn bad_input_on_the_socket_never_blocks_other_workloads() {
+    // Room for the idle connections below in this process.
+    let pid = std::process::id().to_string();
+    assert!(
+        Command::new("prlimit")
+            .args(["--pid", &pid, "--nofile=4096:4096"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let mut node = Node::new();
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    node.entry(
+        "spiffe://example.org/w/root",
+        &[
+            "unix:uid:0".into(),
+            format!("unix:sha256:{}", sha256_of(Path::new(&py))),
+        ],
+    );
+    let socket = node.socket();
+
+    let idle: Vec<UnixStream> = (0..1000)
+        .map(|_| UnixStream::connect(&socket).unwrap())
+        .collect();
+    let mut slow = UnixStream::connect(&socket).unwrap();
+    slow.write_all(b"POST /v1/credentials HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+        .unwrap();
+
+    let json = "Content-Type: application/json\r\n";
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed HTTP", b"GARBAGE\r\n\r\n".to_vec(), 400, ""),
+        (
+            "huge headers",
+            format!("GET /v1/health HTTP/1.1\r\nHost: a\r\nX-Big: {}\r\n\r\n", "a".repeat(100_000)).into_bytes(),
+            431,
+            "",
+        ),
+        (
+            "huge body",
+            format!("POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: 10000000\r\nConnection: close\r\n\r\n{}", "x".repeat(70_000)).into_bytes(),
+            413,
+            "",
+        ),
+        (
+            "wrong content type",
+            b"POST /v1/credentials HTTP/1.1\r\nHost: a\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}".to_vec(),
+            415,
+            "bad_content_type",
+        ),
+        (
+            "bad JSON",
+            format!("POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: 5\r\nConnection: close\r\n\r\n{{nope").into_bytes(),
+            400,
+            "bad_json",
+        ),
+        (
+            "unknown field",
+            {
+                let body = r#"{"grant":"g","sneaky":"field"}"#;
+                format!("POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+            },
+            400,
+            "bad_json",
+        ),
+        (
+            "bad lease id",
+            b"DELETE /v1/credentials/..%2Fetc HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(),
+            400,
+            "bad_lease_id",
+        ),
+        ("unknown path", b"GET /v2/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(), 404, "not_found"),
+    ];
+    let mut failures = Vec::new();
+    for (name, bytes, status, code) in &cases {
+        let reply = raw(&socket, bytes);
+        if status_of(&reply) != *status || !reply.contains(code) {
+            failures.push(format!(
+                "{name}: expected {status} {code}, got {:?}",
+                reply.chars().take(200).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // With 1,000 idle connections and a slowloris open, a workload is served.
+    let (status, answer) = node.request(None, &py);
+    assert_eq!(status, 200, "{answer}");
+    let health = raw(
+        &socket,
+        b"GET /v1/health HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(status_of(&health), 200, "{health}");
+    assert!(
+        node.agent.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the agent died"
+    );
+    drop(idle);
+    drop(slow);
+}

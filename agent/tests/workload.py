@@ -1,0 +1,65 @@
+"""A workload for the agent's end-to-end tests: HTTP/1.1 over the agent's
+Unix socket with nothing but the standard library.
+
+  workload.py request SOCKET GRANT [bind]      one request, prints STATUS BODY
+  workload.py exec SOCKET GRANT OTHER_PYTHON   a request, then exec OTHER_PYTHON
+                                               which reuses the same connection
+  workload.py reuse FD GRANT                   (the exec'd side)
+  workload.py bind SOCKET GRANT                request with bind_to_process,
+                                               print, then wait for stdin EOF
+"""
+import json
+import os
+import socket
+import sys
+
+
+def call(sock, grant, bind=False):
+    body = {"grant": grant}
+    if bind:
+        body["bind_to_process"] = True
+    data = json.dumps(body).encode()
+    sock.sendall(
+        b"POST /v1/credentials HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+        + b"Content-Length: %d\r\n\r\n" % len(data)
+        + data
+    )
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise SystemExit("connection closed")
+        buf += chunk
+    head, rest = buf.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    status = lines[0].split(" ")[1]
+    length = 0
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        if k.lower() == "content-length":
+            length = int(v)
+    while len(rest) < length:
+        rest += sock.recv(65536)
+    print(status, rest[:length].decode(), flush=True)
+
+
+def connect(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(path)
+    return s
+
+
+mode = sys.argv[1]
+if mode == "request":
+    call(connect(sys.argv[2]), sys.argv[3], len(sys.argv) > 4)
+elif mode == "bind":
+    call(connect(sys.argv[2]), sys.argv[3], True)
+    sys.stdin.read()
+elif mode == "exec":
+    s = connect(sys.argv[2])
+    call(s, sys.argv[3])
+    os.set_inheritable(s.fileno(), True)
+    other = sys.argv[4]
+    os.execv(other, [other, __file__, "reuse", str(s.fileno()), sys.argv[3]])
+elif mode == "reuse":
+    call(socket.socket(fileno=int(sys.argv[2])), sys.argv[3])
