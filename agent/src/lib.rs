@@ -11,6 +11,7 @@
 //! - [`attest`]: `SO_PEERCRED` + `/proc` → selectors, pid-reuse guarded.
 //! - [`workload`]: the Workload API on the Unix socket.
 //! - [`watch`]: `bind_to_process` leases revoked when their process exits.
+//! - [`container`]: the AWS container-credentials endpoint (loopback).
 //! - [`client`]: the helpers' side (`credential-process`, `fetch`).
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@ pub mod attest;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod container;
 pub mod node;
 pub mod watch;
 pub mod workload;
@@ -75,16 +77,34 @@ pub async fn run(config: config::Config) -> Result<(), String> {
             }
         }
     });
+    let mut router = workload::router(agent.clone());
+    if let Some(cc) = &config.container_credentials {
+        let listener = tokio::net::TcpListener::bind(cc.listen)
+            .await
+            .map_err(|e| format!("container_credentials.listen {}: {e}", cc.listen))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let container = Arc::new(container::Container {
+            agent: agent.clone(),
+            tokens: container::Tokens::default(),
+            url: format!("http://{addr}/v1/container-credentials"),
+        });
+        node::write_atomic(
+            &config.data_dir.join("listen.json"),
+            serde_json::json!({"container_credentials": container.url})
+                .to_string()
+                .as_bytes(),
+            0o644,
+        )
+        .map_err(|e| e.to_string())?;
+        tracing::info!(url = %container.url, "serving container credentials");
+        router = router.merge(container::token_route(container.clone()));
+        tokio::spawn(container::serve(listener, container::router(container)));
+    }
     tracing::info!(
         socket = %config.socket_path.display(),
         node = %node.svid().spiffe_id(),
         "serving workloads"
     );
-    workload::serve(
-        socket,
-        workload::router(agent),
-        config.workloads.max_connections,
-    )
-    .await;
+    workload::serve(socket, router, config.workloads.max_connections).await;
     Ok(())
 }

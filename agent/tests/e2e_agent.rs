@@ -135,6 +135,8 @@ path = "sock/agent.sock"
 mode = "0666"
 [workloads]
 bind_poll_interval = "100ms"
+[container_credentials]
+listen = "127.0.0.1:0"
 "#
             ),
         )
@@ -680,4 +682,86 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
     );
     drop(idle);
     drop(slow);
+}
+
+/// One HTTP/1.1 GET over TCP; (status, JSON body).
+fn tcp_get(url: &str, token: &str) -> (u16, Value) {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: {token}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (
+        status_of(&out),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    )
+}
+
+#[test]
+fn container_credentials_tokens_are_bound_to_their_process() {
+    let mut node = Node::new();
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    node.entry(
+        "spiffe://example.org/w/root",
+        &[
+            "unix:uid:0".into(),
+            format!("unix:sha256:{}", sha256_of(Path::new(&py))),
+        ],
+    );
+    let socket = node.socket();
+    let mut holder = Command::new(&py)
+        .arg(node.root().join("workload.py"))
+        .args(["cctoken", socket.to_str().unwrap(), "payments-token"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (status, answer) = parse_line(line.trim());
+    assert_eq!(status, 200, "{answer}");
+    let (cc_token, url) = (
+        answer["token"].as_str().unwrap(),
+        answer["full_uri"].as_str().unwrap(),
+    );
+    let listen: Value = serde_json::from_str(
+        &std::fs::read_to_string(node.root().join("agent-data/listen.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(listen["container_credentials"], url);
+
+    // The token works for its process: attested, decided, minted — a JWT
+    // grant, which the container-credentials JSON cannot carry.
+    let (status, body) = tcp_get(url, cc_token);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("grant_kind_unavailable")),
+        "{body}"
+    );
+    let (status, body) = tcp_get(url, "mgcc-not-a-token");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unknown_token")),
+        "{body}"
+    );
+
+    // The process exits: its token dies with it.
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
+    let (status, body) = tcp_get(url, cc_token);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unknown_token")),
+        "{body}"
+    );
 }

@@ -7,6 +7,8 @@ Unix socket with nothing but the standard library.
   workload.py reuse FD GRANT                   (the exec'd side)
   workload.py bind SOCKET GRANT                request with bind_to_process,
                                                print, then wait for stdin EOF
+  workload.py cctoken SOCKET GRANT             a container-credentials token,
+                                               print, then wait for stdin EOF
 """
 import json
 import os
@@ -14,13 +16,13 @@ import socket
 import sys
 
 
-def call(sock, grant, bind=False):
+def call(sock, grant, bind=False, path="/v1/credentials"):
     body = {"grant": grant}
     if bind:
         body["bind_to_process"] = True
     data = json.dumps(body).encode()
     sock.sendall(
-        b"POST /v1/credentials HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+        b"POST %s HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n" % path.encode()
         + b"Content-Length: %d\r\n\r\n" % len(data)
         + data
     )
@@ -54,6 +56,9 @@ if mode == "request":
     call(connect(sys.argv[2]), sys.argv[3], len(sys.argv) > 4)
 elif mode == "bind":
     call(connect(sys.argv[2]), sys.argv[3], True)
+    sys.stdin.read()
+elif mode == "cctoken":
+    call(connect(sys.argv[2]), sys.argv[3], path="/v1/container-credentials/token")
     sys.stdin.read()
 elif mode == "exec":
     s = connect(sys.argv[2])
