@@ -71,15 +71,12 @@ permit (principal, action == Mintguard::Action::"mint", resource == Mintguard::G
 struct Node {
     dir: tempfile::TempDir,
     broker: Option<Child>,
-    agent: Option<Child>,
+    agents: Vec<Child>,
 }
 
 impl Drop for Node {
     fn drop(&mut self) {
-        for child in [self.agent.as_mut(), self.broker.as_mut()]
-            .into_iter()
-            .flatten()
-        {
+        for child in self.agents.iter_mut().chain(self.broker.as_mut()) {
             let _ = child.kill();
             let _ = child.wait();
         }
@@ -159,7 +156,7 @@ listen = "127.0.0.1:0"
         let mut node = Self {
             dir,
             broker: None,
-            agent: None,
+            agents: Vec::new(),
         };
         node.start_broker();
         node
@@ -267,7 +264,7 @@ listen = "127.0.0.1:0"
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("serving workloads") {
-                self.agent = Some(child);
+                self.agents.push(child);
                 return Ok(());
             }
             if let Some(status) = child.try_wait().unwrap() {
@@ -281,11 +278,21 @@ listen = "127.0.0.1:0"
         }
     }
 
-    fn kill_agent(&mut self) {
-        if let Some(mut a) = self.agent.take() {
+    fn kill_agents(&mut self) {
+        for mut a in self.agents.drain(..) {
             a.kill().unwrap();
             a.wait().unwrap();
         }
+    }
+
+    /// A second agent's config (own data dir and socket).
+    fn second_agent_config(&self) -> &'static str {
+        let second = std::fs::read_to_string(self.root().join("agent.toml"))
+            .unwrap()
+            .replace("agent-data", "agent2-data")
+            .replace("sock/agent.sock", "sock/agent2.sock");
+        std::fs::write(self.root().join("agent2.toml"), second).unwrap();
+        "agent2.toml"
     }
 
     /// Runs the Python workload (`as_user` via runuser); its output lines.
@@ -540,27 +547,17 @@ fn bound_leases_outages_restarts_and_used_tokens() {
     assert_eq!(status, 200, "{answer}");
 
     // An agent restart reuses its SVID: no join token needed.
-    node.kill_agent();
+    node.kill_agents();
     node.start_agent(None, "agent.toml").unwrap();
     let log = std::fs::read_to_string(node.root().join("agent.toml.log")).unwrap();
     assert!(log.contains("reusing the stored node SVID"), "{log}");
     assert_eq!(node.request(None, &py).0, 200);
 
     // A used join token is refused to a second agent.
-    let second = std::fs::read_to_string(node.root().join("agent.toml"))
-        .unwrap()
-        .replace("agent-data", "agent2-data")
-        .replace("sock/agent.sock", "sock/agent2.sock");
-    std::fs::write(node.root().join("agent2.toml"), second).unwrap();
-    let mut other = Node {
-        dir: tempfile::tempdir().unwrap(),
-        broker: None,
-        agent: None,
-    };
-    std::mem::swap(&mut other.dir, &mut node.dir);
-    let refused = other.start_agent(Some(&token), "agent2.toml");
-    std::mem::swap(&mut other.dir, &mut node.dir);
-    let e = refused.expect_err("a used join token enrolled a second node");
+    let second = node.second_agent_config();
+    let e = node
+        .start_agent(Some(&token), second)
+        .expect_err("a used join token enrolled a second node");
     assert!(e.contains("invalid_join_token"), "{e}");
 }
 
@@ -677,7 +674,7 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
     );
     assert_eq!(status_of(&health), 200, "{health}");
     assert!(
-        node.agent.as_mut().unwrap().try_wait().unwrap().is_none(),
+        node.agents[0].try_wait().unwrap().is_none(),
         "the agent died"
     );
     drop(idle);
@@ -764,4 +761,100 @@ fn container_credentials_tokens_are_bound_to_their_process() {
         (401, Some("unknown_token")),
         "{body}"
     );
+}
+
+/// Node 2 forges node 1's workload's selectors in a hand-made request to the
+/// broker (its own SVID, mTLS): the broker matches only node 2's entries.
+#[test]
+fn a_node_cannot_vouch_for_another_nodes_entries() {
+    let mut node = Node::new();
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    let selectors = vec![
+        "unix:uid:0".to_owned(),
+        format!("unix:sha256:{}", sha256_of(Path::new(&py))),
+    ];
+    node.entry("spiffe://example.org/w/root", &selectors);
+    let token2 = node.mg_json(&["token", "create", "--node", "node-2", "--ttl", "10m"])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let second = node.second_agent_config();
+    node.start_agent(Some(&token2), second).unwrap();
+
+    // Through node 2's agent: not attested (no entry of node 2 matches).
+    let socket2 = node.root().join("sock/agent2.sock");
+    let lines = node.workload(
+        None,
+        &py,
+        &["request", socket2.to_str().unwrap(), "payments-token"],
+    );
+    let (status, answer) = parse_line(&lines[0]);
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (401, Some("not_attested")),
+        "{answer}"
+    );
+
+    // By hand, with node 2's SVID and node 1's workload's selectors.
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(node.root().join("agent2-data/node.json")).unwrap())
+            .unwrap();
+    let svid = mintguard_certs::svid::X509Svid::from_pem(
+        stored["svid_pem"].as_str().unwrap(),
+        stored["key_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        svid.spiffe_id().to_string(),
+        "spiffe://example.org/mintguard/node/node-2"
+    );
+    let bundle = mintguard_certs::bundle::TrustBundle::from_pem(
+        mintguard_certs::id::parse_trust_domain("example.org").unwrap(),
+        &std::fs::read_to_string(node.root().join("data/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let listen: Value = serde_json::from_str(
+        &std::fs::read_to_string(node.root().join("data/listen.json")).unwrap(),
+    )
+    .unwrap();
+    let client = mintguard_agent::broker::BrokerClient::new(
+        listen["agents"].as_str().unwrap().to_owned(),
+        mintguard_certs::tls::SpiffeConnector::new(
+            Some(&svid),
+            &bundle,
+            mintguard_certs::id::IdMatcher::exact(mintguard_certs::id::broker_id(
+                bundle.trust_domain(),
+            )),
+        )
+        .unwrap(),
+        mintguard_agent::broker::Limits {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            retries: 0,
+            max_idle: 1,
+        },
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for wanted in [None, Some("spiffe://example.org/w/root")] {
+        let forged = serde_json::json!({
+            "selectors": selectors,
+            "request": {"grant": "payments-token", "spiffe_id": wanted},
+        });
+        let reply = runtime
+            .block_on(client.send("POST", "/v1/issue", Some(forged.to_string().into_bytes())))
+            .unwrap();
+        let body: Value = serde_json::from_slice(&reply.body).unwrap();
+        assert_eq!(
+            (reply.status, body["error"]["code"].as_str()),
+            (401, Some("not_attested")),
+            "{body}"
+        );
+    }
+    // Node 1's own agent still serves it.
+    assert_eq!(node.request(None, &py).0, 200);
 }
