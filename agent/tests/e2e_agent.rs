@@ -85,6 +85,11 @@ impl Drop for Node {
 
 impl Node {
     fn new() -> Self {
+        Self::with_broker_config("")
+    }
+
+    /// With extra broker configuration tables (e.g. `[ca]`).
+    fn with_broker_config(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
         std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -112,6 +117,7 @@ name = "payments-token"
 kind = "jwt"
 max_ttl = "15m"
 jwt = {{ audience = "payments" }}
+{extra}
 "#
             ),
         )
@@ -856,5 +862,61 @@ fn a_node_cannot_vouch_for_another_nodes_entries() {
         );
     }
     // Node 1's own agent still serves it.
+    assert_eq!(node.request(None, &py).0, 200);
+}
+
+#[test]
+fn the_agent_refuses_unsafe_socket_paths_and_renews_its_svid() {
+    let mut node = Node::with_broker_config("[ca]\nsvid_ttl = \"4s\"\nca_ttl = \"1h\"\n");
+    let token = node.join_token();
+    let config = std::fs::read_to_string(node.root().join("agent.toml")).unwrap();
+
+    // A world-writable parent directory: anyone could swap the socket.
+    std::fs::create_dir_all(node.root().join("open")).unwrap();
+    std::fs::set_permissions(
+        node.root().join("open"),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    std::fs::write(
+        node.root().join("unsafe.toml"),
+        config.replace("sock/agent.sock", "open/agent.sock"),
+    )
+    .unwrap();
+    let e = node.start_agent(Some(&token), "unsafe.toml").unwrap_err();
+    assert!(e.contains("world-writable"), "{e}");
+    // An existing file that is not a socket is never replaced.
+    std::fs::write(node.root().join("sock/file"), "keep me").unwrap();
+    std::fs::write(
+        node.root().join("file.toml"),
+        config.replace("sock/agent.sock", "sock/file"),
+    )
+    .unwrap();
+    let e = node.start_agent(Some(&token), "file.toml").unwrap_err();
+    assert!(e.contains("not a socket"), "{e}");
+    assert_eq!(
+        std::fs::read_to_string(node.root().join("sock/file")).unwrap(),
+        "keep me"
+    );
+
+    // The join token was not spent by the refused starts; the SVID (4 s) is
+    // renewed at half-life, and workloads are served across renewals.
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    node.entry(
+        "spiffe://example.org/w/root",
+        &[
+            "unix:uid:0".into(),
+            format!("unix:sha256:{}", sha256_of(Path::new(&py))),
+        ],
+    );
+    let log = node.root().join("agent.toml.log");
+    wait_for("two SVID renewals", Duration::from_secs(60), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("node SVID renewed")
+            .count()
+            >= 2
+    });
     assert_eq!(node.request(None, &py).0, 200);
 }
