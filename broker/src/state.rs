@@ -30,7 +30,7 @@ pub struct Dynamic {
     /// Cedar policies + trust configuration.
     pub rules: RuleSet,
     /// The rule set's stored form (JSON), written with the first record that uses it.
-    pub rules_json: String,
+    pub rules_json: Arc<str>,
     /// ECI of the effective graph.
     pub eci: EciReport,
     /// Each node's blast radius: the ECI it can reach through the identities
@@ -95,7 +95,9 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         config.trust.clone(),
     )
     .map_err(|e| setup(format!("policies: {e}")))?;
-    let rules_json = serde_json::to_string(&rules.to_stored()).map_err(setup)?;
+    let rules_json: Arc<str> = serde_json::to_string(&rules.to_stored())
+        .map_err(setup)?
+        .into();
     let graph = match &config.eci.graph {
         Some(path) => ExposureGraph::from_json(
             &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,

@@ -8,6 +8,7 @@
 //! checkpoint are covered by the chain alone.
 
 pub mod checkpoint;
+pub mod jcs;
 pub mod verify;
 
 use serde::{Deserialize, Serialize};
@@ -104,13 +105,12 @@ struct Hashed<'a> {
 
 /// The RFC 8785 (JCS) form of a record body; it is also what the store keeps.
 pub fn canonical_body(body: &serde_json::Value) -> String {
-    // JCS of plain JSON data cannot fail.
-    serde_jcs::to_string(body).unwrap_or_default()
+    jcs::to_string(body)
 }
 
 fn push_jcs_str(out: &mut String, value: Option<&str>) {
     match value {
-        Some(v) => out.push_str(&serde_jcs::to_string(v).unwrap_or_default()),
+        Some(v) => jcs::write_str(out, v),
         None => out.push_str("null"),
     }
 }

@@ -90,7 +90,7 @@ pub struct Append {
     /// The lease to start tracking (dropped when a spend fails).
     pub lease: Option<Lease>,
     /// The rule set the decision used, stored by hash if new.
-    pub rule_set: Option<(String, String)>,
+    pub rule_set: Option<(String, std::sync::Arc<str>)>,
 }
 
 /// What an append did.

@@ -166,9 +166,10 @@ async fn append_one(
         body_jcs = crate::log::canonical_body(&entry.body);
     }
     if let Some((hash, body)) = &rule_set {
+        let body: &str = body;
         tx.execute(
             "INSERT INTO rule_sets(hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
-            &[hash, body],
+            &[hash, &body],
         )
         .await
         .map_err(map_pg)?;

@@ -80,20 +80,34 @@ struct Writer {
     conn: Connection,
     head_seq: i64,
     head_hash: String,
+    /// Rule-set hashes committed to `rule_sets` (cleared on any rollback), so
+    /// a record needs no insert for a rule set already stored.
+    known_rule_sets: std::collections::HashSet<String>,
+}
+
+/// Runs one statement through the statement cache (no re-parse per call).
+fn exec(conn: &Connection, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(|_| ())
+        .map_err(map_sql)
 }
 
 impl Writer {
     /// Runs `f` in a savepoint: its writes are undone if it fails.
     fn savepoint<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
-        self.conn.execute_batch("SAVEPOINT job").map_err(map_sql)?;
+        exec(&self.conn, "SAVEPOINT job")?;
         let head = (self.head_seq, self.head_hash.clone());
         match f(self) {
             Ok(v) => {
-                self.conn.execute_batch("RELEASE job").map_err(map_sql)?;
+                exec(&self.conn, "RELEASE job")?;
                 Ok(v)
             }
             Err(e) => {
-                let _ = self.conn.execute_batch("ROLLBACK TO job; RELEASE job");
+                let _ = exec(&self.conn, "ROLLBACK TO job")
+                    .and_then(|()| exec(&self.conn, "RELEASE job"));
+                // A rolled-back job may have stored a rule set.
+                self.known_rule_sets.clear();
                 (self.head_seq, self.head_hash) = head;
                 Err(e)
             }
@@ -112,13 +126,14 @@ impl Writer {
             mark_budget_exhausted(&mut entry);
             body_jcs = crate::log::canonical_body(&entry.body);
         }
-        if let Some((hash, body)) = &rule_set {
+        if let Some((hash, body)) = &rule_set
+            && !self.known_rule_sets.contains(hash)
+        {
             self.conn
-                .execute(
-                    "INSERT OR IGNORE INTO rule_sets(hash, body) VALUES (?1, ?2)",
-                    params![hash, body],
-                )
+                .prepare_cached("INSERT OR IGNORE INTO rule_sets(hash, body) VALUES (?1, ?2)")
+                .and_then(|mut stmt| stmt.execute(params![hash, body.as_ref()]))
                 .map_err(map_sql)?;
+            self.known_rule_sets.insert(hash.clone());
         }
         if spent && let Some(lease) = &lease {
             insert_lease(&self.conn, lease)?;
@@ -158,18 +173,15 @@ impl Writer {
 
     /// All spends or none, each a conditional update computed in SQL.
     fn try_spend(&mut self, spend: &[SpendOp], now_ms: i64) -> Result<bool> {
-        self.conn
-            .execute_batch("SAVEPOINT spend")
-            .map_err(map_sql)?;
+        exec(&self.conn, "SAVEPOINT spend")?;
         for op in spend {
             if !spend_one(&self.conn, op, now_ms)? {
-                self.conn
-                    .execute_batch("ROLLBACK TO spend; RELEASE spend")
-                    .map_err(map_sql)?;
+                exec(&self.conn, "ROLLBACK TO spend")?;
+                exec(&self.conn, "RELEASE spend")?;
                 return Ok(false);
             }
         }
-        self.conn.execute_batch("RELEASE spend").map_err(map_sql)?;
+        exec(&self.conn, "RELEASE spend")?;
         Ok(true)
     }
 }
@@ -193,18 +205,35 @@ fn available_sql(per_ms: Option<i64>) -> &'static str {
     }
 }
 
-fn ensure_bucket(conn: &Connection, key: &str, cap: i64, now_ms: i64) -> Result<()> {
-    conn.execute(
+/// Creates a full bucket if `key` has none; whether it did.
+fn ensure_bucket(conn: &Connection, key: &str, cap: i64, now_ms: i64) -> Result<bool> {
+    conn.prepare_cached(
         "INSERT OR IGNORE INTO budgets(key, balance_milli, updated_at_ms) VALUES (?1, ?2, ?3)",
-        params![key, cap, now_ms],
     )
-    .map_err(map_sql)?;
-    Ok(())
+    .and_then(|mut stmt| stmt.execute(params![key, cap, now_ms]))
+    .map(|n| n == 1)
+    .map_err(map_sql)
 }
 
 fn spend_one(conn: &Connection, op: &SpendOp, now_ms: i64) -> Result<bool> {
     let (cap, per) = bucket_params(&op.policy);
-    ensure_bucket(conn, &op.key, cap, now_ms)?;
+    if update_bucket(conn, op, cap, per, now_ms)? {
+        return Ok(true);
+    }
+    // No row updated: the bucket is new (create it full) or cannot pay.
+    if ensure_bucket(conn, &op.key, cap, now_ms)? {
+        return update_bucket(conn, op, cap, per, now_ms);
+    }
+    Ok(false)
+}
+
+fn update_bucket(
+    conn: &Connection,
+    op: &SpendOp,
+    cap: i64,
+    per: Option<i64>,
+    now_ms: i64,
+) -> Result<bool> {
     let avail = available_sql(per);
     let sql = format!(
         "UPDATE budgets SET balance_milli = ({avail}) - :cost, updated_at_ms = MAX(updated_at_ms, :now)
@@ -253,6 +282,8 @@ fn open(path: &Path) -> Result<Connection> {
         "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; PRAGMA busy_timeout=5000;",
     )
     .map_err(|e| StoreError::Setup(format!("{}: {e}", path.display())))?;
+    // Every hot statement stays prepared (rusqlite's default keeps 16).
+    conn.set_prepared_statement_cache_capacity(128);
     Ok(conn)
 }
 
@@ -399,6 +430,7 @@ impl SqliteStore {
             conn,
             head_seq,
             head_hash,
+            known_rule_sets: std::collections::HashSet::new(),
         };
         std::thread::Builder::new()
             .name("mintguard-sqlite-writer".into())
@@ -412,7 +444,7 @@ impl SqliteStore {
                         }
                     }
                     let head = (writer.head_seq, writer.head_hash.clone());
-                    if writer.conn.execute_batch("BEGIN IMMEDIATE").is_err() {
+                    if exec(&writer.conn, "BEGIN IMMEDIATE").is_err() {
                         // Dropping the jobs drops their senders: each caller
                         // sees its write refused as unavailable.
                         drop(batch);
@@ -420,9 +452,10 @@ impl SqliteStore {
                     }
                     let completions: Vec<Completion> =
                         batch.into_iter().map(|job| job(&mut writer)).collect();
-                    let committed = writer.conn.execute_batch("COMMIT").map_err(unavailable);
+                    let committed = exec(&writer.conn, "COMMIT").map_err(unavailable);
                     if committed.is_err() {
-                        let _ = writer.conn.execute_batch("ROLLBACK");
+                        let _ = exec(&writer.conn, "ROLLBACK");
+                        writer.known_rule_sets.clear();
                         (writer.head_seq, writer.head_hash) = head;
                     }
                     for done in completions {
