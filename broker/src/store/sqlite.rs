@@ -629,18 +629,16 @@ impl Store for SqliteStore {
     async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
         let key = key.to_owned();
         self.read_now(move |conn| {
-            conn.query_row(
-                "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1",
-                [key],
-                |r| {
+            conn.prepare_cached("SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1")
+                .map_err(map_sql)?
+                .query_row([key], |r| {
                     Ok(BudgetSnapshot {
                         balance_milli: r.get(0)?,
                         updated_at_ms: r.get(1)?,
                     })
-                },
-            )
-            .optional()
-            .map_err(map_sql)
+                })
+                .optional()
+                .map_err(map_sql)
         })
     }
 
@@ -952,18 +950,18 @@ impl Store for SqliteStore {
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
         let subject = subject.to_owned();
         self.read_now(move |conn| {
-            conn.query_row(
+            conn.prepare_cached(
                 "SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1",
-                [subject],
-                |r| {
-                    Ok(SuspensionRecord {
-                        subject: r.get(0)?,
-                        reason: r.get(1)?,
-                        by: r.get(2)?,
-                        at_ms: r.get(3)?,
-                    })
-                },
             )
+            .map_err(map_sql)?
+            .query_row([subject], |r| {
+                Ok(SuspensionRecord {
+                    subject: r.get(0)?,
+                    reason: r.get(1)?,
+                    by: r.get(2)?,
+                    at_ms: r.get(3)?,
+                })
+            })
             .optional()
             .map_err(map_sql)
         })
