@@ -195,8 +195,7 @@ fn lower_posture_by_facts<'a>(
 fn observed_signals(
     broker: &Broker,
     grant: &GrantConfig,
-    posture: (u8, &str),
-    selectors: &[String],
+    observed: &Observed<'_>,
     external: &[SignalRecord],
     now_ms: i64,
 ) -> TrustInput {
@@ -209,17 +208,15 @@ fn observed_signals(
         ttl_seconds: ttl,
         source: source.into(),
     };
-    let attestation = if selectors.iter().any(|s| s.starts_with("unix:sha256:")) {
-        100
-    } else {
-        60
-    };
     let mut input = TrustInput {
         signals: [
-            (SignalKind::Posture, signal(posture.0, posture.1)),
+            (
+                SignalKind::Posture,
+                signal(observed.posture.0, observed.posture.1),
+            ),
             (
                 SignalKind::Attestation,
-                signal(attestation, "agent:selectors"),
+                signal(observed.attestation.0, observed.attestation.1),
             ),
             (
                 SignalKind::Behaviour,
@@ -229,6 +226,12 @@ fn observed_signals(
         .into(),
         unconstrained: [SignalKind::Location, SignalKind::Time, SignalKind::Network].into(),
     };
+    if let Some((value, source)) = observed.network {
+        input
+            .signals
+            .insert(SignalKind::Network, signal(value, source));
+        input.unconstrained.remove(&SignalKind::Network);
+    }
     let hour = OffsetDateTime::from_unix_timestamp(now_s).map_or(0, |t| t.hour());
     if let Some(allowed) = grant.hour_allowed(hour) {
         let value = if allowed { 100 } else { 0 };
@@ -335,7 +338,86 @@ async fn issue_inner(
     }
     let entries = broker.store.entries(Some(node)).await?;
     let entry = select_entry(&entries, &selectors, request.spiffe_id.as_deref())?.clone();
-    if broker.identity_limiter.check_key(&entry.spiffe_id).is_err() {
+
+    let attestation = if selectors.iter().any(|s| s.starts_with("unix:sha256:")) {
+        (100, "agent:selectors")
+    } else {
+        (60, "agent:selectors")
+    };
+    let subject = Subject {
+        identity: entry.spiffe_id.clone(),
+        principal: PrincipalKind::Workload,
+        issuer_kind: IssuerKind::Node,
+        issuer: node.to_owned(),
+        // The entry was found among this node's: it is the parent, and the
+        // attested selectors match. A grant outside the entry may not be vouched for.
+        may_vouch: entry.grants.contains(&grant.name),
+        observed: Observed {
+            posture,
+            attestation,
+            network: None,
+        },
+        blast_radius: dynamic.blast_radius.get(node).map_or(100.0, |r| r.max),
+        ci_claims: BTreeMap::new(),
+        context: json!({
+            "selectors": selectors,
+            "node_facts": node_facts,
+            "entry_id": entry.id,
+        }),
+        audit: false,
+    };
+    decide_and_issue(broker, &dynamic, grant, request, subject).await
+}
+
+/// What the broker observed about the caller, for the trust signals.
+pub struct Observed<'a> {
+    /// Posture of the issuer (value, source).
+    pub posture: (u8, &'a str),
+    /// Attestation strength (value, source).
+    pub attestation: (u8, &'a str),
+    /// The network signal when a constraint is configured.
+    pub network: Option<(u8, &'a str)>,
+}
+
+/// Who asks, established by the caller's front door (node or CI issuer).
+pub struct Subject<'a> {
+    /// The identity.
+    pub identity: String,
+    /// Workload or CI job.
+    pub principal: PrincipalKind,
+    /// Node or CI issuer.
+    pub issuer_kind: IssuerKind,
+    /// The node's SPIFFE ID or the CI issuer URL (the log's `node` column).
+    pub issuer: String,
+    /// Whether the issuer may vouch for this identity and grant.
+    pub may_vouch: bool,
+    /// Observed signals.
+    pub observed: Observed<'a>,
+    /// The issuer's blast radius.
+    pub blast_radius: f64,
+    /// CI claims for Cedar.
+    pub ci_claims: BTreeMap<String, String>,
+    /// Front-door facts recorded with the decision (selectors, CI policy …).
+    pub context: serde_json::Value,
+    /// Audit mode: decide and log as if enforcing, then refuse.
+    pub audit: bool,
+}
+
+/// The shared pipeline after the caller is authenticated and its issuer
+/// context established: rate limit per identity → decide → the record,
+/// budget spend and lease committed atomically → release → answer.
+pub async fn decide_and_issue(
+    broker: &Broker,
+    dynamic: &crate::state::Dynamic,
+    grant: &GrantConfig,
+    request: CredentialRequest,
+    subject: Subject<'_>,
+) -> Result<Response, ApiError> {
+    if broker
+        .identity_limiter
+        .check_key(&subject.identity)
+        .is_err()
+    {
         return Err(ApiError {
             retry_after: Some(1),
             ..ApiError::new(
@@ -345,10 +427,10 @@ async fn issue_inner(
             )
         });
     }
-
+    let node = subject.issuer.as_str();
     let request_id = random_id("req");
     let now = now_ms();
-    let identity = entry.spiffe_id.clone();
+    let identity = subject.identity.clone();
     let subjects = [identity.as_str(), node];
     let (identity_suspension, node_suspension, external) = tokio::try_join!(
         broker.store.suspension(&identity),
@@ -374,13 +456,11 @@ async fn issue_inner(
     let eci = &dynamic.eci;
     let input = DecisionInput {
         identity: identity.clone(),
-        principal: PrincipalKind::Workload,
+        principal: subject.principal,
         issuer: IssuerContext {
-            kind: IssuerKind::Node,
+            kind: subject.issuer_kind,
             id: node.to_owned(),
-            // The entry was found among this node's: it is the parent, and the
-            // attested selectors match. A grant outside the entry may not be vouched for.
-            may_vouch: entry.grants.contains(&grant.name),
+            may_vouch: subject.may_vouch,
             suspended: node_suspension.is_some(),
             anomalous: false,
         },
@@ -388,11 +468,11 @@ async fn issue_inner(
         requested_ttl_seconds: request.ttl_seconds,
         purpose: request.purpose.clone(),
         now_ms: now,
-        signals: observed_signals(broker, grant, posture, &selectors, &external, now),
+        signals: observed_signals(broker, grant, &subject.observed, &external, now),
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
-            issuer_blast_radius: dynamic.blast_radius.get(node).map_or(100.0, |r| r.max),
+            issuer_blast_radius: subject.blast_radius,
         },
         budgets: match (&budget, snapshot) {
             (Some((key, policy)), Some(snapshot)) => vec![BudgetView {
@@ -410,7 +490,7 @@ async fn issue_inner(
             },
         }),
         approved: false,
-        ci_claims: BTreeMap::new(),
+        ci_claims: subject.ci_claims.clone(),
     };
     let decide_started = std::time::Instant::now();
     let decision = decide(&input, &dynamic.rules);
@@ -432,11 +512,37 @@ async fn issue_inner(
     let mut body = json!({
         "input": input,
         "decision": decision,
-        "selectors": selectors,
-        "node_facts": node_facts,
-        "entry_id": entry.id,
         "request": request,
     });
+    if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), subject.context) {
+        b.extend(extra);
+    }
+
+    if subject.audit {
+        // Logged as decided, marked audit, refused; nothing spent or minted.
+        if let Some(b) = body.as_object_mut() {
+            b.insert("audit".into(), true.into());
+            b.insert("final_outcome".into(), "audit_refused".into());
+        }
+        broker
+            .append(Append {
+                entry: decision_record(body),
+                spend: Vec::new(),
+                lease: None,
+                rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+            })
+            .await
+            .map_err(|e| {
+                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
+            })?;
+        return Err(ApiError::forbidden(
+            "audit_mode",
+            format!(
+                "the CI policy is in audit mode; the decision ({}) was logged as {request_id}",
+                decision.outcome.as_str()
+            ),
+        ));
+    }
 
     if !decision.outcome.mints() {
         broker.metrics.decided(
