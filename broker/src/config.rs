@@ -400,6 +400,8 @@ struct RawConfig {
     #[serde(default)]
     grants: Vec<GrantConfig>,
     #[serde(default)]
+    ci: crate::ci::config::CiConfig,
+    #[serde(default)]
     operators: Vec<OperatorConfig>,
     #[serde(default)]
     introspection_clients: Vec<IntrospectionClient>,
@@ -442,6 +444,8 @@ pub struct Config {
     pub operators: Vec<OperatorConfig>,
     /// Introspection clients.
     pub introspection_clients: Vec<IntrospectionClient>,
+    /// CI issuers and trust policies.
+    pub ci: crate::ci::config::CiConfig,
 }
 
 impl Config {
@@ -647,6 +651,12 @@ impl Config {
             }
             grants.insert(g.name.clone(), g);
         }
+        let grant_names: Vec<String> = grants.keys().cloned().collect();
+        crate::ci::config::validate(&raw.ci, &grant_names).map_err(|(k, r)| err(&k, r))?;
+        let mut ci = raw.ci;
+        for issuer in &mut ci.issuers {
+            issuer.ca_file = issuer.ca_file.as_deref().map(resolve);
+        }
         let mut names = std::collections::BTreeSet::new();
         for (i, o) in raw.operators.iter().enumerate() {
             if !names.insert(o.name.clone()) || o.name.is_empty() {
@@ -698,6 +708,7 @@ impl Config {
                     ..o
                 })
                 .collect(),
+            ci,
             introspection_clients: raw
                 .introspection_clients
                 .into_iter()

@@ -15,6 +15,7 @@
 //!   plumbing (the one place errors become statuses, TLS accept loops).
 //! - [`pipeline`]: one issuance — entry match, limits, `decide()`, the record,
 //!   spend and lease committed together, then the credential released.
+//! - [`ci`]: CI runners' OIDC tokens, CI trust policies, the CI front door.
 //! - [`mint`]: minters and the proof types that order minting after logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
@@ -26,6 +27,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod http;

@@ -81,7 +81,11 @@ fn validate(req: &IssueRequest) -> Result<(), ApiError> {
             format!("node facts are limited to {MAX_FACT_LEN} bytes each"),
         ));
     }
-    let r = &req.request;
+    validate_request(&req.request)
+}
+
+/// Checks a credential request's shape and limits (a 400 changes nothing).
+pub fn validate_request(r: &CredentialRequest) -> Result<(), ApiError> {
     if r.grant.is_empty() || r.grant.len() > mintguard_api::MAX_GRANT_LEN {
         return Err(ApiError::bad_request(
             "bad_grant",

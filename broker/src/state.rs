@@ -36,6 +36,8 @@ pub struct Dynamic {
     /// Each node's blast radius: the ECI it can reach through the identities
     /// its entries let it vouch for.
     pub blast_radius: HashMap<String, mintguard_policy::eci::BlastRadius>,
+    /// CI trust policies, compiled.
+    pub ci: crate::ci::CiRuntime,
 }
 
 /// Errors while starting or reloading.
@@ -153,12 +155,14 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
             (node, radius)
         })
         .collect();
+    let ci = crate::ci::CiRuntime::new(&config.ci).map_err(|e| setup(format!("ci: {e}")))?;
     Ok(Dynamic {
         config,
         rules,
         rules_json,
         eci,
         blast_radius,
+        ci,
     })
 }
 
@@ -192,6 +196,10 @@ pub struct Broker {
     pub node_limiter: DefaultKeyedRateLimiter<String>,
     /// Requests per identity.
     pub identity_limiter: DefaultKeyedRateLimiter<String>,
+    /// CI requests per client address (before any token work or log write).
+    pub ci_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// CI issuers' keys, cached across reloads.
+    pub ci_verifier: crate::ci::verify::CiVerifier,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
 }
@@ -267,6 +275,8 @@ impl Broker {
             NonZeroU32::new(config.limits.per_node_per_second).unwrap_or(NonZeroU32::MIN);
         let per_identity =
             NonZeroU32::new(config.limits.per_identity_per_second).unwrap_or(NonZeroU32::MIN);
+        let per_ci_address = NonZeroU32::new(config.ci.per_address_per_second.unwrap_or(20))
+            .unwrap_or(NonZeroU32::MIN);
         let (operators, introspection) = load_tokens(&config)?;
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
         let dynamic = build_dynamic(config, &*store).await?;
@@ -291,6 +301,8 @@ impl Broker {
             introspection: RwLock::new(introspection),
             node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
             identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),
+            ci_limiter: RateLimiter::keyed(Quota::per_second(per_ci_address)),
+            ci_verifier: crate::ci::verify::CiVerifier::default(),
             metrics: crate::metrics::Metrics::default(),
         }))
     }

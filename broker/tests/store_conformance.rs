@@ -219,6 +219,46 @@ async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn St
     );
 }
 
+/// Concurrent presentations of one CI token's jti: exactly one wins; after
+/// the token's expiry the key is swept and could be recorded again.
+async fn ci_jtis_are_single_use_until_they_expire(store: Arc<dyn Store>) {
+    let tasks: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .consume_ci_jti("iss|jti-1", 10_000, 1_000)
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut wins = 0;
+    for t in tasks {
+        wins += usize::from(t.await.unwrap());
+    }
+    assert_eq!(wins, 1, "one jti, one use");
+    assert!(
+        store
+            .consume_ci_jti("iss|jti-2", 10_000, 1_000)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_ci_jti("iss|jti-1", 10_000, 9_999)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .consume_ci_jti("iss|jti-1", 20_000, 10_000)
+            .await
+            .unwrap(),
+        "swept after expiry"
+    );
+}
+
 async fn join_tokens_are_single_use_and_expire(store: Arc<dyn Store>) {
     store
         .create_join_token("hash-1", "node-1", 5_000)
@@ -583,4 +623,5 @@ conformance!(
     queries_rule_sets_checkpoints_and_suspensions,
     signals_keep_the_latest_per_subject_kind_and_source,
     pruning_keeps_a_verifiable_base,
+    ci_jtis_are_single_use_until_they_expire,
 );

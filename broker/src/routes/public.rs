@@ -1,5 +1,6 @@
-//! Public listener (server-authenticated TLS): node enrollment, JWKS, OIDC
-//! discovery, RFC 7662 introspection, health.
+//! Public listener (server-authenticated TLS): node enrollment, CI runners
+//! (`/v1/ci/credentials`, RFC 8693 `/v1/token`), JWKS, OIDC discovery,
+//! RFC 7662 introspection, health.
 
 use std::sync::Arc;
 
@@ -7,14 +8,14 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::{Form, Router};
-use mintguard_api::{EnrollRequest, SvidResponse};
+use axum::{Extension, Form, Router};
+use mintguard_api::{CredentialRequest, CredentialResponse, EnrollRequest, SvidResponse};
 use mintguard_certs::id;
 use serde::Deserialize;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::http::{ApiError, Json};
+use crate::http::{ApiError, ClientAddr, Json};
 use crate::log::{LogEntry, RecordKind};
 use crate::pipeline::random_id;
 use crate::state::{Broker, now_ms, token_hash};
@@ -24,6 +25,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
     Router::new()
         .route("/v1/node/enroll", post(enroll))
         .route("/v1/introspect", post(introspect))
+        .route("/v1/ci/credentials", post(ci_credentials))
+        .route("/v1/token", post(token_exchange))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(|| async { "ok" }))
@@ -210,5 +213,186 @@ async fn introspect(
         Ok(_) => inactive(),
         Err(e) => ApiError::unavailable("store_unavailable", "the store is unavailable", e)
             .into_response(),
+    }
+}
+
+/// The bearer token of an `Authorization` header.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// `POST /v1/ci/credentials`: a CI job's OIDC token as bearer, the workload
+/// API's request body and answer.
+async fn ci_credentials(
+    State(broker): State<Arc<Broker>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    headers: HeaderMap,
+    Json(request): Json<CredentialRequest>,
+) -> Result<Response, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
+    })?;
+    crate::ci::issue(&broker, addr.ip(), token, request).await
+}
+
+/// Largest token-exchange form read.
+const MAX_TOKEN_FORM_BYTES: usize = 2 * 1024 * 1024;
+
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+fn oauth_error(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({"error": error, "error_description": description.into()})),
+    )
+        .into_response()
+}
+
+/// `POST /v1/token`: RFC 8693 token exchange of a CI job's OIDC token (the
+/// `subject_token`) for the grant named by `resource` or `audience`;
+/// failures answer OAuth error JSON (RFC 6749 §5.2).
+async fn token_exchange(
+    State(broker): State<Arc<Broker>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    // Read up to MAX_TOKEN_FORM_BYTES here (not the listener's body limit), so
+    // an oversized subject_token is refused by the verifier — and logged.
+    let Ok(body) = axum::body::to_bytes(body, MAX_TOKEN_FORM_BYTES).await else {
+        return oauth_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request",
+            format!("the form exceeds {MAX_TOKEN_FORM_BYTES} bytes"),
+        );
+    };
+    let form_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim() == "application/x-www-form-urlencoded");
+    if !form_type {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "expected application/x-www-form-urlencoded",
+        );
+    }
+    let mut fields = std::collections::HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(&body) {
+        if fields
+            .insert(k.clone().into_owned(), v.into_owned())
+            .is_some()
+        {
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("{k} given twice"),
+            );
+        }
+    }
+    let field = |k: &str| fields.get(k).map(String::as_str);
+    if field("grant_type") != Some(TOKEN_EXCHANGE) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            format!("grant_type must be {TOKEN_EXCHANGE}"),
+        );
+    }
+    if field("subject_token_type") != Some(JWT_TYPE) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("subject_token_type must be {JWT_TYPE}"),
+        );
+    }
+    if field("requested_token_type").is_some_and(|t| t != JWT_TYPE) {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("requested_token_type can only be {JWT_TYPE}"),
+        );
+    }
+    let Some(token) = field("subject_token").filter(|t| !t.is_empty()) else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "subject_token is required",
+        );
+    };
+    let Some(grant) = field("resource")
+        .or(field("audience"))
+        .filter(|g| !g.is_empty())
+    else {
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            "name the grant with resource or audience",
+        );
+    };
+    let request = CredentialRequest {
+        grant: grant.to_owned(),
+        ttl_seconds: None,
+        purpose: field("purpose").map(str::to_owned),
+        spiffe_id: None,
+        bind_to_process: None,
+        approval_id: None,
+    };
+    let response = match crate::ci::issue(&broker, addr.ip(), token, request).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    if status == StatusCode::OK {
+        let Ok(issued) = serde_json::from_slice::<CredentialResponse>(&bytes) else {
+            return oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "unreadable credential",
+            );
+        };
+        let expires_in = OffsetDateTime::parse(
+            &issued.expires_at,
+            &time::format_description::well_known::Rfc3339,
+        )
+        .map_or(0, |t| {
+            (t - OffsetDateTime::now_utc()).whole_seconds().max(0)
+        });
+        return (
+            StatusCode::OK,
+            [(header::CACHE_CONTROL, "no-store")],
+            axum::Json(json!({
+                "access_token": issued.credential["token"],
+                "issued_token_type": JWT_TYPE,
+                "token_type": "Bearer",
+                "expires_in": expires_in,
+                "lease_id": issued.lease_id,
+            })),
+        )
+            .into_response();
+    }
+    let detail = serde_json::from_slice::<mintguard_api::ErrorBody>(&bytes)
+        .map(|e| format!("{}: {}", e.error.code, e.error.message))
+        .unwrap_or_default();
+    let code = detail.split(':').next().unwrap_or_default();
+    match status {
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
+            oauth_error(status, "temporarily_unavailable", detail)
+        }
+        _ if code == "unknown_grant" => {
+            oauth_error(StatusCode::BAD_REQUEST, "invalid_target", detail)
+        }
+        StatusCode::BAD_REQUEST => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail),
+        _ => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", detail),
     }
 }

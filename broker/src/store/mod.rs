@@ -215,6 +215,10 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Consumes a join token once: the node name if it was unused and unexpired.
     async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>>;
+    /// Records a CI token's `jti` (`key` = issuer and jti) until
+    /// `expires_at_ms`: true the first time, false if it was seen and has
+    /// not expired (a replay). Expired entries are swept as it goes.
+    async fn consume_ci_jti(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool>;
 
     /// Creates a registration entry.
     async fn create_entry(&self, entry: &Entry) -> Result<()>;

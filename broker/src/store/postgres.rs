@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         "CREATE TABLE log_base (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);",
     ),
+    (
+        4,
+        "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms BIGINT NOT NULL);
+         CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
+    ),
 ];
 
 /// Serializes migrations across replicas starting at once.
@@ -673,6 +678,23 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn consume_ci_jti(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool> {
+        let client = self.client().await?;
+        client
+            .execute("DELETE FROM ci_jtis WHERE expires_at_ms <= $1", &[&now_ms])
+            .await
+            .map_err(map_pg)?;
+        // Atomic across replicas: the primary key admits one insert.
+        let n = client
+            .execute(
+                "INSERT INTO ci_jtis(key, expires_at_ms) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &expires_at_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(n == 1)
     }
 
     async fn create_entry(&self, e: &Entry) -> Result<()> {

@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         "CREATE TABLE log_base (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);",
     ),
+    (
+        4,
+        "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms INTEGER NOT NULL);
+         CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
+    ),
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -724,6 +729,22 @@ impl Store for SqliteStore {
                     |r| r.get(0),
                 )
                 .optional()
+                .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn consume_ci_jti(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool> {
+        let key = key.to_owned();
+        self.write(move |w| {
+            w.conn
+                .prepare_cached("DELETE FROM ci_jtis WHERE expires_at_ms <= ?1")
+                .and_then(|mut s| s.execute([now_ms]))
+                .map_err(map_sql)?;
+            w.conn
+                .prepare_cached("INSERT OR IGNORE INTO ci_jtis(key, expires_at_ms) VALUES (?1, ?2)")
+                .and_then(|mut s| s.execute(params![key, expires_at_ms]))
+                .map(|n| n == 1)
                 .map_err(map_sql)
         })
         .await

@@ -1,0 +1,226 @@
+//! `[ci]`: CI trust policies — which OIDC issuers are trusted, which of their
+//! tokens map to which identity, and which grants that identity may ask for.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::Dur;
+
+/// `[ci]`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct CiConfig {
+    /// The issuer allowlist.
+    pub issuers: Vec<IssuerConfig>,
+    /// Trust policies.
+    pub policies: Vec<CiPolicy>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`. Default 60 s.
+    pub skew: Option<Dur>,
+    /// Largest token accepted, bytes. Default 16 KiB.
+    pub max_token_bytes: Option<usize>,
+    /// Requests per second per client address on the CI endpoints (per
+    /// replica), before any token work or log write. Default 20.
+    pub per_address_per_second: Option<u32>,
+}
+
+impl CiConfig {
+    /// The skew.
+    pub fn skew(&self) -> Duration {
+        self.skew.map_or(Duration::from_secs(60), |d| d.0)
+    }
+
+    /// The token size limit.
+    pub fn max_token_bytes(&self) -> usize {
+        self.max_token_bytes.unwrap_or(16 * 1024)
+    }
+}
+
+/// `[[ci.issuers]]`: a trusted OIDC issuer.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The `iss` claim, exactly; discovery is at
+    /// `<url>/.well-known/openid-configuration`.
+    pub url: String,
+    /// Plain HTTP is allowed only for a loopback issuer and only with this set
+    /// (local testing). Default false.
+    #[serde(default)]
+    pub allow_insecure_loopback: bool,
+    /// Extra trusted roots (PEM) for the issuer's HTTPS, besides the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Fetch the JWKS again when a token names an unknown `kid`, at most this
+    /// often. Default 30 s.
+    #[serde(default)]
+    pub refresh_min_interval: Option<Dur>,
+    /// Refetch the JWKS after this long regardless. Default 1 h.
+    #[serde(default)]
+    pub max_cache_age: Option<Dur>,
+}
+
+/// Policy mode.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Decide and mint.
+    #[default]
+    Enforce,
+    /// Decide and log as if enforcing, then refuse.
+    Audit,
+}
+
+/// A claim matcher: a string (exact), `{ glob = "…" }` (`*` any run, `?` one
+/// character), or `{ regex = "…" }` (anchored at both ends).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum Matcher {
+    /// Exact.
+    Exact(String),
+    /// Glob.
+    Glob {
+        /// The pattern.
+        glob: String,
+    },
+    /// Anchored regular expression.
+    Regex {
+        /// The pattern.
+        regex: String,
+    },
+}
+
+/// `[[ci.policies]]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CiPolicy {
+    /// Name (in the log and in decisions).
+    pub name: String,
+    /// The issuer URL (one of `[[ci.issuers]]`).
+    pub issuer: String,
+    /// The audience the token must carry.
+    pub audience: String,
+    /// Claim matchers, by claim name (dotted for nested claims); all must match.
+    #[serde(default)]
+    pub claims: BTreeMap<String, Matcher>,
+    /// The identity: a SPIFFE ID template with `{claim}` placeholders.
+    pub identity: String,
+    /// Grants this policy may ask for.
+    pub grants: Vec<String>,
+    /// `enforce` (default) or `audit`.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Events that can run code from forks (GitHub `pull_request`,
+    /// `pull_request_target`; GitLab `merge_request_event`,
+    /// `external_pull_request_event`) are refused unless listed here.
+    #[serde(default)]
+    pub allow_events: Vec<String>,
+    /// Client addresses allowed (CIDR); when set, the `network` signal is 100
+    /// inside and 0 outside; when absent it drops out.
+    #[serde(default)]
+    pub allowed_cidrs: Vec<String>,
+}
+
+/// Events that can run code from forks.
+pub const FORK_EVENTS: &[&str] = &[
+    "pull_request",
+    "pull_request_target",
+    "merge_request_event",
+    "external_pull_request_event",
+];
+
+/// `a.b/c` CIDR parsing: (network, prefix length).
+pub fn parse_cidr(text: &str) -> Option<(IpAddr, u8)> {
+    let (addr, len) = text.split_once('/')?;
+    let addr: IpAddr = addr.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    let max = if addr.is_ipv4() { 32 } else { 128 };
+    (len <= max).then_some((addr, len))
+}
+
+/// Whether `ip` is inside `cidr`.
+pub fn cidr_contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
+    let ip = match (net, ip) {
+        (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        _ => ip,
+    };
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        _ => false,
+    }
+}
+
+/// Checks `[ci]` against the grants; `(key, reason)` on failure.
+pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)> {
+    let err = |key: String, reason: String| Err((key, reason));
+    for (i, issuer) in ci.issuers.iter().enumerate() {
+        let key = format!("ci.issuers[{i}].url");
+        let Ok(url) = url::Url::parse(&issuer.url) else {
+            return err(key, format!("{:?} is not a URL", issuer.url));
+        };
+        match url.scheme() {
+            "https" => {}
+            "http" => {
+                let loopback = match url.host() {
+                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                };
+                if !(loopback && issuer.allow_insecure_loopback) {
+                    return err(
+                        key,
+                        "plain http only for a loopback issuer with allow_insecure_loopback = true"
+                            .into(),
+                    );
+                }
+            }
+            other => return err(key, format!("scheme {other:?}: https required")),
+        }
+    }
+    if ci
+        .max_token_bytes
+        .is_some_and(|n| n == 0 || n > 1024 * 1024)
+    {
+        return err("ci.max_token_bytes".into(), "1..=1048576".into());
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for (i, p) in ci.policies.iter().enumerate() {
+        let key = |k: &str| format!("ci.policies[{i}].{k}");
+        if p.name.is_empty() || !names.insert(p.name.clone()) {
+            return err(key("name"), format!("{:?} is empty or not unique", p.name));
+        }
+        if !ci.issuers.iter().any(|x| x.url == p.issuer) {
+            return err(
+                key("issuer"),
+                format!("{:?} is not in [[ci.issuers]]", p.issuer),
+            );
+        }
+        if p.audience.is_empty() {
+            return err(key("audience"), "required".into());
+        }
+        if p.grants.is_empty() {
+            return err(key("grants"), "at least one grant".into());
+        }
+        if let Some(g) = p.grants.iter().find(|g| !grants.contains(g)) {
+            return err(key("grants"), format!("unknown grant {g:?}"));
+        }
+        super::template::check(&p.identity).map_err(|e| (key("identity"), e))?;
+        for (claim, m) in &p.claims {
+            super::matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
+        }
+        if let Some(c) = p.allowed_cidrs.iter().find(|c| parse_cidr(c).is_none()) {
+            return err(key("allowed_cidrs"), format!("{c:?} is not a CIDR"));
+        }
+    }
+    Ok(())
+}

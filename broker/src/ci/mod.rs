@@ -1,0 +1,287 @@
+//! CI runners: OIDC tokens from GitHub Actions, GitLab CI or any OIDC
+//! issuer, mapped by CI trust policies to an identity and its grants, then
+//! decided, logged and minted like any other request. Every refusal —
+//! including a token that does not verify — is a record in the issuance log.
+
+pub mod config;
+pub mod matcher;
+pub mod template;
+pub mod verify;
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use axum::http::StatusCode;
+use axum::response::Response;
+use mintguard_api::CredentialRequest;
+use mintguard_policy::decision::{IssuerKind, PrincipalKind};
+use serde_json::{Value, json};
+
+use self::config::{CiConfig, CiPolicy, FORK_EVENTS, Mode, cidr_contains, parse_cidr};
+use self::matcher::{Compiled, claim_text};
+use crate::http::ApiError;
+use crate::log::{LogEntry, RecordKind};
+use crate::pipeline::{Observed, Subject, decide_and_issue, random_id};
+use crate::state::{Broker, now_ms};
+use crate::store::Append;
+
+/// A policy with its matchers compiled.
+pub struct CompiledPolicy {
+    /// The policy.
+    pub policy: CiPolicy,
+    claims: Vec<(String, Compiled)>,
+    cidrs: Vec<(IpAddr, u8)>,
+}
+
+/// The CI policies of one configuration (rebuilt on reload).
+#[derive(Default)]
+pub struct CiRuntime {
+    /// Policies in configuration order (the first that matches wins).
+    pub policies: Vec<CompiledPolicy>,
+}
+
+impl CiRuntime {
+    /// Compiles `[ci]` (validated before, so this does not fail in practice).
+    pub fn new(ci: &CiConfig) -> Result<Self, String> {
+        let policies = ci
+            .policies
+            .iter()
+            .map(|p| {
+                Ok(CompiledPolicy {
+                    claims: p
+                        .claims
+                        .iter()
+                        .map(|(k, m)| Ok((k.clone(), matcher::compile(m)?)))
+                        .collect::<Result<_, String>>()?,
+                    cidrs: p
+                        .allowed_cidrs
+                        .iter()
+                        .filter_map(|c| parse_cidr(c))
+                        .collect(),
+                    policy: p.clone(),
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok(Self { policies })
+    }
+}
+
+fn audience_matches(claims: &Value, audience: &str) -> bool {
+    match &claims["aud"] {
+        Value::String(a) => a == audience,
+        Value::Array(a) => a.iter().any(|x| x.as_str() == Some(audience)),
+        _ => false,
+    }
+}
+
+/// The claims Cedar sees (`context.ci_claims`), as strings.
+fn cedar_claims(claims: &Value) -> BTreeMap<String, String> {
+    mintguard_policy::decision::CI_CLAIMS
+        .iter()
+        .filter_map(|k| claim_text(claims, k).map(|v| ((*k).to_owned(), v.into_owned())))
+        .collect()
+}
+
+/// A refusal before any decision (bad token, no policy, fork event, replay):
+/// logged, then answered.
+async fn refuse(
+    broker: &Broker,
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    issuer: Option<&str>,
+    grant: &str,
+    detail: Value,
+) -> ApiError {
+    let request_id = random_id("req");
+    let entry = LogEntry {
+        time_ms: now_ms(),
+        kind: RecordKind::Decision,
+        request_id: request_id.clone(),
+        identity: None,
+        grant: Some(crate::http::excerpt(grant)),
+        node: issuer.map(str::to_owned),
+        outcome: Some("deny".into()),
+        body: json!({"ci": {"refused": code, "message": message, "detail": detail}}),
+    };
+    let logged = broker
+        .append(Append {
+            entry,
+            spend: Vec::new(),
+            lease: None,
+            rule_set: None,
+        })
+        .await;
+    if let Err(e) = logged {
+        return ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e);
+    }
+    ApiError::new(status, code, message).with_reasons(vec![request_id])
+}
+
+/// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
+/// find the policy, then the shared pipeline.
+pub async fn issue(
+    broker: &Broker,
+    client: IpAddr,
+    token: &str,
+    request: CredentialRequest,
+) -> Result<Response, ApiError> {
+    if broker.ci_limiter.check_key(&client).is_err() {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many CI requests from this address",
+            )
+        });
+    }
+    crate::pipeline::validate_request(&request)?;
+    let dynamic = broker.dynamic.load_full();
+    let ci = &dynamic.config.ci;
+    let now = now_ms();
+    let verified = match broker
+        .ci_verifier
+        .verify(ci, token, now.div_euclid(1000))
+        .await
+    {
+        Ok(v) => v,
+        Err(e) => {
+            let status = if e.unavailable {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            return Err(refuse(
+                broker,
+                status,
+                e.code,
+                e.message,
+                None,
+                &request.grant,
+                Value::Null,
+            )
+            .await);
+        }
+    };
+    let issuer = verified.issuer.as_str();
+    let claims = &verified.claims;
+    let summary = json!({
+        "iss": issuer, "sub": claims["sub"], "jti": verified.jti,
+        "event_name": claims["event_name"], "pipeline_source": claims["pipeline_source"],
+    });
+    let Some(compiled) = dynamic.ci.policies.iter().find(|c| {
+        c.policy.issuer == issuer
+            && audience_matches(claims, &c.policy.audience)
+            && c.claims
+                .iter()
+                .all(|(k, m)| claim_text(claims, k).is_some_and(|t| m.matches(&t)))
+    }) else {
+        return Err(refuse(
+            broker,
+            StatusCode::FORBIDDEN,
+            "no_policy",
+            "no CI trust policy matches this token (issuer, audience, claims)".into(),
+            Some(issuer),
+            &request.grant,
+            summary,
+        )
+        .await);
+    };
+    let policy = &compiled.policy;
+    let event = claim_text(claims, "event_name").or_else(|| claim_text(claims, "pipeline_source"));
+    if let Some(event) = event.as_deref()
+        && FORK_EVENTS.contains(&event)
+        && !policy.allow_events.iter().any(|e| e == event)
+    {
+        return Err(refuse(
+            broker,
+            StatusCode::FORBIDDEN,
+            "fork_event_refused",
+            format!(
+                "event {event:?} can run code from forks; policy {:?} does not allow it",
+                policy.name
+            ),
+            Some(issuer),
+            &request.grant,
+            json!({"policy": policy.name, "token": summary}),
+        )
+        .await);
+    }
+    let identity = match template::render(&policy.identity, claims) {
+        Ok(id) => id,
+        Err(e) => {
+            return Err(refuse(
+                broker,
+                StatusCode::FORBIDDEN,
+                "bad_identity",
+                e,
+                Some(issuer),
+                &request.grant,
+                json!({"policy": policy.name, "token": summary}),
+            )
+            .await);
+        }
+    };
+    let skew_ms = i64::try_from(ci.skew().as_millis()).unwrap_or(60_000);
+    let key = format!("{issuer}|{}", verified.jti);
+    if !broker
+        .store
+        .consume_ci_jti(
+            &key,
+            verified.exp.saturating_mul(1000).saturating_add(skew_ms),
+            now,
+        )
+        .await?
+    {
+        return Err(refuse(
+            broker,
+            StatusCode::UNAUTHORIZED,
+            "token_replayed",
+            "this token (jti) was already used".into(),
+            Some(issuer),
+            &request.grant,
+            json!({"policy": policy.name, "token": summary}),
+        )
+        .await);
+    }
+    let Some(grant) = dynamic.config.grants.get(&request.grant) else {
+        return Err(ApiError::bad_request(
+            "unknown_grant",
+            format!("no grant named {:?}", request.grant),
+        ));
+    };
+    let network = (!compiled.cidrs.is_empty()).then(|| {
+        if compiled.cidrs.iter().any(|c| cidr_contains(*c, client)) {
+            (100, "broker:ci_allowed_cidrs")
+        } else {
+            (0, "broker:ci_allowed_cidrs")
+        }
+    });
+    // The issuer may reach what its policies' grants expose.
+    let blast_radius = dynamic
+        .ci
+        .policies
+        .iter()
+        .filter(|c| c.policy.issuer == issuer)
+        .flat_map(|c| c.policy.grants.iter())
+        .filter_map(|g| dynamic.eci.grant_exposure(g))
+        .fold(0.0, f64::max);
+    let subject = Subject {
+        identity,
+        principal: PrincipalKind::CiJob,
+        issuer_kind: IssuerKind::CiIssuer,
+        issuer: issuer.to_owned(),
+        may_vouch: policy.grants.contains(&grant.name),
+        observed: Observed {
+            posture: (100, "ci:oidc_token_verified"),
+            attestation: (100, "ci:oidc_signature"),
+            network,
+        },
+        blast_radius,
+        ci_claims: cedar_claims(claims),
+        context: json!({"ci": {"policy": policy.name, "client": client.to_string(), "token": summary}}),
+        audit: policy.mode == Mode::Audit,
+    };
+    decide_and_issue(broker, &dynamic, grant, request, subject).await
+}

@@ -1,0 +1,412 @@
+//! OIDC token validation for CI issuers: discovery and JWKS fetched over
+//! HTTPS (plain HTTP only for a loopback issuer that allows it), cached and
+//! refreshed on an unknown `kid` at most every `refresh_min_interval`;
+//! asymmetric algorithms only, and only the one the key allows; `iss`,
+//! `exp`, `nbf`, `iat` with a small skew; `jku`, `x5u`, `x5c`, `jwk` and
+//! `crit` headers refused, never followed; size limits on the token and on
+//! every claim.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+
+use super::config::{CiConfig, IssuerConfig};
+
+/// Why a token was refused: a reason code and a message (401 unless said).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenError {
+    /// Reason code.
+    pub code: &'static str,
+    /// Detail.
+    pub message: String,
+    /// 503 when the issuer could not be reached (not the token's fault).
+    pub unavailable: bool,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>) -> TokenError {
+    TokenError {
+        code,
+        message: message.into(),
+        unavailable: false,
+    }
+}
+
+/// Most keys kept per issuer.
+const MAX_KEYS: usize = 64;
+/// Largest discovery document or JWKS, bytes.
+const MAX_DOC: usize = 512 * 1024;
+/// Most top-level claims; longest claim string; deepest nesting.
+const MAX_CLAIMS: usize = 128;
+const MAX_CLAIM_LEN: usize = 4096;
+const MAX_DEPTH: usize = 4;
+/// Algorithms accepted (asymmetric only).
+const ALGORITHMS: &[&str] = &[
+    "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
+];
+
+#[derive(Default)]
+struct IssuerKeys {
+    keys: HashMap<String, Value>,
+    fetched: Option<Instant>,
+}
+
+/// Verified claims of a CI token.
+#[derive(Clone, Debug)]
+pub struct Verified {
+    /// The issuer URL.
+    pub issuer: String,
+    /// All claims.
+    pub claims: Value,
+    /// `jti`.
+    pub jti: String,
+    /// `exp`, seconds.
+    pub exp: i64,
+}
+
+/// The CI token verifier with its per-issuer key caches.
+#[derive(Default)]
+pub struct CiVerifier {
+    cache: Mutex<HashMap<String, Arc<tokio::sync::Mutex<IssuerKeys>>>>,
+}
+
+fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| refuse("malformed_token", "a token part is not base64url"))
+}
+
+fn depth_and_sizes(v: &Value, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match v {
+        Value::String(s) => s.len() <= MAX_CLAIM_LEN,
+        Value::Array(a) => a.len() <= MAX_CLAIMS && a.iter().all(|x| depth_and_sizes(x, depth + 1)),
+        Value::Object(o) => {
+            o.len() <= MAX_CLAIMS
+                && o.iter()
+                    .all(|(k, x)| k.len() <= 256 && depth_and_sizes(x, depth + 1))
+        }
+        _ => true,
+    }
+}
+
+impl CiVerifier {
+    /// Verifies `token` against the allowlisted issuer it names.
+    pub async fn verify(
+        &self,
+        ci: &CiConfig,
+        token: &str,
+        now_s: i64,
+    ) -> Result<Verified, TokenError> {
+        if token.len() > ci.max_token_bytes() {
+            return Err(refuse(
+                "token_too_large",
+                format!("tokens are limited to {} bytes", ci.max_token_bytes()),
+            ));
+        }
+        let parts: Vec<&str> = token.split('.').collect();
+        let [header, payload, _sig] = parts.as_slice() else {
+            return Err(refuse("malformed_token", "a JWT has three parts"));
+        };
+        let header: Value = serde_json::from_slice(&b64(header)?)
+            .map_err(|_| refuse("malformed_token", "the header is not JSON"))?;
+        for forbidden in ["jku", "x5u", "x5c", "jwk", "crit"] {
+            if header.get(forbidden).is_some() {
+                return Err(refuse(
+                    "forbidden_header",
+                    format!("header {forbidden:?} is not accepted"),
+                ));
+            }
+        }
+        let alg = header["alg"].as_str().unwrap_or_default();
+        if !ALGORITHMS.contains(&alg) {
+            return Err(refuse(
+                "bad_algorithm",
+                format!("algorithm {:?} is not accepted", crate::http::excerpt(alg)),
+            ));
+        }
+        let kid = header["kid"].as_str().unwrap_or_default();
+        if kid.is_empty()
+            || kid.len() > 128
+            || !kid
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(refuse("bad_kid", "kid must be 1..=128 of [A-Za-z0-9._-]"));
+        }
+        let unverified: Value = serde_json::from_slice(&b64(payload)?)
+            .map_err(|_| refuse("malformed_token", "the payload is not JSON"))?;
+        if !unverified.is_object() || !depth_and_sizes(&unverified, 0) {
+            return Err(refuse(
+                "bad_claims",
+                "claims exceed the size or nesting limits",
+            ));
+        }
+        for (claim, number) in [
+            ("exp", true),
+            ("nbf", true),
+            ("iat", true),
+            ("iss", false),
+            ("jti", false),
+        ] {
+            let v = &unverified[claim];
+            let ok = v.is_null()
+                || if number {
+                    v.is_i64() || v.is_u64()
+                } else {
+                    v.is_string()
+                };
+            if !ok {
+                let kind = if number { "a number" } else { "a string" };
+                return Err(refuse("bad_claims", format!("{claim} must be {kind}")));
+            }
+        }
+        if !matches!(
+            unverified["aud"],
+            Value::Null | Value::String(_) | Value::Array(_)
+        ) {
+            return Err(refuse("bad_claims", "aud must be a string or an array"));
+        }
+        let iss = unverified["iss"].as_str().unwrap_or_default();
+        let issuer = ci.issuers.iter().find(|i| i.url == iss).ok_or_else(|| {
+            refuse(
+                "unknown_issuer",
+                format!("issuer {:?} is not allowed", crate::http::excerpt(iss)),
+            )
+        })?;
+        let jwk = self.key(issuer, kid).await?;
+        if jwk
+            .get("alg")
+            .and_then(Value::as_str)
+            .is_some_and(|a| a != alg)
+        {
+            return Err(refuse(
+                "bad_algorithm",
+                format!("key {kid} is for {}, not {alg}", jwk["alg"]),
+            ));
+        }
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(jwk)
+            .map_err(|e| refuse("bad_key", format!("issuer key {kid}: {e}")))?;
+        let key = jsonwebtoken::DecodingKey::from_jwk(&jwk)
+            .map_err(|e| refuse("bad_key", format!("issuer key {kid}: {e}")))?;
+        let algorithm: jsonwebtoken::Algorithm = alg
+            .parse()
+            .map_err(|_| refuse("bad_algorithm", alg.to_owned()))?;
+        let mut validation = jsonwebtoken::Validation::new(algorithm);
+        validation.leeway = ci.skew().as_secs();
+        validation.validate_nbf = true;
+        validation.validate_aud = false; // per policy, below
+        validation.set_issuer(&[issuer.url.as_str()]);
+        validation.set_required_spec_claims(&["exp", "iat", "iss", "aud"]);
+        let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind as K;
+                match e.kind() {
+                    K::ExpiredSignature => refuse("token_expired", "the token has expired"),
+                    K::ImmatureSignature => refuse("token_not_yet_valid", "nbf is in the future"),
+                    K::InvalidSignature => refuse("bad_signature", "the signature does not verify"),
+                    K::InvalidIssuer => refuse("unknown_issuer", "iss does not match"),
+                    K::MissingRequiredClaim(c) => {
+                        refuse("bad_claims", format!("missing claim {c}"))
+                    }
+                    _ => refuse("invalid_token", e.to_string()),
+                }
+            })?
+            .claims;
+        let skew = i64::try_from(ci.skew().as_secs()).unwrap_or(60);
+        let iat = claims["iat"]
+            .as_i64()
+            .ok_or_else(|| refuse("bad_claims", "iat must be a number"))?;
+        if iat > now_s + skew {
+            return Err(refuse("token_not_yet_valid", "iat is in the future"));
+        }
+        let exp = claims["exp"]
+            .as_i64()
+            .ok_or_else(|| refuse("bad_claims", "exp must be a number"))?;
+        let jti = claims["jti"]
+            .as_str()
+            .filter(|j| !j.is_empty() && j.len() <= 256)
+            .ok_or_else(|| {
+                refuse(
+                    "bad_claims",
+                    "jti (1..=256 bytes) is required for replay protection",
+                )
+            })?
+            .to_owned();
+        Ok(Verified {
+            issuer: issuer.url.clone(),
+            claims,
+            jti,
+            exp,
+        })
+    }
+
+    /// The JWK for `kid`, refetching the JWKS when it is unknown (at most
+    /// every `refresh_min_interval`) or the cache is old.
+    async fn key(&self, issuer: &IssuerConfig, kid: &str) -> Result<Value, TokenError> {
+        let slot = {
+            let mut cache = self
+                .cache
+                .lock()
+                .map_err(|_| refuse("unavailable", "cache poisoned"))?;
+            cache.entry(issuer.url.clone()).or_default().clone()
+        };
+        let mut keys = slot.lock().await;
+        let min_interval = issuer
+            .refresh_min_interval
+            .map_or(Duration::from_secs(30), |d| d.0);
+        let max_age = issuer
+            .max_cache_age
+            .map_or(Duration::from_secs(3600), |d| d.0);
+        let stale = keys.fetched.is_none_or(|t| t.elapsed() >= max_age);
+        let may_refresh = keys.fetched.is_none_or(|t| t.elapsed() >= min_interval);
+        if stale || (!keys.keys.contains_key(kid) && may_refresh) {
+            match fetch_jwks(issuer).await {
+                Ok(fresh) => {
+                    keys.keys = fresh;
+                    keys.fetched = Some(Instant::now());
+                }
+                Err(e) if keys.keys.is_empty() => {
+                    return Err(TokenError {
+                        code: "issuer_unavailable",
+                        message: e,
+                        unavailable: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %issuer.url, %e, "JWKS refresh failed; using the cached keys")
+                }
+            }
+        }
+        keys.keys
+            .get(kid)
+            .cloned()
+            .ok_or_else(|| refuse("unknown_kid", format!("issuer has no key {kid:?}")))
+    }
+}
+
+async fn fetch_jwks(issuer: &IssuerConfig) -> Result<HashMap<String, Value>, String> {
+    let base = issuer.url.trim_end_matches('/');
+    let discovery = fetch_json(issuer, &format!("{base}/.well-known/openid-configuration")).await?;
+    let jwks_uri = discovery["jwks_uri"]
+        .as_str()
+        .ok_or("the discovery document has no jwks_uri")?;
+    let jwks = fetch_json(issuer, jwks_uri).await?;
+    let mut keys = HashMap::new();
+    for k in jwks["keys"]
+        .as_array()
+        .ok_or("the JWKS has no keys array")?
+        .iter()
+        .take(MAX_KEYS)
+    {
+        let usable = k["use"].as_str().is_none_or(|u| u == "sig")
+            && matches!(k["kty"].as_str(), Some("RSA" | "EC" | "OKP"));
+        if let (true, Some(kid)) = (usable, k["kid"].as_str()) {
+            keys.insert(kid.to_owned(), k.clone());
+        }
+    }
+    Ok(keys)
+}
+
+/// GETs a JSON document from the issuer's host (the scheme rules of the
+/// issuer URL apply to every URL fetched for it).
+async fn fetch_json(issuer: &IssuerConfig, url: &str) -> Result<Value, String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url}: {e}"))?;
+    let host = parsed
+        .host_str()
+        .ok_or_else(|| format!("{url}: no host"))?
+        .to_owned();
+    let port = parsed
+        .port_or_known_default()
+        .ok_or_else(|| format!("{url}: no port"))?;
+    let insecure_ok = issuer.allow_insecure_loopback
+        && matches!(parsed.host(), Some(url::Host::Ipv4(a)) if a.is_loopback());
+    let path = match parsed.query() {
+        Some(q) => format!("{}?{q}", parsed.path()),
+        None => parsed.path().to_owned(),
+    };
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, &host)
+        .header(hyper::header::ACCEPT, "application/json")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        let response = match parsed.scheme() {
+            "https" => {
+                let config = client_config(issuer)?;
+                let name = rustls::pki_types::ServerName::try_from(host.clone())
+                    .map_err(|e| format!("{url}: {e}"))?;
+                let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("{url}: TLS: {e}"))?;
+                send(TokioIo::new(tls), request).await?
+            }
+            "http" if insecure_ok => send(TokioIo::new(tcp), request).await?,
+            _ => return Err(format!("{url}: https required")),
+        };
+        Ok::<_, String>(response)
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .map_err(|_| format!("{url}: no answer within 5 s"))??;
+    if status != 200 {
+        return Err(format!("{url}: HTTP {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+async fn send<IO>(
+    io: TokioIo<IO>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = http_body_util::Limited::new(res.into_body(), MAX_DOC)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}
+
+fn client_config(issuer: &IssuerConfig) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(file) = &issuer.ca_file {
+        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+            roots
+                .add(cert.map_err(|e| format!("{}: {e}", file.display()))?)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+        }
+    }
+    rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())
+    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+}

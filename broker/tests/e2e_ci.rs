@@ -1,0 +1,540 @@
+//! CI runners against the real broker: a real OIDC issuer (discovery and
+//! JWKS over HTTP on 127.0.0.1) signs GitHub Actions tokens; the broker
+//! verifies them, maps them by CI trust policy, decides, logs and mints —
+//! through `POST /v1/ci/credentials` and RFC 8693 `POST /v1/token`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use mintguard_certs::jwt::{JwtAlgorithm, JwtKeySet, JwtSettings};
+use serde_json::{Value, json};
+
+const AUDIENCE: &str = "https://mintguard.example.org";
+
+/// An OIDC issuer: its keys, and the JWKS it serves (swapped on rotation).
+struct Issuer {
+    url: String,
+    keys: Mutex<JwtKeySet>,
+    jwks: Arc<Mutex<Value>>,
+}
+
+impl Issuer {
+    async fn start() -> Arc<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let keys = JwtKeySet::in_memory(JwtSettings {
+            algorithm: JwtAlgorithm::Es256,
+            max_token_ttl: Duration::from_secs(3600),
+        })
+        .unwrap();
+        let jwks = Arc::new(Mutex::new(
+            serde_json::to_value(keys.jwks(time::OffsetDateTime::now_utc())).unwrap(),
+        ));
+        let served = jwks.clone();
+        let discovery = json!({"issuer": url, "jwks_uri": format!("{url}/.well-known/jwks")});
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || {
+                    let d = discovery.clone();
+                    async move { axum::Json(d) }
+                }),
+            )
+            .route(
+                "/.well-known/jwks",
+                axum::routing::get(move || {
+                    let j = served.lock().unwrap().clone();
+                    async move { axum::Json(j) }
+                }),
+            );
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let app = app.clone();
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(
+                            hyper_util::rt::TokioIo::new(tcp),
+                            hyper_util::service::TowerToHyperService::new(app),
+                        )
+                        .await;
+                });
+            }
+        });
+        Arc::new(Self {
+            url,
+            keys: Mutex::new(keys),
+            jwks,
+        })
+    }
+
+    fn kid(&self) -> String {
+        self.keys.lock().unwrap().active().kid().to_owned()
+    }
+
+    fn encoding_key(&self) -> EncodingKey {
+        let keys = self.keys.lock().unwrap();
+        EncodingKey::from_ec_pem(keys.active().private_key().to_pem().as_bytes()).unwrap()
+    }
+
+    /// Signs `claims` with the active key, `edit` adjusting the header.
+    fn sign(&self, claims: &Value, edit: impl FnOnce(&mut Header)) -> String {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid());
+        edit(&mut header);
+        jsonwebtoken::encode(&header, claims, &self.encoding_key()).unwrap()
+    }
+
+    /// Rotates the signing key; the JWKS now serves old and new.
+    fn rotate(&self) {
+        let mut keys = self.keys.lock().unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        keys.rotate(now).unwrap();
+        *self.jwks.lock().unwrap() = serde_json::to_value(keys.jwks(now)).unwrap();
+    }
+}
+
+/// The full GitHub Actions claim set for a push to main.
+fn github_claims(iss: &str, jti: &str) -> Value {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    json!({
+        "jti": jti,
+        "sub": "repo:octo-org/octo-repo:ref:refs/heads/main",
+        "aud": AUDIENCE,
+        "ref": "refs/heads/main",
+        "sha": "d6e5b0f0c8a1f5f6e8f2f1e0d9c8b7a6f5e4d3c2",
+        "repository": "octo-org/octo-repo",
+        "repository_owner": "octo-org",
+        "repository_owner_id": "65432",
+        "repository_visibility": "private",
+        "repository_id": "123456789",
+        "run_id": "6789012345",
+        "run_number": "42",
+        "run_attempt": "1",
+        "actor": "octocat",
+        "actor_id": "583231",
+        "workflow": "deploy",
+        "head_ref": "",
+        "base_ref": "",
+        "event_name": "push",
+        "ref_protected": "true",
+        "ref_type": "branch",
+        "workflow_ref": "octo-org/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+        "workflow_sha": "d6e5b0f0c8a1f5f6e8f2f1e0d9c8b7a6f5e4d3c2",
+        "job_workflow_ref": "octo-org/octo-repo/.github/workflows/deploy.yml@refs/heads/main",
+        "job_workflow_sha": "d6e5b0f0c8a1f5f6e8f2f1e0d9c8b7a6f5e4d3c2",
+        "runner_environment": "github-hosted",
+        "environment": "production",
+        "iss": iss,
+        "nbf": now - 5,
+        "iat": now - 5,
+        "exp": now + 300,
+    })
+}
+
+fn ci_config(issuer: &str) -> String {
+    format!(
+        r#"
+[ci]
+skew = "30s"
+per_address_per_second = 1000
+[[ci.issuers]]
+url = "{issuer}"
+allow_insecure_loopback = true
+refresh_min_interval = "0s"
+[[ci.policies]]
+name = "octo-deploy"
+issuer = "{issuer}"
+audience = "{AUDIENCE}"
+identity = "spiffe://example.org/ci/github/{{repository}}/{{ref}}"
+grants = ["payments-token"]
+[ci.policies.claims]
+repository_id = "123456789"
+repository_owner_id = "65432"
+ref = {{ glob = "refs/heads/*" }}
+job_workflow_ref = {{ regex = 'octo-org/octo-repo/\.github/workflows/deploy\.yml@refs/heads/main' }}
+[[ci.policies]]
+name = "audited"
+issuer = "{issuer}"
+audience = "audit-only"
+identity = "spiffe://example.org/ci/github/{{repository}}"
+grants = ["payments-token"]
+mode = "audit"
+"#
+    )
+}
+
+const CI_POLICY: &str = r#"
+@id("ci-main-may-mint")
+permit (principal is Mintguard::CiJob, action == Mintguard::Action::"mint",
+        resource == Mintguard::Grant::"payments-token")
+when { context.ci_claims has ref && context.ci_claims.ref == "refs/heads/main" };
+"#;
+
+async fn start() -> (BrokerProcess, Arc<Issuer>) {
+    let issuer = Issuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ci.cedar"), CI_POLICY).unwrap();
+    let broker = BrokerProcess::start_in(dir, &ci_config(&issuer.url));
+    (broker, issuer)
+}
+
+async fn ci_post(broker: &BrokerProcess, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/ci/credentials",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ],
+        json!({"grant": "payments-token"}).to_string().into_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+async fn exchange(broker: &BrokerProcess, token: &str) -> Reply {
+    let form: String = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair(
+            "grant_type",
+            "urn:ietf:params:oauth:grant-type:token-exchange",
+        )
+        .append_pair("subject_token", token)
+        .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
+        .append_pair("resource", "payments-token")
+        .finish();
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/token",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        form.into_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The `sub` of a broker JWT, verified against the broker's JWKS.
+async fn verified_sub(broker: &BrokerProcess, token: &str) -> String {
+    let jwks = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/.well-known/jwks.json",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.body).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let jwk = jwks.find(header.kid.as_deref().unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["payments"]);
+    let claims = jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    claims["sub"].as_str().unwrap().to_owned()
+}
+
+fn leases(broker: &BrokerProcess) -> usize {
+    broker.cli_json(&["leases"]).as_array().unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_tokens_get_credentials_through_both_endpoints() {
+    let (broker, issuer) = start().await;
+    let want = "spiffe://example.org/ci/github/octo-org/octo-repo/refs/heads/main";
+
+    let reply = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-1"), |_| {}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let jwt = reply.body["credential"]["token"].as_str().unwrap();
+    assert_eq!(verified_sub(&broker, jwt).await, want);
+
+    let reply = exchange(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-2"), |_| {}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.body["issued_token_type"],
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+    assert_eq!(reply.body["token_type"], "Bearer");
+    assert!(reply.body["expires_in"].as_i64().unwrap() > 0);
+    assert_eq!(
+        verified_sub(&broker, reply.body["access_token"].as_str().unwrap()).await,
+        want
+    );
+
+    // The decision carried the CI issuer context.
+    let out = broker.cli(&["logs", "--json", "--outcome", "allow"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let record: Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(record["body"]["ci"]["policy"], "octo-deploy");
+    assert_eq!(record["body"]["input"]["issuer"]["kind"], "ci_issuer");
+    assert_eq!(record["node"], issuer.url.as_str());
+
+    // A token signed with a key the issuer rotated to is accepted after one
+    // JWKS refresh, with no restart.
+    issuer.rotate();
+    let reply = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-3"), |_| {}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(leases(&broker), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
+    let (broker, issuer) = start().await;
+    let iss = issuer.url.clone();
+    let b64 = |v: &Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let claims = |jti: &str| github_claims(&iss, jti);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let with = |jti: &str, edit: &dyn Fn(&mut Value)| {
+        let mut c = claims(jti);
+        edit(&mut c);
+        c
+    };
+    // A used token, for the replay case.
+    let used = issuer.sign(&claims("jti-used"), |_| {});
+    assert_eq!(ci_post(&broker, &used).await.status, 200);
+    let other_key = JwtKeySet::in_memory(JwtSettings {
+        algorithm: JwtAlgorithm::Es256,
+        max_token_ttl: Duration::from_secs(3600),
+    })
+    .unwrap();
+    let other =
+        EncodingKey::from_ec_pem(other_key.active().private_key().to_pem().as_bytes()).unwrap();
+    let jwk = serde_json::to_value(issuer.keys.lock().unwrap().active().jwk()).unwrap();
+    let public_key_bytes = jwk.to_string();
+
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "kid": issuer.kid()})),
+        b64(&claims("n1"))
+    );
+    let hs256 = jsonwebtoken::encode(
+        &{
+            let mut h = Header::new(Algorithm::HS256);
+            h.kid = Some(issuer.kid());
+            h
+        },
+        &claims("n2"),
+        &EncodingKey::from_secret(public_key_bytes.as_bytes()),
+    )
+    .unwrap();
+    let wrong_key = jsonwebtoken::encode(
+        &{
+            let mut h = Header::new(Algorithm::ES256);
+            h.kid = Some(issuer.kid());
+            h
+        },
+        &claims("n5"),
+        &other,
+    )
+    .unwrap();
+    let cases: Vec<(&str, String, u16, &str)> = vec![
+        ("alg none", alg_none, 401, "bad_algorithm"),
+        ("HS256 with the public key", hs256, 401, "bad_algorithm"),
+        (
+            "unknown kid",
+            issuer.sign(&claims("n3"), |h| h.kid = Some("no-such-key".into())),
+            401,
+            "unknown_kid",
+        ),
+        (
+            "kid with path characters",
+            issuer.sign(&claims("n4"), |h| h.kid = Some("../../etc/passwd".into())),
+            401,
+            "bad_kid",
+        ),
+        (
+            "kid with SQL",
+            issuer.sign(&claims("n4b"), |h| h.kid = Some("1' OR '1'='1".into())),
+            401,
+            "bad_kid",
+        ),
+        ("right kid, different key", wrong_key, 401, "bad_signature"),
+        (
+            "expired",
+            issuer.sign(&with("n6", &|c| c["exp"] = json!(now - 3600)), |_| {}),
+            401,
+            "token_expired",
+        ),
+        (
+            "nbf in the future",
+            issuer.sign(&with("n7", &|c| c["nbf"] = json!(now + 3600)), |_| {}),
+            401,
+            "token_not_yet_valid",
+        ),
+        (
+            "wrong iss",
+            issuer.sign(
+                &with("n8", &|c| c["iss"] = json!("https://evil.example")),
+                |_| {},
+            ),
+            401,
+            "unknown_issuer",
+        ),
+        (
+            "wrong aud",
+            issuer.sign(&with("n9", &|c| c["aud"] = json!("someone-else")), |_| {}),
+            403,
+            "no_policy",
+        ),
+        (
+            "jku header",
+            issuer.sign(&claims("n10"), |h| {
+                h.jku = Some("https://evil.example/jwks".into())
+            }),
+            401,
+            "forbidden_header",
+        ),
+        (
+            "x5u header",
+            issuer.sign(&claims("n11"), |h| {
+                h.x5u = Some("https://evil.example/cert".into())
+            }),
+            401,
+            "forbidden_header",
+        ),
+        (
+            "jwk header",
+            issuer.sign(&claims("n12"), |h| {
+                h.jwk = Some(serde_json::from_value(jwk.clone()).unwrap())
+            }),
+            401,
+            "forbidden_header",
+        ),
+        ("replayed jti", used, 401, "token_replayed"),
+        (
+            "1 MB token",
+            format!("{}.{}.x", "a".repeat(512 * 1024), "b".repeat(512 * 1024)),
+            401,
+            "token_too_large",
+        ),
+        (
+            "invalid base64",
+            "!!!.@@@.###".into(),
+            401,
+            "malformed_token",
+        ),
+        (
+            "claim of the wrong type",
+            issuer.sign(&with("n13", &|c| c["exp"] = json!("tomorrow")), |_| {}),
+            401,
+            "bad_claims",
+        ),
+        (
+            "pull_request event",
+            issuer.sign(
+                &with("n14", &|c| c["event_name"] = json!("pull_request")),
+                |_| {},
+            ),
+            403,
+            "fork_event_refused",
+        ),
+        (
+            "policy in audit mode",
+            issuer.sign(&with("n15", &|c| c["aud"] = json!("audit-only")), |_| {}),
+            403,
+            "audit_mode",
+        ),
+    ];
+    let before = leases(&broker);
+    let records_before = broker
+        .cli(&["logs", "--json"])
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    let mut failures = Vec::new();
+    for (name, token, status, code) in &cases {
+        // The 1 MB token arrives as an RFC 8693 form (an HTTP header that
+        // large is cut off by the HTTP layer); the others as bearers.
+        let reply = if token.len() > 64 * 1024 {
+            exchange(&broker, token).await
+        } else {
+            ci_post(&broker, token).await
+        };
+        let got = if reply.body["error"].is_object() {
+            (
+                reply.status,
+                reply.body["error"]["code"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        } else {
+            // OAuth error JSON: the reason code leads the description.
+            (
+                reply.status,
+                reply.body["error_description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .split(':')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+            )
+        };
+        let want_status = if token.len() > 64 * 1024 {
+            400
+        } else {
+            *status
+        };
+        if got != (want_status, (*code).to_owned()) {
+            failures.push(format!(
+                "{name}: expected {want_status} {code}, got {} {}",
+                got.0, reply.text
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    assert_eq!(leases(&broker), before, "nothing was minted");
+    let records_after = broker
+        .cli(&["logs", "--json"])
+        .stdout
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .count();
+    assert_eq!(
+        records_after - records_before,
+        cases.len(),
+        "every refusal is a record"
+    );
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
