@@ -69,6 +69,11 @@ pub struct Listen {
     pub agents: SocketAddr,
     /// Operators (mTLS operator SVID or a bearer token).
     pub admin: SocketAddr,
+    /// DNS names in the broker's certificate besides its SPIFFE ID, so HTTPS
+    /// clients that check host names (CI runners' curl) can reach the public
+    /// listener with the trust bundle as their CA file. Default none.
+    #[serde(default)]
+    pub public_dns_names: Vec<String>,
 }
 
 /// `[ca]`.
@@ -533,6 +538,22 @@ impl Config {
         raw.trust
             .validate()
             .map_err(|e| err("trust", e.to_string()))?;
+        if let Some(bad) = raw.listen.public_dns_names.iter().find(|n| {
+            n.is_empty()
+                || n.len() > 253
+                || !n.split('.').all(|l| {
+                    !l.is_empty()
+                        && l.len() <= 63
+                        && !l.starts_with('-')
+                        && !l.ends_with('-')
+                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        }) {
+            return Err(err(
+                "listen.public_dns_names",
+                format!("{bad:?} is not a DNS name"),
+            ));
+        }
         if raw.signals.outdated_agent_posture > 100 {
             return Err(err(
                 "signals.outdated_agent_posture",

@@ -233,8 +233,9 @@ impl Broker {
         while ca.advance(now).map_err(setup)? {}
         ca.prune(now).map_err(setup)?;
         let svid = ca
-            .issue_svid(
+            .issue_server_svid(
                 &mintguard_certs::id::broker_id(&config.trust_domain),
+                &config.listen.public_dns_names,
                 config.ca.svid_ttl.0,
                 now,
             )

@@ -538,3 +538,43 @@ async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
         String::from_utf8_lossy(&verify.stderr)
     );
 }
+
+/// A stock HTTPS client that checks host names — Python's `ssl` with the
+/// trust bundle as its CA file, as a CI runner's curl would — exchanges a
+/// token at the public listener by DNS name (`listen.public_dns_names`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostname_checking_https_client_reaches_the_public_listener() {
+    let (broker, issuer) = start().await;
+    let token = issuer.sign(&github_claims(&issuer.url, "jti-py"), |_| {});
+    let port = broker.addr("public").rsplit_once(':').unwrap().1.to_owned();
+    let script = r#"
+import json, ssl, sys, urllib.parse, urllib.request
+ctx = ssl.create_default_context(cafile=sys.argv[1])
+form = urllib.parse.urlencode({
+    "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+    "subject_token": sys.argv[3],
+    "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+    "audience": "payments-token",
+}).encode()
+req = urllib.request.Request(f"https://localhost:{sys.argv[2]}/v1/token", data=form)
+print(json.load(urllib.request.urlopen(req, context=ctx))["issued_token_type"])
+"#;
+    let python = std::env::var("MINTGUARD_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = tokio::process::Command::new(python)
+        .args(["-c", script])
+        .arg(broker.data().join("bundle.pem"))
+        .arg(&port)
+        .arg(&token)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "urn:ietf:params:oauth:token-type:jwt"
+    );
+}

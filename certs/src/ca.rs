@@ -233,6 +233,29 @@ impl Authority {
         X509Svid::new(vec![cert.der().clone()], key)
     }
 
+    /// Like [`Self::issue_svid`], with DNS names besides the one URI SAN (a
+    /// server that HTTPS clients reach by host name, e.g. the broker's public
+    /// listener for CI runners).
+    pub fn issue_server_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<X509Svid> {
+        let key = generate_key()?;
+        let mut params = self.svid_params(spiffe_id, ttl, now)?;
+        for name in dns_names {
+            params.subject_alt_names.push(SanType::DnsName(
+                name.clone().try_into().map_err(|_| {
+                    CertsError::InvalidCertificate(format!("bad DNS name {name:?}"))
+                })?,
+            ));
+        }
+        let cert = params.signed_by(&key.to_rcgen()?, &self.issuer)?;
+        X509Svid::new(vec![cert.der().clone()], key)
+    }
+
     fn svid_params(
         &self,
         spiffe_id: &SpiffeId,
@@ -485,6 +508,19 @@ impl CertificateAuthority {
     ) -> Result<X509Svid> {
         self.check_ttl(spiffe_id, ttl)?;
         self.active.issue_svid(spiffe_id, ttl, now)
+    }
+
+    /// Issues a server SVID with DNS names; see [`Authority::issue_server_svid`].
+    pub fn issue_server_svid(
+        &self,
+        spiffe_id: &SpiffeId,
+        dns_names: &[String],
+        ttl: Duration,
+        now: OffsetDateTime,
+    ) -> Result<X509Svid> {
+        self.check_ttl(spiffe_id, ttl)?;
+        self.active
+            .issue_server_svid(spiffe_id, dns_names, ttl, now)
     }
 
     /// Whether the next CA should be prepared: the active one is past half

@@ -143,8 +143,9 @@ fn renew_identity(
         ca.advance(now).map_err(|e| e.to_string())?;
         ca.prune(now).map_err(|e| e.to_string())?;
         let svid = ca
-            .issue_svid(
+            .issue_server_svid(
                 &mintguard_certs::id::broker_id(&config.trust_domain),
+                &config.listen.public_dns_names,
                 config.ca.svid_ttl.0,
                 now,
             )

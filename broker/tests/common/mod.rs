@@ -55,6 +55,7 @@ issuer_url = "https://mintguard.example.org"
 public = "127.0.0.1:0"
 agents = "127.0.0.1:0"
 admin = "127.0.0.1:0"
+public_dns_names = ["localhost"]
 [policies]
 cedar = "policies"
 [log]
