@@ -300,6 +300,45 @@ pub struct JwtGrant {
     pub claims: BTreeMap<String, String>,
 }
 
+/// `vault = { token = { … } }` or `vault = { secret = { … } }` on a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultGrant {
+    /// A child token of the broker's token.
+    Token {
+        /// Policies the token carries (never `root`).
+        policies: Vec<String>,
+        /// Uses before it is spent (0 = unlimited).
+        #[serde(default)]
+        num_uses: u32,
+    },
+    /// A dynamic secret read, e.g. `database/creds/readonly` or a PKI issue
+    /// (`pki/issue/web`, with `body`).
+    Secret {
+        /// The path under `/v1/`.
+        path: String,
+        /// A JSON body to write (PKI issue); without it the path is read.
+        #[serde(default)]
+        body: Option<BTreeMap<String, String>>,
+    },
+}
+
+/// `[vault]`: the Vault or OpenBao the broker mints from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault:8200` (plain http only on loopback).
+    pub address: String,
+    /// A file holding the broker's Vault token (0600).
+    pub token_file: PathBuf,
+    /// Extra PEM roots for the Vault server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Per-call timeout. Default 5 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+}
+
 /// `[[grants]]`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -319,6 +358,8 @@ pub struct GrantConfig {
     pub reduced: Option<ReducedConfig>,
     /// JWT settings (kind `jwt`).
     pub jwt: Option<JwtGrant>,
+    /// Vault settings (kind `vault`).
+    pub vault: Option<VaultGrant>,
     /// Allowed hours, UTC, `[start, end)` (e.g. `[7, 19]`; `[22, 6]` wraps
     /// midnight). When set, the `time` trust signal is 100 inside and 0
     /// outside; when absent, the signal drops out.
@@ -405,6 +446,8 @@ struct RawConfig {
     #[serde(default)]
     grants: Vec<GrantConfig>,
     #[serde(default)]
+    vault: Option<VaultConfig>,
+    #[serde(default)]
     ci: crate::ci::config::CiConfig,
     #[serde(default)]
     operators: Vec<OperatorConfig>,
@@ -451,6 +494,8 @@ pub struct Config {
     pub introspection_clients: Vec<IntrospectionClient>,
     /// CI issuers and trust policies.
     pub ci: crate::ci::config::CiConfig,
+    /// The Vault / OpenBao to mint from.
+    pub vault: Option<VaultConfig>,
 }
 
 impl Config {
@@ -636,7 +681,43 @@ impl Config {
                         }
                     }
                 }
-                GrantKind::Vault | GrantKind::AwsSts => {
+                GrantKind::Vault => {
+                    if raw.vault.is_none() {
+                        return Err(err(
+                            &key("kind"),
+                            "vault grants need a [vault] section".into(),
+                        ));
+                    }
+                    match &g.vault {
+                        None => {
+                            return Err(err(&key("vault"), "required for kind = \"vault\"".into()));
+                        }
+                        Some(VaultGrant::Token { policies, .. }) => {
+                            if policies.is_empty()
+                                || policies.iter().any(|p| p == "root" || p.is_empty())
+                            {
+                                return Err(err(
+                                    &key("vault.token.policies"),
+                                    "one or more policies, never root".into(),
+                                ));
+                            }
+                        }
+                        Some(VaultGrant::Secret { path, .. }) => {
+                            if path.is_empty()
+                                || path.starts_with('/')
+                                || path.contains("..")
+                                || path.starts_with("sys/")
+                                || path.starts_with("auth/")
+                            {
+                                return Err(err(
+                                    &key("vault.secret.path"),
+                                    format!("{path:?}: a relative secrets-engine path"),
+                                ));
+                            }
+                        }
+                    }
+                }
+                GrantKind::AwsSts => {
                     return Err(err(
                         &key("kind"),
                         format!(
@@ -672,6 +753,26 @@ impl Config {
             }
             grants.insert(g.name.clone(), g);
         }
+        let vault_config = match raw.vault {
+            Some(v) => {
+                let url = url::Url::parse(&v.address)
+                    .map_err(|e| err("vault.address", format!("{:?}: {e}", v.address)))?;
+                let loopback = matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+                    || matches!(url.host(), Some(url::Host::Domain("localhost")));
+                if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+                    return Err(err(
+                        "vault.address",
+                        "https required (plain http only on loopback)".into(),
+                    ));
+                }
+                Some(VaultConfig {
+                    token_file: resolve(&v.token_file),
+                    ca_file: v.ca_file.as_deref().map(resolve),
+                    ..v
+                })
+            }
+            None => None,
+        };
         let grant_names: Vec<String> = grants.keys().cloned().collect();
         crate::ci::config::validate(&raw.ci, &grant_names).map_err(|(k, r)| err(&k, r))?;
         let mut ci = raw.ci;
@@ -730,6 +831,7 @@ impl Config {
                 })
                 .collect(),
             ci,
+            vault: vault_config,
             introspection_clients: raw
                 .introspection_clients
                 .into_iter()
@@ -798,7 +900,9 @@ mod tests {
             "/../deploy/broker_full.toml"
         ));
         let c = Config::load(path).unwrap();
-        assert_eq!(c.grants.len(), 1);
+        assert_eq!(c.grants.len(), 3);
+        assert!(c.vault.is_some());
+        assert_eq!(c.ci.policies.len(), 2);
         assert_eq!(c.operators[0].role, Role::Viewer);
         assert_eq!(c.log.checkpoint_every, 100);
         let example = Path::new(concat!(

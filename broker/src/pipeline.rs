@@ -577,6 +577,34 @@ pub async fn decide_and_issue(
         return Ok(refusal(&request_id, &decision));
     }
 
+    let spend: Vec<SpendOp> = decision
+        .spend
+        .iter()
+        .filter_map(|s| {
+            budget
+                .as_ref()
+                .filter(|(key, _)| *key == s.key)
+                .map(|(key, policy)| SpendOp {
+                    key: key.clone(),
+                    policy: policy.clone(),
+                    cost: s.cost,
+                })
+        })
+        .collect();
+    if grant.kind == GrantKind::Vault {
+        let record = decision_record(body);
+        return issue_vault(
+            broker,
+            dynamic,
+            grant,
+            &decision,
+            record,
+            spend,
+            &request_id,
+        )
+        .await;
+    }
+
     // Mint: a local JWT is signed first; it is released only after its record is durable.
     let GrantKind::Jwt = grant.kind else {
         return Err(ApiError::unavailable(
@@ -631,20 +659,6 @@ pub async fn decide_and_issue(
     if let Some(obj) = body.as_object_mut() {
         obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
     }
-    let spend: Vec<SpendOp> = decision
-        .spend
-        .iter()
-        .filter_map(|s| {
-            budget
-                .as_ref()
-                .filter(|(key, _)| *key == s.key)
-                .map(|(key, policy)| SpendOp {
-                    key: key.clone(),
-                    policy: policy.clone(),
-                    cost: s.cost,
-                })
-        })
-        .collect();
     let record = decision_record(body);
     let appended = broker
         .append(Append {
@@ -681,6 +695,149 @@ pub async fn decide_and_issue(
         decision: decision_summary(&request_id, &decision),
     };
     Ok((StatusCode::OK, axum::Json(response)).into_response())
+}
+
+/// An upstream (Vault) mint: the intent record with spend and lease, then
+/// the mint (which needs the intent's proof), then the outcome record, then
+/// the answer. A failed mint is refunded, its lease closed, and logged; an
+/// outcome that cannot be logged revokes what was minted (nothing
+/// half-recorded leaves the broker).
+async fn issue_vault(
+    broker: &Broker,
+    dynamic: &crate::state::Dynamic,
+    grant: &GrantConfig,
+    decision: &Decision,
+    mut record: LogEntry,
+    spend: Vec<SpendOp>,
+    request_id: &str,
+) -> Result<Response, ApiError> {
+    let (Some(vault), Some(vault_grant)) = (broker.vault.as_ref(), grant.vault.as_ref()) else {
+        return Err(ApiError::unavailable(
+            "upstream_unavailable",
+            "no Vault is configured for this grant",
+            "missing [vault]",
+        ));
+    };
+    let identity = record.identity.clone().unwrap_or_default();
+    let now = record.time_ms;
+    let lease_id = random_id("lease");
+    let ttl_seconds = decision.ttl_seconds;
+    let expires_at_ms = now + i64::try_from(ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
+    record.kind = RecordKind::Intent;
+    if let Some(obj) = record.body.as_object_mut() {
+        obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "effective", "kind": "vault"}));
+    }
+    let lease = Lease {
+        id: lease_id.clone(),
+        request_id: request_id.to_owned(),
+        identity: identity.clone(),
+        grant: grant.name.clone(),
+        node: record.node.clone(),
+        kind: "vault".into(),
+        revocation: "effective".into(),
+        issued_at_ms: now,
+        expires_at_ms,
+        revoked_at_ms: None,
+        task_ended_at_ms: None,
+    };
+    let appended = broker
+        .append(Append {
+            entry: record.clone(),
+            spend: spend.clone(),
+            lease: Some(lease),
+            rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+        })
+        .await
+        .map_err(|e| {
+            ApiError::unavailable(
+                "log_unavailable",
+                "the issuance log cannot be written; nothing was issued",
+                e,
+            )
+        })?;
+    let Some(proof) = crate::mint::LoggedIntent::from_appended(&appended, &lease_id) else {
+        broker
+            .metrics
+            .decided("budget_exhausted", ["budget_exhausted"]);
+        broker.metrics.budget_exhausted.inc();
+        return Err(budget_exhausted(request_id));
+    };
+    let outcome = |outcome: &str, body: serde_json::Value| LogEntry {
+        time_ms: now_ms(),
+        kind: RecordKind::Outcome,
+        request_id: request_id.to_owned(),
+        identity: Some(identity.clone()),
+        grant: Some(grant.name.clone()),
+        node: record.node.clone(),
+        outcome: Some(outcome.to_owned()),
+        body,
+    };
+    match vault
+        .mint(&proof, vault_grant, &identity, ttl_seconds)
+        .await
+    {
+        Ok(minted) => {
+            let upstream_expiry = (minted.lease_seconds > 0).then(|| {
+                now + i64::try_from(minted.lease_seconds).unwrap_or(i64::MAX / 1000) * 1000
+            });
+            let body = json!({
+                "lease_id": lease_id, "intent_seq": proof.seq(), "upstream": minted.upstream,
+                "expires_at_ms": expires_at_ms, "upstream_expires_at_ms": upstream_expiry,
+            });
+            if let Err(e) = record_outcome(broker, outcome("minted", body)).await {
+                // Never answer with a credential whose outcome is not durable.
+                let revoked = vault.revoke(&minted.upstream).await;
+                tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
+                return Err(e);
+            }
+            broker.metrics.decided(
+                decision.outcome.as_str(),
+                decision.reasons.iter().map(|r| r.code()),
+            );
+            let response = CredentialResponse {
+                lease_id,
+                expires_at: rfc3339(
+                    upstream_expiry.map_or(expires_at_ms, |u| u.min(expires_at_ms)),
+                ),
+                credential: minted.credential,
+                decision: decision_summary(request_id, decision),
+            };
+            Ok((StatusCode::OK, axum::Json(response)).into_response())
+        }
+        Err(e) => {
+            let t = now_ms();
+            for op in &spend {
+                broker.store.refund(&op.key, &op.policy, op.cost, t).await?;
+            }
+            broker.store.revoke_lease(&lease_id, t).await?;
+            let body = json!({"lease_id": lease_id, "intent_seq": proof.seq(), "error": e.to_string(), "refunded": !spend.is_empty()});
+            record_outcome(broker, outcome("mint_failed", body)).await?;
+            Err(ApiError::unavailable(
+                "upstream_unavailable",
+                "Vault did not mint the credential; nothing was issued and the budget was refunded",
+                e,
+            ))
+        }
+    }
+}
+
+async fn record_outcome(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
+    record(broker, entry).await
+}
+
+/// The upstream reference of a lease, from its outcome record.
+async fn upstream_of(
+    broker: &Broker,
+    lease: &Lease,
+) -> Result<Option<serde_json::Value>, ApiError> {
+    let records = broker.store.log_for_request(&lease.request_id).await?;
+    Ok(records
+        .into_iter()
+        .filter(|r| {
+            r.entry.kind == RecordKind::Outcome && r.entry.outcome.as_deref() == Some("minted")
+        })
+        .find(|r| r.entry.body["lease_id"] == lease.id.as_str())
+        .map(|r| r.entry.body["upstream"].clone()))
 }
 
 fn evidence_kind(by: &str) -> EvidenceKind {
@@ -836,6 +993,39 @@ pub async fn revoke_lease(
     request_id: &str,
     why: &str,
 ) -> Result<bool, ApiError> {
+    // Effective revocation first: revoked upstream and confirmed by a
+    // lookup, or the lease stays live and the caller hears why.
+    let mut confirmed = false;
+    if lease.revocation == "effective" && lease.revoked_at_ms.is_none() {
+        let vault = broker.vault.as_ref().ok_or_else(|| {
+            ApiError::unavailable(
+                "upstream_unavailable",
+                "no Vault is configured",
+                "missing [vault]",
+            )
+        })?;
+        let Some(upstream) = upstream_of(broker, lease).await? else {
+            return Err(ApiError::unavailable(
+                "upstream_reference_missing",
+                "the lease has no minted outcome record; see `mintguard logs` for its intent",
+                lease.id.clone(),
+            ));
+        };
+        confirmed = vault.revoke(&upstream).await.map_err(|e| {
+            ApiError::unavailable(
+                "upstream_revoke_failed",
+                "Vault did not revoke the credential",
+                e,
+            )
+        })?;
+        if !confirmed {
+            return Err(ApiError::unavailable(
+                "upstream_revoke_unconfirmed",
+                "Vault still knows the credential after the revocation",
+                lease.id.clone(),
+            ));
+        }
+    }
     let now = now_ms();
     let revoked = broker.store.revoke_lease(&lease.id, now).await?;
     if revoked {
@@ -847,7 +1037,7 @@ pub async fn revoke_lease(
             grant: Some(lease.grant.clone()),
             node: lease.node.clone(),
             outcome: Some("revoked".into()),
-            body: json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation}),
+            body: json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation, "confirmed_upstream": confirmed}),
         };
         record(broker, entry).await?;
     }

@@ -186,6 +186,8 @@ pub struct Broker {
     pub svid: ArcSwap<X509Svid>,
     /// JWT signing keys.
     pub jwt: RwLock<JwtKeySet>,
+    /// The Vault / OpenBao client, when `[vault]` is configured.
+    pub vault: Option<crate::mint::vault::VaultClient>,
     /// Checkpointing.
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
@@ -279,6 +281,13 @@ impl Broker {
         let per_ci_address = NonZeroU32::new(config.ci.per_address_per_second.unwrap_or(20))
             .unwrap_or(NonZeroU32::MIN);
         let (operators, introspection) = load_tokens(&config)?;
+        let vault = match &config.vault {
+            Some(v) => Some(
+                crate::mint::vault::VaultClient::new(v)
+                    .map_err(|e| setup(format!("vault: {e}")))?,
+            ),
+            None => None,
+        };
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
         let dynamic = build_dynamic(config, &*store).await?;
         tracing::info!(
@@ -292,6 +301,7 @@ impl Broker {
             ca: RwLock::new(ca),
             svid: ArcSwap::from_pointee(svid),
             jwt: RwLock::new(jwt),
+            vault,
             log: LogWriter {
                 signer,
                 export,

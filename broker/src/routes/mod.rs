@@ -91,6 +91,9 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         operator_acceptor,
     ));
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
+    if config.vault.is_some() {
+        tokio::spawn(revoke_expired_upstream(broker.clone()));
+    }
     tokio::spawn(
         broker
             .clone()
@@ -187,6 +190,34 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
         match result {
             Ok(()) => tracing::info!("JWT signing key rotated"),
             Err(e) => tracing::error!(%e, "JWT key rotation failed; the current key stays active"),
+        }
+    }
+}
+
+/// Revokes upstream, at the broker's expiry, every `effective` lease whose
+/// upstream credential could outlive it (Vault's TTL may be longer than the
+/// decision's); a failure is retried at the next pass.
+async fn revoke_expired_upstream(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let now = crate::state::now_ms();
+        let leases = match broker.store.leases(None).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(%e, "listing leases for expiry failed");
+                continue;
+            }
+        };
+        for lease in leases.iter().filter(|l| {
+            l.revocation == "effective" && l.revoked_at_ms.is_none() && l.expires_at_ms <= now
+        }) {
+            let request_id = crate::pipeline::random_id("req");
+            if let Err(e) =
+                crate::pipeline::revoke_lease(&broker, lease, &request_id, "expired").await
+            {
+                tracing::warn!(lease = %lease.id, error = %e.message, "revoking an expired lease upstream failed; retrying");
+            }
         }
     }
 }

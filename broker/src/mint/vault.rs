@@ -1,0 +1,279 @@
+//! The Vault / OpenBao minter over its HTTP API (raw calls: `vaultrs` 0.8
+//! cannot parse some OpenBao answers, e.g. `sys/health` and token lookups
+//! with `num_uses`): child tokens and dynamic secrets, each a lease with
+//! revocation kind `effective` — revoked upstream and confirmed by a lookup.
+//!
+//! A mint needs a [`LoggedIntent`]: proof that the decision's intent record,
+//! budget spend and lease are durable. The credential never enters the log;
+//! the upstream reference (token accessor or Vault lease id) does.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use super::LoggedIntent;
+use crate::config::{VaultConfig, VaultGrant};
+
+/// A failed Vault call: what, and the status if Vault answered.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("vault {what}: {reason}")]
+pub struct VaultError {
+    /// The call.
+    pub what: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a mint produced.
+pub struct Minted {
+    /// The credential for the workload (never logged).
+    pub credential: Value,
+    /// The upstream reference, logged and used to revoke.
+    pub upstream: Value,
+    /// The upstream lease duration, seconds (0 = none).
+    pub lease_seconds: u64,
+}
+
+/// A client of one Vault server, with the broker's token.
+pub struct VaultClient {
+    address: url::Url,
+    token: Zeroizing<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    timeout: Duration,
+}
+
+impl VaultClient {
+    /// A client from `[vault]` (reads the token file).
+    pub fn new(config: &VaultConfig) -> Result<Self, String> {
+        let address = url::Url::parse(&config.address).map_err(|e| e.to_string())?;
+        let token = std::fs::read_to_string(&config.token_file)
+            .map_err(|e| format!("{}: {e}", config.token_file.display()))?;
+        let tls = if address.scheme() == "https" {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+            if let Some(file) = &config.ca_file {
+                let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                    roots
+                        .add(cert.map_err(|e| e.to_string())?)
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            Some(Arc::new(
+                rustls::ClientConfig::builder_with_provider(Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            address,
+            token: Zeroizing::new(token.trim().to_owned()),
+            tls,
+            timeout: config.timeout.map_or(Duration::from_secs(5), |d| d.0),
+        })
+    }
+
+    /// One call; `Ok((status, body))` when Vault answered.
+    async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), VaultError> {
+        let fail = |reason: String| VaultError {
+            what: format!("{method} {path}"),
+            reason,
+        };
+        let host = self
+            .address
+            .host_str()
+            .ok_or_else(|| fail("no host".into()))?
+            .to_owned();
+        let port = self.address.port_or_known_default().unwrap_or(8200);
+        let payload = body.map(Value::to_string).unwrap_or_default();
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(format!("/v1/{path}"))
+            .header(hyper::header::HOST, &host)
+            .header("X-Vault-Token", self.token.as_str())
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(payload)))
+            .map_err(|e| fail(e.to_string()))?;
+        let exchange = async {
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(|e| fail(format!("connect: {e}")))?;
+            let (status, bytes) = match &self.tls {
+                Some(config) => {
+                    let name = rustls::pki_types::ServerName::try_from(host.clone())
+                        .map_err(|e| fail(e.to_string()))?;
+                    let tls = tokio_rustls::TlsConnector::from(config.clone())
+                        .connect(name, tcp)
+                        .await
+                        .map_err(|e| fail(format!("TLS: {e}")))?;
+                    send(TokioIo::new(tls), request).await.map_err(fail)?
+                }
+                None => send(TokioIo::new(tcp), request).await.map_err(fail)?,
+            };
+            let value = if bytes.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+            };
+            Ok((status, value))
+        };
+        tokio::time::timeout(self.timeout, exchange)
+            .await
+            .map_err(|_| fail(format!("no answer within {:?}", self.timeout)))?
+    }
+
+    async fn ok(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, VaultError> {
+        let (status, value) = self.call(method, path, body).await?;
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(VaultError {
+                what: format!("{method} {path}"),
+                reason: format!("HTTP {status}: {}", value["errors"]),
+            })
+        }
+    }
+
+    /// Mints `grant` for `identity` with at most `ttl_seconds`.
+    pub async fn mint(
+        &self,
+        proof: &LoggedIntent,
+        grant: &VaultGrant,
+        identity: &str,
+        ttl_seconds: u64,
+    ) -> Result<Minted, VaultError> {
+        let lease_id = proof.lease_id();
+        match grant {
+            VaultGrant::Token { policies, num_uses } => {
+                let answer = self
+                    .ok(
+                        "POST",
+                        "auth/token/create",
+                        Some(&json!({
+                            "policies": policies,
+                            "ttl": format!("{ttl_seconds}s"),
+                            "explicit_max_ttl": format!("{ttl_seconds}s"),
+                            "num_uses": num_uses,
+                            "renewable": false,
+                            "display_name": "mintguard",
+                            "meta": {"mintguard_lease": lease_id, "identity": identity},
+                        })),
+                    )
+                    .await?;
+                let auth = &answer["auth"];
+                let token = auth["client_token"].as_str().unwrap_or_default();
+                let accessor = auth["accessor"].as_str().unwrap_or_default();
+                if token.is_empty() || accessor.is_empty() {
+                    return Err(VaultError {
+                        what: "auth/token/create".into(),
+                        reason: "no client_token or accessor in the answer".into(),
+                    });
+                }
+                let lease_seconds = auth["lease_duration"].as_u64().unwrap_or(0);
+                Ok(Minted {
+                    credential: json!({"type": "vault_token", "token": token, "accessor": accessor,
+                        "policies": policies, "num_uses": num_uses}),
+                    upstream: json!({"vault_accessor": accessor, "lease_seconds": lease_seconds}),
+                    lease_seconds,
+                })
+            }
+            VaultGrant::Secret { path, body } => {
+                let answer = match body {
+                    Some(b) => {
+                        let mut b = serde_json::to_value(b).unwrap_or_default();
+                        b["ttl"] = json!(format!("{ttl_seconds}s"));
+                        self.ok("POST", path, Some(&b)).await?
+                    }
+                    None => self.ok("GET", path, None).await?,
+                };
+                let vault_lease = answer["lease_id"].as_str().unwrap_or_default().to_owned();
+                let lease_seconds = answer["lease_duration"].as_u64().unwrap_or(0);
+                Ok(Minted {
+                    credential: json!({"type": "vault_secret", "data": answer["data"],
+                        "vault_lease_id": vault_lease, "lease_duration": lease_seconds}),
+                    upstream: json!({"vault_lease_id": vault_lease, "lease_seconds": lease_seconds}),
+                    lease_seconds,
+                })
+            }
+        }
+    }
+
+    /// Revokes what `upstream` names and confirms with a lookup; `Ok(true)`
+    /// when Vault no longer knows it.
+    pub async fn revoke(&self, upstream: &Value) -> Result<bool, VaultError> {
+        if let Some(accessor) = upstream["vault_accessor"].as_str() {
+            let body = json!({"accessor": accessor});
+            let (status, _) = self
+                .call("POST", "auth/token/revoke-accessor", Some(&body))
+                .await?;
+            if !(200..300).contains(&status) && status != 400 {
+                return Err(VaultError {
+                    what: "auth/token/revoke-accessor".into(),
+                    reason: format!("HTTP {status}"),
+                });
+            }
+            let (status, _) = self
+                .call("POST", "auth/token/lookup-accessor", Some(&body))
+                .await?;
+            return Ok(!(200..300).contains(&status));
+        }
+        if let Some(lease) = upstream["vault_lease_id"]
+            .as_str()
+            .filter(|l| !l.is_empty())
+        {
+            let body = json!({"lease_id": lease});
+            self.ok("PUT", "sys/leases/revoke", Some(&body)).await?;
+            let (status, _) = self.call("PUT", "sys/leases/lookup", Some(&body)).await?;
+            return Ok(!(200..300).contains(&status));
+        }
+        // A secret without a lease (static): nothing to revoke upstream.
+        Ok(true)
+    }
+}
+
+async fn send<IO>(
+    io: TokioIo<IO>,
+    request: hyper::Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let res = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = res.status().as_u16();
+    let body = http_body_util::Limited::new(res.into_body(), 1024 * 1024)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, body))
+}

@@ -1,0 +1,296 @@
+//! The Vault minter against the real OpenBao from tests/peers.sh
+//! (`VAULT_ADDR`, `VAULT_TOKEN`): child tokens minted after a durable intent
+//! record, used until `num_uses` is spent, revoked upstream (and confirmed)
+//! on `DELETE` and on suspension; a Vault failure is a 503 with a refund.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn vault() -> (String, String) {
+    (
+        std::env::var("VAULT_ADDR").expect("VAULT_ADDR: run under tests/peers.sh"),
+        std::env::var("VAULT_TOKEN").expect("VAULT_TOKEN: run under tests/peers.sh"),
+    )
+}
+
+/// Calls OpenBao directly with `token`; the HTTP status.
+async fn bao(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let url = url::Url::parse(addr).unwrap();
+    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
+    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(format!("/v1/{path}"))
+        .header("host", host.as_str())
+        .header("x-vault-token", token)
+        .body(http_body_util::Full::new(hyper::body::Bytes::from(
+            body.map(|b| b.to_string()).unwrap_or_default(),
+        )))
+        .unwrap();
+    let res = sender.send_request(req).await.unwrap();
+    let status = res.status().as_u16();
+    let bytes = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+const VAULT_POLICY: &str = r#"
+@id("api-may-get-vault-tokens")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ci-token");
+"#;
+
+fn start(vault_addr: &str, root: &str) -> BrokerProcess {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/vault.cedar"), VAULT_POLICY).unwrap();
+    write_private(&dir.path().join("vault.token"), root);
+    let broker = BrokerProcess::start_in(
+        dir,
+        &format!(
+            r#"
+[vault]
+address = "{vault_addr}"
+token_file = "vault.token"
+[[grants]]
+name = "ci-token"
+kind = "vault"
+max_ttl = "10m"
+budget = {{ amount = 10, per = "1h" }}
+vault = {{ token = {{ policies = ["default"], num_uses = 2 }} }}
+"#
+        ),
+    );
+    let out = broker.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:uid:1000",
+        "--selector",
+        "unix:sha256:0a1b2c",
+        "--grant",
+        "ci-token",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
+    let (addr, root) = vault();
+    let broker = start(&addr, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+
+    // num_uses = 2: the token works twice, then Vault refuses it.
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let accessor = reply.body["credential"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+    assert_ne!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+
+    // Intent (with the lease), then the outcome with the accessor — never the token.
+    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["intent", "outcome"]);
+    assert_eq!(
+        records[1]["body"]["upstream"]["vault_accessor"],
+        accessor.as_str()
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(&token),
+        "a credential in the log"
+    );
+
+    // DELETE revokes upstream, confirmed: the accessor is gone from Vault.
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let accessor = reply.body["credential"]["accessor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        bao(
+            &addr,
+            &root,
+            "POST",
+            "auth/token/lookup-accessor",
+            Some(json!({"accessor": accessor}))
+        )
+        .await
+        .0,
+        200
+    );
+    let deleted = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "DELETE",
+        &format!("/v1/leases/{lease}"),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert_ne!(
+        bao(
+            &addr,
+            &root,
+            "POST",
+            "auth/token/lookup-accessor",
+            Some(json!({"accessor": accessor}))
+        )
+        .await
+        .0,
+        200
+    );
+    assert_ne!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+    let out = broker.cli(&["logs", "--json", "--outcome", "revoked"]);
+    let last: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    assert_eq!(last["body"]["confirmed_upstream"], true);
+
+    // Suspension revokes every live lease upstream.
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+    let out = broker.cli(&["suspend", API, "--reason", "compromised runner"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_ne!(
+        bao(&addr, &token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
+    let (addr, _) = vault();
+    // A token Vault does not know: every mint fails upstream.
+    let broker = start(&addr, "s.not-a-real-token");
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "upstream_unavailable");
+    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(records.len(), 2, "intent and outcome");
+    assert_eq!(records[1]["outcome"], "mint_failed");
+    assert_eq!(records[1]["body"]["refunded"], true);
+    // The budget is whole again and the lease is closed.
+    let budget = broker.cli_json(&["budget", "show", "--identity", API, "--grant", "ci-token"]);
+    assert_eq!(budget["available"], 10, "{budget}");
+    let leases = broker.cli_json(&["leases"]);
+    assert!(
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["live"] == false),
+        "{leases}"
+    );
+}
