@@ -58,9 +58,21 @@ const VAULT_POLICY: &str = r#"
 @id("api-may-get-vault-tokens")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ci-token");
+@id("api-may-get-db-credentials")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-db");
 "#;
 
 fn start(vault_addr: &str, root: &str) -> BrokerProcess {
+    start_with(vault_addr, root, "")
+}
+
+fn start_with(vault_addr: &str, root: &str, db_path: &str) -> BrokerProcess {
+    let db_path = if db_path.is_empty() {
+        "database/creds/none"
+    } else {
+        db_path
+    };
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/vault.cedar"), VAULT_POLICY).unwrap();
@@ -78,6 +90,11 @@ kind = "vault"
 max_ttl = "10m"
 budget = {{ amount = 10, per = "1h" }}
 vault = {{ token = {{ policies = ["default"], num_uses = 2 }} }}
+[[grants]]
+name = "payments-db"
+kind = "vault"
+max_ttl = "10m"
+vault = {{ secret = {{ path = "{db_path}" }} }}
 "#
         ),
     );
@@ -94,6 +111,8 @@ vault = {{ token = {{ policies = ["default"], num_uses = 2 }} }}
         "unix:sha256:0a1b2c",
         "--grant",
         "ci-token",
+        "--grant",
+        "payments-db",
     ]);
     assert!(
         out.status.success(),
@@ -292,5 +311,118 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
             .iter()
             .all(|l| l["live"] == false),
         "{leases}"
+    );
+}
+
+/// Connects to the test PostgreSQL as `user`/`password`: whether it works.
+async fn pg_login(user: &str, password: &str) -> Result<(), String> {
+    let url: tokio_postgres::Config = std::env::var("MINTGUARD_PG_URL").unwrap().parse().unwrap();
+    let mut config = url.clone();
+    config.user(user).password(password);
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// OpenBao's database engine on the test PostgreSQL (a fresh mount): the
+/// workload's credentials log in, and stop logging in once the lease is
+/// deleted — and, separately, once the identity is suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_credentials_work_until_the_lease_is_revoked() {
+    let (addr, root) = vault();
+    let pg: tokio_postgres::Config = std::env::var("MINTGUARD_PG_URL")
+        .expect("MINTGUARD_PG_URL: run under tests/peers.sh")
+        .parse()
+        .unwrap();
+    let port = pg.get_ports()[0];
+    let password = String::from_utf8(pg.get_password().unwrap().to_vec()).unwrap();
+    let mount = format!("db{}", std::process::id());
+    let (status, body) = bao(
+        &addr,
+        &root,
+        "POST",
+        &format!("sys/mounts/{mount}"),
+        Some(json!({"type": "database"})),
+    )
+    .await;
+    assert!((200..300).contains(&status), "mount: {status} {body}");
+    let (status, body) = bao(&addr, &root, "POST", &format!("{mount}/config/pg"), Some(json!({
+        "plugin_name": "postgresql-database-plugin",
+        "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/postgres?sslmode=disable"),
+        "username": "postgres",
+        "password": password,
+        "allowed_roles": "ro",
+    }))).await;
+    assert!((200..300).contains(&status), "config: {status} {body}");
+    let (status, body) = bao(&addr, &root, "POST", &format!("{mount}/roles/ro"), Some(json!({
+        "db_name": "pg",
+        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+        "default_ttl": "1h",
+        "max_ttl": "2h",
+    }))).await;
+    assert!((200..300).contains(&status), "role: {status} {body}");
+
+    let broker = start_with(&addr, &root, &format!("{mount}/creds/ro"));
+    let node = enrolled_node(&broker, "node-1").await;
+    let creds = |reply: &Reply| {
+        let data = &reply.body["credential"]["data"];
+        (
+            data["username"].as_str().unwrap().to_owned(),
+            data["password"].as_str().unwrap().to_owned(),
+        )
+    };
+
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-db", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let (user, pass) = creds(&reply);
+    pg_login(&user, &pass).await.unwrap();
+    let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
+    let deleted = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "DELETE",
+        &format!("/v1/leases/{lease}"),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    assert!(
+        pg_login(&user, &pass).await.is_err(),
+        "revoked credentials still log in"
+    );
+
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-db", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let (user, pass) = creds(&reply);
+    pg_login(&user, &pass).await.unwrap();
+    let out = broker.cli(&["suspend", API, "--reason", "compromised"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        pg_login(&user, &pass).await.is_err(),
+        "a suspended identity's credentials still log in"
     );
 }
