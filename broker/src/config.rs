@@ -337,6 +337,10 @@ pub struct VaultConfig {
     /// Per-call timeout. Default 5 s.
     #[serde(default)]
     pub timeout: Option<Dur>,
+    /// An intent record without an outcome this old is reconciled (the
+    /// broker died mid-mint). Default 2 min; keep it above any mint's time.
+    #[serde(default)]
+    pub reconcile_after: Option<Dur>,
 }
 
 /// `[[grants]]`.

@@ -777,6 +777,7 @@ async fn issue_vault(
         .await
     {
         Ok(minted) => {
+            fault_point("after_upstream_mint");
             let upstream_expiry = (minted.lease_seconds > 0).then(|| {
                 now + i64::try_from(minted.lease_seconds).unwrap_or(i64::MAX / 1000) * 1000
             });
@@ -819,6 +820,112 @@ async fn issue_vault(
             ))
         }
     }
+}
+
+/// A crash point for the crash-safety tests: debug builds abort here when
+/// `MINTGUARD_FAULT` names it; release builds compile it to nothing.
+fn fault_point(name: &str) {
+    #[cfg(debug_assertions)]
+    if std::env::var("MINTGUARD_FAULT").is_ok_and(|f| f == name) {
+        tracing::error!(point = name, "fault injection: aborting");
+        std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
+/// Start-up reconciliation of upstream mints: a Vault lease with an intent
+/// record but no outcome (the broker died between the mint and the answer)
+/// is found upstream and revoked (child tokens, by their `mintguard_lease`
+/// metadata), closed as never minted, or — for dynamic secrets, which Vault
+/// cannot be searched for — logged for operator action and left listed in
+/// `mintguard leases`. Only intents older than `min_age_ms` are considered
+/// (`vault.reconcile_after`: longer than any mint takes). Returns how many
+/// it settled.
+pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usize, ApiError> {
+    let Some(vault) = broker.vault.as_ref() else {
+        return Ok(0);
+    };
+    let dynamic = broker.dynamic.load_full();
+    let mut settled = 0;
+    for lease in broker.store.leases(None).await? {
+        // Younger intents may still be in flight (here or on a replica).
+        if lease.revocation != "effective"
+            || lease.revoked_at_ms.is_some()
+            || lease.issued_at_ms > now_ms() - min_age_ms
+        {
+            continue;
+        }
+        let records = broker.store.log_for_request(&lease.request_id).await?;
+        if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
+            continue;
+        }
+        let outcome = |outcome: &str, body: serde_json::Value| LogEntry {
+            time_ms: now_ms(),
+            kind: RecordKind::Outcome,
+            request_id: lease.request_id.clone(),
+            identity: Some(lease.identity.clone()),
+            grant: Some(lease.grant.clone()),
+            node: lease.node.clone(),
+            outcome: Some(outcome.to_owned()),
+            body,
+        };
+        let grant = dynamic
+            .config
+            .grants
+            .get(&lease.grant)
+            .and_then(|g| g.vault.clone());
+        match grant {
+            Some(crate::config::VaultGrant::Token { .. }) => {
+                match vault.find_token_for_lease(&lease.id).await {
+                    Ok(Some(accessor)) => {
+                        let upstream = json!({"vault_accessor": accessor});
+                        let gone = vault.revoke(&upstream).await.unwrap_or(false);
+                        if gone {
+                            record(broker, outcome("reconciled_revoked", json!({"lease_id": lease.id, "upstream": upstream, "minted_unanswered": true}))).await?;
+                            broker.store.revoke_lease(&lease.id, now_ms()).await?;
+                            settled += 1;
+                        } else {
+                            tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next start");
+                        }
+                    }
+                    Ok(None) => {
+                        record(
+                            broker,
+                            outcome(
+                                "reconciled_not_minted",
+                                json!({"lease_id": lease.id, "minted_unanswered": false}),
+                            ),
+                        )
+                        .await?;
+                        broker.store.revoke_lease(&lease.id, now_ms()).await?;
+                        settled += 1;
+                    }
+                    Err(e) => {
+                        record(
+                            broker,
+                            outcome(
+                                "reconcile_operator_action",
+                                json!({"lease_id": lease.id, "error": e.to_string()}),
+                            ),
+                        )
+                        .await?;
+                    }
+                }
+            }
+            _ => {
+                let path = match &grant {
+                    Some(crate::config::VaultGrant::Secret { path, .. }) => path.clone(),
+                    _ => String::new(),
+                };
+                record(broker, outcome("reconcile_operator_action", json!({
+                    "lease_id": lease.id, "vault_path": path, "intent_time_ms": lease.issued_at_ms,
+                    "action": "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke` this lease",
+                }))).await?;
+            }
+        }
+    }
+    Ok(settled)
 }
 
 async fn record_outcome(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {

@@ -68,22 +68,21 @@ fn start(vault_addr: &str, root: &str) -> BrokerProcess {
 }
 
 fn start_with(vault_addr: &str, root: &str, db_path: &str) -> BrokerProcess {
+    start_env(vault_addr, root, db_path, &[], tempfile::tempdir().unwrap())
+}
+
+fn vault_config(vault_addr: &str, db_path: &str) -> String {
     let db_path = if db_path.is_empty() {
         "database/creds/none"
     } else {
         db_path
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
-    std::fs::write(dir.path().join("policies/vault.cedar"), VAULT_POLICY).unwrap();
-    write_private(&dir.path().join("vault.token"), root);
-    let broker = BrokerProcess::start_in(
-        dir,
-        &format!(
-            r#"
+    format!(
+        r#"
 [vault]
 address = "{vault_addr}"
 token_file = "vault.token"
+reconcile_after = "1s"
 [[grants]]
 name = "ci-token"
 kind = "vault"
@@ -96,8 +95,32 @@ kind = "vault"
 max_ttl = "10m"
 vault = {{ secret = {{ path = "{db_path}" }} }}
 "#
-        ),
-    );
+    )
+}
+
+fn start_env(
+    vault_addr: &str,
+    root: &str,
+    db_path: &str,
+    env: &[(&str, &str)],
+    dir: tempfile::TempDir,
+) -> BrokerProcess {
+    let db_path = if db_path.is_empty() {
+        "database/creds/none"
+    } else {
+        db_path
+    };
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/vault.cedar"), VAULT_POLICY).unwrap();
+    write_private(&dir.path().join("vault.token"), root);
+    let broker = BrokerProcess::start_with_env(dir, "", &vault_config(vault_addr, db_path), env);
+    if broker
+        .cli_json(&["entry", "list", "--json"])
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return broker;
+    }
     let out = broker.cli(&[
         "entry",
         "create",
@@ -424,5 +447,102 @@ async fn database_credentials_work_until_the_lease_is_revoked() {
     assert!(
         pg_login(&user, &pass).await.is_err(),
         "a suspended identity's credentials still log in"
+    );
+}
+
+/// The child-token accessor whose metadata names `lease`, if Vault has one.
+async fn token_for_lease(addr: &str, root: &str, lease: &str) -> Option<String> {
+    let (_, listed) = bao(addr, root, "GET", "auth/token/accessors?list=true", None).await;
+    for accessor in listed["data"]["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+    {
+        let (status, info) = bao(
+            addr,
+            root,
+            "POST",
+            "auth/token/lookup-accessor",
+            Some(json!({"accessor": accessor})),
+        )
+        .await;
+        if status == 200 && info["data"]["meta"]["mintguard_lease"] == lease {
+            return Some(accessor.to_owned());
+        }
+    }
+    None
+}
+
+/// The broker dies between the upstream mint and the answer (a fault point
+/// compiled only into debug builds): after a restart the intent without an
+/// outcome is found upstream by its lease metadata and revoked; the log says
+/// so and still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
+    let (addr, root) = vault();
+    let mut broker = start_env(
+        &addr,
+        &root,
+        "",
+        &[("MINTGUARD_FAULT", "after_upstream_mint")],
+        tempfile::tempdir().unwrap(),
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "POST",
+        "/v1/issue",
+        &[("content-type", "application/json")],
+        json!({"selectors": SELECTORS, "request": {"grant": "ci-token", "ttl_seconds": 300}})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert!(reply.is_err(), "the broker answered instead of crashing");
+    let _ = broker.child.wait();
+
+    let dir = std::mem::replace(&mut broker.dir, tempfile::tempdir().unwrap());
+    drop(broker);
+    let broker = start_env(&addr, &root, "", &[], dir);
+    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+    let intent: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["kind"] == "intent")
+        .expect("the intent record survived the crash");
+    let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
+    let mut reconciled = None;
+    for _ in 0..300 {
+        let out = broker.cli(&["logs", "--json", "--outcome", "reconciled_revoked"]);
+        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next() {
+            reconciled = Some(serde_json::from_str::<Value>(line).unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let reconciled = reconciled.expect("no reconciliation record");
+    assert_eq!(reconciled["body"]["lease_id"], lease.as_str());
+    assert_eq!(reconciled["body"]["minted_unanswered"], true);
+    assert_eq!(
+        token_for_lease(&addr, &root, &lease).await,
+        None,
+        "the unanswered token is still live in Vault"
+    );
+    let leases = broker.cli_json(&["leases"]);
+    let row = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == lease.as_str())
+        .unwrap();
+    assert_eq!(row["live"], false);
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
     );
 }

@@ -29,6 +29,9 @@ pub struct VaultError {
     pub reason: String,
 }
 
+/// Most token accessors one reconciliation looks up.
+pub const MAX_ACCESSORS_SCANNED: usize = 10_000;
+
 /// What a mint produced.
 pub struct Minted {
     /// The credential for the workload (never logged).
@@ -219,6 +222,37 @@ impl VaultClient {
                 })
             }
         }
+    }
+
+    /// The accessor of the child token minted for `lease_id` (its
+    /// `mintguard_lease` metadata), searching the token accessors (start-up
+    /// reconciliation of an intent without an outcome; needs `sudo` on
+    /// `auth/token/accessors`). At most `MAX_ACCESSORS_SCANNED` are looked at.
+    pub async fn find_token_for_lease(&self, lease_id: &str) -> Result<Option<String>, VaultError> {
+        let listed = self
+            .ok("GET", "auth/token/accessors?list=true", None)
+            .await?;
+        let accessors = listed["data"]["keys"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for accessor in accessors
+            .iter()
+            .filter_map(Value::as_str)
+            .take(MAX_ACCESSORS_SCANNED)
+        {
+            let (status, info) = self
+                .call(
+                    "POST",
+                    "auth/token/lookup-accessor",
+                    Some(&json!({"accessor": accessor})),
+                )
+                .await?;
+            if (200..300).contains(&status) && info["data"]["meta"]["mintguard_lease"] == lease_id {
+                return Ok(Some(accessor.to_owned()));
+            }
+        }
+        Ok(None)
     }
 
     /// Revokes what `upstream` names and confirms with a lookup; `Ok(true)`

@@ -194,13 +194,29 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
     }
 }
 
-/// Revokes upstream, at the broker's expiry, every `effective` lease whose
+/// Every 5 s: reconciles unanswered upstream mints, and revokes upstream, at
+/// the broker's expiry, every `effective` lease whose
 /// upstream credential could outlive it (Vault's TTL may be longer than the
 /// decision's); a failure is retried at the next pass.
 async fn revoke_expired_upstream(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tick.tick().await;
+        // Intents without an outcome older than `reconcile_after` are
+        // settled (a broker — this one or a replica — died mid-mint).
+        let after = broker
+            .config()
+            .vault
+            .as_ref()
+            .and_then(|v| v.reconcile_after)
+            .map_or(120_000, |d| {
+                i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
+            });
+        match crate::pipeline::reconcile_upstream(&broker, after).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
+            Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
+        }
         let now = crate::state::now_ms();
         let leases = match broker.store.leases(None).await {
             Ok(l) => l,

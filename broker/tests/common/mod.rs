@@ -88,6 +88,16 @@ impl BrokerProcess {
 
     /// Starts with top-level config keys too (e.g. a PostgreSQL store).
     pub fn start_with(dir: tempfile::TempDir, top: &str, extra: &str) -> Self {
+        Self::start_with_env(dir, top, extra, &[])
+    }
+
+    /// Starts with environment variables for the broker process.
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        top: &str,
+        extra: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let root = dir.path();
         std::fs::create_dir_all(root.join("policies")).unwrap();
         std::fs::write(root.join("policies/api.cedar"), POLICIES).unwrap();
@@ -111,6 +121,7 @@ impl BrokerProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
             .args(["run", "--config"])
             .arg(root.join("broker.toml"))
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join("broker.log")).unwrap())
             .spawn()
