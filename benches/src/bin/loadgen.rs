@@ -6,7 +6,12 @@
 //!
 //! ```text
 //! cargo run --release -p mintguard-benches --bin loadgen -- [--clients 32] [--requests 20000]
+//! tests/peers.sh cargo run --release -p mintguard-benches --bin loadgen -- --vault
 //! ```
+//!
+//! With `--vault`, the grant is a Vault child token from the OpenBao at
+//! `VAULT_ADDR`, and the same load then goes to that OpenBao's
+//! `auth/token/create` directly, for the ratio.
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a report tool; setup failures stop it
 
@@ -44,8 +49,24 @@ max_ttl = "15m"
 jwt = { audience = "payments" }
 "#;
 
+/// With `--vault`: the OpenBao from `VAULT_ADDR`/`VAULT_TOKEN` and a child-token grant.
+fn vault_config(addr: &str) -> String {
+    format!(
+        r#"
+[vault]
+address = "{addr}"
+token_file = "vault.token"
+[[grants]]
+name = "vault-token"
+kind = "vault"
+max_ttl = "15m"
+vault = {{ token = {{ policies = ["default"], num_uses = 1 }} }}
+"#
+    )
+}
+
 const POLICY: &str = r#"permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
-    action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-token");"#;
+    action == Mintguard::Action::"mint", resource);"#;
 
 fn arg(name: &str, default: usize) -> usize {
     let args: Vec<String> = std::env::args().collect();
@@ -81,6 +102,56 @@ async fn post(sender: &mut Sender, path: &str, body: &str) -> (u16, Bytes) {
     (status, res.into_body().collect().await.unwrap().to_bytes())
 }
 
+/// Runs `n` requests over `clients` connections (`connect` makes one client's
+/// request function); throughput and a report line.
+async fn measure<C, CF, R, RF>(clients: usize, n: usize, connect: C) -> (f64, String)
+where
+    C: Fn() -> CF,
+    CF: Future<Output = R> + Send + 'static,
+    R: Fn() -> RF + Send + 'static,
+    RF: Future<Output = u16> + Send,
+{
+    let per_client = n.div_ceil(clients);
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let connected = connect();
+            tokio::spawn(async move {
+                let request = connected.await;
+                let mut latencies = Vec::with_capacity(per_client);
+                let mut failures = 0usize;
+                for _ in 0..per_client {
+                    let t = Instant::now();
+                    let status = request().await;
+                    latencies.push(t.elapsed());
+                    failures += usize::from(status != 200);
+                }
+                (latencies, failures)
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(n);
+    let mut failures = 0;
+    for t in tasks {
+        let (l, f) = t.await.unwrap();
+        all.extend(l);
+        failures += f;
+    }
+    let elapsed = start.elapsed();
+    all.sort_unstable();
+    let rate = all.len() as f64 / elapsed.as_secs_f64();
+    let line = format!(
+        "{} requests in {:.2} s: {rate:.0}/s; latency p50 {:?} p90 {:?} p99 {:?} max {:?}; {failures} non-200",
+        all.len(),
+        elapsed.as_secs_f64(),
+        percentile(&all, 0.5),
+        percentile(&all, 0.9),
+        percentile(&all, 0.99),
+        all[all.len() - 1],
+    );
+    (rate, line)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -100,7 +171,23 @@ async fn run(clients: usize, requests: usize) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
-    std::fs::write(dir.path().join("broker.toml"), CONFIG).unwrap();
+    let vault = std::env::args().any(|a| a == "--vault").then(|| {
+        (
+            std::env::var("VAULT_ADDR").expect("--vault needs VAULT_ADDR (tests/peers.sh)"),
+            std::env::var("VAULT_TOKEN").expect("--vault needs VAULT_TOKEN (tests/peers.sh)"),
+        )
+    });
+    let mut config = CONFIG.to_owned();
+    if let Some((addr, token)) = &vault {
+        config.push_str(&vault_config(addr));
+        std::fs::write(dir.path().join("vault.token"), token).unwrap();
+    }
+    let grant = if vault.is_some() {
+        "vault-token"
+    } else {
+        "payments-token"
+    };
+    std::fs::write(dir.path().join("broker.toml"), config).unwrap();
     let config = Config::load(&dir.path().join("broker.toml")).unwrap();
     let broker = Broker::start(config).await.unwrap();
     let bound = mintguard_broker::routes::serve(broker.clone())
@@ -135,7 +222,7 @@ async fn run(clients: usize, requests: usize) {
             spiffe_id: "spiffe://example.org/ns/pay/sa/api".into(),
             parent: node.spiffe_id().to_string(),
             selectors: vec!["unix:uid:1000".into(), "unix:sha256:0a1b".into()],
-            grants: vec!["payments-token".into()],
+            grants: vec!["payments-token".into(), "vault-token".into()],
             created_at_ms: now_ms(),
         })
         .await
@@ -144,50 +231,76 @@ async fn run(clients: usize, requests: usize) {
     let connector = Arc::new(
         SpiffeConnector::new(Some(&node), &bundle, IdMatcher::exact(id::broker_id(&td))).unwrap(),
     );
-    let issue = r#"{"selectors":["unix:uid:1000","unix:gid:1000","unix:sha256:0a1b"],"request":{"grant":"payments-token","ttl_seconds":300}}"#;
+    let issue = format!(
+        r#"{{"selectors":["unix:uid:1000","unix:gid:1000","unix:sha256:0a1b"],"request":{{"grant":"{grant}","ttl_seconds":300}}}}"#
+    );
     let agents = bound.agents.to_string();
 
     // Warm-up, then the measured run.
+    let issue = Arc::new(issue);
+    let mut via_broker = 0.0;
     for (label, n) in [("warm-up", requests / 10), ("measured", requests)] {
-        let per_client = n.div_ceil(clients);
-        let start = Instant::now();
-        let tasks: Vec<_> = (0..clients)
-            .map(|_| {
-                let (agents, connector) = (agents.clone(), connector.clone());
-                tokio::spawn(async move {
-                    let mut sender = connect(&agents, &connector).await;
-                    let mut latencies = Vec::with_capacity(per_client);
-                    let mut failures = 0usize;
-                    for _ in 0..per_client {
-                        let t = Instant::now();
-                        let (status, _) = post(&mut sender, "/v1/issue", issue).await;
-                        latencies.push(t.elapsed());
-                        failures += usize::from(status != 200);
-                    }
-                    (latencies, failures)
-                })
-            })
-            .collect();
-        let mut all = Vec::with_capacity(n);
-        let mut failures = 0;
-        for t in tasks {
-            let (l, f) = t.await.unwrap();
-            all.extend(l);
-            failures += f;
-        }
-        let elapsed = start.elapsed();
-        all.sort_unstable();
+        let (agents, connector, issue) = (agents.clone(), connector.clone(), issue.clone());
+        let (rate, line) = measure(clients, n, move || {
+            let (agents, connector, issue) = (agents.clone(), connector.clone(), issue.clone());
+            async move {
+                // One client's connection, used by that client alone.
+                let sender = Arc::new(tokio::sync::Mutex::new(connect(&agents, &connector).await));
+                move || {
+                    let (issue, sender) = (issue.clone(), sender.clone());
+                    async move { post(&mut *sender.lock().await, "/v1/issue", &issue).await.0 }
+                }
+            }
+        })
+        .await;
         if label == "measured" {
-            println!(
-                "{clients} clients, {} issuances in {:.2} s: {:.0} issuances/s; latency p50 {:?} p90 {:?} p99 {:?} max {:?}; {failures} non-200",
-                all.len(),
-                elapsed.as_secs_f64(),
-                all.len() as f64 / elapsed.as_secs_f64(),
-                percentile(&all, 0.5),
-                percentile(&all, 0.9),
-                percentile(&all, 0.99),
-                all[all.len() - 1],
-            );
+            println!("{clients} clients, {grant} through the broker: {line}");
+            via_broker = rate;
+        }
+    }
+    if let Some((addr, token)) = &vault {
+        // The same OpenBao called directly: POST auth/token/create.
+        let host = addr.trim_start_matches("http://").to_owned();
+        let body = Arc::new(r#"{"policies":["default"],"ttl":"300s","num_uses":1}"#.to_owned());
+        let token = Arc::new(token.clone());
+        for (label, n) in [("warm-up", requests / 10), ("measured", requests)] {
+            let (host, body, token) = (host.clone(), body.clone(), token.clone());
+            let (rate, line) = measure(clients, n, move || {
+                let (host, body, token) = (host.clone(), body.clone(), token.clone());
+                async move {
+                    let tcp = tokio::net::TcpStream::connect(host.as_str()).await.unwrap();
+                    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+                        .await
+                        .unwrap();
+                    tokio::spawn(conn);
+                    let sender = Arc::new(tokio::sync::Mutex::new(sender));
+                    move || {
+                        let (body, token, host) = (body.clone(), token.clone(), host.clone());
+                        let sender = sender.clone();
+                        async move {
+                            let mut sender = sender.lock().await;
+                            sender.ready().await.unwrap();
+                            let req = hyper::Request::post("/v1/auth/token/create")
+                                .header("host", host.as_str())
+                                .header("x-vault-token", token.as_str())
+                                .body(Full::new(Bytes::from(body.as_str().to_owned())))
+                                .unwrap();
+                            let res = sender.send_request(req).await.unwrap();
+                            let status = res.status().as_u16();
+                            let _ = res.into_body().collect().await.unwrap();
+                            status
+                        }
+                    }
+                }
+            })
+            .await;
+            if label == "measured" {
+                println!("{clients} clients, auth/token/create directly on OpenBao: {line}");
+                println!(
+                    "Mintguard / direct throughput: {:.2}",
+                    via_broker / rate.max(1.0)
+                );
+            }
         }
     }
     let (seq, _) = broker.store.head().await.unwrap();
