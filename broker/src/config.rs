@@ -323,14 +323,32 @@ pub enum VaultGrant {
     },
 }
 
+/// `[vault.approle]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    /// The auth mount. Default `approle`.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// A file holding the role id.
+    pub role_id_file: PathBuf,
+    /// A file holding the secret id (0600).
+    pub secret_id_file: PathBuf,
+}
+
 /// `[vault]`: the Vault or OpenBao the broker mints from.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct VaultConfig {
     /// `https://vault:8200` (plain http only on loopback).
     pub address: String,
-    /// A file holding the broker's Vault token (0600).
-    pub token_file: PathBuf,
+    /// A file holding the broker's Vault token (0600), re-read when Vault
+    /// refuses the current one. Exactly one of `token_file` and `approle`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// AppRole login (files holding the role id and secret id).
+    #[serde(default)]
+    pub approle: Option<AppRoleConfig>,
     /// Extra PEM roots for the Vault server's certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
@@ -769,8 +787,16 @@ impl Config {
                         "https required (plain http only on loopback)".into(),
                     ));
                 }
+                if v.token_file.is_some() == v.approle.is_some() {
+                    return Err(err("vault", "exactly one of token_file and approle".into()));
+                }
                 Some(VaultConfig {
-                    token_file: resolve(&v.token_file),
+                    token_file: v.token_file.as_deref().map(resolve),
+                    approle: v.approle.map(|a| AppRoleConfig {
+                        role_id_file: resolve(&a.role_id_file),
+                        secret_id_file: resolve(&a.secret_id_file),
+                        ..a
+                    }),
                     ca_file: v.ca_file.as_deref().map(resolve),
                     ..v
                 })

@@ -187,7 +187,7 @@ pub struct Broker {
     /// JWT signing keys.
     pub jwt: RwLock<JwtKeySet>,
     /// The Vault / OpenBao client, when `[vault]` is configured.
-    pub vault: Option<crate::mint::vault::VaultClient>,
+    pub vault: Option<Arc<crate::mint::vault::VaultClient>>,
     /// Checkpointing.
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
@@ -301,7 +301,7 @@ impl Broker {
             ca: RwLock::new(ca),
             svid: ArcSwap::from_pointee(svid),
             jwt: RwLock::new(jwt),
-            vault,
+            vault: vault.map(Arc::new),
             log: LogWriter {
                 signer,
                 export,

@@ -71,7 +71,7 @@ fn start_with(vault_addr: &str, root: &str, db_path: &str) -> BrokerProcess {
     start_env(vault_addr, root, db_path, &[], tempfile::tempdir().unwrap())
 }
 
-fn vault_config(vault_addr: &str, db_path: &str) -> String {
+fn vault_config(vault_addr: &str, db_path: &str, auth: &str) -> String {
     let db_path = if db_path.is_empty() {
         "database/creds/none"
     } else {
@@ -81,7 +81,7 @@ fn vault_config(vault_addr: &str, db_path: &str) -> String {
         r#"
 [vault]
 address = "{vault_addr}"
-token_file = "vault.token"
+{auth}
 reconcile_after = "1s"
 [[grants]]
 name = "ci-token"
@@ -113,7 +113,16 @@ fn start_env(
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/vault.cedar"), VAULT_POLICY).unwrap();
     write_private(&dir.path().join("vault.token"), root);
-    let broker = BrokerProcess::start_with_env(dir, "", &vault_config(vault_addr, db_path), env);
+    let auth = if root.starts_with("approle:") {
+        let mount = root.trim_start_matches("approle:");
+        format!(
+            "approle = {{ mount = \"{mount}\", role_id_file = \"role_id\", secret_id_file = \"secret_id\" }}"
+        )
+    } else {
+        "token_file = \"vault.token\"".to_owned()
+    };
+    let broker =
+        BrokerProcess::start_with_env(dir, "", &vault_config(vault_addr, db_path, &auth), env);
     if broker
         .cli_json(&["entry", "list", "--json"])
         .as_array()
@@ -544,5 +553,95 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
         verify.status.success(),
         "{}",
         String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// The broker logs in with AppRole (a 3-second token) and keeps minting past
+/// that token's first TTL: it renews (or logs in again) on its own; the child
+/// tokens it mints are orphans, so they do not die with its own token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_logs_in_with_approle_and_keeps_its_token_alive() {
+    let (addr, root) = vault();
+    let mount = format!("approle{}", std::process::id());
+    let ok = |(status, body): (u16, Value)| {
+        assert!((200..300).contains(&status), "{status} {body}");
+        body
+    };
+    ok(bao(
+        &addr,
+        &root,
+        "POST",
+        &format!("sys/auth/{mount}"),
+        Some(json!({"type": "approle"})),
+    )
+    .await);
+    let policy = r#"
+path "auth/token/create-orphan" { capabilities = ["create", "update"] }
+path "auth/token/revoke-accessor" { capabilities = ["update"] }
+path "auth/token/lookup-accessor" { capabilities = ["update"] }
+path "auth/token/accessors" { capabilities = ["list", "sudo"] }
+path "sys/leases/*" { capabilities = ["update", "sudo"] }
+"#;
+    ok(bao(
+        &addr,
+        &root,
+        "PUT",
+        "sys/policies/acl/mintguard-broker",
+        Some(json!({"policy": policy})),
+    )
+    .await);
+    ok(bao(&addr, &root, "POST", &format!("auth/{mount}/role/broker"), Some(json!({
+        "token_policies": ["default", "mintguard-broker"], "token_ttl": "3s", "token_max_ttl": "1h",
+    }))).await);
+    let role_id = ok(bao(
+        &addr,
+        &root,
+        "GET",
+        &format!("auth/{mount}/role/broker/role-id"),
+        None,
+    )
+    .await)["data"]["role_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let secret_id = ok(bao(
+        &addr,
+        &root,
+        "POST",
+        &format!("auth/{mount}/role/broker/secret-id"),
+        Some(json!({})),
+    )
+    .await)["data"]["secret_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("role_id"), &role_id);
+    write_private(&dir.path().join("secret_id"), &secret_id);
+    let broker = start_env(&addr, &format!("approle:{mount}"), "", &[], dir);
+    let node = enrolled_node(&broker, "node-1").await;
+    let first = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    // Past the broker token's first TTL (3 s): still minting.
+    tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+    let second = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(second.status, 200, "{}", second.text);
+    // The first child token outlived the broker's first token's TTL.
+    let token = first.body["credential"]["token"].as_str().unwrap();
+    assert_eq!(
+        bao(&addr, token, "GET", "auth/token/lookup-self", None)
+            .await
+            .0,
+        200
     );
 }

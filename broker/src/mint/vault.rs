@@ -29,6 +29,24 @@ pub struct VaultError {
     pub reason: String,
 }
 
+/// How the broker gets its own Vault token.
+enum Auth {
+    /// A token file (re-read when Vault refuses the token).
+    TokenFile(std::path::PathBuf),
+    /// AppRole login.
+    AppRole {
+        mount: String,
+        role_id_file: std::path::PathBuf,
+        secret_id_file: std::path::PathBuf,
+    },
+}
+
+fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_owned())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// Most token accessors one reconciliation looks up.
 pub const MAX_ACCESSORS_SCANNED: usize = 10_000;
 
@@ -45,17 +63,29 @@ pub struct Minted {
 /// A client of one Vault server, with the broker's token.
 pub struct VaultClient {
     address: url::Url,
-    token: Zeroizing<String>,
+    token: std::sync::RwLock<Arc<Zeroizing<String>>>,
+    auth: Auth,
     tls: Option<Arc<rustls::ClientConfig>>,
     timeout: Duration,
 }
 
 impl VaultClient {
-    /// A client from `[vault]` (reads the token file).
+    /// A client from `[vault]`: reads the token file now, or logs in with
+    /// AppRole on the first call.
     pub fn new(config: &VaultConfig) -> Result<Self, String> {
         let address = url::Url::parse(&config.address).map_err(|e| e.to_string())?;
-        let token = std::fs::read_to_string(&config.token_file)
-            .map_err(|e| format!("{}: {e}", config.token_file.display()))?;
+        let (auth, token) = match (&config.token_file, &config.approle) {
+            (Some(file), _) => (Auth::TokenFile(file.clone()), read_secret_file(file)?),
+            (None, Some(a)) => (
+                Auth::AppRole {
+                    mount: a.mount.clone().unwrap_or_else(|| "approle".into()),
+                    role_id_file: a.role_id_file.clone(),
+                    secret_id_file: a.secret_id_file.clone(),
+                },
+                String::new(),
+            ),
+            (None, None) => return Err("[vault] needs token_file or approle".into()),
+        };
         let tls = if address.scheme() == "https" {
             let mut roots = rustls::RootCertStore::empty();
             for cert in rustls_native_certs::load_native_certs().certs {
@@ -83,15 +113,126 @@ impl VaultClient {
         };
         Ok(Self {
             address,
-            token: Zeroizing::new(token.trim().to_owned()),
+            token: std::sync::RwLock::new(Arc::new(Zeroizing::new(token))),
+            auth,
             tls,
             timeout: config.timeout.map_or(Duration::from_secs(5), |d| d.0),
         })
     }
 
-    /// One call; `Ok((status, body))` when Vault answered.
+    fn current_token(&self) -> Arc<Zeroizing<String>> {
+        self.token
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_else(|_| Arc::new(Zeroizing::new(String::new())))
+    }
+
+    /// Gets a fresh broker token: AppRole login, or the token file re-read.
+    /// Returns its TTL in seconds (0 = none or unknown).
+    pub async fn authenticate(&self) -> Result<u64, VaultError> {
+        let fail = |reason: String| VaultError {
+            what: "authenticate".into(),
+            reason,
+        };
+        let (token, ttl) = match &self.auth {
+            Auth::TokenFile(file) => (read_secret_file(file).map_err(fail)?, 0),
+            Auth::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+            } => {
+                let body = json!({
+                    "role_id": read_secret_file(role_id_file).map_err(fail)?,
+                    "secret_id": read_secret_file(secret_id_file).map_err(fail)?,
+                });
+                let (status, answer) = self
+                    .call_with("", "POST", &format!("auth/{mount}/login"), Some(&body))
+                    .await?;
+                let token = answer["auth"]["client_token"].as_str().unwrap_or_default();
+                if !(200..300).contains(&status) || token.is_empty() {
+                    return Err(fail(format!(
+                        "AppRole login: HTTP {status}: {}",
+                        answer["errors"]
+                    )));
+                }
+                (
+                    token.to_owned(),
+                    answer["auth"]["lease_duration"].as_u64().unwrap_or(0),
+                )
+            }
+        };
+        if let Ok(mut t) = self.token.write() {
+            *t = Arc::new(Zeroizing::new(token));
+        }
+        Ok(ttl)
+    }
+
+    /// Renews the broker's own token (`renew-self`); on failure it
+    /// authenticates again. Returns the TTL now (seconds, 0 = none).
+    pub async fn renew_or_login(&self) -> Result<u64, VaultError> {
+        let token = self.current_token();
+        let (status, answer) = self
+            .call_with(&token, "POST", "auth/token/renew-self", Some(&json!({})))
+            .await?;
+        if (200..300).contains(&status) {
+            return Ok(answer["auth"]["lease_duration"].as_u64().unwrap_or(0));
+        }
+        self.authenticate().await
+    }
+
+    /// Keeps the broker's token alive: renews at half its TTL (logging in
+    /// again when renewal fails); checks every minute when it has none.
+    pub async fn keep_token_fresh(self: Arc<Self>) {
+        let mut ttl = if self.current_token().is_empty() {
+            self.authenticate().await.unwrap_or(0)
+        } else {
+            self.lookup_ttl().await
+        };
+        loop {
+            let wait = if ttl == 0 { 60 } else { (ttl / 2).max(1) };
+            tokio::time::sleep(Duration::from_secs(wait)).await;
+            match self.renew_or_login().await {
+                Ok(t) => ttl = t,
+                Err(e) => {
+                    tracing::error!(%e, "the broker's Vault token could not be renewed or replaced");
+                    ttl = 10;
+                }
+            }
+        }
+    }
+
+    async fn lookup_ttl(&self) -> u64 {
+        let token = self.current_token();
+        match self
+            .call_with(&token, "GET", "auth/token/lookup-self", None)
+            .await
+        {
+            Ok((200, v)) => v["data"]["ttl"].as_u64().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// One call with the current token; a 403 (an expired or revoked broker
+    /// token) authenticates once and retries.
     async fn call(
         &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), VaultError> {
+        let token = self.current_token();
+        let answer = self.call_with(&token, method, path, body).await?;
+        if answer.0 == 403 && self.authenticate().await.is_ok() {
+            let token = self.current_token();
+            return self.call_with(&token, method, path, body).await;
+        }
+        Ok(answer)
+    }
+
+    /// One call with `token`; `Ok((status, body))` when Vault answered.
+    async fn call_with(
+        &self,
+        token: &str,
         method: &str,
         path: &str,
         body: Option<&Value>,
@@ -111,7 +252,7 @@ impl VaultClient {
             .method(method)
             .uri(format!("/v1/{path}"))
             .header(hyper::header::HOST, &host)
-            .header("X-Vault-Token", self.token.as_str())
+            .header("X-Vault-Token", token)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| fail(e.to_string()))?;
@@ -174,7 +315,10 @@ impl VaultClient {
                 let answer = self
                     .ok(
                         "POST",
-                        "auth/token/create",
+                        // Orphans: the broker tracks and revokes each lease
+                        // itself, so a child must not die with the broker's
+                        // own token when that is replaced.
+                        "auth/token/create-orphan",
                         Some(&json!({
                             "policies": policies,
                             "ttl": format!("{ttl_seconds}s"),
@@ -188,6 +332,7 @@ impl VaultClient {
                     .await?;
                 let auth = &answer["auth"];
                 let token = auth["client_token"].as_str().unwrap_or_default();
+                // (`auth/token/create-orphan` answers like `auth/token/create`.)
                 let accessor = auth["accessor"].as_str().unwrap_or_default();
                 if token.is_empty() || accessor.is_empty() {
                     return Err(VaultError {

@@ -91,7 +91,8 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         operator_acceptor,
     ));
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
-    if config.vault.is_some() {
+    if let Some(vault) = broker.vault.clone() {
+        tokio::spawn(vault.keep_token_fresh());
         tokio::spawn(revoke_expired_upstream(broker.clone()));
     }
     tokio::spawn(
