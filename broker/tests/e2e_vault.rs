@@ -61,6 +61,9 @@ permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
 @id("api-may-get-db-credentials")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-db");
+@id("api-may-get-certificates")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"web-cert");
 "#;
 
 fn start(vault_addr: &str, root: &str) -> BrokerProcess {
@@ -94,7 +97,13 @@ name = "payments-db"
 kind = "vault"
 max_ttl = "10m"
 vault = {{ secret = {{ path = "{db_path}" }} }}
-"#
+[[grants]]
+name = "web-cert"
+kind = "vault"
+max_ttl = "10m"
+vault = {{ secret = {{ path = "pki{pid}/issue/web", body = {{ common_name = "api.example.org" }} }} }}
+"#,
+        pid = std::process::id()
     )
 }
 
@@ -145,6 +154,8 @@ fn start_env(
         "ci-token",
         "--grant",
         "payments-db",
+        "--grant",
+        "web-cert",
     ]);
     assert!(
         out.status.success(),
@@ -643,5 +654,74 @@ path "sys/leases/*" { capabilities = ["update", "sudo"] }
             .await
             .0,
         200
+    );
+}
+
+/// A PKI certificate issue: the certificate comes back, its Vault lease is
+/// tracked, and `DELETE` revokes the certificate (its serial shows a
+/// revocation time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pki_certificates_are_issued_and_revoked() {
+    let (addr, root) = vault();
+    let mount = format!("pki{}", std::process::id());
+    let ok = |(status, body): (u16, Value)| {
+        assert!((200..300).contains(&status), "{status} {body}");
+        body
+    };
+    ok(bao(
+        &addr,
+        &root,
+        "POST",
+        &format!("sys/mounts/{mount}"),
+        Some(json!({"type": "pki", "config": {"max_lease_ttl": "24h"}})),
+    )
+    .await);
+    ok(bao(
+        &addr,
+        &root,
+        "POST",
+        &format!("{mount}/root/generate/internal"),
+        Some(json!({"common_name": "Mintguard test root", "ttl": "24h"})),
+    )
+    .await);
+    ok(bao(&addr, &root, "POST", &format!("{mount}/roles/web"), Some(json!({
+        "allowed_domains": "example.org", "allow_subdomains": true, "max_ttl": "1h", "generate_lease": true,
+    }))).await);
+    let broker = start(&addr, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "web-cert", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let data = &reply.body["credential"]["data"];
+    assert!(
+        data["certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+    let serial = data["serial_number"].as_str().unwrap().to_owned();
+    let cert = ok(bao(&addr, &root, "GET", &format!("{mount}/cert/{serial}"), None).await);
+    assert_eq!(cert["data"]["revocation_time"], 0);
+    let lease = reply.body["lease_id"].as_str().unwrap();
+    let deleted = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "DELETE",
+        &format!("/v1/leases/{lease}"),
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(deleted.status, 204, "{}", deleted.text);
+    let cert = ok(bao(&addr, &root, "GET", &format!("{mount}/cert/{serial}"), None).await);
+    assert!(
+        cert["data"]["revocation_time"].as_i64().unwrap() > 0,
+        "{cert}"
     );
 }
