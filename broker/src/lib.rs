@@ -19,6 +19,7 @@
 //! - [`mint`]: minters and the proof types that order minting after logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
+//! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
@@ -34,6 +35,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod mint;
+pub mod outbound;
 pub mod pipeline;
 pub mod routes;
 pub mod state;

@@ -227,10 +227,7 @@ impl Authority {
         ttl: Duration,
         now: OffsetDateTime,
     ) -> Result<X509Svid> {
-        let key = generate_key()?;
-        let params = self.svid_params(spiffe_id, ttl, now)?;
-        let cert = params.signed_by(&key.to_rcgen()?, &self.issuer)?;
-        X509Svid::new(vec![cert.der().clone()], key)
+        self.issue_server_svid(spiffe_id, &[], ttl, now)
     }
 
     /// Like [`Self::issue_svid`], with DNS names besides the one URI SAN (a

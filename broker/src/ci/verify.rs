@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
@@ -343,16 +343,18 @@ async fn fetch_json(issuer: &IssuerConfig, url: &str) -> Result<Value, String> {
             .map_err(|e| format!("{url}: {e}"))?;
         let response = match parsed.scheme() {
             "https" => {
-                let config = client_config(issuer)?;
+                let config = crate::outbound::tls_config(issuer.ca_file.as_deref())?;
                 let name = rustls::pki_types::ServerName::try_from(host.clone())
                     .map_err(|e| format!("{url}: {e}"))?;
                 let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
                     .connect(name, tcp)
                     .await
                     .map_err(|e| format!("{url}: TLS: {e}"))?;
-                send(TokioIo::new(tls), request).await?
+                crate::outbound::send(TokioIo::new(tls), request, MAX_DOC).await?
             }
-            "http" if insecure_ok => send(TokioIo::new(tcp), request).await?,
+            "http" if insecure_ok => {
+                crate::outbound::send(TokioIo::new(tcp), request, MAX_DOC).await?
+            }
             _ => return Err(format!("{url}: https required")),
         };
         Ok::<_, String>(response)
@@ -364,49 +366,4 @@ async fn fetch_json(issuer: &IssuerConfig, url: &str) -> Result<Value, String> {
         return Err(format!("{url}: HTTP {status}"));
     }
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
-}
-
-async fn send<IO>(
-    io: TokioIo<IO>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<(u16, Bytes), String>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let res = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = http_body_util::Limited::new(res.into_body(), MAX_DOC)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
-}
-
-fn client_config(issuer: &IssuerConfig) -> Result<rustls::ClientConfig, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
-    }
-    if let Some(file) = &issuer.ca_file {
-        let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots
-                .add(cert.map_err(|e| format!("{}: {e}", file.display()))?)
-                .map_err(|e| format!("{}: {e}", file.display()))?;
-        }
-    }
-    rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| e.to_string())
-    .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }

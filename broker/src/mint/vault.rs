@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
@@ -87,27 +87,9 @@ impl VaultClient {
             (None, None) => return Err("[vault] needs token_file or approle".into()),
         };
         let tls = if address.scheme() == "https" {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-            if let Some(file) = &config.ca_file {
-                let pem = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    roots
-                        .add(cert.map_err(|e| e.to_string())?)
-                        .map_err(|e| e.to_string())?;
-                }
-            }
-            Some(Arc::new(
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-            ))
+            Some(Arc::new(crate::outbound::tls_config(
+                config.ca_file.as_deref(),
+            )?))
         } else {
             None
         };
@@ -268,9 +250,13 @@ impl VaultClient {
                         .connect(name, tcp)
                         .await
                         .map_err(|e| fail(format!("TLS: {e}")))?;
-                    send(TokioIo::new(tls), request).await.map_err(fail)?
+                    crate::outbound::send(TokioIo::new(tls), request, 1024 * 1024)
+                        .await
+                        .map_err(fail)?
                 }
-                None => send(TokioIo::new(tcp), request).await.map_err(fail)?,
+                None => crate::outbound::send(TokioIo::new(tcp), request, 1024 * 1024)
+                    .await
+                    .map_err(fail)?,
             };
             let value = if bytes.is_empty() {
                 Value::Null
@@ -431,28 +417,4 @@ impl VaultClient {
         // A secret without a lease (static): nothing to revoke upstream.
         Ok(true)
     }
-}
-
-async fn send<IO>(
-    io: TokioIo<IO>,
-    request: hyper::Request<Full<Bytes>>,
-) -> Result<(u16, Bytes), String>
-where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let res = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = http_body_util::Limited::new(res.into_body(), 1024 * 1024)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
 }
