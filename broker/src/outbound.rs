@@ -32,7 +32,39 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String
     .map(|b| b.with_root_certificates(roots).with_no_client_auth())
 }
 
-/// One HTTP/1.1 exchange on `io`; the status and at most `limit` bytes of body.
+/// A client connection on `io` (its driver runs in the background).
+pub async fn handshake<IO>(io: TokioIo<IO>) -> Result<Sender, String>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// A kept-alive HTTP/1.1 client connection.
+pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+/// One exchange on `sender`; the status and at most `limit` bytes of body.
+pub async fn exchange(
+    sender: &mut Sender,
+    request: hyper::Request<Full<Bytes>>,
+    limit: usize,
+) -> Result<(u16, Bytes), hyper::Error> {
+    sender.ready().await?;
+    let res = sender.send_request(request).await?;
+    let status = res.status().as_u16();
+    let body = http_body_util::Limited::new(res.into_body(), limit)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// One HTTP/1.1 exchange on a fresh connection `io`.
 pub async fn send<IO>(
     io: TokioIo<IO>,
     request: hyper::Request<Full<Bytes>>,
@@ -41,19 +73,8 @@ pub async fn send<IO>(
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+    let mut sender = handshake(io).await?;
+    exchange(&mut sender, request, limit)
         .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let res = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = res.status().as_u16();
-    let body = http_body_util::Limited::new(res.into_body(), limit)
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, body))
+        .map_err(|e| e.to_string())
 }

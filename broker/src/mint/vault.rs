@@ -47,6 +47,9 @@ fn read_secret_file(path: &std::path::Path) -> Result<String, String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// Idle kept-alive connections to Vault.
+const MAX_IDLE: usize = 32;
+
 /// Most token accessors one reconciliation looks up.
 pub const MAX_ACCESSORS_SCANNED: usize = 10_000;
 
@@ -66,6 +69,7 @@ pub struct VaultClient {
     token: std::sync::RwLock<Arc<Zeroizing<String>>>,
     auth: Auth,
     tls: Option<Arc<rustls::ClientConfig>>,
+    idle: std::sync::Mutex<Vec<crate::outbound::Sender>>,
     timeout: Duration,
 }
 
@@ -97,6 +101,7 @@ impl VaultClient {
             address,
             token: std::sync::RwLock::new(Arc::new(Zeroizing::new(token))),
             auth,
+            idle: std::sync::Mutex::new(Vec::new()),
             tls,
             timeout: config.timeout.map_or(Duration::from_secs(5), |d| d.0),
         })
@@ -194,6 +199,26 @@ impl VaultClient {
         }
     }
 
+    /// A new connection (TLS when the address is https).
+    async fn connect(&self, host: &str, port: u16) -> Result<crate::outbound::Sender, String> {
+        let tcp = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.tls {
+            Some(config) => {
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| e.to_string())?;
+                let tls = tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                crate::outbound::handshake(TokioIo::new(tls)).await
+            }
+            None => crate::outbound::handshake(TokioIo::new(tcp)).await,
+        }
+    }
+
     /// One call with the current token; a 403 (an expired or revoked broker
     /// token) authenticates once and retries.
     async fn call(
@@ -239,25 +264,30 @@ impl VaultClient {
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| fail(e.to_string()))?;
         let exchange = async {
-            let tcp = tokio::net::TcpStream::connect((host.as_str(), port))
-                .await
-                .map_err(|e| fail(format!("connect: {e}")))?;
-            let (status, bytes) = match &self.tls {
-                Some(config) => {
-                    let name = rustls::pki_types::ServerName::try_from(host.clone())
-                        .map_err(|e| fail(e.to_string()))?;
-                    let tls = tokio_rustls::TlsConnector::from(config.clone())
-                        .connect(name, tcp)
-                        .await
-                        .map_err(|e| fail(format!("TLS: {e}")))?;
-                    crate::outbound::send(TokioIo::new(tls), request, 1024 * 1024)
-                        .await
-                        .map_err(fail)?
-                }
-                None => crate::outbound::send(TokioIo::new(tcp), request, 1024 * 1024)
-                    .await
-                    .map_err(fail)?,
+            // A kept-alive connection if one is idle (retried once on a fresh
+            // one if the server had closed it), else a new one.
+            let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+            let (mut sender, reused) = match pooled {
+                Some(s) if !s.is_closed() => (s, true),
+                _ => (self.connect(&host, port).await.map_err(&fail)?, false),
             };
+            let answer =
+                match crate::outbound::exchange(&mut sender, request.clone(), 1024 * 1024).await {
+                    Ok(a) => a,
+                    Err(e) if reused && (e.is_canceled() || e.is_closed()) => {
+                        sender = self.connect(&host, port).await.map_err(&fail)?;
+                        crate::outbound::exchange(&mut sender, request, 1024 * 1024)
+                            .await
+                            .map_err(|e| fail(e.to_string()))?
+                    }
+                    Err(e) => return Err(fail(e.to_string())),
+                };
+            if let Ok(mut idle) = self.idle.lock()
+                && idle.len() < MAX_IDLE
+            {
+                idle.push(sender);
+            }
+            let (status, bytes) = answer;
             let value = if bytes.is_empty() {
                 Value::Null
             } else {
