@@ -336,6 +336,43 @@ pub struct AppRoleConfig {
     pub secret_id_file: PathBuf,
 }
 
+/// `aws_sts = { … }` on a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsStsGrant {
+    /// The role to assume.
+    pub role_arn: String,
+    /// An inline session policy (JSON) applied to the reduced variant.
+    #[serde(default)]
+    pub reduced_policy: Option<String>,
+    /// A decided TTL below STS's 900 s floor: `"upstream"` mints 900 s (the
+    /// log records it), `"refuse"` (default) refuses with
+    /// `ttl_below_upstream_minimum`.
+    #[serde(default)]
+    pub ttl_floor: Option<String>,
+}
+
+/// `[aws]`: where STS is and how the broker reaches it (its own
+/// credentials come from the standard chain).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region. Default `us-east-1`.
+    pub region: Option<String>,
+    /// An STS endpoint override (tests, VPC endpoints).
+    pub endpoint: Option<String>,
+}
+
+/// STS's own limits, enforced before any call.
+pub mod sts_limits {
+    /// Shortest session, seconds.
+    pub const MIN_DURATION: u64 = 900;
+    /// Longest session (role maximum), seconds.
+    pub const MAX_DURATION: u64 = 43_200;
+    /// Longest inline session policy, characters.
+    pub const MAX_POLICY_CHARS: usize = 2048;
+}
+
 /// `[vault]`: the Vault or OpenBao the broker mints from.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -382,6 +419,8 @@ pub struct GrantConfig {
     pub jwt: Option<JwtGrant>,
     /// Vault settings (kind `vault`).
     pub vault: Option<VaultGrant>,
+    /// AWS STS settings (kind `aws_sts`).
+    pub aws_sts: Option<AwsStsGrant>,
     /// Allowed hours, UTC, `[start, end)` (e.g. `[7, 19]`; `[22, 6]` wraps
     /// midnight). When set, the `time` trust signal is 100 inside and 0
     /// outside; when absent, the signal drops out.
@@ -468,6 +507,8 @@ struct RawConfig {
     #[serde(default)]
     grants: Vec<GrantConfig>,
     #[serde(default)]
+    aws: AwsConfig,
+    #[serde(default)]
     vault: Option<VaultConfig>,
     #[serde(default)]
     ci: crate::ci::config::CiConfig,
@@ -518,6 +559,8 @@ pub struct Config {
     pub ci: crate::ci::config::CiConfig,
     /// The Vault / OpenBao to mint from.
     pub vault: Option<VaultConfig>,
+    /// AWS STS.
+    pub aws: AwsConfig,
 }
 
 impl Config {
@@ -740,13 +783,47 @@ impl Config {
                     }
                 }
                 GrantKind::AwsSts => {
-                    return Err(err(
-                        &key("kind"),
-                        format!(
-                            "{:?} grants are not available in this version of the broker",
-                            g.kind
-                        ),
-                    ));
+                    let Some(a) = &g.aws_sts else {
+                        return Err(err(
+                            &key("aws_sts"),
+                            "required for kind = \"aws_sts\"".into(),
+                        ));
+                    };
+                    if !a.role_arn.starts_with("arn:") || a.role_arn.split(':').count() < 6 {
+                        return Err(err(
+                            &key("aws_sts.role_arn"),
+                            format!("{:?} is not a role ARN", a.role_arn),
+                        ));
+                    }
+                    if let Some(p) = &a.reduced_policy {
+                        if p.chars().count() > sts_limits::MAX_POLICY_CHARS {
+                            return Err(err(
+                                &key("aws_sts.reduced_policy"),
+                                format!(
+                                    "longer than STS's {} characters",
+                                    sts_limits::MAX_POLICY_CHARS
+                                ),
+                            ));
+                        }
+                        if serde_json::from_str::<serde_json::Value>(p).is_err() {
+                            return Err(err(&key("aws_sts.reduced_policy"), "not JSON".into()));
+                        }
+                    }
+                    if a.ttl_floor
+                        .as_deref()
+                        .is_some_and(|f| f != "upstream" && f != "refuse")
+                    {
+                        return Err(err(
+                            &key("aws_sts.ttl_floor"),
+                            "\"upstream\" or \"refuse\"".into(),
+                        ));
+                    }
+                    if g.max_ttl.0.as_secs() > sts_limits::MAX_DURATION {
+                        return Err(err(
+                            &key("max_ttl"),
+                            "STS sessions last at most 12 h".into(),
+                        ));
+                    }
                 }
             }
             if let Some([start, end]) = g.allowed_hours
@@ -862,6 +939,7 @@ impl Config {
                 .collect(),
             ci,
             vault: vault_config,
+            aws: raw.aws,
             introspection_clients: raw
                 .introspection_clients
                 .into_iter()

@@ -591,9 +591,9 @@ pub async fn decide_and_issue(
                 })
         })
         .collect();
-    if grant.kind == GrantKind::Vault {
+    if matches!(grant.kind, GrantKind::Vault | GrantKind::AwsSts) {
         let record = decision_record(body);
-        return issue_vault(
+        return issue_upstream(
             broker,
             dynamic,
             grant,
@@ -697,12 +697,25 @@ pub async fn decide_and_issue(
     Ok((StatusCode::OK, axum::Json(response)).into_response())
 }
 
-/// An upstream (Vault) mint: the intent record with spend and lease, then
+/// The upstream a grant mints from.
+#[derive(Clone, Copy)]
+enum Upstream<'a> {
+    Vault(
+        &'a crate::mint::vault::VaultClient,
+        &'a crate::config::VaultGrant,
+    ),
+    Sts(
+        &'a crate::mint::sts::StsMinter,
+        &'a crate::config::AwsStsGrant,
+    ),
+}
+
+/// An upstream (Vault, STS) mint: the intent record with spend and lease, then
 /// the mint (which needs the intent's proof), then the outcome record, then
 /// the answer. A failed mint is refunded, its lease closed, and logged; an
 /// outcome that cannot be logged revokes what was minted (nothing
 /// half-recorded leaves the broker).
-async fn issue_vault(
+async fn issue_upstream(
     broker: &Broker,
     dynamic: &crate::state::Dynamic,
     grant: &GrantConfig,
@@ -711,21 +724,56 @@ async fn issue_vault(
     spend: Vec<SpendOp>,
     request_id: &str,
 ) -> Result<Response, ApiError> {
-    let (Some(vault), Some(vault_grant)) = (broker.vault.as_ref(), grant.vault.as_ref()) else {
-        return Err(ApiError::unavailable(
-            "upstream_unavailable",
-            "no Vault is configured for this grant",
-            "missing [vault]",
-        ));
+    let upstream = match (
+        grant.kind,
+        &broker.vault,
+        &grant.vault,
+        &broker.sts,
+        &grant.aws_sts,
+    ) {
+        (GrantKind::Vault, Some(v), Some(g), _, _) => Upstream::Vault(v, g),
+        (GrantKind::AwsSts, _, _, Some(s), Some(g)) => Upstream::Sts(s, g),
+        _ => {
+            return Err(ApiError::unavailable(
+                "upstream_unavailable",
+                "no upstream is configured for this grant (a new kind needs a restart)",
+                grant.name.clone(),
+            ));
+        }
     };
     let identity = record.identity.clone().unwrap_or_default();
     let now = record.time_ms;
     let lease_id = random_id("lease");
-    let ttl_seconds = decision.ttl_seconds;
+    let mut ttl_seconds = decision.ttl_seconds;
+    if let Upstream::Sts(_, g) = upstream {
+        use crate::config::sts_limits::{MAX_DURATION, MIN_DURATION};
+        if ttl_seconds < MIN_DURATION {
+            if g.ttl_floor.as_deref() == Some("upstream") {
+                ttl_seconds = MIN_DURATION;
+            } else {
+                // Logged with its final outcome; nothing spent or minted.
+                if let Some(obj) = record.body.as_object_mut() {
+                    obj.insert("final_outcome".into(), "ttl_below_upstream_minimum".into());
+                }
+                self::record(broker, record.clone()).await?;
+                return Err(ApiError::forbidden(
+                    "ttl_below_upstream_minimum",
+                    format!(
+                        "the decided TTL ({ttl_seconds} s) is below STS's {MIN_DURATION} s; the grant may set ttl_floor = \"upstream\""
+                    ),
+                ));
+            }
+        }
+        ttl_seconds = ttl_seconds.min(MAX_DURATION);
+    }
+    let (kind, revocation) = match upstream {
+        Upstream::Vault(..) => ("vault", "effective"),
+        Upstream::Sts(..) => ("aws_sts", "advisory"),
+    };
     let expires_at_ms = now + i64::try_from(ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
     record.kind = RecordKind::Intent;
     if let Some(obj) = record.body.as_object_mut() {
-        obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "effective", "kind": "vault"}));
+        obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": revocation, "kind": kind, "effective_ttl_seconds": ttl_seconds}));
     }
     let lease = Lease {
         id: lease_id.clone(),
@@ -733,8 +781,8 @@ async fn issue_vault(
         identity: identity.clone(),
         grant: grant.name.clone(),
         node: record.node.clone(),
-        kind: "vault".into(),
-        revocation: "effective".into(),
+        kind: kind.into(),
+        revocation: revocation.into(),
         issued_at_ms: now,
         expires_at_ms,
         revoked_at_ms: None,
@@ -772,10 +820,24 @@ async fn issue_vault(
         outcome: Some(outcome.to_owned()),
         body,
     };
-    match vault
-        .mint(&proof, vault_grant, &identity, ttl_seconds)
-        .await
-    {
+    let minted = match upstream {
+        Upstream::Vault(vault, g) => vault
+            .mint(&proof, g, &identity, ttl_seconds)
+            .await
+            .map_err(|e| e.to_string()),
+        Upstream::Sts(sts, g) => sts
+            .mint(
+                &proof,
+                g,
+                &identity,
+                record.node.as_deref().unwrap_or_default(),
+                ttl_seconds,
+                decision.reduced,
+            )
+            .await
+            .map_err(|e| e.to_string()),
+    };
+    match minted {
         Ok(minted) => {
             fault_point("after_upstream_mint");
             let upstream_expiry = (minted.lease_seconds > 0).then(|| {
@@ -787,7 +849,10 @@ async fn issue_vault(
             });
             if let Err(e) = record_outcome(broker, outcome("minted", body)).await {
                 // Never answer with a credential whose outcome is not durable.
-                let revoked = vault.revoke(&minted.upstream).await;
+                let revoked = match upstream {
+                    Upstream::Vault(vault, _) => vault.revoke(&minted.upstream).await.map_err(|e| e.to_string()),
+                    Upstream::Sts(..) => Err("STS sessions cannot be revoked one by one; attach the deny policy (`mintguard aws revoke-policy`)".to_owned()),
+                };
                 tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
                 return Err(e);
             }
@@ -811,11 +876,11 @@ async fn issue_vault(
                 broker.store.refund(&op.key, &op.policy, op.cost, t).await?;
             }
             broker.store.revoke_lease(&lease_id, t).await?;
-            let body = json!({"lease_id": lease_id, "intent_seq": proof.seq(), "error": e.to_string(), "refunded": !spend.is_empty()});
+            let body = json!({"lease_id": lease_id, "intent_seq": proof.seq(), "error": e, "refunded": !spend.is_empty()});
             record_outcome(broker, outcome("mint_failed", body)).await?;
             Err(ApiError::unavailable(
                 "upstream_unavailable",
-                "Vault did not mint the credential; nothing was issued and the budget was refunded",
+                "the upstream did not mint the credential; nothing was issued and the budget was refunded",
                 e,
             ))
         }
@@ -1100,6 +1165,27 @@ pub async fn revoke_lease(
     request_id: &str,
     why: &str,
 ) -> Result<bool, ApiError> {
+    // Advisory (STS): the session cannot be revoked one by one. The task's
+    // end is recorded; the lease stays live until it expires or an operator
+    // confirms the deny policy is attached (`mintguard revoke --confirm-attached`).
+    if lease.revocation == "advisory" && why != "confirmed_attached" {
+        let now = now_ms();
+        if broker.store.end_task(&lease.id, now).await? {
+            let entry = LogEntry {
+                time_ms: now,
+                kind: RecordKind::Revocation,
+                request_id: request_id.to_owned(),
+                identity: Some(lease.identity.clone()),
+                grant: Some(lease.grant.clone()),
+                node: lease.node.clone(),
+                outcome: Some("advisory".into()),
+                body: json!({"lease_id": lease.id, "why": why, "revocation": "advisory",
+                    "action": format!("attach the deny policy from `mintguard aws revoke-policy {}`, then `mintguard revoke {} --confirm-attached`", lease.id, lease.id)}),
+            };
+            record(broker, entry).await?;
+        }
+        return Ok(false);
+    }
     // Effective revocation first: revoked upstream and confirmed by a
     // lookup, or the lease stays live and the caller hears why.
     let mut confirmed = false;

@@ -188,6 +188,8 @@ pub struct Broker {
     pub jwt: RwLock<JwtKeySet>,
     /// The Vault / OpenBao client, when `[vault]` is configured.
     pub vault: Option<Arc<crate::mint::vault::VaultClient>>,
+    /// The STS client, when a grant of kind `aws_sts` is configured.
+    pub sts: Option<crate::mint::sts::StsMinter>,
     /// Checkpointing.
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
@@ -288,6 +290,15 @@ impl Broker {
             ),
             None => None,
         };
+        let sts = if config
+            .grants
+            .values()
+            .any(|g| g.kind == crate::config::GrantKind::AwsSts)
+        {
+            Some(crate::mint::sts::StsMinter::new(&config.aws).await)
+        } else {
+            None
+        };
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
         let dynamic = build_dynamic(config, &*store).await?;
         tracing::info!(
@@ -302,6 +313,7 @@ impl Broker {
             svid: ArcSwap::from_pointee(svid),
             jwt: RwLock::new(jwt),
             vault: vault.map(Arc::new),
+            sts,
             log: LogWriter {
                 signer,
                 export,

@@ -65,6 +65,15 @@ enum Command {
     Revoke {
         /// The lease id.
         lease: String,
+        /// An advisory (STS) lease: the deny policy from `aws revoke-policy`
+        /// is attached to the role.
+        #[arg(long)]
+        confirm_attached: bool,
+    },
+    /// AWS helpers.
+    Aws {
+        #[command(subcommand)]
+        command: AwsCommand,
     },
     /// Suspend an identity or node: refuse everything and revoke its leases.
     Suspend {
@@ -92,6 +101,22 @@ enum Command {
     Budget {
         #[command(subcommand)]
         command: BudgetCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AwsCommand {
+    /// Print the IAM deny policy that ends an STS lease's session (by its
+    /// lease tag) or every session of an identity issued until now (by
+    /// SourceIdentity); attach it to the role, then `mintguard revoke LEASE
+    /// --confirm-attached`.
+    RevokePolicy {
+        /// The lease id.
+        #[arg(required_unless_present = "identity", conflicts_with = "identity")]
+        lease: Option<String>,
+        /// Every session of this SPIFFE ID.
+        #[arg(long)]
+        identity: Option<String>,
     },
 }
 
@@ -160,6 +185,22 @@ fn main() -> ExitCode {
             .map(|()| true),
         );
     }
+    if let Command::Aws {
+        command: AwsCommand::RevokePolicy { lease, identity },
+    } = &args.command
+    {
+        // Offline: the policy depends only on the lease or identity and now.
+        let now = time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        let policy =
+            mintguard_broker::mint::sts::revoke_policy(lease.as_deref(), identity.as_deref(), &now);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&policy).unwrap_or_default()
+        );
+        return ExitCode::SUCCESS;
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -191,7 +232,7 @@ async fn run(args: Cli) -> Result<bool, String> {
     }
     let client = AdminClient::new(&args.target)?;
     match &args.command {
-        Command::Eci(_) => Ok(true),
+        Command::Eci(_) | Command::Aws { .. } => Ok(true),
         Command::Token { command } => ops::token(&client, command, out).await.map(|()| true),
         Command::Entry { command, json } => ops::entry(&client, command, *json, out)
             .await
@@ -235,10 +276,16 @@ async fn run(args: Cli) -> Result<bool, String> {
             .await
             .map(|_| true)
         }
-        Command::Revoke { lease } => ops::simple(
+        Command::Revoke {
+            lease,
+            confirm_attached,
+        } => ops::simple(
             &client,
             "POST",
-            &format!("/admin/v1/leases/{}/revoke", urlencode(lease)),
+            &format!(
+                "/admin/v1/leases/{}/revoke?confirm_attached={confirm_attached}",
+                urlencode(lease)
+            ),
             None,
             out,
         )

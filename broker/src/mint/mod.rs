@@ -6,6 +6,7 @@
 //! `Durable` — no code path releases a credential without its durable record.
 
 pub mod jwt;
+pub mod sts;
 pub mod vault;
 
 use crate::store::Appended;

@@ -555,10 +555,19 @@ async fn leases(
     Ok(axum::Json(Value::Array(leases)))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeParams {
+    /// For an advisory (STS) lease: the operator attached the deny policy.
+    #[serde(default)]
+    confirm_attached: bool,
+}
+
 async fn revoke(
     State(broker): State<Arc<Broker>>,
     op: Operator,
     Path(id): Path<String>,
+    Query(p): Query<RevokeParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Operator)?;
     let lease = broker
@@ -566,13 +575,27 @@ async fn revoke(
         .lease(&id)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_lease", "no such lease"))?;
-    let revoked = pipeline::revoke_lease(
-        &broker,
-        &lease,
-        &random_id("req"),
-        &format!("operator:{}", op.name),
-    )
-    .await?;
+    let why = if p.confirm_attached {
+        if lease.revocation != "advisory" {
+            return Err(ApiError::bad_request(
+                "not_advisory",
+                "--confirm-attached is for advisory (STS) leases",
+            ));
+        }
+        "confirmed_attached".to_owned()
+    } else {
+        format!("operator:{}", op.name)
+    };
+    let revoked = pipeline::revoke_lease(&broker, &lease, &random_id("req"), &why).await?;
+    if lease.revocation == "advisory" && !revoked {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "advisory_revocation",
+            format!(
+                "STS sessions cannot be revoked one by one: attach the policy from `mintguard aws revoke-policy {id}` to the role, then `mintguard revoke {id} --confirm-attached`"
+            ),
+        ));
+    }
     Ok(axum::Json(
         json!({"lease_id": id, "revoked": revoked, "revocation": lease.revocation}),
     ))

@@ -233,6 +233,9 @@ pub trait Store: Send + Sync {
     async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>>;
     /// Marks a lease revoked (and its task ended); whether it was live.
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// Records that a lease's task ended (the credential may stay valid
+    /// upstream: an advisory lease); true if it was not recorded before.
+    async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool>;
 
     /// Suspends a subject (idempotent).
     async fn suspend(&self, record: &SuspensionRecord) -> Result<()>;

@@ -796,6 +796,19 @@ impl Store for PostgresStore {
         Ok(changed == 1)
     }
 
+    async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE leases SET task_ended_at_ms = $2 WHERE id = $1 AND task_ended_at_ms IS NULL",
+                &[&id, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(n == 1)
+    }
+
     async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
         self.client()
             .await?

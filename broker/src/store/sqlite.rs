@@ -866,6 +866,20 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "UPDATE leases SET task_ended_at_ms = ?2 WHERE id = ?1 AND task_ended_at_ms IS NULL",
+                    params![id, now_ms],
+                )
+                .map(|n| n == 1)
+                .map_err(map_sql)
+        })
+        .await
+    }
+
     async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
         let s = s.clone();
         self.write(move |w| {
