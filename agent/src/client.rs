@@ -68,7 +68,7 @@ pub fn credential_process_json(grant: &str, issued: &CredentialResponse) -> Resu
             "Expiration": issued.expires_at,
         })),
         other => Err(format!(
-            "grant_kind_unavailable: grant {grant:?} issues a {} credential; credential-process needs an aws_sts grant (not available in this version)",
+            "grant_kind_unavailable: grant {grant:?} issues a {} credential; credential-process needs an aws_sts grant",
             other.unwrap_or("unknown")
         )),
     }

@@ -162,7 +162,7 @@ pub fn container_json(
             StatusCode::BAD_REQUEST,
             "grant_kind_unavailable",
             format!(
-                "grant {grant:?} issues a {} credential; container credentials need an aws_sts grant (not available in this version)",
+                "grant {grant:?} issues a {} credential; container credentials need an aws_sts grant",
                 other.unwrap_or("unknown")
             ),
         )),

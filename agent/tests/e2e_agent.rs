@@ -182,6 +182,10 @@ listen = "127.0.0.1:0"
         let child = Command::new(bin("mintguard-broker"))
             .args(["run", "--config"])
             .arg(root.join("broker.toml"))
+            // The broker's own AWS credentials (moto accepts any).
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(root.join("broker.log")).unwrap())
             .spawn()
@@ -990,4 +994,140 @@ fn a_workload_gets_a_vault_token_through_the_agent() {
     let lease = answer["lease_id"].as_str().unwrap();
     assert!(node.mg(&["revoke", lease]).status.success());
     assert_ne!(lookup(&vault_token), 200);
+}
+
+/// The real AWS CLI gets STS credentials (from moto) through the agent:
+/// once with a `credential_process` profile running `mintguard-agent
+/// credential-process` (attested as the CLI's interpreter, its parent), once
+/// through the container-credentials endpoint with a token bound to the
+/// attested workload that asked for it.
+#[test]
+fn the_aws_cli_gets_sts_credentials_through_the_agent() {
+    let endpoint = std::env::var("MINTGUARD_STS_ENDPOINT")
+        .expect("MINTGUARD_STS_ENDPOINT: run under tests/peers.sh");
+    let aws =
+        std::env::var("MINTGUARD_AWS_CLI").expect("MINTGUARD_AWS_CLI: run under tests/peers.sh");
+    let mut node = Node::with_broker_config(&format!(
+        "[aws]\nregion = \"us-east-1\"\nendpoint = \"{endpoint}\"\n[[grants]]\nname = \"aws-payments\"\nkind = \"aws_sts\"\nmax_ttl = \"1h\"\naws_sts = {{ role_arn = \"arn:aws:iam::123456789012:role/payments\", ttl_floor = \"upstream\" }}\n"
+    ));
+    let token = node.join_token();
+    node.start_agent(Some(&token), "agent.toml").unwrap();
+    let py = python();
+    let py_sha = sha256_of(Path::new(&py));
+    // The CLI's interpreter (its shebang), the credential helper's parent.
+    let shebang = std::fs::read_to_string(&aws)
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim_start_matches("#!")
+        .trim()
+        .to_owned();
+    let cli_sha = sha256_of(Path::new(&shebang));
+    let entry = |id: &str, sha: &str| {
+        let sel = format!("unix:sha256:{sha}");
+        let out = node.mg(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            id,
+            "--parent",
+            "node-1",
+            "--selector",
+            "unix:uid:0",
+            "--selector",
+            &sel,
+            "--grant",
+            "aws-payments",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    entry("spiffe://example.org/w/python", &py_sha);
+    let cli_id = if cli_sha == py_sha {
+        "example.org.w.python"
+    } else {
+        entry("spiffe://example.org/w/awscli", &cli_sha);
+        "example.org.w.awscli"
+    };
+    let socket = node.socket();
+    let run_cli = |envs: &[(&str, String)]| {
+        let out = Command::new(&aws)
+            .args([
+                "sts",
+                "get-caller-identity",
+                "--output",
+                "json",
+                "--endpoint-url",
+                &endpoint,
+            ])
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", node.root())
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "aws cli: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["Arn"].as_str().unwrap().to_owned()
+    };
+
+    // credential_process.
+    let config = node.root().join("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile mg]\ncredential_process = {} credential-process --grant aws-payments --socket {}\n",
+            bin("mintguard-agent").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let arn = run_cli(&[
+        ("AWS_CONFIG_FILE", config.display().to_string()),
+        ("AWS_PROFILE", "mg".into()),
+    ]);
+    assert!(
+        arn.ends_with(&format!("assumed-role/payments/{cli_id}")),
+        "{arn}"
+    );
+
+    // Container credentials, with a token the Python workload asked for.
+    let mut holder = Command::new(&py)
+        .arg(node.root().join("workload.py"))
+        .args(["cctoken", socket.to_str().unwrap(), "aws-payments"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(holder.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let (status, answer) = parse_line(line.trim());
+    assert_eq!(status, 200, "{answer}");
+    let arn = run_cli(&[
+        (
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+            answer["full_uri"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+            answer["token"].as_str().unwrap().to_owned(),
+        ),
+    ]);
+    assert!(
+        arn.ends_with("assumed-role/payments/example.org.w.python"),
+        "{arn}"
+    );
+    drop(holder.stdin.take());
+    holder.wait().unwrap();
 }
