@@ -361,6 +361,9 @@ pub struct AwsConfig {
     pub region: Option<String>,
     /// An STS endpoint override (tests, VPC endpoints).
     pub endpoint: Option<String>,
+    /// An intent without an outcome this old is logged for operator action
+    /// (when `[vault]` does not set it). Default 2 min.
+    pub reconcile_after: Option<Dur>,
 }
 
 /// STS's own limits, enforced before any call.
@@ -1008,7 +1011,7 @@ mod tests {
             "/../deploy/broker_full.toml"
         ));
         let c = Config::load(path).unwrap();
-        assert_eq!(c.grants.len(), 3);
+        assert_eq!(c.grants.len(), 4);
         assert!(c.vault.is_some());
         assert_eq!(c.ci.policies.len(), 2);
         assert_eq!(c.operators[0].role, Role::Viewer);

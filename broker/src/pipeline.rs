@@ -908,14 +908,14 @@ fn fault_point(name: &str) {
 /// (`vault.reconcile_after`: longer than any mint takes). Returns how many
 /// it settled.
 pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usize, ApiError> {
-    let Some(vault) = broker.vault.as_ref() else {
+    if broker.vault.is_none() && broker.sts.is_none() {
         return Ok(0);
-    };
+    }
     let dynamic = broker.dynamic.load_full();
     let mut settled = 0;
     for lease in broker.store.leases(None).await? {
         // Younger intents may still be in flight (here or on a replica).
-        if lease.revocation != "effective"
+        if !matches!(lease.kind.as_str(), "vault" | "aws_sts")
             || lease.revoked_at_ms.is_some()
             || lease.issued_at_ms > now_ms() - min_age_ms
         {
@@ -934,6 +934,20 @@ pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usiz
             node: lease.node.clone(),
             outcome: Some(outcome.to_owned()),
             body,
+        };
+        if lease.kind == "aws_sts" {
+            // STS sessions cannot be found or revoked one by one.
+            if lease.task_ended_at_ms.is_none() {
+                record(broker, outcome("reconcile_operator_action", json!({
+                    "lease_id": lease.id, "minted_unanswered": "unknown",
+                    "action": format!("attach the deny policy from `mintguard aws revoke-policy {}`, then `mintguard revoke {} --confirm-attached`", lease.id, lease.id),
+                }))).await?;
+                broker.store.end_task(&lease.id, now_ms()).await?;
+            }
+            continue;
+        }
+        let Some(vault) = broker.vault.as_ref() else {
+            continue;
         };
         let grant = dynamic
             .config

@@ -93,6 +93,8 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
     if let Some(vault) = broker.vault.clone() {
         tokio::spawn(vault.keep_token_fresh());
+    }
+    if broker.vault.is_some() || broker.sts.is_some() {
         tokio::spawn(revoke_expired_upstream(broker.clone()));
     }
     tokio::spawn(
@@ -210,6 +212,7 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
             .vault
             .as_ref()
             .and_then(|v| v.reconcile_after)
+            .or(broker.config().aws.reconcile_after)
             .map_or(120_000, |d| {
                 i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
             });
