@@ -20,6 +20,9 @@ const STS_POLICY: &str = r#"
 @id("api-may-get-aws")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource);
+@id("aws-reduced-is-always-reduced")
+@outcome("allow_reduced")
+forbid (principal, action, resource == Mintguard::Grant::"aws-reduced");
 "#;
 
 const ROLE: &str = "arn:aws:iam::123456789012:role/payments";
@@ -41,6 +44,12 @@ name = "aws-payments"
 kind = "aws_sts"
 max_ttl = "1h"
 aws_sts = {{ role_arn = "{ROLE}", ttl_floor = "upstream", reduced_policy = '{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}}]}}' }}
+[[grants]]
+name = "aws-reduced"
+kind = "aws_sts"
+max_ttl = "1h"
+reduced = {{ max_ttl = "30m" }}
+aws_sts = {{ role_arn = "{ROLE}", reduced_policy = '{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}}]}}' }}
 [[grants]]
 name = "aws-strict"
 kind = "aws_sts"
@@ -69,6 +78,8 @@ aws_sts = {{ role_arn = "{ROLE}" }}
         "aws-payments",
         "--grant",
         "aws-strict",
+        "--grant",
+        "aws-reduced",
     ]);
     assert!(
         out.status.success(),
@@ -250,4 +261,34 @@ async fn sigv4_signed_calls_succeed_and_a_wrong_secret_is_a_clear_503() {
             || error.contains("InvalidClientTokenId"),
         "{error}"
     );
+}
+
+/// A reduced decision mints with the grant's inline session policy (moto
+/// accepts the AssumeRole with `Policy`; the outcome records it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reduced_variant_carries_the_session_policy() {
+    let endpoint = env("MINTGUARD_STS_ENDPOINT");
+    let broker = start(&endpoint, "testing", "testing");
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "aws-reduced", "ttl_seconds": 3600}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.body["decision"]["outcome"], "allow_reduced");
+    assert!(caller_arn(&endpoint, &reply.body["credential"]).contains("assumed-role/payments/"));
+    let out = broker.cli(&[
+        "logs",
+        "--json",
+        "--grant",
+        "aws-reduced",
+        "--outcome",
+        "minted",
+    ]);
+    let outcome: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(outcome["body"]["upstream"]["session_policy"], true);
+    assert_eq!(outcome["body"]["upstream"]["duration_seconds"], 1800);
 }
