@@ -98,11 +98,14 @@ impl Node {
         std::fs::set_permissions(root.join("sock"), std::fs::Permissions::from_mode(0o755))
             .unwrap();
         std::fs::write(root.join("policies/all.cedar"), POLICY).unwrap();
-        let (public, agents, admin) = (free_port(), free_port(), free_port());
-        std::fs::write(
-            root.join("broker.toml"),
-            format!(
-                r#"
+        // Free ports are picked then bound by the broker: another test may
+        // take one in between, so a start that finds its port taken retries.
+        let write_configs = |root: &Path| {
+            let (public, agents, admin) = (free_port(), free_port(), free_port());
+            std::fs::write(
+                root.join("broker.toml"),
+                format!(
+                    r#"
 trust_domain = "example.org"
 data_dir = "data"
 issuer_url = "https://mintguard.example.org"
@@ -119,13 +122,13 @@ max_ttl = "15m"
 jwt = {{ audience = "payments" }}
 {extra}
 "#
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            root.join("agent.toml"),
-            format!(
-                r#"
+                ),
+            )
+            .unwrap();
+            std::fs::write(
+                root.join("agent.toml"),
+                format!(
+                    r#"
 data_dir = "agent-data"
 [broker]
 public = "127.0.0.1:{public}"
@@ -141,9 +144,11 @@ bind_poll_interval = "100ms"
 [container_credentials]
 listen = "127.0.0.1:0"
 "#
-            ),
-        )
-        .unwrap();
+                ),
+            )
+            .unwrap();
+        };
+        write_configs(root);
         std::fs::copy(
             Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/workload.py"),
             root.join("workload.py"),
@@ -164,7 +169,15 @@ listen = "127.0.0.1:0"
             broker: None,
             agents: Vec::new(),
         };
-        node.start_broker();
+        for attempt in 0.. {
+            match node.try_start_broker() {
+                Ok(()) => break,
+                Err(log) if log.contains("Address already in use") && attempt < 10 => {
+                    write_configs(node.dir.path());
+                }
+                Err(log) => panic!("the broker did not start: {log}"),
+            }
+        }
         node
     }
 
@@ -177,6 +190,13 @@ listen = "127.0.0.1:0"
     }
 
     fn start_broker(&mut self) {
+        if let Err(log) = self.try_start_broker() {
+            panic!("the broker did not start: {log}");
+        }
+    }
+
+    /// Starts the broker; its log if it exits or does not come up.
+    fn try_start_broker(&mut self) -> Result<(), String> {
         let root = self.root().to_owned();
         let _ = std::fs::remove_file(root.join("data/listen.json"));
         let child = Command::new(bin("mintguard-broker"))
@@ -195,13 +215,13 @@ listen = "127.0.0.1:0"
         let start = Instant::now();
         while !root.join("data/listen.json").exists() {
             let exited = self.broker.as_mut().and_then(|c| c.try_wait().unwrap());
-            assert!(
-                exited.is_none() && start.elapsed() < Duration::from_secs(30),
-                "the broker did not start: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
-            );
+            if exited.is_some() || start.elapsed() >= Duration::from_secs(30) {
+                self.kill_broker();
+                return Err(std::fs::read_to_string(&log).unwrap_or_default());
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
+        Ok(())
     }
 
     fn kill_broker(&mut self) {
