@@ -204,15 +204,7 @@ async fn credentials(
     };
     let (status, retry_after, body) = container.agent.issue(selectors, request).await?;
     if status != StatusCode::OK {
-        let mut res = (status, body).into_response();
-        res.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/json"),
-        );
-        if let Some(v) = retry_after.and_then(|v| header::HeaderValue::from_str(&v).ok()) {
-            res.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(res);
+        return Ok(crate::workload::passthrough(status, retry_after, body));
     }
     let issued: CredentialResponse = serde_json::from_slice(&body).map_err(|e| {
         AgentError::new(StatusCode::BAD_GATEWAY, "bad_broker_answer", e.to_string())
@@ -269,18 +261,7 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) {
         };
         let router = router.clone();
         tokio::spawn(async move {
-            let service = hyper_util::service::TowerToHyperService::new(router);
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(crate::workload::HEADER_TIMEOUT)
-                .max_buf_size(crate::workload::MAX_HEAD_BYTES);
-            if let Err(e) = builder
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(%e, "container-credentials connection ended with an error");
-            }
+            crate::workload::serve_http1(stream, router, "container-credentials").await;
         });
     }
 }

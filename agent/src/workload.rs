@@ -184,7 +184,12 @@ fn attest(agent: &Agent, peer: Option<&Peer>) -> Result<Vec<String>, AgentError>
     Ok(agent.attestor.attest(peer)?)
 }
 
-fn passthrough(status: StatusCode, retry_after: Option<String>, body: Bytes) -> Response {
+/// A broker answer passed on as it came: status, JSON body, `Retry-After`.
+pub(crate) fn passthrough(
+    status: StatusCode,
+    retry_after: Option<String>,
+    body: Bytes,
+) -> Response {
     let mut res = (status, body).into_response();
     res.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -468,17 +473,34 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
                     }
                     router.clone().oneshot(req.map(axum::body::Body::new))
                 });
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
-                .max_buf_size(MAX_HEAD_BYTES.max(8192));
-            if let Err(e) = builder
-                .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
-                .await
-            {
-                tracing::debug!(%e, "workload connection ended with an error");
-            }
+            serve_http1(stream, service, "workload").await;
         });
+    }
+}
+
+/// Serves one HTTP/1.1 connection with the agent's limits (head size, 10 s
+/// for the headers — which also closes idle kept-alive connections).
+pub(crate) async fn serve_http1<IO, S>(io: IO, service: S, what: &str)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    if let Err(e) = builder
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(service))
+        .await
+    {
+        tracing::debug!(%e, "{what} connection ended with an error");
     }
 }

@@ -792,7 +792,7 @@ async fn issue_upstream(
         .append(Append {
             entry: record.clone(),
             spend: spend.clone(),
-            lease: Some(lease),
+            lease: Some(lease.clone()),
             rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
         })
         .await
@@ -810,16 +810,7 @@ async fn issue_upstream(
         broker.metrics.budget_exhausted.inc();
         return Err(budget_exhausted(request_id));
     };
-    let outcome = |outcome: &str, body: serde_json::Value| LogEntry {
-        time_ms: now_ms(),
-        kind: RecordKind::Outcome,
-        request_id: request_id.to_owned(),
-        identity: Some(identity.clone()),
-        grant: Some(grant.name.clone()),
-        node: record.node.clone(),
-        outcome: Some(outcome.to_owned()),
-        body,
-    };
+    let outcome = |outcome: &str, body| lease_record(&lease, RecordKind::Outcome, outcome, body);
     let minted = match upstream {
         Upstream::Vault(vault, g) => vault
             .mint(&proof, g, &identity, ttl_seconds)
@@ -899,25 +890,60 @@ fn fault_point(name: &str) {
     let _ = name;
 }
 
+/// A record about `lease` (its request, identity, grant and node), now.
+fn lease_record(
+    lease: &Lease,
+    kind: RecordKind,
+    outcome: &str,
+    body: serde_json::Value,
+) -> LogEntry {
+    LogEntry {
+        time_ms: now_ms(),
+        kind,
+        request_id: lease.request_id.clone(),
+        identity: Some(lease.identity.clone()),
+        grant: Some(lease.grant.clone()),
+        node: lease.node.clone(),
+        outcome: Some(outcome.to_owned()),
+        body,
+    }
+}
+
+/// What an operator does to end an advisory (STS) lease.
+pub fn advisory_action(lease_id: &str) -> String {
+    format!(
+        "attach the deny policy from `mintguard aws revoke-policy {lease_id}` to the role, then `mintguard revoke {lease_id} --confirm-attached`"
+    )
+}
+
 /// Start-up reconciliation of upstream mints: a Vault lease with an intent
 /// record but no outcome (the broker died between the mint and the answer)
 /// is found upstream and revoked (child tokens, by their `mintguard_lease`
 /// metadata), closed as never minted, or — for dynamic secrets, which Vault
 /// cannot be searched for — logged for operator action and left listed in
 /// `mintguard leases`. Only intents older than `min_age_ms` are considered
-/// (`vault.reconcile_after`: longer than any mint takes). Returns how many
-/// it settled.
-pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usize, ApiError> {
+/// (`vault.reconcile_after`: longer than any mint takes), and only those
+/// issued after `*checked_until_ms`, which then moves up to the newest one
+/// old enough: each intent is looked at once per broker run, not on every
+/// pass. Returns how many it settled.
+pub async fn reconcile_upstream(
+    broker: &Broker,
+    min_age_ms: i64,
+    checked_until_ms: &mut i64,
+) -> Result<usize, ApiError> {
     if broker.vault.is_none() && broker.sts.is_none() {
         return Ok(0);
     }
     let dynamic = broker.dynamic.load_full();
     let mut settled = 0;
+    // Younger intents may still be in flight (here or on a replica).
+    let old_enough = now_ms() - min_age_ms;
+    let since = *checked_until_ms;
     for lease in broker.store.leases(None).await? {
-        // Younger intents may still be in flight (here or on a replica).
         if !matches!(lease.kind.as_str(), "vault" | "aws_sts")
             || lease.revoked_at_ms.is_some()
-            || lease.issued_at_ms > now_ms() - min_age_ms
+            || lease.issued_at_ms <= since
+            || lease.issued_at_ms > old_enough
         {
             continue;
         }
@@ -925,23 +951,22 @@ pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usiz
         if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
             continue;
         }
-        let outcome = |outcome: &str, body: serde_json::Value| LogEntry {
-            time_ms: now_ms(),
-            kind: RecordKind::Outcome,
-            request_id: lease.request_id.clone(),
-            identity: Some(lease.identity.clone()),
-            grant: Some(lease.grant.clone()),
-            node: lease.node.clone(),
-            outcome: Some(outcome.to_owned()),
-            body,
-        };
+        let outcome =
+            |outcome: &str, body| lease_record(&lease, RecordKind::Outcome, outcome, body);
         if lease.kind == "aws_sts" {
             // STS sessions cannot be found or revoked one by one.
             if lease.task_ended_at_ms.is_none() {
-                record(broker, outcome("reconcile_operator_action", json!({
-                    "lease_id": lease.id, "minted_unanswered": "unknown",
-                    "action": format!("attach the deny policy from `mintguard aws revoke-policy {}`, then `mintguard revoke {} --confirm-attached`", lease.id, lease.id),
-                }))).await?;
+                record(
+                    broker,
+                    outcome(
+                        "reconcile_operator_action",
+                        json!({
+                            "lease_id": lease.id, "minted_unanswered": "unknown",
+                            "action": advisory_action(&lease.id),
+                        }),
+                    ),
+                )
+                .await?;
                 broker.store.end_task(&lease.id, now_ms()).await?;
             }
             continue;
@@ -1004,6 +1029,8 @@ pub async fn reconcile_upstream(broker: &Broker, min_age_ms: i64) -> Result<usiz
             }
         }
     }
+    // Advanced only after a pass that finished: a store error retries it.
+    *checked_until_ms = old_enough;
     Ok(settled)
 }
 
@@ -1185,17 +1212,13 @@ pub async fn revoke_lease(
     if lease.revocation == "advisory" && why != "confirmed_attached" {
         let now = now_ms();
         if broker.store.end_task(&lease.id, now).await? {
-            let entry = LogEntry {
-                time_ms: now,
-                kind: RecordKind::Revocation,
-                request_id: request_id.to_owned(),
-                identity: Some(lease.identity.clone()),
-                grant: Some(lease.grant.clone()),
-                node: lease.node.clone(),
-                outcome: Some("advisory".into()),
-                body: json!({"lease_id": lease.id, "why": why, "revocation": "advisory",
-                    "action": format!("attach the deny policy from `mintguard aws revoke-policy {}`, then `mintguard revoke {} --confirm-attached`", lease.id, lease.id)}),
-            };
+            let mut entry = lease_record(
+                lease,
+                RecordKind::Revocation,
+                "advisory",
+                json!({"lease_id": lease.id, "why": why, "revocation": "advisory", "action": advisory_action(&lease.id)}),
+            );
+            entry.request_id = request_id.to_owned();
             record(broker, entry).await?;
         }
         return Ok(false);
@@ -1236,16 +1259,13 @@ pub async fn revoke_lease(
     let now = now_ms();
     let revoked = broker.store.revoke_lease(&lease.id, now).await?;
     if revoked {
-        let entry = LogEntry {
-            time_ms: now,
-            kind: RecordKind::Revocation,
-            request_id: request_id.to_owned(),
-            identity: Some(lease.identity.clone()),
-            grant: Some(lease.grant.clone()),
-            node: lease.node.clone(),
-            outcome: Some("revoked".into()),
-            body: json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation, "confirmed_upstream": confirmed}),
-        };
+        let mut entry = lease_record(
+            lease,
+            RecordKind::Revocation,
+            "revoked",
+            json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation, "confirmed_upstream": confirmed}),
+        );
+        entry.request_id = request_id.to_owned();
         record(broker, entry).await?;
     }
     Ok(revoked)

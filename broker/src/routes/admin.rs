@@ -592,7 +592,8 @@ async fn revoke(
             StatusCode::CONFLICT,
             "advisory_revocation",
             format!(
-                "STS sessions cannot be revoked one by one: attach the policy from `mintguard aws revoke-policy {id}` to the role, then `mintguard revoke {id} --confirm-attached`"
+                "STS sessions cannot be revoked one by one: {}",
+                pipeline::advisory_action(&id)
             ),
         ));
     }

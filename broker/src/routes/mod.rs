@@ -203,6 +203,9 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
 /// decision's); a failure is retried at the next pass.
 async fn revoke_expired_upstream(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    // Everything issued before this was reconciled in an earlier pass (the
+    // first pass of a run looks at every lease).
+    let mut reconciled_until = i64::MIN;
     loop {
         tick.tick().await;
         // Intents without an outcome older than `reconcile_after` are
@@ -216,7 +219,7 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
             .map_or(120_000, |d| {
                 i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
             });
-        match crate::pipeline::reconcile_upstream(&broker, after).await {
+        match crate::pipeline::reconcile_upstream(&broker, after, &mut reconciled_until).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
             Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
