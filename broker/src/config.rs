@@ -350,6 +350,23 @@ pub struct AwsStsGrant {
     /// `ttl_below_upstream_minimum`.
     #[serde(default)]
     pub ttl_floor: Option<String>,
+    /// `"assume_role"` (default: the broker's own AWS credentials sign
+    /// `AssumeRole`) or `"web_identity"` (`AssumeRoleWithWebIdentity` with a
+    /// broker-signed ES256 JWT; the broker holds no AWS keys).
+    #[serde(default)]
+    pub mode: StsMode,
+}
+
+/// How the broker authenticates to STS for a grant.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StsMode {
+    /// `AssumeRole`, signed with the broker's credentials.
+    #[default]
+    AssumeRole,
+    /// `AssumeRoleWithWebIdentity` with a JWT from the broker's JWKS (an IAM
+    /// OIDC provider for `issuer_url` trusts it).
+    WebIdentity,
 }
 
 /// `[aws]`: where STS is and how the broker reaches it (its own
@@ -364,6 +381,9 @@ pub struct AwsConfig {
     /// An intent without an outcome this old is logged for operator action
     /// (when `[vault]` does not set it). Default 2 min.
     pub reconcile_after: Option<Dur>,
+    /// The `aud` of web-identity JWTs (the IAM OIDC provider's client id).
+    /// Default `sts.amazonaws.com`.
+    pub web_identity_audience: Option<String>,
 }
 
 /// STS's own limits, enforced before any call.
@@ -821,6 +841,12 @@ impl Config {
                             "\"upstream\" or \"refuse\"".into(),
                         ));
                     }
+                    if a.mode == StsMode::WebIdentity && raw.jwt.algorithm != JwtAlgorithm::Es256 {
+                        return Err(err(
+                            &key("aws_sts.mode"),
+                            "web_identity needs jwt.algorithm = \"ES256\" (IAM OIDC providers do not accept EdDSA)".into(),
+                        ));
+                    }
                     if g.max_ttl.0.as_secs() > sts_limits::MAX_DURATION {
                         return Err(err(
                             &key("max_ttl"),
@@ -1069,5 +1095,21 @@ mod tests {
         refused(("data_dir", "dat_dir"), "unknown field");
         refused(("https://mintguard", "http://mintguard"), "issuer_url");
         refused(("8445", "8444"), "listen");
+        let federated = "kind = \"aws_sts\"\n        aws_sts = { role_arn = \"arn:aws:iam::1:role/r\", mode = \"web_identity\" }";
+        let eddsa = MINIMAL
+            .replace(
+                "[listen]",
+                "[jwt]\n        algorithm = \"EdDSA\"\n        [listen]",
+            )
+            .replace("kind = \"jwt\"", federated)
+            .replace("jwt = { audience = \"payments\" }", "");
+        let e = Config::parse(Path::new("/x/b.toml"), &eddsa).unwrap_err();
+        assert!(e.key.contains("aws_sts.mode"), "{e}");
+        let es256 = eddsa.replace("algorithm = \"EdDSA\"", "algorithm = \"ES256\"");
+        let c = Config::parse(Path::new("/x/b.toml"), &es256).unwrap();
+        assert_eq!(
+            c.grants["payments-token"].aws_sts.as_ref().unwrap().mode,
+            StsMode::WebIdentity
+        );
     }
 }

@@ -816,17 +816,36 @@ async fn issue_upstream(
             .mint(&proof, g, &identity, ttl_seconds)
             .await
             .map_err(|e| e.to_string()),
-        Upstream::Sts(sts, g) => sts
-            .mint(
-                &proof,
-                g,
-                &identity,
-                record.node.as_deref().unwrap_or_default(),
-                ttl_seconds,
-                decision.reduced,
-            )
-            .await
-            .map_err(|e| e.to_string()),
+        Upstream::Sts(sts, g) => {
+            let session = crate::mint::sts::Session {
+                identity: &identity,
+                node: record.node.as_deref().unwrap_or_default(),
+                duration: ttl_seconds,
+                reduced: decision.reduced,
+            };
+            let token = match g.mode {
+                crate::config::StsMode::AssumeRole => Ok(None),
+                crate::config::StsMode::WebIdentity => match broker.jwt.read() {
+                    Ok(keys) => sts
+                        .web_identity_token(
+                            &keys,
+                            &broker.config().issuer_url,
+                            &proof,
+                            &session,
+                            OffsetDateTime::now_utc(),
+                        )
+                        .map(Some),
+                    Err(_) => Err(crate::mint::sts::StsError(
+                        "the JWT keys are unavailable".into(),
+                    )),
+                },
+            };
+            match token {
+                Ok(token) => sts.mint(&proof, g, &session, token).await,
+                Err(e) => Err(e),
+            }
+            .map_err(|e| e.to_string())
+        }
     };
     match minted {
         Ok(minted) => {

@@ -28,7 +28,19 @@ forbid (principal, action, resource == Mintguard::Grant::"aws-reduced");
 const ROLE: &str = "arn:aws:iam::123456789012:role/payments";
 
 fn start(endpoint: &str, key: &str, secret: &str) -> BrokerProcess {
-    let dir = tempfile::tempdir().unwrap();
+    start_in(tempfile::tempdir().unwrap(), endpoint, key, secret, "", &[])
+}
+
+/// `start` in `dir` (a restart keeps it), with more `[aws]` settings and
+/// environment.
+fn start_in(
+    dir: tempfile::TempDir,
+    endpoint: &str,
+    key: &str,
+    secret: &str,
+    aws: &str,
+    env: &[(&str, &str)],
+) -> BrokerProcess {
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/sts.cedar"), STS_POLICY).unwrap();
     let broker = BrokerProcess::start_with_env(
@@ -39,6 +51,7 @@ fn start(endpoint: &str, key: &str, secret: &str) -> BrokerProcess {
 [aws]
 region = "us-east-1"
 endpoint = "{endpoint}"
+{aws}
 [[grants]]
 name = "aws-payments"
 kind = "aws_sts"
@@ -58,11 +71,22 @@ aws_sts = {{ role_arn = "{ROLE}" }}
 "#
         ),
         &[
-            ("AWS_ACCESS_KEY_ID", key),
-            ("AWS_SECRET_ACCESS_KEY", secret),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-        ],
+            &[
+                ("AWS_ACCESS_KEY_ID", key),
+                ("AWS_SECRET_ACCESS_KEY", secret),
+                ("AWS_EC2_METADATA_DISABLED", "true"),
+            ],
+            env,
+        ]
+        .concat(),
     );
+    if broker
+        .cli_json(&["entry", "list", "--json"])
+        .as_array()
+        .is_some_and(|a| !a.is_empty())
+    {
+        return broker;
+    }
     let out = broker.cli(&[
         "entry",
         "create",
@@ -291,4 +315,272 @@ async fn the_reduced_variant_carries_the_session_policy() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(outcome["body"]["upstream"]["session_policy"], true);
     assert_eq!(outcome["body"]["upstream"]["duration_seconds"], 1800);
+}
+
+/// A TCP proxy in front of `upstream` that keeps every byte clients send,
+/// so a test can read what the broker presented to STS.
+async fn recording_proxy(upstream: &str) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            let keep = keep.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                    keep.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            });
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+            });
+        }
+    });
+    (format!("http://{addr}"), seen)
+}
+
+/// Federation: `AssumeRoleWithWebIdentity` with a broker-signed ES256 JWT.
+/// The broker runs with no AWS credentials at all (an `assume_role` grant
+/// fails for want of them); the token it presents verifies against the JWKS
+/// its discovery document names, with the SPIFFE ID as `sub`, the lease as
+/// `jti`, and AWS's source-identity and session-tag claims; the AWS CLI uses
+/// the credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_identity_federation_needs_no_aws_keys() {
+    let moto = env("MINTGUARD_STS_ENDPOINT");
+    let (endpoint, seen) = recording_proxy(&moto).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/sts.cedar"), STS_POLICY).unwrap();
+    let broker = BrokerProcess::start_with_env(
+        dir,
+        "",
+        &format!(
+            r#"
+[aws]
+endpoint = "{endpoint}"
+web_identity_audience = "sts.amazonaws.com"
+[[grants]]
+name = "aws-payments"
+kind = "aws_sts"
+max_ttl = "1h"
+aws_sts = {{ role_arn = "{ROLE}" }}
+[[grants]]
+name = "aws-federated"
+kind = "aws_sts"
+max_ttl = "1h"
+aws_sts = {{ role_arn = "{ROLE}", mode = "web_identity" }}
+"#
+        ),
+        &[
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+            ("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent"),
+            ("AWS_CONFIG_FILE", "/nonexistent"),
+        ],
+    );
+    let out = broker.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:uid:1000",
+        "--grant",
+        "aws-payments",
+        "--grant",
+        "aws-federated",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+
+    let signed = issue(
+        &broker,
+        &node,
+        json!({"grant": "aws-payments", "ttl_seconds": 900}),
+    )
+    .await;
+    assert_eq!(
+        (signed.status, signed.body["error"]["code"].as_str()),
+        (503, Some("upstream_unavailable")),
+        "{}",
+        signed.text
+    );
+
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "aws-federated", "ttl_seconds": 900}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let lease = reply.body["lease_id"].as_str().unwrap();
+    let arn = caller_arn(&moto, &reply.body["credential"]);
+    assert!(
+        arn.ends_with("assumed-role/payments/example.org.ns.pay.sa.api"),
+        "{arn}"
+    );
+
+    // What STS received, verified the way IAM's OIDC federation does.
+    let sent = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    assert!(sent.contains("Action=AssumeRoleWithWebIdentity"), "{sent}");
+    assert!(
+        !sent.contains("Authorization: AWS4"),
+        "the call must be unsigned"
+    );
+    let token = sent
+        .split("WebIdentityToken=")
+        .nth(1)
+        .unwrap()
+        .split(['&', '\r', '\n'])
+        .next()
+        .unwrap()
+        .to_owned();
+    let get = |path: &'static str| {
+        let broker = &broker;
+        async move {
+            https(
+                &broker.addr("public"),
+                &broker.bundle(),
+                None,
+                "GET",
+                path,
+                &[],
+                vec![],
+            )
+            .await
+            .unwrap()
+            .body
+        }
+    };
+    let discovery = get("/.well-known/openid-configuration").await;
+    assert_eq!(discovery["issuer"], "https://mintguard.example.org");
+    assert_eq!(
+        discovery["id_token_signing_alg_values_supported"],
+        json!(["ES256"])
+    );
+    let jwks: jsonwebtoken::jwk::JwkSet =
+        serde_json::from_value(get("/.well-known/jwks.json").await).unwrap();
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
+            .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["sts.amazonaws.com"]);
+    validation.set_issuer(&["https://mintguard.example.org"]);
+    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], API);
+    assert_eq!(claims["jti"], lease);
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        300
+    );
+    assert_eq!(
+        claims["https://aws.amazon.com/source_identity"],
+        "example.org.ns.pay.sa.api"
+    );
+    let tags = &claims["https://aws.amazon.com/tags"]["principal_tags"];
+    assert_eq!(tags["mintguard:lease"], json!([lease]));
+    assert_eq!(tags["mintguard:identity"], json!([API]));
+
+    // The outcome says how it was minted; the token and secret are nowhere.
+    let out = broker.cli(&[
+        "logs",
+        "--json",
+        "--grant",
+        "aws-federated",
+        "--outcome",
+        "minted",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let outcome: Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(outcome["body"]["upstream"]["mode"], "web_identity");
+    assert!(!text.contains(&token));
+    assert!(
+        !text.contains(
+            reply.body["credential"]["secret_access_key"]
+                .as_str()
+                .unwrap()
+        )
+    );
+}
+
+/// The broker aborts between the STS call and its answer: after a restart
+/// the unanswered intent is logged for operator action (STS sessions cannot
+/// be found or revoked one by one), its task is ended, the lease stays
+/// listed as outliving it with the deny policy to attach, and the log
+/// verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_between_sts_and_the_answer_is_left_for_the_operator() {
+    let endpoint = env("MINTGUARD_STS_ENDPOINT");
+    let broker = start_in(
+        tempfile::tempdir().unwrap(),
+        &endpoint,
+        "testing",
+        "testing",
+        "reconcile_after = \"1s\"",
+        &[("MINTGUARD_FAULT", "after_upstream_mint")],
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    let dir = issue_into_crash(
+        broker,
+        &node,
+        json!({"grant": "aws-payments", "ttl_seconds": 900}),
+    )
+    .await;
+    let broker = start_in(
+        dir,
+        &endpoint,
+        "testing",
+        "testing",
+        "reconcile_after = \"1s\"",
+        &[],
+    );
+    let action = wait_for_outcome(&broker, "reconcile_operator_action").await;
+    let lease = action["body"]["lease_id"].as_str().unwrap().to_owned();
+    assert!(
+        action["body"]["action"]
+            .as_str()
+            .unwrap()
+            .contains("revoke-policy"),
+        "{action}"
+    );
+    let outlived = broker.cli_json(&["leases", "--outlived"]);
+    assert!(
+        outlived
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == lease.as_str()),
+        "{outlived}"
+    );
+    let policy = broker.cli_json(&["aws", "revoke-policy", &lease]);
+    assert_eq!(
+        policy["Statement"][0]["Condition"]["StringEquals"]["aws:PrincipalTag/mintguard:lease"],
+        lease.as_str()
+    );
+    let verify = broker.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
 }

@@ -501,7 +501,7 @@ async fn token_for_lease(addr: &str, root: &str, lease: &str) -> Option<String> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
     let (addr, root) = vault();
-    let mut broker = start_env(
+    let broker = start_env(
         &addr,
         &root,
         "",
@@ -509,23 +509,12 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
         tempfile::tempdir().unwrap(),
     );
     let node = enrolled_node(&broker, "node-1").await;
-    let reply = https(
-        &broker.addr("agents"),
-        &broker.bundle(),
-        Some(&node),
-        "POST",
-        "/v1/issue",
-        &[("content-type", "application/json")],
-        json!({"selectors": SELECTORS, "request": {"grant": "ci-token", "ttl_seconds": 300}})
-            .to_string()
-            .into_bytes(),
+    let dir = issue_into_crash(
+        broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
     )
     .await;
-    assert!(reply.is_err(), "the broker answered instead of crashing");
-    let _ = broker.child.wait();
-
-    let dir = std::mem::replace(&mut broker.dir, tempfile::tempdir().unwrap());
-    drop(broker);
     let broker = start_env(&addr, &root, "", &[], dir);
     let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
     let intent: Value = String::from_utf8_lossy(&out.stdout)
@@ -534,16 +523,7 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
         .find(|r| r["kind"] == "intent")
         .expect("the intent record survived the crash");
     let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
-    let mut reconciled = None;
-    for _ in 0..300 {
-        let out = broker.cli(&["logs", "--json", "--outcome", "reconciled_revoked"]);
-        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next() {
-            reconciled = Some(serde_json::from_str::<Value>(line).unwrap());
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let reconciled = reconciled.expect("no reconciliation record");
+    let reconciled = wait_for_outcome(&broker, "reconciled_revoked").await;
     assert_eq!(reconciled["body"]["lease_id"], lease.as_str());
     assert_eq!(reconciled["body"]["minted_unanswered"], true);
     assert_eq!(

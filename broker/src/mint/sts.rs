@@ -7,21 +7,65 @@
 //! STS sessions cannot be revoked one by one: leases are `advisory` until an
 //! operator attaches the deny policy `mintguard aws revoke-policy` prints.
 
-use aws_sdk_sts::types::Tag;
-use serde_json::json;
+use aws_sdk_sts::types::{Credentials, Tag};
+use mintguard_certs::jwt::{Expiring, JwtKeySet};
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
 
 use super::LoggedIntent;
 use super::vault::Minted;
-use crate::config::{AwsConfig, AwsStsGrant, sts_limits};
+use crate::config::{AwsConfig, AwsStsGrant, StsMode, sts_limits};
+
+/// How long a web-identity JWT is valid: long enough for one STS call.
+const WEB_IDENTITY_TTL: i64 = 300;
 
 /// A failed STS call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("sts {0}")]
 pub struct StsError(pub String);
 
-/// The STS client.
+/// The STS clients: one signing with the broker's credentials (standard
+/// chain), one with none at all for `AssumeRoleWithWebIdentity`.
 pub struct StsMinter {
     client: aws_sdk_sts::Client,
+    anonymous: aws_sdk_sts::Client,
+    audience: String,
+}
+
+/// The claims of a web-identity JWT. IAM's OIDC federation reads `iss`,
+/// `sub`, `aud`, the source identity and the session tags from it.
+#[derive(Serialize)]
+struct WebIdentityClaims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    jti: &'a str,
+    iat: i64,
+    nbf: i64,
+    exp: i64,
+    #[serde(rename = "https://aws.amazon.com/source_identity")]
+    source_identity: &'a str,
+    #[serde(rename = "https://aws.amazon.com/tags")]
+    tags: Value,
+}
+
+impl Expiring for WebIdentityClaims<'_> {
+    fn expires_at(&self) -> i64 {
+        self.exp
+    }
+}
+
+/// Who a session is for: the identity, its lease and the node that asked.
+pub struct Session<'a> {
+    /// The workload's SPIFFE ID.
+    pub identity: &'a str,
+    /// The node (or CI issuer) that vouched for it.
+    pub node: &'a str,
+    /// Seconds, already within STS's limits.
+    pub duration: u64,
+    /// Whether the decision was `allow_reduced`.
+    pub reduced: bool,
 }
 
 /// A name STS accepts for `RoleSessionName` and `SourceIdentity`
@@ -68,69 +112,146 @@ fn tag_value(value: &str) -> String {
 impl StsMinter {
     /// A client for `[aws]`.
     pub async fn new(config: &AwsConfig) -> Self {
-        let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region));
-        if let Some(endpoint) = &config.endpoint {
-            loader = loader.endpoint_url(endpoint);
-        }
+        let loader = || {
+            let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
+            let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new(region));
+            match &config.endpoint {
+                Some(endpoint) => loader.endpoint_url(endpoint),
+                None => loader,
+            }
+        };
         Self {
-            client: aws_sdk_sts::Client::new(&loader.load().await),
+            client: aws_sdk_sts::Client::new(&loader().load().await),
+            anonymous: aws_sdk_sts::Client::new(&loader().no_credentials().load().await),
+            audience: config
+                .web_identity_audience
+                .clone()
+                .unwrap_or_else(|| "sts.amazonaws.com".into()),
         }
     }
 
-    /// Assumes the grant's role for `identity` for `duration` seconds
-    /// (already within STS's limits), with the reduced policy when `reduced`.
+    /// The JWT a `web_identity` grant presents to STS: `sub` is the SPIFFE
+    /// ID, `jti` the lease, the source identity and session tags ride in
+    /// AWS's claims, and it lives five minutes (or `max_token_ttl`).
+    pub fn web_identity_token(
+        &self,
+        keys: &JwtKeySet,
+        issuer: &str,
+        proof: &LoggedIntent,
+        session: &Session<'_>,
+        now: OffsetDateTime,
+    ) -> Result<String, StsError> {
+        let iat = now.unix_timestamp();
+        let ttl = WEB_IDENTITY_TTL.min(
+            i64::try_from(keys.settings().max_token_ttl.as_secs()).unwrap_or(WEB_IDENTITY_TTL),
+        );
+        let claims = WebIdentityClaims {
+            iss: issuer,
+            sub: session.identity,
+            aud: &self.audience,
+            jti: proof.lease_id(),
+            iat,
+            nbf: iat,
+            exp: iat + ttl,
+            source_identity: &session_name(session.identity),
+            tags: json!({
+                "principal_tags": {
+                    "mintguard:identity": [tag_value(session.identity)],
+                    "mintguard:lease": [tag_value(proof.lease_id())],
+                    "mintguard:node": [tag_value(session.node)],
+                },
+                "transitive_tag_keys": [],
+            }),
+        };
+        keys.sign(&claims, now)
+            .map_err(|e| StsError(format!("signing the web-identity token: {e}")))
+    }
+
+    /// Assumes the grant's role for the session: `AssumeRole` signed with
+    /// the broker's credentials, or `AssumeRoleWithWebIdentity` with
+    /// `web_identity` (from [`Self::web_identity_token`]) for grants in that
+    /// mode. The reduced variant carries the grant's session policy.
     pub async fn mint(
         &self,
         proof: &LoggedIntent,
         grant: &AwsStsGrant,
-        identity: &str,
-        node: &str,
-        duration: u64,
-        reduced: bool,
+        session: &Session<'_>,
+        web_identity: Option<String>,
     ) -> Result<Minted, StsError> {
-        let name = session_name(identity);
-        let tag = |k: &str, v: &str| {
-            Tag::builder()
-                .key(k)
-                .value(tag_value(v))
-                .build()
-                .map_err(|e| StsError(e.to_string()))
-        };
-        let mut call = self
-            .client
-            .assume_role()
-            .role_arn(&grant.role_arn)
-            .role_session_name(&name)
-            .source_identity(&name)
-            .duration_seconds(i32::try_from(duration).unwrap_or(i32::MAX))
-            .tags(tag("mintguard:identity", identity)?)
-            .tags(tag("mintguard:lease", proof.lease_id())?)
-            .tags(tag("mintguard:node", node)?);
-        if reduced && let Some(policy) = &grant.reduced_policy {
-            if policy.chars().count() > sts_limits::MAX_POLICY_CHARS {
-                return Err(StsError(
-                    "the session policy exceeds 2,048 characters".into(),
-                ));
+        let name = session_name(session.identity);
+        let duration = i32::try_from(session.duration).unwrap_or(i32::MAX);
+        let policy = match &grant.reduced_policy {
+            Some(p) if session.reduced => {
+                if p.chars().count() > sts_limits::MAX_POLICY_CHARS {
+                    return Err(StsError(
+                        "the session policy exceeds 2,048 characters".into(),
+                    ));
+                }
+                Some(p.clone())
             }
-            call = call.policy(policy);
-        }
-        let answer = call
-            .send()
-            .await
-            .map_err(|e| StsError(aws_sdk_sts::error::DisplayErrorContext(&e).to_string()))?;
-        let creds = answer
-            .credentials()
-            .ok_or_else(|| StsError("no credentials in the answer".into()))?;
+            _ => None,
+        };
+        let sent_policy = policy.is_some();
+        let failed = |e: &dyn std::error::Error| {
+            StsError(aws_sdk_sts::error::DisplayErrorContext(e).to_string())
+        };
+        let (creds, arn) = match (grant.mode, web_identity) {
+            (StsMode::AssumeRole, _) => {
+                let tag = |k: &str, v: &str| {
+                    Tag::builder()
+                        .key(k)
+                        .value(tag_value(v))
+                        .build()
+                        .map_err(|e| StsError(e.to_string()))
+                };
+                let answer = self
+                    .client
+                    .assume_role()
+                    .role_arn(&grant.role_arn)
+                    .role_session_name(&name)
+                    .source_identity(&name)
+                    .duration_seconds(duration)
+                    .tags(tag("mintguard:identity", session.identity)?)
+                    .tags(tag("mintguard:lease", proof.lease_id())?)
+                    .tags(tag("mintguard:node", session.node)?)
+                    .set_policy(policy)
+                    .send()
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let arn = answer.assumed_role_user().map(|u| u.arn().to_owned());
+                (answer.credentials, arn)
+            }
+            (StsMode::WebIdentity, Some(token)) => {
+                let answer = self
+                    .anonymous
+                    .assume_role_with_web_identity()
+                    .role_arn(&grant.role_arn)
+                    .role_session_name(&name)
+                    .web_identity_token(token)
+                    .duration_seconds(duration)
+                    .set_policy(policy)
+                    .send()
+                    .await
+                    .map_err(|e| failed(&e))?;
+                let arn = answer.assumed_role_user().map(|u| u.arn().to_owned());
+                (answer.credentials, arn)
+            }
+            (StsMode::WebIdentity, None) => {
+                return Err(StsError("no web-identity token was signed".into()));
+            }
+        };
+        let creds: Credentials =
+            creds.ok_or_else(|| StsError("no credentials in the answer".into()))?;
         let expiration = creds
             .expiration()
             .fmt(aws_sdk_sts::primitives::DateTimeFormat::DateTime)
             .unwrap_or_default();
-        let arn = answer
-            .assumed_role_user()
-            .map(|u| u.arn().to_owned())
-            .unwrap_or_default();
+        let arn = arn.unwrap_or_default();
+        let mode = match grant.mode {
+            StsMode::AssumeRole => "assume_role",
+            StsMode::WebIdentity => "web_identity",
+        };
         Ok(Minted {
             credential: json!({
                 "type": "aws",
@@ -142,10 +263,10 @@ impl StsMinter {
             }),
             upstream: json!({
                 "assumed_role_arn": arn, "role_session_name": name, "source_identity": name,
-                "lease_tag": proof.lease_id(), "duration_seconds": duration,
-                "session_policy": reduced && grant.reduced_policy.is_some(),
+                "lease_tag": proof.lease_id(), "duration_seconds": session.duration,
+                "session_policy": sent_policy, "mode": mode,
             }),
-            lease_seconds: duration,
+            lease_seconds: session.duration,
         })
     }
 }
@@ -153,11 +274,7 @@ impl StsMinter {
 /// The IAM deny policy that ends sessions an operator wants revoked: those
 /// tagged with `lease`, or those whose `SourceIdentity` is the identity's
 /// session name and were issued before `before` (RFC 3339).
-pub fn revoke_policy(
-    lease: Option<&str>,
-    identity: Option<&str>,
-    before: &str,
-) -> serde_json::Value {
+pub fn revoke_policy(lease: Option<&str>, identity: Option<&str>, before: &str) -> Value {
     let condition = match (lease, identity) {
         (Some(lease), _) => json!({
             "StringEquals": {"aws:PrincipalTag/mintguard:lease": lease},

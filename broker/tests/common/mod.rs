@@ -395,3 +395,39 @@ pub async fn fresh_postgres_database(prefix: &str) -> String {
     let (base, _) = url.rsplit_once('/').unwrap();
     format!("{base}/{db}")
 }
+
+/// Sends `request` to a broker started with `MINTGUARD_FAULT` set, checks it
+/// aborted instead of answering, and hands back its directory for a restart.
+pub async fn issue_into_crash(
+    mut broker: BrokerProcess,
+    node: &X509Svid,
+    request: Value,
+) -> tempfile::TempDir {
+    let reply = https(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(node),
+        "POST",
+        "/v1/issue",
+        &[("content-type", "application/json")],
+        serde_json::json!({"selectors": SELECTORS, "request": request})
+            .to_string()
+            .into_bytes(),
+    )
+    .await;
+    assert!(reply.is_err(), "the broker answered instead of crashing");
+    let _ = broker.child.wait();
+    std::mem::replace(&mut broker.dir, tempfile::tempdir().unwrap())
+}
+
+/// The first log record with `outcome`, waiting up to 30 s for it.
+pub async fn wait_for_outcome(broker: &BrokerProcess, outcome: &str) -> Value {
+    for _ in 0..300 {
+        let out = broker.cli(&["logs", "--json", "--outcome", outcome]);
+        if let Some(line) = String::from_utf8_lossy(&out.stdout).lines().next() {
+            return serde_json::from_str(line).unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no {outcome} record in 30 s");
+}
