@@ -955,17 +955,26 @@ fn the_agent_refuses_unsafe_socket_paths_and_renews_its_svid() {
 
 /// A workload gets a Vault token through the agent and the broker (the
 /// OpenBao from tests/peers.sh) and uses it; revoking its lease revokes the
-/// token in Vault.
+/// token in Vault. It gets database credentials from OpenBao's database
+/// engine on the test PostgreSQL, logs in with them, and after its own
+/// `DELETE /v1/credentials/{lease}` (and, separately, after `mintguard
+/// suspend`) they no longer log in.
 #[test]
-fn a_workload_gets_a_vault_token_through_the_agent() {
+fn a_workload_gets_vault_tokens_and_database_credentials_through_the_agent() {
     let addr = std::env::var("VAULT_ADDR").expect("VAULT_ADDR: run under tests/peers.sh");
     let root = std::env::var("VAULT_TOKEN").expect("VAULT_TOKEN: run under tests/peers.sh");
     let secrets = tempfile::tempdir().unwrap();
     let token_file = secrets.path().join("vault.token");
     std::fs::write(&token_file, &root).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db_path = rt.block_on(mintguard_tests::database_engine(
+        &addr,
+        &root,
+        &format!("agentdb{}", std::process::id()),
+    ));
     let mut node = Node::with_broker_config(&format!(
-        "[vault]\naddress = \"{addr}\"\ntoken_file = \"{}\"\n[[grants]]\nname = \"vault-token\"\nkind = \"vault\"\nmax_ttl = \"10m\"\nvault = {{ token = {{ policies = [\"default\"] }} }}\n",
+        "[vault]\naddress = \"{addr}\"\ntoken_file = \"{}\"\n[[grants]]\nname = \"vault-token\"\nkind = \"vault\"\nmax_ttl = \"10m\"\nvault = {{ token = {{ policies = [\"default\"] }} }}\n[[grants]]\nname = \"payments-db\"\nkind = \"vault\"\nmax_ttl = \"10m\"\nvault = {{ secret = {{ path = \"{db_path}\" }} }}\n",
         token_file.display()
     ));
     let token = node.join_token();
@@ -984,6 +993,8 @@ fn a_workload_gets_a_vault_token_through_the_agent() {
         "node-1",
         "--grant",
         "vault-token",
+        "--grant",
+        "payments-db",
     ];
     for s in &selectors {
         args.push("--selector");
@@ -1014,6 +1025,50 @@ fn a_workload_gets_a_vault_token_through_the_agent() {
     let lease = answer["lease_id"].as_str().unwrap();
     assert!(node.mg(&["revoke", lease]).status.success());
     assert_ne!(lookup(&vault_token), 200);
+
+    // Database credentials: they log in until the workload deletes its lease.
+    let db_credentials = || {
+        let lines = node.workload(
+            None,
+            &py,
+            &["request", socket.to_str().unwrap(), "payments-db"],
+        );
+        let (status, answer) = parse_line(&lines[0]);
+        assert_eq!(status, 200, "{answer}");
+        let data = &answer["credential"]["data"];
+        (
+            answer["lease_id"].as_str().unwrap().to_owned(),
+            data["username"].as_str().unwrap().to_owned(),
+            data["password"].as_str().unwrap().to_owned(),
+        )
+    };
+    let login = |user: &str, password: &str| rt.block_on(mintguard_tests::pg_login(user, password));
+    let (lease, user, password) = db_credentials();
+    login(&user, &password).unwrap();
+    let lines = node.workload(None, &py, &["delete", socket.to_str().unwrap(), &lease]);
+    assert_eq!(parse_line(&lines[0]).0, 204, "{lines:?}");
+    assert!(
+        login(&user, &password).is_err(),
+        "deleted credentials still log in"
+    );
+    // … and until the identity is suspended.
+    let (_, user, password) = db_credentials();
+    login(&user, &password).unwrap();
+    let out = node.mg(&[
+        "suspend",
+        "spiffe://example.org/w/root",
+        "--reason",
+        "compromised",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        login(&user, &password).is_err(),
+        "a suspended identity's credentials still log in"
+    );
 }
 
 /// The real AWS CLI gets STS credentials (from moto) through the agent:

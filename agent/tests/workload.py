@@ -9,6 +9,7 @@ Unix socket with nothing but the standard library.
                                                print, then wait for stdin EOF
   workload.py cctoken SOCKET GRANT             a container-credentials token,
                                                print, then wait for stdin EOF
+  workload.py delete SOCKET LEASE              DELETE /v1/credentials/LEASE
 """
 import json
 import os
@@ -20,9 +21,14 @@ def call(sock, grant, bind=False, path="/v1/credentials"):
     body = {"grant": grant}
     if bind:
         body["bind_to_process"] = True
-    data = json.dumps(body).encode()
+    exchange(sock, "POST", path, json.dumps(body).encode())
+
+
+def exchange(sock, method, path, data=b""):
+    """One request; prints STATUS BODY."""
     sock.sendall(
-        b"POST %s HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n" % path.encode()
+        b"%s %s HTTP/1.1\r\nHost: agent\r\nContent-Type: application/json\r\n"
+        % (method.encode(), path.encode())
         + b"Content-Length: %d\r\n\r\n" % len(data)
         + data
     )
@@ -60,6 +66,9 @@ elif mode == "bind":
 elif mode == "cctoken":
     call(connect(sys.argv[2]), sys.argv[3], path="/v1/container-credentials/token")
     sys.stdin.read()
+elif mode == "delete":
+    s = connect(sys.argv[2])
+    exchange(s, "DELETE", "/v1/credentials/" + sys.argv[3])
 elif mode == "exec":
     s = connect(sys.argv[2])
     call(s, sys.argv[3])

@@ -17,7 +17,7 @@ fn vault() -> (String, String) {
     )
 }
 
-/// Calls OpenBao directly with `token`; the HTTP status.
+/// Calls OpenBao directly with `token`: (status, body).
 async fn bao(
     addr: &str,
     token: &str,
@@ -25,33 +25,7 @@ async fn bao(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let url = url::Url::parse(addr).unwrap();
-    let host = format!("{}:{}", url.host_str().unwrap(), url.port().unwrap());
-    let tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(format!("/v1/{path}"))
-        .header("host", host.as_str())
-        .header("x-vault-token", token)
-        .body(http_body_util::Full::new(hyper::body::Bytes::from(
-            body.map(|b| b.to_string()).unwrap_or_default(),
-        )))
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let status = res.status().as_u16();
-    let bytes = http_body_util::BodyExt::collect(res.into_body())
-        .await
-        .unwrap()
-        .to_bytes();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    mintguard_tests::vault_call(addr, token, method, path, body).await
 }
 
 const VAULT_POLICY: &str = r#"
@@ -357,62 +331,15 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
     );
 }
 
-/// Connects to the test PostgreSQL as `user`/`password`: whether it works.
-async fn pg_login(user: &str, password: &str) -> Result<(), String> {
-    let url: tokio_postgres::Config = std::env::var("MINTGUARD_PG_URL").unwrap().parse().unwrap();
-    let mut config = url.clone();
-    config.user(user).password(password);
-    let (client, conn) = config
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    client
-        .simple_query("SELECT 1")
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(())
-}
-
 /// OpenBao's database engine on the test PostgreSQL (a fresh mount): the
 /// workload's credentials log in, and stop logging in once the lease is
 /// deleted — and, separately, once the identity is suspended.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_credentials_work_until_the_lease_is_revoked() {
     let (addr, root) = vault();
-    let pg: tokio_postgres::Config = std::env::var("MINTGUARD_PG_URL")
-        .expect("MINTGUARD_PG_URL: run under tests/peers.sh")
-        .parse()
-        .unwrap();
-    let port = pg.get_ports()[0];
-    let password = String::from_utf8(pg.get_password().unwrap().to_vec()).unwrap();
-    let mount = format!("db{}", std::process::id());
-    let (status, body) = bao(
-        &addr,
-        &root,
-        "POST",
-        &format!("sys/mounts/{mount}"),
-        Some(json!({"type": "database"})),
-    )
-    .await;
-    assert!((200..300).contains(&status), "mount: {status} {body}");
-    let (status, body) = bao(&addr, &root, "POST", &format!("{mount}/config/pg"), Some(json!({
-        "plugin_name": "postgresql-database-plugin",
-        "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/postgres?sslmode=disable"),
-        "username": "postgres",
-        "password": password,
-        "allowed_roles": "ro",
-    }))).await;
-    assert!((200..300).contains(&status), "config: {status} {body}");
-    let (status, body) = bao(&addr, &root, "POST", &format!("{mount}/roles/ro"), Some(json!({
-        "db_name": "pg",
-        "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
-        "default_ttl": "1h",
-        "max_ttl": "2h",
-    }))).await;
-    assert!((200..300).contains(&status), "role: {status} {body}");
-
-    let broker = start_with(&addr, &root, &format!("{mount}/creds/ro"));
+    let path =
+        mintguard_tests::database_engine(&addr, &root, &format!("db{}", std::process::id())).await;
+    let broker = start_with(&addr, &root, &path);
     let node = enrolled_node(&broker, "node-1").await;
     let creds = |reply: &Reply| {
         let data = &reply.body["credential"]["data"];
@@ -430,7 +357,7 @@ async fn database_credentials_work_until_the_lease_is_revoked() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let (user, pass) = creds(&reply);
-    pg_login(&user, &pass).await.unwrap();
+    mintguard_tests::pg_login(&user, &pass).await.unwrap();
     let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
     let deleted = https(
         &broker.addr("agents"),
@@ -445,7 +372,7 @@ async fn database_credentials_work_until_the_lease_is_revoked() {
     .unwrap();
     assert_eq!(deleted.status, 204, "{}", deleted.text);
     assert!(
-        pg_login(&user, &pass).await.is_err(),
+        mintguard_tests::pg_login(&user, &pass).await.is_err(),
         "revoked credentials still log in"
     );
 
@@ -457,7 +384,7 @@ async fn database_credentials_work_until_the_lease_is_revoked() {
     .await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let (user, pass) = creds(&reply);
-    pg_login(&user, &pass).await.unwrap();
+    mintguard_tests::pg_login(&user, &pass).await.unwrap();
     let out = broker.cli(&["suspend", API, "--reason", "compromised"]);
     assert!(
         out.status.success(),
@@ -465,7 +392,7 @@ async fn database_credentials_work_until_the_lease_is_revoked() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(
-        pg_login(&user, &pass).await.is_err(),
+        mintguard_tests::pg_login(&user, &pass).await.is_err(),
         "a suspended identity's credentials still log in"
     );
 }

@@ -101,3 +101,76 @@ pub async fn http_json(
         serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+/// Calls the Vault / OpenBao at `addr` (plain HTTP) with `token`:
+/// (status, body).
+pub async fn vault_call(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let url = format!("{}/v1/{path}", addr.trim_end_matches('/'));
+    http_json(method, &url, &[("x-vault-token", token)], body.as_ref()).await
+}
+
+/// Mounts OpenBao's database engine at `mount`, connected to the test
+/// PostgreSQL (`MINTGUARD_PG_URL`) with a role `ro` that creates login roles;
+/// returns the credentials path (`<mount>/creds/ro`).
+pub async fn database_engine(addr: &str, root: &str, mount: &str) -> String {
+    let pg: tokio_postgres::Config = peer_env("MINTGUARD_PG_URL")
+        .parse()
+        .expect("a PostgreSQL URL");
+    let port = pg.get_ports()[0];
+    let password = String::from_utf8_lossy(pg.get_password().unwrap_or_default()).into_owned();
+    let user = pg.get_user().unwrap_or("postgres").to_owned();
+    let calls = [
+        (
+            format!("sys/mounts/{mount}"),
+            serde_json::json!({"type": "database"}),
+        ),
+        (
+            format!("{mount}/config/pg"),
+            serde_json::json!({
+                "plugin_name": "postgresql-database-plugin",
+                "connection_url": format!("postgresql://{{{{username}}}}:{{{{password}}}}@127.0.0.1:{port}/postgres?sslmode=disable"),
+                "username": user,
+                "password": password,
+                "allowed_roles": "ro",
+            }),
+        ),
+        (
+            format!("{mount}/roles/ro"),
+            serde_json::json!({
+                "db_name": "pg",
+                "creation_statements": ["CREATE ROLE \"{{name}}\" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';"],
+                "default_ttl": "1h",
+                "max_ttl": "2h",
+            }),
+        ),
+    ];
+    for (path, body) in calls {
+        let (status, answer) = vault_call(addr, root, "POST", &path, Some(body)).await;
+        assert!((200..300).contains(&status), "{path}: {status} {answer}");
+    }
+    format!("{mount}/creds/ro")
+}
+
+/// Logs in to the test PostgreSQL as `user` / `password` and runs a query.
+pub async fn pg_login(user: &str, password: &str) -> Result<(), String> {
+    let mut config: tokio_postgres::Config = peer_env("MINTGUARD_PG_URL")
+        .parse()
+        .map_err(|e: tokio_postgres::Error| e.to_string())?;
+    config.user(user).password(password);
+    let (client, conn) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
