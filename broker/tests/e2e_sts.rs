@@ -287,12 +287,14 @@ async fn sigv4_signed_calls_succeed_and_a_wrong_secret_is_a_clear_503() {
     );
 }
 
-/// A reduced decision mints with the grant's inline session policy (moto
-/// accepts the AssumeRole with `Policy`; the outcome records it).
+/// A reduced decision mints with the grant's inline session policy; the
+/// AssumeRole STS receives (read through a recording proxy) carries the
+/// policy, `SourceIdentity`, the session tags and the reduced duration.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_reduced_variant_carries_the_session_policy() {
     let endpoint = env("MINTGUARD_STS_ENDPOINT");
-    let broker = start(&endpoint, "testing", "testing");
+    let (proxy, seen) = recording_proxy(&endpoint).await;
+    let broker = start(&proxy, "testing", "testing");
     let node = enrolled_node(&broker, "node-1").await;
     let reply = issue(
         &broker,
@@ -315,6 +317,20 @@ async fn the_reduced_variant_carries_the_session_policy() {
         serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
     assert_eq!(outcome["body"]["upstream"]["session_policy"], true);
     assert_eq!(outcome["body"]["upstream"]["duration_seconds"], 1800);
+    let lease = reply.body["lease_id"].as_str().unwrap();
+    let sent = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    for part in [
+        "Action=AssumeRole&".to_owned(),
+        "Policy=%7B%22Version%22".to_owned(),
+        "SourceIdentity=example.org.ns.pay.sa.api".to_owned(),
+        "DurationSeconds=1800".to_owned(),
+        "Tags.member.1.Key=mintguard%3Aidentity".to_owned(),
+        format!("Tags.member.2.Value={lease}"),
+        "Tags.member.3.Value=spiffe%3A%2F%2Fexample.org%2Fmintguard%2Fnode%2Fnode-1".to_owned(),
+    ] {
+        assert!(sent.contains(&part), "{part} not in {sent}");
+    }
+    assert!(sent.contains("Authorization: AWS4-HMAC-SHA256"), "{sent}");
 }
 
 /// A TCP proxy in front of `upstream` that keeps every byte clients send,
