@@ -28,6 +28,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
 pub mod ci;
 pub mod cli;
 pub mod config;
