@@ -494,6 +494,7 @@ pub async fn decide_and_issue(
             },
         }),
         approved: false,
+        anomaly: Default::default(),
         ci_claims: subject.ci_claims.clone(),
     };
     let decide_started = std::time::Instant::now();

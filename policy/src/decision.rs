@@ -53,6 +53,24 @@ pub enum IssuerKind {
     CiIssuer,
 }
 
+/// A graduated response anomaly analysis asks for: the combined score of the
+/// identity's fresh detections and which detectors made it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnomalyInput {
+    /// The combined detection score, 0–100 (0: nothing detected).
+    pub score: u8,
+    /// The detectors' reason codes.
+    #[serde(default)]
+    pub detectors: Vec<String>,
+    /// Issue the reduced variant (shorter TTL).
+    #[serde(default)]
+    pub reduce: bool,
+    /// Hold every grant for approval.
+    #[serde(default)]
+    pub step_up: bool,
+}
+
 /// The issuer context the broker established.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -176,6 +194,10 @@ pub struct DecisionInput {
     /// Whether an approver approved this exact request (a step-up redeemed).
     #[serde(default)]
     pub approved: bool,
+    /// What anomaly analysis asks of this decision (from the identity's
+    /// fresh detections).
+    #[serde(default)]
+    pub anomaly: AnomalyInput,
     /// CI token claims (CI jobs).
     #[serde(default)]
     pub ci_claims: BTreeMap<String, String>,
@@ -484,6 +506,15 @@ pub fn decide(input: &DecisionInput, rules: &RuleSet) -> Decision {
         if let (outcome, Some(reason)) = config.outcome(trust.score, min_trust) {
             contributions.push((outcome, reason));
         }
+    }
+
+    // Graduated responses of anomaly analysis (its `behaviour` signal
+    // already lowered the trust score above).
+    if input.anomaly.step_up {
+        contributions.push((Outcome::StepUp, Reason::AnomalyStepUp));
+    }
+    if input.anomaly.reduce {
+        contributions.push((Outcome::AllowReduced, Reason::AnomalyReduced));
     }
 
     // TTL, capped by the grant.

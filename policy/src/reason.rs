@@ -61,6 +61,10 @@ pub enum Reason {
     TtlCapped,
     /// A step-up was approved for this exact request.
     StepUpApproved,
+    /// Anomaly analysis asks for a step-up for this identity.
+    AnomalyStepUp,
+    /// Anomaly analysis asks for privilege reduction for this identity.
+    AnomalyReduced,
 }
 
 impl Reason {
@@ -86,6 +90,8 @@ impl Reason {
         Reason::BudgetExhausted,
         Reason::TtlCapped,
         Reason::StepUpApproved,
+        Reason::AnomalyStepUp,
+        Reason::AnomalyReduced,
     ];
 
     /// The code as it appears on the wire.
@@ -111,6 +117,8 @@ impl Reason {
             Reason::BudgetExhausted => "budget_exhausted",
             Reason::TtlCapped => "ttl_capped",
             Reason::StepUpApproved => "step_up_approved",
+            Reason::AnomalyStepUp => "anomaly_step_up",
+            Reason::AnomalyReduced => "anomaly_reduced",
         }
     }
 }

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 use mintguard_policy::decision::{
-    BudgetView, EciInput, Evidence, EvidenceKind, GrantInput, IssuerContext, IssuerKind,
-    PrincipalKind, Suspension,
+    AnomalyInput, BudgetView, EciInput, Evidence, EvidenceKind, GrantInput, IssuerContext,
+    IssuerKind, PrincipalKind, Suspension,
 };
 use mintguard_policy::trust::{Signal, SignalKind, TrustInput};
 use mintguard_policy::{DecisionInput, Outcome, decide};
@@ -215,6 +215,12 @@ fn arb_input() -> impl Strategy<Value = DecisionInput> {
                     },
                 }),
                 approved,
+                anomaly: AnomalyInput {
+                    score: u8::try_from(shift.rem_euclid(101)).unwrap_or(0),
+                    detectors: vec!["rate_spike".into()],
+                    reduce: shift % 3 == 0,
+                    step_up: shift % 5 == 0,
+                },
                 ci_claims,
             },
         )
