@@ -175,6 +175,82 @@ impl Default for LogConfig {
     }
 }
 
+/// `[anomaly]`: analysis of the issuance log off the request path, and what
+/// its detections do.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AnomalyConfig {
+    /// Run the analysis. Default on.
+    pub enabled: bool,
+    /// `enforce` (default): detections become signals, responses and
+    /// suspensions; `observe`: detections are logged and alerted only.
+    pub mode: AnomalyMode,
+    /// How often the log is read for new decisions. Default 1 s.
+    pub interval: Dur,
+    /// How much of the log rebuilds the baselines at start. Default 28 days.
+    pub history: Dur,
+    /// Baselines and detectors.
+    pub detectors: crate::anomaly::AnalyzerConfig,
+    /// Graduated responses.
+    pub responses: crate::anomaly::ResponseConfig,
+    /// An alert webhook.
+    pub webhook: Option<WebhookConfig>,
+}
+
+impl Default for AnomalyConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: AnomalyMode::Enforce,
+            interval: Dur(Duration::from_secs(1)),
+            history: Dur(Duration::from_secs(28 * 86_400)),
+            detectors: crate::anomaly::AnalyzerConfig::default(),
+            responses: crate::anomaly::ResponseConfig::default(),
+            webhook: None,
+        }
+    }
+}
+
+/// Whether detections act or only inform.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AnomalyMode {
+    /// Signals, responses, suspensions.
+    #[default]
+    Enforce,
+    /// Logged and alerted only.
+    Observe,
+}
+
+/// `[anomaly.webhook]`: alerts as JSON POSTs, the body signed with
+/// HMAC-SHA256 (`X-Mintguard-Signature: sha256=<hex>`).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// Where to POST (https, or http on loopback).
+    pub url: String,
+    /// A file holding the HMAC secret (0600).
+    pub secret_file: PathBuf,
+    /// Alerts waiting to be sent; beyond it new ones are dropped and
+    /// counted. Default 1000.
+    #[serde(default = "default_webhook_queue")]
+    pub queue: usize,
+    /// Attempts per alert (backoff 0.5 s doubling). Default 6.
+    #[serde(default = "default_webhook_attempts")]
+    pub max_attempts: u32,
+    /// A CA file for the receiver's certificate (default: system roots).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_webhook_queue() -> usize {
+    1000
+}
+
+fn default_webhook_attempts() -> u32 {
+    6
+}
+
 /// `[signals]`: how the broker scores what it observes itself.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -520,6 +596,8 @@ struct RawConfig {
     #[serde(default)]
     signals: SignalsConfig,
     #[serde(default)]
+    anomaly: AnomalyConfig,
+    #[serde(default)]
     eci: EciConfig,
     #[serde(default)]
     policies: PoliciesConfig,
@@ -564,6 +642,8 @@ pub struct Config {
     pub trust: TrustConfig,
     /// Broker-observed signals.
     pub signals: SignalsConfig,
+    /// Anomaly analysis of the issuance log.
+    pub anomaly: AnomalyConfig,
     /// ECI.
     pub eci: EciConfig,
     /// Cedar policies.
@@ -700,6 +780,38 @@ impl Config {
                 "signals.min_agent_version",
                 format!("{v:?} is not MAJOR.MINOR.PATCH"),
             ));
+        }
+        let r = &raw.anomaly.responses;
+        for (name, v) in [
+            ("reduce_at", r.reduce_at),
+            ("alert_at", r.alert_at),
+            ("step_up_at", r.step_up_at),
+            ("suspend_at", r.suspend_at),
+            ("issuer_deny_at", r.issuer_deny_at),
+        ] {
+            if v > 100 {
+                return Err(err(
+                    &format!("anomaly.responses.{name}"),
+                    "must be 0–100".into(),
+                ));
+            }
+        }
+        if raw.anomaly.detectors.detect_at > 100 {
+            return Err(err("anomaly.detectors.detect_at", "must be 0–100".into()));
+        }
+        if raw.anomaly.interval.0 < Duration::from_millis(10) {
+            return Err(err("anomaly.interval", "must be at least 10ms".into()));
+        }
+        if let Some(w) = &raw.anomaly.webhook {
+            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
+                .iter()
+                .any(|p| w.url.starts_with(p));
+            if !(w.url.starts_with("https://") || loopback) {
+                return Err(err(
+                    "anomaly.webhook.url",
+                    "https, or plain http only on loopback".into(),
+                ));
+            }
         }
         if raw.signals.behaviour_neutral > 100 {
             return Err(err("signals.behaviour_neutral", "must be 0–100".into()));
@@ -934,6 +1046,14 @@ impl Config {
             jwt: raw.jwt,
             trust: raw.trust,
             signals: raw.signals,
+            anomaly: AnomalyConfig {
+                webhook: raw.anomaly.webhook.clone().map(|w| WebhookConfig {
+                    secret_file: resolve(&w.secret_file),
+                    ca_file: w.ca_file.as_deref().map(resolve),
+                    ..w
+                }),
+                ..raw.anomaly
+            },
             eci: EciConfig {
                 graph: raw.eci.graph.as_deref().map(resolve),
                 ..raw.eci

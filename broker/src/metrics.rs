@@ -37,6 +37,10 @@ pub struct Metrics {
     pub log_write_seconds: Histogram,
     /// Requests refused because a budget could not pay.
     pub budget_exhausted: Counter,
+    /// Anomaly detections by detector (one per detector in a detection).
+    pub detections: Family<ReasonLabel, Counter>,
+    /// Alerts dropped because the webhook queue was full.
+    pub alerts_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -48,6 +52,18 @@ impl Default for Metrics {
         let issue_seconds = Histogram::new(exponential_buckets(1e-4, 2.0, 18));
         let log_write_seconds = Histogram::new(exponential_buckets(1e-5, 2.0, 20));
         let budget_exhausted = Counter::default();
+        let detections = Family::<ReasonLabel, Counter>::default();
+        let alerts_dropped = Counter::default();
+        registry.register(
+            "anomaly_detections",
+            "Anomaly detections by detector",
+            detections.clone(),
+        );
+        registry.register(
+            "alerts_dropped",
+            "Alerts dropped because the webhook queue was full",
+            alerts_dropped.clone(),
+        );
         registry.register("decisions", "Decisions by final outcome", decisions.clone());
         registry.register(
             "decision_reasons",
@@ -78,6 +94,8 @@ impl Default for Metrics {
             registry,
             decisions,
             reasons,
+            detections,
+            alerts_dropped,
             decision_seconds,
             issue_seconds,
             log_write_seconds,

@@ -196,16 +196,17 @@ fn lower_posture_by_facts<'a>(
     }
 }
 
-fn observed_signals(
-    broker: &Broker,
+/// The trust signals of one decision: what the broker observed, the grant's
+/// allowed hours, and the fresh external signals (the lowest per kind).
+pub fn observed_signals(
+    signals: &crate::config::SignalsConfig,
     grant: &GrantConfig,
     observed: &Observed<'_>,
     external: &[SignalRecord],
     now_ms: i64,
 ) -> TrustInput {
-    let config = broker.dynamic.load();
     let now_s = now_ms.div_euclid(1000);
-    let ttl = config.config.signals.ttl.0.as_secs();
+    let ttl = signals.ttl.0.as_secs();
     let signal = |value, source: &str| Signal {
         value,
         observed_at: now_s,
@@ -224,7 +225,7 @@ fn observed_signals(
             ),
             (
                 SignalKind::Behaviour,
-                signal(config.config.signals.behaviour_neutral, "broker:neutral"),
+                signal(signals.behaviour_neutral, "broker:neutral"),
             ),
         ]
         .into(),
@@ -458,6 +459,7 @@ pub async fn decide_and_issue(
         None => None,
     };
     let eci = &dynamic.eci;
+    let anomaly = &dynamic.config.anomaly.responses;
     let input = DecisionInput {
         identity: identity.clone(),
         principal: subject.principal,
@@ -466,13 +468,19 @@ pub async fn decide_and_issue(
             id: node.to_owned(),
             may_vouch: subject.may_vouch,
             suspended: node_suspension.is_some(),
-            anomalous: false,
+            anomalous: anomaly.issuer_anomalous(node, &external, now),
         },
         grant: grant_input(grant),
         requested_ttl_seconds: request.ttl_seconds,
         purpose: request.purpose.clone(),
         now_ms: now,
-        signals: observed_signals(broker, grant, &subject.observed, &external, now),
+        signals: observed_signals(
+            &dynamic.config.signals,
+            grant,
+            &subject.observed,
+            &external,
+            now,
+        ),
         eci: EciInput {
             identity_effective: eci.get(&identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
             grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
@@ -494,7 +502,7 @@ pub async fn decide_and_issue(
             },
         }),
         approved: false,
-        anomaly: Default::default(),
+        anomaly: anomaly.anomaly_input(&identity, &external, now),
         ci_claims: subject.ci_claims.clone(),
     };
     let decide_started = std::time::Instant::now();
@@ -1083,7 +1091,8 @@ fn evidence_kind(by: &str) -> EvidenceKind {
     }
 }
 
-fn grant_input(grant: &GrantConfig) -> GrantInput {
+/// The policy's view of a grant.
+pub fn grant_input(grant: &GrantConfig) -> GrantInput {
     GrantInput {
         name: grant.name.clone(),
         kind: match grant.kind {

@@ -41,6 +41,8 @@ enum Command {
     },
     /// The issuance log (and `logs verify`).
     Logs(LogsArgs),
+    /// Anomaly detections with their evidence.
+    Anomalies(ops::AnomaliesArgs),
     /// Everything recorded about one request.
     Explain {
         /// The request id.
@@ -238,6 +240,7 @@ async fn run(args: Cli) -> Result<bool, String> {
             .await
             .map(|()| true),
         Command::Logs(logs) => ops::logs(&client, logs, out).await.map(|()| true),
+        Command::Anomalies(args) => ops::anomalies(&client, args, out).await.map(|()| true),
         Command::Explain { request_id } => ops::simple(
             &client,
             "GET",

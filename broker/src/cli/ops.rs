@@ -88,6 +88,91 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+/// `mintguard anomalies`: detections with their evidence.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AnomaliesArgs {
+    /// Only detections about this identity.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Only detections about this node or CI issuer.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Only detections newer than this (e.g. 24h).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// JSON lines (the log records).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs `anomalies`: the log's `detection` records, one line each with
+/// score, response, subject, detectors and evidence.
+pub async fn anomalies(
+    client: &AdminClient,
+    args: &AnomaliesArgs,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let mut query = vec!["outcome=detection".to_owned()];
+    for (k, v) in [("identity", &args.identity), ("node", &args.node)] {
+        if let Some(v) = v {
+            query.push(format!("{k}={}", urlencode(v)));
+        }
+    }
+    if let Some(s) = &args.since {
+        query.push(format!("since_ms={}", ago_ms(s)?));
+    }
+    if !args.json {
+        writeln!(
+            out,
+            "{:<20}  {:>5}  {:<8} {:<48} {:<40} EVIDENCE",
+            "TIME", "SCORE", "RESPONSE", "SUBJECT", "DETECTORS"
+        )
+        .map_err(|e| e.to_string())?;
+    }
+    let mut after = 0i64;
+    loop {
+        let v = client
+            .call(
+                "GET",
+                &format!(
+                    "/admin/v1/logs?{}&after_seq={after}&limit=1000",
+                    query.join("&")
+                ),
+                None,
+            )
+            .await?;
+        let records: Vec<LogRecord> =
+            serde_json::from_value(v).map_err(|e| format!("unexpected answer: {e}"))?;
+        for r in &records {
+            let b = &r.entry.body;
+            let line = if args.json {
+                serde_json::to_string(r).unwrap_or_default()
+            } else {
+                let detectors: Vec<String> = b["detectors"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|d| format!("{}={}", d["detector"].as_str().unwrap_or("?"), d["score"]))
+                    .collect();
+                format!(
+                    "{}  {:>5}  {:<8} {:<48} {:<40} {}",
+                    time_of(r.entry.time_ms),
+                    b["score"],
+                    b["response"].as_str().unwrap_or("-"),
+                    b["subject"]["id"].as_str().unwrap_or("-"),
+                    detectors.join(","),
+                    b["evidence"]
+                )
+            };
+            writeln!(out, "{line}").map_err(|e| e.to_string())?;
+        }
+        match records.last() {
+            Some(last) if records.len() == 1000 => after = last.seq,
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// `mintguard logs verify` and `mintguard logs prune`.
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum LogsCommand {

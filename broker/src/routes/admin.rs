@@ -454,8 +454,51 @@ async fn explain(
             "no records for this request id",
         ));
     }
+    // The detections whose signals this decision read: the anomaly response
+    // it applied, and any `anomaly:` behaviour signal in its trust input.
+    let mut detections = Vec::new();
+    for r in records
+        .iter()
+        .filter(|r| r.entry.kind == RecordKind::Decision)
+    {
+        let input = &r.entry.body["input"];
+        let behaviour = input["signals"]["signals"]["behaviour"]["source"]
+            .as_str()
+            .unwrap_or_default();
+        let moved = input["anomaly"]["score"].as_u64().unwrap_or(0) > 0
+            || behaviour.starts_with(crate::anomaly::respond::SOURCE);
+        if !moved {
+            continue;
+        }
+        let ttl_ms = i64::try_from(broker.config().anomaly.responses.signal_ttl_seconds)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        for subject in [&r.entry.identity, &r.entry.node] {
+            let Some(subject) = subject else { continue };
+            let mut q = LogQuery {
+                outcome: Some("detection".into()),
+                since_ms: Some(r.entry.time_ms - ttl_ms),
+                until_ms: Some(r.entry.time_ms + 1),
+                limit: MAX_PAGE,
+                ..Default::default()
+            };
+            if subject.starts_with("spiffe://") && Some(subject) == r.entry.identity.as_ref() {
+                q.identity = Some(subject.clone());
+            } else {
+                q.node = Some(subject.clone());
+            }
+            detections.extend(
+                broker
+                    .store
+                    .log(&q)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.entry.body["subject"]["id"] == subject.as_str()),
+            );
+        }
+    }
     Ok(axum::Json(
-        json!({"request_id": request_id, "records": records}),
+        json!({"request_id": request_id, "records": records, "detections": detections}),
     ))
 }
 

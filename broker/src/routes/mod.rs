@@ -97,6 +97,13 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
     if broker.vault.is_some() || broker.sts.is_some() {
         tokio::spawn(revoke_expired_upstream(broker.clone()));
     }
+    if config.anomaly.enabled {
+        let alerts = match &config.anomaly.webhook {
+            Some(webhook) => Some(crate::anomaly::alerts::AlertSink::start(webhook)?),
+            None => None,
+        };
+        tokio::spawn(crate::anomaly::task::run(broker.clone(), alerts));
+    }
     tokio::spawn(
         broker
             .clone()

@@ -1,0 +1,294 @@
+//! The analysis loop, off the request path: it rebuilds the baselines from
+//! the log at start (from the shared store, so replicas see all traffic),
+//! then reads the decisions appended since, every `interval`, and acts on
+//! detections — a log record (outcome `detection`), the `behaviour` signal,
+//! an alert, a suspension — as [`super::respond`] describes. Decisions only
+//! ever read the signals it wrote.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::alerts::AlertSink;
+use super::analyzer::{Analyzer, Detection, Event, Subject};
+use crate::config::{AnomalyConfig, AnomalyMode};
+use crate::log::{LogEntry, LogRecord, RecordKind};
+use crate::state::{Broker, now_ms};
+use crate::store::{LogQuery, SuspensionRecord};
+
+/// Records read per store query.
+const PAGE: usize = 2_000;
+/// A subject's detection is recorded again only after this long, unless its
+/// score rose by `RISE` (a sustained spike does not flood the log).
+const REPEAT_MS: i64 = 5 * 60_000;
+const RISE: u8 = 10;
+
+/// The analysis state.
+pub struct Analysis {
+    analyzer: Analyzer,
+    config: AnomalyConfig,
+    watermark: i64,
+    last: HashMap<Subject, (i64, u8)>,
+    pending: VecDeque<(Detection, String)>,
+    alerts: Option<AlertSink>,
+}
+
+/// The analyzer's view of a decision record, if it is one.
+pub fn event_of(record: &LogRecord) -> Option<Event> {
+    let e = &record.entry;
+    if e.kind != RecordKind::Decision {
+        return None;
+    }
+    let body = &e.body;
+    let outcome = e.outcome.as_deref().unwrap_or_default();
+    Some(Event {
+        time_ms: e.time_ms,
+        identity: e.identity.clone()?,
+        issuer: e.node.clone().unwrap_or_default(),
+        grant: e.grant.clone()?,
+        denied: matches!(outcome, "deny" | "suspend" | "step_up"),
+        ttl_seconds: body["request"]["ttl_seconds"]
+            .as_u64()
+            .or_else(|| body["decision"]["ttl_seconds"].as_u64())
+            .unwrap_or(0),
+        exposure: body["decision"]["eci"]["grant_exposure"]
+            .as_f64()
+            .unwrap_or(0.0),
+    })
+}
+
+impl Analysis {
+    /// A fresh analysis for `config`, alerting through `alerts`.
+    pub fn new(config: AnomalyConfig, alerts: Option<AlertSink>) -> Self {
+        Self {
+            analyzer: Analyzer::new(config.detectors.clone()),
+            config,
+            watermark: 0,
+            last: HashMap::new(),
+            pending: VecDeque::new(),
+            alerts,
+        }
+    }
+
+    /// Replays the last `history` of the log into the baselines, without
+    /// acting on what it would have detected (that was acted on then).
+    pub async fn rebuild(&mut self, broker: &Broker) -> crate::store::Result<usize> {
+        let since = now_ms() - i64::try_from(self.config.history.0.as_millis()).unwrap_or(0);
+        let mut seen = 0;
+        loop {
+            let page = broker
+                .store
+                .log(&LogQuery {
+                    since_ms: Some(since),
+                    after_seq: Some(self.watermark),
+                    limit: PAGE,
+                    ..LogQuery::default()
+                })
+                .await?;
+            for record in &page {
+                self.watermark = record.seq;
+                if let Some(event) = event_of(record) {
+                    self.analyzer.observe(&event);
+                    seen += 1;
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        if self.watermark == 0 {
+            // Nothing in the window: start after whatever is older.
+            self.watermark = broker.store.head().await?.0;
+        }
+        Ok(seen)
+    }
+
+    /// Analyzes the decisions appended since the last step and acts on the
+    /// detections; how many decisions it read.
+    pub async fn step(&mut self, broker: &Broker) -> Result<usize, String> {
+        let mut read = 0;
+        loop {
+            let page = broker
+                .store
+                .log(&LogQuery {
+                    after_seq: Some(self.watermark),
+                    limit: PAGE,
+                    ..LogQuery::default()
+                })
+                .await
+                .map_err(|e| e.to_string())?;
+            for record in &page {
+                if let Some(event) = event_of(record) {
+                    read += 1;
+                    for detection in self.analyzer.observe(&event) {
+                        self.pending
+                            .push_back((detection, record.entry.request_id.clone()));
+                    }
+                }
+                self.watermark = record.seq;
+            }
+            // A failed action stays pending and is retried at the next step.
+            while let Some((detection, request_id)) = self.pending.front().cloned() {
+                self.act(broker, &detection, &request_id).await?;
+                self.pending.pop_front();
+            }
+            if page.len() < PAGE {
+                return Ok(read);
+            }
+        }
+    }
+
+    async fn act(
+        &mut self,
+        broker: &Broker,
+        detection: &Detection,
+        request_id: &str,
+    ) -> Result<(), String> {
+        let now = detection.time_ms;
+        if let Some((at, score)) = self.last.get(&detection.subject)
+            && now - at < REPEAT_MS
+            && detection.score < score.saturating_add(RISE)
+        {
+            return Ok(());
+        }
+        self.last
+            .insert(detection.subject.clone(), (now, detection.score));
+        let response = self.config.responses.respond(detection);
+        let enforce = self.config.mode == AnomalyMode::Enforce;
+        for (detector, _) in &detection.detectors {
+            broker
+                .metrics
+                .detections
+                .get_or_create(&crate::metrics::ReasonLabel {
+                    reason: detector.code().to_owned(),
+                })
+                .inc();
+        }
+        let detectors: Vec<Value> = detection
+            .detectors
+            .iter()
+            .map(|(d, s)| json!({"detector": d.code(), "score": s}))
+            .collect();
+        let (identity, node) = match &detection.subject {
+            Subject::Identity(id) => (Some(id.clone()), None),
+            Subject::Issuer(issuer) => (None, Some(issuer.clone())),
+        };
+        let body = json!({
+            "subject": detection.subject,
+            "score": detection.score,
+            "detectors": detectors,
+            "evidence": detection.evidence,
+            "response": if enforce { response.level } else { "observe" },
+            "signal": {"value": response.signal.value, "source": response.signal.source,
+                       "ttl_seconds": response.signal.ttl_seconds},
+            "alert": response.alert,
+            "triggered_by": request_id,
+        });
+        crate::pipeline::record(
+            broker,
+            LogEntry {
+                time_ms: now_ms(),
+                kind: RecordKind::Admin,
+                request_id: crate::pipeline::random_id("det"),
+                identity,
+                grant: None,
+                node,
+                outcome: Some("detection".into()),
+                body: body.clone(),
+            },
+        )
+        .await
+        .map_err(|e| e.message.clone())?;
+        if enforce {
+            broker
+                .store
+                .put_signal(&response.signal)
+                .await
+                .map_err(|e| e.to_string())?;
+            if response.suspend {
+                self.suspend(broker, detection).await?;
+            }
+        }
+        if response.alert
+            && let Some(alerts) = &self.alerts
+            && !alerts.send(
+                request_id,
+                &json!({"type": "mintguard.anomaly", "detection": body}),
+            )
+        {
+            broker.metrics.alerts_dropped.inc();
+        }
+        Ok(())
+    }
+
+    async fn suspend(&self, broker: &Broker, detection: &Detection) -> Result<(), String> {
+        let subject = detection.subject.id();
+        if broker
+            .store
+            .suspension(subject)
+            .await
+            .map_err(|e| e.to_string())?
+            .is_some()
+        {
+            return Ok(());
+        }
+        broker
+            .store
+            .suspend(&SuspensionRecord {
+                subject: subject.to_owned(),
+                reason: format!(
+                    "detection score {} ({})",
+                    detection.score,
+                    detection.codes()
+                ),
+                by: format!("anomaly:{}", detection.codes()),
+                at_ms: now_ms(),
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::warn!(%subject, score = detection.score, "suspended by anomaly analysis");
+        if let Subject::Identity(identity) = &detection.subject {
+            crate::pipeline::revoke_all(
+                broker,
+                identity,
+                &crate::pipeline::random_id("det"),
+                "suspension",
+            )
+            .await
+            .map_err(|e| e.message.clone())?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the analysis until the broker stops.
+pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
+    let config = broker.config().anomaly.clone();
+    let interval = config.interval.0;
+    let mut analysis = Analysis::new(config, alerts);
+    loop {
+        match analysis.rebuild(&broker).await {
+            Ok(n) => {
+                let (identities, issuers) = analysis.analyzer.tracked();
+                tracing::info!(
+                    decisions = n,
+                    identities,
+                    issuers,
+                    "anomaly baselines rebuilt from the log"
+                );
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "anomaly baselines: the log is unreadable; retrying");
+                tokio::time::sleep(interval.max(std::time::Duration::from_secs(1))).await;
+            }
+        }
+    }
+    loop {
+        tokio::time::sleep(interval).await;
+        if let Err(e) = analysis.step(&broker).await {
+            tracing::warn!(error = %e, "anomaly analysis step failed; retrying");
+        }
+    }
+}
