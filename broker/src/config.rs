@@ -211,6 +211,23 @@ impl Default for AnomalyConfig {
     }
 }
 
+/// `[approvals]`: requests held by a `step_up` decision.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long an approval (pending or approved, unused) stays valid.
+    /// Default 15 min.
+    pub ttl: Dur,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Dur(Duration::from_secs(900)),
+        }
+    }
+}
+
 /// Whether detections act or only inform.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -598,6 +615,8 @@ struct RawConfig {
     #[serde(default)]
     anomaly: AnomalyConfig,
     #[serde(default)]
+    approvals: ApprovalsConfig,
+    #[serde(default)]
     eci: EciConfig,
     #[serde(default)]
     policies: PoliciesConfig,
@@ -644,6 +663,8 @@ pub struct Config {
     pub signals: SignalsConfig,
     /// Anomaly analysis of the issuance log.
     pub anomaly: AnomalyConfig,
+    /// Step-up approvals.
+    pub approvals: ApprovalsConfig,
     /// ECI.
     pub eci: EciConfig,
     /// Cedar policies.
@@ -1046,6 +1067,7 @@ impl Config {
             jwt: raw.jwt,
             trust: raw.trust,
             signals: raw.signals,
+            approvals: raw.approvals,
             anomaly: AnomalyConfig {
                 webhook: raw.anomaly.webhook.clone().map(|w| WebhookConfig {
                     secret_file: resolve(&w.secret_file),

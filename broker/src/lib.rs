@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anomaly;
+pub mod approvals;
 pub mod ci;
 pub mod cli;
 pub mod config;

@@ -458,6 +458,15 @@ pub async fn decide_and_issue(
         ),
         None => None,
     };
+    let approval = match &request.approval_id {
+        Some(id) => Some(crate::approvals::redeemable(broker, id, &identity, &request, now).await?),
+        None => None,
+    };
+    // An approver's TTL cap applies to the request it approved.
+    let requested_ttl = match approval.as_ref().and_then(|a| a.approved_ttl_seconds) {
+        Some(cap) => Some(request.ttl_seconds.map_or(cap, |t| t.min(cap))),
+        None => request.ttl_seconds,
+    };
     let eci = &dynamic.eci;
     let anomaly = &dynamic.config.anomaly.responses;
     let input = DecisionInput {
@@ -471,7 +480,7 @@ pub async fn decide_and_issue(
             anomalous: anomaly.issuer_anomalous(node, &external, now),
         },
         grant: grant_input(grant),
-        requested_ttl_seconds: request.ttl_seconds,
+        requested_ttl_seconds: requested_ttl,
         purpose: request.purpose.clone(),
         now_ms: now,
         signals: observed_signals(
@@ -501,7 +510,7 @@ pub async fn decide_and_issue(
                 detail: format!("{}: {}", s.by, s.reason),
             },
         }),
-        approved: false,
+        approved: approval.is_some(),
         anomaly: anomaly.anomaly_input(&identity, &external, now),
         ci_claims: subject.ci_claims.clone(),
     };
@@ -562,6 +571,16 @@ pub async fn decide_and_issue(
             decision.outcome.as_str(),
             decision.reasons.iter().map(|r| r.code()),
         );
+        let held = if decision.outcome == Outcome::StepUp {
+            let id =
+                crate::approvals::hold(broker, &identity, &request, node, &request_id, now).await?;
+            if let Some(b) = body.as_object_mut() {
+                b.insert("approval_id".into(), id.clone().into());
+            }
+            Some(id)
+        } else {
+            None
+        };
         if decision
             .reasons
             .contains(&mintguard_policy::Reason::BudgetExhausted)
@@ -583,7 +602,15 @@ pub async fn decide_and_issue(
         if decision.outcome == Outcome::Suspend {
             suspend_identity(broker, &identity, &request_id, &decision).await?;
         }
-        return Ok(refusal(&request_id, &decision));
+        return Ok(refusal(&request_id, &decision, held.as_deref()));
+    }
+    if let Some(approval) = &approval {
+        // Single use: consumed by the issuance it unlocks, before its record.
+        crate::approvals::consume(broker, approval).await?;
+        if let Some(b) = body.as_object_mut() {
+            b.insert("approval_id".into(), approval.id.clone().into());
+            b.insert("approvers".into(), approval.approvers.clone().into());
+        }
     }
 
     let spend: Vec<SpendOp> = decision
@@ -1138,11 +1165,11 @@ fn budget_exhausted(request_id: &str) -> ApiError {
 }
 
 /// The answer to a decision that does not mint.
-fn refusal(request_id: &str, d: &Decision) -> Response {
+fn refusal(request_id: &str, d: &Decision, approval_id: Option<&str>) -> Response {
     let reasons: Vec<String> = d.reasons.iter().map(|r| r.code().to_owned()).collect();
     match d.outcome {
         Outcome::StepUp => {
-            let approval_id = format!("apr-{}", &request_id[4..]);
+            let approval_id = approval_id.unwrap_or_default();
             (
                 StatusCode::ACCEPTED,
                 axum::Json(json!({

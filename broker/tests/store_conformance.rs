@@ -14,7 +14,8 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Entry, Lease, LogQuery, SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
+    Append, Approval, Entry, Lease, LogQuery, SignalRecord, SpendOp, Store, StoreError,
+    SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -589,6 +590,53 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
     );
 }
 
+async fn approvals_change_only_by_compare_and_set(store: Arc<dyn Store>) {
+    let pending = Approval {
+        id: "apr-1".into(),
+        request_hash: "h".into(),
+        identity: "spiffe://example.org/w".into(),
+        grant: "g".into(),
+        ttl_seconds: Some(300),
+        purpose: None,
+        requested_by: "spiffe://example.org/mintguard/node/n1".into(),
+        request_id: "req-1".into(),
+        created_at_ms: 1_000,
+        expires_at_ms: 61_000,
+        state: "pending".into(),
+        approvers: Vec::new(),
+        approvals_needed: 1,
+        approved_ttl_seconds: None,
+        reason: None,
+        version: 0,
+    };
+    store.create_approval(&pending).await.unwrap();
+    assert!(store.create_approval(&pending).await.is_err());
+    assert_eq!(store.approval("apr-1").await.unwrap().unwrap(), pending);
+    assert_eq!(store.approval("apr-2").await.unwrap(), None);
+    assert_eq!(pending.state_at(61_000), "expired");
+
+    // Two approvers racing from the same version: exactly one wins.
+    let approve = |who: &str| Approval {
+        state: "approved".into(),
+        approvers: vec![who.into()],
+        ..pending.clone()
+    };
+    let (carol, dave) = (approve("operator:carol"), approve("operator:dave"));
+    let (a, b) = tokio::join!(store.update_approval(&carol), store.update_approval(&dave));
+    assert!(a.unwrap() ^ b.unwrap());
+    let stored = store.approval("apr-1").await.unwrap().unwrap();
+    assert_eq!((stored.state.as_str(), stored.version), ("approved", 1));
+    // Single use: consuming from version 1 works once.
+    let used = Approval {
+        state: "used".into(),
+        ..stored.clone()
+    };
+    assert!(store.update_approval(&used).await.unwrap());
+    assert!(!store.update_approval(&used).await.unwrap());
+    assert_eq!(store.approvals(0).await.unwrap().len(), 1);
+    assert!(store.approvals(1_000).await.unwrap().is_empty());
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -624,4 +672,5 @@ conformance!(
     signals_keep_the_latest_per_subject_kind_and_source,
     pruning_keeps_a_verifiable_base,
     ci_jtis_are_single_use_until_they_expire,
+    approvals_change_only_by_compare_and_set,
 );

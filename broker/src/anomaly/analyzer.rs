@@ -35,7 +35,7 @@ pub struct AnalyzerConfig {
     pub cold_start_events: u64,
     /// Age before an identity or issuer has a baseline, hours. Default 72.
     pub cold_start_hours: f64,
-    /// A rate no identity in cold start may exceed, per minute. Default 30.
+    /// A rate no identity in cold start may exceed, per minute. Default 120.
     pub cold_start_rate_per_minute: f64,
     /// The short horizon rates are measured over, minutes. Default 5.
     pub short_minutes: f64,
@@ -64,7 +64,7 @@ impl Default for AnalyzerConfig {
         Self {
             cold_start_events: 30,
             cold_start_hours: 72.0,
-            cold_start_rate_per_minute: 30.0,
+            cold_start_rate_per_minute: 120.0,
             short_minutes: 5.0,
             baseline_hours: 24.0,
             detect_at: 40,
@@ -88,7 +88,7 @@ pub struct Event {
     pub issuer: String,
     /// The grant asked for.
     pub grant: String,
-    /// Whether the decision refused (deny, suspend, or a step-up not approved).
+    /// Whether the decision refused (deny or suspend; a step-up is a hold).
     pub denied: bool,
     /// The TTL asked for, seconds.
     pub ttl_seconds: u64,
@@ -105,7 +105,8 @@ pub enum Detector {
     /// hour-of-week profiles, at least 1): with `n` observed and `λ`
     /// expected, `z = (n − λ) / √(λ + 1)`; it fires when `n ≥ min_burst`
     /// and `n ≥ 3λ`, scoring `10 + 7z` (z = 5 → 45, z = 13 → 100). In cold
-    /// start: a rate above `cold_start_rate_per_minute` scores 60.
+    /// start: a rate above `cold_start_rate_per_minute` scores 60. A spike
+    /// that lasts adds `10 × p`, p the short horizons it has lasted (≤ 3).
     RateSpike,
     /// A grant this identity never asked for: `25 + 50 × exposure / 100`.
     NewGrant,
@@ -236,6 +237,7 @@ struct IdentityBaseline {
     denials_short: Decayed,
     denials_long: Decayed,
     off_hours: Decayed,
+    spiking: Decayed,
     ttl_mean: f64,
 }
 
@@ -253,6 +255,7 @@ impl IdentityBaseline {
             denials_short: Decayed::default(),
             denials_long: Decayed::default(),
             off_hours: Decayed::default(),
+            spiking: Decayed::default(),
             ttl_mean: 0.0,
         }
     }
@@ -342,13 +345,13 @@ impl Analyzer {
     /// `detect_at`.
     pub fn observe(&mut self, event: &Event) -> Vec<Detection> {
         let mut out = Vec::new();
-        if let Some(d) = self.score_identity(event) {
-            out.push(d);
-        }
-        if let Some(d) = self.score_issuer(event) {
-            out.push(d);
-        }
-        self.learn(event);
+        let identity = self.score_identity(event);
+        let spiking = identity
+            .as_ref()
+            .is_some_and(|d| d.detectors.iter().any(|(x, _)| *x == Detector::RateSpike));
+        out.extend(identity);
+        out.extend(self.score_issuer(event));
+        self.learn(event, spiking);
         out
     }
 
@@ -381,20 +384,35 @@ impl Analyzer {
         } else {
             // Rates per ms times the horizon; an hour slot holds 1/24 (of
             // the day) or 1/168 (of the week) of the time.
+            // The baseline is the history before the short horizon, so a
+            // spike does not become its own baseline as it goes on.
             let age = age.max(short_tau);
-            let baseline = b.long.at(now, long_tau) / effective(age, long_tau) * short_tau;
-            let day =
-                b.hour_of_day[hod].at(now, HOD_TAU) / effective(age, HOD_TAU) * 24.0 * short_tau;
-            let week =
-                b.hour_of_week[how].at(now, HOW_TAU) / effective(age, HOW_TAU) * 168.0 * short_tau;
+            let before = (b.long.at(now, long_tau) - b.short.at(now, short_tau)).max(0.0);
+            let span = (effective(age, long_tau) - short_tau).max(short_tau);
+            let baseline = before / span * short_tau;
+            // The profiles speak once the identity has lived through a day
+            // (a week) — before that every slot looks like its only hour.
+            let day = if age >= DAY {
+                b.hour_of_day[hod].at(now, HOD_TAU) / effective(age, HOD_TAU) * 24.0 * short_tau
+            } else {
+                0.0
+            };
+            let week = if age >= 7.0 * DAY {
+                b.hour_of_week[how].at(now, HOW_TAU) / effective(age, HOW_TAU) * 168.0 * short_tau
+            } else {
+                0.0
+            };
             let lambda = baseline.max(day).max(week).max(1.0);
             let z = (n - lambda) / (lambda + 1.0).sqrt();
             if n >= c.min_burst && n >= 3.0 * lambda {
-                let score = clamp_score(10.0 + 7.0 * z);
+                // Persistence: how many short horizons the spike has lasted.
+                let persistence = (b.spiking.at(now, 3.0 * short_tau) / n).min(3.0);
+                let score = clamp_score(10.0 + 7.0 * z + 10.0 * persistence);
                 parts.push((Detector::RateSpike, score));
                 evidence.insert(
                     "rate_spike".into(),
                     json!({"observed": round2(n), "expected": round2(lambda), "z": round2(z),
+                           "persistence": round2(persistence),
                            "baseline": round2(baseline), "hour_of_day": round2(day), "hour_of_week": round2(week)}),
                 );
             }
@@ -451,8 +469,12 @@ impl Analyzer {
             let total: f64 = b.hour_of_day.iter().map(|h| h.at(now, HOD_TAU)).sum();
             let total_week: f64 = b.hour_of_week.iter().map(|h| h.at(now, HOW_TAU)).sum();
             let share_day = b.hour_of_day[hod].at(now, HOD_TAU) / total.max(1e-9);
-            let share_week = b.hour_of_week[how].at(now, HOW_TAU) / total_week.max(1e-9);
-            if share_day < c.off_hours_share && share_week < c.off_hours_share {
+            let share_week = if age >= 7.0 * DAY {
+                b.hour_of_week[how].at(now, HOW_TAU) / total_week.max(1e-9)
+            } else {
+                0.0
+            };
+            if age >= DAY && share_day < c.off_hours_share && share_week < c.off_hours_share {
                 let usual = b
                     .grants
                     .get(&e.grant)
@@ -479,7 +501,10 @@ impl Analyzer {
             let usual = if cold {
                 0.0
             } else {
-                b.denials_long.at(now, long_tau) / effective(age.max(short_tau), long_tau)
+                let before = (b.denials_long.at(now, long_tau)
+                    - b.denials_short.at(now, short_tau))
+                .max(0.0);
+                before / (effective(age.max(short_tau), long_tau) - short_tau).max(short_tau)
                     * short_tau
             };
             if d >= c.denial_burst && d >= 4.0 * usual + 3.0 {
@@ -511,8 +536,9 @@ impl Analyzer {
             .get(&e.identity)
             .is_none_or(|last| ((now - last) as f64) > short_tau);
         let n = b.fresh.at(now, short_tau) + f64::from(u8::from(reappears));
-        let lambda =
-            b.fresh_long.at(now, long_tau) / effective(age.max(short_tau), long_tau) * short_tau;
+        let before = (b.fresh_long.at(now, long_tau) - b.fresh.at(now, short_tau)).max(0.0);
+        let span = (effective(age.max(short_tau), long_tau) - short_tau).max(short_tau);
+        let lambda = before / span * short_tau;
         let new = b.new_identities.at(now, short_tau)
             + f64::from(u8::from(!b.last_seen.contains_key(&e.identity)));
         if n >= c.fanout_min_identities && n >= 4.0 * lambda + 5.0 {
@@ -546,7 +572,7 @@ impl Analyzer {
         })
     }
 
-    fn learn(&mut self, e: &Event) {
+    fn learn(&mut self, e: &Event, spiking: bool) {
         let c = &self.config;
         let now = e.time_ms;
         let short_tau = c.short_minutes * MINUTE;
@@ -563,6 +589,9 @@ impl Analyzer {
             b.off_hours.add(now, OFF_HOURS_TAU, 1.0);
         }
         b.events += 1;
+        if spiking {
+            b.spiking.add(now, 3.0 * short_tau, 1.0);
+        }
         b.short.add(now, short_tau, 1.0);
         b.long.add(now, long_tau, 1.0);
         b.hour_of_day[hod].add(now, HOD_TAU, 1.0);
@@ -673,9 +702,9 @@ mod tests {
                 .is_empty()
         );
         assert!(a.cold("new", T0 + 3 * HOUR as i64));
-        // … but 200 requests in a minute are over the cold-start limit.
-        let detections: Vec<_> = (0..200)
-            .flat_map(|k| a.observe(&event(T0 + 4 * HOUR as i64 + k * 300, "new", "x")))
+        // … but 800 requests in two minutes are over the cold-start limit.
+        let detections: Vec<_> = (0..800)
+            .flat_map(|k| a.observe(&event(T0 + 4 * HOUR as i64 + k * 150, "new", "x")))
             .collect();
         assert!(!detections.is_empty());
     }

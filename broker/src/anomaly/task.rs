@@ -47,7 +47,7 @@ pub fn event_of(record: &LogRecord) -> Option<Event> {
         identity: e.identity.clone()?,
         issuer: e.node.clone().unwrap_or_default(),
         grant: e.grant.clone()?,
-        denied: matches!(outcome, "deny" | "suspend" | "step_up"),
+        denied: matches!(outcome, "deny" | "suspend"),
         ttl_seconds: body["request"]["ttl_seconds"]
             .as_u64()
             .or_else(|| body["decision"]["ttl_seconds"].as_u64())

@@ -41,6 +41,28 @@ enum Command {
     },
     /// The issuance log (and `logs verify`).
     Logs(LogsArgs),
+    /// Requests held for approval (pending; `--all` for the last day's).
+    Approvals {
+        /// Every state, not only pending.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Approve a held request (approver role; never your own).
+    Approve {
+        /// The approval id.
+        id: String,
+        /// Cap the credential's TTL (e.g. 5m).
+        #[arg(long)]
+        ttl: Option<String>,
+    },
+    /// Reject a held request.
+    Reject {
+        /// The approval id.
+        id: String,
+        /// Why (required).
+        #[arg(long)]
+        reason: String,
+    },
     /// Anomaly detections with their evidence.
     Anomalies(ops::AnomaliesArgs),
     /// Everything recorded about one request.
@@ -240,6 +262,40 @@ async fn run(args: Cli) -> Result<bool, String> {
             .await
             .map(|()| true),
         Command::Logs(logs) => ops::logs(&client, logs, out).await.map(|()| true),
+        Command::Approvals { all } => ops::simple(
+            &client,
+            "GET",
+            &format!("/admin/v1/approvals?all={all}"),
+            None,
+            out,
+        )
+        .await
+        .map(|_| true),
+        Command::Approve { id, ttl } => {
+            let ttl_seconds = ttl
+                .as_deref()
+                .map(|t| humantime::parse_duration(t).map_err(|e| format!("--ttl {t:?}: {e}")))
+                .transpose()?
+                .map(|d| d.as_secs());
+            ops::simple(
+                &client,
+                "POST",
+                &format!("/admin/v1/approvals/{}/approve", urlencode(id)),
+                Some(json!({"ttl_seconds": ttl_seconds})),
+                out,
+            )
+            .await
+            .map(|_| true)
+        }
+        Command::Reject { id, reason } => ops::simple(
+            &client,
+            "POST",
+            &format!("/admin/v1/approvals/{}/reject", urlencode(id)),
+            Some(json!({"reason": reason})),
+            out,
+        )
+        .await
+        .map(|_| true),
         Command::Anomalies(args) => ops::anomalies(&client, args, out).await.map(|()| true),
         Command::Explain { request_id } => ops::simple(
             &client,

@@ -45,6 +45,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/replay", post(replay))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{id}/revoke", post(revoke))
+        .route("/admin/v1/approvals", get(list_approvals))
+        .route("/admin/v1/approvals/{id}/approve", post(approve))
+        .route("/admin/v1/approvals/{id}/reject", post(reject))
         .route("/admin/v1/suspend", post(suspend))
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/reload", post(reload))
@@ -643,6 +646,107 @@ async fn revoke(
     Ok(axum::Json(
         json!({"lease_id": id, "revoked": revoked, "revocation": lease.revocation}),
     ))
+}
+
+#[derive(Deserialize)]
+struct ApprovalsParams {
+    #[serde(default)]
+    all: bool,
+}
+
+/// Approvals of the last day: pending ones, or all with `all=true`.
+async fn list_approvals(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<ApprovalsParams>,
+) -> Result<axum::Json<Vec<Value>>, ApiError> {
+    op.require(Role::Viewer)?;
+    let now = now_ms();
+    let listed = broker.store.approvals(now - 86_400_000).await?;
+    Ok(axum::Json(
+        listed
+            .iter()
+            .filter(|a| p.all || a.state_at(now) == "pending")
+            .map(|a| crate::approvals::view(a, now))
+            .collect(),
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ApproveRequest {
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+async fn approve(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(req): Json<ApproveRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Approver)?;
+    let a = crate::approvals::decide(
+        &broker,
+        &id,
+        &format!("operator:{}", op.name),
+        true,
+        req.ttl_seconds,
+        None,
+        now_ms(),
+    )
+    .await?;
+    let view = crate::approvals::view(&a, now_ms());
+    admin_record(
+        &broker,
+        &op,
+        "approved",
+        Some(a.identity.clone()),
+        view.clone(),
+    )
+    .await?;
+    Ok(axum::Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RejectRequest {
+    reason: String,
+}
+
+async fn reject(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(req): Json<RejectRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Approver)?;
+    if req.reason.is_empty() || req.reason.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "bad_reason",
+            "a rejection needs a reason (at most 1024 bytes)",
+        ));
+    }
+    let a = crate::approvals::decide(
+        &broker,
+        &id,
+        &format!("operator:{}", op.name),
+        false,
+        None,
+        Some(req.reason),
+        now_ms(),
+    )
+    .await?;
+    let view = crate::approvals::view(&a, now_ms());
+    admin_record(
+        &broker,
+        &op,
+        "rejected",
+        Some(a.identity.clone()),
+        view.clone(),
+    )
+    .await?;
+    Ok(axum::Json(view))
 }
 
 #[derive(Deserialize)]

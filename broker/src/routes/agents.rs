@@ -116,6 +116,22 @@ async fn revoke(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn approval(Path(_id): Path<String>) -> ApiError {
-    ApiError::not_found("unknown_approval", "no such approval")
+/// A held request's approval, for the node that asked (404 for any other).
+async fn approval(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+    Path(id): Path<String>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let not_found = || ApiError::not_found("unknown_approval", "no such approval");
+    if id.len() > 128 {
+        return Err(not_found());
+    }
+    let approval = broker.store.approval(&id).await?.ok_or_else(not_found)?;
+    if approval.requested_by != peer.id().to_string() {
+        return Err(not_found());
+    }
+    Ok(axum::Json(crate::approvals::view(
+        &approval,
+        crate::state::now_ms(),
+    )))
 }

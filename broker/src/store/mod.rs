@@ -135,6 +135,55 @@ pub struct SuspensionRecord {
     pub at_ms: i64,
 }
 
+/// A request held for approval (a `step_up` decision), or a break-glass
+/// request, with its approvers so far.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// `apr-…`, unguessable.
+    pub id: String,
+    /// SHA-256 of the exact request (identity, grant, TTL, purpose).
+    pub request_hash: String,
+    /// The identity the credential is for.
+    pub identity: String,
+    /// The grant.
+    pub grant: String,
+    /// The TTL asked for, seconds.
+    pub ttl_seconds: Option<u64>,
+    /// The purpose given.
+    pub purpose: Option<String>,
+    /// Who asked: the node or CI issuer (step-up) or `operator:<name>`.
+    pub requested_by: String,
+    /// The decision that was held.
+    pub request_id: String,
+    /// When created, ms.
+    pub created_at_ms: i64,
+    /// When it lapses unless used, ms.
+    pub expires_at_ms: i64,
+    /// `pending`, `approved`, `rejected` or `used` (a lapsed one reads as
+    /// `expired`).
+    pub state: String,
+    /// Approvers so far (`operator:<name>`).
+    pub approvers: Vec<String>,
+    /// Approvers needed.
+    pub approvals_needed: u32,
+    /// A TTL cap an approver set, seconds.
+    pub approved_ttl_seconds: Option<u64>,
+    /// The rejection reason.
+    pub reason: Option<String>,
+    /// Compare-and-set version.
+    pub version: i64,
+}
+
+impl Approval {
+    /// The state as of `now_ms` (`expired` once lapsed, unless used or rejected).
+    pub fn state_at(&self, now_ms: i64) -> &str {
+        match self.state.as_str() {
+            "pending" | "approved" if now_ms >= self.expires_at_ms => "expired",
+            s => s,
+        }
+    }
+}
+
 /// A signal about a subject (an identity or a node), from the signals API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SignalRecord {
@@ -249,6 +298,16 @@ pub trait Store: Send + Sync {
     async fn prune_through(&self, seq: i64) -> Result<u64>;
     /// The base left by the last prune: (seq, hash) of the last pruned record.
     async fn base(&self) -> Result<Option<(i64, String)>>;
+
+    /// Stores a new approval.
+    async fn create_approval(&self, approval: &Approval) -> Result<()>;
+    /// An approval by id.
+    async fn approval(&self, id: &str) -> Result<Option<Approval>>;
+    /// Approvals created after `since_ms`, newest first (at most 1,000).
+    async fn approvals(&self, since_ms: i64) -> Result<Vec<Approval>>;
+    /// Replaces an approval if its stored version is still `approval.version`
+    /// (the stored one gets `version + 1`); whether it was replaced.
+    async fn update_approval(&self, approval: &Approval) -> Result<bool>;
 
     /// Records a signal (the latest per subject, kind and source wins).
     async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;

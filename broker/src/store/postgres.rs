@@ -20,8 +20,8 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
-use crate::store::SignalRecord;
 use crate::store::sqlite::mark_budget_exhausted;
+use crate::store::{Approval, SignalRecord};
 
 /// Most appends group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str)] = &[
         4,
         "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms BIGINT NOT NULL);
          CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
+    ),
+    (
+        5,
+        "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms BIGINT NOT NULL, version BIGINT NOT NULL, body TEXT NOT NULL);
+         CREATE INDEX approvals_created ON approvals(created_at_ms);",
     ),
 ];
 
@@ -914,6 +919,67 @@ impl Store for PostgresStore {
                 ttl_seconds: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
             })
             .collect())
+    }
+
+    async fn create_approval(&self, a: &Approval) -> Result<()> {
+        let body = serde_json::to_string(a).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.client()
+            .await?
+            .execute(
+                "INSERT INTO approvals(id, created_at_ms, version, body) VALUES ($1, $2, $3, $4)",
+                &[&a.id, &a.created_at_ms, &a.version, &body],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(())
+    }
+
+    async fn approval(&self, id: &str) -> Result<Option<Approval>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt("SELECT body FROM approvals WHERE id = $1", &[&id])
+            .await
+            .map_err(map_pg)?;
+        row.map(|r| {
+            serde_json::from_str(r.get::<_, &str>(0))
+                .map_err(|e| StoreError::Corrupt(e.to_string()))
+        })
+        .transpose()
+    }
+
+    async fn approvals(&self, since_ms: i64) -> Result<Vec<Approval>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT body FROM approvals WHERE created_at_ms > $1 ORDER BY created_at_ms DESC LIMIT 1000",
+                &[&since_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r.get::<_, &str>(0))
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))
+            })
+            .collect()
+    }
+
+    async fn update_approval(&self, a: &Approval) -> Result<bool> {
+        let mut next = a.clone();
+        next.version += 1;
+        let body = serde_json::to_string(&next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        Ok(self
+            .client()
+            .await?
+            .execute(
+                "UPDATE approvals SET version = version + 1, body = $1 WHERE id = $2 AND version = $3",
+                &[&body, &a.id, &a.version],
+            )
+            .await
+            .map_err(map_pg)?
+            == 1)
     }
 
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {

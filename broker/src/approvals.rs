@@ -1,0 +1,205 @@
+//! Step-up approvals: a `step_up` decision stores a pending approval bound to
+//! a hash of the exact request (identity, grant, TTL, purpose) and answers
+//! 202 with its id; an approver (never the requester) approves or rejects
+//! it; the workload retries with `approval_id`, and the approval is consumed
+//! once (compare-and-set in the store) by the issuance it unlocks.
+//! Approvals lapse after `[approvals] ttl`.
+
+use axum::http::StatusCode;
+use mintguard_api::CredentialRequest;
+use serde_json::{Value, json};
+
+use crate::http::ApiError;
+use crate::pipeline::random_id;
+use crate::state::Broker;
+use crate::store::Approval;
+
+/// The hash an approval is bound to.
+pub fn request_hash(
+    identity: &str,
+    grant: &str,
+    ttl: Option<u64>,
+    purpose: Option<&str>,
+) -> String {
+    let canonical = serde_json::to_string(&(identity, grant, ttl, purpose)).unwrap_or_default();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Stores a pending approval for a held request; its id.
+pub async fn hold(
+    broker: &Broker,
+    identity: &str,
+    request: &CredentialRequest,
+    requested_by: &str,
+    request_id: &str,
+    now_ms: i64,
+) -> Result<String, ApiError> {
+    let ttl_ms = i64::try_from(broker.config().approvals.ttl.0.as_millis()).unwrap_or(i64::MAX / 2);
+    let approval = Approval {
+        id: random_id("apr"),
+        request_hash: request_hash(
+            identity,
+            &request.grant,
+            request.ttl_seconds,
+            request.purpose.as_deref(),
+        ),
+        identity: identity.to_owned(),
+        grant: request.grant.clone(),
+        ttl_seconds: request.ttl_seconds,
+        purpose: request.purpose.clone(),
+        requested_by: requested_by.to_owned(),
+        request_id: request_id.to_owned(),
+        created_at_ms: now_ms,
+        expires_at_ms: now_ms.saturating_add(ttl_ms),
+        state: "pending".into(),
+        approvers: Vec::new(),
+        approvals_needed: 1,
+        approved_ttl_seconds: None,
+        reason: None,
+        version: 0,
+    };
+    broker.store.create_approval(&approval).await?;
+    Ok(approval.id)
+}
+
+fn refused(code: &'static str, message: impl Into<String>) -> ApiError {
+    ApiError::forbidden(code, message).with_reasons(vec![code.into()])
+}
+
+/// The approval a retried request names, if it is approved, unexpired and
+/// bound to exactly this request.
+pub async fn redeemable(
+    broker: &Broker,
+    id: &str,
+    identity: &str,
+    request: &CredentialRequest,
+    now_ms: i64,
+) -> Result<Approval, ApiError> {
+    if id.len() > 128 {
+        return Err(ApiError::bad_request(
+            "bad_approval_id",
+            "approval id too long",
+        ));
+    }
+    let approval = broker
+        .store
+        .approval(id)
+        .await?
+        .ok_or_else(|| refused("unknown_approval", "no such approval"))?;
+    let hash = request_hash(
+        identity,
+        &request.grant,
+        request.ttl_seconds,
+        request.purpose.as_deref(),
+    );
+    if approval.identity != identity || approval.request_hash != hash {
+        return Err(refused(
+            "approval_mismatch",
+            "the approval was given for a different request (identity, grant, TTL and purpose must match)",
+        ));
+    }
+    match approval.state_at(now_ms) {
+        "approved" => Ok(approval),
+        "pending" => Err(refused("approval_pending", "the approval is still pending")),
+        "rejected" => Err(refused(
+            "approval_rejected",
+            format!(
+                "the request was rejected: {}",
+                approval.reason.as_deref().unwrap_or("")
+            ),
+        )),
+        "used" => Err(refused("approval_used", "the approval was already used")),
+        _ => Err(refused("approval_expired", "the approval expired")),
+    }
+}
+
+/// Consumes an approval for the issuance it unlocks (exactly once).
+pub async fn consume(broker: &Broker, approval: &Approval) -> Result<(), ApiError> {
+    let used = Approval {
+        state: "used".into(),
+        ..approval.clone()
+    };
+    if broker.store.update_approval(&used).await? {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_used",
+            "the approval was used by a concurrent request",
+        ))
+    }
+}
+
+/// How an approval looks to a workload or operator.
+pub fn view(a: &Approval, now_ms: i64) -> Value {
+    json!({
+        "approval_id": a.id,
+        "state": a.state_at(now_ms),
+        "identity": a.identity,
+        "grant": a.grant,
+        "ttl_seconds": a.ttl_seconds,
+        "purpose": a.purpose,
+        "requested_by": a.requested_by,
+        "request_id": a.request_id,
+        "created_at_ms": a.created_at_ms,
+        "expires_at_ms": a.expires_at_ms,
+        "approvers": a.approvers,
+        "approvals_needed": a.approvals_needed,
+        "approved_ttl_seconds": a.approved_ttl_seconds,
+        "reason": a.reason,
+    })
+}
+
+/// An approver's verdict on a pending approval: approve (optionally capping
+/// the TTL) or reject with a reason. The requester cannot decide its own.
+pub async fn decide(
+    broker: &Broker,
+    id: &str,
+    approver: &str,
+    approve: bool,
+    ttl_seconds: Option<u64>,
+    reason: Option<String>,
+    now_ms: i64,
+) -> Result<Approval, ApiError> {
+    let mut a = broker
+        .store
+        .approval(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("unknown_approval", "no such approval"))?;
+    if a.state_at(now_ms) != "pending" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_not_pending",
+            format!("the approval is {}", a.state_at(now_ms)),
+        ));
+    }
+    if a.requested_by == approver || a.approvers.iter().any(|x| x == approver) {
+        return Err(ApiError::forbidden(
+            "own_request",
+            "an approver cannot approve their own request, nor approve twice",
+        ));
+    }
+    if approve {
+        a.approvers.push(approver.to_owned());
+        if let Some(ttl) = ttl_seconds {
+            a.approved_ttl_seconds = Some(a.approved_ttl_seconds.map_or(ttl, |t| t.min(ttl)));
+        }
+        if a.approvers.len() >= usize::try_from(a.approvals_needed).unwrap_or(1) {
+            a.state = "approved".into();
+        }
+    } else {
+        a.state = "rejected".into();
+        a.reason = reason;
+        a.approvers.push(approver.to_owned());
+    }
+    if !broker.store.update_approval(&a).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "approval_changed",
+            "the approval changed meanwhile; read it again",
+        ));
+    }
+    a.version += 1;
+    Ok(a)
+}
