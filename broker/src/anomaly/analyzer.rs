@@ -103,7 +103,8 @@ pub enum Detector {
     /// Decisions in the short horizon against the identity's own expected
     /// count (the larger of its baseline rate and its hour-of-day and
     /// hour-of-week profiles, at least 1): with `n` observed and `λ`
-    /// expected, `z = (n − λ) / √(λ + 1)`; it fires when `n ≥ min_burst`
+    /// expected, `z = (n − λ) / √(λ + 1 + λ²/4)` (overdispersed: traffic is
+    /// burstier than Poisson); it fires when `n ≥ min_burst`
     /// and `n ≥ 3λ`, scoring `10 + 7z` (z = 5 → 45, z = 13 → 100). In cold
     /// start: a rate above `cold_start_rate_per_minute` scores 60. A spike
     /// that lasts adds `10 × p`, p the short horizons it has lasted (≤ 3).
@@ -116,7 +117,8 @@ pub enum Detector {
     /// An hour of the day and of the week holding less than
     /// `off_hours_share` of the identity's activity: `25 + 45 × exposure /
     /// 100`, halved exposure term for a grant that is at least a fifth of
-    /// its requests, plus 10 per further off-hours request within the hour.
+    /// its requests; for any other grant, plus 10 per further off-hours
+    /// request within the hour.
     OffHours,
     /// Denials in the short horizon ≥ `denial_burst` and ≥ 4 × the usual
     /// plus 3: `40 + 6 × (d − denial_burst)`. Runs in cold start.
@@ -126,7 +128,8 @@ pub enum Detector {
     PrivilegeAccumulation,
     /// An issuer minting for `n` distinct identities in the short horizon
     /// against its usual `λ`: when `n ≥ fanout_min_identities` and `n ≥
-    /// 4λ + 5`, `30 + 3 × (n − λ)`, plus 5 per identity new to the issuer.
+    /// 4λ + 5`, `20 + 2 × (n − 4λ − 5)`, plus 10 per identity new to the
+    /// issuer (dormant entries suddenly used weigh most).
     IssuerFanout,
 }
 
@@ -403,7 +406,9 @@ impl Analyzer {
                 0.0
             };
             let lambda = baseline.max(day).max(week).max(1.0);
-            let z = (n - lambda) / (lambda + 1.0).sqrt();
+            // Overdispersed (negative-binomial) variance: real traffic is
+            // burstier than Poisson within an hour slot.
+            let z = (n - lambda) / (lambda + 1.0 + 0.25 * lambda * lambda).sqrt();
             if n >= c.min_burst && n >= 3.0 * lambda {
                 // Persistence: how many short horizons the spike has lasted.
                 let persistence = (b.spiking.at(now, 3.0 * short_tau) / n).min(3.0);
@@ -480,7 +485,12 @@ impl Analyzer {
                     .get(&e.grant)
                     .is_some_and(|g| g.count as f64 >= 0.2 * b.events as f64);
                 let weight = if usual { 22.5 } else { 45.0 };
-                let repeats = b.off_hours.at(now, OFF_HOURS_TAU);
+                // Repeated off-hours use of an unusual grant adds up.
+                let repeats = if usual {
+                    0.0
+                } else {
+                    b.off_hours.at(now, OFF_HOURS_TAU)
+                };
                 parts.push((
                     Detector::OffHours,
                     clamp_score(25.0 + weight * e.exposure / 100.0 + 10.0 * repeats),
@@ -542,7 +552,7 @@ impl Analyzer {
         let new = b.new_identities.at(now, short_tau)
             + f64::from(u8::from(!b.last_seen.contains_key(&e.identity)));
         if n >= c.fanout_min_identities && n >= 4.0 * lambda + 5.0 {
-            let score = clamp_score(30.0 + 3.0 * (n - lambda) + 5.0 * new);
+            let score = clamp_score(20.0 + 2.0 * (n - 4.0 * lambda - 5.0) + 10.0 * new);
             let evidence = json!({"identities": round2(n), "usual": round2(lambda),
                                   "new_identities": round2(new), "known_identities": b.last_seen.len()});
             return self.detection(

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod analyzer;
+pub mod eval;
 pub mod respond;
 pub mod task;
 

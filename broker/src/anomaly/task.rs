@@ -47,7 +47,7 @@ pub fn event_of(record: &LogRecord) -> Option<Event> {
         identity: e.identity.clone()?,
         issuer: e.node.clone().unwrap_or_default(),
         grant: e.grant.clone()?,
-        denied: matches!(outcome, "deny" | "suspend"),
+        denied: matches!(outcome, "deny" | "suspend") && !refused_for_issuer(body),
         ttl_seconds: body["request"]["ttl_seconds"]
             .as_u64()
             .or_else(|| body["decision"]["ttl_seconds"].as_u64())
@@ -56,6 +56,18 @@ pub fn event_of(record: &LogRecord) -> Option<Event> {
             .as_f64()
             .unwrap_or(0.0),
     })
+}
+
+/// Whether a refusal was about the issuer (suspended or anomalous node),
+/// not the identity: such denials say nothing about the identity.
+pub fn refused_for_issuer(body: &Value) -> bool {
+    body["decision"]["reasons"]
+        .as_array()
+        .is_some_and(|reasons| {
+            reasons
+                .iter()
+                .any(|r| r == "issuer_suspended" || r == "issuer_anomalous")
+        })
 }
 
 impl Analysis {
