@@ -7,7 +7,11 @@
 //! ```text
 //! cargo run --release -p mintguard-benches --bin loadgen -- [--clients 32] [--requests 20000]
 //! tests/peers.sh cargo run --release -p mintguard-benches --bin loadgen -- --vault
+//! cargo run --release -p mintguard-benches --bin loadgen -- --compare-analysis 5
 //! ```
+//!
+//! `--compare-analysis R` runs R interleaved rounds with anomaly analysis off
+//! and on (observe mode) and compares the median throughputs.
 //!
 //! With `--vault`, the grant is a Vault child token from the OpenBao at
 //! `VAULT_ADDR`, and the same load then goes to that OpenBao's
@@ -160,14 +164,56 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 fn main() {
     let clients = arg("--clients", 32);
     let requests = arg("--requests", 20_000);
+    let rounds = arg("--compare-analysis", 0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
-    runtime.block_on(run(clients, requests));
+    if rounds == 0 {
+        runtime.block_on(run(clients, requests, Analysis::Default));
+        return;
+    }
+    // Interleaved runs, each on a fresh broker: analysis off, then on (in
+    // observe mode, so detections do not change the outcomes being timed),
+    // the order alternating by round; medians compared.
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Analysis::Off, Analysis::Observe]
+        } else {
+            [Analysis::Observe, Analysis::Off]
+        };
+        for mode in order {
+            let rate = runtime.block_on(run(clients, requests, mode));
+            match mode {
+                Analysis::Off => off.push(rate),
+                _ => on.push(rate),
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (off, on) = (median(&mut off), median(&mut on));
+    println!(
+        "median of {rounds} interleaved runs: analysis off {off:.0}/s, on {on:.0}/s ({:+.1} %)",
+        100.0 * (on - off) / off
+    );
 }
 
-async fn run(clients: usize, requests: usize) {
+/// Anomaly analysis during a run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Analysis {
+    /// As configured by default (on, enforcing).
+    Default,
+    /// `[anomaly] enabled = false`.
+    Off,
+    /// On, `mode = "observe"`.
+    Observe,
+}
+
+async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
@@ -178,6 +224,11 @@ async fn run(clients: usize, requests: usize) {
         )
     });
     let mut config = CONFIG.to_owned();
+    match analysis {
+        Analysis::Default => {}
+        Analysis::Off => config.push_str("[anomaly]\nenabled = false\n"),
+        Analysis::Observe => config.push_str("[anomaly]\nmode = \"observe\"\n"),
+    }
     if let Some((addr, token)) = &vault {
         config.push_str(&vault_config(addr));
         std::fs::write(dir.path().join("vault.token"), token).unwrap();
@@ -254,7 +305,12 @@ async fn run(clients: usize, requests: usize) {
         })
         .await;
         if label == "measured" {
-            println!("{clients} clients, {grant} through the broker: {line}");
+            let note = match analysis {
+                Analysis::Default => "",
+                Analysis::Off => " (analysis off)",
+                Analysis::Observe => " (analysis on, observe)",
+            };
+            println!("{clients} clients, {grant} through the broker{note}: {line}");
             via_broker = rate;
         }
     }
@@ -308,4 +364,5 @@ async fn run(clients: usize, requests: usize) {
         "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",
         mintguard_broker::store::sqlite::MAX_BATCH
     );
+    via_broker
 }
