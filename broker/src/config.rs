@@ -1184,6 +1184,9 @@ mod tests {
         assert_eq!(c.ci.policies.len(), 2);
         assert_eq!(c.operators[0].role, Role::Viewer);
         assert_eq!(c.log.checkpoint_every, 100);
+        assert_eq!(c.anomaly.responses.suspend_at, 90);
+        assert!(c.anomaly.webhook.is_some());
+        assert_eq!(c.approvals.ttl.0, Duration::from_secs(900));
         let example = Path::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../examples/broker/broker.toml"
