@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use crate::config::WebhookConfig;
 
 /// The sending side of the webhook.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct AlertSink {
     queue: mpsc::Sender<(String, Vec<u8>)>,
     dropped: Arc<AtomicU64>,
@@ -157,6 +157,101 @@ async fn post(target: &Target, id: &str, body: &[u8]) -> Result<u16, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A receiver answering `statuses` in turn (then 200); the bodies it got.
+    async fn receiver(statuses: Vec<u16>) -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let got = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = got.clone();
+        tokio::spawn(async move {
+            let mut statuses = statuses.into_iter();
+            while let Ok((mut s, _)) = listener.accept().await {
+                let mut buf = vec![0u8; 65536];
+                let mut n = 0;
+                // Headers and a small body arrive in one or two reads.
+                while n == 0 || !String::from_utf8_lossy(&buf[..n]).contains("}") {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                }
+                keep.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                let status = statuses.next().unwrap_or(200);
+                let _ = s
+                    .write_all(
+                        format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n").as_bytes(),
+                    )
+                    .await;
+            }
+        });
+        (url, got)
+    }
+
+    fn config(url: String, dir: &std::path::Path, queue: usize) -> WebhookConfig {
+        let secret = dir.join("secret");
+        std::fs::write(&secret, "0123456789abcdef0123").unwrap();
+        WebhookConfig {
+            url,
+            secret_file: secret,
+            queue,
+            max_attempts: 3,
+            ca_file: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_delivery_is_retried_with_the_same_id_and_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let (url, got) = receiver(vec![500]).await;
+        let sink = AlertSink::start(&config(url, dir.path(), 10)).unwrap();
+        assert!(sink.send("alert-1", &serde_json::json!({"score": 95})));
+        for _ in 0..50 {
+            if got.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let got = got.lock().unwrap();
+        assert_eq!(got.len(), 2, "one failure, one retry");
+        let expected = signature(b"0123456789abcdef0123", br#"{"score":95}"#);
+        for request in got.iter() {
+            let lower = request.to_ascii_lowercase();
+            assert!(lower.contains("x-mintguard-alert-id: alert-1"), "{request}");
+            assert!(lower.contains(&format!("x-mintguard-signature: sha256={expected}")));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        // Nobody listens: every delivery fails slowly, the queue fills.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        drop(listener);
+        let sink = AlertSink::start(&config(url, dir.path(), 2)).unwrap();
+        let sent = (0..20)
+            .filter(|i| sink.send(&format!("a{i}"), &serde_json::json!({"i": i})))
+            .count();
+        assert!(sent <= 3, "{sent}");
+        assert_eq!(sink.dropped(), 20 - sent as u64);
+    }
+
+    #[test]
+    fn a_short_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = config("http://127.0.0.1:1/".into(), dir.path(), 1);
+        std::fs::write(&c.secret_file, "short").unwrap();
+        c.queue = 1;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let _guard = rt.enter();
+        assert!(AlertSink::start(&c).unwrap_err().contains("16 bytes"));
+    }
 
     #[test]
     fn signatures_are_rfc_4231_hmac_sha256() {
