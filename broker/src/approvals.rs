@@ -58,6 +58,7 @@ pub async fn hold(
         approved_ttl_seconds: None,
         reason: None,
         version: 0,
+        kind: "step_up".into(),
     };
     broker.store.create_approval(&approval).await?;
     Ok(approval.id)
@@ -93,7 +94,8 @@ pub async fn redeemable(
         request.ttl_seconds,
         request.purpose.as_deref(),
     );
-    if approval.identity != identity || approval.request_hash != hash {
+    if approval.kind != "step_up" || approval.identity != identity || approval.request_hash != hash
+    {
         return Err(refused(
             "approval_mismatch",
             "the approval was given for a different request (identity, grant, TTL and purpose must match)",
@@ -148,6 +150,7 @@ pub fn view(a: &Approval, now_ms: i64) -> Value {
         "approvals_needed": a.approvals_needed,
         "approved_ttl_seconds": a.approved_ttl_seconds,
         "reason": a.reason,
+        "kind": a.kind,
     })
 }
 
@@ -202,4 +205,41 @@ pub async fn decide(
     }
     a.version += 1;
     Ok(a)
+}
+
+/// Opens a break-glass request by `opener` (`operator:<name>`): it needs
+/// `[approvals] break_glass_approvers` other approvers before the opener can
+/// issue it.
+pub async fn open_break_glass(
+    broker: &Broker,
+    opener: &str,
+    identity: &str,
+    grant: &str,
+    ttl_seconds: Option<u64>,
+    justification: &str,
+    now_ms: i64,
+) -> Result<Approval, ApiError> {
+    let config = broker.config();
+    let ttl_ms = i64::try_from(config.approvals.ttl.0.as_millis()).unwrap_or(i64::MAX / 2);
+    let approval = Approval {
+        id: random_id("bg"),
+        request_hash: request_hash(identity, grant, ttl_seconds, Some(justification)),
+        identity: identity.to_owned(),
+        grant: grant.to_owned(),
+        ttl_seconds,
+        purpose: Some(justification.to_owned()),
+        requested_by: opener.to_owned(),
+        request_id: random_id("req"),
+        created_at_ms: now_ms,
+        expires_at_ms: now_ms.saturating_add(ttl_ms),
+        state: "pending".into(),
+        approvers: Vec::new(),
+        approvals_needed: config.approvals.break_glass_approvers.max(1),
+        approved_ttl_seconds: None,
+        reason: None,
+        version: 0,
+        kind: "break_glass".into(),
+    };
+    broker.store.create_approval(&approval).await?;
+    Ok(approval)
 }

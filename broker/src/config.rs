@@ -218,12 +218,16 @@ pub struct ApprovalsConfig {
     /// How long an approval (pending or approved, unused) stays valid.
     /// Default 15 min.
     pub ttl: Dur,
+    /// Approvers a break-glass request needs besides its opener. Default 1
+    /// (two people).
+    pub break_glass_approvers: u32,
 }
 
 impl Default for ApprovalsConfig {
     fn default() -> Self {
         Self {
             ttl: Dur(Duration::from_secs(900)),
+            break_glass_approvers: 1,
         }
     }
 }

@@ -370,6 +370,7 @@ async fn issue_inner(
             "entry_id": entry.id,
         }),
         audit: false,
+        break_glass: None,
     };
     decide_and_issue(broker, &dynamic, grant, request, subject).await
 }
@@ -406,6 +407,9 @@ pub struct Subject<'a> {
     pub context: serde_json::Value,
     /// Audit mode: decide and log as if enforcing, then refuse.
     pub audit: bool,
+    /// A confirmed break-glass request (its approval, opener, approvers):
+    /// the decision is logged as decided, then overridden to issue.
+    pub break_glass: Option<serde_json::Value>,
 }
 
 /// The shared pipeline after the caller is authenticated and its issuer
@@ -515,11 +519,15 @@ pub async fn decide_and_issue(
         ci_claims: subject.ci_claims.clone(),
     };
     let decide_started = std::time::Instant::now();
-    let decision = decide(&input, &dynamic.rules);
+    let decided = decide(&input, &dynamic.rules);
     broker
         .metrics
         .decision_seconds
         .observe(decide_started.elapsed().as_secs_f64());
+    let decision = match &subject.break_glass {
+        Some(_) => break_glass_override(&decided, grant)?,
+        None => decided.clone(),
+    };
     // The decision's log record (the body is filled in below).
     let decision_record = |body| LogEntry {
         time_ms: now,
@@ -533,9 +541,13 @@ pub async fn decide_and_issue(
     };
     let mut body = json!({
         "input": input,
-        "decision": decision,
+        "decision": decided,
         "request": request,
     });
+    if let (Some(b), Some(glass)) = (body.as_object_mut(), &subject.break_glass) {
+        b.insert("break_glass".into(), glass.clone());
+        b.insert("issued_as".into(), json!({"outcome": decision.outcome, "reasons": decision.reasons, "ttl_seconds": decision.ttl_seconds}));
+    }
     if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), subject.context) {
         b.extend(extra);
     }
@@ -1135,6 +1147,28 @@ pub fn grant_input(grant: &GrantConfig) -> GrantInput {
             .and_then(|r| r.max_ttl)
             .map(|d| d.0.as_secs()),
     }
+}
+
+/// A confirmed break-glass request issues whatever was decided — except
+/// over a suspended identity (compromise evidence stands) — with the grant's
+/// TTL cap, no reduction and no budget spend.
+fn break_glass_override(decided: &Decision, grant: &GrantConfig) -> Result<Decision, ApiError> {
+    if decided.outcome == Outcome::Suspend {
+        return Err(ApiError::forbidden(
+            "suspended",
+            "the identity is suspended; break-glass does not override a suspension",
+        ));
+    }
+    let mut d = decided.clone();
+    d.outcome = Outcome::Allow;
+    d.reduced = false;
+    d.spend.clear();
+    d.ttl_seconds = d
+        .requested_ttl_seconds
+        .min(grant.max_ttl.0.as_secs())
+        .max(1);
+    d.reasons.push(mintguard_policy::Reason::BreakGlass);
+    Ok(d)
 }
 
 /// What the workload sees of a decision.

@@ -626,3 +626,134 @@ async fn operators_authenticate_with_certificates_by_role() {
     let stderr = String::from_utf8_lossy(&locked.stderr);
     assert!(stderr.contains("403 unknown_operator"), "{stderr}");
 }
+
+/// Break-glass: an operator opens a request, cannot confirm it alone; a
+/// second person with the approver role confirms; only the opener issues
+/// it; the record keeps what the policy decided beside the override, and a
+/// post-incident review stays listed until closed with notes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_takes_two_people_and_leaves_a_review() {
+    let broker = BrokerProcess::start("");
+    let root = broker.dir.path();
+    let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+        .args([
+            "operator", "create", "carol", "--role", "approver", "--cert",
+        ])
+        .arg("--config")
+        .arg(root.join("broker.toml"))
+        .arg("--out")
+        .arg(root.join("carol"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    broker.cli_json(&["reload"]);
+    let carol = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_mintguard"))
+            .arg("--data-dir")
+            .arg(broker.data())
+            .arg("--cert")
+            .arg(root.join("carol/carol.crt"))
+            .arg("--key")
+            .arg(root.join("carol/carol.key"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    register_api(&broker, "node-1");
+
+    // Alice (admin) opens it; she cannot confirm her own request.
+    let opened = broker.cli_json(&[
+        "break-glass",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+        "--reason",
+        "INC-42: payments down, trust signals unavailable",
+        "--ttl",
+        "5m",
+    ]);
+    let id = opened["approval_id"].as_str().unwrap().to_owned();
+    assert_eq!(opened["state"], "pending");
+    let own = broker.cli(&["approve", &id]);
+    assert!(!own.status.success());
+    assert!(String::from_utf8_lossy(&own.stderr).contains("own_request"));
+    let early = broker.cli(&["break-glass", "--issue", &id]);
+    assert!(String::from_utf8_lossy(&early.stderr).contains("break_glass_not_confirmed"));
+
+    // Carol (approver) confirms; she cannot issue it; Alice can, once.
+    let confirmed = carol(&["approve", &id]);
+    assert!(
+        confirmed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&confirmed.stderr)
+    );
+    let stolen = carol(&["break-glass", "--issue", &id]);
+    assert!(!stolen.status.success());
+    let issued = broker.cli_json(&["break-glass", "--issue", &id]);
+    assert_eq!(issued["credential"]["type"], "jwt", "{issued}");
+    assert!(
+        issued["decision"]["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("break_glass"))
+    );
+    assert!(
+        !broker
+            .cli(&["break-glass", "--issue", &id])
+            .status
+            .success()
+    );
+
+    // The record: what the policy decided (no node observed it: not allow),
+    // the override, the approvers. Replay re-decides it the same way.
+    let out = broker.cli(&[
+        "logs",
+        "--json",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+    ]);
+    let record: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["body"]["break_glass"].is_object())
+        .unwrap();
+    assert_eq!(record["outcome"], "allow");
+    assert_ne!(record["body"]["decision"]["outcome"], "allow");
+    assert_eq!(
+        record["body"]["break_glass"]["approvers"],
+        json!(["operator:carol"])
+    );
+    let replay = broker.cli(&["replay"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+
+    // The review stays open until closed with notes.
+    let open = broker.cli_json(&["reviews"]);
+    assert_eq!(open.as_array().unwrap().len(), 1, "{open}");
+    assert_eq!(open[0]["review"], id.as_str());
+    assert!(
+        !broker
+            .cli(&["reviews", "--close", &id, "--notes", ""])
+            .status
+            .success()
+    );
+    broker.cli_json(&[
+        "reviews",
+        "--close",
+        &id,
+        "--notes",
+        "root cause: expired EDR feed",
+    ]);
+    assert!(broker.cli_json(&["reviews"]).as_array().unwrap().is_empty());
+    assert_eq!(broker.cli_json(&["reviews", "--all"])[0]["state"], "closed");
+}

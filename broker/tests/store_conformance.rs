@@ -608,6 +608,7 @@ async fn approvals_change_only_by_compare_and_set(store: Arc<dyn Store>) {
         approved_ttl_seconds: None,
         reason: None,
         version: 0,
+        kind: "step_up".into(),
     };
     store.create_approval(&pending).await.unwrap();
     assert!(store.create_approval(&pending).await.is_err());

@@ -65,6 +65,9 @@ pub enum Reason {
     AnomalyStepUp,
     /// Anomaly analysis asks for privilege reduction for this identity.
     AnomalyReduced,
+    /// A break-glass request, confirmed by a second person, overrode the
+    /// decision (the record keeps what was decided).
+    BreakGlass,
 }
 
 impl Reason {
@@ -92,6 +95,7 @@ impl Reason {
         Reason::StepUpApproved,
         Reason::AnomalyStepUp,
         Reason::AnomalyReduced,
+        Reason::BreakGlass,
     ];
 
     /// The code as it appears on the wire.
@@ -119,6 +123,7 @@ impl Reason {
             Reason::StepUpApproved => "step_up_approved",
             Reason::AnomalyStepUp => "anomaly_step_up",
             Reason::AnomalyReduced => "anomaly_reduced",
+            Reason::BreakGlass => "break_glass",
         }
     }
 }

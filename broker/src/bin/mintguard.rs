@@ -63,6 +63,36 @@ enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Break-glass: open a request a second approver confirms, then issue it.
+    BreakGlass {
+        /// The identity to issue for (open).
+        #[arg(long, required_unless_present = "issue")]
+        identity: Option<String>,
+        /// The grant (open).
+        #[arg(long, required_unless_present = "issue")]
+        grant: Option<String>,
+        /// Why (open; required).
+        #[arg(long, required_unless_present = "issue")]
+        reason: Option<String>,
+        /// The credential's TTL (e.g. 10m).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Issue a confirmed request you opened.
+        #[arg(long, conflicts_with_all = ["identity", "grant", "reason"])]
+        issue: Option<String>,
+    },
+    /// Post-incident reviews of break-glass issuances (open ones; `--all`).
+    Reviews {
+        /// Closed ones too.
+        #[arg(long)]
+        all: bool,
+        /// Close this review.
+        #[arg(long, requires = "notes")]
+        close: Option<String>,
+        /// The review's conclusions.
+        #[arg(long)]
+        notes: Option<String>,
+    },
     /// Anomaly detections with their evidence.
     Anomalies(ops::AnomaliesArgs),
     /// Everything recorded about one request.
@@ -296,6 +326,59 @@ async fn run(args: Cli) -> Result<bool, String> {
         )
         .await
         .map(|_| true),
+        Command::BreakGlass {
+            identity,
+            grant,
+            reason,
+            ttl,
+            issue,
+        } => {
+            if let Some(id) = issue {
+                return ops::simple(
+                    &client,
+                    "POST",
+                    &format!("/admin/v1/break-glass/{}/issue", urlencode(id)),
+                    None,
+                    out,
+                )
+                .await
+                .map(|_| true);
+            }
+            let ttl_seconds = ttl
+                .as_deref()
+                .map(|t| humantime::parse_duration(t).map_err(|e| format!("--ttl {t:?}: {e}")))
+                .transpose()?
+                .map(|d| d.as_secs());
+            ops::simple(
+                &client,
+                "POST",
+                "/admin/v1/break-glass",
+                Some(json!({"identity": identity, "grant": grant, "reason": reason, "ttl_seconds": ttl_seconds})),
+                out,
+            )
+            .await
+            .map(|_| true)
+        }
+        Command::Reviews { all, close, notes } => match close {
+            Some(id) => ops::simple(
+                &client,
+                "POST",
+                &format!("/admin/v1/reviews/{}/close", urlencode(id)),
+                Some(json!({"notes": notes})),
+                out,
+            )
+            .await
+            .map(|_| true),
+            None => ops::simple(
+                &client,
+                "GET",
+                &format!("/admin/v1/reviews?all={all}"),
+                None,
+                out,
+            )
+            .await
+            .map(|_| true),
+        },
         Command::Anomalies(args) => ops::anomalies(&client, args, out).await.map(|()| true),
         Command::Explain { request_id } => ops::simple(
             &client,

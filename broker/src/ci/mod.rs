@@ -282,6 +282,7 @@ pub async fn issue(
         ci_claims: cedar_claims(claims),
         context: json!({"ci": {"policy": policy.name, "client": client.to_string(), "token": summary}}),
         audit: policy.mode == Mode::Audit,
+        break_glass: None,
     };
     decide_and_issue(broker, &dynamic, grant, request, subject).await
 }

@@ -48,6 +48,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/approvals", get(list_approvals))
         .route("/admin/v1/approvals/{id}/approve", post(approve))
         .route("/admin/v1/approvals/{id}/reject", post(reject))
+        .route("/admin/v1/break-glass", post(open_break_glass))
+        .route("/admin/v1/break-glass/{id}/issue", post(issue_break_glass))
+        .route("/admin/v1/reviews", get(reviews))
+        .route("/admin/v1/reviews/{id}/close", post(close_review))
         .route("/admin/v1/suspend", post(suspend))
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/reload", post(reload))
@@ -747,6 +751,233 @@ async fn reject(
     )
     .await?;
     Ok(axum::Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassRequest {
+    identity: String,
+    grant: String,
+    reason: String,
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// Opens a break-glass request (operator role); another approver confirms
+/// it with `approve`, then the opener issues it.
+async fn open_break_glass(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<BreakGlassRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    id::parse_spiffe_id(&req.identity)
+        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    if req.reason.trim().is_empty() || req.reason.len() > 1024 {
+        return Err(ApiError::bad_request(
+            "bad_reason",
+            "break-glass needs a reason (at most 1024 bytes)",
+        ));
+    }
+    if !broker.config().grants.contains_key(&req.grant) {
+        return Err(ApiError::bad_request(
+            "unknown_grant",
+            format!("no grant named {:?}", req.grant),
+        ));
+    }
+    let a = crate::approvals::open_break_glass(
+        &broker,
+        &format!("operator:{}", op.name),
+        &req.identity,
+        &req.grant,
+        req.ttl_seconds,
+        &req.reason,
+        now_ms(),
+    )
+    .await?;
+    let view = crate::approvals::view(&a, now_ms());
+    admin_record(
+        &broker,
+        &op,
+        "break_glass_opened",
+        Some(a.identity.clone()),
+        view.clone(),
+    )
+    .await?;
+    Ok(axum::Json(view))
+}
+
+/// Issues a confirmed break-glass request, for its opener only: logged as
+/// decided, overridden to issue, and left as an open post-incident review.
+async fn issue_break_glass(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    op.require(Role::Operator)?;
+    let now = now_ms();
+    let a = broker
+        .store
+        .approval(&id)
+        .await?
+        .filter(|a| a.kind == "break_glass")
+        .ok_or_else(|| ApiError::not_found("unknown_break_glass", "no such break-glass request"))?;
+    if a.requested_by != format!("operator:{}", op.name) {
+        return Err(ApiError::forbidden(
+            "not_the_opener",
+            "only the operator who opened the request issues it",
+        ));
+    }
+    if a.state_at(now) != "approved" {
+        return Err(ApiError::forbidden(
+            "break_glass_not_confirmed",
+            format!(
+                "the request is {} ({} of {} approvers)",
+                a.state_at(now),
+                a.approvers.len(),
+                a.approvals_needed
+            ),
+        ));
+    }
+    let dynamic = broker.dynamic.load_full();
+    let grant = dynamic.config.grants.get(&a.grant).ok_or_else(|| {
+        ApiError::bad_request("unknown_grant", format!("no grant named {:?}", a.grant))
+    })?;
+    let entries = broker.store.entries(None).await?;
+    let entry = entries
+        .iter()
+        .find(|e| e.spiffe_id == a.identity && e.grants.contains(&a.grant))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "no_entry",
+                "no registration entry lists this grant for the identity",
+            )
+        })?;
+    crate::approvals::consume(&broker, &a).await?;
+    let subject = pipeline::Subject {
+        identity: a.identity.clone(),
+        principal: mintguard_policy::decision::PrincipalKind::Workload,
+        issuer_kind: mintguard_policy::decision::IssuerKind::Node,
+        issuer: entry.parent.clone(),
+        may_vouch: true,
+        observed: pipeline::Observed {
+            posture: (0, "break_glass:not_observed"),
+            attestation: (0, "break_glass:not_attested"),
+            network: None,
+        },
+        blast_radius: dynamic
+            .blast_radius
+            .get(&entry.parent)
+            .map_or(100.0, |r| r.max),
+        ci_claims: std::collections::BTreeMap::new(),
+        context: json!({"entry_id": entry.id}),
+        audit: false,
+        break_glass: Some(json!({
+            "id": a.id, "opened_by": a.requested_by, "approvers": a.approvers,
+            "justification": a.purpose, "review": "open",
+        })),
+    };
+    let request = mintguard_api::CredentialRequest {
+        grant: a.grant.clone(),
+        ttl_seconds: a.ttl_seconds,
+        purpose: a.purpose.clone(),
+        spiffe_id: None,
+        bind_to_process: None,
+        approval_id: None,
+    };
+    let response = pipeline::decide_and_issue(&broker, &dynamic, grant, request, subject).await?;
+    admin_record(
+        &broker,
+        &op,
+        "break_glass_issued",
+        Some(a.identity.clone()),
+        json!({"review": a.id, "grant": a.grant, "approvers": a.approvers, "justification": a.purpose}),
+    )
+    .await?;
+    Ok(response)
+}
+
+#[derive(Deserialize)]
+struct ReviewsParams {
+    #[serde(default)]
+    all: bool,
+}
+
+/// Post-incident reviews: every break-glass issuance until an operator
+/// closes its review (both are log records).
+async fn reviews(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<ReviewsParams>,
+) -> Result<axum::Json<Vec<Value>>, ApiError> {
+    op.require(Role::Viewer)?;
+    let read = |outcome: &str| LogQuery {
+        outcome: Some(outcome.into()),
+        limit: MAX_PAGE,
+        ..Default::default()
+    };
+    let closed: std::collections::HashMap<String, Value> = broker
+        .store
+        .log(&read("review_closed"))
+        .await?
+        .into_iter()
+        .filter_map(|r| {
+            let id = r.entry.body["details"]["review"].as_str()?.to_owned();
+            Some((id, r.entry.body["details"].clone()))
+        })
+        .collect();
+    let mut out = Vec::new();
+    for r in broker.store.log(&read("break_glass_issued")).await? {
+        let details = &r.entry.body["details"];
+        let id = details["review"].as_str().unwrap_or_default();
+        let closure = closed.get(id);
+        if closure.is_some() && !p.all {
+            continue;
+        }
+        out.push(json!({
+            "review": id, "identity": r.entry.identity, "grant": details["grant"],
+            "issued_at_ms": r.entry.time_ms, "issued_by": r.entry.body["operator"],
+            "approvers": details["approvers"], "justification": details["justification"],
+            "state": if closure.is_some() { "closed" } else { "open" },
+            "closure": closure,
+        }));
+    }
+    Ok(axum::Json(out))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CloseReviewRequest {
+    notes: String,
+}
+
+async fn close_review(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(id): Path<String>,
+    Json(req): Json<CloseReviewRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Operator)?;
+    if req.notes.trim().is_empty() || req.notes.len() > 4096 {
+        return Err(ApiError::bad_request(
+            "bad_notes",
+            "closing a review needs notes (at most 4096 bytes)",
+        ));
+    }
+    let open = broker
+        .store
+        .approval(&id)
+        .await?
+        .is_some_and(|a| a.kind == "break_glass" && a.state == "used");
+    if !open {
+        return Err(ApiError::not_found(
+            "unknown_review",
+            "no issued break-glass request with this id",
+        ));
+    }
+    let body = json!({"review": id, "notes": req.notes});
+    admin_record(&broker, &op, "review_closed", None, body.clone()).await?;
+    Ok(axum::Json(body))
 }
 
 #[derive(Deserialize)]

@@ -172,6 +172,13 @@ pub struct Approval {
     pub reason: Option<String>,
     /// Compare-and-set version.
     pub version: i64,
+    /// `step_up` (a held request) or `break_glass` (an operator's).
+    #[serde(default = "step_up_kind")]
+    pub kind: String,
+}
+
+fn step_up_kind() -> String {
+    "step_up".into()
 }
 
 impl Approval {
