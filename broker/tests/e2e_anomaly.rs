@@ -107,7 +107,18 @@ async fn a_spike_steps_up_then_suspends_revokes_and_alerts() {
     std::fs::write(dir.path().join("policies/anomaly.cedar"), POLICY).unwrap();
     write_private(&dir.path().join("vault.token"), &root);
     write_private(&dir.path().join("webhook.secret"), SECRET);
-    // Horizons shrunk to seconds so a test can make a history and a spike:
+    // The Vault grant reaches a crown jewel: the identity's ECI is high (68),
+    // so its requests need trust ≥ 77 (min_trust_base 50 + 0.4 × ECI).
+    std::fs::write(
+        dir.path().join("graph.json"),
+        r#"{"nodes":[{"id":"role:vault-admin","kind":"role"},
+                     {"id":"db:vault","kind":"resource","crown_jewel":true}],
+            "edges":[{"from":"role:vault-admin","to":"db:vault","kind":"grants","access":"admin"}]}"#,
+    )
+    .unwrap();
+    // Behaviour weighs heavily: calm trust is 80, and any detection (score
+    // ≥ 40, behaviour ≤ 60) takes it to 73 or less, so the identity steps up; suspension at
+    // 90. Horizons shrunk to seconds so a test can make a history and a spike:
     // the short horizon is 3 s, the baseline 3 min.
     let broker = BrokerProcess::start_with_env(
         dir,
@@ -123,7 +134,13 @@ jwt = {{ audience = "spike" }}
 name = "vault-token"
 kind = "vault"
 max_ttl = "10m"
+eci_targets = ["role:vault-admin"]
 vault = {{ token = {{ policies = ["default"] }} }}
+[eci]
+graph = "graph.json"
+[trust]
+weights = {{ posture = 10, attestation = 10, behaviour = 40, location = 15, time = 10, network = 10 }}
+min_trust_base = 50.0
 [vault]
 address = "{addr}"
 token_file = "vault.token"
@@ -136,8 +153,8 @@ cold_start_rate_per_minute = 600.0
 short_minutes = 0.05
 baseline_hours = 0.05
 [anomaly.responses]
-reduce_at = 50
-step_up_at = 60
+reduce_at = 60
+step_up_at = 100
 alert_at = 50
 suspend_at = 90
 [anomaly.webhook]
@@ -179,13 +196,17 @@ secret_file = "webhook.secret"
     let calm = issue(&broker, &node, vault.clone()).await;
     assert_eq!(calm.status, 200, "{}", calm.text);
 
-    // The spike, in small bursts, until the Vault token is held for approval.
+    // The spike, in small steps, until the Vault token is held for approval.
     let mut held = None;
-    for _ in 0..60 {
-        burst(&broker, &node, &spike).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut last = String::new();
+    for _ in 0..150 {
+        for _ in 0..3 {
+            issue(&broker, &node, spike.clone()).await;
+        }
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let r = issue(&broker, &node, vault.clone()).await;
         assert_ne!(r.status, 403, "suspended before a step-up: {}", r.text);
+        last = r.text.clone();
         if r.status == 202 {
             held = Some(r);
             break;
@@ -194,7 +215,7 @@ secret_file = "webhook.secret"
     let Some(held) = held else {
         let out = broker.cli(&["anomalies"]);
         panic!(
-            "the spike never lowered trust enough to step up; detections:\n{}\nbroker log:\n{}",
+            "the spike never lowered trust enough to step up; last answer {last}; detections:\n{}\nbroker log:\n{}",
             String::from_utf8_lossy(&out.stdout),
             std::fs::read_to_string(broker.dir.path().join("broker.log")).unwrap_or_default()
         );
@@ -258,17 +279,15 @@ secret_file = "webhook.secret"
         again.text
     );
 
-    // The spike goes on: suspension, and the Vault token is revoked.
+    // The spike goes on, harder: suspension, and the Vault token is revoked.
     let mut suspended = false;
-    for _ in 0..200 {
-        suspended = burst(&broker, &node, &spike)
-            .await
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !suspended && std::time::Instant::now() < deadline {
+        let (a, b) = tokio::join!(burst(&broker, &node, &spike), burst(&broker, &node, &spike));
+        suspended = a
             .iter()
+            .chain(&b)
             .any(|(status, code)| *status == 403 && code == "suspended");
-        if suspended {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(suspended, "the spike never led to suspension");
     let mut revoked = false;

@@ -29,7 +29,7 @@ pub struct Analysis {
     analyzer: Analyzer,
     config: AnomalyConfig,
     watermark: i64,
-    last: HashMap<Subject, (i64, u8)>,
+    last: HashMap<Subject, (i64, u8, (u8, u8))>,
     pending: VecDeque<(Detection, String)>,
     alerts: Option<AlertSink>,
 }
@@ -158,15 +158,19 @@ impl Analysis {
         request_id: &str,
     ) -> Result<(), String> {
         let now = detection.time_ms;
-        if let Some((at, score)) = self.last.get(&detection.subject)
+        let response = self.config.responses.respond(detection);
+        let level = (u8::from(response.alert), rank(response.level));
+        // A repeat is recorded after REPEAT_MS, or when the score rose by
+        // RISE, or when it calls for a stronger response (never throttled).
+        if let Some((at, score, last_level)) = self.last.get(&detection.subject)
             && now - at < REPEAT_MS
             && detection.score < score.saturating_add(RISE)
+            && level <= *last_level
         {
             return Ok(());
         }
         self.last
-            .insert(detection.subject.clone(), (now, detection.score));
-        let response = self.config.responses.respond(detection);
+            .insert(detection.subject.clone(), (now, detection.score, level));
         let enforce = self.config.mode == AnomalyMode::Enforce;
         for (detector, _) in &detection.detectors {
             broker
@@ -271,6 +275,16 @@ impl Analysis {
             .map_err(|e| e.message.clone())?;
         }
         Ok(())
+    }
+}
+
+/// The strength of a response level.
+fn rank(level: &str) -> u8 {
+    match level {
+        "reduce" => 1,
+        "step_up" | "deny" => 2,
+        "suspend" => 3,
+        _ => 0,
     }
 }
 
