@@ -84,6 +84,9 @@ pub struct CaConfig {
     pub ca_ttl: Dur,
     /// Node and broker SVID lifetime (also the rotation overlap). Default 1 hour.
     pub svid_ttl: Dur,
+    /// Where the CA's keys and state live. Default `<data_dir>/ca`; replicas
+    /// share one directory (they lock it to rotate and re-read it).
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for CaConfig {
@@ -91,6 +94,7 @@ impl Default for CaConfig {
         Self {
             ca_ttl: Dur(Duration::from_secs(7 * 86_400)),
             svid_ttl: Dur(Duration::from_secs(3600)),
+            dir: None,
         }
     }
 }
@@ -105,6 +109,9 @@ pub struct JwtConfig {
     pub max_ttl: Dur,
     /// How often the signing key is replaced. Default 24 hours.
     pub rotate_every: Dur,
+    /// Where the signing keys live. Default `<data_dir>/jwt`; replicas share
+    /// one directory (they lock it to rotate and re-read it).
+    pub dir: Option<PathBuf>,
 }
 
 impl Default for JwtConfig {
@@ -113,6 +120,7 @@ impl Default for JwtConfig {
             algorithm: JwtAlgorithm::Es256,
             max_ttl: Dur(Duration::from_secs(3600)),
             rotate_every: Dur(Duration::from_secs(86_400)),
+            dir: None,
         }
     }
 }
@@ -692,6 +700,22 @@ pub struct Config {
 }
 
 impl Config {
+    /// The CA directory (resolved at load).
+    pub fn ca_dir(&self) -> PathBuf {
+        self.ca
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca"))
+    }
+
+    /// The JWT key directory (resolved at load).
+    pub fn jwt_dir(&self) -> PathBuf {
+        self.jwt
+            .dir
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("jwt"))
+    }
+
     /// Reads and validates `file`.
     pub fn load(file: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
@@ -1067,8 +1091,24 @@ impl Config {
             store,
             issuer_url: raw.issuer_url.trim_end_matches('/').to_owned(),
             listen: raw.listen,
-            ca: raw.ca,
-            jwt: raw.jwt,
+            ca: CaConfig {
+                dir: Some(
+                    raw.ca
+                        .dir
+                        .as_deref()
+                        .map_or_else(|| data_dir.join("ca"), resolve),
+                ),
+                ..raw.ca
+            },
+            jwt: JwtConfig {
+                dir: Some(
+                    raw.jwt
+                        .dir
+                        .as_deref()
+                        .map_or_else(|| data_dir.join("jwt"), resolve),
+                ),
+                ..raw.jwt
+            },
             trust: raw.trust,
             signals: raw.signals,
             approvals: raw.approvals,

@@ -40,6 +40,40 @@ pub struct Dynamic {
     pub ci: crate::ci::CiRuntime,
 }
 
+/// Runs `f` holding an exclusive lock on `<dir>/.lock` (created with `dir`
+/// if missing): replicas sharing a key directory create, rotate and re-read
+/// it one at a time.
+pub fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+    }
+    let path = dir.join(".lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    lock.lock()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let result = f();
+    let _ = lock.unlock();
+    result
+}
+
+/// The JWT key settings of `config`.
+pub fn jwt_settings(config: &Config) -> JwtSettings {
+    JwtSettings {
+        algorithm: config.jwt.algorithm,
+        max_token_ttl: config.jwt.max_ttl.0,
+    }
+}
+
 /// Errors while starting or reloading.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -227,15 +261,21 @@ impl Broker {
             ca_ttl: config.ca.ca_ttl.0,
             max_svid_ttl: config.ca.svid_ttl.0,
         };
-        let mut ca = CertificateAuthority::load_or_create(
-            &config.data_dir.join("ca"),
-            config.trust_domain.clone(),
-            settings,
-            now,
-        )
+        // Replicas sharing the directory: one creates or advances it at a time.
+        let ca_dir = config.ca_dir();
+        let ca = with_dir_lock(&ca_dir, || {
+            let mut ca = CertificateAuthority::load_or_create(
+                &ca_dir,
+                config.trust_domain.clone(),
+                settings,
+                now,
+            )
+            .map_err(|e| e.to_string())?;
+            while ca.advance(now).map_err(|e| e.to_string())? {}
+            ca.prune(now).map_err(|e| e.to_string())?;
+            Ok(ca)
+        })
         .map_err(setup)?;
-        while ca.advance(now).map_err(setup)? {}
-        ca.prune(now).map_err(setup)?;
         let svid = ca
             .issue_server_svid(
                 &mintguard_certs::id::broker_id(&config.trust_domain),
@@ -245,13 +285,10 @@ impl Broker {
             )
             .map_err(setup)?;
         write_bundle(&config.data_dir, &ca, now)?;
-        let jwt = JwtKeySet::load_or_create(
-            &config.data_dir.join("jwt"),
-            JwtSettings {
-                algorithm: config.jwt.algorithm,
-                max_token_ttl: config.jwt.max_ttl.0,
-            },
-        )
+        let jwt_dir = config.jwt_dir();
+        let jwt = with_dir_lock(&jwt_dir, || {
+            JwtKeySet::load_or_create(&jwt_dir, jwt_settings(&config)).map_err(|e| e.to_string())
+        })
         .map_err(setup)?;
         let signing_key = config
             .log

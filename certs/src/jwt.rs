@@ -350,6 +350,9 @@ pub struct RetiredKey {
 struct ActiveState {
     kid: String,
     alg: JwtAlgorithm,
+    /// When it became active (absent in sets written before it was kept).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    activated_at: Option<OffsetDateTime>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -364,6 +367,7 @@ struct State {
 pub struct JwtKeySet {
     settings: JwtSettings,
     active: SigningKey,
+    active_since: OffsetDateTime,
     retired: Vec<RetiredKey>,
     dir: Option<PathBuf>,
 }
@@ -374,6 +378,7 @@ impl JwtKeySet {
         Ok(Self {
             settings,
             active: SigningKey::generate(settings.algorithm)?,
+            active_since: OffsetDateTime::now_utc(),
             retired: Vec::new(),
             dir: None,
         })
@@ -420,6 +425,11 @@ impl JwtKeySet {
         Ok(Self {
             settings,
             active,
+            // A set written before activation times were kept counts from now.
+            active_since: state
+                .active
+                .activated_at
+                .unwrap_or_else(OffsetDateTime::now_utc),
             retired: state.retired,
             dir: Some(dir.to_path_buf()),
         })
@@ -442,6 +452,23 @@ impl JwtKeySet {
     /// The settings.
     pub fn settings(&self) -> JwtSettings {
         self.settings
+    }
+
+    /// When the active key became active.
+    pub fn active_since(&self) -> OffsetDateTime {
+        self.active_since
+    }
+
+    /// Rotates if the active key has been active for `every` or longer (so
+    /// replicas sharing the key directory rotate once between them);
+    /// whether it rotated.
+    pub fn rotate_if_due(&mut self, now: OffsetDateTime, every: Duration) -> Result<bool> {
+        let every = time::Duration::try_from(every).unwrap_or(time::Duration::MAX);
+        if now - self.active_since < every {
+            return Ok(false);
+        }
+        self.rotate(now)?;
+        Ok(true)
     }
 
     /// Signs `claims` with the active key, refusing a token that expires more
@@ -477,6 +504,7 @@ impl JwtKeySet {
         let next = SigningKey::generate(self.settings.algorithm)?;
         self.write_key(&next)?;
         let old = std::mem::replace(&mut self.active, next);
+        self.active_since = now;
         let ttl = time::Duration::seconds(
             i64::try_from(self.settings.max_token_ttl.as_secs()).unwrap_or(i64::MAX / 2),
         );
@@ -508,6 +536,7 @@ impl JwtKeySet {
             active: ActiveState {
                 kid: self.active.kid().to_owned(),
                 alg: self.active.alg,
+                activated_at: Some(self.active_since),
             },
             retired: self.retired.clone(),
         };
@@ -596,6 +625,27 @@ mod tests {
             set.sign(&too_long, now),
             Err(CertsError::InvalidTtl(_))
         ));
+    }
+
+    #[test]
+    fn rotation_is_due_by_the_persisted_activation_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = JwtSettings::default();
+        let t0 = OffsetDateTime::now_utc();
+        let mut a = JwtKeySet::create(dir.path(), settings).unwrap();
+        let every = Duration::from_secs(3600);
+        assert!(!a.rotate_if_due(t0, every).unwrap());
+        let later = t0 + time::Duration::hours(2);
+        assert!(a.rotate_if_due(later, every).unwrap());
+        // A replica reading the same directory sees the rotation and does
+        // not rotate again.
+        let mut b = JwtKeySet::load(dir.path(), settings).unwrap();
+        assert_eq!(b.active().kid(), a.active().kid());
+        assert_eq!(b.active_since(), later);
+        assert!(
+            !b.rotate_if_due(later + time::Duration::minutes(5), every)
+                .unwrap()
+        );
     }
 
     #[test]

@@ -146,15 +146,30 @@ fn renew_identity(
 ) -> Result<(), String> {
     let config = broker.config();
     let now = time::OffsetDateTime::now_utc();
+    // Prepare the next CA at half-life (published in the bundle agents fetch
+    // on renewal), activate it at three quarters — re-reading the directory
+    // under its lock, so replicas sharing it advance it once and all follow.
+    let ca_dir = config.ca_dir();
+    let fresh = crate::state::with_dir_lock(&ca_dir, || {
+        let mut ca = mintguard_certs::ca::CertificateAuthority::load(
+            &ca_dir,
+            config.trust_domain.clone(),
+            mintguard_certs::ca::CaSettings {
+                ca_ttl: config.ca.ca_ttl.0,
+                max_svid_ttl: config.ca.svid_ttl.0,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        ca.advance(now).map_err(|e| e.to_string())?;
+        ca.prune(now).map_err(|e| e.to_string())?;
+        Ok(ca)
+    })?;
     let (svid, bundle) = {
         let mut ca = broker
             .ca
             .write()
             .map_err(|_| "CA lock poisoned".to_owned())?;
-        // Prepare the next CA at half-life (published in the bundle agents
-        // fetch on renewal), activate it at three quarters.
-        ca.advance(now).map_err(|e| e.to_string())?;
-        ca.prune(now).map_err(|e| e.to_string())?;
+        *ca = fresh;
         let svid = ca
             .issue_server_svid(
                 &mintguard_certs::id::broker_id(&config.trust_domain),
@@ -186,20 +201,49 @@ fn renew_identity(
 /// Replaces the JWT signing key every `every`; retired public keys stay in
 /// the JWKS until every token they signed has expired.
 async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    // Checked often, rotated when the active key (as persisted) is due: a
+    // replica sharing the directory that rotated first is followed, not
+    // repeated.
+    let check = (every / 4).clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + check, check);
     loop {
         tick.tick().await;
-        let result = broker
-            .jwt
-            .write()
-            .map_err(|_| "JWT key lock poisoned".to_owned())
-            .and_then(|mut keys| {
-                keys.rotate(time::OffsetDateTime::now_utc())
-                    .map_err(|e| e.to_string())
-            });
+        let config = broker.config();
+        let dir = config.jwt_dir();
+        let settings = crate::state::jwt_settings(&config);
+        let result = tokio::task::spawn_blocking(move || {
+            crate::state::with_dir_lock(&dir, || {
+                let mut keys = mintguard_certs::jwt::JwtKeySet::load(&dir, settings)
+                    .map_err(|e| e.to_string())?;
+                let rotated = keys
+                    .rotate_if_due(time::OffsetDateTime::now_utc(), every)
+                    .map_err(|e| e.to_string())?;
+                Ok((keys, rotated))
+            })
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
         match result {
-            Ok(()) => tracing::info!("JWT signing key rotated"),
-            Err(e) => tracing::error!(%e, "JWT key rotation failed; the current key stays active"),
+            Ok((keys, rotated)) => {
+                let changed = broker
+                    .jwt
+                    .read()
+                    .map(|k| k.active().kid() != keys.active().kid())
+                    .unwrap_or(true);
+                if let Ok(mut current) = broker.jwt.write() {
+                    *current = keys;
+                }
+                if rotated {
+                    tracing::info!("JWT signing key rotated");
+                } else if changed {
+                    tracing::info!("JWT signing key rotated by a replica; following");
+                }
+            }
+            Err(e) => tracing::error!(%e, "JWT key check failed; the current key stays active"),
         }
     }
 }

@@ -1,0 +1,217 @@
+//! Two real broker processes on one PostgreSQL (a fresh database on the
+//! peer from tests/peers.sh), sharing the CA and JWT key directories and the
+//! log-signing key file: a budget is exact across both, a join token enrolls
+//! once, a suspension through one is enforced by the other, a JWT from one
+//! verifies against the other's JWKS, and the one log verifies.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use serde_json::{Value, json};
+
+const POLICY: &str = r#"
+@id("api-may-get-ha-tokens")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ha-token");
+"#;
+
+fn replica(
+    store: &str,
+    shared: &std::path::Path,
+    signing_key: Option<&std::path::Path>,
+) -> BrokerProcess {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ha.cedar"), POLICY).unwrap();
+    if let Some(key) = signing_key {
+        // The log-signing key is a file every replica reads (never in the database).
+        std::fs::create_dir_all(dir.path().join("data")).unwrap();
+        write_private(
+            &dir.path().join("data/log-signing.key"),
+            &std::fs::read_to_string(key).unwrap(),
+        );
+    }
+    BrokerProcess::start_with(
+        dir,
+        &format!("store = \"{store}\""),
+        &format!(
+            r#"
+[[grants]]
+name = "ha-token"
+kind = "jwt"
+max_ttl = "10m"
+jwt = {{ audience = "ha" }}
+budget = {{ amount = 100, per = "never", base = 1, per_5min = 0, eci_factor = 0.0 }}
+[ca]
+dir = "{ca}"
+[jwt]
+dir = "{jwt}"
+[limits]
+per_node_per_second = 100000
+per_identity_per_second = 100000
+[anomaly]
+enabled = false
+"#,
+            ca = shared.join("ca").display(),
+            jwt = shared.join("jwt").display(),
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_brokers_on_one_postgres_agree() {
+    let store = fresh_postgres_database("mg_ha").await;
+    let shared = tempfile::tempdir().unwrap();
+    let a = replica(&store, shared.path(), None);
+    let b = replica(
+        &store,
+        shared.path(),
+        Some(&a.data().join("log-signing.key")),
+    );
+    assert_eq!(
+        std::fs::read_to_string(a.data().join("bundle.pem")).unwrap(),
+        std::fs::read_to_string(b.data().join("bundle.pem")).unwrap(),
+        "the replicas serve different trust bundles"
+    );
+
+    // One join token presented to both at once: exactly one enrollment.
+    let token = a.cli_json(&["token", "create", "--node", "node-1"]);
+    let token = token["token"].as_str().unwrap();
+    let key_a = mintguard_certs::svid::generate_key().unwrap();
+    let key_b = mintguard_certs::svid::generate_key().unwrap();
+    let enroll = |broker: &BrokerProcess, key: &mintguard_certs::svid::PrivateKey| {
+        let body =
+            json!({"join_token": token, "csr": mintguard_certs::svid::csr_pem(key).unwrap()});
+        let (addr, bundle) = (broker.addr("public"), broker.bundle());
+        async move { post_json(&addr, &bundle, None, "/v1/node/enroll", &body).await }
+    };
+    let (ra, rb) = tokio::join!(enroll(&a, &key_a), enroll(&b, &key_b));
+    let mut statuses = [ra.status, rb.status];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 401], "{} / {}", ra.text, rb.text);
+    let (winner, key) = if ra.status == 200 {
+        (&ra, &key_a)
+    } else {
+        (&rb, &key_b)
+    };
+    let node = mintguard_certs::svid::X509Svid::from_pem(
+        winner.body["svid_pem"].as_str().unwrap(),
+        &key.to_pem(),
+    )
+    .unwrap();
+    let out = a.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:uid:1000",
+        "--grant",
+        "ha-token",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A JWT minted by A verifies against the JWKS B serves.
+    let minted = issue(&a, &node, json!({"grant": "ha-token", "ttl_seconds": 300})).await;
+    assert_eq!(minted.status, 200, "{}", minted.text);
+    let token = minted.body["credential"]["token"].as_str().unwrap();
+    let jwks = https(
+        &b.addr("public"),
+        &b.bundle(),
+        None,
+        "GET",
+        "/.well-known/jwks.json",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.body).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let key =
+        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
+            .unwrap();
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&["ha"]);
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], API);
+
+    // 1,000 concurrent requests split across both against the 99 tokens
+    // left of a budget of 100 that never refills: exactly 99 issued.
+    let node = Arc::new(node);
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..1000 {
+        let broker = if i % 2 == 0 { &a } else { &b };
+        let (addr, bundle, node) = (broker.addr("agents"), broker.bundle(), node.clone());
+        tasks.spawn(async move {
+            let reply = post_json(
+                &addr,
+                &bundle,
+                Some(&node),
+                "/v1/issue",
+                &json!({"selectors": SELECTORS, "request": {"grant": "ha-token", "ttl_seconds": 300}}),
+            )
+            .await;
+            (reply.status, reply.body["error"]["code"].as_str().map(str::to_owned))
+        });
+    }
+    let (mut issued, mut exhausted, mut other) = (0, 0, Vec::new());
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            (200, _) => issued += 1,
+            (429, Some(code)) if code == "budget_exhausted" => exhausted += 1,
+            unexpected => other.push(unexpected),
+        }
+    }
+    assert_eq!(
+        (issued, exhausted),
+        (99, 901),
+        "unexpected answers: {other:?}"
+    );
+    // The log agrees: 100 issuances of ha-token in all, the rest refused.
+    let out = b.cli(&["logs", "--json", "--grant", "ha-token"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let allowed = records.iter().filter(|r| r["outcome"] == "allow").count();
+    assert_eq!(allowed, 100);
+    assert_eq!(records.len(), 1001);
+
+    // A suspension written through A is enforced by B's next request.
+    let out = a.cli(&["suspend", API, "--reason", "incident"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = issue(&b, &node, json!({"grant": "ha-token"})).await;
+    assert_eq!(
+        (refused.status, refused.body["error"]["code"].as_str()),
+        (403, Some("suspended")),
+        "{}",
+        refused.text
+    );
+
+    // One chain, written by both, verifies from either.
+    for broker in [&a, &b] {
+        let verify = broker.cli(&["logs", "verify"]);
+        assert!(
+            verify.status.success(),
+            "{}",
+            String::from_utf8_lossy(&verify.stdout)
+        );
+    }
+}
