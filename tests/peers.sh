@@ -6,7 +6,8 @@
 #   tests/peers.sh install         install (or check) what the peers need, then exit
 #
 # Peers and the variables they export:
-#   PostgreSQL 15          MINTGUARD_PG_URL (scram-sha-256, a random password)
+#   PostgreSQL 15          MINTGUARD_PG_URL (scram-sha-256, a random password),
+#                          MINTGUARD_PG_CTL (stop|start, for outage tests)
 #   OpenBao dev server     VAULT_ADDR, VAULT_TOKEN (also BAO_ADDR, BAO_TOKEN)
 #   moto, plain mode       MINTGUARD_STS_ENDPOINT
 #   moto, SigV4-auth mode  MINTGUARD_STS_AUTH_ENDPOINT, MINTGUARD_STS_AUTH_ACCESS_KEY_ID,
@@ -106,10 +107,21 @@ start_postgres() {
     runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust \
         --auth-host=scram-sha-256 --pwfile="$WORK/pwfile" --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
     rm -f "$WORK/pwfile"
-    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pgsock/pg.log" -w \
-        -o "-c listen_addresses=127.0.0.1 -p $port -k $WORK/pgsock -c max_connections=200" start >/dev/null
+    local opts="-c listen_addresses=127.0.0.1 -p $port -k $WORK/pgsock -c max_connections=200"
+    runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pgsock/pg.log" -w -o "$opts" start >/dev/null
     PG_STARTED=1
     export MINTGUARD_PG_URL="postgres://postgres:$pass@127.0.0.1:$port/postgres"
+    # Outage tests stop and start this server: $MINTGUARD_PG_CTL stop|start.
+    cat >"$WORK/pg-ctl" <<EOF
+#!/usr/bin/env bash
+case "\$1" in
+    stop) exec runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -m fast -w stop ;;
+    start) exec runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pgsock/pg.log" -w -o "$opts" start ;;
+    *) echo "usage: pg-ctl stop|start" >&2; exit 2 ;;
+esac
+EOF
+    chmod 755 "$WORK/pg-ctl"
+    export MINTGUARD_PG_CTL="$WORK/pg-ctl"
     log "PostgreSQL on 127.0.0.1:$port"
 }
 
