@@ -17,6 +17,9 @@ const POLICY: &str = r#"
 @id("api-may-get-ha-tokens")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ha-token");
+@id("api-may-get-ha-open")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ha-open");
 "#;
 
 fn replica(
@@ -55,6 +58,11 @@ per_node_per_second = 100000
 per_identity_per_second = 100000
 [anomaly]
 enabled = false
+[[grants]]
+name = "ha-open"
+kind = "jwt"
+max_ttl = "10m"
+jwt = {{ audience = "ha" }}
 "#,
             ca = shared.join("ca").display(),
             jwt = shared.join("jwt").display(),
@@ -214,4 +222,104 @@ async fn two_brokers_on_one_postgres_agree() {
             String::from_utf8_lossy(&verify.stdout)
         );
     }
+}
+
+/// kill -9 one replica under load: every credential a client received
+/// (from either) has its record, and the shared log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_one_replica_under_load_loses_no_record() {
+    let store = fresh_postgres_database("mg_ha_kill").await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = replica(&store, shared.path(), None);
+    let b = replica(
+        &store,
+        shared.path(),
+        Some(&a.data().join("log-signing.key")),
+    );
+    let node = Arc::new(enrolled_node(&a, "node-1").await);
+    let out = a.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:uid:1000",
+        "--grant",
+        "ha-open",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for broker in [&a, &b, &a, &b] {
+        let (addr, bundle, node) = (broker.addr("agents"), broker.bundle(), node.clone());
+        let (received, stop) = (received.clone(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // A killed replica refuses connections: those requests fail,
+                // the client carries on.
+                let Ok(reply) = https(
+                    &addr,
+                    &bundle,
+                    Some(&node),
+                    "POST",
+                    "/v1/issue",
+                    &[("content-type", "application/json")],
+                    json!({"selectors": SELECTORS, "request": {"grant": "ha-open", "ttl_seconds": 60}})
+                        .to_string()
+                        .into_bytes(),
+                )
+                .await
+                else {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                };
+                if reply.status == 200 {
+                    let id = reply.body["decision"]["request_id"].as_str().unwrap().to_owned();
+                    received.lock().unwrap().push(id);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    a.child.kill().unwrap(); // SIGKILL
+    let _ = a.child.wait();
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for c in clients {
+        c.await.unwrap();
+    }
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() > 20, "too little load: {}", received.len());
+
+    let out = b.cli(&["logs", "--json", "--grant", "ha-open"]);
+    let logged: std::collections::HashMap<String, usize> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "decision" && r["outcome"] == "allow")
+        .fold(Default::default(), |mut m, r| {
+            *m.entry(r["request_id"].as_str().unwrap().to_owned())
+                .or_default() += 1;
+            m
+        });
+    for id in &received {
+        assert_eq!(
+            logged.get(id),
+            Some(&1),
+            "credential {id} without exactly one record"
+        );
+    }
+    let verify = b.cli(&["logs", "verify"]);
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
 }
