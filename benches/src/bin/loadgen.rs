@@ -12,6 +12,10 @@
 //!
 //! `--compare-analysis R` runs R interleaved rounds with anomaly analysis off
 //! and on (observe mode) and compares the median throughputs.
+//! `--store postgres://… [--replicas N]` runs N brokers (in this process,
+//! sharing the CA and JWT keys) on one PostgreSQL, clients spread over them;
+//! `--compare-stores postgres://…/postgres` runs one SQLite broker, one
+//! PostgreSQL broker and two PostgreSQL brokers in one run, on fresh databases.
 //!
 //! With `--vault`, the grant is a Vault child token from the OpenBao at
 //! `VAULT_ADDR`, and the same load then goes to that OpenBao's
@@ -161,6 +165,43 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[i.min(sorted.len() - 1)]
 }
 
+/// A string argument.
+fn arg_str(name: &str) -> Option<String> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1))
+        .cloned()
+}
+
+/// Where the brokers of a run keep their state, and how many there are.
+#[derive(Clone)]
+struct Stores {
+    /// `None`: SQLite in the data dir; else a PostgreSQL URL.
+    url: Option<String>,
+    /// Broker replicas (in this process, sharing the CA and JWT keys).
+    replicas: usize,
+}
+
+/// A fresh database on the PostgreSQL server of `base` (a URL).
+async fn fresh_database(base: &str, name: &str) -> String {
+    let (client, conn) = tokio_postgres::connect(base, tokio_postgres::NoTls)
+        .await
+        .expect("connect to PostgreSQL");
+    tokio::spawn(conn);
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name}"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        client
+            .batch_execute(&sql)
+            .await
+            .expect("create the bench database");
+    }
+    let (prefix, _) = base.rsplit_once('/').expect("a database in the URL");
+    format!("{prefix}/{name}")
+}
+
 fn main() {
     let clients = arg("--clients", 32);
     let requests = arg("--requests", 20_000);
@@ -169,8 +210,31 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    if let Some(base) = arg_str("--compare-stores") {
+        // One SQLite broker, one PostgreSQL broker, two PostgreSQL brokers:
+        // same machine, same run, fresh databases.
+        let mut lines = Vec::new();
+        for (label, url, replicas) in [
+            ("1 broker, SQLite", None, 1),
+            ("1 broker, PostgreSQL", Some("mg_bench_one"), 1),
+            ("2 brokers, one PostgreSQL", Some("mg_bench_two"), 2),
+        ] {
+            let url = url.map(|db| runtime.block_on(fresh_database(&base, db)));
+            let stores = Stores { url, replicas };
+            let (rate, line) = runtime.block_on(run(clients, requests, Analysis::Off, stores));
+            lines.push(format!("{label}: {rate:.0}/s — {line}"));
+        }
+        for line in lines {
+            println!("{line}");
+        }
+        return;
+    }
+    let stores = Stores {
+        url: arg_str("--store"),
+        replicas: arg("--replicas", 1),
+    };
     if rounds == 0 {
-        runtime.block_on(run(clients, requests, Analysis::Default));
+        runtime.block_on(run(clients, requests, Analysis::Default, stores));
         return;
     }
     // Interleaved runs, each on a fresh broker: analysis off, then on (in
@@ -184,7 +248,7 @@ fn main() {
             [Analysis::Observe, Analysis::Off]
         };
         for mode in order {
-            let rate = runtime.block_on(run(clients, requests, mode));
+            let (rate, _) = runtime.block_on(run(clients, requests, mode, stores.clone()));
             match mode {
                 Analysis::Off => off.push(rate),
                 _ => on.push(rate),
@@ -213,7 +277,7 @@ enum Analysis {
     Observe,
 }
 
-async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
+async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores) -> (f64, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
@@ -223,7 +287,19 @@ async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
             std::env::var("VAULT_TOKEN").expect("--vault needs VAULT_TOKEN (tests/peers.sh)"),
         )
     });
-    let mut config = CONFIG.to_owned();
+    let mut config = match &stores.url {
+        Some(url) => format!("store = \"{url}\"\n{CONFIG}"),
+        None => CONFIG.to_owned(),
+    };
+    assert!(
+        stores.replicas == 1 || stores.url.is_some(),
+        "--replicas needs --store postgres://…"
+    );
+    // Replicas share one CA and one JWT key directory.
+    config.push_str(&format!(
+        "[ca]\ndir = \"{0}/shared/ca\"\n[jwt]\ndir = \"{0}/shared/jwt\"\n",
+        dir.path().display()
+    ));
     match analysis {
         Analysis::Default => {}
         Analysis::Off => config.push_str("[anomaly]\nenabled = false\n"),
@@ -238,12 +314,41 @@ async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
     } else {
         "payments-token"
     };
-    std::fs::write(dir.path().join("broker.toml"), config).unwrap();
-    let config = Config::load(&dir.path().join("broker.toml")).unwrap();
-    let broker = Broker::start(config).await.unwrap();
+    std::fs::write(dir.path().join("broker.toml"), &config).unwrap();
+    let first = Config::load(&dir.path().join("broker.toml")).unwrap();
+    let broker = Broker::start(first).await.unwrap();
     let bound = mintguard_broker::routes::serve(broker.clone())
         .await
         .unwrap();
+    let mut agents_addrs = vec![bound.agents.to_string()];
+    let mut replicas = Vec::new();
+    for r in 1..stores.replicas {
+        // Each replica: its own data dir, the shared keys, the same
+        // log-signing key file.
+        let root = dir.path().join(format!("replica-{r}"));
+        std::fs::create_dir_all(root.join("data")).unwrap();
+        std::fs::copy(
+            dir.path().join("data/log-signing.key"),
+            root.join("data/log-signing.key"),
+        )
+        .unwrap();
+        std::fs::write(
+            root.join("broker.toml"),
+            config.replace(
+                "cedar = \"policies\"",
+                &format!("cedar = \"{}/policies\"", dir.path().display()),
+            ),
+        )
+        .unwrap();
+        let replica = Broker::start(Config::load(&root.join("broker.toml")).unwrap())
+            .await
+            .unwrap();
+        let bound = mintguard_broker::routes::serve(replica.clone())
+            .await
+            .unwrap();
+        agents_addrs.push(bound.agents.to_string());
+        replicas.push(replica);
+    }
     let td = id::parse_trust_domain("example.org").unwrap();
     let bundle = TrustBundle::from_pem(
         td.clone(),
@@ -285,18 +390,24 @@ async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
     let issue = format!(
         r#"{{"selectors":["unix:uid:1000","unix:gid:1000","unix:sha256:0a1b"],"request":{{"grant":"{grant}","ttl_seconds":300}}}}"#
     );
-    let agents = bound.agents.to_string();
+    let agents = Arc::new(agents_addrs);
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
 
     // Warm-up, then the measured run.
     let issue = Arc::new(issue);
     let mut via_broker = 0.0;
+    let mut last_line = String::new();
     for (label, n) in [("warm-up", requests / 10), ("measured", requests)] {
         let (agents, connector, issue) = (agents.clone(), connector.clone(), issue.clone());
+        let next = next.clone();
         let (rate, line) = measure(clients, n, move || {
-            let (agents, connector, issue) = (agents.clone(), connector.clone(), issue.clone());
+            let (connector, issue) = (connector.clone(), issue.clone());
+            // Clients are spread over the replicas round-robin.
+            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let addr = agents[i % agents.len()].clone();
             async move {
                 // One client's connection, used by that client alone.
-                let sender = Arc::new(tokio::sync::Mutex::new(connect(&agents, &connector).await));
+                let sender = Arc::new(tokio::sync::Mutex::new(connect(&addr, &connector).await));
                 move || {
                     let (issue, sender) = (issue.clone(), sender.clone());
                     async move { post(&mut *sender.lock().await, "/v1/issue", &issue).await.0 }
@@ -305,6 +416,7 @@ async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
         })
         .await;
         if label == "measured" {
+            last_line = line.clone();
             let note = match analysis {
                 Analysis::Default => "",
                 Analysis::Off => " (analysis off)",
@@ -360,9 +472,16 @@ async fn run(clients: usize, requests: usize, analysis: Analysis) -> f64 {
         }
     }
     let (seq, _) = broker.store.head().await.unwrap();
-    println!(
-        "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",
-        mintguard_broker::store::sqlite::MAX_BATCH
-    );
-    via_broker
+    match &stores.url {
+        None => println!(
+            "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",
+            mintguard_broker::store::sqlite::MAX_BATCH
+        ),
+        Some(_) => println!(
+            "store: PostgreSQL, {} replica(s) appending to one chain; {seq} records written",
+            stores.replicas
+        ),
+    }
+    drop(replicas);
+    (via_broker, last_line)
 }
