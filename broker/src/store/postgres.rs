@@ -8,6 +8,8 @@
 //! join tokens are consumed by a conditional update; reads and other writes
 //! are single statements through a connection pool.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot};
@@ -146,6 +148,9 @@ struct Job {
 async fn append_one(
     tx: &tokio_postgres::Transaction<'_>,
     head: &mut (i64, String),
+    statements: &Statements,
+    known_rule_sets: &mut HashSet<String>,
+    pipelined_savepoint: bool,
     append: Append,
     mut body_jcs: String,
 ) -> Result<Appended> {
@@ -175,57 +180,79 @@ async fn append_one(
         mark_budget_exhausted(&mut entry);
         body_jcs = crate::log::canonical_body(&entry.body);
     }
-    if let Some((hash, body)) = &rule_set {
-        let body: &str = body;
+    // The rule set (unless this writer committed it before), the lease and
+    // the record go out pipelined: one round trip, executed in order.
+    let rule_set = rule_set.filter(|(hash, _)| !known_rule_sets.contains(hash.as_str()));
+    let rule_set_insert = async {
+        if let Some((hash, body)) = &rule_set {
+            let body: &str = body;
+            tx.execute(&statements.rule_set, &[hash, &body])
+                .await
+                .map_err(map_pg)?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    let lease_insert = async {
+        if spent && let Some(l) = &lease {
+            tx.execute(
+                &statements.lease,
+                &[
+                    &l.id,
+                    &l.request_id,
+                    &l.identity,
+                    &l.grant,
+                    &l.node,
+                    &l.kind,
+                    &l.revocation,
+                    &l.issued_at_ms,
+                    &l.expires_at_ms,
+                    &l.revoked_at_ms,
+                    &l.task_ended_at_ms,
+                ],
+            )
+            .await
+            .map_err(map_pg)?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    let record = LogRecord::seal_canonical(head.0 + 1, entry, &body_jcs, head.1.clone());
+    let e = &record.entry;
+    let log_insert = async {
         tx.execute(
-            "INSERT INTO rule_sets(hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING",
-            &[hash, &body],
-        )
-        .await
-        .map_err(map_pg)?;
-    }
-    if spent && let Some(l) = &lease {
-        tx.execute(
-            "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
-                                revoked_at_ms, task_ended_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+            &statements.log,
             &[
-                &l.id,
-                &l.request_id,
-                &l.identity,
-                &l.grant,
-                &l.node,
-                &l.kind,
-                &l.revocation,
-                &l.issued_at_ms,
-                &l.expires_at_ms,
-                &l.revoked_at_ms,
-                &l.task_ended_at_ms,
+                &record.seq,
+                &e.time_ms,
+                &e.kind.as_str(),
+                &e.request_id,
+                &e.identity,
+                &e.grant,
+                &e.node,
+                &e.outcome,
+                &body_jcs,
+                &record.prev_hash,
+                &record.hash,
             ],
         )
         .await
-        .map_err(map_pg)?;
+        .map_err(map_pg)
+    };
+    let savepoint = |sql: &'static str| async move {
+        if pipelined_savepoint {
+            tx.batch_execute(sql).await.map_err(map_pg)?;
+        }
+        Ok::<(), StoreError>(())
+    };
+    tokio::try_join!(
+        savepoint("SAVEPOINT job"),
+        rule_set_insert,
+        lease_insert,
+        log_insert,
+        savepoint("RELEASE SAVEPOINT job")
+    )?;
+    if let Some((hash, _)) = rule_set {
+        known_rule_sets.insert(hash);
     }
-    let record = LogRecord::seal_canonical(head.0 + 1, entry, &body_jcs, head.1.clone());
-    let e = &record.entry;
-    tx.execute(
-        "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
-        &[
-            &record.seq,
-            &e.time_ms,
-            &e.kind.as_str(),
-            &e.request_id,
-            &e.identity,
-            &e.grant,
-            &e.node,
-            &e.outcome,
-            &body_jcs,
-            &record.prev_hash,
-            &record.hash,
-        ],
-    )
-    .await
-    .map_err(map_pg)?;
     *head = (record.seq, record.hash.clone());
     Ok(Appended {
         seq: record.seq,
@@ -234,8 +261,45 @@ async fn append_one(
     })
 }
 
+/// The writer's inserts, prepared once per connection, so a job's statements
+/// go out pipelined (one round trip) and execute in the order sent.
+struct Statements {
+    rule_set: tokio_postgres::Statement,
+    lease: tokio_postgres::Statement,
+    log: tokio_postgres::Statement,
+}
+
+impl Statements {
+    async fn prepare(client: &Client) -> std::result::Result<Self, tokio_postgres::Error> {
+        Ok(Self {
+            rule_set: client
+                .prepare("INSERT INTO rule_sets(hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING")
+                .await?,
+            lease: client
+                .prepare(
+                    "INSERT INTO leases(id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms,
+                                        revoked_at_ms, task_ended_at_ms) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                )
+                .await?,
+            log: client
+                .prepare(
+                    "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                )
+                .await?,
+        })
+    }
+}
+
 /// Runs one batch: lock the head, append each job in its own savepoint, commit.
-async fn run_batch(client: &mut Client, batch: Vec<Job>) {
+async fn run_batch(
+    client: &mut Client,
+    statements: &Statements,
+    batch: Vec<Job>,
+    rule_sets: &mut HashSet<String>,
+) {
+    // Rule sets this batch stores join the committed set only if it commits.
+    let mut known = rule_sets.clone();
     let tx = match client.transaction().await {
         Ok(tx) => tx,
         Err(e) => {
@@ -263,13 +327,31 @@ async fn run_batch(client: &mut Client, batch: Vec<Job>) {
     let mut results = Vec::with_capacity(batch.len());
     for job in batch {
         let saved = head.clone();
+        let known_before = known.clone();
+        // A job without spends opens and releases its savepoint in the same
+        // pipeline as its inserts; one with spends opens it first.
+        let pipelined = job.append.spend.is_empty();
         let result = async {
-            tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;
-            match append_one(&tx, &mut head, job.append, job.body_jcs).await {
+            if !pipelined {
+                tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;
+            }
+            match append_one(
+                &tx,
+                &mut head,
+                statements,
+                &mut known,
+                pipelined,
+                job.append,
+                job.body_jcs,
+            )
+            .await
+            {
                 Ok(appended) => {
-                    tx.batch_execute("RELEASE SAVEPOINT job")
-                        .await
-                        .map_err(map_pg)?;
+                    if !pipelined {
+                        tx.batch_execute("RELEASE SAVEPOINT job")
+                            .await
+                            .map_err(map_pg)?;
+                    }
                     Ok(appended)
                 }
                 Err(e) => {
@@ -283,6 +365,7 @@ async fn run_batch(client: &mut Client, batch: Vec<Job>) {
         .await;
         if result.is_err() {
             head = saved;
+            known = known_before;
         }
         results.push((job.done, result));
     }
@@ -296,6 +379,9 @@ async fn run_batch(client: &mut Client, batch: Vec<Job>) {
         tx.commit().await.map_err(map_pg)
     }
     .await;
+    if committed.is_ok() {
+        *rule_sets = known;
+    }
     for (done, result) in results {
         let _ = done.send(match &committed {
             Ok(()) => result,
@@ -333,7 +419,11 @@ impl PostgresStore {
         let (appends, mut rx) = mpsc::channel::<Job>(4096);
         let url = url.to_owned();
         tokio::spawn(async move {
-            let mut client = Some(client);
+            let mut client = match Statements::prepare(&client).await {
+                Ok(statements) => Some((client, statements)),
+                Err(_) => None,
+            };
+            let mut rule_sets = HashSet::new();
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
@@ -343,12 +433,15 @@ impl PostgresStore {
                     }
                 }
                 // Reconnect after a lost connection: the broker recovers by itself.
-                if client.as_ref().is_none_or(Client::is_closed) {
+                if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
                     client = match url.parse::<tokio_postgres::Config>() {
                         Ok(config) => match config.connect(NoTls).await {
                             Ok((c, conn)) => {
                                 tokio::spawn(conn);
-                                Some(c)
+                                match Statements::prepare(&c).await {
+                                    Ok(statements) => Some((c, statements)),
+                                    Err(_) => None,
+                                }
                             }
                             Err(_) => None,
                         },
@@ -356,7 +449,7 @@ impl PostgresStore {
                     };
                 }
                 match client.as_mut() {
-                    Some(c) => run_batch(c, batch).await,
+                    Some((c, statements)) => run_batch(c, statements, batch, &mut rule_sets).await,
                     None => {
                         for job in batch {
                             let _ = job.done.send(Err(unavailable("postgres is unreachable")));
