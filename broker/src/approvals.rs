@@ -154,15 +154,37 @@ pub fn view(a: &Approval, now_ms: i64) -> Value {
     })
 }
 
-/// An approver's verdict on a pending approval: approve (optionally capping
-/// the TTL) or reject with a reason. The requester cannot decide its own.
+/// An approver's verdict.
+pub enum Verdict {
+    /// Approve, optionally capping the credential's TTL.
+    Approve {
+        /// The cap, seconds.
+        ttl_seconds: Option<u64>,
+    },
+    /// Reject, with a reason.
+    Reject {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Verdict {
+    /// The admin action it is logged as.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Verdict::Approve { .. } => "approved",
+            Verdict::Reject { .. } => "rejected",
+        }
+    }
+}
+
+/// An approver's verdict on a pending approval. The requester cannot decide
+/// its own, nor anyone approve twice.
 pub async fn decide(
     broker: &Broker,
     id: &str,
     approver: &str,
-    approve: bool,
-    ttl_seconds: Option<u64>,
-    reason: Option<String>,
+    verdict: Verdict,
     now_ms: i64,
 ) -> Result<Approval, ApiError> {
     let mut a = broker
@@ -183,18 +205,20 @@ pub async fn decide(
             "an approver cannot approve their own request, nor approve twice",
         ));
     }
-    if approve {
-        a.approvers.push(approver.to_owned());
-        if let Some(ttl) = ttl_seconds {
-            a.approved_ttl_seconds = Some(a.approved_ttl_seconds.map_or(ttl, |t| t.min(ttl)));
+    a.approvers.push(approver.to_owned());
+    match verdict {
+        Verdict::Approve { ttl_seconds } => {
+            if let Some(ttl) = ttl_seconds {
+                a.approved_ttl_seconds = Some(a.approved_ttl_seconds.map_or(ttl, |t| t.min(ttl)));
+            }
+            if a.approvers.len() >= usize::try_from(a.approvals_needed).unwrap_or(1) {
+                a.state = "approved".into();
+            }
         }
-        if a.approvers.len() >= usize::try_from(a.approvals_needed).unwrap_or(1) {
-            a.state = "approved".into();
+        Verdict::Reject { reason } => {
+            a.state = "rejected".into();
+            a.reason = Some(reason);
         }
-    } else {
-        a.state = "rejected".into();
-        a.reason = reason;
-        a.approvers.push(approver.to_owned());
     }
     if !broker.store.update_approval(&a).await? {
         return Err(ApiError::new(

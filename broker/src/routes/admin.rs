@@ -689,27 +689,10 @@ async fn approve(
     Path(id): Path<String>,
     Json(req): Json<ApproveRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    op.require(Role::Approver)?;
-    let a = crate::approvals::decide(
-        &broker,
-        &id,
-        &format!("operator:{}", op.name),
-        true,
-        req.ttl_seconds,
-        None,
-        now_ms(),
-    )
-    .await?;
-    let view = crate::approvals::view(&a, now_ms());
-    admin_record(
-        &broker,
-        &op,
-        "approved",
-        Some(a.identity.clone()),
-        view.clone(),
-    )
-    .await?;
-    Ok(axum::Json(view))
+    let verdict = crate::approvals::Verdict::Approve {
+        ttl_seconds: req.ttl_seconds,
+    };
+    give_verdict(&broker, &op, &id, verdict).await
 }
 
 #[derive(Deserialize)]
@@ -731,25 +714,23 @@ async fn reject(
             "a rejection needs a reason (at most 1024 bytes)",
         ));
     }
-    let a = crate::approvals::decide(
-        &broker,
-        &id,
-        &format!("operator:{}", op.name),
-        false,
-        None,
-        Some(req.reason),
-        now_ms(),
-    )
-    .await?;
+    let verdict = crate::approvals::Verdict::Reject { reason: req.reason };
+    give_verdict(&broker, &op, &id, verdict).await
+}
+
+/// An approver's verdict, applied and logged.
+async fn give_verdict(
+    broker: &Broker,
+    op: &Operator,
+    id: &str,
+    verdict: crate::approvals::Verdict,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Approver)?;
+    let action = verdict.action();
+    let approver = format!("operator:{}", op.name);
+    let a = crate::approvals::decide(broker, id, &approver, verdict, now_ms()).await?;
     let view = crate::approvals::view(&a, now_ms());
-    admin_record(
-        &broker,
-        &op,
-        "rejected",
-        Some(a.identity.clone()),
-        view.clone(),
-    )
-    .await?;
+    admin_record(broker, op, action, Some(a.identity.clone()), view.clone()).await?;
     Ok(axum::Json(view))
 }
 
