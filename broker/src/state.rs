@@ -220,6 +220,8 @@ pub struct Broker {
     pub svid: ArcSwap<X509Svid>,
     /// JWT signing keys.
     pub jwt: RwLock<JwtKeySet>,
+    /// When the JWT key directory's state was last read (its mtime).
+    jwt_read_at: Mutex<Option<std::time::SystemTime>>,
     /// The Vault / OpenBao client, when `[vault]` is configured.
     pub vault: Option<Arc<crate::mint::vault::VaultClient>>,
     /// The STS client, when a grant of kind `aws_sts` is configured.
@@ -349,6 +351,7 @@ impl Broker {
             ca: RwLock::new(ca),
             svid: ArcSwap::from_pointee(svid),
             jwt: RwLock::new(jwt),
+            jwt_read_at: Mutex::new(None),
             vault: vault.map(Arc::new),
             sts,
             log: LogWriter {
@@ -457,6 +460,33 @@ impl Broker {
     /// The checkpoint export file.
     pub fn log_export_path(&self) -> std::path::PathBuf {
         self.log.export.clone()
+    }
+
+    /// Re-reads the JWT keys when the key directory changed since they were
+    /// read (a replica sharing it rotated): one `stat` when nothing changed.
+    /// The JWKS and introspection call it, so a token another replica signed
+    /// with a key it just activated verifies here at once.
+    pub fn refresh_jwt_keys(&self) {
+        let config = self.config();
+        let dir = config.jwt_dir();
+        let Ok(mtime) = std::fs::metadata(dir.join("state.json")).and_then(|m| m.modified()) else {
+            return;
+        };
+        let Ok(mut read_at) = self.jwt_read_at.lock() else {
+            return;
+        };
+        if *read_at == Some(mtime) {
+            return;
+        }
+        match JwtKeySet::load(&dir, jwt_settings(&config)) {
+            Ok(keys) => {
+                if let Ok(mut current) = self.jwt.write() {
+                    *current = keys;
+                    *read_at = Some(mtime);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "re-reading the JWT keys failed"),
+        }
     }
 
     /// The log-signing public key.

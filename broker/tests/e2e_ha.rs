@@ -374,8 +374,23 @@ async fn replicas_rotate_the_jwt_key_together() {
     let mut agreed = None;
     for _ in 0..100 {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        let (ka, kb) = (jwks(&a).await, jwks(&b).await);
-        if ka["keys"][0]["kid"] != first && ka["keys"][0]["kid"] == kb["keys"][0]["kid"] {
+        let ka = jwks(&a).await;
+        if ka["keys"][0]["kid"] == first {
+            continue;
+        }
+        // As soon as A serves a new key, B's JWKS has it too (it re-reads the
+        // shared directory when it changed).
+        let kb = jwks(&b).await;
+        let new_kid = &ka["keys"][0]["kid"];
+        assert!(
+            kb["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|k| &k["kid"] == new_kid),
+            "B does not serve A's new key yet: {ka} / {kb}"
+        );
+        if ka["keys"][0]["kid"] == kb["keys"][0]["kid"] {
             agreed = Some((ka, kb));
             break;
         }

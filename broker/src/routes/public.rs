@@ -114,6 +114,7 @@ pub fn pem(der: &[u8]) -> String {
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
+    broker.refresh_jwt_keys();
     match broker.jwt.read() {
         Ok(keys) => axum::Json(keys.jwks(OffsetDateTime::now_utc())).into_response(),
         Err(_) => ApiError::unavailable("keys_unavailable", "signing keys unavailable", "poisoned")
@@ -183,6 +184,7 @@ async fn introspect(
     };
     let inactive = || axum::Json(json!({"active": false})).into_response();
     let now = OffsetDateTime::now_utc();
+    broker.refresh_jwt_keys();
     let claims = {
         let Ok(keys) = broker.jwt.read() else {
             return inactive();
