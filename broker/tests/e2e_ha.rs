@@ -27,15 +27,16 @@ fn replica(
     shared: &std::path::Path,
     signing_key: Option<&std::path::Path>,
 ) -> BrokerProcess {
-    replica_with(store, shared, signing_key, "")
+    replica_with(store, shared, signing_key, "", "enabled = false")
 }
 
-/// A replica; `jwt` adds keys to its `[jwt]` table.
+/// A replica; `jwt` and `anomaly` fill its `[jwt]` and `[anomaly]` tables.
 fn replica_with(
     store: &str,
     shared: &std::path::Path,
     signing_key: Option<&std::path::Path>,
     jwt: &str,
+    anomaly: &str,
 ) -> BrokerProcess {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
@@ -73,7 +74,7 @@ dir = "{jwt_dir}"
 per_node_per_second = 100000
 per_identity_per_second = 100000
 [anomaly]
-enabled = false
+{anomaly}
 "#,
             ca = shared.join("ca").display(),
             jwt_dir = shared.join("jwt").display(),
@@ -346,12 +347,13 @@ async fn replicas_rotate_the_jwt_key_together() {
     let store = fresh_postgres_database("mg_ha_rotate").await;
     let shared = tempfile::tempdir().unwrap();
     let rotate = "rotate_every = \"2s\"\nmax_ttl = \"15m\"";
-    let a = replica_with(&store, shared.path(), None, rotate);
+    let a = replica_with(&store, shared.path(), None, rotate, "enabled = false");
     let b = replica_with(
         &store,
         shared.path(),
         Some(&a.data().join("log-signing.key")),
         rotate,
+        "enabled = false",
     );
     let jwks = |broker: &BrokerProcess| {
         let (addr, bundle) = (broker.addr("public"), broker.bundle());
@@ -434,4 +436,72 @@ async fn replicas_rotate_the_jwt_key_together() {
         &validation,
     )
     .unwrap();
+}
+
+/// Every replica keeps anomaly baselines over the shared log, but one acts:
+/// a spike through both replicas yields detections, each recorded once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_replica_acts_on_detections() {
+    let store = fresh_postgres_database("mg_ha_anomaly").await;
+    let shared = tempfile::tempdir().unwrap();
+    let anomaly = "interval = \"100ms\"\n[anomaly.detectors]\ncold_start_events = 5\ncold_start_hours = 0.0\ncold_start_rate_per_minute = 600.0\nshort_minutes = 0.05\nbaseline_hours = 0.05\n[anomaly.responses]\nsuspend = false";
+    let a = replica_with(&store, shared.path(), None, "", anomaly);
+    let b = replica_with(
+        &store,
+        shared.path(),
+        Some(&a.data().join("log-signing.key")),
+        "",
+        anomaly,
+    );
+    let node = enrolled_node(&a, "node-1").await;
+    let out = a.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        API,
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:uid:1000",
+        "--grant",
+        "ha-open",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request = json!({"grant": "ha-open", "ttl_seconds": 60});
+    for _ in 0..8 {
+        issue(&a, &node, request.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    // The spike, through both replicas, until a detection is recorded.
+    let mut detections = Vec::new();
+    for _ in 0..100 {
+        for broker in [&a, &b, &a, &b, &a, &b] {
+            issue(broker, &node, request.clone()).await;
+        }
+        let out = a.cli(&["anomalies", "--json"]);
+        detections = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .collect();
+        if !detections.is_empty() {
+            break;
+        }
+    }
+    assert!(!detections.is_empty(), "no detection");
+    // Give the other replica time to have (wrongly) acted too.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let out = b.cli(&["anomalies", "--json"]);
+    let mut seen = std::collections::HashSet::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let d: Value = serde_json::from_str(line).unwrap();
+        let trigger = d["body"]["triggered_by"].as_str().unwrap().to_owned();
+        assert!(
+            seen.insert(trigger.clone()),
+            "detection for {trigger} recorded twice"
+        );
+    }
 }

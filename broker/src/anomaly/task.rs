@@ -3,7 +3,8 @@
 //! then reads the decisions appended since, every `interval`, and acts on
 //! detections — a log record (outcome `detection`), the `behaviour` signal,
 //! an alert, a suspension — as [`super::respond`] describes. Decisions only
-//! ever read the signals it wrote.
+//! ever read the signals it wrote. With several replicas on PostgreSQL, all
+//! keep baselines and one (an advisory-lock holder) acts.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -32,6 +33,8 @@ pub struct Analysis {
     last: HashMap<Subject, (i64, u8, (u8, u8))>,
     pending: VecDeque<(Detection, String)>,
     alerts: Option<AlertSink>,
+    /// Whether this replica acts on detections (see `Leadership`).
+    pub acting: bool,
 }
 
 /// The analyzer's view of a decision record, if it is one.
@@ -80,6 +83,7 @@ impl Analysis {
             last: HashMap::new(),
             pending: VecDeque::new(),
             alerts,
+            acting: true,
         }
     }
 
@@ -133,9 +137,12 @@ impl Analysis {
             for record in &page {
                 if let Some(event) = event_of(record) {
                     read += 1;
-                    for detection in self.analyzer.observe(&event) {
-                        self.pending
-                            .push_back((detection, record.entry.request_id.clone()));
+                    let detections = self.analyzer.observe(&event);
+                    if self.acting {
+                        for detection in detections {
+                            self.pending
+                                .push_back((detection, record.entry.request_id.clone()));
+                        }
                     }
                 }
                 self.watermark = record.seq;
@@ -288,10 +295,60 @@ fn rank(level: &str) -> u8 {
     }
 }
 
+/// Which replica acts on detections. Every replica keeps baselines over the
+/// whole (shared) log, but only one records detections, writes signals,
+/// suspends and alerts: on PostgreSQL the holder of a session advisory lock
+/// (taken over by another replica when its connection ends); on SQLite
+/// there is one broker.
+struct Leadership {
+    url: Option<String>,
+    client: Option<tokio_postgres::Client>,
+}
+
+/// The advisory lock key: "mintguard anomaly" folded into 64 bits.
+const LEADER_LOCK: i64 = 0x6d69_6e74_616e_6f6d;
+
+impl Leadership {
+    fn new(store: &str) -> Self {
+        let postgres = store.starts_with("postgres://") || store.starts_with("postgresql://");
+        Self {
+            url: postgres.then(|| store.to_owned()),
+            client: None,
+        }
+    }
+
+    /// Whether this replica leads now (trying to become leader if not).
+    async fn leads(&mut self) -> bool {
+        let Some(url) = &self.url else {
+            return true;
+        };
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return true;
+        }
+        self.client = None;
+        let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+            return false;
+        };
+        tokio::spawn(conn);
+        match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {
+                tracing::info!("this replica acts on anomaly detections");
+                self.client = Some(client);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
 /// Runs the analysis until the broker stops.
 pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
     let config = broker.config().anomaly.clone();
     let interval = config.interval.0;
+    let mut leadership = Leadership::new(&broker.config().store);
     let mut analysis = Analysis::new(config, alerts);
     loop {
         match analysis.rebuild(&broker).await {
@@ -313,6 +370,7 @@ pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
     }
     loop {
         tokio::time::sleep(interval).await;
+        analysis.acting = leadership.leads().await;
         if let Err(e) = analysis.step(&broker).await {
             tracing::warn!(error = %e, "anomaly analysis step failed; retrying");
         }
