@@ -26,6 +26,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The broker binary's allocator, so the in-process broker is measured as it runs.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
