@@ -164,24 +164,11 @@ secret_file = "webhook.secret"
         ),
         &[],
     );
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
+    register_api_with(
+        &broker,
         "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "spike-token",
-        "--grant",
-        "vault-token",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["unix:uid:1000"],
+        &["spike-token", "vault-token"],
     );
     let node = enrolled_node(&broker, "node-1").await;
     let spike = json!({"grant": "spike-token", "ttl_seconds": 60});

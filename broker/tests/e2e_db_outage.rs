@@ -56,23 +56,7 @@ enabled = false
 "#,
     );
     let node = enrolled_node(&broker, "node-1").await;
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
-        "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "outage-token",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_api_with(&broker, "node-1", &["unix:uid:1000"], &["outage-token"]);
 
     // Two clients issue continuously; each answer is kept.
     let answers: Arc<Mutex<Vec<(u16, Value)>>> = Arc::default();

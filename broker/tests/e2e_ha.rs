@@ -123,25 +123,7 @@ async fn two_brokers_on_one_postgres_agree() {
         &key.to_pem(),
     )
     .unwrap();
-    let out = a.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
-        "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "ha-token",
-        "--grant",
-        "ha-open",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-token", "ha-open"]);
 
     // A JWT minted by A verifies against the JWKS B serves.
     let minted = issue(&a, &node, json!({"grant": "ha-open", "ttl_seconds": 300})).await;
@@ -158,16 +140,7 @@ async fn two_brokers_on_one_postgres_agree() {
     )
     .await
     .unwrap();
-    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks.body).unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let key =
-        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
-            .unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["ha"]);
-    let claims = jsonwebtoken::decode::<Value>(token, &key, &validation)
-        .unwrap()
-        .claims;
+    let claims = verify_with_jwks(jwks.body, token, "ha");
     assert_eq!(claims["sub"], API);
 
     // 1,000 concurrent requests split across both against a budget of 100
@@ -251,23 +224,7 @@ async fn killing_one_replica_under_load_loses_no_record() {
         Some(&a.data().join("log-signing.key")),
     );
     let node = Arc::new(enrolled_node(&a, "node-1").await);
-    let out = a.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
-        "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "ha-open",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
 
     let received: Arc<std::sync::Mutex<Vec<String>>> = Arc::default();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -403,39 +360,12 @@ async fn replicas_rotate_the_jwt_key_together() {
     assert_eq!(ka["keys"], kb["keys"], "{ka} / {kb}");
 
     let node = enrolled_node(&a, "node-1").await;
-    let out = a.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
-        "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "ha-open",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
     let minted = issue(&a, &node, json!({"grant": "ha-open", "ttl_seconds": 60})).await;
     assert_eq!(minted.status, 200, "{}", minted.text);
     let token = minted.body["credential"]["token"].as_str().unwrap();
-    let header = jsonwebtoken::decode_header(token).unwrap();
-    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks(&b).await).unwrap();
-    let key = set
-        .find(header.kid.as_deref().unwrap())
-        .expect("A's signing key is not in B's JWKS");
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["ha"]);
-    jsonwebtoken::decode::<Value>(
-        token,
-        &jsonwebtoken::DecodingKey::from_jwk(key).unwrap(),
-        &validation,
-    )
-    .unwrap();
+    // A's new signing key is in B's JWKS.
+    verify_with_jwks(jwks(&b).await, token, "ha");
 }
 
 /// Every replica keeps anomaly baselines over the shared log, but one acts:
@@ -454,23 +384,7 @@ async fn one_replica_acts_on_detections() {
         anomaly,
     );
     let node = enrolled_node(&a, "node-1").await;
-    let out = a.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
-        "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "ha-open",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
     let request = json!({"grant": "ha-open", "ttl_seconds": 60});
     for _ in 0..8 {
         issue(&a, &node, request.clone()).await;

@@ -87,28 +87,11 @@ aws_sts = {{ role_arn = "{ROLE}" }}
     {
         return broker;
     }
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
+    register_api_with(
+        &broker,
         "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--selector",
-        "unix:sha256:0a1b2c",
-        "--grant",
-        "aws-payments",
-        "--grant",
-        "aws-strict",
-        "--grant",
-        "aws-reduced",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["aws-payments", "aws-strict", "aws-reduced"],
     );
     broker
 }
@@ -408,24 +391,11 @@ aws_sts = {{ role_arn = "{ROLE}", mode = "web_identity" }}
             ("AWS_CONFIG_FILE", "/nonexistent"),
         ],
     );
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
+    register_api_with(
+        &broker,
         "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--grant",
-        "aws-payments",
-        "--grant",
-        "aws-federated",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["unix:uid:1000"],
+        &["aws-payments", "aws-federated"],
     );
     let node = enrolled_node(&broker, "node-1").await;
 
@@ -494,19 +464,13 @@ aws_sts = {{ role_arn = "{ROLE}", mode = "web_identity" }}
         discovery["id_token_signing_alg_values_supported"],
         json!(["ES256"])
     );
-    let jwks: jsonwebtoken::jwk::JwkSet =
-        serde_json::from_value(get("/.well-known/jwks.json").await).unwrap();
     let header = jsonwebtoken::decode_header(&token).unwrap();
     assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
-    let key =
-        jsonwebtoken::DecodingKey::from_jwk(jwks.find(header.kid.as_deref().unwrap()).unwrap())
-            .unwrap();
-    let mut validation = jsonwebtoken::Validation::new(header.alg);
-    validation.set_audience(&["sts.amazonaws.com"]);
-    validation.set_issuer(&["https://mintguard.example.org"]);
-    let claims = jsonwebtoken::decode::<Value>(&token, &key, &validation)
-        .unwrap()
-        .claims;
+    let claims = verify_with_jwks(
+        get("/.well-known/jwks.json").await,
+        &token,
+        "sts.amazonaws.com",
+    );
     assert_eq!(claims["sub"], API);
     assert_eq!(claims["jti"], lease);
     assert_eq!(

@@ -113,28 +113,11 @@ fn start_env(
     {
         return broker;
     }
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
+    register_api_with(
+        &broker,
         "node-1",
-        "--selector",
-        "unix:uid:1000",
-        "--selector",
-        "unix:sha256:0a1b2c",
-        "--grant",
-        "ci-token",
-        "--grant",
-        "payments-db",
-        "--grant",
-        "web-cert",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["ci-token", "payments-db", "web-cert"],
     );
     broker
 }

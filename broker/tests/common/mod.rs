@@ -312,25 +312,50 @@ pub const SELECTORS: &[&str] = &["unix:uid:1000", "unix:gid:1000", "unix:sha256:
 
 /// Registers the payments API workload under `node`.
 pub fn register_api(broker: &BrokerProcess, node: &str) {
-    let out = broker.cli(&[
-        "entry",
-        "create",
-        "--spiffe-id",
-        API,
-        "--parent",
+    register_api_with(
+        broker,
         node,
-        "--selector",
-        "unix:uid:1000",
-        "--selector",
-        "unix:sha256:0a1b2c",
-        "--grant",
-        "payments-token",
-    ]);
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["payments-token"],
+    );
+}
+
+/// Registers the API workload under `node` with these selectors and grants.
+pub fn register_api_with(broker: &BrokerProcess, node: &str, selectors: &[&str], grants: &[&str]) {
+    let mut args = vec!["entry", "create", "--spiffe-id", API, "--parent", node];
+    for s in selectors {
+        args.extend(["--selector", s]);
+    }
+    for g in grants {
+        args.extend(["--grant", g]);
+    }
+    let out = broker.cli(&args);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Verifies `token` the way an independent relying party does — with only
+/// the JWKS `jwks` (as served), the audience and the test issuer — and
+/// returns its claims.
+pub fn verify_with_jwks(jwks: Value, token: &str, audience: &str) -> Value {
+    let set: jsonwebtoken::jwk::JwkSet = serde_json::from_value(jwks).unwrap();
+    let header = jsonwebtoken::decode_header(token).unwrap();
+    let key = set
+        .find(header.kid.as_deref().unwrap())
+        .expect("the token's key is not in the JWKS");
+    let mut validation = jsonwebtoken::Validation::new(header.alg);
+    validation.set_audience(&[audience]);
+    validation.set_issuer(&["https://mintguard.example.org"]);
+    jsonwebtoken::decode::<Value>(
+        token,
+        &jsonwebtoken::DecodingKey::from_jwk(key).unwrap(),
+        &validation,
+    )
+    .unwrap()
+    .claims
 }
 
 /// Issues a credential for the API workload through `node`.
