@@ -454,6 +454,40 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
         3
     );
     assert_eq!(store.log_for_request("q2").await.unwrap().len(), 1);
+    // Decision rows: only decisions, after a seq, from a time, bodies as stored.
+    let mut admin = plain(entry("q-admin", "spiffe://example.org/a", "allow", 4000));
+    admin.entry.kind = RecordKind::Admin;
+    store.append(admin).await.unwrap();
+    store
+        .append(plain(entry("q5", "spiffe://example.org/b", "allow", 5000)))
+        .await
+        .unwrap();
+    let rows = store.decision_rows(0, None, 100).await.unwrap();
+    assert_eq!(
+        rows.iter()
+            .map(|r| r.request_id.as_str())
+            .collect::<Vec<_>>(),
+        ["q0", "q1", "q2", "q3", "q5"]
+    );
+    let all = store.log(&q(None, None, None)).await.unwrap();
+    for row in &rows {
+        let record = all.iter().find(|r| r.seq == row.seq).unwrap();
+        assert_eq!(
+            row.body,
+            mintguard_broker::log::canonical_body(&record.entry.body)
+        );
+        assert_eq!(row.identity, record.entry.identity);
+        assert_eq!(row.grant, record.entry.grant);
+        assert_eq!(row.node, record.entry.node);
+        assert_eq!(row.outcome, record.entry.outcome);
+        assert_eq!(row.time_ms, record.entry.time_ms);
+    }
+    let later = store
+        .decision_rows(rows[1].seq, Some(3000), 1)
+        .await
+        .unwrap();
+    assert_eq!(later.len(), 1);
+    assert_eq!(later[0].request_id, "q3");
     assert_eq!(
         store.rule_set("hash-1").await.unwrap().as_deref(),
         Some("{\"policies\":[]}")

@@ -9,14 +9,15 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::alerts::AlertSink;
 use super::analyzer::{Analyzer, Detection, Event, Subject};
 use crate::config::{AnomalyConfig, AnomalyMode};
-use crate::log::{LogEntry, LogRecord, RecordKind};
+use crate::log::{LogEntry, RecordKind};
 use crate::state::{Broker, now_ms};
-use crate::store::{LogQuery, SuspensionRecord};
+use crate::store::{DecisionRow, SuspensionRecord};
 
 /// Records read per store query.
 const PAGE: usize = 2_000;
@@ -37,40 +38,60 @@ pub struct Analysis {
     pub acting: bool,
 }
 
-/// The analyzer's view of a decision record, if it is one.
-pub fn event_of(record: &LogRecord) -> Option<Event> {
-    let e = &record.entry;
-    if e.kind != RecordKind::Decision {
-        return None;
-    }
-    let body = &e.body;
-    let outcome = e.outcome.as_deref().unwrap_or_default();
-    Some(Event {
-        time_ms: e.time_ms,
-        identity: e.identity.clone()?,
-        issuer: e.node.clone().unwrap_or_default(),
-        grant: e.grant.clone()?,
-        denied: matches!(outcome, "deny" | "suspend") && !refused_for_issuer(body),
-        ttl_seconds: body["request"]["ttl_seconds"]
-            .as_u64()
-            .or_else(|| body["decision"]["ttl_seconds"].as_u64())
-            .unwrap_or(0),
-        exposure: body["decision"]["eci"]["grant_exposure"]
-            .as_f64()
-            .unwrap_or(0.0),
-    })
+/// The few fields of a decision body the analyzer reads; everything else in
+/// the body is skipped without being built.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct EventBody {
+    request: RequestPart,
+    decision: DecisionPart,
 }
 
-/// Whether a refusal was about the issuer (suspended or anomalous node),
-/// not the identity: such denials say nothing about the identity.
-pub fn refused_for_issuer(body: &Value) -> bool {
-    body["decision"]["reasons"]
-        .as_array()
-        .is_some_and(|reasons| {
-            reasons
-                .iter()
-                .any(|r| r == "issuer_suspended" || r == "issuer_anomalous")
-        })
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct RequestPart {
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct DecisionPart {
+    ttl_seconds: Option<u64>,
+    reasons: Vec<String>,
+    eci: EciPart,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct EciPart {
+    grant_exposure: Option<f64>,
+}
+
+/// The analyzer's view of a decision row; `None` if it names no identity or
+/// grant, or its body is not a decision body.
+pub fn event_of(row: &DecisionRow) -> Option<Event> {
+    let body: EventBody = serde_json::from_str(&row.body).ok()?;
+    let outcome = row.outcome.as_deref().unwrap_or_default();
+    // A refusal about the issuer (suspended or anomalous node) says nothing
+    // about the identity.
+    let for_issuer = body
+        .decision
+        .reasons
+        .iter()
+        .any(|r| r == "issuer_suspended" || r == "issuer_anomalous");
+    Some(Event {
+        time_ms: row.time_ms,
+        identity: row.identity.clone()?,
+        issuer: row.node.clone().unwrap_or_default(),
+        grant: row.grant.clone()?,
+        denied: matches!(outcome, "deny" | "suspend") && !for_issuer,
+        ttl_seconds: body
+            .request
+            .ttl_seconds
+            .or(body.decision.ttl_seconds)
+            .unwrap_or(0),
+        exposure: body.decision.eci.grant_exposure.unwrap_or(0.0),
+    })
 }
 
 impl Analysis {
@@ -95,12 +116,7 @@ impl Analysis {
         loop {
             let page = broker
                 .store
-                .log(&LogQuery {
-                    since_ms: Some(since),
-                    after_seq: Some(self.watermark),
-                    limit: PAGE,
-                    ..LogQuery::default()
-                })
+                .decision_rows(self.watermark, Some(since), PAGE)
                 .await?;
             for record in &page {
                 self.watermark = record.seq;
@@ -127,11 +143,7 @@ impl Analysis {
         loop {
             let page = broker
                 .store
-                .log(&LogQuery {
-                    after_seq: Some(self.watermark),
-                    limit: PAGE,
-                    ..LogQuery::default()
-                })
+                .decision_rows(self.watermark, None, PAGE)
                 .await
                 .map_err(|e| e.to_string())?;
             for record in &page {
@@ -141,7 +153,7 @@ impl Analysis {
                     if self.acting {
                         for detection in detections {
                             self.pending
-                                .push_back((detection, record.entry.request_id.clone()));
+                                .push_back((detection, record.request_id.clone()));
                         }
                     }
                 }
@@ -374,5 +386,62 @@ pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
         if let Err(e) = analysis.step(&broker).await {
             tracing::warn!(error = %e, "anomaly analysis step failed; retrying");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(outcome: &str, body: Value) -> DecisionRow {
+        DecisionRow {
+            seq: 7,
+            time_ms: 1_000,
+            request_id: "req-1".into(),
+            identity: Some("spiffe://example.org/a".into()),
+            grant: Some("db".into()),
+            node: Some("spiffe://example.org/mintguard/node/n1".into()),
+            outcome: Some(outcome.into()),
+            body: crate::log::canonical_body(&body),
+        }
+    }
+
+    #[test]
+    fn events_read_only_the_fields_they_need_from_the_stored_body() {
+        let body = json!({
+            "input": {"identity": "spiffe://example.org/a", "signals": [{"kind": "posture", "value": 90}]},
+            "request": {"grant": "db", "ttl_seconds": 120},
+            "decision": {"outcome": "deny", "ttl_seconds": 60, "reasons": ["trust_below_minimum"],
+                         "eci": {"eci": 40, "grant_exposure": 42.5}},
+            "lease": {"id": "lease-1"},
+        });
+        let event = event_of(&row("deny", body.clone())).unwrap();
+        assert_eq!(event.time_ms, 1_000);
+        assert_eq!(event.identity, "spiffe://example.org/a");
+        assert_eq!(event.issuer, "spiffe://example.org/mintguard/node/n1");
+        assert_eq!(event.grant, "db");
+        assert!(event.denied);
+        assert_eq!(event.ttl_seconds, 120, "the requested TTL comes first");
+        assert!((event.exposure - 42.5).abs() < f64::EPSILON);
+
+        // Refused for the issuer: not counted against the identity.
+        let mut issuer = body.clone();
+        issuer["decision"]["reasons"] = json!(["issuer_suspended"]);
+        assert!(!event_of(&row("deny", issuer)).unwrap().denied);
+
+        // No requested TTL: the decided one; missing parts default.
+        let sparse = json!({"decision": {"ttl_seconds": 60}});
+        let event = event_of(&row("allow", sparse)).unwrap();
+        assert_eq!(event.ttl_seconds, 60);
+        assert!(!event.denied);
+        assert_eq!(event.exposure, 0.0);
+
+        // A body that is not JSON, or a row without an identity: no event.
+        let mut bad = row("allow", json!({}));
+        bad.body = "{".into();
+        assert!(event_of(&bad).is_none());
+        let mut anonymous = row("allow", json!({}));
+        anonymous.identity = None;
+        assert!(event_of(&anonymous).is_none());
     }
 }

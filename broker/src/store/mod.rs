@@ -209,6 +209,29 @@ pub struct SignalRecord {
     pub ttl_seconds: u64,
 }
 
+/// A decision record as the anomaly analysis reads it: the indexed columns,
+/// and the body left as its stored canonical JSON (the reader picks out the
+/// few fields it needs instead of building the whole tree).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DecisionRow {
+    /// Position in the chain.
+    pub seq: i64,
+    /// When decided, ms since the epoch.
+    pub time_ms: i64,
+    /// The request.
+    pub request_id: String,
+    /// The identity.
+    pub identity: Option<String>,
+    /// The grant.
+    pub grant: Option<String>,
+    /// The node or CI issuer.
+    pub node: Option<String>,
+    /// The logged outcome.
+    pub outcome: Option<String>,
+    /// The body's canonical JSON text.
+    pub body: String,
+}
+
 /// Filters for reading the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
@@ -237,6 +260,14 @@ pub trait Store: Send + Sync {
     async fn append(&self, append: Append) -> Result<Appended>;
     /// Records in `seq` order matching `query`.
     async fn log(&self, query: &LogQuery) -> Result<Vec<LogRecord>>;
+    /// Decision records after `after_seq` (from `since_ms` if given), in
+    /// `seq` order, at most `limit`, bodies unparsed (see [`DecisionRow`]).
+    async fn decision_rows(
+        &self,
+        after_seq: i64,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>>;
     /// All records of one request, in order.
     async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>>;
     /// The chain head: (last seq, its hash); (0, genesis) when empty.

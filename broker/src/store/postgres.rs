@@ -23,7 +23,7 @@ use super::{
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
 use crate::store::sqlite::mark_budget_exhausted;
-use crate::store::{Approval, SignalRecord};
+use crate::store::{Approval, DecisionRow, SignalRecord};
 
 /// Most appends group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -589,6 +589,39 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg)?;
         rows.iter().map(row_to_record).collect()
+    }
+
+    async fn decision_rows(
+        &self,
+        after_seq: i64,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
+                 WHERE seq > $1 AND kind = 'decision' AND ($2::BIGINT IS NULL OR time_ms >= $2)
+                 ORDER BY seq LIMIT $3",
+                &[&after_seq, &since_ms, &limit],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| DecisionRow {
+                seq: r.get(0),
+                time_ms: r.get(1),
+                request_id: r.get(2),
+                identity: r.get(3),
+                grant: r.get(4),
+                node: r.get(5),
+                outcome: r.get(6),
+                body: r.get(7),
+            })
+            .collect())
     }
 
     async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>> {

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
-use crate::store::{Approval, SignalRecord};
+use crate::store::{Approval, DecisionRow, SignalRecord};
 
 /// Most writes group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -557,6 +557,40 @@ impl Store for SqliteStore {
                 )
                 .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql).and_then(finish_record)).collect()
+        })
+        .await
+    }
+
+    async fn decision_rows(
+        &self,
+        after_seq: i64,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
+                     WHERE seq > ?1 AND kind = 'decision' AND (?2 IS NULL OR time_ms >= ?2)
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map(params![after_seq, since_ms, limit], |r| {
+                    Ok(DecisionRow {
+                        seq: r.get(0)?,
+                        time_ms: r.get(1)?,
+                        request_id: r.get(2)?,
+                        identity: r.get(3)?,
+                        grant: r.get(4)?,
+                        node: r.get(5)?,
+                        outcome: r.get(6)?,
+                        body: r.get(7)?,
+                    })
+                })
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
         })
         .await
     }
