@@ -32,13 +32,20 @@ use crate::mint::jwt::{Claims, UnreleasedJwt};
 use crate::state::{Broker, now_ms};
 use crate::store::{Append, Entry, Lease, SignalRecord, SpendOp, SuspensionRecord};
 
-/// A random id with a prefix: `req-…`, `lease-…` (128 bits, hex).
+/// A unique id with a prefix: `req-…`, `lease-…` (128 bits, hex): 48 bits
+/// of milliseconds, then 80 random bits. Time-ordered like a UUIDv7, so the
+/// store's indexes on ids grow at their right edge instead of touching a
+/// random page per insert (which multiplied the bytes each commit writes).
 pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
-    // The system RNG failing is not recoverable; fall back to the clock so
-    // ids stay unique within this process (uniqueness, not secrecy, matters here).
-    if aws_lc_rs::rand::fill(&mut bytes).is_err() {
-        bytes[..8].copy_from_slice(&now_ms().to_be_bytes());
+    let ms = now_ms().to_be_bytes();
+    bytes[..6].copy_from_slice(&ms[2..]);
+    // The system RNG failing is not recoverable; a counter keeps ids unique
+    // within this process (uniqueness, not secrecy, matters here).
+    if aws_lc_rs::rand::fill(&mut bytes[6..]).is_err() {
+        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        bytes[8..].copy_from_slice(&n.to_be_bytes());
     }
     format!("{prefix}-{}", crate::log::hex(&bytes))
 }
@@ -440,28 +447,28 @@ pub async fn decide_and_issue(
     let request_id = random_id("req");
     let now = now_ms();
     let identity = subject.identity.clone();
-    let subjects = [identity.as_str(), node];
-    let (identity_suspension, node_suspension, external) = tokio::try_join!(
-        broker.store.suspension(&identity),
-        broker.store.suspension(node),
-        broker.store.signals(&subjects),
-    )?;
     let budget = grant.budget.as_ref().map(|b| {
         (
             format!("identity:{identity}/grant:{}", grant.name),
             b.policy(),
         )
     });
-    let snapshot = match &budget {
-        Some((key, policy)) => Some(
-            broker
-                .store
-                .budget(key)
-                .await?
-                .unwrap_or_else(|| BudgetSnapshot::full(policy, now)),
-        ),
-        None => None,
-    };
+    let state = broker
+        .store
+        .request_state(
+            &identity,
+            node,
+            budget.as_ref().map(|(key, _)| key.as_str()),
+        )
+        .await?;
+    let external = state.signals;
+    let (identity_suspension, node_suspension) =
+        (state.identity_suspension, state.issuer_suspension);
+    let snapshot = budget.as_ref().map(|(_, policy)| {
+        state
+            .budget
+            .unwrap_or_else(|| BudgetSnapshot::full(policy, now))
+    });
     let approval = match &request.approval_id {
         Some(id) => Some(crate::approvals::redeemable(broker, id, &identity, &request, now).await?),
         None => None,

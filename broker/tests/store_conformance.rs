@@ -14,8 +14,8 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Approval, Entry, Lease, LogQuery, SignalRecord, SpendOp, Store, StoreError,
-    SuspensionRecord,
+    Append, Approval, Entry, Lease, LogQuery, RequestState, SignalRecord, SpendOp, Store,
+    StoreError, SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -571,6 +571,60 @@ async fn signals_keep_the_latest_per_subject_kind_and_source(store: Arc<dyn Stor
             .unwrap()
             .is_empty()
     );
+
+    // What a decision reads, together: suspensions, signals, the budget.
+    let suspended = SuspensionRecord {
+        subject: "spiffe://example.org/n".into(),
+        reason: "incident".into(),
+        by: "operator:alice".into(),
+        at_ms: 6,
+    };
+    store.suspend(&suspended).await.unwrap();
+    let policy = BudgetPolicy {
+        amount: 10,
+        per: Refill::Never,
+        base: 1,
+        per_5min: 0,
+        eci_factor: 0.0,
+    };
+    let key = "identity:spiffe://example.org/a/grant:g";
+    let state = store
+        .request_state(
+            "spiffe://example.org/a",
+            "spiffe://example.org/n",
+            Some(key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.identity_suspension, None);
+    assert_eq!(state.issuer_suspension, Some(suspended.clone()));
+    assert_eq!(state.signals, got);
+    assert_eq!(
+        state.budget, None,
+        "a bucket never spent from is not stored"
+    );
+    store.top_up(key, &policy, 4, 7).await.unwrap();
+    let state = store
+        .request_state(
+            "spiffe://example.org/n",
+            "spiffe://example.org/a",
+            Some(key),
+        )
+        .await
+        .unwrap();
+    assert_eq!(state.identity_suspension, Some(suspended));
+    assert_eq!(state.issuer_suspension, None);
+    assert_eq!(state.budget, store.budget(key).await.unwrap());
+    assert!(state.budget.is_some());
+    let state = store
+        .request_state(
+            "spiffe://example.org/none",
+            "spiffe://example.org/none",
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(state, RequestState::default());
 }
 
 async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {

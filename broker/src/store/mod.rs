@@ -232,6 +232,19 @@ pub struct DecisionRow {
     pub body: String,
 }
 
+/// What the pipeline reads from the store for one request, in one read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RequestState {
+    /// The identity's suspension, if any.
+    pub identity_suspension: Option<SuspensionRecord>,
+    /// The issuer's (node's or CI issuer's) suspension, if any.
+    pub issuer_suspension: Option<SuspensionRecord>,
+    /// The latest signals about the identity and the issuer.
+    pub signals: Vec<SignalRecord>,
+    /// The grant's budget bucket (`None`: never used, i.e. full).
+    pub budget: Option<BudgetSnapshot>,
+}
+
 /// Filters for reading the log.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
@@ -351,6 +364,32 @@ pub trait Store: Send + Sync {
     async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;
     /// The latest signals about these subjects.
     async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>>;
+    /// The suspensions of `identity` and `issuer`, their signals and the
+    /// budget bucket `budget_key`: what a decision reads. A store that can
+    /// reads them in one go (SQLite: one read transaction).
+    async fn request_state(
+        &self,
+        identity: &str,
+        issuer: &str,
+        budget_key: Option<&str>,
+    ) -> Result<RequestState> {
+        let subjects = [identity, issuer];
+        let (identity_suspension, issuer_suspension, signals) = tokio::try_join!(
+            self.suspension(identity),
+            self.suspension(issuer),
+            self.signals(&subjects),
+        )?;
+        let budget = match budget_key {
+            Some(key) => self.budget(key).await?,
+            None => None,
+        };
+        Ok(RequestState {
+            identity_suspension,
+            issuer_suspension,
+            signals,
+            budget,
+        })
+    }
 }
 
 /// Parameters of the SQL refill expression for a policy: (capacity millitokens,

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
-use crate::store::{Approval, DecisionRow, SignalRecord};
+use crate::store::{Approval, DecisionRow, RequestState, SignalRecord};
 
 /// Most writes group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
@@ -365,6 +365,57 @@ fn finish_record((mut record, raw): (LogRecord, String)) -> Result<LogRecord> {
     Ok(record)
 }
 
+fn read_budget(conn: &Connection, key: &str) -> Result<Option<BudgetSnapshot>> {
+    conn.prepare_cached("SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1")
+        .map_err(map_sql)?
+        .query_row([key], |r| {
+            Ok(BudgetSnapshot {
+                balance_milli: r.get(0)?,
+                updated_at_ms: r.get(1)?,
+            })
+        })
+        .optional()
+        .map_err(map_sql)
+}
+
+fn read_suspension(conn: &Connection, subject: &str) -> Result<Option<SuspensionRecord>> {
+    conn.prepare_cached("SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1")
+        .map_err(map_sql)?
+        .query_row([subject], |r| {
+            Ok(SuspensionRecord {
+                subject: r.get(0)?,
+                reason: r.get(1)?,
+                by: r.get(2)?,
+                at_ms: r.get(3)?,
+            })
+        })
+        .optional()
+        .map_err(map_sql)
+}
+
+fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
+             WHERE subject IN (SELECT value FROM json_each(?1)) ORDER BY subject, kind, source",
+        )
+        .map_err(map_sql)?;
+    let list = serde_json::to_string(subjects).unwrap_or_default();
+    let rows = stmt
+        .query_map([list], |r| {
+            Ok(SignalRecord {
+                subject: r.get(0)?,
+                kind: r.get(1)?,
+                source: r.get(2)?,
+                value: r.get(3)?,
+                observed_at_ms: r.get(4)?,
+                ttl_seconds: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+            })
+        })
+        .map_err(map_sql)?;
+    rows.map(|r| r.map_err(map_sql)).collect()
+}
+
 fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
         id: r.get(0)?,
@@ -671,19 +722,7 @@ impl Store for SqliteStore {
     }
 
     async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
-        let key = key.to_owned();
-        self.read_now(move |conn| {
-            conn.prepare_cached("SELECT balance_milli, updated_at_ms FROM budgets WHERE key = ?1")
-                .map_err(map_sql)?
-                .query_row([key], |r| {
-                    Ok(BudgetSnapshot {
-                        balance_milli: r.get(0)?,
-                        updated_at_ms: r.get(1)?,
-                    })
-                })
-                .optional()
-                .map_err(map_sql)
-        })
+        self.read_now(|conn| read_budget(conn, key))
     }
 
     async fn top_up(
@@ -1060,48 +1099,39 @@ impl Store for SqliteStore {
     }
 
     async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
-        let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
-        self.read_now(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
-                     WHERE subject IN (SELECT value FROM json_each(?1)) ORDER BY subject, kind, source",
-                )
-                .map_err(map_sql)?;
-            let list = serde_json::to_string(&subjects).unwrap_or_default();
-            let rows = stmt
-                .query_map([list], |r| {
-                    Ok(SignalRecord {
-                        subject: r.get(0)?,
-                        kind: r.get(1)?,
-                        source: r.get(2)?,
-                        value: r.get(3)?,
-                        observed_at_ms: r.get(4)?,
-                        ttl_seconds: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-                    })
-                })
-                .map_err(map_sql)?;
-            rows.map(|r| r.map_err(map_sql)).collect()
-        })
+        self.read_now(|conn| read_signals(conn, subjects))
     }
 
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
-        let subject = subject.to_owned();
-        self.read_now(move |conn| {
-            conn.prepare_cached(
-                "SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1",
-            )
-            .map_err(map_sql)?
-            .query_row([subject], |r| {
-                Ok(SuspensionRecord {
-                    subject: r.get(0)?,
-                    reason: r.get(1)?,
-                    by: r.get(2)?,
-                    at_ms: r.get(3)?,
+        self.read_now(|conn| read_suspension(conn, subject))
+    }
+
+    async fn request_state(
+        &self,
+        identity: &str,
+        issuer: &str,
+        budget_key: Option<&str>,
+    ) -> Result<RequestState> {
+        self.read_now(|conn| {
+            // One read transaction: one snapshot, one WAL read lock.
+            exec(conn, "BEGIN")?;
+            let state = (|| {
+                Ok(RequestState {
+                    identity_suspension: read_suspension(conn, identity)?,
+                    issuer_suspension: read_suspension(conn, issuer)?,
+                    signals: read_signals(conn, &[identity, issuer])?,
+                    budget: budget_key
+                        .map(|k| read_budget(conn, k))
+                        .transpose()?
+                        .flatten(),
                 })
-            })
-            .optional()
-            .map_err(map_sql)
+            })();
+            if let Err(e) = exec(conn, "COMMIT") {
+                // Never leave a read connection inside a transaction.
+                let _ = exec(conn, "ROLLBACK");
+                return Err(e);
+            }
+            state
         })
     }
 }
