@@ -314,15 +314,17 @@ fn string(s: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(s.to_owned())
 }
 
-/// Builds the Cedar request and entities for `input`.
+/// Builds the Cedar request and entities for `input` (the entities through
+/// the rule set's cache).
 fn cedar_request(
+    rules: &RuleSet,
     input: &DecisionInput,
     trust: &TrustReport,
     eci: &EciNumbers,
     requested_ttl: u64,
     ttl: u64,
     budget_available: i64,
-) -> Result<(Request, Entities), String> {
+) -> Result<(Request, std::sync::Arc<Entities>), String> {
     let types = &*TYPES;
     let (issuer_type, issuer_attr, principal_type) = match input.issuer.kind {
         IssuerKind::Node => (&types.node, "name", &types.workload),
@@ -331,30 +333,40 @@ fn cedar_request(
     let issuer = uid(issuer_type, &input.issuer.id);
     let principal = uid(principal_type, &input.identity);
     let grant = uid(&types.grant, &input.grant.name);
-    let entities = [
-        Entity::new(
-            issuer.clone(),
-            HashMap::from([(issuer_attr.to_owned(), string(&input.issuer.id))]),
-            HashSet::new(),
-        ),
-        Entity::new(
-            principal.clone(),
-            HashMap::from([("spiffe_id".to_owned(), string(&input.identity))]),
-            HashSet::from([issuer]),
-        ),
-        Entity::new(
-            grant.clone(),
-            HashMap::from([
-                ("name".to_owned(), string(&input.grant.name)),
-                ("kind".to_owned(), string(&input.grant.kind)),
-            ]),
-            HashSet::new(),
-        ),
+    let key = [
+        issuer_type.basename(),
+        input.issuer.id.as_str(),
+        input.identity.as_str(),
+        input.grant.name.as_str(),
+        input.grant.kind.as_str(),
     ]
-    .into_iter()
-    .collect::<Result<Vec<_>, _>>()
-    .map_err(|e| e.to_string())?;
-    let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+    .join("\u{0}");
+    let entities = rules.entities(key, || {
+        let entities = [
+            Entity::new(
+                issuer.clone(),
+                HashMap::from([(issuer_attr.to_owned(), string(&input.issuer.id))]),
+                HashSet::new(),
+            ),
+            Entity::new(
+                principal.clone(),
+                HashMap::from([("spiffe_id".to_owned(), string(&input.identity))]),
+                HashSet::from([issuer]),
+            ),
+            Entity::new(
+                grant.clone(),
+                HashMap::from([
+                    ("name".to_owned(), string(&input.grant.name)),
+                    ("kind".to_owned(), string(&input.grant.kind)),
+                ]),
+                HashSet::new(),
+            ),
+        ]
+        .into_iter()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())?;
+        Entities::from_entities(entities, None).map_err(|e| e.to_string())
+    })?;
 
     let signals = trust.signals.iter().filter_map(|s| {
         s.value.map(|v| {
@@ -535,7 +547,7 @@ pub fn decide(input: &DecisionInput, rules: &RuleSet) -> Decision {
 
     // 4. Rules.
     let (rules_matched, rule_errors) =
-        match cedar_request(input, &trust, &eci, requested, ttl, budget_available) {
+        match cedar_request(rules, input, &trust, &eci, requested, ttl, budget_available) {
             Ok((request, entities)) => {
                 let verdict = rules.evaluate(&input.grant.name, &request, &entities);
                 for reason in &verdict.reasons {

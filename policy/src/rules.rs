@@ -86,7 +86,17 @@ pub struct RuleSet {
     graduated: HashMap<PolicyId, Outcome>,
     permits: HashSet<PolicyId>,
     authorizer: std::sync::Arc<Authorizer>,
+    entities: std::sync::Arc<EntityCache>,
 }
+
+/// Cedar entities of recent requests, by the strings they are built from
+/// (issuer, identity, grant): building them (and their transitive closure)
+/// cost more than evaluating the policies. Bounded: cleared when full.
+#[derive(Debug, Default)]
+struct EntityCache(std::sync::Mutex<HashMap<String, std::sync::Arc<Entities>>>);
+
+/// Entity sets kept before the cache is cleared.
+const ENTITY_CACHE_CAPACITY: usize = 4096;
 
 /// The stored form of a rule set (by hash), for replay.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -261,6 +271,7 @@ impl RuleSet {
             graduated,
             permits,
             authorizer: std::sync::Arc::new(Authorizer::new()),
+            entities: std::sync::Arc::default(),
         })
     }
 
@@ -297,6 +308,28 @@ impl RuleSet {
         self.len() == 0
     }
 
+    /// The entities for `key` (the strings they are built from), built by
+    /// `build` on a miss. A build error is returned and not cached.
+    pub(crate) fn entities<E>(
+        &self,
+        key: String,
+        build: impl FnOnce() -> Result<Entities, E>,
+    ) -> Result<std::sync::Arc<Entities>, E> {
+        if let Ok(cache) = self.entities.0.lock()
+            && let Some(hit) = cache.get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let built = std::sync::Arc::new(build()?);
+        if let Ok(mut cache) = self.entities.0.lock() {
+            if cache.len() >= ENTITY_CACHE_CAPACITY {
+                cache.clear();
+            }
+            cache.insert(key, built.clone());
+        }
+        Ok(built)
+    }
+
     /// Evaluates a request.
     pub fn evaluate(&self, grant: &str, request: &Request, entities: &Entities) -> RuleVerdict {
         let slice = self.slices.get(grant).unwrap_or(&self.unscoped);
@@ -320,11 +353,11 @@ impl RuleSet {
                         Some(o) => {
                             outcome = outcome.stronger(*o);
                             reasons.push(rule_reason(*o));
-                            matched.insert(id.to_string(), *o);
+                            matched.insert(AsRef::<str>::as_ref(id).to_owned(), *o);
                         }
                         None => {
                             permitted |= self.permits.contains(id);
-                            matched.insert(id.to_string(), Outcome::Allow);
+                            matched.insert(AsRef::<str>::as_ref(id).to_owned(), Outcome::Allow);
                         }
                     }
                 }
@@ -344,7 +377,7 @@ impl RuleSet {
                     outcome = Outcome::Deny;
                     reasons.push(Reason::RuleForbid);
                     for id in forbids {
-                        matched.insert(id.to_string(), Outcome::Deny);
+                        matched.insert(AsRef::<str>::as_ref(id).to_owned(), Outcome::Deny);
                     }
                     // Only a suspend outranks the hard deny; the other graduated
                     // rules that matched are reported too, for the explanation.
@@ -354,7 +387,7 @@ impl RuleSet {
                                 .is_authorized(request, &slice.graduated_only, entities);
                         for id in graduated.diagnostics().reason() {
                             if let Some(o) = self.graduated.get(id) {
-                                matched.insert(id.to_string(), *o);
+                                matched.insert(AsRef::<str>::as_ref(id).to_owned(), *o);
                                 outcome = outcome.stronger(*o);
                                 reasons.push(rule_reason(*o));
                             }

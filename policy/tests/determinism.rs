@@ -1,7 +1,8 @@
 //! Determinism and the no-evidence-no-suspend invariant, over 1,000 generated
 //! inputs: the same input gives the same decision, input → JSON → input gives
 //! an identical input and decision, and without positive evidence no input —
-//! however stale or missing its signals — yields `suspend`.
+//! however stale or missing its signals — yields `suspend`. A warm entity
+//! cache decides exactly as a cold rule set.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
 
@@ -257,5 +258,25 @@ proptest! {
         } else {
             prop_assert!(decision.spend.is_empty());
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// The rule set caches Cedar entities by issuer, identity and grant: a
+    /// warm cache (shared by every case of this run) decides exactly as a
+    /// rule set that never saw another request.
+    #[test]
+    fn the_entity_cache_never_changes_a_decision(
+        mut input in arb_input(),
+        node in proptest::sample::select(vec!["n1", "n2", "n3"]),
+    ) {
+        if input.issuer.kind == IssuerKind::Node {
+            input.issuer.id = format!("spiffe://example.org/mintguard/node/{node}");
+        }
+        let warm = decide(&input, rules());
+        let cold = mintguard_policy::rules::RuleSet::from_stored(rules().to_stored()).unwrap();
+        prop_assert_eq!(&decide(&input, &cold), &warm);
     }
 }
