@@ -446,31 +446,6 @@ pub struct SqliteStore {
 
 /// Read connections (WAL lets readers run beside the writer).
 const READERS: usize = 4;
-/// How often the checkpointer copies the WAL into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
-/// The WAL file is truncated to this size when SQLite restarts it.
-const WAL_SIZE_LIMIT: i64 = 64 << 20;
-
-/// Checkpoints the WAL on its own connection and thread, so the writer never
-/// stalls on one (SQLite's automatic checkpoint runs inside the commit that
-/// crosses the threshold, on the writer). `PASSIVE` never blocks the writer
-/// or the readers; SQLite restarts the WAL from its start once a checkpoint
-/// has copied everything. Ends when the store is dropped.
-fn spawn_checkpointer(path: &Path, alive: std::sync::Weak<Vec<Mutex<Connection>>>) -> Result<()> {
-    let conn = open(path)?;
-    std::thread::Builder::new()
-        .name("mintguard-sqlite-checkpoint".into())
-        .spawn(move || {
-            while alive.strong_count() > 0 {
-                std::thread::sleep(CHECKPOINT_EVERY);
-                if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
-                }
-            }
-        })
-        .map_err(|e| StoreError::Setup(format!("checkpoint thread: {e}")))?;
-    Ok(())
-}
 
 /// Runs `f` on a free read connection (or waits for the first).
 fn with_reader<T>(
@@ -508,17 +483,9 @@ impl SqliteStore {
             .optional()
             .map_err(|e| StoreError::Setup(e.to_string()))?
             .unwrap_or((0, GENESIS.to_owned()));
-        let readers = Arc::new(
-            (0..READERS)
-                .map(|_| open(path).map(Mutex::new))
-                .collect::<Result<Vec<_>>>()?,
-        );
-        // The checkpointer does what the automatic checkpoint did, off the writer.
-        conn.execute_batch(&format!(
-            "PRAGMA wal_autocheckpoint=0; PRAGMA journal_size_limit={WAL_SIZE_LIMIT};"
-        ))
-        .map_err(|e| StoreError::Setup(e.to_string()))?;
-        spawn_checkpointer(path, Arc::downgrade(&readers))?;
+        let readers = (0..READERS)
+            .map(|_| open(path).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
         let (jobs, mut rx) = mpsc::channel::<Job>(4096);
         let mut writer = Writer {
             conn,
@@ -565,7 +532,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Setup(format!("writer thread: {e}")))?;
         Ok(Self {
             jobs,
-            readers,
+            readers: Arc::new(readers),
             path: path.to_path_buf(),
         })
     }
@@ -1166,53 +1133,5 @@ impl Store for SqliteStore {
             }
             state
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The checkpointer copies committed records into the database file
-    /// itself: a copy of that file alone (no WAL) comes to hold them.
-    #[tokio::test]
-    async fn the_checkpointer_moves_the_wal_into_the_database_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("log.db");
-        let store = SqliteStore::open(&path).unwrap();
-        for i in 0..50 {
-            let entry = LogEntry {
-                time_ms: i,
-                kind: RecordKind::Admin,
-                request_id: format!("req-{i}"),
-                identity: None,
-                grant: None,
-                node: None,
-                outcome: Some("ok".into()),
-                body: serde_json::json!({"n": i}),
-            };
-            store
-                .append(Append {
-                    entry,
-                    spend: Vec::new(),
-                    lease: None,
-                    rule_set: None,
-                })
-                .await
-                .unwrap();
-        }
-        let copy = dir.path().join("copy.db");
-        let mut checkpointed = 0;
-        for _ in 0..200 {
-            std::fs::copy(&path, &copy).unwrap();
-            checkpointed = Connection::open(&copy)
-                .and_then(|c| c.query_row("SELECT count(*) FROM log", [], |r| r.get::<_, i64>(0)))
-                .unwrap_or(0);
-            if checkpointed == 50 {
-                break;
-            }
-            tokio::time::sleep(CHECKPOINT_EVERY / 4).await;
-        }
-        assert_eq!(checkpointed, 50, "the WAL was never checkpointed");
     }
 }
