@@ -546,28 +546,31 @@ pub async fn decide_and_issue(
         outcome: Some(decision.outcome.as_str().to_owned()),
         body,
     };
-    let mut body = json!({
-        "input": input,
-        "decision": decided,
-        "request": request,
-    });
-    if let (Some(b), Some(glass)) = (body.as_object_mut(), &subject.break_glass) {
-        b.insert("break_glass".into(), glass.clone());
-        b.insert("issued_as".into(), json!({"outcome": decision.outcome, "reasons": decision.reasons, "ttl_seconds": decision.ttl_seconds}));
+    // The body beside the input, the decision and the request (which
+    // `DecisionBody` adds when the record is written).
+    let mut body = serde_json::Map::new();
+    if let Some(glass) = &subject.break_glass {
+        body.insert("break_glass".into(), glass.clone());
+        body.insert("issued_as".into(), json!({"outcome": decision.outcome, "reasons": decision.reasons, "ttl_seconds": decision.ttl_seconds}));
     }
-    if let (Some(b), serde_json::Value::Object(extra)) = (body.as_object_mut(), subject.context) {
-        b.extend(extra);
+    if let serde_json::Value::Object(extra) = subject.context {
+        body.extend(extra);
     }
+    let full_body = |extra| DecisionBody {
+        input: &input,
+        decision: &decided,
+        request: &request,
+        extra,
+    };
 
     if subject.audit {
         // Logged as decided, marked audit, refused; nothing spent or minted.
-        if let Some(b) = body.as_object_mut() {
-            b.insert("audit".into(), true.into());
-            b.insert("final_outcome".into(), "audit_refused".into());
-        }
+        body.insert("audit".into(), true.into());
+        body.insert("final_outcome".into(), "audit_refused".into());
         broker
             .append(Append {
-                entry: decision_record(body),
+                canonical_body: None,
+                entry: decision_record(full_body(&body).to_value()?),
                 spend: Vec::new(),
                 lease: None,
                 rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
@@ -593,9 +596,7 @@ pub async fn decide_and_issue(
         let held = if decision.outcome == Outcome::StepUp {
             let id =
                 crate::approvals::hold(broker, &identity, &request, node, &request_id, now).await?;
-            if let Some(b) = body.as_object_mut() {
-                b.insert("approval_id".into(), id.clone().into());
-            }
+            body.insert("approval_id".into(), id.clone().into());
             Some(id)
         } else {
             None
@@ -606,9 +607,10 @@ pub async fn decide_and_issue(
         {
             broker.metrics.budget_exhausted.inc();
         }
-        let record = decision_record(body);
+        let record = decision_record(full_body(&body).to_value()?);
         broker
             .append(Append {
+                canonical_body: None,
                 entry: record,
                 spend: Vec::new(),
                 lease: None,
@@ -626,10 +628,8 @@ pub async fn decide_and_issue(
     if let Some(approval) = &approval {
         // Single use: consumed by the issuance it unlocks, before its record.
         crate::approvals::consume(broker, approval).await?;
-        if let Some(b) = body.as_object_mut() {
-            b.insert("approval_id".into(), approval.id.clone().into());
-            b.insert("approvers".into(), approval.approvers.clone().into());
-        }
+        body.insert("approval_id".into(), approval.id.clone().into());
+        body.insert("approvers".into(), approval.approvers.clone().into());
     }
 
     let spend: Vec<SpendOp> = decision
@@ -647,7 +647,7 @@ pub async fn decide_and_issue(
         })
         .collect();
     if matches!(grant.kind, GrantKind::Vault | GrantKind::AwsSts) {
-        let record = decision_record(body);
+        let record = decision_record(full_body(&body).to_value()?);
         return issue_upstream(
             broker,
             dynamic,
@@ -711,12 +711,13 @@ pub async fn decide_and_issue(
         revoked_at_ms: None,
         task_ended_at_ms: None,
     };
-    if let Some(obj) = body.as_object_mut() {
-        obj.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
-    }
-    let record = decision_record(body);
+    body.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
+    // The hot path: the body is written straight to its canonical form.
+    let canonical = full_body(&body).to_canonical()?;
+    let record = decision_record(serde_json::Value::Null);
     let appended = broker
         .append(Append {
+            canonical_body: Some(canonical),
             entry: record,
             spend,
             lease: Some(lease),
@@ -750,6 +751,33 @@ pub async fn decide_and_issue(
         decision: decision_summary(&request_id, &decision),
     };
     Ok((StatusCode::OK, axum::Json(response)).into_response())
+}
+
+/// A decision record's body: the input, the decision and the request, and
+/// what the pipeline adds (lease, approval, break-glass, CI context).
+#[derive(serde::Serialize)]
+struct DecisionBody<'a> {
+    input: &'a DecisionInput,
+    decision: &'a Decision,
+    request: &'a CredentialRequest,
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
+}
+
+impl DecisionBody<'_> {
+    /// As a JSON tree, for the paths that add to it later.
+    fn to_value(&self) -> Result<serde_json::Value, ApiError> {
+        serde_json::to_value(self).map_err(|e| {
+            ApiError::unavailable("log_unavailable", "the decision could not be recorded", e)
+        })
+    }
+
+    /// Its canonical JSON, written directly (no tree).
+    fn to_canonical(&self) -> Result<String, ApiError> {
+        crate::log::jcs::to_canonical(self).map_err(|e| {
+            ApiError::unavailable("log_unavailable", "the decision could not be recorded", e)
+        })
+    }
 }
 
 /// The upstream a grant mints from.
@@ -845,6 +873,7 @@ async fn issue_upstream(
     };
     let appended = broker
         .append(Append {
+            canonical_body: None,
             entry: record.clone(),
             spend: spend.clone(),
             lease: Some(lease.clone()),
@@ -1284,6 +1313,7 @@ pub async fn revoke_all(
 pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
     broker
         .append(Append {
+            canonical_body: None,
             entry,
             spend: Vec::new(),
             lease: None,

@@ -63,6 +63,7 @@ fn lease(id: &str, identity: &str, issued: i64) -> Lease {
 
 fn plain(e: LogEntry) -> Append {
     Append {
+        canonical_body: None,
         entry: e,
         spend: vec![],
         lease: None,
@@ -118,9 +119,16 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
         .map(|i| {
             let (store, policy) = (store.clone(), policy.clone());
             tokio::spawn(async move {
+                // Half of the bodies come written directly (the issuance hot path).
+                let mut entry = entry(&format!("b{i}"), "spiffe://example.org/a", "allow", now);
+                let canonical_body = (i % 2 == 1).then(|| {
+                    mintguard_broker::log::jcs::to_canonical(&std::mem::take(&mut entry.body))
+                        .unwrap()
+                });
                 store
                     .append(Append {
-                        entry: entry(&format!("b{i}"), "spiffe://example.org/a", "allow", now),
+                        canonical_body,
+                        entry,
                         spend: vec![SpendOp {
                             key: "k".into(),
                             policy,
@@ -157,6 +165,18 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
             .iter()
             .all(|r| r.entry.body["final_outcome"] == "budget_exhausted")
     );
+    let all = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(
+        all.iter()
+            .all(|r| r.entry.body["decision"]["outcome"] == "allow" && r.entry.body["n"] == now),
+        "bodies written directly are stored whole, winners and losers alike"
+    );
     assert_eq!(
         store.leases(None).await.unwrap().len(),
         10,
@@ -186,6 +206,7 @@ async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn St
         eci_factor: 0.0,
     };
     let spend = |cost, t| Append {
+        canonical_body: None,
         entry: entry("x", "spiffe://example.org/a", "allow", t),
         spend: vec![SpendOp {
             key: "h".into(),
@@ -327,6 +348,7 @@ async fn leases_revoke_once(store: Arc<dyn Store>) {
     let l = lease("l1", "spiffe://example.org/a", 100);
     store
         .append(Append {
+            canonical_body: None,
             entry: entry("req-l1", "spiffe://example.org/a", "allow", 100),
             spend: vec![],
             lease: Some(l.clone()),
@@ -366,6 +388,7 @@ async fn leases_revoke_once(store: Arc<dyn Store>) {
 async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>) {
     let l = lease("dup", "spiffe://example.org/a", 1);
     let with_lease = |req: &str| Append {
+        canonical_body: None,
         entry: entry(req, "spiffe://example.org/a", "allow", 1),
         spend: vec![],
         lease: Some(l.clone()),

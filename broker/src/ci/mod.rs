@@ -106,6 +106,7 @@ async fn refuse(
     };
     let logged = broker
         .append(Append {
+            canonical_body: None,
             entry,
             spend: Vec::new(),
             lease: None,

@@ -13,6 +13,7 @@
 use std::cmp::Ordering;
 use std::fmt::Write;
 
+use serde::{Serialize, ser};
 use serde_json::Value;
 
 /// The canonical form of `value`.
@@ -97,6 +98,487 @@ fn write_value(out: &mut String, value: &Value) {
     }
 }
 
+/// The canonical form of any `Serialize` value, written directly: the same
+/// bytes as [`to_string`] of `serde_json::to_value(value)` (a property test
+/// checks it), without building the `Value` tree first — serde_json's maps
+/// here keep insertion order, so every member of that tree cost a hashed
+/// insert, only for the members to be sorted again here. Shapes the direct
+/// writer does not take (128-bit integers, non-string map keys other than
+/// integers and booleans, raw JSON) go through the `Value` path.
+pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
+    let mut out = String::with_capacity(1024);
+    match value.serialize(Canon { out: &mut out }) {
+        Ok(()) => Ok(out),
+        Err(Unsupported) => serde_json::to_value(value).map(|v| to_string(&v)),
+    }
+}
+
+/// A shape the direct writer leaves to the `Value` path (or an error the
+/// value's own `Serialize` raised, which that path reports).
+#[derive(Debug)]
+struct Unsupported;
+
+impl std::fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not written directly")
+    }
+}
+
+impl std::error::Error for Unsupported {}
+
+impl ser::Error for Unsupported {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Unsupported
+    }
+}
+
+/// serde_json's marker for `RawValue`.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+fn write_number(out: &mut String, f: f64) {
+    // As `Value` does: a non-finite float is null; every number is a double.
+    if f.is_finite() {
+        out.push_str(ryu_js::Buffer::new().format_finite(f));
+    } else {
+        out.push_str("null");
+    }
+}
+
+struct Canon<'a> {
+    out: &'a mut String,
+}
+
+/// Writes a `[...]`, and a closing `}` after it for a tuple variant.
+struct SeqCanon<'a> {
+    out: &'a mut String,
+    first: bool,
+    close_variant: bool,
+}
+
+/// Collects an object's members, sorted and written at the end (and a
+/// closing `}` after it for a struct variant).
+struct MapCanon<'a> {
+    out: &'a mut String,
+    members: Vec<(String, String)>,
+    key: Option<String>,
+    close_variant: bool,
+}
+
+impl<'a> Canon<'a> {
+    fn open_variant(self, variant: &str) -> &'a mut String {
+        self.out.push('{');
+        write_str(self.out, variant);
+        self.out.push(':');
+        self.out
+    }
+}
+
+impl<'a> ser::Serializer for Canon<'a> {
+    type Ok = ();
+    type Error = Unsupported;
+    type SerializeSeq = SeqCanon<'a>;
+    type SerializeTuple = SeqCanon<'a>;
+    type SerializeTupleStruct = SeqCanon<'a>;
+    type SerializeTupleVariant = SeqCanon<'a>;
+    type SerializeMap = MapCanon<'a>;
+    type SerializeStruct = MapCanon<'a>;
+    type SerializeStructVariant = MapCanon<'a>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), Unsupported> {
+        self.out.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), Unsupported> {
+        self.serialize_i64(i64::from(v))
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), Unsupported> {
+        self.serialize_i64(i64::from(v))
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), Unsupported> {
+        self.serialize_i64(i64::from(v))
+    }
+    #[allow(clippy::cast_precision_loss)] // JCS numbers are doubles
+    fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
+        write_number(self.out, v as f64);
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
+        self.serialize_u64(u64::from(v))
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), Unsupported> {
+        self.serialize_u64(u64::from(v))
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), Unsupported> {
+        self.serialize_u64(u64::from(v))
+    }
+    #[allow(clippy::cast_precision_loss)] // JCS numbers are doubles
+    fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
+        write_number(self.out, v as f64);
+        Ok(())
+    }
+    fn serialize_i128(self, _: i128) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_u128(self, _: u128) -> Result<(), Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), Unsupported> {
+        write_number(self.out, f64::from(v));
+        Ok(())
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), Unsupported> {
+        write_number(self.out, v);
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), Unsupported> {
+        write_str(self.out, v.encode_utf8(&mut [0; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), Unsupported> {
+        write_str(self.out, v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), Unsupported> {
+        let mut seq = self.serialize_seq(Some(v.len()))?;
+        for b in v {
+            ser::SerializeSeq::serialize_element(&mut seq, b)?;
+        }
+        ser::SerializeSeq::end(seq)
+    }
+    fn serialize_none(self) -> Result<(), Unsupported> {
+        self.serialize_unit()
+    }
+    fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Unsupported> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), Unsupported> {
+        self.out.push_str("null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<(), Unsupported> {
+        self.serialize_unit()
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<(), Unsupported> {
+        self.serialize_str(variant)
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        name: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        if name == RAW_VALUE_TOKEN {
+            return Err(Unsupported);
+        }
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        let out = self.open_variant(variant);
+        value.serialize(Canon { out: &mut *out })?;
+        out.push('}');
+        Ok(())
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<SeqCanon<'a>, Unsupported> {
+        self.out.push('[');
+        Ok(SeqCanon {
+            out: self.out,
+            first: true,
+            close_variant: false,
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<SeqCanon<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        len: usize,
+    ) -> Result<SeqCanon<'a>, Unsupported> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        _: usize,
+    ) -> Result<SeqCanon<'a>, Unsupported> {
+        let out = self.open_variant(variant);
+        out.push('[');
+        Ok(SeqCanon {
+            out,
+            first: true,
+            close_variant: true,
+        })
+    }
+    fn serialize_map(self, len: Option<usize>) -> Result<MapCanon<'a>, Unsupported> {
+        Ok(MapCanon {
+            out: self.out,
+            members: Vec::with_capacity(len.unwrap_or(8)),
+            key: None,
+            close_variant: false,
+        })
+    }
+    fn serialize_struct(self, name: &'static str, len: usize) -> Result<MapCanon<'a>, Unsupported> {
+        if name == RAW_VALUE_TOKEN {
+            return Err(Unsupported);
+        }
+        self.serialize_map(Some(len))
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+        len: usize,
+    ) -> Result<MapCanon<'a>, Unsupported> {
+        let out = self.open_variant(variant);
+        Ok(MapCanon {
+            out,
+            members: Vec::with_capacity(len),
+            key: None,
+            close_variant: true,
+        })
+    }
+}
+
+impl SeqCanon<'_> {
+    fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        if !std::mem::take(&mut self.first) {
+            self.out.push(',');
+        }
+        value.serialize(Canon {
+            out: &mut *self.out,
+        })
+    }
+
+    fn finish(self) -> Result<(), Unsupported> {
+        self.out.push(']');
+        if self.close_variant {
+            self.out.push('}');
+        }
+        Ok(())
+    }
+}
+
+/// serde's four sequence traits, all writing elements of a `SeqCanon`.
+macro_rules! seq_traits {
+    ($($trait:ident::$method:ident),*) => {
+        $(impl ser::$trait for SeqCanon<'_> {
+            type Ok = ();
+            type Error = Unsupported;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Unsupported> {
+                self.finish()
+            }
+        })*
+    };
+}
+
+seq_traits!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
+
+impl MapCanon<'_> {
+    fn member<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result<(), Unsupported> {
+        let mut item = String::new();
+        value.serialize(Canon { out: &mut item })?;
+        self.members.push((key, item));
+        Ok(())
+    }
+
+    fn finish(mut self) -> Result<(), Unsupported> {
+        // Stable: of duplicate names the last one written wins, as in a map.
+        self.members.sort_by(|a, b| utf16_cmp(&a.0, &b.0));
+        let mut members = self.members.iter().peekable();
+        self.out.push('{');
+        let mut first = true;
+        while let Some((name, item)) = members.next() {
+            if members.peek().is_some_and(|(next, _)| next == name) {
+                continue;
+            }
+            if !std::mem::take(&mut first) {
+                self.out.push(',');
+            }
+            write_str(self.out, name);
+            self.out.push(':');
+            self.out.push_str(item);
+        }
+        self.out.push('}');
+        if self.close_variant {
+            self.out.push('}');
+        }
+        Ok(())
+    }
+}
+
+impl ser::SerializeMap for MapCanon<'_> {
+    type Ok = ();
+    type Error = Unsupported;
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
+        self.key = Some(key.serialize(KeyCanon)?);
+        Ok(())
+    }
+    fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
+        let key = self.key.take().ok_or(Unsupported)?;
+        self.member(key, value)
+    }
+    fn end(self) -> Result<(), Unsupported> {
+        self.finish()
+    }
+}
+
+/// serde's two struct traits, both collecting members of a `MapCanon`.
+macro_rules! struct_traits {
+    ($($trait:ident),*) => {
+        $(impl ser::$trait for MapCanon<'_> {
+            type Ok = ();
+            type Error = Unsupported;
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                key: &'static str,
+                value: &T,
+            ) -> Result<(), Unsupported> {
+                self.member(key.to_owned(), value)
+            }
+            fn end(self) -> Result<(), Unsupported> {
+                self.finish()
+            }
+        })*
+    };
+}
+
+struct_traits!(SerializeStruct, SerializeStructVariant);
+
+/// A map key: strings as they are, integers and booleans as their text (as
+/// serde_json's `Value` does); anything else goes the `Value` path.
+struct KeyCanon;
+
+macro_rules! key_as_text {
+    ($($method:ident: $ty:ty),* $(,)?) => {
+        $(fn $method(self, v: $ty) -> Result<String, Unsupported> {
+            Ok(v.to_string())
+        })*
+    };
+}
+
+macro_rules! key_unsupported {
+    ($($method:ident$(: $ty:ty)?),* $(,)?) => {
+        $(fn $method(self $(, _: $ty)?) -> Result<String, Unsupported> {
+            Err(Unsupported)
+        })*
+    };
+}
+
+impl ser::Serializer for KeyCanon {
+    type Ok = String;
+    type Error = Unsupported;
+    type SerializeSeq = ser::Impossible<String, Unsupported>;
+    type SerializeTuple = ser::Impossible<String, Unsupported>;
+    type SerializeTupleStruct = ser::Impossible<String, Unsupported>;
+    type SerializeTupleVariant = ser::Impossible<String, Unsupported>;
+    type SerializeMap = ser::Impossible<String, Unsupported>;
+    type SerializeStruct = ser::Impossible<String, Unsupported>;
+    type SerializeStructVariant = ser::Impossible<String, Unsupported>;
+
+    key_as_text!(
+        serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
+        serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_char: char, serialize_str: &str,
+    );
+    key_unsupported!(
+        serialize_i128: i128, serialize_u128: u128, serialize_f32: f32, serialize_f64: f64,
+        serialize_bytes: &[u8], serialize_none, serialize_unit,
+    );
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<String, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_unit_struct(self, _: &'static str) -> Result<String, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_unit_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        variant: &'static str,
+    ) -> Result<String, Unsupported> {
+        Ok(variant.to_owned())
+    }
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        value: &T,
+    ) -> Result<String, Unsupported> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<String, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, Unsupported> {
+        Err(Unsupported)
+    }
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, Unsupported> {
+        Err(Unsupported)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
@@ -134,6 +616,150 @@ mod tests {
         fn identical_to_serde_jcs(v in arb_value()) {
             prop_assert_eq!(to_string(&v), serde_jcs::to_string(&v).unwrap());
         }
+
+        #[test]
+        fn direct_writing_is_identical_for_values(v in arb_value()) {
+            prop_assert_eq!(to_canonical(&v).unwrap(), to_string(&v));
+        }
+
+        #[test]
+        fn direct_writing_is_identical_for_every_serde_shape(s in arb_shapes()) {
+            let through_value = to_string(&serde_json::to_value(&s).unwrap());
+            prop_assert_eq!(to_canonical(&s).unwrap(), through_value);
+        }
+    }
+
+    #[derive(Clone, Debug, serde::Serialize)]
+    enum Kind {
+        Unit,
+        Newtype(u16),
+        Tuple(i8, String),
+        Struct { z: Option<bool>, a: f32 },
+    }
+
+    #[derive(Clone, Debug, serde::Serialize)]
+    struct Unit;
+
+    #[derive(Clone, Debug, serde::Serialize)]
+    struct Wrapper(String);
+
+    #[derive(Clone, Debug, serde::Serialize)]
+    struct Pair(u8, char);
+
+    /// Every shape serde's data model has, in one struct.
+    #[derive(Clone, Debug, serde::Serialize)]
+    struct Shapes {
+        zeta: i64,
+        alpha: u64,
+        #[serde(rename = "\u{e9}t\u{e9}")]
+        renamed: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        skipped_when_none: Option<f64>,
+        optional: Option<Kind>,
+        kinds: Vec<Kind>,
+        unit: (),
+        unit_struct: Unit,
+        wrapper: Wrapper,
+        pair: Pair,
+        tuple: (bool, f64, Vec<u8>),
+        by_number: std::collections::BTreeMap<i32, String>,
+        by_name: std::collections::HashMap<String, Value>,
+        by_kind: std::collections::BTreeMap<Flag, u32>,
+        #[serde(flatten)]
+        flattened: std::collections::BTreeMap<String, i64>,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+    enum Flag {
+        On,
+        Off,
+    }
+
+    fn arb_kind() -> impl Strategy<Value = Kind> {
+        prop_oneof![
+            Just(Kind::Unit),
+            any::<u16>().prop_map(Kind::Newtype),
+            (any::<i8>(), "[a-z\"\\\u{1}]{0,4}").prop_map(|(i, s)| Kind::Tuple(i, s)),
+            (proptest::option::of(any::<bool>()), any::<f32>())
+                .prop_map(|(z, a)| Kind::Struct { z, a }),
+        ]
+    }
+
+    fn arb_shapes() -> impl Strategy<Value = Shapes> {
+        (
+            (
+                any::<i64>(),
+                any::<u64>(),
+                any::<String>(),
+                proptest::option::of(any::<f64>()),
+            ),
+            (
+                proptest::option::of(arb_kind()),
+                prop::collection::vec(arb_kind(), 0..4),
+                "[a-z]{0,4}",
+                (any::<u8>(), any::<char>()),
+                (
+                    any::<bool>(),
+                    any::<f64>(),
+                    prop::collection::vec(any::<u8>(), 0..4),
+                ),
+            ),
+            (
+                prop::collection::btree_map(any::<i32>(), "[a-z]{0,3}", 0..4),
+                prop::collection::hash_map("[a-zA-Z\u{e9}\u{1f600}]{0,4}", arb_value(), 0..4),
+                prop::collection::btree_map(
+                    prop_oneof![Just(Flag::On), Just(Flag::Off)],
+                    any::<u32>(),
+                    0..2,
+                ),
+                // Names that may collide with the struct's own fields.
+                prop::collection::btree_map("zeta|alpha|extra|[a-z]{1,3}", any::<i64>(), 0..3),
+            ),
+        )
+            .prop_map(
+                |(
+                    (zeta, alpha, renamed, skipped_when_none),
+                    (optional, kinds, wrapper, (p, c), tuple),
+                    (by_number, by_name, by_kind, flattened),
+                )| Shapes {
+                    zeta,
+                    alpha,
+                    renamed,
+                    skipped_when_none,
+                    optional,
+                    kinds,
+                    unit: (),
+                    unit_struct: Unit,
+                    wrapper: Wrapper(wrapper),
+                    pair: Pair(p, c),
+                    tuple,
+                    by_number,
+                    by_name: by_name.into_iter().collect(),
+                    by_kind,
+                    flattened,
+                },
+            )
+    }
+
+    #[test]
+    fn shapes_it_leaves_to_the_value_path_still_come_out_canonical() {
+        let wide = std::collections::BTreeMap::from([(1u128 << 70, "x"), (7, "y")]);
+        assert_eq!(
+            to_canonical(&wide).unwrap(),
+            to_string(&serde_json::to_value(&wide).unwrap())
+        );
+        let big = (u128::from(u64::MAX), 5i128);
+        assert_eq!(
+            to_canonical(&big).unwrap(),
+            to_string(&serde_json::to_value(big).unwrap())
+        );
+        // What serde_json cannot represent is an error either way.
+        let huge = (u128::MAX,);
+        assert!(serde_json::to_value(huge).is_err());
+        assert!(to_canonical(&huge).is_err());
+        let raw =
+            serde_json::value::RawValue::from_string("{\"b\": 1, \"a\": [2]}".into()).unwrap();
+        assert_eq!(to_canonical(&raw).unwrap(), "{\"a\":[2],\"b\":1}");
     }
 
     #[test]

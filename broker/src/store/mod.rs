@@ -91,6 +91,19 @@ pub struct Append {
     pub lease: Option<Lease>,
     /// The rule set the decision used, stored by hash if new.
     pub rule_set: Option<(String, std::sync::Arc<str>)>,
+    /// The body's canonical JSON when the caller wrote it directly
+    /// ([`crate::log::jcs::to_canonical`]); `entry.body` is then not read
+    /// (leave it `Null`). `None`: the store canonicalizes `entry.body`.
+    pub canonical_body: Option<String>,
+}
+
+impl Append {
+    /// The canonical body to store: the caller's, or `entry.body`'s.
+    pub fn take_canonical_body(&mut self) -> String {
+        self.canonical_body
+            .take()
+            .unwrap_or_else(|| crate::log::canonical_body(&self.entry.body))
+    }
 }
 
 /// What an append did.

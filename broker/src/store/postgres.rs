@@ -159,6 +159,7 @@ async fn append_one(
         spend,
         lease,
         rule_set,
+        ..
     } = append;
     let mut spent = true;
     if !spend.is_empty() {
@@ -177,8 +178,7 @@ async fn append_one(
         tx.batch_execute(sql).await.map_err(map_pg)?;
     }
     if !spent {
-        mark_budget_exhausted(&mut entry);
-        body_jcs = crate::log::canonical_body(&entry.body);
+        body_jcs = mark_budget_exhausted(&mut entry, &body_jcs)?;
     }
     // The rule set (unless this writer committed it before), the lease and
     // the record go out pipelined: one round trip, executed in order.
@@ -557,7 +557,8 @@ impl Store for PostgresStore {
     async fn append(&self, append: Append) -> Result<Appended> {
         let (done, rx) = oneshot::channel();
         // Canonicalize the body here, in the caller's task, not in the serial writer.
-        let body_jcs = crate::log::canonical_body(&append.entry.body);
+        let mut append = append;
+        let body_jcs = append.take_canonical_body();
         self.appends
             .send(Job {
                 append,

@@ -130,11 +130,11 @@ impl Writer {
             spend,
             lease,
             rule_set,
+            ..
         } = append;
         let spent = spend.is_empty() || self.try_spend(&spend, entry.time_ms)?;
         if !spent {
-            mark_budget_exhausted(&mut entry);
-            body_jcs = crate::log::canonical_body(&entry.body);
+            body_jcs = mark_budget_exhausted(&mut entry, &body_jcs)?;
         }
         if let Some((hash, body)) = &rule_set
             && !self.known_rule_sets.contains(hash)
@@ -196,12 +196,19 @@ impl Writer {
     }
 }
 
-/// Records that a decision lost the budget race: its final outcome.
-pub(crate) fn mark_budget_exhausted(entry: &mut LogEntry) {
+/// Records that a decision lost the budget race: its final outcome; returns
+/// the new canonical body. (A body written directly, with `entry.body` left
+/// `Null`, is parsed here: the tree is built only on this rare path.)
+pub(crate) fn mark_budget_exhausted(entry: &mut LogEntry, body_jcs: &str) -> Result<String> {
+    if entry.body.is_null() {
+        entry.body = serde_json::from_str(body_jcs)
+            .map_err(|e| StoreError::Corrupt(format!("a record body is not JSON: {e}")))?;
+    }
     entry.outcome = Some("budget_exhausted".into());
     if let Some(body) = entry.body.as_object_mut() {
         body.insert("final_outcome".into(), "budget_exhausted".into());
     }
+    Ok(crate::log::canonical_body(&entry.body))
 }
 
 /// The available-balance expression, in millitokens (see `BudgetSnapshot::available`).
@@ -583,9 +590,9 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn append(&self, append: Append) -> Result<Appended> {
+    async fn append(&self, mut append: Append) -> Result<Appended> {
         // Canonicalize the body here, in the caller's task, not in the serial writer.
-        let body_jcs = crate::log::canonical_body(&append.entry.body);
+        let body_jcs = append.take_canonical_body();
         self.write(move |w| w.append(append, body_jcs)).await
     }
 
