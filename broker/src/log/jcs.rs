@@ -10,8 +10,10 @@
 //! in JavaScript); strings escape only `"`, `\` and control characters
 //! (`\b \t \n \f \r`, else `\u00xx` in lowercase hex).
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt::Write;
+use std::ops::Range;
 
 use serde::{Serialize, ser};
 use serde_json::Value;
@@ -159,8 +161,11 @@ struct SeqCanon<'a> {
 /// closing `}` after it for a struct variant).
 struct MapCanon<'a> {
     out: &'a mut String,
-    members: Vec<(String, String)>,
-    key: Option<String>,
+    /// The members' values, one after another (one buffer per object).
+    values: String,
+    /// Each member's name and where its value is in `values`.
+    members: Vec<(Cow<'static, str>, Range<usize>)>,
+    key: Option<Cow<'static, str>>,
     close_variant: bool,
 }
 
@@ -324,6 +329,7 @@ impl<'a> ser::Serializer for Canon<'a> {
     fn serialize_map(self, len: Option<usize>) -> Result<MapCanon<'a>, Unsupported> {
         Ok(MapCanon {
             out: self.out,
+            values: String::with_capacity(256),
             members: Vec::with_capacity(len.unwrap_or(8)),
             key: None,
             close_variant: false,
@@ -345,6 +351,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         let out = self.open_variant(variant);
         Ok(MapCanon {
             out,
+            values: String::with_capacity(256),
             members: Vec::with_capacity(len),
             key: None,
             close_variant: true,
@@ -395,10 +402,16 @@ seq_traits!(
 );
 
 impl MapCanon<'_> {
-    fn member<T: Serialize + ?Sized>(&mut self, key: String, value: &T) -> Result<(), Unsupported> {
-        let mut item = String::new();
-        value.serialize(Canon { out: &mut item })?;
-        self.members.push((key, item));
+    fn member<T: Serialize + ?Sized>(
+        &mut self,
+        key: Cow<'static, str>,
+        value: &T,
+    ) -> Result<(), Unsupported> {
+        let start = self.values.len();
+        value.serialize(Canon {
+            out: &mut self.values,
+        })?;
+        self.members.push((key, start..self.values.len()));
         Ok(())
     }
 
@@ -408,7 +421,7 @@ impl MapCanon<'_> {
         let mut members = self.members.iter().peekable();
         self.out.push('{');
         let mut first = true;
-        while let Some((name, item)) = members.next() {
+        while let Some((name, range)) = members.next() {
             if members.peek().is_some_and(|(next, _)| next == name) {
                 continue;
             }
@@ -417,7 +430,7 @@ impl MapCanon<'_> {
             }
             write_str(self.out, name);
             self.out.push(':');
-            self.out.push_str(item);
+            self.out.push_str(&self.values[range.clone()]);
         }
         self.out.push('}');
         if self.close_variant {
@@ -431,7 +444,7 @@ impl ser::SerializeMap for MapCanon<'_> {
     type Ok = ();
     type Error = Unsupported;
     fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), Unsupported> {
-        self.key = Some(key.serialize(KeyCanon)?);
+        self.key = Some(Cow::Owned(key.serialize(KeyCanon)?));
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unsupported> {
@@ -454,7 +467,7 @@ macro_rules! struct_traits {
                 key: &'static str,
                 value: &T,
             ) -> Result<(), Unsupported> {
-                self.member(key.to_owned(), value)
+                self.member(Cow::Borrowed(key), value)
             }
             fn end(self) -> Result<(), Unsupported> {
                 self.finish()
