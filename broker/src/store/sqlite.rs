@@ -400,6 +400,30 @@ fn read_suspension(conn: &Connection, subject: &str) -> Result<Option<Suspension
         .map_err(map_sql)
 }
 
+fn signal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SignalRecord> {
+    Ok(SignalRecord {
+        subject: r.get(0)?,
+        kind: r.get(1)?,
+        source: r.get(2)?,
+        value: r.get(3)?,
+        observed_at_ms: r.get(4)?,
+        ttl_seconds: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+    })
+}
+
+/// The signals about two subjects (what every decision reads), without the
+/// JSON list `read_signals` takes.
+fn read_signal_pair(conn: &Connection, a: &str, b: &str) -> Result<Vec<SignalRecord>> {
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
+             WHERE subject IN (?1, ?2) ORDER BY subject, kind, source",
+        )
+        .map_err(map_sql)?;
+    let rows = stmt.query_map([a, b], signal_row).map_err(map_sql)?;
+    rows.map(|r| r.map_err(map_sql)).collect()
+}
+
 fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
     let mut stmt = conn
         .prepare_cached(
@@ -408,18 +432,7 @@ fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord
         )
         .map_err(map_sql)?;
     let list = serde_json::to_string(subjects).unwrap_or_default();
-    let rows = stmt
-        .query_map([list], |r| {
-            Ok(SignalRecord {
-                subject: r.get(0)?,
-                kind: r.get(1)?,
-                source: r.get(2)?,
-                value: r.get(3)?,
-                observed_at_ms: r.get(4)?,
-                ttl_seconds: u64::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
-            })
-        })
-        .map_err(map_sql)?;
+    let rows = stmt.query_map([list], signal_row).map_err(map_sql)?;
     rows.map(|r| r.map_err(map_sql)).collect()
 }
 
@@ -1126,7 +1139,7 @@ impl Store for SqliteStore {
                 Ok(RequestState {
                     identity_suspension: read_suspension(conn, identity)?,
                     issuer_suspension: read_suspension(conn, issuer)?,
-                    signals: read_signals(conn, &[identity, issuer])?,
+                    signals: read_signal_pair(conn, identity, issuer)?,
                     budget: budget_key
                         .map(|k| read_budget(conn, k))
                         .transpose()?
