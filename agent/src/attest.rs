@@ -56,27 +56,27 @@ pub struct Stat {
     pub start_time: u64,
 }
 
-/// Reads `/proc/PID/stat` (the command name may hold spaces and parentheses:
-/// fields are counted after its last `)`).
+/// Reads `/proc/PID/stat`.
 pub fn stat(pid: i32) -> Result<Stat, AttestError> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).map_err(|_| AttestError::PeerGone(pid))?;
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or_else(|| proc_error(&path, "malformed"))?;
+    parse_stat(&text).ok_or_else(|| proc_error(&path, "malformed"))
+}
+
+/// Parses a `/proc/PID/stat` line. The command name may hold spaces and
+/// parentheses: fields are counted after its last `)`. The fields are ASCII,
+/// read in one pass (this runs twice per request).
+fn parse_stat(text: &str) -> Option<Stat> {
+    let (_, rest) = text.rsplit_once(')')?;
     // After ")": state(3) ppid(4) pgrp(5) session(6) … starttime(22).
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let field = |n: usize| -> Result<i64, AttestError> {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| proc_error(&path, "malformed"))
-    };
-    Ok(Stat {
-        ppid: i32::try_from(field(4)?).unwrap_or(0),
-        session: i32::try_from(field(6)?).unwrap_or(0),
-        start_time: u64::try_from(field(22)?).unwrap_or(0),
+    let mut fields = rest.split_ascii_whitespace();
+    let ppid = fields.nth(1)?.parse().ok()?; // fields 3, 4
+    let session = fields.nth(1)?.parse().ok()?; // 5, 6
+    let start_time = fields.nth(15)?.parse().ok()?; // 7 … 22
+    Some(Stat {
+        ppid,
+        session,
+        start_time,
     })
 }
 
@@ -319,9 +319,24 @@ mod tests {
 
     #[test]
     fn stat_parses_names_with_spaces_and_parentheses() {
-        let s = stat(i32::try_from(std::process::id()).unwrap()).unwrap();
-        assert!(s.start_time > 0);
-        assert!(s.ppid > 0);
+        let line = "4242 (a) b (c)) S 17 4242 99 0 -1 4194560 120 0 0 0 3 1 0 0 20 0 1 0 777123 1000 200 \
+                    18446744073709551615 1 1 0 0 0 0 0 0 0 0 0 0 17 1 0 0 0 0 0";
+        assert_eq!(
+            parse_stat(line),
+            Some(Stat {
+                ppid: 17,
+                session: 99,
+                start_time: 777_123
+            })
+        );
+        assert_eq!(parse_stat("4242 (truncated) S 17"), None);
+        assert_eq!(parse_stat("no parenthesis"), None);
+        let me = stat(i32::try_from(std::process::id()).unwrap()).unwrap();
+        assert_eq!(
+            u32::try_from(me.ppid).unwrap(),
+            std::os::unix::process::parent_id()
+        );
+        assert!(me.start_time > 0);
     }
 
     #[test]
