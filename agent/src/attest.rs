@@ -1,7 +1,8 @@
 //! Workload attestation from the kernel, never from the request: the
 //! socket's `SO_PEERCRED` (pid, uid, gid) and `/proc/PID` (executable, its
 //! SHA-256, cgroups), re-read on every request and guarded against pid reuse
-//! by comparing the process start time before and after the reads.
+//! by comparing the process start time taken at connect (before the reads)
+//! with the pid's after them.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -203,14 +204,19 @@ impl Attestor {
     /// executable is its parent's: the parent must be alive, not PID 1, in
     /// the helper's session (an orphan is reparented to init or a subreaper
     /// outside it), under the same uid, and started before the helper.
+    ///
+    /// Pid reuse: the start time taken at connect, before any read, must
+    /// still be the pid's after the reads (a pid reused in between has
+    /// another start time then; one `/proc/PID/stat` read per request, as
+    /// the kernel builds that file at some cost).
     pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
-        let before = stat(peer.pid)?;
-        if before.start_time != peer.start_time {
-            return Err(AttestError::PeerGone(peer.pid));
-        }
         let (mut path, mut sha) = self.executable(peer.pid)?;
         if sha == self.own_sha256 {
-            (path, sha) = self.helper_parent(peer, &before)?;
+            let helper = stat(peer.pid)?;
+            if helper.start_time != peer.start_time {
+                return Err(AttestError::PeerGone(peer.pid));
+            }
+            (path, sha) = self.helper_parent(peer, &helper)?;
         }
         let cgroups = cgroup_selectors(peer.pid);
         // The pid still names the process that connected.
