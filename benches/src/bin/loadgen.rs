@@ -17,6 +17,8 @@
 //! `--compare-stores postgres://…/postgres` runs one SQLite broker, one
 //! PostgreSQL broker and two PostgreSQL brokers in one run, on fresh databases.
 //!
+//! `--jwt-algorithm EdDSA` signs with Ed25519 instead of the default ES256.
+//!
 //! With `--vault`, the grant is a Vault child token from the OpenBao at
 //! `VAULT_ADDR`, and the same load then goes to that OpenBao's
 //! `auth/token/create` directly, for the ratio.
@@ -301,8 +303,9 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
     );
     // Replicas share one CA and one JWT key directory.
     config.push_str(&format!(
-        "[ca]\ndir = \"{0}/shared/ca\"\n[jwt]\ndir = \"{0}/shared/jwt\"\n",
-        dir.path().display()
+        "[ca]\ndir = \"{0}/shared/ca\"\n[jwt]\ndir = \"{0}/shared/jwt\"\nalgorithm = \"{1}\"\n",
+        dir.path().display(),
+        arg_str("--jwt-algorithm").unwrap_or_else(|| "ES256".into())
     ));
     match analysis {
         Analysis::Default => {}
@@ -426,7 +429,8 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
                 Analysis::Off => " (analysis off)",
                 Analysis::Observe => " (analysis on, observe)",
             };
-            println!("{clients} clients, {grant} through the broker{note}: {line}");
+            let algorithm = arg_str("--jwt-algorithm").unwrap_or_else(|| "ES256".into());
+            println!("{clients} clients, {grant} ({algorithm}) through the broker{note}: {line}");
             via_broker = rate;
         }
     }
