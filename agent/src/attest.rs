@@ -105,7 +105,7 @@ type FileKey = (u64, u64, u64, i64, i64);
 pub struct Attestor {
     own_sha256: String,
     hashes: Mutex<HashMap<FileKey, String>>,
-    users: Mutex<Option<(i64, HashMap<u32, String>)>>,
+    users: Mutex<Option<(FileVersion, HashMap<u32, String>)>>,
 }
 
 /// Most cached executable hashes.
@@ -181,9 +181,9 @@ impl Attestor {
     /// The user name for `uid` from `/etc/passwd` (re-read when it changes;
     /// users only known to NSS modules get no `unix:user` selector).
     fn user_name(&self, uid: u32) -> Option<String> {
-        let mtime = std::fs::metadata("/etc/passwd").ok()?.mtime();
+        let version = FileVersion::of(&std::fs::metadata("/etc/passwd").ok()?);
         let mut users = self.users.lock().ok()?;
-        if users.as_ref().is_none_or(|(m, _)| *m != mtime) {
+        if users.as_ref().is_none_or(|(v, _)| *v != version) {
             let text = std::fs::read_to_string("/etc/passwd").ok()?;
             let map = text
                 .lines()
@@ -194,7 +194,7 @@ impl Attestor {
                     Some((uid, name.to_owned()))
                 })
                 .collect();
-            *users = Some((mtime, map));
+            *users = Some((version, map));
         }
         users.as_ref()?.1.get(&uid).cloned()
     }
@@ -274,6 +274,29 @@ impl Attestor {
 
 /// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
 /// where a path holds a 64-hex container id (docker, containerd, CRI-O).
+/// Which version of a file a cache holds: a rewrite in place (same second
+/// included: nanoseconds, size) or a replacement (device, inode) changes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileVersion {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: i64,
+}
+
+impl FileVersion {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
+    }
+}
+
 fn cgroup_selectors(pid: i32) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return Vec::new();
@@ -321,6 +344,37 @@ mod tests {
             gid: 0,
             start_time: stat(pid).unwrap().start_time,
         }
+    }
+
+    #[test]
+    fn a_passwd_rewritten_within_the_same_second_is_a_new_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("passwd");
+        let second = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_514_400);
+        let write = |text: &str, at: std::time::SystemTime| {
+            std::fs::write(&path, text).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(at).unwrap();
+            FileVersion::of(&std::fs::metadata(&path).unwrap())
+        };
+        let first = write("alice:x:1000:1000::/home/alice:/bin/sh\n", second);
+        // Same size, same second, 0.5 s later: only the nanoseconds differ.
+        let rewritten = write(
+            "alicf:x:1000:1000::/home/alice:/bin/sh\n",
+            second + std::time::Duration::from_millis(500),
+        );
+        assert_eq!(first.mtime, rewritten.mtime);
+        assert_ne!(first, rewritten);
+        // Replaced by rename (what editors and `vipw` do): a new inode.
+        let next = dir.path().join("passwd.new");
+        std::fs::write(&next, "alicf:x:1000:1000::/home/alice:/bin/sh\n").unwrap();
+        std::fs::rename(&next, &path).unwrap();
+        let replaced = FileVersion::of(&std::fs::metadata(&path).unwrap());
+        assert_ne!(rewritten.ino, replaced.ino);
+        assert_eq!(
+            replaced,
+            FileVersion::of(&std::fs::metadata(&path).unwrap())
+        );
     }
 
     #[test]
