@@ -99,12 +99,10 @@ fn real_uid(pid: i32) -> Result<u32, AttestError> {
         .ok_or_else(|| proc_error(&path, "no Uid line"))
 }
 
-type FileKey = (u64, u64, u64, i64, i64);
-
 /// Attests workloads; caches executable hashes by device, inode, size and mtime.
 pub struct Attestor {
     own_sha256: String,
-    hashes: Mutex<HashMap<FileKey, String>>,
+    hashes: Mutex<HashMap<FileVersion, String>>,
     users: Mutex<Option<(FileVersion, HashMap<u32, String>)>>,
 }
 
@@ -142,13 +140,7 @@ impl Attestor {
             _ => proc_error(&link, e),
         })?;
         let meta = std::fs::metadata(&link).map_err(|e| proc_error(&link, e))?;
-        let key = (
-            meta.dev(),
-            meta.ino(),
-            meta.size(),
-            meta.mtime(),
-            meta.mtime_nsec(),
-        );
+        let key = FileVersion::of(&meta);
         if let Some(hash) = self.hashes.lock().ok().and_then(|h| h.get(&key).cloned()) {
             return Ok((path, hash));
         }
@@ -276,7 +268,7 @@ impl Attestor {
 /// where a path holds a 64-hex container id (docker, containerd, CRI-O).
 /// Which version of a file a cache holds: a rewrite in place (same second
 /// included: nanoseconds, size) or a replacement (device, inode) changes it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileVersion {
     dev: u64,
     ino: u64,
