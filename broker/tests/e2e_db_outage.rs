@@ -88,12 +88,19 @@ enabled = false
             .filter(|(s, _)| *s == status)
             .count()
     };
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let before = count(200);
-    assert!(before > 0, "nothing issued before the outage");
+    wait_until("something is issued before the outage", || count(200) > 0).await;
 
     pg_ctl("stop");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The outage lasts until the clients have been refused ten times.
+    let stopped = answers.lock().unwrap().len();
+    wait_until("ten requests are refused during the outage", || {
+        answers.lock().unwrap()[stopped..]
+            .iter()
+            .filter(|(s, _)| *s == 503)
+            .count()
+            >= 10
+    })
+    .await;
     let during = answers.lock().unwrap().len();
     pg_ctl("start");
     // Recovery by itself: 200s again within 30 s.
@@ -108,7 +115,14 @@ enabled = false
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    if recovered {
+        // Service continues: ten more issued after the first.
+        let recovered_at = count(200);
+        wait_until("ten more are issued after recovery", || {
+            count(200) >= recovered_at + 10
+        })
+        .await;
+    }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();

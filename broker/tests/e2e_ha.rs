@@ -259,10 +259,12 @@ async fn killing_one_replica_under_load_loses_no_record() {
             }
         }));
     }
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let issued = || received.lock().unwrap().len();
+    wait_until("both replicas have issued", || issued() > 10).await;
     a.child.kill().unwrap(); // SIGKILL
     let _ = a.child.wait();
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let at_kill = issued();
+    wait_until("the survivor issues on", || issued() > at_kill + 20).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for c in clients {
         c.await.unwrap();

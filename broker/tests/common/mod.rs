@@ -445,6 +445,19 @@ pub async fn issue_into_crash(
     std::mem::replace(&mut broker.dir, tempfile::tempdir().unwrap())
 }
 
+/// Waits until `done` holds, polling every 50 ms for up to 60 s; a timeout
+/// fails the test naming `what`. (For load tests: wait on what happened,
+/// not on the clock.)
+pub async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..1200 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
 /// The first log record with `outcome`, waiting up to 30 s for it.
 pub async fn wait_for_outcome(broker: &BrokerProcess, outcome: &str) -> Value {
     for _ in 0..300 {
