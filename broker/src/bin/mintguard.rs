@@ -302,11 +302,7 @@ async fn run(args: Cli) -> Result<bool, String> {
         .await
         .map(|_| true),
         Command::Approve { id, ttl } => {
-            let ttl_seconds = ttl
-                .as_deref()
-                .map(|t| humantime::parse_duration(t).map_err(|e| format!("--ttl {t:?}: {e}")))
-                .transpose()?
-                .map(|d| d.as_secs());
+            let ttl_seconds = ttl.as_deref().map(ops::ttl_seconds).transpose()?;
             ops::simple(
                 &client,
                 "POST",
@@ -344,11 +340,7 @@ async fn run(args: Cli) -> Result<bool, String> {
                 .await
                 .map(|_| true);
             }
-            let ttl_seconds = ttl
-                .as_deref()
-                .map(|t| humantime::parse_duration(t).map_err(|e| format!("--ttl {t:?}: {e}")))
-                .transpose()?
-                .map(|d| d.as_secs());
+            let ttl_seconds = ttl.as_deref().map(ops::ttl_seconds).transpose()?;
             ops::simple(
                 &client,
                 "POST",
@@ -458,8 +450,7 @@ async fn run(args: Cli) -> Result<bool, String> {
                     source,
                 },
         } => {
-            let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl {ttl:?}: {e}"))?;
-            let body = json!({"subject": subject, "kind": kind, "value": value, "ttl_seconds": ttl.as_secs(), "source": source});
+            let body = json!({"subject": subject, "kind": kind, "value": value, "ttl_seconds": ops::ttl_seconds(ttl)?, "source": source});
             ops::simple(&client, "POST", "/admin/v1/signals", Some(body), out)
                 .await
                 .map(|_| true)

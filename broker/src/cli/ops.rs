@@ -205,6 +205,13 @@ pub enum LogsCommand {
     },
 }
 
+/// A `--ttl` value (`10m`, `1h30m`) in whole seconds.
+pub fn ttl_seconds(ttl: &str) -> Result<u64, String> {
+    humantime::parse_duration(ttl)
+        .map(|d| d.as_secs())
+        .map_err(|e| format!("--ttl {ttl:?}: {e}"))
+}
+
 fn ago_ms(spec: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(spec).map_err(|e| format!("{spec:?}: {e}"))?;
     Ok(crate::state::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
@@ -236,12 +243,11 @@ pub async fn token(
     out: &mut impl Write,
 ) -> Result<(), String> {
     let TokenCommand::Create { node, ttl } = cmd;
-    let ttl = humantime::parse_duration(ttl).map_err(|e| format!("--ttl {ttl:?}: {e}"))?;
     let v = client
         .call(
             "POST",
             "/admin/v1/tokens",
-            Some(&json!({"node": node, "ttl_seconds": ttl.as_secs()})),
+            Some(&json!({"node": node, "ttl_seconds": ttl_seconds(ttl)?})),
         )
         .await?;
     print_json(out, &v)
