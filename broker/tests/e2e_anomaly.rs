@@ -333,10 +333,5 @@ secret_file = "webhook.secret"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(signed, "no signed alert arrived");
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    broker.assert_log_verifies();
 }

@@ -181,12 +181,7 @@ async fn enroll_issue_verify_revoke_introspect_log_replay() {
     assert_eq!(replay["replayed"], 1);
     assert_eq!(replay["differences"], json!([]));
 
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    let verify = broker.assert_log_verifies();
     assert!(String::from_utf8_lossy(&verify.stdout).starts_with("ok: "));
 
     let leases = broker.cli_json(&["leases", "--identity", API]);

@@ -531,12 +531,7 @@ async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
         cases.len(),
         "every refusal is a record"
     );
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    broker.assert_log_verifies();
 }
 
 /// A stock HTTPS client that checks host names — Python's `ssl` with the

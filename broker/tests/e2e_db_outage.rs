@@ -10,7 +10,6 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -157,32 +156,12 @@ enabled = false
     );
 
     // Every credential a client received has exactly one record.
-    let out = broker.cli(&["logs", "--json", "--grant", "outage-token"]);
-    let mut records: HashMap<String, usize> = HashMap::new();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let r: Value = serde_json::from_str(line).unwrap();
-        if r["kind"] == "decision" && r["outcome"] == "allow" {
-            *records
-                .entry(r["request_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-        }
-    }
-    let issued: Vec<&str> = answers
-        .iter()
-        .filter(|(s, _)| *s == 200)
-        .map(|(_, b)| b["decision"]["request_id"].as_str().unwrap())
-        .collect();
-    for request in &issued {
-        assert_eq!(
-            records.get(*request),
-            Some(&1),
-            "credential {request} without exactly one record"
-        );
-    }
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
+    broker.assert_one_record_each(
+        "outage-token",
+        answers
+            .iter()
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b["decision"]["request_id"].as_str().unwrap()),
     );
+    broker.assert_log_verifies();
 }

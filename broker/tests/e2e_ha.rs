@@ -202,12 +202,7 @@ async fn two_brokers_on_one_postgres_agree() {
 
     // One chain, written by both, verifies from either.
     for broker in [&a, &b] {
-        let verify = broker.cli(&["logs", "verify"]);
-        assert!(
-            verify.status.success(),
-            "{}",
-            String::from_utf8_lossy(&verify.stdout)
-        );
+        broker.assert_log_verifies();
     }
 }
 
@@ -272,29 +267,8 @@ async fn killing_one_replica_under_load_loses_no_record() {
     let received = received.lock().unwrap().clone();
     assert!(received.len() > 20, "too little load: {}", received.len());
 
-    let out = b.cli(&["logs", "--json", "--grant", "ha-open"]);
-    let logged: std::collections::HashMap<String, usize> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|r| r["kind"] == "decision" && r["outcome"] == "allow")
-        .fold(Default::default(), |mut m, r| {
-            *m.entry(r["request_id"].as_str().unwrap().to_owned())
-                .or_default() += 1;
-            m
-        });
-    for id in &received {
-        assert_eq!(
-            logged.get(id),
-            Some(&1),
-            "credential {id} without exactly one record"
-        );
-    }
-    let verify = b.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    b.assert_one_record_each("ha-open", received.iter().map(String::as_str));
+    b.assert_log_verifies();
 }
 
 /// Replicas sharing the JWT key directory rotate together: with a 2-second

@@ -423,12 +423,7 @@ async fn a_full_log_disk_fails_closed_and_recovers() {
         "serves again once space is freed: {}",
         reply.body
     );
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    broker.assert_log_verifies();
     let decisions: Value = broker.cli_json(&["leases"]);
     assert_eq!(
         decisions.as_array().unwrap().len(),
@@ -480,12 +475,7 @@ async fn retention_exports_then_prunes_and_the_rest_still_verifies() {
     assert_eq!(exported[9]["seq"], 10);
 
     // The remaining log verifies from the checkpointed base, and says it was pruned.
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    broker.assert_log_verifies();
     let logs = broker.cli(&["logs", "--json"]);
     let remaining: Vec<Value> = String::from_utf8_lossy(&logs.stdout)
         .lines()

@@ -32,12 +32,7 @@ async fn the_broker_issues_logs_and_verifies_on_postgres() {
         records.iter().filter(|r| r["kind"] == "decision").count(),
         6
     );
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    broker.assert_log_verifies();
     let replay: Value = serde_json::from_slice(&broker.cli(&["replay"]).stdout).unwrap();
     assert_eq!(
         (

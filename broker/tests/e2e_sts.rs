@@ -561,10 +561,5 @@ async fn a_crash_between_sts_and_the_answer_is_left_for_the_operator() {
         policy["Statement"][0]["Condition"]["StringEquals"]["aws:PrincipalTag/mintguard:lease"],
         lease.as_str()
     );
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    broker.assert_log_verifies();
 }

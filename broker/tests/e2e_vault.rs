@@ -449,12 +449,7 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
         .find(|l| l["id"] == lease.as_str())
         .unwrap();
     assert_eq!(row["live"], false);
-    let verify = broker.cli(&["logs", "verify"]);
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stderr)
-    );
+    broker.assert_log_verifies();
 }
 
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past

@@ -161,6 +161,45 @@ impl BrokerProcess {
             .unwrap()
     }
 
+    /// Runs `mintguard logs verify` and fails the test, with its output, if
+    /// the chain or the checkpoints do not hold.
+    pub fn assert_log_verifies(&self) -> Output {
+        let verify = self.cli(&["logs", "verify"]);
+        assert!(
+            verify.status.success(),
+            "logs verify failed:\n{}{}",
+            String::from_utf8_lossy(&verify.stdout),
+            String::from_utf8_lossy(&verify.stderr)
+        );
+        verify
+    }
+
+    /// Fails the test unless each of `request_ids` (credentials a client
+    /// received for `grant`) has exactly one `allow` decision record.
+    pub fn assert_one_record_each<'a>(
+        &self,
+        grant: &str,
+        request_ids: impl IntoIterator<Item = &'a str>,
+    ) {
+        let out = self.cli(&["logs", "--json", "--grant", grant]);
+        let mut records: std::collections::HashMap<String, usize> = Default::default();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let r: Value = serde_json::from_str(line).unwrap();
+            if r["kind"] == "decision" && r["outcome"] == "allow" {
+                *records
+                    .entry(r["request_id"].as_str().unwrap().to_owned())
+                    .or_default() += 1;
+            }
+        }
+        for id in request_ids {
+            assert_eq!(
+                records.get(id),
+                Some(&1),
+                "credential {id} without exactly one record"
+            );
+        }
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
         assert!(
