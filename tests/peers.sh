@@ -7,6 +7,7 @@
 #
 # Peers and the variables they export:
 #   PostgreSQL 15          MINTGUARD_PG_URL (scram-sha-256, a random password),
+#                          MINTGUARD_PG_CA (TLS on: the CA of its certificate for 127.0.0.1),
 #                          MINTGUARD_PG_CTL (stop|start, for outage tests)
 #   OpenBao dev server     VAULT_ADDR, VAULT_TOKEN (also BAO_ADDR, BAO_TOKEN)
 #   moto, plain mode       MINTGUARD_STS_ENDPOINT
@@ -35,6 +36,10 @@ install_peers() {
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
     fi
     [[ -x $PG_BIN/initdb ]] || die "no PostgreSQL binaries under $PG_BIN"
+    if ! command -v openssl >/dev/null; then
+        log "installing openssl (apt), for PostgreSQL's test certificate"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    fi
 
     local stamp=$CACHE/installed.txt want
     want=$(printf '%s\n' "${PY_PACKAGES[@]}")
@@ -107,7 +112,22 @@ start_postgres() {
     runuser -u postgres -- "$PG_BIN/initdb" -D "$WORK/pg" -U postgres --auth-local=trust \
         --auth-host=scram-sha-256 --pwfile="$WORK/pwfile" --no-sync -E UTF8 --locale=C.UTF-8 >/dev/null
     rm -f "$WORK/pwfile"
+    # TLS with a CA of this run's own and a certificate for 127.0.0.1 (clients
+    # may still connect in clear text; the TLS tests ask for it).
+    local tls=$WORK/pgtls
+    mkdir -p "$tls"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=Mintguard test PostgreSQL CA" -keyout "$tls/ca.key" -out "$tls/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=127.0.0.1" \
+        -keyout "$tls/server.key" -out "$tls/server.csr" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$tls/ext"
+    openssl x509 -req -in "$tls/server.csr" -CA "$tls/ca.pem" -CAkey "$tls/ca.key" -CAcreateserial \
+        -days 2 -extfile "$tls/ext" -out "$tls/server.pem" 2>/dev/null
+    chown postgres "$tls/server.key" "$tls/server.pem"
+    chmod 600 "$tls/server.key"
+    export MINTGUARD_PG_CA="$tls/ca.pem"
     local opts="-c listen_addresses=127.0.0.1 -p $port -k $WORK/pgsock -c max_connections=200"
+    opts+=" -c ssl=on -c ssl_cert_file=$tls/server.pem -c ssl_key_file=$tls/server.key"
     runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$WORK/pg" -l "$WORK/pgsock/pg.log" -w -o "$opts" start >/dev/null
     PG_STARTED=1
     export MINTGUARD_PG_URL="postgres://postgres:$pass@127.0.0.1:$port/postgres"

@@ -753,11 +753,10 @@ impl Config {
         let data_dir = resolve(&raw.data_dir);
         let store = match raw.store {
             None => format!("sqlite://{}", data_dir.join("broker.db").display()),
-            Some(s)
-                if s.starts_with("sqlite://")
-                    || s.starts_with("postgres://")
-                    || s.starts_with("postgresql://") =>
-            {
+            Some(s) if s.starts_with("sqlite://") => s,
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
+                // Settings and TLS files are checked here, before any port is bound.
+                crate::store::postgres::connection(&s).map_err(|e| err("store", e.to_string()))?;
                 s
             }
             Some(s) => {
@@ -1282,6 +1281,20 @@ mod tests {
             "grants[0].jwt",
         );
         refused(("data_dir", "dat_dir"), "unknown field");
+        refused(
+            (
+                "data_dir",
+                "store = \"postgres://u@db.example/m?sslmode=maybe\"\n        data_dir",
+            ),
+            "sslmode=maybe",
+        );
+        refused(
+            (
+                "data_dir",
+                "store = \"postgres://u@db.example/m?sslrootcert=/nonexistent/ca.pem\"\n        data_dir",
+            ),
+            "/nonexistent/ca.pem",
+        );
         refused(("https://mintguard", "http://mintguard"), "issuer_url");
         refused(("8445", "8444"), "listen");
         let federated = "kind = \"aws_sts\"\n        aws_sts = { role_arn = \"arn:aws:iam::1:role/r\", mode = \"web_identity\" }";

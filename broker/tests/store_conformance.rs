@@ -1,6 +1,7 @@
 //! One conformance suite, run against the SQLite store (a file in a temp dir)
 //! and the PostgreSQL store (a fresh database on the peer from tests/peers.sh;
-//! these fail, never skip, without MINTGUARD_PG_URL).
+//! these fail, never skip, without MINTGUARD_PG_URL). The PostgreSQL store
+//! connects over TLS, verified against the peer's CA (MINTGUARD_PG_CA).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
 
@@ -29,7 +30,94 @@ fn sqlite_store() -> Handle {
 
 async fn postgres_store() -> Handle {
     let url = common::fresh_postgres_database("mg_conformance").await;
-    (Arc::new(PostgresStore::connect(&url).await.unwrap()), None)
+    let store = PostgresStore::connect(&tls_url(&url, &peer_ca()))
+        .await
+        .unwrap();
+    (Arc::new(store), None)
+}
+
+/// The CA of the PostgreSQL peer's certificate.
+fn peer_ca() -> String {
+    std::env::var("MINTGUARD_PG_CA").expect("MINTGUARD_PG_CA: run under tests/peers.sh")
+}
+
+/// `url` asking for verified TLS against `ca`.
+fn tls_url(url: &str, ca: &str) -> String {
+    format!("{url}?sslmode=verify-full&sslrootcert={ca}")
+}
+
+/// Connections to `db` by TLS and in clear text, as the server counts them.
+async fn connections_by_tls(db: &str) -> (i64, i64) {
+    let admin: tokio_postgres::Config = std::env::var("MINTGUARD_PG_URL").unwrap().parse().unwrap();
+    let (client, conn) = admin.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = client
+        .query_one(
+            "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+             FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.datname = $1",
+            &[&db],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_speaks_verified_tls_when_asked() {
+    let url = common::fresh_postgres_database("mg_tls").await;
+    let db = url.rsplit_once('/').unwrap().1.to_owned();
+    let store = PostgresStore::connect(&tls_url(&url, &peer_ca()))
+        .await
+        .unwrap();
+    store
+        .append(plain(entry(
+            "req-tls",
+            "spiffe://example.org/a",
+            "allow",
+            1,
+        )))
+        .await
+        .unwrap();
+    store.entries(None).await.unwrap();
+    let (tls, clear) = connections_by_tls(&db).await;
+    assert!(
+        tls >= 2,
+        "the writer and a pooled reader: {tls} TLS connections"
+    );
+    assert_eq!(clear, 0, "no connection of the store is in clear text");
+    drop(store);
+
+    // A server whose certificate does not chain to the configured CA is refused.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    let authority = mintguard_certs::ca::Authority::generate(
+        &mintguard_certs::id::parse_trust_domain("example.org").unwrap(),
+        std::time::Duration::from_secs(3600),
+        time::OffsetDateTime::now_utc(),
+    )
+    .unwrap();
+    std::fs::write(&other, authority.cert_pem()).unwrap();
+    let Err(e) = PostgresStore::connect(&tls_url(&url, other.to_str().unwrap())).await else {
+        panic!("a certificate from another CA was accepted");
+    };
+    assert!(
+        e.to_string()
+            .contains("invalid peer certificate: UnknownIssuer"),
+        "{e}"
+    );
+
+    // The host name is verified too: the certificate names 127.0.0.1 and localhost.
+    // (Reached at 127.0.0.1 under another name.)
+    let renamed = url.replace("@127.0.0.1:", "@db.example.org:");
+    let renamed = format!("{}&hostaddr=127.0.0.1", tls_url(&renamed, &peer_ca()));
+    let Err(e) = PostgresStore::connect(&renamed).await else {
+        panic!("a certificate for another host name was accepted");
+    };
+    assert!(
+        e.to_string()
+            .contains("not valid for name \"db.example.org\""),
+        "{e}"
+    );
 }
 
 fn entry(request: &str, identity: &str, outcome: &str, time_ms: i64) -> LogEntry {

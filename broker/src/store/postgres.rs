@@ -7,6 +7,8 @@
 //! transaction. Budget spends are conditional updates in that transaction;
 //! join tokens are consumed by a conditional update; reads and other writes
 //! are single statements through a connection pool.
+//!
+//! The connection is TLS when the URL asks for it (see [`connection`]).
 
 use std::collections::HashSet;
 
@@ -14,7 +16,9 @@ use async_trait::async_trait;
 use deadpool_postgres::{Pool, Runtime};
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     Append, Appended, Entry, Lease, LogQuery, Result, SpendOp, Store, StoreError, SuspensionRecord,
@@ -27,6 +31,104 @@ use crate::store::{Approval, DecisionRow, SignalRecord};
 
 /// Most appends group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
+
+/// The connection settings of a store URL and its TLS connector.
+///
+/// Two query parameters are read here, with libpq's names: `sslmode`
+/// (`disable`, `prefer`, `require`, `verify-ca`, `verify-full`) and
+/// `sslrootcert` (a PEM file of CA certificates trusted besides the system
+/// roots). Whenever TLS is used, the server's certificate chain and host name
+/// are verified (libpq's `verify-full`): `require` and the `verify-*` modes
+/// mean the same here, and `prefer` means TLS, verified, if the server offers
+/// it. Without `sslmode`, `sslrootcert` implies `require`, and no parameter
+/// means no TLS. Everything else in the URL is tokio-postgres's.
+pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect)> {
+    let bad = |reason: String| StoreError::Setup(format!("store url: {reason}"));
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let (mut mode, mut root_cert) = (None, None);
+    let mut rest = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some(("sslmode", value)) => mode = Some(value.to_owned()),
+            Some(("sslrootcert", value)) => root_cert = Some(percent_decode(value)),
+            _ => rest.push(pair),
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let mut config: tokio_postgres::Config = url.parse().map_err(|e| bad(format!("{e}")))?;
+    let ssl_mode = match (mode.as_deref(), &root_cert) {
+        (Some("disable"), Some(_)) => {
+            return Err(bad("sslrootcert with sslmode=disable".into()));
+        }
+        (Some("disable"), None) | (None, None) => SslMode::Disable,
+        (Some("prefer"), _) => SslMode::Prefer,
+        (Some("require" | "verify-ca" | "verify-full"), _) | (None, Some(_)) => SslMode::Require,
+        (Some(other), _) => {
+            return Err(bad(format!(
+                "sslmode={other}: expected disable, prefer, require, verify-ca or verify-full"
+            )));
+        }
+    };
+    config.ssl_mode(ssl_mode);
+    let tls = crate::outbound::tls_config(root_cert.as_deref().map(std::path::Path::new))
+        .map_err(|e| bad(format!("sslrootcert: {e}")))?;
+    Ok((config, MakeRustlsConnect::new(tls)))
+}
+
+/// `%XX` escapes of a URL parameter decoded (a path may need them).
+fn percent_decode(value: &str) -> String {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// An error with its causes ("error performing TLS handshake: invalid peer
+/// certificate: UnknownIssuer").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
+}
+
+/// Whether `config` sends the store's traffic in clear text off this machine.
+fn plaintext_off_host(config: &tokio_postgres::Config) -> bool {
+    config.get_ssl_mode() == SslMode::Disable
+        && config.get_hosts().iter().any(|host| match host {
+            Host::Tcp(name) => {
+                !(name == "localhost"
+                    || name
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback()))
+            }
+            Host::Unix(_) => false,
+        })
+}
 
 const MIGRATIONS: &[(i64, &str)] = &[
     (
@@ -401,23 +503,25 @@ impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`), migrates,
     /// and starts the append writer.
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Setup(format!("store url: {e}")))?;
+        let (config, tls) = connection(url)?;
+        if plaintext_off_host(&config) {
+            tracing::warn!(
+                "the PostgreSQL store is reached without TLS over the network: add sslmode=require (and sslrootcert=PATH) to the store URL"
+            );
+        }
         let (mut client, conn) = config
-            .connect(NoTls)
+            .connect(tls.clone())
             .await
-            .map_err(|e| StoreError::Setup(format!("postgres: {e}")))?;
+            .map_err(|e| StoreError::Setup(format!("postgres: {}", error_chain(&e))))?;
         tokio::spawn(conn);
         migrate(&mut client).await?;
-        let manager = deadpool_postgres::Manager::new(config, NoTls);
+        let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
         let pool = Pool::builder(manager)
             .max_size(16)
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|e| StoreError::Setup(format!("postgres pool: {e}")))?;
         let (appends, mut rx) = mpsc::channel::<Job>(4096);
-        let url = url.to_owned();
         tokio::spawn(async move {
             let mut client = match Statements::prepare(&client).await {
                 Ok(statements) => Some((client, statements)),
@@ -434,17 +538,14 @@ impl PostgresStore {
                 }
                 // Reconnect after a lost connection: the broker recovers by itself.
                 if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
-                    client = match url.parse::<tokio_postgres::Config>() {
-                        Ok(config) => match config.connect(NoTls).await {
-                            Ok((c, conn)) => {
-                                tokio::spawn(conn);
-                                match Statements::prepare(&c).await {
-                                    Ok(statements) => Some((c, statements)),
-                                    Err(_) => None,
-                                }
+                    client = match config.connect(tls.clone()).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            match Statements::prepare(&c).await {
+                                Ok(statements) => Some((c, statements)),
+                                Err(_) => None,
                             }
-                            Err(_) => None,
-                        },
+                        }
                         Err(_) => None,
                     };
                 }
@@ -1125,5 +1226,79 @@ impl Store for PostgresStore {
             by: r.get(2),
             at_ms: r.get(3),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_choose_tls_like_libpq_and_keep_the_rest() {
+        let mode = |url: &str| connection(url).map(|(c, _)| c.get_ssl_mode());
+        assert_eq!(mode("postgres://u@db/m").unwrap(), SslMode::Disable);
+        assert_eq!(
+            mode("postgres://u@db/m?sslmode=disable").unwrap(),
+            SslMode::Disable
+        );
+        assert_eq!(
+            mode("postgres://u@db/m?sslmode=prefer").unwrap(),
+            SslMode::Prefer
+        );
+        for verified in ["require", "verify-ca", "verify-full"] {
+            assert_eq!(
+                mode(&format!("postgres://u@db/m?sslmode={verified}")).unwrap(),
+                SslMode::Require
+            );
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("my ca.pem");
+        let authority = mintguard_certs::ca::Authority::generate(
+            &mintguard_certs::id::parse_trust_domain("example.org").unwrap(),
+            std::time::Duration::from_secs(3600),
+            time::OffsetDateTime::now_utc(),
+        )
+        .unwrap();
+        std::fs::write(&ca, authority.cert_pem()).unwrap();
+        let escaped = ca.display().to_string().replace(' ', "%20");
+        let (config, _) = connection(&format!(
+            "postgres://u:pw@db:5433/m?connect_timeout=3&sslrootcert={escaped}&application_name=mg"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.get_ssl_mode(),
+            SslMode::Require,
+            "sslrootcert implies require"
+        );
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
+        assert_eq!(config.get_application_name(), Some("mg"));
+        assert_eq!(config.get_ports(), [5433]);
+
+        let refused = |url: &str| connection(url).map(|_| ()).unwrap_err().to_string();
+        assert!(refused("postgres://u@db/m?sslmode=maybe").contains("sslmode=maybe"));
+        assert!(
+            refused(&format!(
+                "postgres://u@db/m?sslmode=disable&sslrootcert={escaped}"
+            ))
+            .contains("sslrootcert with sslmode=disable")
+        );
+        assert!(
+            refused("postgres://u@db/m?sslrootcert=/nonexistent/ca.pem")
+                .contains("/nonexistent/ca.pem")
+        );
+        assert!(refused("postgres://u@db/m?nonsense=1").contains("store url"));
+    }
+
+    #[test]
+    fn only_clear_text_off_this_machine_is_warned_about() {
+        let off = |url: &str| plaintext_off_host(&connection(url).unwrap().0);
+        assert!(off("postgres://u@db.example.org/m"));
+        assert!(off("postgres://u@10.0.0.5/m?sslmode=disable"));
+        assert!(!off("postgres://u@127.0.0.1/m"));
+        assert!(!off("postgres://u@localhost/m"));
+        assert!(!off("postgres://u@db.example.org/m?sslmode=require"));
     }
 }
