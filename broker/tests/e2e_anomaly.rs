@@ -97,11 +97,12 @@ async fn burst(broker: &BrokerProcess, node: &X509Svid, request: &Value) -> Vec<
     vec![a, b, c, d, e, f, g, h]
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_spike_steps_up_then_suspends_revokes_and_alerts() {
+/// A broker with OpenBao, the anomaly loop on horizons of seconds, and a
+/// webhook to 127.0.0.1:`port`; node-1 is the parent of the api identity,
+/// which may ask for `spike-token` (a JWT) and `vault-token` (high ECI).
+async fn anomaly_broker(port: u16) -> (BrokerProcess, X509Svid) {
     let addr = std::env::var("VAULT_ADDR").expect("VAULT_ADDR: run under tests/peers.sh");
     let root = std::env::var("VAULT_TOKEN").expect("VAULT_TOKEN: run under tests/peers.sh");
-    let (port, alerts) = webhook_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/anomaly.cedar"), POLICY).unwrap();
@@ -171,25 +172,42 @@ secret_file = "webhook.secret"
         &["spike-token", "vault-token"],
     );
     let node = enrolled_node(&broker, "node-1").await;
-    let spike = json!({"grant": "spike-token", "ttl_seconds": 60});
+    (broker, node)
+}
 
-    // A calm history: one request a second.
-    for _ in 0..8 {
-        let r = issue(&broker, &node, spike.clone()).await;
+/// `anomalies --json` for the api identity.
+fn detections(broker: &BrokerProcess) -> Vec<Value> {
+    let out = broker.cli(&["anomalies", "--identity", API, "--json"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spike_steps_up_then_suspends_revokes_and_alerts() {
+    let addr = std::env::var("VAULT_ADDR").expect("VAULT_ADDR: run under tests/peers.sh");
+    let (port, alerts) = webhook_receiver().await;
+    let (broker, node) = anomaly_broker(port).await;
+    let spike = json!({"grant": "spike-token", "ttl_seconds": 60});
+    let vault = json!({"grant": "vault-token", "ttl_seconds": 300});
+
+    // A calm history: one request a second; the Vault grant is first used
+    // in cold start (5 decisions), so it is learned, not flagged as new.
+    for i in 0..8 {
+        let grant = if i == 2 { &vault } else { &spike };
+        let r = issue(&broker, &node, grant.clone()).await;
         assert_eq!(r.status, 200, "{}", r.text);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let vault = json!({"grant": "vault-token", "ttl_seconds": 300});
     let calm = issue(&broker, &node, vault.clone()).await;
     assert_eq!(calm.status, 200, "{}", calm.text);
 
-    // The spike, in small steps, until the Vault token is held for approval.
+    // The spike, eight at a time, until the Vault token is held for approval.
     let mut held = None;
     let mut last = String::new();
     for _ in 0..150 {
-        for _ in 0..3 {
-            issue(&broker, &node, spike.clone()).await;
-        }
+        burst(&broker, &node, &spike).await;
         tokio::time::sleep(Duration::from_millis(150)).await;
         let r = issue(&broker, &node, vault.clone()).await;
         assert_ne!(r.status, 403, "suspended before a step-up: {}", r.text);
@@ -208,6 +226,14 @@ secret_file = "webhook.secret"
         );
     };
     assert_eq!(held.body["error"]["code"], "step_up_required");
+    assert!(
+        detections(&broker).iter().all(|d| d["body"]["detectors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|x| x["detector"] != "new_grant")),
+        "the Vault grant was learned in cold start"
+    );
     let trust = held.body["decision"]["trust_score"].as_u64().unwrap();
     let calm_trust = calm.body["decision"]["trust_score"].as_u64().unwrap();
     assert!(
@@ -288,11 +314,7 @@ secret_file = "webhook.secret"
     assert!(revoked, "the suspended identity's Vault token still works");
 
     // The detections, with evidence, and the suspension among them.
-    let out = broker.cli(&["anomalies", "--identity", API, "--json"]);
-    let detections: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let detections = detections(&broker);
     assert!(
         detections
             .iter()
@@ -333,5 +355,38 @@ secret_file = "webhook.secret"
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(signed, "no signed alert arrived");
+    broker.assert_log_verifies();
+}
+
+/// An allowed Vault request is logged as an intent record; the analysis
+/// reads those too: an identity's first high-exposure upstream grant is a
+/// `new_grant` detection, and its next Vault request steps up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_upstream_grant_is_seen_by_the_analysis() {
+    let (port, _alerts) = webhook_receiver().await;
+    let (broker, node) = anomaly_broker(port).await;
+    let spike = json!({"grant": "spike-token", "ttl_seconds": 60});
+    for _ in 0..6 {
+        let r = issue(&broker, &node, spike.clone()).await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let vault = json!({"grant": "vault-token", "ttl_seconds": 300});
+    let first = issue(&broker, &node, vault.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let request_id = first.body["decision"]["request_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    wait_until("the new Vault grant is detected", || {
+        detections(&broker).iter().any(|d| {
+            d["body"]["triggered_by"] == request_id.as_str()
+                && d["body"]["evidence"]["new_grant"]["grant"] == "vault-token"
+        })
+    })
+    .await;
+    let next = issue(&broker, &node, vault).await;
+    assert_eq!(next.status, 202, "{}", next.text);
+    assert_eq!(next.body["error"]["code"], "step_up_required");
     broker.assert_log_verifies();
 }

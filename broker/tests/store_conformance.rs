@@ -565,7 +565,9 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
         3
     );
     assert_eq!(store.log_for_request("q2").await.unwrap().len(), 1);
-    // Decision rows: only decisions, after a seq, from a time, bodies as stored.
+    // Decision rows: decisions and the intents of upstream grants (their
+    // allowed decisions), not outcomes or admin records; after a seq, from a
+    // time, bodies as stored.
     let mut admin = plain(entry("q-admin", "spiffe://example.org/a", "allow", 4000));
     admin.entry.kind = RecordKind::Admin;
     store.append(admin).await.unwrap();
@@ -573,12 +575,18 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
         .append(plain(entry("q5", "spiffe://example.org/b", "allow", 5000)))
         .await
         .unwrap();
+    let mut intent = plain(entry("q6", "spiffe://example.org/b", "allow", 6000));
+    intent.entry.kind = RecordKind::Intent;
+    store.append(intent).await.unwrap();
+    let mut outcome = plain(entry("q6", "spiffe://example.org/b", "issued", 6001));
+    outcome.entry.kind = RecordKind::Outcome;
+    store.append(outcome).await.unwrap();
     let rows = store.decision_rows(0, None, 100).await.unwrap();
     assert_eq!(
         rows.iter()
             .map(|r| r.request_id.as_str())
             .collect::<Vec<_>>(),
-        ["q0", "q1", "q2", "q3", "q5"]
+        ["q0", "q1", "q2", "q3", "q5", "q6"]
     );
     let all = store.log(&q(None, None, None)).await.unwrap();
     for row in &rows {

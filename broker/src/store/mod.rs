@@ -222,7 +222,8 @@ pub struct SignalRecord {
     pub ttl_seconds: u64,
 }
 
-/// A decision record as the anomaly analysis reads it: the indexed columns,
+/// A decision (a `decision` or `intent` record) as the anomaly analysis
+/// reads it: the indexed columns,
 /// and the body left as its stored canonical JSON (the reader picks out the
 /// few fields it needs instead of building the whole tree).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,8 +287,10 @@ pub trait Store: Send + Sync {
     async fn append(&self, append: Append) -> Result<Appended>;
     /// Records in `seq` order matching `query`.
     async fn log(&self, query: &LogQuery) -> Result<Vec<LogRecord>>;
-    /// Decision records after `after_seq` (from `since_ms` if given), in
-    /// `seq` order, at most `limit`, bodies unparsed (see [`DecisionRow`]).
+    /// Decisions after `after_seq` (from `since_ms` if given), in `seq`
+    /// order, at most `limit`, bodies unparsed (see [`DecisionRow`]): the
+    /// `decision` records and the `intent` records, which are the decisions
+    /// of upstream (Vault, STS) grants that were allowed.
     async fn decision_rows(
         &self,
         after_seq: i64,

@@ -705,7 +705,7 @@ impl Store for PostgresStore {
             .await?
             .query(
                 "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
-                 WHERE seq > $1 AND kind = 'decision' AND ($2::BIGINT IS NULL OR time_ms >= $2)
+                 WHERE seq > $1 AND kind IN ('decision', 'intent') AND ($2::BIGINT IS NULL OR time_ms >= $2)
                  ORDER BY seq LIMIT $3",
                 &[&after_seq, &since_ms, &limit],
             )

@@ -643,7 +643,7 @@ impl Store for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(
                     "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
-                     WHERE seq > ?1 AND kind = 'decision' AND (?2 IS NULL OR time_ms >= ?2)
+                     WHERE seq > ?1 AND kind IN ('decision', 'intent') AND (?2 IS NULL OR time_ms >= ?2)
                      ORDER BY seq LIMIT ?3",
                 )
                 .map_err(map_sql)?;
