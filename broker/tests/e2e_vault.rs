@@ -276,6 +276,26 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
             .0,
         200
     );
+
+    // Replay re-decides the allowed Vault requests too (their intent
+    // records carry the decision), and agrees with every one.
+    let out = broker.cli(&["logs", "--json"]);
+    let kinds: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].clone())
+        .collect();
+    let intents = kinds.iter().filter(|k| *k == "intent").count();
+    let decisions = kinds.iter().filter(|k| *k == "decision").count();
+    assert!(intents >= 2, "{kinds:?}");
+    let replay: Value = serde_json::from_slice(&broker.cli(&["replay"]).stdout).unwrap();
+    assert_eq!(
+        (
+            replay["replayed"].as_u64(),
+            replay["differences"].as_array().map(Vec::len)
+        ),
+        (Some((intents + decisions) as u64), Some(0)),
+        "{replay}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

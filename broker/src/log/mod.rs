@@ -34,6 +34,12 @@ pub enum RecordKind {
 }
 
 impl RecordKind {
+    /// Whether the record carries a decision (its input and outcome): a
+    /// `decision`, or the `intent` of an upstream grant that was allowed.
+    pub fn has_decision(self) -> bool {
+        matches!(self, RecordKind::Decision | RecordKind::Intent)
+    }
+
     /// The wire name.
     pub fn as_str(self) -> &'static str {
         match self {

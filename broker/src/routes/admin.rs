@@ -464,10 +464,7 @@ async fn explain(
     // The detections whose signals this decision read: the anomaly response
     // it applied, and any `anomaly:` behaviour signal in its trust input.
     let mut detections = Vec::new();
-    for r in records
-        .iter()
-        .filter(|r| r.entry.kind == RecordKind::Decision)
-    {
+    for r in records.iter().filter(|r| r.entry.kind.has_decision()) {
         let input = &r.entry.body["input"];
         let behaviour = input["signals"]["signals"]["behaviour"]["source"]
             .as_str()
@@ -525,8 +522,7 @@ async fn replay(
         std::collections::HashMap::new();
     let (mut replayed, mut differences) = (0usize, Vec::new());
     for record in all_records(&broker).await? {
-        if record.entry.kind != RecordKind::Decision
-            || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
+        if !record.entry.kind.has_decision() || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
         {
             continue;
         }
