@@ -41,6 +41,10 @@ pub enum AttestError {
     /// The agent's own helper whose parent cannot vouch for it.
     #[error("credential helper refused: {0}")]
     Helper(String),
+    /// The process ran another executable by the end of its attestation
+    /// (it exec'd meanwhile): nothing read about it is trusted.
+    #[error("process {0} changed its executable during attestation")]
+    ExecutableChanged(i32),
     /// The kernel gave no pid (not a local process).
     #[error("the socket peer has no pid")]
     NoPid,
@@ -133,18 +137,28 @@ impl Attestor {
     /// The executable path and SHA-256 of `pid` (hashed through
     /// `/proc/PID/exe`, so it is the file the process runs even if the path
     /// was replaced or deleted since).
+    ///
+    /// The file is opened once, and its cache key and its bytes both come
+    /// from that open file: a process that execs between the reads cannot
+    /// pair one file's key with another file's hash (which would poison the
+    /// cache for every later run of the first file). The path is read before
+    /// and after the open; if they differ the process exec'd and is refused.
     fn executable(&self, pid: i32) -> Result<(PathBuf, String), AttestError> {
         let link = format!("/proc/{pid}/exe");
-        let path = std::fs::read_link(&link).map_err(|e| match e.kind() {
+        let gone = |e: std::io::Error| match e.kind() {
             std::io::ErrorKind::NotFound => AttestError::PeerGone(pid),
             _ => proc_error(&link, e),
-        })?;
-        let meta = std::fs::metadata(&link).map_err(|e| proc_error(&link, e))?;
+        };
+        let path = std::fs::read_link(&link).map_err(gone)?;
+        let mut file = std::fs::File::open(&link).map_err(gone)?;
+        let meta = file.metadata().map_err(|e| proc_error(&link, e))?;
+        if std::fs::read_link(&link).map_err(gone)? != path {
+            return Err(AttestError::ExecutableChanged(pid));
+        }
         let key = FileVersion::of(&meta);
         if let Some(hash) = self.hashes.lock().ok().and_then(|h| h.get(&key).cloned()) {
             return Ok((path, hash));
         }
-        let mut file = std::fs::File::open(&link).map_err(|e| proc_error(&link, e))?;
         // aws-lc's SHA-256: fast in every build profile, on multi-MB binaries.
         let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         let mut buf = vec![0u8; 64 * 1024];
@@ -267,7 +281,9 @@ impl Attestor {
 /// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
 /// where a path holds a 64-hex container id (docker, containerd, CRI-O).
 /// Which version of a file a cache holds: a rewrite in place (same second
-/// included: nanoseconds, size) or a replacement (device, inode) changes it.
+/// included: nanoseconds, size) or a replacement (device, inode) changes it,
+/// and so does any write whose owner then set the old mtime back (ctime,
+/// which no user can set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct FileVersion {
     dev: u64,
@@ -275,6 +291,8 @@ struct FileVersion {
     size: u64,
     mtime: i64,
     mtime_nsec: i64,
+    ctime: i64,
+    ctime_nsec: i64,
 }
 
 impl FileVersion {
@@ -285,6 +303,8 @@ impl FileVersion {
             size: meta.size(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            ctime: meta.ctime(),
+            ctime_nsec: meta.ctime_nsec(),
         }
     }
 }
@@ -367,6 +387,24 @@ mod tests {
             replaced,
             FileVersion::of(&std::fs::metadata(&path).unwrap())
         );
+        // Patched in place, same size, the old mtime set back: ctime moved.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let old_mtime = std::time::UNIX_EPOCH
+            + std::time::Duration::new(
+                u64::try_from(replaced.mtime).unwrap(),
+                u32::try_from(replaced.mtime_nsec).unwrap(),
+            );
+        let patched = write("alicg:x:1000:1000::/home/alice:/bin/sh\n", old_mtime);
+        assert_eq!(
+            (patched.ino, patched.size, patched.mtime, patched.mtime_nsec),
+            (
+                replaced.ino,
+                replaced.size,
+                replaced.mtime,
+                replaced.mtime_nsec
+            )
+        );
+        assert_ne!(patched, replaced);
     }
 
     #[test]
