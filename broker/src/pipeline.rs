@@ -1293,20 +1293,45 @@ async fn suspend_identity(
     revoke_all(broker, identity, request_id, "suspension").await
 }
 
-/// Revokes every live lease of `identity`, logging each revocation.
+/// Revokes every live lease of `subject`, logging each revocation: an
+/// identity's leases, or for a node every lease issued through it. A lease
+/// that cannot be revoked does not stop the others; the error afterwards
+/// says how many were left live and why the first one failed.
 pub async fn revoke_all(
     broker: &Broker,
-    identity: &str,
+    subject: &str,
     request_id: &str,
     why: &str,
 ) -> Result<(), ApiError> {
     let now = now_ms();
-    for lease in broker.store.leases(Some(identity)).await? {
-        if lease.revoked_at_ms.is_none() && lease.expires_at_ms > now {
-            revoke_lease(broker, &lease, request_id, why).await?;
+    let leases = if subject.contains("/mintguard/node/") {
+        let mut all = broker.store.leases(None).await?;
+        all.retain(|l| l.node.as_deref() == Some(subject));
+        all
+    } else {
+        broker.store.leases(Some(subject)).await?
+    };
+    let (mut failed, mut first_error) = (0usize, None);
+    for lease in &leases {
+        if lease.revoked_at_ms.is_none()
+            && lease.expires_at_ms > now
+            && let Err(e) = revoke_lease(broker, lease, request_id, why).await
+        {
+            tracing::error!(lease = %lease.id, %subject, error = %e.message, "lease not revoked");
+            failed += 1;
+            first_error.get_or_insert(e);
         }
     }
-    Ok(())
+    match first_error {
+        None => Ok(()),
+        Some(first) => Err(ApiError {
+            message: format!(
+                "{failed} lease(s) of {subject} could not be revoked; the first: {}",
+                first.message
+            ),
+            ..first
+        }),
+    }
 }
 
 /// Appends a record with nothing to commit beside it; 503 if the log cannot be written.

@@ -258,11 +258,34 @@ async fn suspension_refuses_and_revokes() {
         "suspension revokes outstanding leases"
     );
     assert!(broker.cli(&["resume", API]).status.success());
-    assert_eq!(
-        issue(&broker, &node, json!({"grant": "payments-token"}))
-            .await
-            .status,
-        200
+    let again = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+
+    // Suspending the node revokes what was issued through it.
+    let node_id = node.spiffe_id().to_string();
+    let out = broker.cli(&["suspend", &node_id, "--reason", "host compromised"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let leases = broker.cli_json(&["leases", "--identity", API]);
+    let live: Vec<&Value> = leases
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["live"] == true)
+        .collect();
+    assert!(
+        live.is_empty(),
+        "node suspension left leases live: {live:?}"
+    );
+    assert!(
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["id"] == again.body["lease_id"])
     );
 }
 

@@ -676,7 +676,7 @@ async fn break_glass_takes_two_people_and_leaves_a_review() {
     assert!(String::from_utf8_lossy(&early.stderr).contains("break_glass_not_confirmed"));
 
     // Carol (approver) confirms; she cannot issue it; Alice can, once.
-    let confirmed = carol(&["approve", &id]);
+    let confirmed = carol(&["approve", &id, "--ttl", "2m"]);
     assert!(
         confirmed.status.success(),
         "{}",
@@ -686,6 +686,8 @@ async fn break_glass_takes_two_people_and_leaves_a_review() {
     assert!(!stolen.status.success());
     let issued = broker.cli_json(&["break-glass", "--issue", &id]);
     assert_eq!(issued["credential"]["type"], "jwt", "{issued}");
+    // Asked for 5 minutes, confirmed for at most 2: the confirmation's cap holds.
+    assert_eq!(issued["decision"]["ttl_seconds"], 120, "{issued}");
     assert!(
         issued["decision"]["reasons"]
             .as_array()
@@ -746,4 +748,80 @@ async fn break_glass_takes_two_people_and_leaves_a_review() {
     ]);
     assert!(broker.cli_json(&["reviews"]).as_array().unwrap().is_empty());
     assert_eq!(broker.cli_json(&["reviews", "--all"])[0]["state"], "closed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_source_token_reports_only_under_its_own_name() {
+    let broker = BrokerProcess::start("");
+    let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+        .args(["operator", "create", "edr", "--role", "signal_source"])
+        .arg("--config")
+        .arg(broker.dir.path().join("broker.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Two token files now: the CLI is told which one is alice's.
+    let alice = broker.data().join("operators/alice.token");
+    let alice = alice.to_str().unwrap();
+    broker.cli_json(&["--token-file", alice, "reload"]);
+    let token = std::fs::read_to_string(broker.data().join("operators/edr.token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let post = |source: &str| {
+        let body = json!({"subject": API, "kind": "behaviour", "value": 100, "ttl_seconds": 60, "source": source});
+        let auth = auth.clone();
+        let (addr, bundle) = (broker.addr("admin"), broker.bundle());
+        async move {
+            https(
+                &addr,
+                &bundle,
+                None,
+                "POST",
+                "/admin/v1/signals",
+                &[
+                    ("authorization", &auth),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().into_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    // Overwriting the anomaly analysis' signal (or the broker's, or another
+    // source's) would lift what it lowered: refused, nothing stored.
+    for (source, status, code) in [
+        ("anomaly:rate_spike", 400, "reserved_source"),
+        ("broker:node_svid", 400, "reserved_source"),
+        ("operator:alice", 400, "reserved_source"),
+        ("mdm", 403, "source_not_owned"),
+        ("edrx", 403, "source_not_owned"),
+    ] {
+        let reply = post(source).await;
+        assert_eq!(
+            (reply.status, reply.body["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{source}: {}",
+            reply.text
+        );
+    }
+    let shown = broker.cli_json(&["--token-file", alice, "signals", "show", "--subject", API]);
+    assert_eq!(shown.as_array().map(Vec::len), Some(0), "{shown}");
+    // Its own name, alone or as a prefix.
+    for source in ["edr", "edr:host-42"] {
+        let reply = post(source).await;
+        assert!(reply.status < 300, "{source}: {}", reply.text);
+    }
+    let shown = broker.cli_json(&["--token-file", alice, "signals", "show", "--subject", API]);
+    let mut sources: Vec<&str> = shown
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["source"].as_str().unwrap())
+        .collect();
+    sources.sort_unstable();
+    assert_eq!(sources, ["edr", "edr:host-42"]);
 }

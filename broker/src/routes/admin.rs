@@ -854,9 +854,14 @@ async fn issue_break_glass(
             "justification": a.purpose, "review": "open",
         })),
     };
+    // The approvers' TTL cap applies, as it does to a step-up approval.
+    let ttl_seconds = match (a.ttl_seconds, a.approved_ttl_seconds) {
+        (Some(asked), Some(cap)) => Some(asked.min(cap)),
+        (asked, cap) => asked.or(cap),
+    };
     let request = mintguard_api::CredentialRequest {
         grant: a.grant.clone(),
-        ttl_seconds: a.ttl_seconds,
+        ttl_seconds,
         purpose: a.purpose.clone(),
         spiffe_id: None,
         bind_to_process: None,
@@ -1165,6 +1170,10 @@ const SIGNAL_KINDS: &[&str] = &[
     "compromise",
 ];
 
+/// Signal sources written by the broker itself (its observations, the
+/// anomaly analysis, an operator's default), never through the API.
+const RESERVED_SOURCES: &[&str] = &["broker:", "anomaly:", "operator:", "agent:", "ci:"];
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignalPost {
@@ -1208,9 +1217,35 @@ async fn put_signal(
             "ttl_seconds must be 1..=86400",
         ));
     }
-    let source = req
-        .source
-        .unwrap_or_else(|| format!("operator:{}", op.name));
+    let source = match req.source {
+        None => format!("operator:{}", op.name),
+        Some(source) => {
+            // A source updates (and may clear) only its own signal: the
+            // broker's own sources are not for the API, and a signal-source
+            // token reports under its own name.
+            if RESERVED_SOURCES.iter().any(|p| source.starts_with(p)) {
+                return Err(ApiError::bad_request(
+                    "reserved_source",
+                    format!(
+                        "sources starting with {} are the broker's own",
+                        RESERVED_SOURCES.join(", ")
+                    ),
+                ));
+            }
+            if op.role == Role::SignalSource
+                && source != op.name
+                && !source
+                    .strip_prefix(op.name.as_str())
+                    .is_some_and(|rest| rest.starts_with(':'))
+            {
+                return Err(ApiError::forbidden(
+                    "source_not_owned",
+                    format!("this token reports as {0:?} or \"{0}:…\"", op.name),
+                ));
+            }
+            source
+        }
+    };
     if source.is_empty() || source.len() > 128 {
         return Err(ApiError::bad_request(
             "bad_source",
