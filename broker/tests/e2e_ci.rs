@@ -312,6 +312,68 @@ async fn github_tokens_get_credentials_through_both_endpoints() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn posture_comes_from_the_runner_and_attestation_from_ref_protection() {
+    let (broker, issuer) = start().await;
+    let signals = |jti: &str| {
+        let out = broker.cli(&["logs", "--json"]);
+        let record: Value = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["kind"] == "decision")
+            .find(|r| r["body"]["ci"]["token"]["jti"] == jti)
+            .unwrap();
+        let by_kind = |kind: &str| {
+            let s = record["body"]["decision"]["trust"]["signals"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["kind"] == kind)
+                .unwrap()
+                .clone();
+            (
+                s["observed"].as_u64().unwrap(),
+                s["source"].as_str().unwrap().to_owned(),
+            )
+        };
+        (
+            (by_kind("posture"), by_kind("attestation")),
+            record["body"]["decision"]["trust"]["score"]
+                .as_u64()
+                .unwrap(),
+        )
+    };
+    let hosted = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-hosted"), |_| {}),
+    )
+    .await;
+    assert_eq!(hosted.status, 200, "{}", hosted.text);
+    let (observed, hosted_trust) = signals("jti-hosted");
+    assert_eq!(
+        observed,
+        (
+            (100, "ci:hosted_runner".to_owned()),
+            (100, "ci:protected_ref".to_owned())
+        )
+    );
+    // A self-hosted runner building an unprotected branch scores lower.
+    let mut claims = github_claims(&issuer.url, "jti-self");
+    claims["runner_environment"] = "self-hosted".into();
+    claims["ref_protected"] = "false".into();
+    let own = ci_post(&broker, &issuer.sign(&claims, |_| {})).await;
+    assert!(own.status < 500, "{}", own.text);
+    let (observed, own_trust) = signals("jti-self");
+    assert_eq!(
+        observed,
+        (
+            (50, "ci:self_hosted_runner".to_owned()),
+            (60, "ci:unprotected_ref".to_owned())
+        )
+    );
+    assert!(own_trust < hosted_trust, "{own_trust} vs {hosted_trust}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
     let (broker, issuer) = start().await;
     let iss = issuer.url.clone();

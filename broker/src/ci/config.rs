@@ -60,6 +60,18 @@ pub struct IssuerConfig {
     /// Refetch the JWKS after this long regardless. Default 1 h.
     #[serde(default)]
     pub max_cache_age: Option<Dur>,
+    /// The posture signal of a job on a self-hosted runner (its token's
+    /// `runner_environment` is not `github-hosted` or `gitlab-hosted`, or is
+    /// missing), 0–100. Default 50.
+    #[serde(default)]
+    pub self_hosted_posture: Option<u8>,
+}
+
+impl IssuerConfig {
+    /// The posture of a job on a self-hosted runner.
+    pub fn self_hosted_posture(&self) -> u8 {
+        self.self_hosted_posture.unwrap_or(50)
+    }
 }
 
 /// Policy mode.
@@ -185,6 +197,12 @@ pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)
                 }
             }
             other => return err(key, format!("scheme {other:?}: https required")),
+        }
+        if issuer.self_hosted_posture.is_some_and(|p| p > 100) {
+            return err(
+                format!("ci.issuers[{i}].self_hosted_posture"),
+                "must be 0–100".into(),
+            );
         }
     }
     if ci

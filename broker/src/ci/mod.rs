@@ -119,6 +119,31 @@ async fn refuse(
     ApiError::new(status, code, message).with_reasons(vec![request_id])
 }
 
+/// The posture of a CI job: its runner. A hosted runner (GitHub's or
+/// GitLab's, per the token's `runner_environment`) is 100; a self-hosted one,
+/// or a token that does not say, is the issuer's `self_hosted_posture`.
+fn runner_posture(claims: &Value, self_hosted: u8) -> (u8, &'static str) {
+    match claims["runner_environment"].as_str() {
+        Some("github-hosted" | "gitlab-hosted") => (100, "ci:hosted_runner"),
+        _ => (self_hosted, "ci:self_hosted_runner"),
+    }
+}
+
+/// The attestation of a CI job: whether what it runs passed the
+/// repository's protections. A protected ref (`ref_protected`) or a
+/// protected environment (GitLab's `environment_protected`) is 100; any other
+/// job, whose code anyone with push access chose, is 60.
+fn ref_attestation(claims: &Value) -> (u8, &'static str) {
+    let yes = |k: &str| claims[k] == Value::Bool(true) || claims[k].as_str() == Some("true");
+    if yes("ref_protected") {
+        (100, "ci:protected_ref")
+    } else if yes("environment_protected") {
+        (100, "ci:protected_environment")
+    } else {
+        (60, "ci:unprotected_ref")
+    }
+}
+
 /// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
 /// find the policy, then the shared pipeline.
 pub async fn issue(
@@ -224,6 +249,11 @@ pub async fn issue(
             .await);
         }
     };
+    let self_hosted_posture = ci
+        .issuers
+        .iter()
+        .find(|i| i.url == issuer)
+        .map_or(50, |i| i.self_hosted_posture());
     let skew_ms = i64::try_from(ci.skew().as_millis()).unwrap_or(60_000);
     let key = format!("{issuer}|{}", verified.jti);
     if !broker
@@ -275,8 +305,8 @@ pub async fn issue(
         issuer: issuer.to_owned(),
         may_vouch: policy.grants.contains(&grant.name),
         observed: Observed {
-            posture: (100, "ci:oidc_token_verified"),
-            attestation: (100, "ci:oidc_signature"),
+            posture: runner_posture(claims, self_hosted_posture),
+            attestation: ref_attestation(claims),
             network,
         },
         blast_radius,
@@ -286,4 +316,37 @@ pub async fn issue(
         break_glass: None,
     };
     decide_and_issue(broker, &dynamic, grant, request, subject).await
+}
+
+#[cfg(test)]
+mod observed_tests {
+    use super::*;
+
+    #[test]
+    fn posture_follows_the_runner_and_attestation_the_protections() {
+        let hosted = json!({"runner_environment": "github-hosted"});
+        assert_eq!(runner_posture(&hosted, 50), (100, "ci:hosted_runner"));
+        let gitlab = json!({"runner_environment": "gitlab-hosted"});
+        assert_eq!(runner_posture(&gitlab, 50).0, 100);
+        let own = json!({"runner_environment": "self-hosted"});
+        assert_eq!(runner_posture(&own, 35), (35, "ci:self_hosted_runner"));
+        assert_eq!(
+            runner_posture(&json!({}), 50).0,
+            50,
+            "unstated: self-hosted"
+        );
+
+        assert_eq!(ref_attestation(&json!({"ref_protected": "true"})).0, 100);
+        assert_eq!(ref_attestation(&json!({"ref_protected": true})).0, 100);
+        assert_eq!(
+            ref_attestation(&json!({"ref_protected": "false", "environment_protected": "true"})),
+            (100, "ci:protected_environment")
+        );
+        assert_eq!(
+            ref_attestation(&json!({"ref_protected": "false", "environment": "production"})),
+            (60, "ci:unprotected_ref"),
+            "a named environment is not a protected one"
+        );
+        assert_eq!(ref_attestation(&json!({})).0, 60);
+    }
 }
