@@ -313,9 +313,18 @@ fn cgroup_selectors(pid: i32) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return Vec::new();
     };
+    cgroup_selectors_of(&text, Path::new("/sys/fs/cgroup"))
+}
+
+/// The selectors of a `/proc/PID/cgroup` text, the cgroup file systems
+/// mounted under `root`.
+fn cgroup_selectors_of(text: &str, root: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for line in text.lines().take(32) {
-        let Some(path) = line.splitn(3, ':').nth(2) else {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
             continue;
         };
         if path.is_empty() || path.len() > 400 {
@@ -325,7 +334,15 @@ fn cgroup_selectors(pid: i32) -> Vec<String> {
         if !out.contains(&selector) {
             out.push(selector);
         }
-        if let Some(id) = container_id(Path::new(path)) {
+        // cgroup v2 ("0::/path") at the root, v1 under its controllers' directory.
+        let mount = match controllers {
+            "" => root.to_path_buf(),
+            named => root.join(named.strip_prefix("name=").unwrap_or(named)),
+        };
+        let dir = mount.join(path.trim_start_matches('/'));
+        if let Some(id) = container_id(Path::new(path))
+            && runtime_made(&dir)
+        {
             let selector = format!("cgroup:container_id:{id}");
             if !out.contains(&selector) {
                 out.push(selector);
@@ -333,6 +350,14 @@ fn cgroup_selectors(pid: i32) -> Vec<String> {
         }
     }
     out
+}
+
+/// Whether a cgroup directory was made by root (a container runtime, systemd),
+/// not in a subtree delegated to a user: with `systemd-run --user --scope
+/// --unit docker-<id>` any user can name a cgroup of their own after a
+/// victim's container (ids are readable in every `/proc/PID/cgroup`).
+fn runtime_made(dir: &Path) -> bool {
+    std::fs::metadata(dir).is_ok_and(|m| m.is_dir() && m.uid() == 0)
 }
 
 fn container_id(path: &Path) -> Option<String> {
@@ -448,5 +473,40 @@ mod tests {
             assert_eq!(container_id(Path::new(&path)), Some(id.clone()), "{path}");
         }
         assert_eq!(container_id(Path::new("/user.slice/user-0.slice")), None);
+    }
+
+    #[test]
+    fn a_container_id_counts_only_in_a_cgroup_root_made() {
+        let root = tempfile::tempdir().unwrap();
+        let id = "b".repeat(64);
+        let runtime = format!("system.slice/docker-{id}.scope");
+        let delegated =
+            format!("user.slice/user-1000.slice/user@1000.service/app.slice/docker-{id}.scope");
+        for dir in [&runtime, &delegated] {
+            std::fs::create_dir_all(root.path().join(dir)).unwrap();
+        }
+        std::os::unix::fs::chown(root.path().join(&delegated), Some(1000), Some(1000)).unwrap();
+        let selectors = |path: &str| cgroup_selectors_of(&format!("0::/{path}\n"), root.path());
+        assert_eq!(
+            selectors(&runtime),
+            [
+                format!("cgroup:path:/{runtime}"),
+                format!("cgroup:container_id:{id}")
+            ]
+        );
+        // Named after the same container, in a user's own subtree: the path
+        // only.
+        assert_eq!(selectors(&delegated), [format!("cgroup:path:/{delegated}")]);
+        // cgroup v1: under the controller's directory.
+        std::fs::create_dir_all(root.path().join("cpu,cpuacct").join(&runtime)).unwrap();
+        assert!(
+            cgroup_selectors_of(&format!("4:cpu,cpuacct:/{runtime}\n"), root.path())
+                .contains(&format!("cgroup:container_id:{id}"))
+        );
+        // Gone (or never there): no container id.
+        assert_eq!(
+            cgroup_selectors_of(&format!("0::/docker/{}\n", "c".repeat(64)), root.path()).len(),
+            1
+        );
     }
 }
