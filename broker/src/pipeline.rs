@@ -1268,13 +1268,18 @@ fn refusal(request_id: &str, d: &Decision, approval_id: Option<&str>) -> Respons
     }
 }
 
-/// A `suspend` decision: record the suspension and revoke the identity's live leases.
+/// A `suspend` decision: record the suspension and revoke the identity's
+/// live leases. An identity already suspended keeps its suspension record
+/// (who suspended it and why) and has nothing left to revoke.
 async fn suspend_identity(
     broker: &Broker,
     identity: &str,
     request_id: &str,
     decision: &Decision,
 ) -> Result<(), ApiError> {
+    if broker.store.suspension(identity).await?.is_some() {
+        return Ok(());
+    }
     let now = now_ms();
     broker
         .store

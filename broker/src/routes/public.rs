@@ -204,7 +204,10 @@ async fn introspect(
         return inactive();
     }
     match broker.store.lease(jti).await {
-        Ok(Some(lease)) if lease.revoked_at_ms.is_none() => {
+        // Only the broker's own JWT credentials: a web-identity token
+        // minted for STS federation is signed by the same keys but is not
+        // a credential for relying parties.
+        Ok(Some(lease)) if lease.revoked_at_ms.is_none() && lease.kind == "jwt" => {
             let mut out = claims.clone();
             if let Some(o) = out.as_object_mut() {
                 o.insert("active".into(), true.into());
