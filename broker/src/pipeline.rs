@@ -1299,7 +1299,8 @@ async fn suspend_identity(
 }
 
 /// Revokes every live lease of `subject`, logging each revocation: an
-/// identity's leases, or for a node every lease issued through it. A lease
+/// identity's leases, or for a node (or a CI issuer, by its URL) every lease
+/// issued through it. A lease
 /// that cannot be revoked does not stop the others; the error afterwards
 /// says how many were left live and why the first one failed.
 pub async fn revoke_all(
@@ -1309,7 +1310,8 @@ pub async fn revoke_all(
     why: &str,
 ) -> Result<(), ApiError> {
     let now = now_ms();
-    let leases = if subject.contains("/mintguard/node/") {
+    let issuer = subject.contains("/mintguard/node/") || !subject.starts_with("spiffe://");
+    let leases = if issuer {
         let mut all = broker.store.leases(None).await?;
         all.retain(|l| l.node.as_deref() == Some(subject));
         all

@@ -167,6 +167,8 @@ audience = "audit-only"
 identity = "spiffe://example.org/ci/github/{{repository}}"
 grants = ["payments-token"]
 mode = "audit"
+[ci.policies.claims]
+repository_id = "123456789"
 "#
     )
 }
@@ -371,6 +373,58 @@ async fn posture_comes_from_the_runner_and_attestation_from_ref_protection() {
         )
     );
     assert!(own_trust < hosted_trust, "{own_trust} vs {hosted_trust}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_suspends_a_ci_issuer_by_its_url() {
+    let (broker, issuer) = start().await;
+    let first = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-before"), |_| {}),
+    )
+    .await;
+    assert_eq!(first.status, 200, "{}", first.text);
+    let out = broker.cli(&["suspend", &issuer.url, "--reason", "issuer keys leaked"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // What the issuer vouched for is revoked; its next token is refused.
+    let live: Vec<Value> = broker
+        .cli_json(&["leases"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["live"] == true)
+        .cloned()
+        .collect();
+    assert!(live.is_empty(), "{live:?}");
+    let refused = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-during"), |_| {}),
+    )
+    .await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(
+        refused.body["error"]["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("issuer_suspended")),
+        "{}",
+        refused.text
+    );
+    // A URL that is no configured issuer is not a subject.
+    let out = broker.cli(&["suspend", "https://issuer.example.org", "--reason", "x"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad_spiffe_id"));
+    assert!(broker.cli(&["resume", &issuer.url]).status.success());
+    let after = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-after"), |_| {}),
+    )
+    .await;
+    assert_eq!(after.status, 200, "{}", after.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

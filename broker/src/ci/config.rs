@@ -171,6 +171,22 @@ pub fn cidr_contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
     }
 }
 
+/// Issuers that sign tokens for anyone's jobs: a policy for them must pin
+/// an owner or project by one of [`TENANT_CLAIMS`].
+const SHARED_ISSUERS: &[&str] = &[
+    "https://token.actions.githubusercontent.com",
+    "https://gitlab.com",
+];
+
+/// Immutable ids of a repository, its owner, a project or a namespace
+/// (names can be renamed or re-registered by someone else).
+const TENANT_CLAIMS: &[&str] = &[
+    "repository_id",
+    "repository_owner_id",
+    "project_id",
+    "namespace_id",
+];
+
 /// Checks `[ci]` against the grants; `(key, reason)` on failure.
 pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)> {
     let err = |key: String, reason: String| Err((key, reason));
@@ -236,9 +252,76 @@ pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)
         for (claim, m) in &p.claims {
             super::matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
         }
+        let exact = |claim: &str| matches!(p.claims.get(claim), Some(Matcher::Exact(_)));
+        if SHARED_ISSUERS.contains(&p.issuer.as_str()) {
+            if !TENANT_CLAIMS.iter().any(|c| exact(c)) {
+                return err(
+                    key("claims"),
+                    format!(
+                        "{} signs tokens for every repository it hosts: match one of {} exactly",
+                        p.issuer,
+                        TENANT_CLAIMS.join(", ")
+                    ),
+                );
+            }
+        } else if !p.claims.values().any(|m| matches!(m, Matcher::Exact(_))) {
+            return err(
+                key("claims"),
+                "at least one exact claim matcher (a policy without one trusts every token of its issuer and audience)".into(),
+            );
+        }
         if let Some(c) = p.allowed_cidrs.iter().find(|c| parse_cidr(c).is_none()) {
             return err(key("allowed_cidrs"), format!("{c:?} is not a CIDR"));
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(issuer: &str, claims: &str) -> Result<(), (String, String)> {
+        let ci: CiConfig = toml::from_str(&format!(
+            r#"
+            [[issuers]]
+            url = "{issuer}"
+            [[policies]]
+            name = "p"
+            issuer = "{issuer}"
+            audience = "mintguard"
+            identity = "spiffe://example.org/ci/{{repository}}"
+            grants = ["g"]
+            [policies.claims]
+            {claims}
+            "#
+        ))
+        .unwrap();
+        validate(&ci, &["g".to_owned()])
+    }
+
+    #[test]
+    fn a_policy_must_pin_whose_tokens_it_trusts() {
+        let github = "https://token.actions.githubusercontent.com";
+        assert!(check(github, r#"repository_id = "123""#).is_ok());
+        assert!(check(github, r#"repository_owner_id = "9""#).is_ok());
+        // GitHub signs for every repository: no claim, a name, or a pattern
+        // over the id does not say whose job it is.
+        for claims in [
+            "",
+            r#"repository = "octo-org/octo-repo""#,
+            r#"repository_id = { glob = "1*" }"#,
+        ] {
+            let (key, reason) = check(github, claims).unwrap_err();
+            assert_eq!(key, "ci.policies[0].claims", "{claims}");
+            assert!(reason.contains("repository_id"), "{reason}");
+        }
+        assert!(check("https://gitlab.com", r#"project_id = "42""#).is_ok());
+        assert!(check("https://gitlab.com", r#"project_path = "g/p""#).is_err());
+        // Another issuer: any exact matcher.
+        let own = "https://ci.example.org";
+        assert!(check(own, r#"sub = "job:deploy""#).is_ok());
+        let (_, reason) = check(own, r#"sub = { glob = "*" }"#).unwrap_err();
+        assert!(reason.contains("exact"), "{reason}");
+    }
 }

@@ -970,14 +970,28 @@ struct SuspendRequest {
     reason: String,
 }
 
+/// A subject of suspensions and signals: a SPIFFE ID (an identity or a
+/// node), or the URL of a configured CI issuer (whose tokens are refused
+/// while it is suspended).
+fn check_subject(broker: &Broker, subject: &str) -> Result<(), ApiError> {
+    if broker.config().ci.issuers.iter().any(|i| i.url == subject) {
+        return Ok(());
+    }
+    id::parse_spiffe_id(subject).map(|_| ()).map_err(|e| {
+        ApiError::bad_request(
+            "bad_spiffe_id",
+            format!("{e} (a subject is a SPIFFE ID or a configured CI issuer's URL)"),
+        )
+    })
+}
+
 async fn suspend(
     State(broker): State<Arc<Broker>>,
     op: Operator,
     Json(req): Json<SuspendRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Operator)?;
-    id::parse_spiffe_id(&req.subject)
-        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    check_subject(&broker, &req.subject)?;
     if req.reason.len() > 1024 {
         return Err(ApiError::bad_request(
             "bad_reason",
@@ -1196,8 +1210,7 @@ async fn put_signal(
     Json(req): Json<SignalPost>,
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     op.require(Role::SignalSource)?;
-    id::parse_spiffe_id(&req.subject)
-        .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
+    check_subject(&broker, &req.subject)?;
     if !SIGNAL_KINDS.contains(&req.kind.as_str()) {
         return Err(ApiError::bad_request(
             "bad_signal_kind",
