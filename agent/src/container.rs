@@ -245,6 +245,9 @@ pub fn token_route(container: Arc<Container>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             mintguard_api::MAX_REQUEST_BYTES,
         ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            crate::workload::BODY_TIMEOUT,
+        ))
         .with_state(container)
 }
 

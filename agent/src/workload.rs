@@ -22,6 +22,7 @@ use mintguard_api::{
 use serde_json::json;
 use tokio::net::UnixListener;
 use tower::ServiceExt;
+use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::attest::{AttestError, Attestor, Peer};
 use crate::broker::BrokerError;
@@ -32,6 +33,10 @@ use crate::watch::Watches;
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a request's body may take to arrive, once its headers did: a
+/// client that announces a body and stalls is answered and its slot freed.
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// An error in the one shape every endpoint answers with.
 #[derive(Debug)]
@@ -380,6 +385,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
         .with_state(agent)
 }
 

@@ -715,6 +715,18 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
         node.agents[0].try_wait().unwrap().is_none(),
         "the agent died"
     );
+    // A body announced and never sent: answered (4xx) once the body
+    // deadline passes instead of holding its slot. (raw's read gives up
+    // after 20 s, twice the deadline, and then finds no answer.)
+    let stalled = raw(
+        &socket,
+        format!(
+            "POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: 1000\r\n\r\n{{\"grant\""
+        )
+        .as_bytes(),
+    );
+    let status = status_of(&stalled);
+    assert!((400..500).contains(&status), "{stalled:?}");
     drop(idle);
     drop(slow);
 }
