@@ -59,6 +59,9 @@ pub struct Stat {
     pub session: i32,
     /// Start time, clock ticks since boot.
     pub start_time: u64,
+    /// A zombie or dead process (state `Z` or `X`): it has exited, only its
+    /// entry waits to be reaped.
+    pub exited: bool,
 }
 
 /// Reads `/proc/PID/stat`.
@@ -75,13 +78,15 @@ fn parse_stat(text: &str) -> Option<Stat> {
     let (_, rest) = text.rsplit_once(')')?;
     // After ")": state(3) ppid(4) pgrp(5) session(6) … starttime(22).
     let mut fields = rest.split_ascii_whitespace();
-    let ppid = fields.nth(1)?.parse().ok()?; // fields 3, 4
+    let state = fields.next()?; // 3
+    let ppid = fields.next()?.parse().ok()?; // 4
     let session = fields.nth(1)?.parse().ok()?; // 5, 6
     let start_time = fields.nth(15)?.parse().ok()?; // 7 … 22
     Some(Stat {
         ppid,
         session,
         start_time,
+        exited: matches!(state, "Z" | "X" | "x"),
     })
 }
 
@@ -441,9 +446,13 @@ mod tests {
             Some(Stat {
                 ppid: 17,
                 session: 99,
-                start_time: 777_123
+                start_time: 777_123,
+                exited: false,
             })
         );
+        // A zombie keeps its stat file and start time until it is reaped.
+        let zombie = line.replacen(" S ", " Z ", 1);
+        assert!(parse_stat(&zombie).unwrap().exited);
         assert_eq!(parse_stat("4242 (truncated) S 17"), None);
         assert_eq!(parse_stat("no parenthesis"), None);
         let me = stat(i32::try_from(std::process::id()).unwrap()).unwrap();

@@ -58,7 +58,11 @@ impl Watches {
             let exited: Vec<(String, Peer)> = match self.bound.lock() {
                 Ok(b) => b
                     .iter()
-                    .filter(|(_, p)| stat(p.pid).map_or(true, |s| s.start_time != p.start_time))
+                    // Exited: gone, its pid reused, or a zombie its parent
+                    // has not reaped (which would otherwise keep the lease).
+                    .filter(|(_, p)| {
+                        stat(p.pid).map_or(true, |s| s.exited || s.start_time != p.start_time)
+                    })
                     .map(|(l, p)| (l.clone(), *p))
                     .collect(),
                 Err(_) => continue,
