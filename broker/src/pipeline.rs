@@ -574,6 +574,7 @@ pub async fn decide_and_issue(
                 spend: Vec::new(),
                 lease: None,
                 rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+                refuse_if_suspended: Vec::new(),
             })
             .await
             .map_err(|e| {
@@ -615,6 +616,7 @@ pub async fn decide_and_issue(
                 spend: Vec::new(),
                 lease: None,
                 rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+                refuse_if_suspended: Vec::new(),
             })
             .await
             .map_err(|e| {
@@ -722,6 +724,7 @@ pub async fn decide_and_issue(
             spend,
             lease: Some(lease),
             rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+            refuse_if_suspended: vec![identity.clone(), node.to_owned()],
         })
         .await
         .map_err(|e| {
@@ -731,6 +734,9 @@ pub async fn decide_and_issue(
                 e,
             )
         })?;
+    if appended.suspended {
+        return Err(suspended_at_write(broker, &request_id));
+    }
     let Some(durable) = Durable::from_appended(&appended) else {
         // Lost the budget race after deciding: logged as budget_exhausted, token discarded.
         broker
@@ -878,6 +884,9 @@ async fn issue_upstream(
             spend: spend.clone(),
             lease: Some(lease.clone()),
             rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+            refuse_if_suspended: std::iter::once(identity.clone())
+                .chain(lease.node.clone())
+                .collect(),
         })
         .await
         .map_err(|e| {
@@ -887,6 +896,9 @@ async fn issue_upstream(
                 e,
             )
         })?;
+    if appended.suspended {
+        return Err(suspended_at_write(broker, request_id));
+    }
     let Some(proof) = crate::mint::LoggedIntent::from_appended(&appended, &lease_id) else {
         broker
             .metrics
@@ -1222,6 +1234,17 @@ pub fn decision_summary(request_id: &str, d: &Decision) -> serde_json::Value {
     })
 }
 
+/// The identity or its issuer was suspended between the decision and its
+/// write: the record says `suspended`, nothing was spent or issued.
+fn suspended_at_write(broker: &Broker, request_id: &str) -> ApiError {
+    broker.metrics.decided("suspended", ["suspended_at_write"]);
+    ApiError::forbidden(
+        "suspended",
+        format!("suspended while the request was decided (request {request_id})"),
+    )
+    .with_reasons(vec!["suspended_at_write".into()])
+}
+
 fn budget_exhausted(request_id: &str) -> ApiError {
     ApiError {
         retry_after: Some(60),
@@ -1350,6 +1373,7 @@ pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
             spend: Vec::new(),
             lease: None,
             rule_set: None,
+            refuse_if_suspended: Vec::new(),
         })
         .await
         .map(|_| ())

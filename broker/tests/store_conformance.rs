@@ -156,6 +156,7 @@ fn plain(e: LogEntry) -> Append {
         spend: vec![],
         lease: None,
         rule_set: None,
+        refuse_if_suspended: Vec::new(),
     }
 }
 
@@ -224,6 +225,7 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
                         }],
                         lease: Some(lease(&format!("lease-{i}"), "spiffe://example.org/a", now)),
                         rule_set: None,
+                        refuse_if_suspended: Vec::new(),
                     })
                     .await
                     .unwrap()
@@ -285,6 +287,69 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
     .unwrap();
 }
 
+async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn Store>) {
+    let policy = BudgetPolicy {
+        amount: 20,
+        per: Refill::Every { seconds: 3600 },
+        base: 1,
+        per_5min: 0,
+        eci_factor: 0.0,
+    };
+    let (identity, node, t) = (
+        "spiffe://example.org/a",
+        "spiffe://example.org/mintguard/node/n1",
+        10_000_000,
+    );
+    let issue = |request: &str| Append {
+        canonical_body: None,
+        entry: entry(request, identity, "allow", t),
+        spend: vec![SpendOp {
+            key: "s".into(),
+            policy: policy.clone(),
+            cost: 5,
+        }],
+        lease: Some(lease(&format!("lease-{request}"), identity, t)),
+        rule_set: None,
+        refuse_if_suspended: vec![identity.into(), node.into()],
+    };
+    let first = store.append(issue("w1")).await.unwrap();
+    assert!(first.spent && !first.suspended);
+    // The node is suspended after the next request was decided, before its write.
+    store
+        .suspend(&SuspensionRecord {
+            subject: node.into(),
+            reason: "host compromised".into(),
+            by: "operator:t".into(),
+            at_ms: t,
+        })
+        .await
+        .unwrap();
+    let second = store.append(issue("w2")).await.unwrap();
+    assert!(second.suspended && !second.spent);
+    assert!(store.lease("lease-w1").await.unwrap().is_some());
+    assert!(store.lease("lease-w2").await.unwrap().is_none(), "no lease");
+    let balance = store.budget("s").await.unwrap().unwrap();
+    assert_eq!(
+        balance,
+        BudgetSnapshot::full(&policy, t)
+            .spend(&policy, t, 5)
+            .unwrap(),
+        "spent once"
+    );
+    let record = &store.log_for_request("w2").await.unwrap()[0];
+    assert_eq!(record.entry.outcome.as_deref(), Some("suspended"));
+    assert_eq!(record.entry.body["final_outcome"], "suspended");
+    // The chain holds the refused record like any other.
+    let all = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(verify_chain(all, &[], None).unwrap().records, 2);
+}
+
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
     let policy = BudgetPolicy {
         amount: 20,
@@ -303,6 +368,7 @@ async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn St
         }],
         lease: None,
         rule_set: None,
+        refuse_if_suspended: Vec::new(),
     };
     let t0 = 10_000_000;
     assert!(store.append(spend(15, t0)).await.unwrap().spent);
@@ -441,6 +507,7 @@ async fn leases_revoke_once(store: Arc<dyn Store>) {
             spend: vec![],
             lease: Some(l.clone()),
             rule_set: None,
+            refuse_if_suspended: Vec::new(),
         })
         .await
         .unwrap();
@@ -481,6 +548,7 @@ async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>
         spend: vec![],
         lease: Some(l.clone()),
         rule_set: None,
+        refuse_if_suspended: Vec::new(),
     };
     store.append(with_lease("first")).await.unwrap();
     let tasks: Vec<_> = (0..8)
@@ -870,6 +938,7 @@ macro_rules! conformance {
 
 conformance!(
     concurrent_appends_form_one_verifiable_chain,
+    a_suspension_found_at_write_time_refuses_spend_and_lease,
     budget_spends_are_exact_under_concurrency,
     budget_refill_top_up_and_refund_match_the_policy_math,
     join_tokens_are_single_use_and_expire,

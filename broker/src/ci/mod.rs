@@ -111,6 +111,7 @@ async fn refuse(
             spend: Vec::new(),
             lease: None,
             rule_set: None,
+            refuse_if_suspended: Vec::new(),
         })
         .await;
     if let Err(e) = logged {

@@ -95,6 +95,13 @@ pub struct Append {
     /// ([`crate::log::jcs::to_canonical`]); `entry.body` is then not read
     /// (leave it `Null`). `None`: the store canonicalizes `entry.body`.
     pub canonical_body: Option<String>,
+    /// Subjects (the identity, its issuer) checked for a suspension in the
+    /// write itself: if one is suspended by then, nothing is spent, no lease
+    /// starts, and the record is written with outcome `suspended`. A
+    /// decision read the suspensions earlier; this closes the window between
+    /// that read and its write (a suspension's revocation could not see a
+    /// lease written after it).
+    pub refuse_if_suspended: Vec<String>,
 }
 
 impl Append {
@@ -114,8 +121,11 @@ pub struct Appended {
     /// Its hash.
     pub hash: String,
     /// Whether the spends (if any) were applied; `false` means the record was
-    /// logged as `budget_exhausted`.
+    /// logged as `budget_exhausted` (or `suspended`).
     pub spent: bool,
+    /// A subject of `refuse_if_suspended` was suspended at write time: the
+    /// record was logged as `suspended`, nothing spent, no lease.
+    pub suspended: bool,
 }
 
 /// A registration entry: which workloads on which node get which identity.

@@ -26,7 +26,7 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
-use crate::store::sqlite::mark_budget_exhausted;
+use crate::store::sqlite::mark_final_outcome;
 use crate::store::{Approval, DecisionRow, SignalRecord};
 
 /// Most appends group-committed in one transaction.
@@ -261,10 +261,20 @@ async fn append_one(
         spend,
         lease,
         rule_set,
+        refuse_if_suspended,
         ..
     } = append;
-    let mut spent = true;
-    if !spend.is_empty() {
+    let suspended = !refuse_if_suspended.is_empty()
+        && tx
+            .query_opt(
+                "SELECT 1 FROM suspensions WHERE subject = ANY($1) LIMIT 1",
+                &[&refuse_if_suspended],
+            )
+            .await
+            .map_err(map_pg)?
+            .is_some();
+    let mut spent = !suspended;
+    if spent && !spend.is_empty() {
         tx.batch_execute("SAVEPOINT spend").await.map_err(map_pg)?;
         for op in &spend {
             if !spend_one(tx, op, entry.time_ms).await? {
@@ -279,8 +289,10 @@ async fn append_one(
         };
         tx.batch_execute(sql).await.map_err(map_pg)?;
     }
-    if !spent {
-        body_jcs = mark_budget_exhausted(&mut entry, &body_jcs)?;
+    if suspended {
+        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
+    } else if !spent {
+        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
     }
     // The rule set (unless this writer committed it before), the lease and
     // the record go out pipelined: one round trip, executed in order.
@@ -360,6 +372,7 @@ async fn append_one(
         seq: record.seq,
         hash: record.hash,
         spent,
+        suspended,
     })
 }
 

@@ -130,11 +130,18 @@ impl Writer {
             spend,
             lease,
             rule_set,
+            refuse_if_suspended,
             ..
         } = append;
-        let spent = spend.is_empty() || self.try_spend(&spend, entry.time_ms)?;
-        if !spent {
-            body_jcs = mark_budget_exhausted(&mut entry, &body_jcs)?;
+        let mut suspended = false;
+        for subject in &refuse_if_suspended {
+            suspended |= read_suspension(&self.conn, subject)?.is_some();
+        }
+        let spent = !suspended && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
+        if suspended {
+            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
+        } else if !spent {
+            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
         }
         if let Some((hash, body)) = &rule_set
             && !self.known_rule_sets.contains(hash)
@@ -178,6 +185,7 @@ impl Writer {
             seq: record.seq,
             hash: record.hash,
             spent,
+            suspended,
         })
     }
 
@@ -196,17 +204,22 @@ impl Writer {
     }
 }
 
-/// Records that a decision lost the budget race: its final outcome; returns
-/// the new canonical body. (A body written directly, with `entry.body` left
-/// `Null`, is parsed here: the tree is built only on this rare path.)
-pub(crate) fn mark_budget_exhausted(entry: &mut LogEntry, body_jcs: &str) -> Result<String> {
+/// Records that a decision lost at write time (the budget race, or a
+/// suspension that came first): its final outcome; returns the new canonical
+/// body. (A body written directly, with `entry.body` left `Null`, is parsed
+/// here: the tree is built only on this rare path.)
+pub(crate) fn mark_final_outcome(
+    entry: &mut LogEntry,
+    body_jcs: &str,
+    outcome: &str,
+) -> Result<String> {
     if entry.body.is_null() {
         entry.body = serde_json::from_str(body_jcs)
             .map_err(|e| StoreError::Corrupt(format!("a record body is not JSON: {e}")))?;
     }
-    entry.outcome = Some("budget_exhausted".into());
+    entry.outcome = Some(outcome.into());
     if let Some(body) = entry.body.as_object_mut() {
-        body.insert("final_outcome".into(), "budget_exhausted".into());
+        body.insert("final_outcome".into(), outcome.into());
     }
     Ok(crate::log::canonical_body(&entry.body))
 }
