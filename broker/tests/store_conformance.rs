@@ -348,6 +348,11 @@ async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn
         .await
         .unwrap();
     assert_eq!(verify_chain(all, &[], None).unwrap().records, 2);
+    // Resumed: the next write goes through.
+    assert!(store.resume(node).await.unwrap());
+    let third = store.append(issue("w3")).await.unwrap();
+    assert!(third.spent && !third.suspended);
+    assert!(store.lease("lease-w3").await.unwrap().is_some());
 }
 
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {

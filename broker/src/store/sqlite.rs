@@ -93,6 +93,19 @@ struct Writer {
     /// Rule-set hashes committed to `rule_sets` (cleared on any rollback), so
     /// a record needs no insert for a rule set already stored.
     known_rule_sets: std::collections::HashSet<String>,
+    /// The suspended subjects as committed: only this thread writes the
+    /// table, so an append checks them without a query (reloaded after any
+    /// rollback).
+    suspended: std::collections::HashSet<String>,
+}
+
+/// Every suspended subject.
+fn suspended_subjects(conn: &Connection) -> Result<std::collections::HashSet<String>> {
+    let mut stmt = conn
+        .prepare_cached("SELECT subject FROM suspensions")
+        .map_err(map_sql)?;
+    let rows = stmt.query_map([], |r| r.get(0)).map_err(map_sql)?;
+    rows.map(|r| r.map_err(map_sql)).collect()
 }
 
 /// Runs one statement through the statement cache (no re-parse per call).
@@ -116,8 +129,12 @@ impl Writer {
             Err(e) => {
                 let _ = exec(&self.conn, "ROLLBACK TO job")
                     .and_then(|()| exec(&self.conn, "RELEASE job"));
-                // A rolled-back job may have stored a rule set.
+                // A rolled-back job may have stored a rule set or changed
+                // a suspension.
                 self.known_rule_sets.clear();
+                if let Ok(s) = suspended_subjects(&self.conn) {
+                    self.suspended = s;
+                }
                 (self.head_seq, self.head_hash) = head;
                 Err(e)
             }
@@ -133,10 +150,9 @@ impl Writer {
             refuse_if_suspended,
             ..
         } = append;
-        let mut suspended = false;
-        for subject in &refuse_if_suspended {
-            suspended |= read_suspension(&self.conn, subject)?.is_some();
-        }
+        let suspended = refuse_if_suspended
+            .iter()
+            .any(|s| self.suspended.contains(s));
         let spent = !suspended && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
         if suspended {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
@@ -516,6 +532,7 @@ impl SqliteStore {
             .optional()
             .map_err(|e| StoreError::Setup(e.to_string()))?
             .unwrap_or((0, GENESIS.to_owned()));
+        let suspended = suspended_subjects(&conn)?;
         let readers = (0..READERS)
             .map(|_| open(path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -525,6 +542,7 @@ impl SqliteStore {
             head_seq,
             head_hash,
             known_rule_sets: std::collections::HashSet::new(),
+            suspended,
         };
         std::thread::Builder::new()
             .name("mintguard-sqlite-writer".into())
@@ -550,6 +568,9 @@ impl SqliteStore {
                     if committed.is_err() {
                         let _ = exec(&writer.conn, "ROLLBACK");
                         writer.known_rule_sets.clear();
+                        if let Ok(s) = suspended_subjects(&writer.conn) {
+                            writer.suspended = s;
+                        }
                         (writer.head_seq, writer.head_hash) = head;
                     }
                     for done in completions {
@@ -1001,6 +1022,7 @@ impl Store for SqliteStore {
                     params![s.subject, s.reason, s.by, s.at_ms],
                 )
                 .map_err(map_sql)?;
+            w.suspended.insert(s.subject);
             Ok(())
         })
         .await
@@ -1009,10 +1031,13 @@ impl Store for SqliteStore {
     async fn resume(&self, subject: &str) -> Result<bool> {
         let subject = subject.to_owned();
         self.write(move |w| {
-            Ok(w.conn
-                .execute("DELETE FROM suspensions WHERE subject = ?1", [subject])
+            let was = w
+                .conn
+                .execute("DELETE FROM suspensions WHERE subject = ?1", [&subject])
                 .map_err(map_sql)?
-                == 1)
+                == 1;
+            w.suspended.remove(&subject);
+            Ok(was)
         })
         .await
     }
