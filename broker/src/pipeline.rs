@@ -1333,7 +1333,11 @@ pub async fn revoke_all(
     why: &str,
 ) -> Result<(), ApiError> {
     let now = now_ms();
-    let issuer = subject.contains("/mintguard/node/") || !subject.starts_with("spiffe://");
+    // A node of this trust domain, or a CI issuer (a URL, not a SPIFFE ID).
+    let issuer = match mintguard_certs::id::parse_spiffe_id(subject) {
+        Ok(id) => mintguard_certs::id::IdMatcher::nodes(&broker.config().trust_domain).matches(&id),
+        Err(_) => true,
+    };
     let leases = if issuer {
         let mut all = broker.store.leases(None).await?;
         all.retain(|l| l.node.as_deref() == Some(subject));
