@@ -245,6 +245,16 @@ pub struct Broker {
 }
 
 impl Broker {
+    /// Drops rate-limiter state that is back to full (keys not seen within
+    /// their quota's replenish time), so the keyed limiters hold only recent
+    /// callers instead of every node, identity and address ever seen.
+    pub fn prune_rate_limiters(&self) {
+        self.node_limiter.retain_recent();
+        self.identity_limiter.retain_recent();
+        self.ci_limiter.retain_recent();
+        self.ci_limiter.shrink_to_fit();
+    }
+
     /// Opens everything the configuration names: store, CA, keys, policies, graph.
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)

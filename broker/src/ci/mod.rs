@@ -145,6 +145,16 @@ fn ref_attestation(claims: &Value) -> (u8, &'static str) {
     }
 }
 
+/// The rate-limit key of a client address: an IPv4 address, or the /64 of an
+/// IPv6 one (a single host usually holds a whole /64, and could otherwise
+/// rotate through it to get around the limit).
+fn rate_key(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & (!0u128 << 64))),
+        v4 => v4,
+    }
+}
+
 /// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
 /// find the policy, then the shared pipeline.
 pub async fn issue(
@@ -153,7 +163,7 @@ pub async fn issue(
     token: &str,
     request: CredentialRequest,
 ) -> Result<Response, ApiError> {
-    if broker.ci_limiter.check_key(&client).is_err() {
+    if broker.ci_limiter.check_key(&rate_key(client)).is_err() {
         return Err(ApiError {
             retry_after: Some(1),
             ..ApiError::new(
@@ -322,6 +332,17 @@ pub async fn issue(
 #[cfg(test)]
 mod observed_tests {
     use super::*;
+
+    #[test]
+    fn an_ipv6_client_is_limited_by_its_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:1:2:3".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(rate_key(a), rate_key(b));
+        assert_ne!(rate_key(a), rate_key(other));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(rate_key(v4), v4);
+    }
 
     #[test]
     fn posture_follows_the_runner_and_attestation_the_protections() {

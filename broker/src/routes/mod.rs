@@ -91,6 +91,16 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         operator_acceptor,
     ));
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
+    tokio::spawn({
+        let broker = broker.clone();
+        async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                broker.prune_rate_limiters();
+            }
+        }
+    });
     if let Some(vault) = broker.vault.clone() {
         tokio::spawn(vault.keep_token_fresh());
     }
