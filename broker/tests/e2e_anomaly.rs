@@ -385,6 +385,21 @@ async fn a_first_upstream_grant_is_seen_by_the_analysis() {
         })
     })
     .await;
+    // The detection is logged first, then its behaviour signal is written.
+    wait_until("the detection's behaviour signal is stored", || {
+        broker
+            .cli_json(&["signals", "show", "--subject", API])
+            .as_array()
+            .is_some_and(|signals| {
+                signals.iter().any(|s| {
+                    s["kind"] == "behaviour"
+                        && s["source"]
+                            .as_str()
+                            .is_some_and(|x| x.starts_with("anomaly:"))
+                })
+            })
+    })
+    .await;
     let next = issue(&broker, &node, vault).await;
     assert_eq!(next.status, 202, "{}", next.text);
     assert_eq!(next.body["error"]["code"], "step_up_required");
