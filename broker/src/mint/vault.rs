@@ -433,7 +433,7 @@ impl VaultClient {
             let (status, _) = self
                 .call("POST", "auth/token/lookup-accessor", Some(&body))
                 .await?;
-            return Ok(!(200..300).contains(&status));
+            return gone_after_lookup("auth/token/lookup-accessor", status);
         }
         if let Some(lease) = upstream["vault_lease_id"]
             .as_str()
@@ -442,9 +442,40 @@ impl VaultClient {
             let body = json!({"lease_id": lease});
             self.ok("PUT", "sys/leases/revoke", Some(&body)).await?;
             let (status, _) = self.call("PUT", "sys/leases/lookup", Some(&body)).await?;
-            return Ok(!(200..300).contains(&status));
+            return gone_after_lookup("sys/leases/lookup", status);
         }
         // A secret without a lease (static): nothing to revoke upstream.
         Ok(true)
+    }
+}
+
+/// What a lookup after a revocation says: 400 or 404 (Vault's "invalid
+/// accessor" / "invalid lease") means gone, 2xx still there; anything else
+/// (403, a sealed or failing Vault) confirms nothing and is an error, so a
+/// revocation is never reported confirmed on an answer that did not say so.
+fn gone_after_lookup(what: &str, status: u16) -> Result<bool, VaultError> {
+    match status {
+        400 | 404 => Ok(true),
+        200..=299 => Ok(false),
+        _ => Err(VaultError {
+            what: what.into(),
+            reason: format!("HTTP {status} on the confirming lookup"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_unknown_credential_confirms_a_revocation() {
+        assert!(gone_after_lookup("x", 400).unwrap());
+        assert!(gone_after_lookup("x", 404).unwrap());
+        assert!(!gone_after_lookup("x", 200).unwrap());
+        for status in [403, 429, 500, 503] {
+            let e = gone_after_lookup("sys/leases/lookup", status).unwrap_err();
+            assert!(e.to_string().contains(&status.to_string()), "{e}");
+        }
     }
 }
