@@ -283,16 +283,15 @@ impl Analysis {
             .await
             .map_err(|e| e.to_string())?;
         tracing::warn!(%subject, score = detection.score, "suspended by anomaly analysis");
-        if let Subject::Identity(identity) = &detection.subject {
-            crate::pipeline::revoke_all(
-                broker,
-                identity,
-                &crate::pipeline::random_id("det"),
-                "suspension",
-            )
-            .await
-            .map_err(|e| e.message.clone())?;
-        }
+        // An identity's leases, or everything issued through a node.
+        crate::pipeline::revoke_all(
+            broker,
+            subject,
+            &crate::pipeline::random_id("det"),
+            "suspension",
+        )
+        .await
+        .map_err(|e| e.message.clone())?;
         Ok(())
     }
 }
@@ -338,7 +337,11 @@ impl Leadership {
             return true;
         }
         self.client = None;
-        let Ok((client, conn)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        // The store's own connection settings, TLS included.
+        let Ok((config, tls)) = crate::store::postgres::connection(url) else {
+            return false;
+        };
+        let Ok((client, conn)) = config.connect(tls).await else {
             return false;
         };
         tokio::spawn(conn);

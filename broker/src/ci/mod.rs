@@ -149,7 +149,8 @@ fn ref_attestation(claims: &Value) -> (u8, &'static str) {
 /// IPv6 one (a single host usually holds a whole /64, and could otherwise
 /// rotate through it to get around the limit).
 fn rate_key(client: IpAddr) -> IpAddr {
-    match client {
+    // An IPv4 client of a dual-stack listener arrives as ::ffff:a.b.c.d.
+    match client.to_canonical() {
         IpAddr::V6(a) => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & (!0u128 << 64))),
         v4 => v4,
     }
@@ -342,6 +343,8 @@ mod observed_tests {
         assert_ne!(rate_key(a), rate_key(other));
         let v4: IpAddr = "192.0.2.7".parse().unwrap();
         assert_eq!(rate_key(v4), v4);
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        assert_eq!(rate_key(mapped), v4, "each IPv4 client its own key");
     }
 
     #[test]

@@ -44,7 +44,12 @@ pub const MAX_BATCH: usize = 256;
 /// means no TLS. Everything else in the URL is tokio-postgres's.
 pub fn connection(url: &str) -> Result<(tokio_postgres::Config, MakeRustlsConnect)> {
     let bad = |reason: String| StoreError::Setup(format!("store url: {reason}"));
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    // The query starts after the credentials (a password may hold a '?').
+    let host_part = url.rfind('@').map_or(0, |at| at + 1);
+    let (base, query) = match url[host_part..].find('?') {
+        Some(q) => (&url[..host_part + q], &url[host_part + q + 1..]),
+        None => (url, ""),
+    };
     let (mut mode, mut root_cert) = (None, None);
     let mut rest = Vec::new();
     for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -266,10 +271,7 @@ async fn append_one(
     } = append;
     let suspended = !refuse_if_suspended.is_empty()
         && tx
-            .query_opt(
-                "SELECT 1 FROM suspensions WHERE subject = ANY($1) LIMIT 1",
-                &[&refuse_if_suspended],
-            )
+            .query_opt(&statements.suspended, &[&refuse_if_suspended])
             .await
             .map_err(map_pg)?
             .is_some();
@@ -382,6 +384,7 @@ struct Statements {
     rule_set: tokio_postgres::Statement,
     lease: tokio_postgres::Statement,
     log: tokio_postgres::Statement,
+    suspended: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -401,6 +404,9 @@ impl Statements {
                     "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
                      VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
                 )
+                .await?,
+            suspended: client
+                .prepare("SELECT 1 FROM suspensions WHERE subject = ANY($1) LIMIT 1")
                 .await?,
         })
     }
@@ -1303,6 +1309,10 @@ mod tests {
                 .contains("/nonexistent/ca.pem")
         );
         assert!(refused("postgres://u@db/m?nonsense=1").contains("store url"));
+        // A '?' in the password is not where the query starts.
+        let (config, _) = connection("postgres://u:p%3Fw?x@db/m?sslmode=require").unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert_eq!(config.get_dbname(), Some("m"));
     }
 
     #[test]

@@ -93,10 +93,13 @@ struct Writer {
     /// Rule-set hashes committed to `rule_sets` (cleared on any rollback), so
     /// a record needs no insert for a rule set already stored.
     known_rule_sets: std::collections::HashSet<String>,
-    /// The suspended subjects as committed: only this thread writes the
-    /// table, so an append checks them without a query (reloaded after any
-    /// rollback).
+    /// The suspended subjects: only this thread writes the table, so an
+    /// append checks them without a query. A suspension enters at once (a
+    /// rollback leaves it in: refusing too much, never too little, until the
+    /// reload); a resume leaves only once its batch committed.
     suspended: std::collections::HashSet<String>,
+    /// Resumes of the open batch, applied to `suspended` after its COMMIT.
+    resumed: Vec<String>,
 }
 
 /// Every suspended subject.
@@ -129,12 +132,10 @@ impl Writer {
             Err(e) => {
                 let _ = exec(&self.conn, "ROLLBACK TO job")
                     .and_then(|()| exec(&self.conn, "RELEASE job"));
-                // A rolled-back job may have stored a rule set or changed
-                // a suspension.
+                // A rolled-back job may have stored a rule set. (Suspend and
+                // resume jobs change `suspended` only once their statement
+                // succeeded, and then cannot fail.)
                 self.known_rule_sets.clear();
-                if let Ok(s) = suspended_subjects(&self.conn) {
-                    self.suspended = s;
-                }
                 (self.head_seq, self.head_hash) = head;
                 Err(e)
             }
@@ -543,6 +544,7 @@ impl SqliteStore {
             head_hash,
             known_rule_sets: std::collections::HashSet::new(),
             suspended,
+            resumed: Vec::new(),
         };
         std::thread::Builder::new()
             .name("mintguard-sqlite-writer".into())
@@ -565,6 +567,12 @@ impl SqliteStore {
                     let completions: Vec<Completion> =
                         batch.into_iter().map(|job| job(&mut writer)).collect();
                     let committed = exec(&writer.conn, "COMMIT").map_err(unavailable);
+                    let resumed = std::mem::take(&mut writer.resumed);
+                    if committed.is_ok() {
+                        for subject in &resumed {
+                            writer.suspended.remove(subject);
+                        }
+                    }
                     if committed.is_err() {
                         let _ = exec(&writer.conn, "ROLLBACK");
                         writer.known_rule_sets.clear();
@@ -1036,7 +1044,7 @@ impl Store for SqliteStore {
                 .execute("DELETE FROM suspensions WHERE subject = ?1", [&subject])
                 .map_err(map_sql)?
                 == 1;
-            w.suspended.remove(&subject);
+            w.resumed.push(subject);
             Ok(was)
         })
         .await
