@@ -245,9 +245,7 @@ pub fn token_route(container: Arc<Container>) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(
             mintguard_api::MAX_REQUEST_BYTES,
         ))
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            crate::workload::BODY_TIMEOUT,
-        ))
+        .layer(axum::middleware::from_fn(crate::workload::body_deadline))
         .with_state(container)
 }
 

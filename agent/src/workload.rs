@@ -22,7 +22,6 @@ use mintguard_api::{
 use serde_json::json;
 use tokio::net::UnixListener;
 use tower::ServiceExt;
-use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::attest::{AttestError, Attestor, Peer};
 use crate::broker::BrokerError;
@@ -34,9 +33,49 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How long a request's body may take to arrive, once its headers did: a
-/// client that announces a body and stalls is answered and its slot freed.
+/// How long a request's body may take to arrive in all, once its headers
+/// did: a client that announces a body and stalls or trickles it is answered
+/// and its slot freed.
 pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads the whole request body, at most [`MAX_REQUEST_BYTES`] within
+/// [`BODY_TIMEOUT`] in total (a deadline, not an idle timeout: a byte every
+/// few seconds does not extend it), before any handler runs.
+pub(crate) async fn body_deadline(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_REQUEST_BYTES)).await {
+        Ok(Ok(bytes)) => {
+            next.run(axum::extract::Request::from_parts(parts, bytes.into()))
+                .await
+        }
+        Ok(Err(e)) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                AgentError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request_too_large",
+                    format!("the body exceeds {MAX_REQUEST_BYTES} bytes"),
+                )
+            } else {
+                AgentError::new(StatusCode::BAD_REQUEST, "bad_body", e.to_string())
+            }
+            .into_response()
+        }
+        Err(_) => AgentError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the body did not arrive within {} s",
+                BODY_TIMEOUT.as_secs()
+            ),
+        )
+        .into_response(),
+    }
+}
 
 /// An error in the one shape every endpoint answers with.
 #[derive(Debug)]
@@ -385,7 +424,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/health", get(health))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .layer(RequestBodyTimeoutLayer::new(BODY_TIMEOUT))
+        .layer(axum::middleware::from_fn(body_deadline))
         .with_state(agent)
 }
 
