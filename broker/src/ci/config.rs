@@ -183,6 +183,7 @@ const SHARED_ISSUERS: &[&str] = &[
 const TENANT_CLAIMS: &[&str] = &[
     "repository_id",
     "repository_owner_id",
+    "enterprise_id",
     "project_id",
     "namespace_id",
 ];
@@ -305,6 +306,7 @@ mod tests {
         let github = "https://token.actions.githubusercontent.com";
         assert!(check(github, r#"repository_id = "123""#).is_ok());
         assert!(check(github, r#"repository_owner_id = "9""#).is_ok());
+        assert!(check(github, r#"enterprise_id = "7""#).is_ok());
         // GitHub signs for every repository: no claim, a name, or a pattern
         // over the id does not say whose job it is.
         for claims in [
