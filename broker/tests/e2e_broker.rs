@@ -269,17 +269,12 @@ async fn suspension_refuses_and_revokes() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let leases = broker.cli_json(&["leases", "--identity", API]);
-    let live: Vec<&Value> = leases
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["live"] == true)
-        .collect();
+    let live = broker.live_leases();
     assert!(
         live.is_empty(),
         "node suspension left leases live: {live:?}"
     );
+    let leases = broker.cli_json(&["leases", "--identity", API]);
     assert!(
         leases
             .as_array()

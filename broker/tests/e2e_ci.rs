@@ -391,14 +391,7 @@ async fn an_operator_suspends_a_ci_issuer_by_its_url() {
         String::from_utf8_lossy(&out.stderr)
     );
     // What the issuer vouched for is revoked; its next token is refused.
-    let live: Vec<Value> = broker
-        .cli_json(&["leases"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|l| l["live"] == true)
-        .cloned()
-        .collect();
+    let live = broker.live_leases();
     assert!(live.is_empty(), "{live:?}");
     let refused = ci_post(
         &broker,

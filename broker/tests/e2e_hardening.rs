@@ -534,19 +534,7 @@ async fn a_client_that_never_finishes_its_handshake_is_cut_off() {
 async fn operators_authenticate_with_certificates_by_role() {
     let broker = BrokerProcess::start("");
     let root = broker.dir.path();
-    let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
-        .args(["operator", "create", "bob", "--role", "viewer", "--cert"])
-        .arg("--config")
-        .arg(root.join("broker.toml"))
-        .arg("--out")
-        .arg(root.join("bob"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.create_operator("bob", "viewer", Some(&root.join("bob")));
     use std::os::unix::fs::PermissionsExt;
     let key_mode = std::fs::metadata(root.join("bob/bob.key"))
         .unwrap()
@@ -625,21 +613,7 @@ async fn operators_authenticate_with_certificates_by_role() {
 async fn break_glass_takes_two_people_and_leaves_a_review() {
     let broker = BrokerProcess::start("");
     let root = broker.dir.path();
-    let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
-        .args([
-            "operator", "create", "carol", "--role", "approver", "--cert",
-        ])
-        .arg("--config")
-        .arg(root.join("broker.toml"))
-        .arg("--out")
-        .arg(root.join("carol"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.create_operator("carol", "approver", Some(&root.join("carol")));
     broker.cli_json(&["reload"]);
     let carol = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_mintguard"))
@@ -753,17 +727,7 @@ async fn break_glass_takes_two_people_and_leaves_a_review() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signal_source_token_reports_only_under_its_own_name() {
     let broker = BrokerProcess::start("");
-    let out = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
-        .args(["operator", "create", "edr", "--role", "signal_source"])
-        .arg("--config")
-        .arg(broker.dir.path().join("broker.toml"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    broker.create_operator("edr", "signal_source", None);
     // Two token files now: the CLI is told which one is alice's.
     let alice = broker.data().join("operators/alice.token");
     let alice = alice.to_str().unwrap();

@@ -149,6 +149,17 @@ fn lease(id: &str, identity: &str, issued: i64) -> Lease {
     }
 }
 
+/// 20 tokens refilled over an hour, 1 per request.
+fn hourly_budget() -> BudgetPolicy {
+    BudgetPolicy {
+        amount: 20,
+        per: Refill::Every { seconds: 3600 },
+        base: 1,
+        per_5min: 0,
+        eci_factor: 0.0,
+    }
+}
+
 fn plain(e: LogEntry) -> Append {
     Append {
         canonical_body: None,
@@ -288,13 +299,7 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
 }
 
 async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn Store>) {
-    let policy = BudgetPolicy {
-        amount: 20,
-        per: Refill::Every { seconds: 3600 },
-        base: 1,
-        per_5min: 0,
-        eci_factor: 0.0,
-    };
+    let policy = hourly_budget();
     let (identity, node, t) = (
         "spiffe://example.org/a",
         "spiffe://example.org/mintguard/node/n1",
@@ -356,13 +361,7 @@ async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn
 }
 
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
-    let policy = BudgetPolicy {
-        amount: 20,
-        per: Refill::Every { seconds: 3600 },
-        base: 1,
-        per_5min: 0,
-        eci_factor: 0.0,
-    };
+    let policy = hourly_budget();
     let spend = |cost, t| Append {
         canonical_body: None,
         entry: entry("x", "spiffe://example.org/a", "allow", t),

@@ -200,6 +200,35 @@ impl BrokerProcess {
         }
     }
 
+    /// `mintguard-broker operator create NAME --role ROLE`: a token file, or
+    /// with `cert_dir` a client certificate and key written there.
+    pub fn create_operator(&self, name: &str, role: &str, cert_dir: Option<&Path>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"));
+        cmd.args(["operator", "create", name, "--role", role, "--config"])
+            .arg(self.dir.path().join("broker.toml"));
+        if let Some(dir) = cert_dir {
+            cmd.arg("--cert").arg("--out").arg(dir);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The leases `mintguard leases` lists as live.
+    pub fn live_leases(&self) -> Vec<Value> {
+        let leases = self.cli_json(&["leases"]);
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|l| l["live"] == true)
+            .cloned()
+            .collect()
+    }
+
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let out = self.cli(args);
         assert!(
