@@ -2,7 +2,8 @@
 //! socket's `SO_PEERCRED` (pid, uid, gid) and `/proc/PID` (executable, its
 //! SHA-256, cgroups), re-read on every request and guarded against pid reuse
 //! by comparing the process start time taken at connect (before the reads)
-//! with the pid's after them.
+//! with the pid's after them, and against identity lending by comparing the
+//! executable the process runs with the one it ran at connect.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -11,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 /// The peer of a workload connection, as the kernel reported it at connect
-/// time, with the process start time read right then.
+/// time, with the process start time and executable read right then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// Process id.
@@ -22,6 +23,31 @@ pub struct Peer {
     pub gid: u32,
     /// Start time (clock ticks since boot, `/proc/PID/stat` field 22).
     pub start_time: u64,
+    /// The executable file the process ran when its connection was accepted.
+    pub exe: FileVersion,
+}
+
+impl Peer {
+    /// The peer `pid` (uid, gid from `SO_PEERCRED`), its start time and
+    /// executable read now, at accept.
+    ///
+    /// The executable is pinned because `SO_PEERCRED` names the process that
+    /// connected, not the one writing: a process that connects, forks a
+    /// child holding the socket and then execs a trusted binary would
+    /// otherwise lend that binary's identity to the child. A process that
+    /// exec'd since it connected is refused; it opens a new connection.
+    pub fn at_accept(pid: i32, uid: u32, gid: u32) -> Result<Self, AttestError> {
+        let start_time = stat(pid)?.start_time;
+        let link = format!("/proc/{pid}/exe");
+        let meta = std::fs::metadata(&link).map_err(|e| exe_error(pid, &link, e))?;
+        Ok(Self {
+            pid,
+            uid,
+            gid,
+            start_time,
+            exe: FileVersion::of(&meta),
+        })
+    }
 }
 
 /// Why a workload could not be attested (401 with the reason).
@@ -45,8 +71,14 @@ pub enum AttestError {
     /// (it exec'd meanwhile): nothing read about it is trusted.
     #[error("process {0} changed its executable during attestation")]
     ExecutableChanged(i32),
-    /// The kernel gave no pid (not a local process).
-    #[error("the socket peer has no pid")]
+    /// The process runs another executable than when its connection was
+    /// accepted: it exec'd, and the socket may now be held by whoever it
+    /// forked before.
+    #[error("process {0} runs another executable than when it connected; open a new connection")]
+    ExecutedSinceConnect(i32),
+    /// The kernel gave no pid (not a local process), or the process was
+    /// gone by the time its connection was accepted.
+    #[error("the socket peer has no pid, or exited before its connection was accepted")]
     NoPid,
 }
 
@@ -90,6 +122,13 @@ fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+fn exe_error(pid: i32, link: &str, e: std::io::Error) -> AttestError {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => AttestError::PeerGone(pid),
+        _ => proc_error(link, e),
+    }
+}
+
 fn proc_error(path: &str, reason: impl ToString) -> AttestError {
     AttestError::Proc {
         path: path.to_owned(),
@@ -127,7 +166,7 @@ impl Attestor {
             hashes: Mutex::new(HashMap::new()),
             users: Mutex::new(None),
         };
-        let (_, own) = me.executable(std::process::id().try_into().unwrap_or(0))?;
+        let (_, own, _) = me.executable(std::process::id().try_into().unwrap_or(0))?;
         Ok(Self {
             own_sha256: own,
             ..me
@@ -148,12 +187,9 @@ impl Attestor {
     /// pair one file's key with another file's hash (which would poison the
     /// cache for every later run of the first file). The path is read before
     /// and after the open; if they differ the process exec'd and is refused.
-    fn executable(&self, pid: i32) -> Result<(PathBuf, String), AttestError> {
+    fn executable(&self, pid: i32) -> Result<(PathBuf, String, FileVersion), AttestError> {
         let link = format!("/proc/{pid}/exe");
-        let gone = |e: std::io::Error| match e.kind() {
-            std::io::ErrorKind::NotFound => AttestError::PeerGone(pid),
-            _ => proc_error(&link, e),
-        };
+        let gone = |e| exe_error(pid, &link, e);
         let path = std::fs::read_link(&link).map_err(gone)?;
         let mut file = std::fs::File::open(&link).map_err(gone)?;
         let meta = file.metadata().map_err(|e| proc_error(&link, e))?;
@@ -162,7 +198,7 @@ impl Attestor {
         }
         let key = FileVersion::of(&meta);
         if let Some(hash) = self.hashes.lock().ok().and_then(|h| h.get(&key).cloned()) {
-            return Ok((path, hash));
+            return Ok((path, hash, key));
         }
         // aws-lc's SHA-256: fast in every build profile, on multi-MB binaries.
         let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
@@ -186,7 +222,7 @@ impl Attestor {
             }
             h.insert(key, hash.clone());
         }
-        Ok((path, hash))
+        Ok((path, hash, key))
     }
 
     /// The user name for `uid` from `/etc/passwd` (re-read when it changes;
@@ -220,8 +256,14 @@ impl Attestor {
     /// still be the pid's after the reads (a pid reused in between has
     /// another start time then; one `/proc/PID/stat` read per request, as
     /// the kernel builds that file at some cost).
+    ///
+    /// Exec: the executable hashed must be the one the process ran at
+    /// accept, and still be the one it runs after the reads.
     pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
-        let (mut path, mut sha) = self.executable(peer.pid)?;
+        let (mut path, mut sha, exe) = self.executable(peer.pid)?;
+        if exe != peer.exe {
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        }
         if sha == self.own_sha256 {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
@@ -230,9 +272,15 @@ impl Attestor {
             (path, sha) = self.helper_parent(peer, &helper)?;
         }
         let cgroups = cgroup_selectors(peer.pid);
-        // The pid still names the process that connected.
+        // The pid still names the process that connected, running the same
+        // executable.
         if stat(peer.pid)?.start_time != peer.start_time {
             return Err(AttestError::PeerGone(peer.pid));
+        }
+        let link = format!("/proc/{}/exe", peer.pid);
+        let now = std::fs::metadata(&link).map_err(|e| exe_error(peer.pid, &link, e))?;
+        if FileVersion::of(&now) != peer.exe {
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
         let mut selectors = vec![
             format!("unix:uid:{}", peer.uid),
@@ -274,23 +322,21 @@ impl Attestor {
                 "its parent {ppid} runs under another uid"
             )));
         }
-        let found = self.executable(ppid)?;
+        let (path, sha, _) = self.executable(ppid)?;
         // The parent is still the one checked, and still the helper's parent.
         if stat(ppid)?.start_time != parent.start_time || stat(peer.pid)?.ppid != ppid {
             return Err(AttestError::Helper(format!("its parent {ppid} exited")));
         }
-        Ok(found)
+        Ok((path, sha))
     }
 }
 
-/// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
-/// where a path holds a 64-hex container id (docker, containerd, CRI-O).
 /// Which version of a file a cache holds: a rewrite in place (same second
 /// included: nanoseconds, size) or a replacement (device, inode) changes it,
 /// and so does any write whose owner then set the old mtime back (ctime,
 /// which no user can set).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct FileVersion {
+pub struct FileVersion {
     dev: u64,
     ino: u64,
     size: u64,
@@ -314,6 +360,8 @@ impl FileVersion {
     }
 }
 
+/// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
+/// where a path holds a 64-hex container id (docker, containerd, CRI-O).
 fn cgroup_selectors(pid: i32) -> Vec<String> {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
         return Vec::new();
@@ -379,13 +427,7 @@ mod tests {
     use super::*;
 
     fn me() -> Peer {
-        let pid = i32::try_from(std::process::id()).unwrap();
-        Peer {
-            pid,
-            uid: 0,
-            gid: 0,
-            start_time: stat(pid).unwrap().start_time,
-        }
+        Peer::at_accept(i32::try_from(std::process::id()).unwrap(), 0, 0).unwrap()
     }
 
     #[test]
@@ -469,6 +511,18 @@ mod tests {
         let mut peer = me();
         peer.start_time += 1;
         assert_eq!(attestor.attest(&peer), Err(AttestError::PeerGone(peer.pid)));
+    }
+
+    #[test]
+    fn a_process_running_another_executable_than_at_accept_is_refused() {
+        let attestor = Attestor::new().unwrap();
+        let mut peer = me();
+        assert!(attestor.attest(&peer).is_ok());
+        peer.exe.ino += 1;
+        assert_eq!(
+            attestor.attest(&peer),
+            Err(AttestError::ExecutedSinceConnect(peer.pid))
+        );
     }
 
     #[test]

@@ -116,7 +116,11 @@ impl IntoResponse for AgentError {
 
 impl From<AttestError> for AgentError {
     fn from(e: AttestError) -> Self {
-        AgentError::new(StatusCode::UNAUTHORIZED, "not_attested", e.to_string())
+        let code = match e {
+            AttestError::ExecutedSinceConnect(_) => "executed_since_connect",
+            _ => "not_attested",
+        };
+        AgentError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
     }
 }
 
@@ -497,17 +501,12 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
             }
         };
         // The kernel's view of the peer, taken at connect; the start time
-        // pins the pid to this process for the connection's life.
-        let peer = stream.peer_cred().ok().and_then(|c| {
-            let pid = c.pid()?;
-            let start_time = crate::attest::stat(pid).ok()?.start_time;
-            Some(Peer {
-                pid,
-                uid: c.uid(),
-                gid: c.gid(),
-                start_time,
-            })
-        });
+        // and executable pin the pid to this process, running this
+        // binary, for the connection's life.
+        let peer = stream
+            .peer_cred()
+            .ok()
+            .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid()).ok());
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;

@@ -348,6 +348,8 @@ listen = "127.0.0.1:0"
             .args(args)
             .output()
             .unwrap();
+        // Shown with the test's output if it fails.
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(str::to_owned)
@@ -444,7 +446,8 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
         "{reasons}"
     );
 
-    // Exec on a kept-alive connection: the next request is attested anew.
+    // Exec on a kept-alive connection: the process runs another binary than
+    // the one that connected, and is refused until it reconnects.
     let socket = node.socket();
     let lines = node.workload(
         None,
@@ -458,7 +461,22 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
     );
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert_eq!(parse_line(&lines[0]).0, 200, "{lines:?}");
-    assert_eq!(parse_line(&lines[1]).0, 401, "{lines:?}");
+    let (status, answer) = parse_line(&lines[1]);
+    assert_eq!(status, 401, "{lines:?}");
+    assert_eq!(answer["error"]["code"], "executed_since_connect");
+
+    // The other way round: an unattested binary connects, forks a child
+    // that keeps the socket, and execs the trusted one. The child must not
+    // borrow the trusted identity through the connection.
+    let lines = node.workload(
+        None,
+        modified.to_str().unwrap(),
+        &["lend", socket.to_str().unwrap(), "payments-token", &py],
+    );
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let (status, answer) = parse_line(&lines[0]);
+    assert_eq!(status, 401, "{lines:?}");
+    assert_eq!(answer["error"]["code"], "executed_since_connect");
 
     // The agent's own helper is attested as its parent (here: sh).
     let sh = std::fs::canonicalize("/bin/sh").unwrap();

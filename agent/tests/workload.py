@@ -5,6 +5,9 @@ Unix socket with nothing but the standard library.
   workload.py exec SOCKET GRANT OTHER_PYTHON   a request, then exec OTHER_PYTHON
                                                which reuses the same connection
   workload.py reuse FD GRANT                   (the exec'd side)
+  workload.py lend SOCKET GRANT OTHER_PYTHON   connect, fork a child that keeps
+                                               the socket, exec OTHER_PYTHON;
+                                               the child then makes a request
   workload.py bind SOCKET GRANT                request with bind_to_process,
                                                print, then wait for stdin EOF
   workload.py cctoken SOCKET GRANT             a container-credentials token,
@@ -13,8 +16,10 @@ Unix socket with nothing but the standard library.
 """
 import json
 import os
+import signal
 import socket
 import sys
+import time
 
 
 def call(sock, grant, bind=False, path="/v1/credentials"):
@@ -75,5 +80,27 @@ elif mode == "exec":
     os.set_inheritable(s.fileno(), True)
     other = sys.argv[4]
     os.execv(other, [other, __file__, "reuse", str(s.fileno()), sys.argv[3]])
+elif mode == "lend":
+    s = connect(sys.argv[2])
+    parent = os.getpid()
+    before = os.readlink("/proc/self/exe")
+    if os.fork() == 0:
+        # Ask once the parent runs the other binary, then end it.
+        def exe():
+            try:
+                return os.readlink(f"/proc/{parent}/exe")
+            except FileNotFoundError:  # mid-exec, or gone
+                return None
+
+        deadline = time.monotonic() + 30
+        while exe() in (before, None):
+            if time.monotonic() > deadline:
+                raise SystemExit("the parent never ran the other binary")
+            time.sleep(0.01)
+        call(s, sys.argv[3])
+        os.kill(parent, signal.SIGTERM)
+        os._exit(0)
+    other = sys.argv[4]
+    os.execv(other, [other, "-c", "import time; time.sleep(60)"])
 elif mode == "reuse":
     call(socket.socket(fileno=int(sys.argv[2])), sys.argv[3])

@@ -1,5 +1,6 @@
 //! Workload attestation, the agent's per-request hot path: `/proc/PID/stat`
-//! twice (pid-reuse guard), the executable link and metadata, the SHA-256
+//! twice (pid-reuse guard), the executable link and metadata (twice: the
+//! executable pinned at accept), the SHA-256
 //! (cached by device, inode, size and mtime after the first request), the
 //! user name and cgroups — for a real child process.
 //!
@@ -8,7 +9,7 @@
 #![allow(clippy::expect_used)] // a bench that cannot set up must stop
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mintguard_agent::attest::{Attestor, Peer, stat};
+use mintguard_agent::attest::{Attestor, Peer};
 use std::hint::black_box;
 
 fn attest(c: &mut Criterion) {
@@ -19,12 +20,7 @@ fn attest(c: &mut Criterion) {
         .spawn()
         .expect("spawn a workload");
     let pid = i32::try_from(child.id()).expect("pid");
-    let peer = Peer {
-        pid,
-        uid: 0,
-        gid: 0,
-        start_time: stat(pid).expect("stat").start_time,
-    };
+    let peer = Peer::at_accept(pid, 0, 0).expect("peer");
     let attestor = Attestor::new().expect("attestor");
     attestor
         .attest(&peer)
