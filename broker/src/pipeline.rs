@@ -30,7 +30,9 @@ use crate::log::{LogEntry, RecordKind};
 use crate::mint::Durable;
 use crate::mint::jwt::{Claims, UnreleasedJwt};
 use crate::state::{Broker, now_ms};
-use crate::store::{Append, Entry, Lease, SignalRecord, SpendOp, SuspensionRecord};
+use crate::store::{
+    Append, Entry, Lease, LeaseOwner, LeaseQuery, SignalRecord, SpendOp, SuspensionRecord,
+};
 
 /// A unique id with a prefix: `req-…`, `lease-…` (128 bits, hex): 48 bits
 /// of milliseconds, then 80 random bits. Time-ordered like a UUIDv7, so the
@@ -1031,122 +1033,137 @@ pub fn advisory_action(lease_id: &str) -> String {
     )
 }
 
-/// Start-up reconciliation of upstream mints: a Vault lease with an intent
-/// record but no outcome (the broker died between the mint and the answer)
-/// is found upstream and revoked (child tokens, by their `mintguard_lease`
+/// Leases [`reconcile_upstream`] reads at once.
+const RECONCILE_PAGE: usize = 500;
+
+/// Reconciliation of upstream mints: a Vault lease with an intent record
+/// but no outcome (the broker died between the mint and the answer) is
+/// found upstream and revoked (child tokens, by their `mintguard_lease`
 /// metadata), closed as never minted, or — for dynamic secrets, which Vault
 /// cannot be searched for — logged for operator action and left listed in
 /// `mintguard leases`. Only intents older than `min_age_ms` are considered
 /// (`vault.reconcile_after`: longer than any mint takes), and only those
-/// issued after `*checked_until_ms`, which then moves up to the newest one
-/// old enough: each intent is looked at once per broker run, not on every
-/// pass. Returns how many it settled.
+/// after `cursor` (issue time, lease id), which moves past each one looked
+/// at: each intent is looked at once per broker run, not on every pass.
+/// Returns how many it settled.
 pub async fn reconcile_upstream(
     broker: &Broker,
     min_age_ms: i64,
-    checked_until_ms: &mut i64,
+    cursor: &mut (i64, String),
 ) -> Result<usize, ApiError> {
     if broker.vault.is_none() && broker.sts.is_none() {
         return Ok(0);
     }
-    let dynamic = broker.dynamic.load_full();
     let mut settled = 0;
     // Younger intents may still be in flight (here or on a replica).
     let old_enough = now_ms() - min_age_ms;
-    let since = *checked_until_ms;
-    for lease in broker.store.leases(None).await? {
-        if !matches!(lease.kind.as_str(), "vault" | "aws_sts")
-            || lease.revoked_at_ms.is_some()
-            || lease.issued_at_ms <= since
-            || lease.issued_at_ms > old_enough
-        {
-            continue;
-        }
-        let records = broker.store.log_for_request(&lease.request_id).await?;
-        if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
-            continue;
-        }
-        let outcome =
-            |outcome: &str, body| lease_record(&lease, RecordKind::Outcome, outcome, body);
-        if lease.kind == "aws_sts" {
-            // STS sessions cannot be found or revoked one by one.
-            if lease.task_ended_at_ms.is_none() {
-                record(
-                    broker,
-                    outcome(
-                        "reconcile_operator_action",
-                        json!({
-                            "lease_id": lease.id, "minted_unanswered": "unknown",
-                            "action": advisory_action(&lease.id),
-                        }),
-                    ),
-                )
-                .await?;
-                broker.store.end_task(&lease.id, now_ms()).await?;
+    loop {
+        let page = broker
+            .store
+            .leases(&LeaseQuery::UpstreamIssued {
+                after: cursor.clone(),
+                until_ms: old_enough,
+                limit: RECONCILE_PAGE,
+            })
+            .await?;
+        for lease in &page {
+            // A store error leaves the cursor here: the lease is retried.
+            if reconcile_lease(broker, lease).await? {
+                settled += 1;
             }
-            continue;
+            *cursor = (lease.issued_at_ms, lease.id.clone());
         }
-        let Some(vault) = broker.vault.as_ref() else {
-            continue;
-        };
-        let grant = dynamic
-            .config
-            .grants
-            .get(&lease.grant)
-            .and_then(|g| g.vault.clone());
-        match grant {
-            Some(crate::config::VaultGrant::Token { .. }) => {
-                match vault.find_token_for_lease(&lease.id).await {
-                    Ok(Some(accessor)) => {
-                        let upstream = json!({"vault_accessor": accessor});
-                        let gone = vault.revoke(&upstream).await.unwrap_or(false);
-                        if gone {
-                            record(broker, outcome("reconciled_revoked", json!({"lease_id": lease.id, "upstream": upstream, "minted_unanswered": true}))).await?;
-                            broker.store.revoke_lease(&lease.id, now_ms()).await?;
-                            settled += 1;
-                        } else {
-                            tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next start");
-                        }
-                    }
-                    Ok(None) => {
-                        record(
-                            broker,
-                            outcome(
-                                "reconciled_not_minted",
-                                json!({"lease_id": lease.id, "minted_unanswered": false}),
-                            ),
-                        )
-                        .await?;
-                        broker.store.revoke_lease(&lease.id, now_ms()).await?;
-                        settled += 1;
-                    }
-                    Err(e) => {
-                        record(
-                            broker,
-                            outcome(
-                                "reconcile_operator_action",
-                                json!({"lease_id": lease.id, "error": e.to_string()}),
-                            ),
-                        )
-                        .await?;
-                    }
-                }
-            }
-            _ => {
-                let path = match &grant {
-                    Some(crate::config::VaultGrant::Secret { path, .. }) => path.clone(),
-                    _ => String::new(),
-                };
-                record(broker, outcome("reconcile_operator_action", json!({
-                    "lease_id": lease.id, "vault_path": path, "intent_time_ms": lease.issued_at_ms,
-                    "action": "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke` this lease",
-                }))).await?;
-            }
+        if page.len() < RECONCILE_PAGE {
+            return Ok(settled);
         }
     }
-    // Advanced only after a pass that finished: a store error retries it.
-    *checked_until_ms = old_enough;
-    Ok(settled)
+}
+
+/// Settles one upstream lease if its intent has no outcome; whether it did.
+async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiError> {
+    let records = broker.store.log_for_request(&lease.request_id).await?;
+    if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
+        return Ok(false);
+    }
+    let outcome = |outcome: &str, body| lease_record(lease, RecordKind::Outcome, outcome, body);
+    if lease.kind == "aws_sts" {
+        // STS sessions cannot be found or revoked one by one.
+        if lease.task_ended_at_ms.is_none() {
+            record(
+                broker,
+                outcome(
+                    "reconcile_operator_action",
+                    json!({
+                        "lease_id": lease.id, "minted_unanswered": "unknown",
+                        "action": advisory_action(&lease.id),
+                    }),
+                ),
+            )
+            .await?;
+            broker.store.end_task(&lease.id, now_ms()).await?;
+        }
+        return Ok(false);
+    }
+    let Some(vault) = broker.vault.as_ref() else {
+        return Ok(false);
+    };
+    let grant = broker
+        .dynamic
+        .load()
+        .config
+        .grants
+        .get(&lease.grant)
+        .and_then(|g| g.vault.clone());
+    match grant {
+        Some(crate::config::VaultGrant::Token { .. }) => {
+            match vault.find_token_for_lease(&lease.id).await {
+                Ok(Some(accessor)) => {
+                    let upstream = json!({"vault_accessor": accessor});
+                    let gone = vault.revoke(&upstream).await.unwrap_or(false);
+                    if gone {
+                        record(broker, outcome("reconciled_revoked", json!({"lease_id": lease.id, "upstream": upstream, "minted_unanswered": true}))).await?;
+                        broker.store.revoke_lease(&lease.id, now_ms()).await?;
+                        return Ok(true);
+                    } else {
+                        tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next start");
+                    }
+                }
+                Ok(None) => {
+                    record(
+                        broker,
+                        outcome(
+                            "reconciled_not_minted",
+                            json!({"lease_id": lease.id, "minted_unanswered": false}),
+                        ),
+                    )
+                    .await?;
+                    broker.store.revoke_lease(&lease.id, now_ms()).await?;
+                    return Ok(true);
+                }
+                Err(e) => {
+                    record(
+                        broker,
+                        outcome(
+                            "reconcile_operator_action",
+                            json!({"lease_id": lease.id, "error": e.to_string()}),
+                        ),
+                    )
+                    .await?;
+                }
+            }
+        }
+        _ => {
+            let path = match &grant {
+                Some(crate::config::VaultGrant::Secret { path, .. }) => path.clone(),
+                _ => String::new(),
+            };
+            record(broker, outcome("reconcile_operator_action", json!({
+                "lease_id": lease.id, "vault_path": path, "intent_time_ms": lease.issued_at_ms,
+                "action": "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke` this lease",
+            }))).await?;
+        }
+    }
+    Ok(false)
 }
 
 async fn record_outcome(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
@@ -1293,39 +1310,41 @@ fn refusal(request_id: &str, d: &Decision, approval_id: Option<&str>) -> Respons
 
 /// A `suspend` decision: record the suspension and revoke the identity's
 /// live leases. An identity already suspended keeps its suspension record
-/// (who suspended it and why) and has nothing left to revoke.
+/// (who suspended it and why); its leases are revoked again all the same, as
+/// an earlier revocation may have left some live.
 async fn suspend_identity(
     broker: &Broker,
     identity: &str,
     request_id: &str,
     decision: &Decision,
 ) -> Result<(), ApiError> {
-    if broker.store.suspension(identity).await?.is_some() {
-        return Ok(());
+    if broker.store.suspension(identity).await?.is_none() {
+        broker
+            .store
+            .suspend(&SuspensionRecord {
+                subject: identity.to_owned(),
+                reason: decision
+                    .reasons
+                    .iter()
+                    .map(|r| r.code())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                by: format!("decision:{request_id}"),
+                at_ms: now_ms(),
+            })
+            .await?;
     }
-    let now = now_ms();
-    broker
-        .store
-        .suspend(&SuspensionRecord {
-            subject: identity.to_owned(),
-            reason: decision
-                .reasons
-                .iter()
-                .map(|r| r.code())
-                .collect::<Vec<_>>()
-                .join(","),
-            by: format!("decision:{request_id}"),
-            at_ms: now,
-        })
-        .await?;
     revoke_all(broker, identity, request_id, "suspension").await
 }
 
+/// Leases [`revoke_all`] reads at once.
+const REVOKE_PAGE: usize = 500;
+
 /// Revokes every live lease of `subject`, logging each revocation: an
 /// identity's leases, or for a node (or a CI issuer, by its URL) every lease
-/// issued through it. A lease
-/// that cannot be revoked does not stop the others; the error afterwards
-/// says how many were left live and why the first one failed.
+/// issued through it. A lease that cannot be revoked does not stop the
+/// others; the error afterwards says how many were left live and why the
+/// first one failed.
 pub async fn revoke_all(
     broker: &Broker,
     subject: &str,
@@ -1338,23 +1357,34 @@ pub async fn revoke_all(
         Ok(id) => mintguard_certs::id::IdMatcher::nodes(&broker.config().trust_domain).matches(&id),
         Err(_) => true,
     };
-    let leases = if issuer {
-        let mut all = broker.store.leases(None).await?;
-        all.retain(|l| l.node.as_deref() == Some(subject));
-        all
+    let owner = if issuer {
+        LeaseOwner::Node(subject.to_owned())
     } else {
-        broker.store.leases(Some(subject)).await?
+        LeaseOwner::Identity(subject.to_owned())
     };
     let (mut failed, mut first_error) = (0usize, None);
-    for lease in &leases {
-        if lease.revoked_at_ms.is_none()
-            && lease.expires_at_ms > now
-            && let Err(e) = revoke_lease(broker, lease, request_id, why).await
-        {
-            tracing::error!(lease = %lease.id, %subject, error = %e.message, "lease not revoked");
-            failed += 1;
-            first_error.get_or_insert(e);
+    let mut after_id = None;
+    loop {
+        let page = broker
+            .store
+            .leases(&LeaseQuery::Live {
+                owner: owner.clone(),
+                now_ms: now,
+                after_id: after_id.take(),
+                limit: REVOKE_PAGE,
+            })
+            .await?;
+        for lease in &page {
+            if let Err(e) = revoke_lease(broker, lease, request_id, why).await {
+                tracing::error!(lease = %lease.id, %subject, error = %e.message, "lease not revoked");
+                failed += 1;
+                first_error.get_or_insert(e);
+            }
         }
+        if page.len() < REVOKE_PAGE {
+            break;
+        }
+        after_id = page.last().map(|l| l.id.clone());
     }
     match first_error {
         None => Ok(()),

@@ -15,8 +15,8 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Approval, Entry, Lease, LogQuery, RequestState, SignalRecord, SpendOp, Store,
-    StoreError, SuspensionRecord,
+    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, RequestState, SignalRecord,
+    SpendOp, Store, StoreError, SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -150,6 +150,14 @@ fn lease(id: &str, identity: &str, issued: i64) -> Lease {
 }
 
 /// 20 tokens refilled over an hour, 1 per request.
+fn all_leases() -> LeaseQuery {
+    LeaseQuery::List {
+        identity: None,
+        outlived_at_ms: None,
+        limit: 1000,
+    }
+}
+
 fn hourly_budget() -> BudgetPolicy {
     BudgetPolicy {
         amount: 20,
@@ -279,7 +287,7 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
         "bodies written directly are stored whole, winners and losers alike"
     );
     assert_eq!(
-        store.leases(None).await.unwrap().len(),
+        store.leases(&all_leases()).await.unwrap().len(),
         10,
         "only winners get a lease"
     );
@@ -526,22 +534,151 @@ async fn leases_revoke_once(store: Arc<dyn Store>) {
         (revoked.revoked_at_ms, revoked.task_ended_at_ms),
         (Some(200), Some(200))
     );
-    assert_eq!(
+    assert!(store.lease("nope").await.unwrap().is_none());
+}
+
+/// The ids a lease query returns, in its order.
+async fn lease_ids(store: &Arc<dyn Store>, query: LeaseQuery) -> Vec<String> {
+    let leases = store.leases(&query).await.unwrap();
+    leases.into_iter().map(|l| l.id).collect()
+}
+
+async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
+    let (a, b) = ("spiffe://example.org/a", "spiffe://example.org/b");
+    let n2 = "spiffe://example.org/mintguard/node/n2";
+    let ci = "https://token.actions.githubusercontent.com";
+    let upstream =
+        |id: &str, kind: &str, revocation: &str, issued: i64, ttl: i64, node: &str| Lease {
+            kind: kind.into(),
+            revocation: revocation.into(),
+            expires_at_ms: issued + ttl,
+            node: Some(node.into()),
+            ..lease(id, b, issued)
+        };
+    let leases = [
+        lease("a1", a, 100),
+        Lease {
+            node: Some(n2.into()),
+            ..lease("a2", a, 200)
+        },
+        Lease {
+            expires_at_ms: 60,
+            ..lease("a3", a, 50)
+        },
+        upstream(
+            "b1",
+            "vault",
+            "effective",
+            300,
+            600,
+            "spiffe://example.org/mintguard/node/n1",
+        ),
+        upstream("b2", "vault", "effective", 400, 300_000, ci),
+        upstream("b3", "aws_sts", "advisory", 400, 300_000, ci),
+    ];
+    for l in leases {
         store
-            .leases(Some("spiffe://example.org/a"))
+            .append(Append {
+                lease: Some(l.clone()),
+                ..plain(entry(&l.request_id, &l.identity, "allow", l.issued_at_ms))
+            })
             .await
-            .unwrap()
-            .len(),
-        1
+            .unwrap();
+    }
+    assert!(store.revoke_lease("a2", 250).await.unwrap());
+    assert!(store.end_task("b3", 500).await.unwrap());
+    let now = 1_000;
+    let ids = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+
+    // Listing: newest first (ties by id), by identity, outlived, limited.
+    let list = |identity: Option<&str>, outlived: bool, limit| LeaseQuery::List {
+        identity: identity.map(str::to_owned),
+        outlived_at_ms: outlived.then_some(now),
+        limit,
+    };
+    assert_eq!(
+        lease_ids(&store, list(None, false, 100)).await,
+        ids(&["b2", "b3", "b1", "a2", "a1", "a3"])
+    );
+    assert_eq!(
+        lease_ids(&store, list(Some(a), false, 100)).await,
+        ids(&["a2", "a1", "a3"])
+    );
+    assert_eq!(
+        lease_ids(&store, list(None, false, 2)).await,
+        ids(&["b2", "b3"])
+    );
+    assert_eq!(lease_ids(&store, list(None, true, 100)).await, ids(&["b3"]));
+
+    // Live: neither revoked nor expired, by identity or by the node or CI
+    // issuer that vouched; paged by id.
+    let live = |owner, after_id: Option<&str>, limit| LeaseQuery::Live {
+        owner,
+        now_ms: now,
+        after_id: after_id.map(str::to_owned),
+        limit,
+    };
+    let node = |s: &str| LeaseOwner::Node(s.into());
+    let identity = |s: &str| LeaseOwner::Identity(s.into());
+    assert_eq!(
+        lease_ids(&store, live(identity(a), None, 100)).await,
+        ids(&["a1"])
+    );
+    assert_eq!(
+        lease_ids(
+            &store,
+            live(node("spiffe://example.org/mintguard/node/n1"), None, 100)
+        )
+        .await,
+        ids(&["a1"])
     );
     assert!(
-        store
-            .leases(Some("spiffe://example.org/b"))
+        lease_ids(&store, live(node(n2), None, 100))
             .await
-            .unwrap()
             .is_empty()
     );
-    assert!(store.lease("nope").await.unwrap().is_none());
+    assert_eq!(
+        lease_ids(&store, live(node(ci), None, 100)).await,
+        ids(&["b2", "b3"])
+    );
+    assert_eq!(
+        lease_ids(&store, live(identity(b), None, 1)).await,
+        ids(&["b2"])
+    );
+    assert_eq!(
+        lease_ids(&store, live(identity(b), Some("b2"), 1)).await,
+        ids(&["b3"])
+    );
+
+    // Expired effective leases not yet revoked, oldest first.
+    let expired = LeaseQuery::ExpiredUnrevoked {
+        now_ms: now,
+        limit: 100,
+    };
+    assert_eq!(lease_ids(&store, expired.clone()).await, ids(&["b1"]));
+    assert!(store.revoke_lease("b1", now).await.unwrap());
+    assert!(lease_ids(&store, expired).await.is_empty());
+
+    // Upstream leases after an (issue time, id) cursor, up to a time.
+    let upstream_after = |after: (i64, &str), until_ms| LeaseQuery::UpstreamIssued {
+        after: (after.0, after.1.to_owned()),
+        until_ms,
+        limit: 100,
+    };
+    assert_eq!(
+        lease_ids(&store, upstream_after((i64::MIN, ""), now)).await,
+        ids(&["b2", "b3"]),
+        "revoked and JWT leases are not upstream work"
+    );
+    assert_eq!(
+        lease_ids(&store, upstream_after((400, "b2"), now)).await,
+        ids(&["b3"])
+    );
+    assert!(
+        lease_ids(&store, upstream_after((i64::MIN, ""), 399))
+            .await
+            .is_empty()
+    );
 }
 
 async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>) {
@@ -948,6 +1085,7 @@ conformance!(
     join_tokens_are_single_use_and_expire,
     entries_crud_and_by_parent,
     leases_revoke_once,
+    lease_queries_select_by_owner_state_and_cursor,
     a_failed_append_leaves_the_batch_and_chain_intact,
     queries_rule_sets_checkpoints_and_suspensions,
     signals_keep_the_latest_per_subject_kind_and_source,

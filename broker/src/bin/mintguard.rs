@@ -114,6 +114,9 @@ enum Command {
         /// Only leases still live after their task ended.
         #[arg(long)]
         outlived: bool,
+        /// At most this many, newest first (up to 10000).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
     },
     /// Revoke a lease.
     Revoke {
@@ -395,8 +398,12 @@ async fn run(args: Cli) -> Result<bool, String> {
             let v = ops::simple(&client, "POST", &path, None, out).await?;
             Ok(v["differences"].as_array().is_some_and(Vec::is_empty))
         }
-        Command::Leases { identity, outlived } => {
-            let mut q = vec![format!("outlived={outlived}")];
+        Command::Leases {
+            identity,
+            outlived,
+            limit,
+        } => {
+            let mut q = vec![format!("outlived={outlived}"), format!("limit={limit}")];
             if let Some(i) = identity {
                 q.push(format!("identity={}", urlencode(i)));
             }

@@ -25,7 +25,7 @@ use crate::log::verify::verify_chain_from;
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
-use crate::store::{Entry, LogQuery, SignalRecord, SuspensionRecord};
+use crate::store::{Entry, LeaseQuery, LogQuery, SignalRecord, SuspensionRecord};
 
 /// Most records one log page returns.
 pub const MAX_PAGE: usize = 10_000;
@@ -569,6 +569,8 @@ struct LeaseParams {
     identity: Option<String>,
     #[serde(default)]
     outlived: bool,
+    /// At most this many, newest first (default 1000, at most `MAX_PAGE`).
+    limit: Option<usize>,
 }
 
 async fn leases(
@@ -578,17 +580,16 @@ async fn leases(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
     let now = now_ms();
+    let query = LeaseQuery::List {
+        identity: p.identity,
+        outlived_at_ms: p.outlived.then_some(now),
+        limit: p.limit.unwrap_or(1000).clamp(1, MAX_PAGE),
+    };
     let leases: Vec<Value> = broker
         .store
-        .leases(p.identity.as_deref())
+        .leases(&query)
         .await?
         .into_iter()
-        .filter(|l| {
-            !p.outlived
-                || (l.task_ended_at_ms.is_some()
-                    && l.revoked_at_ms.is_none()
-                    && l.expires_at_ms > now)
-        })
         .map(|l| {
             let live = l.revoked_at_ms.is_none() && l.expires_at_ms > now;
             let mut v = serde_json::to_value(&l).unwrap_or_default();

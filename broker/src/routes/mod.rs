@@ -16,6 +16,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::state::Broker;
+use crate::store::LeaseQuery;
 
 /// The addresses actually bound (port 0 in the config picks a free port).
 #[derive(Clone, Debug, Serialize, serde::Deserialize)]
@@ -262,11 +263,14 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
 /// the broker's expiry, every `effective` lease whose
 /// upstream credential could outlive it (Vault's TTL may be longer than the
 /// decision's); a failure is retried at the next pass.
+/// Expired upstream leases revoked in one pass at most.
+const EXPIRY_PAGE: usize = 1000;
+
 async fn revoke_expired_upstream(broker: Arc<Broker>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-    // Everything issued before this was reconciled in an earlier pass (the
-    // first pass of a run looks at every lease).
-    let mut reconciled_until = i64::MIN;
+    // Everything up to this (issue time, lease id) was reconciled in an
+    // earlier pass (the first pass of a run looks at every upstream lease).
+    let mut reconciled = (i64::MIN, String::new());
     loop {
         tick.tick().await;
         // Intents without an outcome older than `reconcile_after` are
@@ -280,22 +284,25 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
             .map_or(120_000, |d| {
                 i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
             });
-        match crate::pipeline::reconcile_upstream(&broker, after, &mut reconciled_until).await {
+        match crate::pipeline::reconcile_upstream(&broker, after, &mut reconciled).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
             Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
         }
-        let now = crate::state::now_ms();
-        let leases = match broker.store.leases(None).await {
+        // At most EXPIRY_PAGE a pass; failures stay first in line and are
+        // retried at the next.
+        let query = LeaseQuery::ExpiredUnrevoked {
+            now_ms: crate::state::now_ms(),
+            limit: EXPIRY_PAGE,
+        };
+        let leases = match broker.store.leases(&query).await {
             Ok(l) => l,
             Err(e) => {
                 tracing::warn!(%e, "listing leases for expiry failed");
                 continue;
             }
         };
-        for lease in leases.iter().filter(|l| {
-            l.revocation == "effective" && l.revoked_at_ms.is_none() && l.expires_at_ms <= now
-        }) {
+        for lease in &leases {
             let request_id = crate::pipeline::random_id("req");
             if let Err(e) =
                 crate::pipeline::revoke_lease(&broker, lease, &request_id, "expired").await

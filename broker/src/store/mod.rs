@@ -79,6 +79,163 @@ pub struct Lease {
     pub task_ended_at_ms: Option<i64>,
 }
 
+/// Which leases [`Store::leases`] returns. Every query is bounded by an
+/// index and a limit: the table keeps every lease ever issued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseQuery {
+    /// Newest first: all, or one identity's; with `outlived_at_ms`, only
+    /// leases live then whose task ended (`mintguard leases --outlived`).
+    List {
+        /// One identity's.
+        identity: Option<String>,
+        /// Only the outlived ones, at this time.
+        outlived_at_ms: Option<i64>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Leases neither revoked nor expired at `now_ms`, of an identity or
+    /// issued through a node or CI issuer, by id after `after_id` (paging).
+    Live {
+        /// Whose.
+        owner: LeaseOwner,
+        /// Live at this time.
+        now_ms: i64,
+        /// Only ids after this one.
+        after_id: Option<String>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// `effective` leases expired by `now_ms` and not revoked, oldest first.
+    ExpiredUnrevoked {
+        /// Expired by this time.
+        now_ms: i64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Upstream leases (not `jwt`) not revoked, issued after `after` (an
+    /// `(issued_at_ms, id)` cursor) and at or before `until_ms`, oldest first.
+    UpstreamIssued {
+        /// The last lease already seen: issue time and id.
+        after: (i64, String),
+        /// Issued at or before this time.
+        until_ms: i64,
+        /// At most this many.
+        limit: usize,
+    },
+}
+
+/// The lease queries' indexes (see [`LeaseQuery`]), the same SQL for SQLite
+/// and PostgreSQL. The partial ones stay small however many leases the table
+/// holds; `leases_node` costs each issuance through a node one index insert,
+/// and the identity's index gains the expiry so live leases need no scan of
+/// the identity's history.
+pub(crate) const LEASE_INDEXES: &str = "DROP INDEX leases_identity;
+     CREATE INDEX leases_identity_expiry ON leases(identity, expires_at_ms);
+     CREATE INDEX leases_node ON leases(node, expires_at_ms) WHERE node IS NOT NULL;
+     CREATE INDEX leases_to_expire ON leases(expires_at_ms) WHERE revocation = 'effective' AND revoked_at_ms IS NULL;
+     CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind <> 'jwt' AND revoked_at_ms IS NULL;";
+
+/// Whose live leases [`LeaseQuery::Live`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LeaseOwner {
+    /// An identity's (SPIFFE ID).
+    Identity(String),
+    /// Those issued through a node (SPIFFE ID) or CI issuer (URL).
+    Node(String),
+}
+
+/// A bound value of a [`LeaseQuery`]'s SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SqlValue {
+    /// TEXT.
+    Text(String),
+    /// INTEGER / BIGINT.
+    Int(i64),
+}
+
+impl LeaseQuery {
+    /// The query's clauses after `SELECT … FROM leases` and their values;
+    /// `placeholder(n)` spells the n-th (1-based) parameter. Only the
+    /// conditions present are written, so the planner sees each index.
+    pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<SqlValue>) {
+        let mut values = Vec::new();
+        let mut bind = |v: SqlValue| {
+            values.push(v);
+            placeholder(values.len())
+        };
+        let limit = |n: &usize| SqlValue::Int(i64::try_from(*n).unwrap_or(i64::MAX));
+        let sql = match self {
+            LeaseQuery::List {
+                identity,
+                outlived_at_ms,
+                limit: n,
+            } => {
+                let mut conditions = Vec::new();
+                if let Some(identity) = identity {
+                    conditions.push(format!(
+                        "identity = {}",
+                        bind(SqlValue::Text(identity.clone()))
+                    ));
+                }
+                if let Some(at) = outlived_at_ms {
+                    conditions.push(format!(
+                        "task_ended_at_ms IS NOT NULL AND revoked_at_ms IS NULL AND expires_at_ms > {}",
+                        bind(SqlValue::Int(*at))
+                    ));
+                }
+                let filter = if conditions.is_empty() {
+                    String::new()
+                } else {
+                    format!("WHERE {} ", conditions.join(" AND "))
+                };
+                format!(
+                    "{filter}ORDER BY issued_at_ms DESC, id LIMIT {}",
+                    bind(limit(n))
+                )
+            }
+            LeaseQuery::Live {
+                owner,
+                now_ms,
+                after_id,
+                limit: n,
+            } => {
+                let (column, subject) = match owner {
+                    LeaseOwner::Identity(s) => ("identity", s),
+                    LeaseOwner::Node(s) => ("node", s),
+                };
+                let mut sql = format!(
+                    "WHERE {column} = {} AND revoked_at_ms IS NULL AND expires_at_ms > {}",
+                    bind(SqlValue::Text(subject.clone())),
+                    bind(SqlValue::Int(*now_ms))
+                );
+                if let Some(after) = after_id {
+                    sql += &format!(" AND id > {}", bind(SqlValue::Text(after.clone())));
+                }
+                sql + &format!(" ORDER BY id LIMIT {}", bind(limit(n)))
+            }
+            LeaseQuery::ExpiredUnrevoked { now_ms, limit: n } => format!(
+                "WHERE revocation = 'effective' AND revoked_at_ms IS NULL AND expires_at_ms <= {} \
+                 ORDER BY expires_at_ms LIMIT {}",
+                bind(SqlValue::Int(*now_ms)),
+                bind(limit(n))
+            ),
+            LeaseQuery::UpstreamIssued {
+                after: (after_ms, after_id),
+                until_ms,
+                limit: n,
+            } => format!(
+                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL AND (issued_at_ms, id) > ({}, {}) \
+                 AND issued_at_ms <= {} ORDER BY issued_at_ms, id LIMIT {}",
+                bind(SqlValue::Int(*after_ms)),
+                bind(SqlValue::Text(after_id.clone())),
+                bind(SqlValue::Int(*until_ms)),
+                bind(limit(n))
+            ),
+        };
+        (sql, values)
+    }
+}
+
 /// A log append with what must commit with it.
 #[derive(Clone, Debug)]
 pub struct Append {
@@ -355,8 +512,8 @@ pub trait Store: Send + Sync {
 
     /// A lease by id.
     async fn lease(&self, id: &str) -> Result<Option<Lease>>;
-    /// Leases, all or one identity's, newest first.
-    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>>;
+    /// The leases a query selects.
+    async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>>;
     /// Marks a lease revoked (and its task ended); whether it was live.
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// Records that a lease's task ended (the credential may stay valid

@@ -21,8 +21,8 @@ use tokio_postgres::{Client, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Append, Appended, Entry, Lease, LogQuery, Result, SpendOp, Store, StoreError, SuspensionRecord,
-    bucket_params, cost_milli,
+    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, Result, SpendOp, SqlValue, Store,
+    StoreError, SuspensionRecord, bucket_params, cost_milli,
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
@@ -179,6 +179,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms BIGINT NOT NULL, version BIGINT NOT NULL, body TEXT NOT NULL);
          CREATE INDEX approvals_created ON approvals(created_at_ms);",
     ),
+    (6, super::LEASE_INDEXES),
 ];
 
 /// Serializes migrations across replicas starting at once.
@@ -1021,13 +1022,27 @@ impl Store for PostgresStore {
         Ok(row.as_ref().map(row_to_lease))
     }
 
-    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>> {
+    async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>> {
+        let (clauses, values) = query.sql(|n| format!("${n}"));
+        let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match v {
+                    SqlValue::Text(t) => Box::new(t),
+                    SqlValue::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
         let rows = self
             .client()
             .await?
             .query(
-                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE ($1::TEXT IS NULL OR identity = $1) ORDER BY issued_at_ms DESC, id"),
-                &[&identity],
+                &format!("SELECT {LEASE_COLUMNS} FROM leases {clauses}"),
+                &params,
             )
             .await
             .map_err(map_pg)?;

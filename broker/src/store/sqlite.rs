@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Appended, Entry, Lease, LogQuery, Result, SpendOp, Store, StoreError, SuspensionRecord,
-    bucket_params, cost_milli,
+    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, Result, SpendOp, SqlValue, Store,
+    StoreError, SuspensionRecord, bucket_params, cost_milli,
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
@@ -65,6 +65,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL);
          CREATE INDEX approvals_created ON approvals(created_at_ms);",
     ),
+    (6, super::LEASE_INDEXES),
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -976,15 +977,19 @@ impl Store for SqliteStore {
         })
     }
 
-    async fn leases(&self, identity: Option<&str>) -> Result<Vec<Lease>> {
-        let identity = identity.map(str::to_owned);
+    async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>> {
+        let (clauses, values) = query.sql(|n| format!("?{n}"));
         self.read(move |conn| {
             let mut stmt = conn
-                .prepare_cached(&format!(
-                    "SELECT {LEASE_COLUMNS} FROM leases WHERE (?1 IS NULL OR identity = ?1) ORDER BY issued_at_ms DESC, id"
-                ))
+                .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases {clauses}"))
                 .map_err(map_sql)?;
-            let rows = stmt.query_map([identity], row_to_lease).map_err(map_sql)?;
+            let values = values.into_iter().map(|v| match v {
+                SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+                SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+            });
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), row_to_lease)
+                .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql)).collect()
         })
         .await
