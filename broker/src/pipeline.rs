@@ -955,14 +955,45 @@ async fn issue_upstream(
                 "lease_id": lease_id, "intent_seq": proof.seq(), "upstream": minted.upstream,
                 "expires_at_ms": expires_at_ms, "upstream_expires_at_ms": upstream_expiry,
             });
-            if let Err(e) = record_outcome(broker, outcome("minted", body)).await {
-                // Never answer with a credential whose outcome is not durable.
-                let revoked = match upstream {
-                    Upstream::Vault(vault, _) => vault.revoke(&minted.upstream).await.map_err(|e| e.to_string()),
-                    Upstream::Sts(..) => Err("STS sessions cannot be revoked one by one; attach the deny policy (`mintguard aws revoke-policy`)".to_owned()),
-                };
-                tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
-                return Err(e);
+            fault_wait("before_outcome").await;
+            // The suspension check again: the identity or its node may have
+            // been suspended while the upstream minted, after that
+            // suspension's revocation found no upstream handle to revoke.
+            let appended = broker
+                .append(Append {
+                    canonical_body: None,
+                    entry: outcome("minted", body),
+                    spend: Vec::new(),
+                    lease: None,
+                    rule_set: None,
+                    refuse_if_suspended: std::iter::once(identity.clone())
+                        .chain(lease.node.clone())
+                        .collect(),
+                })
+                .await;
+            match appended {
+                Ok(a) if a.suspended => {
+                    // Logged as `suspended` with its upstream handle, never
+                    // released; revoked now (or by the expiry pass).
+                    if let Err(e) = revoke_lease(broker, &lease, request_id, "suspension").await {
+                        tracing::error!(%lease_id, error = %e.message, "a credential minted during a suspension could not be revoked yet; the expiry pass retries");
+                    }
+                    return Err(suspended_at_write(broker, request_id));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Never answer with a credential whose outcome is not durable.
+                    let revoked = match upstream {
+                        Upstream::Vault(vault, _) => vault.revoke(&minted.upstream).await.map_err(|e| e.to_string()),
+                        Upstream::Sts(..) => Err("STS sessions cannot be revoked one by one; attach the deny policy (`mintguard aws revoke-policy`)".to_owned()),
+                    };
+                    tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
+                    return Err(ApiError::unavailable(
+                        "log_unavailable",
+                        "the issuance log cannot be written; nothing was issued",
+                        e,
+                    ));
+                }
             }
             broker.metrics.decided(
                 decision.outcome.as_str(),
@@ -985,7 +1016,7 @@ async fn issue_upstream(
             }
             broker.store.revoke_lease(&lease_id, t).await?;
             let body = json!({"lease_id": lease_id, "intent_seq": proof.seq(), "error": e, "refunded": !spend.is_empty()});
-            record_outcome(broker, outcome("mint_failed", body)).await?;
+            self::record(broker, outcome("mint_failed", body)).await?;
             Err(ApiError::unavailable(
                 "upstream_unavailable",
                 "the upstream did not mint the credential; nothing was issued and the budget was refunded",
@@ -1002,6 +1033,30 @@ fn fault_point(name: &str) {
     if std::env::var("MINTGUARD_FAULT").is_ok_and(|f| f == name) {
         tracing::error!(point = name, "fault injection: aborting");
         std::process::abort();
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = name;
+}
+
+/// A pause point for the race tests: debug builds with
+/// `MINTGUARD_FAULT_WAIT=NAME:PATH` create `PATH.reached` here and wait
+/// (at most a minute) until `PATH` is removed; release builds compile it to
+/// nothing.
+async fn fault_wait(name: &str) {
+    #[cfg(debug_assertions)]
+    if let Some(path) = std::env::var("MINTGUARD_FAULT_WAIT").ok().and_then(|v| {
+        v.strip_prefix(&format!("{name}:"))
+            .map(std::path::PathBuf::from)
+    }) {
+        let mut reached = path.clone().into_os_string();
+        reached.push(".reached");
+        let _ = std::fs::write(&reached, b"");
+        for _ in 0..6000 {
+            if !path.exists() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
     #[cfg(not(debug_assertions))]
     let _ = name;
@@ -1166,10 +1221,6 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
     Ok(false)
 }
 
-async fn record_outcome(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
-    record(broker, entry).await
-}
-
 /// The upstream reference of a lease, from its outcome record.
 async fn upstream_of(
     broker: &Broker,
@@ -1179,7 +1230,9 @@ async fn upstream_of(
     Ok(records
         .into_iter()
         .filter(|r| {
-            r.entry.kind == RecordKind::Outcome && r.entry.outcome.as_deref() == Some("minted")
+            // `suspended`: minted, then held back by a suspension.
+            r.entry.kind == RecordKind::Outcome
+                && matches!(r.entry.outcome.as_deref(), Some("minted" | "suspended"))
         })
         .find(|r| r.entry.body["lease_id"] == lease.id.as_str())
         .map(|r| r.entry.body["upstream"].clone()))
@@ -1375,10 +1428,22 @@ pub async fn revoke_all(
             })
             .await?;
         for lease in &page {
-            if let Err(e) = revoke_lease(broker, lease, request_id, why).await {
-                tracing::error!(lease = %lease.id, %subject, error = %e.message, "lease not revoked");
-                failed += 1;
-                first_error.get_or_insert(e);
+            match revoke_lease(broker, lease, request_id, why).await {
+                Ok(_) => {}
+                // Still minting (no outcome yet): its outcome's write sees
+                // the suspension and revokes it then; a broker that died
+                // mid-mint has it reconciled.
+                Err(e)
+                    if e.code == "upstream_reference_missing"
+                        && lease.issued_at_ms > now - broker.reconcile_after_ms() =>
+                {
+                    tracing::info!(lease = %lease.id, %subject, "lease still minting; held back at its outcome");
+                }
+                Err(e) => {
+                    tracing::error!(lease = %lease.id, %subject, error = %e.message, "lease not revoked");
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
             }
         }
         if page.len() < REVOKE_PAGE {

@@ -385,6 +385,22 @@ impl Broker {
         self.dynamic.load().config.clone()
     }
 
+    /// How old an upstream intent without an outcome must be before it is
+    /// reconciled (`vault.reconcile_after`, else `aws.reconcile_after`,
+    /// default 2 min): a younger one may still be minting.
+    pub fn reconcile_after_ms(&self) -> i64 {
+        let dynamic = self.dynamic.load();
+        let config = &dynamic.config;
+        config
+            .vault
+            .as_ref()
+            .and_then(|v| v.reconcile_after)
+            .or(config.aws.reconcile_after)
+            .map_or(120_000, |d| {
+                i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
+            })
+    }
+
     /// Appends to the log, then signs a checkpoint if one is due.
     pub async fn append(&self, append: Append) -> Result<Appended, StoreError> {
         let started = std::time::Instant::now();

@@ -472,6 +472,83 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
     broker.assert_log_verifies();
 }
 
+/// The identity is suspended while Vault mints its token (a pause point
+/// compiled only into debug builds holds the request after the mint): the
+/// suspension's revocation finds no upstream handle yet, so the outcome's
+/// write sees the suspension. The token is logged `suspended`, never
+/// returned, and revoked in Vault; the caller gets 403.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_during_an_upstream_mint_holds_the_credential_back() {
+    let (addr, root) = vault();
+    let dir = tempfile::tempdir().unwrap();
+    let gate = dir.path().join("gate");
+    std::fs::write(&gate, b"").unwrap();
+    let reached = dir.path().join("gate.reached");
+    let wait = format!("before_outcome:{}", gate.display());
+    let broker = start_env(&addr, &root, "", &[("MINTGUARD_FAULT_WAIT", &wait)], dir);
+    let node = enrolled_node(&broker, "node-1").await;
+    let request = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    );
+    let suspend = async {
+        while !reached.exists() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let out = tokio::task::block_in_place(|| {
+            broker.cli(&["suspend", API, "--reason", "incident during a mint"])
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::fs::remove_file(&gate).unwrap();
+    };
+    let (reply, ()) = tokio::join!(request, suspend);
+    assert_eq!(reply.status, 403, "{}", reply.text);
+    assert_eq!(
+        reply.body["error"]["reasons"],
+        json!(["suspended_at_write"])
+    );
+    assert!(reply.body.get("credential").is_none(), "{}", reply.text);
+
+    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let held = records
+        .iter()
+        .find(|r| r["kind"] == "outcome")
+        .expect("an outcome record");
+    assert_eq!(held["outcome"], "suspended", "{held}");
+    assert_eq!(held["body"]["final_outcome"], "suspended");
+    let lease = held["body"]["lease_id"].as_str().unwrap().to_owned();
+    assert!(
+        records
+            .iter()
+            .any(|r| r["kind"] == "revocation" && r["body"]["lease_id"] == lease.as_str()),
+        "{records:?}"
+    );
+    assert_eq!(
+        token_for_lease(&addr, &root, &lease).await,
+        None,
+        "the held-back token is still live in Vault"
+    );
+    let leases = broker.cli_json(&["leases"]);
+    assert!(
+        leases
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["live"] == false),
+        "{leases}"
+    );
+    broker.assert_log_verifies();
+}
+
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past
 /// that token's first TTL: it renews (or logs in again) on its own; the child
 /// tokens it mints are orphans, so they do not die with its own token.

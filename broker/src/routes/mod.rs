@@ -275,15 +275,7 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
         tick.tick().await;
         // Intents without an outcome older than `reconcile_after` are
         // settled (a broker — this one or a replica — died mid-mint).
-        let after = broker
-            .config()
-            .vault
-            .as_ref()
-            .and_then(|v| v.reconcile_after)
-            .or(broker.config().aws.reconcile_after)
-            .map_or(120_000, |d| {
-                i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
-            });
+        let after = broker.reconcile_after_ms();
         match crate::pipeline::reconcile_upstream(&broker, after, &mut reconciled).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),

@@ -1076,17 +1076,27 @@ impl Store for PostgresStore {
         Ok(n == 1)
     }
 
+    /// Takes the chain head's lock first, as every append does: at READ
+    /// COMMITTED an append's suspension check sees only what committed
+    /// before it ran, so without the lock a batch that checked just before
+    /// this commit could commit its lease after the caller listed the
+    /// leases to revoke. With it, the batch either runs after this commit
+    /// (and its check sees the suspension) or commits before it (and its
+    /// lease is listed).
     async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
-        self.client()
-            .await?
-            .execute(
-                "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (subject) DO UPDATE SET reason = EXCLUDED.reason, by_whom = EXCLUDED.by_whom, at_ms = EXCLUDED.at_ms",
-                &[&s.subject, &s.reason, &s.by, &s.at_ms],
-            )
+        let mut client = self.client().await?;
+        let tx = client.transaction().await.map_err(map_pg)?;
+        tx.query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
             .await
             .map_err(map_pg)?;
-        Ok(())
+        tx.execute(
+            "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (subject) DO UPDATE SET reason = EXCLUDED.reason, by_whom = EXCLUDED.by_whom, at_ms = EXCLUDED.at_ms",
+            &[&s.subject, &s.reason, &s.by, &s.at_ms],
+        )
+        .await
+        .map_err(map_pg)?;
+        tx.commit().await.map_err(map_pg)
     }
 
     async fn resume(&self, subject: &str) -> Result<bool> {
