@@ -47,21 +47,51 @@ where
 /// A kept-alive HTTP/1.1 client connection.
 pub type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
-/// One exchange on `sender`; the status and at most `limit` bytes of body.
+/// A failed exchange, and whether its request can have reached the server.
+#[derive(Debug)]
+pub struct ExchangeError {
+    /// What failed.
+    pub error: String,
+    /// The request, given back when it was never written (the connection
+    /// was closed or not ready): sending it again cannot repeat it.
+    pub unsent: Option<hyper::Request<Full<Bytes>>>,
+}
+
+impl std::fmt::Display for ExchangeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+/// One exchange on `sender`; the status and at most `limit` bytes of body
+/// (a longer or broken body is an error: the server's answer is unknown).
 pub async fn exchange(
     sender: &mut Sender,
     request: hyper::Request<Full<Bytes>>,
     limit: usize,
-) -> Result<(u16, Bytes), hyper::Error> {
-    sender.ready().await?;
-    let res = sender.send_request(request).await?;
+) -> Result<(u16, Bytes), ExchangeError> {
+    if let Err(e) = sender.ready().await {
+        return Err(ExchangeError {
+            error: e.to_string(),
+            unsent: Some(request),
+        });
+    }
+    let res = sender
+        .try_send_request(request)
+        .await
+        .map_err(|mut e| ExchangeError {
+            error: e.error().to_string(),
+            unsent: e.take_message(),
+        })?;
     let status = res.status().as_u16();
     let body = http_body_util::Limited::new(res.into_body(), limit)
         .collect()
         .await
-        .map(|b| b.to_bytes())
-        .unwrap_or_default();
-    Ok((status, body))
+        .map_err(|e| ExchangeError {
+            error: format!("reading the answer (HTTP {status}): {e}"),
+            unsent: None,
+        })?;
+    Ok((status, body.to_bytes()))
 }
 
 /// One HTTP/1.1 exchange on a fresh connection `io`.

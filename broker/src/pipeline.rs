@@ -910,10 +910,11 @@ async fn issue_upstream(
     };
     let outcome = |outcome: &str, body| lease_record(&lease, RecordKind::Outcome, outcome, body);
     let minted = match upstream {
+        // Errors say whether the upstream may have minted all the same.
         Upstream::Vault(vault, g) => vault
             .mint(&proof, g, &identity, ttl_seconds)
             .await
-            .map_err(|e| e.to_string()),
+            .map_err(|e| (e.to_string(), e.ambiguous)),
         Upstream::Sts(sts, g) => {
             let session = crate::mint::sts::Session {
                 identity: &identity,
@@ -942,7 +943,7 @@ async fn issue_upstream(
                 Ok(token) => sts.mint(&proof, g, &session, token).await,
                 Err(e) => Err(e),
             }
-            .map_err(|e| e.to_string())
+            .map_err(|e| (e.to_string(), false))
         }
     };
     match minted {
@@ -1009,7 +1010,22 @@ async fn issue_upstream(
             };
             Ok((StatusCode::OK, axum::Json(response)).into_response())
         }
-        Err(e) => {
+        Err((e, true)) => {
+            // Vault may have minted it: no refund, and the intent stays
+            // without an outcome, so reconciliation (after
+            // `reconcile_after`) finds and revokes a child token by its
+            // metadata, or logs a secret for an operator.
+            tracing::warn!(%lease_id, error = %e, "the upstream mint's outcome is unknown; left to reconciliation");
+            broker
+                .metrics
+                .decided("upstream_outcome_unknown", ["upstream_outcome_unknown"]);
+            Err(ApiError::unavailable(
+                "upstream_outcome_unknown",
+                "the upstream did not answer; nothing was issued, and if it minted the credential reconciliation revokes it (the budget is not refunded)",
+                e,
+            ))
+        }
+        Err((e, false)) => {
             let t = now_ms();
             for op in &spend {
                 broker.store.refund(&op.key, &op.policy, op.cost, t).await?;

@@ -549,6 +549,99 @@ async fn a_suspension_during_an_upstream_mint_holds_the_credential_back() {
     broker.assert_log_verifies();
 }
 
+/// A TCP proxy in front of Vault that forwards everything, except that the
+/// first answer to a token creation is dropped with its connection: Vault
+/// minted the token, the broker never hears so.
+async fn answer_dropping_proxy(upstream: &str) -> String {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let armed = std::sync::Arc::new(AtomicBool::new(true));
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+            let (mut client_read, mut client_write) = client.into_split();
+            let (mut server_read, mut server_write) = server.into_split();
+            // The client's bytes since the server last answered.
+            let asked = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let asked_by_client = asked.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = client_read.read(&mut buf).await {
+                    asked_by_client.lock().unwrap().extend_from_slice(&buf[..n]);
+                    if n == 0 || server_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let armed = armed.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = server_read.read(&mut buf).await {
+                    let request = std::mem::take(&mut *asked.lock().unwrap());
+                    let creation = String::from_utf8_lossy(&request).contains("create-orphan");
+                    if n == 0 || (creation && armed.swap(false, Ordering::SeqCst)) {
+                        break; // drops the client's side: no answer
+                    }
+                    if client_write.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// Vault mints a token but its answer is lost: the outcome is unknown, so
+/// the broker neither answers with a credential nor calls it a failure
+/// (no refund, no closed lease). Reconciliation then finds the token by its
+/// lease metadata and revokes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_mint_answer_is_reconciled_not_refunded() {
+    let (addr, root) = vault();
+    let proxy = answer_dropping_proxy(&addr).await;
+    let broker = start(&proxy, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "upstream_outcome_unknown");
+    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+    let intent: Value = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["kind"] == "intent")
+        .expect("the intent record");
+    let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
+    let budget = broker.cli_json(&["budget", "show", "--identity", API, "--grant", "ci-token"]);
+    assert_eq!(budget["available"], 9, "not refunded: {budget}");
+
+    let reconciled = wait_for_outcome(&broker, "reconciled_revoked").await;
+    assert_eq!(reconciled["body"]["lease_id"], lease.as_str());
+    assert_eq!(reconciled["body"]["minted_unanswered"], true);
+    assert_eq!(
+        token_for_lease(&addr, &root, &lease).await,
+        None,
+        "the unanswered token is still live in Vault"
+    );
+    // The proxy answers again: the next request is issued.
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    broker.assert_log_verifies();
+}
+
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past
 /// that token's first TTL: it renews (or logs in again) on its own; the child
 /// tokens it mints are orphans, so they do not die with its own token.

@@ -27,6 +27,20 @@ pub struct VaultError {
     pub what: String,
     /// Why.
     pub reason: String,
+    /// Vault may have carried the call out: it was sent and no complete,
+    /// readable answer came back (a timeout, a connection lost mid-answer).
+    pub ambiguous: bool,
+}
+
+impl VaultError {
+    /// A call Vault did not carry out (refused, or never sent).
+    fn new(what: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            what: what.into(),
+            reason: reason.into(),
+            ambiguous: false,
+        }
+    }
 }
 
 /// How the broker gets its own Vault token.
@@ -117,10 +131,7 @@ impl VaultClient {
     /// Gets a fresh broker token: AppRole login, or the token file re-read.
     /// Returns its TTL in seconds (0 = none or unknown).
     pub async fn authenticate(&self) -> Result<u64, VaultError> {
-        let fail = |reason: String| VaultError {
-            what: "authenticate".into(),
-            reason,
-        };
+        let fail = |reason: String| VaultError::new("authenticate", reason);
         let (token, ttl) = match &self.auth {
             Auth::TokenFile(file) => (read_secret_file(file).map_err(fail)?, 0),
             Auth::AppRole {
@@ -244,9 +255,12 @@ impl VaultClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), VaultError> {
-        let fail = |reason: String| VaultError {
-            what: format!("{method} {path}"),
-            reason,
+        let what = format!("{method} {path}");
+        let fail = |reason: String| VaultError::new(what.clone(), reason);
+        // Sent, and no answer read: Vault may have done it.
+        let unknown = |e: crate::outbound::ExchangeError| VaultError {
+            ambiguous: e.unsent.is_none(),
+            ..VaultError::new(what.clone(), e.error)
         };
         let host = self
             .address
@@ -264,24 +278,28 @@ impl VaultClient {
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| fail(e.to_string()))?;
         let exchange = async {
-            // A kept-alive connection if one is idle (retried once on a fresh
-            // one if the server had closed it), else a new one.
+            // A kept-alive connection if one is idle, else a new one. A
+            // request the kept-alive one never wrote (the server had closed
+            // it) is sent once more on a fresh one; one that may have been
+            // written never is (a second token would be minted).
             let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
             let (mut sender, reused) = match pooled {
                 Some(s) if !s.is_closed() => (s, true),
                 _ => (self.connect(&host, port).await.map_err(&fail)?, false),
             };
-            let answer =
-                match crate::outbound::exchange(&mut sender, request.clone(), 1024 * 1024).await {
-                    Ok(a) => a,
-                    Err(e) if reused && (e.is_canceled() || e.is_closed()) => {
-                        sender = self.connect(&host, port).await.map_err(&fail)?;
-                        crate::outbound::exchange(&mut sender, request, 1024 * 1024)
-                            .await
-                            .map_err(|e| fail(e.to_string()))?
-                    }
-                    Err(e) => return Err(fail(e.to_string())),
-                };
+            let answer = match crate::outbound::exchange(&mut sender, request, 1024 * 1024).await {
+                Ok(a) => a,
+                Err(crate::outbound::ExchangeError {
+                    unsent: Some(request),
+                    ..
+                }) if reused => {
+                    sender = self.connect(&host, port).await.map_err(&fail)?;
+                    crate::outbound::exchange(&mut sender, request, 1024 * 1024)
+                        .await
+                        .map_err(unknown)?
+                }
+                Err(e) => return Err(unknown(e)),
+            };
             if let Ok(mut idle) = self.idle.lock()
                 && idle.len() < MAX_IDLE
             {
@@ -297,7 +315,10 @@ impl VaultClient {
         };
         tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|_| fail(format!("no answer within {:?}", self.timeout)))?
+            .map_err(|_| VaultError {
+                ambiguous: true,
+                ..fail(format!("no answer within {:?}", self.timeout))
+            })?
     }
 
     async fn ok(
@@ -310,10 +331,10 @@ impl VaultClient {
         if (200..300).contains(&status) {
             Ok(value)
         } else {
-            Err(VaultError {
-                what: format!("{method} {path}"),
-                reason: format!("HTTP {status}: {}", value["errors"]),
-            })
+            Err(VaultError::new(
+                format!("{method} {path}"),
+                format!("HTTP {status}: {}", value["errors"]),
+            ))
         }
     }
 
@@ -351,9 +372,13 @@ impl VaultClient {
                 // (`auth/token/create-orphan` answers like `auth/token/create`.)
                 let accessor = auth["accessor"].as_str().unwrap_or_default();
                 if token.is_empty() || accessor.is_empty() {
+                    // Vault said yes: a token may exist all the same.
                     return Err(VaultError {
-                        what: "auth/token/create".into(),
-                        reason: "no client_token or accessor in the answer".into(),
+                        ambiguous: true,
+                        ..VaultError::new(
+                            "auth/token/create-orphan",
+                            "no client_token or accessor in the answer",
+                        )
                     });
                 }
                 let lease_seconds = auth["lease_duration"].as_u64().unwrap_or(0);
@@ -425,10 +450,10 @@ impl VaultClient {
                 .call("POST", "auth/token/revoke-accessor", Some(&body))
                 .await?;
             if !(200..300).contains(&status) && status != 400 {
-                return Err(VaultError {
-                    what: "auth/token/revoke-accessor".into(),
-                    reason: format!("HTTP {status}"),
-                });
+                return Err(VaultError::new(
+                    "auth/token/revoke-accessor",
+                    format!("HTTP {status}"),
+                ));
             }
             let (status, _) = self
                 .call("POST", "auth/token/lookup-accessor", Some(&body))
@@ -457,10 +482,10 @@ fn gone_after_lookup(what: &str, status: u16) -> Result<bool, VaultError> {
     match status {
         400 | 404 => Ok(true),
         200..=299 => Ok(false),
-        _ => Err(VaultError {
-            what: what.into(),
-            reason: format!("HTTP {status} on the confirming lookup"),
-        }),
+        _ => Err(VaultError::new(
+            what,
+            format!("HTTP {status} on the confirming lookup"),
+        )),
     }
 }
 
