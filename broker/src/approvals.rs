@@ -69,11 +69,14 @@ fn refused(code: &'static str, message: impl Into<String>) -> ApiError {
 }
 
 /// The approval a retried request names, if it is approved, unexpired and
-/// bound to exactly this request.
+/// bound to exactly this request, asked through the same node (or CI
+/// issuer) as the request the approver saw: another node able to vouch for
+/// the identity must ask, and be approved, for itself.
 pub async fn redeemable(
     broker: &Broker,
     id: &str,
     identity: &str,
+    caller: &str,
     request: &CredentialRequest,
     now_ms: i64,
 ) -> Result<Approval, ApiError> {
@@ -94,11 +97,14 @@ pub async fn redeemable(
         request.ttl_seconds,
         request.purpose.as_deref(),
     );
-    if approval.kind != "step_up" || approval.identity != identity || approval.request_hash != hash
+    if approval.kind != "step_up"
+        || approval.identity != identity
+        || approval.request_hash != hash
+        || approval.requested_by != caller
     {
         return Err(refused(
             "approval_mismatch",
-            "the approval was given for a different request (identity, grant, TTL and purpose must match)",
+            "the approval was given for a different request (identity, grant, TTL, purpose and the node asking must match)",
         ));
     }
     match approval.state_at(now_ms) {
@@ -130,6 +136,31 @@ pub async fn consume(broker: &Broker, approval: &Approval) -> Result<(), ApiErro
             "approval_used",
             "the approval was used by a concurrent request",
         ))
+    }
+}
+
+/// Gives a consumed approval back (`approved` again) after the issuance it
+/// was consumed for did not happen; a failure leaves it used (fail closed).
+pub async fn restore(broker: &Broker, consumed: &Approval) {
+    let used = Approval {
+        state: "used".into(),
+        version: consumed.version + 1,
+        ..consumed.clone()
+    };
+    let approved = Approval {
+        state: "approved".into(),
+        ..used.clone()
+    };
+    match broker.store.update_approval(&approved).await {
+        Ok(true) => {
+            tracing::info!(approval = %consumed.id, "approval given back: nothing was issued")
+        }
+        Ok(false) => {
+            tracing::warn!(approval = %consumed.id, "approval changed since it was consumed; left as it is")
+        }
+        Err(e) => {
+            tracing::warn!(approval = %consumed.id, %e, "approval could not be given back; it stays used")
+        }
     }
 }
 

@@ -472,7 +472,9 @@ pub async fn decide_and_issue(
             .unwrap_or_else(|| BudgetSnapshot::full(policy, now))
     });
     let approval = match &request.approval_id {
-        Some(id) => Some(crate::approvals::redeemable(broker, id, &identity, &request, now).await?),
+        Some(id) => {
+            Some(crate::approvals::redeemable(broker, id, &identity, node, &request, now).await?)
+        }
         None => None,
     };
     // An approver's TTL cap applies to the request it approved.
@@ -630,135 +632,150 @@ pub async fn decide_and_issue(
         return Ok(refusal(&request_id, &decision, held.as_deref()));
     }
     if let Some(approval) = &approval {
-        // Single use: consumed by the issuance it unlocks, before its record.
+        // Single use: consumed by the issuance it unlocks, before its record
+        // (and given back below if nothing is issued).
         crate::approvals::consume(broker, approval).await?;
         body.insert("approval_id".into(), approval.id.clone().into());
         body.insert("approvers".into(), approval.approvers.clone().into());
     }
+    let issued = async {
 
-    let spend: Vec<SpendOp> = decision
-        .spend
-        .iter()
-        .filter_map(|s| {
-            budget
-                .as_ref()
-                .filter(|(key, _)| *key == s.key)
-                .map(|(key, policy)| SpendOp {
-                    key: key.clone(),
-                    policy: policy.clone(),
-                    cost: s.cost,
-                })
-        })
-        .collect();
-    if matches!(grant.kind, GrantKind::Vault | GrantKind::AwsSts) {
-        let record = decision_record(full_body(&body).to_value()?);
-        return issue_upstream(
-            broker,
-            dynamic,
-            grant,
-            &decision,
-            record,
-            spend,
-            &request_id,
+        let spend: Vec<SpendOp> = decision
+            .spend
+            .iter()
+            .filter_map(|s| {
+                budget
+                    .as_ref()
+                    .filter(|(key, _)| *key == s.key)
+                    .map(|(key, policy)| SpendOp {
+                        key: key.clone(),
+                        policy: policy.clone(),
+                        cost: s.cost,
+                    })
+            })
+            .collect();
+        if matches!(grant.kind, GrantKind::Vault | GrantKind::AwsSts) {
+            let record = decision_record(full_body(&body).to_value()?);
+            return issue_upstream(
+                broker,
+                dynamic,
+                grant,
+                &decision,
+                record,
+                spend,
+                &request_id,
+            )
+            .await;
+        }
+
+        // Mint: a local JWT is signed first; it is released only after its record is durable.
+        let GrantKind::Jwt = grant.kind else {
+            return Err(ApiError::unavailable(
+                "grant_unavailable",
+                "this grant kind cannot be minted by this broker",
+                "non-jwt grant",
+            ));
+        };
+        let lease_id = random_id("lease");
+        let ttl_ms = i64::try_from(decision.ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
+        let expires_at_ms = now + ttl_ms;
+        let jwt = grant
+            .jwt
+            .as_ref()
+            .map(|j| (j.audience.clone(), j.claims.clone()))
+            .unwrap_or_default();
+        let claims = Claims {
+            iss: dynamic.config.issuer_url.clone(),
+            sub: identity.clone(),
+            aud: jwt.0.clone(),
+            jti: lease_id.clone(),
+            iat: now.div_euclid(1000),
+            nbf: now.div_euclid(1000),
+            exp: expires_at_ms.div_euclid(1000),
+            extra: jwt.1,
+        };
+        let unreleased = {
+            let keys = broker.jwt.read().map_err(|_| {
+                ApiError::unavailable(
+                    "signing_unavailable",
+                    "signing keys unavailable",
+                    "poisoned lock",
+                )
+            })?;
+            UnreleasedJwt::sign(&keys, &claims, OffsetDateTime::now_utc()).map_err(|e| {
+                ApiError::unavailable("signing_failed", "the credential could not be signed", e)
+            })?
+        };
+        let lease = Lease {
+            id: lease_id.clone(),
+            request_id: request_id.clone(),
+            identity: identity.clone(),
+            grant: grant.name.clone(),
+            node: Some(node.to_owned()),
+            kind: "jwt".into(),
+            revocation: "introspection_only".into(),
+            issued_at_ms: now,
+            expires_at_ms,
+            revoked_at_ms: None,
+            task_ended_at_ms: None,
+        };
+        body.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
+        // The hot path: the body is written straight to its canonical form.
+        let canonical = full_body(&body).to_canonical()?;
+        let record = decision_record(serde_json::Value::Null);
+        let appended = broker
+            .append(Append {
+                canonical_body: Some(canonical),
+                entry: record,
+                spend,
+                lease: Some(lease),
+                rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
+                refuse_if_suspended: vec![identity.clone(), node.to_owned()],
+            })
+            .await
+            .map_err(|e| {
+                ApiError::unavailable(
+                    "log_unavailable",
+                    "the issuance log cannot be written; nothing was issued",
+                    e,
+                )
+            })?;
+        if appended.suspended {
+            return Err(suspended_at_write(broker, &request_id));
+        }
+        let Some(durable) = Durable::from_appended(&appended) else {
+            // Lost the budget race after deciding: logged as budget_exhausted, token discarded.
+            broker
+                .metrics
+                .decided("budget_exhausted", ["budget_exhausted"]);
+            broker.metrics.budget_exhausted.inc();
+            return Err(budget_exhausted(&request_id));
+        };
+        broker.metrics.decided(
+            decision.outcome.as_str(),
+            decision.reasons.iter().map(|r| r.code()),
+        );
+        let token = unreleased.release(&durable);
+        let response = CredentialResponse {
+            lease_id,
+            expires_at: rfc3339(expires_at_ms),
+            credential: json!({"type": "jwt", "token": token, "audience": jwt.0}),
+            decision: decision_summary(&request_id, &decision),
+        };
+        Ok((StatusCode::OK, axum::Json(response)).into_response())
+    }
+    .await;
+    // An approval consumed for an issuance that then did not happen (the
+    // budget race lost, the log or the upstream failed) is given back.
+    if let (Some(approval), Err(e)) = (&approval, &issued)
+        && matches!(
+            e.code,
+            "budget_exhausted" | "log_unavailable" | "upstream_unavailable" | "signing_unavailable"
         )
-        .await;
+    {
+        crate::approvals::restore(broker, approval).await;
     }
-
-    // Mint: a local JWT is signed first; it is released only after its record is durable.
-    let GrantKind::Jwt = grant.kind else {
-        return Err(ApiError::unavailable(
-            "grant_unavailable",
-            "this grant kind cannot be minted by this broker",
-            "non-jwt grant",
-        ));
-    };
-    let lease_id = random_id("lease");
-    let ttl_ms = i64::try_from(decision.ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
-    let expires_at_ms = now + ttl_ms;
-    let jwt = grant
-        .jwt
-        .as_ref()
-        .map(|j| (j.audience.clone(), j.claims.clone()))
-        .unwrap_or_default();
-    let claims = Claims {
-        iss: dynamic.config.issuer_url.clone(),
-        sub: identity.clone(),
-        aud: jwt.0.clone(),
-        jti: lease_id.clone(),
-        iat: now.div_euclid(1000),
-        nbf: now.div_euclid(1000),
-        exp: expires_at_ms.div_euclid(1000),
-        extra: jwt.1,
-    };
-    let unreleased = {
-        let keys = broker.jwt.read().map_err(|_| {
-            ApiError::unavailable(
-                "signing_unavailable",
-                "signing keys unavailable",
-                "poisoned lock",
-            )
-        })?;
-        UnreleasedJwt::sign(&keys, &claims, OffsetDateTime::now_utc()).map_err(|e| {
-            ApiError::unavailable("signing_failed", "the credential could not be signed", e)
-        })?
-    };
-    let lease = Lease {
-        id: lease_id.clone(),
-        request_id: request_id.clone(),
-        identity: identity.clone(),
-        grant: grant.name.clone(),
-        node: Some(node.to_owned()),
-        kind: "jwt".into(),
-        revocation: "introspection_only".into(),
-        issued_at_ms: now,
-        expires_at_ms,
-        revoked_at_ms: None,
-        task_ended_at_ms: None,
-    };
-    body.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
-    // The hot path: the body is written straight to its canonical form.
-    let canonical = full_body(&body).to_canonical()?;
-    let record = decision_record(serde_json::Value::Null);
-    let appended = broker
-        .append(Append {
-            canonical_body: Some(canonical),
-            entry: record,
-            spend,
-            lease: Some(lease),
-            rule_set: Some((decision.rule_set_hash.clone(), dynamic.rules_json.clone())),
-            refuse_if_suspended: vec![identity.clone(), node.to_owned()],
-        })
-        .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "log_unavailable",
-                "the issuance log cannot be written; nothing was issued",
-                e,
-            )
-        })?;
-    if appended.suspended {
-        return Err(suspended_at_write(broker, &request_id));
-    }
-    let Some(durable) = Durable::from_appended(&appended) else {
-        // Lost the budget race after deciding: logged as budget_exhausted, token discarded.
-        broker
-            .metrics
-            .decided("budget_exhausted", ["budget_exhausted"]);
-        broker.metrics.budget_exhausted.inc();
-        return Err(budget_exhausted(&request_id));
-    };
-    broker.metrics.decided(
-        decision.outcome.as_str(),
-        decision.reasons.iter().map(|r| r.code()),
-    );
-    let token = unreleased.release(&durable);
-    let response = CredentialResponse {
-        lease_id,
-        expires_at: rfc3339(expires_at_ms),
-        credential: json!({"type": "jwt", "token": token, "audience": jwt.0}),
-        decision: decision_summary(&request_id, &decision),
-    };
-    Ok((StatusCode::OK, axum::Json(response)).into_response())
+    issued
 }
 
 /// A decision record's body: the input, the decision and the request, and

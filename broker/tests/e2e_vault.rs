@@ -642,6 +642,68 @@ async fn a_lost_mint_answer_is_reconciled_not_refunded() {
     broker.assert_log_verifies();
 }
 
+/// Every Vault token needs an approver.
+const STEP_UP: &str = r#"
+@id("vault-tokens-need-an-approver")
+@outcome("step_up")
+forbid (principal, action, resource == Mintguard::Grant::"ci-token");
+"#;
+
+/// A step-up approval is redeemed only through the node whose request the
+/// approver saw, and is given back when the issuance it was consumed for
+/// does not happen (here Vault refuses the broker's token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_is_bound_to_its_node_and_given_back_when_nothing_is_issued() {
+    let (addr, _) = vault();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/step-up.cedar"), STEP_UP).unwrap();
+    let broker = start_env(&addr, "s.not-a-real-token", "", &[], dir);
+    register_api_with(
+        &broker,
+        "node-2",
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["ci-token"],
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    let other = enrolled_node(&broker, "node-2").await;
+    let request = json!({"grant": "ci-token", "ttl_seconds": 300});
+    let held = issue(&broker, &node, request.clone()).await;
+    assert_eq!(held.status, 202, "{}", held.text);
+    let id = held.body["approval_id"].as_str().unwrap().to_owned();
+    let out = broker.cli(&["approve", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut retry = request;
+    retry["approval_id"] = id.clone().into();
+
+    // Another node that may vouch for the identity: not its approval.
+    let stolen = issue(&broker, &other, retry.clone()).await;
+    assert_eq!(stolen.status, 403, "{}", stolen.text);
+    assert_eq!(stolen.body["error"]["code"], "approval_mismatch");
+
+    // Its own node: approved, consumed, but Vault mints nothing.
+    let state = || {
+        broker
+            .cli_json(&["approvals", "--all"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["approval_id"] == id.as_str())
+            .map(|a| a["state"].clone())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let failed = issue(&broker, &node, retry.clone()).await;
+        assert_eq!(failed.status, 503, "{}", failed.text);
+        assert_eq!(failed.body["error"]["code"], "upstream_unavailable");
+        assert_eq!(state(), "approved", "given back after a failed mint");
+    }
+}
+
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past
 /// that token's first TTL: it renews (or logs in again) on its own; the child
 /// tokens it mints are orphans, so they do not die with its own token.
