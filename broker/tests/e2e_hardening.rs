@@ -608,7 +608,8 @@ async fn operators_authenticate_with_certificates_by_role() {
 /// Break-glass: an operator opens a request, cannot confirm it alone; a
 /// second person with the approver role confirms; only the opener issues
 /// it; the record keeps what the policy decided beside the override, and a
-/// post-incident review stays listed until closed with notes.
+/// post-incident review stays listed until someone other than the opener
+/// closes it with notes, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn break_glass_takes_two_people_and_leaves_a_review() {
     let broker = BrokerProcess::start("");
@@ -713,13 +714,25 @@ async fn break_glass_takes_two_people_and_leaves_a_review() {
             .status
             .success()
     );
-    broker.cli_json(&[
+    // Not by the operator who opened it; by another, once.
+    let close = [
         "reviews",
         "--close",
         &id,
         "--notes",
         "root cause: expired EDR feed",
-    ]);
+    ];
+    let own = broker.cli(&close);
+    assert!(String::from_utf8_lossy(&own.stderr).contains("own_review"));
+    assert_eq!(broker.cli_json(&["reviews"]).as_array().unwrap().len(), 1);
+    let closed = carol(&close);
+    assert!(
+        closed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&closed.stderr)
+    );
+    let again = carol(&close);
+    assert!(String::from_utf8_lossy(&again.stderr).contains("review_closed"));
     assert!(broker.cli_json(&["reviews"]).as_array().unwrap().is_empty());
     assert_eq!(broker.cli_json(&["reviews", "--all"])[0]["state"], "closed");
 }

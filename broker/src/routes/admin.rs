@@ -940,26 +940,56 @@ async fn close_review(
     Path(id): Path<String>,
     Json(req): Json<CloseReviewRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
-    op.require(Role::Operator)?;
+    // Operators and approvers review.
+    op.require(Role::Operator)
+        .or_else(|_| op.require(Role::Approver))?;
     if req.notes.trim().is_empty() || req.notes.len() > 4096 {
         return Err(ApiError::bad_request(
             "bad_notes",
             "closing a review needs notes (at most 4096 bytes)",
         ));
     }
-    let open = broker
+    let request = broker
         .store
         .approval(&id)
         .await?
-        .is_some_and(|a| a.kind == "break_glass" && a.state == "used");
-    if !open {
-        return Err(ApiError::not_found(
-            "unknown_review",
-            "no issued break-glass request with this id",
+        .filter(|a| a.kind == "break_glass" && matches!(a.state.as_str(), "used" | "reviewed"))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_review",
+                "no issued break-glass request with this id",
+            )
+        })?;
+    // The review checks the break-glass: never by the operator who opened it.
+    if request.requested_by == format!("operator:{}", op.name) {
+        return Err(ApiError::forbidden(
+            "own_review",
+            "the operator who opened a break-glass request cannot close its review",
+        ));
+    }
+    // Closed once: the request moves from used to reviewed by compare-and-set.
+    let reviewed = crate::store::Approval {
+        state: "reviewed".into(),
+        ..request.clone()
+    };
+    if request.state != "used" || !broker.store.update_approval(&reviewed).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "review_closed",
+            "this review is already closed",
         ));
     }
     let body = json!({"review": id, "notes": req.notes});
-    admin_record(&broker, &op, "review_closed", None, body.clone()).await?;
+    if let Err(e) = admin_record(&broker, &op, "review_closed", None, body.clone()).await {
+        // Not logged, so not closed: open again (best effort).
+        let reopened = crate::store::Approval {
+            version: reviewed.version + 1,
+            state: "used".into(),
+            ..reviewed
+        };
+        let _ = broker.store.update_approval(&reopened).await;
+        return Err(e);
+    }
     Ok(axum::Json(body))
 }
 
