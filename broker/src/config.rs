@@ -1070,7 +1070,8 @@ impl Config {
             None => None,
         };
         let grant_names: Vec<String> = grants.keys().cloned().collect();
-        crate::ci::config::validate(&raw.ci, &grant_names).map_err(|(k, r)| err(&k, r))?;
+        crate::ci::config::validate(&raw.ci, &trust_domain.to_string(), &grant_names)
+            .map_err(|(k, r)| err(&k, r))?;
         let mut ci = raw.ci;
         for issuer in &mut ci.issuers {
             issuer.ca_file = issuer.ca_file.as_deref().map(resolve);

@@ -65,12 +65,30 @@ pub struct IssuerConfig {
     /// missing), 0–100. Default 50.
     #[serde(default)]
     pub self_hosted_posture: Option<u8>,
+    /// The `runner_environment` this issuer's own hosted runners report
+    /// (believed only from the issuer that hosts them). Default
+    /// `github-hosted` for GitHub's issuer, `gitlab-hosted` for gitlab.com,
+    /// none for any other (its tokens' claim is not trusted).
+    #[serde(default)]
+    pub hosted_runner_environment: Option<String>,
 }
 
 impl IssuerConfig {
     /// The posture of a job on a self-hosted runner.
     pub fn self_hosted_posture(&self) -> u8 {
         self.self_hosted_posture.unwrap_or(50)
+    }
+
+    /// The `runner_environment` value that means one of this issuer's
+    /// hosted runners, if it has any.
+    pub fn hosted_runner_environment(&self) -> Option<&str> {
+        self.hosted_runner_environment
+            .as_deref()
+            .or(match self.url.as_str() {
+                "https://token.actions.githubusercontent.com" => Some("github-hosted"),
+                "https://gitlab.com" => Some("gitlab-hosted"),
+                _ => None,
+            })
     }
 }
 
@@ -189,7 +207,11 @@ const TENANT_CLAIMS: &[&str] = &[
 ];
 
 /// Checks `[ci]` against the grants; `(key, reason)` on failure.
-pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)> {
+pub fn validate(
+    ci: &CiConfig,
+    trust_domain: &str,
+    grants: &[String],
+) -> Result<(), (String, String)> {
     let err = |key: String, reason: String| Err((key, reason));
     for (i, issuer) in ci.issuers.iter().enumerate() {
         let key = format!("ci.issuers[{i}].url");
@@ -250,6 +272,17 @@ pub fn validate(ci: &CiConfig, grants: &[String]) -> Result<(), (String, String)
             return err(key("grants"), format!("unknown grant {g:?}"));
         }
         super::template::check(&p.identity).map_err(|e| (key("identity"), e))?;
+        // CI identities live under /ci/ (DESIGN), apart from workloads and
+        // nodes: a claim must never fill in a workload's or node's ID.
+        let prefix = format!("spiffe://{trust_domain}/ci/");
+        if !p.identity.starts_with(&prefix) {
+            return err(
+                key("identity"),
+                format!(
+                    "must start with {prefix} (CI identities are kept apart from workloads and nodes)"
+                ),
+            );
+        }
         for (claim, m) in &p.claims {
             super::matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
         }
@@ -298,7 +331,7 @@ mod tests {
             "#
         ))
         .unwrap();
-        validate(&ci, &["g".to_owned()])
+        validate(&ci, "example.org", &["g".to_owned()])
     }
 
     #[test]
@@ -325,5 +358,38 @@ mod tests {
         assert!(check(own, r#"sub = "job:deploy""#).is_ok());
         let (_, reason) = check(own, r#"sub = { glob = "*" }"#).unwrap_err();
         assert!(reason.contains("exact"), "{reason}");
+    }
+
+    #[test]
+    fn ci_identities_stay_under_ci() {
+        let with_identity = |identity: &str| {
+            let ci: CiConfig = toml::from_str(&format!(
+                r#"
+                [[issuers]]
+                url = "https://ci.example.org"
+                [[policies]]
+                name = "p"
+                issuer = "https://ci.example.org"
+                audience = "mintguard"
+                identity = "{identity}"
+                grants = ["g"]
+                claims = {{ sub = "job:deploy" }}
+                "#
+            ))
+            .unwrap();
+            validate(&ci, "example.org", &["g".to_owned()])
+        };
+        assert!(with_identity("spiffe://example.org/ci/own/{repository}").is_ok());
+        for outside in [
+            "spiffe://example.org/ns/pay/sa/{repository}",
+            "spiffe://example.org/{repository}",
+            "spiffe://example.org/mintguard/node/{repository}",
+            "spiffe://other.org/ci/own/{repository}",
+            "spiffe://example.org/cicd/{repository}",
+        ] {
+            let (key, reason) = with_identity(outside).unwrap_err();
+            assert_eq!(key, "ci.policies[0].identity", "{outside}");
+            assert!(reason.contains("spiffe://example.org/ci/"), "{reason}");
+        }
     }
 }

@@ -17,7 +17,9 @@ use mintguard_api::CredentialRequest;
 use mintguard_policy::decision::{IssuerKind, PrincipalKind};
 use serde_json::{Value, json};
 
-use self::config::{CiConfig, CiPolicy, FORK_EVENTS, Mode, cidr_contains, parse_cidr};
+use self::config::{
+    CiConfig, CiPolicy, FORK_EVENTS, IssuerConfig, Mode, cidr_contains, parse_cidr,
+};
 use self::matcher::{Compiled, claim_text};
 use crate::http::ApiError;
 use crate::log::{LogEntry, RecordKind};
@@ -120,13 +122,18 @@ async fn refuse(
     ApiError::new(status, code, message).with_reasons(vec![request_id])
 }
 
-/// The posture of a CI job: its runner. A hosted runner (GitHub's or
-/// GitLab's, per the token's `runner_environment`) is 100; a self-hosted one,
+/// The posture of a CI job: its runner. A hosted runner (the token's
+/// `runner_environment` is the one the issuer's own hosted runners report,
+/// [`IssuerConfig::hosted_runner_environment`]) is 100; a self-hosted one,
 /// or a token that does not say, is the issuer's `self_hosted_posture`.
-fn runner_posture(claims: &Value, self_hosted: u8) -> (u8, &'static str) {
+fn runner_posture(issuer: Option<&IssuerConfig>, claims: &Value) -> (u8, &'static str) {
+    let hosted = issuer.and_then(IssuerConfig::hosted_runner_environment);
     match claims["runner_environment"].as_str() {
-        Some("github-hosted" | "gitlab-hosted") => (100, "ci:hosted_runner"),
-        _ => (self_hosted, "ci:self_hosted_runner"),
+        Some(env) if Some(env) == hosted => (100, "ci:hosted_runner"),
+        _ => (
+            issuer.map_or(50, IssuerConfig::self_hosted_posture),
+            "ci:self_hosted_runner",
+        ),
     }
 }
 
@@ -261,11 +268,7 @@ pub async fn issue(
             .await);
         }
     };
-    let self_hosted_posture = ci
-        .issuers
-        .iter()
-        .find(|i| i.url == issuer)
-        .map_or(50, |i| i.self_hosted_posture());
+    let issuer_config = ci.issuers.iter().find(|i| i.url == issuer);
     let skew_ms = i64::try_from(ci.skew().as_millis()).unwrap_or(60_000);
     let key = format!("{issuer}|{}", verified.jti);
     if !broker
@@ -317,7 +320,7 @@ pub async fn issue(
         issuer: issuer.to_owned(),
         may_vouch: policy.grants.contains(&grant.name),
         observed: Observed {
-            posture: runner_posture(claims, self_hosted_posture),
+            posture: runner_posture(issuer_config, claims),
             attestation: ref_attestation(claims),
             network,
         },
@@ -349,17 +352,45 @@ mod observed_tests {
 
     #[test]
     fn posture_follows_the_runner_and_attestation_the_protections() {
+        let issuer = |url: &str, self_hosted: u8| IssuerConfig {
+            url: url.into(),
+            self_hosted_posture: Some(self_hosted),
+            ..toml::from_str(r#"url = "x""#).unwrap()
+        };
+        let github = issuer("https://token.actions.githubusercontent.com", 50);
         let hosted = json!({"runner_environment": "github-hosted"});
-        assert_eq!(runner_posture(&hosted, 50), (100, "ci:hosted_runner"));
-        let gitlab = json!({"runner_environment": "gitlab-hosted"});
-        assert_eq!(runner_posture(&gitlab, 50).0, 100);
-        let own = json!({"runner_environment": "self-hosted"});
-        assert_eq!(runner_posture(&own, 35), (35, "ci:self_hosted_runner"));
         assert_eq!(
-            runner_posture(&json!({}), 50).0,
+            runner_posture(Some(&github), &hosted),
+            (100, "ci:hosted_runner")
+        );
+        let gitlab = json!({"runner_environment": "gitlab-hosted"});
+        let gitlab_com = issuer("https://gitlab.com", 50);
+        assert_eq!(runner_posture(Some(&gitlab_com), &gitlab).0, 100);
+        let own = json!({"runner_environment": "self-hosted"});
+        assert_eq!(
+            runner_posture(
+                Some(&issuer("https://token.actions.githubusercontent.com", 35)),
+                &own
+            ),
+            (35, "ci:self_hosted_runner")
+        );
+        assert_eq!(
+            runner_posture(Some(&github), &json!({})).0,
             50,
             "unstated: self-hosted"
         );
+        // Another issuer's token saying it ran on GitHub's or GitLab's
+        // runners: its own, whatever it claims, unless configured.
+        let other = issuer("https://ci.example.org", 50);
+        for claims in [&hosted, &gitlab] {
+            assert_eq!(runner_posture(Some(&other), claims).0, 50);
+        }
+        assert_eq!(runner_posture(Some(&github), &gitlab).0, 50);
+        let ghes = IssuerConfig {
+            hosted_runner_environment: Some("github-hosted".into()),
+            ..other
+        };
+        assert_eq!(runner_posture(Some(&ghes), &hosted).0, 100);
 
         assert_eq!(ref_attestation(&json!({"ref_protected": "true"})).0, 100);
         assert_eq!(ref_attestation(&json!({"ref_protected": true})).0, 100);

@@ -247,10 +247,11 @@ async fn create_entry(
         .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
     if spiffe_id.trust_domain() != &config.trust_domain
         || spiffe_id.path().starts_with("/mintguard/")
+        || spiffe_id.path().starts_with("/ci/")
     {
         return Err(ApiError::bad_request(
             "bad_spiffe_id",
-            "a workload ID in this trust domain, outside /mintguard/, is required",
+            "a workload ID in this trust domain, outside /mintguard/ (nodes) and /ci/ (CI jobs), is required",
         ));
     }
     let parent = if req.parent.starts_with("spiffe://") {
