@@ -1070,7 +1070,7 @@ impl Config {
             None => None,
         };
         let grant_names: Vec<String> = grants.keys().cloned().collect();
-        crate::ci::config::validate(&raw.ci, &trust_domain.to_string(), &grant_names)
+        crate::ci::config::validate(&raw.ci, trust_domain.as_ref(), &grant_names)
             .map_err(|(k, r)| err(&k, r))?;
         let mut ci = raw.ci;
         for issuer in &mut ci.issuers {
