@@ -1,6 +1,8 @@
 //! OIDC token validation for CI issuers: discovery and JWKS fetched over
 //! HTTPS (plain HTTP only for a loopback issuer that allows it), cached and
-//! refreshed on an unknown `kid` at most every `refresh_min_interval`;
+//! refreshed on an unknown `kid` or an old cache, attempted at most every
+//! `refresh_min_interval` whether it succeeds or not, by one request at a
+//! time while the others use the cached keys;
 //! asymmetric algorithms only, and only the one the key allows; `iss`,
 //! `exp`, `nbf`, `iat` with a small skew; `jku`, `x5u`, `x5c`, `jwk` and
 //! `crit` headers refused, never followed; size limits on the token and on
@@ -50,10 +52,27 @@ const ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
+/// One issuer's key cache.
 #[derive(Default)]
 struct IssuerKeys {
+    /// The keys, when they were fetched, and when a fetch was last tried
+    /// (successful or not): held only to read or swap, never across a fetch.
+    state: Mutex<KeyState>,
+    /// Taken by the one request that fetches.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct KeyState {
     keys: HashMap<String, Value>,
     fetched: Option<Instant>,
+    attempted: Option<Instant>,
+}
+
+impl KeyState {
+    fn may_attempt(&self, min_interval: Duration) -> bool {
+        self.attempted.is_none_or(|t| t.elapsed() >= min_interval)
+    }
 }
 
 /// Verified claims of a CI token.
@@ -72,7 +91,7 @@ pub struct Verified {
 /// The CI token verifier with its per-issuer key caches.
 #[derive(Default)]
 pub struct CiVerifier {
-    cache: Mutex<HashMap<String, Arc<tokio::sync::Mutex<IssuerKeys>>>>,
+    cache: Mutex<HashMap<String, Arc<IssuerKeys>>>,
 }
 
 fn b64(part: &str) -> Result<Vec<u8>, TokenError> {
@@ -248,44 +267,88 @@ impl CiVerifier {
         })
     }
 
-    /// The JWK for `kid`, refetching the JWKS when it is unknown (at most
-    /// every `refresh_min_interval`) or the cache is old.
+    /// The JWK for `kid`, refetching the JWKS when it is unknown or the
+    /// cache is older than `max_cache_age`. A fetch is tried at most every
+    /// `refresh_min_interval` (failures included: a down issuer is not asked
+    /// on every request) and by one request at a time; a request whose key
+    /// is cached never waits for it (an old cache is refreshed by whoever
+    /// finds it free, the others use it meanwhile).
     async fn key(&self, issuer: &IssuerConfig, kid: &str) -> Result<Value, TokenError> {
+        let poisoned = || refuse("unavailable", "key cache poisoned");
         let slot = {
-            let mut cache = self
-                .cache
-                .lock()
-                .map_err(|_| refuse("unavailable", "cache poisoned"))?;
+            let mut cache = self.cache.lock().map_err(|_| poisoned())?;
             cache.entry(issuer.url.clone()).or_default().clone()
         };
-        let mut keys = slot.lock().await;
         let min_interval = issuer
             .refresh_min_interval
             .map_or(Duration::from_secs(30), |d| d.0);
         let max_age = issuer
             .max_cache_age
             .map_or(Duration::from_secs(3600), |d| d.0);
-        let stale = keys.fetched.is_none_or(|t| t.elapsed() >= max_age);
-        let may_refresh = keys.fetched.is_none_or(|t| t.elapsed() >= min_interval);
-        if stale || (!keys.keys.contains_key(kid) && may_refresh) {
-            match fetch_jwks(issuer).await {
-                Ok(fresh) => {
-                    keys.keys = fresh;
-                    keys.fetched = Some(Instant::now());
-                }
-                Err(e) if keys.keys.is_empty() => {
+        let (cached, stale) = {
+            let state = slot.state.lock().map_err(|_| poisoned())?;
+            (
+                state.keys.get(kid).cloned(),
+                state.fetched.is_none_or(|t| t.elapsed() >= max_age),
+            )
+        };
+        let _refreshing = match (&cached, stale) {
+            (Some(key), false) => return Ok(key.clone()),
+            // Known but old: refreshed only if no one else is at it.
+            (Some(key), true) => match slot.refresh.try_lock() {
+                Ok(guard) => guard,
+                Err(_) => return Ok(key.clone()),
+            },
+            // Unknown: wait for a refresh in progress, which may bring it.
+            (None, _) => slot.refresh.lock().await,
+        };
+        {
+            let mut state = slot.state.lock().map_err(|_| poisoned())?;
+            let fresh = state.fetched.is_some_and(|t| t.elapsed() < max_age);
+            let known = state.keys.get(kid).cloned();
+            match known {
+                // Refreshed by another request meanwhile.
+                Some(key) if fresh => return Ok(key),
+                _ if state.may_attempt(min_interval) => {}
+                Some(key) => return Ok(key),
+                None if state.fetched.is_none() => {
                     return Err(TokenError {
                         code: "issuer_unavailable",
-                        message: e,
+                        message: format!(
+                            "the issuer's keys could not be fetched; retried at most every {min_interval:?}"
+                        ),
                         unavailable: true,
                     });
                 }
-                Err(e) => {
-                    tracing::warn!(issuer = %issuer.url, %e, "JWKS refresh failed; using the cached keys")
+                None => {
+                    return Err(refuse(
+                        "unknown_kid",
+                        format!("issuer has no key {kid:?} (its keys were fetched moments ago)"),
+                    ));
                 }
             }
+            state.attempted = Some(Instant::now());
         }
-        keys.keys
+        let fetched = fetch_jwks(issuer).await;
+        let mut state = slot.state.lock().map_err(|_| poisoned())?;
+        match fetched {
+            Ok(fresh) => {
+                state.keys = fresh;
+                state.fetched = Some(Instant::now());
+            }
+            Err(e) if state.keys.is_empty() => {
+                return Err(TokenError {
+                    code: "issuer_unavailable",
+                    message: e,
+                    unavailable: true,
+                });
+            }
+            Err(e) => {
+                tracing::warn!(issuer = %issuer.url, %e, "JWKS refresh failed; using the cached keys");
+            }
+        }
+        state
+            .keys
             .get(kid)
             .cloned()
             .ok_or_else(|| refuse("unknown_kid", format!("issuer has no key {kid:?}")))
@@ -366,4 +429,90 @@ async fn fetch_json(issuer: &IssuerConfig, url: &str) -> Result<Value, String> {
         return Err(format!("{url}: HTTP {status}"));
     }
     serde_json::from_slice(&body).map_err(|e| format!("{url}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    /// A local OIDC issuer serving one key, `k1`; it counts the documents
+    /// asked for and, while `hang` is set, never answers.
+    async fn local_issuer(hang: Arc<AtomicBool>, fetches: Arc<AtomicUsize>) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let serve = |doc: Value| {
+            let (hang, fetches) = (hang.clone(), fetches.clone());
+            move || async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                if hang.load(Ordering::SeqCst) {
+                    std::future::pending::<()>().await;
+                }
+                axum::Json(doc)
+            }
+        };
+        let discovery = serde_json::json!({"issuer": url, "jwks_uri": format!("{url}/jwks")});
+        let jwks = serde_json::json!({"keys": [{"kid": "k1", "kty": "EC", "use": "sig"}]});
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(serve(discovery)),
+            )
+            .route("/jwks", axum::routing::get(serve(jwks)));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        url
+    }
+
+    fn config(url: &str, min_interval: &str, max_age: &str) -> IssuerConfig {
+        toml::from_str(&format!(
+            r#"
+            url = "{url}"
+            allow_insecure_loopback = true
+            refresh_min_interval = "{min_interval}"
+            max_cache_age = "{max_age}"
+            "#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_refresh_is_tried_at_most_once_per_interval_even_when_it_fails() {
+        let (hang, fetches) = (Arc::default(), Arc::new(AtomicUsize::new(0)));
+        let url = local_issuer(Arc::clone(&hang), fetches.clone()).await;
+        // Every request finds the cache old; a refresh may be tried hourly.
+        let issuer = config(&url, "1h", "0s");
+        let verifier = CiVerifier::default();
+        assert!(verifier.key(&issuer, "k1").await.is_ok());
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "discovery and JWKS");
+        hang.store(true, Ordering::SeqCst);
+        // The issuer hangs now: the cached key serves, nobody asks again.
+        for _ in 0..3 {
+            assert!(verifier.key(&issuer, "k1").await.is_ok());
+        }
+        let unknown = verifier.key(&issuer, "k2").await.unwrap_err();
+        assert_eq!(unknown.code, "unknown_kid");
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_key_never_waits_for_a_refresh_in_progress() {
+        let (hang, fetches) = (Arc::new(AtomicBool::new(false)), Arc::default());
+        let url = local_issuer(hang.clone(), Arc::clone(&fetches)).await;
+        let issuer = config(&url, "0s", "1h");
+        let verifier = Arc::new(CiVerifier::default());
+        assert!(verifier.key(&issuer, "k1").await.is_ok());
+        hang.store(true, Ordering::SeqCst);
+        // An unknown kid starts a refresh the issuer never answers.
+        let refreshing = {
+            let (verifier, issuer) = (verifier.clone(), issuer.clone());
+            tokio::spawn(async move { verifier.key(&issuer, "k9").await })
+        };
+        while fetches.load(Ordering::SeqCst) < 3 {
+            tokio::task::yield_now().await;
+        }
+        // Meanwhile a token signed with the cached key is checked at once.
+        assert!(verifier.key(&issuer, "k1").await.is_ok());
+        assert!(!refreshing.is_finished(), "the refresh was still hanging");
+        refreshing.abort();
+    }
 }
