@@ -2,18 +2,63 @@
 //! socket's `SO_PEERCRED` (pid, uid, gid) and `/proc/PID` (executable, its
 //! SHA-256, cgroups), re-read on every request and guarded against pid reuse
 //! by comparing the process start time taken at connect (before the reads)
-//! with the pid's after them, and against identity lending by comparing the
-//! executable the process runs with the one it ran at connect.
+//! with the pid's after them, and against identity lending by checking that
+//! the connecting process wrote every byte the connection carried
+//! (`SCM_CREDENTIALS`, see [`Writers`]).
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Who wrote a connection's bytes, as the kernel stamps them
+/// (`SCM_CREDENTIALS` on a socket with `SO_PASSCRED`). `SO_PEERCRED` names
+/// the process that connected, not the one writing: a process that
+/// connects, forks a child keeping the socket and then execs a trusted
+/// binary would otherwise lend that binary's identity to the child, as
+/// would one passing the socket to another process. Once any byte comes
+/// from another process (or without credentials), the connection is
+/// refused for good.
+#[derive(Clone, Debug, Default)]
+pub struct Writers(Arc<AtomicI32>);
+
+impl Writers {
+    /// Notes that bytes written by `writer` (its pid, `None` without
+    /// credentials) arrived on the connection of process `connecting`.
+    pub fn note(&self, connecting: i32, writer: Option<i32>) {
+        if writer != Some(connecting) {
+            let _ = self.0.compare_exchange(
+                0,
+                writer.filter(|p| *p > 0).unwrap_or(-1),
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            );
+        }
+    }
+
+    /// The first writer other than the connecting process (-1: unknown).
+    pub fn foreign(&self) -> Option<i32> {
+        match self.0.load(Ordering::SeqCst) {
+            0 => None,
+            pid => Some(pid),
+        }
+    }
+}
+
+impl PartialEq for Writers {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Writers {}
 
 /// The peer of a workload connection, as the kernel reported it at connect
-/// time, with the process start time and executable read right then.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// time, with the process start time read right then, and who has written
+/// on the connection since.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// Process id.
     pub pid: i32,
@@ -23,29 +68,20 @@ pub struct Peer {
     pub gid: u32,
     /// Start time (clock ticks since boot, `/proc/PID/stat` field 22).
     pub start_time: u64,
-    /// The executable file the process ran when its connection was accepted.
-    pub exe: FileVersion,
+    /// Who wrote the connection's bytes.
+    pub writers: Writers,
 }
 
 impl Peer {
-    /// The peer `pid` (uid, gid from `SO_PEERCRED`), its start time and
-    /// executable read now, at accept.
-    ///
-    /// The executable is pinned because `SO_PEERCRED` names the process that
-    /// connected, not the one writing: a process that connects, forks a
-    /// child holding the socket and then execs a trusted binary would
-    /// otherwise lend that binary's identity to the child. A process that
-    /// exec'd since it connected is refused; it opens a new connection.
-    pub fn at_accept(pid: i32, uid: u32, gid: u32) -> Result<Self, AttestError> {
-        let start_time = stat(pid)?.start_time;
-        let link = format!("/proc/{pid}/exe");
-        let meta = std::fs::metadata(&link).map_err(|e| exe_error(pid, &link, e))?;
+    /// The peer `pid` (uid, gid from `SO_PEERCRED`) with its start time
+    /// read now, at accept.
+    pub fn at_accept(pid: i32, uid: u32, gid: u32, writers: Writers) -> Result<Self, AttestError> {
         Ok(Self {
             pid,
             uid,
             gid,
-            start_time,
-            exe: FileVersion::of(&meta),
+            start_time: stat(pid)?.start_time,
+            writers,
         })
     }
 }
@@ -71,11 +107,17 @@ pub enum AttestError {
     /// (it exec'd meanwhile): nothing read about it is trusted.
     #[error("process {0} changed its executable during attestation")]
     ExecutableChanged(i32),
-    /// The process runs another executable than when its connection was
-    /// accepted: it exec'd, and the socket may now be held by whoever it
-    /// forked before.
-    #[error("process {0} runs another executable than when it connected; open a new connection")]
-    ExecutedSinceConnect(i32),
+    /// Bytes on the connection came from another process than the one that
+    /// connected (it forked or passed the socket on).
+    #[error(
+        "bytes on this connection came from process {writer}, not from {connected}, which connected; each process must connect itself"
+    )]
+    ConnectionShared {
+        /// The connecting process.
+        connected: i32,
+        /// The other writer (-1: bytes without credentials).
+        writer: i32,
+    },
     /// The kernel gave no pid (not a local process), or the process was
     /// gone by the time its connection was accepted.
     #[error("the socket peer has no pid, or exited before its connection was accepted")]
@@ -257,13 +299,17 @@ impl Attestor {
     /// another start time then; one `/proc/PID/stat` read per request, as
     /// the kernel builds that file at some cost).
     ///
-    /// Exec: the executable hashed must be the one the process ran at
-    /// accept, and still be the one it runs after the reads.
+    /// Exec: the executable hashed must still be the one the process runs
+    /// after the reads (a process that exec'd before the request is
+    /// attested as what it runs now, which is what wrote the request).
     pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
-        let (mut path, mut sha, exe) = self.executable(peer.pid)?;
-        if exe != peer.exe {
-            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        if let Some(writer) = peer.writers.foreign() {
+            return Err(AttestError::ConnectionShared {
+                connected: peer.pid,
+                writer,
+            });
         }
+        let (mut path, mut sha, exe) = self.executable(peer.pid)?;
         if sha == self.own_sha256 {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
@@ -279,8 +325,8 @@ impl Attestor {
         }
         let link = format!("/proc/{}/exe", peer.pid);
         let now = std::fs::metadata(&link).map_err(|e| exe_error(peer.pid, &link, e))?;
-        if FileVersion::of(&now) != peer.exe {
-            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        if FileVersion::of(&now) != exe {
+            return Err(AttestError::ExecutableChanged(peer.pid));
         }
         let mut selectors = vec![
             format!("unix:uid:{}", peer.uid),
@@ -427,7 +473,13 @@ mod tests {
     use super::*;
 
     fn me() -> Peer {
-        Peer::at_accept(i32::try_from(std::process::id()).unwrap(), 0, 0).unwrap()
+        Peer::at_accept(
+            i32::try_from(std::process::id()).unwrap(),
+            0,
+            0,
+            Writers::default(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -514,15 +566,25 @@ mod tests {
     }
 
     #[test]
-    fn a_process_running_another_executable_than_at_accept_is_refused() {
+    fn a_connection_another_process_wrote_on_is_refused() {
         let attestor = Attestor::new().unwrap();
-        let mut peer = me();
+        let peer = me();
+        peer.writers.note(peer.pid, Some(peer.pid));
         assert!(attestor.attest(&peer).is_ok());
-        peer.exe.ino += 1;
+        peer.writers.note(peer.pid, Some(peer.pid + 1));
+        // The first other writer stays, and so does the refusal.
+        peer.writers.note(peer.pid, None);
+        peer.writers.note(peer.pid, Some(peer.pid));
         assert_eq!(
             attestor.attest(&peer),
-            Err(AttestError::ExecutedSinceConnect(peer.pid))
+            Err(AttestError::ConnectionShared {
+                connected: peer.pid,
+                writer: peer.pid + 1
+            })
         );
+        let unstamped = me();
+        unstamped.writers.note(unstamped.pid, None);
+        assert_eq!(unstamped.writers.foreign(), Some(-1));
     }
 
     #[test]

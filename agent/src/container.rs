@@ -128,6 +128,7 @@ pub async fn create_token(
         ));
     }
     let token = random_token()?;
+    let pid = peer.pid;
     container.tokens.insert(
         token.clone(),
         Binding {
@@ -140,7 +141,7 @@ pub async fn create_token(
         "token": token,
         "full_uri": container.url,
         "grant": req.grant,
-        "bound_to_pid": peer.pid,
+        "bound_to_pid": pid,
     }))
     .into_response())
 }

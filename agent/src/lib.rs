@@ -22,6 +22,7 @@ pub mod client;
 pub mod config;
 pub mod container;
 pub mod node;
+pub mod stamped;
 pub mod watch;
 pub mod workload;
 

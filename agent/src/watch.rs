@@ -63,7 +63,7 @@ impl Watches {
                     .filter(|(_, p)| {
                         stat(p.pid).map_or(true, |s| s.exited || s.start_time != p.start_time)
                     })
-                    .map(|(l, p)| (l.clone(), *p))
+                    .map(|(l, p)| (l.clone(), p.clone()))
                     .collect(),
                 Err(_) => continue,
             };

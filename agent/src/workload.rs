@@ -117,7 +117,7 @@ impl IntoResponse for AgentError {
 impl From<AttestError> for AgentError {
     fn from(e: AttestError) -> Self {
         let code = match e {
-            AttestError::ExecutedSinceConnect(_) => "executed_since_connect",
+            AttestError::ConnectionShared { .. } => "connection_shared",
             _ => "not_attested",
         };
         AgentError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
@@ -476,6 +476,7 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, 
         Err(_) => {}
     }
     let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    crate::stamped::pass_credentials(&listener).map_err(|e| fail(format!("SO_PASSCRED: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail(format!("chmod: {e}")))?;
     if let Some(gid) = group {
@@ -501,19 +502,22 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
             }
         };
         // The kernel's view of the peer, taken at connect; the start time
-        // and executable pin the pid to this process, running this
-        // binary, for the connection's life.
+        // pins the pid to this process for the connection's life, and every
+        // read notes who wrote the bytes.
+        let writers = crate::attest::Writers::default();
         let peer = stream
             .peer_cred()
             .ok()
-            .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid()).ok());
+            .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone()).ok());
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let connecting = peer.as_ref().map_or(0, |p| p.pid);
+            let stream = crate::stamped::StampedStream::new(stream, connecting, writers);
             let service =
                 tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    if let Some(peer) = peer {
-                        req.extensions_mut().insert(peer);
+                    if let Some(peer) = &peer {
+                        req.extensions_mut().insert(peer.clone());
                     }
                     router.clone().oneshot(req.map(axum::body::Body::new))
                 });

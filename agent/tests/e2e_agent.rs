@@ -446,8 +446,8 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
         "{reasons}"
     );
 
-    // Exec on a kept-alive connection: the process runs another binary than
-    // the one that connected, and is refused until it reconnects.
+    // Exec on a kept-alive connection: the next request is attested anew,
+    // as the binary that wrote it (here an unattested one).
     let socket = node.socket();
     let lines = node.workload(
         None,
@@ -463,11 +463,18 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
     assert_eq!(parse_line(&lines[0]).0, 200, "{lines:?}");
     let (status, answer) = parse_line(&lines[1]);
     assert_eq!(status, 401, "{lines:?}");
-    assert_eq!(answer["error"]["code"], "executed_since_connect");
+    assert_eq!(answer["error"]["code"], "not_attested");
+    assert!(
+        answer["error"]["reasons"]
+            .to_string()
+            .contains(&format!("unix:sha256:{modified_sha}")),
+        "{answer}"
+    );
 
     // The other way round: an unattested binary connects, forks a child
     // that keeps the socket, and execs the trusted one. The child must not
-    // borrow the trusted identity through the connection.
+    // borrow the trusted identity through the connection: the kernel
+    // stamps its bytes with its own pid.
     let lines = node.workload(
         None,
         modified.to_str().unwrap(),
@@ -476,7 +483,7 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
     assert_eq!(lines.len(), 1, "{lines:?}");
     let (status, answer) = parse_line(&lines[0]);
     assert_eq!(status, 401, "{lines:?}");
-    assert_eq!(answer["error"]["code"], "executed_since_connect");
+    assert_eq!(answer["error"]["code"], "connection_shared");
 
     // The agent's own helper is attested as its parent (here: sh).
     let sh = std::fs::canonicalize("/bin/sh").unwrap();

@@ -1,6 +1,6 @@
 //! Workload attestation, the agent's per-request hot path: `/proc/PID/stat`
-//! twice (pid-reuse guard), the executable link and metadata (twice: the
-//! executable pinned at accept), the SHA-256
+//! twice (pid-reuse guard), the executable link and metadata (twice: an
+//! exec during the reads is caught), the SHA-256
 //! (cached by device, inode, size and mtime after the first request), the
 //! user name and cgroups — for a real child process.
 //!
@@ -9,7 +9,7 @@
 #![allow(clippy::expect_used)] // a bench that cannot set up must stop
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mintguard_agent::attest::{Attestor, Peer};
+use mintguard_agent::attest::{Attestor, Peer, Writers};
 use std::hint::black_box;
 
 fn attest(c: &mut Criterion) {
@@ -20,7 +20,7 @@ fn attest(c: &mut Criterion) {
         .spawn()
         .expect("spawn a workload");
     let pid = i32::try_from(child.id()).expect("pid");
-    let peer = Peer::at_accept(pid, 0, 0).expect("peer");
+    let peer = Peer::at_accept(pid, 0, 0, Writers::default()).expect("peer");
     let attestor = Attestor::new().expect("attestor");
     attestor
         .attest(&peer)
