@@ -704,6 +704,89 @@ async fn an_approval_is_bound_to_its_node_and_given_back_when_nothing_is_issued(
     }
 }
 
+/// Retention keeps what live upstream leases need: `logs prune` stops
+/// before the oldest live lease's intent, so that lease can still be revoked
+/// upstream afterwards (its outcome record names the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_keeps_the_records_live_upstream_leases_need() {
+    let (addr, root) = vault();
+    let broker = start(&addr, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+    let mut issued = Vec::new();
+    for _ in 0..6 {
+        let reply = issue(
+            &broker,
+            &node,
+            json!({"grant": "ci-token", "ttl_seconds": 300}),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+        issued.push((
+            reply.body["lease_id"].as_str().unwrap().to_owned(),
+            reply.body["credential"]["token"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        ));
+    }
+    // The first lease ends; the second is now the oldest live one.
+    let out = broker.cli(&["revoke", &issued[0].0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let intent_of = |lease: &str| {
+        let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .find(|r| r["kind"] == "intent" && r["body"]["lease"]["id"] == lease)
+            .unwrap()["seq"]
+            .as_i64()
+            .unwrap()
+    };
+    let needed = intent_of(&issued[1].0);
+
+    let export = broker.dir.path().join("export.jsonl");
+    let out = broker.cli(&[
+        "logs",
+        "prune",
+        "--before",
+        "0s",
+        "--export",
+        export.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let through: i64 = stdout
+        .split("pruned through record ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("nothing pruned: {stdout}"));
+    assert!(
+        through < needed,
+        "pruned through {through}, record {needed} was needed"
+    );
+    assert_eq!(intent_of(&issued[1].0), needed, "the intent is still there");
+
+    // The oldest live lease is still revoked upstream for real.
+    let out = broker.cli(&["revoke", &issued[1].0]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, _) = bao(&addr, &issued[1].1, "GET", "auth/token/lookup-self", None).await;
+    assert_eq!(status, 403, "the token outlived its revocation");
+    broker.assert_log_verifies();
+}
+
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past
 /// that token's first TTL: it renews (or logs in again) on its own; the child
 /// tokens it mints are orphans, so they do not die with its own token.

@@ -679,6 +679,13 @@ async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
             .await
             .is_empty()
     );
+    // Retention keeps the records of the oldest upstream lease still live
+    // or awaiting revocation; an expired advisory lease pins nothing.
+    let pinning = |now_ms| LeaseQuery::OldestPinning { now_ms };
+    assert_eq!(lease_ids(&store, pinning(now)).await, ids(&["b2"]));
+    assert!(store.revoke_lease("b2", now).await.unwrap());
+    assert_eq!(lease_ids(&store, pinning(now)).await, ids(&["b3"]));
+    assert!(lease_ids(&store, pinning(10_000_000)).await.is_empty());
 }
 
 async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>) {

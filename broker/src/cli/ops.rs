@@ -538,13 +538,19 @@ async fn prune(target: &Target, cmd: &LogsCommand, out: &mut impl Write) -> Resu
     let base = state["base"]["seq"]
         .as_i64()
         .zip(state["base"]["hash"].as_str().map(str::to_owned));
-    let Some(through) = checkpoints
-        .iter()
-        .rfind(|c| c.time_ms < cutoff && c.seq > base.as_ref().map_or(0, |b| b.0))
-    else {
+    // Records a live upstream lease still needs are kept.
+    let needed_from = state["needed_from_seq"].as_i64().unwrap_or(i64::MAX);
+    let Some(through) = checkpoints.iter().rfind(|c| {
+        c.time_ms < cutoff && c.seq > base.as_ref().map_or(0, |b| b.0) && c.seq < needed_from
+    }) else {
         writeln!(
             out,
-            "nothing to prune: no checkpoint older than {before} beyond the current base"
+            "nothing to prune: no checkpoint older than {before} beyond the current base{}",
+            if needed_from < i64::MAX {
+                format!(" and before record {needed_from}, which a live upstream lease needs")
+            } else {
+                String::new()
+            }
         )
         .map_err(|e| e.to_string())?;
         return Ok(true);

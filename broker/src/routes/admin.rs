@@ -1397,6 +1397,8 @@ async fn checkpoints(
     Ok(axum::Json(json!({
         "base": base.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
         "checkpoints": broker.store.checkpoints().await?,
+        // Retention keeps this record and every later one (see `prune`).
+        "needed_from_seq": oldest_needed(&broker).await?.map(|(seq, _)| seq),
     })))
 }
 
@@ -1406,6 +1408,22 @@ struct PruneRequest {
     through_seq: i64,
     /// Where the caller exported the pruned records (recorded in the log).
     export: String,
+}
+
+/// The first record retention must keep, and the lease that needs it: a
+/// live upstream lease's intent and outcome (which names what to revoke
+/// upstream) stay until the lease ends.
+async fn oldest_needed(broker: &Broker) -> Result<Option<(i64, crate::store::Lease)>, ApiError> {
+    let Some(lease) = broker
+        .store
+        .leases(&LeaseQuery::OldestPinning { now_ms: now_ms() })
+        .await?
+        .pop()
+    else {
+        return Ok(None);
+    };
+    let records = broker.store.log_for_request(&lease.request_id).await?;
+    Ok(records.iter().map(|r| r.seq).min().map(|seq| (seq, lease)))
 }
 
 /// Retention: deletes records through a checkpointed record the caller has
@@ -1435,6 +1453,18 @@ async fn prune(
                 "prune only through a checkpointed record",
             )
         })?;
+    if let Some((seq, lease)) = oldest_needed(&broker).await?
+        && seq <= req.through_seq
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "records_still_needed",
+            format!(
+                "record {seq} belongs to lease {} ({}), still live or awaiting upstream revocation: prune through a checkpoint before it, or after the lease ends",
+                lease.id, lease.kind
+            ),
+        ));
+    }
     let deleted = broker.store.prune_through(req.through_seq).await?;
     admin_record(
         &broker,

@@ -122,6 +122,13 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
+    /// The oldest upstream lease whose log records are still needed: not
+    /// revoked, and live at `now_ms` or `effective` (its revocation reads
+    /// the upstream handle from its outcome record).
+    OldestPinning {
+        /// Now.
+        now_ms: i64,
+    },
 }
 
 /// The lease queries' indexes (see [`LeaseQuery`]), the same SQL for SQLite
@@ -230,6 +237,12 @@ impl LeaseQuery {
                 bind(SqlValue::Text(after_id.clone())),
                 bind(SqlValue::Int(*until_ms)),
                 bind(limit(n))
+            ),
+            LeaseQuery::OldestPinning { now_ms } => format!(
+                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL \
+                 AND (expires_at_ms > {} OR revocation = 'effective') \
+                 ORDER BY issued_at_ms, id LIMIT 1",
+                bind(SqlValue::Int(*now_ms))
             ),
         };
         (sql, values)
