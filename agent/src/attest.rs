@@ -4,7 +4,8 @@
 //! by comparing the process start time taken at connect (before the reads)
 //! with the pid's after them, and against identity lending by checking that
 //! the connecting process wrote every byte the connection carried
-//! (`SCM_CREDENTIALS`, see [`Writers`]).
+//! (`SCM_CREDENTIALS`, see [`Writers`]) and runs the executable it ran at
+//! accept.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -56,8 +57,8 @@ impl PartialEq for Writers {
 impl Eq for Writers {}
 
 /// The peer of a workload connection, as the kernel reported it at connect
-/// time, with the process start time read right then, and who has written
-/// on the connection since.
+/// time, with the process start time and executable read at accept, and who
+/// has written on the connection since.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// Process id.
@@ -68,19 +69,33 @@ pub struct Peer {
     pub gid: u32,
     /// Start time (clock ticks since boot, `/proc/PID/stat` field 22).
     pub start_time: u64,
+    /// The executable the process ran when its connection was accepted.
+    pub exe: FileVersion,
     /// Who wrote the connection's bytes.
     pub writers: Writers,
 }
 
 impl Peer {
-    /// The peer `pid` (uid, gid from `SO_PEERCRED`) with its start time
-    /// read now, at accept.
+    /// The peer `pid` (uid, gid from `SO_PEERCRED`) with its start time and
+    /// executable read now, at accept.
+    ///
+    /// The executable is pinned because a process's writes all carry its
+    /// pid, before an exec and after: one that writes requests and then
+    /// execs a trusted binary (a child or the next process holding the
+    /// socket reading the answers) would otherwise have them attested as
+    /// that binary. A process that exec'd since its connection was accepted
+    /// is refused and opens a new connection, where it is attested as its
+    /// new binary.
     pub fn at_accept(pid: i32, uid: u32, gid: u32, writers: Writers) -> Result<Self, AttestError> {
+        let start_time = stat(pid)?.start_time;
+        let link = format!("/proc/{pid}/exe");
+        let meta = std::fs::metadata(&link).map_err(|e| exe_error(pid, &link, e))?;
         Ok(Self {
             pid,
             uid,
             gid,
-            start_time: stat(pid)?.start_time,
+            start_time,
+            exe: FileVersion::of(&meta),
             writers,
         })
     }
@@ -107,6 +122,11 @@ pub enum AttestError {
     /// (it exec'd meanwhile): nothing read about it is trusted.
     #[error("process {0} changed its executable during attestation")]
     ExecutableChanged(i32),
+    /// The process runs another executable than when its connection was
+    /// accepted: it exec'd, and what it wrote before may be read as the new
+    /// binary's.
+    #[error("process {0} runs another executable than when it connected; open a new connection")]
+    ExecutedSinceConnect(i32),
     /// Bytes on the connection came from another process than the one that
     /// connected (it forked or passed the socket on).
     #[error(
@@ -299,9 +319,8 @@ impl Attestor {
     /// another start time then; one `/proc/PID/stat` read per request, as
     /// the kernel builds that file at some cost).
     ///
-    /// Exec: the executable hashed must still be the one the process runs
-    /// after the reads (a process that exec'd before the request is
-    /// attested as what it runs now, which is what wrote the request).
+    /// Exec: the executable hashed must be the one the process ran at
+    /// accept, and still be the one it runs after the reads.
     pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
         if let Some(writer) = peer.writers.foreign() {
             return Err(AttestError::ConnectionShared {
@@ -310,6 +329,9 @@ impl Attestor {
             });
         }
         let (mut path, mut sha, exe) = self.executable(peer.pid)?;
+        if exe != peer.exe {
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        }
         if sha == self.own_sha256 {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
@@ -326,7 +348,7 @@ impl Attestor {
         let link = format!("/proc/{}/exe", peer.pid);
         let now = std::fs::metadata(&link).map_err(|e| exe_error(peer.pid, &link, e))?;
         if FileVersion::of(&now) != exe {
-            return Err(AttestError::ExecutableChanged(peer.pid));
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
         let mut selectors = vec![
             format!("unix:uid:{}", peer.uid),
@@ -563,6 +585,18 @@ mod tests {
         let mut peer = me();
         peer.start_time += 1;
         assert_eq!(attestor.attest(&peer), Err(AttestError::PeerGone(peer.pid)));
+    }
+
+    #[test]
+    fn a_process_running_another_executable_than_at_accept_is_refused() {
+        let attestor = Attestor::new().unwrap();
+        let mut peer = me();
+        assert!(attestor.attest(&peer).is_ok());
+        peer.exe.ino += 1;
+        assert_eq!(
+            attestor.attest(&peer),
+            Err(AttestError::ExecutedSinceConnect(peer.pid))
+        );
     }
 
     #[test]

@@ -83,6 +83,8 @@ pub struct AgentError {
     status: StatusCode,
     body: ErrorBody,
     retry_after: Option<String>,
+    /// The connection is closed after this answer (it can never succeed).
+    close: bool,
 }
 
 impl AgentError {
@@ -92,6 +94,7 @@ impl AgentError {
             status,
             body: ErrorBody::new(code, message, Vec::new()),
             retry_after: None,
+            close: false,
         }
     }
 
@@ -110,17 +113,27 @@ impl IntoResponse for AgentError {
         {
             res.headers_mut().insert(header::RETRY_AFTER, v);
         }
+        if self.close {
+            res.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         res
     }
 }
 
 impl From<AttestError> for AgentError {
     fn from(e: AttestError) -> Self {
-        let code = match e {
-            AttestError::ConnectionShared { .. } => "connection_shared",
-            _ => "not_attested",
+        // A shared connection, or one whose process exec'd, never passes
+        // again: it is closed after the answer (pooled clients reconnect).
+        let (code, close) = match e {
+            AttestError::ConnectionShared { .. } => ("connection_shared", true),
+            AttestError::ExecutedSinceConnect(_) => ("executed_since_connect", true),
+            _ => ("not_attested", false),
         };
-        AgentError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        AgentError {
+            close,
+            ..AgentError::new(StatusCode::UNAUTHORIZED, code, e.to_string())
+        }
     }
 }
 
