@@ -1006,9 +1006,11 @@ async fn issue_upstream(
                         Upstream::Sts(..) => Err("STS sessions cannot be revoked one by one; attach the deny policy (`mintguard aws revoke-policy`)".to_owned()),
                     };
                     tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
+                    // Not `log_unavailable`: it was minted (and its approval,
+                    // if any, stays used).
                     return Err(ApiError::unavailable(
-                        "log_unavailable",
-                        "the issuance log cannot be written; nothing was issued",
+                        "outcome_unavailable",
+                        "the credential was minted but its outcome could not be logged; it was not returned, and was revoked upstream where the upstream allows",
                         e,
                     ));
                 }
@@ -1228,15 +1230,10 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
                     broker.store.revoke_lease(&lease.id, now_ms()).await?;
                     return Ok(true);
                 }
+                // Vault could not be searched now: no outcome, so the next
+                // run tries again.
                 Err(e) => {
-                    record(
-                        broker,
-                        outcome(
-                            "reconcile_operator_action",
-                            json!({"lease_id": lease.id, "error": e.to_string()}),
-                        ),
-                    )
-                    .await?;
+                    tracing::error!(lease = %lease.id, error = %e, "searching Vault for an unanswered token failed; retried at the next start");
                 }
             }
         }
@@ -1247,7 +1244,7 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
             };
             record(broker, outcome("reconcile_operator_action", json!({
                 "lease_id": lease.id, "vault_path": path, "intent_time_ms": lease.issued_at_ms,
-                "action": "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke` this lease",
+                "action": "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke LEASE --confirm-revoked-upstream`",
             }))).await?;
         }
     }
@@ -1396,31 +1393,37 @@ fn refusal(request_id: &str, d: &Decision, approval_id: Option<&str>) -> Respons
 
 /// A `suspend` decision: record the suspension and revoke the identity's
 /// live leases. An identity already suspended keeps its suspension record
-/// (who suspended it and why); its leases are revoked again all the same, as
-/// an earlier revocation may have left some live.
+/// (who suspended it and why) and nothing is revoked again: every request
+/// of a suspended identity is decided `suspend`, and must stay cheap. A
+/// lease that cannot be revoked is logged (the refusal stands; expiry and
+/// `mintguard revoke` retry it).
 async fn suspend_identity(
     broker: &Broker,
     identity: &str,
     request_id: &str,
     decision: &Decision,
 ) -> Result<(), ApiError> {
-    if broker.store.suspension(identity).await?.is_none() {
-        broker
-            .store
-            .suspend(&SuspensionRecord {
-                subject: identity.to_owned(),
-                reason: decision
-                    .reasons
-                    .iter()
-                    .map(|r| r.code())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                by: format!("decision:{request_id}"),
-                at_ms: now_ms(),
-            })
-            .await?;
+    if broker.store.suspension(identity).await?.is_some() {
+        return Ok(());
     }
-    revoke_all(broker, identity, request_id, "suspension").await
+    broker
+        .store
+        .suspend(&SuspensionRecord {
+            subject: identity.to_owned(),
+            reason: decision
+                .reasons
+                .iter()
+                .map(|r| r.code())
+                .collect::<Vec<_>>()
+                .join(","),
+            by: format!("decision:{request_id}"),
+            at_ms: now_ms(),
+        })
+        .await?;
+    if let Err(e) = revoke_all(broker, identity, request_id, "suspension").await {
+        tracing::error!(%identity, error = %e.message, "suspended, but leases were left live");
+    }
+    Ok(())
 }
 
 /// Leases [`revoke_all`] reads at once.
@@ -1514,6 +1517,11 @@ pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
         })
 }
 
+/// The `why` of a revocation an operator confirms was done upstream by hand
+/// (followed by the operator's name): the broker closes the lease without
+/// calling Vault.
+pub const CONFIRMED_UPSTREAM: &str = "confirmed_upstream_by_operator:";
+
 /// Revokes one lease and logs it.
 pub async fn revoke_lease(
     broker: &Broker,
@@ -1541,7 +1549,8 @@ pub async fn revoke_lease(
     // Effective revocation first: revoked upstream and confirmed by a
     // lookup, or the lease stays live and the caller hears why.
     let mut confirmed = false;
-    if lease.revocation == "effective" && lease.revoked_at_ms.is_none() {
+    let by_operator = why.strip_prefix(CONFIRMED_UPSTREAM);
+    if lease.revocation == "effective" && lease.revoked_at_ms.is_none() && by_operator.is_none() {
         let vault = broker.vault.as_ref().ok_or_else(|| {
             ApiError::unavailable(
                 "upstream_unavailable",
@@ -1578,7 +1587,8 @@ pub async fn revoke_lease(
             lease,
             RecordKind::Revocation,
             "revoked",
-            json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation, "confirmed_upstream": confirmed}),
+            json!({"lease_id": lease.id, "why": why, "revocation": lease.revocation, "confirmed_upstream": confirmed,
+                   "confirmed_by_operator": by_operator}),
         );
         entry.request_id = request_id.to_owned();
         record(broker, entry).await?;

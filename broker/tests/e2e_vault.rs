@@ -550,9 +550,9 @@ async fn a_suspension_during_an_upstream_mint_holds_the_credential_back() {
 }
 
 /// A TCP proxy in front of Vault that forwards everything, except that the
-/// first answer to a token creation is dropped with its connection: Vault
-/// minted the token, the broker never hears so.
-async fn answer_dropping_proxy(upstream: &str) -> String {
+/// first answer to a request naming `needle` is dropped with its
+/// connection: Vault minted the credential, the broker never hears so.
+async fn answer_dropping_proxy(upstream: &str, needle: &'static str) -> String {
     use std::sync::atomic::{AtomicBool, Ordering};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let upstream = upstream.trim_start_matches("http://").to_owned();
@@ -581,7 +581,7 @@ async fn answer_dropping_proxy(upstream: &str) -> String {
                 let mut buf = vec![0u8; 16 * 1024];
                 while let Ok(n) = server_read.read(&mut buf).await {
                     let request = std::mem::take(&mut *asked.lock().unwrap());
-                    let creation = String::from_utf8_lossy(&request).contains("create-orphan");
+                    let creation = String::from_utf8_lossy(&request).contains(needle);
                     if n == 0 || (creation && armed.swap(false, Ordering::SeqCst)) {
                         break; // drops the client's side: no answer
                     }
@@ -602,7 +602,7 @@ async fn answer_dropping_proxy(upstream: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_mint_answer_is_reconciled_not_refunded() {
     let (addr, root) = vault();
-    let proxy = answer_dropping_proxy(&addr).await;
+    let proxy = answer_dropping_proxy(&addr, "create-orphan").await;
     let broker = start(&proxy, &root);
     let node = enrolled_node(&broker, "node-1").await;
     let reply = issue(
@@ -784,6 +784,59 @@ async fn retention_keeps_the_records_live_upstream_leases_need() {
     );
     let (status, _) = bao(&addr, &issued[1].1, "GET", "auth/token/lookup-self", None).await;
     assert_eq!(status, 403, "the token outlived its revocation");
+    broker.assert_log_verifies();
+}
+
+/// A dynamic secret whose answer was lost cannot be searched for in Vault:
+/// reconciliation asks an operator, the lease stays live (and cannot be
+/// revoked by the broker) until the operator confirms revoking it by hand.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_secret_waits_for_the_operator_to_confirm_its_revocation() {
+    let (addr, root) = vault();
+    let path =
+        mintguard_tests::database_engine(&addr, &root, &format!("dbl{}", std::process::id())).await;
+    let proxy = answer_dropping_proxy(&addr, "/creds/").await;
+    let broker = start_with(&proxy, &root, &path);
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-db", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "upstream_outcome_unknown");
+    let action = wait_for_outcome(&broker, "reconcile_operator_action").await;
+    let lease = action["body"]["lease_id"].as_str().unwrap().to_owned();
+    assert!(
+        action["body"]["action"]
+            .as_str()
+            .unwrap()
+            .contains("--confirm-revoked-upstream")
+    );
+    let live = |broker: &BrokerProcess| {
+        broker
+            .live_leases()
+            .iter()
+            .any(|l| l["id"] == lease.as_str())
+    };
+    assert!(live(&broker));
+    // The broker has no handle to revoke it with.
+    let out = broker.cli(&["revoke", &lease]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("upstream_reference_missing"));
+    // The operator revoked it in Vault and says so.
+    let out = broker.cli(&["revoke", &lease, "--confirm-revoked-upstream"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!live(&broker));
+    let out = broker.cli(&["logs", "--json", "--outcome", "revoked"]);
+    let revocation: Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(revocation["body"]["confirmed_by_operator"], "alice");
     broker.assert_log_verifies();
 }
 

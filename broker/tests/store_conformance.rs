@@ -651,11 +651,19 @@ async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
     );
 
     // Expired effective leases not yet revoked, oldest first.
-    let expired = LeaseQuery::ExpiredUnrevoked {
+    let expired_after = |after: (i64, &str)| LeaseQuery::ExpiredUnrevoked {
         now_ms: now,
+        after: (after.0, after.1.to_owned()),
         limit: 100,
     };
+    let expired = expired_after((i64::MIN, ""));
     assert_eq!(lease_ids(&store, expired.clone()).await, ids(&["b1"]));
+    assert!(
+        lease_ids(&store, expired_after((900, "b1")))
+            .await
+            .is_empty(),
+        "past the cursor"
+    );
     assert!(store.revoke_lease("b1", now).await.unwrap());
     assert!(lease_ids(&store, expired).await.is_empty());
 
@@ -681,7 +689,7 @@ async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
     );
     // Retention keeps the records of the oldest upstream lease still live
     // or awaiting revocation; an expired advisory lease pins nothing.
-    let pinning = |now_ms| LeaseQuery::OldestPinning { now_ms };
+    let pinning = |now_ms| LeaseQuery::OldestPinning { now_ms, limit: 1 };
     assert_eq!(lease_ids(&store, pinning(now)).await, ids(&["b2"]));
     assert!(store.revoke_lease("b2", now).await.unwrap());
     assert_eq!(lease_ids(&store, pinning(now)).await, ids(&["b3"]));

@@ -126,6 +126,10 @@ enum Command {
         /// is attached to the role.
         #[arg(long)]
         confirm_attached: bool,
+        /// For a Vault lease the broker cannot revoke itself (reconciliation
+        /// asked for operator action): you revoked it in Vault.
+        #[arg(long)]
+        confirm_revoked_upstream: bool,
     },
     /// AWS helpers.
     Aws {
@@ -420,11 +424,12 @@ async fn run(args: Cli) -> Result<bool, String> {
         Command::Revoke {
             lease,
             confirm_attached,
+            confirm_revoked_upstream,
         } => ops::simple(
             &client,
             "POST",
             &format!(
-                "/admin/v1/leases/{}/revoke?confirm_attached={confirm_attached}",
+                "/admin/v1/leases/{}/revoke?confirm_attached={confirm_attached}&confirm_revoked_upstream={confirm_revoked_upstream}",
                 urlencode(lease)
             ),
             None,

@@ -69,9 +69,17 @@ struct KeyState {
     attempted: Option<Instant>,
 }
 
+/// The floor between attempts while no key was ever fetched (a broker
+/// started while its issuer was down must not wait out a long interval).
+const FIRST_FETCH_RETRY: Duration = Duration::from_secs(5);
+
 impl KeyState {
     fn may_attempt(&self, min_interval: Duration) -> bool {
-        self.attempted.is_none_or(|t| t.elapsed() >= min_interval)
+        let floor = match self.fetched {
+            None => min_interval.min(FIRST_FETCH_RETRY),
+            Some(_) => min_interval,
+        };
+        self.attempted.is_none_or(|t| t.elapsed() >= floor)
     }
 }
 

@@ -277,48 +277,63 @@ impl VaultClient {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(Bytes::from(payload)))
             .map_err(|e| fail(e.to_string()))?;
-        let exchange = async {
-            // A kept-alive connection if one is idle, else a new one. A
-            // request the kept-alive one never wrote (the server had closed
-            // it) is sent once more on a fresh one; one that may have been
-            // written never is (a second token would be minted).
-            let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
-            let (mut sender, reused) = match pooled {
-                Some(s) if !s.is_closed() => (s, true),
-                _ => (self.connect(&host, port).await.map_err(&fail)?, false),
-            };
-            let answer = match crate::outbound::exchange(&mut sender, request, 1024 * 1024).await {
-                Ok(a) => a,
-                Err(crate::outbound::ExchangeError {
-                    unsent: Some(request),
-                    ..
-                }) if reused => {
-                    sender = self.connect(&host, port).await.map_err(&fail)?;
-                    crate::outbound::exchange(&mut sender, request, 1024 * 1024)
-                        .await
-                        .map_err(unknown)?
-                }
-                Err(e) => return Err(unknown(e)),
-            };
-            if let Ok(mut idle) = self.idle.lock()
-                && idle.len() < MAX_IDLE
-            {
-                idle.push(sender);
-            }
-            let (status, bytes) = answer;
-            let value = if bytes.is_empty() {
-                Value::Null
-            } else {
-                serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-            };
-            Ok((status, value))
+        // One deadline for the call. Until the request is written (the
+        // connection, the TLS handshake) a failure is a plain one; after,
+        // Vault may have carried it out.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let connect = || async {
+            tokio::time::timeout_at(deadline, self.connect(&host, port))
+                .await
+                .map_err(|_| fail(format!("no connection within {:?}", self.timeout)))?
+                .map_err(&fail)
         };
-        tokio::time::timeout(self.timeout, exchange)
-            .await
-            .map_err(|_| VaultError {
-                ambiguous: true,
-                ..fail(format!("no answer within {:?}", self.timeout))
-            })?
+        let no_answer = || VaultError {
+            ambiguous: true,
+            ..fail(format!("no answer within {:?}", self.timeout))
+        };
+        // A kept-alive connection if one is idle, else a new one. A request
+        // the kept-alive one never wrote (the server had closed it) is sent
+        // once more on a fresh one; one that may have been written never is
+        // (a second token would be minted).
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let (mut sender, reused) = match pooled {
+            Some(s) if !s.is_closed() => (s, true),
+            _ => (connect().await?, false),
+        };
+        let first = tokio::time::timeout_at(
+            deadline,
+            crate::outbound::exchange(&mut sender, request, 1024 * 1024),
+        )
+        .await
+        .map_err(|_| no_answer())?;
+        let (status, bytes) = match first {
+            Ok(a) => a,
+            Err(crate::outbound::ExchangeError {
+                unsent: Some(request),
+                ..
+            }) if reused => {
+                sender = connect().await?;
+                tokio::time::timeout_at(
+                    deadline,
+                    crate::outbound::exchange(&mut sender, request, 1024 * 1024),
+                )
+                .await
+                .map_err(|_| no_answer())?
+                .map_err(unknown)?
+            }
+            Err(e) => return Err(unknown(e)),
+        };
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(sender);
+        }
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, value))
     }
 
     async fn ok(

@@ -609,6 +609,11 @@ struct RevokeParams {
     /// For an advisory (STS) lease: the operator attached the deny policy.
     #[serde(default)]
     confirm_attached: bool,
+    /// For a Vault lease the broker cannot revoke itself (its outcome names
+    /// no upstream handle: an operator-action reconciliation): the operator
+    /// revoked it in Vault.
+    #[serde(default)]
+    confirm_revoked_upstream: bool,
 }
 
 async fn revoke(
@@ -631,6 +636,14 @@ async fn revoke(
             ));
         }
         "confirmed_attached".to_owned()
+    } else if p.confirm_revoked_upstream {
+        if lease.revocation != "effective" {
+            return Err(ApiError::bad_request(
+                "not_effective",
+                "--confirm-revoked-upstream is for Vault (effective) leases",
+            ));
+        }
+        format!("{}{}", pipeline::CONFIRMED_UPSTREAM, op.name)
     } else {
         format!("operator:{}", op.name)
     };
@@ -968,30 +981,45 @@ async fn close_review(
             "the operator who opened a break-glass request cannot close its review",
         ));
     }
-    // Closed once: the request moves from used to reviewed by compare-and-set.
-    let reviewed = crate::store::Approval {
-        state: "reviewed".into(),
-        ..request.clone()
-    };
-    if request.state != "used" || !broker.store.update_approval(&reviewed).await? {
-        return Err(ApiError::new(
+    // Closed once: the request moves from used to reviewed by compare-and-set,
+    // then the closing record is written. A close whose record could not be
+    // written (reviewed, and no record) is completed by closing again.
+    let already = || {
+        ApiError::new(
             StatusCode::CONFLICT,
             "review_closed",
             "this review is already closed",
-        ));
+        )
+    };
+    if request.state == "used" {
+        let reviewed = crate::store::Approval {
+            state: "reviewed".into(),
+            ..request.clone()
+        };
+        if !broker.store.update_approval(&reviewed).await? {
+            return Err(already());
+        }
+    } else if review_closed_in_log(&broker, &id).await? {
+        return Err(already());
     }
     let body = json!({"review": id, "notes": req.notes});
-    if let Err(e) = admin_record(&broker, &op, "review_closed", None, body.clone()).await {
-        // Not logged, so not closed: open again (best effort).
-        let reopened = crate::store::Approval {
-            version: reviewed.version + 1,
-            state: "used".into(),
-            ..reviewed
-        };
-        let _ = broker.store.update_approval(&reopened).await;
-        return Err(e);
-    }
+    admin_record(&broker, &op, "review_closed", None, body.clone()).await?;
     Ok(axum::Json(body))
+}
+
+/// Whether the log holds the record closing review `id`.
+async fn review_closed_in_log(broker: &Broker, id: &str) -> Result<bool, ApiError> {
+    let closures = broker
+        .store
+        .log(&LogQuery {
+            outcome: Some("review_closed".into()),
+            limit: MAX_PAGE,
+            ..Default::default()
+        })
+        .await?;
+    Ok(closures
+        .iter()
+        .any(|r| r.entry.body["details"]["review"] == id))
 }
 
 #[derive(Deserialize)]
@@ -1412,18 +1440,28 @@ struct PruneRequest {
 
 /// The first record retention must keep, and the lease that needs it: a
 /// live upstream lease's intent and outcome (which names what to revoke
-/// upstream) stay until the lease ends.
+/// upstream) stay until the lease ends. The oldest such leases by issue
+/// time are looked at (a lease decided later may have been logged first);
+/// one whose records are already gone (pruned by an older broker) protects
+/// nothing and is passed over.
 async fn oldest_needed(broker: &Broker) -> Result<Option<(i64, crate::store::Lease)>, ApiError> {
-    let Some(lease) = broker
+    let pinning = broker
         .store
-        .leases(&LeaseQuery::OldestPinning { now_ms: now_ms() })
-        .await?
-        .pop()
-    else {
-        return Ok(None);
-    };
-    let records = broker.store.log_for_request(&lease.request_id).await?;
-    Ok(records.iter().map(|r| r.seq).min().map(|seq| (seq, lease)))
+        .leases(&LeaseQuery::OldestPinning {
+            now_ms: now_ms(),
+            limit: 64,
+        })
+        .await?;
+    let mut oldest: Option<(i64, crate::store::Lease)> = None;
+    for lease in pinning {
+        let records = broker.store.log_for_request(&lease.request_id).await?;
+        if let Some(seq) = records.iter().map(|r| r.seq).min()
+            && oldest.as_ref().is_none_or(|(o, _)| seq < *o)
+        {
+            oldest = Some((seq, lease));
+        }
+    }
+    Ok(oldest)
 }
 
 /// Retention: deletes records through a checkpointed record the caller has

@@ -263,7 +263,7 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
 /// the broker's expiry, every `effective` lease whose
 /// upstream credential could outlive it (Vault's TTL may be longer than the
 /// decision's); a failure is retried at the next pass.
-/// Expired upstream leases revoked in one pass at most.
+/// Expired upstream leases read at once.
 const EXPIRY_PAGE: usize = 1000;
 
 async fn revoke_expired_upstream(broker: Arc<Broker>) {
@@ -275,31 +275,42 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
         tick.tick().await;
         // Intents without an outcome older than `reconcile_after` are
         // settled (a broker — this one or a replica — died mid-mint).
-        let after = broker.reconcile_after_ms();
-        match crate::pipeline::reconcile_upstream(&broker, after, &mut reconciled).await {
+        let min_age = broker.reconcile_after_ms();
+        match crate::pipeline::reconcile_upstream(&broker, min_age, &mut reconciled).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
             Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
         }
-        // At most EXPIRY_PAGE a pass; failures stay first in line and are
-        // retried at the next.
-        let query = LeaseQuery::ExpiredUnrevoked {
-            now_ms: crate::state::now_ms(),
-            limit: EXPIRY_PAGE,
-        };
-        let leases = match broker.store.leases(&query).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(%e, "listing leases for expiry failed");
-                continue;
+        // Every expired lease, a page at a time; one that fails is retried
+        // at the next pass and never holds the others up.
+        let now = crate::state::now_ms();
+        let mut after = (i64::MIN, String::new());
+        loop {
+            let query = LeaseQuery::ExpiredUnrevoked {
+                now_ms: now,
+                after: after.clone(),
+                limit: EXPIRY_PAGE,
+            };
+            let leases = match broker.store.leases(&query).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(%e, "listing leases for expiry failed");
+                    break;
+                }
+            };
+            for lease in &leases {
+                let request_id = crate::pipeline::random_id("req");
+                if let Err(e) =
+                    crate::pipeline::revoke_lease(&broker, lease, &request_id, "expired").await
+                {
+                    tracing::warn!(lease = %lease.id, error = %e.message, "revoking an expired lease upstream failed; retrying");
+                }
             }
-        };
-        for lease in &leases {
-            let request_id = crate::pipeline::random_id("req");
-            if let Err(e) =
-                crate::pipeline::revoke_lease(&broker, lease, &request_id, "expired").await
-            {
-                tracing::warn!(lease = %lease.id, error = %e.message, "revoking an expired lease upstream failed; retrying");
+            match leases.last() {
+                Some(last) if leases.len() == EXPIRY_PAGE => {
+                    after = (last.expires_at_ms, last.id.clone());
+                }
+                _ => break,
             }
         }
     }

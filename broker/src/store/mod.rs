@@ -105,10 +105,13 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
-    /// `effective` leases expired by `now_ms` and not revoked, oldest first.
+    /// `effective` leases expired by `now_ms` and not revoked, after an
+    /// `(expires_at_ms, id)` cursor, oldest first.
     ExpiredUnrevoked {
         /// Expired by this time.
         now_ms: i64,
+        /// The last lease already seen: expiry and id.
+        after: (i64, String),
         /// At most this many.
         limit: usize,
     },
@@ -122,12 +125,14 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
-    /// The oldest upstream lease whose log records are still needed: not
+    /// The oldest upstream leases whose log records are still needed: not
     /// revoked, and live at `now_ms` or `effective` (its revocation reads
     /// the upstream handle from its outcome record).
     OldestPinning {
         /// Now.
         now_ms: i64,
+        /// At most this many.
+        limit: usize,
     },
 }
 
@@ -220,10 +225,16 @@ impl LeaseQuery {
                 }
                 sql + &format!(" ORDER BY id LIMIT {}", bind(limit(n)))
             }
-            LeaseQuery::ExpiredUnrevoked { now_ms, limit: n } => format!(
+            LeaseQuery::ExpiredUnrevoked {
+                now_ms,
+                after: (after_ms, after_id),
+                limit: n,
+            } => format!(
                 "WHERE revocation = 'effective' AND revoked_at_ms IS NULL AND expires_at_ms <= {} \
-                 ORDER BY expires_at_ms LIMIT {}",
+                 AND (expires_at_ms, id) > ({}, {}) ORDER BY expires_at_ms, id LIMIT {}",
                 bind(SqlValue::Int(*now_ms)),
+                bind(SqlValue::Int(*after_ms)),
+                bind(SqlValue::Text(after_id.clone())),
                 bind(limit(n))
             ),
             LeaseQuery::UpstreamIssued {
@@ -238,11 +249,12 @@ impl LeaseQuery {
                 bind(SqlValue::Int(*until_ms)),
                 bind(limit(n))
             ),
-            LeaseQuery::OldestPinning { now_ms } => format!(
+            LeaseQuery::OldestPinning { now_ms, limit: n } => format!(
                 "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL \
                  AND (expires_at_ms > {} OR revocation = 'effective') \
-                 ORDER BY issued_at_ms, id LIMIT 1",
-                bind(SqlValue::Int(*now_ms))
+                 ORDER BY issued_at_ms, id LIMIT {}",
+                bind(SqlValue::Int(*now_ms)),
+                bind(limit(n))
             ),
         };
         (sql, values)
