@@ -212,6 +212,8 @@ fn real_uid(pid: i32) -> Result<u32, AttestError> {
 /// Attests workloads; caches executable hashes by device, inode, size and mtime.
 pub struct Attestor {
     own_sha256: String,
+    /// The agent's mount namespace (device, inode of `/proc/self/ns/mnt`).
+    own_mounts: Option<(u64, u64)>,
     hashes: Mutex<HashMap<FileVersion, String>>,
     users: Mutex<Option<(FileVersion, HashMap<u32, String>)>>,
 }
@@ -225,6 +227,7 @@ impl Attestor {
     pub fn new() -> Result<Self, AttestError> {
         let me = Self {
             own_sha256: String::new(),
+            own_mounts: mount_namespace("self"),
             hashes: Mutex::new(HashMap::new()),
             users: Mutex::new(None),
         };
@@ -332,12 +335,17 @@ impl Attestor {
         if exe != peer.exe {
             return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
+        // A path means what it says only in the agent's mount namespace: in
+        // another (a container) it names a file of that filesystem, which
+        // the host's file of the same name is not.
+        let mut path_visible = self.same_mounts(peer.pid);
         if sha == self.own_sha256 {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
                 return Err(AttestError::PeerGone(peer.pid));
             }
             (path, sha) = self.helper_parent(peer, &helper)?;
+            path_visible &= self.same_mounts(helper.ppid);
         }
         let cgroups = cgroup_selectors(peer.pid);
         // The pid still names the process that connected, running the same
@@ -357,14 +365,20 @@ impl Attestor {
         if let Some(name) = self.user_name(peer.uid) {
             selectors.push(format!("unix:user:{name}"));
         }
-        let path = path.to_string_lossy();
-        selectors.push(format!(
-            "unix:path:{}",
-            path.strip_suffix(" (deleted)").unwrap_or(&path)
-        ));
+        if path_visible {
+            let path = path.to_string_lossy();
+            selectors.push(format!(
+                "unix:path:{}",
+                path.strip_suffix(" (deleted)").unwrap_or(&path)
+            ));
+        }
         selectors.push(format!("unix:sha256:{sha}"));
         selectors.extend(cgroups);
         Ok(selectors)
+    }
+
+    fn same_mounts(&self, pid: i32) -> bool {
+        self.own_mounts.is_some() && mount_namespace(&pid.to_string()) == self.own_mounts
     }
 
     fn helper_parent(&self, peer: &Peer, helper: &Stat) -> Result<(PathBuf, String), AttestError> {
@@ -426,6 +440,12 @@ impl FileVersion {
             ctime_nsec: meta.ctime_nsec(),
         }
     }
+}
+
+/// The mount namespace of `/proc/<pid>` (`self` for the agent).
+fn mount_namespace(pid: &str) -> Option<(u64, u64)> {
+    let meta = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
+    Some((meta.dev(), meta.ino()))
 }
 
 /// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`

@@ -446,10 +446,36 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
         "{reasons}"
     );
 
+    // In another mount namespace (as in a container) the executable's path
+    // names a file of that filesystem: no unix:path selector.
+    let socket = node.socket();
+    let out = Command::new("unshare")
+        .args(["--mount", "--"])
+        .arg(&modified)
+        .arg(node.root().join("workload.py"))
+        .args(["request", socket.to_str().unwrap(), "payments-token"])
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(!line.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (status, answer) = parse_line(&line);
+    assert_eq!(status, 401, "{answer}");
+    let reasons = answer["error"]["reasons"].to_string();
+    assert!(
+        reasons.contains(&format!("unix:sha256:{modified_sha}")),
+        "{reasons}"
+    );
+    assert!(!reasons.contains("unix:path:"), "{reasons}");
+    assert!(
+        node.request(None, modified.to_str().unwrap()).1["error"]["reasons"]
+            .to_string()
+            .contains("unix:path:"),
+        "in the agent's own mount namespace the path is given"
+    );
+
     // Exec on a kept-alive connection: refused (what the process wrote
     // before its exec would otherwise pass as the new binary's), and the
     // connection closed; a new connection is attested as the new binary.
-    let socket = node.socket();
     let lines = node.workload(
         None,
         &py,
