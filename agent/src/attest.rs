@@ -198,6 +198,19 @@ fn proc_error(path: &str, reason: impl ToString) -> AttestError {
     }
 }
 
+/// The pid of `pid` in its own (innermost) pid namespace: the last field
+/// of `/proc/PID/status`'s `NSpid:` line (the pid itself without one).
+fn innermost_pid(pid: i32) -> Result<i32, AttestError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(|_| AttestError::PeerGone(pid))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(pid))
+}
+
 /// The real uid of `pid` (`/proc/PID/status`, `Uid:` first field).
 fn real_uid(pid: i32) -> Result<u32, AttestError> {
     let path = format!("/proc/{pid}/status");
@@ -387,6 +400,12 @@ impl Attestor {
             return Err(AttestError::Helper(
                 "its parent is PID 1 (the helper was orphaned)".into(),
             ));
+        }
+        // A container's init is PID 1 only in its own pid namespace.
+        if innermost_pid(ppid)? == 1 {
+            return Err(AttestError::Helper(format!(
+                "its parent {ppid} is PID 1 of its pid namespace (the helper was orphaned)"
+            )));
         }
         let parent = stat(ppid)?;
         if parent.session != helper.session {

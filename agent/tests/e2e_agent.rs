@@ -566,6 +566,25 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
     });
     let text = std::fs::read_to_string(&err).unwrap();
     assert!(text.contains("credential helper refused"), "{text}");
+
+    // The same in a pid namespace (as in a container): reparented to the
+    // namespace's init, which is PID 1 only there.
+    let err = node.root().join("orphan-in-namespace.err");
+    let inner = format!("(sleep 0.5; exec {helper} 2>{}) & exit 0", err.display());
+    let script = format!("/bin/sh -c '{inner}'; sleep 5; true");
+    let mut init = Command::new("unshare")
+        .args(["--pid", "--fork", "--", "/bin/sh", "-c", &script])
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the helper orphaned in a namespace",
+        Duration::from_secs(30),
+        || std::fs::read_to_string(&err).is_ok_and(|t| !t.is_empty()),
+    );
+    let text = std::fs::read_to_string(&err).unwrap();
+    assert!(text.contains("PID 1 of its pid namespace"), "{text}");
+    let _ = init.kill();
+    let _ = init.wait();
 }
 
 #[test]
