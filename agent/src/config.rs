@@ -114,6 +114,9 @@ pub struct WorkloadsConfig {
     /// Most concurrent workload connections; more wait in the kernel backlog.
     /// Default 2048.
     pub max_connections: usize,
+    /// Most concurrent connections of one uid; more are closed at once, so
+    /// one user cannot take every slot from the others. Default 256.
+    pub max_connections_per_uid: usize,
 }
 
 impl Default for WorkloadsConfig {
@@ -122,6 +125,7 @@ impl Default for WorkloadsConfig {
             entries_refresh: Dur(Duration::from_secs(30)),
             bind_poll_interval: Dur(Duration::from_millis(500)),
             max_connections: 2048,
+            max_connections_per_uid: 256,
         }
     }
 }
@@ -224,6 +228,14 @@ impl Config {
         if raw.workloads.max_connections == 0 || raw.workloads.max_connections > 65_536 {
             return Err(err("workloads.max_connections", "1..=65536".into()));
         }
+        if raw.workloads.max_connections_per_uid == 0
+            || raw.workloads.max_connections_per_uid > raw.workloads.max_connections
+        {
+            return Err(err(
+                "workloads.max_connections_per_uid",
+                "1..=max_connections".into(),
+            ));
+        }
         if raw.workloads.bind_poll_interval.0 < Duration::from_millis(10) {
             return Err(err("workloads.bind_poll_interval", "at least 10ms".into()));
         }
@@ -289,6 +301,7 @@ mode = "0660"
         assert!(c.data_dir.is_absolute());
         assert_eq!(c.retries, 2);
         assert_eq!(c.workloads.max_connections, 2048);
+        assert_eq!(c.workloads.max_connections_per_uid, 256);
     }
 
     #[test]

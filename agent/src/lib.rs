@@ -106,6 +106,12 @@ pub async fn run(config: config::Config) -> Result<(), String> {
         node = %node.svid().spiffe_id(),
         "serving workloads"
     );
-    workload::serve(socket, router, config.workloads.max_connections).await;
+    workload::serve(
+        socket,
+        router,
+        config.workloads.max_connections,
+        config.workloads.max_connections_per_uid,
+    )
+    .await;
     Ok(())
 }

@@ -498,10 +498,47 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, 
     Ok(listener)
 }
 
+/// One uid's share of the connections, given back when the connection ends.
+struct UidSlot {
+    counts: Arc<Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl UidSlot {
+    /// A slot for `uid` if it holds fewer than `max` connections.
+    fn take(counts: &Arc<Mutex<HashMap<u32, usize>>>, uid: u32, max: usize) -> Option<Self> {
+        let mut held = counts.lock().ok()?;
+        let n = held.entry(uid).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            counts: counts.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.counts.lock()
+            && let Some(n) = held.get_mut(&self.uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.uid);
+            }
+        }
+    }
+}
+
 /// Serves the Workload API on `listener`, at most `max_connections` at once
-/// (further clients wait in the kernel's backlog).
-pub async fn serve(listener: UnixListener, router: Router, max_connections: usize) {
+/// (further clients wait in the kernel's backlog) and `per_uid` of one uid
+/// (further ones are closed at once).
+pub async fn serve(listener: UnixListener, router: Router, max_connections: usize, per_uid: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let by_uid = Arc::new(Mutex::new(HashMap::new()));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             return;
@@ -522,9 +559,16 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
             .peer_cred()
             .ok()
             .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone()).ok());
+        // No credentials: one shared bucket (such a peer is refused anyway).
+        let uid = peer.as_ref().map_or(u32::MAX, |p| p.uid);
+        let Some(uid_slot) = UidSlot::take(&by_uid, uid, per_uid) else {
+            tracing::debug!(uid, "connection closed: the uid holds its share");
+            continue;
+        };
         let router = router.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _uid_slot = uid_slot;
             let connecting = peer.as_ref().map_or(0, |p| p.pid);
             let stream = crate::stamped::StampedStream::new(stream, connecting, writers);
             let service =

@@ -705,9 +705,21 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
     );
     let socket = node.socket();
 
-    let idle: Vec<UnixStream> = (0..1000)
-        .map(|_| UnixStream::connect(&socket).unwrap())
-        .collect();
+    // 1,000 connections of another user at once: it keeps its share (256
+    // by default), the rest are closed at once and take no slot.
+    let mut flood = Command::new("runuser")
+        .args(["-u", &test_user(), "--", &py])
+        .arg(node.root().join("workload.py"))
+        .args(["flood", socket.to_str().unwrap(), "1000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut counts = String::new();
+    BufReader::new(flood.stdout.take().unwrap())
+        .read_line(&mut counts)
+        .unwrap();
+    assert_eq!(counts.trim(), "256 744", "served and closed");
     let mut slow = UnixStream::connect(&socket).unwrap();
     slow.write_all(b"POST /v1/credentials HTTP/1.1\r\nHost: a\r\nX-Slow: ")
         .unwrap();
@@ -768,7 +780,8 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // With 1,000 idle connections and a slowloris open, a workload is served.
+    // With another user's connections held and a slowloris open, a workload
+    // is served.
     let (status, answer) = node.request(None, &py);
     assert_eq!(status, 200, "{answer}");
     let health = raw(
@@ -820,7 +833,8 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
     }
     let answer = String::from_utf8_lossy(&answer);
     assert_eq!(status_of(&answer), 408, "{answer:?}");
-    drop(idle);
+    drop(flood.stdin.take());
+    flood.wait().unwrap();
     drop(slow);
 }
 

@@ -13,6 +13,9 @@ Unix socket with nothing but the standard library.
   workload.py cctoken SOCKET GRANT             a container-credentials token,
                                                print, then wait for stdin EOF
   workload.py delete SOCKET LEASE              DELETE /v1/credentials/LEASE
+  workload.py flood SOCKET N                   N connections, a health check on
+                                               each; prints SERVED CLOSED, then
+                                               holds them until stdin EOF
 """
 import json
 import os
@@ -102,5 +105,16 @@ elif mode == "lend":
         os._exit(0)
     other = sys.argv[4]
     os.execv(other, [other, "-c", "import time; time.sleep(60)"])
+elif mode == "flood":
+    socks = [connect(sys.argv[2]) for _ in range(int(sys.argv[3]))]
+    served = 0
+    for s in socks:
+        try:
+            s.sendall(b"GET /v1/health HTTP/1.1\r\nHost: a\r\n\r\n")
+            served += s.recv(65536).startswith(b"HTTP/1.1 200")
+        except OSError:
+            pass
+    print(served, len(socks) - served, flush=True)
+    sys.stdin.read()
 elif mode == "reuse":
     call(socket.socket(fileno=int(sys.argv[2])), sys.argv[3])
