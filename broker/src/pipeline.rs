@@ -581,9 +581,7 @@ pub async fn decide_and_issue(
                 refuse_if_suspended: Vec::new(),
             })
             .await
-            .map_err(|e| {
-                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-            })?;
+            .map_err(log_unavailable)?;
         return Err(ApiError::forbidden(
             "audit_mode",
             format!(
@@ -623,9 +621,7 @@ pub async fn decide_and_issue(
                 refuse_if_suspended: Vec::new(),
             })
             .await
-            .map_err(|e| {
-                ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-            })?;
+            .map_err(log_unavailable)?;
         if decision.outcome == Outcome::Suspend {
             suspend_identity(broker, &identity, &request_id, &decision).await?;
         }
@@ -733,13 +729,7 @@ pub async fn decide_and_issue(
                 refuse_if_suspended: vec![identity.clone(), node.to_owned()],
             })
             .await
-            .map_err(|e| {
-                ApiError::unavailable(
-                    "log_unavailable",
-                    "the issuance log cannot be written; nothing was issued",
-                    e,
-                )
-            })?;
+            .map_err(log_unavailable)?;
         if appended.suspended {
             return Err(suspended_at_write(broker, &request_id));
         }
@@ -908,13 +898,7 @@ async fn issue_upstream(
                 .collect(),
         })
         .await
-        .map_err(|e| {
-            ApiError::unavailable(
-                "log_unavailable",
-                "the issuance log cannot be written; nothing was issued",
-                e,
-            )
-        })?;
+        .map_err(log_unavailable)?;
     if appended.suspended {
         return Err(suspended_at_write(broker, request_id));
     }
@@ -1499,6 +1483,15 @@ pub async fn revoke_all(
     }
 }
 
+/// The 503 for a log that cannot be written (nothing is issued then).
+pub fn log_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(
+        "log_unavailable",
+        "the issuance log cannot be written; nothing was issued",
+        e,
+    )
+}
+
 /// Appends a record with nothing to commit beside it; 503 if the log cannot be written.
 pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
     broker
@@ -1512,9 +1505,7 @@ pub async fn record(broker: &Broker, entry: LogEntry) -> Result<(), ApiError> {
         })
         .await
         .map(|_| ())
-        .map_err(|e| {
-            ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e)
-        })
+        .map_err(log_unavailable)
 }
 
 /// The `why` of a revocation an operator confirms was done upstream by hand

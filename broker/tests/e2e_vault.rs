@@ -164,11 +164,7 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
     );
 
     // Intent (with the lease), then the outcome with the accessor — never the token.
-    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = broker.logs(&["--grant", "ci-token"]);
     let kinds: Vec<&str> = records
         .iter()
         .map(|r| r["kind"].as_str().unwrap())
@@ -179,7 +175,7 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
         accessor.as_str()
     );
     assert!(
-        !String::from_utf8_lossy(&out.stdout).contains(&token),
+        !Value::from(records.clone()).to_string().contains(&token),
         "a credential in the log"
     );
 
@@ -242,9 +238,11 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
             .0,
         200
     );
-    let out = broker.cli(&["logs", "--json", "--outcome", "revoked"]);
-    let last: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().last().unwrap()).unwrap();
+    let last = broker
+        .logs(&["--outcome", "revoked"])
+        .last()
+        .unwrap()
+        .clone();
     assert_eq!(last["body"]["confirmed_upstream"], true);
 
     // Suspension revokes every live lease upstream.
@@ -279,10 +277,10 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
 
     // Replay re-decides the allowed Vault requests too (their intent
     // records carry the decision), and agrees with every one.
-    let out = broker.cli(&["logs", "--json"]);
-    let kinds: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap()["kind"].clone())
+    let kinds: Vec<Value> = broker
+        .logs(&[])
+        .into_iter()
+        .map(|r| r["kind"].clone())
         .collect();
     let intents = kinds.iter().filter(|k| *k == "intent").count();
     let decisions = kinds.iter().filter(|k| *k == "decision").count();
@@ -312,11 +310,7 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
     .await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "upstream_unavailable");
-    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = broker.logs(&["--grant", "ci-token"]);
     assert_eq!(records.len(), 2, "intent and outcome");
     assert_eq!(records[1]["outcome"], "mint_failed");
     assert_eq!(records[1]["body"]["refunded"], true);
@@ -446,10 +440,9 @@ async fn a_crash_between_mint_and_answer_is_reconciled_on_restart() {
     )
     .await;
     let broker = start_env(&addr, &root, "", &[], dir);
-    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-    let intent: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let intent: Value = broker
+        .logs(&["--grant", "ci-token"])
+        .into_iter()
         .find(|r| r["kind"] == "intent")
         .expect("the intent record survived the crash");
     let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
@@ -514,11 +507,7 @@ async fn a_suspension_during_an_upstream_mint_holds_the_credential_back() {
     );
     assert!(reply.body.get("credential").is_none(), "{}", reply.text);
 
-    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-    let records: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let records = broker.logs(&["--grant", "ci-token"]);
     let held = records
         .iter()
         .find(|r| r["kind"] == "outcome")
@@ -613,10 +602,9 @@ async fn a_lost_mint_answer_is_reconciled_not_refunded() {
     .await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "upstream_outcome_unknown");
-    let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-    let intent: Value = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+    let intent: Value = broker
+        .logs(&["--grant", "ci-token"])
+        .into_iter()
         .find(|r| r["kind"] == "intent")
         .expect("the intent record");
     let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
@@ -737,10 +725,9 @@ async fn retention_keeps_the_records_live_upstream_leases_need() {
         String::from_utf8_lossy(&out.stderr)
     );
     let intent_of = |lease: &str| {
-        let out = broker.cli(&["logs", "--json", "--grant", "ci-token"]);
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        broker
+            .logs(&["--grant", "ci-token"])
+            .into_iter()
             .find(|r| r["kind"] == "intent" && r["body"]["lease"]["id"] == lease)
             .unwrap()["seq"]
             .as_i64()
@@ -833,9 +820,11 @@ async fn a_lost_secret_waits_for_the_operator_to_confirm_its_revocation() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!live(&broker));
-    let out = broker.cli(&["logs", "--json", "--outcome", "revoked"]);
-    let revocation: Value =
-        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    let revocation = broker
+        .logs(&["--outcome", "revoked"])
+        .first()
+        .unwrap()
+        .clone();
     assert_eq!(revocation["body"]["confirmed_by_operator"], "alice");
     broker.assert_log_verifies();
 }

@@ -117,7 +117,7 @@ async fn refuse(
         })
         .await;
     if let Err(e) = logged {
-        return ApiError::unavailable("log_unavailable", "the issuance log cannot be written", e);
+        return crate::pipeline::log_unavailable(e);
     }
     ApiError::new(status, code, message).with_reasons(vec![request_id])
 }

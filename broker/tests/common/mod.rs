@@ -217,6 +217,17 @@ impl BrokerProcess {
         );
     }
 
+    /// `mintguard logs --json` with `filters`: the records, oldest first.
+    pub fn logs(&self, filters: &[&str]) -> Vec<Value> {
+        let mut args = vec!["logs", "--json"];
+        args.extend_from_slice(filters);
+        let out = self.cli(&args);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
     /// The leases `mintguard leases` lists as live.
     pub fn live_leases(&self) -> Vec<Value> {
         let leases = self.cli_json(&["leases"]);
