@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use super::client::{AdminClient, Target};
 use crate::log::LogRecord;
 use crate::log::checkpoint;
-use crate::log::verify::verify_chain_from;
+use crate::log::verify::{ChainVerifier, verify_chain_from};
 
 /// `mintguard token …`.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -451,74 +451,103 @@ pub async fn verify(
         Some(path) => checkpoint::read_file(path).map_err(|e| e.to_string())?,
         None => Vec::new(),
     };
-    let (base, records) = match store {
-        Some(url) => read_store(url).await?,
-        None => {
-            let client = AdminClient::new(target)?;
-            let mut all: Vec<LogRecord> = Vec::new();
+    // The base first, then the records a page at a time into the verifier:
+    // a log of any length is checked in constant memory.
+    let source = match store {
+        Some(url) => LogSource::open_store(url).await?,
+        None => LogSource::Admin(AdminClient::new(target)?),
+    };
+    let base = source.base().await?;
+    let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
+    let verified = match ChainVerifier::new(base_ref, &cps, Some(&key)) {
+        Ok(mut verifier) => {
+            let mut after = 0;
             loop {
-                let after = all.last().map_or(0, |r| r.seq);
-                let v = client
-                    .call(
-                        "GET",
-                        &format!("/admin/v1/logs?after_seq={after}&limit=10000"),
-                        None,
-                    )
-                    .await?;
-                let page: Vec<LogRecord> = serde_json::from_value(v).map_err(|e| e.to_string())?;
-                let done = page.len() < 10_000;
-                all.extend(page);
+                let page = source.page(after).await?;
+                let done = page.len() < PAGE;
+                if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
+                    break Err(failure);
+                }
+                after = page.last().map_or(after, |r| r.seq);
                 if done {
-                    break;
+                    break verifier.finish();
                 }
             }
-            let base = client
-                .call("GET", "/admin/v1/logs/checkpoints", None)
-                .await?["base"]
-                .clone();
-            let base = base["seq"]
-                .as_i64()
-                .zip(base["hash"].as_str().map(str::to_owned));
-            (base, all)
         }
+        Err(failure) => Err(failure),
     };
-    let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
-    let v = match verify_chain_from(base_ref, records, &cps, Some(&key)) {
+    let v = match verified {
         Ok(r) => json!({"ok": true, "report": r}),
         Err(f) => json!({"ok": false, "failure": f, "message": f.to_string()}),
     };
     report(v, *json_out, out)
 }
 
-async fn read_store(url: &str) -> Result<(Option<(i64, String)>, Vec<LogRecord>), String> {
-    use crate::store::{LogQuery, Store};
-    let store: Box<dyn Store> = if let Some(path) = url.strip_prefix("sqlite://") {
-        Box::new(
-            crate::store::sqlite::SqliteStore::open(std::path::Path::new(path))
-                .map_err(|e| e.to_string())?,
-        )
-    } else {
-        Box::new(
-            crate::store::postgres::PostgresStore::connect(url)
+/// Records `logs verify` reads at once.
+const PAGE: usize = 10_000;
+
+/// Where `logs verify` reads the log: the broker's admin API, or a store
+/// directly.
+enum LogSource {
+    Admin(AdminClient),
+    Store(Box<dyn crate::store::Store>),
+}
+
+impl LogSource {
+    async fn open_store(url: &str) -> Result<Self, String> {
+        let store: Box<dyn crate::store::Store> = if let Some(path) = url.strip_prefix("sqlite://")
+        {
+            Box::new(
+                crate::store::sqlite::SqliteStore::open(std::path::Path::new(path))
+                    .map_err(|e| e.to_string())?,
+            )
+        } else {
+            Box::new(
+                crate::store::postgres::PostgresStore::connect(url)
+                    .await
+                    .map_err(|e| e.to_string())?,
+            )
+        };
+        Ok(Self::Store(store))
+    }
+
+    /// The pruned prefix's end, if any: (seq, hash).
+    async fn base(&self) -> Result<Option<(i64, String)>, String> {
+        match self {
+            Self::Admin(client) => {
+                let base = client
+                    .call("GET", "/admin/v1/logs/checkpoints", None)
+                    .await?["base"]
+                    .clone();
+                Ok(base["seq"]
+                    .as_i64()
+                    .zip(base["hash"].as_str().map(str::to_owned)))
+            }
+            Self::Store(store) => store.base().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// At most `PAGE` records after `after`, oldest first.
+    async fn page(&self, after: i64) -> Result<Vec<LogRecord>, String> {
+        match self {
+            Self::Admin(client) => {
+                let v = client
+                    .call(
+                        "GET",
+                        &format!("/admin/v1/logs?after_seq={after}&limit={PAGE}"),
+                        None,
+                    )
+                    .await?;
+                serde_json::from_value(v).map_err(|e| e.to_string())
+            }
+            Self::Store(store) => store
+                .log(&crate::store::LogQuery {
+                    after_seq: Some(after),
+                    limit: PAGE,
+                    ..Default::default()
+                })
                 .await
-                .map_err(|e| e.to_string())?,
-        )
-    };
-    let mut all: Vec<LogRecord> = Vec::new();
-    loop {
-        let page = store
-            .log(&LogQuery {
-                after_seq: all.last().map(|r| r.seq),
-                limit: 10_000,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| e.to_string())?;
-        let done = page.len() < 10_000;
-        all.extend(page);
-        if done {
-            let base = store.base().await.map_err(|e| e.to_string())?;
-            return Ok((base, all));
+                .map_err(|e| e.to_string()),
         }
     }
 }

@@ -112,74 +112,120 @@ pub fn verify_chain_from(
     checkpoints: &[Checkpoint],
     key: Option<&Jwk>,
 ) -> Result<VerifyReport, VerifyFailure> {
-    let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
-    for cp in checkpoints {
-        if let Some(key) = key
-            && !cp.verify(key)
-        {
-            return Err(VerifyFailure::BadSignature { seq: cp.seq });
-        }
-        expected_cp.insert(cp.seq, cp);
-    }
-    let mut prev_hash = GENESIS.to_owned();
-    let mut expected = 1i64;
-    let mut matched = 0usize;
-    if let Some((seq, hash)) = base {
-        if !checkpoints.is_empty() && expected_cp.get(&seq).is_none_or(|cp| cp.hash != hash) {
-            return Err(VerifyFailure::UnanchoredBase { seq });
-        }
-        prev_hash = hash.to_owned();
-        expected = seq + 1;
-        matched += usize::from(!checkpoints.is_empty());
-    }
-    let mut prune_recorded = base.is_none();
+    let mut verifier = ChainVerifier::new(base, checkpoints, key)?;
     for record in records {
-        if record.seq != expected {
+        verifier.push(&record)?;
+    }
+    verifier.finish()
+}
+
+/// The chain checked one record at a time, so a log of any length is
+/// verified page by page in constant memory: [`ChainVerifier::push`] each
+/// record in `seq` order, then [`ChainVerifier::finish`].
+pub struct ChainVerifier<'a> {
+    checkpoints: BTreeMap<i64, &'a Checkpoint>,
+    base: Option<i64>,
+    prev_hash: String,
+    expected: i64,
+    matched: usize,
+    prune_recorded: bool,
+}
+
+impl<'a> ChainVerifier<'a> {
+    /// Starts at `base` (see [`verify_chain_from`]), the checkpoints'
+    /// signatures checked with `key` when given.
+    pub fn new(
+        base: Option<(i64, &str)>,
+        checkpoints: &'a [Checkpoint],
+        key: Option<&Jwk>,
+    ) -> Result<Self, VerifyFailure> {
+        let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
+        for cp in checkpoints {
+            if let Some(key) = key
+                && !cp.verify(key)
+            {
+                return Err(VerifyFailure::BadSignature { seq: cp.seq });
+            }
+            expected_cp.insert(cp.seq, cp);
+        }
+        let mut verifier = Self {
+            checkpoints: expected_cp,
+            base: None,
+            prev_hash: GENESIS.to_owned(),
+            expected: 1,
+            matched: 0,
+            prune_recorded: base.is_none(),
+        };
+        if let Some((seq, hash)) = base {
+            if !checkpoints.is_empty()
+                && verifier
+                    .checkpoints
+                    .get(&seq)
+                    .is_none_or(|cp| cp.hash != hash)
+            {
+                return Err(VerifyFailure::UnanchoredBase { seq });
+            }
+            verifier.base = Some(seq);
+            verifier.prev_hash = hash.to_owned();
+            verifier.expected = seq + 1;
+            verifier.matched += usize::from(!checkpoints.is_empty());
+        }
+        Ok(verifier)
+    }
+
+    /// Checks the next record.
+    pub fn push(&mut self, record: &LogRecord) -> Result<(), VerifyFailure> {
+        if record.seq != self.expected {
             return Err(VerifyFailure::Gap {
-                expected,
+                expected: self.expected,
                 found: record.seq,
             });
         }
-        if record.prev_hash != prev_hash {
+        if record.prev_hash != self.prev_hash {
             return Err(VerifyFailure::BrokenLink { seq: record.seq });
         }
         if !record.hash_is_valid() {
             return Err(VerifyFailure::BadHash { seq: record.seq });
         }
-        if let Some(cp) = expected_cp.get(&record.seq) {
+        if let Some(cp) = self.checkpoints.get(&record.seq) {
             if cp.hash != record.hash {
                 return Err(VerifyFailure::CheckpointMismatch { seq: record.seq });
             }
-            matched += 1;
+            self.matched += 1;
         }
-        if let Some((seq, _)) = base
+        if let Some(seq) = self.base
             && record.entry.outcome.as_deref() == Some("log_pruned")
             && record.entry.body["details"]["through_seq"].as_i64() == Some(seq)
         {
-            prune_recorded = true;
+            self.prune_recorded = true;
         }
-        prev_hash = record.hash;
-        expected += 1;
+        self.prev_hash.clone_from(&record.hash);
+        self.expected += 1;
+        Ok(())
     }
-    if let (false, Some((seq, _))) = (prune_recorded, base) {
-        return Err(VerifyFailure::UnrecordedPrune { seq });
+
+    /// The report, once every record was pushed.
+    pub fn finish(self) -> Result<VerifyReport, VerifyFailure> {
+        if let (false, Some(seq)) = (self.prune_recorded, self.base) {
+            return Err(VerifyFailure::UnrecordedPrune { seq });
+        }
+        let last = self.expected - 1;
+        let last_checkpoint = self.checkpoints.keys().next_back().copied();
+        if let Some(cp) = last_checkpoint
+            && cp > last
+        {
+            return Err(VerifyFailure::Truncated {
+                last,
+                checkpoint: cp,
+            });
+        }
+        Ok(VerifyReport {
+            records: last,
+            head: self.prev_hash,
+            checkpoints: self.matched,
+            last_checkpoint,
+        })
     }
-    let last = expected - 1;
-    let last_checkpoint = expected_cp.keys().next_back().copied();
-    if let Some(cp) = last_checkpoint
-        && cp > last
-    {
-        return Err(VerifyFailure::Truncated {
-            last,
-            checkpoint: cp,
-        });
-    }
-    Ok(VerifyReport {
-        records: last,
-        head: prev_hash,
-        checkpoints: matched,
-        last_checkpoint,
-    })
 }
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 
 use crate::config::Role;
 use crate::http::{ApiError, Json};
-use crate::log::verify::verify_chain_from;
+use crate::log::verify::ChainVerifier;
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
@@ -399,23 +399,40 @@ async fn logs(
     Ok(axum::Json(broker.store.log(&q).await?))
 }
 
-/// Reads every record in pages.
-pub async fn all_records(broker: &Broker) -> Result<Vec<LogRecord>, ApiError> {
-    let mut out = Vec::new();
-    loop {
-        let page = broker
+/// The log in pages of `MAX_PAGE`, oldest first, so that no caller holds
+/// all of it.
+struct RecordPages<'a> {
+    broker: &'a Broker,
+    after: Option<i64>,
+    done: bool,
+}
+
+impl<'a> RecordPages<'a> {
+    fn new(broker: &'a Broker) -> Self {
+        Self {
+            broker,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    async fn next(&mut self) -> Result<Option<Vec<LogRecord>>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .broker
             .store
             .log(&LogQuery {
-                after_seq: out.last().map(|r: &LogRecord| r.seq),
+                after_seq: self.after,
                 limit: MAX_PAGE,
                 ..Default::default()
             })
             .await?;
-        let done = page.len() < MAX_PAGE;
-        out.extend(page);
-        if done {
-            return Ok(out);
-        }
+        self.done = page.len() < MAX_PAGE;
+        self.after = page.last().map(|r| r.seq).or(self.after);
+        Ok((!page.is_empty()).then_some(page))
     }
 }
 
@@ -425,18 +442,27 @@ async fn verify(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
     let base = broker.store.base().await?;
-    let records = all_records(&broker).await?;
     let checkpoints =
         crate::log::checkpoint::read_file(&broker.log_export_path()).unwrap_or_default();
     let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
-    Ok(axum::Json(
-        match verify_chain_from(base, records, &checkpoints, Some(broker.log_public_key())) {
-            Ok(report) => json!({"ok": true, "report": report}),
-            Err(failure) => {
-                json!({"ok": false, "failure": failure, "message": failure.to_string()})
+    let mut pages = RecordPages::new(&broker);
+    let verified = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
+        Ok(mut verifier) => loop {
+            let Some(page) = pages.next().await? else {
+                break verifier.finish();
+            };
+            if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
+                break Err(failure);
             }
         },
-    ))
+        Err(failure) => Err(failure),
+    };
+    Ok(axum::Json(match verified {
+        Ok(report) => json!({"ok": true, "report": report}),
+        Err(failure) => {
+            json!({"ok": false, "failure": failure, "message": failure.to_string()})
+        }
+    }))
 }
 
 async fn log_key(
@@ -512,7 +538,19 @@ struct ReplayParams {
     since_ms: Option<i64>,
 }
 
-/// Re-decides every logged decision under its recorded input and rule set.
+/// Differences `replay` lists (all are counted).
+const MAX_LISTED_DIFFERENCES: usize = 1000;
+
+fn note_difference(listed: &mut Vec<Value>, total: &mut usize, difference: Value) {
+    *total += 1;
+    if listed.len() < MAX_LISTED_DIFFERENCES {
+        listed.push(difference);
+    }
+}
+
+/// Re-decides every logged decision under its recorded input and rule set,
+/// reading the log a page at a time; the first `MAX_LISTED_DIFFERENCES`
+/// differences are listed, all are counted.
 async fn replay(
     State(broker): State<Arc<Broker>>,
     op: Operator,
@@ -521,47 +559,67 @@ async fn replay(
     op.require(Role::Viewer)?;
     let mut rule_sets: std::collections::HashMap<String, RuleSet> =
         std::collections::HashMap::new();
-    let (mut replayed, mut differences) = (0usize, Vec::new());
-    for record in all_records(&broker).await? {
-        if !record.entry.kind.has_decision() || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
-        {
-            continue;
-        }
-        let body = &record.entry.body;
-        let (Ok(input), Ok(logged)) = (
-            serde_json::from_value::<DecisionInput>(body["input"].clone()),
-            serde_json::from_value::<Decision>(body["decision"].clone()),
-        ) else {
-            differences.push(json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "the record has no decodable input or decision"}));
-            continue;
-        };
-        let hash = logged.rule_set_hash.clone();
-        if !rule_sets.contains_key(&hash) {
-            let Some(stored) = broker.store.rule_set(&hash).await? else {
-                differences.push(json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": format!("rule set {hash} is not stored")}));
+    let (mut replayed, mut differences, mut total) = (0usize, Vec::new(), 0usize);
+    let mut pages = RecordPages::new(&broker);
+    while let Some(page) = pages.next().await? {
+        for record in page {
+            if !record.entry.kind.has_decision()
+                || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
+            {
+                continue;
+            }
+            let body = &record.entry.body;
+            let (Ok(input), Ok(logged)) = (
+                serde_json::from_value::<DecisionInput>(body["input"].clone()),
+                serde_json::from_value::<Decision>(body["decision"].clone()),
+            ) else {
+                note_difference(
+                    &mut differences,
+                    &mut total,
+                    json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "the record has no decodable input or decision"}),
+                );
                 continue;
             };
-            let stored: StoredRuleSet = serde_json::from_str(&stored).map_err(|e| {
-                ApiError::unavailable("corrupt_rule_set", "a stored rule set is unreadable", e)
-            })?;
-            let rules = RuleSet::from_stored(stored).map_err(|e| {
-                ApiError::unavailable("corrupt_rule_set", "a stored rule set no longer loads", e)
-            })?;
-            rule_sets.insert(hash.clone(), rules);
-        }
-        let again = decide(&input, &rule_sets[&hash]);
-        replayed += 1;
-        if again != logged {
-            differences.push(json!({
-                "seq": record.seq,
-                "request_id": record.entry.request_id,
-                "logged": {"outcome": logged.outcome, "reasons": logged.reasons},
-                "replayed": {"outcome": again.outcome, "reasons": again.reasons},
-            }));
+            let hash = logged.rule_set_hash.clone();
+            if !rule_sets.contains_key(&hash) {
+                let Some(stored) = broker.store.rule_set(&hash).await? else {
+                    note_difference(
+                        &mut differences,
+                        &mut total,
+                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": format!("rule set {hash} is not stored")}),
+                    );
+                    continue;
+                };
+                let stored: StoredRuleSet = serde_json::from_str(&stored).map_err(|e| {
+                    ApiError::unavailable("corrupt_rule_set", "a stored rule set is unreadable", e)
+                })?;
+                let rules = RuleSet::from_stored(stored).map_err(|e| {
+                    ApiError::unavailable(
+                        "corrupt_rule_set",
+                        "a stored rule set no longer loads",
+                        e,
+                    )
+                })?;
+                rule_sets.insert(hash.clone(), rules);
+            }
+            let again = decide(&input, &rule_sets[&hash]);
+            replayed += 1;
+            if again != logged {
+                note_difference(
+                    &mut differences,
+                    &mut total,
+                    json!({
+                        "seq": record.seq,
+                        "request_id": record.entry.request_id,
+                        "logged": {"outcome": logged.outcome, "reasons": logged.reasons},
+                        "replayed": {"outcome": again.outcome, "reasons": again.reasons},
+                    }),
+                );
+            }
         }
     }
     Ok(axum::Json(
-        json!({"replayed": replayed, "differences": differences}),
+        json!({"replayed": replayed, "differences": differences, "differences_total": total}),
     ))
 }
 
