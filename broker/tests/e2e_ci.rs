@@ -684,3 +684,97 @@ print(json.load(urllib.request.urlopen(req, context=ctx))["issued_token_type"])
         "urn:ietf:params:oauth:token-type:jwt"
     );
 }
+
+/// Production-gated jobs need an approver.
+const CI_STEP_UP_POLICY: &str = r#"
+@id("gated-jobs-need-an-approver")
+@outcome("step_up")
+forbid (principal is Mintguard::CiJob, action, resource)
+when { context.ci_claims has environment && context.ci_claims.environment == "production-gated" };
+"#;
+
+/// `GET /v1/ci/approvals/{id}` with `token` as bearer (or none).
+async fn ci_poll(broker: &BrokerProcess, token: Option<&str>, id: &str) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a)])
+        .unwrap_or_default();
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        &format!("/v1/ci/approvals/{id}"),
+        &headers,
+        vec![],
+    )
+    .await
+    .unwrap()
+}
+
+/// A CI job held for approval polls it with a fresh token of its own
+/// identity (no other job's token finds it), and retries once approved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ci_job_polls_its_step_up_approval_then_retries() {
+    let issuer = Issuer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ci.cedar"), CI_POLICY).unwrap();
+    std::fs::write(dir.path().join("policies/gate.cedar"), CI_STEP_UP_POLICY).unwrap();
+    let broker = BrokerProcess::start_in(dir, &ci_config(&issuer.url));
+    let gated = |jti: &str| {
+        let mut claims = github_claims(&issuer.url, jti);
+        claims["environment"] = "production-gated".into();
+        issuer.sign(&claims, |_| {})
+    };
+
+    let held = ci_post(&broker, &gated("jti-held")).await;
+    assert_eq!(held.status, 202, "{}", held.text);
+    let id = held.body["approval_id"].as_str().unwrap().to_owned();
+
+    let pending = ci_poll(&broker, Some(&gated("jti-poll-1")), &id).await;
+    assert_eq!(pending.status, 200, "{}", pending.text);
+    assert_eq!(pending.body["state"], "pending");
+    // No token, or another identity's (another branch): not found.
+    assert_eq!(ci_poll(&broker, None, &id).await.status, 401);
+    let mut other = github_claims(&issuer.url, "jti-other");
+    other["ref"] = "refs/heads/dev".into();
+    let stranger = ci_poll(&broker, Some(&issuer.sign(&other, |_| {})), &id).await;
+    assert_eq!(stranger.status, 404, "{}", stranger.text);
+    assert_eq!(stranger.body["error"]["code"], "unknown_approval");
+
+    let out = broker.cli(&["approve", &id]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let approved = ci_poll(&broker, Some(&gated("jti-poll-2")), &id).await;
+    assert_eq!(approved.body["state"], "approved", "{}", approved.text);
+
+    let retry = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/ci/credentials",
+        &[
+            (
+                "authorization",
+                format!("Bearer {}", gated("jti-retry")).as_str(),
+            ),
+            ("content-type", "application/json"),
+        ],
+        json!({"grant": "payments-token", "approval_id": id})
+            .to_string()
+            .into_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(retry.status, 200, "{}", retry.text);
+    assert_eq!(
+        ci_poll(&broker, Some(&gated("jti-poll-3")), &id).await.body["state"],
+        "used"
+    );
+}

@@ -43,6 +43,18 @@ pub struct CiRuntime {
 }
 
 impl CiRuntime {
+    /// The first policy a token of `issuer` with `claims` matches (issuer,
+    /// audience, claim matchers).
+    pub fn matching(&self, issuer: &str, claims: &Value) -> Option<&CompiledPolicy> {
+        self.policies.iter().find(|c| {
+            c.policy.issuer == issuer
+                && audience_matches(claims, &c.policy.audience)
+                && c.claims
+                    .iter()
+                    .all(|(k, m)| claim_text(claims, k).is_some_and(|t| m.matches(&t)))
+        })
+    }
+
     /// Compiles `[ci]` (validated before, so this does not fail in practice).
     pub fn new(ci: &CiConfig) -> Result<Self, String> {
         let policies = ci
@@ -165,6 +177,59 @@ fn rate_key(client: IpAddr) -> IpAddr {
 
 /// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
 /// find the policy, then the shared pipeline.
+/// `GET /v1/ci/approvals/{id}`: a CI job polls the step-up approval its
+/// request was held for. The bearer is a valid OIDC token of the same issuer
+/// that maps to the same identity (its `jti` is not consumed: a read); any
+/// other approval is "not found".
+pub async fn approval(
+    broker: &Broker,
+    client: IpAddr,
+    token: &str,
+    id: &str,
+) -> Result<Value, ApiError> {
+    if broker.ci_limiter.check_key(&rate_key(client)).is_err() {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many CI requests from this address",
+            )
+        });
+    }
+    let dynamic = broker.dynamic.load_full();
+    let now = now_ms();
+    let verified = broker
+        .ci_verifier
+        .verify(&dynamic.config.ci, token, now.div_euclid(1000))
+        .await
+        .map_err(|e| {
+            let status = if e.unavailable {
+                StatusCode::SERVICE_UNAVAILABLE
+            } else {
+                StatusCode::UNAUTHORIZED
+            };
+            ApiError::new(status, e.code, e.message)
+        })?;
+    let not_found = || ApiError::not_found("unknown_approval", "no such approval");
+    let identity = dynamic
+        .ci
+        .matching(&verified.issuer, &verified.claims)
+        .and_then(|c| template::render(&c.policy.identity, &verified.claims).ok())
+        .ok_or_else(not_found)?;
+    if id.len() > 128 {
+        return Err(not_found());
+    }
+    let approval = broker.store.approval(id).await?.ok_or_else(not_found)?;
+    if approval.kind != "step_up"
+        || approval.requested_by != verified.issuer
+        || approval.identity != identity
+    {
+        return Err(not_found());
+    }
+    Ok(crate::approvals::view(&approval, now))
+}
+
 pub async fn issue(
     broker: &Broker,
     client: IpAddr,
@@ -215,13 +280,7 @@ pub async fn issue(
         "iss": issuer, "sub": claims["sub"], "jti": verified.jti,
         "event_name": claims["event_name"], "pipeline_source": claims["pipeline_source"],
     });
-    let Some(compiled) = dynamic.ci.policies.iter().find(|c| {
-        c.policy.issuer == issuer
-            && audience_matches(claims, &c.policy.audience)
-            && c.claims
-                .iter()
-                .all(|(k, m)| claim_text(claims, k).is_some_and(|t| m.matches(&t)))
-    }) else {
+    let Some(compiled) = dynamic.ci.matching(issuer, claims) else {
         return Err(refuse(
             broker,
             StatusCode::FORBIDDEN,

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -12,7 +12,7 @@ use axum::{Extension, Form, Router};
 use mintguard_api::{CredentialRequest, CredentialResponse, EnrollRequest, SvidResponse};
 use mintguard_certs::id;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use time::OffsetDateTime;
 
 use crate::http::{ApiError, ClientAddr, Json};
@@ -26,6 +26,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/node/enroll", post(enroll))
         .route("/v1/introspect", post(introspect))
         .route("/v1/ci/credentials", post(ci_credentials))
+        .route("/v1/ci/approvals/{id}", get(ci_approval))
         .route("/v1/token", post(token_exchange))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
@@ -122,7 +123,7 @@ async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
     }
 }
 
-async fn discovery(State(broker): State<Arc<Broker>>) -> axum::Json<serde_json::Value> {
+async fn discovery(State(broker): State<Arc<Broker>>) -> axum::Json<Value> {
     let config = broker.config();
     let iss = &config.issuer_url;
     axum::Json(json!({
@@ -243,6 +244,22 @@ async fn ci_credentials(
         ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
     })?;
     crate::ci::issue(&broker, addr.ip(), token, request).await
+}
+
+/// `GET /v1/ci/approvals/{id}`: the step-up approval a CI job's request
+/// was held for, with an OIDC token of the same job's identity as bearer.
+async fn ci_approval(
+    State(broker): State<Arc<Broker>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    let token = bearer(&headers).ok_or_else(|| {
+        ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
+    })?;
+    crate::ci::approval(&broker, addr.ip(), token, &id)
+        .await
+        .map(axum::Json)
 }
 
 /// Largest token-exchange form read.
