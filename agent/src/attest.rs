@@ -225,8 +225,6 @@ fn real_uid(pid: i32) -> Result<u32, AttestError> {
 /// Attests workloads; caches executable hashes by device, inode, size and mtime.
 pub struct Attestor {
     own_sha256: String,
-    /// The agent's mount namespace (device, inode of `/proc/self/ns/mnt`).
-    own_mounts: Option<(u64, u64)>,
     hashes: Mutex<HashMap<FileVersion, String>>,
     users: Mutex<Option<(FileVersion, HashMap<u32, String>)>>,
 }
@@ -240,7 +238,6 @@ impl Attestor {
     pub fn new() -> Result<Self, AttestError> {
         let me = Self {
             own_sha256: String::new(),
-            own_mounts: mount_namespace("self"),
             hashes: Mutex::new(HashMap::new()),
             users: Mutex::new(None),
         };
@@ -345,20 +342,16 @@ impl Attestor {
             });
         }
         let (mut path, mut sha, exe) = self.executable(peer.pid)?;
-        if exe != peer.exe {
+        if !exe.same_file(&peer.exe) {
             return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
-        // A path means what it says only in the agent's mount namespace: in
-        // another (a container) it names a file of that filesystem, which
-        // the host's file of the same name is not.
-        let mut path_visible = self.same_mounts(peer.pid);
+        let mut file = exe;
         if sha == self.own_sha256 {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
                 return Err(AttestError::PeerGone(peer.pid));
             }
-            (path, sha) = self.helper_parent(peer, &helper)?;
-            path_visible &= self.same_mounts(helper.ppid);
+            (path, sha, file) = self.helper_parent(peer, &helper)?;
         }
         let cgroups = cgroup_selectors(peer.pid);
         // The pid still names the process that connected, running the same
@@ -368,7 +361,7 @@ impl Attestor {
         }
         let link = format!("/proc/{}/exe", peer.pid);
         let now = std::fs::metadata(&link).map_err(|e| exe_error(peer.pid, &link, e))?;
-        if FileVersion::of(&now) != exe {
+        if !FileVersion::of(&now).same_file(&exe) {
             return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
         let mut selectors = vec![
@@ -378,23 +371,23 @@ impl Attestor {
         if let Some(name) = self.user_name(peer.uid) {
             selectors.push(format!("unix:user:{name}"));
         }
-        if path_visible {
-            let path = path.to_string_lossy();
-            selectors.push(format!(
-                "unix:path:{}",
-                path.strip_suffix(" (deleted)").unwrap_or(&path)
-            ));
+        // The path as the process sees it names, in the agent's view, the
+        // very file it runs, or it is not given: in a container it names a
+        // file of the container's filesystem, and after an upgrade the
+        // replaced binary is no longer at its path.
+        if std::fs::metadata(&path).is_ok_and(|m| FileVersion::of(&m).same_file(&file)) {
+            selectors.push(format!("unix:path:{}", path.to_string_lossy()));
         }
         selectors.push(format!("unix:sha256:{sha}"));
         selectors.extend(cgroups);
         Ok(selectors)
     }
 
-    fn same_mounts(&self, pid: i32) -> bool {
-        self.own_mounts.is_some() && mount_namespace(&pid.to_string()) == self.own_mounts
-    }
-
-    fn helper_parent(&self, peer: &Peer, helper: &Stat) -> Result<(PathBuf, String), AttestError> {
+    fn helper_parent(
+        &self,
+        peer: &Peer,
+        helper: &Stat,
+    ) -> Result<(PathBuf, String, FileVersion), AttestError> {
         let ppid = helper.ppid;
         if ppid <= 1 {
             return Err(AttestError::Helper(
@@ -423,12 +416,12 @@ impl Attestor {
                 "its parent {ppid} runs under another uid"
             )));
         }
-        let (path, sha, _) = self.executable(ppid)?;
+        let found = self.executable(ppid)?;
         // The parent is still the one checked, and still the helper's parent.
         if stat(ppid)?.start_time != parent.start_time || stat(peer.pid)?.ppid != ppid {
             return Err(AttestError::Helper(format!("its parent {ppid} exited")));
         }
-        Ok((path, sha))
+        Ok(found)
     }
 }
 
@@ -448,6 +441,13 @@ pub struct FileVersion {
 }
 
 impl FileVersion {
+    /// The same file (device and inode), whatever happened to it since: a
+    /// running binary replaced by an upgrade keeps its inode (its ctime
+    /// moves when it is unlinked).
+    pub fn same_file(&self, other: &Self) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         Self {
             dev: meta.dev(),
@@ -459,12 +459,6 @@ impl FileVersion {
             ctime_nsec: meta.ctime_nsec(),
         }
     }
-}
-
-/// The mount namespace of `/proc/<pid>` (`self` for the agent).
-fn mount_namespace(pid: &str) -> Option<(u64, u64)> {
-    let meta = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).ok()?;
-    Some((meta.dev(), meta.ino()))
 }
 
 /// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`

@@ -115,8 +115,18 @@ pub struct WorkloadsConfig {
     /// Default 2048.
     pub max_connections: usize,
     /// Most concurrent connections of one uid; more are closed at once, so
-    /// one user cannot take every slot from the others. Default 256.
-    pub max_connections_per_uid: usize,
+    /// one user cannot take every slot from the others. Default 256 (or
+    /// `max_connections`, if lower).
+    pub max_connections_per_uid: Option<usize>,
+}
+
+impl WorkloadsConfig {
+    /// The per-uid cap in force.
+    pub fn per_uid(&self) -> usize {
+        self.max_connections_per_uid
+            .unwrap_or(256)
+            .min(self.max_connections)
+    }
 }
 
 impl Default for WorkloadsConfig {
@@ -125,7 +135,7 @@ impl Default for WorkloadsConfig {
             entries_refresh: Dur(Duration::from_secs(30)),
             bind_poll_interval: Dur(Duration::from_millis(500)),
             max_connections: 2048,
-            max_connections_per_uid: 256,
+            max_connections_per_uid: None,
         }
     }
 }
@@ -228,8 +238,10 @@ impl Config {
         if raw.workloads.max_connections == 0 || raw.workloads.max_connections > 65_536 {
             return Err(err("workloads.max_connections", "1..=65536".into()));
         }
-        if raw.workloads.max_connections_per_uid == 0
-            || raw.workloads.max_connections_per_uid > raw.workloads.max_connections
+        if raw
+            .workloads
+            .max_connections_per_uid
+            .is_some_and(|n| n == 0 || n > raw.workloads.max_connections)
         {
             return Err(err(
                 "workloads.max_connections_per_uid",
@@ -301,7 +313,7 @@ mode = "0660"
         assert!(c.data_dir.is_absolute());
         assert_eq!(c.retries, 2);
         assert_eq!(c.workloads.max_connections, 2048);
-        assert_eq!(c.workloads.max_connections_per_uid, 256);
+        assert_eq!(c.workloads.per_uid(), 256);
     }
 
     #[test]

@@ -110,7 +110,7 @@ pub async fn run(config: config::Config) -> Result<(), String> {
         socket,
         router,
         config.workloads.max_connections,
-        config.workloads.max_connections_per_uid,
+        config.workloads.per_uid(),
     )
     .await;
     Ok(())

@@ -555,12 +555,13 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
         // pins the pid to this process for the connection's life, and every
         // read notes who wrote the bytes.
         let writers = crate::attest::Writers::default();
-        let peer = stream
-            .peer_cred()
-            .ok()
-            .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone()).ok());
-        // No credentials: one shared bucket (such a peer is refused anyway).
-        let uid = peer.as_ref().map_or(u32::MAX, |p| p.uid);
+        let cred = stream.peer_cred().ok();
+        let peer =
+            cred.and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone()).ok());
+        // The kernel's uid even when /proc could not be read (the peer
+        // exited); no credentials at all: one shared bucket (such a peer is
+        // refused anyway).
+        let uid = cred.map_or(u32::MAX, |c| c.uid());
         let Some(uid_slot) = UidSlot::take(&by_uid, uid, per_uid) else {
             tracing::debug!(uid, "connection closed: the uid holds its share");
             continue;

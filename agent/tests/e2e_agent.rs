@@ -446,14 +446,22 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
         "{reasons}"
     );
 
-    // In another mount namespace (as in a container) the executable's path
-    // names a file of that filesystem: no unix:path selector.
+    // A path that names another file in the agent's view (as a container's
+    // own filesystem does): no unix:path selector. Here a private mount
+    // namespace binds the unattested binary over `app`, a copy of the
+    // trusted one, and runs it as `app`.
+    let app = node.root().join("app");
+    std::fs::copy(std::fs::canonicalize(&py).unwrap(), &app).unwrap();
     let socket = node.socket();
+    let script = format!(
+        "mount --bind {modified} {app} && exec {app} {workload} request {socket} payments-token",
+        modified = modified.display(),
+        app = app.display(),
+        workload = node.root().join("workload.py").display(),
+        socket = socket.display(),
+    );
     let out = Command::new("unshare")
-        .args(["--mount", "--"])
-        .arg(&modified)
-        .arg(node.root().join("workload.py"))
-        .args(["request", socket.to_str().unwrap(), "payments-token"])
+        .args(["--mount", "--", "/bin/sh", "-c", &script])
         .output()
         .unwrap();
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -470,7 +478,7 @@ fn attestation_follows_the_kernel_uid_executable_and_helper_parent() {
         node.request(None, modified.to_str().unwrap()).1["error"]["reasons"]
             .to_string()
             .contains("unix:path:"),
-        "in the agent's own mount namespace the path is given"
+        "where the path names the file it runs, it is given"
     );
 
     // Exec on a kept-alive connection: refused (what the process wrote

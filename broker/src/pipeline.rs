@@ -1118,7 +1118,9 @@ const RECONCILE_PAGE: usize = 500;
 /// `mintguard leases`. Only intents older than `min_age_ms` are considered
 /// (`vault.reconcile_after`: longer than any mint takes), and only those
 /// after `cursor` (issue time, lease id), which moves past each one looked
-/// at: each intent is looked at once per broker run, not on every pass.
+/// at: each intent is looked at once per broker run, not on every pass,
+/// unless Vault could not be asked (the pass stops there, and the next one
+/// starts again from that intent).
 /// Returns how many it settled.
 pub async fn reconcile_upstream(
     broker: &Broker,
@@ -1141,9 +1143,12 @@ pub async fn reconcile_upstream(
             })
             .await?;
         for lease in &page {
-            // A store error leaves the cursor here: the lease is retried.
-            if reconcile_lease(broker, lease).await? {
-                settled += 1;
+            // A store error, or Vault unreachable, leaves the cursor here:
+            // the lease (and those after it) are looked at again next pass.
+            match reconcile_lease(broker, lease).await? {
+                Reconciled::Settled => settled += 1,
+                Reconciled::Nothing => {}
+                Reconciled::Retry => return Ok(settled),
             }
             *cursor = (lease.issued_at_ms, lease.id.clone());
         }
@@ -1154,10 +1159,20 @@ pub async fn reconcile_upstream(
 }
 
 /// Settles one upstream lease if its intent has no outcome; whether it did.
-async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiError> {
+/// What reconciling one lease did.
+enum Reconciled {
+    /// Settled (revoked upstream, or closed as never minted).
+    Settled,
+    /// Nothing to do, or handed to an operator.
+    Nothing,
+    /// Vault could not be asked now: look again at the next pass.
+    Retry,
+}
+
+async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<Reconciled, ApiError> {
     let records = broker.store.log_for_request(&lease.request_id).await?;
     if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
-        return Ok(false);
+        return Ok(Reconciled::Nothing);
     }
     let outcome = |outcome: &str, body| lease_record(lease, RecordKind::Outcome, outcome, body);
     if lease.kind == "aws_sts" {
@@ -1176,10 +1191,10 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
             .await?;
             broker.store.end_task(&lease.id, now_ms()).await?;
         }
-        return Ok(false);
+        return Ok(Reconciled::Nothing);
     }
     let Some(vault) = broker.vault.as_ref() else {
-        return Ok(false);
+        return Ok(Reconciled::Nothing);
     };
     let grant = broker
         .dynamic
@@ -1197,9 +1212,10 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
                     if gone {
                         record(broker, outcome("reconciled_revoked", json!({"lease_id": lease.id, "upstream": upstream, "minted_unanswered": true}))).await?;
                         broker.store.revoke_lease(&lease.id, now_ms()).await?;
-                        return Ok(true);
+                        return Ok(Reconciled::Settled);
                     } else {
-                        tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next start");
+                        tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next pass");
+                        return Ok(Reconciled::Retry);
                     }
                 }
                 Ok(None) => {
@@ -1212,12 +1228,13 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
                     )
                     .await?;
                     broker.store.revoke_lease(&lease.id, now_ms()).await?;
-                    return Ok(true);
+                    return Ok(Reconciled::Settled);
                 }
-                // Vault could not be searched now: no outcome, so the next
-                // run tries again.
+                // Vault could not be searched now: no outcome, and the next
+                // pass tries again.
                 Err(e) => {
-                    tracing::error!(lease = %lease.id, error = %e, "searching Vault for an unanswered token failed; retried at the next start");
+                    tracing::error!(lease = %lease.id, error = %e, "searching Vault for an unanswered token failed; retrying at the next pass");
+                    return Ok(Reconciled::Retry);
                 }
             }
         }
@@ -1232,11 +1249,11 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<bool, ApiErro
             }))).await?;
         }
     }
-    Ok(false)
+    Ok(Reconciled::Nothing)
 }
 
 /// The upstream reference of a lease, from its outcome record.
-async fn upstream_of(
+pub async fn upstream_of(
     broker: &Broker,
     lease: &Lease,
 ) -> Result<Option<serde_json::Value>, ApiError> {

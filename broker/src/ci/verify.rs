@@ -323,7 +323,8 @@ impl CiVerifier {
                     return Err(TokenError {
                         code: "issuer_unavailable",
                         message: format!(
-                            "the issuer's keys could not be fetched; retried at most every {min_interval:?}"
+                            "the issuer's keys could not be fetched; retried at most every {:?}",
+                            min_interval.min(FIRST_FETCH_RETRY)
                         ),
                         unavailable: true,
                     });
@@ -339,6 +340,9 @@ impl CiVerifier {
         }
         let fetched = fetch_jwks(issuer).await;
         let mut state = slot.state.lock().map_err(|_| poisoned())?;
+        // The floor runs from the attempt's end: requests that waited behind
+        // a slow failure get its answer, not a fetch each of their own.
+        state.attempted = Some(Instant::now());
         match fetched {
             Ok(fresh) => {
                 state.keys = fresh;

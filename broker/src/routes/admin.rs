@@ -701,6 +701,17 @@ async fn revoke(
                 "--confirm-revoked-upstream is for Vault (effective) leases",
             ));
         }
+        // Only for what the broker cannot revoke itself: no upstream handle
+        // logged, and no mint still in flight.
+        if lease.issued_at_ms > now_ms() - broker.reconcile_after_ms()
+            || pipeline::upstream_of(&broker, &lease).await?.is_some()
+        {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "broker_can_revoke",
+                "the broker revokes this lease itself (`mintguard revoke LEASE`), or it may still be minting",
+            ));
+        }
         format!("{}{}", pipeline::CONFIRMED_UPSTREAM, op.name)
     } else {
         format!("operator:{}", op.name)
@@ -1510,7 +1521,9 @@ async fn oldest_needed(broker: &Broker) -> Result<Option<(i64, crate::store::Lea
             limit: 64,
         })
         .await?;
+    let full = pinning.len() == 64;
     let mut oldest: Option<(i64, crate::store::Lease)> = None;
+    let first = pinning.first().cloned();
     for lease in pinning {
         let records = broker.store.log_for_request(&lease.request_id).await?;
         if let Some(seq) = records.iter().map(|r| r.seq).min()
@@ -1518,6 +1531,15 @@ async fn oldest_needed(broker: &Broker) -> Result<Option<(i64, crate::store::Lea
         {
             oldest = Some((seq, lease));
         }
+    }
+    // Sixty-four leases whose records are all gone and maybe more after
+    // them: inconclusive, so nothing may be pruned until an operator closes
+    // them (`mintguard revoke LEASE --confirm-revoked-upstream`).
+    if oldest.is_none()
+        && full
+        && let Some(lease) = first
+    {
+        return Ok(Some((1, lease)));
     }
     Ok(oldest)
 }
