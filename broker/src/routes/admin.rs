@@ -1068,7 +1068,7 @@ async fn close_review(
         if !broker.store.update_approval(&reviewed).await? {
             return Err(already());
         }
-    } else if review_closed_in_log(&broker, &id).await? {
+    } else if review_closed_in_log(&broker, &id, request.created_at_ms).await? {
         return Err(already());
     }
     let body = json!({"review": id, "notes": req.notes});
@@ -1076,19 +1076,37 @@ async fn close_review(
     Ok(axum::Json(body))
 }
 
-/// Whether the log holds the record closing review `id`.
-async fn review_closed_in_log(broker: &Broker, id: &str) -> Result<bool, ApiError> {
-    let closures = broker
-        .store
-        .log(&LogQuery {
-            outcome: Some("review_closed".into()),
-            limit: MAX_PAGE,
-            ..Default::default()
-        })
-        .await?;
-    Ok(closures
-        .iter()
-        .any(|r| r.entry.body["details"]["review"] == id))
+/// Whether the log holds the record closing review `id` (a break-glass
+/// request created at `created_at_ms`): every `review_closed` record since
+/// then, a page at a time.
+async fn review_closed_in_log(
+    broker: &Broker,
+    id: &str,
+    created_at_ms: i64,
+) -> Result<bool, ApiError> {
+    let mut after_seq = None;
+    loop {
+        let closures = broker
+            .store
+            .log(&LogQuery {
+                outcome: Some("review_closed".into()),
+                since_ms: Some(created_at_ms),
+                after_seq,
+                limit: MAX_PAGE,
+                ..Default::default()
+            })
+            .await?;
+        if closures
+            .iter()
+            .any(|r| r.entry.body["details"]["review"] == id)
+        {
+            return Ok(true);
+        }
+        match closures.last() {
+            Some(last) if closures.len() == MAX_PAGE => after_seq = Some(last.seq),
+            _ => return Ok(false),
+        }
+    }
 }
 
 #[derive(Deserialize)]
