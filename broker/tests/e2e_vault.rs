@@ -829,6 +829,54 @@ async fn a_lost_secret_waits_for_the_operator_to_confirm_its_revocation() {
     broker.assert_log_verifies();
 }
 
+/// A suspension whose revocation fails (here Vault's answer to the
+/// revocation is lost) leaves the lease live only until the next pass of
+/// the broker's housekeeping, which revokes it for real.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_suspension_retries_the_revocations_it_could_not_finish() {
+    let (addr, root) = vault();
+    let proxy = answer_dropping_proxy(&addr, "revoke-accessor").await;
+    let broker = start(&proxy, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let out = broker.cli(&["suspend", API, "--reason", "incident 9"]);
+    assert!(
+        !out.status.success(),
+        "the first revocation's answer is lost"
+    );
+    let live = |broker: &BrokerProcess| {
+        broker
+            .live_leases()
+            .iter()
+            .any(|l| l["id"] == lease.as_str())
+    };
+    for _ in 0..300 {
+        if !live(&broker) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        !live(&broker),
+        "the lease is still live 30 s after the suspension"
+    );
+    let (status, _) = bao(&addr, &token, "GET", "auth/token/lookup-self", None).await;
+    assert_eq!(status, 403, "the token outlived the suspension");
+    broker.assert_log_verifies();
+}
+
 /// The broker logs in with AppRole (a 3-second token) and keeps minting past
 /// that token's first TTL: it renews (or logs in again) on its own; the child
 /// tokens it mints are orphans, so they do not die with its own token.

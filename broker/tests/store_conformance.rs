@@ -861,9 +861,19 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
     store.suspend(&s).await.unwrap();
     store.suspend(&s).await.unwrap();
     assert_eq!(store.suspension(&s.subject).await.unwrap(), Some(s.clone()));
+    let issuer = SuspensionRecord {
+        subject: "https://token.actions.githubusercontent.com".into(),
+        ..s.clone()
+    };
+    store.suspend(&issuer).await.unwrap();
+    assert_eq!(
+        store.suspended_subjects().await.unwrap(),
+        [issuer.subject.clone(), s.subject.clone()]
+    );
     assert!(store.resume(&s.subject).await.unwrap());
     assert!(!store.resume(&s.subject).await.unwrap());
     assert_eq!(store.suspension(&s.subject).await.unwrap(), None);
+    assert_eq!(store.suspended_subjects().await.unwrap(), [issuer.subject]);
 }
 
 async fn signals_keep_the_latest_per_subject_kind_and_source(store: Arc<dyn Store>) {

@@ -259,7 +259,8 @@ async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
     }
 }
 
-/// Every 5 s: reconciles unanswered upstream mints, and revokes upstream, at
+/// Every 5 s: reconciles unanswered upstream mints, revokes what
+/// suspensions left live, and revokes upstream, at
 /// the broker's expiry, every `effective` lease whose
 /// upstream credential could outlive it (Vault's TTL may be longer than the
 /// decision's); a failure is retried at the next pass.
@@ -280,6 +281,23 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
             Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
+        }
+        // Suspended subjects keep no live lease: what a suspension could
+        // not revoke (Vault down, or the broker stopped in between) is
+        // retried here.
+        match broker.store.suspended_subjects().await {
+            Ok(subjects) => {
+                for subject in subjects {
+                    let request_id = crate::pipeline::random_id("req");
+                    if let Err(e) =
+                        crate::pipeline::revoke_all(&broker, &subject, &request_id, "suspension")
+                            .await
+                    {
+                        tracing::warn!(%subject, error = %e.message, "a suspended subject's leases are still live; retrying");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(%e, "listing suspended subjects failed"),
         }
         // Every expired lease, a page at a time; one that fails is retried
         // at the next pass and never holds the others up.

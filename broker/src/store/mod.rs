@@ -551,6 +551,8 @@ pub trait Store: Send + Sync {
     async fn resume(&self, subject: &str) -> Result<bool>;
     /// A subject's suspension, if any.
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>>;
+    /// Every suspended subject, sorted.
+    async fn suspended_subjects(&self) -> Result<Vec<String>>;
 
     /// Deletes the records through `seq` (already exported) and remembers
     /// `(seq, hash)` as the base the chain resumes from; the number deleted.

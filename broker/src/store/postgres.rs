@@ -1271,6 +1271,16 @@ impl Store for PostgresStore {
             at_ms: r.get(3),
         }))
     }
+
+    async fn suspended_subjects(&self) -> Result<Vec<String>> {
+        let rows = self
+            .client()
+            .await?
+            .query("SELECT subject FROM suspensions ORDER BY subject", &[])
+            .await
+            .map_err(map_pg)?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
 }
 
 #[cfg(test)]

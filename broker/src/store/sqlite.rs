@@ -1177,6 +1177,14 @@ impl Store for SqliteStore {
         self.read_now(|conn| read_suspension(conn, subject))
     }
 
+    async fn suspended_subjects(&self) -> Result<Vec<String>> {
+        self.read_now(|conn| {
+            let mut subjects: Vec<String> = suspended_subjects(conn)?.into_iter().collect();
+            subjects.sort();
+            Ok(subjects)
+        })
+    }
+
     async fn request_state(
         &self,
         identity: &str,
