@@ -8,6 +8,7 @@
 mod common;
 
 use common::*;
+use mintguard_certs::svid::X509Svid;
 use serde_json::{Value, json};
 
 fn vault() -> (String, String) {
@@ -39,6 +40,16 @@ permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"web-cert");
 "#;
+
+/// Asks for a five-minute Vault child token (the `ci-token` grant).
+async fn ci_token(broker: &BrokerProcess, node: &X509Svid) -> Reply {
+    issue(
+        broker,
+        node,
+        json!({"grant": "ci-token", "ttl_seconds": 300}),
+    )
+    .await
+}
 
 fn start(vault_addr: &str, root: &str) -> BrokerProcess {
     start_with(vault_addr, root, "")
@@ -129,12 +140,7 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
     let node = enrolled_node(&broker, "node-1").await;
 
     // num_uses = 2: the token works twice, then Vault refuses it.
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let token = reply.body["credential"]["token"]
         .as_str()
@@ -180,12 +186,7 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
     );
 
     // DELETE revokes upstream, confirmed: the accessor is gone from Vault.
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let token = reply.body["credential"]["token"]
         .as_str()
@@ -246,12 +247,7 @@ async fn child_tokens_are_minted_after_their_intent_and_revoked_for_real() {
     assert_eq!(last["body"]["confirmed_upstream"], true);
 
     // Suspension revokes every live lease upstream.
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     let token = reply.body["credential"]["token"]
         .as_str()
         .unwrap()
@@ -302,12 +298,7 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
     // A token Vault does not know: every mint fails upstream.
     let broker = start(&addr, "s.not-a-real-token");
     let node = enrolled_node(&broker, "node-1").await;
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "upstream_unavailable");
     let records = broker.logs(&["--grant", "ci-token"]);
@@ -594,12 +585,7 @@ async fn a_lost_mint_answer_is_reconciled_not_refunded() {
     let proxy = answer_dropping_proxy(&addr, "create-orphan").await;
     let broker = start(&proxy, &root);
     let node = enrolled_node(&broker, "node-1").await;
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 503, "{}", reply.text);
     assert_eq!(reply.body["error"]["code"], "upstream_outcome_unknown");
     let intent: Value = broker
@@ -620,12 +606,7 @@ async fn a_lost_mint_answer_is_reconciled_not_refunded() {
         "the unanswered token is still live in Vault"
     );
     // The proxy answers again: the next request is issued.
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     broker.assert_log_verifies();
 }
@@ -702,12 +683,7 @@ async fn retention_keeps_the_records_live_upstream_leases_need() {
     let node = enrolled_node(&broker, "node-1").await;
     let mut issued = Vec::new();
     for _ in 0..6 {
-        let reply = issue(
-            &broker,
-            &node,
-            json!({"grant": "ci-token", "ttl_seconds": 300}),
-        )
-        .await;
+        let reply = ci_token(&broker, &node).await;
         assert_eq!(reply.status, 200, "{}", reply.text);
         issued.push((
             reply.body["lease_id"].as_str().unwrap().to_owned(),
@@ -838,12 +814,7 @@ async fn a_suspension_retries_the_revocations_it_could_not_finish() {
     let proxy = answer_dropping_proxy(&addr, "revoke-accessor").await;
     let broker = start(&proxy, &root);
     let node = enrolled_node(&broker, "node-1").await;
-    let reply = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let reply = ci_token(&broker, &node).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
     let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
     let token = reply.body["credential"]["token"]
@@ -941,21 +912,11 @@ path "sys/leases/*" { capabilities = ["update", "sudo"] }
     write_private(&dir.path().join("secret_id"), &secret_id);
     let broker = start_env(&addr, &format!("approle:{mount}"), "", &[], dir);
     let node = enrolled_node(&broker, "node-1").await;
-    let first = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let first = ci_token(&broker, &node).await;
     assert_eq!(first.status, 200, "{}", first.text);
     // Past the broker token's first TTL (3 s): still minting.
     tokio::time::sleep(std::time::Duration::from_secs(5)).await;
-    let second = issue(
-        &broker,
-        &node,
-        json!({"grant": "ci-token", "ttl_seconds": 300}),
-    )
-    .await;
+    let second = ci_token(&broker, &node).await;
     assert_eq!(second.status, 200, "{}", second.text);
     // The first child token outlived the broker's first token's TTL.
     let token = first.body["credential"]["token"].as_str().unwrap();

@@ -177,16 +177,8 @@ fn rate_key(client: IpAddr) -> IpAddr {
 
 /// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
 /// find the policy, then the shared pipeline.
-/// `GET /v1/ci/approvals/{id}`: a CI job polls the step-up approval its
-/// request was held for. The bearer is a valid OIDC token of the same issuer
-/// that maps to the same identity (its `jti` is not consumed: a read); any
-/// other approval is "not found".
-pub async fn approval(
-    broker: &Broker,
-    client: IpAddr,
-    token: &str,
-    id: &str,
-) -> Result<Value, ApiError> {
+/// The per-address CI rate limit (an IPv6 client by its /64).
+fn check_rate(broker: &Broker, client: IpAddr) -> Result<(), ApiError> {
     if broker.ci_limiter.check_key(&rate_key(client)).is_err() {
         return Err(ApiError {
             retry_after: Some(1),
@@ -197,6 +189,20 @@ pub async fn approval(
             )
         });
     }
+    Ok(())
+}
+
+/// `GET /v1/ci/approvals/{id}`: a CI job polls the step-up approval its
+/// request was held for. The bearer is a valid OIDC token of the same issuer
+/// that maps to the same identity (its `jti` is not consumed: a read); any
+/// other approval is "not found".
+pub async fn approval(
+    broker: &Broker,
+    client: IpAddr,
+    token: &str,
+    id: &str,
+) -> Result<Value, ApiError> {
+    check_rate(broker, client)?;
     let dynamic = broker.dynamic.load_full();
     let now = now_ms();
     let verified = broker
@@ -236,16 +242,7 @@ pub async fn issue(
     token: &str,
     request: CredentialRequest,
 ) -> Result<Response, ApiError> {
-    if broker.ci_limiter.check_key(&rate_key(client)).is_err() {
-        return Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many CI requests from this address",
-            )
-        });
-    }
+    check_rate(broker, client)?;
     crate::pipeline::validate_request(&request)?;
     let dynamic = broker.dynamic.load_full();
     let ci = &dynamic.config.ci;
