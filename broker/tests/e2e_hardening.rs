@@ -447,14 +447,7 @@ async fn retention_exports_then_prunes_and_the_rest_still_verifies() {
     }
     // Records 1..12 exist; checkpoints at 5 and 10.
     let export = broker.dir.path().join("export.jsonl");
-    let out = broker.cli(&[
-        "logs",
-        "prune",
-        "--before",
-        "0s",
-        "--export",
-        export.to_str().unwrap(),
-    ]);
+    let out = broker.prune_all(&export);
     assert!(
         out.status.success(),
         "{}{}",
@@ -486,14 +479,7 @@ async fn retention_exports_then_prunes_and_the_rest_still_verifies() {
         && r["body"]["details"]["export"] == export.to_str().unwrap()));
 
     // A second prune refuses to overwrite an export.
-    let again = broker.cli(&[
-        "logs",
-        "prune",
-        "--before",
-        "0s",
-        "--export",
-        export.to_str().unwrap(),
-    ]);
+    let again = broker.prune_all(&export);
     assert!(
         String::from_utf8_lossy(&again.stdout).contains("nothing to prune")
             || !again.status.success()

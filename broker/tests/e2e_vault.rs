@@ -308,15 +308,8 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
     // The budget is whole again and the lease is closed.
     let budget = broker.cli_json(&["budget", "show", "--identity", API, "--grant", "ci-token"]);
     assert_eq!(budget["available"], 10, "{budget}");
-    let leases = broker.cli_json(&["leases"]);
-    assert!(
-        leases
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["live"] == false),
-        "{leases}"
-    );
+    let live = broker.live_leases();
+    assert!(live.is_empty(), "{live:?}");
 }
 
 /// OpenBao's database engine on the test PostgreSQL (a fresh mount): the
@@ -517,15 +510,8 @@ async fn a_suspension_during_an_upstream_mint_holds_the_credential_back() {
         None,
         "the held-back token is still live in Vault"
     );
-    let leases = broker.cli_json(&["leases"]);
-    assert!(
-        leases
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["live"] == false),
-        "{leases}"
-    );
+    let live = broker.live_leases();
+    assert!(live.is_empty(), "{live:?}");
     broker.assert_log_verifies();
 }
 
@@ -712,14 +698,7 @@ async fn retention_keeps_the_records_live_upstream_leases_need() {
     let needed = intent_of(&issued[1].0);
 
     let export = broker.dir.path().join("export.jsonl");
-    let out = broker.cli(&[
-        "logs",
-        "prune",
-        "--before",
-        "0s",
-        "--export",
-        export.to_str().unwrap(),
-    ]);
+    let out = broker.prune_all(&export);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         out.status.success(),

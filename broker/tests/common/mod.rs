@@ -217,6 +217,19 @@ impl BrokerProcess {
         );
     }
 
+    /// `mintguard logs prune --before 0s --export EXPORT`: retention through
+    /// the newest checkpoint it may prune.
+    pub fn prune_all(&self, export: &Path) -> Output {
+        self.cli(&[
+            "logs",
+            "prune",
+            "--before",
+            "0s",
+            "--export",
+            export.to_str().unwrap(),
+        ])
+    }
+
     /// `mintguard logs --json` with `filters`: the records, oldest first.
     pub fn logs(&self, filters: &[&str]) -> Vec<Value> {
         let mut args = vec!["logs", "--json"];
