@@ -980,6 +980,107 @@ async fn signals_keep_the_latest_per_subject_kind_and_source(store: Arc<dyn Stor
     assert_eq!(state, RequestState::default());
 }
 
+/// What a decision reads follows every change as soon as the change is
+/// durable, read after read (the SQLite store answers repeated reads from
+/// memory), and readers running beside the writes never bring back an
+/// older state.
+async fn request_state_follows_every_change(store: Arc<dyn Store>) {
+    let (a, n) = ("spiffe://example.org/a", "spiffe://example.org/n");
+    let key = "identity:spiffe://example.org/a/grant:g";
+    let policy = hourly_budget();
+    let sig = |subject: &str, kind: &str, value: u8, at: i64| SignalRecord {
+        subject: subject.into(),
+        kind: kind.into(),
+        source: "edr".into(),
+        value,
+        observed_at_ms: at,
+        ttl_seconds: 900,
+    };
+    let state = |identity: &'static str, issuer: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .request_state(identity, issuer, Some(key))
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..2 {
+        assert_eq!(state(a, n).await, RequestState::default());
+    }
+
+    store.put_signal(&sig(a, "posture", 80, 1)).await.unwrap();
+    assert_eq!(state(a, n).await.signals, vec![sig(a, "posture", 80, 1)]);
+    store.put_signal(&sig(a, "posture", 20, 2)).await.unwrap();
+    assert_eq!(state(a, n).await.signals, vec![sig(a, "posture", 20, 2)]);
+    store.put_signal(&sig(n, "compromise", 0, 3)).await.unwrap();
+    let both = vec![sig(a, "posture", 20, 2), sig(n, "compromise", 0, 3)];
+    assert_eq!(state(a, n).await.signals, both);
+    assert_eq!(state(n, a).await.signals, both, "ordered by subject");
+
+    let suspension = SuspensionRecord {
+        subject: n.into(),
+        reason: "incident".into(),
+        by: "operator:alice".into(),
+        at_ms: 4,
+    };
+    store.suspend(&suspension).await.unwrap();
+    assert_eq!(
+        state(a, n).await.issuer_suspension,
+        Some(suspension.clone())
+    );
+    assert_eq!(state(n, a).await.identity_suspension, Some(suspension));
+    assert!(store.resume(n).await.unwrap());
+    assert_eq!(state(a, n).await.issuer_suspension, None);
+
+    let t0 = 10_000_000;
+    let spend = Append {
+        spend: vec![SpendOp {
+            key: key.into(),
+            policy: policy.clone(),
+            cost: 3,
+        }],
+        ..plain(entry("spend", a, "allow", t0))
+    };
+    assert!(store.append(spend).await.unwrap().spent);
+    let spent = store.budget(key).await.unwrap();
+    assert!(spent.is_some());
+    assert_eq!(state(a, n).await.budget, spent);
+    store.top_up(key, &policy, 5, t0).await.unwrap();
+    assert_eq!(state(a, n).await.budget, store.budget(key).await.unwrap());
+    store.refund(key, &policy, 1, t0).await.unwrap();
+    let refunded = store.budget(key).await.unwrap();
+    assert_ne!(refunded, spent);
+    assert_eq!(state(a, n).await.budget, refunded);
+
+    // Readers run beside the writes; after each write, a read shows it.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop) = (store.clone(), stop.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    store.request_state(a, n, Some(key)).await.unwrap();
+                    // A read from memory never yields by itself.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for value in 1..=60u8 {
+        store
+            .put_signal(&sig(a, "posture", value, i64::from(value) + 10))
+            .await
+            .unwrap();
+        let signals = state(a, n).await.signals;
+        assert_eq!(signals[0], sig(a, "posture", value, i64::from(value) + 10));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+}
+
 async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
     for i in 0..10 {
         store
@@ -1114,6 +1215,7 @@ conformance!(
     a_failed_append_leaves_the_batch_and_chain_intact,
     queries_rule_sets_checkpoints_and_suspensions,
     signals_keep_the_latest_per_subject_kind_and_source,
+    request_state_follows_every_change,
     pruning_keeps_a_verifiable_base,
     ci_jtis_are_single_use_until_they_expire,
     approvals_change_only_by_compare_and_set,

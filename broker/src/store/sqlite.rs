@@ -20,6 +20,8 @@ use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
 use crate::store::{Approval, DecisionRow, RequestState, SignalRecord};
 
+mod hot;
+
 /// Most writes group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
@@ -442,17 +444,19 @@ fn signal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SignalRecord> {
     })
 }
 
-/// The signals about two subjects (what every decision reads), without the
-/// JSON list `read_signals` takes.
-fn read_signal_pair(conn: &Connection, a: &str, b: &str) -> Result<Vec<SignalRecord>> {
+/// A subject's suspension and signals (what every decision reads).
+fn read_subject(conn: &Connection, subject: &str) -> Result<hot::SubjectState> {
     let mut stmt = conn
         .prepare_cached(
             "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
-             WHERE subject IN (?1, ?2) ORDER BY subject, kind, source",
+             WHERE subject = ?1 ORDER BY kind, source",
         )
         .map_err(map_sql)?;
-    let rows = stmt.query_map([a, b], signal_row).map_err(map_sql)?;
-    rows.map(|r| r.map_err(map_sql)).collect()
+    let rows = stmt.query_map([subject], signal_row).map_err(map_sql)?;
+    Ok(hot::SubjectState {
+        suspension: read_suspension(conn, subject)?,
+        signals: rows.map(|r| r.map_err(map_sql)).collect::<Result<_>>()?,
+    })
 }
 
 fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
@@ -492,6 +496,7 @@ const LOG_COLUMNS: &str =
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
     readers: Arc<Vec<Mutex<Connection>>>,
+    hot: Arc<hot::Hot>,
     path: PathBuf,
 }
 
@@ -535,6 +540,10 @@ impl SqliteStore {
             .map_err(|e| StoreError::Setup(e.to_string()))?
             .unwrap_or((0, GENESIS.to_owned()));
         let suspended = suspended_subjects(&conn)?;
+        let hot = Arc::new(hot::Hot::default());
+        hot.watch(&mut conn)
+            .map_err(|e| StoreError::Setup(format!("update hook: {e}")))?;
+        let writer_hot = hot.clone();
         let readers = (0..READERS)
             .map(|_| open(path).map(Mutex::new))
             .collect::<Result<Vec<_>>>()?;
@@ -582,6 +591,7 @@ impl SqliteStore {
                         }
                         (writer.head_seq, writer.head_hash) = head;
                     }
+                    writer_hot.transaction_ended();
                     for done in completions {
                         done(
                             committed
@@ -596,6 +606,7 @@ impl SqliteStore {
         Ok(Self {
             jobs,
             readers: Arc::new(readers),
+            hot,
             path: path.to_path_buf(),
         })
     }
@@ -1191,26 +1202,53 @@ impl Store for SqliteStore {
         issuer: &str,
         budget_key: Option<&str>,
     ) -> Result<RequestState> {
-        self.read_now(|conn| {
-            // One read transaction: one snapshot, one WAL read lock.
-            exec(conn, "BEGIN")?;
-            let state = (|| {
-                Ok(RequestState {
-                    identity_suspension: read_suspension(conn, identity)?,
-                    issuer_suspension: read_suspension(conn, issuer)?,
-                    signals: read_signal_pair(conn, identity, issuer)?,
-                    budget: budget_key
-                        .map(|k| read_budget(conn, k))
-                        .transpose()?
-                        .flatten(),
-                })
-            })();
-            if let Err(e) = exec(conn, "COMMIT") {
-                // Never leave a read connection inside a transaction.
-                let _ = exec(conn, "ROLLBACK");
-                return Err(e);
+        let cached = self.hot.lookup(identity, issuer, budget_key);
+        let (identity_state, issuer_state, budget) = match cached {
+            hot::Cached {
+                identity: Some(i),
+                issuer: Some(n),
+                budget,
+                ..
+            } if budget.is_some() || budget_key.is_none() => (i, n, budget.flatten()),
+            cached => {
+                let (i, n, budget) = self.read_now(|conn| {
+                    // One read transaction: one snapshot, one WAL read lock.
+                    exec(conn, "BEGIN")?;
+                    let state = (|| {
+                        let subject = |cached: Option<hot::SubjectState>, subject| match cached {
+                            Some(state) => Ok(state),
+                            None => read_subject(conn, subject),
+                        };
+                        Ok((
+                            subject(cached.identity, identity)?,
+                            subject(cached.issuer, issuer)?,
+                            match (budget_key, cached.budget) {
+                                (None, _) => None,
+                                (Some(_), Some(snapshot)) => snapshot,
+                                (Some(key), None) => read_budget(conn, key)?,
+                            },
+                        ))
+                    })();
+                    if let Err(e) = exec(conn, "COMMIT") {
+                        // Never leave a read connection inside a transaction.
+                        let _ = exec(conn, "ROLLBACK");
+                        return Err(e);
+                    }
+                    state
+                })?;
+                self.hot.fill(
+                    cached.generation,
+                    &[(identity, &i), (issuer, &n)],
+                    budget_key.map(|k| (k, budget)),
+                );
+                (i, n, budget)
             }
-            state
+        };
+        Ok(RequestState {
+            signals: hot::signal_pair((identity, &identity_state), (issuer, &issuer_state)),
+            identity_suspension: identity_state.suspension,
+            issuer_suspension: issuer_state.suspension,
+            budget,
         })
     }
 }
