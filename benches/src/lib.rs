@@ -1,9 +1,12 @@
 //! # mintguard-benches
 //!
-//! Criterion micro-benchmarks of Mintguard's hot paths (in `benches/`), the
-//! fixtures they share, and `ppr_compare` (a binary that times Mintguard's
-//! PageRank against networkx and igraph on the same graph). Run the benches
-//! with `cargo bench -p mintguard-benches`.
+//! Criterion micro-benchmarks of Mintguard's hot paths (in `benches/`) and
+//! the fixtures they share; [`load`], the client side of the load generators
+//! (`loadgen`, `agentload`, `floor`); and `ppr_compare` (a binary that times
+//! Mintguard's PageRank against networkx and igraph on the same graph). Run
+//! the benches with `cargo bench -p mintguard-benches`.
+
+pub mod load;
 
 use std::path::Path;
 

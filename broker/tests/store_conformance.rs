@@ -508,6 +508,14 @@ async fn entries_crud_and_by_parent(store: Arc<dyn Store>) {
     assert!(store.delete_entry("a").await.unwrap());
     assert!(!store.delete_entry("a").await.unwrap());
     assert_eq!(store.entries(Some("n1")).await.unwrap().len(), 1);
+    // A parent's entries read before are read anew after every change.
+    store.create_entry(&e("d", "n1")).await.unwrap();
+    let ids = |entries: Vec<Entry>| entries.into_iter().map(|x| x.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.entries(Some("n1")).await.unwrap()), ["c", "d"]);
+    assert_eq!(ids(store.entries(Some("n2")).await.unwrap()), ["b"]);
+    assert!(store.delete_entry("b").await.unwrap());
+    assert!(store.entries(Some("n2")).await.unwrap().is_empty());
+    assert!(store.entries(Some("n9")).await.unwrap().is_empty());
 }
 
 async fn leases_revoke_once(store: Arc<dyn Store>) {

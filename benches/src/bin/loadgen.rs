@@ -26,7 +26,6 @@
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a report tool; setup failures stop it
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 /// The broker binary's allocator, so the in-process broker is measured as it runs.
 #[global_allocator]
@@ -35,6 +34,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+use mintguard_benches::load::{arg, arg_str, connect, flag, measure, post};
 use mintguard_broker::config::Config;
 use mintguard_broker::state::{Broker, now_ms, token_hash};
 use mintguard_broker::store::Entry;
@@ -81,104 +81,6 @@ vault = {{ token = {{ policies = ["default"], num_uses = 1 }} }}
 
 const POLICY: &str = r#"permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
     action == Mintguard::Action::"mint", resource);"#;
-
-fn arg(name: &str, default: usize) -> usize {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
-
-async fn connect(addr: &str, connector: &SpiffeConnector) -> Sender {
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let (tls, _) = connector.connect("mintguard-broker", tcp).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    sender
-}
-
-async fn post(sender: &mut Sender, path: &str, body: &str) -> (u16, Bytes) {
-    sender.ready().await.unwrap();
-    let req = hyper::Request::post(path)
-        .header("host", "mintguard-broker")
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body.to_owned())))
-        .unwrap();
-    let res = sender.send_request(req).await.unwrap();
-    let status = res.status().as_u16();
-    (status, res.into_body().collect().await.unwrap().to_bytes())
-}
-
-/// Runs `n` requests over `clients` connections (`connect` makes one client's
-/// request function); throughput and a report line.
-async fn measure<C, CF, R, RF>(clients: usize, n: usize, connect: C) -> (f64, String)
-where
-    C: Fn() -> CF,
-    CF: Future<Output = R> + Send + 'static,
-    R: Fn() -> RF + Send + 'static,
-    RF: Future<Output = u16> + Send,
-{
-    let per_client = n.div_ceil(clients);
-    let start = Instant::now();
-    let tasks: Vec<_> = (0..clients)
-        .map(|_| {
-            let connected = connect();
-            tokio::spawn(async move {
-                let request = connected.await;
-                let mut latencies = Vec::with_capacity(per_client);
-                let mut failures = 0usize;
-                for _ in 0..per_client {
-                    let t = Instant::now();
-                    let status = request().await;
-                    latencies.push(t.elapsed());
-                    failures += usize::from(status != 200);
-                }
-                (latencies, failures)
-            })
-        })
-        .collect();
-    let mut all = Vec::with_capacity(n);
-    let mut failures = 0;
-    for t in tasks {
-        let (l, f) = t.await.unwrap();
-        all.extend(l);
-        failures += f;
-    }
-    let elapsed = start.elapsed();
-    all.sort_unstable();
-    let rate = all.len() as f64 / elapsed.as_secs_f64();
-    let line = format!(
-        "{} requests in {:.2} s: {rate:.0}/s; latency p50 {:?} p90 {:?} p99 {:?} max {:?}; {failures} non-200",
-        all.len(),
-        elapsed.as_secs_f64(),
-        percentile(&all, 0.5),
-        percentile(&all, 0.9),
-        percentile(&all, 0.99),
-        all[all.len() - 1],
-    );
-    (rate, line)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-/// A string argument.
-fn arg_str(name: &str) -> Option<String> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1))
-        .cloned()
-}
 
 /// Where the brokers of a run keep their state, and how many there are.
 #[derive(Clone)]
@@ -287,7 +189,7 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
-    let vault = std::env::args().any(|a| a == "--vault").then(|| {
+    let vault = flag("--vault").then(|| {
         (
             std::env::var("VAULT_ADDR").expect("--vault needs VAULT_ADDR (tests/peers.sh)"),
             std::env::var("VAULT_TOKEN").expect("--vault needs VAULT_TOKEN (tests/peers.sh)"),

@@ -970,16 +970,27 @@ impl Store for PostgresStore {
     }
 
     async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries
-                 WHERE ($1::TEXT IS NULL OR parent = $1) ORDER BY created_at_ms, id",
-                &[&parent],
-            )
-            .await
-            .map_err(map_pg)?;
+        const COLUMNS: &str =
+            "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries";
+        let client = self.client().await?;
+        // Two statements, so one parent's read is an index search under a
+        // generic plan too (`$1 IS NULL OR parent = $1` would scan).
+        let rows = match parent {
+            Some(parent) => {
+                client
+                    .query(
+                        &format!("{COLUMNS} WHERE parent = $1 ORDER BY created_at_ms, id"),
+                        &[&parent],
+                    )
+                    .await
+            }
+            None => {
+                client
+                    .query(&format!("{COLUMNS} ORDER BY created_at_ms, id"), &[])
+                    .await
+            }
+        }
+        .map_err(map_pg)?;
         rows.iter()
             .map(|r| {
                 let id: String = r.get(0);

@@ -487,6 +487,52 @@ fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     })
 }
 
+/// The registration entries (of one parent: an index search), oldest first.
+fn read_entries(conn: &Connection, parent: Option<&str>) -> Result<Vec<Entry>> {
+    const COLUMNS: &str =
+        "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries";
+    let row = |r: &rusqlite::Row<'_>| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get::<_, String>(3)?,
+            r.get::<_, String>(4)?,
+            r.get(5)?,
+        ))
+    };
+    let rows: Vec<_> = match parent {
+        Some(parent) => conn
+            .prepare_cached(&format!(
+                "{COLUMNS} WHERE parent = ?1 ORDER BY created_at_ms, id"
+            ))
+            .and_then(|mut stmt| stmt.query_map([parent], row)?.collect())
+            .map_err(map_sql)?,
+        None => conn
+            .prepare_cached(&format!("{COLUMNS} ORDER BY created_at_ms, id"))
+            .and_then(|mut stmt| stmt.query_map([], row)?.collect())
+            .map_err(map_sql)?,
+    };
+    rows.into_iter()
+        .map(
+            |(id, spiffe_id, parent, selectors, grants, created_at_ms)| {
+                let parse = |s: &str| {
+                    serde_json::from_str(s)
+                        .map_err(|e| StoreError::Corrupt(format!("entry {id}: {e}")))
+                };
+                Ok(Entry {
+                    selectors: parse(&selectors)?,
+                    grants: parse(&grants)?,
+                    id,
+                    spiffe_id,
+                    parent,
+                    created_at_ms,
+                })
+            },
+        )
+        .collect()
+}
+
 const LEASE_COLUMNS: &str = "id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms, revoked_at_ms, task_ended_at_ms";
 const LOG_COLUMNS: &str =
     "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash";
@@ -924,44 +970,17 @@ impl Store for SqliteStore {
     }
 
     async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
-        let parent = parent.map(str::to_owned);
-        self.read_now(move |conn| {
-            let mut stmt = conn
-                .prepare_cached(
-                    "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries
-                     WHERE (?1 IS NULL OR parent = ?1) ORDER BY created_at_ms, id",
-                )
-                .map_err(map_sql)?;
-            let rows = stmt
-                .query_map([parent], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get::<_, String>(3)?,
-                        r.get::<_, String>(4)?,
-                        r.get(5)?,
-                    ))
-                })
-                .map_err(map_sql)?;
-            rows.map(|row| {
-                let (id, spiffe_id, parent, selectors, grants, created_at_ms) =
-                    row.map_err(map_sql)?;
-                let parse = |s: &str| {
-                    serde_json::from_str(s)
-                        .map_err(|e| StoreError::Corrupt(format!("entry {id}: {e}")))
-                };
-                Ok(Entry {
-                    selectors: parse(&selectors)?,
-                    grants: parse(&grants)?,
-                    id,
-                    spiffe_id,
-                    parent,
-                    created_at_ms,
-                })
-            })
-            .collect()
-        })
+        let Some(parent) = parent else {
+            return self.read_now(|conn| read_entries(conn, None));
+        };
+        // Every issuance reads its node's entries: from memory once seen.
+        let (generation, cached) = self.hot.entries(parent);
+        if let Some(entries) = cached {
+            return Ok(entries.as_ref().clone());
+        }
+        let entries = self.read_now(|conn| read_entries(conn, Some(parent)))?;
+        self.hot.fill_entries(generation, parent, &entries);
+        Ok(entries)
     }
 
     async fn delete_entry(&self, id: &str) -> Result<bool> {

@@ -1,10 +1,11 @@
-//! What every decision reads — each subject's suspension and signals, and
-//! the grant's budget bucket — kept in memory, so a request runs no query
-//! for them once its subjects have been seen.
+//! What every decision reads — the node's registration entries, each
+//! subject's suspension and signals, and the grant's budget bucket — kept in
+//! memory, so a request runs no query for them once its subjects have been
+//! seen.
 //!
 //! The cache is filled from read transactions and emptied by the writer:
 //! an update hook on the write connection flags every change to the
-//! `suspensions`, `signals` and `budgets` tables, whichever statement made
+//! `entries`, `suspensions`, `signals` and `budgets` tables, whichever statement made
 //! it, and the writer empties the flagged part after its transaction ends
 //! and before any caller learns that its write is done. A read that began
 //! before such a change may not fill the cache (the generation moved on),
@@ -13,13 +14,13 @@
 //! its memory), so no change escapes the hook.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use mintguard_policy::budget::BudgetSnapshot;
 use rusqlite::hooks::Action;
 
-use crate::store::{SignalRecord, SuspensionRecord};
+use crate::store::{Entry, SignalRecord, SuspensionRecord};
 
 /// Entries per map at most; a full map is emptied before the next insert.
 const CAPACITY: usize = 65_536;
@@ -28,6 +29,8 @@ const CAPACITY: usize = 65_536;
 const SUBJECTS: u8 = 1;
 /// A change to `budgets`.
 const BUDGETS: u8 = 2;
+/// A change to `entries`.
+const ENTRIES: u8 = 4;
 
 /// What the store knows about one subject (an identity or an issuer).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,6 +47,8 @@ struct Maps {
     subjects: HashMap<String, SubjectState>,
     /// `None`: the bucket does not exist yet.
     budgets: HashMap<String, Option<BudgetSnapshot>>,
+    /// Each parent's registration entries.
+    entries: HashMap<String, Arc<Vec<Entry>>>,
 }
 
 /// The cache, shared by the store's handles and its writer thread.
@@ -51,7 +56,7 @@ struct Maps {
 pub(super) struct Hot {
     maps: Mutex<Maps>,
     /// Tables changed by the writer's open transaction (set by the hook).
-    changed: std::sync::Arc<AtomicU8>,
+    changed: Arc<AtomicU8>,
 }
 
 /// What a lookup found; `None` fields are to be read.
@@ -71,6 +76,7 @@ impl Hot {
                 let bit = match table {
                     "suspensions" | "signals" => SUBJECTS,
                     "budgets" => BUDGETS,
+                    "entries" => ENTRIES,
                     _ => return,
                 };
                 changed.fetch_or(bit, Ordering::Relaxed);
@@ -93,6 +99,29 @@ impl Hot {
         if changed & BUDGETS != 0 {
             maps.budgets.clear();
         }
+        if changed & ENTRIES != 0 {
+            maps.entries.clear();
+        }
+    }
+
+    /// The generation and, if cached, the entries whose parent is `parent`.
+    pub fn entries(&self, parent: &str) -> (u64, Option<Arc<Vec<Entry>>>) {
+        let maps = self.lock();
+        (maps.generation, maps.entries.get(parent).cloned())
+    }
+
+    /// Stores the entries a read found for `parent`, unless a transaction
+    /// changed the cached tables since `generation`.
+    pub fn fill_entries(&self, generation: u64, parent: &str, entries: &[Entry]) {
+        let mut maps = self.lock();
+        if maps.generation != generation {
+            return;
+        }
+        if maps.entries.len() >= CAPACITY {
+            maps.entries.clear();
+        }
+        maps.entries
+            .insert(parent.to_owned(), Arc::new(entries.to_vec()));
     }
 
     /// The cached parts of a request's state.
