@@ -483,6 +483,10 @@ pub struct AwsConfig {
     pub region: Option<String>,
     /// An STS endpoint override (tests, VPC endpoints).
     pub endpoint: Option<String>,
+    /// The longest an STS call (one attempt) may take. Default 10 s.
+    /// A call cut off by it may have been answered by STS: it is not
+    /// refunded and is left to reconciliation.
+    pub timeout: Option<Dur>,
     /// An intent without an outcome this old is logged for operator action
     /// (when `[vault]` does not set it). Default 2 min.
     pub reconcile_after: Option<Dur>,

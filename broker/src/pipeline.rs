@@ -935,8 +935,8 @@ async fn issue_upstream(
                             OffsetDateTime::now_utc(),
                         )
                         .map(Some),
-                    Err(_) => Err(crate::mint::sts::StsError(
-                        "the JWT keys are unavailable".into(),
+                    Err(_) => Err(crate::mint::sts::StsError::new(
+                        "the JWT keys are unavailable",
                     )),
                 },
             };
@@ -944,7 +944,7 @@ async fn issue_upstream(
                 Ok(token) => sts.mint(&proof, g, &session, token).await,
                 Err(e) => Err(e),
             }
-            .map_err(|e| (e.to_string(), false))
+            .map_err(|e| (e.to_string(), e.ambiguous))
         }
     };
     match minted {
@@ -1014,17 +1014,18 @@ async fn issue_upstream(
             Ok((StatusCode::OK, axum::Json(response)).into_response())
         }
         Err((e, true)) => {
-            // Vault may have minted it: no refund, and the intent stays
-            // without an outcome, so reconciliation (after
-            // `reconcile_after`) finds and revokes a child token by its
-            // metadata, or logs a secret for an operator.
+            // The upstream may have minted it: no refund, and the intent
+            // stays without an outcome, so reconciliation (after
+            // `reconcile_after`) finds and revokes a Vault child token by its
+            // metadata, or logs a Vault secret or an STS session (which
+            // cannot be found one by one) for an operator.
             tracing::warn!(%lease_id, error = %e, "the upstream mint's outcome is unknown; left to reconciliation");
             broker
                 .metrics
                 .decided("upstream_outcome_unknown", ["upstream_outcome_unknown"]);
             Err(ApiError::unavailable(
                 "upstream_outcome_unknown",
-                "the upstream did not answer; nothing was issued, and if it minted the credential reconciliation revokes it (the budget is not refunded)",
+                "the upstream did not answer; nothing was issued, and if it minted the credential, reconciliation revokes it or lists it for an operator (the budget is not refunded)",
                 e,
             ))
         }

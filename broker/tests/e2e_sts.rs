@@ -1,7 +1,8 @@
 //! The STS minter against moto (tests/peers.sh): AssumeRole with the
 //! identity's session name, SourceIdentity, tags and a session policy; the
 //! real AWS CLI uses the credentials; STS's 900 s floor; advisory
-//! revocation; and SigV4 against moto's authenticating mode.
+//! revocation; SigV4 against moto's authenticating mode; and STS calls
+//! that go unanswered (left for the operator) or are refused (failed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
 
@@ -562,4 +563,97 @@ async fn a_crash_between_sts_and_the_answer_is_left_for_the_operator() {
         lease.as_str()
     );
     broker.assert_log_verifies();
+}
+
+/// An STS endpoint that takes every request and never answers.
+async fn silent_endpoint() -> String {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+/// STS took the request and never answered: it may have issued the
+/// session, so the call ends at `[aws] timeout` as 503
+/// `upstream_outcome_unknown`, the lease is neither closed nor given a
+/// failed outcome, and reconciliation logs it for operator action. An STS
+/// that refuses the connection issued nothing: 503 `upstream_unavailable`,
+/// a `mint_failed` outcome, the lease closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_sts_call_is_left_for_the_operator_a_refused_one_fails() {
+    let silent = silent_endpoint().await;
+    let broker = start_in(
+        tempfile::tempdir().unwrap(),
+        &silent,
+        "testing",
+        "testing",
+        "timeout = \"1s\"\nreconcile_after = \"1s\"",
+        &[],
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    let reply = issue(
+        &broker,
+        &node,
+        json!({"grant": "aws-payments", "ttl_seconds": 900}),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "upstream_outcome_unknown");
+    let records = broker.logs(&["--grant", "aws-payments"]);
+    let intent = records
+        .iter()
+        .find(|r| r["kind"] == "intent")
+        .expect("the intent record");
+    let lease = intent["body"]["lease"]["id"].as_str().unwrap().to_owned();
+    assert!(
+        !records.iter().any(|r| r["outcome"] == "mint_failed"),
+        "an unanswered call is not a failure: {records:?}"
+    );
+    let action = wait_for_outcome(&broker, "reconcile_operator_action").await;
+    assert_eq!(action["body"]["lease_id"], lease.as_str());
+    assert!(
+        broker
+            .live_leases()
+            .iter()
+            .any(|l| l["id"] == lease.as_str()),
+        "the session may exist: its lease stays listed"
+    );
+    broker.assert_log_verifies();
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let refused = start(&format!("http://{closed}"), "testing", "testing");
+    let node = enrolled_node(&refused, "node-1").await;
+    let reply = issue(
+        &refused,
+        &node,
+        json!({"grant": "aws-payments", "ttl_seconds": 900}),
+    )
+    .await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    assert_eq!(reply.body["error"]["code"], "upstream_unavailable");
+    let failed = wait_for_outcome(&refused, "mint_failed").await;
+    assert!(
+        failed["body"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("refused"),
+        "{failed}"
+    );
+    assert!(
+        refused.live_leases().is_empty(),
+        "{:?}",
+        refused.live_leases()
+    );
+    refused.assert_log_verifies();
 }

@@ -20,10 +20,73 @@ use crate::config::{AwsConfig, AwsStsGrant, StsMode, sts_limits};
 /// How long a web-identity JWT is valid: long enough for one STS call.
 const WEB_IDENTITY_TTL: i64 = 300;
 
+/// The longest an STS call may take (`[aws] timeout`), retries included.
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A failed STS call.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("sts {0}")]
-pub struct StsError(pub String);
+#[error("sts {message}")]
+pub struct StsError {
+    /// What failed.
+    pub message: String,
+    /// Whether STS may have issued the session all the same: the request
+    /// may have reached it and no answer was read (a timeout, a connection
+    /// lost, an answer that did not parse).
+    pub ambiguous: bool,
+}
+
+impl StsError {
+    /// A failure before anything reached STS, or STS's own refusal.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ambiguous: false,
+        }
+    }
+
+    /// A failed call (one attempt: the SDK does not retry), classified:
+    /// only a request never sent (never built, failed before it went out,
+    /// a connection refused) or an error answer from STS itself is sure to
+    /// have issued nothing.
+    fn from_sdk<E, R>(e: &aws_sdk_sts::error::SdkError<E, R>) -> Self
+    where
+        E: std::error::Error + 'static,
+        R: std::fmt::Debug + 'static,
+    {
+        use aws_sdk_sts::error::SdkError;
+        let ambiguous = match e {
+            SdkError::ConstructionFailure(_) | SdkError::ServiceError(_) => false,
+            // The transport's failures are io, timeout or a kind of `other`
+            // (a connection closed mid-answer); `other` without a kind is
+            // a step before sending (credentials, signing), `user` a request
+            // the client would not send.
+            SdkError::DispatchFailure(d) => {
+                (d.is_io() || d.is_timeout() || d.as_other().is_some()) && !connection_refused(e)
+            }
+            // Timeouts, unreadable answers, and any kind the SDK adds later.
+            _ => true,
+        };
+        Self {
+            message: aws_sdk_sts::error::DisplayErrorContext(e).to_string(),
+            ambiguous,
+        }
+    }
+}
+
+/// Whether `e` was caused by a refused connection (nothing was sent).
+fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(err) = cause {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
 
 /// The STS clients: one signing with the broker's credentials (standard
 /// chain), one with none at all for `AssumeRoleWithWebIdentity`.
@@ -114,8 +177,18 @@ impl StsMinter {
     pub async fn new(config: &AwsConfig) -> Self {
         let loader = || {
             let region = config.region.clone().unwrap_or_else(|| "us-east-1".into());
+            let timeout = config.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0);
             let loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new(region));
+                .region(aws_config::Region::new(region))
+                .timeout_config(
+                    aws_config::timeout::TimeoutConfig::builder()
+                        .operation_timeout(timeout)
+                        .build(),
+                )
+                // One attempt per mint, so a failure says whether STS may
+                // have issued a session (a retry could hide an unanswered
+                // first attempt); the caller retries.
+                .retry_config(aws_config::retry::RetryConfig::disabled());
             match &config.endpoint {
                 Some(endpoint) => loader.endpoint_url(endpoint),
                 None => loader,
@@ -165,7 +238,7 @@ impl StsMinter {
             }),
         };
         keys.sign(&claims, now)
-            .map_err(|e| StsError(format!("signing the web-identity token: {e}")))
+            .map_err(|e| StsError::new(format!("signing the web-identity token: {e}")))
     }
 
     /// Assumes the grant's role for the session: `AssumeRole` signed with
@@ -184,18 +257,13 @@ impl StsMinter {
         let policy = match &grant.reduced_policy {
             Some(p) if session.reduced => {
                 if p.chars().count() > sts_limits::MAX_POLICY_CHARS {
-                    return Err(StsError(
-                        "the session policy exceeds 2,048 characters".into(),
-                    ));
+                    return Err(StsError::new("the session policy exceeds 2,048 characters"));
                 }
                 Some(p.clone())
             }
             _ => None,
         };
         let sent_policy = policy.is_some();
-        let failed = |e: &dyn std::error::Error| {
-            StsError(aws_sdk_sts::error::DisplayErrorContext(e).to_string())
-        };
         let (creds, arn) = match (grant.mode, web_identity) {
             (StsMode::AssumeRole, _) => {
                 let tag = |k: &str, v: &str| {
@@ -203,7 +271,7 @@ impl StsMinter {
                         .key(k)
                         .value(tag_value(v))
                         .build()
-                        .map_err(|e| StsError(e.to_string()))
+                        .map_err(|e| StsError::new(e.to_string()))
                 };
                 let answer = self
                     .client
@@ -218,7 +286,7 @@ impl StsMinter {
                     .set_policy(policy)
                     .send()
                     .await
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| StsError::from_sdk(&e))?;
                 let arn = answer.assumed_role_user().map(|u| u.arn().to_owned());
                 (answer.credentials, arn)
             }
@@ -233,16 +301,16 @@ impl StsMinter {
                     .set_policy(policy)
                     .send()
                     .await
-                    .map_err(|e| failed(&e))?;
+                    .map_err(|e| StsError::from_sdk(&e))?;
                 let arn = answer.assumed_role_user().map(|u| u.arn().to_owned());
                 (answer.credentials, arn)
             }
             (StsMode::WebIdentity, None) => {
-                return Err(StsError("no web-identity token was signed".into()));
+                return Err(StsError::new("no web-identity token was signed"));
             }
         };
         let creds: Credentials =
-            creds.ok_or_else(|| StsError("no credentials in the answer".into()))?;
+            creds.ok_or_else(|| StsError::new("no credentials in the answer"))?;
         let expiration = creds
             .expiration()
             .fmt(aws_sdk_sts::primitives::DateTimeFormat::DateTime)
