@@ -20,7 +20,7 @@ use crate::config::{AwsConfig, AwsStsGrant, StsMode, sts_limits};
 /// How long a web-identity JWT is valid: long enough for one STS call.
 const WEB_IDENTITY_TTL: i64 = 300;
 
-/// The longest an STS call may take (`[aws] timeout`), retries included.
+/// The longest an STS call (one attempt) may take: `[aws] timeout`.
 const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A failed STS call.
