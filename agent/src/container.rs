@@ -120,13 +120,16 @@ pub async fn create_token(
     let peer = peer.ok_or(crate::attest::AttestError::NoPid)?;
     container.agent.attestor.attest(&peer)?;
     let req: TokenRequest = parse_json(headers, body)?;
-    if req.grant.is_empty() || req.grant.len() > mintguard_api::MAX_GRANT_LEN {
-        return Err(AgentError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_grant",
-            "grant must be 1..=128 bytes",
-        ));
+    CredentialRequest {
+        grant: req.grant.clone(),
+        spiffe_id: req.spiffe_id.clone(),
+        ttl_seconds: None,
+        purpose: None,
+        bind_to_process: None,
+        approval_id: None,
     }
+    .check()
+    .map_err(AgentError::from_input)?;
     let token = random_token()?;
     let pid = peer.pid;
     container.tokens.insert(

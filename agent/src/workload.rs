@@ -98,6 +98,11 @@ impl AgentError {
         }
     }
 
+    /// 400 for an input outside its limits.
+    pub fn from_input(e: mintguard_api::InputError) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, e.code, e.message)
+    }
+
     fn with_reasons(mut self, reasons: Vec<String>) -> Self {
         self.body.error.reasons = reasons;
         self
@@ -295,6 +300,7 @@ async fn credentials(
     let peer = peer.map(|p| p.0);
     let selectors = attest(&agent, peer.as_ref())?;
     let request: CredentialRequest = parse_json(&headers, &body)?;
+    request.check().map_err(AgentError::from_input)?;
     let bind = request.bind_to_process == Some(true);
     let owner = LeaseOwner {
         uid: selector(&selectors, "unix:uid:").to_owned(),

@@ -78,6 +78,11 @@ impl ApiError {
         }
     }
 
+    /// 400 for an input outside its limits.
+    pub fn from_input(e: mintguard_api::InputError) -> Self {
+        Self::bad_request(e.code, e.message)
+    }
+
     /// With reason codes.
     pub fn with_reasons(mut self, reasons: Vec<String>) -> Self {
         self.reasons = reasons;

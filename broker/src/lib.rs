@@ -20,6 +20,7 @@
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
 //! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
+//! - [`ids`]: ids (unique) and secrets (CSPRNG, fail closed).
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
@@ -34,6 +35,7 @@ pub mod ci;
 pub mod cli;
 pub mod config;
 pub mod http;
+pub mod ids;
 pub mod log;
 pub mod metrics;
 pub mod mint;

@@ -5,6 +5,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -20,6 +21,13 @@ pub struct OutcomeLabel {
 pub struct ReasonLabel {
     /// A reason code.
     pub reason: String,
+}
+
+/// `reader` label: who could not read a record.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReaderLabel {
+    /// anomaly, replay, explain, verify.
+    pub reader: String,
 }
 
 /// The broker's metrics.
@@ -41,6 +49,11 @@ pub struct Metrics {
     pub detections: Family<ReasonLabel, Counter>,
     /// Alerts dropped because the webhook queue was full.
     pub alerts_dropped: Counter,
+    /// Decision records a reader could not decode (each one a finding).
+    pub undecodable_records: Family<ReaderLabel, Counter>,
+    /// 1 while anomaly analysis has not advanced within its interval × the
+    /// tolerance (the `behaviour` signal is then stale), else 0.
+    pub analysis_stale: Gauge,
 }
 
 impl Default for Metrics {
@@ -54,6 +67,18 @@ impl Default for Metrics {
         let budget_exhausted = Counter::default();
         let detections = Family::<ReasonLabel, Counter>::default();
         let alerts_dropped = Counter::default();
+        let undecodable_records = Family::<ReaderLabel, Counter>::default();
+        let analysis_stale = Gauge::default();
+        registry.register(
+            "undecodable_records",
+            "Decision records a reader could not decode (findings: a record analysis never saw)",
+            undecodable_records.clone(),
+        );
+        registry.register(
+            "anomaly_analysis_stale",
+            "1 while anomaly analysis lags or is down, so the behaviour signal is stale",
+            analysis_stale.clone(),
+        );
         registry.register(
             "anomaly_detections",
             "Anomaly detections by detector",
@@ -96,6 +121,8 @@ impl Default for Metrics {
             reasons,
             detections,
             alerts_dropped,
+            undecodable_records,
+            analysis_stale,
             decision_seconds,
             issue_seconds,
             log_write_seconds,
@@ -119,6 +146,17 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Records a decision record `reader` could not decode: counted and
+    /// logged, so it is a finding and never a silent skip.
+    pub fn undecodable(&self, reader: &'static str, seq: i64, why: &dyn std::fmt::Display) {
+        tracing::error!(reader, seq, %why, "a decision record cannot be decoded");
+        self.undecodable_records
+            .get_or_create(&ReaderLabel {
+                reader: reader.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

@@ -9,8 +9,7 @@ use std::collections::BTreeMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use mintguard_api::{
-    CredentialRequest, CredentialResponse, IssueRequest, MAX_FACT_LEN, MAX_PURPOSE_LEN,
-    MAX_SELECTOR_LEN, MAX_SELECTORS, NodeFacts,
+    CredentialRequest, CredentialResponse, IssueRequest, MAX_SELECTOR_LEN, MAX_SELECTORS, NodeFacts,
 };
 use mintguard_policy::budget::BudgetSnapshot;
 use mintguard_policy::decision::{
@@ -34,23 +33,7 @@ use crate::store::{
     Append, Entry, Lease, LeaseOwner, LeaseQuery, SignalRecord, SpendOp, SuspensionRecord,
 };
 
-/// A unique id with a prefix: `req-…`, `lease-…` (128 bits, hex): 48 bits
-/// of milliseconds, then 80 random bits. Time-ordered like a UUIDv7, so the
-/// store's indexes on ids grow at their right edge instead of touching a
-/// random page per insert (which multiplied the bytes each commit writes).
-pub fn random_id(prefix: &str) -> String {
-    let mut bytes = [0u8; 16];
-    let ms = now_ms().to_be_bytes();
-    bytes[..6].copy_from_slice(&ms[2..]);
-    // The system RNG failing is not recoverable; a counter keeps ids unique
-    // within this process (uniqueness, not secrecy, matters here).
-    if aws_lc_rs::rand::fill(&mut bytes[6..]).is_err() {
-        static FALLBACK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = FALLBACK.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        bytes[8..].copy_from_slice(&n.to_be_bytes());
-    }
-    format!("{prefix}-{}", crate::log::hex(&bytes))
-}
+pub use crate::ids::random_id;
 
 fn rfc3339(ms: i64) -> String {
     OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
@@ -80,42 +63,15 @@ fn validate(req: &IssueRequest) -> Result<(), ApiError> {
             format!("malformed selector {:?}", crate::http::excerpt(s)),
         ));
     }
-    if let Some(f) = &req.node_facts
-        && [&f.agent_version, &f.kernel_release, &f.socket_mode]
-            .iter()
-            .any(|s| s.len() > MAX_FACT_LEN)
-    {
-        return Err(ApiError::bad_request(
-            "bad_node_facts",
-            format!("node facts are limited to {MAX_FACT_LEN} bytes each"),
-        ));
+    if let Some(f) = &req.node_facts {
+        f.check().map_err(ApiError::from_input)?;
     }
     validate_request(&req.request)
 }
 
 /// Checks a credential request's shape and limits (a 400 changes nothing).
 pub fn validate_request(r: &CredentialRequest) -> Result<(), ApiError> {
-    if r.grant.is_empty() || r.grant.len() > mintguard_api::MAX_GRANT_LEN {
-        return Err(ApiError::bad_request(
-            "bad_grant",
-            "grant must be 1..=128 bytes",
-        ));
-    }
-    if r.purpose
-        .as_ref()
-        .is_some_and(|p| p.len() > MAX_PURPOSE_LEN)
-    {
-        return Err(ApiError::bad_request(
-            "bad_purpose",
-            format!("purpose exceeds {MAX_PURPOSE_LEN} bytes"),
-        ));
-    }
-    if r.ttl_seconds == Some(0) {
-        return Err(ApiError::bad_request(
-            "bad_ttl",
-            "ttl_seconds must be positive",
-        ));
-    }
+    r.check().map_err(ApiError::from_input)?;
     if let Some(id) = &r.spiffe_id {
         mintguard_certs::id::parse_spiffe_id(id)
             .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;

@@ -200,10 +200,42 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
     })
 }
 
+/// Reads this broker's instance id from `<data_dir>/instance.id`, creating
+/// it (128 random bits, hex) on first start.
+fn instance_id(data_dir: &Path) -> Result<String, String> {
+    let path = data_dir.join("instance.id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if crate::ids::is_hex_id(id.trim()) => return Ok(id.trim().to_owned()),
+        Ok(_) => return Err(format!("{}: not an instance id", path.display())),
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(format!("{}: {e}", path.display()));
+        }
+        Err(_) => {}
+    }
+    let id = crate::ids::secret_hex::<16>().map_err(|e| e.to_string())?;
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    // create_new is O_EXCL: a symlink planted at the path is not followed.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(id.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(id)
+}
+
 /// Signs and exports checkpoints every N records or T seconds.
 pub struct LogWriter {
     signer: LogSigner,
     export: std::path::PathBuf,
+    /// This broker's instance id (`<data_dir>/instance.id`): its exported
+    /// lines name it, so its `logs verify` knows which of the store's
+    /// checkpoints its own file must hold (replicas export to files of their own).
+    instance: String,
     every: i64,
     last: Mutex<(i64, i64)>, // (seq checkpointed, time ms)
 }
@@ -318,6 +350,7 @@ impl Broker {
             .checkpoints_file
             .clone()
             .unwrap_or_else(|| config.data_dir.join("checkpoints.jsonl"));
+        let instance = instance_id(&config.data_dir).map_err(setup)?;
         let (head, _) = store.head().await.map_err(setup)?;
         let last_cp = store
             .checkpoints()
@@ -367,6 +400,7 @@ impl Broker {
             log: LogWriter {
                 signer,
                 export,
+                instance,
                 every,
                 last: Mutex::new((last_cp, now_ms())),
             },
@@ -433,7 +467,13 @@ impl Broker {
             let cp = self
                 .log
                 .signer
-                .sign(seq, hash, now_ms())
+                .sign_statement(
+                    checkpoint::StatementKind::Checkpoint,
+                    Some(&self.log.instance),
+                    seq,
+                    hash,
+                    now_ms(),
+                )
                 .map_err(|e| e.to_string())?;
             checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
             self.store
@@ -518,6 +558,29 @@ impl Broker {
     /// The log-signing public key.
     pub fn log_public_key(&self) -> &mintguard_certs::jwt::Jwk {
         self.log.signer.public_jwk()
+    }
+
+    /// This broker's instance id (see [`LogWriter`]).
+    pub fn instance_id(&self) -> &str {
+        &self.log.instance
+    }
+
+    /// Signs and exports (fsync'd) the statement that the records through
+    /// `(seq, hash)` are about to be pruned: written before the records are
+    /// deleted, so a pruned base is never without it.
+    pub fn export_prune_statement(&self, seq: i64, hash: &str) -> Result<(), String> {
+        let statement = self
+            .log
+            .signer
+            .sign_statement(
+                checkpoint::StatementKind::Prune,
+                Some(&self.log.instance),
+                seq,
+                hash,
+                now_ms(),
+            )
+            .map_err(|e| e.to_string())?;
+        checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())
     }
 
     /// Checkpoints the head every `interval` (records since the last checkpoint only).

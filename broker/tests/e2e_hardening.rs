@@ -9,7 +9,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use mintguard_broker::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use mintguard_broker::log::{GENESIS, LogEntry, LogRecord};
 use serde_json::{Value, json};
 
 const OTHER_GRANT: &str = r#"
@@ -169,75 +169,6 @@ async fn malformed_requests_get_their_documented_status_and_reason() {
     );
 }
 
-fn verify_offline(broker: &BrokerProcess, db: &std::path::Path) -> (bool, String) {
-    let data = broker.data();
-    let out = Command::new(env!("CARGO_BIN_EXE_mintguard"))
-        .args(["logs", "verify", "--store"])
-        .arg(format!("sqlite://{}", db.display()))
-        .arg("--checkpoints")
-        .arg(data.join("checkpoints.jsonl"))
-        .arg("--key")
-        .arg(data.join("log-signing.jwk.json"))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn read_records(conn: &rusqlite::Connection) -> Vec<LogRecord> {
-    let mut stmt = conn.prepare("SELECT seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash FROM log ORDER BY seq").unwrap();
-    stmt.query_map([], |r| {
-        Ok(LogRecord {
-            seq: r.get(0)?,
-            entry: LogEntry {
-                time_ms: r.get(1)?,
-                kind: RecordKind::parse(&r.get::<_, String>(2)?).unwrap(),
-                request_id: r.get(3)?,
-                identity: r.get(4)?,
-                grant: r.get(5)?,
-                node: r.get(6)?,
-                outcome: r.get(7)?,
-                body: serde_json::from_str(&r.get::<_, String>(8)?).unwrap(),
-            },
-            prev_hash: r.get(9)?,
-            hash: r.get(10)?,
-        })
-    })
-    .unwrap()
-    .map(Result::unwrap)
-    .collect()
-}
-
-fn rewrite(conn: &rusqlite::Connection, records: &[LogRecord]) {
-    conn.execute("DELETE FROM log", []).unwrap();
-    for r in records {
-        let e = &r.entry;
-        conn.execute(
-            "INSERT INTO log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-            rusqlite::params![
-                r.seq,
-                e.time_ms,
-                e.kind.as_str(),
-                e.request_id,
-                e.identity,
-                e.grant,
-                e.node,
-                e.outcome,
-                e.body.to_string(),
-                r.prev_hash,
-                r.hash
-            ],
-        )
-        .unwrap();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_sqlite_log_is_detected_and_located() {
     let mut broker = BrokerProcess::start("");
@@ -260,14 +191,7 @@ async fn tampering_with_the_sqlite_log_is_detected_and_located() {
         vec![5, 10],
         "every 5 records"
     );
-    let copy = |name: &str| {
-        let path = broker.dir.path().join(format!("{name}.db"));
-        rusqlite::Connection::open(data.join("broker.db"))
-            .unwrap()
-            .execute("VACUUM INTO ?1", [path.to_str().unwrap()])
-            .unwrap();
-        path
-    };
+    let copy = |name: &str| copy_store(&broker, name);
     let pristine = copy("pristine");
     let (ok, text) = verify_offline(&broker, &pristine);
     assert!(ok, "{text}");

@@ -18,6 +18,131 @@ pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 pub const MAX_GRANT_LEN: usize = 128;
 /// Longest purpose string, in bytes.
 pub const MAX_PURPOSE_LEN: usize = 512;
+/// Longest lifetime a request may ask for, in seconds (31 days); a grant's
+/// `max_ttl` caps it further. Every number a request carries is bounded
+/// where it enters, so a record never holds a value its readers cannot
+/// decode.
+pub const MAX_TTL_SECONDS: u64 = 31 * 86_400;
+/// Longest approval or lease id, in bytes.
+pub const MAX_ID_LEN: usize = 128;
+/// Largest `uptime_seconds` a node may report (100 years).
+pub const MAX_UPTIME_SECONDS: u64 = 100 * 366 * 86_400;
+
+/// An input outside its limits: the field, a stable reason code, and the
+/// limit in the message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputError {
+    /// A stable machine-readable code (`bad_ttl`, `bad_grant`, …).
+    pub code: &'static str,
+    /// What is wrong, with the limit.
+    pub message: String,
+}
+
+impl std::fmt::Display for InputError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+fn input_error(code: &'static str, message: impl Into<String>) -> InputError {
+    InputError {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Whether `s` is 1..=`max` bytes of `[A-Za-z0-9._-]` (grant names).
+pub fn is_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+/// Whether `s` is 1..=[`MAX_ID_LEN`] bytes of `[A-Za-z0-9-]` (approval and lease ids).
+pub fn is_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_ID_LEN
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Checks free text that reaches records and policies: at most `max` bytes,
+/// no control characters (NUL among them: PostgreSQL text cannot hold it,
+/// and a log line should not carry terminal escapes).
+pub fn check_text(code: &'static str, field: &str, s: &str, max: usize) -> Result<(), InputError> {
+    if s.len() > max {
+        return Err(input_error(
+            code,
+            format!("{field} is {} bytes, at most {max} allowed", s.len()),
+        ));
+    }
+    if s.chars().any(char::is_control) {
+        return Err(input_error(
+            code,
+            format!("{field} holds a control character"),
+        ));
+    }
+    Ok(())
+}
+
+impl CredentialRequest {
+    /// Checks every field against its limits (the agent and the broker both
+    /// call it; a refusal changes nothing).
+    pub fn check(&self) -> Result<(), InputError> {
+        if !is_name(&self.grant, MAX_GRANT_LEN) {
+            return Err(input_error(
+                "bad_grant",
+                format!("grant must be 1..={MAX_GRANT_LEN} bytes of [A-Za-z0-9._-]"),
+            ));
+        }
+        if let Some(ttl) = self.ttl_seconds
+            && !(1..=MAX_TTL_SECONDS).contains(&ttl)
+        {
+            return Err(input_error(
+                "bad_ttl",
+                format!("ttl_seconds must be 1..={MAX_TTL_SECONDS}, got {ttl}"),
+            ));
+        }
+        if let Some(p) = &self.purpose {
+            check_text("bad_purpose", "purpose", p, MAX_PURPOSE_LEN)?;
+        }
+        if let Some(id) = &self.spiffe_id {
+            // The broker parses it fully; the shape is bounded here.
+            check_text("bad_spiffe_id", "spiffe_id", id, 2048)?;
+        }
+        if let Some(id) = &self.approval_id
+            && !is_id(id)
+        {
+            return Err(input_error(
+                "bad_approval_id",
+                format!("approval_id must be 1..={MAX_ID_LEN} bytes of [A-Za-z0-9-]"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl NodeFacts {
+    /// Checks the facts against their limits.
+    pub fn check(&self) -> Result<(), InputError> {
+        for (field, value) in [
+            ("agent_version", &self.agent_version),
+            ("kernel_release", &self.kernel_release),
+            ("socket_mode", &self.socket_mode),
+        ] {
+            check_text("bad_node_facts", field, value, MAX_FACT_LEN)?;
+        }
+        if self.uptime_seconds > MAX_UPTIME_SECONDS {
+            return Err(input_error(
+                "bad_node_facts",
+                format!("uptime_seconds is at most {MAX_UPTIME_SECONDS}"),
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// `POST /v1/credentials` (workload → agent), `POST /v1/ci/credentials` (CI → broker).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,6 +347,49 @@ mod tests {
             serde_json::from_str::<CredentialRequest>(r#"{"grant":"g","tll_seconds":1}"#).is_err()
         );
         assert!(serde_json::from_str::<CredentialRequest>(r#"{"ttl_seconds":1}"#).is_err());
+    }
+
+    #[test]
+    fn every_field_is_bounded() {
+        let ok = |json: &str| {
+            serde_json::from_str::<CredentialRequest>(json)
+                .unwrap()
+                .check()
+        };
+        assert!(ok(r#"{"grant":"db","ttl_seconds":2678400}"#).is_ok());
+        for (json, code) in [
+            (
+                r#"{"grant":"db","ttl_seconds":18446744073709551615}"#,
+                "bad_ttl",
+            ),
+            (r#"{"grant":"db","ttl_seconds":2678401}"#, "bad_ttl"),
+            (r#"{"grant":"db","ttl_seconds":0}"#, "bad_ttl"),
+            (r#"{"grant":""}"#, "bad_grant"),
+            (r#"{"grant":"d\u0000b"}"#, "bad_grant"),
+            (r#"{"grant":"db","purpose":"a\u0000b"}"#, "bad_purpose"),
+            (r#"{"grant":"db","purpose":"a\u001b[31m"}"#, "bad_purpose"),
+            (r#"{"grant":"db","approval_id":"../x"}"#, "bad_approval_id"),
+        ] {
+            assert_eq!(ok(json).unwrap_err().code, code, "{json}");
+        }
+        // Floats, duplicates and deep nesting never get this far.
+        for json in [
+            r#"{"grant":"db","ttl_seconds":1.5}"#,
+            r#"{"grant":"db","ttl_seconds":1e3}"#,
+            r#"{"grant":"db","grant":"other"}"#,
+        ] {
+            assert!(
+                serde_json::from_str::<CredentialRequest>(json).is_err(),
+                "{json}"
+            );
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(serde_json::from_str::<CredentialRequest>(&deep).is_err());
+        let facts = NodeFacts {
+            uptime_seconds: u64::MAX,
+            ..Default::default()
+        };
+        assert_eq!(facts.check().unwrap_err().code, "bad_node_facts");
     }
 
     #[test]

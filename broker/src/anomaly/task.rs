@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use super::alerts::AlertSink;
 use super::analyzer::{Analyzer, Detection, Event, Subject};
 use crate::config::{AnomalyConfig, AnomalyMode};
+use crate::log::decode::Undecodable;
 use crate::log::{LogEntry, RecordKind};
 use crate::state::{Broker, now_ms};
 use crate::store::{DecisionRow, SuspensionRecord};
@@ -68,9 +69,14 @@ struct EciPart {
 }
 
 /// The analyzer's view of a decision row; `None` if it names no identity or
-/// grant, or its body is not a decision body.
-pub fn event_of(row: &DecisionRow) -> Option<Event> {
-    let body: EventBody = serde_json::from_str(&row.body).ok()?;
+/// grant (a refusal before any decision). A body it cannot read is an
+/// error: the caller counts it as a finding (a decision analysis never saw).
+pub fn event_of(row: &DecisionRow) -> Result<Option<Event>, Undecodable> {
+    let body: EventBody =
+        serde_json::from_str(&row.body).map_err(|e| Undecodable(e.to_string()))?;
+    let (Some(identity), Some(grant)) = (row.identity.clone(), row.grant.clone()) else {
+        return Ok(None);
+    };
     let outcome = row.outcome.as_deref().unwrap_or_default();
     // A refusal about the issuer (suspended or anomalous node) says nothing
     // about the identity.
@@ -79,11 +85,11 @@ pub fn event_of(row: &DecisionRow) -> Option<Event> {
         .reasons
         .iter()
         .any(|r| r == "issuer_suspended" || r == "issuer_anomalous");
-    Some(Event {
+    Ok(Some(Event {
         time_ms: row.time_ms,
-        identity: row.identity.clone()?,
+        identity,
         issuer: row.node.clone().unwrap_or_default(),
-        grant: row.grant.clone()?,
+        grant,
         denied: matches!(outcome, "deny" | "suspend") && !for_issuer,
         ttl_seconds: body
             .request
@@ -91,7 +97,19 @@ pub fn event_of(row: &DecisionRow) -> Option<Event> {
             .or(body.decision.ttl_seconds)
             .unwrap_or(0),
         exposure: body.decision.eci.grant_exposure.unwrap_or(0.0),
-    })
+    }))
+}
+
+/// The event of `row`, or `None` after counting and logging a row that
+/// cannot be read.
+fn read_event(broker: &Broker, row: &DecisionRow) -> Option<Event> {
+    match event_of(row) {
+        Ok(event) => event,
+        Err(why) => {
+            broker.metrics.undecodable("anomaly", row.seq, &why);
+            None
+        }
+    }
 }
 
 impl Analysis {
@@ -120,7 +138,7 @@ impl Analysis {
                 .await?;
             for record in &page {
                 self.watermark = record.seq;
-                if let Some(event) = event_of(record) {
+                if let Some(event) = read_event(broker, record) {
                     self.analyzer.observe(&event);
                     seen += 1;
                 }
@@ -147,7 +165,7 @@ impl Analysis {
                 .await
                 .map_err(|e| e.to_string())?;
             for record in &page {
-                if let Some(event) = event_of(record) {
+                if let Some(event) = read_event(broker, record) {
                     read += 1;
                     let detections = self.analyzer.observe(&event);
                     if self.acting {
@@ -418,7 +436,7 @@ mod tests {
                          "eci": {"eci": 40, "grant_exposure": 42.5}},
             "lease": {"id": "lease-1"},
         });
-        let event = event_of(&row("deny", body.clone())).unwrap();
+        let event = event_of(&row("deny", body.clone())).unwrap().unwrap();
         assert_eq!(event.time_ms, 1_000);
         assert_eq!(event.identity, "spiffe://example.org/a");
         assert_eq!(event.issuer, "spiffe://example.org/mintguard/node/n1");
@@ -430,21 +448,30 @@ mod tests {
         // Refused for the issuer: not counted against the identity.
         let mut issuer = body.clone();
         issuer["decision"]["reasons"] = json!(["issuer_suspended"]);
-        assert!(!event_of(&row("deny", issuer)).unwrap().denied);
+        assert!(!event_of(&row("deny", issuer)).unwrap().unwrap().denied);
 
         // No requested TTL: the decided one; missing parts default.
         let sparse = json!({"decision": {"ttl_seconds": 60}});
-        let event = event_of(&row("allow", sparse)).unwrap();
+        let event = event_of(&row("allow", sparse)).unwrap().unwrap();
         assert_eq!(event.ttl_seconds, 60);
         assert!(!event.denied);
         assert_eq!(event.exposure, 0.0);
 
-        // A body that is not JSON, or a row without an identity: no event.
+        // A body that is not JSON, or a TTL that is no integer: an error
+        // (a finding), never a silent skip. A row without an identity: no event.
         let mut bad = row("allow", json!({}));
         bad.body = "{".into();
-        assert!(event_of(&bad).is_none());
+        assert!(event_of(&bad).is_err());
+        let float_ttl = row(
+            "allow",
+            json!({"request": {"ttl_seconds": 1.8446744073709552e19}}),
+        );
+        assert!(event_of(&float_ttl).is_err());
+        // u64::MAX as the canonical form now writes it reads back.
+        let max_ttl = row("allow", json!({"request": {"ttl_seconds": u64::MAX}}));
+        assert_eq!(event_of(&max_ttl).unwrap().unwrap().ttl_seconds, u64::MAX);
         let mut anonymous = row("allow", json!({}));
         anonymous.identity = None;
-        assert!(event_of(&anonymous).is_none());
+        assert!(event_of(&anonymous).unwrap().is_none());
     }
 }

@@ -220,10 +220,10 @@ fn operator_create(
     if cert {
         return operator_cert(name, &config, out.unwrap_or(dir));
     }
-    let token = format!(
-        "mgop-{}",
-        mintguard_broker::pipeline::random_id("t").trim_start_matches("t-")
-    );
+    let token = match mintguard_broker::ids::secret_token("mgop") {
+        Ok(token) => token,
+        Err(e) => return fail(e.to_string()),
+    };
     let path = dir.join(format!("{name}.token"));
     if let Err(e) = write_secret(&path, token.as_bytes(), false) {
         return fail(format!(

@@ -470,7 +470,14 @@ pub async fn verify(
                 }
                 after = page.last().map_or(after, |r| r.seq);
                 if done {
-                    break verifier.finish();
+                    let mut problems = Vec::new();
+                    for hash in verifier.rule_set_hashes() {
+                        let stored = source.rule_set(hash).await?;
+                        if let Err(p) = crate::log::rule_sets::check(hash, stored.as_deref()) {
+                            problems.push(p);
+                        }
+                    }
+                    break verifier.finish(&problems);
                 }
             }
         }
@@ -524,6 +531,19 @@ impl LogSource {
                     .zip(base["hash"].as_str().map(str::to_owned)))
             }
             Self::Store(store) => store.base().await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// The stored text of rule set `hash`, as the store holds it.
+    async fn rule_set(&self, hash: &str) -> Result<Option<String>, String> {
+        match self {
+            Self::Admin(client) => {
+                let v = client
+                    .call("GET", &format!("/admin/v1/rule_sets/{hash}"), None)
+                    .await?;
+                Ok(v["stored"].as_str().map(str::to_owned))
+            }
+            Self::Store(store) => store.rule_set(hash).await.map_err(|e| e.to_string()),
         }
     }
 
@@ -659,8 +679,10 @@ fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String
         };
         writeln!(
             out,
-            "ok: {} records, head {}; {coverage}",
+            "ok: {} records ({} decisions decoded, {} rule sets re-hashed), head {}; {coverage}",
             r["records"],
+            r["decisions"],
+            r["rule_sets"],
             r["head"].as_str().unwrap_or("")
         )
         .map_err(|e| e.to_string())?;

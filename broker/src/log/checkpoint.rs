@@ -2,6 +2,16 @@
 //! `(seq, hash)` with a log-signing key that lives in a file, never in the
 //! database, and appends the checkpoint to a JSON-lines file outside it.
 //! `mintguard logs verify --checkpoints FILE` checks the chain against them.
+//!
+//! The same stream carries **prune statements**: before retention deletes
+//! the records through a checkpoint, the broker signs and exports a
+//! statement that it did. A log whose base (the pruned prefix's end) no
+//! signed statement covers does not verify, so someone with write access to
+//! the database cannot delete history and forge the prune record inside it.
+//!
+//! Each line is signed over its kind and the exporting broker's instance id
+//! as well, so a checkpoint cannot be passed off as a prune statement, and
+//! a broker can tell which of the store's checkpoints its own file must hold.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,7 +20,24 @@ use mintguard_certs::jwt::{Expiring, Jwk, JwtAlgorithm, SigningKey};
 use mintguard_certs::svid::PrivateKey;
 use serde::{Deserialize, Serialize};
 
-/// A signed checkpoint, one JSON line in the export file.
+/// What a line of the export stream states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatementKind {
+    /// The chain reached `(seq, hash)`.
+    #[default]
+    Checkpoint,
+    /// The records through `(seq, hash)` were deleted by retention.
+    Prune,
+}
+
+impl StatementKind {
+    fn is_checkpoint(&self) -> bool {
+        *self == StatementKind::Checkpoint
+    }
+}
+
+/// A signed checkpoint (or prune statement), one JSON line in the export file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The last record covered.
@@ -19,7 +46,15 @@ pub struct Checkpoint {
     pub hash: String,
     /// When it was signed, ms since the epoch.
     pub time_ms: i64,
-    /// A compact JWS (EdDSA) over `{"seq","hash","time_ms"}` by the log-signing key.
+    /// A checkpoint or a prune statement (absent: a checkpoint).
+    #[serde(default, skip_serializing_if = "StatementKind::is_checkpoint")]
+    pub kind: StatementKind,
+    /// The instance id of the broker that exported it (absent in lines
+    /// written before brokers had one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exporter: Option<String>,
+    /// A compact JWS (EdDSA) by the log-signing key over
+    /// `{"seq","hash","time_ms"}` and, when present, `kind` and `exporter`.
     pub jws: String,
 }
 
@@ -28,6 +63,10 @@ struct Payload {
     seq: i64,
     hash: String,
     time_ms: i64,
+    #[serde(default, skip_serializing_if = "StatementKind::is_checkpoint")]
+    kind: StatementKind,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exporter: Option<String>,
 }
 
 impl Expiring for Payload {
@@ -54,6 +93,16 @@ pub enum CheckpointError {
         path: PathBuf,
         /// The error.
         source: std::io::Error,
+    },
+    /// The last line of the export file is incomplete (a write cut short).
+    #[error("checkpoint file {}: the last line ({line}) is torn (incomplete): {reason}", path.display())]
+    TornTail {
+        /// The file.
+        path: PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// Why it does not parse.
+        reason: String,
     },
     /// A line of the export file is malformed.
     #[error("checkpoint file {}, line {line}: {reason}", path.display())]
@@ -121,10 +170,25 @@ impl LogSigner {
 
     /// Signs a checkpoint of `(seq, hash)` at `time_ms`.
     pub fn sign(&self, seq: i64, hash: &str, time_ms: i64) -> Result<Checkpoint, CheckpointError> {
+        self.sign_statement(StatementKind::Checkpoint, None, seq, hash, time_ms)
+    }
+
+    /// Signs a statement of `kind` about `(seq, hash)` at `time_ms`, naming
+    /// the broker instance `exporter` that exports it.
+    pub fn sign_statement(
+        &self,
+        kind: StatementKind,
+        exporter: Option<&str>,
+        seq: i64,
+        hash: &str,
+        time_ms: i64,
+    ) -> Result<Checkpoint, CheckpointError> {
         let payload = Payload {
             seq,
             hash: hash.to_owned(),
             time_ms,
+            kind,
+            exporter: exporter.map(str::to_owned),
         };
         let jws = self.key.sign(&payload).map_err(|e| CheckpointError::Key {
             path: PathBuf::new(),
@@ -134,6 +198,8 @@ impl LogSigner {
             seq,
             hash: hash.to_owned(),
             time_ms,
+            kind,
+            exporter: exporter.map(str::to_owned),
             jws,
         })
     }
@@ -144,9 +210,38 @@ impl Checkpoint {
     pub fn verify(&self, key: &Jwk) -> bool {
         match key.verify(&self.jws) {
             Ok(payload) => serde_json::from_value::<Payload>(payload).is_ok_and(|p| {
-                p.seq == self.seq && p.hash == self.hash && p.time_ms == self.time_ms
+                p.seq == self.seq
+                    && p.hash == self.hash
+                    && p.time_ms == self.time_ms
+                    && p.kind == self.kind
+                    && p.exporter == self.exporter
             }),
             Err(_) => false,
+        }
+    }
+
+    /// The store keeps `seq, hash, time_ms, jws`; the rest is read back out
+    /// of the JWS payload (signed; checked when the checkpoint is verified).
+    pub fn from_stored(seq: i64, hash: String, time_ms: i64, jws: String) -> Self {
+        let payload = jws
+            .split('.')
+            .nth(1)
+            .and_then(|p| {
+                use base64::Engine;
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(p)
+                    .ok()
+            })
+            .and_then(|bytes| serde_json::from_slice::<Payload>(&bytes).ok());
+        let (kind, exporter) =
+            payload.map_or((StatementKind::Checkpoint, None), |p| (p.kind, p.exporter));
+        Self {
+            seq,
+            hash,
+            time_ms,
+            kind,
+            exporter,
+            jws,
         }
     }
 }
@@ -168,20 +263,26 @@ pub fn export(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointErro
     file.sync_all().map_err(io)
 }
 
-/// Reads an exported checkpoint file.
+/// Reads an exported checkpoint file. Every failure is an error: a file
+/// that cannot be read, any line that does not parse, and a last line
+/// without its newline that does not parse (torn, reported as such).
 pub fn read_file(path: &Path) -> Result<Vec<Checkpoint>, CheckpointError> {
     let text = std::fs::read_to_string(path).map_err(|source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    text.lines()
+    let lines = text.split_inclusive('\n').count();
+    text.split_inclusive('\n')
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            serde_json::from_str(l).map_err(|e| CheckpointError::Malformed {
-                path: path.to_path_buf(),
-                line: i + 1,
-                reason: e.to_string(),
+            serde_json::from_str(l.trim_end_matches('\n')).map_err(|e| {
+                let (path, line, reason) = (path.to_path_buf(), i + 1, e.to_string());
+                if i + 1 == lines && !l.ends_with('\n') {
+                    CheckpointError::TornTail { path, line, reason }
+                } else {
+                    CheckpointError::Malformed { path, line, reason }
+                }
             })
         })
         .collect()

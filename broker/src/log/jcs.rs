@@ -5,10 +5,18 @@
 //! largest cost of an issuance.
 //!
 //! JCS: object members sorted by the UTF-16 code units of their names; no
-//! whitespace; numbers in ECMAScript `Number.prototype.toString` form (every
-//! number is an IEEE-754 double, so integers beyond 2^53 round as they would
-//! in JavaScript); strings escape only `"`, `\` and control characters
-//! (`\b \t \n \f \r`, else `\u00xx` in lowercase hex).
+//! whitespace; floats in ECMAScript `Number.prototype.toString` form;
+//! strings escape only `"`, `\` and control characters (`\b \t \n \f \r`,
+//! else `\u00xx` in lowercase hex).
+//!
+//! **Integers are written exactly.** RFC 8785 treats every number as an
+//! IEEE-754 double, so an integer beyond 2^53 would round — `u64::MAX`
+//! became `18446744073709552000`, which no reader could decode as the
+//! integer it was. Here an integer (a JSON number serde holds as `u64` or
+//! `i64`) is written in plain decimal, exactly; for every integer of
+//! magnitude at most 2^53 that is the RFC's form too. Records written
+//! before stay verifiable: an integer literal parses back to a value whose
+//! form here is the same digits.
 
 use std::borrow::Cow;
 use std::cmp::Ordering;
@@ -68,9 +76,14 @@ fn write_value(out: &mut String, value: &Value) {
         Value::Bool(true) => out.push_str("true"),
         Value::Bool(false) => out.push_str("false"),
         Value::Number(n) => {
-            // A Value holds only finite numbers; integers are doubles in JCS.
-            let f = n.as_f64().unwrap_or(0.0);
-            out.push_str(ryu_js::Buffer::new().format_finite(f));
+            if let Some(u) = n.as_u64() {
+                write_integer(out, u);
+            } else if let Some(i) = n.as_i64() {
+                write_integer(out, i);
+            } else {
+                // A Value holds only finite floats.
+                out.push_str(ryu_js::Buffer::new().format_finite(n.as_f64().unwrap_or(0.0)));
+            }
         }
         Value::String(s) => write_str(out, s),
         Value::Array(items) => {
@@ -136,6 +149,11 @@ impl ser::Error for Unsupported {
 
 /// serde_json's marker for `RawValue`.
 const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+/// An integer, exactly (see the module's note on integers).
+fn write_integer(out: &mut String, n: impl itoa::Integer) {
+    out.push_str(itoa::Buffer::new().format(n));
+}
 
 fn write_number(out: &mut String, f: f64) {
     // As `Value` does: a non-finite float is null; every number is a double.
@@ -204,7 +222,7 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
     #[allow(clippy::cast_precision_loss)] // JCS numbers are doubles
     fn serialize_i64(self, v: i64) -> Result<(), Unsupported> {
-        write_number(self.out, v as f64);
+        write_integer(self.out, v);
         Ok(())
     }
     fn serialize_u8(self, v: u8) -> Result<(), Unsupported> {
@@ -218,7 +236,7 @@ impl<'a> ser::Serializer for Canon<'a> {
     }
     #[allow(clippy::cast_precision_loss)] // JCS numbers are doubles
     fn serialize_u64(self, v: u64) -> Result<(), Unsupported> {
-        write_number(self.out, v as f64);
+        write_integer(self.out, v);
         Ok(())
     }
     fn serialize_i128(self, _: i128) -> Result<(), Unsupported> {
@@ -599,12 +617,27 @@ mod tests {
 
     use super::*;
 
+    /// 2^53: up to here, an integer's exact form is also RFC 8785's.
+    const EXACT: i64 = 1 << 53;
+
     fn arb_value() -> impl Strategy<Value = Value> {
+        arb_value_with(any::<i64>().boxed(), any::<u64>().boxed())
+    }
+
+    /// Values whose integers RFC 8785 (and so serde_jcs) writes exactly.
+    fn arb_rfc_value() -> impl Strategy<Value = Value> {
+        arb_value_with((-EXACT..=EXACT).boxed(), (0..=EXACT.unsigned_abs()).boxed())
+    }
+
+    fn arb_value_with(
+        signed: BoxedStrategy<i64>,
+        unsigned: BoxedStrategy<u64>,
+    ) -> impl Strategy<Value = Value> {
         let leaf = prop_oneof![
             Just(Value::Null),
             any::<bool>().prop_map(Value::Bool),
-            any::<i64>().prop_map(|i| json!(i)),
-            any::<u64>().prop_map(|u| json!(u)),
+            signed.prop_map(|i| json!(i)),
+            unsigned.prop_map(|u| json!(u)),
             any::<f64>()
                 .prop_filter("finite", |f| f.is_finite())
                 .prop_map(|f| json!(f)),
@@ -626,8 +659,19 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
-        fn identical_to_serde_jcs(v in arb_value()) {
+        fn identical_to_serde_jcs(v in arb_rfc_value()) {
             prop_assert_eq!(to_string(&v), serde_jcs::to_string(&v).unwrap());
+        }
+
+        #[test]
+        fn reads_back_as_written(v in arb_value()) {
+            // Every value comes back from its canonical form as the same
+            // value (floats as the same double), so any reader decodes
+            // exactly what was recorded.
+            let text = to_string(&v);
+            let back: Value = serde_json::from_str(&text).unwrap();
+            prop_assert_eq!(to_string(&back), text);
+            prop_assert_eq!(same_numbers(&back, &v), true);
         }
 
         #[test]
@@ -775,12 +819,61 @@ mod tests {
         assert_eq!(to_canonical(&raw).unwrap(), "{\"a\":[2],\"b\":1}");
     }
 
+    /// Whether `a` and `b` are equal, floats compared as doubles.
+    fn same_numbers(a: &Value, b: &Value) -> bool {
+        match (a, b) {
+            (Value::Number(x), Value::Number(y)) => {
+                match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                    (Some(p), Some(q), _, _) => p == q,
+                    (_, _, Some(p), Some(q)) => p == q,
+                    _ => x.as_f64() == y.as_f64(),
+                }
+            }
+            (Value::Array(x), Value::Array(y)) => {
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same_numbers(p, q))
+            }
+            (Value::Object(x), Value::Object(y)) => {
+                x.len() == y.len()
+                    && x.iter()
+                        .all(|(k, p)| y.get(k).is_some_and(|q| same_numbers(p, q)))
+            }
+            _ => a == b,
+        }
+    }
+
+    #[test]
+    fn integers_are_exact_and_old_forms_keep_their_digits() {
+        let v = json!({"max": u64::MAX, "min": i64::MIN, "big": 9007199254740993u64});
+        let text = to_string(&v);
+        assert_eq!(
+            text,
+            "{\"big\":9007199254740993,\"max\":18446744073709551615,\"min\":-9223372036854775808}"
+        );
+        #[derive(serde::Deserialize)]
+        struct Ttl {
+            max: u64,
+        }
+        assert_eq!(serde_json::from_str::<Ttl>(&text).unwrap().max, u64::MAX);
+        assert_eq!(to_canonical(&v).unwrap(), text);
+        // What the RFC's rounding wrote before re-reads to the same text,
+        // so records written before still hash as they did.
+        for old in [
+            "18446744073709552000",
+            "9007199254740992",
+            "1e+21",
+            "5000000000000000000",
+        ] {
+            let back: Value = serde_json::from_str(old).unwrap();
+            assert_eq!(to_string(&back), old);
+        }
+    }
+
     #[test]
     #[allow(clippy::excessive_precision)] // the RFC's own literal
     fn rfc8785_examples() {
         // RFC 8785 §3.2.2 number forms and §3.2.3 sorting (UTF-16 order:
         // U+1F600's surrogates sort before U+FF61).
-        let v = json!({"\u{ff61}": 1, "\u{1f600}": 2, "b": [1e21, 1e-7, -0.0, 333333333.33333329, 9007199254740993u64], "a\n": "\u{1f}"});
+        let v = json!({"\u{ff61}": 1, "\u{1f600}": 2, "b": [1e21, 1e-7, -0.0, 333333333.33333329, 9007199254740992u64], "a\n": "\u{1f}"});
         assert_eq!(
             to_string(&v),
             "{\"a\\n\":\"\\u001f\",\"b\":[1e+21,1e-7,0,333333333.3333333,9007199254740992],\"\u{1f600}\":2,\"\u{ff61}\":1}"

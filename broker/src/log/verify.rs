@@ -2,16 +2,21 @@
 //!
 //! Detects an edited record (its hash), a deleted or inserted record (a gap in
 //! `seq` or a broken `prev_hash` link), a chain recomputed after an edit (a
-//! checkpoint's hash no longer matches), and a truncated tail (the log ends
-//! before the last exported checkpoint). Records after the last checkpoint are
-//! covered by the chain alone: the window is the checkpoint interval.
+//! checkpoint's hash no longer matches), a truncated tail (the log ends
+//! before the last exported checkpoint), a pruned prefix no signed prune
+//! statement covers, a decision record its readers cannot decode, and a
+//! rule set a decision names that is missing or was replaced. Records after
+//! the last checkpoint are covered by the chain alone: the window is the
+//! checkpoint interval.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use mintguard_certs::jwt::Jwk;
 use serde::Serialize;
 
-use super::checkpoint::Checkpoint;
+use super::checkpoint::{Checkpoint, StatementKind};
+use super::decode::{self, Decided};
+use super::rule_sets::RuleSetProblem;
 use super::{GENESIS, LogRecord};
 
 /// What a successful verification covered.
@@ -25,6 +30,10 @@ pub struct VerifyReport {
     pub checkpoints: usize,
     /// The last checkpointed sequence number, if any.
     pub last_checkpoint: Option<i64>,
+    /// Decision records decoded (each one readable by every reader).
+    pub decisions: i64,
+    /// Distinct rule sets the decisions name, each present and re-hashed.
+    pub rule_sets: usize,
 }
 
 /// The first problem found.
@@ -65,12 +74,45 @@ pub enum VerifyFailure {
         /// The checkpointed record.
         seq: i64,
     },
-    /// The pruned prefix ends at a record no exported checkpoint vouches for.
+    /// The pruned prefix ends at a record no signed prune statement covers.
     #[error(
-        "the log resumes after record {seq}, which no exported checkpoint covers (records were removed from the start)"
+        "the log resumes after record {seq}, but no signed prune statement in the checkpoint stream covers it (records were removed from the start)"
     )]
     UnanchoredBase {
         /// The last pruned record.
+        seq: i64,
+    },
+    /// A decision record no reader can decode.
+    #[error(
+        "record {seq} carries a decision no reader can decode ({reason}); {count} such record(s) in all"
+    )]
+    Undecodable {
+        /// The first such record.
+        seq: i64,
+        /// Why it does not decode.
+        reason: String,
+        /// How many there are.
+        count: i64,
+    },
+    /// A rule set a decision names is missing, unreadable or replaced.
+    #[error("{rule_set}")]
+    RuleSet {
+        /// What is wrong with it.
+        rule_set: RuleSetProblem,
+    },
+    /// The checkpoint export cannot be read, or part of it is malformed.
+    #[error("{reason}")]
+    CheckpointFile {
+        /// Why.
+        reason: String,
+    },
+    /// The store holds a checkpoint this broker exported that its export
+    /// file lacks (the file was truncated, replaced or lost).
+    #[error(
+        "the store holds checkpoint {seq}, exported by this broker, that the checkpoint file lacks"
+    )]
+    ExportMissing {
+        /// The checkpointed record.
         seq: i64,
     },
     /// The log resumes after a base, but no record says it was pruned there.
@@ -116,7 +158,7 @@ pub fn verify_chain_from(
     for record in records {
         verifier.push(&record)?;
     }
-    verifier.finish()
+    verifier.finish(&[])
 }
 
 /// The chain checked one record at a time, so a log of any length is
@@ -129,6 +171,11 @@ pub struct ChainVerifier<'a> {
     expected: i64,
     matched: usize,
     prune_recorded: bool,
+    decisions: i64,
+    rule_sets: BTreeSet<String>,
+    /// The first undecodable decision record (seq, why) and how many.
+    undecodable: Option<(i64, String)>,
+    undecodable_count: i64,
 }
 
 impl<'a> ChainVerifier<'a> {
@@ -140,13 +187,21 @@ impl<'a> ChainVerifier<'a> {
         key: Option<&Jwk>,
     ) -> Result<Self, VerifyFailure> {
         let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
+        let mut prunes: HashSet<(i64, &str)> = HashSet::new();
         for cp in checkpoints {
             if let Some(key) = key
                 && !cp.verify(key)
             {
                 return Err(VerifyFailure::BadSignature { seq: cp.seq });
             }
-            expected_cp.insert(cp.seq, cp);
+            match cp.kind {
+                StatementKind::Checkpoint => {
+                    expected_cp.insert(cp.seq, cp);
+                }
+                StatementKind::Prune => {
+                    prunes.insert((cp.seq, cp.hash.as_str()));
+                }
+            }
         }
         let mut verifier = Self {
             checkpoints: expected_cp,
@@ -155,20 +210,21 @@ impl<'a> ChainVerifier<'a> {
             expected: 1,
             matched: 0,
             prune_recorded: base.is_none(),
+            decisions: 0,
+            rule_sets: BTreeSet::new(),
+            undecodable: None,
+            undecodable_count: 0,
         };
         if let Some((seq, hash)) = base {
-            if !checkpoints.is_empty()
-                && verifier
-                    .checkpoints
-                    .get(&seq)
-                    .is_none_or(|cp| cp.hash != hash)
-            {
+            // Only a signed prune statement vouches for a base: a record in
+            // the database (`log_pruned`) can be forged by whoever can write it.
+            if !prunes.contains(&(seq, hash)) {
                 return Err(VerifyFailure::UnanchoredBase { seq });
             }
             verifier.base = Some(seq);
             verifier.prev_hash = hash.to_owned();
             verifier.expected = seq + 1;
-            verifier.matched += usize::from(!checkpoints.is_empty());
+            verifier.matched += 1;
         }
         Ok(verifier)
     }
@@ -193,6 +249,19 @@ impl<'a> ChainVerifier<'a> {
             }
             self.matched += 1;
         }
+        match decode::decided(&record.entry) {
+            Ok(Some(Decided::Decision(parts))) => {
+                self.decisions += 1;
+                if !self.rule_sets.contains(&parts.decision.rule_set_hash) {
+                    self.rule_sets.insert(parts.decision.rule_set_hash.clone());
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                self.undecodable_count += 1;
+                self.undecodable.get_or_insert((record.seq, why.0));
+            }
+        }
         if let Some(seq) = self.base
             && record.entry.outcome.as_deref() == Some("log_pruned")
             && record.entry.body["details"]["through_seq"].as_i64() == Some(seq)
@@ -204,10 +273,33 @@ impl<'a> ChainVerifier<'a> {
         Ok(())
     }
 
-    /// The report, once every record was pushed.
-    pub fn finish(self) -> Result<VerifyReport, VerifyFailure> {
+    /// The rule sets the decisions pushed so far name: the caller loads
+    /// each ([`super::rule_sets::check`]) and passes the problems to
+    /// [`Self::finish`].
+    pub fn rule_set_hashes(&self) -> impl Iterator<Item = &str> {
+        self.rule_sets.iter().map(String::as_str)
+    }
+
+    /// The report, once every record was pushed and every rule set named
+    /// was checked (`rule_set_problems`: what that check found).
+    pub fn finish(
+        self,
+        rule_set_problems: &[RuleSetProblem],
+    ) -> Result<VerifyReport, VerifyFailure> {
         if let (false, Some(seq)) = (self.prune_recorded, self.base) {
             return Err(VerifyFailure::UnrecordedPrune { seq });
+        }
+        if let Some((seq, reason)) = self.undecodable {
+            return Err(VerifyFailure::Undecodable {
+                seq,
+                reason,
+                count: self.undecodable_count,
+            });
+        }
+        if let Some(problem) = rule_set_problems.first() {
+            return Err(VerifyFailure::RuleSet {
+                rule_set: problem.clone(),
+            });
         }
         let last = self.expected - 1;
         let last_checkpoint = self.checkpoints.keys().next_back().copied();
@@ -224,6 +316,8 @@ impl<'a> ChainVerifier<'a> {
             head: self.prev_hash,
             checkpoints: self.matched,
             last_checkpoint,
+            decisions: self.decisions,
+            rule_sets: self.rule_sets.len(),
         })
     }
 }
@@ -240,7 +334,7 @@ mod tests {
             .map(|seq| {
                 let entry = LogEntry {
                     time_ms: seq,
-                    kind: RecordKind::Decision,
+                    kind: RecordKind::Admin,
                     request_id: format!("r{seq}"),
                     identity: None,
                     grant: None,
@@ -317,5 +411,76 @@ mod tests {
             verify_chain(records, &forged, Some(key)),
             Err(VerifyFailure::BadSignature { seq: 5 })
         );
+    }
+
+    /// The tail after `base`, re-chained, with a `log_pruned` record for it
+    /// (as someone with write access to the database could forge it).
+    fn pruned_tail(records: &[LogRecord], base: usize) -> Vec<LogRecord> {
+        let mut prev = records[base - 1].hash.clone();
+        records[base..]
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let mut entry = r.entry.clone();
+                if i == 0 {
+                    entry.outcome = Some("log_pruned".into());
+                    entry.body = serde_json::json!({"details": {"through_seq": base}});
+                }
+                let sealed = LogRecord::seal(r.seq, entry, prev.clone());
+                prev = sealed.hash.clone();
+                sealed
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_base_needs_a_signed_prune_statement() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+        let key = signer.public_jwk();
+        let records = chain(10);
+        let cp5 = signer.sign(5, &records[4].hash, 1).unwrap();
+        let cp8 = signer.sign(8, &records[7].hash, 2).unwrap();
+        let tail = pruned_tail(&records, 8);
+        let base = Some((8, records[7].hash.as_str()));
+        // History before the last checkpoint deleted, the base set there and
+        // a log_pruned record forged: refused without a prune statement.
+        assert_eq!(
+            verify_chain_from(base, tail.clone(), &[cp5.clone(), cp8.clone()], Some(key)),
+            Err(VerifyFailure::UnanchoredBase { seq: 8 })
+        );
+        // A checkpoint re-labelled as a prune statement does not verify.
+        let mut relabelled = cp8.clone();
+        relabelled.kind = StatementKind::Prune;
+        assert_eq!(
+            verify_chain_from(base, tail.clone(), &[cp5.clone(), relabelled], Some(key)),
+            Err(VerifyFailure::BadSignature { seq: 8 })
+        );
+        // The broker's own prune statement covers it.
+        let statement = signer
+            .sign_statement(StatementKind::Prune, Some("b1"), 8, &records[7].hash, 3)
+            .unwrap();
+        let ok = verify_chain_from(base, tail, &[cp5, cp8, statement], Some(key)).unwrap();
+        assert_eq!(ok.records, 10);
+    }
+
+    #[test]
+    fn an_undecodable_decision_fails_after_the_chain_is_checked() {
+        let mut records = chain(3);
+        records[1].entry.kind = RecordKind::Decision;
+        records[1].entry.body = serde_json::json!({"request": {"grant": "g", "ttl_seconds": 1.5}});
+        let mut prev = GENESIS.to_owned();
+        for r in &mut records {
+            *r = LogRecord::seal(r.seq, r.entry.clone(), prev.clone());
+            prev = r.hash.clone();
+        }
+        assert!(matches!(
+            verify_chain(records, &[], None),
+            Err(VerifyFailure::Undecodable {
+                seq: 2,
+                count: 1,
+                ..
+            })
+        ));
     }
 }

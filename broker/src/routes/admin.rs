@@ -14,14 +14,15 @@ use axum::routing::{delete, get, post};
 use mintguard_api::{CreateEntryRequest, CreateTokenRequest, CreateTokenResponse, EntryView};
 use mintguard_certs::id;
 use mintguard_certs::tls::SpiffePeer;
-use mintguard_policy::rules::{RuleSet, StoredRuleSet};
-use mintguard_policy::{Decision, DecisionInput, decide};
+use mintguard_policy::decide;
+use mintguard_policy::rules::RuleSet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::config::Role;
 use crate::http::{ApiError, Json};
-use crate::log::verify::ChainVerifier;
+use crate::log::decode::Decided;
+use crate::log::verify::{ChainVerifier, VerifyFailure, VerifyReport};
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::pipeline::{self, random_id};
 use crate::state::{Broker, now_ms, token_hash};
@@ -39,6 +40,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/logs", get(logs))
         .route("/admin/v1/logs/verify", get(verify))
         .route("/admin/v1/logs/key", get(log_key))
+        .route("/admin/v1/rule_sets/{hash}", get(rule_set))
         .route("/admin/v1/logs/checkpoints", get(checkpoints))
         .route("/admin/v1/logs/prune", post(prune))
         .route("/admin/v1/explain/{request_id}", get(explain))
@@ -196,7 +198,8 @@ async fn create_token(
             "ttl_seconds must be 1..=86400",
         ));
     }
-    let token = random_id("jt");
+    let token = crate::ids::secret_token("jt")
+        .map_err(|e| ApiError::unavailable("rng_unavailable", "no join token could be made", e))?;
     let expires = now_ms() + i64::try_from(ttl).unwrap_or(600) * 1000;
     broker
         .store
@@ -441,28 +444,86 @@ async fn verify(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let base = broker.store.base().await?;
-    let checkpoints =
-        crate::log::checkpoint::read_file(&broker.log_export_path()).unwrap_or_default();
-    let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
-    let mut pages = RecordPages::new(&broker);
-    let verified = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
-        Ok(mut verifier) => loop {
-            let Some(page) = pages.next().await? else {
-                break verifier.finish();
-            };
-            if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
-                break Err(failure);
-            }
-        },
-        Err(failure) => Err(failure),
-    };
+    let verified = verify_log(&broker).await?;
     Ok(axum::Json(match verified {
         Ok(report) => json!({"ok": true, "report": report}),
         Err(failure) => {
             json!({"ok": false, "failure": failure, "message": failure.to_string()})
         }
     }))
+}
+
+/// `logs verify` on the broker: its own checkpoint file (which must be
+/// readable, and hold every checkpoint the store has from this broker),
+/// the chain a page at a time, and every rule set the decisions name.
+async fn verify_log(broker: &Broker) -> Result<Result<VerifyReport, VerifyFailure>, ApiError> {
+    let path = broker.log_export_path();
+    let checkpoints = match crate::log::checkpoint::read_file(&path) {
+        Ok(cps) => cps,
+        // No file yet: nothing exported. Any checkpoint the store has from
+        // this broker is then missing from it (found below).
+        Err(crate::log::checkpoint::CheckpointError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Vec::new()
+        }
+        Err(e) => {
+            return Ok(Err(VerifyFailure::CheckpointFile {
+                reason: e.to_string(),
+            }));
+        }
+    };
+    let exported: std::collections::HashSet<(i64, &str)> = checkpoints
+        .iter()
+        .map(|c| (c.seq, c.hash.as_str()))
+        .collect();
+    for stored in broker.store.checkpoints().await? {
+        let own = stored
+            .exporter
+            .as_deref()
+            .is_none_or(|e| e == broker.instance_id());
+        if own && !exported.contains(&(stored.seq, stored.hash.as_str())) {
+            return Ok(Err(VerifyFailure::ExportMissing { seq: stored.seq }));
+        }
+    }
+    let base = broker.store.base().await?;
+    let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
+    let mut verifier = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
+        Ok(verifier) => verifier,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let mut pages = RecordPages::new(broker);
+    while let Some(page) = pages.next().await? {
+        if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
+            return Ok(Err(failure));
+        }
+    }
+    let mut problems = Vec::new();
+    for hash in verifier.rule_set_hashes() {
+        let stored = broker.store.rule_set(hash).await?;
+        if let Err(problem) = crate::log::rule_sets::check(hash, stored.as_deref()) {
+            problems.push(problem);
+        }
+    }
+    Ok(verifier.finish(&problems))
+}
+
+/// A stored rule set as the store holds it (its text, unparsed), so an
+/// offline `logs verify` re-hashes what the store really has.
+async fn rule_set(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(hash): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    if !crate::ids::is_hex_id(&hash) {
+        return Err(ApiError::bad_request(
+            "bad_hash",
+            "a rule-set hash is lowercase hex",
+        ));
+    }
+    let stored = broker.store.rule_set(&hash).await?;
+    Ok(axum::Json(json!({"hash": hash, "stored": stored})))
 }
 
 async fn log_key(
@@ -487,6 +548,25 @@ async fn explain(
             "unknown_request",
             "no records for this request id",
         ));
+    }
+    // What this explanation cannot vouch for: a decision no reader can
+    // decode, or a rule set that is missing or no longer hashes to its name.
+    let mut findings = Vec::new();
+    for r in &records {
+        match crate::log::decode::decided(&r.entry) {
+            Ok(Some(Decided::Decision(parts))) => {
+                let hash = &parts.decision.rule_set_hash;
+                let stored = broker.store.rule_set(hash).await?;
+                if let Err(problem) = crate::log::rule_sets::check(hash, stored.as_deref()) {
+                    findings.push(json!({"seq": r.seq, "finding": "rule_set", "problem": problem, "message": problem.to_string()}));
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                broker.metrics.undecodable("explain", r.seq, &why);
+                findings.push(json!({"seq": r.seq, "finding": "undecodable", "message": why.0}));
+            }
+        }
     }
     // The detections whose signals this decision read: the anomaly response
     // it applied, and any `anomaly:` behaviour signal in its trust input.
@@ -529,7 +609,7 @@ async fn explain(
         }
     }
     Ok(axum::Json(
-        json!({"request_id": request_id, "records": records, "detections": detections}),
+        json!({"request_id": request_id, "records": records, "detections": detections, "findings": findings}),
     ))
 }
 
@@ -557,9 +637,12 @@ async fn replay(
     Query(p): Query<ReplayParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let mut rule_sets: std::collections::HashMap<String, RuleSet> =
-        std::collections::HashMap::new();
+    let mut rule_sets: std::collections::HashMap<
+        String,
+        Result<RuleSet, crate::log::rule_sets::RuleSetProblem>,
+    > = std::collections::HashMap::new();
     let (mut replayed, mut differences, mut total) = (0usize, Vec::new(), 0usize);
+    let mut undecodable = 0usize;
     let mut pages = RecordPages::new(&broker);
     while let Some(page) = pages.next().await? {
         for record in page {
@@ -568,41 +651,41 @@ async fn replay(
             {
                 continue;
             }
-            let body = &record.entry.body;
-            let (Ok(input), Ok(logged)) = (
-                serde_json::from_value::<DecisionInput>(body["input"].clone()),
-                serde_json::from_value::<Decision>(body["decision"].clone()),
-            ) else {
-                note_difference(
-                    &mut differences,
-                    &mut total,
-                    json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "the record has no decodable input or decision"}),
-                );
-                continue;
-            };
-            let hash = logged.rule_set_hash.clone();
-            if !rule_sets.contains_key(&hash) {
-                let Some(stored) = broker.store.rule_set(&hash).await? else {
+            let parts = match crate::log::decode::decided(&record.entry) {
+                Ok(Some(Decided::Decision(parts))) => parts,
+                Ok(_) => continue,
+                Err(why) => {
+                    broker.metrics.undecodable("replay", record.seq, &why);
+                    undecodable += 1;
                     note_difference(
                         &mut differences,
                         &mut total,
-                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": format!("rule set {hash} is not stored")}),
+                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "undecodable", "reason": why.0}),
                     );
                     continue;
-                };
-                let stored: StoredRuleSet = serde_json::from_str(&stored).map_err(|e| {
-                    ApiError::unavailable("corrupt_rule_set", "a stored rule set is unreadable", e)
-                })?;
-                let rules = RuleSet::from_stored(stored).map_err(|e| {
-                    ApiError::unavailable(
-                        "corrupt_rule_set",
-                        "a stored rule set no longer loads",
-                        e,
-                    )
-                })?;
-                rule_sets.insert(hash.clone(), rules);
+                }
+            };
+            let (input, logged) = (parts.input, parts.decision);
+            let hash = logged.rule_set_hash.clone();
+            if !rule_sets.contains_key(&hash) {
+                let stored = broker.store.rule_set(&hash).await?;
+                rule_sets.insert(
+                    hash.clone(),
+                    crate::log::rule_sets::load(&hash, stored.as_deref()),
+                );
             }
-            let again = decide(&input, &rule_sets[&hash]);
+            let rules = match &rule_sets[&hash] {
+                Ok(rules) => rules,
+                Err(problem) => {
+                    note_difference(
+                        &mut differences,
+                        &mut total,
+                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "rule_set", "problem": problem, "message": problem.to_string()}),
+                    );
+                    continue;
+                }
+            };
+            let again = decide(&input, rules);
             replayed += 1;
             if again != logged {
                 note_difference(
@@ -619,7 +702,7 @@ async fn replay(
         }
     }
     Ok(axum::Json(
-        json!({"replayed": replayed, "differences": differences, "differences_total": total}),
+        json!({"replayed": replayed, "differences": differences, "differences_total": total, "undecodable": undecodable}),
     ))
 }
 
@@ -769,6 +852,7 @@ async fn approve(
     Path(id): Path<String>,
     Json(req): Json<ApproveRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
+    check_ttl(req.ttl_seconds)?;
     let verdict = crate::approvals::Verdict::Approve {
         ttl_seconds: req.ttl_seconds,
     };
@@ -788,12 +872,7 @@ async fn reject(
     Json(req): Json<RejectRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Approver)?;
-    if req.reason.is_empty() || req.reason.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "bad_reason",
-            "a rejection needs a reason (at most 1024 bytes)",
-        ));
-    }
+    check_reason(&req.reason, true)?;
     let verdict = crate::approvals::Verdict::Reject { reason: req.reason };
     give_verdict(&broker, &op, &id, verdict).await
 }
@@ -834,12 +913,8 @@ async fn open_break_glass(
     op.require(Role::Operator)?;
     id::parse_spiffe_id(&req.identity)
         .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
-    if req.reason.trim().is_empty() || req.reason.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "bad_reason",
-            "break-glass needs a reason (at most 1024 bytes)",
-        ));
-    }
+    check_reason(&req.reason, true)?;
+    check_ttl(req.ttl_seconds)?;
     if !broker.config().grants.contains_key(&req.grant) {
         return Err(ApiError::bad_request(
             "unknown_grant",
@@ -1117,6 +1192,32 @@ struct SuspendRequest {
     reason: String,
 }
 
+/// An operator's reason (rejection, break-glass, suspension): at most 1024
+/// bytes, no control characters, and not blank where one is required.
+fn check_reason(reason: &str, required: bool) -> Result<(), ApiError> {
+    if required && reason.trim().is_empty() {
+        return Err(ApiError::bad_request("bad_reason", "a reason is required"));
+    }
+    mintguard_api::check_text("bad_reason", "reason", reason, 1024).map_err(ApiError::from_input)
+}
+
+/// A lifetime an operator grants (approval, break-glass): as bounded as a
+/// workload's request.
+fn check_ttl(ttl: Option<u64>) -> Result<(), ApiError> {
+    match ttl {
+        Some(t) if !(1..=mintguard_api::MAX_TTL_SECONDS).contains(&t) => {
+            Err(ApiError::bad_request(
+                "bad_ttl",
+                format!(
+                    "ttl_seconds must be 1..={}, got {t}",
+                    mintguard_api::MAX_TTL_SECONDS
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A subject of suspensions and signals: a SPIFFE ID (an identity or a
 /// node), or the URL of a configured CI issuer (whose tokens are refused
 /// while it is suspended).
@@ -1139,12 +1240,7 @@ async fn suspend(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Operator)?;
     check_subject(&broker, &req.subject)?;
-    if req.reason.len() > 1024 {
-        return Err(ApiError::bad_request(
-            "bad_reason",
-            "reason exceeds 1024 bytes",
-        ));
-    }
+    check_reason(&req.reason, false)?;
     broker
         .store
         .suspend(&SuspensionRecord {
@@ -1181,6 +1277,10 @@ async fn resume(
     Json(req): Json<ResumeRequest>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Operator)?;
+    // Not `check_subject`: a CI issuer removed from the config since its
+    // suspension can still be resumed.
+    mintguard_api::check_text("bad_subject", "subject", &req.subject, 2048)
+        .map_err(ApiError::from_input)?;
     let was = broker.store.resume(&req.subject).await?;
     admin_record(
         &broker,
@@ -1406,12 +1506,14 @@ async fn put_signal(
             source
         }
     };
-    if source.is_empty() || source.len() > 128 {
+    if source.is_empty() {
         return Err(ApiError::bad_request(
             "bad_source",
-            "source must be 1..=128 bytes",
+            "source must not be empty",
         ));
     }
+    mintguard_api::check_text("bad_source", "source", &source, 128)
+        .map_err(ApiError::from_input)?;
     let record = SignalRecord {
         subject: req.subject,
         kind: req.kind,
@@ -1601,6 +1703,17 @@ async fn prune(
             ),
         ));
     }
+    // The signed statement first, outside the database: a base no
+    // statement covers never verifies, so the prune is provable.
+    broker
+        .export_prune_statement(req.through_seq, &checkpoint.hash)
+        .map_err(|e| {
+            ApiError::unavailable(
+                "checkpoint_export_failed",
+                "the prune statement could not be exported; nothing was pruned",
+                e,
+            )
+        })?;
     let deleted = broker.store.prune_through(req.through_seq).await?;
     admin_record(
         &broker,

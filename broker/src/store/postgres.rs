@@ -803,12 +803,7 @@ impl Store for PostgresStore {
             .map_err(map_pg)?;
         Ok(rows
             .iter()
-            .map(|r| Checkpoint {
-                seq: r.get(0),
-                hash: r.get(1),
-                time_ms: r.get(2),
-                jws: r.get(3),
-            })
+            .map(|r| Checkpoint::from_stored(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
 

@@ -828,12 +828,12 @@ impl Store for SqliteStore {
                 .map_err(map_sql)?;
             let rows = stmt
                 .query_map([], |r| {
-                    Ok(Checkpoint {
-                        seq: r.get(0)?,
-                        hash: r.get(1)?,
-                        time_ms: r.get(2)?,
-                        jws: r.get(3)?,
-                    })
+                    Ok(Checkpoint::from_stored(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
                 })
                 .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql)).collect()

@@ -271,6 +271,32 @@ impl BrokerProcess {
         .unwrap()
     }
 
+    /// Stops the broker and starts it again on the same directory (and
+    /// config `extra`).
+    pub fn restart(&mut self, extra: &str) {
+        self.stop();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let mut next = Self::start_in(dir, extra);
+        std::mem::swap(self, &mut next);
+    }
+
+    /// `GET path` on the admin listener as the admin operator.
+    pub async fn admin_get(&self, path: &str) -> Reply {
+        let token = std::fs::read_to_string(self.data().join("operators/alice.token")).unwrap();
+        let auth = format!("Bearer {}", token.trim());
+        https(
+            &self.addr("admin"),
+            &self.bundle(),
+            None,
+            "GET",
+            path,
+            &[("authorization", &auth)],
+            vec![],
+        )
+        .await
+        .unwrap()
+    }
+
     /// Stops the broker (SIGKILL) and waits.
     pub fn stop(&mut self) {
         let _ = self.child.kill();
@@ -560,4 +586,87 @@ pub async fn wait_for_outcome(broker: &BrokerProcess, outcome: &str) -> Value {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     panic!("no {outcome} record in 30 s");
+}
+
+/// `mintguard logs verify` on the SQLite file `db` with the broker's
+/// exported checkpoints and key: (verified, what it printed).
+pub fn verify_offline(broker: &BrokerProcess, db: &Path) -> (bool, String) {
+    let data = broker.data();
+    let out = Command::new(env!("CARGO_BIN_EXE_mintguard"))
+        .args(["logs", "verify", "--store"])
+        .arg(format!("sqlite://{}", db.display()))
+        .arg("--checkpoints")
+        .arg(data.join("checkpoints.jsonl"))
+        .arg("--key")
+        .arg(data.join("log-signing.jwk.json"))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Every record of a SQLite store, oldest first.
+pub fn read_records(conn: &rusqlite::Connection) -> Vec<mintguard_broker::log::LogRecord> {
+    let mut stmt = conn.prepare("SELECT seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash FROM log ORDER BY seq").unwrap();
+    stmt.query_map([], |r| {
+        Ok(mintguard_broker::log::LogRecord {
+            seq: r.get(0)?,
+            entry: mintguard_broker::log::LogEntry {
+                time_ms: r.get(1)?,
+                kind: mintguard_broker::log::RecordKind::parse(&r.get::<_, String>(2)?).unwrap(),
+                request_id: r.get(3)?,
+                identity: r.get(4)?,
+                grant: r.get(5)?,
+                node: r.get(6)?,
+                outcome: r.get(7)?,
+                body: serde_json::from_str(&r.get::<_, String>(8)?).unwrap(),
+            },
+            prev_hash: r.get(9)?,
+            hash: r.get(10)?,
+        })
+    })
+    .unwrap()
+    .map(Result::unwrap)
+    .collect()
+}
+
+/// Replaces every record of a SQLite store with `records`.
+pub fn rewrite(conn: &rusqlite::Connection, records: &[mintguard_broker::log::LogRecord]) {
+    conn.execute("DELETE FROM log", []).unwrap();
+    for r in records {
+        let e = &r.entry;
+        conn.execute(
+            "INSERT INTO log VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            rusqlite::params![
+                r.seq,
+                e.time_ms,
+                e.kind.as_str(),
+                e.request_id,
+                e.identity,
+                e.grant,
+                e.node,
+                e.outcome,
+                e.body.to_string(),
+                r.prev_hash,
+                r.hash
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// Copies the broker's SQLite store to `<dir>/<name>.db`.
+pub fn copy_store(broker: &BrokerProcess, name: &str) -> PathBuf {
+    let path = broker.dir.path().join(format!("{name}.db"));
+    rusqlite::Connection::open(broker.data().join("broker.db"))
+        .unwrap()
+        .execute("VACUUM INTO ?1", [path.to_str().unwrap()])
+        .unwrap();
+    path
 }

@@ -1,0 +1,274 @@
+//! The issuance log against a caller who would hide an issuance and an
+//! attacker who can write the database: a number no reader could decode is
+//! refused where it enters, a record that cannot be read anyway is a
+//! finding (metric, `replay`, `logs verify`), a prune must be backed by a
+//! signed statement outside the database, a damaged checkpoint file fails
+//! verification, and a replaced rule set is caught.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use common::*;
+use mintguard_broker::log::{LogEntry, LogRecord};
+use serde_json::{Value, json};
+
+/// `mintguard logs verify` through the broker: (ok, what it printed).
+fn verify_live(broker: &BrokerProcess) -> (bool, String) {
+    let out = broker.cli(&["logs", "verify"]);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_cannot_make_its_own_records_unreadable() {
+    let mut broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let before = broker.logs(&[]).len();
+    // Past every bound, and a float where an integer is expected: 400s
+    // that record nothing.
+    for (request, code) in [
+        (
+            json!({"grant": "payments-token", "ttl_seconds": u64::MAX}),
+            "bad_ttl",
+        ),
+        (
+            json!({"grant": "payments-token", "ttl_seconds": 2_678_401}),
+            "bad_ttl",
+        ),
+        (
+            json!({"grant": "payments-token", "purpose": "a\u{0}b"}),
+            "bad_purpose",
+        ),
+    ] {
+        let reply = issue(&broker, &node, request.clone()).await;
+        assert_eq!(
+            (reply.status, reply.body["error"]["code"].as_str()),
+            (400, Some(code)),
+            "{request}: {}",
+            reply.body
+        );
+    }
+    let float = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-token", "ttl_seconds": 1.8446744073709552e19}),
+    )
+    .await;
+    assert_eq!(float.status, 400, "{}", float.body);
+    assert_eq!(
+        broker.logs(&[]).len(),
+        before,
+        "a refused input records nothing"
+    );
+
+    // The largest TTL allowed is capped by the grant and recorded as an
+    // integer every reader decodes.
+    let max = issue(
+        &broker,
+        &node,
+        json!({"grant": "payments-token", "ttl_seconds": 2_678_400}),
+    )
+    .await;
+    assert_eq!(max.status, 200, "{}", max.body);
+    let replay = broker.cli(&["replay"]);
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+
+    // A record written by an older broker (or planted) with a number no
+    // reader can decode: a finding for analysis, replay and verify alike.
+    broker.stop();
+    let db = broker.data().join("broker.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let records = read_records(&conn);
+    let last = records.last().unwrap();
+    let decision = records
+        .iter()
+        .rev()
+        .find(|r| r.entry.outcome.as_deref() == Some("allow"))
+        .unwrap();
+    let mut body = decision.entry.body.clone();
+    body["request"]["ttl_seconds"] = json!(1.8446744073709552e19);
+    let planted = LogRecord::seal(
+        last.seq + 1,
+        LogEntry {
+            request_id: "req-planted".into(),
+            body,
+            ..decision.entry.clone()
+        },
+        last.hash.clone(),
+    );
+    let mut all = records.clone();
+    all.push(planted.clone());
+    rewrite(&conn, &all);
+    drop(conn);
+    broker.restart("");
+
+    let needle = "mintguard_undecodable_records_total{reader=\"anomaly\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = broker.admin_get("/metrics").await.text;
+        if metrics.contains(needle) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        metrics.contains(needle),
+        "anomaly analysis counts the record it cannot read:\n{metrics}"
+    );
+    let (ok, text) = verify_live(&broker);
+    assert!(
+        !ok && text.contains(&format!(
+            "record {} carries a decision no reader can decode",
+            planted.seq
+        )),
+        "{text}"
+    );
+    let replay = broker.cli(&["replay"]);
+    assert!(!replay.status.success());
+    let replayed: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert_eq!(replayed["undecodable"], 1, "{replayed}");
+    let explained = broker.cli_json(&["explain", "req-planted"]);
+    assert_eq!(
+        explained["findings"][0]["finding"], "undecodable",
+        "{explained}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database() {
+    let mut broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    for _ in 0..9 {
+        assert_eq!(
+            issue(&broker, &node, json!({"grant": "payments-token"}))
+                .await
+                .status,
+            200
+        );
+    }
+    let (ok, text) = verify_live(&broker);
+    assert!(ok, "{text}");
+
+    // A damaged checkpoint file is a failure, never "no checkpoints".
+    let cps = broker.data().join("checkpoints.jsonl");
+    let good = std::fs::read_to_string(&cps).unwrap();
+    std::fs::write(&cps, format!("{good}{{\"seq\": 15, \"ha")).unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(!ok && text.contains("is torn"), "{text}");
+    std::fs::write(&cps, format!("garbage\n{good}")).unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(!ok && text.contains("line 1"), "{text}");
+    std::fs::write(&cps, "").unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(
+        !ok && text.contains("the checkpoint file lacks"),
+        "an emptied file loses the store's checkpoints: {text}"
+    );
+    std::fs::remove_file(&cps).unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(!ok && text.contains("the checkpoint file lacks"), "{text}");
+    std::fs::write(&cps, &good).unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(ok, "{text}");
+
+    // Someone with write access deletes the history through the last
+    // checkpoint, sets the base there and forges a log_pruned record in
+    // the re-chained tail: no signed prune statement covers that base.
+    broker.stop();
+    let db = copy_store(&broker, "forged-prune");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let records = read_records(&conn);
+    let last_cp = mintguard_broker::log::checkpoint::read_file(&cps)
+        .unwrap()
+        .last()
+        .unwrap()
+        .seq;
+    let base = &records[usize::try_from(last_cp).unwrap() - 1];
+    let mut prev = base.hash.clone();
+    let mut tail = Vec::new();
+    let forged = LogEntry {
+        outcome: Some("log_pruned".into()),
+        body: json!({"details": {"through_seq": last_cp, "hash": base.hash, "deleted": last_cp, "export": "/dev/null"}}),
+        ..records.last().unwrap().entry.clone()
+    };
+    let rest = records[usize::try_from(last_cp).unwrap()..]
+        .iter()
+        .map(|r| r.entry.clone());
+    for (i, entry) in std::iter::once(forged).chain(rest).enumerate() {
+        let sealed = LogRecord::seal(last_cp + 1 + i64::try_from(i).unwrap(), entry, prev);
+        prev = sealed.hash.clone();
+        tail.push(sealed);
+    }
+    rewrite(&conn, &tail);
+    conn.execute(
+        "INSERT OR REPLACE INTO log_base(id, seq, hash) VALUES (1, ?1, ?2)",
+        rusqlite::params![last_cp, base.hash],
+    )
+    .unwrap();
+    drop(conn);
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("no signed prune statement"),
+        "a prune forged in the database must not verify: {text}"
+    );
+
+    // A rule set replaced in the store (inserts are first-writer-wins, so
+    // the broker keeps it on restart): replay and verify refuse it.
+    let live = rusqlite::Connection::open(broker.data().join("broker.db")).unwrap();
+    let changed = live
+        .execute(
+            "UPDATE rule_sets SET body = replace(body, 'permit', 'forbid')",
+            [],
+        )
+        .unwrap();
+    assert!(changed >= 1);
+    drop(live);
+    broker.restart("");
+    let (ok, text) = verify_live(&broker);
+    assert!(!ok && text.contains("was replaced"), "{text}");
+    let replay = broker.cli(&["replay"]);
+    let replayed: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert!(!replay.status.success());
+    assert_eq!(
+        replayed["differences"][0]["problem"]["problem"], "replaced",
+        "{replayed}"
+    );
+
+    // The broker's own prune exports its statement first, and verifies.
+    let live = rusqlite::Connection::open(broker.data().join("broker.db")).unwrap();
+    live.execute(
+        "UPDATE rule_sets SET body = replace(body, 'forbid', 'permit')",
+        [],
+    )
+    .unwrap();
+    drop(live);
+    let export = broker.dir.path().join("export.jsonl");
+    let out = broker.prune_all(&export);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let statements = mintguard_broker::log::checkpoint::read_file(&cps).unwrap();
+    assert!(
+        statements
+            .iter()
+            .any(|s| s.kind == mintguard_broker::log::checkpoint::StatementKind::Prune),
+        "the prune left its signed statement in the checkpoint stream"
+    );
+    let (ok, text) = verify_live(&broker);
+    assert!(ok, "{text}");
+}
