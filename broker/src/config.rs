@@ -197,6 +197,11 @@ pub struct AnomalyConfig {
     pub interval: Dur,
     /// How much of the log rebuilds the baselines at start. Default 28 days.
     pub history: Dur,
+    /// Analysis that has not advanced for `interval` × this many is lagging
+    /// or down: the `behaviour` signal is then stale (unknown to the trust
+    /// score), `mintguard_anomaly_analysis_stale` is 1 and `/healthz` says
+    /// so. Default 30 (2..=10000).
+    pub stale_after_intervals: u32,
     /// Baselines and detectors.
     pub detectors: crate::anomaly::AnalyzerConfig,
     /// Graduated responses.
@@ -212,6 +217,7 @@ impl Default for AnomalyConfig {
             mode: AnomalyMode::Enforce,
             interval: Dur(Duration::from_secs(1)),
             history: Dur(Duration::from_secs(28 * 86_400)),
+            stale_after_intervals: 30,
             detectors: crate::anomaly::AnalyzerConfig::default(),
             responses: crate::anomaly::ResponseConfig::default(),
             webhook: None,
@@ -831,6 +837,12 @@ impl Config {
             return Err(err(
                 "signals.min_agent_version",
                 format!("{v:?} is not MAJOR.MINOR.PATCH"),
+            ));
+        }
+        if !(2..=10_000).contains(&raw.anomaly.stale_after_intervals) {
+            return Err(err(
+                "anomaly.stale_after_intervals",
+                "must be 2..=10000".into(),
             ));
         }
         let r = &raw.anomaly.responses;

@@ -163,11 +163,15 @@ fn lower_posture_by_facts<'a>(
 
 /// The trust signals of one decision: what the broker observed, the grant's
 /// allowed hours, and the fresh external signals (the lowest per kind).
+/// `behaviour` is the broker's neutral value only while anomaly analysis
+/// keeps up; lagging, it is recorded with the age of analysis's last step
+/// (so it counts as expired); switched off, it is left out.
 pub fn observed_signals(
     signals: &crate::config::SignalsConfig,
     grant: &GrantConfig,
     observed: &Observed<'_>,
     external: &[SignalRecord],
+    behaviour: crate::anomaly::health::Behaviour,
     now_ms: i64,
 ) -> TrustInput {
     let now_s = now_ms.div_euclid(1000);
@@ -188,14 +192,35 @@ pub fn observed_signals(
                 SignalKind::Attestation,
                 signal(observed.attestation.0, observed.attestation.1),
             ),
-            (
-                SignalKind::Behaviour,
-                signal(signals.behaviour_neutral, "broker:neutral"),
-            ),
         ]
         .into(),
         unconstrained: [SignalKind::Location, SignalKind::Time, SignalKind::Network].into(),
     };
+    match behaviour {
+        crate::anomaly::health::Behaviour::Fresh => {
+            input.signals.insert(
+                SignalKind::Behaviour,
+                signal(signals.behaviour_neutral, "broker:neutral"),
+            );
+        }
+        crate::anomaly::health::Behaviour::Stale {
+            last_ms,
+            window_seconds,
+        } => {
+            input.signals.insert(
+                SignalKind::Behaviour,
+                Signal {
+                    value: signals.behaviour_neutral,
+                    observed_at: last_ms.div_euclid(1000),
+                    ttl_seconds: window_seconds,
+                    source: "broker:analysis_stale".into(),
+                },
+            );
+        }
+        crate::anomaly::health::Behaviour::Off => {
+            input.unconstrained.insert(SignalKind::Behaviour);
+        }
+    }
     if let Some((value, source)) = observed.network {
         input
             .signals
@@ -235,6 +260,10 @@ pub fn observed_signals(
             Some(current) if current.value <= candidate.value => {}
             _ => {
                 input.signals.insert(kind, candidate);
+                // An outside behaviour signal takes part even with analysis off.
+                if kind == SignalKind::Behaviour {
+                    input.unconstrained.remove(&kind);
+                }
             }
         }
     }
@@ -404,6 +433,7 @@ pub async fn decide_and_issue(
     let node = subject.issuer.as_str();
     let request_id = random_id("req");
     let now = now_ms();
+    let behaviour = broker.analysis.behaviour(now);
     let identity = subject.identity.clone();
     let budget = grant.budget.as_ref().map(|b| {
         (
@@ -459,6 +489,7 @@ pub async fn decide_and_issue(
             grant,
             &subject.observed,
             &external,
+            behaviour,
             now,
         ),
         eci: EciInput {
@@ -1018,7 +1049,7 @@ fn fault_point(name: &str) {
 /// `MINTGUARD_FAULT_WAIT=NAME:PATH` create `PATH.reached` here and wait
 /// (at most a minute) until `PATH` is removed; release builds compile it to
 /// nothing.
-async fn fault_wait(name: &str) {
+pub(crate) async fn fault_wait(name: &str) {
     #[cfg(debug_assertions)]
     if let Some(path) = std::env::var("MINTGUARD_FAULT_WAIT").ok().and_then(|v| {
         v.strip_prefix(&format!("{name}:"))

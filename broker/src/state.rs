@@ -274,6 +274,8 @@ pub struct Broker {
     pub ci_verifier: crate::ci::verify::CiVerifier,
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
+    /// Whether anomaly analysis keeps up (what makes `behaviour` fresh).
+    pub analysis: crate::anomaly::health::AnalysisHealth,
 }
 
 impl Broker {
@@ -382,6 +384,20 @@ impl Broker {
             None
         };
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
+        // Analysis has `interval × stale_after_intervals` from now to beat.
+        let analysis = crate::anomaly::health::AnalysisHealth::new(
+            config.anomaly.enabled,
+            i64::try_from(
+                config
+                    .anomaly
+                    .interval
+                    .0
+                    .as_millis()
+                    .saturating_mul(u128::from(config.anomaly.stale_after_intervals)),
+            )
+            .unwrap_or(i64::MAX),
+            now_ms(),
+        );
         let dynamic = build_dynamic(config, &*store).await?;
         tracing::info!(
             records = head,
@@ -411,6 +427,7 @@ impl Broker {
             ci_limiter: RateLimiter::keyed(Quota::per_second(per_ci_address)),
             ci_verifier: crate::ci::verify::CiVerifier::default(),
             metrics: crate::metrics::Metrics::default(),
+            analysis,
         }))
     }
 
@@ -558,6 +575,16 @@ impl Broker {
     /// The log-signing public key.
     pub fn log_public_key(&self) -> &mintguard_certs::jwt::Jwk {
         self.log.signer.public_jwk()
+    }
+
+    /// The metrics in the text format, with the gauges read now.
+    pub fn metrics_text(&self) -> String {
+        let stale = matches!(
+            self.analysis.behaviour(now_ms()),
+            crate::anomaly::health::Behaviour::Stale { .. }
+        );
+        self.metrics.analysis_stale.set(i64::from(stale));
+        self.metrics.encode()
     }
 
     /// This broker's instance id (see [`LogWriter`]).

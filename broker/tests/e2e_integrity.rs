@@ -272,3 +272,110 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
     let (ok, text) = verify_live(&broker);
     assert!(ok, "{text}");
 }
+
+/// `GET /healthz` on the public listener.
+async fn health(broker: &BrokerProcess) -> Value {
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/healthz",
+        &[],
+        vec![],
+    )
+    .await
+    .unwrap()
+    .body
+}
+
+/// The `behaviour` signal of the newest decision record.
+fn behaviour_signal(broker: &BrokerProcess) -> Value {
+    let decision = broker
+        .logs(&[])
+        .into_iter()
+        .rfind(|r| r["kind"] == "decision")
+        .unwrap();
+    decision["body"]["decision"]["trust"]["signals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["kind"] == "behaviour")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn analysis_that_stops_leaves_behaviour_stale_not_neutral() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold-analysis");
+    let wait = format!("anomaly_step:{}", hold.display());
+    let broker = BrokerProcess::start_with_env(
+        dir,
+        "",
+        "[anomaly]\ninterval = \"1s\"\nstale_after_intervals = 2\n",
+        &[("MINTGUARD_FAULT_WAIT", &wait)],
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    // Analysis runs: behaviour is the broker's fresh neutral value.
+    let mut reached = hold.clone().into_os_string();
+    reached.push(".reached");
+    std::fs::write(&hold, b"").unwrap();
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+    let fresh = behaviour_signal(&broker);
+    assert_eq!(
+        (fresh["status"].as_str(), fresh["source"].as_str()),
+        (Some("fresh"), Some("broker:neutral")),
+        "{fresh}"
+    );
+
+    // Analysis is held before its next step: past 2 intervals, behaviour
+    // is recorded as stale (the unknown value), the metric and /healthz say so.
+    wait_until("analysis reaches its hold", || {
+        std::path::Path::new(&reached).exists()
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert!(reply.status == 200 || reply.status == 202, "{}", reply.body);
+    let stale = behaviour_signal(&broker);
+    assert_eq!(
+        (stale["status"].as_str(), stale["source"].as_str()),
+        (Some("expired"), Some("broker:analysis_stale")),
+        "{stale}"
+    );
+    assert!(stale["age_seconds"].as_i64().unwrap() >= 2, "{stale}");
+    assert!(
+        broker
+            .admin_get("/metrics")
+            .await
+            .text
+            .contains("mintguard_anomaly_analysis_stale 1")
+    );
+    assert_eq!(health(&broker).await["status"], "degraded");
+
+    // Released, analysis steps again and behaviour is fresh.
+    std::fs::remove_file(&hold).unwrap();
+    let mut state = Value::Null;
+    for _ in 0..100 {
+        state = health(&broker).await["anomaly_analysis"]["state"].clone();
+        if state == "fresh" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "fresh", "analysis steps again once released");
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(behaviour_signal(&broker)["status"], "fresh");
+}

@@ -618,6 +618,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
                 grant,
                 &observed,
                 &external,
+                crate::anomaly::health::Behaviour::Fresh,
                 now,
             ),
             eci: EciInput {

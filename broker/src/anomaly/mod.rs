@@ -4,6 +4,7 @@
 pub mod alerts;
 pub mod analyzer;
 pub mod eval;
+pub mod health;
 pub mod respond;
 pub mod task;
 

@@ -401,11 +401,14 @@ pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
             }
         }
     }
+    broker.analysis.beat(now_ms());
     loop {
         tokio::time::sleep(interval).await;
         analysis.acting = leadership.leads().await;
-        if let Err(e) = analysis.step(&broker).await {
-            tracing::warn!(error = %e, "anomaly analysis step failed; retrying");
+        crate::pipeline::fault_wait("anomaly_step").await;
+        match analysis.step(&broker).await {
+            Ok(_) => broker.analysis.beat(now_ms()),
+            Err(e) => tracing::warn!(error = %e, "anomaly analysis step failed; retrying"),
         }
     }
 }

@@ -1415,7 +1415,7 @@ async fn metrics(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        broker.metrics.encode(),
+        broker.metrics_text(),
     )
         .into_response())
 }

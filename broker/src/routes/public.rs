@@ -30,7 +30,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/token", post(token_exchange))
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(broker)
 }
@@ -134,6 +134,22 @@ async fn discovery(State(broker): State<Arc<Broker>>) -> axum::Json<Value> {
         "id_token_signing_alg_values_supported": [config.jwt.algorithm.as_str()],
         "subject_types_supported": ["public"],
         "response_types_supported": ["id_token"],
+    }))
+}
+
+/// Liveness, and whether anomaly analysis keeps up: `degraded` while it
+/// lags (the `behaviour` signal is then stale), still 200 (the broker
+/// serves; it trusts less).
+async fn healthz(State(broker): State<Arc<Broker>>) -> axum::Json<Value> {
+    let now = now_ms();
+    let (status, analysis) = match broker.analysis.behaviour(now) {
+        crate::anomaly::health::Behaviour::Fresh => ("ok", "fresh"),
+        crate::anomaly::health::Behaviour::Stale { .. } => ("degraded", "stale"),
+        crate::anomaly::health::Behaviour::Off => ("ok", "off"),
+    };
+    axum::Json(serde_json::json!({
+        "status": status,
+        "anomaly_analysis": {"state": analysis, "last_step_ms_ago": broker.analysis.age_ms(now)},
     }))
 }
 
