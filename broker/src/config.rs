@@ -615,6 +615,10 @@ pub struct IntrospectionClient {
     pub name: String,
     /// File holding its bearer token.
     pub token_file: PathBuf,
+    /// The audiences whose tokens it may introspect (at least one): any
+    /// other token is `{"active": false}` to it, so one relying party cannot
+    /// learn about another's credentials.
+    pub audiences: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -902,6 +906,17 @@ impl Config {
             ));
         }
 
+        for (i, c) in raw.introspection_clients.iter().enumerate() {
+            if c.audiences.is_empty() || c.audiences.iter().any(String::is_empty) {
+                return Err(err(
+                    &format!("introspection_clients[{i}].audiences"),
+                    format!(
+                        "{:?} must name the audiences whose tokens it may introspect",
+                        c.name
+                    ),
+                ));
+            }
+        }
         let mut grants = BTreeMap::new();
         for (i, g) in raw.grants.into_iter().enumerate() {
             let key = |k: &str| format!("grants[{i}].{k}");

@@ -671,6 +671,7 @@ pub async fn decide_and_issue(
             iss: dynamic.config.issuer_url.clone(),
             sub: identity.clone(),
             aud: jwt.0.clone(),
+            grant: grant.name.clone(),
             jti: lease_id.clone(),
             iat: now.div_euclid(1000),
             nbf: now.div_euclid(1000),

@@ -262,8 +262,8 @@ pub struct Broker {
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
     pub operators: RwLock<Operators>,
-    /// Introspection client token hashes.
-    pub introspection: RwLock<HashMap<String, String>>,
+    /// Introspection clients by token hash.
+    pub introspection: RwLock<HashMap<String, crate::config::IntrospectionClient>>,
     /// Requests per node.
     pub node_limiter: DefaultKeyedRateLimiter<String>,
     /// Requests per identity.
@@ -668,7 +668,15 @@ pub struct Operators {
 /// Operators from `[[operators]]` and `<data_dir>/operators/NAME.role` (with
 /// `NAME.token` for a token operator; written by `mintguard-broker operator
 /// create`), and introspection tokens.
-pub fn load_tokens(config: &Config) -> Result<(Operators, HashMap<String, String>), StartError> {
+pub fn load_tokens(
+    config: &Config,
+) -> Result<
+    (
+        Operators,
+        HashMap<String, crate::config::IntrospectionClient>,
+    ),
+    StartError,
+> {
     let mut operators = Operators::default();
     for op in &config.operators {
         operators.tokens.insert(
@@ -710,7 +718,7 @@ pub fn load_tokens(config: &Config) -> Result<(Operators, HashMap<String, String
     }
     let mut introspection = HashMap::new();
     for c in &config.introspection_clients {
-        introspection.insert(token_hash(&read_token(&c.token_file)?), c.name.clone());
+        introspection.insert(token_hash(&read_token(&c.token_file)?), c.clone());
     }
     Ok((operators, introspection))
 }

@@ -379,3 +379,50 @@ async fn analysis_that_stops_leaves_behaviour_stale_not_neutral() {
     );
     assert_eq!(behaviour_signal(&broker)["status"], "fresh");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwts_name_their_grant_and_introspection_answers_only_for_the_clients_audiences() {
+    const OTHER_CLIENT: &str = "other-relying-party-token-0123456789abcdef";
+    let dir = tempfile::tempdir().unwrap();
+    write_private(&dir.path().join("other.token"), OTHER_CLIENT);
+    let broker = BrokerProcess::start_in(
+        dir,
+        "[[introspection_clients]]\nname = \"other\"\ntoken_file = \"other.token\"\naudiences = [\"other\"]\n",
+    );
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let token = reply.body["credential"]["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let introspect = |client: &'static str| {
+        let (addr, bundle, token) = (broker.addr("public"), broker.bundle(), token.clone());
+        async move {
+            https(
+                &addr,
+                &bundle,
+                None,
+                "POST",
+                "/v1/introspect",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("authorization", &format!("Bearer {client}")),
+                ],
+                format!("token={token}").into_bytes(),
+            )
+            .await
+            .unwrap()
+            .body
+        }
+    };
+    let mine = introspect(INTROSPECTION_TOKEN).await;
+    assert_eq!(mine["active"], true, "{mine}");
+    assert_eq!(mine["grant"], "payments-token", "{mine}");
+    assert_eq!(
+        introspect(OTHER_CLIENT).await,
+        json!({"active": false}),
+        "another relying party learns nothing of this token"
+    );
+}

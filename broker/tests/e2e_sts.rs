@@ -152,7 +152,7 @@ async fn assume_role_credentials_work_and_revocation_is_advisory() {
     assert_eq!(creds["type"], "aws");
     let arn = caller_arn(&endpoint, creds);
     assert!(
-        arn.ends_with("assumed-role/payments/example.org.ns.pay.sa.api"),
+        arn.ends_with("assumed-role/payments/example.org@ns@pay@sa@api"),
         "{arn}"
     );
     let out = broker.cli(&["logs", "--json", "--grant", "aws-payments"]);
@@ -164,7 +164,7 @@ async fn assume_role_credentials_work_and_revocation_is_advisory() {
     assert_eq!(records[0]["body"]["lease"]["effective_ttl_seconds"], 900);
     assert_eq!(
         records[1]["body"]["upstream"]["source_identity"],
-        "example.org.ns.pay.sa.api"
+        "example.org@ns@pay@sa@api"
     );
     assert!(
         !String::from_utf8_lossy(&out.stdout)
@@ -306,7 +306,7 @@ async fn the_reduced_variant_carries_the_session_policy() {
     for part in [
         "Action=AssumeRole&".to_owned(),
         "Policy=%7B%22Version%22".to_owned(),
-        "SourceIdentity=example.org.ns.pay.sa.api".to_owned(),
+        "SourceIdentity=example.org@ns@pay@sa@api".to_owned(),
         "DurationSeconds=1800".to_owned(),
         "Tags.member.1.Key=mintguard%3Aidentity".to_owned(),
         format!("Tags.member.2.Value={lease}"),
@@ -423,7 +423,7 @@ aws_sts = {{ role_arn = "{ROLE}", mode = "web_identity" }}
     let lease = reply.body["lease_id"].as_str().unwrap();
     let arn = caller_arn(&moto, &reply.body["credential"]);
     assert!(
-        arn.ends_with("assumed-role/payments/example.org.ns.pay.sa.api"),
+        arn.ends_with("assumed-role/payments/example.org@ns@pay@sa@api"),
         "{arn}"
     );
 
@@ -480,7 +480,7 @@ aws_sts = {{ role_arn = "{ROLE}", mode = "web_identity" }}
     );
     assert_eq!(
         claims["https://aws.amazon.com/source_identity"],
-        "example.org.ns.pay.sa.api"
+        "example.org@ns@pay@sa@api"
     );
     let tags = &claims["https://aws.amazon.com/tags"]["principal_tags"];
     assert_eq!(tags["mintguard:lease"], json!([lease]));

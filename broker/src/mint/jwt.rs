@@ -19,6 +19,9 @@ pub struct Claims {
     pub sub: String,
     /// The grant's audience.
     pub aud: String,
+    /// The grant it was issued under: grants that share an audience are
+    /// not interchangeable (a relying party checks it, as `scope` is checked).
+    pub grant: String,
     /// The lease id.
     pub jti: String,
     /// Issued at.

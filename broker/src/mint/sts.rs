@@ -132,29 +132,32 @@ pub struct Session<'a> {
 }
 
 /// A name STS accepts for `RoleSessionName` and `SourceIdentity`
-/// (`[\w+=,.@-]`, 2–64 characters) derived from a SPIFFE ID: readable, and
-/// unique (a hash suffix) when it has to be shortened.
+/// (`[\w+=,.@-]`, 2–64 characters) derived from a SPIFFE ID, readable and
+/// **injective**: two identities never share a name (an IAM policy or a
+/// CloudTrail reader telling sessions apart by it cannot be fooled).
+///
+/// After `spiffe://`, `[A-Za-z0-9._-]` stay, `/` becomes `@` (which no
+/// SPIFFE ID holds), and any other byte becomes `=XX` (hex). A name longer
+/// than 64 keeps its last 47 characters and appends `+` and 64 bits of the
+/// identity's SHA-256; `+` appears in no unshortened name, so a shortened
+/// name never equals one.
 pub fn session_name(identity: &str) -> String {
-    let body: String = identity
-        .trim_start_matches("spiffe://")
-        .chars()
-        .map(|c| match c {
-            '/' => '.',
-            c if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) => c,
-            _ => '-',
-        })
-        .collect();
-    if body.len() <= 64 && body.len() >= 2 {
+    let mut body = String::with_capacity(identity.len());
+    for b in identity.trim_start_matches("spiffe://").bytes() {
+        match b {
+            b'/' => body.push('@'),
+            b if b.is_ascii_alphanumeric() || b"._-".contains(&b) => body.push(char::from(b)),
+            b => body.push_str(&format!("={b:02X}")),
+        }
+    }
+    if (2..=64).contains(&body.len()) {
         return body;
     }
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, identity.as_bytes());
-    let hash: String = digest.as_ref()[..4]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hash = crate::ids::hex(&digest.as_ref()[..8]);
     let keep = 64 - hash.len() - 1;
     let tail = &body[body.len().saturating_sub(keep)..];
-    format!("{tail}-{hash}")
+    format!("{tail}+{hash}")
 }
 
 /// A session tag value STS accepts (≤ 256 of `[\p{L}\p{Z}\p{N}_.:/=+\-@]`).
@@ -374,17 +377,33 @@ mod tests {
     fn session_names_fit_sts_rules_and_stay_unique() {
         assert_eq!(
             session_name("spiffe://example.org/ns/pay/sa/api"),
-            "example.org.ns.pay.sa.api"
+            "example.org@ns@pay@sa@api"
         );
+        // Names that mapped alike before (`/` and `.` both to `.`) differ.
+        assert_ne!(
+            session_name("spiffe://example.org/a/b"),
+            session_name("spiffe://example.org/a.b")
+        );
+        assert_ne!(
+            session_name("spiffe://x/a b"),
+            session_name("spiffe://x/a-b")
+        );
+        // A shortened name never equals an unshortened one.
+        let shortened = session_name(&format!("spiffe://example.org/{}", "c".repeat(80)));
+        assert_eq!(shortened.len(), 64);
+        assert!(shortened.contains('+'));
         let long = format!("spiffe://example.org/{}", "a".repeat(100));
         let other = format!("spiffe://example.org/{}b", "a".repeat(99));
         let (a, b) = (session_name(&long), session_name(&other));
         assert!(a.len() <= 64 && b.len() <= 64);
         assert_ne!(a, b);
         assert!(
-            session_name("spiffe://x/y z~")
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+            [session_name("spiffe://x/y z~"), shortened]
+                .iter()
+                .all(|n| {
+                    n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+                })
         );
     }
 }

@@ -187,14 +187,14 @@ async fn introspect(
                 .ok()
                 .and_then(|m| m.get(&h).cloned())
         });
-    if client.is_none() {
+    let Some(client) = client else {
         return (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             axum::Json(json!({"error": "invalid_client"})),
         )
             .into_response();
-    }
+    };
     let Ok(Form(form)) = form else {
         return (StatusCode::BAD_REQUEST, axum::Json(json!({"error": "invalid_request", "error_description": "expected a form with token"})))
             .into_response();
@@ -217,6 +217,12 @@ async fn introspect(
     let (Some(jti), Some(exp)) = (claims["jti"].as_str(), claims["exp"].as_i64()) else {
         return inactive();
     };
+    // Only tokens meant for this client: another relying party's are
+    // inactive to it (it learns nothing of them).
+    let audience = claims["aud"].as_str().unwrap_or_default();
+    if !client.audiences.iter().any(|a| a == audience) {
+        return inactive();
+    }
     if exp <= now.unix_timestamp() {
         return inactive();
     }

@@ -64,6 +64,7 @@ checkpoint_interval = "1h"
 [[introspection_clients]]
 name = "payments-db"
 token_file = "introspection.token"
+audiences = ["payments"]
 [[grants]]
 name = "payments-token"
 kind = "jwt"
