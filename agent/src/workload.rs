@@ -591,7 +591,10 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
 }
 
 /// Serves one HTTP/1.1 connection with the agent's limits (head size, 10 s
-/// for the headers — which also closes idle kept-alive connections).
+/// for the headers — which also closes idle kept-alive connections). A
+/// request framed both by `Content-Length` and `Transfer-Encoding` is
+/// refused before the service sees it (RFC 9112 §6.3: readers could
+/// disagree on where it ends; see `mintguard_certs::framing`).
 pub(crate) async fn serve_http1<IO, S>(io: IO, service: S, what: &str)
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -604,6 +607,25 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    let (io, verdicts) = mintguard_certs::framing::FramingGuard::new(io);
+    let service = tower::service_fn(move |req: axum::http::Request<hyper::body::Incoming>| {
+        let sound = verdicts.next() == mintguard_certs::framing::Framing::Sound;
+        let service = service.clone();
+        async move {
+            if !sound {
+                return Ok(AgentError {
+                    close: true,
+                    ..AgentError::new(
+                        StatusCode::BAD_REQUEST,
+                        "ambiguous_framing",
+                        "a request may not carry both Content-Length and Transfer-Encoding",
+                    )
+                }
+                .into_response());
+            }
+            service.oneshot(req).await
+        }
+    });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())

@@ -775,7 +775,66 @@ fn bad_input_on_the_socket_never_blocks_other_workloads() {
             "bad_lease_id",
         ),
         ("unknown path", b"GET /v2/x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n".to_vec(), 404, "not_found"),
+        (
+            "Content-Length and Transfer-Encoding",
+            format!("POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: 3\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n10\r\n{{\"grant\":\"g\"}}\r\n0\r\n\r\n").into_bytes(),
+            400,
+            "ambiguous_framing",
+        ),
     ];
+    // Bodies past every bound: a 400 with its reason, nothing forwarded.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let huge_purpose = format!(r#"{{"grant":"g","purpose":"{}"}}"#, "p".repeat(1_000_000));
+    let bodies: Vec<(&str, String, u16, &str)> = vec![
+        (
+            "u64::MAX ttl",
+            r#"{"grant":"g","ttl_seconds":18446744073709551615}"#.into(),
+            400,
+            "bad_ttl",
+        ),
+        (
+            "ttl past the bound",
+            r#"{"grant":"g","ttl_seconds":2678401}"#.into(),
+            400,
+            "bad_ttl",
+        ),
+        (
+            "float ttl",
+            r#"{"grant":"g","ttl_seconds":1.5}"#.into(),
+            400,
+            "bad_json",
+        ),
+        (
+            "NUL in the grant",
+            r#"{"grant":"g\u0000"}"#.into(),
+            400,
+            "bad_grant",
+        ),
+        (
+            "escape in the purpose",
+            r#"{"grant":"g","purpose":"\u001b[2J"}"#.into(),
+            400,
+            "bad_purpose",
+        ),
+        (
+            "duplicate keys",
+            r#"{"grant":"g","grant":"h"}"#.into(),
+            400,
+            "bad_json",
+        ),
+        ("nesting 10,000 deep", deep, 400, "bad_json"),
+        ("1 MB purpose", huge_purpose, 413, ""),
+    ];
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = cases
+        .into_iter()
+        .chain(bodies.into_iter().map(|(name, body, status, code)| {
+            let bytes = format!(
+                "POST /v1/credentials HTTP/1.1\r\nHost: a\r\n{json}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            (name, bytes.into_bytes(), status, code)
+        }))
+        .collect();
     let mut failures = Vec::new();
     for (name, bytes, status, code) in &cases {
         let reply = raw(&socket, bytes);

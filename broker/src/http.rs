@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use mintguard_api::ErrorBody;
+use mintguard_certs::framing::{Framing, FramingGuard};
 use mintguard_certs::tls::{SpiffeAcceptor, SpiffePeer};
 use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
@@ -121,6 +122,18 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Whether reading a body failed on its [`BodyTimeout`].
+pub fn is_body_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if err.is::<BodyTimeout>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// A JSON body: `application/json` only, within the body limit, unknown
 /// fields refused by the types; every failure is a 400 with a reason code.
 pub struct Json<T>(pub T);
@@ -148,7 +161,13 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
         let bytes = axum::body::Bytes::from_request(req, state)
             .await
             .map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                if is_body_timeout(&e) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        BodyTimeout.to_string(),
+                    )
+                } else if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         "body_too_large",
@@ -228,7 +247,7 @@ async fn serve_spiffe(
                     return;
                 }
             };
-            serve_connection(TokioIo::new(tls), addr, peer, router).await;
+            serve_connection(tls, addr, peer, router).await;
         });
     }
 }
@@ -251,11 +270,88 @@ pub async fn serve_tls(
         let router = router.clone();
         tokio::spawn(async move {
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(TokioIo::new(tls), addr, None, router).await,
+                Ok(Ok(tls)) => serve_connection(tls, addr, None, router).await,
                 Ok(Err(e)) => tracing::info!(%addr, %e, "TLS handshake failed"),
                 Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
             }
         });
+    }
+}
+
+/// How long a client may take to send a request's whole body (a deadline
+/// from the headers on, not an idle timeout: a byte every few seconds does
+/// not extend it).
+pub const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A request whose length is framed twice (`Content-Length` and
+/// `Transfer-Encoding`, seen by the connection's [`FramingGuard`]) is
+/// refused, as RFC 9112 §6.3 allows: two readers of it (a proxy and the
+/// broker) could disagree on where it ends (request smuggling). Answered
+/// `400 ambiguous_framing` and the connection closed.
+fn refuse_framing(framing: Framing) -> Option<Response> {
+    if framing == Framing::Sound {
+        return None;
+    }
+    let mut response = ApiError::bad_request(
+        "ambiguous_framing",
+        "a request may not carry both Content-Length and Transfer-Encoding",
+    )
+    .into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Some(response)
+}
+
+/// The body did not arrive within [`BODY_TIMEOUT`].
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within {} s", BODY_TIMEOUT.as_secs())]
+pub struct BodyTimeout;
+
+/// A request body that fails with [`BodyTimeout`] once its deadline passes.
+pub struct DeadlineBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> DeadlineBody<B> {
+    /// `inner`, to be read within `limit` from now.
+    pub fn new(inner: B, limit: std::time::Duration) -> Self {
+        Self {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for DeadlineBody<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = B::Data;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        if let std::task::Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            std::task::Poll::Ready(()) => std::task::Poll::Ready(Some(Err(Box::new(BodyTimeout)))),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -272,20 +368,26 @@ pub fn excerpt(s: &str) -> String {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-async fn serve_connection<IO>(
-    io: TokioIo<IO>,
-    addr: SocketAddr,
-    peer: Option<SpiffePeer>,
-    router: Router,
-) where
+async fn serve_connection<IO>(io: IO, addr: SocketAddr, peer: Option<SpiffePeer>, router: Router)
+where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let (io, verdicts) = FramingGuard::new(io);
+    let io = TokioIo::new(io);
     let service = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+        let router = router.clone();
+        let framing = refuse_framing(verdicts.next());
         if let Some(peer) = &peer {
             req.extensions_mut().insert(peer.clone());
         }
         req.extensions_mut().insert(ClientAddr(addr));
-        router.clone().oneshot(req.map(axum::body::Body::new))
+        let req = req.map(|body| axum::body::Body::new(DeadlineBody::new(body, BODY_TIMEOUT)));
+        async move {
+            if let Some(refusal) = framing {
+                return Ok(refusal);
+            }
+            router.oneshot(req).await
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     // A client that trickles its headers is cut off (slowloris).

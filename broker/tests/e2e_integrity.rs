@@ -426,3 +426,191 @@ async fn jwts_name_their_grant_and_introspection_answers_only_for_the_clients_au
         "another relying party learns nothing of this token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_on_every_listener_is_a_4xx_that_issues_nothing() {
+    let broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    let (agents, public, admin, bundle) = (
+        broker.addr("agents"),
+        broker.addr("public"),
+        broker.addr("admin"),
+        broker.bundle(),
+    );
+    let token = std::fs::read_to_string(broker.data().join("operators/alice.token")).unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", token.trim());
+
+    // Both framings, on every listener: refused before any handler runs.
+    let smuggled = |path: &str, extra: &str| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: b\r\n{extra}Content-Type: application/json\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n2b\r\n{{\"selectors\":[\"unix:uid:1000\"],\"request\":{{}}}}\r\n0\r\n\r\n"
+        )
+    };
+    for (listener, addr, client, path, extra) in [
+        ("agents", &agents, Some(&node), "/v1/issue", String::new()),
+        ("public", &public, None, "/v1/ci/credentials", String::new()),
+        ("admin", &admin, None, "/admin/v1/signals", auth.clone()),
+    ] {
+        let reply = raw_tls(addr, &bundle, client, smuggled(path, &extra).as_bytes()).await;
+        assert!(
+            reply.starts_with("HTTP/1.1 400") && reply.contains("ambiguous_framing"),
+            "{listener}: {reply}"
+        );
+    }
+
+    // Numbers at and past every bound, floats, control characters, 1 MB
+    // values, deep nesting and duplicate keys, through the agents listener
+    // (as a node forwards them) and the admin API.
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let issue_body = |request: &str| {
+        format!(r#"{{"selectors":["unix:uid:1000","unix:gid:1000"],"request":{request}}}"#)
+    };
+    let mut cases: Vec<(String, String, &str, String, u16, &str)> = Vec::new();
+    for (name, request, status, code) in [
+        (
+            "u64::MAX ttl",
+            r#"{"grant":"payments-token","ttl_seconds":18446744073709551615}"#.to_owned(),
+            400,
+            "bad_ttl",
+        ),
+        (
+            "ttl past 31 days",
+            r#"{"grant":"payments-token","ttl_seconds":2678401}"#.to_owned(),
+            400,
+            "bad_ttl",
+        ),
+        (
+            "float ttl",
+            r#"{"grant":"payments-token","ttl_seconds":300.0}"#.to_owned(),
+            400,
+            "bad_json",
+        ),
+        (
+            "NUL in the grant",
+            r#"{"grant":"payments-token\u0000"}"#.to_owned(),
+            400,
+            "bad_grant",
+        ),
+        (
+            "control character in the purpose",
+            r#"{"grant":"payments-token","purpose":"a\u0007"}"#.to_owned(),
+            400,
+            "bad_purpose",
+        ),
+        (
+            "1 MB purpose",
+            format!(
+                r#"{{"grant":"payments-token","purpose":"{}"}}"#,
+                "p".repeat(1 << 20)
+            ),
+            413,
+            "body_too_large",
+        ),
+        (
+            "duplicate keys",
+            r#"{"grant":"payments-token","grant":"other"}"#.to_owned(),
+            400,
+            "bad_json",
+        ),
+        ("nesting 10,000 deep", deep.clone(), 400, "bad_json"),
+    ] {
+        cases.push((
+            name.into(),
+            agents.clone(),
+            "/v1/issue",
+            issue_body(&request),
+            status,
+            code,
+        ));
+    }
+    for (name, path, body, status, code) in [
+        (
+            "signal value 101",
+            "/admin/v1/signals",
+            r#"{"subject":"spiffe://example.org/ns/pay/sa/api","kind":"posture","value":101}"#,
+            400,
+            "bad_signal_value",
+        ),
+        (
+            "signal ttl 0",
+            "/admin/v1/signals",
+            r#"{"subject":"spiffe://example.org/ns/pay/sa/api","kind":"posture","value":1,"ttl_seconds":0}"#,
+            400,
+            "bad_ttl",
+        ),
+        (
+            "top-up u64::MAX",
+            "/admin/v1/budget/top-up",
+            r#"{"identity":"spiffe://example.org/ns/pay/sa/api","grant":"payments-token","tokens":18446744073709551615}"#,
+            400,
+            "bad_tokens",
+        ),
+        (
+            "suspension reason with NUL",
+            "/admin/v1/suspend",
+            r#"{"subject":"spiffe://example.org/ns/pay/sa/api","reason":"x\u0000"}"#,
+            400,
+            "bad_reason",
+        ),
+        (
+            "resume of a 1 MB subject",
+            "/admin/v1/resume",
+            &format!(r#"{{"subject":"{}"}}"#, "s".repeat(1 << 20)),
+            413,
+            "body_too_large",
+        ),
+    ] {
+        cases.push((
+            name.into(),
+            admin.clone(),
+            path,
+            body.to_owned(),
+            status,
+            code,
+        ));
+    }
+    let mut failures = Vec::new();
+    for (name, addr, path, body, status, code) in &cases {
+        let client = (path == &"/v1/issue").then_some(&node);
+        let bearer = format!("Bearer {}", token.trim());
+        let mut headers = vec![("content-type", "application/json")];
+        if client.is_none() {
+            headers.push(("authorization", bearer.as_str()));
+        }
+        let reply = https(
+            addr,
+            &bundle,
+            client,
+            "POST",
+            path,
+            &headers,
+            body.clone().into_bytes(),
+        )
+        .await
+        .unwrap();
+        if reply.status != *status || reply.body["error"]["code"] != *code {
+            failures.push(format!(
+                "{name}: got {} {}, expected {status} {code}",
+                reply.status,
+                reply.text.chars().take(200).collect::<String>()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // Nothing was issued or suspended, and every record reads back.
+    assert!(broker.live_leases().is_empty());
+    let replay = broker.cli(&["replay"]);
+    let replayed: Value = serde_json::from_slice(&replay.stdout).unwrap();
+    assert!(replay.status.success(), "{replayed}");
+    assert_eq!(replayed["undecodable"], 0);
+    broker.assert_log_verifies();
+    assert_eq!(
+        issue(&broker, &node, json!({"grant": "payments-token"}))
+            .await
+            .status,
+        200,
+        "the identity is not suspended and still served"
+    );
+}

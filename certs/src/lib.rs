@@ -3,7 +3,9 @@
 //! Identity material for Mintguard: SPIFFE IDs and trust domains, the CA that
 //! issues X.509-SVIDs to nodes and to the broker, trust bundles, rustls
 //! configurations that authenticate peers by SPIFFE ID, and the broker's JWT
-//! signing keys with their JWKS.
+//! signing keys with their JWKS. Beside them, the one piece of connection
+//! plumbing every Mintguard listener shares: [`framing`], the guard that
+//! refuses HTTP requests framed twice.
 //!
 //! What this crate deliberately does **not** do: decide who gets an SVID (the
 //! broker's enrollment does, from a join token), talk to a network (the TLS
@@ -48,6 +50,7 @@
 pub mod bundle;
 pub mod ca;
 mod error;
+pub mod framing;
 mod fs;
 pub mod id;
 pub mod jwt;

@@ -178,7 +178,7 @@ fn rate_key(client: IpAddr) -> IpAddr {
 /// `POST /v1/ci/credentials` and the RFC 8693 exchange: verify the token,
 /// find the policy, then the shared pipeline.
 /// The per-address CI rate limit (an IPv6 client by its /64).
-fn check_rate(broker: &Broker, client: IpAddr) -> Result<(), ApiError> {
+pub fn check_rate(broker: &Broker, client: IpAddr) -> Result<(), ApiError> {
     if broker.ci_limiter.check_key(&rate_key(client)).is_err() {
         return Err(ApiError {
             retry_after: Some(1),
@@ -196,13 +196,7 @@ fn check_rate(broker: &Broker, client: IpAddr) -> Result<(), ApiError> {
 /// request was held for. The bearer is a valid OIDC token of the same issuer
 /// that maps to the same identity (its `jti` is not consumed: a read); any
 /// other approval is "not found".
-pub async fn approval(
-    broker: &Broker,
-    client: IpAddr,
-    token: &str,
-    id: &str,
-) -> Result<Value, ApiError> {
-    check_rate(broker, client)?;
+pub async fn approval(broker: &Broker, token: &str, id: &str) -> Result<Value, ApiError> {
     let dynamic = broker.dynamic.load_full();
     let now = now_ms();
     let verified = broker
@@ -242,7 +236,7 @@ pub async fn issue(
     token: &str,
     request: CredentialRequest,
 ) -> Result<Response, ApiError> {
-    check_rate(broker, client)?;
+    // The per-address rate limit was taken by the route, before the body.
     crate::pipeline::validate_request(&request)?;
     let dynamic = broker.dynamic.load_full();
     let ci = &dynamic.config.ci;

@@ -22,12 +22,20 @@ use crate::state::{Broker, now_ms, token_hash};
 
 /// The public router.
 pub fn router(broker: Arc<Broker>) -> Router {
-    Router::new()
-        .route("/v1/node/enroll", post(enroll))
-        .route("/v1/introspect", post(introspect))
+    // The CI front door: each address is rate-limited before its body is
+    // read or its token verified.
+    let ci = Router::new()
         .route("/v1/ci/credentials", post(ci_credentials))
         .route("/v1/ci/approvals/{id}", get(ci_approval))
         .route("/v1/token", post(token_exchange))
+        .route_layer(axum::middleware::from_fn_with_state(
+            broker.clone(),
+            ci_rate_limit,
+        ));
+    Router::new()
+        .route("/v1/node/enroll", post(enroll))
+        .route("/v1/introspect", post(introspect))
+        .merge(ci)
         .route("/.well-known/jwks.json", get(jwks))
         .route("/.well-known/openid-configuration", get(discovery))
         .route("/healthz", get(healthz))
@@ -135,6 +143,32 @@ async fn discovery(State(broker): State<Arc<Broker>>) -> axum::Json<Value> {
         "subject_types_supported": ["public"],
         "response_types_supported": ["id_token"],
     }))
+}
+
+/// The per-address CI rate limit, before the request's body is read (RFC
+/// 8693's endpoint answers it as an OAuth error).
+async fn ci_rate_limit(
+    State(broker): State<Arc<Broker>>,
+    Extension(ClientAddr(addr)): Extension<ClientAddr>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match crate::ci::check_rate(&broker, addr.ip()) {
+        Ok(()) => next.run(req).await,
+        Err(e) if req.uri().path() == "/v1/token" => {
+            let mut response = oauth_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "temporarily_unavailable",
+                e.message,
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            response
+        }
+        Err(e) => e.into_response(),
+    }
 }
 
 /// Liveness, and whether anomaly analysis keeps up: `degraded` while it
@@ -272,14 +306,13 @@ async fn ci_credentials(
 /// was held for, with an OIDC token of the same job's identity as bearer.
 async fn ci_approval(
     State(broker): State<Arc<Broker>>,
-    Extension(ClientAddr(addr)): Extension<ClientAddr>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     let token = bearer(&headers).ok_or_else(|| {
         ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
     })?;
-    crate::ci::approval(&broker, addr.ip(), token, &id)
+    crate::ci::approval(&broker, token, &id)
         .await
         .map(axum::Json)
 }

@@ -384,6 +384,30 @@ pub async fn https(
     })
 }
 
+/// Writes `bytes` as they are over TLS (`client` = a node SVID for mTLS)
+/// and reads the answer until the broker closes: for requests an HTTP
+/// client would not send.
+pub async fn raw_tls(
+    addr: &str,
+    bundle: &TrustBundle,
+    client: Option<&X509Svid>,
+    bytes: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = SpiffeConnector::new(
+        client,
+        bundle,
+        IdMatcher::exact(id::broker_id(bundle.trust_domain())),
+    )
+    .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut tls, _) = connector.connect("mintguard-broker", tcp).await.unwrap();
+    tls.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub async fn post_json(
     addr: &str,
     bundle: &TrustBundle,
