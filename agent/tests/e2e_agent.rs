@@ -1309,10 +1309,10 @@ fn the_aws_cli_gets_sts_credentials_through_the_agent() {
     };
     entry("spiffe://example.org/w/python", &py_sha);
     let cli_id = if cli_sha == py_sha {
-        "example.org.w.python"
+        "example.org@w@python"
     } else {
         entry("spiffe://example.org/w/awscli", &cli_sha);
-        "example.org.w.awscli"
+        "example.org@w@awscli"
     };
     let socket = node.socket();
     let run_cli = |envs: &[(&str, String)]| {
@@ -1386,7 +1386,7 @@ fn the_aws_cli_gets_sts_credentials_through_the_agent() {
         ),
     ]);
     assert!(
-        arn.ends_with("assumed-role/payments/example.org.w.python"),
+        arn.ends_with("assumed-role/payments/example.org@w@python"),
         "{arn}"
     );
     drop(holder.stdin.take());

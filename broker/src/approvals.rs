@@ -14,14 +14,21 @@ use crate::pipeline::random_id;
 use crate::state::Broker;
 use crate::store::Approval;
 
-/// The hash an approval is bound to.
+/// The hash an approval is bound to: the request, and for a CI job the
+/// digest of the held job's immutable claims (`binding`), so that another
+/// job mapped to the same identity cannot redeem it.
 pub fn request_hash(
     identity: &str,
     grant: &str,
     ttl: Option<u64>,
     purpose: Option<&str>,
+    binding: Option<&str>,
 ) -> String {
-    let canonical = serde_json::to_string(&(identity, grant, ttl, purpose)).unwrap_or_default();
+    let canonical = match binding {
+        None => serde_json::to_string(&(identity, grant, ttl, purpose)),
+        Some(b) => serde_json::to_string(&(identity, grant, ttl, purpose, b)),
+    }
+    .unwrap_or_default();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -32,6 +39,7 @@ pub async fn hold(
     identity: &str,
     request: &CredentialRequest,
     requested_by: &str,
+    binding: Option<&str>,
     request_id: &str,
     now_ms: i64,
 ) -> Result<String, ApiError> {
@@ -43,6 +51,7 @@ pub async fn hold(
             &request.grant,
             request.ttl_seconds,
             request.purpose.as_deref(),
+            binding,
         ),
         identity: identity.to_owned(),
         grant: request.grant.clone(),
@@ -77,6 +86,7 @@ pub async fn redeemable(
     id: &str,
     identity: &str,
     caller: &str,
+    binding: Option<&str>,
     request: &CredentialRequest,
     now_ms: i64,
 ) -> Result<Approval, ApiError> {
@@ -96,6 +106,7 @@ pub async fn redeemable(
         &request.grant,
         request.ttl_seconds,
         request.purpose.as_deref(),
+        binding,
     );
     if approval.kind != "step_up"
         || approval.identity != identity
@@ -104,7 +115,7 @@ pub async fn redeemable(
     {
         return Err(refused(
             "approval_mismatch",
-            "the approval was given for a different request (identity, grant, TTL, purpose and the node asking must match)",
+            "the approval was given for a different request (identity, grant, TTL, purpose, the node or CI issuer asking and, for a CI job, the job itself must match)",
         ));
     }
     match approval.state_at(now_ms) {
@@ -278,7 +289,7 @@ pub async fn open_break_glass(
     let ttl_ms = i64::try_from(config.approvals.ttl.0.as_millis()).unwrap_or(i64::MAX / 2);
     let approval = Approval {
         id: random_id("bg"),
-        request_hash: request_hash(identity, grant, ttl_seconds, Some(justification)),
+        request_hash: request_hash(identity, grant, ttl_seconds, Some(justification), None),
         identity: identity.to_owned(),
         grant: grant.to_owned(),
         ttl_seconds,

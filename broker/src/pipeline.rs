@@ -365,6 +365,7 @@ async fn issue_inner(
         }),
         audit: false,
         break_glass: None,
+        approval_binding: None,
     };
     decide_and_issue(broker, &dynamic, grant, request, subject).await
 }
@@ -404,6 +405,9 @@ pub struct Subject<'a> {
     /// A confirmed break-glass request (its approval, opener, approvers):
     /// the decision is logged as decided, then overridden to issue.
     pub break_glass: Option<serde_json::Value>,
+    /// What a step-up approval is bound to beyond the request: for a CI
+    /// job, the digest of its immutable claims (`ci::job_digest`).
+    pub approval_binding: Option<String>,
 }
 
 /// The shared pipeline after the caller is authenticated and its issuer
@@ -458,9 +462,18 @@ pub async fn decide_and_issue(
             .unwrap_or_else(|| BudgetSnapshot::full(policy, now))
     });
     let approval = match &request.approval_id {
-        Some(id) => {
-            Some(crate::approvals::redeemable(broker, id, &identity, node, &request, now).await?)
-        }
+        Some(id) => Some(
+            crate::approvals::redeemable(
+                broker,
+                id,
+                &identity,
+                node,
+                subject.approval_binding.as_deref(),
+                &request,
+                now,
+            )
+            .await?,
+        ),
         None => None,
     };
     // An approver's TTL cap applies to the request it approved.
@@ -584,8 +597,16 @@ pub async fn decide_and_issue(
             decision.reasons.iter().map(|r| r.code()),
         );
         let held = if decision.outcome == Outcome::StepUp {
-            let id =
-                crate::approvals::hold(broker, &identity, &request, node, &request_id, now).await?;
+            let id = crate::approvals::hold(
+                broker,
+                &identity,
+                &request,
+                node,
+                subject.approval_binding.as_deref(),
+                &request_id,
+                now,
+            )
+            .await?;
             body.insert("approval_id".into(), id.clone().into());
             Some(id)
         } else {

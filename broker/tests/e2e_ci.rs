@@ -574,6 +574,24 @@ async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
             "fork_event_refused",
         ),
         (
+            "workflow_run event (runs with a fork's artifacts)",
+            issuer.sign(
+                &with("n14b", &|c| c["event_name"] = json!("workflow_run")),
+                |_| {},
+            ),
+            403,
+            "fork_event_refused",
+        ),
+        (
+            "issue_comment event (anyone may comment)",
+            issuer.sign(
+                &with("n14c", &|c| c["event_name"] = json!("issue_comment")),
+                |_| {},
+            ),
+            403,
+            "fork_event_refused",
+        ),
+        (
             "policy in audit mode",
             issuer.sign(&with("n15", &|c| c["aud"] = json!("audit-only")), |_| {}),
             403,
@@ -752,6 +770,36 @@ async fn a_ci_job_polls_its_step_up_approval_then_retries() {
     );
     let approved = ci_poll(&broker, Some(&gated("jti-poll-2")), &id).await;
     assert_eq!(approved.body["state"], "approved", "{}", approved.text);
+
+    // Another job mapped to the same identity (another run of the same
+    // branch) cannot redeem the approval given to the held one.
+    let mut another_run = github_claims(&issuer.url, "jti-another-run");
+    another_run["environment"] = "production-gated".into();
+    another_run["run_id"] = "1111111111".into();
+    let redeem = |token: String| {
+        let (addr, bundle, id) = (broker.addr("public"), broker.bundle(), id.clone());
+        async move {
+            https(
+                &addr,
+                &bundle,
+                None,
+                "POST",
+                "/v1/ci/credentials",
+                &[
+                    ("authorization", format!("Bearer {token}").as_str()),
+                    ("content-type", "application/json"),
+                ],
+                json!({"grant": "payments-token", "approval_id": id})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let stolen = redeem(issuer.sign(&another_run, |_| {})).await;
+    assert_eq!(stolen.status, 403, "{}", stolen.text);
+    assert_eq!(stolen.body["error"]["code"], "approval_mismatch");
 
     let retry = https(
         &broker.addr("public"),

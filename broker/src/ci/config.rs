@@ -71,6 +71,21 @@ pub struct IssuerConfig {
     /// none for any other (its tokens' claim is not trusted).
     #[serde(default)]
     pub hosted_runner_environment: Option<String>,
+    /// The issuer signs tokens for one organisation only (a private GitLab
+    /// or GitHub Enterprise Server instance of your own). Without it, every
+    /// policy for the issuer must pin a tenant by an immutable id (one of
+    /// `repository_id`, `repository_owner_id`, `enterprise_id`,
+    /// `project_id`, `namespace_id`, exactly): a self-managed GitLab, GHES
+    /// or a GitHub custom issuer may host other tenants' jobs too. Default
+    /// false. Not allowed for GitHub's and gitlab.com's shared issuers.
+    #[serde(default)]
+    pub single_tenant: bool,
+    /// Hosts besides the issuer's own that its discovery document may point
+    /// `jwks_uri` at (e.g. a CDN). Default none: keys are fetched from the
+    /// issuer's host only, so a tampered discovery document cannot send the
+    /// broker elsewhere for keys.
+    #[serde(default)]
+    pub jwks_hosts: Vec<String>,
 }
 
 impl IssuerConfig {
@@ -157,6 +172,10 @@ pub struct CiPolicy {
 pub const FORK_EVENTS: &[&str] = &[
     "pull_request",
     "pull_request_target",
+    "pull_request_review",
+    "pull_request_review_comment",
+    "issue_comment",
+    "workflow_run",
     "merge_request_event",
     "external_pull_request_event",
 ];
@@ -189,8 +208,9 @@ pub fn cidr_contains((net, len): (IpAddr, u8), ip: IpAddr) -> bool {
     }
 }
 
-/// Issuers that sign tokens for anyone's jobs: a policy for them must pin
-/// an owner or project by one of [`TENANT_CLAIMS`].
+/// Issuers that sign tokens for anyone's jobs: `single_tenant` is refused
+/// for them (every issuer's policies pin a tenant by one of
+/// [`TENANT_CLAIMS`] unless the issuer is single-tenant).
 const SHARED_ISSUERS: &[&str] = &[
     "https://token.actions.githubusercontent.com",
     "https://gitlab.com",
@@ -236,6 +256,12 @@ pub fn validate(
                 }
             }
             other => return err(key, format!("scheme {other:?}: https required")),
+        }
+        if issuer.single_tenant && SHARED_ISSUERS.contains(&issuer.url.as_str()) {
+            return err(
+                format!("ci.issuers[{i}].single_tenant"),
+                format!("{} signs tokens for every tenant it hosts", issuer.url),
+            );
         }
         if issuer.self_hosted_posture.is_some_and(|p| p > 100) {
             return err(
@@ -287,7 +313,11 @@ pub fn validate(
             super::matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
         }
         let exact = |claim: &str| matches!(p.claims.get(claim), Some(Matcher::Exact(_)));
-        if SHARED_ISSUERS.contains(&p.issuer.as_str()) {
+        let single_tenant = ci
+            .issuers
+            .iter()
+            .any(|x| x.url == p.issuer && x.single_tenant);
+        if !single_tenant {
             if !TENANT_CLAIMS.iter().any(|c| exact(c)) {
                 return err(
                     key("claims"),
@@ -353,9 +383,33 @@ mod tests {
         }
         assert!(check("https://gitlab.com", r#"project_id = "42""#).is_ok());
         assert!(check("https://gitlab.com", r#"project_path = "g/p""#).is_err());
-        // Another issuer: any exact matcher.
+        // Any other issuer (self-managed GitLab, GHES, a custom issuer) may
+        // host other tenants too: a tenant id, unless it is single-tenant.
         let own = "https://ci.example.org";
-        assert!(check(own, r#"sub = "job:deploy""#).is_ok());
+        assert!(check(own, r#"sub = "job:deploy""#).is_err());
+        assert!(check(own, r#"project_id = "7""#).is_ok());
+        let single: CiConfig = toml::from_str(
+            r#"
+            [[issuers]]
+            url = "https://ci.example.org"
+            single_tenant = true
+            [[policies]]
+            name = "p"
+            issuer = "https://ci.example.org"
+            audience = "mintguard"
+            identity = "spiffe://example.org/ci/{repository}"
+            grants = ["g"]
+            [policies.claims]
+            sub = "job:deploy"
+            "#,
+        )
+        .unwrap();
+        assert!(validate(&single, "example.org", &["g".to_owned()]).is_ok());
+        let mut shared = single.clone();
+        shared.issuers[0].url = github.into();
+        shared.policies[0].issuer = github.into();
+        let (key, _) = validate(&shared, "example.org", &["g".to_owned()]).unwrap_err();
+        assert_eq!(key, "ci.issuers[0].single_tenant");
         let (_, reason) = check(own, r#"sub = { glob = "*" }"#).unwrap_err();
         assert!(reason.contains("exact"), "{reason}");
     }
@@ -367,6 +421,7 @@ mod tests {
                 r#"
                 [[issuers]]
                 url = "https://ci.example.org"
+                single_tenant = true
                 [[policies]]
                 name = "p"
                 issuer = "https://ci.example.org"

@@ -96,6 +96,32 @@ fn cedar_claims(claims: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The claims that name one job run and cannot change within it (GitHub;
+/// GitLab's equivalents after them): a step-up approval is bound to their
+/// digest, so only the job that was held redeems it.
+const JOB_CLAIMS: &[&str] = &[
+    "run_id",
+    "sha",
+    "ref",
+    "job_workflow_ref",
+    "event_name",
+    "pipeline_id",
+    "ci_config_ref_uri",
+    "pipeline_source",
+];
+
+/// SHA-256 (hex) over the [`JOB_CLAIMS`] of `claims`, absent ones as null.
+pub fn job_digest(claims: &Value) -> String {
+    let values: Vec<Option<String>> = JOB_CLAIMS
+        .iter()
+        .map(|k| claim_text(claims, k).map(std::borrow::Cow::into_owned))
+        .collect();
+    let canonical = serde_json::to_string(&values).unwrap_or_default();
+    crate::ids::hex(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes()).as_ref(),
+    )
+}
+
 /// A refusal before any decision (bad token, no policy, fork event, replay):
 /// logged, then answered.
 async fn refuse(
@@ -379,6 +405,7 @@ pub async fn issue(
         context: json!({"ci": {"policy": policy.name, "client": client.to_string(), "token": summary}}),
         audit: policy.mode == Mode::Audit,
         break_glass: None,
+        approval_binding: Some(job_digest(claims)),
     };
     decide_and_issue(broker, &dynamic, grant, request, subject).await
 }

@@ -373,6 +373,7 @@ async fn fetch_jwks(issuer: &IssuerConfig) -> Result<HashMap<String, Value>, Str
     let jwks_uri = discovery["jwks_uri"]
         .as_str()
         .ok_or("the discovery document has no jwks_uri")?;
+    check_jwks_host(issuer, jwks_uri)?;
     let jwks = fetch_json(issuer, jwks_uri).await?;
     let mut keys = HashMap::new();
     for k in jwks["keys"]
@@ -388,6 +389,31 @@ async fn fetch_jwks(issuer: &IssuerConfig) -> Result<HashMap<String, Value>, Str
         }
     }
     Ok(keys)
+}
+
+/// Keys come from the issuer's own host (or one its config lists in
+/// `jwks_hosts`): a discovery document cannot send the broker elsewhere.
+fn check_jwks_host(issuer: &IssuerConfig, jwks_uri: &str) -> Result<(), String> {
+    let host = |url: &str| {
+        url::Url::parse(url)
+            .ok()
+            .and_then(|u| u.host_str().map(str::to_ascii_lowercase))
+    };
+    let (Some(own), Some(theirs)) = (host(&issuer.url), host(jwks_uri)) else {
+        return Err(format!("jwks_uri {jwks_uri:?} has no host"));
+    };
+    if theirs == own
+        || issuer
+            .jwks_hosts
+            .iter()
+            .any(|h| h.eq_ignore_ascii_case(&theirs))
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "jwks_uri {jwks_uri:?} is not on the issuer's host {own:?} (list its host in jwks_hosts to allow it)"
+        ))
+    }
 }
 
 /// GETs a JSON document from the issuer's host (the scheme rules of the
@@ -526,5 +552,21 @@ mod tests {
         assert!(verifier.key(&issuer, "k1").await.is_ok());
         assert!(!refreshing.is_finished(), "the refresh was still hanging");
         refreshing.abort();
+    }
+}
+
+#[cfg(test)]
+mod jwks_host_tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_the_issuers_host_unless_another_is_listed() {
+        let mut issuer: IssuerConfig = toml::from_str(r#"url = "https://ci.example.org""#).unwrap();
+        assert!(check_jwks_host(&issuer, "https://CI.example.org/keys").is_ok());
+        let elsewhere = check_jwks_host(&issuer, "https://attacker.example/keys").unwrap_err();
+        assert!(elsewhere.contains("jwks_hosts"), "{elsewhere}");
+        issuer.jwks_hosts = vec!["keys.example.net".into()];
+        assert!(check_jwks_host(&issuer, "https://keys.example.net/jwks").is_ok());
+        assert!(check_jwks_host(&issuer, "not a url").is_err());
     }
 }

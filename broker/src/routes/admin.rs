@@ -1012,6 +1012,7 @@ async fn issue_break_glass(
             "id": a.id, "opened_by": a.requested_by, "approvers": a.approvers,
             "justification": a.purpose, "review": "open",
         })),
+        approval_binding: None,
     };
     // The approvers' TTL cap applies, as it does to a step-up approval.
     let ttl_seconds = match (a.ttl_seconds, a.approved_ttl_seconds) {
