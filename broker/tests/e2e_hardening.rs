@@ -138,6 +138,19 @@ async fn malformed_requests_get_their_documented_status_and_reason() {
     ]);
     assert!(!weak.status.success());
     assert!(String::from_utf8_lossy(&weak.stderr).contains("weak_entry"));
+    // An executable hash alone matches any local user who runs the binary.
+    let hash_only = broker.cli(&[
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://example.org/x",
+        "--parent",
+        "node-1",
+        "--selector",
+        "unix:sha256:0a1b2c",
+    ]);
+    assert!(!hash_only.status.success());
+    assert!(String::from_utf8_lossy(&hash_only.stderr).contains("weak_entry"));
     assert_eq!(
         broker
             .cli_json(&["entry", "list", "--json"])

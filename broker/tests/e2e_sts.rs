@@ -306,7 +306,7 @@ async fn the_reduced_variant_carries_the_session_policy() {
     for part in [
         "Action=AssumeRole&".to_owned(),
         "Policy=%7B%22Version%22".to_owned(),
-        "SourceIdentity=example.org@ns@pay@sa@api".to_owned(),
+        "SourceIdentity=example.org%40ns%40pay%40sa%40api".to_owned(),
         "DurationSeconds=1800".to_owned(),
         "Tags.member.1.Key=mintguard%3Aidentity".to_owned(),
         format!("Tags.member.2.Value={lease}"),

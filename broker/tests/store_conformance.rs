@@ -129,8 +129,39 @@ fn entry(request: &str, identity: &str, outcome: &str, time_ms: i64) -> LogEntry
         grant: Some("payments-db".into()),
         node: Some("spiffe://example.org/mintguard/node/n1".into()),
         outcome: Some(outcome.into()),
-        body: serde_json::json!({"decision": {"outcome": outcome}, "n": time_ms}),
+        body: decision_body(time_ms),
     }
+}
+
+/// A decision body every reader decodes (`logs verify` checks that): a real
+/// input and its decision, marked `allow`, and the request.
+fn decision_body(time_ms: i64) -> serde_json::Value {
+    static DECIDED: std::sync::OnceLock<(serde_json::Value, serde_json::Value)> =
+        std::sync::OnceLock::new();
+    let (input, decision) = DECIDED.get_or_init(|| {
+        let input: mintguard_policy::DecisionInput = serde_json::from_value(serde_json::json!({
+            "identity": "spiffe://example.org/ns/pay/sa/api",
+            "principal": "workload",
+            "issuer": {"kind": "node", "id": "spiffe://example.org/mintguard/node/n1", "may_vouch": true},
+            "grant": {"name": "payments-db", "kind": "vault", "max_ttl_seconds": 900},
+            "now_ms": 1_795_514_400_000i64,
+            "signals": {"signals": {}, "unconstrained": []},
+            "eci": {"identity_effective": 40.0, "grant_exposure": 60.0, "issuer_blast_radius": 75.0},
+        }))
+        .unwrap();
+        let rules = mintguard_policy::rules::RuleSet::new(
+            Vec::new(),
+            mintguard_policy::trust::TrustConfig::default(),
+        )
+        .unwrap();
+        let mut decision = mintguard_policy::decide(&input, &rules);
+        decision.outcome = mintguard_policy::Outcome::Allow;
+        (
+            serde_json::to_value(input).unwrap(),
+            serde_json::to_value(decision).unwrap(),
+        )
+    });
+    serde_json::json!({"input": input, "decision": decision, "request": {"grant": "payments-db"}, "n": time_ms})
 }
 
 fn lease(id: &str, identity: &str, issued: i64) -> Lease {
@@ -1120,10 +1151,32 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert_eq!(rest.first().map(|r| r.seq), Some(7));
-    // Without the record of the prune, the base is not accepted.
+    // Without a signed prune statement the base is not accepted; with one
+    // but without the record of the prune, neither.
+    use mintguard_broker::log::verify::{VerifyFailure, verify_chain_from};
     assert_eq!(
-        mintguard_broker::log::verify::verify_chain_from(Some((6, &hash6)), rest, &[], None),
-        Err(mintguard_broker::log::verify::VerifyFailure::UnrecordedPrune { seq: 6 })
+        verify_chain_from(Some((6, &hash6)), rest.clone(), &[], None),
+        Err(VerifyFailure::UnanchoredBase { seq: 6 })
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+    let statement = signer
+        .sign_statement(
+            mintguard_broker::log::checkpoint::StatementKind::Prune,
+            Some("b1"),
+            6,
+            &hash6,
+            1,
+        )
+        .unwrap();
+    assert_eq!(
+        verify_chain_from(
+            Some((6, &hash6)),
+            rest,
+            &[statement],
+            Some(signer.public_jwk())
+        ),
+        Err(VerifyFailure::UnrecordedPrune { seq: 6 })
     );
     assert!(
         matches!(store.prune_through(3).await, Err(StoreError::Conflict(_))),

@@ -303,7 +303,8 @@ pub struct CreateEntryRequest {
     pub spiffe_id: String,
     /// The parent node: its SPIFFE ID or its name.
     pub parent: String,
-    /// Selectors; at least one of `unix:uid`, `unix:gid`, `unix:sha256`, `k8s:sa`.
+    /// Selectors; at least one of `unix:uid`, `unix:gid`, `unix:user`,
+    /// `cgroup:container_id`, `k8s:sa` (an executable hash alone is refused).
     pub selectors: Vec<String>,
     /// Grants the identity may request.
     #[serde(default)]

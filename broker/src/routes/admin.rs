@@ -227,7 +227,18 @@ async fn create_token(
 }
 
 /// Selectors the agent can prove, and the ones an entry must hold one of.
-const STRONG: &[&str] = &["unix:uid:", "unix:gid:", "unix:sha256:", "k8s:sa:"];
+/// Selectors that say *who* runs a workload and that a local user cannot
+/// take on: an entry needs one. An executable hash alone is not enough —
+/// any local user can run that binary (under LD_PRELOAD, or ptraced) — so
+/// `unix:sha256` must stand beside a uid, gid or user, or beside a
+/// container or Kubernetes selector the runtime sets.
+const STRONG: &[&str] = &[
+    "unix:uid:",
+    "unix:gid:",
+    "unix:user:",
+    "cgroup:container_id:",
+    "k8s:sa:",
+];
 const KNOWN: &[&str] = &[
     "unix:uid:",
     "unix:gid:",
@@ -296,7 +307,7 @@ async fn create_entry(
     {
         return Err(ApiError::bad_request(
             "weak_entry",
-            "an entry needs a unix:uid, unix:gid, unix:sha256 or k8s:sa selector",
+            "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)",
         ));
     }
     if let Some(g) = req.grants.iter().find(|g| !config.grants.contains_key(*g)) {
