@@ -631,6 +631,20 @@ async fn the_broker_renews_its_own_svid_before_it_expires() {
     let (renewed, node) = renew(&broker, &node).await;
     assert_eq!(renewed.status, 200, "{}", renewed.body);
     let node = node.unwrap();
+    // Every renewal is a record: the key that renewed and the new serial.
+    let renewals = broker.logs(&["--outcome", "node_svid_renewed"]);
+    assert_eq!(renewals.len(), 1, "{renewals:?}");
+    let body = &renewals[0]["body"];
+    assert_eq!(body["node"], "spiffe://example.org/mintguard/node/node-1");
+    assert_eq!(
+        body["key_sha256"].as_str().map(str::len),
+        Some(64),
+        "{body}"
+    );
+    assert!(
+        !body["serial"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
 
     // Past the broker's first SVID: the handshake still verifies, so the broker renewed its own.
     tokio::time::sleep(std::time::Duration::from_millis(4000)).await;

@@ -150,6 +150,10 @@ pub struct SvidInfo {
     pub not_before: OffsetDateTime,
     /// End of validity.
     pub not_after: OffsetDateTime,
+    /// The serial number, hex.
+    pub serial: String,
+    /// SHA-256 (hex) of the subject public key info: the key's fingerprint.
+    pub key_sha256: String,
 }
 
 impl SvidInfo {
@@ -193,10 +197,13 @@ impl SvidInfo {
         };
         let spiffe_id = parse_spiffe_id(uri)?;
         let validity = cert.validity();
+        let key = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, cert.public_key().raw);
         Ok(Self {
             spiffe_id,
             not_before: validity.not_before.to_datetime(),
             not_after: validity.not_after.to_datetime(),
+            serial: cert.raw_serial_as_string().replace(':', ""),
+            key_sha256: key.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
         })
     }
 }

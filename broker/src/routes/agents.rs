@@ -72,23 +72,48 @@ async fn renew(
         );
     }
     let config = broker.config();
-    let ca = broker
-        .ca
-        .read()
-        .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
     let now = OffsetDateTime::now_utc();
-    let cert = ca
-        .issue_svid_from_csr(&req.csr, peer.id(), config.ca.svid_ttl.0, now)
-        .map_err(|e| ApiError::bad_request("bad_csr", e.to_string()))?;
-    let info = mintguard_certs::svid::SvidInfo::parse(&cert)
-        .map_err(|e| ApiError::unavailable("ca_failed", "CA failed", e))?;
-    Ok(axum::Json(SvidResponse {
-        spiffe_id: peer.id().to_string(),
-        svid_pem: crate::routes::public::pem(&cert),
-        bundle_pem: ca
+    let (cert, info, bundle_pem) = {
+        let ca = broker
+            .ca
+            .read()
+            .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
+        let cert = ca
+            .issue_svid_from_csr(&req.csr, peer.id(), config.ca.svid_ttl.0, now)
+            .map_err(|e| ApiError::bad_request("bad_csr", e.to_string()))?;
+        let info = mintguard_certs::svid::SvidInfo::parse(&cert)
+            .map_err(|e| ApiError::unavailable("ca_failed", "CA failed", e))?;
+        let bundle_pem = ca
             .bundle(now)
             .map_err(|e| ApiError::unavailable("ca_unavailable", "CA unavailable", e))?
-            .to_pem(),
+            .to_pem();
+        (cert, info, bundle_pem)
+    };
+    // Every renewal is a record (no record, no SVID): which key renewed,
+    // which SVID presented it, and the new SVID's serial.
+    let node = peer.id().to_string();
+    let entry = crate::log::LogEntry {
+        time_ms: crate::state::now_ms(),
+        kind: crate::log::RecordKind::Admin,
+        request_id: random_id("req"),
+        identity: None,
+        grant: None,
+        node: Some(node.clone()),
+        outcome: Some("node_svid_renewed".into()),
+        body: serde_json::json!({
+            "action": "node_svid_renewed",
+            "node": node,
+            "serial": info.serial,
+            "key_sha256": info.key_sha256,
+            "svid_expires_at": info.not_after.unix_timestamp(),
+            "presented_svid_expires_at": peer.not_after().unix_timestamp(),
+        }),
+    };
+    pipeline::record(&broker, entry).await?;
+    Ok(axum::Json(SvidResponse {
+        spiffe_id: node,
+        svid_pem: crate::routes::public::pem(&cert),
+        bundle_pem,
         expires_at: info
             .not_after
             .format(&time::format_description::well_known::Rfc3339)

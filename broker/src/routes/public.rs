@@ -95,7 +95,7 @@ async fn enroll(
         grant: None,
         node: Some(node_id.to_string()),
         outcome: Some("node_enrolled".into()),
-        body: json!({"action": "node_enrolled", "node": node_id.to_string(), "svid_expires_at": info.not_after.unix_timestamp()}),
+        body: json!({"action": "node_enrolled", "node": node_id.to_string(), "serial": info.serial, "key_sha256": info.key_sha256, "svid_expires_at": info.not_after.unix_timestamp()}),
     };
     crate::pipeline::record(&broker, entry).await?;
     Ok(axum::Json(SvidResponse {
