@@ -578,7 +578,7 @@ async fn bad_input_on_every_listener_is_a_4xx_that_issues_nothing() {
         if client.is_none() {
             headers.push(("authorization", bearer.as_str()));
         }
-        let reply = https(
+        let reply = match https(
             addr,
             &bundle,
             client,
@@ -588,7 +588,14 @@ async fn bad_input_on_every_listener_is_a_4xx_that_issues_nothing() {
             body.clone().into_bytes(),
         )
         .await
-        .unwrap();
+        {
+            Ok(reply) => reply,
+            // A body past the limit may be cut off while it is still being
+            // sent: the broker answered 413 and closed before the client
+            // finished writing. Refused either way.
+            Err(e) if *status == 413 && e.contains("error writing a body") => continue,
+            Err(e) => panic!("{name}: {e}"),
+        };
         if reply.status != *status || reply.body["error"]["code"] != *code {
             failures.push(format!(
                 "{name}: got {} {}, expected {status} {code}",
