@@ -81,27 +81,7 @@ async fn enroll_issue_verify_revoke_introspect_log_replay() {
     assert_eq!(discovery.body["issuer"], "https://mintguard.example.org");
 
     // Introspection: active, then revoked by the workload's agent, then inactive.
-    let introspect = |tok: String| {
-        let addr = broker.addr("public");
-        let bundle = broker.bundle();
-        async move {
-            https(
-                &addr,
-                &bundle,
-                None,
-                "POST",
-                "/v1/introspect",
-                &[
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("authorization", &format!("Bearer {INTROSPECTION_TOKEN}")),
-                ],
-                format!("token={tok}").into_bytes(),
-            )
-            .await
-            .unwrap()
-        }
-    };
-    let active = introspect(token.clone()).await;
+    let active = introspect(&broker, INTROSPECTION_TOKEN, &token).await;
     assert_eq!(active.body["active"], true, "{}", active.body);
     assert_eq!(active.body["sub"], API);
     let revoked = https(
@@ -117,7 +97,7 @@ async fn enroll_issue_verify_revoke_introspect_log_replay() {
     .unwrap();
     assert_eq!(revoked.status, 204, "{}", revoked.body);
     assert_eq!(
-        introspect(token.clone()).await.body,
+        introspect(&broker, INTROSPECTION_TOKEN, &token).await.body,
         json!({"active": false})
     );
     // Without client authentication, introspection is refused.

@@ -151,14 +151,7 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
     let mut broker = BrokerProcess::start("");
     let node = enrolled_node(&broker, "node-1").await;
     register_api(&broker, "node-1");
-    for _ in 0..9 {
-        assert_eq!(
-            issue(&broker, &node, json!({"grant": "payments-token"}))
-                .await
-                .status,
-            200
-        );
-    }
+    issue_ok(&broker, &node, 9).await;
     let (ok, text) = verify_live(&broker);
     assert!(ok, "{text}");
 
@@ -397,31 +390,11 @@ async fn jwts_name_their_grant_and_introspection_answers_only_for_the_clients_au
         .as_str()
         .unwrap()
         .to_owned();
-    let introspect = |client: &'static str| {
-        let (addr, bundle, token) = (broker.addr("public"), broker.bundle(), token.clone());
-        async move {
-            https(
-                &addr,
-                &bundle,
-                None,
-                "POST",
-                "/v1/introspect",
-                &[
-                    ("content-type", "application/x-www-form-urlencoded"),
-                    ("authorization", &format!("Bearer {client}")),
-                ],
-                format!("token={token}").into_bytes(),
-            )
-            .await
-            .unwrap()
-            .body
-        }
-    };
-    let mine = introspect(INTROSPECTION_TOKEN).await;
+    let mine = introspect(&broker, INTROSPECTION_TOKEN, &token).await.body;
     assert_eq!(mine["active"], true, "{mine}");
     assert_eq!(mine["grant"], "payments-token", "{mine}");
     assert_eq!(
-        introspect(OTHER_CLIENT).await,
+        introspect(&broker, OTHER_CLIENT, &token).await.body,
         json!({"active": false}),
         "another relying party learns nothing of this token"
     );

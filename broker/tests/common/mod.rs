@@ -453,6 +453,33 @@ pub async fn enrolled_node(broker: &BrokerProcess, node: &str) -> X509Svid {
 pub const API: &str = "spiffe://example.org/ns/pay/sa/api";
 pub const SELECTORS: &[&str] = &["unix:uid:1000", "unix:gid:1000", "unix:sha256:0a1b2c"];
 
+/// Issues `payments-token` to the API workload `n` times, each a 200.
+pub async fn issue_ok(broker: &BrokerProcess, node: &X509Svid, n: usize) {
+    for _ in 0..n {
+        let reply = issue(broker, node, serde_json::json!({"grant": "payments-token"})).await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+    }
+}
+
+/// `POST /v1/introspect` of `token` as the relying party whose bearer is
+/// `client`.
+pub async fn introspect(broker: &BrokerProcess, client: &str, token: &str) -> Reply {
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/introspect",
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("authorization", &format!("Bearer {client}")),
+        ],
+        format!("token={token}").into_bytes(),
+    )
+    .await
+    .unwrap()
+}
+
 /// Registers the payments API workload under `node`.
 pub fn register_api(broker: &BrokerProcess, node: &str) {
     register_api_with(
