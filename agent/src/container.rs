@@ -229,6 +229,8 @@ pub fn router(container: Arc<Container>) -> Router {
     Router::new()
         .route("/v1/container-credentials", get(credentials))
         .fallback(not_found)
+        // A body nobody reads still has a size limit and a deadline.
+        .layer(axum::middleware::from_fn(crate::workload::body_deadline))
         .with_state(container)
 }
 

@@ -8,9 +8,7 @@ use std::collections::BTreeMap;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mintguard_api::{
-    CredentialRequest, CredentialResponse, IssueRequest, MAX_SELECTOR_LEN, MAX_SELECTORS, NodeFacts,
-};
+use mintguard_api::{CredentialRequest, CredentialResponse, IssueRequest, NodeFacts};
 use mintguard_policy::budget::BudgetSnapshot;
 use mintguard_policy::decision::{
     BudgetView, EciInput, Evidence, EvidenceKind, GrantInput, IssuerContext, IssuerKind,
@@ -45,24 +43,25 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// Counts a request against `node`'s rate (`[limits] per_node_per_second`):
+/// credential requests and node SVID renewals alike.
+pub fn limit_node(broker: &Broker, node: &str) -> Result<(), ApiError> {
+    if broker.node_limiter.check_key(&node.to_owned()).is_err() {
+        return Err(ApiError {
+            retry_after: Some(1),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "too many requests from this node",
+            )
+        });
+    }
+    Ok(())
+}
+
 /// Checks the request's shape and limits (a 400 changes nothing).
 fn validate(req: &IssueRequest) -> Result<(), ApiError> {
-    if req.selectors.is_empty() || req.selectors.len() > MAX_SELECTORS {
-        return Err(ApiError::bad_request(
-            "bad_selectors",
-            format!("1..={MAX_SELECTORS} selectors required"),
-        ));
-    }
-    if let Some(s) = req
-        .selectors
-        .iter()
-        .find(|s| s.is_empty() || s.len() > MAX_SELECTOR_LEN || !s.contains(':'))
-    {
-        return Err(ApiError::bad_request(
-            "bad_selectors",
-            format!("malformed selector {:?}", crate::http::excerpt(s)),
-        ));
-    }
+    mintguard_api::check_selectors(&req.selectors).map_err(ApiError::from_input)?;
     if let Some(f) = &req.node_facts {
         f.check().map_err(ApiError::from_input)?;
     }
@@ -325,16 +324,7 @@ async fn issue_inner(
             format!("no grant named {:?}", request.grant),
         ));
     };
-    if broker.node_limiter.check_key(&node.to_owned()).is_err() {
-        return Err(ApiError {
-            retry_after: Some(1),
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
-                "too many requests from this node",
-            )
-        });
-    }
+    limit_node(broker, node)?;
     let entries = broker.store.entries(Some(node)).await?;
     let entry = select_entry(&entries, &selectors, request.spiffe_id.as_deref())?.clone();
 

@@ -595,7 +595,11 @@ impl Broker {
     /// Signs and exports (fsync'd) the statement that the records through
     /// `(seq, hash)` are about to be pruned: written before the records are
     /// deleted, so a pruned base is never without it.
-    pub fn export_prune_statement(&self, seq: i64, hash: &str) -> Result<(), String> {
+    pub fn export_prune_statement(
+        &self,
+        seq: i64,
+        hash: &str,
+    ) -> Result<checkpoint::Checkpoint, String> {
         let statement = self
             .log
             .signer
@@ -607,7 +611,8 @@ impl Broker {
                 now_ms(),
             )
             .map_err(|e| e.to_string())?;
-        checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())
+        checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())?;
+        Ok(statement)
     }
 
     /// Checkpoints the head every `interval` (records since the last checkpoint only).

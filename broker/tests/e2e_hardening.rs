@@ -81,6 +81,12 @@ async fn malformed_requests_get_their_documented_status_and_reason() {
             "bad_selectors",
         ),
         (
+            "a selector with a control character",
+            post_json(&agents, &bundle, Some(&node), "/v1/issue", &json!({"selectors": ["unix:uid:1000\u{1b}[2J"], "request": {"grant": "payments-token"}})).await,
+            400,
+            "bad_selectors",
+        ),
+        (
             "grant outside the entry",
             post_json(&agents, &bundle, Some(&node), "/v1/issue", &json!({"selectors": sel, "request": {"grant": "other-token"}})).await,
             403,
@@ -113,13 +119,14 @@ async fn malformed_requests_get_their_documented_status_and_reason() {
         assert!(reply.status < 500, "{name}: a 5xx on bad input");
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
-    let unattested = &cases[8].1;
+    let case = |name: &str| &cases.iter().find(|c| c.0 == name).unwrap().1;
+    let unattested = case("unattested workload");
     assert_eq!(
         unattested.body["error"]["reasons"],
         json!(["unix:uid:4242"]),
         "the selectors presented are returned"
     );
-    let outside = &cases[10].1;
+    let outside = case("grant outside the entry");
     assert_eq!(
         outside.body["error"]["reasons"],
         json!(["issuer_may_not_vouch", "no_permit"])

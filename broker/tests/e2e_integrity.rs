@@ -232,6 +232,21 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
     broker.restart("");
     let (ok, text) = verify_live(&broker);
     assert!(!ok && text.contains("was replaced"), "{text}");
+    // A log that does not verify is never pruned into a signed base.
+    let refused = broker.prune_all(&broker.dir.path().join("refused.jsonl"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert!(
+        !refused.status.success() && said.contains("log_not_verified"),
+        "{said}"
+    );
+    assert!(
+        !std::fs::read_to_string(&cps).unwrap().contains("\"prune\""),
+        "no prune statement was signed for it"
+    );
     let replay = broker.cli(&["replay"]);
     let replayed: Value = serde_json::from_slice(&replay.stdout).unwrap();
     assert!(!replay.status.success());
@@ -264,11 +279,23 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
     );
     let (ok, text) = verify_live(&broker);
     assert!(ok, "{text}");
+    // A replica whose own export lacks the statement (another replica
+    // pruned) verifies the base by the statement the log_pruned record
+    // carries.
+    let without: String = std::fs::read_to_string(&cps)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.contains("\"prune\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cps, without).unwrap();
+    let (ok, text) = verify_live(&broker);
+    assert!(ok, "{text}");
 }
 
-/// `GET /healthz` on the public listener.
+/// `GET /admin/v1/health`; the public `/healthz` says only that it lives.
 async fn health(broker: &BrokerProcess) -> Value {
-    https(
+    let public = https(
         &broker.addr("public"),
         &broker.bundle(),
         None,
@@ -279,7 +306,9 @@ async fn health(broker: &BrokerProcess) -> Value {
     )
     .await
     .unwrap()
-    .body
+    .body;
+    assert_eq!(public, json!({"status": "ok"}));
+    broker.admin_get("/admin/v1/health").await.body
 }
 
 /// The `behaviour` signal of the newest decision record.
@@ -329,7 +358,7 @@ async fn analysis_that_stops_leaves_behaviour_stale_not_neutral() {
     );
 
     // Analysis is held before its next step: past 2 intervals, behaviour
-    // is recorded as stale (the unknown value), the metric and /healthz say so.
+    // is recorded as stale (the unknown value), the metric and the admin health say so.
     wait_until("analysis reaches its hold", || {
         std::path::Path::new(&reached).exists()
     })
@@ -592,5 +621,34 @@ async fn bad_input_on_every_listener_is_a_4xx_that_issues_nothing() {
             .status,
         200,
         "the identity is not suspended and still served"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_renewals_count_against_the_nodes_rate() {
+    let broker = BrokerProcess::start("[limits]\nper_node_per_second = 1\n");
+    let node = enrolled_node(&broker, "node-1").await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        let (reply, _) = renew(&broker, &node).await;
+        if reply.status == 429 {
+            assert_eq!(
+                reply.body["error"]["code"], "rate_limited",
+                "{}",
+                reply.body
+            );
+        }
+        statuses.push(reply.status);
+    }
+    assert!(statuses.contains(&200), "{statuses:?}");
+    assert!(
+        statuses.contains(&429),
+        "ten renewals at once from one node: {statuses:?}"
+    );
+    // Only the renewals served are records.
+    let served = statuses.iter().filter(|s| **s == 200).count();
+    assert_eq!(
+        broker.logs(&["--outcome", "node_svid_renewed"]).len(),
+        served
     );
 }

@@ -25,8 +25,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Longest request head followed (hyper's own limit is lower).
 pub const MAX_HEAD_BYTES: usize = 128 * 1024;
-/// Longest chunk-size or trailer line followed.
-const MAX_LINE_BYTES: usize = 4096;
 
 /// What the guard saw of one request's head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,25 +51,56 @@ impl FramingVerdicts {
             .unwrap_or(Framing::Unknown)
     }
 
-    fn push(&self, framing: Framing) {
-        if let Ok(mut q) = self.0.lock() {
-            // Bounded: a server serves requests one at a time, so more
-            // than a few queued heads means it is not reading verdicts.
-            if q.len() < 1024 {
-                q.push_back(framing);
-            }
+    /// Queues the verdict on the next request; false when the queue is
+    /// full (see [`MAX_QUEUED_VERDICTS`]).
+    fn push(&self, framing: Framing) -> bool {
+        let Ok(mut q) = self.0.lock() else {
+            return false;
+        };
+        if q.len() >= MAX_QUEUED_VERDICTS {
+            return false;
         }
+        q.push_back(framing);
+        true
     }
+}
+
+/// Most verdicts held for requests the server has not served yet. A
+/// client pipelining more than this is not followed further: the rest of
+/// its requests are `Unknown` (a verdict dropped would shift every later
+/// one onto the wrong request).
+const MAX_QUEUED_VERDICTS: usize = 1024;
+/// Most header lines in one head (hyper's own default).
+const MAX_HEADERS: usize = 100;
+
+/// Where the follower is in the request stream. The chunked states mirror
+/// hyper's own chunked decoder byte for byte (`proto/h1/decode.rs`), so
+/// the two agree on where a chunked body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunked {
+    Start,
+    Size,
+    SizeLws,
+    Extension,
+    SizeLf,
+    Body,
+    BodyCr,
+    BodyLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
 }
 
 #[derive(Debug)]
 enum State {
+    /// Reading a head; what has arrived of it so far.
     Head(Vec<u8>),
+    /// A body of a known length; what is left of it.
     Body(u64),
-    ChunkSize(Vec<u8>),
-    ChunkData(u64),
-    ChunkEnd(u8),
-    Trailers(Vec<u8>),
+    /// A chunked body: the decoder state, the current chunk's size (or
+    /// what is left of it in `Body`), and the trailer bytes so far.
+    Chunked(Chunked, u64, usize),
     Lost,
 }
 
@@ -88,17 +117,40 @@ impl Follower {
             match &mut self.state {
                 State::Lost => return,
                 State::Head(buf) => {
-                    let Some((line_end, rest)) = take_until_blank_line(buf, bytes) else {
-                        buf.extend_from_slice(bytes);
+                    let held = buf.len();
+                    buf.extend_from_slice(bytes);
+                    // A head only ends at a newline: parse only then.
+                    if !bytes.contains(&b'\n') {
                         if buf.len() > MAX_HEAD_BYTES {
                             self.state = State::Lost;
                         }
                         return;
-                    };
-                    buf.extend_from_slice(line_end);
-                    bytes = rest;
-                    let head = std::mem::take(buf);
-                    self.state = self.after_head(&head);
+                    }
+                    match parse_head(buf) {
+                        Head::Partial if buf.len() > MAX_HEAD_BYTES => {
+                            self.state = State::Lost;
+                            return;
+                        }
+                        Head::Partial => return,
+                        Head::Invalid => {
+                            self.state = State::Lost;
+                            return;
+                        }
+                        Head::Complete { len, framing, body } => {
+                            // The head ends in what just arrived (it ends
+                            // at a newline, and every earlier one was
+                            // parsed).
+                            let Some(rest) = len.checked_sub(held) else {
+                                self.state = State::Lost;
+                                return;
+                            };
+                            bytes = &bytes[rest..];
+                            self.state = match self.verdicts.push(framing) {
+                                true => body,
+                                false => State::Lost,
+                            };
+                        }
+                    }
                 }
                 State::Body(left) => {
                     let n = usize::try_from(*left)
@@ -110,124 +162,129 @@ impl Follower {
                         self.state = State::Head(Vec::new());
                     }
                 }
-                State::ChunkSize(line) => match take_line(line, bytes) {
-                    None => return,
-                    Some(rest) => {
-                        bytes = rest;
-                        let text = String::from_utf8_lossy(line);
-                        let size = text.trim_end().split(';').next().unwrap_or("").trim();
-                        self.state = match u64::from_str_radix(size, 16) {
-                            Ok(0) => State::Trailers(Vec::new()),
-                            Ok(n) => State::ChunkData(n),
-                            Err(_) => State::Lost,
-                        };
-                    }
-                },
-                State::ChunkData(left) => {
+                State::Chunked(Chunked::Body, left, _) => {
                     let n = usize::try_from(*left)
                         .unwrap_or(usize::MAX)
                         .min(bytes.len());
                     *left -= n as u64;
                     bytes = &bytes[n..];
                     if *left == 0 {
-                        self.state = State::ChunkEnd(0);
+                        self.state = State::Chunked(Chunked::BodyCr, 0, 0);
                     }
                 }
-                State::ChunkEnd(seen) => {
-                    let expected = b"\r\n"[usize::from(*seen)];
-                    if bytes[0] != expected {
-                        self.state = State::Lost;
-                        return;
-                    }
+                State::Chunked(..) => {
+                    self.state =
+                        chunked_step(std::mem::replace(&mut self.state, State::Lost), bytes[0]);
                     bytes = &bytes[1..];
-                    *seen += 1;
-                    if *seen == 2 {
-                        self.state = State::ChunkSize(Vec::new());
-                    }
                 }
-                State::Trailers(line) => match take_line(line, bytes) {
-                    None => return,
-                    Some(rest) => {
-                        bytes = rest;
-                        self.state = if line.as_slice() == b"\r\n" {
-                            State::Head(Vec::new())
-                        } else {
-                            State::Trailers(Vec::new())
-                        };
-                    }
-                },
             }
-            if let State::ChunkSize(l) | State::Trailers(l) = &self.state
-                && l.len() > MAX_LINE_BYTES
-            {
-                self.state = State::Lost;
-            }
-        }
-    }
-
-    /// Records the verdict on `head` and says how its body is framed.
-    fn after_head(&mut self, head: &[u8]) -> State {
-        let text = String::from_utf8_lossy(head);
-        let mut lines = text.split("\r\n").skip_while(|l| l.is_empty());
-        let _request_line = lines.next();
-        let (mut length, mut chunked, mut has_cl, mut has_te) = (None, false, false, false);
-        for line in lines.take_while(|l| !l.is_empty()) {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let (name, value) = (name.trim(), value.trim());
-            if name.eq_ignore_ascii_case("content-length") {
-                has_cl = true;
-                length = value.parse::<u64>().ok();
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                has_te = true;
-                chunked = value
-                    .rsplit(',')
-                    .next()
-                    .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-            }
-        }
-        self.verdicts.push(if has_cl && has_te {
-            Framing::Ambiguous
-        } else {
-            Framing::Sound
-        });
-        match (has_te, chunked, has_cl, length) {
-            (true, true, _, _) => State::ChunkSize(Vec::new()),
-            // The server refuses a non-chunked Transfer-Encoding, and an
-            // unreadable Content-Length.
-            (true, false, _, _) | (false, _, true, None) => State::Lost,
-            (false, _, false, _) | (false, _, true, Some(0)) => State::Head(Vec::new()),
-            (false, _, true, Some(n)) => State::Body(n),
         }
     }
 }
 
-/// Splits `bytes` after the end of a head (`\r\n\r\n`, which may straddle
-/// what `buf` already holds): the part that ends the head, and the rest.
-fn take_until_blank_line<'a>(buf: &[u8], bytes: &'a [u8]) -> Option<(&'a [u8], &'a [u8])> {
-    // Look across the boundary with the last three bytes already held.
-    let carry = &buf[buf.len().saturating_sub(3)..];
-    let mut window = carry.to_vec();
-    window.extend_from_slice(bytes);
-    let at = window.windows(4).position(|w| w == b"\r\n\r\n")?;
-    let end = at + 4 - carry.len();
-    Some(bytes.split_at(end))
+/// One byte of a chunked body outside chunk data: hyper's `ChunkedState`
+/// transitions, with its limits (a chunk size that overflows, a trailer
+/// section over [`MAX_HEAD_BYTES`]) ending in `Lost`.
+fn chunked_step(state: State, byte: u8) -> State {
+    use Chunked::*;
+    let State::Chunked(at, size, trailer) = state else {
+        return State::Lost;
+    };
+    let digit = |size: u64| {
+        let d = (byte as char).to_digit(16)?;
+        size.checked_mul(16)?.checked_add(u64::from(d))
+    };
+    let next = |at, size| State::Chunked(at, size, trailer);
+    let trailing = |at| match trailer + 1 {
+        n if n > MAX_HEAD_BYTES => State::Lost,
+        n => State::Chunked(at, 0, n),
+    };
+    match (at, byte) {
+        (Start, _) => digit(size).map_or(State::Lost, |s| next(Size, s)),
+        (Size, b'\t' | b' ') | (SizeLws, b'\t' | b' ') => next(SizeLws, size),
+        (Size | SizeLws, b';') | (Extension, _) if byte != b'\r' && byte != b'\n' => {
+            next(Extension, size)
+        }
+        (Size | SizeLws | Extension, b'\r') => next(SizeLf, size),
+        (Size, _) => digit(size).map_or(State::Lost, |s| next(Size, s)),
+        (SizeLf, b'\n') if size == 0 => next(EndCr, 0),
+        (SizeLf, b'\n') => next(Body, size),
+        (BodyCr, b'\r') => next(BodyLf, 0),
+        (BodyLf, b'\n') => next(Start, 0),
+        (Trailer, b'\r') => trailing(TrailerLf),
+        (Trailer, _) => trailing(Trailer),
+        (TrailerLf, b'\n') => trailing(EndCr),
+        (EndCr, b'\r') => trailing(EndLf),
+        (EndCr, _) => trailing(Trailer),
+        (EndLf, b'\n') => State::Head(Vec::new()),
+        _ => State::Lost,
+    }
 }
 
-/// Appends to `line` up to and including the next `\n`; the rest, once the
-/// line is complete.
-fn take_line<'a>(line: &mut Vec<u8>, bytes: &'a [u8]) -> Option<&'a [u8]> {
-    match bytes.iter().position(|&b| b == b'\n') {
-        Some(i) => {
-            line.extend_from_slice(&bytes[..=i]);
-            Some(&bytes[i + 1..])
-        }
-        None => {
-            line.extend_from_slice(bytes);
-            None
+/// What [`parse_head`] made of the bytes so far.
+enum Head {
+    Partial,
+    Invalid,
+    Complete {
+        /// Bytes the head took (leading blank lines included).
+        len: usize,
+        framing: Framing,
+        /// How its body is framed.
+        body: State,
+    },
+}
+
+/// Parses a head with the parser hyper uses (`httparse`, same defaults),
+/// so the two agree on where it ends — leading blank lines, bare-LF line
+/// endings and all — and reads its framing headers as hyper does.
+fn parse_head(buf: &[u8]) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        Err(_) => return Head::Invalid,
+    };
+    let (mut length, mut chunked, mut has_cl, mut has_te) = (None, false, false, false);
+    for h in req.headers.iter() {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("content-length") {
+            has_cl = true;
+            if has_te {
+                continue; // hyper ignores it after Transfer-Encoding
+            }
+            // Digits only, and every copy the same, as hyper requires.
+            let parsed = (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<u64>().ok())
+                .flatten();
+            match (parsed, length) {
+                (None, _) => return Head::Invalid,
+                (Some(n), Some(l)) if n != l => return Head::Invalid,
+                (Some(n), _) => length = Some(n),
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            has_te = true;
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
         }
     }
+    let framing = if has_cl && has_te {
+        Framing::Ambiguous
+    } else {
+        Framing::Sound
+    };
+    let body = match (has_te, chunked, length) {
+        (true, true, _) => State::Chunked(Chunked::Start, 0, 0),
+        // hyper refuses a non-chunked Transfer-Encoding; an upgrade or
+        // CONNECT leaves HTTP altogether. Neither is followed further.
+        (true, false, _) => State::Lost,
+        _ if req.method == Some("CONNECT") => State::Lost,
+        (false, _, None | Some(0)) => State::Head(Vec::new()),
+        (false, _, Some(n)) => State::Body(n),
+    };
+    Head::Complete { len, framing, body }
 }
 
 /// A connection whose request framing is followed as it is read.

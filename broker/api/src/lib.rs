@@ -217,6 +217,31 @@ pub const MAX_SELECTORS: usize = 64;
 /// Longest selector, in bytes.
 pub const MAX_SELECTOR_LEN: usize = 512;
 
+/// Checks a list of selectors: 1..=[`MAX_SELECTORS`] of them, each
+/// `type:value` of at most [`MAX_SELECTOR_LEN`] bytes without control
+/// characters (a selector reaches records, logs and terminals).
+pub fn check_selectors(selectors: &[String]) -> Result<(), InputError> {
+    if selectors.is_empty() || selectors.len() > MAX_SELECTORS {
+        return Err(input_error(
+            "bad_selectors",
+            format!("1..={MAX_SELECTORS} selectors required"),
+        ));
+    }
+    for s in selectors {
+        check_text("bad_selectors", "a selector", s, MAX_SELECTOR_LEN)?;
+        if !s
+            .split_once(':')
+            .is_some_and(|(k, v)| !k.is_empty() && !v.is_empty())
+        {
+            return Err(input_error(
+                "bad_selectors",
+                "a selector is type:value, both non-empty",
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `POST /v1/issue` (agent → broker, mTLS): the workload's attested selectors
 /// and its request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -40,48 +40,66 @@ pub struct Analysis {
 }
 
 /// The few fields of a decision body the analyzer reads; everything else in
-/// the body is skipped without being built.
-#[derive(Default, Deserialize)]
-#[serde(default)]
+/// the body is skipped without being built. Each is required as the
+/// record's writer always writes it (`CredentialRequest`, `Decision`), so a
+/// body missing one is undecodable, never read as zeros.
+#[derive(Deserialize)]
 struct EventBody {
-    request: RequestPart,
-    decision: DecisionPart,
+    request: Option<RequestPart>,
+    decision: Option<DecisionPart>,
+    #[serde(default)]
+    ci: CiPart,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
+#[derive(Deserialize)]
 struct RequestPart {
+    #[serde(rename = "grant")]
+    _grant: String,
+    #[serde(default)]
     ttl_seconds: Option<u64>,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
+#[derive(Deserialize)]
 struct DecisionPart {
-    ttl_seconds: Option<u64>,
+    ttl_seconds: u64,
     reasons: Vec<String>,
     eci: EciPart,
 }
 
-#[derive(Default, Deserialize)]
-#[serde(default)]
+#[derive(Deserialize)]
 struct EciPart {
-    grant_exposure: Option<f64>,
+    grant_exposure: f64,
+}
+
+#[derive(Default, Deserialize)]
+struct CiPart {
+    #[serde(default)]
+    refused: Option<String>,
 }
 
 /// The analyzer's view of a decision row; `None` if it names no identity or
-/// grant (a refusal before any decision). A body it cannot read is an
-/// error: the caller counts it as a finding (a decision analysis never saw).
+/// grant, or is a refusal before any decision (a CI token refused at the
+/// door). A body it cannot read is an error: the caller counts it as a
+/// finding (a decision analysis never saw).
 pub fn event_of(row: &DecisionRow) -> Result<Option<Event>, Undecodable> {
     let body: EventBody =
         serde_json::from_str(&row.body).map_err(|e| Undecodable(e.to_string()))?;
     let (Some(identity), Some(grant)) = (row.identity.clone(), row.grant.clone()) else {
         return Ok(None);
     };
+    let (request, decision) = match (body.request, body.decision) {
+        (Some(request), Some(decision)) => (request, decision),
+        (None, None) if body.ci.refused.is_some() => return Ok(None),
+        _ => {
+            return Err(Undecodable(
+                "a decision record without its request or decision".into(),
+            ));
+        }
+    };
     let outcome = row.outcome.as_deref().unwrap_or_default();
     // A refusal about the issuer (suspended or anomalous node) says nothing
     // about the identity.
-    let for_issuer = body
-        .decision
+    let for_issuer = decision
         .reasons
         .iter()
         .any(|r| r == "issuer_suspended" || r == "issuer_anomalous");
@@ -91,12 +109,8 @@ pub fn event_of(row: &DecisionRow) -> Result<Option<Event>, Undecodable> {
         issuer: row.node.clone().unwrap_or_default(),
         grant,
         denied: matches!(outcome, "deny" | "suspend") && !for_issuer,
-        ttl_seconds: body
-            .request
-            .ttl_seconds
-            .or(body.decision.ttl_seconds)
-            .unwrap_or(0),
-        exposure: body.decision.eci.grant_exposure.unwrap_or(0.0),
+        ttl_seconds: request.ttl_seconds.unwrap_or(decision.ttl_seconds),
+        exposure: decision.eci.grant_exposure,
     }))
 }
 
@@ -453,26 +467,45 @@ mod tests {
         issuer["decision"]["reasons"] = json!(["issuer_suspended"]);
         assert!(!event_of(&row("deny", issuer)).unwrap().unwrap().denied);
 
-        // No requested TTL: the decided one; missing parts default.
-        let sparse = json!({"decision": {"ttl_seconds": 60}});
+        // No requested TTL: the decided one.
+        let mut sparse = body.clone();
+        sparse["request"] = json!({"grant": "db"});
         let event = event_of(&row("allow", sparse)).unwrap().unwrap();
         assert_eq!(event.ttl_seconds, 60);
         assert!(!event.denied);
-        assert_eq!(event.exposure, 0.0);
 
-        // A body that is not JSON, or a TTL that is no integer: an error
-        // (a finding), never a silent skip. A row without an identity: no event.
+        // A body that is not JSON, a TTL that is no integer, or a part the
+        // writer always writes missing: an error (a finding), never a
+        // silent skip or a zero. A row without an identity, or refused at
+        // the door: no event.
         let mut bad = row("allow", json!({}));
         bad.body = "{".into();
         assert!(event_of(&bad).is_err());
-        let float_ttl = row(
-            "allow",
-            json!({"request": {"ttl_seconds": 1.8446744073709552e19}}),
-        );
-        assert!(event_of(&float_ttl).is_err());
+        let mut float_ttl = body.clone();
+        float_ttl["request"]["ttl_seconds"] = json!(1.8446744073709552e19);
+        assert!(event_of(&row("allow", float_ttl)).is_err());
+        for missing in [
+            json!({}),
+            json!({"decision": body["decision"]}),
+            json!({"request": body["request"], "decision": {"ttl_seconds": 60}}),
+        ] {
+            assert!(
+                event_of(&row("allow", missing.clone())).is_err(),
+                "{missing}"
+            );
+        }
+        let door = json!({"ci": {"refused": "bad_token"}});
+        assert!(event_of(&row("deny", door)).unwrap().is_none());
         // u64::MAX as the canonical form now writes it reads back.
-        let max_ttl = row("allow", json!({"request": {"ttl_seconds": u64::MAX}}));
-        assert_eq!(event_of(&max_ttl).unwrap().unwrap().ttl_seconds, u64::MAX);
+        let mut max_ttl = body.clone();
+        max_ttl["request"]["ttl_seconds"] = json!(u64::MAX);
+        assert_eq!(
+            event_of(&row("allow", max_ttl))
+                .unwrap()
+                .unwrap()
+                .ttl_seconds,
+            u64::MAX
+        );
         let mut anonymous = row("allow", json!({}));
         anonymous.identity = None;
         assert!(event_of(&anonymous).unwrap().is_none());

@@ -8,8 +8,8 @@ use serde_json::{Value, json};
 
 use super::client::{AdminClient, Target};
 use crate::log::LogRecord;
-use crate::log::checkpoint;
-use crate::log::verify::{ChainVerifier, verify_chain_from};
+use crate::log::checkpoint::{self, Checkpoint};
+use crate::log::verify::{ChainVerifier, VerifyFailure, verify_chain_from};
 
 /// `mintguard token …`.
 #[derive(Clone, Debug, clap::Subcommand)]
@@ -459,7 +459,17 @@ pub async fn verify(
     };
     let base = source.base().await?;
     let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
-    let verified = match ChainVerifier::new(base_ref, &cps, Some(&key)) {
+    // The store holding a checkpoint a broker exported that its file
+    // lacks: the file was cut back. Every exporter the file names counts.
+    let exporters: std::collections::BTreeSet<&str> =
+        cps.iter().filter_map(|c| c.exporter.as_deref()).collect();
+    let exporters: Vec<&str> = exporters.into_iter().collect();
+    let missing =
+        crate::log::verify::missing_export(&source.checkpoints().await?, &cps, &exporters);
+    let verified = match missing.map_or_else(
+        || ChainVerifier::new(base_ref, &cps, Some(&key)),
+        |seq| Err(VerifyFailure::ExportMissing { seq }),
+    ) {
         Ok(mut verifier) => {
             let mut after = 0;
             loop {
@@ -534,6 +544,19 @@ impl LogSource {
         }
     }
 
+    /// The checkpoints the store holds.
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
+        match self {
+            Self::Admin(client) => {
+                let v = client
+                    .call("GET", "/admin/v1/logs/checkpoints", None)
+                    .await?;
+                serde_json::from_value(v["checkpoints"].clone()).map_err(|e| e.to_string())
+            }
+            Self::Store(store) => store.checkpoints().await.map_err(|e| e.to_string()),
+        }
+    }
+
     /// The stored text of rule set `hash`, as the store holds it.
     async fn rule_set(&self, hash: &str) -> Result<Option<String>, String> {
         match self {
@@ -582,7 +605,7 @@ async fn prune(target: &Target, cmd: &LogsCommand, out: &mut impl Write) -> Resu
     let state = client
         .call("GET", "/admin/v1/logs/checkpoints", None)
         .await?;
-    let checkpoints: Vec<checkpoint::Checkpoint> =
+    let checkpoints: Vec<Checkpoint> =
         serde_json::from_value(state["checkpoints"].clone()).map_err(|e| e.to_string())?;
     let base = state["base"]["seq"]
         .as_i64()
@@ -623,7 +646,7 @@ async fn prune(target: &Target, cmd: &LogsCommand, out: &mut impl Write) -> Resu
         }
     }
     let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
-    let covered: Vec<checkpoint::Checkpoint> = checkpoints
+    let covered: Vec<Checkpoint> = checkpoints
         .iter()
         .filter(|c| c.seq <= through.seq)
         .cloned()

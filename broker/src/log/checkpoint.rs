@@ -246,7 +246,10 @@ impl Checkpoint {
     }
 }
 
-/// Appends checkpoints to a JSON-lines file (fsync'd per line).
+/// Appends checkpoints to a JSON-lines file (fsync'd per line). A last
+/// line left torn by a crash mid-write (no newline) is cut off first — it
+/// never completed, so nothing else holds it — and the cut is logged;
+/// otherwise every later line would sit behind a malformed one.
 pub fn export(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
@@ -254,13 +257,47 @@ pub fn export(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointErro
     };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
+        .read(true)
         .append(true)
         .open(path)
         .map_err(io)?;
+    cut_torn_tail(&file, path).map_err(io)?;
     let mut line = serde_json::to_string(checkpoint).unwrap_or_default();
     line.push('\n');
     file.write_all(line.as_bytes()).map_err(io)?;
     file.sync_all().map_err(io)
+}
+
+/// Truncates `file` back to its last newline when it does not end in one.
+fn cut_torn_tail(file: &std::fs::File, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata()?.len();
+    let mut last = [0u8; 1];
+    if len == 0 || (file.read_at(&mut last, len - 1)? == 1 && last[0] == b'\n') {
+        return Ok(());
+    }
+    // Scan back for the last complete line, a block at a time.
+    let mut end = len;
+    let mut block = vec![0u8; 4096];
+    let keep = loop {
+        if end == 0 {
+            break 0;
+        }
+        let start = end.saturating_sub(block.len() as u64);
+        let n = usize::try_from(end - start).unwrap_or(0);
+        file.read_exact_at(&mut block[..n], start)?;
+        if let Some(i) = block[..n].iter().rposition(|&b| b == b'\n') {
+            break start + i as u64 + 1;
+        }
+        end = start;
+    };
+    tracing::warn!(
+        file = %path.display(),
+        bytes = len - keep,
+        "cut off a torn last line (a write cut short) before appending"
+    );
+    file.set_len(keep)?;
+    file.sync_all()
 }
 
 /// Reads an exported checkpoint file. Every failure is an error: a file
@@ -286,4 +323,31 @@ pub fn read_file(path: &Path) -> Result<Vec<Checkpoint>, CheckpointError> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_torn_last_line_is_cut_before_the_next_export() {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let first = signer.sign(1, "a", 1).unwrap();
+        export(&path, &first).unwrap();
+        let whole = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{whole}{{\"seq\": 2, \"ha")).unwrap();
+        assert!(matches!(
+            read_file(&path),
+            Err(CheckpointError::TornTail { line: 2, .. })
+        ));
+        let second = signer.sign(3, "c", 2).unwrap();
+        export(&path, &second).unwrap();
+        assert_eq!(read_file(&path).unwrap(), vec![first, second.clone()]);
+        // A file that is nothing but a torn line starts over.
+        std::fs::write(&path, "{\"seq\"").unwrap();
+        export(&path, &second).unwrap();
+        assert_eq!(read_file(&path).unwrap(), vec![second]);
+    }
 }

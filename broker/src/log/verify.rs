@@ -76,7 +76,7 @@ pub enum VerifyFailure {
     },
     /// The pruned prefix ends at a record no signed prune statement covers.
     #[error(
-        "the log resumes after record {seq}, but no signed prune statement in the checkpoint stream covers it (records were removed from the start)"
+        "the log resumes after record {seq}, but no signed prune statement (in the checkpoint stream or carried by the log_pruned record) covers it (records were removed from the start)"
     )]
     UnanchoredBase {
         /// The last pruned record.
@@ -109,7 +109,7 @@ pub enum VerifyFailure {
     /// The store holds a checkpoint this broker exported that its export
     /// file lacks (the file was truncated, replaced or lost).
     #[error(
-        "the store holds checkpoint {seq}, exported by this broker, that the checkpoint file lacks"
+        "the store holds checkpoint {seq}, signed by the broker that exports this file, that the checkpoint file lacks (cut back, replaced or lost)"
     )]
     ExportMissing {
         /// The checkpointed record.
@@ -161,12 +161,39 @@ pub fn verify_chain_from(
     verifier.finish(&[])
 }
 
+/// The first checkpoint the store holds that an export file lacks though
+/// one of `exporters` signed it (the file was cut back, replaced or lost
+/// lines). A broker passes its own instance id; offline, the exporters the
+/// file names. Checkpoints from before exporters were named cannot be
+/// attributed to a file and are not counted.
+pub fn missing_export(
+    stored: &[Checkpoint],
+    file: &[Checkpoint],
+    exporters: &[&str],
+) -> Option<i64> {
+    let exported: HashSet<(i64, &str)> = file.iter().map(|c| (c.seq, c.hash.as_str())).collect();
+    stored
+        .iter()
+        .filter(|c| {
+            c.exporter
+                .as_deref()
+                .is_some_and(|e| exporters.contains(&e))
+        })
+        .find(|c| !exported.contains(&(c.seq, c.hash.as_str())))
+        .map(|c| c.seq)
+}
+
 /// The chain checked one record at a time, so a log of any length is
 /// verified page by page in constant memory: [`ChainVerifier::push`] each
 /// record in `seq` order, then [`ChainVerifier::finish`].
 pub struct ChainVerifier<'a> {
     checkpoints: BTreeMap<i64, &'a Checkpoint>,
     base: Option<i64>,
+    base_hash: Option<String>,
+    /// The base is covered by a signed prune statement (in the export, or
+    /// carried by the chain's own `log_pruned` record).
+    anchored: bool,
+    key: Option<&'a Jwk>,
     prev_hash: String,
     expected: i64,
     matched: usize,
@@ -184,7 +211,7 @@ impl<'a> ChainVerifier<'a> {
     pub fn new(
         base: Option<(i64, &str)>,
         checkpoints: &'a [Checkpoint],
-        key: Option<&Jwk>,
+        key: Option<&'a Jwk>,
     ) -> Result<Self, VerifyFailure> {
         let mut expected_cp: BTreeMap<i64, &Checkpoint> = BTreeMap::new();
         let mut prunes: HashSet<(i64, &str)> = HashSet::new();
@@ -206,6 +233,9 @@ impl<'a> ChainVerifier<'a> {
         let mut verifier = Self {
             checkpoints: expected_cp,
             base: None,
+            base_hash: None,
+            anchored: base.is_none(),
+            key,
             prev_hash: GENESIS.to_owned(),
             expected: 1,
             matched: 0,
@@ -217,11 +247,11 @@ impl<'a> ChainVerifier<'a> {
         };
         if let Some((seq, hash)) = base {
             // Only a signed prune statement vouches for a base: a record in
-            // the database (`log_pruned`) can be forged by whoever can write it.
-            if !prunes.contains(&(seq, hash)) {
-                return Err(VerifyFailure::UnanchoredBase { seq });
-            }
+            // the database (`log_pruned`) can be forged by whoever can write
+            // it; the statement it carries cannot (see `push`).
+            verifier.anchored = prunes.contains(&(seq, hash));
             verifier.base = Some(seq);
+            verifier.base_hash = Some(hash.to_owned());
             verifier.prev_hash = hash.to_owned();
             verifier.expected = seq + 1;
             verifier.matched += 1;
@@ -267,6 +297,20 @@ impl<'a> ChainVerifier<'a> {
             && record.entry.body["details"]["through_seq"].as_i64() == Some(seq)
         {
             self.prune_recorded = true;
+            // The signed statement the pruning broker exported, carried in
+            // the chain so every replica (each with its own export file)
+            // can check the base against it.
+            if !self.anchored
+                && let Some(key) = self.key
+                && let Ok(statement) = serde_json::from_value::<Checkpoint>(
+                    record.entry.body["details"]["statement"].clone(),
+                )
+            {
+                self.anchored = statement.kind == StatementKind::Prune
+                    && statement.seq == seq
+                    && self.base_hash.as_deref() == Some(statement.hash.as_str())
+                    && statement.verify(key);
+            }
         }
         self.prev_hash.clone_from(&record.hash);
         self.expected += 1;
@@ -286,6 +330,9 @@ impl<'a> ChainVerifier<'a> {
         self,
         rule_set_problems: &[RuleSetProblem],
     ) -> Result<VerifyReport, VerifyFailure> {
+        if let (false, Some(seq)) = (self.anchored, self.base) {
+            return Err(VerifyFailure::UnanchoredBase { seq });
+        }
         if let (false, Some(seq)) = (self.prune_recorded, self.base) {
             return Err(VerifyFailure::UnrecordedPrune { seq });
         }
@@ -416,6 +463,15 @@ mod tests {
     /// The tail after `base`, re-chained, with a `log_pruned` record for it
     /// (as someone with write access to the database could forge it).
     fn pruned_tail(records: &[LogRecord], base: usize) -> Vec<LogRecord> {
+        pruned_tail_with(records, base, serde_json::Value::Null)
+    }
+
+    /// [`pruned_tail`] whose `log_pruned` record carries `statement`.
+    fn pruned_tail_with(
+        records: &[LogRecord],
+        base: usize,
+        statement: serde_json::Value,
+    ) -> Vec<LogRecord> {
         let mut prev = records[base - 1].hash.clone();
         records[base..]
             .iter()
@@ -424,7 +480,7 @@ mod tests {
                 let mut entry = r.entry.clone();
                 if i == 0 {
                     entry.outcome = Some("log_pruned".into());
-                    entry.body = serde_json::json!({"details": {"through_seq": base}});
+                    entry.body = serde_json::json!({"details": {"through_seq": base, "statement": statement}});
                 }
                 let sealed = LogRecord::seal(r.seq, entry, prev.clone());
                 prev = sealed.hash.clone();
@@ -460,8 +516,37 @@ mod tests {
         let statement = signer
             .sign_statement(StatementKind::Prune, Some("b1"), 8, &records[7].hash, 3)
             .unwrap();
-        let ok = verify_chain_from(base, tail, &[cp5, cp8, statement], Some(key)).unwrap();
+        let ok = verify_chain_from(
+            base,
+            tail,
+            &[cp5.clone(), cp8.clone(), statement.clone()],
+            Some(key),
+        )
+        .unwrap();
         assert_eq!(ok.records, 10);
+        // A replica whose own export lacks it finds it in the chain's
+        // log_pruned record; a statement signed by another key, for
+        // another base, or a checkpoint passed off as one, does not count.
+        let carried = pruned_tail_with(&records, 8, serde_json::to_value(&statement).unwrap());
+        let ok = verify_chain_from(base, carried, &[cp5.clone(), cp8.clone()], Some(key)).unwrap();
+        assert_eq!(ok.records, 10);
+        let other = LogSigner::load_or_create(&dir.path().join("other.key")).unwrap();
+        let forged = [
+            other
+                .sign_statement(StatementKind::Prune, Some("b1"), 8, &records[7].hash, 3)
+                .unwrap(),
+            signer
+                .sign_statement(StatementKind::Prune, Some("b1"), 5, &records[4].hash, 3)
+                .unwrap(),
+            cp8.clone(),
+        ];
+        for statement in forged {
+            let tail = pruned_tail_with(&records, 8, serde_json::to_value(&statement).unwrap());
+            assert_eq!(
+                verify_chain_from(base, tail, &[cp5.clone(), cp8.clone()], Some(key)),
+                Err(VerifyFailure::UnanchoredBase { seq: 8 })
+            );
+        }
     }
 
     #[test]

@@ -21,6 +21,7 @@ use serde_json::{Value, json};
 
 use crate::config::Role;
 use crate::http::{ApiError, Json};
+use crate::log::checkpoint::{Checkpoint, StatementKind};
 use crate::log::decode::Decided;
 use crate::log::verify::{ChainVerifier, VerifyFailure, VerifyReport};
 use crate::log::{LogEntry, LogRecord, RecordKind};
@@ -58,6 +59,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/resume", post(resume))
         .route("/admin/v1/reload", post(reload))
         .route("/metrics", get(metrics))
+        .route("/admin/v1/health", get(health))
         .route("/admin/v1/signals", post(put_signal).get(get_signals))
         .route("/admin/v1/identities", get(identities))
         .route("/admin/v1/budget", get(budget_show))
@@ -281,16 +283,9 @@ async fn create_entry(
             "the parent must be a node of this trust domain",
         ));
     }
-    if req.selectors.is_empty() || req.selectors.len() > mintguard_api::MAX_SELECTORS {
-        return Err(ApiError::bad_request(
-            "bad_selectors",
-            "1..=64 selectors required",
-        ));
-    }
+    mintguard_api::check_selectors(&req.selectors).map_err(ApiError::from_input)?;
     for s in &req.selectors {
-        if s.len() > mintguard_api::MAX_SELECTOR_LEN
-            || !KNOWN.iter().any(|k| s.starts_with(k) && s.len() > k.len())
-        {
+        if !KNOWN.iter().any(|k| s.starts_with(k) && s.len() > k.len()) {
             return Err(ApiError::bad_request(
                 "bad_selectors",
                 format!(
@@ -455,7 +450,7 @@ async fn verify(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let verified = verify_log(&broker).await?;
+    let verified = verify_log(&broker, None).await?;
     Ok(axum::Json(match verified {
         Ok(report) => json!({"ok": true, "report": report}),
         Err(failure) => {
@@ -467,9 +462,15 @@ async fn verify(
 /// `logs verify` on the broker: its own checkpoint file (which must be
 /// readable, and hold every checkpoint the store has from this broker),
 /// the chain a page at a time, and every rule set the decisions name.
-async fn verify_log(broker: &Broker) -> Result<Result<VerifyReport, VerifyFailure>, ApiError> {
+/// Verifies the log against this broker's export and the store. `also`: a
+/// checkpoint (from the store, perhaps another replica's) the chain must
+/// match as well, its signature checked like the file's.
+async fn verify_log(
+    broker: &Broker,
+    also: Option<&Checkpoint>,
+) -> Result<Result<VerifyReport, VerifyFailure>, ApiError> {
     let path = broker.log_export_path();
-    let checkpoints = match crate::log::checkpoint::read_file(&path) {
+    let mut checkpoints = match crate::log::checkpoint::read_file(&path) {
         Ok(cps) => cps,
         // No file yet: nothing exported. Any checkpoint the store has from
         // this broker is then missing from it (found below).
@@ -484,19 +485,13 @@ async fn verify_log(broker: &Broker) -> Result<Result<VerifyReport, VerifyFailur
             }));
         }
     };
-    let exported: std::collections::HashSet<(i64, &str)> = checkpoints
-        .iter()
-        .map(|c| (c.seq, c.hash.as_str()))
-        .collect();
-    for stored in broker.store.checkpoints().await? {
-        let own = stored
-            .exporter
-            .as_deref()
-            .is_none_or(|e| e == broker.instance_id());
-        if own && !exported.contains(&(stored.seq, stored.hash.as_str())) {
-            return Ok(Err(VerifyFailure::ExportMissing { seq: stored.seq }));
-        }
+    let stored = broker.store.checkpoints().await?;
+    if let Some(seq) =
+        crate::log::verify::missing_export(&stored, &checkpoints, &[broker.instance_id()])
+    {
+        return Ok(Err(VerifyFailure::ExportMissing { seq }));
     }
+    checkpoints.extend(also.cloned());
     let base = broker.store.base().await?;
     let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
     let mut verifier = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
@@ -1416,6 +1411,26 @@ async fn budget_top_up(
     ))
 }
 
+/// Whether anomaly analysis keeps up: `degraded` while it lags (the
+/// `behaviour` signal is then stale; the broker still serves, trusting
+/// less). On the admin listener only: an outsider learns nothing from it.
+async fn health(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let now = now_ms();
+    let (status, analysis) = match broker.analysis.behaviour(now) {
+        crate::anomaly::health::Behaviour::Fresh => ("ok", "fresh"),
+        crate::anomaly::health::Behaviour::Stale { .. } => ("degraded", "stale"),
+        crate::anomaly::health::Behaviour::Off => ("ok", "off"),
+    };
+    Ok(axum::Json(json!({
+        "status": status,
+        "anomaly_analysis": {"state": analysis, "last_step_ms_ago": broker.analysis.age_ms(now)},
+    })))
+}
+
 async fn metrics(
     State(broker): State<Arc<Broker>>,
     op: Operator,
@@ -1696,7 +1711,7 @@ async fn prune(
         .checkpoints()
         .await?
         .into_iter()
-        .find(|c| c.seq == req.through_seq)
+        .find(|c| c.seq == req.through_seq && c.kind == StatementKind::Checkpoint)
         .ok_or_else(|| {
             ApiError::bad_request(
                 "not_a_checkpoint",
@@ -1715,9 +1730,21 @@ async fn prune(
             ),
         ));
     }
+    // Sign only what verifies: the whole chain, this broker's export, and
+    // the checkpoint itself (signed, and matching the chain) — a store
+    // someone edited is never pruned into a signed, verifying base.
+    if let Err(failure) = verify_log(&broker, Some(&checkpoint)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_not_verified",
+            format!("the log does not verify, so nothing was pruned: {failure}"),
+        ));
+    }
     // The signed statement first, outside the database: a base no
-    // statement covers never verifies, so the prune is provable.
-    broker
+    // statement covers never verifies, so the prune is provable. The
+    // record of the prune carries it too, for replicas whose own export
+    // does not.
+    let statement = broker
         .export_prune_statement(req.through_seq, &checkpoint.hash)
         .map_err(|e| {
             ApiError::unavailable(
@@ -1732,7 +1759,7 @@ async fn prune(
         &op,
         "log_pruned",
         None,
-        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export}),
+        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement}),
     )
     .await?;
     Ok(axum::Json(

@@ -60,6 +60,9 @@ async fn renew(
     Extension(peer): Extension<SpiffePeer>,
     Json(req): Json<RenewRequest>,
 ) -> Result<axum::Json<SvidResponse>, ApiError> {
+    // Renewals count against the node's request rate: each is a CA
+    // signature and an fsync'd record.
+    pipeline::limit_node(&broker, &peer.id().to_string())?;
     if broker
         .store
         .suspension(&peer.id().to_string())

@@ -171,20 +171,10 @@ async fn ci_rate_limit(
     }
 }
 
-/// Liveness, and whether anomaly analysis keeps up: `degraded` while it
-/// lags (the `behaviour` signal is then stale), still 200 (the broker
-/// serves; it trusts less).
-async fn healthz(State(broker): State<Arc<Broker>>) -> axum::Json<Value> {
-    let now = now_ms();
-    let (status, analysis) = match broker.analysis.behaviour(now) {
-        crate::anomaly::health::Behaviour::Fresh => ("ok", "fresh"),
-        crate::anomaly::health::Behaviour::Stale { .. } => ("degraded", "stale"),
-        crate::anomaly::health::Behaviour::Off => ("ok", "off"),
-    };
-    axum::Json(serde_json::json!({
-        "status": status,
-        "anomaly_analysis": {"state": analysis, "last_step_ms_ago": broker.analysis.age_ms(now)},
-    }))
+/// Liveness only: the public listener says nothing of the broker's inner
+/// state (whether anomaly analysis keeps up is `GET /admin/v1/health`).
+async fn healthz() -> axum::Json<Value> {
+    axum::Json(serde_json::json!({"status": "ok"}))
 }
 
 async fn readyz(State(broker): State<Arc<Broker>>) -> Response {
