@@ -12,6 +12,7 @@ mod common;
 use common::*;
 use mintguard_broker::log::{LogEntry, LogRecord};
 use serde_json::{Value, json};
+use std::process::Command;
 
 /// `mintguard logs verify` through the broker: (ok, what it printed).
 fn verify_live(broker: &BrokerProcess) -> (bool, String) {
@@ -650,5 +651,73 @@ async fn node_renewals_count_against_the_nodes_rate() {
     assert_eq!(
         broker.logs(&["--outcome", "node_svid_renewed"]).len(),
         served
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_change_is_never_without_its_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let hold = dir.path().join("hold-admin");
+    std::fs::write(&hold, b"").unwrap();
+    let wait = format!("admin_change:{}", hold.display());
+    let mut broker = BrokerProcess::start_with_env(dir, "", "", &[("MINTGUARD_FAULT_WAIT", &wait)]);
+    // An operator suspends an identity; the broker stops after writing the
+    // intent and before making the change.
+    let data = broker.data();
+    let cli = std::thread::spawn(move || {
+        Command::new(env!("CARGO_BIN_EXE_mintguard"))
+            .arg("--data-dir")
+            .arg(data)
+            .args(["suspend", API, "--reason", "incident 9"])
+            .output()
+            .unwrap()
+    });
+    let mut reached = hold.clone().into_os_string();
+    reached.push(".reached");
+    wait_until("the suspension reaches its change", || {
+        std::path::Path::new(&reached).exists()
+    })
+    .await;
+    broker.stop();
+    let _ = cli.join();
+    broker.restart("");
+
+    // The intent is in the log; the change was not made; verify says so.
+    let intents = broker.logs(&["--outcome", "admin_intent"]);
+    assert_eq!(intents.len(), 1, "{intents:?}");
+    assert_eq!(intents[0]["body"]["action"], "suspended");
+    assert!(broker.logs(&["--outcome", "suspended"]).is_empty());
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api(&broker, "node-1");
+    issue_ok(&broker, &node, 1).await;
+    let verified = broker.cli(&["logs", "verify"]);
+    let said = String::from_utf8_lossy(&verified.stdout);
+    assert!(verified.status.success(), "{said}");
+    assert!(
+        said.contains("1 admin action(s) recorded as intended with no outcome"),
+        "{said}"
+    );
+
+    // Done to the end, an action leaves its intent and its outcome under
+    // one request id, and nothing unfinished.
+    assert!(
+        broker
+            .cli(&["suspend", API, "--reason", "incident 9"])
+            .status
+            .success()
+    );
+    let done = broker.logs(&["--outcome", "suspended"]);
+    assert_eq!(done.len(), 1);
+    let intents = broker.logs(&["--outcome", "admin_intent"]);
+    assert!(
+        intents
+            .iter()
+            .any(|i| i["request_id"] == done[0]["request_id"]),
+        "{intents:?}"
+    );
+    let said = String::from_utf8_lossy(&broker.cli(&["logs", "verify"]).stdout).into_owned();
+    assert!(
+        said.contains("1 admin action(s)"),
+        "only the first is unfinished: {said}"
     );
 }

@@ -124,20 +124,22 @@ fn depth_and_sizes(v: &Value, depth: usize) -> bool {
     }
 }
 
-impl CiVerifier {
-    /// Verifies `token` against the allowlisted issuer it names.
-    pub async fn verify(
-        &self,
-        ci: &CiConfig,
-        token: &str,
-        now_s: i64,
-    ) -> Result<Verified, TokenError> {
-        if token.len() > ci.max_token_bytes() {
-            return Err(refuse(
-                "token_too_large",
-                format!("tokens are limited to {} bytes", ci.max_token_bytes()),
-            ));
-        }
+/// A token's header and claims before any signature is checked: the
+/// untrusted parse, bounded (sizes, nesting, claim types), that picks the
+/// issuer and key. Fuzzed (`fuzz/fuzz_targets/ci_token.rs`).
+#[derive(Debug)]
+pub struct Unverified {
+    /// The header's `alg`, one of the accepted algorithms.
+    pub alg: String,
+    /// The header's `kid`.
+    pub kid: String,
+    /// The claims, an object within the limits.
+    pub claims: Value,
+}
+
+impl Unverified {
+    /// Parses `token` (its length already bounded by the caller).
+    pub fn parse(token: &str) -> Result<Self, TokenError> {
         let parts: Vec<&str> = token.split('.').collect();
         let [header, payload, _sig] = parts.as_slice() else {
             return Err(refuse("malformed_token", "a JWT has three parts"));
@@ -201,6 +203,34 @@ impl CiVerifier {
         ) {
             return Err(refuse("bad_claims", "aud must be a string or an array"));
         }
+        Ok(Self {
+            alg: alg.to_owned(),
+            kid: kid.to_owned(),
+            claims: unverified,
+        })
+    }
+}
+
+impl CiVerifier {
+    /// Verifies `token` against the allowlisted issuer it names.
+    pub async fn verify(
+        &self,
+        ci: &CiConfig,
+        token: &str,
+        now_s: i64,
+    ) -> Result<Verified, TokenError> {
+        if token.len() > ci.max_token_bytes() {
+            return Err(refuse(
+                "token_too_large",
+                format!("tokens are limited to {} bytes", ci.max_token_bytes()),
+            ));
+        }
+        let Unverified {
+            alg,
+            kid,
+            claims: unverified,
+        } = Unverified::parse(token)?;
+        let (alg, kid) = (alg.as_str(), kid.as_str());
         let iss = unverified["iss"].as_str().unwrap_or_default();
         let issuer = ci.issuers.iter().find(|i| i.url == iss).ok_or_else(|| {
             refuse(

@@ -709,6 +709,14 @@ fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String
             r["head"].as_str().unwrap_or("")
         )
         .map_err(|e| e.to_string())?;
+        if let Some(first) = r["first_unfinished_admin_action"].as_i64() {
+            writeln!(
+                out,
+                "note: {} admin action(s) recorded as intended with no outcome (the broker stopped mid-change), the first at record {first}: check the state they name",
+                r["unfinished_admin_actions"]
+            )
+            .map_err(|e| e.to_string())?;
+        }
     } else {
         writeln!(
             out,

@@ -17,7 +17,7 @@ use serde::Serialize;
 use super::checkpoint::{Checkpoint, StatementKind};
 use super::decode::{self, Decided};
 use super::rule_sets::RuleSetProblem;
-use super::{GENESIS, LogRecord};
+use super::{GENESIS, LogRecord, RecordKind};
 
 /// What a successful verification covered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -34,6 +34,13 @@ pub struct VerifyReport {
     pub decisions: i64,
     /// Distinct rule sets the decisions name, each present and re-hashed.
     pub rule_sets: usize,
+    /// Admin intents with no outcome record (the broker stopped between
+    /// the change and its outcome): the change may or may not have been
+    /// made; the intent record says what it was.
+    pub unfinished_admin_actions: usize,
+    /// The first such intent record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_unfinished_admin_action: Option<i64>,
 }
 
 /// The first problem found.
@@ -203,6 +210,8 @@ pub struct ChainVerifier<'a> {
     /// The first undecodable decision record (seq, why) and how many.
     undecodable: Option<(i64, String)>,
     undecodable_count: i64,
+    /// Admin intents not yet followed by their outcome: request id → seq.
+    intents: BTreeMap<String, i64>,
 }
 
 impl<'a> ChainVerifier<'a> {
@@ -244,6 +253,7 @@ impl<'a> ChainVerifier<'a> {
             rule_sets: BTreeSet::new(),
             undecodable: None,
             undecodable_count: 0,
+            intents: BTreeMap::new(),
         };
         if let Some((seq, hash)) = base {
             // Only a signed prune statement vouches for a base: a record in
@@ -290,6 +300,14 @@ impl<'a> ChainVerifier<'a> {
             Err(why) => {
                 self.undecodable_count += 1;
                 self.undecodable.get_or_insert((record.seq, why.0));
+            }
+        }
+        if record.entry.kind == RecordKind::Admin {
+            if record.entry.outcome.as_deref() == Some("admin_intent") {
+                self.intents
+                    .insert(record.entry.request_id.clone(), record.seq);
+            } else {
+                self.intents.remove(&record.entry.request_id);
             }
         }
         if let Some(seq) = self.base
@@ -365,14 +383,16 @@ impl<'a> ChainVerifier<'a> {
             last_checkpoint,
             decisions: self.decisions,
             rule_sets: self.rule_sets.len(),
+            unfinished_admin_actions: self.intents.len(),
+            first_unfinished_admin_action: self.intents.values().min().copied(),
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::LogEntry;
     use super::super::checkpoint::LogSigner;
-    use super::super::{LogEntry, RecordKind};
     use super::*;
 
     fn chain(n: i64) -> Vec<LogRecord> {

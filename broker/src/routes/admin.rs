@@ -4,6 +4,7 @@
 //! anonymously and never with a node SVID (refused in the handshake). Roles: viewer < operator < admin; approver and
 //! signal-source tokens reach only their own endpoints.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use axum::Router;
@@ -163,6 +164,9 @@ pub fn view(e: Entry) -> EntryView {
     }
 }
 
+/// Records an admin action that changes nothing in the store itself (a
+/// reload, a break-glass issuance logged by its own decision); one that
+/// does goes through [`AdminAction`].
 async fn admin_record(
     broker: &Broker,
     op: &Operator,
@@ -170,18 +174,131 @@ async fn admin_record(
     identity: Option<String>,
     body: Value,
 ) -> Result<(), ApiError> {
+    write_admin(
+        broker,
+        &random_id("req"),
+        identity,
+        action,
+        op,
+        action,
+        body,
+    )
+    .await
+}
+
+/// Writes one admin record: `outcome`, about `action` by `op`.
+async fn write_admin(
+    broker: &Broker,
+    request_id: &str,
+    identity: Option<String>,
+    outcome: &str,
+    op: &Operator,
+    action: &str,
+    details: Value,
+) -> Result<(), ApiError> {
     let entry = LogEntry {
         time_ms: now_ms(),
         kind: RecordKind::Admin,
-        request_id: random_id("req"),
+        request_id: request_id.to_owned(),
         identity,
         grant: None,
         node: None,
-        outcome: Some(action.to_owned()),
-        body: json!({"action": action, "operator": op.name, "details": body}),
+        outcome: Some(outcome.to_owned()),
+        body: json!({"action": action, "operator": op.name, "details": details}),
     };
-    pipeline::record(broker, entry).await?;
-    Ok(())
+    pipeline::record(broker, entry).await
+}
+
+/// An admin action that changes the store, logged around its change so
+/// that no change is ever without its record. The intent first
+/// (`admin_intent`: the action and what it will change); then the change;
+/// then, under the same request id, its outcome — the action's own record
+/// with what the change did, or `admin_failed` with why. No intent record,
+/// no change; a crash between the change and its outcome leaves an intent
+/// with no outcome, which `logs verify` reports.
+struct AdminAction<'a> {
+    broker: &'a Broker,
+    op: &'a Operator,
+    action: &'static str,
+    identity: Option<String>,
+    request_id: String,
+}
+
+impl<'a> AdminAction<'a> {
+    /// Records the intent to do `action` (`intent`: what it will change).
+    async fn begin(
+        broker: &'a Broker,
+        op: &'a Operator,
+        action: &'static str,
+        identity: Option<String>,
+        intent: Value,
+    ) -> Result<Self, ApiError> {
+        let request_id = random_id("req");
+        write_admin(
+            broker,
+            &request_id,
+            identity.clone(),
+            "admin_intent",
+            op,
+            action,
+            intent,
+        )
+        .await?;
+        Ok(Self {
+            broker,
+            op,
+            action,
+            identity,
+            request_id,
+        })
+    }
+
+    /// Makes the change, then records its outcome: `details` of what it
+    /// returned, or the error.
+    async fn run<T>(
+        self,
+        change: impl Future<Output = Result<T, ApiError>>,
+        details: impl FnOnce(&T) -> Value,
+    ) -> Result<T, ApiError> {
+        pipeline::fault_wait("admin_change").await;
+        match change.await {
+            Ok(value) => {
+                let (identity, action) = (self.identity.clone(), self.action);
+                write_admin(
+                    self.broker,
+                    &self.request_id,
+                    identity,
+                    action,
+                    self.op,
+                    action,
+                    details(&value),
+                )
+                .await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let failed = json!({"code": e.code, "message": e.message});
+                if let Err(log) = write_admin(
+                    self.broker,
+                    &self.request_id,
+                    self.identity.clone(),
+                    "admin_failed",
+                    self.op,
+                    self.action,
+                    failed,
+                )
+                .await
+                {
+                    tracing::error!(
+                        action = self.action,
+                        code = log.code,
+                        "the failed admin action's outcome could not be logged"
+                    );
+                }
+                Err(e)
+            }
+        }
+    }
 }
 
 async fn create_token(
@@ -203,18 +320,19 @@ async fn create_token(
     let token = crate::ids::secret_token("jt")
         .map_err(|e| ApiError::unavailable("rng_unavailable", "no join token could be made", e))?;
     let expires = now_ms() + i64::try_from(ttl).unwrap_or(600) * 1000;
-    broker
-        .store
-        .create_join_token(&token_hash(&token), &req.node, expires)
+    let details = json!({"node": node_id.to_string(), "expires_at_ms": expires});
+    AdminAction::begin(&broker, &op, "join_token_created", None, details.clone())
+        .await?
+        .run(
+            async {
+                Ok(broker
+                    .store
+                    .create_join_token(&token_hash(&token), &req.node, expires)
+                    .await?)
+            },
+            |()| details,
+        )
         .await?;
-    admin_record(
-        &broker,
-        &op,
-        "join_token_created",
-        None,
-        json!({"node": node_id.to_string(), "expires_at_ms": expires}),
-    )
-    .await?;
     Ok(axum::Json(CreateTokenResponse {
         token,
         spiffe_id: node_id.to_string(),
@@ -319,13 +437,18 @@ async fn create_entry(
         grants: req.grants,
         created_at_ms: now_ms(),
     };
-    broker.store.create_entry(&entry).await?;
-    admin_record(
+    let details = serde_json::to_value(view(entry.clone())).unwrap_or_default();
+    AdminAction::begin(
         &broker,
         &op,
         "entry_created",
         Some(entry.spiffe_id.clone()),
-        serde_json::to_value(view(entry.clone())).unwrap_or_default(),
+        details.clone(),
+    )
+    .await?
+    .run(
+        async { Ok(broker.store.create_entry(&entry).await?) },
+        |()| details,
     )
     .await?;
     reload_eci(&broker).await;
@@ -369,10 +492,19 @@ async fn delete_entry(
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     op.require(Role::Operator)?;
-    if !broker.store.delete_entry(&id).await? {
-        return Err(ApiError::not_found("unknown_entry", "no such entry"));
-    }
-    admin_record(&broker, &op, "entry_deleted", None, json!({"id": id})).await?;
+    let details = json!({"id": id});
+    AdminAction::begin(&broker, &op, "entry_deleted", None, details.clone())
+        .await?
+        .run(
+            async {
+                match broker.store.delete_entry(&id).await? {
+                    true => Ok(()),
+                    false => Err(ApiError::not_found("unknown_entry", "no such entry")),
+                }
+            },
+            |()| details,
+        )
+        .await?;
     reload_eci(&broker).await;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -893,10 +1025,14 @@ async fn give_verdict(
     op.require(Role::Approver)?;
     let action = verdict.action();
     let approver = format!("operator:{}", op.name);
-    let a = crate::approvals::decide(broker, id, &approver, verdict, now_ms()).await?;
-    let view = crate::approvals::view(&a, now_ms());
-    admin_record(broker, op, action, Some(a.identity.clone()), view.clone()).await?;
-    Ok(axum::Json(view))
+    let a = AdminAction::begin(broker, op, action, None, json!({"approval": id}))
+        .await?
+        .run(
+            crate::approvals::decide(broker, id, &approver, verdict, now_ms()),
+            |a| crate::approvals::view(a, now_ms()),
+        )
+        .await?;
+    Ok(axum::Json(crate::approvals::view(&a, now_ms())))
 }
 
 #[derive(Deserialize)]
@@ -927,26 +1063,29 @@ async fn open_break_glass(
             format!("no grant named {:?}", req.grant),
         ));
     }
-    let a = crate::approvals::open_break_glass(
-        &broker,
-        &format!("operator:{}", op.name),
-        &req.identity,
-        &req.grant,
-        req.ttl_seconds,
-        &req.reason,
-        now_ms(),
-    )
-    .await?;
-    let view = crate::approvals::view(&a, now_ms());
-    admin_record(
+    let opener = format!("operator:{}", op.name);
+    let a = AdminAction::begin(
         &broker,
         &op,
         "break_glass_opened",
-        Some(a.identity.clone()),
-        view.clone(),
+        Some(req.identity.clone()),
+        json!({"grant": req.grant, "ttl_seconds": req.ttl_seconds, "justification": req.reason}),
+    )
+    .await?
+    .run(
+        crate::approvals::open_break_glass(
+            &broker,
+            &opener,
+            &req.identity,
+            &req.grant,
+            req.ttl_seconds,
+            &req.reason,
+            now_ms(),
+        ),
+        |a| crate::approvals::view(a, now_ms()),
     )
     .await?;
-    Ok(axum::Json(view))
+    Ok(axum::Json(crate::approvals::view(&a, now_ms())))
 }
 
 /// Issues a confirmed break-glass request, for its opener only: logged as
@@ -1142,19 +1281,28 @@ async fn close_review(
             "this review is already closed",
         )
     };
-    if request.state == "used" {
-        let reviewed = crate::store::Approval {
-            state: "reviewed".into(),
-            ..request.clone()
-        };
-        if !broker.store.update_approval(&reviewed).await? {
-            return Err(already());
-        }
-    } else if review_closed_in_log(&broker, &id, request.created_at_ms).await? {
+    if request.state != "used" && review_closed_in_log(&broker, &id, request.created_at_ms).await? {
         return Err(already());
     }
     let body = json!({"review": id, "notes": req.notes});
-    admin_record(&broker, &op, "review_closed", None, body.clone()).await?;
+    AdminAction::begin(&broker, &op, "review_closed", None, body.clone())
+        .await?
+        .run(
+            async {
+                if request.state == "used" {
+                    let reviewed = crate::store::Approval {
+                        state: "reviewed".into(),
+                        ..request.clone()
+                    };
+                    if !broker.store.update_approval(&reviewed).await? {
+                        return Err(already());
+                    }
+                }
+                Ok(())
+            },
+            |()| body.clone(),
+        )
+        .await?;
     Ok(axum::Json(body))
 }
 
@@ -1248,24 +1396,28 @@ async fn suspend(
     op.require(Role::Operator)?;
     check_subject(&broker, &req.subject)?;
     check_reason(&req.reason, false)?;
-    broker
-        .store
-        .suspend(&SuspensionRecord {
-            subject: req.subject.clone(),
-            reason: req.reason.clone(),
-            by: format!("operator:{}", op.name),
-            at_ms: now_ms(),
-        })
-        .await?;
-    let request_id = random_id("req");
-    admin_record(
+    let details = json!({"reason": req.reason});
+    let action = AdminAction::begin(
         &broker,
         &op,
         "suspended",
         Some(req.subject.clone()),
-        json!({"reason": req.reason}),
+        details.clone(),
     )
     .await?;
+    let request_id = action.request_id.clone();
+    let suspension = SuspensionRecord {
+        subject: req.subject.clone(),
+        reason: req.reason.clone(),
+        by: format!("operator:{}", op.name),
+        at_ms: now_ms(),
+    };
+    action
+        .run(
+            async { Ok(broker.store.suspend(&suspension).await?) },
+            |()| details,
+        )
+        .await?;
     pipeline::revoke_all(&broker, &req.subject, &request_id, "suspension").await?;
     Ok(axum::Json(
         json!({"subject": req.subject, "suspended": true}),
@@ -1288,13 +1440,17 @@ async fn resume(
     // suspension can still be resumed.
     mintguard_api::check_text("bad_subject", "subject", &req.subject, 2048)
         .map_err(ApiError::from_input)?;
-    let was = broker.store.resume(&req.subject).await?;
-    admin_record(
+    let was = AdminAction::begin(
         &broker,
         &op,
         "resumed",
         Some(req.subject.clone()),
-        json!({"was_suspended": was}),
+        json!({}),
+    )
+    .await?
+    .run(
+        async { Ok(broker.store.resume(&req.subject).await?) },
+        |was| json!({"was_suspended": was}),
     )
     .await?;
     Ok(axum::Json(
@@ -1397,13 +1553,18 @@ async fn budget_top_up(
     let policy = budget_of(&broker, &req.grant)?;
     let key = format!("identity:{}/grant:{}", req.identity, req.grant);
     let now = now_ms();
-    let snapshot = broker.store.top_up(&key, &policy, req.tokens, now).await?;
-    admin_record(
+    let details = json!({"grant": req.grant, "tokens": req.tokens});
+    let snapshot = AdminAction::begin(
         &broker,
         &op,
         "budget_topped_up",
         Some(req.identity.clone()),
-        json!({"grant": req.grant, "tokens": req.tokens}),
+        details.clone(),
+    )
+    .await?
+    .run(
+        async { Ok(broker.store.top_up(&key, &policy, req.tokens, now).await?) },
+        |_| details,
     )
     .await?;
     Ok(axum::Json(
@@ -1549,13 +1710,18 @@ async fn put_signal(
         observed_at_ms: now_ms(),
         ttl_seconds: ttl,
     };
-    broker.store.put_signal(&record).await?;
-    admin_record(
+    let details = serde_json::to_value(&record).unwrap_or_default();
+    AdminAction::begin(
         &broker,
         &op,
         "signal_received",
         Some(record.subject.clone()),
-        serde_json::to_value(&record).unwrap_or_default(),
+        details.clone(),
+    )
+    .await?
+    .run(
+        async { Ok(broker.store.put_signal(&record).await?) },
+        |()| details,
     )
     .await?;
     Ok((
@@ -1740,28 +1906,33 @@ async fn prune(
             format!("the log does not verify, so nothing was pruned: {failure}"),
         ));
     }
-    // The signed statement first, outside the database: a base no
-    // statement covers never verifies, so the prune is provable. The
-    // record of the prune carries it too, for replicas whose own export
-    // does not.
-    let statement = broker
-        .export_prune_statement(req.through_seq, &checkpoint.hash)
-        .map_err(|e| {
-            ApiError::unavailable(
-                "checkpoint_export_failed",
-                "the prune statement could not be exported; nothing was pruned",
-                e,
-            )
-        })?;
-    let deleted = broker.store.prune_through(req.through_seq).await?;
-    admin_record(
-        &broker,
-        &op,
-        "log_pruned",
-        None,
-        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement}),
-    )
-    .await?;
+    let intent =
+        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export});
+    let (deleted, _) = AdminAction::begin(&broker, &op, "log_pruned", None, intent)
+        .await?
+        .run(
+            async {
+                // The signed statement first, outside the database: a base
+                // no statement covers never verifies, so the prune is
+                // provable. The record of the prune carries it too, for
+                // replicas whose own export does not.
+                let statement = broker
+                    .export_prune_statement(req.through_seq, &checkpoint.hash)
+                    .map_err(|e| {
+                        ApiError::unavailable(
+                            "checkpoint_export_failed",
+                            "the prune statement could not be exported; nothing was pruned",
+                            e,
+                        )
+                    })?;
+                let deleted = broker.store.prune_through(req.through_seq).await?;
+                Ok((deleted, statement))
+            },
+            |(deleted, statement)| {
+                json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement})
+            },
+        )
+        .await?;
     Ok(axum::Json(
         json!({"through_seq": req.through_seq, "deleted": deleted, "hash": checkpoint.hash}),
     ))
