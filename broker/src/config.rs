@@ -332,6 +332,12 @@ pub struct LimitsConfig {
     pub per_identity_per_second: u32,
     /// Largest request body, bytes. Default 64 KiB.
     pub max_body_bytes: usize,
+    /// Connections each listener serves at once; more are closed at accept
+    /// (and counted). Default 4096.
+    pub max_connections: usize,
+    /// Refusals of unauthenticated callers are counted over this window and
+    /// written as one record per window (see `refusals`). Default 10 s.
+    pub refusal_window: Dur,
 }
 
 impl Default for LimitsConfig {
@@ -340,6 +346,8 @@ impl Default for LimitsConfig {
             per_node_per_second: 500,
             per_identity_per_second: 100,
             max_body_bytes: 64 * 1024,
+            max_connections: 4096,
+            refusal_window: Dur(Duration::from_secs(10)),
         }
     }
 }
@@ -904,6 +912,13 @@ impl Config {
                 "limits.max_body_bytes",
                 "must be 1 KiB..=16 MiB".into(),
             ));
+        }
+        if !(1..=1_000_000).contains(&raw.limits.max_connections) {
+            return Err(err("limits.max_connections", "must be 1..=1000000".into()));
+        }
+        let window = raw.limits.refusal_window.0;
+        if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {
+            return Err(err("limits.refusal_window", "must be 100ms..=1h".into()));
         }
 
         for (i, c) in raw.introspection_clients.iter().enumerate() {

@@ -188,6 +188,48 @@ pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// How long a client may take to send a request's headers.
 pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What a listener guards beyond each request: how many connections it
+/// serves at once, and whom it tells of the refusals the HTTP layer makes
+/// on its own — a connection over the cap (`connection_limit`), a request
+/// head too large for hyper (its 431, `header_too_large`) — which no
+/// handler ever sees.
+#[derive(Clone)]
+pub struct ListenerGuard {
+    name: &'static str,
+    slots: Arc<tokio::sync::Semaphore>,
+    on_refusal: Arc<dyn Fn(&'static str, &'static str, SocketAddr) + Send + Sync>,
+}
+
+impl ListenerGuard {
+    /// A guard for listener `name` serving at most `max_connections` at
+    /// once; `on_refusal(listener, reason, client)` hears of each refusal.
+    pub fn new(
+        name: &'static str,
+        max_connections: usize,
+        on_refusal: impl Fn(&'static str, &'static str, SocketAddr) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            on_refusal: Arc::new(on_refusal),
+        }
+    }
+
+    /// A slot for a connection from `addr`, or `None` (refused, counted)
+    /// when all are taken.
+    fn admit(&self, addr: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let permit = self.slots.clone().try_acquire_owned().ok();
+        if permit.is_none() {
+            self.refused("connection_limit", addr);
+        }
+        permit
+    }
+
+    fn refused(&self, reason: &'static str, addr: SocketAddr) {
+        (self.on_refusal)(self.name, reason, addr);
+    }
+}
+
 /// Serves `router` on `listener` with TLS from `acceptor`; each request gets
 /// the peer's verified SPIFFE ID as an extension. Handshake failures are
 /// logged and the connection dropped.
@@ -195,8 +237,9 @@ pub async fn serve_mtls(
     listener: TcpListener,
     acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
     router: Router,
+    guard: ListenerGuard,
 ) {
-    serve_spiffe(listener, acceptor, router, false).await;
+    serve_spiffe(listener, acceptor, router, guard, false).await;
 }
 
 /// Like [`serve_mtls`] for an acceptor built with `SpiffeAcceptor::optional`:
@@ -205,14 +248,16 @@ pub async fn serve_optional_mtls(
     listener: TcpListener,
     acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
     router: Router,
+    guard: ListenerGuard,
 ) {
-    serve_spiffe(listener, acceptor, router, true).await;
+    serve_spiffe(listener, acceptor, router, guard, true).await;
 }
 
 async fn serve_spiffe(
     listener: TcpListener,
     acceptor: Arc<arc_swap::ArcSwap<SpiffeAcceptor>>,
     router: Router,
+    guard: ListenerGuard,
     optional: bool,
 ) {
     loop {
@@ -223,9 +268,13 @@ async fn serve_spiffe(
                 continue;
             }
         };
+        let Some(slot) = guard.admit(addr) else {
+            continue;
+        };
         let acceptor = acceptor.load_full();
-        let router = router.clone();
+        let (router, guard) = (router.clone(), guard.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let handshake = async {
                 if optional {
                     acceptor.accept_optional(tcp).await
@@ -247,7 +296,7 @@ async fn serve_spiffe(
                     return;
                 }
             };
-            serve_connection(tls, addr, peer, router).await;
+            serve_connection(tls, addr, peer, router, &guard).await;
         });
     }
 }
@@ -257,6 +306,7 @@ pub async fn serve_tls(
     listener: TcpListener,
     config: Arc<arc_swap::ArcSwap<rustls::ServerConfig>>,
     router: Router,
+    guard: ListenerGuard,
 ) {
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -266,11 +316,15 @@ pub async fn serve_tls(
                 continue;
             }
         };
+        let Some(slot) = guard.admit(addr) else {
+            continue;
+        };
         let acceptor = tokio_rustls::TlsAcceptor::from(config.load_full());
-        let router = router.clone();
+        let (router, guard) = (router.clone(), guard.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => serve_connection(tls, addr, None, router).await,
+                Ok(Ok(tls)) => serve_connection(tls, addr, None, router, &guard).await,
                 Ok(Err(e)) => tracing::info!(%addr, %e, "TLS handshake failed"),
                 Err(_) => tracing::info!(%addr, "TLS handshake timed out"),
             }
@@ -368,8 +422,13 @@ pub fn excerpt(s: &str) -> String {
 #[derive(Clone, Copy, Debug)]
 pub struct ClientAddr(pub SocketAddr);
 
-async fn serve_connection<IO>(io: IO, addr: SocketAddr, peer: Option<SpiffePeer>, router: Router)
-where
+async fn serve_connection<IO>(
+    io: IO,
+    addr: SocketAddr,
+    peer: Option<SpiffePeer>,
+    router: Router,
+    guard: &ListenerGuard,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (io, verdicts) = FramingGuard::new(io);
@@ -398,6 +457,9 @@ where
         .serve_connection(io, TowerToHyperService::new(service))
         .await
     {
+        if e.is_parse_too_large() {
+            guard.refused("header_too_large", addr);
+        }
         tracing::debug!(%addr, %e, "connection ended with an error");
     }
 }

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod mint;
 pub mod outbound;
 pub mod pipeline;
+pub mod refusals;
 pub mod routes;
 pub mod state;
 pub mod store;

@@ -30,6 +30,15 @@ pub struct ReaderLabel {
     pub reader: String,
 }
 
+/// `listener` and `reason` labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabel {
+    /// public, agents, admin.
+    pub listener: String,
+    /// The reason code.
+    pub reason: String,
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -54,6 +63,8 @@ pub struct Metrics {
     /// 1 while anomaly analysis has not advanced within its interval × the
     /// tolerance (the `behaviour` signal is then stale), else 0.
     pub analysis_stale: Gauge,
+    /// Refusals of unauthenticated callers and of the HTTP layer itself.
+    pub unauthenticated_refusals: Family<RefusalLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -69,6 +80,12 @@ impl Default for Metrics {
         let alerts_dropped = Counter::default();
         let undecodable_records = Family::<ReaderLabel, Counter>::default();
         let analysis_stale = Gauge::default();
+        let unauthenticated_refusals = Family::<RefusalLabel, Counter>::default();
+        registry.register(
+            "unauthenticated_refusals",
+            "Refusals of callers who proved nothing (bad CI tokens), and of the HTTP layer (heads too large, connections over the cap)",
+            unauthenticated_refusals.clone(),
+        );
         registry.register(
             "undecodable_records",
             "Decision records a reader could not decode (findings: a record analysis never saw)",
@@ -123,6 +140,7 @@ impl Default for Metrics {
             alerts_dropped,
             undecodable_records,
             analysis_stale,
+            unauthenticated_refusals,
             decision_seconds,
             issue_seconds,
             log_write_seconds,
@@ -155,6 +173,16 @@ impl Metrics {
         self.undecodable_records
             .get_or_create(&ReaderLabel {
                 reader: reader.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a refusal of an unauthenticated caller.
+    pub fn unauthenticated_refusal(&self, listener: &str, reason: &str) {
+        self.unauthenticated_refusals
+            .get_or_create(&RefusalLabel {
+                listener: listener.to_owned(),
+                reason: reason.to_owned(),
             })
             .inc();
     }

@@ -270,6 +270,8 @@ pub struct Broker {
     pub identity_limiter: DefaultKeyedRateLimiter<String>,
     /// CI requests per client address (before any token work or log write).
     pub ci_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// Refusals of unauthenticated callers, counted per window.
+    pub refusals: crate::refusals::RefusalTally,
     /// CI issuers' keys, cached across reloads.
     pub ci_verifier: crate::ci::verify::CiVerifier,
     /// Prometheus metrics.
@@ -425,6 +427,7 @@ impl Broker {
             node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
             identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),
             ci_limiter: RateLimiter::keyed(Quota::per_second(per_ci_address)),
+            refusals: crate::refusals::RefusalTally::default(),
             ci_verifier: crate::ci::verify::CiVerifier::default(),
             metrics: crate::metrics::Metrics::default(),
             analysis,
@@ -613,6 +616,59 @@ impl Broker {
             .map_err(|e| e.to_string())?;
         checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())?;
         Ok(statement)
+    }
+
+    /// Counts a refusal of an unauthenticated caller (see
+    /// [`crate::refusals`]): in the metric at once, in the log with the
+    /// window's record.
+    pub fn refused_unauthenticated(
+        &self,
+        listener: &'static str,
+        reason: &'static str,
+        client: std::net::IpAddr,
+        request_id: &str,
+        message: &str,
+    ) {
+        self.metrics.unauthenticated_refusal(listener, reason);
+        let now = now_ms();
+        self.refusals
+            .count(listener, reason, now, || crate::refusals::Sample {
+                request_id: request_id.to_owned(),
+                time_ms: now,
+                client: client.to_string(),
+                reason,
+                message: crate::http::excerpt(message),
+            });
+    }
+
+    /// Writes the refusal window's record, every `window`. A window whose
+    /// record cannot be written is carried into the next.
+    pub async fn refusal_writer(self: Arc<Self>, window: Duration) {
+        let mut tick = tokio::time::interval(window);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(taken) = self.refusals.take(now_ms()) else {
+                continue;
+            };
+            let entry = crate::log::LogEntry {
+                time_ms: now_ms(),
+                kind: crate::log::RecordKind::Decision,
+                request_id: crate::ids::random_id("req"),
+                identity: None,
+                grant: None,
+                node: None,
+                outcome: Some("deny".into()),
+                body: taken.body(),
+            };
+            if let Err(e) = crate::pipeline::record(&self, entry).await {
+                tracing::error!(
+                    code = e.code,
+                    "the refusal window could not be logged; carried over"
+                );
+                self.refusals.restore(taken);
+            }
+        }
     }
 
     /// Checkpoints the head every `interval` (records since the last checkpoint only).

@@ -142,6 +142,8 @@ fn github_claims(iss: &str, jti: &str) -> Value {
 fn ci_config(issuer: &str) -> String {
     format!(
         r#"
+[limits]
+refusal_window = "200ms"
 [ci]
 skew = "30s"
 per_address_per_second = 1000
@@ -647,18 +649,70 @@ async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
             ));
         }
     }
+    // A bearer token too large for the HTTP layer is refused there (431,
+    // no handler sees it) and still counted.
+    let huge = format!("Bearer {}", "a".repeat(500 * 1024));
+    let too_large = https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "POST",
+        "/v1/ci/credentials",
+        &[
+            ("authorization", huge.as_str()),
+            ("content-type", "application/json"),
+        ],
+        b"{}".to_vec(),
+    )
+    .await;
+    assert!(
+        too_large.as_ref().map_or(true, |r| r.status == 431),
+        "{:?}",
+        too_large.map(|r| r.status)
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     assert_eq!(leases(&broker), before, "nothing was minted");
-    let records_after = broker
-        .cli(&["logs", "--json"])
-        .stdout
-        .split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .count();
-    assert_eq!(
-        records_after - records_before,
-        cases.len(),
-        "every refusal is a record"
+    // Every refusal is in the log: one record each once the token was
+    // verified (the issuer vouched for the caller), and the callers who
+    // proved nothing counted in one record per window (with samples).
+    let mut counted = 0;
+    let mut reasons = std::collections::BTreeSet::new();
+    for _ in 0..100 {
+        let records: Vec<Value> = broker
+            .cli(&["logs", "--json"])
+            .stdout
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| serde_json::from_slice(l).unwrap())
+            .skip(records_before)
+            .collect();
+        counted = 0;
+        reasons.clear();
+        for r in &records {
+            let ci = &r["body"]["ci"];
+            if ci["refused"] == "unauthenticated" {
+                for c in ci["detail"]["counts"].as_array().unwrap() {
+                    counted += c["count"].as_u64().unwrap() as usize;
+                    reasons.insert(c["reason"].as_str().unwrap().to_owned());
+                }
+                assert!(!ci["detail"]["samples"].as_array().unwrap().is_empty());
+            } else {
+                counted += 1;
+            }
+        }
+        if counted == cases.len() + 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, cases.len() + 1, "every refusal is in the log");
+    for reason in ["bad_signature", "token_too_large", "header_too_large"] {
+        assert!(reasons.contains(reason), "{reason} in {reasons:?}");
+    }
+    let metrics = broker.admin_get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"mintguard_unauthenticated_refusals_total{listener="public",reason="header_too_large"} 1"#),
+        "{metrics}"
     );
     broker.assert_log_verifies();
 }

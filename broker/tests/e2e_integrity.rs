@@ -296,19 +296,7 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
 
 /// `GET /admin/v1/health`; the public `/healthz` says only that it lives.
 async fn health(broker: &BrokerProcess) -> Value {
-    let public = https(
-        &broker.addr("public"),
-        &broker.bundle(),
-        None,
-        "GET",
-        "/healthz",
-        &[],
-        vec![],
-    )
-    .await
-    .unwrap()
-    .body;
-    assert_eq!(public, json!({"status": "ok"}));
+    assert_eq!(health_public(broker).await, Some(json!({"status": "ok"})));
     broker.admin_get("/admin/v1/health").await.body
 }
 
@@ -720,4 +708,56 @@ async fn an_admin_change_is_never_without_its_record() {
         said.contains("1 admin action(s)"),
         "only the first is unfinished: {said}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_serves_at_most_its_connection_cap() {
+    use tokio::io::AsyncReadExt;
+    let broker = BrokerProcess::start("[limits]\nmax_connections = 2\n");
+    let addr = broker.addr("public");
+    // Two idle connections hold both slots (until their handshake times out).
+    let held = [
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+        tokio::net::TcpStream::connect(&addr).await.unwrap(),
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut third = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), third.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+        "the connection over the cap is closed at once: {read:?}"
+    );
+    let metrics = broker.admin_get("/metrics").await.text;
+    assert!(
+        metrics.contains(r#"mintguard_unauthenticated_refusals_total{listener="public",reason="connection_limit"} 1"#),
+        "{metrics}"
+    );
+    // Freed slots serve again.
+    drop(held);
+    let mut served = false;
+    for _ in 0..50 {
+        if health_public(&broker).await.is_some() {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(served);
+}
+
+/// `GET /healthz` on the public listener, if it answers.
+async fn health_public(broker: &BrokerProcess) -> Option<Value> {
+    https(
+        &broker.addr("public"),
+        &broker.bundle(),
+        None,
+        "GET",
+        "/healthz",
+        &[],
+        vec![],
+    )
+    .await
+    .ok()
+    .map(|r| r.body)
 }

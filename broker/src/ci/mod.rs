@@ -279,16 +279,11 @@ pub async fn issue(
             } else {
                 StatusCode::UNAUTHORIZED
             };
-            return Err(refuse(
-                broker,
-                status,
-                e.code,
-                e.message,
-                None,
-                &request.grant,
-                Value::Null,
-            )
-            .await);
+            // The caller proved nothing: counted into the window's record
+            // (`crate::refusals`), not a record each.
+            let request_id = random_id("req");
+            broker.refused_unauthenticated("public", e.code, client, &request_id, &e.message);
+            return Err(ApiError::new(status, e.code, e.message).with_reasons(vec![request_id]));
         }
     };
     let issuer = verified.issuer.as_str();

@@ -65,16 +65,29 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
     let node_acceptor = SpiffeAcceptor::new(&svid, &bundle, IdMatcher::nodes(&config.trust_domain))
         .map_err(|e| e.to_string())?;
     let limit = DefaultBodyLimit::max(config.limits.max_body_bytes);
+    let guard = |name: &'static str| {
+        let broker = broker.clone();
+        crate::http::ListenerGuard::new(
+            name,
+            config.limits.max_connections,
+            move |listener, reason, addr: SocketAddr| {
+                let id = crate::ids::random_id("req");
+                broker.refused_unauthenticated(listener, reason, addr.ip(), &id, "");
+            },
+        )
+    };
     tokio::spawn(crate::http::serve_tls(
         public,
         server_tls.clone(),
         public::router(broker.clone()).layer(limit),
+        guard("public"),
     ));
     let node_acceptor = Arc::new(ArcSwap::from_pointee(node_acceptor));
     tokio::spawn(crate::http::serve_mtls(
         agents,
         node_acceptor.clone(),
         agents::router(broker.clone()).layer(limit),
+        guard("agents"),
     ));
     let operator_acceptor = Arc::new(ArcSwap::from_pointee(
         SpiffeAcceptor::optional(&svid, &bundle, IdMatcher::operators(&config.trust_domain))
@@ -84,6 +97,7 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         admin,
         operator_acceptor.clone(),
         admin::router(broker.clone()).layer(limit),
+        guard("admin"),
     ));
     tokio::spawn(rotate_identity(
         broker.clone(),
@@ -92,6 +106,11 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         operator_acceptor,
     ));
     tokio::spawn(rotate_jwt_keys(broker.clone(), config.jwt.rotate_every.0));
+    tokio::spawn(
+        broker
+            .clone()
+            .refusal_writer(config.limits.refusal_window.0),
+    );
     tokio::spawn({
         let broker = broker.clone();
         async move {
