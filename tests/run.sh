@@ -13,5 +13,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 ./examples/quickstart.sh >/dev/null
 
 # Each criterion bench runs once in test mode (correctness, not timing);
-# then the whole workspace's tests, last so their summary closes the run.
+# then the whole workspace's tests.
 tests/peers.sh bash -c 'cargo test --workspace --benches --locked && cargo test --workspace --locked'
+
+# A short coverage-guided fuzzing run of every parser of untrusted input.
+tests/fuzz.sh 30

@@ -86,10 +86,29 @@ impl Peer {
     /// that binary. A process that exec'd since its connection was accepted
     /// is refused and opens a new connection, where it is attested as its
     /// new binary.
-    pub fn at_accept(pid: i32, uid: u32, gid: u32, writers: Writers) -> Result<Self, AttestError> {
+    ///
+    /// `pidfd` (`SO_PEERPIDFD`, Linux 6.5 and later) names the process that
+    /// connected, not whatever holds its pid now: it must still name `pid`
+    /// before and after the reads, so a connecting process that exited
+    /// before accept, its pid reused by another, is refused rather than
+    /// attested as the newcomer.
+    pub fn at_accept(
+        pid: i32,
+        uid: u32,
+        gid: u32,
+        writers: Writers,
+        pidfd: Option<&std::os::fd::OwnedFd>,
+    ) -> Result<Self, AttestError> {
+        let same_process = || pidfd.is_none_or(|fd| pidfd_pid(fd) == Some(pid));
+        if !same_process() {
+            return Err(AttestError::PeerGone(pid));
+        }
         let start_time = stat(pid)?.start_time;
         let link = format!("/proc/{pid}/exe");
         let meta = std::fs::metadata(&link).map_err(|e| exe_error(pid, &link, e))?;
+        if !same_process() {
+            return Err(AttestError::PeerGone(pid));
+        }
         Ok(Self {
             pid,
             uid,
@@ -99,6 +118,20 @@ impl Peer {
             writers,
         })
     }
+}
+
+/// The pid a pidfd names now, `None` once its process is gone (reaped: the
+/// kernel's fdinfo says `Pid: -1`) or the fdinfo cannot be read.
+pub fn pidfd_pid(fd: &std::os::fd::OwnedFd) -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd())).ok()?;
+    let pid: i32 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("Pid:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    (pid > 0).then_some(pid)
 }
 
 /// Why a workload could not be attested (401 with the reason).
@@ -533,8 +566,49 @@ mod tests {
             0,
             0,
             Writers::default(),
+            None,
         )
         .unwrap()
+    }
+
+    /// A process connects and exits before the agent accepts; its pid now
+    /// names another live process (here: the test itself, as if reused).
+    /// `SO_PEERPIDFD` still names the one that connected, so the newcomer
+    /// is never attested in its place.
+    #[test]
+    fn a_peer_gone_before_accept_is_refused_even_if_its_pid_is_reused() {
+        use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let status = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); s.send(b'GET')",
+            ])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let (stream, _) = listener.accept().unwrap();
+        let own = i32::try_from(std::process::id()).unwrap();
+        match getsockopt(&stream, PeerPidfd) {
+            Ok(pidfd) => {
+                assert_eq!(pidfd_pid(&pidfd), None, "the connecting process is gone");
+                assert_eq!(
+                    Peer::at_accept(own, 0, 0, Writers::default(), Some(&pidfd)),
+                    Err(AttestError::PeerGone(own))
+                );
+            }
+            // Exited and reaped before the pidfd could be taken: also gone.
+            Err(e) => assert_eq!(e, nix::errno::Errno::ESRCH, "{e}"),
+        }
+        // A live peer's pidfd names it.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let pidfd = getsockopt(&a, PeerPidfd).unwrap();
+        assert_eq!(pidfd_pid(&pidfd), Some(own));
+        assert!(Peer::at_accept(own, 0, 0, Writers::default(), Some(&pidfd)).is_ok());
+        drop(b);
     }
 
     #[test]

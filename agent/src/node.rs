@@ -50,13 +50,19 @@ fn io(path: &Path) -> impl Fn(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// Writes `bytes` to `path` with `mode` atomically (temp file, fsync, rename).
+/// Writes `bytes` to `path` with `mode` atomically (temp file, fsync,
+/// rename). The temp file is created new, never through a symlink: a stale
+/// one (a crash mid-write) is removed first, not followed.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NodeError> {
     let tmp = path.with_extension("tmp");
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&tmp)(e)),
+        _ => {}
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
         .mode(mode)
         .open(&tmp)
         .map_err(io(&tmp))?;
@@ -64,6 +70,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NodeErro
     f.sync_all().map_err(io(&tmp))?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
+    Ok(())
+}
+
+/// Refuses a directory the agent's files must not be swapped in: a
+/// symlink, one owned by another user than root or the agent's, or one
+/// others may write (group or world).
+pub fn check_private_dir(dir: &Path, what: &str) -> Result<(), NodeError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |reason: String| NodeError::Io {
+        path: dir.display().to_string(),
+        reason: format!("{what} {reason}"),
+    };
+    let meta = std::fs::symlink_metadata(dir).map_err(io(dir))?;
+    if meta.file_type().is_symlink() {
+        return Err(refuse("is a symlink; name the directory itself".into()));
+    }
+    if !meta.is_dir() {
+        return Err(refuse("is not a directory".into()));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(refuse(format!(
+            "is owned by uid {}, neither root nor the agent's uid {me}",
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(refuse(format!(
+            "is writable by its group or by anyone (mode {:o}): another user could replace its files",
+            meta.mode() & 0o7777
+        )));
+    }
     Ok(())
 }
 
@@ -97,6 +135,7 @@ impl NodeIdentity {
     pub async fn start(config: &Config) -> Result<Arc<Self>, NodeError> {
         let dir = &config.data_dir;
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        check_private_dir(dir, "the data directory")?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
         let td = config.broker_id.trust_domain().clone();
         let bundle_path = dir.join("bundle.pem");

@@ -3,7 +3,7 @@
 //! selectors and the node's facts.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -471,14 +471,8 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, 
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let meta = std::fs::metadata(parent)
-        .map_err(|e| fail(format!("parent directory {}: {e}", parent.display())))?;
-    if meta.mode() & 0o002 != 0 {
-        return Err(fail(format!(
-            "parent directory {} is world-writable: anyone could replace the socket",
-            parent.display()
-        )));
-    }
+    crate::node::check_private_dir(parent, "the socket's parent directory")
+        .map_err(|e| fail(e.to_string()))?;
     match std::fs::symlink_metadata(path) {
         Ok(m) if !m.file_type().is_socket() => {
             return Err(fail(
@@ -494,7 +488,12 @@ pub fn bind(path: &Path, mode: u32, group: Option<u32>) -> Result<UnixListener, 
         }
         Err(_) => {}
     }
-    let listener = UnixListener::bind(path).map_err(|e| fail(e.to_string()))?;
+    // Created with no permissions for anyone else, then opened up to
+    // `mode`: never connectable by others in between.
+    let previous = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = UnixListener::bind(path);
+    nix::sys::stat::umask(previous);
+    let listener = bound.map_err(|e| fail(e.to_string()))?;
     crate::stamped::pass_credentials(&listener).map_err(|e| fail(format!("SO_PASSCRED: {e}")))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|e| fail(format!("chmod: {e}")))?;
@@ -562,8 +561,14 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
         // read notes who wrote the bytes.
         let writers = crate::attest::Writers::default();
         let cred = stream.peer_cred().ok();
-        let peer =
-            cred.and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone()).ok());
+        // The connecting process itself where the kernel can name it
+        // (`SO_PEERPIDFD`, Linux 6.5+), so a pid reused before accept is
+        // not mistaken for it.
+        let pidfd =
+            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd).ok();
+        let peer = cred.and_then(|c| {
+            Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone(), pidfd.as_ref()).ok()
+        });
         // The kernel's uid even when /proc could not be read (the peer
         // exited); no credentials at all: one shared bucket (such a peer is
         // refused anyway).

@@ -1102,7 +1102,23 @@ fn the_agent_refuses_unsafe_socket_paths_and_renews_its_svid() {
     )
     .unwrap();
     let e = node.start_agent(Some(&token), "unsafe.toml").unwrap_err();
-    assert!(e.contains("world-writable"), "{e}");
+    assert!(e.contains("writable by its group or by anyone"), "{e}");
+    // Group-writable, or owned by another user, neither.
+    std::fs::set_permissions(
+        node.root().join("open"),
+        std::fs::Permissions::from_mode(0o770),
+    )
+    .unwrap();
+    let e = node.start_agent(Some(&token), "unsafe.toml").unwrap_err();
+    assert!(e.contains("writable by its group or by anyone"), "{e}");
+    std::fs::set_permissions(
+        node.root().join("open"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(node.root().join("open"), Some(4242), None).unwrap();
+    let e = node.start_agent(Some(&token), "unsafe.toml").unwrap_err();
+    assert!(e.contains("neither root nor the agent's uid"), "{e}");
     // An existing file that is not a socket is never replaced.
     std::fs::write(node.root().join("sock/file"), "keep me").unwrap();
     std::fs::write(

@@ -20,7 +20,7 @@ fn attest(c: &mut Criterion) {
         .spawn()
         .expect("spawn a workload");
     let pid = i32::try_from(child.id()).expect("pid");
-    let peer = Peer::at_accept(pid, 0, 0, Writers::default()).expect("peer");
+    let peer = Peer::at_accept(pid, 0, 0, Writers::default(), None).expect("peer");
     let attestor = Attestor::new().expect("attestor");
     attestor
         .attest(&peer)

@@ -84,6 +84,22 @@ fn select_entry<'a>(
     selectors: &[String],
     wanted: Option<&str>,
 ) -> Result<&'a Entry, ApiError> {
+    let entry = matching_entry(entries, selectors, wanted)?;
+    // An entry stored before weak entries were refused is not honoured.
+    if !Entry::pins_who(&entry.selectors) {
+        return Err(
+            ApiError::forbidden("weak_entry", crate::routes::admin::WEAK_ENTRY)
+                .with_reasons(vec![entry.id.clone()]),
+        );
+    }
+    Ok(entry)
+}
+
+fn matching_entry<'a>(
+    entries: &'a [Entry],
+    selectors: &[String],
+    wanted: Option<&str>,
+) -> Result<&'a Entry, ApiError> {
     let matching: Vec<&Entry> = entries
         .iter()
         .filter(|e| e.selectors.iter().all(|s| selectors.contains(s)))

@@ -761,3 +761,71 @@ async fn health_public(broker: &BrokerProcess) -> Option<Value> {
     .ok()
     .map(|r| r.body)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_weak_entry_stored_before_the_rule_is_not_honoured() {
+    let mut broker = BrokerProcess::start("");
+    let node = enrolled_node(&broker, "node-1").await;
+    broker.stop();
+    // An entry that pins only an executable hash, as one created before
+    // weak entries were refused would.
+    let conn = rusqlite::Connection::open(broker.data().join("broker.db")).unwrap();
+    conn.execute(
+        "INSERT INTO entries(id, spiffe_id, parent, selectors, grants, created_at_ms) VALUES ('entry-old', ?1, ?2, '[\"unix:sha256:0a1b2c\"]', '[\"payments-token\"]', 1)",
+        rusqlite::params![API, node.spiffe_id().to_string()],
+    )
+    .unwrap();
+    drop(conn);
+    broker.restart("");
+    let reply = post_json(
+        &broker.addr("agents"),
+        &broker.bundle(),
+        Some(&node),
+        "/v1/issue",
+        &json!({"selectors": ["unix:uid:4242", "unix:sha256:0a1b2c"], "request": {"grant": "payments-token"}}),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], "weak_entry");
+    assert_eq!(reply.body["error"]["reasons"], json!(["entry-old"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_renews_only_in_its_own_lineage() {
+    let broker = BrokerProcess::start("");
+    let first = enrolled_node(&broker, "node-1").await;
+    let (reply, second) = renew(&broker, &first).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let second = second.unwrap();
+    // A second holder of the first SVID (its key stolen) renews on its
+    // own: allowed once (it may be the node retrying a lost answer)...
+    let (reply, thief) = renew(&broker, &first).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    // ...and then the node's own SVID is not the last issued: the two
+    // lineages show, the renewal is refused and recorded as a detection.
+    let (refused, _) = renew(&broker, &second).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert_eq!(refused.body["error"]["code"], "stale_node_svid");
+    let anomalies = broker.cli(&["anomalies", "--json"]);
+    let detections: Vec<Value> = String::from_utf8_lossy(&anomalies.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        detections
+            .iter()
+            .any(|d| d.to_string().contains("node_svid_fork")),
+        "{detections:?}"
+    );
+    assert_eq!(broker.logs(&["--outcome", "node_svid_refused"]).len(), 1);
+    // Re-enrolling the node starts a new generation: the old lineage's
+    // SVIDs renew no more; the new one does.
+    let fresh = enrolled_node(&broker, "node-1").await;
+    let (refused, _) = renew(&broker, &thief.unwrap()).await;
+    assert_eq!(refused.body["error"]["code"], "stale_node_svid");
+    let (reply, _) = renew(&broker, &fresh).await;
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let renewed = broker.logs(&["--outcome", "node_svid_renewed"]);
+    assert_eq!(renewed.last().unwrap()["body"]["generation"], 2);
+    broker.assert_log_verifies();
+}

@@ -15,8 +15,8 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, RequestState, SignalRecord,
-    SpendOp, Store, StoreError, SuspensionRecord,
+    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, NodeRenewal, RequestState,
+    SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -1241,6 +1241,87 @@ async fn approvals_change_only_by_compare_and_set(store: Arc<dyn Store>) {
     assert!(store.approvals(1_000).await.unwrap().is_empty());
 }
 
+async fn node_svids_renew_only_in_their_lineage(store: Arc<dyn Store>) {
+    let node = "spiffe://example.org/mintguard/node/n1";
+    let renewed = |generation| NodeRenewal::Renewed { generation };
+    let stale = |generation| NodeRenewal::Stale { generation };
+    assert_eq!(store.node_enrolled(node, "s1", 1).await.unwrap(), 1);
+    // The current SVID renews; so does the one last issued (an answer
+    // lost: the node still holds s1 and retries), and using it makes it
+    // current.
+    assert_eq!(
+        store.node_renewed(node, "s1", "s2", 2).await.unwrap(),
+        renewed(1)
+    );
+    assert_eq!(
+        store.node_renewed(node, "s1", "s3", 3).await.unwrap(),
+        renewed(1)
+    );
+    assert_eq!(
+        store.node_renewed(node, "s3", "s4", 4).await.unwrap(),
+        renewed(1)
+    );
+    // s1 is no longer current, nor the last issued: another lineage.
+    assert_eq!(
+        store.node_renewed(node, "s1", "x1", 5).await.unwrap(),
+        stale(1)
+    );
+    assert_eq!(
+        store.node_renewed(node, "s2", "x2", 5).await.unwrap(),
+        stale(1)
+    );
+    // Two holders racing from one SVID: one wins, the loser's next
+    // renewal (from the SVID it got, no longer the last issued) is stale.
+    let tasks: Vec<_> = ["a", "b"]
+        .into_iter()
+        .map(|k| {
+            let store = store.clone();
+            tokio::spawn(async move { store.node_renewed(node, "s4", k, 6).await.unwrap() })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), renewed(1));
+    }
+    let (won, lost) = match store.node_renewed(node, "a", "a2", 7).await.unwrap() {
+        NodeRenewal::Renewed { .. } => ("a2", "b"),
+        NodeRenewal::Stale { .. } => ("b2", "a"),
+    };
+    if won == "b2" {
+        assert_eq!(
+            store.node_renewed(node, "b", "b2", 7).await.unwrap(),
+            renewed(1)
+        );
+    }
+    assert_eq!(
+        store.node_renewed(node, won, "w", 8).await.unwrap(),
+        renewed(1)
+    );
+    assert_eq!(
+        store.node_renewed(node, lost, "l", 8).await.unwrap(),
+        stale(1)
+    );
+    // Re-enrolling starts a new generation: the old lineage is stale.
+    assert_eq!(store.node_enrolled(node, "e1", 9).await.unwrap(), 2);
+    assert_eq!(
+        store.node_renewed(node, "w", "z", 10).await.unwrap(),
+        stale(2)
+    );
+    assert_eq!(
+        store.node_renewed(node, "e1", "e2", 10).await.unwrap(),
+        renewed(2)
+    );
+    // A node enrolled before lineages were kept starts one when it renews.
+    let old = "spiffe://example.org/mintguard/node/old";
+    assert_eq!(
+        store.node_renewed(old, "o1", "o2", 11).await.unwrap(),
+        renewed(1)
+    );
+    assert_eq!(
+        store.node_renewed(old, "zz", "o3", 12).await.unwrap(),
+        stale(1)
+    );
+}
+
 macro_rules! conformance {
     ($($name:ident),* $(,)?) => {
         mod sqlite {
@@ -1280,4 +1361,5 @@ conformance!(
     pruning_keeps_a_verifiable_base,
     ci_jtis_are_single_use_until_they_expire,
     approvals_change_only_by_compare_and_set,
+    node_svids_renew_only_in_their_lineage,
 );

@@ -83,6 +83,7 @@ pub struct SpiffePeer {
     id: SpiffeId,
     not_before: time::OffsetDateTime,
     not_after: time::OffsetDateTime,
+    serial: String,
 }
 
 impl SpiffePeer {
@@ -91,7 +92,13 @@ impl SpiffePeer {
             id: info.spiffe_id,
             not_before: info.not_before,
             not_after: info.not_after,
+            serial: info.serial,
         }
+    }
+
+    /// The serial number of the peer's SVID (hex, as [`SvidInfo::serial`]).
+    pub fn serial(&self) -> &str {
+        &self.serial
     }
 
     /// The verified SPIFFE ID.

@@ -346,19 +346,10 @@ async fn create_token(
     }))
 }
 
-/// Selectors the agent can prove, and the ones an entry must hold one of.
-/// Selectors that say *who* runs a workload and that a local user cannot
-/// take on: an entry needs one. An executable hash alone is not enough —
-/// any local user can run that binary (under LD_PRELOAD, or ptraced) — so
-/// `unix:sha256` must stand beside a uid, gid or user, or beside a
-/// container or Kubernetes selector the runtime sets.
-const STRONG: &[&str] = &[
-    "unix:uid:",
-    "unix:gid:",
-    "unix:user:",
-    "cgroup:container_id:",
-    "k8s:sa:",
-];
+/// Why an entry without a selector saying who runs the workload is refused.
+pub const WEAK_ENTRY: &str = "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)";
+
+/// Selectors the agent can prove.
 const KNOWN: &[&str] = &[
     "unix:uid:",
     "unix:gid:",
@@ -413,15 +404,8 @@ async fn create_entry(
             ));
         }
     }
-    if !req
-        .selectors
-        .iter()
-        .any(|s| STRONG.iter().any(|k| s.starts_with(k)))
-    {
-        return Err(ApiError::bad_request(
-            "weak_entry",
-            "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)",
-        ));
+    if !Entry::pins_who(&req.selectors) {
+        return Err(ApiError::bad_request("weak_entry", WEAK_ENTRY));
     }
     if let Some(g) = req.grants.iter().find(|g| !config.grants.contains_key(*g)) {
         return Err(ApiError::bad_request(

@@ -15,6 +15,7 @@ use time::OffsetDateTime;
 use crate::http::{ApiError, Json};
 use crate::pipeline::{self, random_id};
 use crate::state::Broker;
+use crate::store::NodeRenewal;
 
 /// The agents router.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -55,6 +56,63 @@ async fn entries(
     ))
 }
 
+/// Records a renewal refused as stale, and the detection it is: two
+/// lineages of one node (a stolen key renewing on its own) or an SVID of an
+/// enrollment the node has since replaced.
+async fn refuse_stale(
+    broker: &Broker,
+    node: &str,
+    peer: &SpiffePeer,
+    issued: &mintguard_certs::svid::SvidInfo,
+    generation: i64,
+) -> Result<(), ApiError> {
+    let request_id = random_id("req");
+    let evidence = serde_json::json!({
+        "presented_serial": peer.serial(),
+        "presented_svid_expires_at": peer.not_after().unix_timestamp(),
+        "renewing_key_sha256": issued.key_sha256,
+        "generation": generation,
+    });
+    let record = |outcome: &str, body: serde_json::Value| crate::log::LogEntry {
+        time_ms: crate::state::now_ms(),
+        kind: crate::log::RecordKind::Admin,
+        request_id: request_id.clone(),
+        identity: None,
+        grant: None,
+        node: Some(node.to_owned()),
+        outcome: Some(outcome.to_owned()),
+        body,
+    };
+    pipeline::record(
+        broker,
+        record(
+            "node_svid_refused",
+            serde_json::json!({"action": "node_svid_refused", "node": node, "reason": "stale_node_svid", "evidence": evidence}),
+        ),
+    )
+    .await?;
+    tracing::warn!(
+        node,
+        serial = peer.serial(),
+        "a renewal from outside the node's SVID lineage was refused"
+    );
+    pipeline::record(
+        broker,
+        record(
+            "detection",
+            serde_json::json!({
+                "subject": {"kind": "issuer", "id": node},
+                "score": 100,
+                "detectors": [{"detector": "node_svid_fork", "score": 100}],
+                "evidence": evidence,
+                "response": "observe",
+                "triggered_by": request_id,
+            }),
+        ),
+    )
+    .await
+}
+
 async fn renew(
     State(broker): State<Arc<Broker>>,
     Extension(peer): Extension<SpiffePeer>,
@@ -92,11 +150,29 @@ async fn renew(
             .to_pem();
         (cert, info, bundle_pem)
     };
+    // Only the node's own lineage renews: its current SVID or the one last
+    // issued to it. Anything else is an SVID of an earlier enrollment or a
+    // second holder of the node's key — refused, and a detection.
+    let node = peer.id().to_string();
+    let now_ms = crate::state::now_ms();
+    let lineage = broker
+        .store
+        .node_renewed(&node, peer.serial(), &info.serial, now_ms)
+        .await?;
+    let generation = match lineage {
+        NodeRenewal::Renewed { generation } => generation,
+        NodeRenewal::Stale { generation } => {
+            refuse_stale(&broker, &node, &peer, &info, generation).await?;
+            return Err(ApiError::forbidden(
+                "stale_node_svid",
+                "this SVID is not the node's current one (the node re-enrolled, or another key renewed it): enroll again",
+            ));
+        }
+    };
     // Every renewal is a record (no record, no SVID): which key renewed,
     // which SVID presented it, and the new SVID's serial.
-    let node = peer.id().to_string();
     let entry = crate::log::LogEntry {
-        time_ms: crate::state::now_ms(),
+        time_ms: now_ms,
         kind: crate::log::RecordKind::Admin,
         request_id: random_id("req"),
         identity: None,
@@ -109,7 +185,9 @@ async fn renew(
             "serial": info.serial,
             "key_sha256": info.key_sha256,
             "svid_expires_at": info.not_after.unix_timestamp(),
+            "presented_serial": peer.serial(),
             "presented_svid_expires_at": peer.not_after().unix_timestamp(),
+            "generation": generation,
         }),
     };
     pipeline::record(&broker, entry).await?;

@@ -87,6 +87,11 @@ async fn enroll(
     };
     let info = mintguard_certs::svid::SvidInfo::parse(&cert)
         .map_err(|e| ApiError::unavailable("ca_failed", "CA failed", e))?;
+    // A new lineage: SVIDs of the node's earlier enrollments renew no more.
+    let generation = broker
+        .store
+        .node_enrolled(&node_id.to_string(), &info.serial, now)
+        .await?;
     let entry = LogEntry {
         time_ms: now,
         kind: RecordKind::Admin,
@@ -95,7 +100,7 @@ async fn enroll(
         grant: None,
         node: Some(node_id.to_string()),
         outcome: Some("node_enrolled".into()),
-        body: json!({"action": "node_enrolled", "node": node_id.to_string(), "serial": info.serial, "key_sha256": info.key_sha256, "svid_expires_at": info.not_after.unix_timestamp()}),
+        body: json!({"action": "node_enrolled", "node": node_id.to_string(), "serial": info.serial, "key_sha256": info.key_sha256, "svid_expires_at": info.not_after.unix_timestamp(), "generation": generation}),
     };
     crate::pipeline::record(&broker, entry).await?;
     Ok(axum::Json(SvidResponse {

@@ -147,6 +147,29 @@ pub(crate) const LEASE_INDEXES: &str = "DROP INDEX leases_identity;
      CREATE INDEX leases_to_expire ON leases(expires_at_ms) WHERE revocation = 'effective' AND revoked_at_ms IS NULL;
      CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind <> 'jwt' AND revoked_at_ms IS NULL;";
 
+/// Migration 7 (both stores): each node's SVID lineage — the serial it
+/// renews with, the one last issued to it, and its enrollment generation.
+pub(crate) const NODE_SVIDS: &str =
+    "CREATE TABLE node_svids (node TEXT PRIMARY KEY, serial TEXT NOT NULL, new_serial TEXT,
+    generation BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);";
+
+/// What a node SVID renewal found of the node's lineage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodeRenewal {
+    /// The SVID presented is the node's own (its current one, or the one
+    /// last issued to it): renewed, in enrollment `generation`.
+    Renewed {
+        /// The node's enrollment generation.
+        generation: i64,
+    },
+    /// The SVID presented is neither: an SVID of an earlier enrollment, or
+    /// a second holder of the node's key renewing on its own (a fork).
+    Stale {
+        /// The node's current enrollment generation.
+        generation: i64,
+    },
+}
+
 /// Whose live leases [`LeaseQuery::Live`] returns.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LeaseOwner {
@@ -325,6 +348,29 @@ pub struct Entry {
     pub grants: Vec<String>,
     /// Created, ms since the epoch.
     pub created_at_ms: i64,
+}
+
+/// Selectors that say *who* runs a workload and that a local user cannot
+/// take on: an entry needs one. An executable hash alone is not enough —
+/// any local user can run that binary (under LD_PRELOAD, or ptraced) — so
+/// `unix:sha256` must stand beside a uid, gid or user, or beside a
+/// container or Kubernetes selector the runtime sets.
+const PINS_WHO: &[&str] = &[
+    "unix:uid:",
+    "unix:gid:",
+    "unix:user:",
+    "cgroup:container_id:",
+    "k8s:sa:",
+];
+
+impl Entry {
+    /// Whether `selectors` hold one that says who runs the workload
+    /// ([`PINS_WHO`]); an entry without one is weak.
+    pub fn pins_who(selectors: &[String]) -> bool {
+        selectors
+            .iter()
+            .any(|s| PINS_WHO.iter().any(|k| s.starts_with(k)))
+    }
 }
 
 /// A suspension of an identity or issuer.
@@ -523,6 +569,22 @@ pub trait Store: Send + Sync {
     ) -> Result<()>;
     /// Consumes a join token once: the node name if it was unused and unexpired.
     async fn consume_join_token(&self, token_hash: &str, now_ms: i64) -> Result<Option<String>>;
+    /// `node` enrolled with an SVID of `serial`: its lineage starts over and
+    /// its generation advances (returned), so no SVID of an earlier
+    /// enrollment renews again.
+    async fn node_enrolled(&self, node: &str, serial: &str, now_ms: i64) -> Result<i64>;
+    /// `node`, presenting the SVID `presented`, renews to `new`: allowed,
+    /// in one conditional write, when `presented` is its current SVID or the
+    /// one last issued to it (whose answer may have been lost; using it
+    /// makes it current). A node enrolled before lineages were kept starts
+    /// one with `presented`.
+    async fn node_renewed(
+        &self,
+        node: &str,
+        presented: &str,
+        new: &str,
+        now_ms: i64,
+    ) -> Result<NodeRenewal>;
     /// Records a CI token's `jti` (`key` = issuer and jti) until
     /// `expires_at_ms`: true the first time, false if it was seen and has
     /// not expired (a replay). Expired entries are swept as it goes.

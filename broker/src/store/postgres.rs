@@ -21,8 +21,8 @@ use tokio_postgres::{Client, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, Result, SpendOp, SqlValue, Store,
-    StoreError, SuspensionRecord, bucket_params, cost_milli,
+    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
+    Store, StoreError, SuspensionRecord, bucket_params, cost_milli,
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
@@ -180,6 +180,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE INDEX approvals_created ON approvals(created_at_ms);",
     ),
     (6, super::LEASE_INDEXES),
+    (7, super::NODE_SVIDS),
 ];
 
 /// Serializes migrations across replicas starting at once.
@@ -926,6 +927,64 @@ impl Store for PostgresStore {
             .await
             .map_err(map_pg)?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn node_enrolled(&self, node: &str, serial: &str, now_ms: i64) -> Result<i64> {
+        let row = self
+            .client()
+            .await?
+            .query_one(
+                "INSERT INTO node_svids(node, serial, new_serial, generation, updated_at_ms) VALUES ($1, $2, NULL, 1, $3) ON CONFLICT (node) DO UPDATE SET serial = excluded.serial, new_serial = NULL, generation = node_svids.generation + 1, updated_at_ms = excluded.updated_at_ms RETURNING generation",
+                &[&node, &serial, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.get(0))
+    }
+
+    async fn node_renewed(
+        &self,
+        node: &str,
+        presented: &str,
+        new: &str,
+        now_ms: i64,
+    ) -> Result<NodeRenewal> {
+        let client = self.client().await?;
+        let renew = || async {
+            client
+                .query_opt(
+                    "UPDATE node_svids SET serial = CASE WHEN new_serial = $2 THEN new_serial ELSE serial END, new_serial = $3, updated_at_ms = $4 WHERE node = $1 AND (serial = $2 OR new_serial = $2) RETURNING generation",
+                    &[&node, &presented, &new, &now_ms],
+                )
+                .await
+                .map_err(map_pg)
+                .map(|row| row.map(|r| r.get::<_, i64>(0)))
+        };
+        if let Some(generation) = renew().await? {
+            return Ok(NodeRenewal::Renewed { generation });
+        }
+        // No lineage yet (enrolled before they were kept): it starts with
+        // the SVID presented (once, across replicas).
+        client
+            .execute(
+                "INSERT INTO node_svids(node, serial, new_serial, generation, updated_at_ms) VALUES ($1, $2, NULL, 1, $3) ON CONFLICT (node) DO NOTHING",
+                &[&node, &presented, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        if let Some(generation) = renew().await? {
+            return Ok(NodeRenewal::Renewed { generation });
+        }
+        let row = client
+            .query_one(
+                "SELECT generation FROM node_svids WHERE node = $1",
+                &[&node],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(NodeRenewal::Stale {
+            generation: row.get(0),
+        })
     }
 
     async fn consume_ci_jti(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool> {

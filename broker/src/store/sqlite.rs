@@ -13,8 +13,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, Result, SpendOp, SqlValue, Store,
-    StoreError, SuspensionRecord, bucket_params, cost_milli,
+    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
+    Store, StoreError, SuspensionRecord, bucket_params, cost_milli,
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
@@ -68,6 +68,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
          CREATE INDEX approvals_created ON approvals(created_at_ms);",
     ),
     (6, super::LEASE_INDEXES),
+    (7, super::NODE_SVIDS),
 ];
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -928,6 +929,61 @@ impl Store for SqliteStore {
                 )
                 .optional()
                 .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn node_enrolled(&self, node: &str, serial: &str, now_ms: i64) -> Result<i64> {
+        let (node, serial) = (node.to_owned(), serial.to_owned());
+        self.write(move |w| {
+            w.conn
+                .query_row(
+                    "INSERT INTO node_svids(node, serial, new_serial, generation, updated_at_ms) VALUES (?1, ?2, NULL, 1, ?3) ON CONFLICT (node) DO UPDATE SET serial = excluded.serial, new_serial = NULL, generation = node_svids.generation + 1, updated_at_ms = excluded.updated_at_ms RETURNING generation",
+                    params![node, serial, now_ms],
+                    |r| r.get(0),
+                )
+                .map_err(map_sql)
+        })
+        .await
+    }
+
+    async fn node_renewed(
+        &self,
+        node: &str,
+        presented: &str,
+        new: &str,
+        now_ms: i64,
+    ) -> Result<NodeRenewal> {
+        let (node, presented, new) = (node.to_owned(), presented.to_owned(), new.to_owned());
+        self.write(move |w| {
+            let renew = |c: &Connection| {
+                c.query_row(
+                    "UPDATE node_svids SET serial = CASE WHEN new_serial = ?2 THEN new_serial ELSE serial END, new_serial = ?3, updated_at_ms = ?4 WHERE node = ?1 AND (serial = ?2 OR new_serial = ?2) RETURNING generation",
+                    params![node, presented, new, now_ms],
+                    |r| r.get::<_, i64>(0),
+                )
+                .optional()
+                .map_err(map_sql)
+            };
+            if let Some(generation) = renew(&w.conn)? {
+                return Ok(NodeRenewal::Renewed { generation });
+            }
+            // No lineage yet (enrolled before they were kept): it starts
+            // with the SVID presented.
+            w.conn
+                .execute(
+                    "INSERT INTO node_svids(node, serial, new_serial, generation, updated_at_ms) VALUES (?1, ?2, NULL, 1, ?3) ON CONFLICT (node) DO NOTHING",
+                    params![node, presented, now_ms],
+                )
+                .map_err(map_sql)?;
+            if let Some(generation) = renew(&w.conn)? {
+                return Ok(NodeRenewal::Renewed { generation });
+            }
+            let generation = w
+                .conn
+                .query_row("SELECT generation FROM node_svids WHERE node = ?1", [&node], |r| r.get(0))
+                .map_err(map_sql)?;
+            Ok(NodeRenewal::Stale { generation })
         })
         .await
     }
