@@ -561,6 +561,15 @@ async fn the_negative_corpus_mints_nothing_and_is_all_logged() {
             "malformed_token",
         ),
         (
+            "a claim named as the JSON reader's own",
+            issuer.sign(
+                &with("n13b", &|c| c["$serde_json::private::RawValue"] = json!({})),
+                |_| {},
+            ),
+            401,
+            "bad_claims",
+        ),
+        (
             "claim of the wrong type",
             issuer.sign(&with("n13", &|c| c["exp"] = json!("tomorrow")), |_| {}),
             401,

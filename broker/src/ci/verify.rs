@@ -117,8 +117,11 @@ fn depth_and_sizes(v: &Value, depth: usize) -> bool {
         Value::Array(a) => a.len() <= MAX_CLAIMS && a.iter().all(|x| depth_and_sizes(x, depth + 1)),
         Value::Object(o) => {
             o.len() <= MAX_CLAIMS
-                && o.iter()
-                    .all(|(k, x)| k.len() <= 256 && depth_and_sizes(x, depth + 1))
+                && o.iter().all(|(k, x)| {
+                    k.len() <= 256
+                        && !k.starts_with(crate::log::jcs::RESERVED_KEY_PREFIX)
+                        && depth_and_sizes(x, depth + 1)
+                })
         }
         _ => true,
     }
@@ -175,7 +178,7 @@ impl Unverified {
         if !unverified.is_object() || !depth_and_sizes(&unverified, 0) {
             return Err(refuse(
                 "bad_claims",
-                "claims exceed the size or nesting limits",
+                "claims exceed the size or nesting limits, or use a name the JSON reader reserves",
             ));
         }
         for (claim, number) in [

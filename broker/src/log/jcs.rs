@@ -120,11 +120,43 @@ fn write_value(out: &mut String, value: &Value) {
 /// insert, only for the members to be sorted again here. Shapes the direct
 /// writer does not take (128-bit integers, non-string map keys other than
 /// integers and booleans, raw JSON) go through the `Value` path.
+///
+/// A map key serde_json reserves for itself (`$serde_json::private::…`) is
+/// an error: serde_json's own readers take an object whose first member has
+/// such a name for one of its private types and fail on it, so a record
+/// holding one would be unreadable — found by fuzzing (`fuzz/fuzz_targets/
+/// jcs.rs`). Such a record is never written.
 pub fn to_canonical<T: Serialize + ?Sized>(value: &T) -> Result<String, serde_json::Error> {
     let mut out = String::with_capacity(1024);
     match value.serialize(Canon { out: &mut out }) {
         Ok(()) => Ok(out),
-        Err(Unsupported) => serde_json::to_value(value).map(|v| to_string(&v)),
+        Err(Unsupported) => {
+            let value = serde_json::to_value(value)?;
+            if let Some(key) = reserved_key(&value) {
+                return Err(ser::Error::custom(format!(
+                    "the map key {key:?} is reserved by the JSON reader"
+                )));
+            }
+            Ok(to_string(&value))
+        }
+    }
+}
+
+/// The prefix of the map keys serde_json reserves for its private types.
+pub const RESERVED_KEY_PREFIX: &str = "$serde_json::private::";
+
+/// The first map key in `value` that serde_json reserves, if any.
+pub fn reserved_key(value: &Value) -> Option<&str> {
+    match value {
+        Value::Array(items) => items.iter().find_map(reserved_key),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.starts_with(RESERVED_KEY_PREFIX) {
+                Some(k.as_str())
+            } else {
+                reserved_key(v)
+            }
+        }),
+        _ => None,
     }
 }
 
@@ -530,8 +562,15 @@ impl ser::Serializer for KeyCanon {
     key_as_text!(
         serialize_bool: bool, serialize_i8: i8, serialize_i16: i16, serialize_i32: i32,
         serialize_i64: i64, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
-        serialize_u64: u64, serialize_char: char, serialize_str: &str,
+        serialize_u64: u64, serialize_char: char,
     );
+    fn serialize_str(self, v: &str) -> Result<String, Unsupported> {
+        // A reserved key goes the `Value` path, which refuses it.
+        if v.starts_with(RESERVED_KEY_PREFIX) {
+            return Err(Unsupported);
+        }
+        Ok(v.to_owned())
+    }
     key_unsupported!(
         serialize_i128: i128, serialize_u128: u128, serialize_f32: f32, serialize_f64: f64,
         serialize_bytes: &[u8], serialize_none, serialize_unit,
@@ -619,6 +658,28 @@ mod tests {
 
     /// 2^53: up to here, an integer's exact form is also RFC 8785's.
     const EXACT: i64 = 1 << 53;
+
+    /// Found by fuzzing: an object whose first member (after sorting) has a
+    /// name serde_json reserves cannot be read back, so no canonical form
+    /// of one is produced — directly, through a map, or nested.
+    #[test]
+    fn a_key_the_json_reader_reserves_is_refused() {
+        let value = json!({"6": {}, "$serde_json::private::RawValue": {}});
+        let written = to_string(&value);
+        assert!(
+            serde_json::from_str::<Value>(&written).is_err(),
+            "{written}"
+        );
+        assert!(to_canonical(&value).is_err());
+        let mut claims = std::collections::BTreeMap::new();
+        claims.insert("$serde_json::private::Number", 1);
+        assert!(to_canonical(&claims).is_err(), "the direct writer");
+        assert!(
+            to_canonical(&json!({"a": [{"b": claims}]})).is_err(),
+            "nested"
+        );
+        assert_eq!(reserved_key(&json!({"x": [{"y": 1}]})), None);
+    }
 
     fn arb_value() -> impl Strategy<Value = Value> {
         arb_value_with(any::<i64>().boxed(), any::<u64>().boxed())
