@@ -564,9 +564,12 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
         // The connecting process itself where the kernel can name it
         // (`SO_PEERPIDFD`, Linux 6.5+), so a pid reused before accept is
         // not mistaken for it.
-        let pidfd =
-            nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd).ok();
-        let peer = cred.and_then(|c| {
+        // A kernel without it says ENOPROTOOPT (the pid alone is then
+        // checked); any other error means the peer is already gone.
+        let pidfd = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd);
+        let gone = matches!(&pidfd, Err(e) if *e != nix::errno::Errno::ENOPROTOOPT);
+        let pidfd = pidfd.ok();
+        let peer = cred.filter(|_| !gone).and_then(|c| {
             Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone(), pidfd.as_ref()).ok()
         });
         // The kernel's uid even when /proc could not be read (the peer

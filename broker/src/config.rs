@@ -335,6 +335,8 @@ pub struct LimitsConfig {
     /// Connections each listener serves at once; more are closed at accept
     /// (and counted). Default 4096.
     pub max_connections: usize,
+    /// Of those, connections one client address may hold. Default 256.
+    pub max_connections_per_address: usize,
     /// Refusals of unauthenticated callers are counted over this window and
     /// written as one record per window (see `refusals`). Default 10 s.
     pub refusal_window: Dur,
@@ -347,6 +349,7 @@ impl Default for LimitsConfig {
             per_identity_per_second: 100,
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
+            max_connections_per_address: 256,
             refusal_window: Dur(Duration::from_secs(10)),
         }
     }
@@ -915,6 +918,14 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&raw.limits.max_connections) {
             return Err(err("limits.max_connections", "must be 1..=1000000".into()));
+        }
+        if raw.limits.max_connections_per_address == 0
+            || raw.limits.max_connections_per_address > raw.limits.max_connections
+        {
+            return Err(err(
+                "limits.max_connections_per_address",
+                "must be 1..=max_connections".into(),
+            ));
         }
         let window = raw.limits.refusal_window.0;
         if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {

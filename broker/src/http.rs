@@ -197,7 +197,32 @@ pub const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1
 pub struct ListenerGuard {
     name: &'static str,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Slots held per client address: one address (an attacker opening
+    /// idle connections before any handshake) cannot take them all.
+    per_address: usize,
+    by_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     on_refusal: Arc<dyn Fn(&'static str, &'static str, SocketAddr) + Send + Sync>,
+}
+
+/// A connection's slot: given back (to the listener and to its address)
+/// when the connection ends.
+pub struct Slot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    address: std::net::IpAddr,
+    by_address: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Ok(mut held) = self.by_address.lock()
+            && let Some(n) = held.get_mut(&self.address)
+        {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.address);
+            }
+        }
+    }
 }
 
 impl ListenerGuard {
@@ -206,23 +231,41 @@ impl ListenerGuard {
     pub fn new(
         name: &'static str,
         max_connections: usize,
+        per_address: usize,
         on_refusal: impl Fn(&'static str, &'static str, SocketAddr) + Send + Sync + 'static,
     ) -> Self {
         Self {
             name,
             slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            per_address,
+            by_address: Arc::default(),
             on_refusal: Arc::new(on_refusal),
         }
     }
 
     /// A slot for a connection from `addr`, or `None` (refused, counted)
-    /// when all are taken.
-    fn admit(&self, addr: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        let permit = self.slots.clone().try_acquire_owned().ok();
-        if permit.is_none() {
+    /// when all are taken or its address holds its share.
+    fn admit(&self, addr: SocketAddr) -> Option<Slot> {
+        let address = addr.ip().to_canonical();
+        let Ok(permit) = self.slots.clone().try_acquire_owned() else {
             self.refused("connection_limit", addr);
+            return None;
+        };
+        {
+            let mut held = self.by_address.lock().ok()?;
+            let n = held.entry(address).or_insert(0);
+            if *n >= self.per_address {
+                drop(held);
+                self.refused("address_connection_limit", addr);
+                return None;
+            }
+            *n += 1;
         }
-        permit
+        Some(Slot {
+            _permit: permit,
+            address,
+            by_address: self.by_address.clone(),
+        })
     }
 
     fn refused(&self, reason: &'static str, addr: SocketAddr) {

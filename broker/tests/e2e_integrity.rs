@@ -711,9 +711,11 @@ async fn an_admin_change_is_never_without_its_record() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_serves_at_most_its_connection_cap() {
+async fn one_address_holds_at_most_its_share_of_a_listeners_connections() {
     use tokio::io::AsyncReadExt;
-    let broker = BrokerProcess::start("[limits]\nmax_connections = 2\n");
+    // One address may hold 2 of the listener's 8 slots.
+    let broker =
+        BrokerProcess::start("[limits]\nmax_connections = 8\nmax_connections_per_address = 2\n");
     let addr = broker.addr("public");
     // Two idle connections hold both slots (until their handshake times out).
     let held = [
@@ -730,7 +732,7 @@ async fn a_listener_serves_at_most_its_connection_cap() {
     );
     let metrics = broker.admin_get("/metrics").await.text;
     assert!(
-        metrics.contains(r#"mintguard_unauthenticated_refusals_total{listener="public",reason="connection_limit"} 1"#),
+        metrics.contains(r#"mintguard_unauthenticated_refusals_total{listener="public",reason="address_connection_limit"} 1"#),
         "{metrics}"
     );
     // Freed slots serve again.

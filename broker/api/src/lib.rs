@@ -68,9 +68,17 @@ pub fn is_id(s: &str) -> bool {
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Unicode format characters that reorder or hide text on a terminal
+/// (bidirectional overrides and isolates, zero-width characters, the BOM).
+fn is_invisible_format(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
 /// Checks free text that reaches records and policies: at most `max` bytes,
 /// no control characters (NUL among them: PostgreSQL text cannot hold it,
-/// and a log line should not carry terminal escapes).
+/// and a log line should not carry terminal escapes) and no invisible
+/// format characters (bidirectional overrides, zero-width: they disguise
+/// what an operator reads).
 pub fn check_text(code: &'static str, field: &str, s: &str, max: usize) -> Result<(), InputError> {
     if s.len() > max {
         return Err(input_error(
@@ -78,7 +86,7 @@ pub fn check_text(code: &'static str, field: &str, s: &str, max: usize) -> Resul
             format!("{field} is {} bytes, at most {max} allowed", s.len()),
         ));
     }
-    if s.chars().any(char::is_control) {
+    if s.chars().any(|c| c.is_control() || is_invisible_format(c)) {
         return Err(input_error(
             code,
             format!("{field} holds a control character"),

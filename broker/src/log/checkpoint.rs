@@ -251,6 +251,12 @@ impl Checkpoint {
 /// never completed, so nothing else holds it — and the cut is logged;
 /// otherwise every later line would sit behind a malformed one.
 pub fn export(path: &Path, checkpoint: &Checkpoint) -> Result<(), CheckpointError> {
+    // One export at a time in this process: another's line still being
+    // written must never look torn to this one's tail check.
+    static EXPORTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = EXPORTING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let io = |source| CheckpointError::Io {
         path: path.to_path_buf(),
         source,

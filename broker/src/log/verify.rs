@@ -310,8 +310,15 @@ impl<'a> ChainVerifier<'a> {
                 self.intents.remove(&record.entry.request_id);
             }
         }
+        // The prune's record, or its intent (written before the delete, so
+        // a crash before the outcome still leaves the prune accounted for).
+        let prune_record = match record.entry.outcome.as_deref() {
+            Some("log_pruned") => true,
+            Some("admin_intent") => record.entry.body["action"] == "log_pruned",
+            _ => false,
+        };
         if let Some(seq) = self.base
-            && record.entry.outcome.as_deref() == Some("log_pruned")
+            && prune_record
             && record.entry.body["details"]["through_seq"].as_i64() == Some(seq)
         {
             self.prune_recorded = true;

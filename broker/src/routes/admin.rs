@@ -1890,29 +1890,26 @@ async fn prune(
             format!("the log does not verify, so nothing was pruned: {failure}"),
         ));
     }
-    let intent =
-        json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export});
-    let (deleted, _) = AdminAction::begin(&broker, &op, "log_pruned", None, intent)
+    // The signed statement first, outside the database: a base no
+    // statement covers never verifies, so the prune is provable. The
+    // intent carries it too (and then the outcome), so the chain itself
+    // anchors the base for replicas whose own export lacks it, and a crash
+    // between the delete and the outcome still leaves a verifiable log.
+    let statement = broker
+        .export_prune_statement(req.through_seq, &checkpoint.hash)
+        .map_err(|e| {
+            ApiError::unavailable(
+                "checkpoint_export_failed",
+                "the prune statement could not be exported; nothing was pruned",
+                e,
+            )
+        })?;
+    let intent = json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export, "statement": statement});
+    let deleted = AdminAction::begin(&broker, &op, "log_pruned", None, intent)
         .await?
         .run(
-            async {
-                // The signed statement first, outside the database: a base
-                // no statement covers never verifies, so the prune is
-                // provable. The record of the prune carries it too, for
-                // replicas whose own export does not.
-                let statement = broker
-                    .export_prune_statement(req.through_seq, &checkpoint.hash)
-                    .map_err(|e| {
-                        ApiError::unavailable(
-                            "checkpoint_export_failed",
-                            "the prune statement could not be exported; nothing was pruned",
-                            e,
-                        )
-                    })?;
-                let deleted = broker.store.prune_through(req.through_seq).await?;
-                Ok((deleted, statement))
-            },
-            |(deleted, statement)| {
+            async { Ok(broker.store.prune_through(req.through_seq).await?) },
+            |deleted| {
                 json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement})
             },
         )

@@ -70,6 +70,7 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
         crate::http::ListenerGuard::new(
             name,
             config.limits.max_connections,
+            config.limits.max_connections_per_address,
             move |listener, reason, addr: SocketAddr| {
                 let id = crate::ids::random_id("req");
                 broker.refused_unauthenticated(listener, reason, addr.ip(), &id, "");
