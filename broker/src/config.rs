@@ -335,7 +335,7 @@ pub struct LimitsConfig {
     /// Connections each listener serves at once; more are closed at accept
     /// (and counted). Default 4096.
     pub max_connections: usize,
-    /// Of those, connections one client address may hold. Default 256.
+    /// Of those, connections one client address may hold. Default 1024.
     pub max_connections_per_address: usize,
     /// Refusals of unauthenticated callers are counted over this window and
     /// written as one record per window (see `refusals`). Default 10 s.
@@ -349,7 +349,7 @@ impl Default for LimitsConfig {
             per_identity_per_second: 100,
             max_body_bytes: 64 * 1024,
             max_connections: 4096,
-            max_connections_per_address: 256,
+            max_connections_per_address: 1024,
             refusal_window: Dur(Duration::from_secs(10)),
         }
     }

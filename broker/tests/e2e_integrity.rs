@@ -183,6 +183,15 @@ async fn prunes_checkpoint_files_and_rule_sets_cannot_be_forged_in_the_database(
     // the re-chained tail: no signed prune statement covers that base.
     broker.stop();
     let db = copy_store(&broker, "forged-prune");
+    // Offline too, a file cut back to nothing loses the store's checkpoints.
+    let saved = std::fs::read_to_string(&cps).unwrap();
+    std::fs::write(&cps, "").unwrap();
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(
+        !ok && text.contains("the checkpoint file lacks"),
+        "offline, an emptied file: {text}"
+    );
+    std::fs::write(&cps, saved).unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
     let records = read_records(&conn);
     let last_cp = mintguard_broker::log::checkpoint::read_file(&cps)

@@ -460,12 +460,31 @@ pub async fn verify(
     let base = source.base().await?;
     let base_ref = base.as_ref().map(|(s, h)| (*s, h.as_str()));
     // The store holding a checkpoint a broker exported that its file
-    // lacks: the file was cut back. Every exporter the file names counts.
-    let exporters: std::collections::BTreeSet<&str> =
-        cps.iter().filter_map(|c| c.exporter.as_deref()).collect();
-    let exporters: Vec<&str> = exporters.into_iter().collect();
-    let missing =
-        crate::log::verify::missing_export(&source.checkpoints().await?, &cps, &exporters);
+    // lacks: the file was cut back. The exporters counted are the ones the
+    // file names and, with --data-dir, that broker's own instance id (a
+    // file cut back to nothing names none); a file that names no exporter
+    // the store's checkpoints have is checked against all of them.
+    let mut exporters: std::collections::BTreeSet<String> =
+        cps.iter().filter_map(|c| c.exporter.clone()).collect();
+    if let Some(id) = target
+        .data_dir
+        .as_ref()
+        .and_then(|d| std::fs::read_to_string(d.join("instance.id")).ok())
+    {
+        exporters.insert(id.trim().to_owned());
+    }
+    let stored = source.checkpoints().await?;
+    let named: Vec<&str> = exporters
+        .iter()
+        .map(String::as_str)
+        .filter(|e| stored.iter().any(|c| c.exporter.as_deref() == Some(*e)))
+        .collect();
+    let missing = match (checkpoints, named.is_empty()) {
+        // No file given: the chain alone is checked.
+        (None, _) => None,
+        (Some(_), false) => crate::log::verify::missing_export(&stored, &cps, &named),
+        (Some(_), true) => stored.iter().find(|c| c.exporter.is_some()).map(|c| c.seq),
+    };
     let verified = match missing.map_or_else(
         || ChainVerifier::new(base_ref, &cps, Some(&key)),
         |seq| Err(VerifyFailure::ExportMissing { seq }),
