@@ -318,12 +318,7 @@ impl Attestor {
             }
             hasher.update(&buf[..n]);
         }
-        let hash: String = hasher
-            .finish()
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let hash = mintguard_certs::hex(hasher.finish().as_ref());
         if let Ok(mut h) = self.hashes.lock() {
             if h.len() >= MAX_CACHED_HASHES {
                 h.clear();

@@ -104,10 +104,7 @@ fn random_token() -> Result<String, AgentError> {
             "no randomness",
         )
     })?;
-    Ok(format!(
-        "mgcc-{}",
-        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    ))
+    Ok(format!("mgcc-{}", mintguard_certs::hex(&bytes)))
 }
 
 /// Issues a token to the attested workload `peer` (Unix-socket side).

@@ -30,7 +30,7 @@ pub fn request_hash(
     }
     .unwrap_or_default();
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
-    digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(digest.as_ref())
 }
 
 /// Stores a pending approval for a held request; its id.

@@ -13,16 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[error("the system random number generator failed; no secret was made")]
 pub struct RngError;
 
-/// Lowercase hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        out.push(DIGITS[usize::from(b >> 4)] as char);
-        out.push(DIGITS[usize::from(b & 15)] as char);
-    }
-    out
-}
+pub use mintguard_certs::hex;
 
 /// `N` bytes from the system CSPRNG as hex, or [`RngError`] (never a
 /// predictable fallback). Join and operator tokens take 32 bytes (256 bits).
@@ -54,7 +45,7 @@ pub fn is_hex_id(s: &str) -> bool {
 /// Not a secret: never use it for a token.
 pub fn random_id(prefix: &str) -> String {
     let mut bytes = [0u8; 16];
-    let ms = crate::state::now_ms().to_be_bytes();
+    let ms = crate::clock::now_ms().to_be_bytes();
     bytes[..6].copy_from_slice(&ms[2..]);
     // The system RNG failing is not recoverable; a counter keeps ids unique
     // within this process (uniqueness, not secrecy, matters here).

@@ -20,7 +20,9 @@
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
 //! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
-//! - [`ids`]: ids (unique) and secrets (CSPRNG, fail closed).
+//! - [`clock`] and [`ids`], the leaves: the one source of "now" (a
+//!   [`clock::Clock`] tests can set), ids (unique), secrets (CSPRNG, fail
+//!   closed) and hex.
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
@@ -33,6 +35,7 @@ pub mod anomaly;
 pub mod approvals;
 pub mod ci;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod ids;

@@ -21,27 +21,20 @@ use time::OffsetDateTime;
 
 use mintguard_certs::tls::SpiffePeer;
 
+use crate::clock::now_ms;
 use crate::config::{GrantConfig, GrantKind};
 use crate::http::ApiError;
 use crate::log::{LogEntry, RecordKind};
-use crate::mint::Durable;
 use crate::mint::jwt::{Claims, UnreleasedJwt};
-use crate::state::{Broker, now_ms};
+use crate::mint::{Durable, LeaseKind, Revocation};
+use crate::state::Broker;
 use crate::store::{
     Append, Entry, Lease, LeaseOwner, LeaseQuery, SignalRecord, SpendOp, SuspensionRecord,
 };
 
 pub use crate::ids::random_id;
 
-fn rfc3339(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
-}
+use crate::clock::rfc3339;
 
 /// Counts a request against `node`'s rate (`[limits] per_node_per_second`):
 /// credential requests and node SVID renewals alike.
@@ -307,12 +300,14 @@ pub async fn issue(
     req: IssueRequest,
 ) -> Result<Response, ApiError> {
     let started = std::time::Instant::now();
+    // The one reading of the clock for this issuance.
+    let now = broker.clock.now_ms();
     let posture = node_posture(
         peer.not_before(),
         peer.not_after(),
-        OffsetDateTime::now_utc(),
+        crate::clock::datetime(now),
     );
-    let result = issue_inner(broker, &peer.id().to_string(), posture, req).await;
+    let result = issue_inner(broker, &peer.id().to_string(), posture, req, now).await;
     broker
         .metrics
         .issue_seconds
@@ -325,6 +320,7 @@ async fn issue_inner(
     node: &str,
     posture: (u8, &str),
     req: IssueRequest,
+    now: i64,
 ) -> Result<Response, ApiError> {
     validate(&req)?;
     let dynamic = broker.dynamic.load_full();
@@ -373,7 +369,7 @@ async fn issue_inner(
         break_glass: None,
         approval_binding: None,
     };
-    decide_and_issue(broker, &dynamic, grant, request, subject).await
+    decide_and_issue(broker, &dynamic, grant, request, subject, now).await
 }
 
 /// What the broker observed about the caller, for the trust signals.
@@ -418,13 +414,16 @@ pub struct Subject<'a> {
 
 /// The shared pipeline after the caller is authenticated and its issuer
 /// context established: rate limit per identity → decide → the record,
-/// budget spend and lease committed atomically → release → answer.
+/// budget spend and lease committed atomically → release → answer. `now`
+/// is the issuance's one reading of the clock: the decision, its record, the
+/// lease and the credential's `iat` all carry it.
 pub async fn decide_and_issue(
     broker: &Broker,
     dynamic: &crate::state::Dynamic,
     grant: &GrantConfig,
     request: CredentialRequest,
     subject: Subject<'_>,
+    now: i64,
 ) -> Result<Response, ApiError> {
     if broker
         .identity_limiter
@@ -442,7 +441,6 @@ pub async fn decide_and_issue(
     }
     let node = subject.issuer.as_str();
     let request_id = random_id("req");
-    let now = now_ms();
     let behaviour = broker.analysis.behaviour(now);
     let identity = subject.identity.clone();
     let budget = grant.budget.as_ref().map(|b| {
@@ -713,7 +711,7 @@ pub async fn decide_and_issue(
                     "poisoned lock",
                 )
             })?;
-            UnreleasedJwt::sign(&keys, &claims, OffsetDateTime::now_utc()).map_err(|e| {
+            UnreleasedJwt::sign(&keys, &claims, crate::clock::datetime(now)).map_err(|e| {
                 ApiError::unavailable("signing_failed", "the credential could not be signed", e)
             })?
         };
@@ -723,8 +721,8 @@ pub async fn decide_and_issue(
             identity: identity.clone(),
             grant: grant.name.clone(),
             node: Some(node.to_owned()),
-            kind: "jwt".into(),
-            revocation: "introspection_only".into(),
+            kind: LeaseKind::Jwt,
+            revocation: Revocation::IntrospectionOnly,
             issued_at_ms: now,
             expires_at_ms,
             revoked_at_ms: None,
@@ -880,8 +878,8 @@ async fn issue_upstream(
         ttl_seconds = ttl_seconds.min(MAX_DURATION);
     }
     let (kind, revocation) = match upstream {
-        Upstream::Vault(..) => ("vault", "effective"),
-        Upstream::Sts(..) => ("aws_sts", "advisory"),
+        Upstream::Vault(..) => (LeaseKind::Vault, Revocation::Effective),
+        Upstream::Sts(..) => (LeaseKind::AwsSts, Revocation::Advisory),
     };
     let expires_at_ms = now + i64::try_from(ttl_seconds).unwrap_or(i64::MAX / 1000) * 1000;
     record.kind = RecordKind::Intent;
@@ -894,8 +892,8 @@ async fn issue_upstream(
         identity: identity.clone(),
         grant: grant.name.clone(),
         node: record.node.clone(),
-        kind: kind.into(),
-        revocation: revocation.into(),
+        kind,
+        revocation,
         issued_at_ms: now,
         expires_at_ms,
         revoked_at_ms: None,
@@ -947,7 +945,7 @@ async fn issue_upstream(
                             &broker.config().issuer_url,
                             &proof,
                             &session,
-                            OffsetDateTime::now_utc(),
+                            crate::clock::datetime(now),
                         )
                         .map(Some),
                     Err(_) => Err(crate::mint::sts::StsError::new(
@@ -1191,7 +1189,7 @@ async fn reconcile_lease(broker: &Broker, lease: &Lease) -> Result<Reconciled, A
         return Ok(Reconciled::Nothing);
     }
     let outcome = |outcome: &str, body| lease_record(lease, RecordKind::Outcome, outcome, body);
-    if lease.kind == "aws_sts" {
+    if lease.kind == LeaseKind::AwsSts {
         // STS sessions cannot be found or revoked one by one.
         if lease.task_ended_at_ms.is_none() {
             record(
@@ -1556,7 +1554,7 @@ pub async fn revoke_lease(
     // Advisory (STS): the session cannot be revoked one by one. The task's
     // end is recorded; the lease stays live until it expires or an operator
     // confirms the deny policy is attached (`mintguard revoke --confirm-attached`).
-    if lease.revocation == "advisory" && why != "confirmed_attached" {
+    if lease.revocation == Revocation::Advisory && why != "confirmed_attached" {
         let now = now_ms();
         if broker.store.end_task(&lease.id, now).await? {
             let mut entry = lease_record(
@@ -1574,7 +1572,10 @@ pub async fn revoke_lease(
     // lookup, or the lease stays live and the caller hears why.
     let mut confirmed = false;
     let by_operator = why.strip_prefix(CONFIRMED_UPSTREAM);
-    if lease.revocation == "effective" && lease.revoked_at_ms.is_none() && by_operator.is_none() {
+    if lease.revocation == Revocation::Effective
+        && lease.revoked_at_ms.is_none()
+        && by_operator.is_none()
+    {
         let vault = broker.vault.as_ref().ok_or_else(|| {
             ApiError::unavailable(
                 "upstream_unavailable",

@@ -19,6 +19,7 @@ use mintguard_policy::rules::{PolicySource, RuleSet};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+use crate::clock::{Clock, now_ms};
 use crate::config::{Config, Role};
 use crate::log::checkpoint::{self, LogSigner};
 use crate::store::{Append, Appended, Store, StoreError};
@@ -89,14 +90,9 @@ fn setup(e: impl std::fmt::Display) -> StartError {
     StartError::Setup(e.to_string())
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 /// Hex SHA-256 of a bearer token (tokens are compared by hash).
 pub fn token_hash(token: &str) -> String {
-    crate::log::hex(&Sha256::digest(token.trim().as_bytes()))
+    crate::ids::hex(&Sha256::digest(token.trim().as_bytes()))
 }
 
 /// Loads the Cedar sources of a directory (`*.cedar`).
@@ -246,6 +242,8 @@ pub struct Broker {
     pub dynamic: ArcSwap<Dynamic>,
     /// The store.
     pub store: Arc<dyn Store>,
+    /// The clock every issuance reads once ([`crate::clock::SystemClock`]).
+    pub clock: Arc<dyn Clock>,
     /// The CA.
     pub ca: RwLock<CertificateAuthority>,
     /// The broker's own serving SVID.
@@ -409,6 +407,7 @@ impl Broker {
         Ok(Arc::new(Self {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
+            clock: Arc::new(crate::clock::SystemClock),
             ca: RwLock::new(ca),
             svid: ArcSwap::from_pointee(svid),
             jwt: RwLock::new(jwt),

@@ -171,8 +171,8 @@ fn lease(id: &str, identity: &str, issued: i64) -> Lease {
         identity: identity.into(),
         grant: "payments-db".into(),
         node: Some("spiffe://example.org/mintguard/node/n1".into()),
-        kind: "jwt".into(),
-        revocation: "introspection_only".into(),
+        kind: "jwt".parse().unwrap(),
+        revocation: "introspection_only".parse().unwrap(),
         issued_at_ms: issued,
         expires_at_ms: issued + 300_000,
         revoked_at_ms: None,
@@ -588,8 +588,8 @@ async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
     let ci = "https://token.actions.githubusercontent.com";
     let upstream =
         |id: &str, kind: &str, revocation: &str, issued: i64, ttl: i64, node: &str| Lease {
-            kind: kind.into(),
-            revocation: revocation.into(),
+            kind: kind.parse().unwrap(),
+            revocation: revocation.parse().unwrap(),
             expires_at_ms: issued + ttl,
             node: Some(node.into()),
             ..lease(id, b, issued)

@@ -80,10 +80,6 @@ fn random_serial() -> Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// One CA key and its self-signed certificate.
 pub struct Authority {
     id: String,
@@ -122,7 +118,11 @@ impl Authority {
         aws_lc_rs::rand::fill(&mut nonce).map_err(|_| CertsError::Signing)?;
         dn.push(
             DnType::CommonName,
-            format!("Mintguard CA {} {}", trust_domain.as_str(), hex(&nonce)),
+            format!(
+                "Mintguard CA {} {}",
+                trust_domain.as_str(),
+                crate::hex(&nonce)
+            ),
         );
         params.distinguished_name = dn;
         params.subject_alt_names = vec![SanType::URI(trust_domain.id_string().try_into()?)];
@@ -165,7 +165,7 @@ impl Authority {
             ));
         }
         let issuer = Issuer::from_ca_cert_der(&cert, key_pair)?;
-        let id = hex(&digest::digest(&digest::SHA256, &cert).as_ref()[..8]);
+        let id = crate::hex(&digest::digest(&digest::SHA256, &cert).as_ref()[..8]);
         Ok(Self {
             id,
             cert_pem: fs::pem_encode("CERTIFICATE", &cert),

@@ -58,3 +58,15 @@ pub mod svid;
 pub mod tls;
 
 pub use error::{CertsError, Result};
+
+/// Lowercase hex: the one encoder of Mintguard's crates (digests, serials,
+/// ids, signatures).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}

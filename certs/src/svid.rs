@@ -203,7 +203,7 @@ impl SvidInfo {
             not_before: validity.not_before.to_datetime(),
             not_after: validity.not_after.to_datetime(),
             serial: cert.raw_serial_as_string().replace(':', ""),
-            key_sha256: key.as_ref().iter().map(|b| format!("{b:02x}")).collect(),
+            key_sha256: crate::hex(key.as_ref()),
         })
     }
 }

@@ -27,7 +27,7 @@ pub struct AlertSink {
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
     let tag = aws_lc_rs::hmac::sign(&key, body);
-    tag.as_ref().iter().map(|b| format!("{b:02x}")).collect()
+    crate::ids::hex(tag.as_ref())
 }
 
 struct Target {

@@ -14,10 +14,11 @@ use serde_json::{Value, json};
 
 use super::alerts::AlertSink;
 use super::analyzer::{Analyzer, Detection, Event, Subject};
+use crate::clock::now_ms;
 use crate::config::{AnomalyConfig, AnomalyMode};
 use crate::log::decode::Undecodable;
 use crate::log::{LogEntry, RecordKind};
-use crate::state::{Broker, now_ms};
+use crate::state::Broker;
 use crate::store::{DecisionRow, SuspensionRecord};
 
 /// Records read per store query.

@@ -393,7 +393,7 @@ async fn run(args: Cli) -> Result<bool, String> {
                 Some(s) => {
                     let d =
                         humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
-                    let since = mintguard_broker::state::now_ms()
+                    let since = mintguard_broker::clock::now_ms()
                         - i64::try_from(d.as_millis()).unwrap_or(0);
                     format!("/admin/v1/replay?since_ms={since}")
                 }

@@ -21,10 +21,11 @@ use self::config::{
     CiConfig, CiPolicy, FORK_EVENTS, IssuerConfig, Mode, cidr_contains, parse_cidr,
 };
 use self::matcher::{Compiled, claim_text};
+use crate::clock::now_ms;
 use crate::http::ApiError;
 use crate::log::{LogEntry, RecordKind};
 use crate::pipeline::{Observed, Subject, decide_and_issue, random_id};
-use crate::state::{Broker, now_ms};
+use crate::state::Broker;
 use crate::store::Append;
 
 /// A policy with its matchers compiled.
@@ -266,7 +267,8 @@ pub async fn issue(
     crate::pipeline::validate_request(&request)?;
     let dynamic = broker.dynamic.load_full();
     let ci = &dynamic.config.ci;
-    let now = now_ms();
+    // The one reading of the clock for this issuance.
+    let now = broker.clock.now_ms();
     let verified = match broker
         .ci_verifier
         .verify(ci, token, now.div_euclid(1000))
@@ -402,7 +404,7 @@ pub async fn issue(
         break_glass: None,
         approval_binding: Some(job_digest(claims)),
     };
-    decide_and_issue(broker, &dynamic, grant, request, subject).await
+    decide_and_issue(broker, &dynamic, grant, request, subject, now).await
 }
 
 #[cfg(test)]

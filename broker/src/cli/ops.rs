@@ -214,7 +214,7 @@ pub fn ttl_seconds(ttl: &str) -> Result<u64, String> {
 
 fn ago_ms(spec: &str) -> Result<i64, String> {
     let d = humantime::parse_duration(spec).map_err(|e| format!("{spec:?}: {e}"))?;
-    Ok(crate::state::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
+    Ok(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2))
 }
 
 fn time_of(ms: i64) -> String {

@@ -156,10 +156,8 @@ pub fn record_hash_canonical(
     out.push_str(",\"request_id\":");
     push_jcs_str(&mut out, Some(&entry.request_id));
     out.push_str(&format!(",\"seq\":{seq},\"time_ms\":{}}}", entry.time_ms));
-    hex(&Sha256::digest(out.as_bytes()))
+    crate::ids::hex(&Sha256::digest(out.as_bytes()))
 }
-
-pub use crate::ids::hex;
 
 impl LogRecord {
     /// Seals `entry` as record `seq` after `prev_hash`.
@@ -236,7 +234,10 @@ mod tests {
                 prev_hash: GENESIS,
             })
             .unwrap();
-            assert_eq!(record_hash(seq, &e, GENESIS), hex(&Sha256::digest(&whole)));
+            assert_eq!(
+                record_hash(seq, &e, GENESIS),
+                crate::ids::hex(&Sha256::digest(&whole))
+            );
         }
         assert_ne!(second.hash, first.hash);
         assert_eq!(first.hash.len(), 64);

@@ -20,14 +20,16 @@ use mintguard_policy::rules::RuleSet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::clock::now_ms;
 use crate::config::Role;
 use crate::http::{ApiError, Json};
 use crate::log::checkpoint::{Checkpoint, StatementKind};
 use crate::log::decode::Decided;
 use crate::log::verify::{ChainVerifier, VerifyFailure, VerifyReport};
 use crate::log::{LogEntry, LogRecord, RecordKind};
+use crate::mint::Revocation;
 use crate::pipeline::{self, random_id};
-use crate::state::{Broker, now_ms, token_hash};
+use crate::state::{Broker, token_hash};
 use crate::store::{Entry, LeaseQuery, LogQuery, SignalRecord, SuspensionRecord};
 
 /// Most records one log page returns.
@@ -892,7 +894,7 @@ async fn revoke(
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_lease", "no such lease"))?;
     let why = if p.confirm_attached {
-        if lease.revocation != "advisory" {
+        if lease.revocation != Revocation::Advisory {
             return Err(ApiError::bad_request(
                 "not_advisory",
                 "--confirm-attached is for advisory (STS) leases",
@@ -900,7 +902,7 @@ async fn revoke(
         }
         "confirmed_attached".to_owned()
     } else if p.confirm_revoked_upstream {
-        if lease.revocation != "effective" {
+        if lease.revocation != Revocation::Effective {
             return Err(ApiError::bad_request(
                 "not_effective",
                 "--confirm-revoked-upstream is for Vault (effective) leases",
@@ -922,7 +924,7 @@ async fn revoke(
         format!("operator:{}", op.name)
     };
     let revoked = pipeline::revoke_lease(&broker, &lease, &random_id("req"), &why).await?;
-    if lease.revocation == "advisory" && !revoked {
+    if lease.revocation == Revocation::Advisory && !revoked {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "advisory_revocation",
@@ -1156,7 +1158,9 @@ async fn issue_break_glass(
         bind_to_process: None,
         approval_id: None,
     };
-    let response = pipeline::decide_and_issue(&broker, &dynamic, grant, request, subject).await?;
+    let now = broker.clock.now_ms();
+    let response =
+        pipeline::decide_and_issue(&broker, &dynamic, grant, request, subject, now).await?;
     admin_record(
         &broker,
         &op,

@@ -15,10 +15,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
+use crate::clock::now_ms;
 use crate::http::{ApiError, ClientAddr, Json};
 use crate::log::{LogEntry, RecordKind};
 use crate::pipeline::random_id;
-use crate::state::{Broker, now_ms, token_hash};
+use crate::state::{Broker, token_hash};
 
 /// The public router.
 pub fn router(broker: Arc<Broker>) -> Router {
@@ -259,7 +260,9 @@ async fn introspect(
         // Only the broker's own JWT credentials: a web-identity token
         // minted for STS federation is signed by the same keys but is not
         // a credential for relying parties.
-        Ok(Some(lease)) if lease.revoked_at_ms.is_none() && lease.kind == "jwt" => {
+        Ok(Some(lease))
+            if lease.revoked_at_ms.is_none() && lease.kind == crate::mint::LeaseKind::Jwt =>
+        {
             let mut out = claims.clone();
             if let Some(o) = out.as_object_mut() {
                 o.insert("active".into(), true.into());

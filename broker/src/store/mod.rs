@@ -65,10 +65,10 @@ pub struct Lease {
     pub grant: String,
     /// The vouching node or CI issuer.
     pub node: Option<String>,
-    /// `jwt`, `vault`, `aws_sts`.
-    pub kind: String,
-    /// `introspection_only`, `effective` or `advisory`.
-    pub revocation: String,
+    /// What was minted.
+    pub kind: crate::mint::LeaseKind,
+    /// How it ends before its expiry.
+    pub revocation: crate::mint::Revocation,
     /// Issued, ms since the epoch.
     pub issued_at_ms: i64,
     /// Expires, ms since the epoch.

@@ -320,8 +320,8 @@ async fn append_one(
                     &l.identity,
                     &l.grant,
                     &l.node,
-                    &l.kind,
-                    &l.revocation,
+                    &l.kind.as_str(),
+                    &l.revocation.as_str(),
                     &l.issued_at_ms,
                     &l.expires_at_ms,
                     &l.revoked_at_ms,
@@ -658,20 +658,27 @@ fn row_to_record(r: &Row) -> Result<LogRecord> {
     })
 }
 
-fn row_to_lease(r: &Row) -> Lease {
-    Lease {
+/// A lease row; a kind or revocation outside its closed set is
+/// [`StoreError::Corrupt`], never a default.
+fn row_to_lease(r: &Row) -> Result<Lease> {
+    let closed = |i: usize| -> Result<String> {
+        r.try_get::<_, String>(i)
+            .map_err(|e| StoreError::Corrupt(format!("leases column {i}: {e}")))
+    };
+    let corrupt = |e: crate::mint::UnknownForm| StoreError::Corrupt(format!("lease: {e}"));
+    Ok(Lease {
         id: r.get(0),
         request_id: r.get(1),
         identity: r.get(2),
         grant: r.get(3),
         node: r.get(4),
-        kind: r.get(5),
-        revocation: r.get(6),
+        kind: closed(5)?.parse().map_err(corrupt)?,
+        revocation: closed(6)?.parse().map_err(corrupt)?,
         issued_at_ms: r.get(7),
         expires_at_ms: r.get(8),
         revoked_at_ms: r.get(9),
         task_ended_at_ms: r.get(10),
-    }
+    })
 }
 
 #[async_trait]
@@ -1084,7 +1091,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(map_pg)?;
-        Ok(row.as_ref().map(row_to_lease))
+        row.as_ref().map(row_to_lease).transpose()
     }
 
     async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>> {
@@ -1111,7 +1118,7 @@ impl Store for PostgresStore {
             )
             .await
             .map_err(map_pg)?;
-        Ok(rows.iter().map(row_to_lease).collect())
+        rows.iter().map(row_to_lease).collect()
     }
 
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {

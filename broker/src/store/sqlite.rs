@@ -315,8 +315,8 @@ fn insert_lease(conn: &Connection, l: &Lease) -> Result<()> {
         l.identity,
         l.grant,
         l.node,
-        l.kind,
-        l.revocation,
+        l.kind.as_str(),
+        l.revocation.as_str(),
         l.issued_at_ms,
         l.expires_at_ms,
         l.revoked_at_ms,
@@ -472,6 +472,18 @@ fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord
     rows.map(|r| r.map_err(map_sql)).collect()
 }
 
+/// A column holding one of a closed set's string forms; another value is an
+/// error the read reports, never a default.
+fn closed_form<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = crate::mint::UnknownForm>,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e: crate::mint::UnknownForm| {
+        rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
 fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
         id: r.get(0)?,
@@ -479,8 +491,8 @@ fn row_to_lease(r: &rusqlite::Row<'_>) -> rusqlite::Result<Lease> {
         identity: r.get(2)?,
         grant: r.get(3)?,
         node: r.get(4)?,
-        kind: r.get(5)?,
-        revocation: r.get(6)?,
+        kind: closed_form(r, 5)?,
+        revocation: closed_form(r, 6)?,
         issued_at_ms: r.get(7)?,
         expires_at_ms: r.get(8)?,
         revoked_at_ms: r.get(9)?,
