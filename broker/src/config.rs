@@ -778,17 +778,10 @@ impl Config {
         let data_dir = resolve(&raw.data_dir);
         let store = match raw.store {
             None => format!("sqlite://{}", data_dir.join("broker.db").display()),
-            Some(s) if s.starts_with("sqlite://") => s,
-            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => {
-                // Settings and TLS files are checked here, before any port is bound.
-                crate::store::postgres::connection(&s).map_err(|e| err("store", e.to_string()))?;
-                s
-            }
             Some(s) => {
-                return Err(err(
-                    "store",
-                    format!("{s:?}: expected sqlite://PATH or postgres://…"),
-                ));
+                // Settings and TLS files are checked here, before any port is bound.
+                crate::store::check_url(&s).map_err(|e| err("store", e))?;
+                s
             }
         };
         if !(raw.issuer_url.starts_with("https://")

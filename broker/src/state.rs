@@ -293,15 +293,7 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| setup(format!("{}: {e}", config.data_dir.display())))?;
-        let store: Arc<dyn Store> = if let Some(path) = config.store.strip_prefix("sqlite://") {
-            Arc::new(crate::store::sqlite::SqliteStore::open(Path::new(path)).map_err(setup)?)
-        } else {
-            Arc::new(
-                crate::store::postgres::PostgresStore::connect(&config.store)
-                    .await
-                    .map_err(setup)?,
-            )
-        };
+        let store = crate::store::open(&config.store).await.map_err(setup)?;
         let now = OffsetDateTime::now_utc();
         let settings = CaSettings {
             ca_ttl: config.ca.ca_ttl.0,

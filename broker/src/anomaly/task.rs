@@ -339,64 +339,13 @@ fn rank(level: &str) -> u8 {
     }
 }
 
-/// Which replica acts on detections. Every replica keeps baselines over the
-/// whole (shared) log, but only one records detections, writes signals,
-/// suspends and alerts: on PostgreSQL the holder of a session advisory lock
-/// (taken over by another replica when its connection ends); on SQLite
-/// there is one broker.
-struct Leadership {
-    url: Option<String>,
-    client: Option<tokio_postgres::Client>,
-}
-
-/// The advisory lock key: "mintguard anomaly" folded into 64 bits.
-const LEADER_LOCK: i64 = 0x6d69_6e74_616e_6f6d;
-
-impl Leadership {
-    fn new(store: &str) -> Self {
-        let postgres = store.starts_with("postgres://") || store.starts_with("postgresql://");
-        Self {
-            url: postgres.then(|| store.to_owned()),
-            client: None,
-        }
-    }
-
-    /// Whether this replica leads now (trying to become leader if not).
-    async fn leads(&mut self) -> bool {
-        let Some(url) = &self.url else {
-            return true;
-        };
-        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
-            return true;
-        }
-        self.client = None;
-        // The store's own connection settings, TLS included.
-        let Ok((config, tls)) = crate::store::postgres::connection(url) else {
-            return false;
-        };
-        let Ok((client, conn)) = config.connect(tls).await else {
-            return false;
-        };
-        tokio::spawn(conn);
-        match client
-            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
-            .await
-        {
-            Ok(row) if row.get::<_, bool>(0) => {
-                tracing::info!("this replica acts on anomaly detections");
-                self.client = Some(client);
-                true
-            }
-            _ => false,
-        }
-    }
-}
-
 /// Runs the analysis until the broker stops.
 pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
     let config = broker.config().anomaly.clone();
     let interval = config.interval.0;
-    let mut leadership = Leadership::new(&broker.config().store);
+    // Every replica keeps baselines over the whole (shared) log, but only
+    // the leader records detections, writes signals, suspends and alerts.
+    let mut leadership = broker.store.leader();
     let mut analysis = Analysis::new(config, alerts);
     loop {
         match analysis.rebuild(&broker).await {

@@ -526,24 +526,12 @@ const PAGE: usize = 10_000;
 /// directly.
 enum LogSource {
     Admin(AdminClient),
-    Store(Box<dyn crate::store::Store>),
+    Store(std::sync::Arc<dyn crate::store::Store>),
 }
 
 impl LogSource {
     async fn open_store(url: &str) -> Result<Self, String> {
-        let store: Box<dyn crate::store::Store> = if let Some(path) = url.strip_prefix("sqlite://")
-        {
-            Box::new(
-                crate::store::sqlite::SqliteStore::open(std::path::Path::new(path))
-                    .map_err(|e| e.to_string())?,
-            )
-        } else {
-            Box::new(
-                crate::store::postgres::PostgresStore::connect(url)
-                    .await
-                    .map_err(|e| e.to_string())?,
-            )
-        };
+        let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
         Ok(Self::Store(store))
     }
 

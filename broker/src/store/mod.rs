@@ -518,9 +518,80 @@ pub struct LogQuery {
     pub limit: usize,
 }
 
+/// Opens the store a URL names: `sqlite://PATH` or `postgres://…`
+/// (`postgresql://…`), migrated and ready. The one place a store URL is
+/// turned into a store (the broker, the CLI's offline commands).
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    match Backend::of(url)? {
+        Backend::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open(
+            std::path::Path::new(path),
+        )?)),
+        Backend::Postgres => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect(url).await?,
+        )),
+    }
+}
+
+/// Checks a store URL without connecting (configuration validation): its
+/// scheme, and for PostgreSQL its connection settings and TLS files.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    match Backend::of(url) {
+        Ok(Backend::Sqlite(_)) => Ok(()),
+        Ok(Backend::Postgres) => postgres::connection(url)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        Err(StoreError::Setup(reason)) => Err(reason),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Which backend a store URL names.
+enum Backend<'a> {
+    Sqlite(&'a str),
+    Postgres,
+}
+
+impl<'a> Backend<'a> {
+    fn of(url: &'a str) -> Result<Self> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            Ok(Self::Sqlite(path))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(StoreError::Setup(format!(
+                "{url:?}: expected sqlite://PATH or postgres://…"
+            )))
+        }
+    }
+}
+
+/// Leadership among replicas sharing a store: which one acts where only
+/// one may (anomaly analysis's detections, signals and suspensions).
+#[async_trait]
+pub trait Leader: Send {
+    /// Whether this replica leads now, trying to become leader if not.
+    async fn leads(&mut self) -> bool;
+}
+
+/// A store no other broker shares (SQLite): its one broker leads.
+pub struct SoleLeader;
+
+#[async_trait]
+impl Leader for SoleLeader {
+    async fn leads(&mut self) -> bool {
+        true
+    }
+}
+
 /// The store interface.
 #[async_trait]
 pub trait Store: Send + Sync {
+    /// This replica's leadership handle: it leads while it holds what the
+    /// backend elects by (a PostgreSQL session advisory lock), and another
+    /// replica takes over when it lets go.
+    fn leader(&self) -> Box<dyn Leader> {
+        Box::new(SoleLeader)
+    }
     /// Appends a record atomically with its spends, lease and rule set (group-committed).
     async fn append(&self, append: Append) -> Result<Appended>;
     /// Records in `seq` order matching `query`.

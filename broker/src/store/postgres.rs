@@ -518,6 +518,46 @@ async fn run_batch(
 pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::Sender<Job>,
+    url: String,
+}
+
+/// Leadership on PostgreSQL: the holder of a session advisory lock, on a
+/// connection of its own (taken over by another replica when it ends).
+struct AdvisoryLeader {
+    url: String,
+    client: Option<Client>,
+}
+
+/// The advisory lock key: "mintguard anomaly" folded into 64 bits.
+const LEADER_LOCK: i64 = 0x6d69_6e74_616e_6f6d;
+
+#[async_trait]
+impl super::Leader for AdvisoryLeader {
+    async fn leads(&mut self) -> bool {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return true;
+        }
+        self.client = None;
+        // The store's own connection settings, TLS included.
+        let Ok((config, tls)) = connection(&self.url) else {
+            return false;
+        };
+        let Ok((client, conn)) = config.connect(tls).await else {
+            return false;
+        };
+        tokio::spawn(conn);
+        match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {
+                tracing::info!("this replica leads (anomaly detections)");
+                self.client = Some(client);
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 impl PostgresStore {
@@ -580,7 +620,11 @@ impl PostgresStore {
                 }
             }
         });
-        Ok(Self { pool, appends })
+        Ok(Self {
+            pool,
+            appends,
+            url: url.to_owned(),
+        })
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
@@ -683,6 +727,13 @@ fn row_to_lease(r: &Row) -> Result<Lease> {
 
 #[async_trait]
 impl Store for PostgresStore {
+    fn leader(&self) -> Box<dyn super::Leader> {
+        Box::new(AdvisoryLeader {
+            url: self.url.clone(),
+            client: None,
+        })
+    }
+
     async fn append(&self, append: Append) -> Result<Appended> {
         let (done, rx) = oneshot::channel();
         // Canonicalize the body here, in the caller's task, not in the serial writer.
