@@ -1,6 +1,7 @@
-//! The broker's clock, at the bottom of the module graph: every reading of
-//! "now" goes through a [`Clock`], so an issuance reads the time once and
-//! passes it down, and tests set it (rustls's `TimeProvider`).
+//! The broker's clock, at the bottom of the module graph: an issuance reads
+//! the broker's [`Clock`] once and passes `now` down (rustls's
+//! `TimeProvider`); [`ManualClock`] is the one tests set. Paths outside
+//! issuance still read the system time through [`now_ms`].
 
 use std::sync::atomic::{AtomicI64, Ordering};
 

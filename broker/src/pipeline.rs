@@ -728,7 +728,7 @@ pub async fn decide_and_issue(
             revoked_at_ms: None,
             task_ended_at_ms: None,
         };
-        body.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": "introspection_only", "kind": "jwt"}));
+        body.insert("lease".into(), json!({"id": lease_id, "expires_at_ms": expires_at_ms, "revocation": Revocation::IntrospectionOnly, "kind": LeaseKind::Jwt}));
         // The hot path: the body is written straight to its canonical form.
         let canonical = full_body(&body).to_canonical()?;
         let record = decision_record(serde_json::Value::Null);
@@ -1561,7 +1561,7 @@ pub async fn revoke_lease(
                 lease,
                 RecordKind::Revocation,
                 "advisory",
-                json!({"lease_id": lease.id, "why": why, "revocation": "advisory", "action": advisory_action(&lease.id)}),
+                json!({"lease_id": lease.id, "why": why, "revocation": Revocation::Advisory, "action": advisory_action(&lease.id)}),
             );
             entry.request_id = request_id.to_owned();
             record(broker, entry).await?;
