@@ -18,6 +18,8 @@ use serde::de::DeserializeOwned;
 use tokio::net::TcpListener;
 use tower::ServiceExt as _;
 
+use crate::issue::{Class, Issued, Refusal, RevokeError};
+
 /// An API error: status, stable code, message, reasons. Internals are logged,
 /// never sent.
 #[derive(Debug)]
@@ -103,6 +105,112 @@ impl From<crate::store::StoreError> for ApiError {
                 other,
             ),
         }
+    }
+}
+
+/// The 503 for a log that cannot be written (nothing is issued then).
+pub fn log_unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::unavailable(
+        "log_unavailable",
+        "the issuance log cannot be written; nothing was issued",
+        e,
+    )
+}
+
+/// The status of a refusal class: the one place an issuance refusal
+/// becomes an HTTP status.
+pub fn status_of(class: Class) -> StatusCode {
+    match class {
+        Class::BadRequest => StatusCode::BAD_REQUEST,
+        Class::Unauthenticated => StatusCode::UNAUTHORIZED,
+        Class::Forbidden => StatusCode::FORBIDDEN,
+        Class::Conflict => StatusCode::CONFLICT,
+        Class::TooMany { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Class::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Class::Held => StatusCode::ACCEPTED,
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        let class = r.class();
+        let status = status_of(class);
+        if let Some(cause) = r.cause() {
+            tracing::error!(code = r.code(), %cause, "service unavailable");
+        }
+        Self {
+            status,
+            code: r.code(),
+            message: r.message(),
+            reasons: r.reasons(),
+            retry_after: match class {
+                Class::TooMany { retry_after } => Some(retry_after),
+                Class::Unavailable => Some(1),
+                _ => None,
+            },
+        }
+    }
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            // Held: 202 with the approval to retry with.
+            Refusal::StepUp {
+                ref request_id,
+                ref approval_id,
+                ref decision,
+            } => (
+                StatusCode::ACCEPTED,
+                axum::Json(serde_json::json!({
+                    "approval_id": approval_id,
+                    "error": {"code": self.code(), "message": self.message(), "reasons": self.reasons()},
+                    "decision": crate::issue::record::decision_summary(request_id, decision),
+                })),
+            )
+                .into_response(),
+            other => ApiError::from(other).into_response(),
+        }
+    }
+}
+
+impl From<RevokeError> for ApiError {
+    fn from(e: RevokeError) -> Self {
+        match e {
+            RevokeError::Store(e) => e.into(),
+            // The first failure's status and code, with the count.
+            RevokeError::Partial {
+                failed,
+                subject,
+                first,
+            } => {
+                let message = format!(
+                    "{failed} lease(s) of {subject} could not be revoked; the first: {}",
+                    first.message()
+                );
+                Self {
+                    message,
+                    ..Self::from(*first)
+                }
+            }
+            other => Self::unavailable(other.code(), other.message(), &other),
+        }
+    }
+}
+
+/// The answer to an issuance: the credential (200), or its refusal.
+pub fn answer(result: Result<Issued, Refusal>) -> Response {
+    match result {
+        Ok(issued) => {
+            let response = mintguard_api::CredentialResponse {
+                lease_id: issued.lease_id.clone(),
+                expires_at: crate::clock::rfc3339(issued.expires_at_ms),
+                decision: issued.summary(),
+                credential: issued.credential,
+            };
+            (StatusCode::OK, axum::Json(response)).into_response()
+        }
+        Err(refusal) => refusal.into_response(),
     }
 }
 
@@ -452,14 +560,7 @@ where
     }
 }
 
-/// Truncates untrusted input for an error message.
-pub fn excerpt(s: &str) -> String {
-    let mut end = s.len().min(64);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].to_owned()
-}
+pub use crate::ids::excerpt;
 
 /// The client's address, available to handlers as an extension.
 #[derive(Clone, Copy, Debug)]

@@ -57,6 +57,15 @@ pub fn random_id(prefix: &str) -> String {
     format!("{prefix}-{}", hex(&bytes))
 }
 
+/// Truncates untrusted input for an error message.
+pub fn excerpt(s: &str) -> String {
+    let mut end = s.len().min(64);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,18 @@
 //!   and ECI, checkpointing, rate limiters, metrics.
 //! - [`routes`]: the public, agents and admin listeners; [`http`] the shared
 //!   plumbing (the one place errors become statuses, TLS accept loops).
-//! - [`pipeline`]: one issuance — entry match, limits, `decide()`, the record,
-//!   spend and lease committed together, then the credential released.
-//! - [`ci`]: CI runners' OIDC tokens, CI trust policies, the CI front door.
-//! - [`mint`]: minters and the proof types that order minting after logging.
+//! - [`issue`]: the issuance core — `Issuer::issue` decides, logs and mints,
+//!   returning an `Issued` or a `Refusal` (never a response); revocation and
+//!   reconciliation of upstream mints. Collaborators are passed in.
+//! - [`doors`]: the node front door (mTLS + attested selectors); [`ci`]:
+//!   CI runners' OIDC tokens, CI trust policies, the CI front door.
+//! - [`mint`]: the `Minter` trait, one file per kind (JWT, Vault, STS),
+//!   registered in one place, and the proof types (`Approved`, `Durable`,
+//!   `LoggedIntent`) that order minting after deciding and logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
 //! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
-//! - [`clock`] and [`ids`], the leaves: the one source of "now" (a
+//! - [`clock`], [`ids`], [`lease`], [`health`] and [`fault`], the leaves: the one source of "now" (a
 //!   [`clock::Clock`] tests can set), ids (unique), secrets (CSPRNG, fail
 //!   closed) and hex.
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
@@ -37,13 +41,17 @@ pub mod ci;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod doors;
+pub mod fault;
+pub mod health;
 pub mod http;
 pub mod ids;
+pub mod issue;
+pub mod lease;
 pub mod log;
 pub mod metrics;
 pub mod mint;
 pub mod outbound;
-pub mod pipeline;
 pub mod refusals;
 pub mod routes;
 pub mod state;

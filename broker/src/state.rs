@@ -41,6 +41,19 @@ pub struct Dynamic {
     pub ci: crate::ci::CiRuntime,
 }
 
+/// How old an intent without an outcome must be before reconciliation
+/// looks at it: `[vault] reconcile_after`, else `[aws]`'s, else 2 min.
+pub fn reconcile_after_ms(config: &Config) -> i64 {
+    config
+        .vault
+        .as_ref()
+        .and_then(|v| v.reconcile_after)
+        .or(config.aws.reconcile_after)
+        .map_or(120_000, |d| {
+            i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
+        })
+}
+
 /// Runs `f` holding an exclusive lock on `<dir>/.lock` (created with `dir`
 /// if missing): replicas sharing a key directory create, rotate and re-read
 /// it one at a time.
@@ -249,13 +262,14 @@ pub struct Broker {
     /// The broker's own serving SVID.
     pub svid: ArcSwap<X509Svid>,
     /// JWT signing keys.
-    pub jwt: RwLock<JwtKeySet>,
+    pub jwt: Arc<RwLock<JwtKeySet>>,
     /// When the JWT key directory's state was last read (its mtime).
     jwt_read_at: Mutex<Option<std::time::SystemTime>>,
     /// The Vault / OpenBao client, when `[vault]` is configured.
     pub vault: Option<Arc<crate::mint::vault::VaultClient>>,
-    /// The STS client, when a grant of kind `aws_sts` is configured.
-    pub sts: Option<crate::mint::sts::StsMinter>,
+    /// The minters: JWT always, Vault with `[vault]`, STS when a grant of
+    /// kind `aws_sts` is configured.
+    pub minters: crate::mint::Minters,
     /// Checkpointing.
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
@@ -275,10 +289,47 @@ pub struct Broker {
     /// Prometheus metrics.
     pub metrics: crate::metrics::Metrics,
     /// Whether anomaly analysis keeps up (what makes `behaviour` fresh).
-    pub analysis: crate::anomaly::health::AnalysisHealth,
+    pub analysis: crate::health::AnalysisHealth,
 }
 
 impl Broker {
+    /// The issuance core over this broker's store, log, minters and clock,
+    /// with the decision inputs of `dynamic` (one consistent snapshot).
+    pub fn issuer<'a>(&'a self, dynamic: &'a Dynamic) -> crate::issue::Issuer<'a> {
+        crate::issue::Issuer {
+            store: &*self.store,
+            log: self,
+            minters: &self.minters,
+            clock: &*self.clock,
+            rules: crate::issue::Rules {
+                config: &dynamic.config,
+                rules: &dynamic.rules,
+                rules_json: &dynamic.rules_json,
+                eci: &dynamic.eci,
+            },
+            identity_limiter: &self.identity_limiter,
+            metrics: &self.metrics,
+            analysis: &self.analysis,
+            reconcile_after_ms: reconcile_after_ms(&dynamic.config),
+        }
+    }
+
+    /// Appends a record with nothing to commit beside it; 503 if the log
+    /// cannot be written.
+    pub async fn record(&self, entry: crate::log::LogEntry) -> Result<(), crate::http::ApiError> {
+        self.append(Append {
+            canonical_body: None,
+            entry,
+            spend: Vec::new(),
+            lease: None,
+            rule_set: None,
+            refuse_if_suspended: Vec::new(),
+        })
+        .await
+        .map(|_| ())
+        .map_err(crate::http::log_unavailable)
+    }
+
     /// Drops rate-limiter state that is back to full (keys not seen within
     /// their quota's replenish time), so the keyed limiters hold only recent
     /// callers instead of every node, identity and address ever seen.
@@ -366,18 +417,30 @@ impl Broker {
             ),
             None => None,
         };
-        let sts = if config
+        let vault = vault.map(Arc::new);
+        let jwt = Arc::new(RwLock::new(jwt));
+        // The one place a minter is registered.
+        let mut minters = crate::mint::Minters::default();
+        minters.register(Box::new(crate::mint::jwt::JwtMinter::new(jwt.clone())));
+        if let Some(client) = &vault {
+            minters.register(Box::new(crate::mint::vault::VaultMinter::new(
+                client.clone(),
+            )));
+        }
+        if config
             .grants
             .values()
             .any(|g| g.kind == crate::config::GrantKind::AwsSts)
         {
-            Some(crate::mint::sts::StsMinter::new(&config.aws).await)
-        } else {
-            None
-        };
+            let client = crate::mint::sts::StsClient::new(&config.aws).await;
+            minters.register(Box::new(crate::mint::sts::StsMinter::new(
+                client,
+                jwt.clone(),
+            )));
+        }
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
         // Analysis has `interval × stale_after_intervals` from now to beat.
-        let analysis = crate::anomaly::health::AnalysisHealth::new(
+        let analysis = crate::health::AnalysisHealth::new(
             config.anomaly.enabled,
             i64::try_from(
                 config
@@ -402,10 +465,10 @@ impl Broker {
             clock: Arc::new(crate::clock::SystemClock),
             ca: RwLock::new(ca),
             svid: ArcSwap::from_pointee(svid),
-            jwt: RwLock::new(jwt),
+            jwt,
             jwt_read_at: Mutex::new(None),
-            vault: vault.map(Arc::new),
-            sts,
+            vault,
+            minters,
             log: LogWriter {
                 signer,
                 export,
@@ -434,16 +497,7 @@ impl Broker {
     /// reconciled (`vault.reconcile_after`, else `aws.reconcile_after`,
     /// default 2 min): a younger one may still be minting.
     pub fn reconcile_after_ms(&self) -> i64 {
-        let dynamic = self.dynamic.load();
-        let config = &dynamic.config;
-        config
-            .vault
-            .as_ref()
-            .and_then(|v| v.reconcile_after)
-            .or(config.aws.reconcile_after)
-            .map_or(120_000, |d| {
-                i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
-            })
+        reconcile_after_ms(&self.dynamic.load().config)
     }
 
     /// Appends to the log, then signs a checkpoint if one is due.
@@ -575,7 +629,7 @@ impl Broker {
     pub fn metrics_text(&self) -> String {
         let stale = matches!(
             self.analysis.behaviour(now_ms()),
-            crate::anomaly::health::Behaviour::Stale { .. }
+            crate::health::Behaviour::Stale { .. }
         );
         self.metrics.analysis_stale.set(i64::from(stale));
         self.metrics.encode()
@@ -652,7 +706,7 @@ impl Broker {
                 outcome: Some("deny".into()),
                 body: taken.body(),
             };
-            if let Err(e) = crate::pipeline::record(&self, entry).await {
+            if let Err(e) = self.record(entry).await {
                 tracing::error!(
                     code = e.code,
                     "the refusal window could not be logged; carried over"
@@ -773,4 +827,11 @@ pub fn load_tokens(
         introspection.insert(token_hash(&read_token(&c.token_file)?), c.clone());
     }
     Ok((operators, introspection))
+}
+
+#[async_trait::async_trait]
+impl crate::issue::IssuanceLog for Broker {
+    async fn append(&self, append: Append) -> Result<Appended, StoreError> {
+        Broker::append(self, append).await
+    }
 }

@@ -2,7 +2,7 @@
 //! rhythms, the nodes they run on, grants with their exposure, hard
 //! negatives and attacks; [`run`] replays the simulated weeks through the
 //! real decision path — the broker's trust signals
-//! ([`crate::pipeline::observed_signals`]), `decide()` with the scenario's
+//! ([`crate::issue::inputs::observed_signals`]), `decide()` with the scenario's
 //! Cedar policy, the [`Analyzer`] and the graduated responses of
 //! [`ResponseConfig`] (signals, step-ups, suspensions) — on a simulated
 //! clock, and reports per attack whether and when it was detected and how
@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::analyzer::{Analyzer, AnalyzerConfig, Subject};
 use super::respond::ResponseConfig;
 use crate::config::{GrantConfig, SignalsConfig};
-use crate::pipeline::Observed;
+use crate::issue::Observed;
 use crate::store::SignalRecord;
 
 const HOUR_MS: i64 = 3_600_000;
@@ -609,16 +609,16 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
                 suspended: suspended.contains(&r.node),
                 anomalous: responses.issuer_anomalous(&r.node, &external, now),
             },
-            grant: crate::pipeline::grant_input(grant),
+            grant: crate::issue::inputs::grant_input(grant),
             requested_ttl_seconds: Some(300),
             purpose: None,
             now_ms: now,
-            signals: crate::pipeline::observed_signals(
+            signals: crate::issue::inputs::observed_signals(
                 &signals_config,
                 grant,
                 &observed,
                 &external,
-                crate::anomaly::health::Behaviour::Fresh,
+                crate::health::Behaviour::Fresh,
                 now,
             ),
             eci: EciInput {

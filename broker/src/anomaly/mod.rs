@@ -4,7 +4,6 @@
 pub mod alerts;
 pub mod analyzer;
 pub mod eval;
-pub mod health;
 pub mod respond;
 pub mod task;
 

@@ -21,47 +21,13 @@
 //! the only things that suspend.
 
 use mintguard_policy::decision::AnomalyInput;
-use serde::{Deserialize, Serialize};
 
 use super::analyzer::{Detection, Subject};
+pub use crate::config::anomaly::ResponseConfig;
 use crate::store::SignalRecord;
 
 /// The source prefix of anomaly signals.
 pub const SOURCE: &str = "anomaly:";
-
-/// Score thresholds of the graduated responses (`[anomaly.responses]`).
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ResponseConfig {
-    /// How long a detection's `behaviour` signal stays fresh. Default 1800.
-    pub signal_ttl_seconds: u64,
-    /// Privilege reduction from this score. Default 60.
-    pub reduce_at: u8,
-    /// An alert from this score. Default 60.
-    pub alert_at: u8,
-    /// Every grant steps up from this score. Default 75.
-    pub step_up_at: u8,
-    /// Suspension from this score (when `suspend` is on). Default 90.
-    pub suspend_at: u8,
-    /// An issuer is anomalous (its requests denied) from this score. Default 80.
-    pub issuer_deny_at: u8,
-    /// Whether detections may suspend (off: they alert instead). Default on.
-    pub suspend: bool,
-}
-
-impl Default for ResponseConfig {
-    fn default() -> Self {
-        Self {
-            signal_ttl_seconds: 1800,
-            reduce_at: 60,
-            alert_at: 60,
-            step_up_at: 75,
-            suspend_at: 90,
-            issuer_deny_at: 80,
-            suspend: true,
-        }
-    }
-}
 
 /// What to do about one detection.
 #[derive(Clone, Debug, PartialEq)]

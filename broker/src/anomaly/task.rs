@@ -253,21 +253,19 @@ impl Analysis {
             "alert": response.alert,
             "triggered_by": request_id,
         });
-        crate::pipeline::record(
-            broker,
-            LogEntry {
+        broker
+            .record(LogEntry {
                 time_ms: now_ms(),
                 kind: RecordKind::Admin,
-                request_id: crate::pipeline::random_id("det"),
+                request_id: crate::ids::random_id("det"),
                 identity,
                 grant: None,
                 node,
                 outcome: Some("detection".into()),
                 body: body.clone(),
-            },
-        )
-        .await
-        .map_err(|e| e.message.clone())?;
+            })
+            .await
+            .map_err(|e| e.message.clone())?;
         if enforce {
             broker
                 .store
@@ -317,14 +315,11 @@ impl Analysis {
             .map_err(|e| e.to_string())?;
         tracing::warn!(%subject, score = detection.score, "suspended by anomaly analysis");
         // An identity's leases, or everything issued through a node.
-        crate::pipeline::revoke_all(
-            broker,
-            subject,
-            &crate::pipeline::random_id("det"),
-            "suspension",
-        )
-        .await
-        .map_err(|e| e.message.clone())?;
+        broker
+            .issuer(&broker.dynamic.load_full())
+            .revoke_all(subject, &crate::ids::random_id("det"), "suspension")
+            .await
+            .map_err(|e| e.message())?;
         Ok(())
     }
 }
@@ -369,7 +364,7 @@ pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
     loop {
         tokio::time::sleep(interval).await;
         analysis.acting = leadership.leads().await;
-        crate::pipeline::fault_wait("anomaly_step").await;
+        crate::fault::fault_wait("anomaly_step").await;
         match analysis.step(&broker).await {
             Ok(_) => broker.analysis.beat(now_ms()),
             Err(e) => tracing::warn!(error = %e, "anomaly analysis step failed; retrying"),

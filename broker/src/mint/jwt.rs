@@ -6,9 +6,18 @@ use std::collections::BTreeMap;
 
 use mintguard_certs::jwt::{Expiring, JwtKeySet};
 use serde::Serialize;
-use time::OffsetDateTime;
 
-use super::Durable;
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
+use serde_json::{Value, json};
+
+use super::{
+    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
+    Revocation, SealError, Sealed,
+};
+use crate::config::GrantConfig;
+use crate::store::Lease;
 
 /// The claims of a Mintguard JWT.
 #[derive(Clone, Debug, Serialize)]
@@ -41,31 +50,87 @@ impl Expiring for Claims {
     }
 }
 
-/// A signed JWT that may not leave the broker yet.
-pub struct UnreleasedJwt {
-    token: String,
+/// The JWT minter: signs with the broker's current key; the token leaves
+/// the broker only once its record is durable ([`Sealed::release`]).
+pub struct JwtMinter {
+    keys: Arc<RwLock<JwtKeySet>>,
 }
 
-impl std::fmt::Debug for UnreleasedJwt {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("UnreleasedJwt([redacted])")
+impl JwtMinter {
+    /// Signs with `keys` (shared with the JWKS and key rotation).
+    pub fn new(keys: Arc<RwLock<JwtKeySet>>) -> Self {
+        Self { keys }
     }
 }
 
-impl UnreleasedJwt {
-    /// Signs `claims` (before the durable write, so the write is the only I/O).
-    pub fn sign(
-        keys: &JwtKeySet,
-        claims: &Claims,
-        now: OffsetDateTime,
-    ) -> Result<Self, mintguard_certs::CertsError> {
-        Ok(Self {
-            token: keys.sign(claims, now)?,
-        })
+#[async_trait]
+impl Minter for JwtMinter {
+    fn kind(&self) -> LeaseKind {
+        LeaseKind::Jwt
     }
 
-    /// The token, once its record is durable.
-    pub fn release(self, _proof: &Durable) -> String {
-        self.token
+    fn revocation(&self) -> Revocation {
+        Revocation::IntrospectionOnly
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::Local
+    }
+
+    fn seal(
+        &self,
+        _approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+    ) -> Result<Sealed, SealError> {
+        let (audience, extra) = request
+            .grant
+            .jwt
+            .as_ref()
+            .map(|j| (j.audience.clone(), j.claims.clone()))
+            .unwrap_or_default();
+        let now = request.now_ms.div_euclid(1000);
+        let claims = Claims {
+            iss: request.issuer_url.to_owned(),
+            sub: request.identity.to_owned(),
+            aud: audience.clone(),
+            grant: request.grant.name.clone(),
+            jti: request.lease_id.to_owned(),
+            iat: now,
+            nbf: now,
+            exp: request.expires_at_ms().div_euclid(1000),
+            extra,
+        };
+        let keys = self
+            .keys
+            .read()
+            .map_err(|_| SealError::KeysUnavailable("poisoned lock".into()))?;
+        let token = keys
+            .sign(&claims, crate::clock::datetime(request.now_ms))
+            .map_err(|e| SealError::Failed(e.to_string()))?;
+        Ok(Sealed::new(
+            json!({"type": "jwt", "token": token, "audience": audience}),
+        ))
+    }
+
+    async fn mint(
+        &self,
+        _approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+        _intent: &LoggedIntent,
+    ) -> Result<Minted, MintError> {
+        Err(MintError::new(format!(
+            "grant {} is minted locally, not upstream",
+            request.grant.name
+        )))
+    }
+
+    /// Revocation is the store's: introspection answers `active: false`.
+    async fn revoke(&self, _upstream: &Value) -> Result<bool, MintError> {
+        Ok(true)
+    }
+
+    /// A JWT has one record: there is never an intent without an outcome.
+    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+        Reconcile::Nothing
     }
 }

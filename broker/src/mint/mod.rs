@@ -1,117 +1,27 @@
 //! Minters, and the proof types that order minting after logging.
 //!
-//! A [`Durable`] exists only once a decision's record (with its budget spend
-//! and lease) is committed; a local credential is signed first, as an
-//! [`jwt::UnreleasedJwt`], and can be turned into its token only with a
-//! `Durable` — no code path releases a credential without its durable record.
+//! A [`Minter`] is one kind of credential (its own file: [`jwt`],
+//! [`vault`], [`sts`]); [`Minters`] is where they are registered. Every
+//! irreversible step takes a proof: an [`Approved`] that only a minting
+//! decision yields, then a [`Durable`] (a local credential's record, spend
+//! and lease are committed) or a [`LoggedIntent`] (an upstream mint's intent
+//! is). A local credential is signed first, as a [`Sealed`], and can be
+//! turned into what the workload receives only with a `Durable`: no code
+//! path releases a credential without its durable record.
 
 pub mod jwt;
 pub mod sts;
 pub mod vault;
 
+use async_trait::async_trait;
+use mintguard_policy::Decision;
+use serde_json::Value;
+
+use crate::config::{GrantConfig, GrantKind};
 use crate::store::Appended;
+use crate::store::Lease;
 
-/// What a lease is a lease on: the kind of credential minted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseKind {
-    /// A broker-signed JWT.
-    Jwt,
-    /// A Vault / OpenBao token or secret.
-    Vault,
-    /// AWS STS credentials.
-    AwsSts,
-}
-
-/// How a lease ends before it expires.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Revocation {
-    /// Relying parties that introspect see the revocation; offline
-    /// verifiers honour only the expiry (JWTs).
-    IntrospectionOnly,
-    /// Revoked upstream and confirmed by a lookup (Vault).
-    Effective,
-    /// Cannot be revoked one by one: an operator attaches a deny policy
-    /// (STS sessions).
-    Advisory,
-}
-
-/// A stored lease kind or revocation that this broker does not know.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("unknown {what} {value:?}")]
-pub struct UnknownForm {
-    /// Which closed set.
-    pub what: &'static str,
-    /// The stored text.
-    pub value: String,
-}
-
-macro_rules! string_forms {
-    ($ty:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
-        impl $ty {
-            /// The one string form (log records, the store, the API).
-            pub fn as_str(self) -> &'static str {
-                match self {
-                    $(Self::$variant => $text),+
-                }
-            }
-        }
-
-        impl std::str::FromStr for $ty {
-            type Err = UnknownForm;
-
-            fn from_str(s: &str) -> Result<Self, UnknownForm> {
-                match s {
-                    $($text => Ok(Self::$variant),)+
-                    _ => Err(UnknownForm { what: $what, value: s.to_owned() }),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $ty {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-
-string_forms!(LeaseKind, "lease kind", { Jwt => "jwt", Vault => "vault", AwsSts => "aws_sts" });
-string_forms!(Revocation, "revocation", {
-    IntrospectionOnly => "introspection_only",
-    Effective => "effective",
-    Advisory => "advisory",
-});
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_closed_set_has_one_string_form() {
-        for kind in [LeaseKind::Jwt, LeaseKind::Vault, LeaseKind::AwsSts] {
-            assert_eq!(kind.as_str().parse::<LeaseKind>(), Ok(kind));
-            assert_eq!(
-                serde_json::to_value(kind).unwrap(),
-                serde_json::Value::from(kind.as_str())
-            );
-        }
-        for r in [
-            Revocation::IntrospectionOnly,
-            Revocation::Effective,
-            Revocation::Advisory,
-        ] {
-            assert_eq!(r.as_str().parse::<Revocation>(), Ok(r));
-            assert_eq!(
-                serde_json::to_value(r).unwrap(),
-                serde_json::Value::from(r.as_str())
-            );
-        }
-        let unknown = "gcp".parse::<LeaseKind>().unwrap_err();
-        assert_eq!(unknown.to_string(), "unknown lease kind \"gcp\"");
-    }
-}
+pub use crate::lease::{LeaseKind, Revocation, UnknownForm};
 
 /// Proof that a minting decision's record, spend and lease are durable.
 #[derive(Debug)]
@@ -157,5 +67,255 @@ impl LoggedIntent {
     /// The lease the mint is for.
     pub fn lease_id(&self) -> &str {
         &self.lease_id
+    }
+}
+
+/// Proof that a decision mints: only [`Approved::check`] makes one, and
+/// only for an outcome that mints (`allow`, `allow_reduced`, or a confirmed
+/// break-glass override of the decision).
+#[derive(Debug)]
+pub struct Approved<'a> {
+    decision: &'a Decision,
+}
+
+impl<'a> Approved<'a> {
+    /// The proof, if `decision` mints.
+    pub fn check(decision: &'a Decision) -> Option<Self> {
+        decision.outcome.mints().then_some(Self { decision })
+    }
+
+    /// The decision.
+    pub fn decision(&self) -> &'a Decision {
+        self.decision
+    }
+}
+
+/// Whether a minter's credential is made by the broker itself (and released
+/// after its one record is durable) or by an upstream (after an intent
+/// record, then an outcome record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Signed here ([`Minter::seal`]).
+    Local,
+    /// Minted by an upstream ([`Minter::mint`]).
+    Upstream,
+}
+
+/// What one mint is for.
+#[derive(Clone, Copy, Debug)]
+pub struct MintRequest<'a> {
+    /// The workload's (or CI job's) SPIFFE ID.
+    pub identity: &'a str,
+    /// The node or CI issuer that vouched for it.
+    pub node: &'a str,
+    /// The grant.
+    pub grant: &'a GrantConfig,
+    /// The broker's URL (`iss`).
+    pub issuer_url: &'a str,
+    /// The lease the credential is tracked as.
+    pub lease_id: &'a str,
+    /// The TTL the minter agreed to ([`Minter::ttl_seconds`]).
+    pub ttl_seconds: u64,
+    /// The issuance's one reading of the clock, milliseconds.
+    pub now_ms: i64,
+}
+
+impl MintRequest<'_> {
+    /// When the credential expires, milliseconds.
+    pub fn expires_at_ms(&self) -> i64 {
+        self.now_ms.saturating_add(
+            i64::try_from(self.ttl_seconds)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1000),
+        )
+    }
+}
+
+/// A credential signed here that may not leave the broker yet.
+pub struct Sealed {
+    credential: Value,
+}
+
+impl std::fmt::Debug for Sealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Sealed([redacted])")
+    }
+}
+
+impl Sealed {
+    /// Seals what the workload will receive.
+    pub(crate) fn new(credential: Value) -> Self {
+        Self { credential }
+    }
+
+    /// What the workload receives, once its record is durable.
+    pub fn release(self, _proof: &Durable) -> Value {
+        self.credential
+    }
+}
+
+/// What an upstream mint produced.
+pub struct Minted {
+    /// The credential for the workload (never logged).
+    pub credential: Value,
+    /// The upstream reference, logged and used to revoke.
+    pub upstream: Value,
+    /// The upstream lease duration, seconds (0 = none).
+    pub lease_seconds: u64,
+}
+
+/// A failed mint or revocation.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct MintError {
+    /// What failed.
+    pub message: String,
+    /// Whether the upstream may have minted all the same (a call sent and
+    /// no readable answer): not refunded, left to reconciliation.
+    pub ambiguous: bool,
+}
+
+impl MintError {
+    /// A failure that minted nothing.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            ambiguous: false,
+        }
+    }
+}
+
+/// Why a local credential could not be sealed (nothing was signed).
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SealError {
+    /// The signing keys could not be read.
+    #[error("signing keys unavailable: {0}")]
+    KeysUnavailable(String),
+    /// Signing failed.
+    #[error("signing failed: {0}")]
+    Failed(String),
+}
+
+/// A decided TTL the upstream cannot mint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TtlBelowMinimum {
+    /// The decided TTL, seconds.
+    pub ttl_seconds: u64,
+    /// The upstream's shortest, seconds.
+    pub minimum: u64,
+}
+
+/// What reconciling an intent without an outcome found.
+#[derive(Debug)]
+pub enum Reconcile {
+    /// Minted, found upstream and revoked: closed as `reconciled_revoked`.
+    Revoked {
+        /// What was revoked.
+        upstream: Value,
+    },
+    /// Never minted: closed as `reconciled_not_minted`.
+    NotMinted,
+    /// Cannot be settled by the broker: logged as
+    /// `reconcile_operator_action` with `detail`; `end_task` records the
+    /// lease's task as ended (an advisory lease).
+    OperatorAction {
+        /// What the operator reads (the action to take).
+        detail: serde_json::Map<String, Value>,
+        /// Whether to record the task as ended.
+        end_task: bool,
+    },
+    /// Nothing to do (already handed to an operator).
+    Nothing,
+    /// The upstream could not be asked now: look again at the next pass.
+    Retry,
+}
+
+/// One kind of credential.
+#[async_trait]
+pub trait Minter: Send + Sync {
+    /// The lease kind it mints.
+    fn kind(&self) -> LeaseKind;
+
+    /// How its leases end before they expire.
+    fn revocation(&self) -> Revocation;
+
+    /// Local or upstream.
+    fn flow(&self) -> Flow;
+
+    /// The TTL it mints for a decided one (an upstream's floor and ceiling).
+    fn ttl_seconds(&self, _grant: &GrantConfig, decided: u64) -> Result<u64, TtlBelowMinimum> {
+        Ok(decided)
+    }
+
+    /// Signs a local credential ([`Flow::Local`]), released only with its [`Durable`].
+    fn seal(
+        &self,
+        _approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+    ) -> Result<Sealed, SealError> {
+        Err(SealError::Failed(format!(
+            "grant {} is not minted locally",
+            request.grant.name
+        )))
+    }
+
+    /// Mints upstream ([`Flow::Upstream`]), after its intent is logged.
+    async fn mint(
+        &self,
+        approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+        intent: &LoggedIntent,
+    ) -> Result<Minted, MintError>;
+
+    /// Revokes what `upstream` names and confirms it: `Ok(true)` when the
+    /// upstream no longer knows it.
+    async fn revoke(&self, upstream: &Value) -> Result<bool, MintError>;
+
+    /// Settles an intent without an outcome (the broker died between the
+    /// mint and its answer). `grant` is the lease's grant, if still configured.
+    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile;
+
+    /// What an operator does to end one of its advisory leases.
+    fn advisory_action(&self, lease_id: &str) -> String {
+        format!(
+            "revoke lease {lease_id} upstream, then `mintguard revoke {lease_id} --confirm-revoked-upstream`"
+        )
+    }
+}
+
+impl From<GrantKind> for LeaseKind {
+    fn from(kind: GrantKind) -> Self {
+        match kind {
+            GrantKind::Jwt => Self::Jwt,
+            GrantKind::Vault => Self::Vault,
+            GrantKind::AwsSts => Self::AwsSts,
+        }
+    }
+}
+
+/// The minters this broker runs: the one place a kind is registered.
+#[derive(Default)]
+pub struct Minters {
+    minters: Vec<Box<dyn Minter>>,
+}
+
+impl Minters {
+    /// Registers a minter (the last registration of a kind wins).
+    pub fn register(&mut self, minter: Box<dyn Minter>) {
+        self.minters.retain(|m| m.kind() != minter.kind());
+        self.minters.push(minter);
+    }
+
+    /// The minter of `kind`, if configured.
+    pub fn get(&self, kind: LeaseKind) -> Option<&dyn Minter> {
+        self.minters
+            .iter()
+            .find(|m| m.kind() == kind)
+            .map(|m| m.as_ref())
+    }
+
+    /// Whether any upstream minter is configured (reconciliation runs).
+    pub fn any_upstream(&self) -> bool {
+        self.minters.iter().any(|m| m.flow() == Flow::Upstream)
     }
 }

@@ -7,15 +7,23 @@
 //! STS sessions cannot be revoked one by one: leases are `advisory` until an
 //! operator attaches the deny policy `mintguard aws revoke-policy` prints.
 
+use std::sync::{Arc, RwLock};
+
+use async_trait::async_trait;
 use aws_sdk_sts::types::{Credentials, Tag};
 use mintguard_certs::jwt::{Expiring, JwtKeySet};
 use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use super::LoggedIntent;
-use super::vault::Minted;
+use super::Minted;
+use super::{
+    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minter, Reconcile, Revocation,
+    TtlBelowMinimum,
+};
+use crate::config::GrantConfig;
 use crate::config::{AwsConfig, AwsStsGrant, StsMode, sts_limits};
+use crate::store::Lease;
 
 /// How long a web-identity JWT is valid: long enough for one STS call.
 const WEB_IDENTITY_TTL: i64 = 300;
@@ -90,7 +98,7 @@ fn connection_refused(e: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The STS clients: one signing with the broker's credentials (standard
 /// chain), one with none at all for `AssumeRoleWithWebIdentity`.
-pub struct StsMinter {
+pub struct StsClient {
     client: aws_sdk_sts::Client,
     anonymous: aws_sdk_sts::Client,
     audience: String,
@@ -175,7 +183,7 @@ fn tag_value(value: &str) -> String {
         .collect()
 }
 
-impl StsMinter {
+impl StsClient {
     /// A client for `[aws]`.
     pub async fn new(config: &AwsConfig) -> Self {
         let loader = || {
@@ -340,6 +348,130 @@ impl StsMinter {
             lease_seconds: session.duration,
         })
     }
+}
+
+impl From<StsError> for MintError {
+    fn from(e: StsError) -> Self {
+        Self {
+            message: e.to_string(),
+            ambiguous: e.ambiguous,
+        }
+    }
+}
+
+/// The STS minter: sessions of the grant's role, advisory leases (an
+/// operator attaches a deny policy to end one early).
+pub struct StsMinter {
+    client: StsClient,
+    /// The broker's JWT keys, which sign `web_identity` grants' tokens.
+    keys: Arc<RwLock<JwtKeySet>>,
+}
+
+impl StsMinter {
+    /// Mints through `client`; `keys` sign web-identity tokens.
+    pub fn new(client: StsClient, keys: Arc<RwLock<JwtKeySet>>) -> Self {
+        Self { client, keys }
+    }
+}
+
+#[async_trait]
+impl Minter for StsMinter {
+    fn kind(&self) -> LeaseKind {
+        LeaseKind::AwsSts
+    }
+
+    fn revocation(&self) -> Revocation {
+        Revocation::Advisory
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::Upstream
+    }
+
+    /// STS's floor (900 s) refuses a shorter decided TTL unless the grant
+    /// sets `ttl_floor = "upstream"`; its ceiling caps a longer one.
+    fn ttl_seconds(&self, grant: &GrantConfig, decided: u64) -> Result<u64, TtlBelowMinimum> {
+        let floor_upstream = grant
+            .aws_sts
+            .as_ref()
+            .is_some_and(|g| g.ttl_floor.as_deref() == Some("upstream"));
+        if decided < sts_limits::MIN_DURATION && !floor_upstream {
+            return Err(TtlBelowMinimum {
+                ttl_seconds: decided,
+                minimum: sts_limits::MIN_DURATION,
+            });
+        }
+        Ok(decided.clamp(sts_limits::MIN_DURATION, sts_limits::MAX_DURATION))
+    }
+
+    async fn mint(
+        &self,
+        approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+        intent: &LoggedIntent,
+    ) -> Result<Minted, MintError> {
+        let Some(grant) = &request.grant.aws_sts else {
+            return Err(MintError::new(format!(
+                "grant {} has no aws_sts settings",
+                request.grant.name
+            )));
+        };
+        let session = Session {
+            identity: request.identity,
+            node: request.node,
+            duration: request.ttl_seconds,
+            reduced: approved.decision().reduced,
+        };
+        let token = match grant.mode {
+            StsMode::AssumeRole => None,
+            StsMode::WebIdentity => {
+                let keys = self
+                    .keys
+                    .read()
+                    .map_err(|_| StsError::new("the JWT keys are unavailable"))?;
+                Some(self.client.web_identity_token(
+                    &keys,
+                    request.issuer_url,
+                    intent,
+                    &session,
+                    crate::clock::datetime(request.now_ms),
+                )?)
+            }
+        };
+        Ok(self.client.mint(intent, grant, &session, token).await?)
+    }
+
+    async fn revoke(&self, _upstream: &Value) -> Result<bool, MintError> {
+        Err(MintError::new(
+            "STS sessions cannot be revoked one by one; attach the deny policy (`mintguard aws revoke-policy`)",
+        ))
+    }
+
+    /// An STS session cannot be found or revoked one by one: an operator
+    /// attaches the deny policy, once.
+    async fn reconcile(&self, lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+        if lease.task_ended_at_ms.is_some() {
+            return Reconcile::Nothing;
+        }
+        let mut detail = serde_json::Map::new();
+        detail.insert("minted_unanswered".into(), "unknown".into());
+        detail.insert("action".into(), self.advisory_action(&lease.id).into());
+        Reconcile::OperatorAction {
+            detail,
+            end_task: true,
+        }
+    }
+
+    fn advisory_action(&self, lease_id: &str) -> String {
+        advisory_action(lease_id)
+    }
+}
+
+/// What an operator does to end an STS lease.
+pub fn advisory_action(lease_id: &str) -> String {
+    format!(
+        "attach the deny policy from `mintguard aws revoke-policy {lease_id}` to the role, then `mintguard revoke {lease_id} --confirm-attached`"
+    )
 }
 
 /// The IAM deny policy that ends sessions an operator wants revoked: those

@@ -16,8 +16,14 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use super::LoggedIntent;
-use crate::config::{VaultConfig, VaultGrant};
+use async_trait::async_trait;
+
+use super::{
+    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
+    Revocation,
+};
+use crate::config::{GrantConfig, VaultConfig, VaultGrant};
+use crate::store::Lease;
 
 /// A failed Vault call: what, and the status if Vault answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -66,16 +72,6 @@ const MAX_IDLE: usize = 32;
 
 /// Most token accessors one reconciliation looks up.
 pub const MAX_ACCESSORS_SCANNED: usize = 10_000;
-
-/// What a mint produced.
-pub struct Minted {
-    /// The credential for the workload (never logged).
-    pub credential: Value,
-    /// The upstream reference, logged and used to revoke.
-    pub upstream: Value,
-    /// The upstream lease duration, seconds (0 = none).
-    pub lease_seconds: u64,
-}
 
 /// A client of one Vault server, with the broker's token.
 pub struct VaultClient {
@@ -501,6 +497,106 @@ fn gone_after_lookup(what: &str, status: u16) -> Result<bool, VaultError> {
             what,
             format!("HTTP {status} on the confirming lookup"),
         )),
+    }
+}
+
+impl From<VaultError> for MintError {
+    fn from(e: VaultError) -> Self {
+        Self {
+            message: e.to_string(),
+            ambiguous: e.ambiguous,
+        }
+    }
+}
+
+/// The Vault minter: child tokens and dynamic secrets, revoked effectively
+/// (revoked upstream, confirmed by a lookup).
+pub struct VaultMinter {
+    client: Arc<VaultClient>,
+}
+
+impl VaultMinter {
+    /// Mints through `client`.
+    pub fn new(client: Arc<VaultClient>) -> Self {
+        Self { client }
+    }
+}
+
+#[async_trait]
+impl Minter for VaultMinter {
+    fn kind(&self) -> LeaseKind {
+        LeaseKind::Vault
+    }
+
+    fn revocation(&self) -> Revocation {
+        Revocation::Effective
+    }
+
+    fn flow(&self) -> Flow {
+        Flow::Upstream
+    }
+
+    async fn mint(
+        &self,
+        _approved: &Approved<'_>,
+        request: &MintRequest<'_>,
+        intent: &LoggedIntent,
+    ) -> Result<Minted, MintError> {
+        let Some(grant) = &request.grant.vault else {
+            return Err(MintError::new(format!(
+                "grant {} has no vault settings",
+                request.grant.name
+            )));
+        };
+        Ok(self
+            .client
+            .mint(intent, grant, request.identity, request.ttl_seconds)
+            .await?)
+    }
+
+    async fn revoke(&self, upstream: &Value) -> Result<bool, MintError> {
+        Ok(self.client.revoke(upstream).await?)
+    }
+
+    /// A child token is found by its `mintguard_lease` metadata and
+    /// revoked (or closed as never minted); a dynamic secret cannot be
+    /// searched for, so it is handed to an operator.
+    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile {
+        match grant.and_then(|g| g.vault.as_ref()) {
+            Some(VaultGrant::Token { .. }) => {
+                match self.client.find_token_for_lease(&lease.id).await {
+                    Ok(Some(accessor)) => {
+                        let upstream = json!({"vault_accessor": accessor});
+                        if self.client.revoke(&upstream).await.unwrap_or(false) {
+                            Reconcile::Revoked { upstream }
+                        } else {
+                            tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next pass");
+                            Reconcile::Retry
+                        }
+                    }
+                    Ok(None) => Reconcile::NotMinted,
+                    // Vault could not be searched now: the next pass tries again.
+                    Err(e) => {
+                        tracing::error!(lease = %lease.id, error = %e, "searching Vault for an unanswered token failed; retrying at the next pass");
+                        Reconcile::Retry
+                    }
+                }
+            }
+            other => {
+                let path = match other {
+                    Some(VaultGrant::Secret { path, .. }) => path.clone(),
+                    _ => String::new(),
+                };
+                let mut detail = serde_json::Map::new();
+                detail.insert("vault_path".into(), path.into());
+                detail.insert("intent_time_ms".into(), lease.issued_at_ms.into());
+                detail.insert("action".into(), "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke LEASE --confirm-revoked-upstream`".into());
+                Reconcile::OperatorAction {
+                    detail,
+                    end_task: false,
+                }
+            }
+        }
     }
 }
 

@@ -23,12 +23,13 @@ use serde_json::{Value, json};
 use crate::clock::now_ms;
 use crate::config::Role;
 use crate::http::{ApiError, Json};
+use crate::ids::random_id;
+use crate::issue::revoke::CONFIRMED_UPSTREAM;
+use crate::lease::Revocation;
 use crate::log::checkpoint::{Checkpoint, StatementKind};
 use crate::log::decode::Decided;
 use crate::log::verify::{ChainVerifier, VerifyFailure, VerifyReport};
 use crate::log::{LogEntry, LogRecord, RecordKind};
-use crate::mint::Revocation;
-use crate::pipeline::{self, random_id};
 use crate::state::{Broker, token_hash};
 use crate::store::{Entry, LeaseQuery, LogQuery, SignalRecord, SuspensionRecord};
 
@@ -208,7 +209,7 @@ async fn write_admin(
         outcome: Some(outcome.to_owned()),
         body: json!({"action": action, "operator": op.name, "details": details}),
     };
-    pipeline::record(broker, entry).await
+    broker.record(entry).await
 }
 
 /// An admin action that changes the store, logged around its change so
@@ -262,7 +263,7 @@ impl<'a> AdminAction<'a> {
         change: impl Future<Output = Result<T, ApiError>>,
         details: impl FnOnce(&T) -> Value,
     ) -> Result<T, ApiError> {
-        pipeline::fault_wait("admin_change").await;
+        crate::fault::fault_wait("admin_change").await;
         match change.await {
             Ok(value) => {
                 let (identity, action) = (self.identity.clone(), self.action);
@@ -348,9 +349,6 @@ async fn create_token(
     }))
 }
 
-/// Why an entry without a selector saying who runs the workload is refused.
-pub const WEAK_ENTRY: &str = "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)";
-
 /// Selectors the agent can prove.
 const KNOWN: &[&str] = &[
     "unix:uid:",
@@ -407,7 +405,10 @@ async fn create_entry(
         }
     }
     if !Entry::pins_who(&req.selectors) {
-        return Err(ApiError::bad_request("weak_entry", WEAK_ENTRY));
+        return Err(ApiError::bad_request(
+            "weak_entry",
+            crate::store::WEAK_ENTRY,
+        ));
     }
     if let Some(g) = req.grants.iter().find(|g| !config.grants.contains_key(*g)) {
         return Err(ApiError::bad_request(
@@ -911,7 +912,11 @@ async fn revoke(
         // Only for what the broker cannot revoke itself: no upstream handle
         // logged, and no mint still in flight.
         if lease.issued_at_ms > now_ms() - broker.reconcile_after_ms()
-            || pipeline::upstream_of(&broker, &lease).await?.is_some()
+            || broker
+                .issuer(&broker.dynamic.load_full())
+                .upstream_of(&lease)
+                .await?
+                .is_some()
         {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -919,18 +924,22 @@ async fn revoke(
                 "the broker revokes this lease itself (`mintguard revoke LEASE`), or it may still be minting",
             ));
         }
-        format!("{}{}", pipeline::CONFIRMED_UPSTREAM, op.name)
+        format!("{CONFIRMED_UPSTREAM}{}", op.name)
     } else {
         format!("operator:{}", op.name)
     };
-    let revoked = pipeline::revoke_lease(&broker, &lease, &random_id("req"), &why).await?;
+    let dynamic = broker.dynamic.load_full();
+    let revoked = broker
+        .issuer(&dynamic)
+        .revoke_lease(&lease, &random_id("req"), &why)
+        .await?;
     if lease.revocation == Revocation::Advisory && !revoked {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "advisory_revocation",
             format!(
                 "STS sessions cannot be revoked one by one: {}",
-                pipeline::advisory_action(&id)
+                crate::mint::sts::advisory_action(&id)
             ),
         ));
     }
@@ -1120,14 +1129,16 @@ async fn issue_break_glass(
                 "no registration entry lists this grant for the identity",
             )
         })?;
-    crate::approvals::consume(&broker, &a).await?;
-    let subject = pipeline::Subject {
+    crate::issue::approval::consume(&*broker.store, &a)
+        .await
+        .map_err(ApiError::from)?;
+    let subject = crate::issue::Subject {
         identity: a.identity.clone(),
         principal: mintguard_policy::decision::PrincipalKind::Workload,
         issuer_kind: mintguard_policy::decision::IssuerKind::Node,
         issuer: entry.parent.clone(),
         may_vouch: true,
-        observed: pipeline::Observed {
+        observed: crate::issue::Observed {
             posture: (0, "break_glass:not_observed"),
             attestation: (0, "break_glass:not_attested"),
             network: None,
@@ -1137,7 +1148,9 @@ async fn issue_break_glass(
             .get(&entry.parent)
             .map_or(100.0, |r| r.max),
         ci_claims: std::collections::BTreeMap::new(),
-        context: json!({"entry_id": entry.id}),
+        context: [("entry_id".to_owned(), json!(entry.id))]
+            .into_iter()
+            .collect(),
         audit: false,
         break_glass: Some(json!({
             "id": a.id, "opened_by": a.requested_by, "approvers": a.approvers,
@@ -1159,8 +1172,12 @@ async fn issue_break_glass(
         approval_id: None,
     };
     let now = broker.clock.now_ms();
-    let response =
-        pipeline::decide_and_issue(&broker, &dynamic, grant, request, subject, now).await?;
+    // Never held: a confirmed break-glass decision mints or is refused.
+    let issued = broker
+        .issuer(&dynamic)
+        .issue(grant, request, subject, now)
+        .await
+        .map_err(ApiError::from)?;
     admin_record(
         &broker,
         &op,
@@ -1169,7 +1186,7 @@ async fn issue_break_glass(
         json!({"review": a.id, "grant": a.grant, "approvers": a.approvers, "justification": a.purpose}),
     )
     .await?;
-    Ok(response)
+    Ok(crate::http::answer(Ok(issued)))
 }
 
 #[derive(Deserialize)]
@@ -1406,7 +1423,10 @@ async fn suspend(
             |()| details,
         )
         .await?;
-    pipeline::revoke_all(&broker, &req.subject, &request_id, "suspension").await?;
+    broker
+        .issuer(&broker.dynamic.load_full())
+        .revoke_all(&req.subject, &request_id, "suspension")
+        .await?;
     Ok(axum::Json(
         json!({"subject": req.subject, "suspended": true}),
     ))
@@ -1570,9 +1590,9 @@ async fn health(
     op.require(Role::Viewer)?;
     let now = now_ms();
     let (status, analysis) = match broker.analysis.behaviour(now) {
-        crate::anomaly::health::Behaviour::Fresh => ("ok", "fresh"),
-        crate::anomaly::health::Behaviour::Stale { .. } => ("degraded", "stale"),
-        crate::anomaly::health::Behaviour::Off => ("ok", "off"),
+        crate::health::Behaviour::Fresh => ("ok", "fresh"),
+        crate::health::Behaviour::Stale { .. } => ("degraded", "stale"),
+        crate::health::Behaviour::Off => ("ok", "off"),
     };
     Ok(axum::Json(json!({
         "status": status,

@@ -13,7 +13,7 @@ use mintguard_certs::tls::SpiffePeer;
 use time::OffsetDateTime;
 
 use crate::http::{ApiError, Json};
-use crate::pipeline::{self, random_id};
+use crate::ids::random_id;
 use crate::state::Broker;
 use crate::store::NodeRenewal;
 
@@ -40,7 +40,9 @@ async fn issue(
                 .with_reasons(vec!["issuer_suspended".into()]),
         );
     }
-    pipeline::issue(&broker, &peer, req).await
+    Ok(crate::http::answer(
+        crate::doors::node::issue(&broker, &peer, req).await?,
+    ))
 }
 
 async fn entries(
@@ -83,9 +85,7 @@ async fn refuse_stale(
         outcome: Some(outcome.to_owned()),
         body,
     };
-    pipeline::record(
-        broker,
-        record(
+    broker.record(record(
             "node_svid_refused",
             serde_json::json!({"action": "node_svid_refused", "node": node, "reason": "stale_node_svid", "evidence": evidence}),
         ),
@@ -96,9 +96,8 @@ async fn refuse_stale(
         serial = peer.serial(),
         "a renewal from outside the node's SVID lineage was refused"
     );
-    pipeline::record(
-        broker,
-        record(
+    broker
+        .record(record(
             "detection",
             serde_json::json!({
                 "subject": {"kind": "issuer", "id": node},
@@ -108,9 +107,8 @@ async fn refuse_stale(
                 "response": "observe",
                 "triggered_by": request_id,
             }),
-        ),
-    )
-    .await
+        ))
+        .await
 }
 
 async fn renew(
@@ -120,7 +118,7 @@ async fn renew(
 ) -> Result<axum::Json<SvidResponse>, ApiError> {
     // Renewals count against the node's request rate: each is a CA
     // signature and an fsync'd record.
-    pipeline::limit_node(&broker, &peer.id().to_string())?;
+    crate::doors::node::limit_node(&broker, &peer.id().to_string())?;
     if broker
         .store
         .suspension(&peer.id().to_string())
@@ -190,7 +188,7 @@ async fn renew(
             "generation": generation,
         }),
     };
-    pipeline::record(&broker, entry).await?;
+    broker.record(entry).await?;
     Ok(axum::Json(SvidResponse {
         spiffe_id: node,
         svid_pem: crate::routes::public::pem(&cert),
@@ -218,7 +216,10 @@ async fn revoke(
             "the lease was issued through another node",
         ));
     }
-    pipeline::revoke_lease(&broker, &lease, &random_id("req"), "task_ended").await?;
+    broker
+        .issuer(&broker.dynamic.load_full())
+        .revoke_lease(&lease, &random_id("req"), "task_ended")
+        .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

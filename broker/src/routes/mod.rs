@@ -125,7 +125,7 @@ pub async fn serve(broker: Arc<Broker>) -> Result<Bound, String> {
     if let Some(vault) = broker.vault.clone() {
         tokio::spawn(vault.keep_token_fresh());
     }
-    if broker.vault.is_some() || broker.sts.is_some() {
+    if broker.minters.any_upstream() {
         tokio::spawn(revoke_expired_upstream(broker.clone()));
     }
     if config.anomaly.enabled {
@@ -297,10 +297,12 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
         // Intents without an outcome older than `reconcile_after` are
         // settled (a broker — this one or a replica — died mid-mint).
         let min_age = broker.reconcile_after_ms();
-        match crate::pipeline::reconcile_upstream(&broker, min_age, &mut reconciled).await {
+        let dynamic = broker.dynamic.load_full();
+        let issuer = broker.issuer(&dynamic);
+        match issuer.reconcile_upstream(min_age, &mut reconciled).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(settled = n, "unanswered upstream mints reconciled"),
-            Err(e) => tracing::error!(error = %e.message, "reconciling upstream mints failed"),
+            Err(e) => tracing::error!(error = %e, "reconciling upstream mints failed"),
         }
         // Suspended subjects keep no live lease: what a suspension could
         // not revoke (Vault down, or the broker stopped in between) is
@@ -308,12 +310,9 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
         match broker.store.suspended_subjects().await {
             Ok(subjects) => {
                 for subject in subjects {
-                    let request_id = crate::pipeline::random_id("req");
-                    if let Err(e) =
-                        crate::pipeline::revoke_all(&broker, &subject, &request_id, "suspension")
-                            .await
-                    {
-                        tracing::warn!(%subject, error = %e.message, "a suspended subject's leases are still live; retrying");
+                    let request_id = crate::ids::random_id("req");
+                    if let Err(e) = issuer.revoke_all(&subject, &request_id, "suspension").await {
+                        tracing::warn!(%subject, error = %e, "a suspended subject's leases are still live; retrying");
                     }
                 }
             }
@@ -337,11 +336,9 @@ async fn revoke_expired_upstream(broker: Arc<Broker>) {
                 }
             };
             for lease in &leases {
-                let request_id = crate::pipeline::random_id("req");
-                if let Err(e) =
-                    crate::pipeline::revoke_lease(&broker, lease, &request_id, "expired").await
-                {
-                    tracing::warn!(lease = %lease.id, error = %e.message, "revoking an expired lease upstream failed; retrying");
+                let request_id = crate::ids::random_id("req");
+                if let Err(e) = issuer.revoke_lease(lease, &request_id, "expired").await {
+                    tracing::warn!(lease = %lease.id, error = %e, "revoking an expired lease upstream failed; retrying");
                 }
             }
             match leases.last() {

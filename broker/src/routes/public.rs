@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Form, Router};
-use mintguard_api::{CredentialRequest, CredentialResponse, EnrollRequest, SvidResponse};
+use mintguard_api::{CredentialRequest, EnrollRequest, SvidResponse};
 use mintguard_certs::id;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -17,8 +17,8 @@ use time::OffsetDateTime;
 
 use crate::clock::now_ms;
 use crate::http::{ApiError, ClientAddr, Json};
+use crate::ids::random_id;
 use crate::log::{LogEntry, RecordKind};
-use crate::pipeline::random_id;
 use crate::state::{Broker, token_hash};
 
 /// The public router.
@@ -103,7 +103,7 @@ async fn enroll(
         outcome: Some("node_enrolled".into()),
         body: json!({"action": "node_enrolled", "node": node_id.to_string(), "serial": info.serial, "key_sha256": info.key_sha256, "svid_expires_at": info.not_after.unix_timestamp(), "generation": generation}),
     };
-    crate::pipeline::record(&broker, entry).await?;
+    broker.record(entry).await?;
     Ok(axum::Json(SvidResponse {
         spiffe_id: node_id.to_string(),
         svid_pem: pem(&cert),
@@ -159,7 +159,7 @@ async fn ci_rate_limit(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    match crate::ci::check_rate(&broker, addr.ip()) {
+    match crate::doors::ci::check_rate(&broker, addr.ip()) {
         Ok(()) => next.run(req).await,
         Err(e) if req.uri().path() == "/v1/token" => {
             let mut response = oauth_error(
@@ -261,7 +261,7 @@ async fn introspect(
         // minted for STS federation is signed by the same keys but is not
         // a credential for relying parties.
         Ok(Some(lease))
-            if lease.revoked_at_ms.is_none() && lease.kind == crate::mint::LeaseKind::Jwt =>
+            if lease.revoked_at_ms.is_none() && lease.kind == crate::lease::LeaseKind::Jwt =>
         {
             let mut out = claims.clone();
             if let Some(o) = out.as_object_mut() {
@@ -297,7 +297,9 @@ async fn ci_credentials(
     let token = bearer(&headers).ok_or_else(|| {
         ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
     })?;
-    crate::ci::issue(&broker, addr.ip(), token, request).await
+    Ok(crate::http::answer(
+        crate::doors::ci::issue(&broker, addr.ip(), token, request).await?,
+    ))
 }
 
 /// `GET /v1/ci/approvals/{id}`: the step-up approval a CI job's request
@@ -310,7 +312,7 @@ async fn ci_approval(
     let token = bearer(&headers).ok_or_else(|| {
         ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
     })?;
-    crate::ci::approval(&broker, token, &id)
+    crate::doors::ci::approval(&broker, token, &id)
         .await
         .map(axum::Json)
 }
@@ -420,46 +422,31 @@ async fn token_exchange(
         bind_to_process: None,
         approval_id: None,
     };
-    let response = match crate::ci::issue(&broker, addr.ip(), token, request).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    };
-    let status = response.status();
-    let bytes = axum::body::to_bytes(response.into_body(), 1024 * 1024)
-        .await
-        .unwrap_or_default();
-    if status == StatusCode::OK {
-        let Ok(issued) = serde_json::from_slice::<CredentialResponse>(&bytes) else {
-            return oauth_error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "server_error",
-                "unreadable credential",
-            );
+    let (status, detail, code) =
+        match crate::doors::ci::issue(&broker, addr.ip(), token, request).await {
+            Ok(Ok(issued)) => {
+                let expires_in = (issued.expires_at_ms - broker.clock.now_ms())
+                    .div_euclid(1000)
+                    .max(0);
+                return (
+                    StatusCode::OK,
+                    [(header::CACHE_CONTROL, "no-store")],
+                    axum::Json(json!({
+                        "access_token": issued.credential["token"],
+                        "issued_token_type": JWT_TYPE,
+                        "token_type": "Bearer",
+                        "expires_in": expires_in,
+                        "lease_id": issued.lease_id,
+                    })),
+                )
+                    .into_response();
+            }
+            Ok(Err(refusal)) => {
+                let e = ApiError::from(refusal);
+                (e.status, format!("{}: {}", e.code, e.message), e.code)
+            }
+            Err(e) => (e.status, format!("{}: {}", e.code, e.message), e.code),
         };
-        let expires_in = OffsetDateTime::parse(
-            &issued.expires_at,
-            &time::format_description::well_known::Rfc3339,
-        )
-        .map_or(0, |t| {
-            (t - OffsetDateTime::now_utc()).whole_seconds().max(0)
-        });
-        return (
-            StatusCode::OK,
-            [(header::CACHE_CONTROL, "no-store")],
-            axum::Json(json!({
-                "access_token": issued.credential["token"],
-                "issued_token_type": JWT_TYPE,
-                "token_type": "Bearer",
-                "expires_in": expires_in,
-                "lease_id": issued.lease_id,
-            })),
-        )
-            .into_response();
-    }
-    let detail = serde_json::from_slice::<mintguard_api::ErrorBody>(&bytes)
-        .map(|e| format!("{}: {}", e.error.code, e.error.message))
-        .unwrap_or_default();
-    let code = detail.split(':').next().unwrap_or_default();
     match status {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
             oauth_error(status, "temporarily_unavailable", detail)

@@ -66,9 +66,9 @@ pub struct Lease {
     /// The vouching node or CI issuer.
     pub node: Option<String>,
     /// What was minted.
-    pub kind: crate::mint::LeaseKind,
+    pub kind: crate::lease::LeaseKind,
     /// How it ends before its expiry.
-    pub revocation: crate::mint::Revocation,
+    pub revocation: crate::lease::Revocation,
     /// Issued, ms since the epoch.
     pub issued_at_ms: i64,
     /// Expires, ms since the epoch.
@@ -362,6 +362,9 @@ const PINS_WHO: &[&str] = &[
     "cgroup:container_id:",
     "k8s:sa:",
 ];
+
+/// Why an entry without a selector saying who runs the workload is refused.
+pub const WEAK_ENTRY: &str = "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)";
 
 impl Entry {
     /// Whether `selectors` hold one that says who runs the workload

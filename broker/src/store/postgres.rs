@@ -709,7 +709,7 @@ fn row_to_lease(r: &Row) -> Result<Lease> {
         r.try_get::<_, String>(i)
             .map_err(|e| StoreError::Corrupt(format!("leases column {i}: {e}")))
     };
-    let corrupt = |e: crate::mint::UnknownForm| StoreError::Corrupt(format!("lease: {e}"));
+    let corrupt = |e: crate::lease::UnknownForm| StoreError::Corrupt(format!("lease: {e}"));
     Ok(Lease {
         id: r.get(0),
         request_id: r.get(1),

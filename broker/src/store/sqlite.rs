@@ -476,10 +476,10 @@ fn read_signals(conn: &Connection, subjects: &[&str]) -> Result<Vec<SignalRecord
 /// error the read reports, never a default.
 fn closed_form<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
 where
-    T: std::str::FromStr<Err = crate::mint::UnknownForm>,
+    T: std::str::FromStr<Err = crate::lease::UnknownForm>,
 {
     let text: String = r.get(i)?;
-    text.parse().map_err(|e: crate::mint::UnknownForm| {
+    text.parse().map_err(|e: crate::lease::UnknownForm| {
         rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e))
     })
 }

@@ -2,6 +2,9 @@
 //! bound or opened. Every error names the file, the key and the reason.
 //! `deploy/broker_full.toml` documents every key.
 
+pub mod anomaly;
+pub mod ci;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -203,9 +206,9 @@ pub struct AnomalyConfig {
     /// so. Default 30 (2..=10000).
     pub stale_after_intervals: u32,
     /// Baselines and detectors.
-    pub detectors: crate::anomaly::AnalyzerConfig,
+    pub detectors: anomaly::AnalyzerConfig,
     /// Graduated responses.
-    pub responses: crate::anomaly::ResponseConfig,
+    pub responses: anomaly::ResponseConfig,
     /// An alert webhook.
     pub webhook: Option<WebhookConfig>,
 }
@@ -218,8 +221,8 @@ impl Default for AnomalyConfig {
             interval: Dur(Duration::from_secs(1)),
             history: Dur(Duration::from_secs(28 * 86_400)),
             stale_after_intervals: 30,
-            detectors: crate::anomaly::AnalyzerConfig::default(),
-            responses: crate::anomaly::ResponseConfig::default(),
+            detectors: anomaly::AnalyzerConfig::default(),
+            responses: anomaly::ResponseConfig::default(),
             webhook: None,
         }
     }
@@ -668,7 +671,7 @@ struct RawConfig {
     #[serde(default)]
     vault: Option<VaultConfig>,
     #[serde(default)]
-    ci: crate::ci::config::CiConfig,
+    ci: ci::CiConfig,
     #[serde(default)]
     operators: Vec<OperatorConfig>,
     #[serde(default)]
@@ -717,7 +720,7 @@ pub struct Config {
     /// Introspection clients.
     pub introspection_clients: Vec<IntrospectionClient>,
     /// CI issuers and trust policies.
-    pub ci: crate::ci::config::CiConfig,
+    pub ci: ci::CiConfig,
     /// The Vault / OpenBao to mint from.
     pub vault: Option<VaultConfig>,
     /// AWS STS.
@@ -1120,8 +1123,7 @@ impl Config {
             None => None,
         };
         let grant_names: Vec<String> = grants.keys().cloned().collect();
-        crate::ci::config::validate(&raw.ci, trust_domain.as_ref(), &grant_names)
-            .map_err(|(k, r)| err(&k, r))?;
+        ci::validate(&raw.ci, trust_domain.as_ref(), &grant_names).map_err(|(k, r)| err(&k, r))?;
         let mut ci = raw.ci;
         for issuer in &mut ci.issuers {
             issuer.ca_file = issuer.ca_file.as_deref().map(resolve);

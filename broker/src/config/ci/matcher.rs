@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use super::config::Matcher;
+use super::Matcher;
 
 /// Longest pattern accepted.
 pub const MAX_PATTERN: usize = 1024;

@@ -58,7 +58,7 @@ pub fn render(template: &str, claims: &Value) -> Result<String, String> {
         if !ok {
             bad = Some(format!(
                 "claim {name:?} ({:?}) is not a valid SPIFFE path",
-                crate::http::excerpt(&text)
+                crate::ids::excerpt(&text)
             ));
         }
         Some(text.into_owned())

@@ -1,6 +1,9 @@
 //! `[ci]`: CI trust policies — which OIDC issuers are trusted, which of their
 //! tokens map to which identity, and which grants that identity may ask for.
 
+pub mod matcher;
+pub mod template;
+
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -8,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::Dur;
+use super::Dur;
 
 /// `[ci]`.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
@@ -297,7 +300,7 @@ pub fn validate(
         if let Some(g) = p.grants.iter().find(|g| !grants.contains(g)) {
             return err(key("grants"), format!("unknown grant {g:?}"));
         }
-        super::template::check(&p.identity).map_err(|e| (key("identity"), e))?;
+        template::check(&p.identity).map_err(|e| (key("identity"), e))?;
         // CI identities live under /ci/ (DESIGN), apart from workloads and
         // nodes: a claim must never fill in a workload's or node's ID.
         let prefix = format!("spiffe://{trust_domain}/ci/");
@@ -310,7 +313,7 @@ pub fn validate(
             );
         }
         for (claim, m) in &p.claims {
-            super::matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
+            matcher::compile(m).map_err(|e| (key(&format!("claims.{claim}")), e))?;
         }
         let exact = |claim: &str| matches!(p.claims.get(claim), Some(Matcher::Exact(_)));
         let single_tenant = ci

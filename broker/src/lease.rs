@@ -1,0 +1,105 @@
+//! What a lease is, as closed sets with one string form each: the kind of
+//! credential minted and how it ends early. A leaf: the store, the minters
+//! and the log all name these, and import nothing for it.
+
+/// What a lease is a lease on: the kind of credential minted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaseKind {
+    /// A broker-signed JWT.
+    Jwt,
+    /// A Vault / OpenBao token or secret.
+    Vault,
+    /// AWS STS credentials.
+    AwsSts,
+}
+
+/// How a lease ends before it expires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Revocation {
+    /// Relying parties that introspect see the revocation; offline
+    /// verifiers honour only the expiry (JWTs).
+    IntrospectionOnly,
+    /// Revoked upstream and confirmed by a lookup (Vault).
+    Effective,
+    /// Cannot be revoked one by one: an operator attaches a deny policy
+    /// (STS sessions).
+    Advisory,
+}
+
+/// A stored lease kind or revocation that this broker does not know.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} {value:?}")]
+pub struct UnknownForm {
+    /// Which closed set.
+    pub what: &'static str,
+    /// The stored text.
+    pub value: String,
+}
+
+macro_rules! string_forms {
+    ($ty:ident, $what:literal, { $($variant:ident => $text:literal),+ $(,)? }) => {
+        impl $ty {
+            /// The one string form (log records, the store, the API).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = UnknownForm;
+
+            fn from_str(s: &str) -> Result<Self, UnknownForm> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err(UnknownForm { what: $what, value: s.to_owned() }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_forms!(LeaseKind, "lease kind", { Jwt => "jwt", Vault => "vault", AwsSts => "aws_sts" });
+string_forms!(Revocation, "revocation", {
+    IntrospectionOnly => "introspection_only",
+    Effective => "effective",
+    Advisory => "advisory",
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_closed_set_has_one_string_form() {
+        for kind in [LeaseKind::Jwt, LeaseKind::Vault, LeaseKind::AwsSts] {
+            assert_eq!(kind.as_str().parse::<LeaseKind>(), Ok(kind));
+            assert_eq!(
+                serde_json::to_value(kind).unwrap(),
+                serde_json::Value::from(kind.as_str())
+            );
+        }
+        for r in [
+            Revocation::IntrospectionOnly,
+            Revocation::Effective,
+            Revocation::Advisory,
+        ] {
+            assert_eq!(r.as_str().parse::<Revocation>(), Ok(r));
+            assert_eq!(
+                serde_json::to_value(r).unwrap(),
+                serde_json::Value::from(r.as_str())
+            );
+        }
+        let unknown = "gcp".parse::<LeaseKind>().unwrap_err();
+        assert_eq!(unknown.to_string(), "unknown lease kind \"gcp\"");
+    }
+}
