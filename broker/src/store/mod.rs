@@ -561,8 +561,11 @@ impl<'a> Backend<'a> {
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Self::Postgres)
         } else {
+            // Only the scheme is echoed: the rest may hold a password.
+            let scheme = url.split_once("://").map_or("(none)", |(scheme, _)| scheme);
             Err(StoreError::Setup(format!(
-                "{url:?}: expected sqlite://PATH or postgres://…"
+                "the store URL's scheme {:?} is not sqlite:// or postgres://",
+                crate::ids::excerpt(scheme)
             )))
         }
     }
@@ -753,4 +756,19 @@ pub(crate) fn cost_milli(cost: u64) -> i64 {
     i64::try_from(cost)
         .unwrap_or(i64::MAX / 1000)
         .saturating_mul(1000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_store_url_names_its_scheme_never_its_password() {
+        let e = check_url("mysql://mintguard:hunter2@db.example/broker").unwrap_err();
+        assert!(e.contains("\"mysql\""), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = check_url("hunter2@db.example").unwrap_err();
+        assert!(e.contains("(none)") && !e.contains("hunter2"), "{e}");
+        assert!(check_url("sqlite:///var/lib/mintguard/broker.db").is_ok());
+    }
 }

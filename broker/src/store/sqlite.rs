@@ -82,6 +82,9 @@ fn map_sql(e: rusqlite::Error) -> StoreError {
         {
             StoreError::Conflict(e.to_string())
         }
+        // A stored value this broker cannot read (an unknown lease kind or
+        // revocation): the data, not the database, is at fault.
+        rusqlite::Error::FromSqlConversionFailure(..) => StoreError::Corrupt(e.to_string()),
         _ => unavailable(e),
     }
 }
