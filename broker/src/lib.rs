@@ -8,7 +8,9 @@
 //!
 //! The map:
 //!
-//! - [`config`]: the TOML configuration, validated before anything binds.
+//! - [`config`]: the TOML configuration, validated before anything binds
+//!   (a folder: `config::ci` the CI policies and their claim language,
+//!   `config::anomaly` the analyzer's and responses' tuning).
 //! - [`state`]: the running broker — store, CA, keys, reloadable rules, grants
 //!   and ECI, checkpointing, rate limiters, metrics.
 //! - [`routes`]: the public, agents and admin listeners; [`http`] the shared
@@ -16,17 +18,22 @@
 //! - [`issue`]: the issuance core — `Issuer::issue` decides, logs and mints,
 //!   returning an `Issued` or a `Refusal` (never a response); revocation and
 //!   reconciliation of upstream mints. Collaborators are passed in.
-//! - [`doors`]: the node front door (mTLS + attested selectors); [`ci`]:
-//!   CI runners' OIDC tokens, CI trust policies, the CI front door.
+//! - [`doors`]: the front doors — a node (mTLS + attested selectors) and a
+//!   CI runner (its OIDC token); [`ci`]: CI trust policies and what a
+//!   token's claims say; [`approvals`]: the operators' side of step-up and
+//!   break-glass approvals.
 //! - [`mint`]: the `Minter` trait, one file per kind (JWT, Vault, STS),
 //!   registered in one place, and the proof types (`Approved`, `Durable`,
 //!   `LoggedIntent`) that order minting after deciding and logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
 //! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
-//! - [`clock`], [`ids`], [`lease`], [`health`] and [`fault`], the leaves: the one source of "now" (a
-//!   [`clock::Clock`] tests can set), ids (unique), secrets (CSPRNG, fail
-//!   closed) and hex.
+//! - The leaves: [`clock`], the one source of "now" (a [`clock::Clock`]
+//!   tests can set); [`ids`], ids (unique), secrets (CSPRNG, fail closed),
+//!   hex and excerpts of untrusted text; [`lease`], lease kinds and
+//!   revocations; [`health`], whether anomaly analysis keeps up; [`fault`],
+//!   the crash-safety tests' hooks. `tests/import_circles.py` checks there
+//!   are no import circles among these modules.
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
