@@ -1,20 +1,44 @@
 //! The broker's TOML configuration: parsed and validated before anything is
 //! bound or opened. Every error names the file, the key and the reason.
 //! `deploy/broker_full.toml` documents every key.
+//!
+//! One file per section, each with its own `validate()`; [`Config::parse`]
+//! reads the file, runs them in file order and resolves relative paths.
 
 pub mod anomaly;
 pub mod ci;
+mod grants;
+mod keys;
+mod limits;
+mod listen;
+mod log;
+mod operators;
+mod rules;
+mod signals;
+mod upstreams;
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mintguard_certs::id::{self, TrustDomain};
-use mintguard_certs::jwt::JwtAlgorithm;
-use mintguard_policy::budget::{BudgetPolicy, Refill};
+use mintguard_policy::budget::Refill;
 use mintguard_policy::trust::TrustConfig;
 use serde::Deserialize;
+
+pub use anomaly::{AnomalyConfig, AnomalyMode, WebhookConfig};
+pub use grants::{
+    AwsStsGrant, BudgetConfig, GrantConfig, GrantContext, GrantKind, JwtGrant, ReducedConfig,
+    StsMode, VaultGrant, sts_limits,
+};
+pub use keys::{CaConfig, JwtConfig};
+pub use limits::LimitsConfig;
+pub use listen::Listen;
+pub use log::LogConfig;
+pub use operators::{ApprovalsConfig, IntrospectionClient, OperatorConfig, Role};
+pub use rules::{EciConfig, PoliciesConfig};
+pub use signals::{SignalsConfig, parse_version};
+pub use upstreams::{AppRoleConfig, AwsConfig, VaultConfig};
 
 /// A configuration error: which file, which key, why.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +50,26 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong.
     pub reason: String,
+}
+
+/// What a section's `validate()` found: the key, as the file spells it,
+/// and why. [`Config::parse`] adds the file.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Invalid {
+    /// The key (`grants[2].max_ttl`).
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl Invalid {
+    /// A finding at `key`.
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Durations such as `"15m"`, `"1h"`, `"7d"`, `"90s"`.
@@ -60,579 +104,6 @@ impl<'de> Deserialize<'de> for Per {
             seconds: d.as_secs(),
         }))
     }
-}
-
-/// The three listeners.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct Listen {
-    /// TLS: node enrollment, CI runners, JWKS, discovery, introspection, health.
-    pub public: SocketAddr,
-    /// mTLS with node SVIDs: renewal, entries, issuance, lease revocation.
-    pub agents: SocketAddr,
-    /// Operators (mTLS operator SVID or a bearer token).
-    pub admin: SocketAddr,
-    /// DNS names in the broker's certificate besides its SPIFFE ID, so HTTPS
-    /// clients that check host names (CI runners' curl) can reach the public
-    /// listener with the trust bundle as their CA file. Default none.
-    #[serde(default)]
-    pub public_dns_names: Vec<String>,
-}
-
-/// `[ca]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct CaConfig {
-    /// CA certificate lifetime. Default 7 days.
-    pub ca_ttl: Dur,
-    /// Node and broker SVID lifetime (also the rotation overlap). Default 1 hour.
-    pub svid_ttl: Dur,
-    /// Where the CA's keys and state live. Default `<data_dir>/ca`; replicas
-    /// share one directory (they lock it to rotate and re-read it).
-    pub dir: Option<PathBuf>,
-}
-
-impl Default for CaConfig {
-    fn default() -> Self {
-        Self {
-            ca_ttl: Dur(Duration::from_secs(7 * 86_400)),
-            svid_ttl: Dur(Duration::from_secs(3600)),
-            dir: None,
-        }
-    }
-}
-
-/// `[jwt]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct JwtConfig {
-    /// `ES256` (default) or `EdDSA`.
-    pub algorithm: JwtAlgorithm,
-    /// The longest JWT any grant issues; retired keys stay in the JWKS this long.
-    pub max_ttl: Dur,
-    /// How often the signing key is replaced. Default 24 hours.
-    pub rotate_every: Dur,
-    /// Where the signing keys live. Default `<data_dir>/jwt`; replicas share
-    /// one directory (they lock it to rotate and re-read it).
-    pub dir: Option<PathBuf>,
-}
-
-impl Default for JwtConfig {
-    fn default() -> Self {
-        Self {
-            algorithm: JwtAlgorithm::Es256,
-            max_ttl: Dur(Duration::from_secs(3600)),
-            rotate_every: Dur(Duration::from_secs(86_400)),
-            dir: None,
-        }
-    }
-}
-
-/// `[eci]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct EciConfig {
-    /// The operator's exposure graph (JSON), relative to the config file.
-    pub graph: Option<PathBuf>,
-    /// Edge recency half-life, days. Default 30.
-    pub half_life_days: f64,
-    /// PageRank damping. Default 0.85.
-    pub alpha: f64,
-}
-
-impl Default for EciConfig {
-    fn default() -> Self {
-        Self {
-            graph: None,
-            half_life_days: 30.0,
-            alpha: 0.85,
-        }
-    }
-}
-
-/// `[policies]`.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct PoliciesConfig {
-    /// A directory of `*.cedar` files, relative to the config file. Without
-    /// it, no permit exists and everything is denied.
-    pub cedar: Option<PathBuf>,
-}
-
-/// `[log]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LogConfig {
-    /// Sign a checkpoint every this many records. Default 100.
-    pub checkpoint_every: u64,
-    /// … or every this often, if records were added. Default 10 s.
-    pub checkpoint_interval: Dur,
-    /// The JSON-lines file checkpoints are exported to (outside the database).
-    /// Default `<data_dir>/checkpoints.jsonl`.
-    pub checkpoints_file: Option<PathBuf>,
-    /// The log-signing key (Ed25519 PKCS#8 PEM, 0600; created if absent).
-    /// Default `<data_dir>/log-signing.key`. Never stored in the database.
-    pub signing_key: Option<PathBuf>,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            checkpoint_every: 100,
-            checkpoint_interval: Dur(Duration::from_secs(10)),
-            checkpoints_file: None,
-            signing_key: None,
-        }
-    }
-}
-
-/// `[anomaly]`: analysis of the issuance log off the request path, and what
-/// its detections do.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AnomalyConfig {
-    /// Run the analysis. Default on.
-    pub enabled: bool,
-    /// `enforce` (default): detections become signals, responses and
-    /// suspensions; `observe`: detections are logged and alerted only.
-    pub mode: AnomalyMode,
-    /// How often the log is read for new decisions. Default 1 s.
-    pub interval: Dur,
-    /// How much of the log rebuilds the baselines at start. Default 28 days.
-    pub history: Dur,
-    /// Analysis that has not advanced for `interval` × this many is lagging
-    /// or down: the `behaviour` signal is then stale (unknown to the trust
-    /// score), `mintguard_anomaly_analysis_stale` is 1 and `/healthz` says
-    /// so. Default 30 (2..=10000).
-    pub stale_after_intervals: u32,
-    /// Baselines and detectors.
-    pub detectors: anomaly::AnalyzerConfig,
-    /// Graduated responses.
-    pub responses: anomaly::ResponseConfig,
-    /// An alert webhook.
-    pub webhook: Option<WebhookConfig>,
-}
-
-impl Default for AnomalyConfig {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            mode: AnomalyMode::Enforce,
-            interval: Dur(Duration::from_secs(1)),
-            history: Dur(Duration::from_secs(28 * 86_400)),
-            stale_after_intervals: 30,
-            detectors: anomaly::AnalyzerConfig::default(),
-            responses: anomaly::ResponseConfig::default(),
-            webhook: None,
-        }
-    }
-}
-
-/// `[approvals]`: requests held by a `step_up` decision.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct ApprovalsConfig {
-    /// How long an approval (pending or approved, unused) stays valid.
-    /// Default 15 min.
-    pub ttl: Dur,
-    /// Approvers a break-glass request needs besides its opener. Default 1
-    /// (two people).
-    pub break_glass_approvers: u32,
-}
-
-impl Default for ApprovalsConfig {
-    fn default() -> Self {
-        Self {
-            ttl: Dur(Duration::from_secs(900)),
-            break_glass_approvers: 1,
-        }
-    }
-}
-
-/// Whether detections act or only inform.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum AnomalyMode {
-    /// Signals, responses, suspensions.
-    #[default]
-    Enforce,
-    /// Logged and alerted only.
-    Observe,
-}
-
-/// `[anomaly.webhook]`: alerts as JSON POSTs, the body signed with
-/// HMAC-SHA256 (`X-Mintguard-Signature: sha256=<hex>`).
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct WebhookConfig {
-    /// Where to POST (https, or http on loopback).
-    pub url: String,
-    /// A file holding the HMAC secret (0600).
-    pub secret_file: PathBuf,
-    /// Alerts waiting to be sent; beyond it new ones are dropped and
-    /// counted. Default 1000.
-    #[serde(default = "default_webhook_queue")]
-    pub queue: usize,
-    /// Attempts per alert (backoff 0.5 s doubling). Default 6.
-    #[serde(default = "default_webhook_attempts")]
-    pub max_attempts: u32,
-    /// A CA file for the receiver's certificate (default: system roots).
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-}
-
-fn default_webhook_queue() -> usize {
-    1000
-}
-
-fn default_webhook_attempts() -> u32 {
-    6
-}
-
-/// `[signals]`: how the broker scores what it observes itself.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct SignalsConfig {
-    /// The `behaviour` value before anomaly analysis has enough history. Default 70.
-    pub behaviour_neutral: u8,
-    /// How long broker-observed signals stay fresh. Default 15 minutes.
-    pub ttl: Dur,
-    /// Agents older than this (`MAJOR.MINOR.PATCH`) lower their node's
-    /// posture to `outdated_agent_posture`. Default: none.
-    pub min_agent_version: Option<String>,
-    /// The posture of a node whose agent is older than `min_agent_version`.
-    /// Default 30.
-    pub outdated_agent_posture: u8,
-}
-
-impl Default for SignalsConfig {
-    fn default() -> Self {
-        Self {
-            behaviour_neutral: 70,
-            ttl: Dur(Duration::from_secs(900)),
-            min_agent_version: None,
-            outdated_agent_posture: 30,
-        }
-    }
-}
-
-/// `MAJOR.MINOR.PATCH` (a pre-release or build suffix is ignored) as a
-/// comparable triple; `None` when it is not a version.
-pub fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
-    let core = text.split(['-', '+']).next()?;
-    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
-    let version = (parts.next()??, parts.next()??, parts.next()??);
-    parts.next().is_none().then_some(version)
-}
-
-/// `[limits]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Requests per second per node (per replica). Default 500.
-    pub per_node_per_second: u32,
-    /// Requests per second per identity (per replica). Default 100.
-    pub per_identity_per_second: u32,
-    /// Largest request body, bytes. Default 64 KiB.
-    pub max_body_bytes: usize,
-    /// Connections each listener serves at once; more are closed at accept
-    /// (and counted). Default 4096.
-    pub max_connections: usize,
-    /// Of those, connections one client address may hold. Default 1024.
-    pub max_connections_per_address: usize,
-    /// Refusals of unauthenticated callers are counted over this window and
-    /// written as one record per window (see `refusals`). Default 10 s.
-    pub refusal_window: Dur,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        Self {
-            per_node_per_second: 500,
-            per_identity_per_second: 100,
-            max_body_bytes: 64 * 1024,
-            max_connections: 4096,
-            max_connections_per_address: 1024,
-            refusal_window: Dur(Duration::from_secs(10)),
-        }
-    }
-}
-
-/// A grant's budget (`budget = { amount, per, base, per_5min, eci_factor }`).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct BudgetConfig {
-    /// Capacity and refill amount, tokens.
-    pub amount: u64,
-    /// `"1h"` or `"never"`.
-    pub per: Per,
-    /// Default 1.
-    #[serde(default = "one")]
-    pub base: u64,
-    /// Default 0.
-    #[serde(default)]
-    pub per_5min: u64,
-    /// Default 0.
-    #[serde(default)]
-    pub eci_factor: f64,
-}
-
-fn one() -> u64 {
-    1
-}
-
-impl BudgetConfig {
-    /// As the policy crate's type.
-    pub fn policy(&self) -> BudgetPolicy {
-        BudgetPolicy {
-            amount: self.amount,
-            per: self.per.0,
-            base: self.base,
-            per_5min: self.per_5min,
-            eci_factor: self.eci_factor,
-        }
-    }
-}
-
-/// `reduced = { max_ttl }`: the privilege-reduced variant.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct ReducedConfig {
-    /// The reduced variant's longest TTL.
-    pub max_ttl: Option<Dur>,
-}
-
-/// The kinds of grant.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantKind {
-    /// A broker-signed JWT.
-    Jwt,
-    /// A Vault / OpenBao secret or token.
-    Vault,
-    /// AWS STS credentials.
-    AwsSts,
-}
-
-/// `[grants.jwt]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct JwtGrant {
-    /// The `aud` claim.
-    pub audience: String,
-    /// Extra claims (strings) added to every token of this grant.
-    #[serde(default)]
-    pub claims: BTreeMap<String, String>,
-}
-
-/// `vault = { token = { … } }` or `vault = { secret = { … } }` on a grant.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum VaultGrant {
-    /// A child token of the broker's token.
-    Token {
-        /// Policies the token carries (never `root`).
-        policies: Vec<String>,
-        /// Uses before it is spent (0 = unlimited).
-        #[serde(default)]
-        num_uses: u32,
-    },
-    /// A dynamic secret read, e.g. `database/creds/readonly` or a PKI issue
-    /// (`pki/issue/web`, with `body`).
-    Secret {
-        /// The path under `/v1/`.
-        path: String,
-        /// A JSON body to write (PKI issue); without it the path is read.
-        #[serde(default)]
-        body: Option<BTreeMap<String, String>>,
-    },
-}
-
-/// `[vault.approle]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AppRoleConfig {
-    /// The auth mount. Default `approle`.
-    #[serde(default)]
-    pub mount: Option<String>,
-    /// A file holding the role id.
-    pub role_id_file: PathBuf,
-    /// A file holding the secret id (0600).
-    pub secret_id_file: PathBuf,
-}
-
-/// `aws_sts = { … }` on a grant.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AwsStsGrant {
-    /// The role to assume.
-    pub role_arn: String,
-    /// An inline session policy (JSON) applied to the reduced variant.
-    #[serde(default)]
-    pub reduced_policy: Option<String>,
-    /// A decided TTL below STS's 900 s floor: `"upstream"` mints 900 s (the
-    /// log records it), `"refuse"` (default) refuses with
-    /// `ttl_below_upstream_minimum`.
-    #[serde(default)]
-    pub ttl_floor: Option<String>,
-    /// `"assume_role"` (default: the broker's own AWS credentials sign
-    /// `AssumeRole`) or `"web_identity"` (`AssumeRoleWithWebIdentity` with a
-    /// broker-signed ES256 JWT; the broker holds no AWS keys).
-    #[serde(default)]
-    pub mode: StsMode,
-}
-
-/// How the broker authenticates to STS for a grant.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum StsMode {
-    /// `AssumeRole`, signed with the broker's credentials.
-    #[default]
-    AssumeRole,
-    /// `AssumeRoleWithWebIdentity` with a JWT from the broker's JWKS (an IAM
-    /// OIDC provider for `issuer_url` trusts it).
-    WebIdentity,
-}
-
-/// `[aws]`: where STS is and how the broker reaches it (its own
-/// credentials come from the standard chain).
-#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct AwsConfig {
-    /// Region. Default `us-east-1`.
-    pub region: Option<String>,
-    /// An STS endpoint override (tests, VPC endpoints).
-    pub endpoint: Option<String>,
-    /// The longest an STS call (one attempt) may take. Default 10 s.
-    /// A call cut off by it may have been answered by STS: it is not
-    /// refunded and is left to reconciliation.
-    pub timeout: Option<Dur>,
-    /// An intent without an outcome this old is logged for operator action
-    /// (when `[vault]` does not set it). Default 2 min.
-    pub reconcile_after: Option<Dur>,
-    /// The `aud` of web-identity JWTs (the IAM OIDC provider's client id).
-    /// Default `sts.amazonaws.com`.
-    pub web_identity_audience: Option<String>,
-}
-
-/// STS's own limits, enforced before any call.
-pub mod sts_limits {
-    /// Shortest session, seconds.
-    pub const MIN_DURATION: u64 = 900;
-    /// Longest session (role maximum), seconds.
-    pub const MAX_DURATION: u64 = 43_200;
-    /// Longest inline session policy, characters.
-    pub const MAX_POLICY_CHARS: usize = 2048;
-}
-
-/// `[vault]`: the Vault or OpenBao the broker mints from.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct VaultConfig {
-    /// `https://vault:8200` (plain http only on loopback).
-    pub address: String,
-    /// A file holding the broker's Vault token (0600), re-read when Vault
-    /// refuses the current one. Exactly one of `token_file` and `approle`.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// AppRole login (files holding the role id and secret id).
-    #[serde(default)]
-    pub approle: Option<AppRoleConfig>,
-    /// Extra PEM roots for the Vault server's certificate.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Per-call timeout. Default 5 s.
-    #[serde(default)]
-    pub timeout: Option<Dur>,
-    /// An intent record without an outcome this old is reconciled (the
-    /// broker died mid-mint). Default 2 min; keep it above any mint's time.
-    #[serde(default)]
-    pub reconcile_after: Option<Dur>,
-}
-
-/// `[[grants]]`.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct GrantConfig {
-    /// Unique name.
-    pub name: String,
-    /// `jwt` (available), `vault`, `aws_sts`.
-    pub kind: GrantKind,
-    /// Longest TTL.
-    pub max_ttl: Dur,
-    /// Exposure-graph nodes the grant confers.
-    #[serde(default)]
-    pub eci_targets: Vec<String>,
-    /// Per-identity budget for this grant.
-    pub budget: Option<BudgetConfig>,
-    /// The reduced variant.
-    pub reduced: Option<ReducedConfig>,
-    /// JWT settings (kind `jwt`).
-    pub jwt: Option<JwtGrant>,
-    /// Vault settings (kind `vault`).
-    pub vault: Option<VaultGrant>,
-    /// AWS STS settings (kind `aws_sts`).
-    pub aws_sts: Option<AwsStsGrant>,
-    /// Allowed hours, UTC, `[start, end)` (e.g. `[7, 19]`; `[22, 6]` wraps
-    /// midnight). When set, the `time` trust signal is 100 inside and 0
-    /// outside; when absent, the signal drops out.
-    #[serde(default)]
-    pub allowed_hours: Option<[u8; 2]>,
-}
-
-impl GrantConfig {
-    /// Whether `hour` (0–23, UTC) is allowed; `None` when no hours are configured.
-    pub fn hour_allowed(&self, hour: u8) -> Option<bool> {
-        self.allowed_hours.map(|[start, end]| {
-            if start < end {
-                (start..end).contains(&hour)
-            } else {
-                hour >= start || hour < end
-            }
-        })
-    }
-}
-
-/// Operator roles.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Role {
-    /// Read logs.
-    Viewer,
-    /// Entries, suspend, revoke.
-    Operator,
-    /// Approve step-ups.
-    Approver,
-    /// Everything.
-    Admin,
-    /// May only post signals.
-    SignalSource,
-}
-
-/// `[[operators]]`: a named bearer token from a file.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorConfig {
-    /// Name (appears in the log).
-    pub name: String,
-    /// Role.
-    pub role: Role,
-    /// File holding the token (0600), relative to the config file.
-    pub token_file: PathBuf,
-}
-
-/// `[[introspection_clients]]`: relying parties allowed to call `/v1/introspect`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct IntrospectionClient {
-    /// Name.
-    pub name: String,
-    /// File holding its bearer token.
-    pub token_file: PathBuf,
-    /// The audiences whose tokens it may introspect (at least one): any
-    /// other token is `{"active": false}` to it, so one relying party cannot
-    /// learn about another's credentials.
-    pub audiences: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -761,6 +232,7 @@ impl Config {
             key: key.to_owned(),
             reason,
         };
+        let found = |i: Invalid| err(&i.key, i.reason);
         let raw: RawConfig = toml::from_str(text).map_err(|e| {
             let key = e
                 .span()
@@ -796,319 +268,38 @@ impl Config {
                 "must be an https:// URL (http only for loopback)".into(),
             ));
         }
-        let l = &raw.listen;
-        // Port 0 (tests: pick a free port) may repeat; fixed addresses may not.
-        let fixed = l.public.port() != 0 || l.agents.port() != 0 || l.admin.port() != 0;
-        if fixed && (l.public == l.agents || l.public == l.admin || l.agents == l.admin) {
-            return Err(err(
-                "listen",
-                "public, agents and admin need three different addresses".into(),
-            ));
-        }
-        if raw.ca.svid_ttl.0.is_zero() || raw.ca.ca_ttl.0 < raw.ca.svid_ttl.0 * 2 {
-            return Err(err(
-                "ca.ca_ttl",
-                "must be at least twice ca.svid_ttl".into(),
-            ));
-        }
-        if raw.jwt.max_ttl.0.is_zero() {
-            return Err(err("jwt.max_ttl", "must be positive".into()));
-        }
-        if raw.jwt.rotate_every.0 < Duration::from_secs(1) {
-            return Err(err("jwt.rotate_every", "must be at least 1s".into()));
-        }
+        raw.listen.validate().map_err(found)?;
+        raw.ca.validate().map_err(found)?;
+        raw.jwt.validate().map_err(found)?;
         raw.trust
             .validate()
             .map_err(|e| err("trust", e.to_string()))?;
-        if let Some(bad) = raw.listen.public_dns_names.iter().find(|n| {
-            n.is_empty()
-                || n.len() > 253
-                || !n.split('.').all(|l| {
-                    !l.is_empty()
-                        && l.len() <= 63
-                        && !l.starts_with('-')
-                        && !l.ends_with('-')
-                        && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                })
-        }) {
-            return Err(err(
-                "listen.public_dns_names",
-                format!("{bad:?} is not a DNS name"),
-            ));
-        }
-        if raw.signals.outdated_agent_posture > 100 {
-            return Err(err(
-                "signals.outdated_agent_posture",
-                "must be 0–100".into(),
-            ));
-        }
-        if let Some(v) = &raw.signals.min_agent_version
-            && parse_version(v).is_none()
-        {
-            return Err(err(
-                "signals.min_agent_version",
-                format!("{v:?} is not MAJOR.MINOR.PATCH"),
-            ));
-        }
-        if !(2..=10_000).contains(&raw.anomaly.stale_after_intervals) {
-            return Err(err(
-                "anomaly.stale_after_intervals",
-                "must be 2..=10000".into(),
-            ));
-        }
-        let r = &raw.anomaly.responses;
-        for (name, v) in [
-            ("reduce_at", r.reduce_at),
-            ("alert_at", r.alert_at),
-            ("step_up_at", r.step_up_at),
-            ("suspend_at", r.suspend_at),
-            ("issuer_deny_at", r.issuer_deny_at),
-        ] {
-            if v > 100 {
-                return Err(err(
-                    &format!("anomaly.responses.{name}"),
-                    "must be 0–100".into(),
-                ));
-            }
-        }
-        if raw.anomaly.detectors.detect_at > 100 {
-            return Err(err("anomaly.detectors.detect_at", "must be 0–100".into()));
-        }
-        if raw.anomaly.interval.0 < Duration::from_millis(10) {
-            return Err(err("anomaly.interval", "must be at least 10ms".into()));
-        }
-        if let Some(w) = &raw.anomaly.webhook {
-            let loopback = ["http://127.0.0.1", "http://localhost", "http://[::1]"]
-                .iter()
-                .any(|p| w.url.starts_with(p));
-            if !(w.url.starts_with("https://") || loopback) {
-                return Err(err(
-                    "anomaly.webhook.url",
-                    "https, or plain http only on loopback".into(),
-                ));
-            }
-        }
-        if raw.signals.behaviour_neutral > 100 {
-            return Err(err("signals.behaviour_neutral", "must be 0–100".into()));
-        }
-        if !(raw.eci.half_life_days.is_finite() && raw.eci.half_life_days > 0.0) {
-            return Err(err("eci.half_life_days", "must be > 0".into()));
-        }
-        if !(raw.eci.alpha > 0.0 && raw.eci.alpha < 1.0) {
-            return Err(err("eci.alpha", "must be in (0, 1)".into()));
-        }
-        if raw.log.checkpoint_every == 0 || raw.log.checkpoint_interval.0.is_zero() {
-            return Err(err(
-                "log.checkpoint_every",
-                "checkpoint_every and checkpoint_interval must be positive".into(),
-            ));
-        }
-        if raw.limits.per_node_per_second == 0 || raw.limits.per_identity_per_second == 0 {
-            return Err(err("limits", "rates must be positive".into()));
-        }
-        if raw.limits.max_body_bytes < 1024 || raw.limits.max_body_bytes > 16 * 1024 * 1024 {
-            return Err(err(
-                "limits.max_body_bytes",
-                "must be 1 KiB..=16 MiB".into(),
-            ));
-        }
-        if !(1..=1_000_000).contains(&raw.limits.max_connections) {
-            return Err(err("limits.max_connections", "must be 1..=1000000".into()));
-        }
-        if raw.limits.max_connections_per_address == 0
-            || raw.limits.max_connections_per_address > raw.limits.max_connections
-        {
-            return Err(err(
-                "limits.max_connections_per_address",
-                "must be 1..=max_connections".into(),
-            ));
-        }
-        let window = raw.limits.refusal_window.0;
-        if window < Duration::from_millis(100) || window > Duration::from_secs(3600) {
-            return Err(err("limits.refusal_window", "must be 100ms..=1h".into()));
-        }
-
+        raw.signals.validate().map_err(found)?;
+        raw.anomaly.validate().map_err(found)?;
+        raw.eci.validate().map_err(found)?;
+        raw.log.validate().map_err(found)?;
+        raw.limits.validate().map_err(found)?;
         for (i, c) in raw.introspection_clients.iter().enumerate() {
-            if c.audiences.is_empty() || c.audiences.iter().any(String::is_empty) {
-                return Err(err(
-                    &format!("introspection_clients[{i}].audiences"),
-                    format!(
-                        "{:?} must name the audiences whose tokens it may introspect",
-                        c.name
-                    ),
-                ));
-            }
+            c.validate(i).map_err(found)?;
         }
+        let cx = GrantContext {
+            jwt: &raw.jwt,
+            has_vault: raw.vault.is_some(),
+        };
         let mut grants = BTreeMap::new();
         for (i, g) in raw.grants.into_iter().enumerate() {
-            let key = |k: &str| format!("grants[{i}].{k}");
-            if g.name.is_empty()
-                || g.name.len() > mintguard_api::MAX_GRANT_LEN
-                || !g
-                    .name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
-            {
-                return Err(err(
-                    &key("name"),
-                    format!("{:?}: 1–128 characters of [A-Za-z0-9._-]", g.name),
-                ));
-            }
-            if g.max_ttl.0.is_zero() {
-                return Err(err(&key("max_ttl"), "must be positive".into()));
-            }
-            match g.kind {
-                GrantKind::Jwt => {
-                    if g.jwt.as_ref().is_none_or(|j| j.audience.is_empty()) {
-                        return Err(err(
-                            &key("jwt"),
-                            "a jwt grant needs jwt = { audience = \"…\" }".into(),
-                        ));
-                    }
-                    if g.max_ttl.0 > raw.jwt.max_ttl.0 {
-                        return Err(err(
-                            &key("max_ttl"),
-                            format!("exceeds jwt.max_ttl ({}s)", raw.jwt.max_ttl.0.as_secs()),
-                        ));
-                    }
-                    for claim in g.jwt.iter().flat_map(|j| j.claims.keys()) {
-                        if ["iss", "sub", "aud", "exp", "nbf", "iat", "jti"]
-                            .contains(&claim.as_str())
-                        {
-                            return Err(err(
-                                &key("jwt.claims"),
-                                format!("{claim:?} is set by the broker"),
-                            ));
-                        }
-                    }
-                }
-                GrantKind::Vault => {
-                    if raw.vault.is_none() {
-                        return Err(err(
-                            &key("kind"),
-                            "vault grants need a [vault] section".into(),
-                        ));
-                    }
-                    match &g.vault {
-                        None => {
-                            return Err(err(&key("vault"), "required for kind = \"vault\"".into()));
-                        }
-                        Some(VaultGrant::Token { policies, .. }) => {
-                            if policies.is_empty()
-                                || policies.iter().any(|p| p == "root" || p.is_empty())
-                            {
-                                return Err(err(
-                                    &key("vault.token.policies"),
-                                    "one or more policies, never root".into(),
-                                ));
-                            }
-                        }
-                        Some(VaultGrant::Secret { path, .. }) => {
-                            if path.is_empty()
-                                || path.starts_with('/')
-                                || path.contains("..")
-                                || path.starts_with("sys/")
-                                || path.starts_with("auth/")
-                            {
-                                return Err(err(
-                                    &key("vault.secret.path"),
-                                    format!("{path:?}: a relative secrets-engine path"),
-                                ));
-                            }
-                        }
-                    }
-                }
-                GrantKind::AwsSts => {
-                    let Some(a) = &g.aws_sts else {
-                        return Err(err(
-                            &key("aws_sts"),
-                            "required for kind = \"aws_sts\"".into(),
-                        ));
-                    };
-                    if !a.role_arn.starts_with("arn:") || a.role_arn.split(':').count() < 6 {
-                        return Err(err(
-                            &key("aws_sts.role_arn"),
-                            format!("{:?} is not a role ARN", a.role_arn),
-                        ));
-                    }
-                    if let Some(p) = &a.reduced_policy {
-                        if p.chars().count() > sts_limits::MAX_POLICY_CHARS {
-                            return Err(err(
-                                &key("aws_sts.reduced_policy"),
-                                format!(
-                                    "longer than STS's {} characters",
-                                    sts_limits::MAX_POLICY_CHARS
-                                ),
-                            ));
-                        }
-                        if serde_json::from_str::<serde_json::Value>(p).is_err() {
-                            return Err(err(&key("aws_sts.reduced_policy"), "not JSON".into()));
-                        }
-                    }
-                    if a.ttl_floor
-                        .as_deref()
-                        .is_some_and(|f| f != "upstream" && f != "refuse")
-                    {
-                        return Err(err(
-                            &key("aws_sts.ttl_floor"),
-                            "\"upstream\" or \"refuse\"".into(),
-                        ));
-                    }
-                    if a.mode == StsMode::WebIdentity && raw.jwt.algorithm != JwtAlgorithm::Es256 {
-                        return Err(err(
-                            &key("aws_sts.mode"),
-                            "web_identity needs jwt.algorithm = \"ES256\" (IAM OIDC providers do not accept EdDSA)".into(),
-                        ));
-                    }
-                    if g.max_ttl.0.as_secs() > sts_limits::MAX_DURATION {
-                        return Err(err(
-                            &key("max_ttl"),
-                            "STS sessions last at most 12 h".into(),
-                        ));
-                    }
-                }
-            }
-            if let Some([start, end]) = g.allowed_hours
-                && (start > 23 || end > 24 || start == end)
-            {
-                return Err(err(
-                    &key("allowed_hours"),
-                    "expected [start, end) hours, 0–24, start ≠ end".into(),
-                ));
-            }
-            if let Some(b) = &g.budget {
-                b.policy()
-                    .validate(&key("budget"))
-                    .map_err(|e| err(&key("budget"), e.to_string()))?;
-            }
-            if let Some(Some(max)) = g.reduced.as_ref().map(|r| r.max_ttl)
-                && max.0 > g.max_ttl.0
-            {
-                return Err(err(
-                    &key("reduced.max_ttl"),
-                    "exceeds the grant's max_ttl".into(),
-                ));
-            }
+            g.validate(i, cx).map_err(found)?;
             if grants.contains_key(&g.name) {
-                return Err(err(&key("name"), format!("duplicate grant {:?}", g.name)));
+                return Err(err(
+                    &format!("grants[{i}].name"),
+                    format!("duplicate grant {:?}", g.name),
+                ));
             }
             grants.insert(g.name.clone(), g);
         }
         let vault_config = match raw.vault {
             Some(v) => {
-                let url = url::Url::parse(&v.address)
-                    .map_err(|e| err("vault.address", format!("{:?}: {e}", v.address)))?;
-                let loopback = matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
-                    || matches!(url.host(), Some(url::Host::Domain("localhost")));
-                if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-                    return Err(err(
-                        "vault.address",
-                        "https required (plain http only on loopback)".into(),
-                    ));
-                }
-                if v.token_file.is_some() == v.approle.is_some() {
-                    return Err(err("vault", "exactly one of token_file and approle".into()));
-                }
+                v.validate().map_err(found)?;
                 Some(VaultConfig {
                     token_file: v.token_file.as_deref().map(resolve),
                     approle: v.approle.map(|a| AppRoleConfig {
@@ -1128,15 +319,7 @@ impl Config {
         for issuer in &mut ci.issuers {
             issuer.ca_file = issuer.ca_file.as_deref().map(resolve);
         }
-        let mut names = std::collections::BTreeSet::new();
-        for (i, o) in raw.operators.iter().enumerate() {
-            if !names.insert(o.name.clone()) || o.name.is_empty() {
-                return Err(err(
-                    &format!("operators[{i}].name"),
-                    format!("{:?}: empty or duplicate", o.name),
-                ));
-            }
-        }
+        operators::validate_operators(&raw.operators).map_err(found)?;
         Ok(Self {
             file: file.to_path_buf(),
             trust_domain,
