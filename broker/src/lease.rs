@@ -12,6 +12,8 @@ pub enum LeaseKind {
     Vault,
     /// AWS STS credentials.
     AwsSts,
+    /// A static secret read from Vault's KV store.
+    StaticSecret,
 }
 
 /// How a lease ends before it expires.
@@ -68,7 +70,12 @@ macro_rules! string_forms {
     };
 }
 
-string_forms!(LeaseKind, "lease kind", { Jwt => "jwt", Vault => "vault", AwsSts => "aws_sts" });
+string_forms!(LeaseKind, "lease kind", {
+    Jwt => "jwt",
+    Vault => "vault",
+    AwsSts => "aws_sts",
+    StaticSecret => "static_secret",
+});
 string_forms!(Revocation, "revocation", {
     IntrospectionOnly => "introspection_only",
     Effective => "effective",

@@ -426,6 +426,9 @@ impl Broker {
             minters.register(Box::new(crate::mint::vault::VaultMinter::new(
                 client.clone(),
             )));
+            minters.register(Box::new(
+                crate::mint::static_secret::StaticSecretMinter::new(client.clone()),
+            ));
         }
         if config
             .grants

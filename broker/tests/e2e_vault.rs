@@ -36,6 +36,9 @@ permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
 @id("api-may-get-db-credentials")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"payments-db");
+@id("api-may-read-the-db-password")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"db-password");
 @id("api-may-get-certificates")
 permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         action == Mintguard::Action::"mint", resource == Mintguard::Grant::"web-cert");
@@ -87,6 +90,12 @@ name = "web-cert"
 kind = "vault"
 max_ttl = "10m"
 vault = {{ secret = {{ path = "pki{pid}/issue/web", body = {{ common_name = "api.example.org" }} }} }}
+[[grants]]
+name = "db-password"
+kind = "static_secret"
+max_ttl = "10m"
+budget = {{ amount = 10, per = "1h" }}
+static_secret = {{ path = "mintguard{pid}/payments-db", fields = ["username", "password"] }}
 "#,
         pid = std::process::id()
     )
@@ -128,7 +137,7 @@ fn start_env(
         &broker,
         "node-1",
         &["unix:uid:1000", "unix:sha256:0a1b2c"],
-        &["ci-token", "payments-db", "web-cert"],
+        &["ci-token", "payments-db", "web-cert", "db-password"],
     );
     broker
 }
@@ -310,6 +319,133 @@ async fn a_vault_failure_is_a_503_with_a_refund_and_nothing_issued() {
     assert_eq!(budget["available"], 10, "{budget}");
     let live = broker.live_leases();
     assert!(live.is_empty(), "{live:?}");
+}
+
+/// A `static_secret` grant reads the current version of a KV v2 secret per
+/// issuance, after its intent record: only the named keys reach the
+/// workload, the log names the path and version but never the secret, a
+/// rotation is seen by the next issuance, and a lease ends only when the
+/// operator confirms the rotation (advisory). A deleted version is a 503
+/// with a refund.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_secrets_are_read_per_issuance_and_end_by_rotation() {
+    let (addr, root) = vault();
+    let pid = std::process::id();
+    let kv = format!("secret/data/mintguard{pid}/payments-db");
+    let write = |password: String| {
+        let (addr, root, kv) = (addr.clone(), root.clone(), kv.clone());
+        async move {
+            let (status, body) = bao(
+                &addr,
+                &root,
+                "POST",
+                &kv,
+                Some(json!({"data": {"username": "payments", "password": password, "admin_password": "never-handed-out"}})),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+        }
+    };
+    let first = format!("correct-horse-{pid}-one");
+    write(first.clone()).await;
+    let broker = start(&addr, &root);
+    let node = enrolled_node(&broker, "node-1").await;
+    let ask = || {
+        issue(
+            &broker,
+            &node,
+            json!({"grant": "db-password", "ttl_seconds": 300}),
+        )
+    };
+
+    let reply = ask().await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let credential = &reply.body["credential"];
+    assert_eq!(credential["type"], "static_secret");
+    assert_eq!(
+        credential["data"],
+        json!({"username": "payments", "password": first})
+    );
+    assert_eq!(credential["version"], 1);
+    let lease = reply.body["lease_id"].as_str().unwrap().to_owned();
+    let records = broker.logs(&["--grant", "db-password"]);
+    assert_eq!(records.len(), 2, "intent and outcome: {records:?}");
+    let kinds: Vec<&str> = records
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["intent", "outcome"]);
+    assert_eq!(records[1]["outcome"], "minted");
+    let logged = serde_json::to_string(&records).unwrap();
+    assert!(!logged.contains(&first), "the secret is in the log");
+    assert!(
+        logged.contains(&format!("secret/mintguard{pid}/payments-db")),
+        "{logged}"
+    );
+
+    // Rotated in Vault: the next issuance hands out the new version.
+    let second = format!("correct-horse-{pid}-two");
+    write(second.clone()).await;
+    let reply = ask().await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(
+        reply.body["credential"]["data"]["password"],
+        second.as_str()
+    );
+    assert_eq!(reply.body["credential"]["version"], 2);
+
+    // Advisory: the broker cannot take a read secret back.
+    let out = broker.cli(&["revoke", &lease]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("advisory_revocation") && stderr.contains("rotate the secret"),
+        "{stderr}"
+    );
+    let live = |broker: &BrokerProcess| {
+        broker
+            .live_leases()
+            .iter()
+            .any(|l| l["id"] == lease.as_str())
+    };
+    assert!(live(&broker));
+    let out = broker.cli(&["revoke", &lease, "--confirm-attached"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!live(&broker));
+
+    // The current version deleted: nothing to hand out, refunded.
+    let (status, body) = bao(&addr, &root, "DELETE", &kv, None).await;
+    assert!((200..300).contains(&status), "{body}");
+    let before = broker.cli_json(&[
+        "budget",
+        "show",
+        "--identity",
+        API,
+        "--grant",
+        "db-password",
+    ]);
+    let reply = ask().await;
+    assert_eq!(reply.status, 503, "{}", reply.text);
+    let failed = broker.logs(&["--grant", "db-password", "--outcome", "mint_failed"]);
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["body"]["refunded"], true);
+    let after = broker.cli_json(&[
+        "budget",
+        "show",
+        "--identity",
+        API,
+        "--grant",
+        "db-password",
+    ]);
+    assert_eq!(
+        after["available"], before["available"],
+        "{before} → {after}"
+    );
+    broker.assert_log_verifies();
 }
 
 /// OpenBao's database engine on the test PostgreSQL (a fresh mount): the

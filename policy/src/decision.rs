@@ -95,7 +95,7 @@ pub struct IssuerContext {
 pub struct GrantInput {
     /// Its name.
     pub name: String,
-    /// `jwt`, `vault` or `aws_sts`.
+    /// `jwt`, `vault`, `aws_sts` or `static_secret`.
     pub kind: String,
     /// The longest TTL it issues, seconds.
     pub max_ttl_seconds: u64,

@@ -122,8 +122,9 @@ enum Command {
     Revoke {
         /// The lease id.
         lease: String,
-        /// An advisory (STS) lease: the deny policy from `aws revoke-policy`
-        /// is attached to the role.
+        /// An advisory lease, ended upstream by you: for STS, the deny policy
+        /// from `aws revoke-policy` is attached to the role; for a static
+        /// secret, the secret is rotated.
         #[arg(long)]
         confirm_attached: bool,
         /// For a Vault lease the broker cannot revoke itself (reconciliation

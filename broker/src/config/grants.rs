@@ -53,17 +53,8 @@ pub struct ReducedConfig {
     pub max_ttl: Option<Dur>,
 }
 
-/// The kinds of grant.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum GrantKind {
-    /// A broker-signed JWT.
-    Jwt,
-    /// A Vault / OpenBao secret or token.
-    Vault,
-    /// AWS STS credentials.
-    AwsSts,
-}
+/// The kinds of grant: a grant of a kind mints leases of that kind.
+pub use crate::lease::LeaseKind as GrantKind;
 
 /// `[grants.jwt]`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -120,6 +111,29 @@ pub struct AwsStsGrant {
     pub mode: StsMode,
 }
 
+/// `static_secret = { mount, path, fields }` on a grant: one version of a
+/// secret in Vault's KV store (version 2), read per issuance.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSecretGrant {
+    /// The KV v2 mount. Default `secret`.
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    /// The secret's path under the mount.
+    pub path: String,
+    /// The keys handed out (default: all of them); a key the secret lacks
+    /// fails the mint.
+    #[serde(default)]
+    pub fields: Vec<String>,
+}
+
+fn default_kv_mount() -> String {
+    "secret".to_owned()
+}
+
+/// Most keys a static secret grant may name.
+pub const MAX_SECRET_FIELDS: usize = 32;
+
 /// How the broker authenticates to STS for a grant.
 #[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
@@ -165,6 +179,8 @@ pub struct GrantConfig {
     pub vault: Option<VaultGrant>,
     /// AWS STS settings (kind `aws_sts`).
     pub aws_sts: Option<AwsStsGrant>,
+    /// Vault KV settings (kind `static_secret`).
+    pub static_secret: Option<StaticSecretGrant>,
     /// Allowed hours, UTC, `[start, end)` (e.g. `[7, 19]`; `[22, 6]` wraps
     /// midnight). When set, the `time` trust signal is 100 inside and 0
     /// outside; when absent, the signal drops out.
@@ -218,6 +234,7 @@ impl GrantConfig {
             GrantKind::Jwt => self.validate_jwt(&key, cx.jwt)?,
             GrantKind::Vault => self.validate_vault(&key, cx.has_vault)?,
             GrantKind::AwsSts => self.validate_aws_sts(&key, cx.jwt)?,
+            GrantKind::StaticSecret => self.validate_static_secret(&key, cx.has_vault)?,
         }
         if let Some([start, end]) = self.allowed_hours
             && (start > 23 || end > 24 || start == end)
@@ -300,6 +317,61 @@ impl GrantConfig {
                 Ok(())
             }
         }
+    }
+
+    fn validate_static_secret(
+        &self,
+        key: &dyn Fn(&str) -> String,
+        has_vault: bool,
+    ) -> Result<(), Invalid> {
+        if !has_vault {
+            return Err(Invalid::new(
+                key("kind"),
+                "static_secret grants need a [vault] section",
+            ));
+        }
+        let Some(s) = &self.static_secret else {
+            return Err(Invalid::new(
+                key("static_secret"),
+                "required for kind = \"static_secret\"",
+            ));
+        };
+        // Sent as a URL path unescaped: plain segments only, never a
+        // system mount.
+        let plain = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 512
+                && p.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                })
+        };
+        if !plain(&s.mount) || ["sys", "auth", "identity", "cubbyhole"].contains(&s.mount.as_str())
+        {
+            return Err(Invalid::new(
+                key("static_secret.mount"),
+                format!("{:?}: a KV v2 mount (segments of [A-Za-z0-9._-])", s.mount),
+            ));
+        }
+        if !plain(&s.path) {
+            return Err(Invalid::new(
+                key("static_secret.path"),
+                format!("{:?}: a relative path (segments of [A-Za-z0-9._-])", s.path),
+            ));
+        }
+        if s.fields.len() > MAX_SECRET_FIELDS
+            || s.fields.iter().any(|f| f.is_empty() || f.len() > 128)
+        {
+            return Err(Invalid::new(
+                key("static_secret.fields"),
+                format!("at most {MAX_SECRET_FIELDS} keys of 1–128 characters"),
+            ));
+        }
+        Ok(())
     }
 
     fn validate_aws_sts(

@@ -28,8 +28,8 @@ use serde::Deserialize;
 
 pub use anomaly::{AnomalyConfig, AnomalyMode, WebhookConfig};
 pub use grants::{
-    AwsStsGrant, BudgetConfig, GrantConfig, GrantContext, GrantKind, JwtGrant, ReducedConfig,
-    StsMode, VaultGrant, sts_limits,
+    AwsStsGrant, BudgetConfig, GrantConfig, GrantContext, GrantKind, JwtGrant, MAX_SECRET_FIELDS,
+    ReducedConfig, StaticSecretGrant, StsMode, VaultGrant, sts_limits,
 };
 pub use keys::{CaConfig, JwtConfig};
 pub use limits::LimitsConfig;
@@ -458,8 +458,13 @@ mod tests {
             "/../deploy/broker_full.toml"
         ));
         let c = Config::load(path).unwrap();
-        assert_eq!(c.grants.len(), 4);
+        assert_eq!(c.grants.len(), 5);
         assert!(c.vault.is_some());
+        let kv = c.grants["partner-api-key"].static_secret.as_ref().unwrap();
+        assert_eq!(
+            (kv.mount.as_str(), kv.path.as_str(), kv.fields.as_slice()),
+            ("secret", "partners/acme", ["api_key".to_owned()].as_slice())
+        );
         assert_eq!(c.ci.policies.len(), 2);
         assert_eq!(c.operators[0].role, Role::Viewer);
         assert_eq!(c.log.checkpoint_every, 100);
@@ -549,5 +554,56 @@ mod tests {
             c.grants["payments-token"].aws_sts.as_ref().unwrap().mode,
             StsMode::WebIdentity
         );
+    }
+
+    #[test]
+    fn a_static_secret_grant_names_a_plain_kv_path_under_a_vault() {
+        let vault = "[vault]\n        address = \"http://127.0.0.1:8200\"\n        token_file = \"t\"\n        [[grants]]";
+        let grant = |spec: &str| {
+            MINIMAL
+                .replacen("[[grants]]", vault, 1)
+                .replace(
+                    "kind = \"jwt\"",
+                    &format!("kind = \"static_secret\"\n        {spec}"),
+                )
+                .replace("jwt = { audience = \"payments\" }", "")
+        };
+        let parse = |text: &str| Config::parse(Path::new("/x/b.toml"), text);
+        let c = parse(&grant("static_secret = { path = \"app/db\" }")).unwrap();
+        let kv = c.grants["payments-token"].static_secret.as_ref().unwrap();
+        assert_eq!((kv.mount.as_str(), kv.fields.len()), ("secret", 0));
+        for (spec, key) in [
+            ("", "grants[0].static_secret"),
+            (
+                "static_secret = { path = \"../sys/x\" }",
+                "static_secret.path",
+            ),
+            ("static_secret = { path = \"a//b\" }", "static_secret.path"),
+            ("static_secret = { path = \"a?b\" }", "static_secret.path"),
+            (
+                "static_secret = { mount = \"sys\", path = \"x\" }",
+                "static_secret.mount",
+            ),
+            (
+                "static_secret = { path = \"x\", fields = [\"\"] }",
+                "static_secret.fields",
+            ),
+            (
+                "static_secret = { path = \"x\", extra = 1 }",
+                "unknown field",
+            ),
+        ] {
+            let e = parse(&grant(spec)).unwrap_err();
+            assert!(e.key.contains(key) || e.reason.contains(key), "{spec}: {e}");
+        }
+        // Without a [vault] there is nothing to read from.
+        let no_vault = MINIMAL
+            .replace(
+                "kind = \"jwt\"",
+                "kind = \"static_secret\"\n        static_secret = { path = \"x\" }",
+            )
+            .replace("jwt = { audience = \"payments\" }", "");
+        let e = parse(&no_vault).unwrap_err();
+        assert!(e.reason.contains("[vault]"), "{e}");
     }
 }

@@ -10,7 +10,7 @@ use time::OffsetDateTime;
 use mintguard_policy::{Decision, Outcome};
 
 use super::refusal::Refusal;
-use crate::config::{GrantConfig, GrantKind};
+use crate::config::GrantConfig;
 use crate::store::SignalRecord;
 
 /// What the broker observed about the caller, for the trust signals.
@@ -208,12 +208,7 @@ pub fn evidence_kind(by: &str) -> EvidenceKind {
 pub fn grant_input(grant: &GrantConfig) -> GrantInput {
     GrantInput {
         name: grant.name.clone(),
-        kind: match grant.kind {
-            GrantKind::Jwt => "jwt",
-            GrantKind::Vault => "vault",
-            GrantKind::AwsSts => "aws_sts",
-        }
-        .into(),
+        kind: grant.kind.as_str().into(),
         max_ttl_seconds: grant.max_ttl.0.as_secs(),
         reduced_max_ttl_seconds: grant
             .reduced

@@ -45,7 +45,7 @@ use crate::clock::Clock;
 use crate::config::{Config, GrantConfig};
 use crate::ids::random_id;
 use crate::log::{LogEntry, RecordKind};
-use crate::mint::{Approved, Flow, LeaseKind, Minters};
+use crate::mint::{Approved, Flow, Minters};
 use crate::store::{Append, Appended, SpendOp, Store, StoreError};
 
 /// Where issuance records are written: the store's append, followed by the
@@ -346,7 +346,7 @@ impl Issuer<'_> {
             body.extras.approvers = Some(approval.approvers.clone());
         }
         let issued = async {
-            let kind = LeaseKind::from(grant.kind);
+            let kind = grant.kind;
             let minter = self.minters.get(kind).ok_or_else(|| Refusal::NoMinter {
                 grant: grant.name.clone(),
             })?;

@@ -17,7 +17,9 @@ use super::*;
 use crate::clock::ManualClock;
 use crate::log::LogRecord;
 use crate::mint::jwt::JwtMinter;
-use crate::mint::{LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile, Revocation};
+use crate::mint::{
+    LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile, Revocation,
+};
 use crate::store::{Lease, LeaseOwner, LeaseQuery};
 
 const CONFIG: &str = r#"

@@ -1,7 +1,7 @@
 //! Minters, and the proof types that order minting after logging.
 //!
 //! A [`Minter`] is one kind of credential (its own file: [`jwt`],
-//! [`vault`], [`sts`]); [`Minters`] is where they are registered. Every
+//! [`vault`], [`sts`], [`static_secret`]); [`Minters`] is where they are registered. Every
 //! irreversible step takes a proof: an [`Approved`] that only a minting
 //! decision yields, then a [`Durable`] (a local credential's record, spend
 //! and lease are committed) or a [`LoggedIntent`] (an upstream mint's intent
@@ -10,6 +10,7 @@
 //! path releases a credential without its durable record.
 
 pub mod jwt;
+pub mod static_secret;
 pub mod sts;
 pub mod vault;
 
@@ -17,7 +18,7 @@ use async_trait::async_trait;
 use mintguard_policy::Decision;
 use serde_json::Value;
 
-use crate::config::{GrantConfig, GrantKind};
+use crate::config::GrantConfig;
 use crate::store::Appended;
 use crate::store::Lease;
 
@@ -121,6 +122,14 @@ pub struct MintRequest<'a> {
 }
 
 impl MintRequest<'_> {
+    /// The grant's settings for a minter's kind (`grant.<key>`), or a mint
+    /// error naming the grant.
+    pub fn settings<'g, T>(&self, spec: Option<&'g T>, key: &str) -> Result<&'g T, MintError> {
+        spec.ok_or_else(|| {
+            MintError::new(format!("grant {} has no {key} settings", self.grant.name))
+        })
+    }
+
     /// When the credential expires, milliseconds.
     pub fn expires_at_ms(&self) -> i64 {
         self.now_ms.saturating_add(
@@ -280,16 +289,6 @@ pub trait Minter: Send + Sync {
         format!(
             "revoke lease {lease_id} upstream, then `mintguard revoke {lease_id} --confirm-revoked-upstream`"
         )
-    }
-}
-
-impl From<GrantKind> for LeaseKind {
-    fn from(kind: GrantKind) -> Self {
-        match kind {
-            GrantKind::Jwt => Self::Jwt,
-            GrantKind::Vault => Self::Vault,
-            GrantKind::AwsSts => Self::AwsSts,
-        }
     }
 }
 

@@ -410,12 +410,7 @@ impl Minter for StsMinter {
         request: &MintRequest<'_>,
         intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
-        let Some(grant) = &request.grant.aws_sts else {
-            return Err(MintError::new(format!(
-                "grant {} has no aws_sts settings",
-                request.grant.name
-            )));
-        };
+        let grant = request.settings(request.grant.aws_sts.as_ref(), "aws_sts")?;
         let session = Session {
             identity: request.identity,
             node: request.node,

@@ -349,6 +349,15 @@ impl VaultClient {
         }
     }
 
+    /// The current version of the KV v2 secret at `mount`/`path`
+    /// (`GET /v1/<mount>/data/<path>`): its `data` and `metadata`.
+    pub async fn read_kv(&self, mount: &str, path: &str) -> Result<Value, VaultError> {
+        let answer = self
+            .ok("GET", &format!("{mount}/data/{path}"), None)
+            .await?;
+        Ok(answer["data"].clone())
+    }
+
     /// Mints `grant` for `identity` with at most `ttl_seconds`.
     pub async fn mint(
         &self,
@@ -542,12 +551,7 @@ impl Minter for VaultMinter {
         request: &MintRequest<'_>,
         intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
-        let Some(grant) = &request.grant.vault else {
-            return Err(MintError::new(format!(
-                "grant {} has no vault settings",
-                request.grant.name
-            )));
-        };
+        let grant = request.settings(request.grant.vault.as_ref(), "vault")?;
         Ok(self
             .client
             .mint(intent, grant, request.identity, request.ttl_seconds)

@@ -872,7 +872,8 @@ async fn leases(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RevokeParams {
-    /// For an advisory (STS) lease: the operator attached the deny policy.
+    /// For an advisory lease: the operator attached the deny policy (STS)
+    /// or rotated the secret (static secret).
     #[serde(default)]
     confirm_attached: bool,
     /// For a Vault lease the broker cannot revoke itself (its outcome names
@@ -898,7 +899,7 @@ async fn revoke(
         if lease.revocation != Revocation::Advisory {
             return Err(ApiError::bad_request(
                 "not_advisory",
-                "--confirm-attached is for advisory (STS) leases",
+                "--confirm-attached is for advisory (STS, static secret) leases",
             ));
         }
         "confirmed_attached".to_owned()
@@ -934,12 +935,16 @@ async fn revoke(
         .revoke_lease(&lease, &random_id("req"), &why)
         .await?;
     if lease.revocation == Revocation::Advisory && !revoked {
+        let action = broker.minters.get(lease.kind).map_or_else(
+            || crate::mint::sts::advisory_action(&id),
+            |m| m.advisory_action(&id),
+        );
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "advisory_revocation",
             format!(
-                "STS sessions cannot be revoked one by one: {}",
-                crate::mint::sts::advisory_action(&id)
+                "a {} lease cannot be revoked by the broker: {action}",
+                lease.kind
             ),
         ));
     }
