@@ -22,7 +22,7 @@
 //!   CI runner (its OIDC token); [`ci`]: CI trust policies and what a
 //!   token's claims say; [`approvals`]: the operators' side of step-up and
 //!   break-glass approvals.
-//! - [`mint`]: the `Minter` trait, one file per kind (JWT, Vault, STS),
+//! - [`mint`]: the `Minter` trait, one file per kind (JWT, Vault, STS, static secret),
 //!   registered in one place, and the proof types (`Approved`, `Durable`,
 //!   `LoggedIntent`) that order minting after deciding and logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
@@ -34,6 +34,8 @@
 //!   revocations; [`health`], whether anomaly analysis keeps up; [`fault`],
 //!   the crash-safety tests' hooks. `tests/import_circles.py` checks there
 //!   are no import circles among these modules.
+//! - [`tasks`]: the background tasks (identity and key rotation, log
+//!   timers, upstream expiry and reconciliation, analysis), started in one place.
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
@@ -63,3 +65,4 @@ pub mod refusals;
 pub mod routes;
 pub mod state;
 pub mod store;
+pub mod tasks;

@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -687,49 +686,6 @@ impl Broker {
                 reason,
                 message: crate::http::excerpt(message),
             });
-    }
-
-    /// Writes the refusal window's record, every `window`. A window whose
-    /// record cannot be written is carried into the next.
-    pub async fn refusal_writer(self: Arc<Self>, window: Duration) {
-        let mut tick = tokio::time::interval(window);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(taken) = self.refusals.take(now_ms()) else {
-                continue;
-            };
-            let entry = crate::log::LogEntry {
-                time_ms: now_ms(),
-                kind: crate::log::RecordKind::Decision,
-                request_id: crate::ids::random_id("req"),
-                identity: None,
-                grant: None,
-                node: None,
-                outcome: Some("deny".into()),
-                body: taken.body(),
-            };
-            if let Err(e) = self.record(entry).await {
-                tracing::error!(
-                    code = e.code,
-                    "the refusal window could not be logged; carried over"
-                );
-                self.refusals.restore(taken);
-            }
-        }
-    }
-
-    /// Checkpoints the head every `interval` (records since the last checkpoint only).
-    pub async fn checkpoint_timer(self: Arc<Self>, interval: Duration) {
-        let mut tick = tokio::time::interval(interval);
-        loop {
-            tick.tick().await;
-            if let Ok((seq, hash)) = self.store.head().await
-                && seq > 0
-            {
-                self.checkpoint_if_due(seq, &hash, true).await;
-            }
-        }
     }
 }
 
