@@ -1,0 +1,479 @@
+//! The issuance log as operators read it: pages, verification, explain,
+//! replay, checkpoints and retention.
+
+use super::*;
+
+#[derive(Deserialize)]
+pub(super) struct LogParams {
+    identity: Option<String>,
+    grant: Option<String>,
+    node: Option<String>,
+    outcome: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    after_seq: Option<i64>,
+    limit: Option<usize>,
+}
+
+pub(super) async fn logs(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<LogParams>,
+) -> Result<axum::Json<Vec<LogRecord>>, ApiError> {
+    op.require(Role::Viewer)?;
+    let q = LogQuery {
+        identity: p.identity,
+        grant: p.grant,
+        node: p.node,
+        outcome: p.outcome,
+        since_ms: p.since_ms,
+        until_ms: p.until_ms,
+        after_seq: p.after_seq,
+        limit: p.limit.unwrap_or(1000).clamp(1, MAX_PAGE),
+    };
+    Ok(axum::Json(broker.store.log(&q).await?))
+}
+
+/// The log in pages of `MAX_PAGE`, oldest first, so that no caller holds
+/// all of it.
+pub(super) struct RecordPages<'a> {
+    broker: &'a Broker,
+    after: Option<i64>,
+    done: bool,
+}
+
+impl<'a> RecordPages<'a> {
+    fn new(broker: &'a Broker) -> Self {
+        Self {
+            broker,
+            after: None,
+            done: false,
+        }
+    }
+
+    /// The next page, or `None` after the last.
+    async fn next(&mut self) -> Result<Option<Vec<LogRecord>>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = self
+            .broker
+            .store
+            .log(&LogQuery {
+                after_seq: self.after,
+                limit: MAX_PAGE,
+                ..Default::default()
+            })
+            .await?;
+        self.done = page.len() < MAX_PAGE;
+        self.after = page.last().map(|r| r.seq).or(self.after);
+        Ok((!page.is_empty()).then_some(page))
+    }
+}
+
+pub(super) async fn verify(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let verified = verify_log(&broker, None).await?;
+    Ok(axum::Json(match verified {
+        Ok(report) => json!({"ok": true, "report": report}),
+        Err(failure) => {
+            json!({"ok": false, "failure": failure, "message": failure.to_string()})
+        }
+    }))
+}
+
+/// `logs verify` on the broker: its own checkpoint file (which must be
+/// readable, and hold every checkpoint the store has from this broker),
+/// the chain a page at a time, and every rule set the decisions name.
+/// Verifies the log against this broker's export and the store. `also`: a
+/// checkpoint (from the store, perhaps another replica's) the chain must
+/// match as well, its signature checked like the file's.
+pub(super) async fn verify_log(
+    broker: &Broker,
+    also: Option<&Checkpoint>,
+) -> Result<Result<VerifyReport, VerifyFailure>, ApiError> {
+    let path = broker.log_export_path();
+    let mut checkpoints = match crate::log::checkpoint::read_file(&path) {
+        Ok(cps) => cps,
+        // No file yet: nothing exported. Any checkpoint the store has from
+        // this broker is then missing from it (found below).
+        Err(crate::log::checkpoint::CheckpointError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Vec::new()
+        }
+        Err(e) => {
+            return Ok(Err(VerifyFailure::CheckpointFile {
+                reason: e.to_string(),
+            }));
+        }
+    };
+    let stored = broker.store.checkpoints().await?;
+    if let Some(seq) =
+        crate::log::verify::missing_export(&stored, &checkpoints, &[broker.instance_id()])
+    {
+        return Ok(Err(VerifyFailure::ExportMissing { seq }));
+    }
+    checkpoints.extend(also.cloned());
+    let base = broker.store.base().await?;
+    let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
+    let mut verifier = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
+        Ok(verifier) => verifier,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    let mut pages = RecordPages::new(broker);
+    while let Some(page) = pages.next().await? {
+        if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
+            return Ok(Err(failure));
+        }
+    }
+    let mut problems = Vec::new();
+    for hash in verifier.rule_set_hashes() {
+        let stored = broker.store.rule_set(hash).await?;
+        if let Err(problem) = crate::log::rule_sets::check(hash, stored.as_deref()) {
+            problems.push(problem);
+        }
+    }
+    Ok(verifier.finish(&problems))
+}
+
+/// A stored rule set as the store holds it (its text, unparsed), so an
+/// offline `logs verify` re-hashes what the store really has.
+pub(super) async fn rule_set(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(hash): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    if !crate::ids::is_hex_id(&hash) {
+        return Err(ApiError::bad_request(
+            "bad_hash",
+            "a rule-set hash is lowercase hex",
+        ));
+    }
+    let stored = broker.store.rule_set(&hash).await?;
+    Ok(axum::Json(json!({"hash": hash, "stored": stored})))
+}
+
+pub(super) async fn log_key(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    Ok(axum::Json(
+        serde_json::to_value(broker.log_public_key()).unwrap_or_default(),
+    ))
+}
+
+pub(super) async fn explain(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(request_id): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let records = broker.store.log_for_request(&request_id).await?;
+    if records.is_empty() {
+        return Err(ApiError::not_found(
+            "unknown_request",
+            "no records for this request id",
+        ));
+    }
+    // What this explanation cannot vouch for: a decision no reader can
+    // decode, or a rule set that is missing or no longer hashes to its name.
+    let mut findings = Vec::new();
+    for r in &records {
+        match crate::log::decode::decided(&r.entry) {
+            Ok(Some(Decided::Decision(parts))) => {
+                let hash = &parts.decision.rule_set_hash;
+                let stored = broker.store.rule_set(hash).await?;
+                if let Err(problem) = crate::log::rule_sets::check(hash, stored.as_deref()) {
+                    findings.push(json!({"seq": r.seq, "finding": "rule_set", "problem": problem, "message": problem.to_string()}));
+                }
+            }
+            Ok(_) => {}
+            Err(why) => {
+                broker.metrics.undecodable("explain", r.seq, &why);
+                findings.push(json!({"seq": r.seq, "finding": "undecodable", "message": why.0}));
+            }
+        }
+    }
+    // The detections whose signals this decision read: the anomaly response
+    // it applied, and any `anomaly:` behaviour signal in its trust input.
+    let mut detections = Vec::new();
+    for r in records.iter().filter(|r| r.entry.kind.has_decision()) {
+        let input = &r.entry.body["input"];
+        let behaviour = input["signals"]["signals"]["behaviour"]["source"]
+            .as_str()
+            .unwrap_or_default();
+        let moved = input["anomaly"]["score"].as_u64().unwrap_or(0) > 0
+            || behaviour.starts_with(crate::anomaly::respond::SOURCE);
+        if !moved {
+            continue;
+        }
+        let ttl_ms = i64::try_from(broker.config().anomaly.responses.signal_ttl_seconds)
+            .unwrap_or(0)
+            .saturating_mul(1000);
+        for subject in [&r.entry.identity, &r.entry.node] {
+            let Some(subject) = subject else { continue };
+            let mut q = LogQuery {
+                outcome: Some("detection".into()),
+                since_ms: Some(r.entry.time_ms - ttl_ms),
+                until_ms: Some(r.entry.time_ms + 1),
+                limit: MAX_PAGE,
+                ..Default::default()
+            };
+            if subject.starts_with("spiffe://") && Some(subject) == r.entry.identity.as_ref() {
+                q.identity = Some(subject.clone());
+            } else {
+                q.node = Some(subject.clone());
+            }
+            detections.extend(
+                broker
+                    .store
+                    .log(&q)
+                    .await?
+                    .into_iter()
+                    .filter(|d| d.entry.body["subject"]["id"] == subject.as_str()),
+            );
+        }
+    }
+    Ok(axum::Json(
+        json!({"request_id": request_id, "records": records, "detections": detections, "findings": findings}),
+    ))
+}
+
+#[derive(Deserialize)]
+pub(super) struct ReplayParams {
+    since_ms: Option<i64>,
+}
+
+/// Differences `replay` lists (all are counted).
+pub(super) const MAX_LISTED_DIFFERENCES: usize = 1000;
+
+pub(super) fn note_difference(listed: &mut Vec<Value>, total: &mut usize, difference: Value) {
+    *total += 1;
+    if listed.len() < MAX_LISTED_DIFFERENCES {
+        listed.push(difference);
+    }
+}
+
+/// Re-decides every logged decision under its recorded input and rule set,
+/// reading the log a page at a time; the first `MAX_LISTED_DIFFERENCES`
+/// differences are listed, all are counted.
+pub(super) async fn replay(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(p): Query<ReplayParams>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let mut rule_sets: std::collections::HashMap<
+        String,
+        Result<RuleSet, crate::log::rule_sets::RuleSetProblem>,
+    > = std::collections::HashMap::new();
+    let (mut replayed, mut differences, mut total) = (0usize, Vec::new(), 0usize);
+    let mut undecodable = 0usize;
+    let mut pages = RecordPages::new(&broker);
+    while let Some(page) = pages.next().await? {
+        for record in page {
+            if !record.entry.kind.has_decision()
+                || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
+            {
+                continue;
+            }
+            let parts = match crate::log::decode::decided(&record.entry) {
+                Ok(Some(Decided::Decision(parts))) => parts,
+                Ok(_) => continue,
+                Err(why) => {
+                    broker.metrics.undecodable("replay", record.seq, &why);
+                    undecodable += 1;
+                    note_difference(
+                        &mut differences,
+                        &mut total,
+                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "undecodable", "reason": why.0}),
+                    );
+                    continue;
+                }
+            };
+            let (input, logged) = (parts.input, parts.decision);
+            let hash = logged.rule_set_hash.clone();
+            if !rule_sets.contains_key(&hash) {
+                let stored = broker.store.rule_set(&hash).await?;
+                rule_sets.insert(
+                    hash.clone(),
+                    crate::log::rule_sets::load(&hash, stored.as_deref()),
+                );
+            }
+            let rules = match &rule_sets[&hash] {
+                Ok(rules) => rules,
+                Err(problem) => {
+                    note_difference(
+                        &mut differences,
+                        &mut total,
+                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "rule_set", "problem": problem, "message": problem.to_string()}),
+                    );
+                    continue;
+                }
+            };
+            let again = decide(&input, rules);
+            replayed += 1;
+            if again != logged {
+                note_difference(
+                    &mut differences,
+                    &mut total,
+                    json!({
+                        "seq": record.seq,
+                        "request_id": record.entry.request_id,
+                        "logged": {"outcome": logged.outcome, "reasons": logged.reasons},
+                        "replayed": {"outcome": again.outcome, "reasons": again.reasons},
+                    }),
+                );
+            }
+        }
+    }
+    Ok(axum::Json(
+        json!({"replayed": replayed, "differences": differences, "differences_total": total, "undecodable": undecodable}),
+    ))
+}
+
+/// The stored checkpoints and the base left by the last prune.
+pub(super) async fn checkpoints(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let base = broker.store.base().await?;
+    Ok(axum::Json(json!({
+        "base": base.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "checkpoints": broker.store.checkpoints().await?,
+        // Retention keeps this record and every later one (see `prune`).
+        "needed_from_seq": oldest_needed(&broker).await?.map(|(seq, _)| seq),
+    })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PruneRequest {
+    through_seq: i64,
+    /// Where the caller exported the pruned records (recorded in the log).
+    export: String,
+}
+
+/// The first record retention must keep, and the lease that needs it: a
+/// live upstream lease's intent and outcome (which names what to revoke
+/// upstream) stay until the lease ends. The oldest such leases by issue
+/// time are looked at (a lease decided later may have been logged first);
+/// one whose records are already gone (pruned by an older broker) protects
+/// nothing and is passed over.
+pub(super) async fn oldest_needed(
+    broker: &Broker,
+) -> Result<Option<(i64, crate::store::Lease)>, ApiError> {
+    let pinning = broker
+        .store
+        .leases(&LeaseQuery::OldestPinning {
+            now_ms: now_ms(),
+            limit: 64,
+        })
+        .await?;
+    let full = pinning.len() == 64;
+    let mut oldest: Option<(i64, crate::store::Lease)> = None;
+    let first = pinning.first().cloned();
+    for lease in pinning {
+        let records = broker.store.log_for_request(&lease.request_id).await?;
+        if let Some(seq) = records.iter().map(|r| r.seq).min()
+            && oldest.as_ref().is_none_or(|(o, _)| seq < *o)
+        {
+            oldest = Some((seq, lease));
+        }
+    }
+    // Sixty-four leases whose records are all gone and maybe more after
+    // them: inconclusive, so nothing may be pruned until an operator closes
+    // them (`mintguard revoke LEASE --confirm-revoked-upstream`).
+    if oldest.is_none()
+        && full
+        && let Some(lease) = first
+    {
+        return Ok(Some((1, lease)));
+    }
+    Ok(oldest)
+}
+
+/// Retention: deletes records through a checkpointed record the caller has
+/// exported, recording the prune (never silently). The chain then resumes
+/// from that checkpoint.
+pub(super) async fn prune(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Json(req): Json<PruneRequest>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Admin)?;
+    if req.export.is_empty() || req.export.len() > 4096 {
+        return Err(ApiError::bad_request(
+            "bad_export",
+            "name the export the records were written to",
+        ));
+    }
+    let checkpoint = broker
+        .store
+        .checkpoints()
+        .await?
+        .into_iter()
+        .find(|c| c.seq == req.through_seq && c.kind == StatementKind::Checkpoint)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "not_a_checkpoint",
+                "prune only through a checkpointed record",
+            )
+        })?;
+    if let Some((seq, lease)) = oldest_needed(&broker).await?
+        && seq <= req.through_seq
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "records_still_needed",
+            format!(
+                "record {seq} belongs to lease {} ({}), still live or awaiting upstream revocation: prune through a checkpoint before it, or after the lease ends",
+                lease.id, lease.kind
+            ),
+        ));
+    }
+    // Sign only what verifies: the whole chain, this broker's export, and
+    // the checkpoint itself (signed, and matching the chain) — a store
+    // someone edited is never pruned into a signed, verifying base.
+    if let Err(failure) = verify_log(&broker, Some(&checkpoint)).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_not_verified",
+            format!("the log does not verify, so nothing was pruned: {failure}"),
+        ));
+    }
+    // The signed statement first, outside the database: a base no
+    // statement covers never verifies, so the prune is provable. The
+    // intent carries it too (and then the outcome), so the chain itself
+    // anchors the base for replicas whose own export lacks it, and a crash
+    // between the delete and the outcome still leaves a verifiable log.
+    let statement = broker
+        .export_prune_statement(req.through_seq, &checkpoint.hash)
+        .map_err(|e| {
+            ApiError::unavailable(
+                "checkpoint_export_failed",
+                "the prune statement could not be exported; nothing was pruned",
+                e,
+            )
+        })?;
+    let intent = json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export, "statement": statement});
+    let deleted = AdminAction::begin(&broker, &op, "log_pruned", None, intent)
+        .await?
+        .run(
+            async { Ok(broker.store.prune_through(req.through_seq).await?) },
+            |deleted| {
+                json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement})
+            },
+        )
+        .await?;
+    Ok(axum::Json(
+        json!({"through_seq": req.through_seq, "deleted": deleted, "hash": checkpoint.hash}),
+    ))
+}
