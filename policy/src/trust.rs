@@ -67,6 +67,34 @@ impl SignalKind {
     }
 }
 
+impl std::str::FromStr for SignalKind {
+    type Err = UnknownSignalKind;
+
+    fn from_str(s: &str) -> Result<Self, UnknownSignalKind> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or(UnknownSignalKind)
+    }
+}
+
+/// A name that is not one of the six scored signals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownSignalKind;
+
+/// The kind a signal source posts to report a compromise of an identity or
+/// a node: never scored; while fresh it is positive evidence that denies.
+pub const COMPROMISE_SIGNAL: &str = "compromise";
+
+/// The kinds a signal source may post: the six scored signals, then
+/// [`COMPROMISE_SIGNAL`].
+pub fn postable_signal_kinds() -> impl Iterator<Item = &'static str> {
+    SignalKind::ALL
+        .into_iter()
+        .map(SignalKind::as_str)
+        .chain([COMPROMISE_SIGNAL])
+}
+
 /// One observation of a signal.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -368,6 +396,29 @@ pub fn trust_score(config: &TrustConfig, input: &TrustInput, now: i64) -> TrustR
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn each_signal_kind_parses_from_its_wire_name_and_compromise_is_postable_only() {
+        for kind in SignalKind::ALL {
+            assert_eq!(kind.as_str().parse::<SignalKind>(), Ok(kind));
+        }
+        assert_eq!(
+            COMPROMISE_SIGNAL.parse::<SignalKind>(),
+            Err(UnknownSignalKind)
+        );
+        assert_eq!(
+            postable_signal_kinds().collect::<Vec<_>>(),
+            [
+                "posture",
+                "attestation",
+                "behaviour",
+                "location",
+                "time",
+                "network",
+                "compromise"
+            ]
+        );
+    }
 
     fn signal(value: u8, observed_at: i64, ttl: u64) -> Signal {
         Signal {

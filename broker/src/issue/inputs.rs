@@ -147,14 +147,8 @@ pub fn observed_signals(
     for ext in external {
         let fresh =
             ext.observed_at_ms + i64::try_from(ext.ttl_seconds).unwrap_or(0) * 1000 >= now_ms;
-        let kind = match ext.kind.as_str() {
-            "posture" => SignalKind::Posture,
-            "attestation" => SignalKind::Attestation,
-            "behaviour" => SignalKind::Behaviour,
-            "location" => SignalKind::Location,
-            "time" => SignalKind::Time,
-            "network" => SignalKind::Network,
-            _ => continue,
+        let Ok(kind) = ext.kind.parse::<SignalKind>() else {
+            continue;
         };
         if !fresh {
             continue;
@@ -184,7 +178,7 @@ pub fn compromise_evidence(external: &[SignalRecord], now_ms: i64) -> Vec<Eviden
     external
         .iter()
         .filter(|s| {
-            s.kind == "compromise"
+            s.kind == mintguard_policy::trust::COMPROMISE_SIGNAL
                 && s.observed_at_ms + i64::try_from(s.ttl_seconds).unwrap_or(0) * 1000 >= now_ms
         })
         .map(|s| Evidence {

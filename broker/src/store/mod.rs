@@ -363,10 +363,31 @@ const PINS_WHO: &[&str] = &[
     "k8s:sa:",
 ];
 
+/// Selector prefixes the agent can prove (a selector is one of these and a
+/// value).
+pub const KNOWN_SELECTORS: &[&str] = &[
+    "unix:uid:",
+    "unix:gid:",
+    "unix:user:",
+    "unix:path:",
+    "unix:sha256:",
+    "cgroup:",
+    "k8s:ns:",
+    "k8s:sa:",
+];
+
 /// Why an entry without a selector saying who runs the workload is refused.
 pub const WEAK_ENTRY: &str = "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)";
 
 impl Entry {
+    /// Whether `selector` is one the agent can prove ([`KNOWN_SELECTORS`]
+    /// with a value).
+    pub fn known_selector(selector: &str) -> bool {
+        KNOWN_SELECTORS
+            .iter()
+            .any(|k| selector.starts_with(k) && selector.len() > k.len())
+    }
+
     /// Whether `selectors` hold one that says who runs the workload
     /// ([`PINS_WHO`]); an entry without one is weak.
     pub fn pins_who(selectors: &[String]) -> bool {

@@ -47,18 +47,6 @@ pub(super) async fn create_token(
     }))
 }
 
-/// Selectors the agent can prove.
-pub(super) const KNOWN: &[&str] = &[
-    "unix:uid:",
-    "unix:gid:",
-    "unix:user:",
-    "unix:path:",
-    "unix:sha256:",
-    "cgroup:",
-    "k8s:ns:",
-    "k8s:sa:",
-];
-
 pub(super) async fn create_entry(
     State(broker): State<Arc<Broker>>,
     op: Operator,
@@ -92,7 +80,7 @@ pub(super) async fn create_entry(
     }
     mintguard_api::check_selectors(&req.selectors).map_err(ApiError::from_input)?;
     for s in &req.selectors {
-        if !KNOWN.iter().any(|k| s.starts_with(k) && s.len() > k.len()) {
+        if !Entry::known_selector(s) {
             return Err(ApiError::bad_request(
                 "bad_selectors",
                 format!(

@@ -83,17 +83,6 @@ pub(super) async fn resume(
     ))
 }
 
-/// Signal kinds the API accepts (`compromise` is positive evidence).
-pub(super) const SIGNAL_KINDS: &[&str] = &[
-    "posture",
-    "attestation",
-    "behaviour",
-    "location",
-    "time",
-    "network",
-    "compromise",
-];
-
 /// Signal sources written by the broker itself (its observations, the
 /// anomaly analysis, an operator's default), never through the API.
 pub(super) const RESERVED_SOURCES: &[&str] = &["broker:", "anomaly:", "operator:", "agent:", "ci:"];
@@ -121,10 +110,15 @@ pub(super) async fn put_signal(
 ) -> Result<(StatusCode, axum::Json<Value>), ApiError> {
     op.require(Role::SignalSource)?;
     check_subject(&broker, &req.subject)?;
-    if !SIGNAL_KINDS.contains(&req.kind.as_str()) {
+    if !mintguard_policy::trust::postable_signal_kinds().any(|k| k == req.kind) {
         return Err(ApiError::bad_request(
             "bad_signal_kind",
-            format!("kind must be one of {}", SIGNAL_KINDS.join(", ")),
+            format!(
+                "kind must be one of {}",
+                mintguard_policy::trust::postable_signal_kinds()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         ));
     }
     if req.value > 100 {
