@@ -615,10 +615,9 @@ impl Leader for SoleLeader {
 pub trait Store: Send + Sync {
     /// This replica's leadership handle: it leads while it holds what the
     /// backend elects by (a PostgreSQL session advisory lock), and another
-    /// replica takes over when it lets go.
-    fn leader(&self) -> Box<dyn Leader> {
-        Box::new(SoleLeader)
-    }
+    /// replica takes over when it lets go. Every backend says how it
+    /// elects: there is no default that would make two replicas both lead.
+    fn leader(&self) -> Box<dyn Leader>;
     /// Appends a record atomically with its spends, lease and rule set (group-committed).
     async fn append(&self, append: Append) -> Result<Appended>;
     /// Records in `seq` order matching `query`.

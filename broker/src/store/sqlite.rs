@@ -719,6 +719,11 @@ impl SqliteStore {
 
 #[async_trait]
 impl Store for SqliteStore {
+    /// SQLite serves one broker (replicas share PostgreSQL): it always leads.
+    fn leader(&self) -> Box<dyn super::Leader> {
+        Box::new(super::SoleLeader)
+    }
+
     async fn append(&self, mut append: Append) -> Result<Appended> {
         // Canonicalize the body here, in the caller's task, not in the serial writer.
         let body_jcs = append.take_canonical_body();
