@@ -2,6 +2,11 @@
 //! credential minted and how it ends early. A leaf: the store, the minters
 //! and the log all name these, and import nothing for it.
 
+/// The expiry of a lease whose credential does not expire by itself
+/// (9999-12-31T23:59:59Z, exact in a JSON number): it stays live until it is
+/// revoked or an operator confirms it ended.
+pub const NEVER_MS: i64 = 253_402_300_799_000;
+
 /// What a lease is a lease on: the kind of credential minted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,7 +93,12 @@ mod tests {
 
     #[test]
     fn each_closed_set_has_one_string_form() {
-        for kind in [LeaseKind::Jwt, LeaseKind::Vault, LeaseKind::AwsSts] {
+        for kind in [
+            LeaseKind::Jwt,
+            LeaseKind::Vault,
+            LeaseKind::AwsSts,
+            LeaseKind::StaticSecret,
+        ] {
             assert_eq!(kind.as_str().parse::<LeaseKind>(), Ok(kind));
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),

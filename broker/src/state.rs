@@ -40,17 +40,10 @@ pub struct Dynamic {
     pub ci: crate::ci::CiRuntime,
 }
 
-/// How old an intent without an outcome must be before reconciliation
-/// looks at it: `[vault] reconcile_after`, else `[aws]`'s, else 2 min.
+/// [`crate::config::upstreams::reconcile_after`], milliseconds.
 pub fn reconcile_after_ms(config: &Config) -> i64 {
-    config
-        .vault
-        .as_ref()
-        .and_then(|v| v.reconcile_after)
-        .or(config.aws.reconcile_after)
-        .map_or(120_000, |d| {
-            i64::try_from(d.0.as_millis()).unwrap_or(i64::MAX)
-        })
+    let after = crate::config::upstreams::reconcile_after(config.vault.as_ref(), &config.aws);
+    i64::try_from(after.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// Runs `f` holding an exclusive lock on `<dir>/.lock` (created with `dir`
@@ -323,6 +316,7 @@ impl Broker {
             lease: None,
             rule_set: None,
             refuse_if_suspended: Vec::new(),
+            refuse_if_lease_closed: None,
         })
         .await
         .map(|_| ())

@@ -158,7 +158,7 @@ name = "octo-deploy"
 issuer = "{issuer}"
 audience = "{AUDIENCE}"
 identity = "spiffe://example.org/ci/github/{{repository}}/{{ref}}"
-grants = ["payments-token"]
+grants = ["payments-token", "aws-deploy"]
 [ci.policies.claims]
 repository_id = "123456789"
 repository_owner_id = "65432"
@@ -173,6 +173,11 @@ grants = ["payments-token"]
 mode = "audit"
 [ci.policies.claims]
 repository_id = "123456789"
+[[grants]]
+name = "aws-deploy"
+kind = "aws_sts"
+max_ttl = "1h"
+aws_sts = {{ role_arn = "arn:aws:iam::123456789012:role/deploy" }}
 "#
     )
 }
@@ -212,6 +217,10 @@ async fn ci_post(broker: &BrokerProcess, token: &str) -> Reply {
 }
 
 async fn exchange(broker: &BrokerProcess, token: &str) -> Reply {
+    exchange_for(broker, token, "payments-token").await
+}
+
+async fn exchange_for(broker: &BrokerProcess, token: &str, resource: &str) -> Reply {
     let form: String = url::form_urlencoded::Serializer::new(String::new())
         .append_pair(
             "grant_type",
@@ -219,7 +228,7 @@ async fn exchange(broker: &BrokerProcess, token: &str) -> Reply {
         )
         .append_pair("subject_token", token)
         .append_pair("subject_token_type", "urn:ietf:params:oauth:token-type:jwt")
-        .append_pair("resource", "payments-token")
+        .append_pair("resource", resource)
         .finish();
     https(
         &broker.addr("public"),
@@ -264,6 +273,25 @@ async fn verified_sub(broker: &BrokerProcess, token: &str) -> String {
 
 fn leases(broker: &BrokerProcess) -> usize {
     broker.cli_json(&["leases"]).as_array().unwrap().len()
+}
+
+/// RFC 8693 answers with a JWT (`access_token`): a grant of another kind
+/// is refused before anything is decided or minted, never minted and lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_exchange_refuses_a_grant_that_is_not_a_jwt() {
+    let (broker, issuer) = start().await;
+    let reply = exchange_for(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-kind"), |_| {}),
+        "aws-deploy",
+    )
+    .await;
+    assert_eq!(reply.status, 400, "{}", reply.text);
+    assert_eq!(reply.body["error"], "invalid_target");
+    let detail = reply.body["error_description"].as_str().unwrap();
+    assert!(detail.contains("unsupported_grant_kind"), "{detail}");
+    assert_eq!(leases(&broker), 0);
+    assert!(broker.logs(&["--grant", "aws-deploy"]).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

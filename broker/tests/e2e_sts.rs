@@ -521,7 +521,7 @@ async fn a_crash_between_sts_and_the_answer_is_left_for_the_operator() {
         &endpoint,
         "testing",
         "testing",
-        "reconcile_after = \"1s\"",
+        "timeout = \"2s\"\nreconcile_after = \"6s\"",
         &[("MINTGUARD_FAULT", "after_upstream_mint")],
     );
     let node = enrolled_node(&broker, "node-1").await;
@@ -536,7 +536,7 @@ async fn a_crash_between_sts_and_the_answer_is_left_for_the_operator() {
         &endpoint,
         "testing",
         "testing",
-        "reconcile_after = \"1s\"",
+        "timeout = \"2s\"\nreconcile_after = \"6s\"",
         &[],
     );
     let action = wait_for_outcome(&broker, "reconcile_operator_action").await;
@@ -595,7 +595,7 @@ async fn an_unanswered_sts_call_is_left_for_the_operator_a_refused_one_fails() {
         &silent,
         "testing",
         "testing",
-        "timeout = \"1s\"\nreconcile_after = \"1s\"",
+        "timeout = \"1s\"\nreconcile_after = \"3s\"",
         &[],
     );
     let node = enrolled_node(&broker, "node-1").await;

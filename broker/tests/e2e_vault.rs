@@ -73,7 +73,8 @@ fn vault_config(vault_addr: &str, db_path: &str, auth: &str) -> String {
 [vault]
 address = "{vault_addr}"
 {auth}
-reconcile_after = "1s"
+timeout = "2s"
+reconcile_after = "6s"
 [[grants]]
 name = "ci-token"
 kind = "vault"
@@ -409,6 +410,13 @@ async fn static_secrets_are_read_per_issuance_and_end_by_rotation() {
             .any(|l| l["id"] == lease.as_str())
     };
     assert!(live(&broker));
+    // The secret does not expire, so neither does its lease.
+    let never = broker
+        .live_leases()
+        .into_iter()
+        .find(|l| l["id"] == lease.as_str())
+        .unwrap();
+    assert_eq!(never["expires_at_ms"], 253_402_300_799_000_i64, "{never}");
     let out = broker.cli(&["revoke", &lease, "--confirm-attached"]);
     assert!(
         out.status.success(),

@@ -207,6 +207,7 @@ fn plain(e: LogEntry) -> Append {
         lease: None,
         rule_set: None,
         refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: None,
     }
 }
 
@@ -276,6 +277,7 @@ async fn budget_spends_are_exact_under_concurrency(store: Arc<dyn Store>) {
                         lease: Some(lease(&format!("lease-{i}"), "spiffe://example.org/a", now)),
                         rule_set: None,
                         refuse_if_suspended: Vec::new(),
+                        refuse_if_lease_closed: None,
                     })
                     .await
                     .unwrap()
@@ -355,6 +357,7 @@ async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn
         lease: Some(lease(&format!("lease-{request}"), identity, t)),
         rule_set: None,
         refuse_if_suspended: vec![identity.into(), node.into()],
+        refuse_if_lease_closed: None,
     };
     let first = store.append(issue("w1")).await.unwrap();
     assert!(first.spent && !first.suspended);
@@ -399,6 +402,55 @@ async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn
     assert!(store.lease("lease-w3").await.unwrap().is_some());
 }
 
+async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn Store>) {
+    let (identity, t) = ("spiffe://example.org/a", 10_000_000);
+    let intent = Append {
+        canonical_body: None,
+        entry: entry("u1", identity, "allow", t),
+        spend: Vec::new(),
+        lease: Some(lease("lease-u1", identity, t)),
+        rule_set: None,
+        refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: None,
+    };
+    assert!(!store.append(intent).await.unwrap().lease_closed);
+    let outcome = |lease_id: &str| Append {
+        canonical_body: None,
+        entry: entry("u1", identity, "minted", t + 1),
+        spend: Vec::new(),
+        lease: None,
+        rule_set: None,
+        refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: Some(lease_id.into()),
+    };
+    // Open: written as it is.
+    let open = store.append(outcome("lease-u1")).await.unwrap();
+    assert!(!open.lease_closed && !open.suspended);
+    // Closed meanwhile (reconciled while the mint ran), or never stored.
+    assert!(store.revoke_lease("lease-u1", t + 2).await.unwrap());
+    let closed = store.append(outcome("lease-u1")).await.unwrap();
+    assert!(closed.lease_closed);
+    let unknown = store.append(outcome("lease-none")).await.unwrap();
+    assert!(unknown.lease_closed);
+    let records = store.log_for_request("u1").await.unwrap();
+    let finals: Vec<_> = records
+        .iter()
+        .map(|r| r.entry.body["final_outcome"].as_str())
+        .collect();
+    assert_eq!(
+        finals,
+        [None, None, Some("lease_closed"), Some("lease_closed")]
+    );
+    let all = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(verify_chain(all, &[], None).unwrap().records, 4);
+}
+
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
     let policy = hourly_budget();
     let spend = |cost, t| Append {
@@ -412,6 +464,7 @@ async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn St
         lease: None,
         rule_set: None,
         refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: None,
     };
     let t0 = 10_000_000;
     assert!(store.append(spend(15, t0)).await.unwrap().spent);
@@ -559,6 +612,7 @@ async fn leases_revoke_once(store: Arc<dyn Store>) {
             lease: Some(l.clone()),
             rule_set: None,
             refuse_if_suspended: Vec::new(),
+            refuse_if_lease_closed: None,
         })
         .await
         .unwrap();
@@ -744,6 +798,7 @@ async fn a_failed_append_leaves_the_batch_and_chain_intact(store: Arc<dyn Store>
         lease: Some(l.clone()),
         rule_set: None,
         refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: None,
     };
     store.append(with_lease("first")).await.unwrap();
     let tasks: Vec<_> = (0..8)
@@ -1348,6 +1403,7 @@ macro_rules! conformance {
 conformance!(
     concurrent_appends_form_one_verifiable_chain,
     a_suspension_found_at_write_time_refuses_spend_and_lease,
+    an_outcome_for_a_closed_lease_is_logged_as_lease_closed,
     budget_spends_are_exact_under_concurrency,
     budget_refill_top_up_and_refund_match_the_policy_math,
     join_tokens_are_single_use_and_expire,

@@ -121,9 +121,9 @@ pub struct StaticSecretGrant {
     pub mount: String,
     /// The secret's path under the mount.
     pub path: String,
-    /// The keys handed out (default: all of them); a key the secret lacks
-    /// fails the mint.
-    #[serde(default)]
+    /// The keys handed out (one or more, named: a key added to the secret
+    /// later is not handed out by surprise); a key the secret lacks fails
+    /// the mint.
     pub fields: Vec<String>,
 }
 
@@ -350,8 +350,12 @@ impl GrantConfig {
                             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                 })
         };
-        if !plain(&s.mount) || ["sys", "auth", "identity", "cubbyhole"].contains(&s.mount.as_str())
-        {
+        let system = s
+            .mount
+            .split('/')
+            .next()
+            .is_some_and(|first| ["sys", "auth", "identity", "cubbyhole"].contains(&first));
+        if !plain(&s.mount) || system {
             return Err(Invalid::new(
                 key("static_secret.mount"),
                 format!("{:?}: a KV v2 mount (segments of [A-Za-z0-9._-])", s.mount),
@@ -363,12 +367,13 @@ impl GrantConfig {
                 format!("{:?}: a relative path (segments of [A-Za-z0-9._-])", s.path),
             ));
         }
-        if s.fields.len() > MAX_SECRET_FIELDS
+        if s.fields.is_empty()
+            || s.fields.len() > MAX_SECRET_FIELDS
             || s.fields.iter().any(|f| f.is_empty() || f.len() > 128)
         {
             return Err(Invalid::new(
                 key("static_secret.fields"),
-                format!("at most {MAX_SECRET_FIELDS} keys of 1–128 characters"),
+                format!("1 to {MAX_SECRET_FIELDS} keys of 1–128 characters"),
             ));
         }
         Ok(())

@@ -15,7 +15,7 @@ mod log;
 mod operators;
 mod rules;
 mod signals;
-mod upstreams;
+pub mod upstreams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -313,6 +313,9 @@ impl Config {
             }
             None => None,
         };
+        let uses_aws = grants.values().any(|g| g.kind == GrantKind::AwsSts);
+        upstreams::validate_reconcile_after(vault_config.as_ref(), &raw.aws, uses_aws)
+            .map_err(found)?;
         let grant_names: Vec<String> = grants.keys().cloned().collect();
         ci::validate(&raw.ci, trust_domain.as_ref(), &grant_names).map_err(|(k, r)| err(&k, r))?;
         let mut ci = raw.ci;
@@ -569,19 +572,37 @@ mod tests {
                 .replace("jwt = { audience = \"payments\" }", "")
         };
         let parse = |text: &str| Config::parse(Path::new("/x/b.toml"), text);
-        let c = parse(&grant("static_secret = { path = \"app/db\" }")).unwrap();
+        let c = parse(&grant(
+            "static_secret = { path = \"app/db\", fields = [\"password\"] }",
+        ))
+        .unwrap();
         let kv = c.grants["payments-token"].static_secret.as_ref().unwrap();
-        assert_eq!((kv.mount.as_str(), kv.fields.len()), ("secret", 0));
+        assert_eq!((kv.mount.as_str(), kv.fields.len()), ("secret", 1));
         for (spec, key) in [
             ("", "grants[0].static_secret"),
+            ("static_secret = { path = \"x\" }", "fields"),
             (
-                "static_secret = { path = \"../sys/x\" }",
+                "static_secret = { path = \"x\", fields = [] }",
+                "static_secret.fields",
+            ),
+            (
+                "static_secret = { mount = \"sys/kv\", path = \"x\", fields = [\"a\"] }",
+                "static_secret.mount",
+            ),
+            (
+                "static_secret = { path = \"../sys/x\" , fields = [\"a\"] }",
                 "static_secret.path",
             ),
-            ("static_secret = { path = \"a//b\" }", "static_secret.path"),
-            ("static_secret = { path = \"a?b\" }", "static_secret.path"),
             (
-                "static_secret = { mount = \"sys\", path = \"x\" }",
+                "static_secret = { path = \"a//b\" , fields = [\"a\"] }",
+                "static_secret.path",
+            ),
+            (
+                "static_secret = { path = \"a?b\" , fields = [\"a\"] }",
+                "static_secret.path",
+            ),
+            (
+                "static_secret = { mount = \"sys\", path = \"x\" , fields = [\"a\"] }",
                 "static_secret.mount",
             ),
             (
@@ -589,7 +610,7 @@ mod tests {
                 "static_secret.fields",
             ),
             (
-                "static_secret = { path = \"x\", extra = 1 }",
+                "static_secret = { path = \"x\", extra = 1 , fields = [\"a\"] }",
                 "unknown field",
             ),
         ] {
@@ -600,7 +621,7 @@ mod tests {
         let no_vault = MINIMAL
             .replace(
                 "kind = \"jwt\"",
-                "kind = \"static_secret\"\n        static_secret = { path = \"x\" }",
+                "kind = \"static_secret\"\n        static_secret = { path = \"x\", fields = [\"a\"] }",
             )
             .replace("jwt = { audience = \"payments\" }", "");
         let e = parse(&no_vault).unwrap_err();

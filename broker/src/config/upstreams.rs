@@ -1,10 +1,63 @@
 //! `[vault]` and `[aws]`: the upstreams the broker mints from.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::{Dur, Invalid};
+
+/// `[vault] timeout` when unset.
+pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+/// `[aws] timeout` when unset.
+pub const AWS_TIMEOUT: Duration = Duration::from_secs(10);
+/// `reconcile_after` when neither section sets it.
+pub const RECONCILE_AFTER: Duration = Duration::from_secs(120);
+/// How many upstream timeouts `reconcile_after` must outlast: a mint makes
+/// at most three calls (a refused token re-read or a new login, then the
+/// call again), so reconciliation never settles an intent whose mint may
+/// still be running.
+pub const RECONCILE_AFTER_TIMEOUTS: u32 = 3;
+
+/// How old an intent without an outcome must be before reconciliation
+/// looks at it: `[vault] reconcile_after`, else `[aws]`'s, else 2 min.
+pub fn reconcile_after(vault: Option<&VaultConfig>, aws: &AwsConfig) -> Duration {
+    vault
+        .and_then(|v| v.reconcile_after)
+        .or(aws.reconcile_after)
+        .map_or(RECONCILE_AFTER, |d| d.0)
+}
+
+/// `reconcile_after` outlasts [`RECONCILE_AFTER_TIMEOUTS`] of each upstream
+/// in use (`[vault]`, and `[aws]` when a grant mints from STS).
+pub fn validate_reconcile_after(
+    vault: Option<&VaultConfig>,
+    aws: &AwsConfig,
+    uses_aws: bool,
+) -> Result<(), Invalid> {
+    let after = reconcile_after(vault, aws);
+    let timeouts = vault
+        .map(|v| ("vault.timeout", v.timeout.map_or(VAULT_TIMEOUT, |d| d.0)))
+        .into_iter()
+        .chain(uses_aws.then(|| ("aws.timeout", aws.timeout.map_or(AWS_TIMEOUT, |d| d.0))));
+    for (key, timeout) in timeouts {
+        if after < timeout * RECONCILE_AFTER_TIMEOUTS {
+            return Err(Invalid::new(
+                if vault.is_some_and(|v| v.reconcile_after.is_some()) {
+                    "vault.reconcile_after"
+                } else {
+                    "aws.reconcile_after"
+                },
+                format!(
+                    "{}s is shorter than {RECONCILE_AFTER_TIMEOUTS} × {key} ({}s): an intent could be settled while its mint still runs",
+                    after.as_secs_f64(),
+                    timeout.as_secs_f64()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// `[vault.approle]`.
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]

@@ -53,6 +53,7 @@ async fn refuse(
             lease: None,
             rule_set: None,
             refuse_if_suspended: Vec::new(),
+            refuse_if_lease_closed: None,
         })
         .await;
     if let Err(e) = logged {
@@ -121,6 +122,7 @@ pub async fn issue(
     client: IpAddr,
     token: &str,
     request: CredentialRequest,
+    only_kind: Option<crate::lease::LeaseKind>,
 ) -> Result<Result<Issued, Refusal>, ApiError> {
     // The per-address rate limit was taken by the route, before the body.
     crate::doors::node::validate_request(&request)?;
@@ -229,6 +231,17 @@ pub async fn issue(
             format!("no grant named {:?}", request.grant),
         ));
     };
+    if let Some(kind) = only_kind
+        && grant.kind != kind
+    {
+        return Err(ApiError::bad_request(
+            "unsupported_grant_kind",
+            format!(
+                "grant {:?} mints {} credentials; this endpoint issues {kind} only (use POST /v1/ci/credentials)",
+                request.grant, grant.kind
+            ),
+        ));
+    }
     let network = compiled.network(client);
     // The issuer may reach what its policies' grants expose.
     let blast_radius = dynamic

@@ -36,7 +36,7 @@ impl Issuer<'_> {
             ttl_seconds: decision.ttl_seconds,
             now_ms: now,
         };
-        let expires_at_ms = mint.expires_at_ms();
+        let expires_at_ms = minter.lease_expires_at_ms(&mint);
         // Signed before the write, so the write is the only I/O; released after it.
         let sealed = minter.seal(approved, &mint).map_err(|e| match e {
             SealError::KeysUnavailable(cause) => Refusal::SigningUnavailable(cause),
@@ -86,6 +86,7 @@ impl Issuer<'_> {
                     self.rules.rules_json.clone(),
                 )),
                 refuse_if_suspended: vec![identity.to_owned(), node.to_owned()],
+                refuse_if_lease_closed: None,
             })
             .await
             .map_err(|e| Refusal::LogUnavailable(e.to_string()))?;

@@ -123,8 +123,7 @@ pub struct Subject<'a> {
     pub approval_binding: Option<String>,
 }
 
-/// A credential issued.
-#[derive(Debug)]
+/// A credential issued (its `Debug` never shows the credential).
 pub struct Issued {
     /// The logged request.
     pub request_id: String,
@@ -136,6 +135,18 @@ pub struct Issued {
     pub credential: Value,
     /// The decision it was issued under.
     pub decision: Decision,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued")
+            .field("request_id", &self.request_id)
+            .field("lease_id", &self.lease_id)
+            .field("expires_at_ms", &self.expires_at_ms)
+            .field("credential", &"[redacted]")
+            .field("decision", &self.decision.outcome)
+            .finish()
+    }
 }
 
 impl Issued {
@@ -494,6 +505,7 @@ impl Issuer<'_> {
                     self.rules.rules_json.clone(),
                 )),
                 refuse_if_suspended: Vec::new(),
+                refuse_if_lease_closed: None,
             })
             .await
             .map_err(|e| Refusal::LogUnavailable(e.to_string()))?;
@@ -510,6 +522,7 @@ impl Issuer<'_> {
                 lease: None,
                 rule_set: None,
                 refuse_if_suspended: Vec::new(),
+                refuse_if_lease_closed: None,
             })
             .await
             .map(|_| ())

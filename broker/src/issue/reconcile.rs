@@ -88,7 +88,7 @@ impl Issuer<'_> {
                 detail.insert("minted_unanswered".into(), "unknown".into());
                 detail.insert(
                     "action".into(),
-                    crate::mint::sts::advisory_action(&lease.id).into(),
+                    self.minters.advisory_action(lease.kind, &lease.id).into(),
                 );
                 let now = self.clock.now_ms();
                 self.record(lease_record(

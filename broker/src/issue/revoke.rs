@@ -16,6 +16,11 @@ use crate::store::{Lease, LeaseOwner, LeaseQuery, StoreError, SuspensionRecord};
 /// calling the upstream.
 pub const CONFIRMED_UPSTREAM: &str = "confirmed_upstream_by_operator:";
 
+/// The `why` of closing a lease whose credential exists nowhere but in the
+/// broker's memory and was never released (a static secret read during a
+/// suspension): nothing to revoke upstream or to hand an operator.
+pub const NEVER_RELEASED: &str = "never_released";
+
 /// Leases [`Issuer::revoke_all`] reads at once.
 const REVOKE_PAGE: usize = 500;
 
@@ -112,14 +117,13 @@ impl Issuer<'_> {
         // task's end is recorded; the lease stays live until it expires or
         // an operator confirms the deny policy is attached
         // (`mintguard revoke --confirm-attached`).
-        if lease.revocation == Revocation::Advisory && why != "confirmed_attached" {
+        if lease.revocation == Revocation::Advisory
+            && why != "confirmed_attached"
+            && why != NEVER_RELEASED
+        {
             let now = self.clock.now_ms();
             if self.store.end_task(&lease.id, now).await? {
-                let action = self
-                    .minters
-                    .get(lease.kind)
-                    .map(|m| m.advisory_action(&lease.id))
-                    .unwrap_or_else(|| crate::mint::sts::advisory_action(&lease.id));
+                let action = self.minters.advisory_action(lease.kind, &lease.id);
                 let mut entry = lease_record(
                     lease,
                     RecordKind::Revocation,

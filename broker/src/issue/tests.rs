@@ -63,6 +63,8 @@ enum Behaviour {
     Mint,
     Fail,
     Unanswered,
+    /// Mints, but so slowly that reconciliation closes the lease first.
+    OutlivedByReconcile,
 }
 
 /// An upstream minter that records each call with the intent it was shown.
@@ -108,8 +110,16 @@ impl Minter for TestMinter {
             .unwrap()
             .push((request.lease_id.to_owned(), intent.seq(), logged));
         let behaviour = *self.behaviour.lock().unwrap();
+        if behaviour == Behaviour::OutlivedByReconcile {
+            assert!(
+                self.store
+                    .revoke_lease(request.lease_id, request.now_ms + 1)
+                    .await
+                    .unwrap()
+            );
+        }
         match behaviour {
-            Behaviour::Mint => Ok(Minted {
+            Behaviour::Mint | Behaviour::OutlivedByReconcile => Ok(Minted {
                 credential: json!({"type": "test", "secret": "s3cret"}),
                 upstream: json!({"test_handle": request.lease_id}),
                 lease_seconds: 60,
@@ -631,4 +641,30 @@ impl Minter for FlipLog {
     async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile {
         self.inner.reconcile(lease, grant).await
     }
+}
+
+#[tokio::test]
+async fn a_mint_outlived_by_reconciliation_is_logged_not_released() {
+    let f = fixture().await;
+    *f.minter.behaviour.lock().unwrap() = Behaviour::OutlivedByReconcile;
+    let refusal = f.issue("db", 100, None).await.unwrap_err();
+    assert!(
+        matches!(refusal, Refusal::OutcomeUnavailable(_)),
+        "{refusal:?}"
+    );
+    let records = f.store.log(&ALL).await.unwrap();
+    assert_eq!(
+        outcomes(&records),
+        [
+            (RecordKind::Intent, "allow".to_owned()),
+            (RecordKind::Outcome, "lease_closed".to_owned())
+        ]
+    );
+    assert_eq!(records[1].entry.body["final_outcome"], "lease_closed");
+    assert_eq!(
+        f.minter.revoked.lock().unwrap().len(),
+        1,
+        "what was minted is revoked upstream"
+    );
+    assert!(f.live_leases().await.is_empty());
 }

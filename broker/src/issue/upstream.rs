@@ -61,7 +61,7 @@ impl Issuer<'_> {
             ttl_seconds,
             now_ms: now,
         };
-        let expires_at_ms = mint.expires_at_ms();
+        let expires_at_ms = minter.lease_expires_at_ms(&mint);
         let lease = Lease {
             id: lease_id.clone(),
             request_id: request_id.clone(),
@@ -95,6 +95,7 @@ impl Issuer<'_> {
                     self.rules.rules_json.clone(),
                 )),
                 refuse_if_suspended: suspended_subjects.clone(),
+                refuse_if_lease_closed: None,
             })
             .await
             .map_err(|e| Refusal::LogUnavailable(e.to_string()))?;
@@ -160,13 +161,29 @@ impl Issuer<'_> {
                 lease: None,
                 rule_set: None,
                 refuse_if_suspended: suspended_subjects,
+                refuse_if_lease_closed: Some(lease_id.clone()),
             })
             .await;
         match appended {
+            Ok(a) if a.lease_closed => {
+                // Reconciliation closed the lease while the mint ran (it
+                // outlived `reconcile_after`): logged as `lease_closed`,
+                // never released, and revoked upstream where that is possible.
+                let revoked = self.revoke_unreleased(minter, &minted.upstream).await;
+                tracing::error!(%lease_id, ?revoked, "a mint outlived reconcile_after and its lease was closed; the credential was not released");
+                return Err(Refusal::OutcomeUnavailable(
+                    "the lease was closed by reconciliation while the upstream minted".into(),
+                ));
+            }
             Ok(a) if a.suspended => {
                 // Logged as `suspended` with its upstream handle, never
                 // released; revoked now (or by the expiry pass).
-                if let Err(e) = self.revoke_lease(&lease, &request_id, "suspension").await {
+                let why = if minter.leaves_upstream() {
+                    "suspension"
+                } else {
+                    super::revoke::NEVER_RELEASED
+                };
+                if let Err(e) = self.revoke_lease(&lease, &request_id, why).await {
                     tracing::error!(%lease_id, error = %e, "a credential minted during a suspension could not be revoked yet; the expiry pass retries");
                 }
                 return Err(self.suspended_at_write(&request_id));
@@ -174,7 +191,7 @@ impl Issuer<'_> {
             Ok(_) => {}
             Err(e) => {
                 // Never answer with a credential whose outcome is not durable.
-                let revoked = minter.revoke(&minted.upstream).await;
+                let revoked = self.revoke_unreleased(minter, &minted.upstream).await;
                 tracing::error!(%lease_id, ?revoked, "the outcome could not be logged; the upstream credential was revoked");
                 // Not `log_unavailable`: it was minted (and its approval,
                 // if any, stays used).
@@ -192,5 +209,19 @@ impl Issuer<'_> {
             credential: minted.credential,
             decision,
         })
+    }
+
+    /// Revokes what a mint left upstream for a credential that was not
+    /// released (`None`: a read left nothing there).
+    async fn revoke_unreleased(
+        &self,
+        minter: &dyn Minter,
+        upstream: &serde_json::Value,
+    ) -> Option<Result<bool, crate::mint::MintError>> {
+        if minter.leaves_upstream() {
+            Some(minter.revoke(upstream).await)
+        } else {
+            None
+        }
     }
 }

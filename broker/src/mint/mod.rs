@@ -22,7 +22,7 @@ use crate::config::GrantConfig;
 use crate::store::Appended;
 use crate::store::Lease;
 
-pub use crate::lease::{LeaseKind, Revocation, UnknownForm};
+pub use crate::lease::{LeaseKind, NEVER_MS, Revocation, UnknownForm};
 
 /// Proof that a minting decision's record, spend and lease are durable.
 #[derive(Debug)]
@@ -284,6 +284,20 @@ pub trait Minter: Send + Sync {
     /// mint and its answer). `grant` is the lease's grant, if still configured.
     async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile;
 
+    /// When a lease of this mint expires, milliseconds: the decided TTL's
+    /// end, or [`NEVER_MS`] for a credential that does not expire by itself
+    /// (its lease stays live until it is revoked or confirmed ended).
+    fn lease_expires_at_ms(&self, request: &MintRequest<'_>) -> i64 {
+        request.expires_at_ms()
+    }
+
+    /// Whether a mint leaves something upstream (a token, a session) that
+    /// must be revoked when its credential is not released; `false` for a
+    /// read (a static secret), whose unreleased copy simply goes away.
+    fn leaves_upstream(&self) -> bool {
+        true
+    }
+
     /// What an operator does to end one of its advisory leases.
     fn advisory_action(&self, lease_id: &str) -> String {
         format!(
@@ -311,6 +325,19 @@ impl Minters {
             .iter()
             .find(|m| m.kind() == kind)
             .map(|m| m.as_ref())
+    }
+
+    /// What an operator does to end an advisory lease of `kind`: its
+    /// minter's words, or (its minter no longer configured) the generic ones.
+    pub fn advisory_action(&self, kind: LeaseKind, lease_id: &str) -> String {
+        self.get(kind).map_or_else(
+            || {
+                format!(
+                    "end the {kind} credential of lease {lease_id} upstream by hand (no {kind} minter is configured), then `mintguard revoke {lease_id} --confirm-attached`"
+                )
+            },
+            |m| m.advisory_action(lease_id),
+        )
     }
 
     /// Whether any upstream minter is configured (reconciliation runs).

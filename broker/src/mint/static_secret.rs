@@ -2,9 +2,12 @@
 //! (version 2), read at issuance for a decided, logged request.
 //!
 //! Nothing is created upstream, so nothing can be revoked there: a lease
-//! is **advisory**. Ending one early means rotating the secret (writing a
-//! new version) and then confirming it. The record names the KV path and
-//! version that were handed out, never the secret.
+//! is **advisory**, and since the secret does not expire by itself, neither
+//! does its lease ([`NEVER_MS`]): it stays live, in `leases` and in every
+//! `revoke` of its identity or node, until an operator rotates the secret
+//! (writes a new version and changes it where it is used) and confirms it.
+//! The record names the KV path and version that were handed out, never the
+//! secret. A read creates nothing upstream, so any failed read is refunded.
 
 use std::sync::Arc;
 
@@ -13,8 +16,8 @@ use serde_json::{Map, Value, json};
 
 use super::vault::VaultClient;
 use super::{
-    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
-    Revocation,
+    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, NEVER_MS,
+    Reconcile, Revocation,
 };
 use crate::config::GrantConfig;
 use crate::store::Lease;
@@ -45,6 +48,14 @@ impl Minter for StaticSecretMinter {
         Flow::Upstream
     }
 
+    fn lease_expires_at_ms(&self, _request: &MintRequest<'_>) -> i64 {
+        NEVER_MS
+    }
+
+    fn leaves_upstream(&self) -> bool {
+        false
+    }
+
     async fn mint(
         &self,
         _approved: &Approved<'_>,
@@ -52,8 +63,14 @@ impl Minter for StaticSecretMinter {
         _intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
         let grant = request.settings(request.grant.static_secret.as_ref(), "static_secret")?;
-        let read = self.client.read_kv(&grant.mount, &grant.path).await?;
         let location = format!("{}/{}", grant.mount, grant.path);
+        // Not ambiguous even unanswered: a read mints nothing, and the
+        // workload sees the secret only after the outcome record.
+        let read = self
+            .client
+            .read_kv(&grant.mount, &grant.path)
+            .await
+            .map_err(|e| MintError::new(format!("{location}: {e}")))?;
         // A deleted or destroyed current version reads as `data: null`.
         let Some(data) = read["data"].as_object() else {
             return Err(MintError::new(format!(
@@ -62,7 +79,11 @@ impl Minter for StaticSecretMinter {
         };
         let handed = pick(data, &grant.fields)
             .map_err(|key| MintError::new(format!("{location}: the secret has no key {key:?}")))?;
-        let version = read["metadata"]["version"].as_u64().unwrap_or(0);
+        let Some(version) = read["metadata"]["version"].as_u64() else {
+            return Err(MintError::new(format!(
+                "{location}: the answer names no version (not a KV version 2 mount?)"
+            )));
+        };
         Ok(Minted {
             credential: json!({"type": "static_secret", "data": handed,
                 "path": location, "version": version}),
@@ -91,11 +112,8 @@ impl Minter for StaticSecretMinter {
     }
 }
 
-/// The keys `fields` names (all when empty); `Err(key)` for a missing one.
+/// The keys `fields` names; `Err(key)` for a missing one.
 fn pick(data: &Map<String, Value>, fields: &[String]) -> Result<Map<String, Value>, String> {
-    if fields.is_empty() {
-        return Ok(data.clone());
-    }
     fields
         .iter()
         .map(|f| {
@@ -114,7 +132,7 @@ mod tests {
     fn only_the_named_keys_are_handed_out_and_a_missing_one_fails() {
         let data = json!({"username": "app", "password": "s3cret", "admin_password": "x"});
         let data = data.as_object().unwrap();
-        assert_eq!(pick(data, &[]).unwrap(), *data);
+        assert!(pick(data, &[]).unwrap().is_empty());
         let fields = ["username".to_owned(), "password".to_owned()];
         assert_eq!(
             Value::Object(pick(data, &fields).unwrap()),

@@ -29,7 +29,7 @@ use crate::store::Lease;
 const WEB_IDENTITY_TTL: i64 = 300;
 
 /// The longest an STS call (one attempt) may take: `[aws] timeout`.
-const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const DEFAULT_TIMEOUT: std::time::Duration = crate::config::upstreams::AWS_TIMEOUT;
 
 /// A failed STS call.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -113,7 +113,9 @@ impl VaultClient {
             auth,
             idle: std::sync::Mutex::new(Vec::new()),
             tls,
-            timeout: config.timeout.map_or(Duration::from_secs(5), |d| d.0),
+            timeout: config
+                .timeout
+                .map_or(crate::config::upstreams::VAULT_TIMEOUT, |d| d.0),
         })
     }
 

@@ -298,7 +298,7 @@ async fn ci_credentials(
         ApiError::unauthenticated("unauthenticated", "an OIDC token is required as the bearer")
     })?;
     Ok(crate::http::answer(
-        crate::doors::ci::issue(&broker, addr.ip(), token, request).await?,
+        crate::doors::ci::issue(&broker, addr.ip(), token, request, None).await?,
     ))
 }
 
@@ -422,36 +422,43 @@ async fn token_exchange(
         bind_to_process: None,
         approval_id: None,
     };
-    let (status, detail, code) =
-        match crate::doors::ci::issue(&broker, addr.ip(), token, request).await {
-            Ok(Ok(issued)) => {
-                let expires_in = (issued.expires_at_ms - broker.clock.now_ms())
-                    .div_euclid(1000)
-                    .max(0);
-                return (
-                    StatusCode::OK,
-                    [(header::CACHE_CONTROL, "no-store")],
-                    axum::Json(json!({
-                        "access_token": issued.credential["token"],
-                        "issued_token_type": JWT_TYPE,
-                        "token_type": "Bearer",
-                        "expires_in": expires_in,
-                        "lease_id": issued.lease_id,
-                    })),
-                )
-                    .into_response();
-            }
-            Ok(Err(refusal)) => {
-                let e = ApiError::from(refusal);
-                (e.status, format!("{}: {}", e.code, e.message), e.code)
-            }
-            Err(e) => (e.status, format!("{}: {}", e.code, e.message), e.code),
-        };
+    let (status, detail, code) = match crate::doors::ci::issue(
+        &broker,
+        addr.ip(),
+        token,
+        request,
+        Some(crate::lease::LeaseKind::Jwt),
+    )
+    .await
+    {
+        Ok(Ok(issued)) => {
+            let expires_in = (issued.expires_at_ms - broker.clock.now_ms())
+                .div_euclid(1000)
+                .max(0);
+            return (
+                StatusCode::OK,
+                [(header::CACHE_CONTROL, "no-store")],
+                axum::Json(json!({
+                    "access_token": issued.credential["token"],
+                    "issued_token_type": JWT_TYPE,
+                    "token_type": "Bearer",
+                    "expires_in": expires_in,
+                    "lease_id": issued.lease_id,
+                })),
+            )
+                .into_response();
+        }
+        Ok(Err(refusal)) => {
+            let e = ApiError::from(refusal);
+            (e.status, format!("{}: {}", e.code, e.message), e.code)
+        }
+        Err(e) => (e.status, format!("{}: {}", e.code, e.message), e.code),
+    };
     match status {
         StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => {
             oauth_error(status, "temporarily_unavailable", detail)
         }
-        _ if code == "unknown_grant" => {
+        _ if code == "unknown_grant" || code == "unsupported_grant_kind" => {
             oauth_error(StatusCode::BAD_REQUEST, "invalid_target", detail)
         }
         StatusCode::BAD_REQUEST => oauth_error(StatusCode::BAD_REQUEST, "invalid_request", detail),

@@ -307,6 +307,12 @@ pub struct Append {
     /// that read and its write (a suspension's revocation could not see a
     /// lease written after it).
     pub refuse_if_suspended: Vec<String>,
+    /// A lease checked in the write itself: if it is closed (revoked, e.g.
+    /// reconciled while its mint was still running) or unknown, the record
+    /// is written with final outcome `lease_closed` and
+    /// [`Appended::lease_closed`] says so: an upstream mint's outcome then
+    /// never releases a credential its lease no longer tracks.
+    pub refuse_if_lease_closed: Option<String>,
 }
 
 impl Append {
@@ -331,6 +337,8 @@ pub struct Appended {
     /// A subject of `refuse_if_suspended` was suspended at write time: the
     /// record was logged as `suspended`, nothing spent, no lease.
     pub suspended: bool,
+    /// The lease of `refuse_if_lease_closed` was closed at write time.
+    pub lease_closed: bool,
 }
 
 /// A registration entry: which workloads on which node get which identity.

@@ -269,6 +269,7 @@ async fn append_one(
         lease,
         rule_set,
         refuse_if_suspended,
+        refuse_if_lease_closed,
         ..
     } = append;
     let suspended = !refuse_if_suspended.is_empty()
@@ -277,7 +278,18 @@ async fn append_one(
             .await
             .map_err(map_pg)?
             .is_some();
-    let mut spent = !suspended;
+    // Locked until the batch commits, so a concurrent close waits for it.
+    let lease_closed = match &refuse_if_lease_closed {
+        Some(id) => {
+            tx.query_opt(&statements.lease_open, &[id])
+                .await
+                .map_err(map_pg)?
+                .map(|row| row.get::<_, bool>(0))
+                != Some(true)
+        }
+        None => false,
+    };
+    let mut spent = !suspended && !lease_closed;
     if spent && !spend.is_empty() {
         tx.batch_execute("SAVEPOINT spend").await.map_err(map_pg)?;
         for op in &spend {
@@ -295,6 +307,8 @@ async fn append_one(
     }
     if suspended {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
+    } else if lease_closed {
+        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
     } else if !spent {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
     }
@@ -377,6 +391,7 @@ async fn append_one(
         hash: record.hash,
         spent,
         suspended,
+        lease_closed,
     })
 }
 
@@ -387,6 +402,7 @@ struct Statements {
     lease: tokio_postgres::Statement,
     log: tokio_postgres::Statement,
     suspended: tokio_postgres::Statement,
+    lease_open: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -409,6 +425,9 @@ impl Statements {
                 .await?,
             suspended: client
                 .prepare("SELECT 1 FROM suspensions WHERE subject = ANY($1) LIMIT 1")
+                .await?,
+            lease_open: client
+                .prepare("SELECT revoked_at_ms IS NULL FROM leases WHERE id = $1 FOR UPDATE")
                 .await?,
         })
     }

@@ -156,14 +156,31 @@ impl Writer {
             lease,
             rule_set,
             refuse_if_suspended,
+            refuse_if_lease_closed,
             ..
         } = append;
         let suspended = refuse_if_suspended
             .iter()
             .any(|s| self.suspended.contains(s));
-        let spent = !suspended && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
+        let lease_closed = match &refuse_if_lease_closed {
+            Some(id) => {
+                self.conn
+                    .prepare_cached("SELECT revoked_at_ms IS NULL FROM leases WHERE id = ?1")
+                    .and_then(|mut stmt| {
+                        stmt.query_row([id], |row| row.get::<_, bool>(0)).optional()
+                    })
+                    .map_err(map_sql)?
+                    != Some(true)
+            }
+            None => false,
+        };
+        let spent = !suspended
+            && !lease_closed
+            && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
         if suspended {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
+        } else if lease_closed {
+            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
         } else if !spent {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
         }
@@ -210,6 +227,7 @@ impl Writer {
             hash: record.hash,
             spent,
             suspended,
+            lease_closed,
         })
     }
 

@@ -106,10 +106,7 @@ pub(super) async fn revoke(
         .revoke_lease(&lease, &random_id("req"), &why)
         .await?;
     if lease.revocation == Revocation::Advisory && !revoked {
-        let action = broker.minters.get(lease.kind).map_or_else(
-            || crate::mint::sts::advisory_action(&id),
-            |m| m.advisory_action(&id),
-        );
+        let action = broker.minters.advisory_action(lease.kind, &id);
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "advisory_revocation",
