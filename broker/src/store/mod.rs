@@ -10,6 +10,7 @@
 //! min(N, ⌊B/c⌋) times, across replicas too. Appends are group-committed: one
 //! writer batches concurrent appends into one transaction and one fsync.
 
+pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
@@ -135,23 +136,6 @@ pub enum LeaseQuery {
         limit: usize,
     },
 }
-
-/// The lease queries' indexes (see [`LeaseQuery`]), the same SQL for SQLite
-/// and PostgreSQL. The partial ones stay small however many leases the table
-/// holds; `leases_node` costs each issuance through a node one index insert,
-/// and the identity's index gains the expiry so live leases need no scan of
-/// the identity's history.
-pub(crate) const LEASE_INDEXES: &str = "DROP INDEX leases_identity;
-     CREATE INDEX leases_identity_expiry ON leases(identity, expires_at_ms);
-     CREATE INDEX leases_node ON leases(node, expires_at_ms) WHERE node IS NOT NULL;
-     CREATE INDEX leases_to_expire ON leases(expires_at_ms) WHERE revocation = 'effective' AND revoked_at_ms IS NULL;
-     CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind <> 'jwt' AND revoked_at_ms IS NULL;";
-
-/// Migration 7 (both stores): each node's SVID lineage — the serial it
-/// renews with, the one last issued to it, and its enrollment generation.
-pub(crate) const NODE_SVIDS: &str =
-    "CREATE TABLE node_svids (node TEXT PRIMARY KEY, serial TEXT NOT NULL, new_serial TEXT,
-    generation BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);";
 
 /// What a node SVID renewal found of the node's lineage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -135,54 +135,6 @@ fn plaintext_off_host(config: &tokio_postgres::Config) -> bool {
         })
 }
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-    "CREATE TABLE log (
-        seq BIGINT PRIMARY KEY, time_ms BIGINT NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
-        identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
-        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-     CREATE INDEX log_request ON log(request_id);
-     CREATE INDEX log_identity ON log(identity, seq);
-     CREATE INDEX log_time ON log(time_ms);
-     CREATE TABLE log_head (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
-     INSERT INTO log_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');
-     CREATE TABLE rule_sets (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
-     CREATE TABLE checkpoints (seq BIGINT PRIMARY KEY, hash TEXT NOT NULL, time_ms BIGINT NOT NULL, jws TEXT NOT NULL);
-     CREATE TABLE budgets (key TEXT PRIMARY KEY, balance_milli BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);
-     CREATE TABLE join_tokens (token_hash TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at_ms BIGINT NOT NULL, used_at_ms BIGINT);
-     CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent TEXT NOT NULL,
-        selectors TEXT NOT NULL, grants TEXT NOT NULL, created_at_ms BIGINT NOT NULL);
-     CREATE INDEX entries_parent ON entries(parent);
-     CREATE TABLE leases (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, grant_name TEXT NOT NULL,
-        node TEXT, kind TEXT NOT NULL, revocation TEXT NOT NULL, issued_at_ms BIGINT NOT NULL,
-        expires_at_ms BIGINT NOT NULL, revoked_at_ms BIGINT, task_ended_at_ms BIGINT);
-     CREATE INDEX leases_identity ON leases(identity);
-     CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by_whom TEXT NOT NULL, at_ms BIGINT NOT NULL);",
-    ),
-    (
-        2,
-        "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value SMALLINT NOT NULL,
-            observed_at_ms BIGINT NOT NULL, ttl_seconds BIGINT NOT NULL, PRIMARY KEY (subject, kind, source));",
-    ),
-    (
-        3,
-        "CREATE TABLE log_base (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);",
-    ),
-    (
-        4,
-        "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms BIGINT NOT NULL);
-         CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
-    ),
-    (
-        5,
-        "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms BIGINT NOT NULL, version BIGINT NOT NULL, body TEXT NOT NULL);
-         CREATE INDEX approvals_created ON approvals(created_at_ms);",
-    ),
-    (6, super::LEASE_INDEXES),
-    (7, super::NODE_SVIDS),
-];
-
 /// Serializes migrations across replicas starting at once.
 const MIGRATION_LOCK: i64 = 0x4d47_4d49_4752; // "MGMIGR"
 
@@ -664,20 +616,20 @@ async fn migrate(client: &mut Client) -> Result<()> {
             )
             .await
             .map_err(setup)?;
-        for (version, sql) in MIGRATIONS {
+        for (version, sql) in super::migrations::rendered(super::migrations::Dialect::Postgres) {
             let tx = client.transaction().await.map_err(setup)?;
             let done = tx
                 .query_opt(
                     "SELECT version FROM schema_migrations WHERE version = $1",
-                    &[version],
+                    &[&version],
                 )
                 .await
                 .map_err(setup)?;
             if done.is_none() {
-                tx.batch_execute(sql).await.map_err(setup)?;
+                tx.batch_execute(&sql).await.map_err(setup)?;
                 tx.execute(
                     "INSERT INTO schema_migrations(version) VALUES ($1)",
-                    &[version],
+                    &[&version],
                 )
                 .await
                 .map_err(setup)?;

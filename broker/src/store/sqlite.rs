@@ -25,52 +25,6 @@ mod hot;
 /// Most writes group-committed in one transaction.
 pub const MAX_BATCH: usize = 256;
 
-const MIGRATIONS: &[(i64, &str)] = &[
-    (
-        1,
-    "CREATE TABLE log (
-        seq INTEGER PRIMARY KEY, time_ms INTEGER NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
-        identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
-        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
-     CREATE INDEX log_request ON log(request_id);
-     CREATE INDEX log_identity ON log(identity, seq);
-     CREATE INDEX log_time ON log(time_ms);
-     CREATE TABLE rule_sets (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
-     CREATE TABLE checkpoints (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, time_ms INTEGER NOT NULL, jws TEXT NOT NULL);
-     CREATE TABLE budgets (key TEXT PRIMARY KEY, balance_milli INTEGER NOT NULL, updated_at_ms INTEGER NOT NULL);
-     CREATE TABLE join_tokens (token_hash TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at_ms INTEGER NOT NULL, used_at_ms INTEGER);
-     CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent TEXT NOT NULL,
-        selectors TEXT NOT NULL, grants TEXT NOT NULL, created_at_ms INTEGER NOT NULL);
-     CREATE INDEX entries_parent ON entries(parent);
-     CREATE TABLE leases (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, grant_name TEXT NOT NULL,
-        node TEXT, kind TEXT NOT NULL, revocation TEXT NOT NULL, issued_at_ms INTEGER NOT NULL,
-        expires_at_ms INTEGER NOT NULL, revoked_at_ms INTEGER, task_ended_at_ms INTEGER);
-     CREATE INDEX leases_identity ON leases(identity);
-     CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, by TEXT NOT NULL, at_ms INTEGER NOT NULL);",
-    ),
-    (
-        2,
-        "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value INTEGER NOT NULL,
-            observed_at_ms INTEGER NOT NULL, ttl_seconds INTEGER NOT NULL, PRIMARY KEY (subject, kind, source));",
-    ),
-    (
-        3,
-        "CREATE TABLE log_base (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL);",
-    ),
-    (
-        4,
-        "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms INTEGER NOT NULL);
-         CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
-    ),
-    (
-        5,
-        "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms INTEGER NOT NULL, version INTEGER NOT NULL, body TEXT NOT NULL);
-         CREATE INDEX approvals_created ON approvals(created_at_ms);",
-    ),
-    (6, super::LEASE_INDEXES),
-    (7, super::NODE_SVIDS),
-];
-
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
@@ -365,7 +319,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
     )
     .map_err(setup)?;
-    for (version, sql) in MIGRATIONS {
+    for (version, sql) in super::migrations::rendered(super::migrations::Dialect::Sqlite) {
         let tx = conn.transaction().map_err(setup)?;
         let done: Option<i64> = tx
             .query_row(
@@ -376,7 +330,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
             .optional()
             .map_err(setup)?;
         if done.is_none() {
-            tx.execute_batch(sql).map_err(setup)?;
+            tx.execute_batch(&sql).map_err(setup)?;
             tx.execute(
                 "INSERT INTO schema_migrations(version) VALUES (?1)",
                 [version],
@@ -441,18 +395,20 @@ fn read_budget(conn: &Connection, key: &str) -> Result<Option<BudgetSnapshot>> {
 }
 
 fn read_suspension(conn: &Connection, subject: &str) -> Result<Option<SuspensionRecord>> {
-    conn.prepare_cached("SELECT subject, reason, by, at_ms FROM suspensions WHERE subject = ?1")
-        .map_err(map_sql)?
-        .query_row([subject], |r| {
-            Ok(SuspensionRecord {
-                subject: r.get(0)?,
-                reason: r.get(1)?,
-                by: r.get(2)?,
-                at_ms: r.get(3)?,
-            })
+    conn.prepare_cached(
+        "SELECT subject, reason, by_whom, at_ms FROM suspensions WHERE subject = ?1",
+    )
+    .map_err(map_sql)?
+    .query_row([subject], |r| {
+        Ok(SuspensionRecord {
+            subject: r.get(0)?,
+            reason: r.get(1)?,
+            by: r.get(2)?,
+            at_ms: r.get(3)?,
         })
-        .optional()
-        .map_err(map_sql)
+    })
+    .optional()
+    .map_err(map_sql)
 }
 
 fn signal_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SignalRecord> {
@@ -1154,8 +1110,8 @@ impl Store for SqliteStore {
         self.write(move |w| {
             w.conn
                 .execute(
-                    "INSERT INTO suspensions(subject, reason, by, at_ms) VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT(subject) DO UPDATE SET reason = excluded.reason, by = excluded.by, at_ms = excluded.at_ms",
+                    "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(subject) DO UPDATE SET reason = excluded.reason, by_whom = excluded.by_whom, at_ms = excluded.at_ms",
                     params![s.subject, s.reason, s.by, s.at_ms],
                 )
                 .map_err(map_sql)?;

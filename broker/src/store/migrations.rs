@@ -1,0 +1,169 @@
+//! The schema, written once for both backends. Each migration's SQL holds
+//! dialect tokens that [`Dialect::render`] spells for SQLite or PostgreSQL;
+//! a backend applies [`MIGRATIONS`] in order, each once, recording its
+//! version in `schema_migrations`. A new migration is appended here and
+//! runs on both.
+
+/// A backend's SQL dialect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite (`INTEGER` for every integer; the log head is the last row).
+    Sqlite,
+    /// PostgreSQL (sized integers; the log head is a row of its own, which
+    /// replicas lock to append in order).
+    Postgres,
+}
+
+/// The tokens and their spelling: (token, SQLite, PostgreSQL).
+const TOKENS: &[(&str, &str, &str)] = &[
+    ("{i64}", "INTEGER", "BIGINT"),
+    ("{i32}", "INTEGER", "INT"),
+    ("{i16}", "INTEGER", "SMALLINT"),
+    // The suspensions' `by` column as migration 1 first spelled it for
+    // each (`by` is reserved in PostgreSQL); migration 8 gives SQLite the
+    // same name.
+    ("{by}", "by", "by_whom"),
+    (
+        "{log_head}",
+        "",
+        "CREATE TABLE log_head (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
+     INSERT INTO log_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');",
+    ),
+    (
+        "{suspensions_by_whom}",
+        "ALTER TABLE suspensions RENAME COLUMN by TO by_whom;",
+        "",
+    ),
+];
+
+impl Dialect {
+    /// `sql` with every token spelled in this dialect.
+    pub fn render(self, sql: &str) -> String {
+        TOKENS
+            .iter()
+            .fold(sql.to_owned(), |sql, (token, lite, pg)| {
+                sql.replace(
+                    token,
+                    match self {
+                        Dialect::Sqlite => lite,
+                        Dialect::Postgres => pg,
+                    },
+                )
+            })
+    }
+}
+
+/// Every migration, oldest first: (version, SQL with dialect tokens).
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (
+        1,
+        "CREATE TABLE log (
+        seq {i64} PRIMARY KEY, time_ms {i64} NOT NULL, kind TEXT NOT NULL, request_id TEXT NOT NULL,
+        identity TEXT, grant_name TEXT, node TEXT, outcome TEXT, body TEXT NOT NULL,
+        prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+     CREATE INDEX log_request ON log(request_id);
+     CREATE INDEX log_identity ON log(identity, seq);
+     CREATE INDEX log_time ON log(time_ms);
+     {log_head}
+     CREATE TABLE rule_sets (hash TEXT PRIMARY KEY, body TEXT NOT NULL);
+     CREATE TABLE checkpoints (seq {i64} PRIMARY KEY, hash TEXT NOT NULL, time_ms {i64} NOT NULL, jws TEXT NOT NULL);
+     CREATE TABLE budgets (key TEXT PRIMARY KEY, balance_milli {i64} NOT NULL, updated_at_ms {i64} NOT NULL);
+     CREATE TABLE join_tokens (token_hash TEXT PRIMARY KEY, node TEXT NOT NULL, expires_at_ms {i64} NOT NULL, used_at_ms {i64});
+     CREATE TABLE entries (id TEXT PRIMARY KEY, spiffe_id TEXT NOT NULL, parent TEXT NOT NULL,
+        selectors TEXT NOT NULL, grants TEXT NOT NULL, created_at_ms {i64} NOT NULL);
+     CREATE INDEX entries_parent ON entries(parent);
+     CREATE TABLE leases (id TEXT PRIMARY KEY, request_id TEXT NOT NULL, identity TEXT NOT NULL, grant_name TEXT NOT NULL,
+        node TEXT, kind TEXT NOT NULL, revocation TEXT NOT NULL, issued_at_ms {i64} NOT NULL,
+        expires_at_ms {i64} NOT NULL, revoked_at_ms {i64}, task_ended_at_ms {i64});
+     CREATE INDEX leases_identity ON leases(identity);
+     CREATE TABLE suspensions (subject TEXT PRIMARY KEY, reason TEXT NOT NULL, {by} TEXT NOT NULL, at_ms {i64} NOT NULL);",
+    ),
+    (
+        2,
+        "CREATE TABLE signals (subject TEXT NOT NULL, kind TEXT NOT NULL, source TEXT NOT NULL, value {i16} NOT NULL,
+            observed_at_ms {i64} NOT NULL, ttl_seconds {i64} NOT NULL, PRIMARY KEY (subject, kind, source));",
+    ),
+    (
+        3,
+        "CREATE TABLE log_base (id {i32} PRIMARY KEY CHECK (id = 1), seq {i64} NOT NULL, hash TEXT NOT NULL);",
+    ),
+    (
+        4,
+        "CREATE TABLE ci_jtis (key TEXT PRIMARY KEY, expires_at_ms {i64} NOT NULL);
+         CREATE INDEX ci_jtis_expiry ON ci_jtis(expires_at_ms);",
+    ),
+    (
+        5,
+        "CREATE TABLE approvals (id TEXT PRIMARY KEY, created_at_ms {i64} NOT NULL, version {i64} NOT NULL, body TEXT NOT NULL);
+         CREATE INDEX approvals_created ON approvals(created_at_ms);",
+    ),
+    // The lease queries' indexes (see `LeaseQuery`). The partial ones stay
+    // small however many leases the table holds; `leases_node` costs each
+    // issuance through a node one index insert, and the identity's index
+    // gains the expiry so live leases need no scan of its history.
+    (
+        6,
+        "DROP INDEX leases_identity;
+     CREATE INDEX leases_identity_expiry ON leases(identity, expires_at_ms);
+     CREATE INDEX leases_node ON leases(node, expires_at_ms) WHERE node IS NOT NULL;
+     CREATE INDEX leases_to_expire ON leases(expires_at_ms) WHERE revocation = 'effective' AND revoked_at_ms IS NULL;
+     CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind <> 'jwt' AND revoked_at_ms IS NULL;",
+    ),
+    // Each node's SVID lineage: the serial it renews with, the one last
+    // issued to it, and its enrollment generation.
+    (
+        7,
+        "CREATE TABLE node_svids (node TEXT PRIMARY KEY, serial TEXT NOT NULL, new_serial TEXT,
+    generation {i64} NOT NULL, updated_at_ms {i64} NOT NULL);",
+    ),
+    // One column name in both schemas.
+    (8, "{suspensions_by_whom}"),
+];
+
+/// [`MIGRATIONS`] spelled for `dialect`.
+pub fn rendered(dialect: Dialect) -> impl Iterator<Item = (i64, String)> {
+    MIGRATIONS
+        .iter()
+        .map(move |(version, sql)| (*version, dialect.render(sql)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_token_is_spelled_and_versions_only_grow() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let mut last = 0;
+            for (version, sql) in rendered(dialect) {
+                assert!(version > last, "{version} after {last}");
+                last = version;
+                assert!(!sql.contains('{'), "{dialect:?} {version}: {sql}");
+            }
+        }
+        let lite = Dialect::Sqlite.render(MIGRATIONS[0].1);
+        let pg = Dialect::Postgres.render(MIGRATIONS[0].1);
+        assert!(lite.contains("seq INTEGER PRIMARY KEY") && !lite.contains("log_head"));
+        assert!(pg.contains("seq BIGINT PRIMARY KEY") && pg.contains("INSERT INTO log_head"));
+    }
+
+    #[test]
+    fn an_older_sqlite_store_keeps_its_suspensions_under_the_one_column_name() {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let mut all = rendered(Dialect::Sqlite);
+        for (_, sql) in all.by_ref().take_while(|(v, _)| *v < 8) {
+            conn.execute_batch(&sql).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO suspensions(subject, reason, by, at_ms) VALUES ('n1', 'stolen', 'operator:a', 1)",
+            [],
+        )
+        .unwrap();
+        conn.execute_batch(&Dialect::Sqlite.render(MIGRATIONS[7].1))
+            .unwrap();
+        let by: String = conn
+            .query_row("SELECT by_whom FROM suspensions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(by, "operator:a");
+    }
+}
