@@ -26,7 +26,11 @@
 //!   registered in one place, and the proof types (`Approved`, `Durable`,
 //!   `LoggedIntent`) that order minting after deciding and logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
-//! - [`store`]: the store interface with SQLite and PostgreSQL implementations.
+//! - [`store`]: the store, one trait per aggregate (`LogStore`, `LeaseStore`,
+//!   `BudgetStore`, `ApprovalStore`, `RegistryStore`, `SubjectStore`) under
+//!   `Store`, opened from a URL by `store::open`; the schema once in
+//!   `store::migrations` (dialect tokens); each backend a folder with its
+//!   writer and a file per aggregate (`store/sqlite/leases.rs`, …).
 //! - [`outbound`]: the broker's own HTTPS calls (CI issuers, Vault).
 //! - The leaves: [`clock`], the one source of "now" (a [`clock::Clock`]
 //!   tests can set); [`ids`], ids (unique), secrets (CSPRNG, fail closed),

@@ -15,8 +15,8 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, NodeRenewal, RequestState,
-    SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
+    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, LogStore, NodeRenewal,
+    RegistryStore, RequestState, SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 

@@ -4,15 +4,18 @@
 //!
 //! Writes that belong together are one transaction: a log record, the budget
 //! spends of its decision and its lease are appended atomically
-//! ([`Store::append`]). A spend is a conditional update computed in SQL from
+//! ([`LogStore::append`]). A spend is a conditional update computed in SQL from
 //! the stored balance (never a read-modify-write in the broker), so N
 //! concurrent requests against balance B at cost c succeed exactly
 //! min(N, ⌊B/c⌋) times, across replicas too. Appends are group-committed: one
 //! writer batches concurrent appends into one transaction and one fsync.
 
+mod lease_query;
 pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
+
+pub use lease_query::{LeaseOwner, LeaseQuery, SqlValue};
 
 use async_trait::async_trait;
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
@@ -80,63 +83,6 @@ pub struct Lease {
     pub task_ended_at_ms: Option<i64>,
 }
 
-/// Which leases [`Store::leases`] returns. Every query is bounded by an
-/// index and a limit: the table keeps every lease ever issued.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseQuery {
-    /// Newest first: all, or one identity's; with `outlived_at_ms`, only
-    /// leases live then whose task ended (`mintguard leases --outlived`).
-    List {
-        /// One identity's.
-        identity: Option<String>,
-        /// Only the outlived ones, at this time.
-        outlived_at_ms: Option<i64>,
-        /// At most this many.
-        limit: usize,
-    },
-    /// Leases neither revoked nor expired at `now_ms`, of an identity or
-    /// issued through a node or CI issuer, by id after `after_id` (paging).
-    Live {
-        /// Whose.
-        owner: LeaseOwner,
-        /// Live at this time.
-        now_ms: i64,
-        /// Only ids after this one.
-        after_id: Option<String>,
-        /// At most this many.
-        limit: usize,
-    },
-    /// `effective` leases expired by `now_ms` and not revoked, after an
-    /// `(expires_at_ms, id)` cursor, oldest first.
-    ExpiredUnrevoked {
-        /// Expired by this time.
-        now_ms: i64,
-        /// The last lease already seen: expiry and id.
-        after: (i64, String),
-        /// At most this many.
-        limit: usize,
-    },
-    /// Upstream leases (not `jwt`) not revoked, issued after `after` (an
-    /// `(issued_at_ms, id)` cursor) and at or before `until_ms`, oldest first.
-    UpstreamIssued {
-        /// The last lease already seen: issue time and id.
-        after: (i64, String),
-        /// Issued at or before this time.
-        until_ms: i64,
-        /// At most this many.
-        limit: usize,
-    },
-    /// The oldest upstream leases whose log records are still needed: not
-    /// revoked, and live at `now_ms` or `effective` (its revocation reads
-    /// the upstream handle from its outcome record).
-    OldestPinning {
-        /// Now.
-        now_ms: i64,
-        /// At most this many.
-        limit: usize,
-    },
-}
-
 /// What a node SVID renewal found of the node's lineage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NodeRenewal {
@@ -152,120 +98,6 @@ pub enum NodeRenewal {
         /// The node's current enrollment generation.
         generation: i64,
     },
-}
-
-/// Whose live leases [`LeaseQuery::Live`] returns.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum LeaseOwner {
-    /// An identity's (SPIFFE ID).
-    Identity(String),
-    /// Those issued through a node (SPIFFE ID) or CI issuer (URL).
-    Node(String),
-}
-
-/// A bound value of a [`LeaseQuery`]'s SQL.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum SqlValue {
-    /// TEXT.
-    Text(String),
-    /// INTEGER / BIGINT.
-    Int(i64),
-}
-
-impl LeaseQuery {
-    /// The query's clauses after `SELECT … FROM leases` and their values;
-    /// `placeholder(n)` spells the n-th (1-based) parameter. Only the
-    /// conditions present are written, so the planner sees each index.
-    pub fn sql(&self, placeholder: impl Fn(usize) -> String) -> (String, Vec<SqlValue>) {
-        let mut values = Vec::new();
-        let mut bind = |v: SqlValue| {
-            values.push(v);
-            placeholder(values.len())
-        };
-        let limit = |n: &usize| SqlValue::Int(i64::try_from(*n).unwrap_or(i64::MAX));
-        let sql = match self {
-            LeaseQuery::List {
-                identity,
-                outlived_at_ms,
-                limit: n,
-            } => {
-                let mut conditions = Vec::new();
-                if let Some(identity) = identity {
-                    conditions.push(format!(
-                        "identity = {}",
-                        bind(SqlValue::Text(identity.clone()))
-                    ));
-                }
-                if let Some(at) = outlived_at_ms {
-                    conditions.push(format!(
-                        "task_ended_at_ms IS NOT NULL AND revoked_at_ms IS NULL AND expires_at_ms > {}",
-                        bind(SqlValue::Int(*at))
-                    ));
-                }
-                let filter = if conditions.is_empty() {
-                    String::new()
-                } else {
-                    format!("WHERE {} ", conditions.join(" AND "))
-                };
-                format!(
-                    "{filter}ORDER BY issued_at_ms DESC, id LIMIT {}",
-                    bind(limit(n))
-                )
-            }
-            LeaseQuery::Live {
-                owner,
-                now_ms,
-                after_id,
-                limit: n,
-            } => {
-                let (column, subject) = match owner {
-                    LeaseOwner::Identity(s) => ("identity", s),
-                    LeaseOwner::Node(s) => ("node", s),
-                };
-                let mut sql = format!(
-                    "WHERE {column} = {} AND revoked_at_ms IS NULL AND expires_at_ms > {}",
-                    bind(SqlValue::Text(subject.clone())),
-                    bind(SqlValue::Int(*now_ms))
-                );
-                if let Some(after) = after_id {
-                    sql += &format!(" AND id > {}", bind(SqlValue::Text(after.clone())));
-                }
-                sql + &format!(" ORDER BY id LIMIT {}", bind(limit(n)))
-            }
-            LeaseQuery::ExpiredUnrevoked {
-                now_ms,
-                after: (after_ms, after_id),
-                limit: n,
-            } => format!(
-                "WHERE revocation = 'effective' AND revoked_at_ms IS NULL AND expires_at_ms <= {} \
-                 AND (expires_at_ms, id) > ({}, {}) ORDER BY expires_at_ms, id LIMIT {}",
-                bind(SqlValue::Int(*now_ms)),
-                bind(SqlValue::Int(*after_ms)),
-                bind(SqlValue::Text(after_id.clone())),
-                bind(limit(n))
-            ),
-            LeaseQuery::UpstreamIssued {
-                after: (after_ms, after_id),
-                until_ms,
-                limit: n,
-            } => format!(
-                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL AND (issued_at_ms, id) > ({}, {}) \
-                 AND issued_at_ms <= {} ORDER BY issued_at_ms, id LIMIT {}",
-                bind(SqlValue::Int(*after_ms)),
-                bind(SqlValue::Text(after_id.clone())),
-                bind(SqlValue::Int(*until_ms)),
-                bind(limit(n))
-            ),
-            LeaseQuery::OldestPinning { now_ms, limit: n } => format!(
-                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL \
-                 AND (expires_at_ms > {} OR revocation = 'effective') \
-                 ORDER BY issued_at_ms, id LIMIT {}",
-                bind(SqlValue::Int(*now_ms)),
-                bind(limit(n))
-            ),
-        };
-        (sql, values)
-    }
 }
 
 /// A log append with what must commit with it.
@@ -602,14 +434,50 @@ impl Leader for SoleLeader {
     }
 }
 
-/// The store interface.
+/// The store: one interface per aggregate, and what spans them. Every
+/// backend implements each aggregate in a file of its own
+/// (`store/<backend>/<aggregate>.rs`).
 #[async_trait]
-pub trait Store: Send + Sync {
+pub trait Store:
+    LogStore + BudgetStore + RegistryStore + LeaseStore + SubjectStore + ApprovalStore + Send + Sync
+{
     /// This replica's leadership handle: it leads while it holds what the
     /// backend elects by (a PostgreSQL session advisory lock), and another
     /// replica takes over when it lets go. Every backend says how it
     /// elects: there is no default that would make two replicas both lead.
     fn leader(&self) -> Box<dyn Leader>;
+    /// The suspensions of `identity` and `issuer`, their signals and the
+    /// budget bucket `budget_key`: what a decision reads. A store that can
+    /// reads them in one go (SQLite: one read transaction).
+    async fn request_state(
+        &self,
+        identity: &str,
+        issuer: &str,
+        budget_key: Option<&str>,
+    ) -> Result<RequestState> {
+        let subjects = [identity, issuer];
+        let (identity_suspension, issuer_suspension, signals) = tokio::try_join!(
+            self.suspension(identity),
+            self.suspension(issuer),
+            self.signals(&subjects),
+        )?;
+        let budget = match budget_key {
+            Some(key) => self.budget(key).await?,
+            None => None,
+        };
+        Ok(RequestState {
+            identity_suspension,
+            issuer_suspension,
+            signals,
+            budget,
+        })
+    }
+}
+
+/// The issuance log: its appends (group-committed with their spends and
+/// leases), reads, checkpoints and retention.
+#[async_trait]
+pub trait LogStore: Send + Sync {
     /// Appends a record atomically with its spends, lease and rule set (group-committed).
     async fn append(&self, append: Append) -> Result<Appended>;
     /// Records in `seq` order matching `query`.
@@ -630,12 +498,20 @@ pub trait Store: Send + Sync {
     async fn head(&self) -> Result<(i64, String)>;
     /// A stored rule set by hash.
     async fn rule_set(&self, hash: &str) -> Result<Option<String>>;
-
     /// Stores a signed checkpoint (also exported outside the store).
     async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
     /// The stored checkpoints, in order.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    /// Deletes the records through `seq` (already exported) and remembers
+    /// `(seq, hash)` as the base the chain resumes from; the number deleted.
+    async fn prune_through(&self, seq: i64) -> Result<u64>;
+    /// The base left by the last prune: (seq, hash) of the last pruned record.
+    async fn base(&self) -> Result<Option<(i64, String)>>;
+}
 
+/// Budget buckets (spent inside [`LogStore::append`]; topped up and refunded here).
+#[async_trait]
+pub trait BudgetStore: Send + Sync {
     /// A bucket's stored balance (`None`: never used, i.e. full).
     async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>>;
     /// Adds `tokens` to a bucket (may exceed capacity); returns the new snapshot.
@@ -648,7 +524,11 @@ pub trait Store: Send + Sync {
     ) -> Result<BudgetSnapshot>;
     /// Returns `cost` tokens after a failed mint (never past capacity).
     async fn refund(&self, key: &str, policy: &BudgetPolicy, cost: u64, now_ms: i64) -> Result<()>;
+}
 
+/// Who may ask: join tokens and node SVID lineages, registration entries, and the CI tokens already seen.
+#[async_trait]
+pub trait RegistryStore: Send + Sync {
     /// Stores a join token (by hash) for `node`, valid until `expires_at_ms`.
     async fn create_join_token(
         &self,
@@ -678,14 +558,17 @@ pub trait Store: Send + Sync {
     /// `expires_at_ms`: true the first time, false if it was seen and has
     /// not expired (a replay). Expired entries are swept as it goes.
     async fn consume_ci_jti(&self, key: &str, expires_at_ms: i64, now_ms: i64) -> Result<bool>;
-
     /// Creates a registration entry.
     async fn create_entry(&self, entry: &Entry) -> Result<()>;
     /// Entries, all or those of one parent node.
     async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>>;
     /// Deletes an entry; whether it existed.
     async fn delete_entry(&self, id: &str) -> Result<bool>;
+}
 
+/// Leases: every credential issued, until it is revoked or expires.
+#[async_trait]
+pub trait LeaseStore: Send + Sync {
     /// A lease by id.
     async fn lease(&self, id: &str) -> Result<Option<Lease>>;
     /// The leases a query selects.
@@ -695,7 +578,11 @@ pub trait Store: Send + Sync {
     /// Records that a lease's task ended (the credential may stay valid
     /// upstream: an advisory lease); true if it was not recorded before.
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool>;
+}
 
+/// What is known about a subject (identity, node, CI issuer): its suspension and its trust signals.
+#[async_trait]
+pub trait SubjectStore: Send + Sync {
     /// Suspends a subject (idempotent).
     async fn suspend(&self, record: &SuspensionRecord) -> Result<()>;
     /// Lifts a suspension; whether there was one.
@@ -704,13 +591,15 @@ pub trait Store: Send + Sync {
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>>;
     /// Every suspended subject, sorted.
     async fn suspended_subjects(&self) -> Result<Vec<String>>;
+    /// Records a signal (the latest per subject, kind and source wins).
+    async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;
+    /// The latest signals about these subjects.
+    async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>>;
+}
 
-    /// Deletes the records through `seq` (already exported) and remembers
-    /// `(seq, hash)` as the base the chain resumes from; the number deleted.
-    async fn prune_through(&self, seq: i64) -> Result<u64>;
-    /// The base left by the last prune: (seq, hash) of the last pruned record.
-    async fn base(&self) -> Result<Option<(i64, String)>>;
-
+/// Step-up and break-glass approvals, replaced by version.
+#[async_trait]
+pub trait ApprovalStore: Send + Sync {
     /// Stores a new approval.
     async fn create_approval(&self, approval: &Approval) -> Result<()>;
     /// An approval by id.
@@ -720,37 +609,26 @@ pub trait Store: Send + Sync {
     /// Replaces an approval if its stored version is still `approval.version`
     /// (the stored one gets `version + 1`); whether it was replaced.
     async fn update_approval(&self, approval: &Approval) -> Result<bool>;
+}
 
-    /// Records a signal (the latest per subject, kind and source wins).
-    async fn put_signal(&self, signal: &SignalRecord) -> Result<()>;
-    /// The latest signals about these subjects.
-    async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>>;
-    /// The suspensions of `identity` and `issuer`, their signals and the
-    /// budget bucket `budget_key`: what a decision reads. A store that can
-    /// reads them in one go (SQLite: one read transaction).
-    async fn request_state(
-        &self,
-        identity: &str,
-        issuer: &str,
-        budget_key: Option<&str>,
-    ) -> Result<RequestState> {
-        let subjects = [identity, issuer];
-        let (identity_suspension, issuer_suspension, signals) = tokio::try_join!(
-            self.suspension(identity),
-            self.suspension(issuer),
-            self.signals(&subjects),
-        )?;
-        let budget = match budget_key {
-            Some(key) => self.budget(key).await?,
-            None => None,
-        };
-        Ok(RequestState {
-            identity_suspension,
-            issuer_suspension,
-            signals,
-            budget,
-        })
+/// Records that a decision lost at write time (the budget race, or a
+/// suspension that came first): its final outcome; returns the new canonical
+/// body. (A body written directly, with `entry.body` left `Null`, is parsed
+/// here: the tree is built only on this rare path.)
+pub(crate) fn mark_final_outcome(
+    entry: &mut LogEntry,
+    body_jcs: &str,
+    outcome: &str,
+) -> Result<String> {
+    if entry.body.is_null() {
+        entry.body = serde_json::from_str(body_jcs)
+            .map_err(|e| StoreError::Corrupt(format!("a record body is not JSON: {e}")))?;
     }
+    entry.outcome = Some(outcome.into());
+    if let Some(body) = entry.body.as_object_mut() {
+        body.insert("final_outcome".into(), outcome.into());
+    }
+    Ok(crate::log::canonical_body(&entry.body))
 }
 
 /// Parameters of the SQL refill expression for a policy: (capacity millitokens,

@@ -4,7 +4,7 @@
 //! real decision path — the broker's trust signals
 //! ([`crate::issue::inputs::observed_signals`]), `decide()` with the scenario's
 //! Cedar policy, the [`Analyzer`] and the graduated responses of
-//! [`ResponseConfig`] (signals, step-ups, suspensions) — on a simulated
+//! [`ResponseConfig`](super::respond::ResponseConfig) (signals, step-ups, suspensions) — on a simulated
 //! clock, and reports per attack whether and when it was detected and how
 //! many credentials the attacker got before containment, and the false
 //! positives on benign identity-days.

@@ -1,0 +1,70 @@
+//! Leases.
+
+use super::*;
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    async fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = $1"),
+                &[&id],
+            )
+            .await
+            .map_err(map_pg)?;
+        row.as_ref().map(row_to_lease).transpose()
+    }
+    async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>> {
+        let (clauses, values) = query.sql(|n| format!("${n}"));
+        let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match v {
+                    SqlValue::Text(t) => Box::new(t),
+                    SqlValue::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = values
+            .iter()
+            .map(|v| v.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync))
+            .collect();
+        let rows = self
+            .client()
+            .await?
+            .query(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases {clauses}"),
+                &params,
+            )
+            .await
+            .map_err(map_pg)?;
+        rows.iter().map(row_to_lease).collect()
+    }
+    async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE leases SET revoked_at_ms = $2, task_ended_at_ms = COALESCE(task_ended_at_ms, $2)
+                 WHERE id = $1 AND revoked_at_ms IS NULL",
+                &[&id, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(changed == 1)
+    }
+    async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let n = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE leases SET task_ended_at_ms = $2 WHERE id = $1 AND task_ended_at_ms IS NULL",
+                &[&id, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(n == 1)
+    }
+}

@@ -1,0 +1,284 @@
+//! The PostgreSQL store, for one or several broker replicas.
+//!
+//! One global hash chain: every append batch takes the row lock on
+//! `log_head` (`SELECT … FOR UPDATE`), so concurrent writers — in this
+//! process or in other replicas — extend one chain in order. Each replica
+//! group-commits: its writer task drains pending appends into one
+//! transaction. Budget spends are conditional updates in that transaction;
+//! join tokens are consumed by a conditional update; reads and other writes
+//! are single statements through a connection pool.
+//!
+//! The connection is TLS when the URL asks for it (see [`connection`]).
+
+use std::collections::HashSet;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Pool, Runtime};
+use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::config::{Host, SslMode};
+use tokio_postgres::{Client, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::{
+    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
+    Store, StoreError, SuspensionRecord, bucket_params, cost_milli,
+};
+use super::{ApprovalStore, BudgetStore, LeaseStore, LogStore, RegistryStore, SubjectStore};
+use crate::log::checkpoint::Checkpoint;
+use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::store::mark_final_outcome;
+use crate::store::{Approval, DecisionRow, SignalRecord};
+
+mod approvals;
+mod budgets;
+mod connection;
+mod leases;
+mod log;
+mod registry;
+mod subjects;
+mod writer;
+
+pub use connection::connection;
+use connection::{error_chain, plaintext_off_host};
+use writer::*;
+
+/// Most appends group-committed in one transaction.
+pub const MAX_BATCH: usize = 256;
+
+/// Serializes migrations across replicas starting at once.
+const MIGRATION_LOCK: i64 = 0x4d47_4d49_4752; // "MGMIGR"
+
+fn unavailable(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+fn map_pg(e: tokio_postgres::Error) -> StoreError {
+    if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+        StoreError::Conflict(e.to_string())
+    } else {
+        unavailable(e)
+    }
+}
+
+/// The PostgreSQL store.
+#[derive(Clone)]
+pub struct PostgresStore {
+    pool: Pool,
+    appends: mpsc::Sender<Job>,
+    url: String,
+}
+
+/// Leadership on PostgreSQL: the holder of a session advisory lock, on a
+/// connection of its own (taken over by another replica when it ends).
+struct AdvisoryLeader {
+    url: String,
+    client: Option<Client>,
+}
+
+/// The advisory lock key: "mintguard anomaly" folded into 64 bits.
+const LEADER_LOCK: i64 = 0x6d69_6e74_616e_6f6d;
+
+#[async_trait]
+impl super::Leader for AdvisoryLeader {
+    async fn leads(&mut self) -> bool {
+        if self.client.as_ref().is_some_and(|c| !c.is_closed()) {
+            return true;
+        }
+        self.client = None;
+        // The store's own connection settings, TLS included.
+        let Ok((config, tls)) = connection(&self.url) else {
+            return false;
+        };
+        let Ok((client, conn)) = config.connect(tls).await else {
+            return false;
+        };
+        tokio::spawn(conn);
+        match client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&LEADER_LOCK])
+            .await
+        {
+            Ok(row) if row.get::<_, bool>(0) => {
+                tracing::info!("this replica leads (anomaly detections)");
+                self.client = Some(client);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user:password@host:port/db`), migrates,
+    /// and starts the append writer.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let (config, tls) = connection(url)?;
+        if plaintext_off_host(&config) {
+            tracing::warn!(
+                "the PostgreSQL store is reached without TLS over the network: add sslmode=require (and sslrootcert=PATH) to the store URL"
+            );
+        }
+        let (mut client, conn) = config
+            .connect(tls.clone())
+            .await
+            .map_err(|e| StoreError::Setup(format!("postgres: {}", error_chain(&e))))?;
+        tokio::spawn(conn);
+        migrate(&mut client).await?;
+        let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
+        let pool = Pool::builder(manager)
+            .max_size(16)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|e| StoreError::Setup(format!("postgres pool: {e}")))?;
+        let (appends, mut rx) = mpsc::channel::<Job>(4096);
+        tokio::spawn(async move {
+            let mut client = match Statements::prepare(&client).await {
+                Ok(statements) => Some((client, statements)),
+                Err(_) => None,
+            };
+            let mut rule_sets = HashSet::new();
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(job) => batch.push(job),
+                        Err(_) => break,
+                    }
+                }
+                // Reconnect after a lost connection: the broker recovers by itself.
+                if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    client = match config.connect(tls.clone()).await {
+                        Ok((c, conn)) => {
+                            tokio::spawn(conn);
+                            match Statements::prepare(&c).await {
+                                Ok(statements) => Some((c, statements)),
+                                Err(_) => None,
+                            }
+                        }
+                        Err(_) => None,
+                    };
+                }
+                match client.as_mut() {
+                    Some((c, statements)) => run_batch(c, statements, batch, &mut rule_sets).await,
+                    None => {
+                        for job in batch {
+                            let _ = job.done.send(Err(unavailable("postgres is unreachable")));
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Self {
+            pool,
+            appends,
+            url: url.to_owned(),
+        })
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(unavailable)
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let setup = |e: tokio_postgres::Error| StoreError::Setup(format!("migration: {e}"));
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(setup)?;
+    let result = async {
+        client
+            .batch_execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY)",
+            )
+            .await
+            .map_err(setup)?;
+        for (version, sql) in super::migrations::rendered(super::migrations::Dialect::Postgres) {
+            let tx = client.transaction().await.map_err(setup)?;
+            let done = tx
+                .query_opt(
+                    "SELECT version FROM schema_migrations WHERE version = $1",
+                    &[&version],
+                )
+                .await
+                .map_err(setup)?;
+            if done.is_none() {
+                tx.batch_execute(&sql).await.map_err(setup)?;
+                tx.execute(
+                    "INSERT INTO schema_migrations(version) VALUES ($1)",
+                    &[&version],
+                )
+                .await
+                .map_err(setup)?;
+            }
+            tx.commit().await.map_err(setup)?;
+        }
+        Ok(())
+    }
+    .await;
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    result
+}
+
+const LOG_COLUMNS: &str =
+    "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash";
+const LEASE_COLUMNS: &str = "id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms, revoked_at_ms, task_ended_at_ms";
+
+fn row_to_record(r: &Row) -> Result<LogRecord> {
+    let seq: i64 = r.get(0);
+    let kind: String = r.get(2);
+    let body: String = r.get(8);
+    Ok(LogRecord {
+        seq,
+        entry: LogEntry {
+            time_ms: r.get(1),
+            kind: RecordKind::parse(&kind).ok_or_else(|| {
+                StoreError::Corrupt(format!("record {seq}: unknown kind {kind:?}"))
+            })?,
+            request_id: r.get(3),
+            identity: r.get(4),
+            grant: r.get(5),
+            node: r.get(6),
+            outcome: r.get(7),
+            body: serde_json::from_str(&body)
+                .map_err(|e| StoreError::Corrupt(format!("record {seq}: body is not JSON: {e}")))?,
+        },
+        prev_hash: r.get(9),
+        hash: r.get(10),
+    })
+}
+
+/// A lease row; a kind or revocation outside its closed set is
+/// [`StoreError::Corrupt`], never a default.
+fn row_to_lease(r: &Row) -> Result<Lease> {
+    let closed = |i: usize| -> Result<String> {
+        r.try_get::<_, String>(i)
+            .map_err(|e| StoreError::Corrupt(format!("leases column {i}: {e}")))
+    };
+    let corrupt = |e: crate::lease::UnknownForm| StoreError::Corrupt(format!("lease: {e}"));
+    Ok(Lease {
+        id: r.get(0),
+        request_id: r.get(1),
+        identity: r.get(2),
+        grant: r.get(3),
+        node: r.get(4),
+        kind: closed(5)?.parse().map_err(corrupt)?,
+        revocation: closed(6)?.parse().map_err(corrupt)?,
+        issued_at_ms: r.get(7),
+        expires_at_ms: r.get(8),
+        revoked_at_ms: r.get(9),
+        task_ended_at_ms: r.get(10),
+    })
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn leader(&self) -> Box<dyn super::Leader> {
+        Box::new(AdvisoryLeader {
+            url: self.url.clone(),
+            client: None,
+        })
+    }
+}

@@ -1,0 +1,64 @@
+//! Leases.
+
+use super::*;
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    async fn lease(&self, id: &str) -> Result<Option<Lease>> {
+        let id = id.to_owned();
+        self.read_now(move |conn| {
+            conn.query_row(
+                &format!("SELECT {LEASE_COLUMNS} FROM leases WHERE id = ?1"),
+                [id],
+                row_to_lease,
+            )
+            .optional()
+            .map_err(map_sql)
+        })
+    }
+    async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>> {
+        let (clauses, values) = query.sql(|n| format!("?{n}"));
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases {clauses}"))
+                .map_err(map_sql)?;
+            let values = values.into_iter().map(|v| match v {
+                SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+                SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+            });
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(values), row_to_lease)
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+    async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            let changed = w
+                .conn
+                .execute(
+                    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
+                     WHERE id = ?1 AND revoked_at_ms IS NULL",
+                    params![id, now_ms],
+                )
+                .map_err(map_sql)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+    async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "UPDATE leases SET task_ended_at_ms = ?2 WHERE id = ?1 AND task_ended_at_ms IS NULL",
+                    params![id, now_ms],
+                )
+                .map(|n| n == 1)
+                .map_err(map_sql)
+        })
+        .await
+    }
+}

@@ -1,0 +1,169 @@
+//! The issuance log: appends through the writer, reads, checkpoints and retention.
+
+use super::*;
+
+#[async_trait]
+impl LogStore for SqliteStore {
+    async fn append(&self, mut append: Append) -> Result<Appended> {
+        // Canonicalize the body here, in the caller's task, not in the serial writer.
+        let body_jcs = append.take_canonical_body();
+        self.write(move |w| w.append(append, body_jcs)).await
+    }
+    async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        let q = q.clone();
+        self.read(move |conn| {
+            let sql = format!(
+                "SELECT {LOG_COLUMNS} FROM log
+                 WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR grant_name = ?2) AND (?3 IS NULL OR node = ?3)
+                   AND (?4 IS NULL OR outcome = ?4) AND (?5 IS NULL OR time_ms >= ?5) AND (?6 IS NULL OR time_ms < ?6)
+                   AND seq > ?7
+                 ORDER BY seq LIMIT ?8"
+            );
+            let mut stmt = conn.prepare_cached(&sql).map_err(map_sql)?;
+            let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
+            let rows = stmt
+                .query_map(
+                    params![q.identity, q.grant, q.node, q.outcome, q.since_ms, q.until_ms, q.after_seq.unwrap_or(0), limit],
+                    row_to_record,
+                )
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql).and_then(finish_record)).collect()
+        })
+        .await
+    }
+    async fn decision_rows(
+        &self,
+        after_seq: i64,
+        since_ms: Option<i64>,
+        limit: usize,
+    ) -> Result<Vec<DecisionRow>> {
+        let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
+                     WHERE seq > ?1 AND kind IN ('decision', 'intent') AND (?2 IS NULL OR time_ms >= ?2)
+                     ORDER BY seq LIMIT ?3",
+                )
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map(params![after_seq, since_ms, limit], |r| {
+                    Ok(DecisionRow {
+                        seq: r.get(0)?,
+                        time_ms: r.get(1)?,
+                        request_id: r.get(2)?,
+                        identity: r.get(3)?,
+                        grant: r.get(4)?,
+                        node: r.get(5)?,
+                        outcome: r.get(6)?,
+                        body: r.get(7)?,
+                    })
+                })
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+    async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>> {
+        let id = request_id.to_owned();
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "SELECT {LOG_COLUMNS} FROM log WHERE request_id = ?1 ORDER BY seq"
+                ))
+                .map_err(map_sql)?;
+            let rows = stmt.query_map([id], row_to_record).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql).and_then(finish_record))
+                .collect()
+        })
+        .await
+    }
+    async fn head(&self) -> Result<(i64, String)> {
+        self.read(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()
+                .map_err(map_sql)?
+                .unwrap_or((0, GENESIS.to_owned())))
+        })
+        .await
+    }
+    async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
+        let hash = hash.to_owned();
+        self.read_now(move |conn| {
+            conn.query_row("SELECT body FROM rule_sets WHERE hash = ?1", [hash], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map_err(map_sql)
+        })
+    }
+    async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
+        let cp = cp.clone();
+        self.write(move |w| {
+            w.conn
+                .execute(
+                    "INSERT INTO checkpoints(seq, hash, time_ms, jws) VALUES (?1, ?2, ?3, ?4)",
+                    params![cp.seq, cp.hash, cp.time_ms, cp.jws],
+                )
+                .map_err(map_sql)?;
+            Ok(())
+        })
+        .await
+    }
+    async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        self.read(|conn| {
+            let mut stmt = conn
+                .prepare_cached("SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq")
+                .map_err(map_sql)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(Checkpoint::from_stored(
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                    ))
+                })
+                .map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+    async fn prune_through(&self, seq: i64) -> Result<u64> {
+        self.write(move |w| {
+            let hash: Option<String> = w
+                .conn
+                .query_row("SELECT hash FROM log WHERE seq = ?1", [seq], |r| r.get(0))
+                .optional()
+                .map_err(map_sql)?;
+            let hash = hash
+                .ok_or_else(|| StoreError::Conflict(format!("record {seq} is not in the log")))?;
+            let deleted = w
+                .conn
+                .execute("DELETE FROM log WHERE seq <= ?1", [seq])
+                .map_err(map_sql)?;
+            w.conn
+                .execute(
+                    "INSERT OR REPLACE INTO log_base(id, seq, hash) VALUES (1, ?1, ?2)",
+                    params![seq, hash],
+                )
+                .map_err(map_sql)?;
+            Ok(u64::try_from(deleted).unwrap_or(0))
+        })
+        .await
+    }
+    async fn base(&self) -> Result<Option<(i64, String)>> {
+        self.read_now(|conn| {
+            conn.query_row("SELECT seq, hash FROM log_base WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(map_sql)
+        })
+    }
+}
