@@ -7,18 +7,44 @@
 /// revoked or an operator confirms it ended.
 pub const NEVER_MS: i64 = 253_402_300_799_000;
 
-/// What a lease is a lease on: the kind of credential minted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LeaseKind {
-    /// A broker-signed JWT.
-    Jwt,
-    /// A Vault / OpenBao token or secret.
-    Vault,
-    /// AWS STS credentials.
-    AwsSts,
-    /// A static secret read from Vault's KV store.
-    StaticSecret,
+/// Every kind of credential: **the one place a kind is registered**. Each
+/// line names the variant of [`LeaseKind`], its one string form (a grant's
+/// `kind`, the key of its settings, the stored lease kind) and the module
+/// of `crate::mint` that mints it (its settings type, its minter and how
+/// the minter is built). The list is handed to `$then!`: here it makes
+/// [`LeaseKind`]; in `crate::mint` the modules, the grant settings and the
+/// registry. Adding a kind is its module's file and one line here.
+macro_rules! lease_kinds {
+    ($then:ident) => {
+        $then! {
+            /// A broker-signed JWT.
+            Jwt => "jwt" in jwt,
+            /// A Vault / OpenBao token or secret.
+            Vault => "vault" in vault,
+            /// AWS STS credentials.
+            AwsSts => "aws_sts" in sts,
+            /// A static secret read from Vault's KV store.
+            StaticSecret => "static_secret" in static_secret,
+        }
+    };
+}
+pub(crate) use lease_kinds;
+
+macro_rules! lease_kind_enum {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal in $module:ident),+ $(,)?) => {
+        /// What a lease is a lease on: the kind of credential minted.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+        pub enum LeaseKind {
+            $($(#[$doc])* #[serde(rename = $text)] $variant,)+
+        }
+
+        impl LeaseKind {
+            /// Every kind, in registration order.
+            pub const ALL: &[LeaseKind] = &[$(LeaseKind::$variant),+];
+        }
+
+        string_forms!(LeaseKind, "lease kind", { $($variant => $text),+ });
+    };
 }
 
 /// How a lease ends before it expires.
@@ -75,12 +101,7 @@ macro_rules! string_forms {
     };
 }
 
-string_forms!(LeaseKind, "lease kind", {
-    Jwt => "jwt",
-    Vault => "vault",
-    AwsSts => "aws_sts",
-    StaticSecret => "static_secret",
-});
+lease_kinds!(lease_kind_enum);
 string_forms!(Revocation, "revocation", {
     IntrospectionOnly => "introspection_only",
     Effective => "effective",
@@ -93,12 +114,10 @@ mod tests {
 
     #[test]
     fn each_closed_set_has_one_string_form() {
-        for kind in [
-            LeaseKind::Jwt,
-            LeaseKind::Vault,
-            LeaseKind::AwsSts,
-            LeaseKind::StaticSecret,
-        ] {
+        let forms: std::collections::HashSet<_> =
+            LeaseKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert_eq!(forms.len(), LeaseKind::ALL.len(), "one string form each");
+        for &kind in LeaseKind::ALL {
             assert_eq!(kind.as_str().parse::<LeaseKind>(), Ok(kind));
             assert_eq!(
                 serde_json::to_value(kind).unwrap(),

@@ -22,9 +22,12 @@
 //!   CI runner (its OIDC token); [`ci`]: CI trust policies and what a
 //!   token's claims say; [`approvals`]: the operators' side of step-up and
 //!   break-glass approvals.
-//! - [`mint`]: the `Minter` trait, one file per kind (JWT, Vault, STS, static secret),
-//!   registered in one place, and the proof types (`Approved`, `Durable`,
-//!   `LoggedIntent`) that order minting after deciding and logging.
+//! - [`mint`]: the `Minter` trait and one file per kind (JWT, Vault, STS,
+//!   static secret) holding the kind's grant settings (validating
+//!   themselves), its minter and how it is built; a kind is registered by
+//!   one line in `lease::lease_kinds!`, from which `mint` derives the
+//!   kind-tagged `GrantSpec` and the registry. The proof types (`Approved`,
+//!   `Durable`, `LoggedIntent`) order minting after deciding and logging.
 //! - [`log`]: records, the JCS/SHA-256 hash chain, signed checkpoints, verification.
 //! - [`store`]: the store, one trait per aggregate (`LogStore`, `LeaseStore`,
 //!   `BudgetStore`, `ApprovalStore`, `RegistryStore`, `SubjectStore`) under
@@ -35,7 +38,7 @@
 //! - The leaves: [`clock`], the one source of "now" (a [`clock::Clock`]
 //!   tests can set); [`ids`], ids (unique), secrets (CSPRNG, fail closed),
 //!   hex and excerpts of untrusted text; [`lease`], lease kinds and
-//!   revocations; [`health`], whether anomaly analysis keeps up; [`fault`],
+//!   revocations; [`setting`], durations and validation findings; [`health`], whether anomaly analysis keeps up; [`fault`],
 //!   the crash-safety tests' hooks. `tests/import_circles.py` checks there
 //!   are no import circles among these modules.
 //! - [`tasks`]: the background tasks (identity and key rotation, log
@@ -67,6 +70,7 @@ pub mod mint;
 pub mod outbound;
 pub mod refusals;
 pub mod routes;
+pub mod setting;
 pub mod state;
 pub mod store;
 pub mod tasks;

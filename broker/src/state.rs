@@ -412,28 +412,16 @@ impl Broker {
         };
         let vault = vault.map(Arc::new);
         let jwt = Arc::new(RwLock::new(jwt));
-        // The one place a minter is registered.
-        let mut minters = crate::mint::Minters::default();
-        minters.register(Box::new(crate::mint::jwt::JwtMinter::new(jwt.clone())));
-        if let Some(client) = &vault {
-            minters.register(Box::new(crate::mint::vault::VaultMinter::new(
-                client.clone(),
-            )));
-            minters.register(Box::new(
-                crate::mint::static_secret::StaticSecretMinter::new(client.clone()),
-            ));
-        }
-        if config
-            .grants
-            .values()
-            .any(|g| g.kind == crate::config::GrantKind::AwsSts)
-        {
-            let client = crate::mint::sts::StsClient::new(&config.aws).await;
-            minters.register(Box::new(crate::mint::sts::StsMinter::new(
-                client,
-                jwt.clone(),
-            )));
-        }
+        // Every registered kind's minter (`crate::lease::lease_kinds!`).
+        let used = |kind| config.grants.values().any(|g| g.kind == kind);
+        let minters = crate::mint::build(&crate::mint::Deps {
+            jwt: &jwt,
+            vault: vault.as_ref(),
+            aws: &config.aws,
+            used: &used,
+        })
+        .await
+        .map_err(setup)?;
         let every = i64::try_from(config.log.checkpoint_every).unwrap_or(i64::MAX);
         // Analysis has `interval × stale_after_intervals` from now to beat.
         let analysis = crate::health::AnalysisHealth::new(

@@ -19,18 +19,14 @@ pub mod upstreams;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use mintguard_certs::id::{self, TrustDomain};
-use mintguard_policy::budget::Refill;
 use mintguard_policy::trust::TrustConfig;
 use serde::Deserialize;
 
+pub use crate::setting::{Dur, Invalid, Per};
 pub use anomaly::{AnomalyConfig, AnomalyMode, WebhookConfig};
-pub use grants::{
-    AwsStsGrant, BudgetConfig, GrantConfig, GrantContext, GrantKind, JwtGrant, MAX_SECRET_FIELDS,
-    ReducedConfig, StaticSecretGrant, StsMode, VaultGrant, sts_limits,
-};
+pub use grants::{BudgetConfig, GrantConfig, GrantContext, GrantKind, ReducedConfig};
 pub use keys::{CaConfig, JwtConfig};
 pub use limits::LimitsConfig;
 pub use listen::Listen;
@@ -50,60 +46,6 @@ pub struct ConfigError {
     pub key: String,
     /// What is wrong.
     pub reason: String,
-}
-
-/// What a section's `validate()` found: the key, as the file spells it,
-/// and why. [`Config::parse`] adds the file.
-#[derive(Debug, PartialEq, Eq)]
-pub struct Invalid {
-    /// The key (`grants[2].max_ttl`).
-    pub key: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl Invalid {
-    /// A finding at `key`.
-    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-/// Durations such as `"15m"`, `"1h"`, `"7d"`, `"90s"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        humantime::parse_duration(&s).map(Dur).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "{s:?} is not a duration like \"15m\" or \"1h\": {e}"
-            ))
-        })
-    }
-}
-
-/// `per = "1h"` or `per = "never"`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Per(pub Refill);
-
-impl<'de> Deserialize<'de> for Per {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        if s == "never" {
-            return Ok(Per(Refill::Never));
-        }
-        let d = humantime::parse_duration(&s).map_err(|e| {
-            serde::de::Error::custom(format!("{s:?} is neither \"never\" nor a duration: {e}"))
-        })?;
-        Ok(Per(Refill::Every {
-            seconds: d.as_secs(),
-        }))
-    }
 }
 
 #[derive(Deserialize)]
@@ -136,7 +78,7 @@ struct RawConfig {
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
-    grants: Vec<GrantConfig>,
+    grants: Vec<grants::RawGrant>,
     #[serde(default)]
     aws: AwsConfig,
     #[serde(default)]
@@ -288,7 +230,7 @@ impl Config {
         };
         let mut grants = BTreeMap::new();
         for (i, g) in raw.grants.into_iter().enumerate() {
-            g.validate(i, cx).map_err(found)?;
+            let g = g.into_grant(i, cx).map_err(found)?;
             if grants.contains_key(&g.name) {
                 return Err(err(
                     &format!("grants[{i}].name"),
@@ -409,6 +351,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    use mintguard_policy::budget::Refill;
+
+    use crate::mint::static_secret::StaticSecretGrant;
+    use crate::mint::sts::{AwsStsGrant, StsMode};
 
     const MINIMAL: &str = r#"
         trust_domain = "example.org"
@@ -463,7 +411,9 @@ mod tests {
         let c = Config::load(path).unwrap();
         assert_eq!(c.grants.len(), 5);
         assert!(c.vault.is_some());
-        let kv = c.grants["partner-api-key"].static_secret.as_ref().unwrap();
+        let kv = c.grants["partner-api-key"]
+            .settings::<StaticSecretGrant>()
+            .unwrap();
         assert_eq!(
             (kv.mount.as_str(), kv.path.as_str(), kv.fields.as_slice()),
             ("secret", "partners/acme", ["api_key".to_owned()].as_slice())
@@ -518,6 +468,21 @@ mod tests {
         refused(("\"15m\"", "\"soon\""), "not a duration");
         refused(("kind = \"jwt\"", "kind = \"vault\""), "grants[0].kind");
         refused(("kind = \"jwt\"", "kind = \"ldap\""), "unknown variant");
+        // A kind's settings, and only its own, sit under its name.
+        refused(
+            (
+                "jwt = { audience = \"payments\" }",
+                "jwt = { audience = \"payments\" }\n        vault = { token = { policies = [\"p\"] } }",
+            ),
+            "grants[0].vault",
+        );
+        refused(
+            (
+                "jwt = { audience = \"payments\" }",
+                "jwt = { audience = \"payments\", scope = \"x\" }",
+            ),
+            "grants[0].jwt",
+        );
         refused(("amount = 20", "amount = 0"), "grants[0].budget");
         refused(("\"5m\" }", "\"1h\" }"), "grants[0].reduced.max_ttl");
         refused(
@@ -554,7 +519,10 @@ mod tests {
         let es256 = eddsa.replace("algorithm = \"EdDSA\"", "algorithm = \"ES256\"");
         let c = Config::parse(Path::new("/x/b.toml"), &es256).unwrap();
         assert_eq!(
-            c.grants["payments-token"].aws_sts.as_ref().unwrap().mode,
+            c.grants["payments-token"]
+                .settings::<AwsStsGrant>()
+                .unwrap()
+                .mode,
             StsMode::WebIdentity
         );
     }
@@ -576,7 +544,9 @@ mod tests {
             "static_secret = { path = \"app/db\", fields = [\"password\"] }",
         ))
         .unwrap();
-        let kv = c.grants["payments-token"].static_secret.as_ref().unwrap();
+        let kv = c.grants["payments-token"]
+            .settings::<StaticSecretGrant>()
+            .unwrap();
         assert_eq!((kv.mount.as_str(), kv.fields.len()), ("secret", 1));
         for (spec, key) in [
             ("", "grants[0].static_secret"),

@@ -30,7 +30,8 @@ impl Issuer<'_> {
         let mint = MintRequest {
             identity,
             node,
-            grant,
+            grant: &grant.name,
+            spec: &grant.spec,
             issuer_url: &self.rules.config.issuer_url,
             lease_id: &lease_id,
             ttl_seconds: decision.ttl_seconds,

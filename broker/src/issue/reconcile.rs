@@ -117,7 +117,7 @@ impl Issuer<'_> {
             )
         };
         let mut body = serde_json::Map::new();
-        match minter.reconcile(lease, grant).await {
+        match minter.reconcile(lease, grant.map(|g| &g.spec)).await {
             Reconcile::Revoked { upstream } => {
                 body.insert("upstream".into(), upstream);
                 body.insert("minted_unanswered".into(), true.into());

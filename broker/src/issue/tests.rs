@@ -137,7 +137,11 @@ impl Minter for TestMinter {
         Ok(true)
     }
 
-    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(
+        &self,
+        _lease: &Lease,
+        _grant: Option<&crate::mint::GrantSpec>,
+    ) -> Reconcile {
         Reconcile::NotMinted
     }
 }
@@ -196,7 +200,7 @@ impl Minter for Shared {
     async fn revoke(&self, upstream: &Value) -> Result<bool, MintError> {
         self.0.revoke(upstream).await
     }
-    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(&self, lease: &Lease, grant: Option<&crate::mint::GrantSpec>) -> Reconcile {
         self.0.reconcile(lease, grant).await
     }
 }
@@ -638,7 +642,7 @@ impl Minter for FlipLog {
     async fn revoke(&self, upstream: &Value) -> Result<bool, MintError> {
         self.inner.revoke(upstream).await
     }
-    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(&self, lease: &Lease, grant: Option<&crate::mint::GrantSpec>) -> Reconcile {
         self.inner.reconcile(lease, grant).await
     }
 }

@@ -38,7 +38,7 @@ impl Issuer<'_> {
             entry.kind = kind;
             entry
         };
-        let ttl_seconds = match minter.ttl_seconds(grant, decision.ttl_seconds) {
+        let ttl_seconds = match minter.ttl_seconds(&grant.spec, decision.ttl_seconds) {
             Ok(ttl) => ttl,
             Err(below) => {
                 // Logged with its final outcome; nothing spent or minted.
@@ -55,7 +55,8 @@ impl Issuer<'_> {
         let mint = MintRequest {
             identity,
             node,
-            grant,
+            grant: &grant.name,
+            spec: &grant.spec,
             issuer_url: &self.rules.config.issuer_url,
             lease_id: &lease_id,
             ttl_seconds,

@@ -16,7 +16,9 @@ use super::{
     Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
     Revocation, SealError, Sealed,
 };
-use crate::config::GrantConfig;
+use super::{Deps, GrantSettings, GrantSpec, SpecContext};
+use crate::setting::Invalid;
+use serde::Deserialize;
 use crate::store::Lease;
 
 /// The claims of a Mintguard JWT.
@@ -82,18 +84,16 @@ impl Minter for JwtMinter {
         _approved: &Approved<'_>,
         request: &MintRequest<'_>,
     ) -> Result<Sealed, SealError> {
-        let (audience, extra) = request
-            .grant
-            .jwt
-            .as_ref()
-            .map(|j| (j.audience.clone(), j.claims.clone()))
-            .unwrap_or_default();
+        let settings = request
+            .settings::<Settings>()
+            .map_err(|e| SealError::Failed(e.message))?;
+        let (audience, extra) = (settings.audience.clone(), settings.claims.clone());
         let now = request.now_ms.div_euclid(1000);
         let claims = Claims {
             iss: request.issuer_url.to_owned(),
             sub: request.identity.to_owned(),
             aud: audience.clone(),
-            grant: request.grant.name.clone(),
+            grant: request.grant.to_owned(),
             jti: request.lease_id.to_owned(),
             iat: now,
             nbf: now,
@@ -120,7 +120,7 @@ impl Minter for JwtMinter {
     ) -> Result<Minted, MintError> {
         Err(MintError::new(format!(
             "grant {} is minted locally, not upstream",
-            request.grant.name
+            request.grant
         )))
     }
 
@@ -130,7 +130,52 @@ impl Minter for JwtMinter {
     }
 
     /// A JWT has one record: there is never an intent without an outcome.
-    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantSpec>) -> Reconcile {
         Reconcile::Nothing
     }
+}
+
+/// `jwt = { audience, claims }` on a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct JwtGrant {
+    /// The `aud` claim.
+    pub audience: String,
+    /// Extra claims (strings) added to every token of this grant.
+    #[serde(default)]
+    pub claims: BTreeMap<String, String>,
+}
+
+/// A `jwt` grant's settings.
+pub type Settings = JwtGrant;
+
+impl GrantSettings for JwtGrant {
+    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        if self.audience.is_empty() {
+            return Err(Invalid::new(
+                (cx.key)("jwt.audience"),
+                "a jwt grant needs jwt = { audience = \"…\" }",
+            ));
+        }
+        if cx.max_ttl > cx.jwt_max_ttl {
+            return Err(Invalid::new(
+                (cx.key)("max_ttl"),
+                format!("exceeds jwt.max_ttl ({}s)", cx.jwt_max_ttl.as_secs()),
+            ));
+        }
+        for claim in self.claims.keys() {
+            if ["iss", "sub", "aud", "exp", "nbf", "iat", "jti", "grant"].contains(&claim.as_str()) {
+                return Err(Invalid::new(
+                    (cx.key)("jwt.claims"),
+                    format!("{claim:?} is set by the broker"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Always built: JWTs are signed with the broker's own keys.
+pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
+    Ok(Some(Box::new(JwtMinter::new(deps.jwt.clone()))))
 }

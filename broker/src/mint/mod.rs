@@ -1,7 +1,12 @@
 //! Minters, and the proof types that order minting after logging.
 //!
-//! A [`Minter`] is one kind of credential (its own file: [`jwt`],
-//! [`vault`], [`sts`], [`static_secret`]); [`Minters`] is where they are registered. Every
+//! A [`Minter`] is one kind of credential, in a file of its own ([`jwt`],
+//! [`vault`], [`sts`], [`static_secret`]) that holds everything of its kind:
+//! its grant settings (`<kind> = { … }` on a grant, a [`GrantSettings`]
+//! that validates itself), the minter, and `build`, which makes it from the
+//! broker's [`Deps`]. The kinds are registered in one line each, in
+//! `crate::lease::lease_kinds!`; from that list this module declares the
+//! modules, the kind-tagged [`GrantSpec`] and [`build`]. Every
 //! irreversible step takes a proof: an [`Approved`] that only a minting
 //! decision yields, then a [`Durable`] (a local credential's record, spend
 //! and lease are committed) or a [`LoggedIntent`] (an upstream mint's intent
@@ -9,16 +14,15 @@
 //! turned into what the workload receives only with a `Durable`: no code
 //! path releases a credential without its durable record.
 
-pub mod jwt;
-pub mod static_secret;
-pub mod sts;
-pub mod vault;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use async_trait::async_trait;
+use mintguard_certs::jwt::{JwtAlgorithm, JwtKeySet};
 use mintguard_policy::Decision;
 use serde_json::Value;
 
-use crate::config::GrantConfig;
+use crate::setting::Invalid;
 use crate::store::Appended;
 use crate::store::Lease;
 
@@ -109,8 +113,10 @@ pub struct MintRequest<'a> {
     pub identity: &'a str,
     /// The node or CI issuer that vouched for it.
     pub node: &'a str,
-    /// The grant.
-    pub grant: &'a GrantConfig,
+    /// The grant's name.
+    pub grant: &'a str,
+    /// The grant's kind and settings.
+    pub spec: &'a GrantSpec,
     /// The broker's URL (`iss`).
     pub issuer_url: &'a str,
     /// The lease the credential is tracked as.
@@ -121,12 +127,16 @@ pub struct MintRequest<'a> {
     pub now_ms: i64,
 }
 
-impl MintRequest<'_> {
-    /// The grant's settings for a minter's kind (`grant.<key>`), or a mint
-    /// error naming the grant.
-    pub fn settings<'g, T>(&self, spec: Option<&'g T>, key: &str) -> Result<&'g T, MintError> {
-        spec.ok_or_else(|| {
-            MintError::new(format!("grant {} has no {key} settings", self.grant.name))
+impl<'a> MintRequest<'a> {
+    /// The grant's settings of a minter's kind, or a mint error naming the
+    /// grant (a grant of another kind).
+    pub fn settings<T: SettingsOf>(&self) -> Result<&'a T, MintError> {
+        T::of(self.spec).ok_or_else(|| {
+            MintError::new(format!(
+                "grant {} is of kind {}, not this minter's",
+                self.grant,
+                self.spec.kind()
+            ))
         })
     }
 
@@ -252,7 +262,7 @@ pub trait Minter: Send + Sync {
     fn flow(&self) -> Flow;
 
     /// The TTL it mints for a decided one (an upstream's floor and ceiling).
-    fn ttl_seconds(&self, _grant: &GrantConfig, decided: u64) -> Result<u64, TtlBelowMinimum> {
+    fn ttl_seconds(&self, _spec: &GrantSpec, decided: u64) -> Result<u64, TtlBelowMinimum> {
         Ok(decided)
     }
 
@@ -264,7 +274,7 @@ pub trait Minter: Send + Sync {
     ) -> Result<Sealed, SealError> {
         Err(SealError::Failed(format!(
             "grant {} is not minted locally",
-            request.grant.name
+            request.grant
         )))
     }
 
@@ -281,8 +291,8 @@ pub trait Minter: Send + Sync {
     async fn revoke(&self, upstream: &Value) -> Result<bool, MintError>;
 
     /// Settles an intent without an outcome (the broker died between the
-    /// mint and its answer). `grant` is the lease's grant, if still configured.
-    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile;
+    /// mint and its answer). `spec` is the lease's grant's, if still configured.
+    async fn reconcile(&self, lease: &Lease, spec: Option<&GrantSpec>) -> Reconcile;
 
     /// When a lease of this mint expires, milliseconds: the decided TTL's
     /// end, or [`NEVER_MS`] for a credential that does not expire by itself
@@ -345,3 +355,118 @@ impl Minters {
         self.minters.iter().any(|m| m.flow() == Flow::Upstream)
     }
 }
+
+/// What a grant's settings are checked against.
+pub struct SpecContext<'a> {
+    /// The settings' key as the file spells it (`grants[2].vault`).
+    pub key: &'a dyn Fn(&str) -> String,
+    /// The grant's longest TTL.
+    pub max_ttl: Duration,
+    /// `[jwt] algorithm`.
+    pub jwt_algorithm: JwtAlgorithm,
+    /// `[jwt] max_ttl`.
+    pub jwt_max_ttl: Duration,
+    /// Whether `[vault]` is configured.
+    pub has_vault: bool,
+}
+
+/// A kind's grant settings (`<kind> = { … }` on a grant): read with serde,
+/// then checked against the rest of the file.
+pub trait GrantSettings:
+    serde::de::DeserializeOwned + Clone + std::fmt::Debug + PartialEq + Send + Sync + 'static
+{
+    /// Whether grants of the kind can be configured at all (an upstream
+    /// section they need), checked before their settings are read.
+    fn available(_cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        Ok(())
+    }
+
+    /// Whether the settings are usable, or the key and reason they are not.
+    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid>;
+}
+
+/// The settings type of one kind, found in a [`GrantSpec`].
+pub trait SettingsOf: Sized {
+    /// `spec`'s settings, if `spec` is of this kind.
+    fn of(spec: &GrantSpec) -> Option<&Self>;
+}
+
+/// What minters are built from: the broker's shared clients and keys.
+pub struct Deps<'a> {
+    /// The broker's JWT signing keys (shared with the JWKS and rotation).
+    pub jwt: &'a Arc<RwLock<JwtKeySet>>,
+    /// The broker's Vault client, if `[vault]` is configured.
+    pub vault: Option<&'a Arc<vault::VaultClient>>,
+    /// `[aws]`.
+    pub aws: &'a sts::AwsConfig,
+    /// Whether any grant is of a kind (a minter nothing uses is not started).
+    pub used: &'a (dyn Fn(LeaseKind) -> bool + Sync),
+}
+
+/// Expands the kind list into the modules, [`GrantSpec`] and [`build`].
+macro_rules! minter_kinds {
+    ($($(#[$doc:meta])* $variant:ident => $text:literal in $module:ident),+ $(,)?) => {
+        $(pub mod $module;)+
+
+        /// A grant's kind with its settings (`kind = "<kind>"` and
+        /// `<kind> = { … }` on a grant).
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum GrantSpec {
+            $($(#[$doc])* $variant($module::Settings),)+
+        }
+
+        impl GrantSpec {
+            /// The kind.
+            pub fn kind(&self) -> LeaseKind {
+                match self {
+                    $(Self::$variant(_) => LeaseKind::$variant,)+
+                }
+            }
+
+            /// The settings of `kind` from a grant's `<kind>` table.
+            pub fn parse(kind: LeaseKind, value: toml::Value) -> Result<Self, String> {
+                match kind {
+                    $(LeaseKind::$variant => value
+                        .try_into::<$module::Settings>()
+                        .map(Self::$variant)
+                        .map_err(|e| e.to_string()),)+
+                }
+            }
+
+            /// Whether grants of `kind` can be configured at all.
+            pub fn available(kind: LeaseKind, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+                match kind {
+                    $(LeaseKind::$variant => <$module::Settings as GrantSettings>::available(cx),)+
+                }
+            }
+
+            /// Checks the settings (each kind its own).
+            pub fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+                match self {
+                    $(Self::$variant(s) => GrantSettings::validate(s, cx),)+
+                }
+            }
+        }
+
+        $(impl SettingsOf for $module::Settings {
+            fn of(spec: &GrantSpec) -> Option<&Self> {
+                #[allow(unreachable_patterns)]
+                match spec {
+                    GrantSpec::$variant(s) => Some(s),
+                    _ => None,
+                }
+            }
+        })+
+
+        /// Every kind's minter that `deps` can build (the registry).
+        pub async fn build(deps: &Deps<'_>) -> Result<Minters, String> {
+            let mut minters = Minters::default();
+            $(if let Some(minter) = $module::build(deps).await? {
+                minters.register(minter);
+            })+
+            Ok(minters)
+        }
+    };
+}
+
+crate::lease::lease_kinds!(minter_kinds);

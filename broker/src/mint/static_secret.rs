@@ -14,12 +14,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::vault::VaultClient;
+use super::vault::{VaultClient, VaultError};
 use super::{
     Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, NEVER_MS,
     Reconcile, Revocation,
 };
-use crate::config::GrantConfig;
+use super::{Deps, GrantSettings, GrantSpec, SpecContext};
+use crate::setting::Invalid;
+use serde::Deserialize;
 use crate::store::Lease;
 
 /// Reads the secrets of `static_secret` grants through the broker's Vault.
@@ -62,13 +64,11 @@ impl Minter for StaticSecretMinter {
         request: &MintRequest<'_>,
         _intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
-        let grant = request.settings(request.grant.static_secret.as_ref(), "static_secret")?;
+        let grant = request.settings::<Settings>()?;
         let location = format!("{}/{}", grant.mount, grant.path);
         // Not ambiguous even unanswered: a read mints nothing, and the
         // workload sees the secret only after the outcome record.
-        let read = self
-            .client
-            .read_kv(&grant.mount, &grant.path)
+        let read = read_kv(&self.client, &grant.mount, &grant.path)
             .await
             .map_err(|e| MintError::new(format!("{location}: {e}")))?;
         // A deleted or destroyed current version reads as `data: null`.
@@ -101,7 +101,7 @@ impl Minter for StaticSecretMinter {
     /// A read that was never answered handed nothing out (the workload
     /// receives the secret only after the outcome record): nothing to
     /// settle upstream.
-    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantSpec>) -> Reconcile {
         Reconcile::NotMinted
     }
 
@@ -110,6 +110,15 @@ impl Minter for StaticSecretMinter {
             "rotate the secret in Vault (write a new version, change it where it is used), then `mintguard revoke {lease_id} --confirm-attached`"
         )
     }
+}
+
+/// The current version of the KV v2 secret at `mount`/`path`
+/// (`GET /v1/<mount>/data/<path>`): its `data` and `metadata`.
+async fn read_kv(client: &VaultClient, mount: &str, path: &str) -> Result<Value, VaultError> {
+    let answer = client
+        .ok("GET", &format!("{mount}/data/{path}"), None)
+        .await?;
+    Ok(answer["data"].clone())
 }
 
 /// The keys `fields` names; `Err(key)` for a missing one.
@@ -122,6 +131,96 @@ fn pick(data: &Map<String, Value>, fields: &[String]) -> Result<Map<String, Valu
                 .ok_or_else(|| f.clone())
         })
         .collect()
+}
+
+/// `static_secret = { mount, path, fields }` on a grant: one version of a
+/// secret in Vault's KV store (version 2), read per issuance.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StaticSecretGrant {
+    /// The KV v2 mount. Default `secret`.
+    #[serde(default = "default_kv_mount")]
+    pub mount: String,
+    /// The secret's path under the mount.
+    pub path: String,
+    /// The keys handed out (one or more, named: a key added to the secret
+    /// later is not handed out by surprise); a key the secret lacks fails
+    /// the mint.
+    pub fields: Vec<String>,
+}
+
+fn default_kv_mount() -> String {
+    "secret".to_owned()
+}
+
+/// Most keys a static secret grant may name.
+pub const MAX_SECRET_FIELDS: usize = 32;
+
+/// A `static_secret` grant's settings.
+pub type Settings = StaticSecretGrant;
+
+impl GrantSettings for StaticSecretGrant {
+    fn available(cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        if cx.has_vault {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                (cx.key)("kind"),
+                "static_secret grants need a [vault] section",
+            ))
+        }
+    }
+
+    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        // Sent as a URL path unescaped: plain segments only, never a
+        // system mount.
+        let plain = |p: &str| {
+            !p.is_empty()
+                && p.len() <= 512
+                && p.split('/').all(|seg| {
+                    !seg.is_empty()
+                        && seg != "."
+                        && seg != ".."
+                        && seg
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                })
+        };
+        let system = self
+            .mount
+            .split('/')
+            .next()
+            .is_some_and(|first| ["sys", "auth", "identity", "cubbyhole"].contains(&first));
+        if !plain(&self.mount) || system {
+            return Err(Invalid::new(
+                (cx.key)("static_secret.mount"),
+                format!("{:?}: a KV v2 mount (segments of [A-Za-z0-9._-])", self.mount),
+            ));
+        }
+        if !plain(&self.path) {
+            return Err(Invalid::new(
+                (cx.key)("static_secret.path"),
+                format!("{:?}: a relative path (segments of [A-Za-z0-9._-])", self.path),
+            ));
+        }
+        if self.fields.is_empty()
+            || self.fields.len() > MAX_SECRET_FIELDS
+            || self.fields.iter().any(|f| f.is_empty() || f.len() > 128)
+        {
+            return Err(Invalid::new(
+                (cx.key)("static_secret.fields"),
+                format!("1 to {MAX_SECRET_FIELDS} keys of 1–128 characters"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Built when `[vault]` is configured (it reads through the same client).
+pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
+    Ok(deps
+        .vault
+        .map(|client| Box::new(StaticSecretMinter::new(client.clone())) as Box<dyn Minter>))
 }
 
 #[cfg(test)]

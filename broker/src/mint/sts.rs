@@ -21,15 +21,19 @@ use super::{
     Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minter, Reconcile, Revocation,
     TtlBelowMinimum,
 };
-use crate::config::GrantConfig;
-use crate::config::{AwsConfig, AwsStsGrant, StsMode, sts_limits};
+use super::{Deps, GrantSettings, GrantSpec, SettingsOf, SpecContext};
+use crate::setting::Invalid;
+use mintguard_certs::jwt::JwtAlgorithm;
 use crate::store::Lease;
+use crate::setting::Dur;
+use serde::Deserialize;
+use std::time::Duration;
 
 /// How long a web-identity JWT is valid: long enough for one STS call.
 const WEB_IDENTITY_TTL: i64 = 300;
 
 /// The longest an STS call (one attempt) may take: `[aws] timeout`.
-const DEFAULT_TIMEOUT: std::time::Duration = crate::config::upstreams::AWS_TIMEOUT;
+const DEFAULT_TIMEOUT: Duration = AWS_TIMEOUT;
 
 /// A failed STS call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -390,10 +394,8 @@ impl Minter for StsMinter {
 
     /// STS's floor (900 s) refuses a shorter decided TTL unless the grant
     /// sets `ttl_floor = "upstream"`; its ceiling caps a longer one.
-    fn ttl_seconds(&self, grant: &GrantConfig, decided: u64) -> Result<u64, TtlBelowMinimum> {
-        let floor_upstream = grant
-            .aws_sts
-            .as_ref()
+    fn ttl_seconds(&self, spec: &GrantSpec, decided: u64) -> Result<u64, TtlBelowMinimum> {
+        let floor_upstream = Settings::of(spec)
             .is_some_and(|g| g.ttl_floor.as_deref() == Some("upstream"));
         if decided < sts_limits::MIN_DURATION && !floor_upstream {
             return Err(TtlBelowMinimum {
@@ -410,7 +412,7 @@ impl Minter for StsMinter {
         request: &MintRequest<'_>,
         intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
-        let grant = request.settings(request.grant.aws_sts.as_ref(), "aws_sts")?;
+        let grant = request.settings::<Settings>()?;
         let session = Session {
             identity: request.identity,
             node: request.node,
@@ -444,7 +446,7 @@ impl Minter for StsMinter {
 
     /// An STS session cannot be found or revoked one by one: an operator
     /// attaches the deny policy, once.
-    async fn reconcile(&self, lease: &Lease, _grant: Option<&GrantConfig>) -> Reconcile {
+    async fn reconcile(&self, lease: &Lease, _grant: Option<&GrantSpec>) -> Reconcile {
         if lease.task_ended_at_ms.is_some() {
             return Reconcile::Nothing;
         }
@@ -496,6 +498,110 @@ pub fn revoke_policy(lease: Option<&str>, identity: Option<&str>, before: &str) 
     })
 }
 
+/// `aws_sts = { … }` on a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsStsGrant {
+    /// The role to assume.
+    pub role_arn: String,
+    /// An inline session policy (JSON) applied to the reduced variant.
+    #[serde(default)]
+    pub reduced_policy: Option<String>,
+    /// A decided TTL below STS's 900 s floor: `"upstream"` mints 900 s (the
+    /// log records it), `"refuse"` (default) refuses with
+    /// `ttl_below_upstream_minimum`.
+    #[serde(default)]
+    pub ttl_floor: Option<String>,
+    /// `"assume_role"` (default: the broker's own AWS credentials sign
+    /// `AssumeRole`) or `"web_identity"` (`AssumeRoleWithWebIdentity` with a
+    /// broker-signed ES256 JWT; the broker holds no AWS keys).
+    #[serde(default)]
+    pub mode: StsMode,
+}
+
+/// How the broker authenticates to STS for a grant.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StsMode {
+    /// `AssumeRole`, signed with the broker's credentials.
+    #[default]
+    AssumeRole,
+    /// `AssumeRoleWithWebIdentity` with a JWT from the broker's JWKS (an IAM
+    /// OIDC provider for `issuer_url` trusts it).
+    WebIdentity,
+}
+
+/// STS's own limits, enforced before any call.
+pub mod sts_limits {
+    /// Shortest session, seconds.
+    pub const MIN_DURATION: u64 = 900;
+    /// Longest session (role maximum), seconds.
+    pub const MAX_DURATION: u64 = 43_200;
+    /// Longest inline session policy, characters.
+    pub const MAX_POLICY_CHARS: usize = 2048;
+}
+
+/// An `aws_sts` grant's settings.
+pub type Settings = AwsStsGrant;
+
+impl GrantSettings for AwsStsGrant {
+    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        if !self.role_arn.starts_with("arn:") || self.role_arn.split(':').count() < 6 {
+            return Err(Invalid::new(
+                (cx.key)("aws_sts.role_arn"),
+                format!("{:?} is not a role ARN", self.role_arn),
+            ));
+        }
+        if let Some(p) = &self.reduced_policy {
+            if p.chars().count() > sts_limits::MAX_POLICY_CHARS {
+                return Err(Invalid::new(
+                    (cx.key)("aws_sts.reduced_policy"),
+                    format!(
+                        "longer than STS's {} characters",
+                        sts_limits::MAX_POLICY_CHARS
+                    ),
+                ));
+            }
+            if serde_json::from_str::<Value>(p).is_err() {
+                return Err(Invalid::new((cx.key)("aws_sts.reduced_policy"), "not JSON"));
+            }
+        }
+        if self
+            .ttl_floor
+            .as_deref()
+            .is_some_and(|f| f != "upstream" && f != "refuse")
+        {
+            return Err(Invalid::new(
+                (cx.key)("aws_sts.ttl_floor"),
+                "\"upstream\" or \"refuse\"",
+            ));
+        }
+        if self.mode == StsMode::WebIdentity && cx.jwt_algorithm != JwtAlgorithm::Es256 {
+            return Err(Invalid::new(
+                (cx.key)("aws_sts.mode"),
+                "web_identity needs jwt.algorithm = \"ES256\" (IAM OIDC providers do not accept EdDSA)",
+            ));
+        }
+        if cx.max_ttl.as_secs() > sts_limits::MAX_DURATION {
+            return Err(Invalid::new(
+                (cx.key)("max_ttl"),
+                "STS sessions last at most 12 h",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Built when a grant mints from STS (the client reads the AWS credential
+/// chain, which a broker without STS grants need not have).
+pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
+    if !(deps.used)(LeaseKind::AwsSts) {
+        return Ok(None);
+    }
+    let client = StsClient::new(deps.aws).await;
+    Ok(Some(Box::new(StsMinter::new(client, deps.jwt.clone()))))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -533,4 +639,28 @@ mod tests {
                 })
         );
     }
+}
+
+/// `[aws] timeout` when unset.
+pub const AWS_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `[aws]`: where STS is and how the broker reaches it (its own
+/// credentials come from the standard chain).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct AwsConfig {
+    /// Region. Default `us-east-1`.
+    pub region: Option<String>,
+    /// An STS endpoint override (tests, VPC endpoints).
+    pub endpoint: Option<String>,
+    /// The longest an STS call (one attempt) may take. Default 10 s.
+    /// A call cut off by it may have been answered by STS: it is not
+    /// refunded and is left to reconciliation.
+    pub timeout: Option<Dur>,
+    /// An intent without an outcome this old is logged for operator action
+    /// (when `[vault]` does not set it). Default 2 min.
+    pub reconcile_after: Option<Dur>,
+    /// The `aud` of web-identity JWTs (the IAM OIDC provider's client id).
+    /// Default `sts.amazonaws.com`.
+    pub web_identity_audience: Option<String>,
 }

@@ -22,8 +22,12 @@ use super::{
     Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
     Revocation,
 };
-use crate::config::{GrantConfig, VaultConfig, VaultGrant};
+use super::{Deps, GrantSettings, GrantSpec, SettingsOf, SpecContext};
 use crate::store::Lease;
+use crate::setting::{Dur, Invalid};
+use std::collections::BTreeMap;
+use serde::Deserialize;
+use std::path::PathBuf;
 
 /// A failed Vault call: what, and the status if Vault answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -52,12 +56,12 @@ impl VaultError {
 /// How the broker gets its own Vault token.
 enum Auth {
     /// A token file (re-read when Vault refuses the token).
-    TokenFile(std::path::PathBuf),
+    TokenFile(PathBuf),
     /// AppRole login.
     AppRole {
         mount: String,
-        role_id_file: std::path::PathBuf,
-        secret_id_file: std::path::PathBuf,
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
     },
 }
 
@@ -115,7 +119,7 @@ impl VaultClient {
             tls,
             timeout: config
                 .timeout
-                .map_or(crate::config::upstreams::VAULT_TIMEOUT, |d| d.0),
+                .map_or(VAULT_TIMEOUT, |d| d.0),
         })
     }
 
@@ -334,7 +338,8 @@ impl VaultClient {
         Ok((status, value))
     }
 
-    async fn ok(
+    /// One call whose answer must be a success (2xx): its JSON body.
+    pub(crate) async fn ok(
         &self,
         method: &str,
         path: &str,
@@ -351,14 +356,6 @@ impl VaultClient {
         }
     }
 
-    /// The current version of the KV v2 secret at `mount`/`path`
-    /// (`GET /v1/<mount>/data/<path>`): its `data` and `metadata`.
-    pub async fn read_kv(&self, mount: &str, path: &str) -> Result<Value, VaultError> {
-        let answer = self
-            .ok("GET", &format!("{mount}/data/{path}"), None)
-            .await?;
-        Ok(answer["data"].clone())
-    }
 
     /// Mints `grant` for `identity` with at most `ttl_seconds`.
     pub async fn mint(
@@ -553,7 +550,7 @@ impl Minter for VaultMinter {
         request: &MintRequest<'_>,
         intent: &LoggedIntent,
     ) -> Result<Minted, MintError> {
-        let grant = request.settings(request.grant.vault.as_ref(), "vault")?;
+        let grant = request.settings::<Settings>()?;
         Ok(self
             .client
             .mint(intent, grant, request.identity, request.ttl_seconds)
@@ -567,8 +564,8 @@ impl Minter for VaultMinter {
     /// A child token is found by its `mintguard_lease` metadata and
     /// revoked (or closed as never minted); a dynamic secret cannot be
     /// searched for, so it is handed to an operator.
-    async fn reconcile(&self, lease: &Lease, grant: Option<&GrantConfig>) -> Reconcile {
-        match grant.and_then(|g| g.vault.as_ref()) {
+    async fn reconcile(&self, lease: &Lease, spec: Option<&GrantSpec>) -> Reconcile {
+        match spec.and_then(Settings::of) {
             Some(VaultGrant::Token { .. }) => {
                 match self.client.find_token_for_lease(&lease.id).await {
                     Ok(Some(accessor)) => {
@@ -606,6 +603,80 @@ impl Minter for VaultMinter {
     }
 }
 
+/// `vault = { token = { … } }` or `vault = { secret = { … } }` on a grant.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultGrant {
+    /// A child token of the broker's token.
+    Token {
+        /// Policies the token carries (never `root`).
+        policies: Vec<String>,
+        /// Uses before it is spent (0 = unlimited).
+        #[serde(default)]
+        num_uses: u32,
+    },
+    /// A dynamic secret read, e.g. `database/creds/readonly` or a PKI issue
+    /// (`pki/issue/web`, with `body`).
+    Secret {
+        /// The path under `/v1/`.
+        path: String,
+        /// A JSON body to write (PKI issue); without it the path is read.
+        #[serde(default)]
+        body: Option<BTreeMap<String, String>>,
+    },
+}
+
+/// A `vault` grant's settings.
+pub type Settings = VaultGrant;
+
+impl GrantSettings for VaultGrant {
+    fn available(cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        if cx.has_vault {
+            Ok(())
+        } else {
+            Err(Invalid::new(
+                (cx.key)("kind"),
+                "vault grants need a [vault] section",
+            ))
+        }
+    }
+
+    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
+        match self {
+            VaultGrant::Token { policies, .. } => {
+                if policies.is_empty() || policies.iter().any(|p| p == "root" || p.is_empty()) {
+                    return Err(Invalid::new(
+                        (cx.key)("vault.token.policies"),
+                        "one or more policies, never root",
+                    ));
+                }
+                Ok(())
+            }
+            VaultGrant::Secret { path, .. } => {
+                if path.is_empty()
+                    || path.starts_with('/')
+                    || path.contains("..")
+                    || path.starts_with("sys/")
+                    || path.starts_with("auth/")
+                {
+                    return Err(Invalid::new(
+                        (cx.key)("vault.secret.path"),
+                        format!("{path:?}: a relative secrets-engine path"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Built when `[vault]` is configured.
+pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
+    Ok(deps
+        .vault
+        .map(|client| Box::new(VaultMinter::new(client.clone())) as Box<dyn Minter>))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -619,5 +690,69 @@ mod tests {
             let e = gone_after_lookup("sys/leases/lookup", status).unwrap_err();
             assert!(e.to_string().contains(&status.to_string()), "{e}");
         }
+    }
+}
+
+/// `[vault] timeout` when unset.
+pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[vault.approle]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    /// The auth mount. Default `approle`.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// A file holding the role id.
+    pub role_id_file: PathBuf,
+    /// A file holding the secret id (0600).
+    pub secret_id_file: PathBuf,
+}
+
+/// `[vault]`: the Vault or OpenBao the broker mints from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault:8200` (plain http only on loopback).
+    pub address: String,
+    /// A file holding the broker's Vault token (0600), re-read when Vault
+    /// refuses the current one. Exactly one of `token_file` and `approle`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// AppRole login (files holding the role id and secret id).
+    #[serde(default)]
+    pub approle: Option<AppRoleConfig>,
+    /// Extra PEM roots for the Vault server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Per-call timeout. Default 5 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// An intent record without an outcome this old is reconciled (the
+    /// broker died mid-mint). Default 2 min; keep it above any mint's time.
+    #[serde(default)]
+    pub reconcile_after: Option<Dur>,
+}
+
+impl VaultConfig {
+    /// https (plain http only on loopback) and exactly one way to log in.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let url = url::Url::parse(&self.address)
+            .map_err(|e| Invalid::new("vault.address", format!("{:?}: {e}", self.address)))?;
+        let loopback = matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+            || matches!(url.host(), Some(url::Host::Domain("localhost")));
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(Invalid::new(
+                "vault.address",
+                "https required (plain http only on loopback)",
+            ));
+        }
+        if self.token_file.is_some() == self.approle.is_some() {
+            return Err(Invalid::new(
+                "vault",
+                "exactly one of token_file and approle",
+            ));
+        }
+        Ok(())
     }
 }

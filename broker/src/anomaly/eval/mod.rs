@@ -96,15 +96,22 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
         .grants
         .iter()
         .map(|g| {
-            let text = format!(
-                "name = {:?}\nkind = \"jwt\"\nmax_ttl = \"15m\"\njwt = {{ audience = \"sim\" }}\n",
-                g.name
-            );
-            toml::from_str::<GrantConfig>(&text)
-                .map(|c| (g.name.clone(), c))
-                .map_err(|e| format!("grant {}: {e}", g.name))
+            let grant = GrantConfig {
+                name: g.name.clone(),
+                kind: crate::lease::LeaseKind::Jwt,
+                max_ttl: crate::setting::Dur(std::time::Duration::from_secs(900)),
+                eci_targets: Vec::new(),
+                budget: None,
+                reduced: None,
+                spec: crate::mint::GrantSpec::Jwt(crate::mint::jwt::JwtGrant {
+                    audience: "sim".into(),
+                    claims: BTreeMap::new(),
+                }),
+                allowed_hours: None,
+            };
+            (g.name.clone(), grant)
         })
-        .collect::<Result<_, _>>()?;
+        .collect();
     let policy = scenario.policy.clone().unwrap_or_else(|| {
         "@id(\"entries-decide\")\npermit (principal, action, resource);\n".into()
     });
