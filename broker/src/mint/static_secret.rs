@@ -161,14 +161,7 @@ pub type Settings = StaticSecretGrant;
 
 impl GrantSettings for StaticSecretGrant {
     fn available(cx: &SpecContext<'_>) -> Result<(), Invalid> {
-        if cx.has_vault {
-            Ok(())
-        } else {
-            Err(Invalid::new(
-                (cx.key)("kind"),
-                "static_secret grants need a [vault] section",
-            ))
-        }
+        super::vault::needs_vault(cx, "static_secret")
     }
 
     fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {

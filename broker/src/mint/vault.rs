@@ -629,16 +629,21 @@ pub enum VaultGrant {
 /// A `vault` grant's settings.
 pub type Settings = VaultGrant;
 
+/// Grants of `kind` are minted through `[vault]`: refused without one.
+pub(super) fn needs_vault(cx: &SpecContext<'_>, kind: &str) -> Result<(), Invalid> {
+    if cx.has_vault {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            (cx.key)("kind"),
+            format!("{kind} grants need a [vault] section"),
+        ))
+    }
+}
+
 impl GrantSettings for VaultGrant {
     fn available(cx: &SpecContext<'_>) -> Result<(), Invalid> {
-        if cx.has_vault {
-            Ok(())
-        } else {
-            Err(Invalid::new(
-                (cx.key)("kind"),
-                "vault grants need a [vault] section",
-            ))
-        }
+        needs_vault(cx, "vault")
     }
 
     fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
