@@ -16,7 +16,7 @@ use crate::http::ApiError;
 use crate::ids::random_id;
 use crate::issue::approval::request_hash;
 use crate::state::Broker;
-use crate::store::Approval;
+use crate::store::{Approval, ApprovalKind, ApprovalState};
 
 /// How an approval looks to a workload or operator.
 pub fn view(a: &Approval, now_ms: i64) -> Value {
@@ -77,7 +77,7 @@ pub async fn decide(
         .approval(id)
         .await?
         .ok_or_else(|| ApiError::not_found("unknown_approval", "no such approval"))?;
-    if a.state_at(now_ms) != "pending" {
+    if a.state_at(now_ms) != ApprovalState::Pending {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "approval_not_pending",
@@ -97,11 +97,11 @@ pub async fn decide(
                 a.approved_ttl_seconds = Some(a.approved_ttl_seconds.map_or(ttl, |t| t.min(ttl)));
             }
             if a.approvers.len() >= usize::try_from(a.approvals_needed).unwrap_or(1) {
-                a.state = "approved".into();
+                a.state = ApprovalState::Approved;
             }
         }
         Verdict::Reject { reason } => {
-            a.state = "rejected".into();
+            a.state = ApprovalState::Rejected;
             a.reason = Some(reason);
         }
     }
@@ -141,13 +141,13 @@ pub async fn open_break_glass(
         request_id: random_id("req"),
         created_at_ms: now_ms,
         expires_at_ms: now_ms.saturating_add(ttl_ms),
-        state: "pending".into(),
+        state: ApprovalState::Pending,
         approvers: Vec::new(),
         approvals_needed: config.approvals.break_glass_approvers.max(1),
         approved_ttl_seconds: None,
         reason: None,
         version: 0,
-        kind: "break_glass".into(),
+        kind: ApprovalKind::BreakGlass,
     };
     broker.store.create_approval(&approval).await?;
     Ok(approval)

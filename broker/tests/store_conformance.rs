@@ -15,8 +15,9 @@ use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
-    Append, Approval, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery, LogStore, NodeRenewal,
-    RegistryStore, RequestState, SignalRecord, SpendOp, Store, StoreError, SuspensionRecord,
+    Append, Approval, ApprovalKind, ApprovalState, Entry, Lease, LeaseOwner, LeaseQuery, LogQuery,
+    LogStore, NodeRenewal, RegistryStore, RequestState, SignalRecord, SpendOp, Store, StoreError,
+    SuspensionRecord,
 };
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
 
@@ -1260,23 +1261,23 @@ async fn approvals_change_only_by_compare_and_set(store: Arc<dyn Store>) {
         request_id: "req-1".into(),
         created_at_ms: 1_000,
         expires_at_ms: 61_000,
-        state: "pending".into(),
+        state: ApprovalState::Pending,
         approvers: Vec::new(),
         approvals_needed: 1,
         approved_ttl_seconds: None,
         reason: None,
         version: 0,
-        kind: "step_up".into(),
+        kind: ApprovalKind::StepUp,
     };
     store.create_approval(&pending).await.unwrap();
     assert!(store.create_approval(&pending).await.is_err());
     assert_eq!(store.approval("apr-1").await.unwrap().unwrap(), pending);
     assert_eq!(store.approval("apr-2").await.unwrap(), None);
-    assert_eq!(pending.state_at(61_000), "expired");
+    assert_eq!(pending.state_at(61_000).as_str(), "expired");
 
     // Two approvers racing from the same version: exactly one wins.
     let approve = |who: &str| Approval {
-        state: "approved".into(),
+        state: ApprovalState::Approved,
         approvers: vec![who.into()],
         ..pending.clone()
     };
@@ -1287,7 +1288,7 @@ async fn approvals_change_only_by_compare_and_set(store: Arc<dyn Store>) {
     assert_eq!((stored.state.as_str(), stored.version), ("approved", 1));
     // Single use: consuming from version 1 works once.
     let used = Approval {
-        state: "used".into(),
+        state: ApprovalState::Used,
         ..stored.clone()
     };
     assert!(store.update_approval(&used).await.unwrap());

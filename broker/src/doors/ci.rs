@@ -21,7 +21,7 @@ use crate::ids::random_id;
 use crate::issue::{Issued, Observed, Refusal, Subject};
 use crate::log::{LogEntry, RecordKind};
 use crate::state::Broker;
-use crate::store::Append;
+use crate::store::{Append, ApprovalKind};
 
 /// A refusal before any decision (bad token, no policy, fork event, replay):
 /// logged, then answered.
@@ -108,7 +108,7 @@ pub async fn approval(broker: &Broker, token: &str, id: &str) -> Result<Value, A
         return Err(not_found());
     }
     let approval = broker.store.approval(id).await?.ok_or_else(not_found)?;
-    if approval.kind != "step_up"
+    if approval.kind != ApprovalKind::StepUp
         || approval.requested_by != verified.issuer
         || approval.identity != identity
     {

@@ -8,7 +8,7 @@ use mintguard_api::CredentialRequest;
 
 use super::refusal::{ApprovalRefusal, Refusal};
 use crate::ids::random_id;
-use crate::store::{Approval, Store};
+use crate::store::{Approval, ApprovalKind, ApprovalState, Store};
 
 /// The hash an approval is bound to: the request, and for a CI job the
 /// digest of the held job's immutable claims (`binding`), so that another
@@ -57,13 +57,13 @@ pub async fn hold(
         request_id: request_id.to_owned(),
         created_at_ms: open.start,
         expires_at_ms: open.end,
-        state: "pending".into(),
+        state: ApprovalState::Pending,
         approvers: Vec::new(),
         approvals_needed: 1,
         approved_ttl_seconds: None,
         reason: None,
         version: 0,
-        kind: "step_up".into(),
+        kind: ApprovalKind::StepUp,
     };
     store.create_approval(&approval).await?;
     Ok(approval.id)
@@ -96,7 +96,7 @@ pub async fn redeemable(
         request.purpose.as_deref(),
         binding,
     );
-    if approval.kind != "step_up"
+    if approval.kind != ApprovalKind::StepUp
         || approval.identity != identity
         || approval.request_hash != hash
         || approval.requested_by != caller
@@ -104,11 +104,13 @@ pub async fn redeemable(
         return Err(Refusal::Approval(ApprovalRefusal::Mismatch));
     }
     let refused = match approval.state_at(now_ms) {
-        "approved" => return Ok(approval),
-        "pending" => ApprovalRefusal::Pending,
-        "rejected" => ApprovalRefusal::Rejected(approval.reason.clone().unwrap_or_default()),
-        "used" => ApprovalRefusal::Used,
-        _ => ApprovalRefusal::Expired,
+        ApprovalState::Approved => return Ok(approval),
+        ApprovalState::Pending => ApprovalRefusal::Pending,
+        ApprovalState::Rejected => {
+            ApprovalRefusal::Rejected(approval.reason.clone().unwrap_or_default())
+        }
+        ApprovalState::Used | ApprovalState::Reviewed => ApprovalRefusal::Used,
+        ApprovalState::Expired => ApprovalRefusal::Expired,
     };
     Err(Refusal::Approval(refused))
 }
@@ -116,7 +118,7 @@ pub async fn redeemable(
 /// Consumes an approval for the issuance it unlocks (exactly once).
 pub async fn consume(store: &dyn Store, approval: &Approval) -> Result<(), Refusal> {
     let used = Approval {
-        state: "used".into(),
+        state: ApprovalState::Used,
         ..approval.clone()
     };
     if store.update_approval(&used).await? {
@@ -130,12 +132,12 @@ pub async fn consume(store: &dyn Store, approval: &Approval) -> Result<(), Refus
 /// was consumed for did not happen; a failure leaves it used (fail closed).
 pub async fn restore(store: &dyn Store, consumed: &Approval) {
     let used = Approval {
-        state: "used".into(),
+        state: ApprovalState::Used,
         version: consumed.version + 1,
         ..consumed.clone()
     };
     let approved = Approval {
-        state: "approved".into(),
+        state: ApprovalState::Approved,
         ..used.clone()
     };
     match store.update_approval(&approved).await {

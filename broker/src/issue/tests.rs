@@ -426,7 +426,7 @@ async fn a_step_up_is_held_then_redeemed_once() {
     );
     // An approver approves; the retry issues, and the approval is used.
     let mut approval = f.store.approval(&approval_id).await.unwrap().unwrap();
-    approval.state = "approved".into();
+    approval.state = crate::store::ApprovalState::Approved;
     approval.approvers = vec!["operator:alice".into()];
     assert!(f.store.update_approval(&approval).await.unwrap());
     let issued = f.issue("token", 40, Some(&approval_id)).await.unwrap();

@@ -258,9 +258,9 @@ pub struct Approval {
     pub created_at_ms: i64,
     /// When it lapses unless used, ms.
     pub expires_at_ms: i64,
-    /// `pending`, `approved`, `rejected` or `used` (a lapsed one reads as
-    /// `expired`).
-    pub state: String,
+    /// Pending, approved, rejected, used or reviewed (a lapsed one reads
+    /// as expired: [`Approval::state_at`]).
+    pub state: ApprovalState,
     /// Approvers so far (`operator:<name>`).
     pub approvers: Vec<String>,
     /// Approvers needed.
@@ -271,20 +271,68 @@ pub struct Approval {
     pub reason: Option<String>,
     /// Compare-and-set version.
     pub version: i64,
-    /// `step_up` (a held request) or `break_glass` (an operator's).
-    #[serde(default = "step_up_kind")]
-    pub kind: String,
+    /// A held request's step-up, or an operator's break-glass.
+    #[serde(default)]
+    pub kind: ApprovalKind,
 }
 
-fn step_up_kind() -> String {
-    "step_up".into()
+/// What an approval is for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    /// A request the decision held for approval (the default of records
+    /// written before kinds were stored).
+    #[default]
+    StepUp,
+    /// An operator's override of a refusal, reviewed afterwards.
+    BreakGlass,
+}
+
+/// Where an approval is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for approvers.
+    Pending,
+    /// Approved by enough approvers; not yet redeemed.
+    Approved,
+    /// Rejected by an approver.
+    Rejected,
+    /// Redeemed (once).
+    Used,
+    /// A used break-glass, reviewed by an operator.
+    Reviewed,
+    /// Lapsed before it was used (never stored: [`Approval::state_at`]).
+    Expired,
+}
+
+impl ApprovalState {
+    /// The one string form.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Approved => "approved",
+            Self::Rejected => "rejected",
+            Self::Used => "used",
+            Self::Reviewed => "reviewed",
+            Self::Expired => "expired",
+        }
+    }
+}
+
+impl std::fmt::Display for ApprovalState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Approval {
-    /// The state as of `now_ms` (`expired` once lapsed, unless used or rejected).
-    pub fn state_at(&self, now_ms: i64) -> &str {
-        match self.state.as_str() {
-            "pending" | "approved" if now_ms >= self.expires_at_ms => "expired",
+    /// The state as of `now_ms` (expired once lapsed, unless used or rejected).
+    pub fn state_at(&self, now_ms: i64) -> ApprovalState {
+        match self.state {
+            ApprovalState::Pending | ApprovalState::Approved if now_ms >= self.expires_at_ms => {
+                ApprovalState::Expired
+            }
             s => s,
         }
     }
@@ -660,5 +708,38 @@ mod tests {
         let e = check_url("hunter2@db.example").unwrap_err();
         assert!(e.contains("(none)") && !e.contains("hunter2"), "{e}");
         assert!(check_url("sqlite:///var/lib/mintguard/broker.db").is_ok());
+    }
+
+    #[test]
+    fn approvals_keep_their_stored_forms() {
+        let stored = serde_json::json!({
+            "id": "apr-1", "request_hash": "h", "identity": "spiffe://example.org/w",
+            "grant": "g", "ttl_seconds": null, "purpose": null,
+            "requested_by": "operator:a", "request_id": "req-1", "created_at_ms": 1,
+            "expires_at_ms": 2, "state": "used", "approvers": [], "approvals_needed": 1,
+            "approved_ttl_seconds": null, "reason": null, "version": 3,
+        });
+        // Written before kinds were stored: a step-up.
+        let a: Approval = serde_json::from_value(stored.clone()).unwrap();
+        assert_eq!(
+            (a.kind, a.state),
+            (ApprovalKind::StepUp, ApprovalState::Used)
+        );
+        let back = serde_json::to_value(Approval {
+            kind: ApprovalKind::BreakGlass,
+            state: ApprovalState::Reviewed,
+            ..a
+        })
+        .unwrap();
+        assert_eq!(
+            (back["kind"].as_str(), back["state"].as_str()),
+            (Some("break_glass"), Some("reviewed"))
+        );
+        let mut unknown = stored;
+        unknown["state"] = "lost".into();
+        assert!(
+            serde_json::from_value::<Approval>(unknown).is_err(),
+            "never read as another state"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Step-up approvals, break-glass requests and their reviews.
 
 use super::*;
+use crate::store::{ApprovalKind, ApprovalState};
 
 #[derive(Deserialize)]
 pub(super) struct ApprovalsParams {
@@ -20,7 +21,7 @@ pub(super) async fn list_approvals(
     Ok(axum::Json(
         listed
             .iter()
-            .filter(|a| p.all || a.state_at(now) == "pending")
+            .filter(|a| p.all || a.state_at(now) == ApprovalState::Pending)
             .map(|a| crate::approvals::view(a, now))
             .collect(),
     ))
@@ -150,7 +151,7 @@ pub(super) async fn issue_break_glass(
         .store
         .approval(&id)
         .await?
-        .filter(|a| a.kind == "break_glass")
+        .filter(|a| a.kind == ApprovalKind::BreakGlass)
         .ok_or_else(|| ApiError::not_found("unknown_break_glass", "no such break-glass request"))?;
     if a.requested_by != format!("operator:{}", op.name) {
         return Err(ApiError::forbidden(
@@ -158,7 +159,7 @@ pub(super) async fn issue_break_glass(
             "only the operator who opened the request issues it",
         ));
     }
-    if a.state_at(now) != "approved" {
+    if a.state_at(now) != ApprovalState::Approved {
         return Err(ApiError::forbidden(
             "break_glass_not_confirmed",
             format!(
@@ -316,7 +317,10 @@ pub(super) async fn close_review(
         .store
         .approval(&id)
         .await?
-        .filter(|a| a.kind == "break_glass" && matches!(a.state.as_str(), "used" | "reviewed"))
+        .filter(|a| {
+            a.kind == ApprovalKind::BreakGlass
+                && matches!(a.state, ApprovalState::Used | ApprovalState::Reviewed)
+        })
         .ok_or_else(|| {
             ApiError::not_found(
                 "unknown_review",
@@ -340,7 +344,9 @@ pub(super) async fn close_review(
             "this review is already closed",
         )
     };
-    if request.state != "used" && review_closed_in_log(&broker, &id, request.created_at_ms).await? {
+    if request.state != ApprovalState::Used
+        && review_closed_in_log(&broker, &id, request.created_at_ms).await?
+    {
         return Err(already());
     }
     let body = json!({"review": id, "notes": req.notes});
@@ -348,9 +354,9 @@ pub(super) async fn close_review(
         .await?
         .run(
             async {
-                if request.state == "used" {
+                if request.state == ApprovalState::Used {
                     let reviewed = crate::store::Approval {
-                        state: "reviewed".into(),
+                        state: ApprovalState::Reviewed,
                         ..request.clone()
                     };
                     if !broker.store.update_approval(&reviewed).await? {
