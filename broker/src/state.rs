@@ -309,18 +309,10 @@ impl Broker {
     /// Appends a record with nothing to commit beside it; 503 if the log
     /// cannot be written.
     pub async fn record(&self, entry: crate::log::LogEntry) -> Result<(), crate::http::ApiError> {
-        self.append(Append {
-            canonical_body: None,
-            entry,
-            spend: Vec::new(),
-            lease: None,
-            rule_set: None,
-            refuse_if_suspended: Vec::new(),
-            refuse_if_lease_closed: None,
-        })
-        .await
-        .map(|_| ())
-        .map_err(crate::http::log_unavailable)
+        self.append(Append::record(entry))
+            .await
+            .map(|_| ())
+            .map_err(crate::http::log_unavailable)
     }
 
     /// Drops rate-limiter state that is back to full (keys not seen within

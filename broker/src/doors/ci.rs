@@ -15,7 +15,6 @@ use crate::ci::config::Mode;
 use crate::ci::matcher::claim_text;
 use crate::ci::template;
 use crate::ci::{cedar_claims, job_digest, rate_key, ref_attestation, runner_posture};
-use crate::clock::now_ms;
 use crate::http::ApiError;
 use crate::ids::random_id;
 use crate::issue::{Issued, Observed, Refusal, Subject};
@@ -36,7 +35,7 @@ async fn refuse(
 ) -> ApiError {
     let request_id = random_id("req");
     let entry = LogEntry {
-        time_ms: now_ms(),
+        time_ms: broker.clock.now_ms(),
         kind: RecordKind::Decision,
         request_id: request_id.clone(),
         identity: None,
@@ -45,17 +44,7 @@ async fn refuse(
         outcome: Some("deny".into()),
         body: json!({"ci": {"refused": code, "message": message, "detail": detail}}),
     };
-    let logged = broker
-        .append(Append {
-            canonical_body: None,
-            entry,
-            spend: Vec::new(),
-            lease: None,
-            rule_set: None,
-            refuse_if_suspended: Vec::new(),
-            refuse_if_lease_closed: None,
-        })
-        .await;
+    let logged = broker.append(Append::record(entry)).await;
     if let Err(e) = logged {
         return crate::http::log_unavailable(e);
     }
@@ -85,7 +74,7 @@ pub fn check_rate(broker: &Broker, client: IpAddr) -> Result<(), ApiError> {
 /// other approval is "not found".
 pub async fn approval(broker: &Broker, token: &str, id: &str) -> Result<Value, ApiError> {
     let dynamic = broker.dynamic.load_full();
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let verified = broker
         .ci_verifier
         .verify(&dynamic.config.ci, token, now.div_euclid(1000))

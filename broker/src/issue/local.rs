@@ -4,7 +4,7 @@
 
 use crate::log::{LogEntry, RecordKind};
 use crate::mint::{Approved, Durable, MintRequest, Minter, SealError};
-use crate::store::{Append, Lease};
+use crate::store::Append;
 
 use super::record::LeaseBody;
 use super::{Issued, Issuer, Minting, Refusal};
@@ -37,32 +37,14 @@ impl Issuer<'_> {
             ttl_seconds: decision.ttl_seconds,
             now_ms: now,
         };
-        let expires_at_ms = minter.lease_expires_at_ms(&mint);
         // Signed before the write, so the write is the only I/O; released after it.
         let sealed = minter.seal(approved, &mint).map_err(|e| match e {
             SealError::KeysUnavailable(cause) => Refusal::SigningUnavailable(cause),
             SealError::Failed(cause) => Refusal::SigningFailed(cause),
         })?;
-        let lease = Lease {
-            id: lease_id.clone(),
-            request_id: request_id.clone(),
-            identity: identity.to_owned(),
-            grant: grant.name.clone(),
-            node: Some(node.to_owned()),
-            kind: minter.kind(),
-            revocation: minter.revocation(),
-            issued_at_ms: now,
-            expires_at_ms,
-            revoked_at_ms: None,
-            task_ended_at_ms: None,
-        };
-        body.extras.lease = Some(LeaseBody {
-            id: lease_id.clone(),
-            expires_at_ms,
-            revocation: lease.revocation,
-            kind: lease.kind,
-            effective_ttl_seconds: None,
-        });
+        let lease = mint.lease(minter, &request_id);
+        let expires_at_ms = lease.expires_at_ms;
+        body.extras.lease = Some(LeaseBody::of(&lease, None));
         // The hot path: the body is written straight to its canonical form.
         let canonical = body.view().to_canonical()?;
         let entry = LogEntry {

@@ -515,15 +515,7 @@ impl Issuer<'_> {
     /// Appends a record with nothing to commit beside it.
     pub async fn record(&self, entry: LogEntry) -> Result<(), Refusal> {
         self.log
-            .append(Append {
-                canonical_body: None,
-                entry,
-                spend: Vec::new(),
-                lease: None,
-                rule_set: None,
-                refuse_if_suspended: Vec::new(),
-                refuse_if_lease_closed: None,
-            })
+            .append(Append::record(entry))
             .await
             .map(|_| ())
             .map_err(|e| Refusal::LogUnavailable(e.to_string()))

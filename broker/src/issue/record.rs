@@ -29,6 +29,19 @@ pub struct LeaseBody {
     pub effective_ttl_seconds: Option<u64>,
 }
 
+impl LeaseBody {
+    /// `lease` as its record names it.
+    pub fn of(lease: &Lease, effective_ttl_seconds: Option<u64>) -> Self {
+        Self {
+            id: lease.id.clone(),
+            expires_at_ms: lease.expires_at_ms,
+            revocation: lease.revocation,
+            kind: lease.kind,
+            effective_ttl_seconds,
+        }
+    }
+}
+
 /// What a break-glass issuance was issued as (after the override).
 #[derive(Clone, Debug, Serialize)]
 pub struct IssuedAs {

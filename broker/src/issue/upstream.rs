@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::fault::{fault_point, fault_wait};
 use crate::log::RecordKind;
 use crate::mint::{Approved, LoggedIntent, MintRequest, Minter};
-use crate::store::{Append, Lease};
+use crate::store::Append;
 
 use super::record::{LeaseBody, lease_record};
 use super::{Issued, Issuer, Minting, Refusal};
@@ -62,27 +62,9 @@ impl Issuer<'_> {
             ttl_seconds,
             now_ms: now,
         };
-        let expires_at_ms = minter.lease_expires_at_ms(&mint);
-        let lease = Lease {
-            id: lease_id.clone(),
-            request_id: request_id.clone(),
-            identity: identity.to_owned(),
-            grant: grant.name.clone(),
-            node: Some(node.to_owned()),
-            kind: minter.kind(),
-            revocation: minter.revocation(),
-            issued_at_ms: now,
-            expires_at_ms,
-            revoked_at_ms: None,
-            task_ended_at_ms: None,
-        };
-        body.extras.lease = Some(LeaseBody {
-            id: lease_id.clone(),
-            expires_at_ms,
-            revocation: lease.revocation,
-            kind: lease.kind,
-            effective_ttl_seconds: Some(ttl_seconds),
-        });
+        let lease = mint.lease(minter, &request_id);
+        let expires_at_ms = lease.expires_at_ms;
+        body.extras.lease = Some(LeaseBody::of(&lease, Some(ttl_seconds)));
         let suspended_subjects = vec![identity.to_owned(), node.to_owned()];
         let appended = self
             .log

@@ -140,6 +140,24 @@ impl<'a> MintRequest<'a> {
         })
     }
 
+    /// The lease this mint is tracked as, for the decision `request_id`:
+    /// from now until `minter`'s expiry of it.
+    pub fn lease(&self, minter: &dyn Minter, request_id: &str) -> Lease {
+        Lease {
+            id: self.lease_id.to_owned(),
+            request_id: request_id.to_owned(),
+            identity: self.identity.to_owned(),
+            grant: self.grant.to_owned(),
+            node: Some(self.node.to_owned()),
+            kind: minter.kind(),
+            revocation: minter.revocation(),
+            issued_at_ms: self.now_ms,
+            expires_at_ms: minter.lease_expires_at_ms(self),
+            revoked_at_ms: None,
+            task_ended_at_ms: None,
+        }
+    }
+
     /// When the credential expires, milliseconds.
     pub fn expires_at_ms(&self) -> i64 {
         self.now_ms.saturating_add(

@@ -76,7 +76,7 @@ async fn refuse_stale(
         "generation": generation,
     });
     let record = |outcome: &str, body: serde_json::Value| crate::log::LogEntry {
-        time_ms: crate::clock::now_ms(),
+        time_ms: broker.clock.now_ms(),
         kind: crate::log::RecordKind::Admin,
         request_id: request_id.clone(),
         identity: None,
@@ -152,7 +152,7 @@ async fn renew(
     // issued to it. Anything else is an SVID of an earlier enrollment or a
     // second holder of the node's key — refused, and a detection.
     let node = peer.id().to_string();
-    let now_ms = crate::clock::now_ms();
+    let now_ms = broker.clock.now_ms();
     let lineage = broker
         .store
         .node_renewed(&node, peer.serial(), &info.serial, now_ms)
@@ -239,6 +239,6 @@ async fn approval(
     }
     Ok(axum::Json(crate::approvals::view(
         &approval,
-        crate::clock::now_ms(),
+        broker.clock.now_ms(),
     )))
 }

@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 
-use crate::clock::now_ms;
 use crate::http::{ApiError, ClientAddr, Json};
 use crate::ids::random_id;
 use crate::log::{LogEntry, RecordKind};
@@ -58,7 +57,7 @@ async fn enroll(
     mintguard_certs::ca::validate_csr(&req.csr)
         .map_err(|e| ApiError::bad_request("bad_csr", e.to_string()))?;
     let config = broker.config();
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let node = broker
         .store
         .consume_join_token(&token_hash(&req.join_token), now)

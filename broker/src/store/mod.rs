@@ -132,6 +132,19 @@ pub struct Append {
 }
 
 impl Append {
+    /// A record on its own: nothing spent, no lease, no check at write time.
+    pub fn record(entry: LogEntry) -> Self {
+        Self {
+            canonical_body: None,
+            entry,
+            spend: Vec::new(),
+            lease: None,
+            rule_set: None,
+            refuse_if_suspended: Vec::new(),
+            refuse_if_lease_closed: None,
+        }
+    }
+
     /// The canonical body to store: the caller's, or `entry.body`'s.
     pub fn take_canonical_body(&mut self) -> String {
         self.canonical_body

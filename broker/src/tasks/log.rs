@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::now_ms;
 use crate::state::Broker;
 
 /// Writes the refusal window's record, every `window`. A window whose
@@ -14,11 +13,11 @@ pub async fn refusal_writer(broker: Arc<Broker>, window: Duration) {
     tick.tick().await;
     loop {
         tick.tick().await;
-        let Some(taken) = broker.refusals.take(now_ms()) else {
+        let Some(taken) = broker.refusals.take(broker.clock.now_ms()) else {
             continue;
         };
         let entry = crate::log::LogEntry {
-            time_ms: now_ms(),
+            time_ms: broker.clock.now_ms(),
             kind: crate::log::RecordKind::Decision,
             request_id: crate::ids::random_id("req"),
             identity: None,

@@ -47,7 +47,7 @@ pub(super) async fn revoke_expired_upstream(broker: Arc<Broker>) {
         }
         // Every expired lease, a page at a time; one that fails is retried
         // at the next pass and never holds the others up.
-        let now = crate::clock::now_ms();
+        let now = broker.clock.now_ms();
         let mut after = (i64::MIN, String::new());
         loop {
             let query = LeaseQuery::ExpiredUnrevoked {

@@ -16,7 +16,7 @@ pub(super) async fn list_approvals(
     Query(p): Query<ApprovalsParams>,
 ) -> Result<axum::Json<Vec<Value>>, ApiError> {
     op.require(Role::Viewer)?;
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let listed = broker.store.approvals(now - 86_400_000).await?;
     Ok(axum::Json(
         listed
@@ -78,11 +78,14 @@ pub(super) async fn give_verdict(
     let a = AdminAction::begin(broker, op, action, None, json!({"approval": id}))
         .await?
         .run(
-            crate::approvals::decide(broker, id, &approver, verdict, now_ms()),
-            |a| crate::approvals::view(a, now_ms()),
+            crate::approvals::decide(broker, id, &approver, verdict, broker.clock.now_ms()),
+            |a| crate::approvals::view(a, broker.clock.now_ms()),
         )
         .await?;
-    Ok(axum::Json(crate::approvals::view(&a, now_ms())))
+    Ok(axum::Json(crate::approvals::view(
+        &a,
+        broker.clock.now_ms(),
+    )))
 }
 
 #[derive(Deserialize)]
@@ -130,12 +133,15 @@ pub(super) async fn open_break_glass(
             &req.grant,
             req.ttl_seconds,
             &req.reason,
-            now_ms(),
+            broker.clock.now_ms(),
         ),
-        |a| crate::approvals::view(a, now_ms()),
+        |a| crate::approvals::view(a, broker.clock.now_ms()),
     )
     .await?;
-    Ok(axum::Json(crate::approvals::view(&a, now_ms())))
+    Ok(axum::Json(crate::approvals::view(
+        &a,
+        broker.clock.now_ms(),
+    )))
 }
 
 /// Issues a confirmed break-glass request, for its opener only: logged as
@@ -146,7 +152,7 @@ pub(super) async fn issue_break_glass(
     Path(id): Path<String>,
 ) -> Result<axum::response::Response, ApiError> {
     op.require(Role::Operator)?;
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let a = broker
         .store
         .approval(&id)

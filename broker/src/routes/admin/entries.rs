@@ -20,7 +20,7 @@ pub(super) async fn create_token(
     }
     let token = crate::ids::secret_token("jt")
         .map_err(|e| ApiError::unavailable("rng_unavailable", "no join token could be made", e))?;
-    let expires = now_ms() + i64::try_from(ttl).unwrap_or(600) * 1000;
+    let expires = broker.clock.now_ms() + i64::try_from(ttl).unwrap_or(600) * 1000;
     let details = json!({"node": node_id.to_string(), "expires_at_ms": expires});
     AdminAction::begin(&broker, &op, "join_token_created", None, details.clone())
         .await?
@@ -108,7 +108,7 @@ pub(super) async fn create_entry(
         parent: parent.to_string(),
         selectors: req.selectors,
         grants: req.grants,
-        created_at_ms: now_ms(),
+        created_at_ms: broker.clock.now_ms(),
     };
     let details = serde_json::to_value(view(entry.clone())).unwrap_or_default();
     AdminAction::begin(

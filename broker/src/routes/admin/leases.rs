@@ -17,7 +17,7 @@ pub(super) async fn leases(
     Query(p): Query<LeaseParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let query = LeaseQuery::List {
         identity: p.identity,
         outlived_at_ms: p.outlived.then_some(now),
@@ -83,7 +83,7 @@ pub(super) async fn revoke(
         }
         // Only for what the broker cannot revoke itself: no upstream handle
         // logged, and no mint still in flight.
-        if lease.issued_at_ms > now_ms() - broker.reconcile_after_ms()
+        if lease.issued_at_ms > broker.clock.now_ms() - broker.reconcile_after_ms()
             || broker
                 .issuer(&broker.dynamic.load_full())
                 .upstream_of(&lease)
@@ -150,7 +150,7 @@ pub(super) async fn budget_show(
     op.require(Role::Viewer)?;
     let policy = budget_of(&broker, &p.grant)?;
     let key = format!("identity:{}/grant:{}", p.identity, p.grant);
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let snapshot = broker
         .store
         .budget(&key)
@@ -190,7 +190,7 @@ pub(super) async fn budget_top_up(
         .map_err(|e| ApiError::bad_request("bad_spiffe_id", e.to_string()))?;
     let policy = budget_of(&broker, &req.grant)?;
     let key = format!("identity:{}/grant:{}", req.identity, req.grant);
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let details = json!({"grant": req.grant, "tokens": req.tokens});
     let snapshot = AdminAction::begin(
         &broker,

@@ -373,7 +373,7 @@ pub(super) async fn oldest_needed(
     let pinning = broker
         .store
         .leases(&LeaseQuery::OldestPinning {
-            now_ms: now_ms(),
+            now_ms: broker.clock.now_ms(),
             limit: 64,
         })
         .await?;

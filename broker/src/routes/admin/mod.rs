@@ -26,7 +26,6 @@ use mintguard_policy::rules::RuleSet;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::clock::now_ms;
 use crate::config::Role;
 use crate::http::{ApiError, Json};
 use crate::ids::random_id;
@@ -213,7 +212,7 @@ async fn write_admin(
     details: Value,
 ) -> Result<(), ApiError> {
     let entry = LogEntry {
-        time_ms: now_ms(),
+        time_ms: broker.clock.now_ms(),
         kind: RecordKind::Admin,
         request_id: request_id.to_owned(),
         identity,
@@ -350,7 +349,7 @@ async fn health(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let now = now_ms();
+    let now = broker.clock.now_ms();
     let (status, analysis) = match broker.analysis.behaviour(now) {
         crate::health::Behaviour::Fresh => ("ok", "fresh"),
         crate::health::Behaviour::Stale { .. } => ("degraded", "stale"),

@@ -32,7 +32,7 @@ pub(super) async fn suspend(
         subject: req.subject.clone(),
         reason: req.reason.clone(),
         by: format!("operator:{}", op.name),
-        at_ms: now_ms(),
+        at_ms: broker.clock.now_ms(),
     };
     action
         .run(
@@ -176,7 +176,7 @@ pub(super) async fn put_signal(
         kind: req.kind,
         source,
         value: req.value,
-        observed_at_ms: now_ms(),
+        observed_at_ms: broker.clock.now_ms(),
         ttl_seconds: ttl,
     };
     let details = serde_json::to_value(&record).unwrap_or_default();
