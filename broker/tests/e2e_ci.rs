@@ -276,7 +276,8 @@ fn leases(broker: &BrokerProcess) -> usize {
 }
 
 /// RFC 8693 answers with a JWT (`access_token`): a grant of another kind
-/// is refused before anything is decided or minted, never minted and lost.
+/// is refused (and logged) before anything is decided, minted or spent —
+/// the same token then gets a JWT from the credentials endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_exchange_refuses_a_grant_that_is_not_a_jwt() {
     let (broker, issuer) = start().await;
@@ -291,7 +292,19 @@ async fn token_exchange_refuses_a_grant_that_is_not_a_jwt() {
     let detail = reply.body["error_description"].as_str().unwrap();
     assert!(detail.contains("unsupported_grant_kind"), "{detail}");
     assert_eq!(leases(&broker), 0);
-    assert!(broker.logs(&["--grant", "aws-deploy"]).is_empty());
+    // Logged as the CI job's refused request, and the token not spent.
+    let refused = broker.logs(&["--grant", "aws-deploy"]);
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(
+        refused[0]["body"]["ci"]["refused"],
+        "unsupported_grant_kind"
+    );
+    let reply = ci_post(
+        &broker,
+        &issuer.sign(&github_claims(&issuer.url, "jti-kind"), |_| {}),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -424,9 +424,40 @@ async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn 
         refuse_if_suspended: Vec::new(),
         refuse_if_lease_closed: Some(lease_id.into()),
     };
-    // Open: written as it is.
+    // Open: written as it is, and the lease marked answered, so
+    // reconciliation can no longer close it as never minted.
     let open = store.append(outcome("lease-u1")).await.unwrap();
     assert!(!open.lease_closed && !open.suspended);
+    assert!(!store.close_unanswered("lease-u1", t + 2).await.unwrap());
+    assert!(
+        store
+            .lease("lease-u1")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at_ms
+            .is_none()
+    );
+    // Unanswered: closed, once.
+    let other = Append {
+        canonical_body: None,
+        entry: entry("u2", identity, "allow", t),
+        spend: Vec::new(),
+        lease: Some(lease("lease-u2", identity, t)),
+        rule_set: None,
+        refuse_if_suspended: Vec::new(),
+        refuse_if_lease_closed: None,
+    };
+    store.append(other).await.unwrap();
+    assert!(store.close_unanswered("lease-u2", t + 2).await.unwrap());
+    assert!(!store.close_unanswered("lease-u2", t + 3).await.unwrap());
+    assert!(
+        store
+            .append(outcome("lease-u2"))
+            .await
+            .unwrap()
+            .lease_closed
+    );
     // Closed meanwhile (reconciled while the mint ran), or never stored.
     assert!(store.revoke_lease("lease-u1", t + 2).await.unwrap());
     let closed = store.append(outcome("lease-u1")).await.unwrap();
@@ -440,7 +471,13 @@ async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn 
         .collect();
     assert_eq!(
         finals,
-        [None, None, Some("lease_closed"), Some("lease_closed")]
+        [
+            None,
+            None,
+            Some("lease_closed"),
+            Some("lease_closed"),
+            Some("lease_closed")
+        ]
     );
     let all = store
         .log(&LogQuery {
@@ -449,7 +486,7 @@ async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn 
         })
         .await
         .unwrap();
-    assert_eq!(verify_chain(all, &[], None).unwrap().records, 4);
+    assert_eq!(verify_chain(all, &[], None).unwrap().records, 6);
 }
 
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {

@@ -38,7 +38,10 @@ pub fn validate_reconcile_after(
         .into_iter()
         .chain(uses_aws.then(|| ("aws.timeout", aws.timeout.map_or(AWS_TIMEOUT, |d| d.0))));
     for (key, timeout) in timeouts {
-        if after < timeout * RECONCILE_AFTER_TIMEOUTS {
+        if timeout
+            .checked_mul(RECONCILE_AFTER_TIMEOUTS)
+            .is_none_or(|least| after < least)
+        {
             return Err(Invalid::new(
                 if vault.is_some_and(|v| v.reconcile_after.is_some()) {
                     "vault.reconcile_after"

@@ -191,6 +191,31 @@ pub async fn issue(
             .await);
         }
     };
+    // The grant is checked before the token's jti is spent: a request for
+    // a grant this endpoint cannot issue changes nothing.
+    let Some(grant) = dynamic.config.grants.get(&request.grant) else {
+        return Err(ApiError::bad_request(
+            "unknown_grant",
+            format!("no grant named {:?}", request.grant),
+        ));
+    };
+    if let Some(kind) = only_kind
+        && grant.kind != kind
+    {
+        return Err(refuse(
+            broker,
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_kind",
+            format!(
+                "grant {:?} mints {} credentials; this endpoint issues {kind} only (use POST /v1/ci/credentials)",
+                request.grant, grant.kind
+            ),
+            Some(issuer),
+            &request.grant,
+            json!({"policy": policy.name, "token": summary}),
+        )
+        .await);
+    }
     let issuer_config = ci.issuers.iter().find(|i| i.url == issuer);
     let skew_ms = i64::try_from(ci.skew().as_millis()).unwrap_or(60_000);
     let key = format!("{issuer}|{}", verified.jti);
@@ -213,23 +238,6 @@ pub async fn issue(
             json!({"policy": policy.name, "token": summary}),
         )
         .await);
-    }
-    let Some(grant) = dynamic.config.grants.get(&request.grant) else {
-        return Err(ApiError::bad_request(
-            "unknown_grant",
-            format!("no grant named {:?}", request.grant),
-        ));
-    };
-    if let Some(kind) = only_kind
-        && grant.kind != kind
-    {
-        return Err(ApiError::bad_request(
-            "unsupported_grant_kind",
-            format!(
-                "grant {:?} mints {} credentials; this endpoint issues {kind} only (use POST /v1/ci/credentials)",
-                request.grant, grant.kind
-            ),
-        ));
     }
     let network = compiled.network(client);
     // The issuer may reach what its policies' grants expose.

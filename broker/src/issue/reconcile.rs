@@ -128,11 +128,19 @@ impl Issuer<'_> {
                 Ok(Reconciled::Settled)
             }
             Reconcile::NotMinted => {
+                // Closed first, and only if still unanswered: an outcome
+                // recorded meanwhile (a slow mint that finished) keeps its
+                // lease, and one recorded after finds the lease closed and
+                // is never released.
+                if !self
+                    .store
+                    .close_unanswered(&lease.id, self.clock.now_ms())
+                    .await?
+                {
+                    return Ok(Reconciled::Nothing);
+                }
                 body.insert("minted_unanswered".into(), false.into());
                 self.record(outcome("reconciled_not_minted", body)).await?;
-                self.store
-                    .revoke_lease(&lease.id, self.clock.now_ms())
-                    .await?;
                 Ok(Reconciled::Settled)
             }
             Reconcile::OperatorAction { detail, end_task } => {

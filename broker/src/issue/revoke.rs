@@ -160,7 +160,13 @@ impl Issuer<'_> {
             }
         }
         let now = self.clock.now_ms();
-        let revoked = self.store.revoke_lease(&lease.id, now).await?;
+        // An operator's word that it was revoked upstream stands only for a
+        // lease whose mint was never answered (no handle to revoke by).
+        let revoked = if by_operator.is_some() {
+            self.store.close_unanswered(&lease.id, now).await?
+        } else {
+            self.store.revoke_lease(&lease.id, now).await?
+        };
         if revoked {
             let mut entry = lease_record(
                 lease,
@@ -213,6 +219,11 @@ impl Issuer<'_> {
                 })
                 .await?;
             for lease in &page {
+                // An advisory lease already handed to an operator: nothing
+                // more the broker can do (and no write on every pass).
+                if lease.revocation == Revocation::Advisory && lease.task_ended_at_ms.is_some() {
+                    continue;
+                }
                 match self.revoke_lease(lease, request_id, why).await {
                     Ok(_) => {}
                     // Still minting (no outcome yet): its outcome's write

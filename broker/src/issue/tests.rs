@@ -74,6 +74,9 @@ struct TestMinter {
     /// (lease id, intent seq, whether the intent was durable when minted).
     calls: Mutex<Vec<(String, i64, bool)>>,
     revoked: Mutex<Vec<Value>>,
+    /// Reconciliation races the issuer: while it searches upstream, the
+    /// slow mint's outcome is recorded.
+    outcome_during_reconcile: AtomicBool,
 }
 
 #[async_trait]
@@ -137,11 +140,26 @@ impl Minter for TestMinter {
         Ok(true)
     }
 
-    async fn reconcile(
-        &self,
-        _lease: &Lease,
-        _grant: Option<&crate::mint::GrantSpec>,
-    ) -> Reconcile {
+    async fn reconcile(&self, lease: &Lease, _grant: Option<&crate::mint::GrantSpec>) -> Reconcile {
+        if self.outcome_during_reconcile.load(Ordering::SeqCst) {
+            let outcome = record::lease_record(
+                lease,
+                RecordKind::Outcome,
+                "minted",
+                json!({"lease_id": lease.id, "upstream": {"test_handle": lease.id}}),
+                lease.issued_at_ms + 1,
+            );
+            let appended = self
+                .store
+                .append(Append {
+                    refuse_if_lease_closed: Some(lease.id.clone()),
+                    ..Append::record(outcome)
+                })
+                .await
+                .unwrap();
+            assert!(!appended.lease_closed, "the outcome came first");
+        }
+        // The search (done before the outcome landed) found nothing.
         Reconcile::NotMinted
     }
 }
@@ -227,6 +245,7 @@ async fn fixture() -> Fixture {
         behaviour: Mutex::new(Behaviour::Mint),
         calls: Mutex::new(Vec::new()),
         revoked: Mutex::new(Vec::new()),
+        outcome_during_reconcile: AtomicBool::new(false),
     });
     let mut minters = Minters::default();
     minters.register(Box::new(JwtMinter::new(Arc::new(std::sync::RwLock::new(
@@ -671,4 +690,34 @@ async fn a_mint_outlived_by_reconciliation_is_logged_not_released() {
         "what was minted is revoked upstream"
     );
     assert!(f.live_leases().await.is_empty());
+}
+
+#[tokio::test]
+async fn reconciliation_never_closes_a_lease_whose_outcome_landed_meanwhile() {
+    let f = fixture().await;
+    *f.minter.behaviour.lock().unwrap() = Behaviour::Unanswered;
+    f.issue("db", 100, None).await.unwrap_err();
+    f.minter
+        .outcome_during_reconcile
+        .store(true, Ordering::SeqCst);
+    f.clock.advance(121_000);
+    let mut cursor = (i64::MIN, String::new());
+    let settled = f
+        .issuer()
+        .reconcile_upstream(120_000, &mut cursor)
+        .await
+        .unwrap();
+    assert_eq!(
+        settled, 0,
+        "answered meanwhile: not settled as never minted"
+    );
+    let records = f.store.log(&ALL).await.unwrap();
+    assert_eq!(
+        outcomes(&records),
+        [
+            (RecordKind::Intent, "allow".to_owned()),
+            (RecordKind::Outcome, "minted".to_owned())
+        ]
+    );
+    assert_eq!(f.live_leases().await.len(), 1, "still tracked, revocable");
 }

@@ -154,6 +154,19 @@ impl Issuer<'_> {
                 // never released, and revoked upstream where that is possible.
                 let revoked = self.revoke_unreleased(minter, &minted.upstream).await;
                 tracing::error!(%lease_id, ?revoked, "a mint outlived reconcile_after and its lease was closed; the credential was not released");
+                if let Some(Err(_) | Ok(false)) = &revoked {
+                    // Its lease is closed, so no pass would retry: an operator
+                    // is told, with the handle to revoke by.
+                    let error = match &revoked {
+                        Some(Err(e)) => e.message.clone(),
+                        _ => "the upstream still knows it after the revocation".to_owned(),
+                    };
+                    let body = json!({
+                        "lease_id": lease_id, "upstream": minted.upstream, "error": error,
+                        "action": format!("revoke it upstream by hand (lease {lease_id}; it was never released)"),
+                    });
+                    self.record(outcome("unreleased_not_revoked", body)).await?;
+                }
                 return Err(Refusal::OutcomeUnavailable(
                     "the lease was closed by reconciliation while the upstream minted".into(),
                 ));

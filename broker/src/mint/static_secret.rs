@@ -14,7 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use serde_json::{Map, Value, json};
 
-use super::vault::{VaultClient, VaultError};
+use super::vault::{VaultClient, VaultError, plain_path, system_mount};
 use super::{
     Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, NEVER_MS,
     Reconcile, Revocation,
@@ -167,30 +167,13 @@ impl GrantSettings for StaticSecretGrant {
     fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
         // Sent as a URL path unescaped: plain segments only, never a
         // system mount.
-        let plain = |p: &str| {
-            !p.is_empty()
-                && p.len() <= 512
-                && p.split('/').all(|seg| {
-                    !seg.is_empty()
-                        && seg != "."
-                        && seg != ".."
-                        && seg
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-                })
-        };
-        let system = self
-            .mount
-            .split('/')
-            .next()
-            .is_some_and(|first| ["sys", "auth", "identity", "cubbyhole"].contains(&first));
-        if !plain(&self.mount) || system {
+        if !plain_path(&self.mount) || system_mount(&self.mount) {
             return Err(Invalid::new(
                 (cx.key)("static_secret.mount"),
                 format!("{:?}: a KV v2 mount (segments of [A-Za-z0-9._-])", self.mount),
             ));
         }
-        if !plain(&self.path) {
+        if !plain_path(&self.path) {
             return Err(Invalid::new(
                 (cx.key)("static_secret.path"),
                 format!("{:?}: a relative path (segments of [A-Za-z0-9._-])", self.path),

@@ -629,6 +629,30 @@ pub enum VaultGrant {
 /// A `vault` grant's settings.
 pub type Settings = VaultGrant;
 
+/// A path the broker sends to Vault as it is (unescaped): 1–512 bytes of
+/// plain segments, each of `[A-Za-z0-9._-]` and neither `.` nor `..`, so
+/// no percent-encoding, traversal or query can reach another endpoint.
+pub(super) fn plain_path(path: &str) -> bool {
+    !path.is_empty()
+        && path.len() <= 512
+        && path.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        })
+}
+
+/// Whether `path` is under one of Vault's own mounts (its first segment is
+/// `sys`, `auth`, `identity` or `cubbyhole`): never a grant's to reach.
+pub(super) fn system_mount(path: &str) -> bool {
+    path.split('/')
+        .next()
+        .is_some_and(|first| ["sys", "auth", "identity", "cubbyhole"].contains(&first))
+}
+
 /// Grants of `kind` are minted through `[vault]`: refused without one.
 pub(super) fn needs_vault(cx: &SpecContext<'_>, kind: &str) -> Result<(), Invalid> {
     if cx.has_vault {
@@ -658,15 +682,12 @@ impl GrantSettings for VaultGrant {
                 Ok(())
             }
             VaultGrant::Secret { path, .. } => {
-                if path.is_empty()
-                    || path.starts_with('/')
-                    || path.contains("..")
-                    || path.starts_with("sys/")
-                    || path.starts_with("auth/")
-                {
+                if !plain_path(path) || system_mount(path) {
                     return Err(Invalid::new(
                         (cx.key)("vault.secret.path"),
-                        format!("{path:?}: a relative secrets-engine path"),
+                        format!(
+                            "{path:?}: a relative secrets-engine path (segments of [A-Za-z0-9._-], never under sys, auth, identity or cubbyhole)"
+                        ),
                     ));
                 }
                 Ok(())
@@ -684,7 +705,44 @@ pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
 
 #[cfg(test)]
 mod tests {
+    use mintguard_certs::jwt::JwtAlgorithm;
+
     use super::*;
+
+    #[test]
+    fn a_secret_path_is_plain_and_never_under_a_system_mount() {
+        let key = |k: &str| format!("grants[0].{k}");
+        let cx = SpecContext {
+            key: &key,
+            max_ttl: Duration::from_secs(600),
+            jwt_algorithm: JwtAlgorithm::Es256,
+            jwt_max_ttl: Duration::from_secs(3600),
+            has_vault: true,
+        };
+        let secret = |path: &str| VaultGrant::Secret {
+            path: path.into(),
+            body: None,
+        };
+        for ok in ["database/creds/readonly", "pki/issue/web", "aws/creds/deploy-role.v2"] {
+            assert!(secret(ok).validate(&cx).is_ok(), "{ok}");
+        }
+        for bad in [
+            "%73ys/policies/acl/x",
+            "identity/oidc/token/role",
+            "cubbyhole/x",
+            "./sys/x",
+            "sys",
+            "auth/token/create",
+            "a/../sys/x",
+            "a//b",
+            "a?b",
+            "/database/creds/x",
+            "",
+        ] {
+            let e = secret(bad).validate(&cx).unwrap_err();
+            assert_eq!(e.key, "grants[0].vault.secret.path", "{bad}");
+        }
+    }
 
     #[test]
     fn only_an_unknown_credential_confirms_a_revocation() {

@@ -48,8 +48,8 @@ pub enum LeaseQuery {
         limit: usize,
     },
     /// The oldest upstream leases whose log records are still needed: not
-    /// revoked, and live at `now_ms` or `effective` (its revocation reads
-    /// the upstream handle from its outcome record).
+    /// revoked, and live at `now_ms` (and expiring at all) or `effective`
+    /// (its revocation reads the upstream handle from its outcome record).
     OldestPinning {
         /// Now.
         now_ms: i64,
@@ -160,11 +160,15 @@ impl LeaseQuery {
                 bind(SqlValue::Int(*until_ms)),
                 bind(limit(n))
             ),
+            // A lease that never expires (a static secret) does not pin:
+            // its records are exported before they are pruned, and it would
+            // otherwise hold retention back for good.
             LeaseQuery::OldestPinning { now_ms, limit: n } => format!(
                 "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL \
-                 AND (expires_at_ms > {} OR revocation = 'effective') \
+                 AND ((expires_at_ms > {} AND expires_at_ms < {}) OR revocation = 'effective') \
                  ORDER BY issued_at_ms, id LIMIT {}",
                 bind(SqlValue::Int(*now_ms)),
+                bind(SqlValue::Int(crate::lease::NEVER_MS)),
                 bind(limit(n))
             ),
         };

@@ -114,10 +114,20 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     (
         7,
         "CREATE TABLE node_svids (node TEXT PRIMARY KEY, serial TEXT NOT NULL, new_serial TEXT,
-    generation {i64} NOT NULL, updated_at_ms {i64} NOT NULL);",
+    generation BIGINT NOT NULL, updated_at_ms BIGINT NOT NULL);",
     ),
-    // One column name in both schemas.
+    // One column name in both schemas. (One-way: a broker older than this
+    // migration cannot read the suspensions of an upgraded store.)
     (8, "{suspensions_by_whom}"),
+    // When an upstream lease's outcome was recorded (the write that records
+    // it sets it), so reconciliation closes only unanswered ones; and the
+    // static-secret leases written before they stopped expiring, which
+    // stay live until their rotation is confirmed.
+    (
+        9,
+        "ALTER TABLE leases ADD COLUMN answered_at_ms {i64};
+     UPDATE leases SET expires_at_ms = 253402300799000 WHERE kind = 'static_secret' AND revoked_at_ms IS NULL;",
+    ),
 ];
 
 /// [`MIGRATIONS`] spelled for `dialect`.

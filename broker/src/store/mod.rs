@@ -127,7 +127,9 @@ pub struct Append {
     /// reconciled while its mint was still running) or unknown, the record
     /// is written with final outcome `lease_closed` and
     /// [`Appended::lease_closed`] says so: an upstream mint's outcome then
-    /// never releases a credential its lease no longer tracks.
+    /// never releases a credential its lease no longer tracks. An open
+    /// lease is marked as answered in the same write, so
+    /// [`LeaseStore::close_unanswered`] no longer closes it.
     pub refuse_if_lease_closed: Option<String>,
 }
 
@@ -636,6 +638,12 @@ pub trait LeaseStore: Send + Sync {
     async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>>;
     /// Marks a lease revoked (and its task ended); whether it was live.
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool>;
+    /// Closes a lease whose intent has no outcome (reconciliation found
+    /// nothing minted), unless an outcome was recorded for it meanwhile:
+    /// one conditional write, so a credential the issuer released is never
+    /// closed as not minted, and one closed here is never released
+    /// ([`Append::refuse_if_lease_closed`]). Whether it closed the lease.
+    async fn close_unanswered(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// Records that a lease's task ended (the credential may stay valid
     /// upstream: an advisory lease); true if it was not recorded before.
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool>;

@@ -105,6 +105,14 @@ pub(super) async fn revoke(
         .issuer(&dynamic)
         .revoke_lease(&lease, &random_id("req"), &why)
         .await?;
+    if p.confirm_revoked_upstream && !revoked && lease.revoked_at_ms.is_none() {
+        // Its outcome was recorded meanwhile: the broker revokes it itself.
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "broker_can_revoke",
+            "the lease's mint was answered meanwhile; the broker revokes it itself (`mintguard revoke LEASE`)",
+        ));
+    }
     if lease.revocation == Revocation::Advisory && !revoked {
         let action = broker.minters.advisory_action(lease.kind, &id);
         return Err(ApiError::new(

@@ -55,6 +55,21 @@ impl LeaseStore for PostgresStore {
             .map_err(map_pg)?;
         Ok(changed == 1)
     }
+    async fn close_unanswered(&self, id: &str, now_ms: i64) -> Result<bool> {
+        // Waits for a writer holding the row (an outcome being appended)
+        // and re-reads it: an answered lease is left open.
+        let changed = self
+            .client()
+            .await?
+            .execute(
+                "UPDATE leases SET revoked_at_ms = $2, task_ended_at_ms = COALESCE(task_ended_at_ms, $2)
+                 WHERE id = $1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL",
+                &[&id, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(changed == 1)
+    }
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
         let n = self
             .client()

@@ -84,14 +84,15 @@ pub(super) async fn append_one(
             .await
             .map_err(map_pg)?
             .is_some();
-    // Locked until the batch commits, so a concurrent close waits for it.
+    // Closed (or unknown): refused. Open: marked answered; the row stays
+    // locked until the batch commits, so a concurrent close waits, re-reads
+    // it and leaves it open.
     let lease_closed = match &refuse_if_lease_closed {
         Some(id) => {
-            tx.query_opt(&statements.lease_open, &[id])
+            tx.execute(&statements.lease_answered, &[id, &entry.time_ms])
                 .await
                 .map_err(map_pg)?
-                .map(|row| row.get::<_, bool>(0))
-                != Some(true)
+                == 0
         }
         None => false,
     };
@@ -111,10 +112,11 @@ pub(super) async fn append_one(
         };
         tx.batch_execute(sql).await.map_err(map_pg)?;
     }
-    if suspended {
-        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
-    } else if lease_closed {
+    // A closed lease first: its caller revokes what was minted.
+    if lease_closed {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
+    } else if suspended {
+        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
     } else if !spent {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
     }
@@ -208,7 +210,7 @@ pub(super) struct Statements {
     pub(super) lease: tokio_postgres::Statement,
     pub(super) log: tokio_postgres::Statement,
     pub(super) suspended: tokio_postgres::Statement,
-    pub(super) lease_open: tokio_postgres::Statement,
+    pub(super) lease_answered: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -234,8 +236,10 @@ impl Statements {
             suspended: client
                 .prepare("SELECT 1 FROM suspensions WHERE subject = ANY($1) LIMIT 1")
                 .await?,
-            lease_open: client
-                .prepare("SELECT revoked_at_ms IS NULL FROM leases WHERE id = $1 FOR UPDATE")
+            lease_answered: client
+                .prepare(
+                    "UPDATE leases SET answered_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL",
+                )
                 .await?,
         })
     }
@@ -278,9 +282,10 @@ pub(super) async fn run_batch(
     for job in batch {
         let saved = head.clone();
         let known_before = known.clone();
-        // A job without spends opens and releases its savepoint in the same
-        // pipeline as its inserts; one with spends opens it first.
-        let pipelined = job.append.spend.is_empty();
+        // A job that writes nothing before its inserts opens and releases
+        // its savepoint in the same pipeline as them; one with spends or a
+        // lease to mark answered opens it first, so a failure undoes those.
+        let pipelined = job.append.spend.is_empty() && job.append.refuse_if_lease_closed.is_none();
         let result = async {
             if !pipelined {
                 tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;

@@ -48,6 +48,21 @@ impl LeaseStore for SqliteStore {
         })
         .await
     }
+    async fn close_unanswered(&self, id: &str, now_ms: i64) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            let changed = w
+                .conn
+                .execute(
+                    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
+                     WHERE id = ?1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL",
+                    params![id, now_ms],
+                )
+                .map_err(map_sql)?;
+            Ok(changed == 1)
+        })
+        .await
+    }
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
         let id = id.to_owned();
         self.write(move |w| {

@@ -77,25 +77,27 @@ impl Writer {
         let suspended = refuse_if_suspended
             .iter()
             .any(|s| self.suspended.contains(s));
+        // Closed (or unknown): refused. Open: marked answered, in this
+        // write, so reconciliation no longer closes it.
         let lease_closed = match &refuse_if_lease_closed {
-            Some(id) => {
-                self.conn
-                    .prepare_cached("SELECT revoked_at_ms IS NULL FROM leases WHERE id = ?1")
-                    .and_then(|mut stmt| {
-                        stmt.query_row([id], |row| row.get::<_, bool>(0)).optional()
-                    })
-                    .map_err(map_sql)?
-                    != Some(true)
-            }
+            Some(id) => self
+                .conn
+                .prepare_cached(
+                    "UPDATE leases SET answered_at_ms = ?2 WHERE id = ?1 AND revoked_at_ms IS NULL",
+                )
+                .and_then(|mut stmt| stmt.execute(params![id, entry.time_ms]))
+                .map_err(map_sql)?
+                == 0,
             None => false,
         };
         let spent = !suspended
             && !lease_closed
             && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
-        if suspended {
-            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
-        } else if lease_closed {
+        // A closed lease first: its caller revokes what was minted.
+        if lease_closed {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
+        } else if suspended {
+            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
         } else if !spent {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
         }
