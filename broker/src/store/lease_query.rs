@@ -175,3 +175,18 @@ impl LeaseQuery {
         (sql, values)
     }
 }
+
+/// Closes a live lease (`?1` its id, `?2` now): revoked, its task ended.
+pub(crate) const CLOSE_LEASE: &str =
+    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
+     WHERE id = ?1 AND revoked_at_ms IS NULL";
+
+/// [`CLOSE_LEASE`], only while no outcome has been recorded for it.
+pub(crate) const CLOSE_UNANSWERED: &str =
+    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
+     WHERE id = ?1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL";
+
+/// SQLite's numbered parameters (`?1`) as PostgreSQL's (`$1`).
+pub(crate) fn numbered(sql: &str) -> String {
+    sql.replace('?', "$")
+}

@@ -15,6 +15,7 @@ pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
+pub(crate) use lease_query::{CLOSE_LEASE, CLOSE_UNANSWERED, numbered};
 pub use lease_query::{LeaseOwner, LeaseQuery, SqlValue};
 
 use async_trait::async_trait;

@@ -1,6 +1,7 @@
 //! Leases.
 
 use super::*;
+use crate::store::{CLOSE_LEASE, CLOSE_UNANSWERED};
 
 #[async_trait]
 impl LeaseStore for PostgresStore {
@@ -43,32 +44,12 @@ impl LeaseStore for PostgresStore {
         rows.iter().map(row_to_lease).collect()
     }
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE leases SET revoked_at_ms = $2, task_ended_at_ms = COALESCE(task_ended_at_ms, $2)
-                 WHERE id = $1 AND revoked_at_ms IS NULL",
-                &[&id, &now_ms],
-            )
-            .await
-            .map_err(map_pg)?;
-        Ok(changed == 1)
+        self.close_lease(id, now_ms, CLOSE_LEASE).await
     }
     async fn close_unanswered(&self, id: &str, now_ms: i64) -> Result<bool> {
         // Waits for a writer holding the row (an outcome being appended)
         // and re-reads it: an answered lease is left open.
-        let changed = self
-            .client()
-            .await?
-            .execute(
-                "UPDATE leases SET revoked_at_ms = $2, task_ended_at_ms = COALESCE(task_ended_at_ms, $2)
-                 WHERE id = $1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL",
-                &[&id, &now_ms],
-            )
-            .await
-            .map_err(map_pg)?;
-        Ok(changed == 1)
+        self.close_lease(id, now_ms, CLOSE_UNANSWERED).await
     }
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
         let n = self
@@ -81,5 +62,18 @@ impl LeaseStore for PostgresStore {
             .await
             .map_err(map_pg)?;
         Ok(n == 1)
+    }
+}
+
+impl PostgresStore {
+    /// Runs one of the lease-closing statements; whether it closed the lease.
+    async fn close_lease(&self, id: &str, now_ms: i64, sql: &str) -> Result<bool> {
+        let changed = self
+            .client()
+            .await?
+            .execute(&crate::store::numbered(sql), &[&id, &now_ms])
+            .await
+            .map_err(map_pg)?;
+        Ok(changed == 1)
     }
 }

@@ -1,6 +1,7 @@
 //! Leases.
 
 use super::*;
+use crate::store::{CLOSE_LEASE, CLOSE_UNANSWERED};
 
 #[async_trait]
 impl LeaseStore for SqliteStore {
@@ -34,34 +35,10 @@ impl LeaseStore for SqliteStore {
         .await
     }
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |w| {
-            let changed = w
-                .conn
-                .execute(
-                    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
-                     WHERE id = ?1 AND revoked_at_ms IS NULL",
-                    params![id, now_ms],
-                )
-                .map_err(map_sql)?;
-            Ok(changed == 1)
-        })
-        .await
+        self.close_lease(id, now_ms, CLOSE_LEASE).await
     }
     async fn close_unanswered(&self, id: &str, now_ms: i64) -> Result<bool> {
-        let id = id.to_owned();
-        self.write(move |w| {
-            let changed = w
-                .conn
-                .execute(
-                    "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
-                     WHERE id = ?1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL",
-                    params![id, now_ms],
-                )
-                .map_err(map_sql)?;
-            Ok(changed == 1)
-        })
-        .await
+        self.close_lease(id, now_ms, CLOSE_UNANSWERED).await
     }
     async fn end_task(&self, id: &str, now_ms: i64) -> Result<bool> {
         let id = id.to_owned();
@@ -73,6 +50,18 @@ impl LeaseStore for SqliteStore {
                 )
                 .map(|n| n == 1)
                 .map_err(map_sql)
+        })
+        .await
+    }
+}
+
+impl SqliteStore {
+    /// Runs one of the lease-closing statements; whether it closed the lease.
+    async fn close_lease(&self, id: &str, now_ms: i64, sql: &'static str) -> Result<bool> {
+        let id = id.to_owned();
+        self.write(move |w| {
+            let changed = w.conn.execute(sql, params![id, now_ms]).map_err(map_sql)?;
+            Ok(changed == 1)
         })
         .await
     }
