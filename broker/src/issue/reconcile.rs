@@ -78,6 +78,12 @@ impl Issuer<'_> {
         if records.iter().any(|r| r.entry.kind == RecordKind::Outcome) {
             return Ok(Reconciled::Nothing);
         }
+        if !records.iter().any(|r| r.entry.kind == RecordKind::Intent) {
+            // Its records were pruned (they are in the export): nothing here
+            // says whether it was answered, so it is not settled as unminted.
+            tracing::warn!(lease = %lease.id, "an upstream lease without its intent record (pruned); left for `mintguard leases`");
+            return Ok(Reconciled::Nothing);
+        }
         let Some(minter) = self.minters.get(lease.kind) else {
             // Its minter is no longer configured (the grants of its kind
             // were removed): an advisory lease is still handed to an
@@ -119,12 +125,17 @@ impl Issuer<'_> {
         let mut body = serde_json::Map::new();
         match minter.reconcile(lease, grant.map(|g| &g.spec)).await {
             Reconcile::Revoked { upstream } => {
+                // Revoked upstream: closed either way; whether its mint was
+                // still unanswered (or its outcome landed meanwhile, and the
+                // credential it released is the one just revoked) is said.
+                let now = self.clock.now_ms();
+                let unanswered = self.store.close_unanswered(&lease.id, now).await?;
+                if !unanswered {
+                    self.store.revoke_lease(&lease.id, now).await?;
+                }
                 body.insert("upstream".into(), upstream);
-                body.insert("minted_unanswered".into(), true.into());
+                body.insert("minted_unanswered".into(), unanswered.into());
                 self.record(outcome("reconciled_revoked", body)).await?;
-                self.store
-                    .revoke_lease(&lease.id, self.clock.now_ms())
-                    .await?;
                 Ok(Reconciled::Settled)
             }
             Reconcile::NotMinted => {

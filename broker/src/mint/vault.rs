@@ -645,12 +645,12 @@ pub(super) fn plain_path(path: &str) -> bool {
         })
 }
 
-/// Whether `path` is under one of Vault's own mounts (its first segment is
-/// `sys`, `auth`, `identity` or `cubbyhole`): never a grant's to reach.
+/// Whether `path` reaches one of Vault's own mounts: a segment `sys`,
+/// `auth`, `identity` or `cubbyhole` (at the start, or after a namespace
+/// prefix such as `team/sys/…`): never a grant's to reach.
 pub(super) fn system_mount(path: &str) -> bool {
     path.split('/')
-        .next()
-        .is_some_and(|first| ["sys", "auth", "identity", "cubbyhole"].contains(&first))
+        .any(|seg| ["sys", "auth", "identity", "cubbyhole"].contains(&seg))
 }
 
 /// Grants of `kind` are minted through `[vault]`: refused without one.
@@ -736,6 +736,8 @@ mod tests {
             "a/../sys/x",
             "a//b",
             "a?b",
+            "team/sys/policies/acl/x",
+            "team/auth/token/create",
             "/database/creds/x",
             "",
         ] {

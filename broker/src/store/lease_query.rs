@@ -186,7 +186,9 @@ pub(crate) const CLOSE_UNANSWERED: &str =
     "UPDATE leases SET revoked_at_ms = ?2, task_ended_at_ms = COALESCE(task_ended_at_ms, ?2)
      WHERE id = ?1 AND revoked_at_ms IS NULL AND answered_at_ms IS NULL";
 
-/// SQLite's numbered parameters (`?1`) as PostgreSQL's (`$1`).
+/// SQLite's numbered parameters (`?1`) as PostgreSQL's (`$1`), for the
+/// statements above only: every `?` becomes `$`, so it is not for SQL with
+/// a `?` of its own (a literal, PostgreSQL's JSONB operators).
 pub(crate) fn numbered(sql: &str) -> String {
     sql.replace('?', "$")
 }

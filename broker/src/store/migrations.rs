@@ -120,15 +120,36 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // migration cannot read the suspensions of an upgraded store.)
     (8, "{suspensions_by_whom}"),
     // When an upstream lease's outcome was recorded (the write that records
-    // it sets it), so reconciliation closes only unanswered ones; and the
+    // it sets it), so reconciliation closes only unanswered ones — the
+    // leases already answered, and every static secret read before (whose
+    // records retention may prune), count as answered; and the
     // static-secret leases written before they stopped expiring, which
     // stay live until their rotation is confirmed.
     (
         9,
         "ALTER TABLE leases ADD COLUMN answered_at_ms {i64};
+     UPDATE leases SET answered_at_ms = issued_at_ms
+        WHERE kind = 'static_secret'
+           OR EXISTS (SELECT 1 FROM log WHERE log.request_id = leases.request_id AND log.kind = 'outcome');
      UPDATE leases SET expires_at_ms = 253402300799000 WHERE kind = 'static_secret' AND revoked_at_ms IS NULL;",
     ),
 ];
+
+/// The newest schema version this broker knows: a store migrated past it
+/// (by a newer broker) is refused, never written with older rules.
+pub fn latest() -> i64 {
+    MIGRATIONS.last().map_or(0, |(version, _)| *version)
+}
+
+/// The refusal of a store whose schema is newer than this broker's.
+pub fn too_new(found: i64) -> Option<String> {
+    (found > latest()).then(|| {
+        format!(
+            "the store's schema is version {found}, newer than this broker's {}: run the newer broker (every replica is upgraded together)",
+            latest()
+        )
+    })
+}
 
 /// [`MIGRATIONS`] spelled for `dialect`.
 pub fn rendered(dialect: Dialect) -> impl Iterator<Item = (i64, String)> {
@@ -175,5 +196,13 @@ mod tests {
             .query_row("SELECT by_whom FROM suspensions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(by, "operator:a");
+    }
+
+    #[test]
+    fn a_store_newer_than_the_broker_is_refused() {
+        assert!(too_new(latest()).is_none());
+        assert!(too_new(0).is_none());
+        let refusal = too_new(latest() + 1).unwrap();
+        assert!(refusal.contains("newer than this broker"), "{refusal}");
     }
 }

@@ -193,6 +193,17 @@ async fn migrate(client: &mut Client) -> Result<()> {
             )
             .await
             .map_err(setup)?;
+        let found: i64 = client
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+            .map_err(setup)?
+            .get(0);
+        if let Some(refusal) = super::migrations::too_new(found) {
+            return Err(StoreError::Setup(refusal));
+        }
         for (version, sql) in super::migrations::rendered(super::migrations::Dialect::Postgres) {
             let tx = client.transaction().await.map_err(setup)?;
             let done = tx

@@ -72,6 +72,16 @@ fn migrate(conn: &mut Connection) -> Result<()> {
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
     )
     .map_err(setup)?;
+    let found: i64 = conn
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(setup)?;
+    if let Some(refusal) = super::migrations::too_new(found) {
+        return Err(StoreError::Setup(refusal));
+    }
     for (version, sql) in super::migrations::rendered(super::migrations::Dialect::Sqlite) {
         let tx = conn.transaction().map_err(setup)?;
         let done: Option<i64> = tx
