@@ -1,33 +1,80 @@
-//! The Vault / OpenBao minter over its HTTP API (raw calls: `vaultrs` 0.8
-//! cannot parse some OpenBao answers, e.g. `sys/health` and token lookups
-//! with `num_uses`): child tokens and dynamic secrets, each a lease with
-//! revocation kind `effective` — revoked upstream and confirmed by a lookup.
-//!
-//! A mint needs a [`LoggedIntent`]: proof that the decision's intent record,
-//! budget spend and lease are durable. The credential never enters the log;
-//! the upstream reference (token accessor or Vault lease id) does.
+//! The broker's Vault (or OpenBao) client: `[vault]`, its login (a token
+//! file or AppRole), kept-alive connections with one deadline per call, and
+//! the calls the Vault minters make.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
 
 use http_body_util::Full;
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
-use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
-use async_trait::async_trait;
+use super::*;
+use crate::setting::Dur;
 
-use super::{
-    Approved, Flow, LeaseKind, LoggedIntent, MintError, MintRequest, Minted, Minter, Reconcile,
-    Revocation,
-};
-use super::{Deps, GrantSettings, GrantSpec, SettingsOf, SpecContext};
-use crate::store::Lease;
-use crate::setting::{Dur, Invalid};
-use std::collections::BTreeMap;
-use serde::Deserialize;
-use std::path::PathBuf;
+/// `[vault] timeout` when unset.
+pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[vault.approle]`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppRoleConfig {
+    /// The auth mount. Default `approle`.
+    #[serde(default)]
+    pub mount: Option<String>,
+    /// A file holding the role id.
+    pub role_id_file: PathBuf,
+    /// A file holding the secret id (0600).
+    pub secret_id_file: PathBuf,
+}
+
+/// `[vault]`: the Vault or OpenBao the broker mints from.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// `https://vault:8200` (plain http only on loopback).
+    pub address: String,
+    /// A file holding the broker's Vault token (0600), re-read when Vault
+    /// refuses the current one. Exactly one of `token_file` and `approle`.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// AppRole login (files holding the role id and secret id).
+    #[serde(default)]
+    pub approle: Option<AppRoleConfig>,
+    /// Extra PEM roots for the Vault server's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Per-call timeout. Default 5 s.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
+    /// An intent record without an outcome this old is reconciled (the
+    /// broker died mid-mint). Default 2 min; keep it above any mint's time.
+    #[serde(default)]
+    pub reconcile_after: Option<Dur>,
+}
+
+impl VaultConfig {
+    /// https (plain http only on loopback) and exactly one way to log in.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let url = url::Url::parse(&self.address)
+            .map_err(|e| Invalid::new("vault.address", format!("{:?}: {e}", self.address)))?;
+        let loopback = matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
+            || matches!(url.host(), Some(url::Host::Domain("localhost")));
+        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
+            return Err(Invalid::new(
+                "vault.address",
+                "https required (plain http only on loopback)",
+            ));
+        }
+        if self.token_file.is_some() == self.approle.is_some() {
+            return Err(Invalid::new(
+                "vault",
+                "exactly one of token_file and approle",
+            ));
+        }
+        Ok(())
+    }
+}
 
 /// A failed Vault call: what, and the status if Vault answered.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -497,7 +544,7 @@ impl VaultClient {
 /// accessor" / "invalid lease") means gone, 2xx still there; anything else
 /// (403, a sealed or failing Vault) confirms nothing and is an error, so a
 /// revocation is never reported confirmed on an answer that did not say so.
-fn gone_after_lookup(what: &str, status: u16) -> Result<bool, VaultError> {
+pub(super) fn gone_after_lookup(what: &str, status: u16) -> Result<bool, VaultError> {
     match status {
         400 | 404 => Ok(true),
         200..=299 => Ok(false),
@@ -514,310 +561,5 @@ impl From<VaultError> for MintError {
             message: e.to_string(),
             ambiguous: e.ambiguous,
         }
-    }
-}
-
-/// The Vault minter: child tokens and dynamic secrets, revoked effectively
-/// (revoked upstream, confirmed by a lookup).
-pub struct VaultMinter {
-    client: Arc<VaultClient>,
-}
-
-impl VaultMinter {
-    /// Mints through `client`.
-    pub fn new(client: Arc<VaultClient>) -> Self {
-        Self { client }
-    }
-}
-
-#[async_trait]
-impl Minter for VaultMinter {
-    fn kind(&self) -> LeaseKind {
-        LeaseKind::Vault
-    }
-
-    fn revocation(&self) -> Revocation {
-        Revocation::Effective
-    }
-
-    fn flow(&self) -> Flow {
-        Flow::Upstream
-    }
-
-    async fn mint(
-        &self,
-        _approved: &Approved<'_>,
-        request: &MintRequest<'_>,
-        intent: &LoggedIntent,
-    ) -> Result<Minted, MintError> {
-        let grant = request.settings::<Settings>()?;
-        Ok(self
-            .client
-            .mint(intent, grant, request.identity, request.ttl_seconds)
-            .await?)
-    }
-
-    async fn revoke(&self, upstream: &Value) -> Result<bool, MintError> {
-        Ok(self.client.revoke(upstream).await?)
-    }
-
-    /// A child token is found by its `mintguard_lease` metadata and
-    /// revoked (or closed as never minted); a dynamic secret cannot be
-    /// searched for, so it is handed to an operator.
-    async fn reconcile(&self, lease: &Lease, spec: Option<&GrantSpec>) -> Reconcile {
-        match spec.and_then(Settings::of) {
-            Some(VaultGrant::Token { .. }) => {
-                match self.client.find_token_for_lease(&lease.id).await {
-                    Ok(Some(accessor)) => {
-                        let upstream = json!({"vault_accessor": accessor});
-                        if self.client.revoke(&upstream).await.unwrap_or(false) {
-                            Reconcile::Revoked { upstream }
-                        } else {
-                            tracing::error!(lease = %lease.id, "an unanswered Vault token could not be revoked; retrying at the next pass");
-                            Reconcile::Retry
-                        }
-                    }
-                    Ok(None) => Reconcile::NotMinted,
-                    // Vault could not be searched now: the next pass tries again.
-                    Err(e) => {
-                        tracing::error!(lease = %lease.id, error = %e, "searching Vault for an unanswered token failed; retrying at the next pass");
-                        Reconcile::Retry
-                    }
-                }
-            }
-            other => {
-                let path = match other {
-                    Some(VaultGrant::Secret { path, .. }) => path.clone(),
-                    _ => String::new(),
-                };
-                let mut detail = serde_json::Map::new();
-                detail.insert("vault_path".into(), path.into());
-                detail.insert("intent_time_ms".into(), lease.issued_at_ms.into());
-                detail.insert("action".into(), "find the Vault lease under this path issued at that time and revoke it, then `mintguard revoke LEASE --confirm-revoked-upstream`".into());
-                Reconcile::OperatorAction {
-                    detail,
-                    end_task: false,
-                }
-            }
-        }
-    }
-}
-
-/// `vault = { token = { … } }` or `vault = { secret = { … } }` on a grant.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
-pub enum VaultGrant {
-    /// A child token of the broker's token.
-    Token {
-        /// Policies the token carries (never `root`).
-        policies: Vec<String>,
-        /// Uses before it is spent (0 = unlimited).
-        #[serde(default)]
-        num_uses: u32,
-    },
-    /// A dynamic secret read, e.g. `database/creds/readonly` or a PKI issue
-    /// (`pki/issue/web`, with `body`).
-    Secret {
-        /// The path under `/v1/`.
-        path: String,
-        /// A JSON body to write (PKI issue); without it the path is read.
-        #[serde(default)]
-        body: Option<BTreeMap<String, String>>,
-    },
-}
-
-/// A `vault` grant's settings.
-pub type Settings = VaultGrant;
-
-/// A path the broker sends to Vault as it is (unescaped): 1–512 bytes of
-/// plain segments, each of `[A-Za-z0-9._-]` and neither `.` nor `..`, so
-/// no percent-encoding, traversal or query can reach another endpoint.
-pub(super) fn plain_path(path: &str) -> bool {
-    !path.is_empty()
-        && path.len() <= 512
-        && path.split('/').all(|seg| {
-            !seg.is_empty()
-                && seg != "."
-                && seg != ".."
-                && seg
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        })
-}
-
-/// Whether `path` reaches one of Vault's own mounts: a segment `sys`,
-/// `auth`, `identity` or `cubbyhole` (at the start, or after a namespace
-/// prefix such as `team/sys/…`): never a grant's to reach.
-pub(super) fn system_mount(path: &str) -> bool {
-    path.split('/')
-        .any(|seg| ["sys", "auth", "identity", "cubbyhole"].contains(&seg))
-}
-
-/// Grants of `kind` are minted through `[vault]`: refused without one.
-pub(super) fn needs_vault(cx: &SpecContext<'_>, kind: &str) -> Result<(), Invalid> {
-    if cx.has_vault {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            (cx.key)("kind"),
-            format!("{kind} grants need a [vault] section"),
-        ))
-    }
-}
-
-impl GrantSettings for VaultGrant {
-    fn available(cx: &SpecContext<'_>) -> Result<(), Invalid> {
-        needs_vault(cx, "vault")
-    }
-
-    fn validate(&self, cx: &SpecContext<'_>) -> Result<(), Invalid> {
-        match self {
-            VaultGrant::Token { policies, .. } => {
-                if policies.is_empty() || policies.iter().any(|p| p == "root" || p.is_empty()) {
-                    return Err(Invalid::new(
-                        (cx.key)("vault.token.policies"),
-                        "one or more policies, never root",
-                    ));
-                }
-                Ok(())
-            }
-            VaultGrant::Secret { path, .. } => {
-                if !plain_path(path) || system_mount(path) {
-                    return Err(Invalid::new(
-                        (cx.key)("vault.secret.path"),
-                        format!(
-                            "{path:?}: a relative secrets-engine path (segments of [A-Za-z0-9._-], never under sys, auth, identity or cubbyhole)"
-                        ),
-                    ));
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
-/// Built when `[vault]` is configured.
-pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
-    Ok(deps
-        .vault
-        .map(|client| Box::new(VaultMinter::new(client.clone())) as Box<dyn Minter>))
-}
-
-#[cfg(test)]
-mod tests {
-    use mintguard_certs::jwt::JwtAlgorithm;
-
-    use super::*;
-
-    #[test]
-    fn a_secret_path_is_plain_and_never_under_a_system_mount() {
-        let key = |k: &str| format!("grants[0].{k}");
-        let cx = SpecContext {
-            key: &key,
-            max_ttl: Duration::from_secs(600),
-            jwt_algorithm: JwtAlgorithm::Es256,
-            jwt_max_ttl: Duration::from_secs(3600),
-            has_vault: true,
-        };
-        let secret = |path: &str| VaultGrant::Secret {
-            path: path.into(),
-            body: None,
-        };
-        for ok in ["database/creds/readonly", "pki/issue/web", "aws/creds/deploy-role.v2"] {
-            assert!(secret(ok).validate(&cx).is_ok(), "{ok}");
-        }
-        for bad in [
-            "%73ys/policies/acl/x",
-            "identity/oidc/token/role",
-            "cubbyhole/x",
-            "./sys/x",
-            "sys",
-            "auth/token/create",
-            "a/../sys/x",
-            "a//b",
-            "a?b",
-            "team/sys/policies/acl/x",
-            "team/auth/token/create",
-            "/database/creds/x",
-            "",
-        ] {
-            let e = secret(bad).validate(&cx).unwrap_err();
-            assert_eq!(e.key, "grants[0].vault.secret.path", "{bad}");
-        }
-    }
-
-    #[test]
-    fn only_an_unknown_credential_confirms_a_revocation() {
-        assert!(gone_after_lookup("x", 400).unwrap());
-        assert!(gone_after_lookup("x", 404).unwrap());
-        assert!(!gone_after_lookup("x", 200).unwrap());
-        for status in [403, 429, 500, 503] {
-            let e = gone_after_lookup("sys/leases/lookup", status).unwrap_err();
-            assert!(e.to_string().contains(&status.to_string()), "{e}");
-        }
-    }
-}
-
-/// `[vault] timeout` when unset.
-pub const VAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `[vault.approle]`.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct AppRoleConfig {
-    /// The auth mount. Default `approle`.
-    #[serde(default)]
-    pub mount: Option<String>,
-    /// A file holding the role id.
-    pub role_id_file: PathBuf,
-    /// A file holding the secret id (0600).
-    pub secret_id_file: PathBuf,
-}
-
-/// `[vault]`: the Vault or OpenBao the broker mints from.
-#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct VaultConfig {
-    /// `https://vault:8200` (plain http only on loopback).
-    pub address: String,
-    /// A file holding the broker's Vault token (0600), re-read when Vault
-    /// refuses the current one. Exactly one of `token_file` and `approle`.
-    #[serde(default)]
-    pub token_file: Option<PathBuf>,
-    /// AppRole login (files holding the role id and secret id).
-    #[serde(default)]
-    pub approle: Option<AppRoleConfig>,
-    /// Extra PEM roots for the Vault server's certificate.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Per-call timeout. Default 5 s.
-    #[serde(default)]
-    pub timeout: Option<Dur>,
-    /// An intent record without an outcome this old is reconciled (the
-    /// broker died mid-mint). Default 2 min; keep it above any mint's time.
-    #[serde(default)]
-    pub reconcile_after: Option<Dur>,
-}
-
-impl VaultConfig {
-    /// https (plain http only on loopback) and exactly one way to log in.
-    pub fn validate(&self) -> Result<(), Invalid> {
-        let url = url::Url::parse(&self.address)
-            .map_err(|e| Invalid::new("vault.address", format!("{:?}: {e}", self.address)))?;
-        let loopback = matches!(url.host(), Some(url::Host::Ipv4(a)) if a.is_loopback())
-            || matches!(url.host(), Some(url::Host::Domain("localhost")));
-        if url.scheme() != "https" && !(url.scheme() == "http" && loopback) {
-            return Err(Invalid::new(
-                "vault.address",
-                "https required (plain http only on loopback)",
-            ));
-        }
-        if self.token_file.is_some() == self.approle.is_some() {
-            return Err(Invalid::new(
-                "vault",
-                "exactly one of token_file and approle",
-            ));
-        }
-        Ok(())
     }
 }
