@@ -49,9 +49,7 @@ async fn main() -> anyhow::Result<()> {
         grant: "payments-token".into(),
         ttl_seconds: Some(600),
         purpose: Some("quickstart".into()),
-        spiffe_id: None,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     };
     let issued = match mintguard_agent::client::request_credential(&socket, &request).await {
         Ok(i) => i,

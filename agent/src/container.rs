@@ -120,10 +120,7 @@ pub async fn create_token(
     CredentialRequest {
         grant: req.grant.clone(),
         spiffe_id: req.spiffe_id.clone(),
-        ttl_seconds: None,
-        purpose: None,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     }
     .check()
     .map_err(AgentError::from_input)?;
@@ -197,11 +194,9 @@ async fn credentials(
     let selectors = container.agent.attestor.attest(&binding.peer)?;
     let request = CredentialRequest {
         grant: binding.grant.clone(),
-        ttl_seconds: None,
         purpose: Some("aws container credentials".into()),
         spiffe_id: binding.spiffe_id.clone(),
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     };
     let (status, retry_after, body) = container.agent.issue(selectors, request).await?;
     if status != StatusCode::OK {

@@ -176,7 +176,6 @@ fn request(
         ttl_seconds: ttl,
         purpose,
         spiffe_id,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     }
 }

@@ -25,6 +25,10 @@ macro_rules! lease_kinds {
             AwsSts => "aws_sts" in sts,
             /// A static secret read from Vault's KV store.
             StaticSecret => "static_secret" in static_secret,
+            /// An X.509-SVID signed by the broker's CA (Workload API).
+            X509Svid => "x509_svid" in x509_svid,
+            /// A JWT-SVID signed by the broker's keys (Workload API).
+            JwtSvid => "jwt_svid" in jwt_svid,
         }
     };
 }
@@ -46,6 +50,16 @@ macro_rules! lease_kind_enum {
         string_forms!(LeaseKind, "lease kind", { $($variant => $text),+ });
     };
 }
+
+impl LeaseKind {
+    /// The kinds the broker signs itself (one record each, nothing
+    /// upstream): reconciliation and retention never look at their leases.
+    pub const LOCAL: &[LeaseKind] = &[LeaseKind::Jwt, LeaseKind::X509Svid, LeaseKind::JwtSvid];
+}
+
+/// [`LeaseKind::LOCAL`] as the lease queries and their index (migration 10)
+/// spell it.
+pub const UPSTREAM_KIND_SQL: &str = "kind NOT IN ('jwt', 'x509_svid', 'jwt_svid')";
 
 /// How a lease ends before it expires.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
@@ -110,6 +124,17 @@ string_forms!(Revocation, "revocation", {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_upstream_predicate_names_every_local_kind() {
+        for kind in LeaseKind::LOCAL {
+            assert!(UPSTREAM_KIND_SQL.contains(&format!("'{kind}'")), "{kind}");
+        }
+        assert_eq!(
+            UPSTREAM_KIND_SQL.matches('\'').count(),
+            2 * LeaseKind::LOCAL.len()
+        );
+    }
+
     use super::*;
 
     #[test]

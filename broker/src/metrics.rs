@@ -65,6 +65,8 @@ pub struct Metrics {
     pub analysis_stale: Gauge,
     /// Refusals of unauthenticated callers and of the HTTP layer itself.
     pub unauthenticated_refusals: Family<RefusalLabel, Counter>,
+    /// Revoked, unexpired X.509-SVIDs in the CRL last published to agents.
+    pub crl_entries: Gauge,
 }
 
 impl Default for Metrics {
@@ -81,6 +83,12 @@ impl Default for Metrics {
         let undecodable_records = Family::<ReaderLabel, Counter>::default();
         let analysis_stale = Gauge::default();
         let unauthenticated_refusals = Family::<RefusalLabel, Counter>::default();
+        let crl_entries = Gauge::default();
+        registry.register(
+            "crl_entries",
+            "Revoked, unexpired X.509-SVIDs in the CRL last published to agents",
+            crl_entries.clone(),
+        );
         registry.register(
             "unauthenticated_refusals",
             "Refusals of callers who proved nothing (bad CI tokens), and of the HTTP layer (heads too large, connections over the cap)",
@@ -141,6 +149,7 @@ impl Default for Metrics {
             undecodable_records,
             analysis_stale,
             unauthenticated_refusals,
+            crl_entries,
             decision_seconds,
             issue_seconds,
             log_write_seconds,

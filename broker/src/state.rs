@@ -249,8 +249,8 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     /// The clock every issuance reads once ([`crate::clock::SystemClock`]).
     pub clock: Arc<dyn Clock>,
-    /// The CA.
-    pub ca: RwLock<CertificateAuthority>,
+    /// The CA (shared with the X.509-SVID minter).
+    pub ca: Arc<RwLock<CertificateAuthority>>,
     /// The broker's own serving SVID.
     pub svid: ArcSwap<X509Svid>,
     /// JWT signing keys.
@@ -404,10 +404,12 @@ impl Broker {
         };
         let vault = vault.map(Arc::new);
         let jwt = Arc::new(RwLock::new(jwt));
+        let ca = Arc::new(RwLock::new(ca));
         // Every registered kind's minter (`crate::lease::lease_kinds!`).
         let used = |kind| config.grants.values().any(|g| g.kind == kind);
         let minters = crate::mint::build(&crate::mint::Deps {
             jwt: &jwt,
+            ca: &ca,
             vault: vault.as_ref(),
             aws: &config.aws,
             used: &used,
@@ -439,7 +441,7 @@ impl Broker {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
             clock: Arc::new(crate::clock::SystemClock),
-            ca: RwLock::new(ca),
+            ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,
             jwt_read_at: Mutex::new(None),

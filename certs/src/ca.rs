@@ -73,6 +73,27 @@ fn to_time(d: Duration) -> time::Duration {
     time::Duration::seconds(i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2))
 }
 
+/// The serial number an SVID minted for `seed` (a lease id) carries: the
+/// first 16 bytes of its SHA-256, kept positive and non-zero, so a revoked
+/// lease names its certificate in a CRL without a lookup.
+pub fn serial_for(seed: &str) -> [u8; 16] {
+    let digest = digest::digest(&digest::SHA256, seed.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest.as_ref()[..16]);
+    bytes[0] &= 0x7f;
+    bytes[0] |= 0x01;
+    bytes
+}
+
+/// A revoked certificate as a CRL lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevokedSerial {
+    /// Its serial number ([`serial_for`]).
+    pub serial: [u8; 16],
+    /// When it was revoked.
+    pub revoked_at: OffsetDateTime,
+}
+
 fn random_serial() -> Result<SerialNumber> {
     let mut bytes = [0u8; 16];
     aws_lc_rs::rand::fill(&mut bytes).map_err(|_| CertsError::Signing)?;
@@ -217,6 +238,53 @@ impl Authority {
             .signed_by(&csr.public_key, &self.issuer)?
             .der()
             .clone())
+    }
+
+    /// Like [`Self::issue_svid_from_csr`], with the serial number given
+    /// ([`serial_for`] of the workload SVID's lease).
+    pub fn issue_svid_from_csr_with_serial(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        now: OffsetDateTime,
+        serial: [u8; 16],
+    ) -> Result<CertificateDer<'static>> {
+        let csr = parse_csr(csr_pem)?;
+        let mut params = self.svid_params(spiffe_id, ttl, now)?;
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        Ok(params
+            .signed_by(&csr.public_key, &self.issuer)?
+            .der()
+            .clone())
+    }
+
+    /// A CRL (DER) signed by this CA listing `revoked`, valid from
+    /// `this_update` until `next_update`.
+    pub fn crl(
+        &self,
+        revoked: &[RevokedSerial],
+        crl_number: u64,
+        this_update: OffsetDateTime,
+        next_update: OffsetDateTime,
+    ) -> Result<Vec<u8>> {
+        let params = rcgen::CertificateRevocationListParams {
+            this_update,
+            next_update,
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| rcgen::RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: r.revoked_at,
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.issuer)?.der().to_vec())
     }
 
     /// Issues an X.509-SVID for `spiffe_id` with a freshly generated key (the
@@ -494,6 +562,21 @@ impl CertificateAuthority {
         self.check_ttl(spiffe_id, ttl)?;
         self.active
             .issue_svid_from_csr(csr_pem, spiffe_id, ttl, now)
+    }
+
+    /// Issues a workload SVID from a CSR with a given serial; see
+    /// [`Authority::issue_svid_from_csr_with_serial`].
+    pub fn issue_svid_from_csr_with_serial(
+        &self,
+        csr_pem: &str,
+        spiffe_id: &SpiffeId,
+        ttl: Duration,
+        now: OffsetDateTime,
+        serial: [u8; 16],
+    ) -> Result<CertificateDer<'static>> {
+        self.check_ttl(spiffe_id, ttl)?;
+        self.active
+            .issue_svid_from_csr_with_serial(csr_pem, spiffe_id, ttl, now, serial)
     }
 
     /// Issues an SVID with a fresh key; see [`Authority::issue_svid`].

@@ -141,6 +141,11 @@ impl X509Svid {
     }
 }
 
+/// A DER certificate as PEM.
+pub fn cert_pem(der: &[u8]) -> String {
+    pem_encode("CERTIFICATE", der)
+}
+
 /// What Mintguard reads from an X.509-SVID leaf.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SvidInfo {

@@ -25,6 +25,12 @@ pub const MAX_PURPOSE_LEN: usize = 512;
 pub const MAX_TTL_SECONDS: u64 = 31 * 86_400;
 /// Longest approval or lease id, in bytes.
 pub const MAX_ID_LEN: usize = 128;
+/// Most audiences a JWT-SVID request may name.
+pub const MAX_AUDIENCES: usize = 16;
+/// Longest audience, in bytes.
+pub const MAX_AUDIENCE_LEN: usize = 256;
+/// Largest PEM CSR a request may carry, in bytes.
+pub const MAX_CSR_BYTES: usize = 16 * 1024;
 /// Largest `uptime_seconds` a node may report (100 years).
 pub const MAX_UPTIME_SECONDS: u64 = 100 * 366 * 86_400;
 
@@ -120,6 +126,33 @@ impl CredentialRequest {
             // The broker parses it fully; the shape is bounded here.
             check_text("bad_spiffe_id", "spiffe_id", id, 2048)?;
         }
+        if let Some(audience) = &self.audience {
+            if audience.is_empty() || audience.len() > MAX_AUDIENCES {
+                return Err(input_error(
+                    "bad_audience",
+                    format!("audience must name 1..={MAX_AUDIENCES} audiences"),
+                ));
+            }
+            for aud in audience {
+                if aud.is_empty() {
+                    return Err(input_error("bad_audience", "an audience is empty"));
+                }
+                check_text("bad_audience", "audience", aud, MAX_AUDIENCE_LEN)?;
+            }
+        }
+        if let Some(csr) = &self.csr {
+            // PEM: printable ASCII and line breaks only; the broker parses it.
+            if csr.len() > MAX_CSR_BYTES
+                || !csr
+                    .bytes()
+                    .all(|b| b == b'\n' || b == b'\r' || (0x20..0x7f).contains(&b))
+            {
+                return Err(input_error(
+                    "bad_csr",
+                    format!("csr must be a PEM CSR of at most {MAX_CSR_BYTES} bytes"),
+                ));
+            }
+        }
         if let Some(id) = &self.approval_id
             && !is_id(id)
         {
@@ -153,7 +186,7 @@ impl NodeFacts {
 }
 
 /// `POST /v1/credentials` (workload → agent), `POST /v1/ci/credentials` (CI → broker).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialRequest {
     /// The grant asked for, by name.
@@ -173,6 +206,14 @@ pub struct CredentialRequest {
     /// Redeem an approved step-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
+    /// The audiences of a JWT-SVID (`jwt_svid` grants; the grant's
+    /// allowed audiences bound them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<Vec<String>>,
+    /// A PEM CSR for an X.509-SVID (`x509_svid` grants): only its public
+    /// key is used. The broker records the key's digest, never the CSR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub csr: Option<String>,
 }
 
 /// The answer to a credential request that was allowed.
@@ -311,6 +352,27 @@ pub struct SvidResponse {
     pub bundle_pem: String,
     /// When the SVID expires (RFC 3339).
     pub expires_at: String,
+}
+
+/// `GET /v1/node/bundles` (agents listener): what the agent's Workload API
+/// publishes besides SVIDs, and which of the node's identities are
+/// suspended (their streams end at once).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NodeBundles {
+    /// The trust domain's SPIFFE ID (`spiffe://example.org`).
+    pub trust_domain_id: String,
+    /// The X.509 bundle (every trusted CA), PEM.
+    pub x509_bundle_pem: String,
+    /// The JWT bundle: the broker's JWKS, each key with `kid` and
+    /// `use: "jwt-svid"`.
+    pub jwt_bundle: serde_json::Value,
+    /// A CRL (DER, standard base64) signed by the active CA listing the
+    /// revoked X.509-SVIDs that have not expired.
+    pub crl_der_b64: String,
+    /// Their serial numbers, hex.
+    pub revoked_serials: Vec<String>,
+    /// The node's identities (and the node itself) that are suspended.
+    pub suspended: Vec<String>,
 }
 
 /// A registration entry as the admin API and agents see it.

@@ -121,6 +121,8 @@ pub struct GrantContext<'a> {
     pub jwt: &'a JwtConfig,
     /// Whether `[vault]` is configured.
     pub has_vault: bool,
+    /// `[ca] svid_ttl`: the longest SVID the CA signs.
+    pub ca_svid_ttl: std::time::Duration,
 }
 
 impl RawGrant {
@@ -154,9 +156,14 @@ impl RawGrant {
             jwt_algorithm: cx.jwt.algorithm,
             jwt_max_ttl: cx.jwt.max_ttl.0,
             has_vault: cx.has_vault,
+            ca_svid_ttl: cx.ca_svid_ttl,
         };
         GrantSpec::available(kind, &cx)?;
-        let Some(settings) = self.rest.remove(kind.as_str()) else {
+        // A kind whose settings all have defaults may leave its table out.
+        let Some(settings) = self.rest.remove(kind.as_str()).or_else(|| {
+            let empty = toml::Value::Table(toml::Table::new());
+            GrantSpec::parse(kind, empty.clone()).ok().map(|_| empty)
+        }) else {
             return Err(Invalid::new(
                 key(kind.as_str()),
                 format!("required for kind = \"{kind}\" ({kind} = {{ … }})"),

@@ -227,6 +227,7 @@ impl Config {
         let cx = GrantContext {
             jwt: &raw.jwt,
             has_vault: raw.vault.is_some(),
+            ca_svid_ttl: raw.ca.svid_ttl.0,
         };
         let mut grants = BTreeMap::new();
         for (i, g) in raw.grants.into_iter().enumerate() {

@@ -190,10 +190,6 @@ async fn issue_inner(
 pub fn request(grant: &str) -> CredentialRequest {
     CredentialRequest {
         grant: grant.into(),
-        ttl_seconds: None,
-        purpose: None,
-        spiffe_id: None,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     }
 }

@@ -29,6 +29,22 @@ pub fn request_hash(
     crate::ids::hex(digest.as_ref())
 }
 
+/// What an approval is bound to beyond the grant, TTL and purpose: the
+/// front door's `binding` and a JWT-SVID's audiences (an approval for one
+/// audience never redeems a token for another). Unchanged for a request
+/// without audiences, so earlier approvals keep their hashes.
+fn bound_to(binding: Option<&str>, request: &CredentialRequest) -> Option<String> {
+    match (&request.audience, binding) {
+        (None, binding) => binding.map(str::to_owned),
+        (Some(audience), binding) => {
+            let mut audience = audience.clone();
+            audience.sort();
+            audience.dedup();
+            Some(serde_json::to_string(&(binding, "audience", audience)).unwrap_or_default())
+        }
+    }
+}
+
 /// Stores a pending approval for a held request, open from `open.start`
 /// until `open.end` (milliseconds); its id.
 pub async fn hold(
@@ -47,7 +63,7 @@ pub async fn hold(
             &request.grant,
             request.ttl_seconds,
             request.purpose.as_deref(),
-            binding,
+            bound_to(binding, request).as_deref(),
         ),
         identity: identity.to_owned(),
         grant: request.grant.clone(),
@@ -94,7 +110,7 @@ pub async fn redeemable(
         &request.grant,
         request.ttl_seconds,
         request.purpose.as_deref(),
-        binding,
+        bound_to(binding, request).as_deref(),
     );
     if approval.kind != ApprovalKind::StepUp
         || approval.identity != identity

@@ -25,6 +25,7 @@ impl Issuer<'_> {
             mut body,
             spend,
             now,
+            csr,
         } = minting;
         let lease_id = crate::ids::random_id("lease");
         let mint = MintRequest {
@@ -36,6 +37,8 @@ impl Issuer<'_> {
             lease_id: &lease_id,
             ttl_seconds: decision.ttl_seconds,
             now_ms: now,
+            audience: body.request.audience.as_deref(),
+            csr: csr.as_deref(),
         };
         // Signed before the write, so the write is the only I/O; released after it.
         let sealed = minter.seal(approved, &mint).map_err(|e| match e {
@@ -45,6 +48,7 @@ impl Issuer<'_> {
         let lease = mint.lease(minter, &request_id);
         let expires_at_ms = lease.expires_at_ms;
         body.extras.lease = Some(LeaseBody::of(&lease, None));
+        body.extras.credential = sealed.record().cloned();
         // The hot path: the body is written straight to its canonical form.
         let canonical = body.view().to_canonical()?;
         let entry = LogEntry {

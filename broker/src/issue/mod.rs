@@ -167,6 +167,8 @@ struct Minting<'a> {
     body: Body<'a>,
     spend: Vec<SpendOp>,
     now: i64,
+    /// The request's CSR, kept out of its record.
+    csr: Option<String>,
 }
 
 /// The pieces of a decision record's body.
@@ -198,10 +200,22 @@ impl Issuer<'_> {
     pub async fn issue(
         &self,
         grant: &GrantConfig,
-        request: CredentialRequest,
+        mut request: CredentialRequest,
         subject: Subject<'_>,
         now: i64,
     ) -> Result<Issued, Refusal> {
+        // The CSR is key material for the minter, not a decision input: the
+        // record holds what was signed (`extras.credential`), not the CSR.
+        let csr = request.csr.take();
+        if let Some(minter) = self.minters.get(grant.kind) {
+            let material = crate::mint::Material {
+                audience: request.audience.as_deref(),
+                csr: csr.as_deref(),
+            };
+            minter
+                .check_material(&grant.spec, &material)
+                .map_err(Refusal::Material)?;
+        }
         if self.identity_limiter.check_key(&subject.identity).is_err() {
             return Err(Refusal::RateLimited);
         }
@@ -384,6 +398,7 @@ impl Issuer<'_> {
                 body,
                 spend,
                 now,
+                csr,
             };
             match minter.flow() {
                 Flow::Local => self.issue_local(minter, &approved, minting).await,

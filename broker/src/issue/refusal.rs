@@ -126,6 +126,9 @@ pub enum Refusal {
     SigningFailed(String),
     /// The store failed (or refused a duplicate).
     Store(StoreError),
+    /// What the request carries for the grant's kind (a CSR, audiences) is
+    /// missing, malformed or outside the grant: nothing was decided.
+    Material(crate::mint::MaterialError),
 }
 
 impl From<StoreError> for Refusal {
@@ -163,6 +166,7 @@ impl Refusal {
             Self::SigningFailed(_) => "signing_failed",
             Self::Store(StoreError::Conflict(_)) => "conflict",
             Self::Store(_) => "store_unavailable",
+            Self::Material(e) => e.code,
         }
     }
 
@@ -183,6 +187,8 @@ impl Refusal {
             | Self::BreakGlassOverSuspension
             | Self::TtlBelowUpstreamMinimum { .. } => Class::Forbidden,
             Self::StepUp { .. } => Class::Held,
+            Self::Material(e) if e.forbidden => Class::Forbidden,
+            Self::Material(_) => Class::BadRequest,
             Self::NoMinter { .. }
             | Self::LogUnavailable(_)
             | Self::OutcomeUnavailable(_)
@@ -243,6 +249,7 @@ impl Refusal {
             Self::SigningFailed(_) => "the credential could not be signed".into(),
             Self::Store(StoreError::Conflict(_)) => "already exists".into(),
             Self::Store(_) => "the store is unavailable; nothing was issued".into(),
+            Self::Material(e) => e.message.clone(),
         }
     }
 

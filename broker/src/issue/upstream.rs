@@ -31,6 +31,7 @@ impl Issuer<'_> {
             mut body,
             spend,
             now,
+            csr,
         } = minting;
         let record = |body: serde_json::Value, kind| {
             let mut entry =
@@ -61,6 +62,8 @@ impl Issuer<'_> {
             lease_id: &lease_id,
             ttl_seconds,
             now_ms: now,
+            audience: body.request.audience.as_deref(),
+            csr: csr.as_deref(),
         };
         let lease = mint.lease(minter, &request_id);
         let expires_at_ms = lease.expires_at_ms;

@@ -125,6 +125,10 @@ pub struct MintRequest<'a> {
     pub ttl_seconds: u64,
     /// The issuance's one reading of the clock, milliseconds.
     pub now_ms: i64,
+    /// The audiences the request named (JWT-SVIDs).
+    pub audience: Option<&'a [String]>,
+    /// The request's PEM CSR (X.509-SVIDs): never recorded.
+    pub csr: Option<&'a str>,
 }
 
 impl<'a> MintRequest<'a> {
@@ -171,6 +175,7 @@ impl<'a> MintRequest<'a> {
 /// A credential signed here that may not leave the broker yet.
 pub struct Sealed {
     credential: Value,
+    record: Option<Value>,
 }
 
 impl std::fmt::Debug for Sealed {
@@ -182,7 +187,22 @@ impl std::fmt::Debug for Sealed {
 impl Sealed {
     /// Seals what the workload will receive.
     pub(crate) fn new(credential: Value) -> Self {
-        Self { credential }
+        Self {
+            credential,
+            record: None,
+        }
+    }
+
+    /// What its decision record says of it (an X.509-SVID's serial and
+    /// key digest): public facts, never the credential.
+    pub(crate) fn recording(mut self, record: Value) -> Self {
+        self.record = Some(record);
+        self
+    }
+
+    /// What the record says of it.
+    pub fn record(&self) -> Option<&Value> {
+        self.record.as_ref()
     }
 
     /// What the workload receives, once its record is durable.
@@ -267,6 +287,40 @@ pub enum Reconcile {
     Retry,
 }
 
+/// What a request carries for its minter besides the grant: a JWT-SVID's
+/// audiences, an X.509-SVID's CSR.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Material<'a> {
+    /// `audience`.
+    pub audience: Option<&'a [String]>,
+    /// `csr` (PEM).
+    pub csr: Option<&'a str>,
+}
+
+/// Material a grant's kind does not take, or cannot use: refused before
+/// anything is decided, spent or recorded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct MaterialError {
+    /// A stable reason code (`csr_required`, `bad_csr`, `audience_not_allowed`, …).
+    pub code: &'static str,
+    /// What is wrong.
+    pub message: String,
+    /// Well formed, but outside what the grant allows (403, not 400).
+    pub forbidden: bool,
+}
+
+impl MaterialError {
+    /// Malformed or missing material (400).
+    pub fn bad(code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            forbidden: false,
+        }
+    }
+}
+
 /// One kind of credential.
 #[async_trait]
 pub trait Minter: Send + Sync {
@@ -278,6 +332,31 @@ pub trait Minter: Send + Sync {
 
     /// Local or upstream.
     fn flow(&self) -> Flow;
+
+    /// Checks what the request carries for this kind before anything is
+    /// decided; by default a kind takes neither audiences nor a CSR.
+    fn check_material(
+        &self,
+        _spec: &GrantSpec,
+        material: &Material<'_>,
+    ) -> Result<(), MaterialError> {
+        if material.audience.is_some() {
+            return Err(MaterialError::bad(
+                "audience_not_expected",
+                format!(
+                    "a {} grant takes no audience (jwt_svid grants do)",
+                    self.kind()
+                ),
+            ));
+        }
+        if material.csr.is_some() {
+            return Err(MaterialError::bad(
+                "csr_not_expected",
+                format!("a {} grant takes no CSR (x509_svid grants do)", self.kind()),
+            ));
+        }
+        Ok(())
+    }
 
     /// The TTL it mints for a decided one (an upstream's floor and ceiling).
     fn ttl_seconds(&self, _spec: &GrantSpec, decided: u64) -> Result<u64, TtlBelowMinimum> {
@@ -386,6 +465,8 @@ pub struct SpecContext<'a> {
     pub jwt_max_ttl: Duration,
     /// Whether `[vault]` is configured.
     pub has_vault: bool,
+    /// `[ca] svid_ttl`: the longest SVID the CA signs.
+    pub ca_svid_ttl: Duration,
 }
 
 /// A kind's grant settings (`<kind> = { … }` on a grant): read with serde,
@@ -413,6 +494,8 @@ pub trait SettingsOf: Sized {
 pub struct Deps<'a> {
     /// The broker's JWT signing keys (shared with the JWKS and rotation).
     pub jwt: &'a Arc<RwLock<JwtKeySet>>,
+    /// The broker's CA (X.509-SVIDs; shared with rotation and the bundle).
+    pub ca: &'a Arc<RwLock<mintguard_certs::ca::CertificateAuthority>>,
     /// The broker's Vault client, if `[vault]` is configured.
     pub vault: Option<&'a Arc<vault::VaultClient>>,
     /// `[aws]`.

@@ -8,7 +8,8 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
-use mintguard_api::{EntryView, IssueRequest, RenewRequest, SvidResponse};
+use mintguard_api::{EntryView, IssueRequest, NodeBundles, RenewRequest, SvidResponse};
+use mintguard_certs::ca::{RevokedSerial, serial_for};
 use mintguard_certs::tls::SpiffePeer;
 use time::OffsetDateTime;
 
@@ -23,6 +24,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/v1/issue", post(issue))
         .route("/v1/node/entries", get(entries))
         .route("/v1/node/renew", post(renew))
+        .route("/v1/node/bundles", get(bundles))
         .route("/v1/leases/{id}", delete(revoke))
         .route("/v1/approvals/{id}", get(approval))
         .with_state(broker)
@@ -56,6 +58,102 @@ async fn entries(
             .map(crate::routes::admin::view)
             .collect(),
     ))
+}
+
+/// Most revoked X.509-SVIDs one CRL lists (the soonest to expire are
+/// dropped past it, and the metric says how many are listed).
+pub const MAX_CRL_ENTRIES: usize = 10_000;
+
+async fn bundles(
+    State(broker): State<Arc<Broker>>,
+    Extension(peer): Extension<SpiffePeer>,
+) -> Result<axum::Json<NodeBundles>, ApiError> {
+    let node = peer.id().to_string();
+    let now_ms = broker.clock.now_ms();
+    let now = crate::clock::datetime(now_ms);
+    let revoked = broker
+        .store
+        .leases(&crate::store::LeaseQuery::RevokedSvids {
+            now_ms,
+            limit: MAX_CRL_ENTRIES,
+        })
+        .await?;
+    let serials: Vec<RevokedSerial> = revoked
+        .iter()
+        .map(|l| RevokedSerial {
+            serial: serial_for(&l.id),
+            revoked_at: crate::clock::datetime(l.revoked_at_ms.unwrap_or(now_ms)),
+        })
+        .collect();
+    let unavailable = |e: mintguard_certs::CertsError| {
+        ApiError::unavailable("ca_unavailable", "CA unavailable", e)
+    };
+    let (bundle, crl) = {
+        let ca = broker
+            .ca
+            .read()
+            .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
+        let bundle = ca.bundle(now).map_err(unavailable)?;
+        // Valid for an hour; agents fetch it far more often.
+        let crl = ca
+            .active()
+            .crl(
+                &serials,
+                u64::try_from(now_ms).unwrap_or(0),
+                now,
+                now + time::Duration::hours(1),
+            )
+            .map_err(unavailable)?;
+        (bundle, crl)
+    };
+    broker
+        .metrics
+        .crl_entries
+        .set(i64::try_from(serials.len()).unwrap_or(i64::MAX));
+    broker.refresh_jwt_keys();
+    let jwt_bundle = {
+        let keys = broker.jwt.read().map_err(|_| {
+            ApiError::unavailable("keys_unavailable", "signing keys unavailable", "poisoned")
+        })?;
+        let mut jwks = serde_json::to_value(keys.jwks(now)).map_err(|e| {
+            ApiError::unavailable("keys_unavailable", "signing keys unavailable", e)
+        })?;
+        if let Some(keys) = jwks.get_mut("keys").and_then(|k| k.as_array_mut()) {
+            for key in keys.iter_mut() {
+                if let Some(key) = key.as_object_mut() {
+                    key.insert("use".into(), "jwt-svid".into());
+                }
+            }
+        }
+        jwks
+    };
+    let mut subjects: Vec<String> = broker
+        .store
+        .entries(Some(&node))
+        .await?
+        .into_iter()
+        .map(|e| e.spiffe_id)
+        .collect();
+    subjects.push(node);
+    let suspended_all = broker.store.suspended_subjects().await?;
+    let mut suspended: Vec<String> = subjects
+        .into_iter()
+        .filter(|s| suspended_all.contains(s))
+        .collect();
+    suspended.sort();
+    suspended.dedup();
+    use base64::Engine as _;
+    Ok(axum::Json(NodeBundles {
+        trust_domain_id: broker.config().trust_domain.id_string(),
+        x509_bundle_pem: bundle.to_pem(),
+        jwt_bundle,
+        crl_der_b64: base64::engine::general_purpose::STANDARD.encode(crl),
+        revoked_serials: serials
+            .iter()
+            .map(|s| mintguard_certs::hex(&s.serial))
+            .collect(),
+        suspended,
+    }))
 }
 
 /// Records a renewal refused as stale, and the detection it is: two

@@ -116,15 +116,7 @@ async fn enroll(
 
 /// PEM of one DER certificate.
 pub fn pem(der: &[u8]) -> String {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(chunk).unwrap_or_default());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
+    mintguard_certs::svid::cert_pem(der)
 }
 
 async fn jwks(State(broker): State<Arc<Broker>>) -> Response {
@@ -415,11 +407,8 @@ async fn token_exchange(
     };
     let request = CredentialRequest {
         grant: grant.to_owned(),
-        ttl_seconds: None,
         purpose: field("purpose").map(str::to_owned),
-        spiffe_id: None,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     };
     let (status, detail, code) = match crate::doors::ci::issue(
         &broker,

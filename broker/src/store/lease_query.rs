@@ -1,6 +1,8 @@
 //! The lease queries: each bounded by an index (migration 6) and a limit,
 //! written once as SQL both backends run.
 
+use crate::lease::UPSTREAM_KIND_SQL;
+
 /// Which leases [`Store::leases`] returns. Every query is bounded by an
 /// index and a limit: the table keeps every lease ever issued.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,7 +39,7 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
-    /// Upstream leases (not `jwt`) not revoked, issued after `after` (an
+    /// Upstream leases (not [`LeaseKind::LOCAL`](crate::lease::LeaseKind::LOCAL)) not revoked, issued after `after` (an
     /// `(issued_at_ms, id)` cursor) and at or before `until_ms`, oldest first.
     UpstreamIssued {
         /// The last lease already seen: issue time and id.
@@ -51,6 +53,14 @@ pub enum LeaseQuery {
     /// revoked, and live at `now_ms` (and expiring at all) or `effective`
     /// (its revocation reads the upstream handle from its outcome record).
     OldestPinning {
+        /// Now.
+        now_ms: i64,
+        /// At most this many.
+        limit: usize,
+    },
+    /// Revoked X.509-SVID leases not yet expired at `now_ms` (a CRL's
+    /// entries), soonest expiry first.
+    RevokedSvids {
         /// Now.
         now_ms: i64,
         /// At most this many.
@@ -153,7 +163,7 @@ impl LeaseQuery {
                 until_ms,
                 limit: n,
             } => format!(
-                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL AND (issued_at_ms, id) > ({}, {}) \
+                "WHERE {UPSTREAM_KIND_SQL} AND revoked_at_ms IS NULL AND (issued_at_ms, id) > ({}, {}) \
                  AND issued_at_ms <= {} ORDER BY issued_at_ms, id LIMIT {}",
                 bind(SqlValue::Int(*after_ms)),
                 bind(SqlValue::Text(after_id.clone())),
@@ -164,11 +174,17 @@ impl LeaseQuery {
             // its records are exported before they are pruned, and it would
             // otherwise hold retention back for good.
             LeaseQuery::OldestPinning { now_ms, limit: n } => format!(
-                "WHERE kind <> 'jwt' AND revoked_at_ms IS NULL \
+                "WHERE {UPSTREAM_KIND_SQL} AND revoked_at_ms IS NULL \
                  AND ((expires_at_ms > {} AND expires_at_ms < {}) OR revocation = 'effective') \
                  ORDER BY issued_at_ms, id LIMIT {}",
                 bind(SqlValue::Int(*now_ms)),
                 bind(SqlValue::Int(crate::lease::NEVER_MS)),
+                bind(limit(n))
+            ),
+            LeaseQuery::RevokedSvids { now_ms, limit: n } => format!(
+                "WHERE kind = 'x509_svid' AND revoked_at_ms IS NOT NULL AND expires_at_ms > {} \
+                 ORDER BY expires_at_ms, id LIMIT {}",
+                bind(SqlValue::Int(*now_ms)),
                 bind(limit(n))
             ),
         };

@@ -133,6 +133,15 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
            OR EXISTS (SELECT 1 FROM log WHERE log.request_id = leases.request_id AND log.kind = 'outcome');
      UPDATE leases SET expires_at_ms = 253402300799000 WHERE kind = 'static_secret' AND revoked_at_ms IS NULL;",
     ),
+    // The upstream-lease index without the broker-signed SVID kinds (the
+    // Workload API's leases are many and never reconciled), spelled as
+    // `crate::lease::UPSTREAM_KIND_SQL`; and the revoked X.509-SVIDs a CRL lists.
+    (
+        10,
+        "DROP INDEX leases_upstream;
+     CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind NOT IN ('jwt', 'x509_svid', 'jwt_svid') AND revoked_at_ms IS NULL;
+     CREATE INDEX leases_revoked_svids ON leases(expires_at_ms) WHERE kind = 'x509_svid' AND revoked_at_ms IS NOT NULL;",
+    ),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it
@@ -196,6 +205,12 @@ mod tests {
             .query_row("SELECT by_whom FROM suspensions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(by, "operator:a");
+    }
+
+    #[test]
+    fn the_upstream_index_is_spelled_as_the_queries_are() {
+        let (_, sql) = MIGRATIONS.iter().find(|(v, _)| *v == 10).unwrap();
+        assert!(sql.contains(crate::lease::UPSTREAM_KIND_SQL), "{sql}");
     }
 
     #[test]

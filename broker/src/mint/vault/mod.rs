@@ -228,6 +228,7 @@ mod tests {
             jwt_algorithm: JwtAlgorithm::Es256,
             jwt_max_ttl: Duration::from_secs(3600),
             has_vault: true,
+            ca_svid_ttl: Duration::from_secs(3600),
         };
         let secret = |path: &str| VaultGrant::Secret {
             path: path.into(),

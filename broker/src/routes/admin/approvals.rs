@@ -228,9 +228,7 @@ pub(super) async fn issue_break_glass(
         grant: a.grant.clone(),
         ttl_seconds,
         purpose: a.purpose.clone(),
-        spiffe_id: None,
-        bind_to_process: None,
-        approval_id: None,
+        ..Default::default()
     };
     let now = broker.clock.now_ms();
     // Never held: a confirmed break-glass decision mints or is refused.
