@@ -45,6 +45,61 @@ struct RawConfig {
     workloads: WorkloadsConfig,
     #[serde(default)]
     container_credentials: Option<ContainerCredentialsConfig>,
+    #[serde(default)]
+    workload_api: Option<RawWorkloadApi>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkloadApi {
+    socket: PathBuf,
+    #[serde(default = "default_mode")]
+    mode: String,
+    #[serde(default)]
+    group: Option<u32>,
+    #[serde(default = "default_x509_grant")]
+    x509_grant: String,
+    #[serde(default = "default_jwt_grant")]
+    jwt_grant: String,
+    #[serde(default = "default_poll")]
+    poll_interval: Dur,
+    #[serde(default = "default_refusal_hold")]
+    refusal_hold: Dur,
+}
+
+fn default_x509_grant() -> String {
+    "x509-svid".into()
+}
+fn default_jwt_grant() -> String {
+    "jwt-svid".into()
+}
+fn default_poll() -> Dur {
+    Dur(Duration::from_secs(2))
+}
+fn default_refusal_hold() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+
+/// `[workload_api]`: the SPIFFE Workload API (gRPC) and Envoy SDS socket.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkloadApiConfig {
+    /// Its Unix socket (`SPIFFE_ENDPOINT_SOCKET=unix://<path>`).
+    pub socket_path: PathBuf,
+    /// The socket's mode. Default `0666`.
+    pub socket_mode: u32,
+    /// The socket's group (gid), if set.
+    pub socket_group: Option<u32>,
+    /// The grant X.509-SVIDs are asked under (kind `x509_svid`). Default `x509-svid`.
+    pub x509_grant: String,
+    /// The grant JWT-SVIDs are asked under (kind `jwt_svid`). Default `jwt-svid`.
+    pub jwt_grant: String,
+    /// How often the agent asks the broker for bundles, the CRL and
+    /// suspensions (a suspension ends the identity's streams within it).
+    /// Default 2 s.
+    pub poll_interval: Duration,
+    /// How long a refusal is remembered for the same workload, so one that
+    /// keeps reconnecting costs one decision per hold. Default 5 s.
+    pub refusal_hold: Duration,
 }
 
 #[derive(Deserialize)]
@@ -185,6 +240,14 @@ pub struct Config {
     pub workloads: WorkloadsConfig,
     /// Container credentials endpoint.
     pub container_credentials: Option<ContainerCredentialsConfig>,
+    /// The SPIFFE Workload API, if configured.
+    pub workload_api: Option<WorkloadApiConfig>,
+}
+
+fn octal_mode(text: &str) -> Option<u32> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
 }
 
 impl Config {
@@ -223,15 +286,55 @@ impl Config {
                 return Err(err(key, format!("{addr:?} is not HOST:PORT")));
             }
         }
-        let mode = u32::from_str_radix(raw.socket.mode.trim_start_matches("0o"), 8)
-            .ok()
-            .filter(|m| *m <= 0o777)
-            .ok_or_else(|| {
-                err(
-                    "socket.mode",
-                    format!("{:?} is not an octal mode", raw.socket.mode),
-                )
-            })?;
+        let mode = octal_mode(&raw.socket.mode).ok_or_else(|| {
+            err(
+                "socket.mode",
+                format!("{:?} is not an octal mode", raw.socket.mode),
+            )
+        })?;
+        let workload_api = match raw.workload_api {
+            None => None,
+            Some(w) => {
+                let socket_mode = octal_mode(&w.mode).ok_or_else(|| {
+                    err(
+                        "workload_api.mode",
+                        format!("{:?} is not an octal mode", w.mode),
+                    )
+                })?;
+                for (key, grant) in [
+                    ("workload_api.x509_grant", &w.x509_grant),
+                    ("workload_api.jwt_grant", &w.jwt_grant),
+                ] {
+                    if !mintguard_api::is_name(grant, mintguard_api::MAX_GRANT_LEN) {
+                        return Err(err(key, format!("{grant:?} is not a grant name")));
+                    }
+                }
+                if w.poll_interval.0 < Duration::from_millis(100)
+                    || w.poll_interval.0 > Duration::from_secs(300)
+                {
+                    return Err(err("workload_api.poll_interval", "100ms..=5m".into()));
+                }
+                if w.refusal_hold.0 > Duration::from_secs(300) {
+                    return Err(err("workload_api.refusal_hold", "at most 5m".into()));
+                }
+                let socket_path = resolve(w.socket);
+                if socket_path == resolve(raw.socket.path.clone()) {
+                    return Err(err(
+                        "workload_api.socket",
+                        "must differ from socket.path".into(),
+                    ));
+                }
+                Some(WorkloadApiConfig {
+                    socket_path,
+                    socket_mode,
+                    socket_group: w.group,
+                    x509_grant: w.x509_grant,
+                    jwt_grant: w.jwt_grant,
+                    poll_interval: w.poll_interval.0,
+                    refusal_hold: w.refusal_hold.0,
+                })
+            }
+        };
         if raw.broker.retries > 10 {
             return Err(err("broker.retries", "at most 10".into()));
         }
@@ -279,6 +382,7 @@ impl Config {
             socket_group: raw.socket.group,
             workloads: raw.workloads,
             container_credentials: raw.container_credentials,
+            workload_api,
         })
     }
 }
@@ -330,6 +434,14 @@ mode = "0660"
                 "container_credentials.listen",
             ),
             (format!("{GOOD}\nsurprise = 1\n"), "near byte"),
+            (
+                format!("{GOOD}\n[workload_api]\nsocket = \"agent.sock\"\n"),
+                "workload_api.socket",
+            ),
+            (
+                format!("{GOOD}\n[workload_api]\nsocket = \"w.sock\"\npoll_interval = \"1ms\"\n"),
+                "workload_api.poll_interval",
+            ),
         ] {
             let e = load(&edit).unwrap_err();
             assert!(e.key.starts_with(key), "{key}: {e}");

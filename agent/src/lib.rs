@@ -9,7 +9,8 @@
 //! - [`node`]: enrollment with a join token, the stored node SVID, renewal.
 //! - [`broker`]: kept-alive mTLS connections to the broker, bounded retries.
 //! - [`attest`]: `SO_PEERCRED` + `/proc` → selectors, pid-reuse guarded.
-//! - [`workload`]: the Workload API on the Unix socket.
+//! - [`workload`]: the HTTP API on the workload socket.
+//! - [`workload_api`]: the SPIFFE Workload API (gRPC) on its own socket.
 //! - [`watch`]: `bind_to_process` leases revoked when their process exits.
 //! - [`container`]: the AWS container-credentials endpoint (loopback).
 //! - [`client`]: the helpers' side (`credential-process`, `fetch`).
@@ -25,6 +26,7 @@ pub mod node;
 pub mod stamped;
 pub mod watch;
 pub mod workload;
+pub mod workload_api;
 
 use std::sync::Arc;
 
@@ -100,6 +102,35 @@ pub async fn run(config: config::Config) -> Result<(), String> {
         tracing::info!(url = %container.url, "serving container credentials");
         router = router.merge(container::token_route(container.clone()));
         tokio::spawn(container::serve(listener, container::router(container)));
+    }
+    if let Some(api) = &config.workload_api {
+        let listener = workload::bind(&api.socket_path, api.socket_mode, api.socket_group)
+            .map_err(|e| format!("workload_api.socket: {e}"))?;
+        let first = match workload_api::published::fetch(&agent).await {
+            Ok(p) => Some(Arc::new(p)),
+            Err(e) => {
+                tracing::warn!(%e, "workload api: bundles not fetched yet; retrying in the background");
+                None
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        tokio::spawn(workload_api::published::poll(
+            agent.clone(),
+            tx,
+            api.poll_interval,
+        ));
+        let service = workload_api::WorkloadApi::new(agent.clone(), api.clone(), rx);
+        tracing::info!(
+            socket = %api.socket_path.display(),
+            "serving the SPIFFE Workload API (SPIFFE_ENDPOINT_SOCKET=unix://{})",
+            api.socket_path.display()
+        );
+        tokio::spawn(workload_api::serve(
+            listener,
+            service,
+            config.workloads.max_connections,
+            config.workloads.per_uid(),
+        ));
     }
     tracing::info!(
         socket = %config.socket_path.display(),

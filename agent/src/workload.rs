@@ -103,6 +103,11 @@ impl AgentError {
         Self::new(StatusCode::BAD_REQUEST, e.code, e.message)
     }
 
+    /// What the caller is told.
+    pub fn body_message(&self) -> &str {
+        &self.body.error.message
+    }
+
     fn with_reasons(mut self, reasons: Vec<String>) -> Self {
         self.body.error.reasons = reasons;
         self
@@ -538,10 +543,38 @@ impl Drop for UidSlot {
     }
 }
 
-/// Serves the Workload API on `listener`, at most `max_connections` at once
-/// (further clients wait in the kernel's backlog) and `per_uid` of one uid
-/// (further ones are closed at once).
+/// Serves the HTTP workload socket on `listener` ([`accept`]'s limits).
 pub async fn serve(listener: UnixListener, router: Router, max_connections: usize, per_uid: usize) {
+    accept(listener, max_connections, per_uid, move |stream, peer| {
+        let router = router.clone();
+        async move {
+            let service =
+                tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                    if let Some(peer) = &peer {
+                        req.extensions_mut().insert(peer.clone());
+                    }
+                    router.clone().oneshot(req.map(axum::body::Body::new))
+                });
+            serve_http1(stream, service, "workload").await;
+        }
+    })
+    .await
+}
+
+/// Accepts workload connections on `listener`, at most `max_connections`
+/// at once (further clients wait in the kernel's backlog) and `per_uid` of
+/// one uid (further ones are closed at once), and hands each to `serve`
+/// with the kernel's view of its peer (taken at accept) and a stream that
+/// notes who wrote each byte.
+pub async fn accept<F, Fut>(
+    listener: UnixListener,
+    max_connections: usize,
+    per_uid: usize,
+    serve: F,
+) where
+    F: Fn(crate::stamped::StampedStream, Option<Peer>) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let by_uid = Arc::new(Mutex::new(HashMap::new()));
     loop {
@@ -580,20 +613,13 @@ pub async fn serve(listener: UnixListener, router: Router, max_connections: usiz
             tracing::debug!(uid, "connection closed: the uid holds its share");
             continue;
         };
-        let router = router.clone();
+        let connecting = peer.as_ref().map_or(0, |p| p.pid);
+        let stream = crate::stamped::StampedStream::new(stream, connecting, writers);
+        let served = serve(stream, peer);
         tokio::spawn(async move {
             let _permit = permit;
             let _uid_slot = uid_slot;
-            let connecting = peer.as_ref().map_or(0, |p| p.pid);
-            let stream = crate::stamped::StampedStream::new(stream, connecting, writers);
-            let service =
-                tower::service_fn(move |mut req: axum::http::Request<hyper::body::Incoming>| {
-                    if let Some(peer) = &peer {
-                        req.extensions_mut().insert(peer.clone());
-                    }
-                    router.clone().oneshot(req.map(axum::body::Body::new))
-                });
-            serve_http1(stream, service, "workload").await;
+            served.await;
         });
     }
 }

@@ -141,6 +141,13 @@ impl X509Svid {
     }
 }
 
+/// The certificates of a PEM text (one or more `CERTIFICATE` blocks), DER.
+pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| CertsError::InvalidCertificate(format!("bad PEM: {e}")))
+}
+
 /// A DER certificate as PEM.
 pub fn cert_pem(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)
