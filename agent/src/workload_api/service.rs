@@ -96,18 +96,15 @@ impl WorkloadApi {
         Ok(ids.into_iter().map(str::to_owned).collect())
     }
 
-    /// The caller's X.509-SVIDs, each asked of the broker now. Refused for
+    /// The caller's X.509-SVIDs, each asked of the broker now (a suspended
+    /// identity too: its refusal is a decision and a record, one per
+    /// refusal hold). Refused for
     /// one identity, the others are still served; refused for all, the
     /// first refusal is the answer.
     async fn x509_set(&self, peer: Option<&Peer>) -> Result<Vec<IssuedX509>, Status> {
         let selectors = self.attest(peer)?;
         let published = self.current()?;
         let ids = self.entitled(&published, &selectors, &self.config.x509_grant)?;
-        if let Some(id) = ids.iter().find(|id| published.suspended.contains(*id)) {
-            return Err(Status::permission_denied(format!(
-                "suspended: {id} is suspended"
-            )));
-        }
         let mut set = Vec::with_capacity(ids.len());
         let mut first_refusal = None;
         for id in &ids {
@@ -301,6 +298,11 @@ impl SpiffeWorkloadApi for Arc<WorkloadApi> {
         check_header(&request)?;
         let peer = request.extensions().get::<Peer>().cloned();
         let set = self.x509_set(peer.as_ref()).await?;
+        tracing::info!(
+            pid = peer.as_ref().map_or(0, |p| p.pid),
+            svids = set.len(),
+            "workload api: X.509-SVID stream opened"
+        );
         let published = self.current()?;
         let (tx, rx) = mpsc::channel(4);
         // The first message at once; the stream stays open.
