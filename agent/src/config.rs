@@ -421,6 +421,23 @@ mode = "0660"
     }
 
     #[test]
+    fn the_reference_config_loads() {
+        let c = Config::load(Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/agent_full.toml"
+        )))
+        .unwrap();
+        let api = c.workload_api.unwrap();
+        assert_eq!(api.socket_path, Path::new("/run/mintguard/workload.sock"));
+        assert_eq!((api.socket_mode, api.socket_group), (0o660, Some(990)));
+        assert_eq!(
+            (api.x509_grant.as_str(), api.jwt_grant.as_str()),
+            ("x509-svid", "jwt-svid")
+        );
+        assert_eq!(api.refusal_hold, Duration::from_secs(5));
+    }
+
+    #[test]
     fn bad_configs_name_the_key() {
         for (edit, key) in [
             (

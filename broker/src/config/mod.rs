@@ -410,7 +410,15 @@ mod tests {
             "/../deploy/broker_full.toml"
         ));
         let c = Config::load(path).unwrap();
-        assert_eq!(c.grants.len(), 5);
+        assert_eq!(c.grants.len(), 7);
+        assert_eq!(
+            c.grants["jwt-svid"]
+                .settings::<crate::mint::jwt_svid::JwtSvidGrant>()
+                .unwrap()
+                .audiences,
+            ["payments-api", "ledger"]
+        );
+        assert_eq!(c.grants["x509-svid"].kind, GrantKind::X509Svid);
         assert!(c.vault.is_some());
         let kv = c.grants["partner-api-key"]
             .settings::<StaticSecretGrant>()
