@@ -654,3 +654,226 @@ fn a_suspended_workload_loses_its_stream_its_serial_is_revoked_and_its_mtls_fail
 
     assert_log_verifies_and_replays(&node);
 }
+
+/// The next SDS response, waiting at most 40 s (a bound on a hang).
+async fn next(
+    responses: &mut tonic::Streaming<
+        mintguard_agent::workload_api::proto::envoy::service::discovery::v3::DiscoveryResponse,
+    >,
+    what: &str,
+) -> mintguard_agent::workload_api::proto::envoy::service::discovery::v3::DiscoveryResponse {
+    tokio::time::timeout(Duration::from_secs(40), responses.message())
+        .await
+        .unwrap_or_else(|_| panic!("no {what} in time"))
+        .unwrap()
+        .unwrap()
+}
+
+/// The serial (hex) of the leaf of a PEM chain.
+fn leaf_serial(chain_pem: &[u8]) -> String {
+    let chain =
+        mintguard_certs::svid::certs_from_pem(std::str::from_utf8(chain_pem).unwrap()).unwrap();
+    mintguard_certs::svid::SvidInfo::parse(&chain[0])
+        .unwrap()
+        .serial
+}
+
+#[test]
+fn envoy_sds_serves_decided_certificates_and_bundles() {
+    use mintguard_agent::workload_api::proto::envoy::config::core::v3::{Node as EnvoyNode, data_source};
+    use mintguard_agent::workload_api::proto::envoy::extensions::transport_sockets::tls::v3::{
+        Secret, SpiffeCertValidatorConfig, secret,
+    };
+    use mintguard_agent::workload_api::proto::envoy::service::discovery::v3::{
+        DeltaDiscoveryRequest, DiscoveryRequest,
+    };
+    use mintguard_agent::workload_api::proto::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+    use mintguard_agent::workload_api::proto::google::rpc::Status as RpcStatus;
+    use mintguard_agent::workload_api::sds::{SECRET_TYPE, SPIFFE_VALIDATOR};
+    use prost::Message;
+
+    let node = node_with_workload_api();
+    let id = "spiffe://example.org/w/envoy";
+    node.entry_with_grants(id, &["unix:uid:0".to_owned()], &["x509-svid"]);
+    let sock = api_socket(&node);
+    let sock = sock.to_str().unwrap().to_owned();
+    wait_for(
+        "the entry to reach the agent",
+        Duration::from_secs(20),
+        || {
+            spiffe(&node, None, &["crl", &sock])
+                .first()
+                .is_some_and(|l| l["serials"].is_array())
+        },
+    );
+    let inline = |d: &Option<
+        mintguard_agent::workload_api::proto::envoy::config::core::v3::DataSource,
+    >|
+     -> Vec<u8> {
+        match d.as_ref().and_then(|d| d.specifier.clone()) {
+            Some(data_source::Specifier::InlineBytes(b)) => b,
+            other => panic!("not inline bytes: {other:?}"),
+        }
+    };
+    let decode = |any: &prost_types::Any| -> Secret {
+        assert_eq!(any.type_url, SECRET_TYPE);
+        Secret::decode(any.value.as_slice()).unwrap()
+    };
+    let request = |names: &[&str], version: &str, nonce: &str| DiscoveryRequest {
+        version_info: version.to_owned(),
+        node: Some(EnvoyNode {
+            id: "envoy-1".into(),
+            cluster: "payments".into(),
+            ..Default::default()
+        }),
+        resource_names: names.iter().map(|n| (*n).to_owned()).collect(),
+        type_url: SECRET_TYPE.to_owned(),
+        response_nonce: nonce.to_owned(),
+        error_detail: None,
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let serials = runtime.block_on(async {
+        let endpoint: spiffe::transport::Endpoint = format!("unix://{sock}").parse().unwrap();
+        let channel = spiffe::transport::connect(&endpoint).await.unwrap();
+        // No `workload.spiffe.io` header on any call: Envoy sends none.
+        let mut sds = SecretDiscoveryServiceClient::new(channel);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(request(&[id, "ROOTCA"], "", "")).await.unwrap();
+        let mut responses = sds
+            .stream_secrets(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        let first = next(&mut responses, "first response").await;
+        assert_eq!(
+            (first.version_info.as_str(), first.type_url.as_str()),
+            ("1", SECRET_TYPE)
+        );
+        assert!(!first.nonce.is_empty());
+        assert_eq!(first.resources.len(), 2);
+        let tls = decode(&first.resources[0]);
+        assert_eq!(tls.name, id);
+        let Some(secret::Type::TlsCertificate(cert)) = tls.r#type else {
+            panic!("not a TlsCertificate: {tls:?}")
+        };
+        let chain = inline(&cert.certificate_chain);
+        let key = String::from_utf8(inline(&cert.private_key)).unwrap();
+        let svid =
+            mintguard_certs::svid::X509Svid::from_pem(std::str::from_utf8(&chain).unwrap(), &key)
+                .unwrap();
+        assert_eq!(svid.spiffe_id().to_string(), id);
+        let first_serial = leaf_serial(&chain);
+        let root = decode(&first.resources[1]);
+        assert_eq!(root.name, "ROOTCA");
+        let Some(secret::Type::ValidationContext(ctx)) = root.r#type else {
+            panic!("not a validation context: {root:?}")
+        };
+        assert!(
+            !mintguard_certs::svid::certs_from_pem(
+                std::str::from_utf8(&inline(&ctx.trusted_ca)).unwrap()
+            )
+            .unwrap()
+            .is_empty()
+        );
+        assert!(
+            String::from_utf8(inline(&ctx.crl))
+                .unwrap()
+                .contains("BEGIN X509 CRL")
+        );
+
+        // ACK: nothing is sent until the certificate renews (20 s TTL).
+        tx.send(request(&[id, "ROOTCA"], "1", &first.nonce))
+            .await
+            .unwrap();
+        let renewed = next(&mut responses, "renewal push").await;
+        assert_eq!(renewed.version_info, "2");
+        let Some(secret::Type::TlsCertificate(cert)) = decode(&renewed.resources[0]).r#type else {
+            panic!("no certificate in the renewal")
+        };
+        let renewed_serial = leaf_serial(&inline(&cert.certificate_chain));
+        assert_ne!(
+            renewed_serial, first_serial,
+            "the renewal is a new certificate"
+        );
+
+        // A stale nonce is ignored; a NACK of the current one sends nothing;
+        // new names (answering the current nonce) get the SPIFFE validator.
+        tx.send(request(&["ALL"], "1", &first.nonce)).await.unwrap();
+        tx.send(DiscoveryRequest {
+            error_detail: Some(RpcStatus {
+                code: 3,
+                message: "rejected for the test".into(),
+                details: Vec::new(),
+            }),
+            ..request(&[id, "ROOTCA"], "1", &renewed.nonce)
+        })
+        .await
+        .unwrap();
+        tx.send(request(
+            &["spiffe://example.org", "ALL"],
+            "2",
+            &renewed.nonce,
+        ))
+        .await
+        .unwrap();
+        let validators = next(&mut responses, "validation contexts").await;
+        assert_eq!(
+            validators.version_info, "3",
+            "the stale and NACK requests sent nothing"
+        );
+        for (any, name) in validators
+            .resources
+            .iter()
+            .zip(["spiffe://example.org", "ALL"])
+        {
+            let s = decode(any);
+            assert_eq!(s.name, name);
+            let Some(secret::Type::ValidationContext(ctx)) = s.r#type else {
+                panic!("not a validation context")
+            };
+            let custom = ctx.custom_validator_config.unwrap();
+            assert_eq!(custom.name, SPIFFE_VALIDATOR);
+            let config =
+                SpiffeCertValidatorConfig::decode(custom.typed_config.unwrap().value.as_slice())
+                    .unwrap();
+            assert_eq!(config.trust_domains[0].name, "example.org");
+            assert!(!inline(&config.trust_domains[0].trust_bundle).is_empty());
+        }
+        drop(tx);
+
+        // FetchSecrets: `default` is the first identity; an unknown name is refused.
+        let fetched = sds
+            .fetch_secrets(request(&["default"], "", ""))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(fetched.version_info, "");
+        let default = decode(&fetched.resources[0]);
+        assert_eq!(default.name, "default");
+        let Some(secret::Type::TlsCertificate(cert)) = default.r#type else {
+            panic!("default is not a certificate")
+        };
+        let fetched_serial = leaf_serial(&inline(&cert.certificate_chain));
+        let unknown = sds
+            .fetch_secrets(request(&["spiffe://example.org/w/other"], "", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.code(), tonic::Code::InvalidArgument, "{unknown}");
+        let delta = sds
+            .delta_secrets(tokio_stream::iter([DeltaDiscoveryRequest::default()]))
+            .await
+            .unwrap_err();
+        assert_eq!(delta.code(), tonic::Code::Unimplemented);
+        vec![first_serial, renewed_serial, fetched_serial]
+    });
+    // Every certificate SDS served is one decided, recorded X.509-SVID.
+    let recorded = recorded_serials(&node);
+    for serial in &serials {
+        let n = recorded
+            .iter()
+            .filter(|r| r.trim_start_matches('0') == serial.trim_start_matches('0'))
+            .count();
+        assert_eq!(n, 1, "serial {serial}: {n} records");
+    }
+    assert_log_verifies_and_replays(&node);
+}

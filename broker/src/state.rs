@@ -72,6 +72,40 @@ pub fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, String>) -> Re
     result
 }
 
+/// Which of the broker's JWT key sets: its own JWTs', or the JWT-SVIDs'
+/// (kept apart, so a Mintguard JWT never verifies as a JWT-SVID against
+/// the trust domain's JWT bundle, nor the other way round).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Keys {
+    /// `jwt.keys_dir`: Mintguard JWTs (the JWKS, introspection, STS web identity).
+    Jwt,
+    /// `<jwt.keys_dir>/svid`: JWT-SVIDs, always ES256 (the JWT bundle).
+    JwtSvid,
+}
+
+impl Keys {
+    /// Where the set lives.
+    pub fn dir(self, config: &Config) -> std::path::PathBuf {
+        match self {
+            Self::Jwt => config.jwt_dir(),
+            Self::JwtSvid => config.jwt_dir().join("svid"),
+        }
+    }
+
+    /// Its settings: JWT-SVIDs are ES256 whatever `jwt.algorithm` says (the
+    /// profile does not allow EdDSA).
+    pub fn settings(self, config: &Config) -> JwtSettings {
+        let settings = jwt_settings(config);
+        match self {
+            Self::Jwt => settings,
+            Self::JwtSvid => JwtSettings {
+                algorithm: mintguard_certs::jwt::JwtAlgorithm::Es256,
+                ..settings
+            },
+        }
+    }
+}
+
 /// The JWT key settings of `config`.
 pub fn jwt_settings(config: &Config) -> JwtSettings {
     JwtSettings {
@@ -255,8 +289,12 @@ pub struct Broker {
     pub svid: ArcSwap<X509Svid>,
     /// JWT signing keys.
     pub jwt: Arc<RwLock<JwtKeySet>>,
-    /// When the JWT key directory's state was last read (its mtime).
-    jwt_read_at: Mutex<Option<std::time::SystemTime>>,
+    /// JWT-SVID signing keys (ES256; the trust domain's JWT bundle).
+    pub jwt_svid: Arc<RwLock<JwtKeySet>>,
+    /// When each key directory's state was last read (its mtime): `Keys::Jwt`, `Keys::JwtSvid`.
+    keys_read_at: Mutex<[Option<std::time::SystemTime>; 2]>,
+    /// The CRL last signed for agents, with the revocations it lists.
+    pub crl: Mutex<Option<crate::mint::x509_svid::SignedCrls>>,
     /// The Vault / OpenBao client, when `[vault]` is configured.
     pub vault: Option<Arc<crate::mint::vault::VaultClient>>,
     /// The minters: JWT always, Vault with `[vault]`, STS when a grant of
@@ -359,11 +397,15 @@ impl Broker {
             )
             .map_err(setup)?;
         write_bundle(&config.data_dir, &ca, now)?;
-        let jwt_dir = config.jwt_dir();
-        let jwt = with_dir_lock(&jwt_dir, || {
-            JwtKeySet::load_or_create(&jwt_dir, jwt_settings(&config)).map_err(|e| e.to_string())
-        })
-        .map_err(setup)?;
+        let load_keys = |which: Keys| {
+            let dir = which.dir(&config);
+            with_dir_lock(&dir, || {
+                JwtKeySet::load_or_create(&dir, which.settings(&config)).map_err(|e| e.to_string())
+            })
+            .map_err(setup)
+        };
+        let jwt = load_keys(Keys::Jwt)?;
+        let jwt_svid = load_keys(Keys::JwtSvid)?;
         let signing_key = config
             .log
             .signing_key
@@ -404,11 +446,13 @@ impl Broker {
         };
         let vault = vault.map(Arc::new);
         let jwt = Arc::new(RwLock::new(jwt));
+        let jwt_svid = Arc::new(RwLock::new(jwt_svid));
         let ca = Arc::new(RwLock::new(ca));
         // Every registered kind's minter (`crate::lease::lease_kinds!`).
         let used = |kind| config.grants.values().any(|g| g.kind == kind);
         let minters = crate::mint::build(&crate::mint::Deps {
             jwt: &jwt,
+            jwt_svid: &jwt_svid,
             ca: &ca,
             vault: vault.as_ref(),
             aws: &config.aws,
@@ -444,7 +488,9 @@ impl Broker {
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,
-            jwt_read_at: Mutex::new(None),
+            jwt_svid,
+            keys_read_at: Mutex::new([None, None]),
+            crl: Mutex::new(None),
             vault,
             minters,
             log: LogWriter {
@@ -571,34 +617,47 @@ impl Broker {
         self.log.export.clone()
     }
 
+    /// The key set `which`.
+    pub fn keys(&self, which: Keys) -> &Arc<RwLock<JwtKeySet>> {
+        match which {
+            Keys::Jwt => &self.jwt,
+            Keys::JwtSvid => &self.jwt_svid,
+        }
+    }
+
     /// Re-reads the JWT keys when the key directory changed since they were
     /// read (a replica sharing it rotated): one `stat` when nothing changed.
     /// The JWKS and introspection call it, so a token another replica signed
     /// with a key it just activated verifies here at once.
     pub fn refresh_jwt_keys(&self) {
+        self.refresh_keys(Keys::Jwt);
+    }
+
+    /// [`Self::refresh_jwt_keys`] for the key set `which`.
+    pub fn refresh_keys(&self, which: Keys) {
         let config = self.config();
-        let dir = config.jwt_dir();
+        let dir = which.dir(&config);
         let Ok(mtime) = std::fs::metadata(dir.join("state.json")).and_then(|m| m.modified()) else {
             return;
         };
-        let Ok(mut read_at) = self.jwt_read_at.lock() else {
+        let Ok(mut read_at) = self.keys_read_at.lock() else {
             return;
         };
-        if *read_at == Some(mtime) {
+        let slot = &mut read_at[which as usize];
+        if *slot == Some(mtime) {
             return;
         }
-        match JwtKeySet::load(&dir, jwt_settings(&config)) {
+        match JwtKeySet::load(&dir, which.settings(&config)) {
             Ok(keys) => {
-                if let Ok(mut current) = self.jwt.write() {
+                if let Ok(mut current) = self.keys(which).write() {
                     *current = keys;
-                    *read_at = Some(mtime);
+                    *slot = Some(mtime);
                 }
             }
-            Err(e) => tracing::warn!(error = %e, "re-reading the JWT keys failed"),
+            Err(e) => tracing::warn!(error = %e, keys = ?which, "re-reading the JWT keys failed"),
         }
     }
 
-    /// The log-signing public key.
     pub fn log_public_key(&self) -> &mintguard_certs::jwt::Jwk {
         self.log.signer.public_jwk()
     }

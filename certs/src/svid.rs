@@ -148,6 +148,11 @@ pub fn certs_from_pem(pem: &str) -> Result<Vec<CertificateDer<'static>>> {
         .map_err(|e| CertsError::InvalidCertificate(format!("bad PEM: {e}")))
 }
 
+/// A DER CRL as PEM.
+pub fn crl_pem(der: &[u8]) -> String {
+    pem_encode("X509 CRL", der)
+}
+
 /// A DER certificate as PEM.
 pub fn cert_pem(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)

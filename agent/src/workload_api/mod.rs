@@ -12,10 +12,13 @@
 //! - [`svids`]: SVIDs asked of the broker, one decision and record each.
 //! - [`published`]: bundles, the CRL, suspensions and entries, polled.
 //! - [`validate`]: `ValidateJWTSVID` against the JWT bundle.
-//! - [`proto`]: generated from `agent/proto/workload.proto` by
-//!   `agent/proto/codegen` (committed; the build needs no `protoc`).
+//! - [`sds`]: Envoy's Secret Discovery Service (v3) on the same socket.
+//! - [`proto`]: generated from `agent/proto/` (the SPIFFE `workload.proto`;
+//!   a trimmed subset of Envoy's xDS v3 protos, upstream names and field
+//!   numbers) by `agent/proto/codegen` (committed; the build needs no `protoc`).
 
 pub mod published;
+pub mod sds;
 pub mod service;
 pub mod svids;
 pub mod validate;
@@ -30,6 +33,65 @@ pub mod validate;
 )]
 pub mod proto {
     include!("proto/spiffe_workload.rs");
+
+    /// Envoy's xDS v3 (the SDS subset).
+    pub mod envoy {
+        /// `envoy.config`.
+        pub mod config {
+            /// `envoy.config.core`.
+            pub mod core {
+                /// `envoy.config.core.v3`.
+                pub mod v3 {
+                    include!("proto/envoy.config.core.v3.rs");
+                }
+            }
+        }
+        /// `envoy.extensions`.
+        pub mod extensions {
+            /// `envoy.extensions.transport_sockets`.
+            pub mod transport_sockets {
+                /// `envoy.extensions.transport_sockets.tls`.
+                pub mod tls {
+                    /// `envoy.extensions.transport_sockets.tls.v3`.
+                    pub mod v3 {
+                        include!("proto/envoy.extensions.transport_sockets.tls.v3.rs");
+                    }
+                }
+            }
+        }
+        /// `envoy.service`.
+        pub mod service {
+            /// `envoy.service.discovery`.
+            pub mod discovery {
+                /// `envoy.service.discovery.v3`.
+                pub mod v3 {
+                    include!("proto/envoy.service.discovery.v3.rs");
+                }
+            }
+            /// `envoy.service.secret`.
+            pub mod secret {
+                /// `envoy.service.secret.v3`.
+                pub mod v3 {
+                    include!("proto/envoy.service.secret.v3.rs");
+                }
+            }
+        }
+        /// `envoy.type`.
+        pub mod r#type {
+            /// `envoy.type.v3`.
+            pub mod v3 {
+                include!("proto/envoy.r#type.v3.rs");
+            }
+        }
+    }
+
+    /// `google`.
+    pub mod google {
+        /// `google.rpc`.
+        pub mod rpc {
+            include!("proto/google.rpc.rs");
+        }
+    }
 }
 
 use std::sync::Arc;
@@ -41,6 +103,9 @@ use tower::Service;
 
 pub use self::service::WorkloadApi;
 use crate::attest::Peer;
+
+/// Where Envoy's SDS calls go (every other path is the Workload API's).
+pub const SDS_PATH: &str = "/envoy.service.secret.v3.SecretDiscoveryService/";
 
 /// Largest gRPC message the agent decodes (requests are tiny).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024;
@@ -65,15 +130,24 @@ async fn serve_connection(
     stream: crate::stamped::StampedStream,
     peer: Option<Peer>,
 ) {
-    let grpc = proto::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api)
+    let workload = proto::spiffe_workload_api_server::SpiffeWorkloadApiServer::new(api.clone())
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let sds = proto::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryServiceServer::new(api)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
     let service =
         hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             if let Some(peer) = &peer {
                 req.extensions_mut().insert(peer.clone());
             }
-            let mut grpc = grpc.clone();
-            async move { grpc.call(req).await }
+            let to_sds = req.uri().path().starts_with(SDS_PATH);
+            let (mut workload, mut sds) = (workload.clone(), sds.clone());
+            async move {
+                if to_sds {
+                    sds.call(req).await
+                } else {
+                    workload.call(req).await
+                }
+            }
         });
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder

@@ -20,6 +20,9 @@ use crate::workload::Agent;
 /// (the broker's are valid for an hour).
 const CRL_REPUBLISH: Duration = Duration::from_secs(30 * 60);
 
+/// Most CRLs (one per CA still trusted).
+const MAX_CRLS: usize = 8;
+
 /// Most keys a JWT bundle may hold.
 const MAX_JWT_KEYS: usize = 64;
 
@@ -30,12 +33,14 @@ pub struct Published {
     pub trust_domain_id: String,
     /// The X.509 bundle: the CA certificates' DER, concatenated.
     pub x509_bundle: Vec<u8>,
+    /// The same bundle as PEM (SDS).
+    pub x509_bundle_pem: String,
     /// The JWT bundle as JSON (JWKS, `use: "jwt-svid"`).
     pub jwt_bundle: Vec<u8>,
     /// The JWT bundle's keys.
     pub jwt_keys: Vec<Jwk>,
-    /// The CRL, DER.
-    pub crl: Vec<u8>,
+    /// The CRLs, DER: one per CA still trusted.
+    pub crls: Vec<Vec<u8>>,
     /// When it was fetched.
     pub crl_fetched: std::time::Instant,
     /// The serials it lists (hex): a change of them is a change of state.
@@ -75,15 +80,22 @@ impl Published {
         if jwt_keys.len() > MAX_JWT_KEYS {
             return Err(format!("jwt bundle: more than {MAX_JWT_KEYS} keys"));
         }
-        let crl = base64::engine::general_purpose::STANDARD
-            .decode(&b.crl_der_b64)
+        if b.crls_der_b64.is_empty() || b.crls_der_b64.len() > MAX_CRLS {
+            return Err(format!("crls: 1..={MAX_CRLS} expected"));
+        }
+        let crls = b
+            .crls_der_b64
+            .iter()
+            .map(|c| base64::engine::general_purpose::STANDARD.decode(c))
+            .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("crl: {e}"))?;
         Ok(Self {
             trust_domain_id: b.trust_domain_id,
             x509_bundle: roots.iter().flat_map(|c| c.as_ref().to_vec()).collect(),
+            x509_bundle_pem: b.x509_bundle_pem,
             jwt_bundle: serde_json::to_vec(&b.jwt_bundle).map_err(|e| e.to_string())?,
             jwt_keys,
-            crl,
+            crls,
             crl_fetched: std::time::Instant::now(),
             revoked_serials: b.revoked_serials,
             suspended: b.suspended.into_iter().collect(),

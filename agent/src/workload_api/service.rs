@@ -25,14 +25,38 @@ use crate::attest::Peer;
 use crate::config::WorkloadApiConfig;
 use crate::workload::Agent;
 
-type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type Streamed<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Most open streams of one uid (X.509, bundles and SDS streams together):
+/// each renews, buffers and holds a task.
+pub const MAX_STREAMS_PER_UID: usize = 256;
 
 /// The Workload API's state.
 pub struct WorkloadApi {
     agent: Arc<Agent>,
     config: WorkloadApiConfig,
-    published: watch::Receiver<Option<Arc<Published>>>,
+    pub(super) published: watch::Receiver<Option<Arc<Published>>>,
     held: Held,
+    streams: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+}
+
+/// One uid's open stream, given back when the stream ends.
+pub(super) struct StreamSlot {
+    streams: Arc<std::sync::Mutex<HashMap<u32, usize>>>,
+    uid: u32,
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Ok(mut open) = self.streams.lock()
+            && let Some(n) = open.get_mut(&self.uid)
+        {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.uid);
+            }
+        }
+    }
 }
 
 /// Checks the `workload.spiffe.io: true` header (the Workload API spec's
@@ -58,12 +82,33 @@ impl WorkloadApi {
             config,
             published,
             held: Held::default(),
+            streams: Arc::default(),
+        })
+    }
+
+    /// A stream slot of the caller's uid, or `ResourceExhausted`.
+    pub(super) fn stream_slot(&self, peer: Option<&Peer>) -> Result<StreamSlot, Status> {
+        let uid = peer.map_or(u32::MAX, |p| p.uid);
+        let mut open = self
+            .streams
+            .lock()
+            .map_err(|_| Status::internal("stream table poisoned"))?;
+        let n = open.entry(uid).or_insert(0);
+        if *n >= MAX_STREAMS_PER_UID {
+            return Err(Status::resource_exhausted(format!(
+                "uid {uid} holds {MAX_STREAMS_PER_UID} open streams"
+            )));
+        }
+        *n += 1;
+        Ok(StreamSlot {
+            streams: self.streams.clone(),
+            uid,
         })
     }
 
     /// The caller's selectors, attested now (`PermissionDenied` if it
     /// cannot be: an exited, exec'd or shared-connection caller).
-    fn attest(&self, peer: Option<&Peer>) -> Result<Vec<String>, Status> {
+    pub(super) fn attest(&self, peer: Option<&Peer>) -> Result<Vec<String>, Status> {
         let peer = peer.ok_or_else(|| {
             Status::permission_denied("not_attested: the caller's credentials are unknown")
         })?;
@@ -74,7 +119,7 @@ impl WorkloadApi {
     }
 
     /// The current publication, or `Unavailable` before the first.
-    fn current(&self) -> Result<Arc<Published>, Status> {
+    pub(super) fn current(&self) -> Result<Arc<Published>, Status> {
         self.published.borrow().clone().ok_or_else(|| {
             Status::unavailable("broker_unavailable: the agent has not reached the broker yet")
         })
@@ -101,7 +146,7 @@ impl WorkloadApi {
     /// refusal hold). Refused for
     /// one identity, the others are still served; refused for all, the
     /// first refusal is the answer.
-    async fn x509_set(&self, peer: Option<&Peer>) -> Result<Vec<IssuedX509>, Status> {
+    pub(super) async fn x509_set(&self, peer: Option<&Peer>) -> Result<Vec<IssuedX509>, Status> {
         let selectors = self.attest(peer)?;
         let published = self.current()?;
         let ids = self.entitled(&published, &selectors, &self.config.x509_grant)?;
@@ -143,7 +188,7 @@ impl WorkloadApi {
                     hint: String::new(),
                 })
                 .collect(),
-            crl: vec![published.crl.clone()],
+            crl: published.crls.clone(),
             federated_bundles: HashMap::new(),
         }
     }
@@ -154,6 +199,7 @@ impl WorkloadApi {
     /// it is suspended.
     async fn keep_x509(
         self: Arc<Self>,
+        _slot: StreamSlot,
         peer: Option<Peer>,
         mut set: Vec<IssuedX509>,
         mut sent: Arc<Published>,
@@ -198,15 +244,23 @@ impl WorkloadApi {
                 return;
             }
             let entries_changed = now.entries != sent.entries;
+            // An SVID of this stream revoked (its lease, not the identity):
+            // replaced at once rather than served until its renewal.
+            let revoked_served = set.iter().any(|svid| {
+                now.revoked_serials
+                    .iter()
+                    .any(|r| r.trim_start_matches('0') == svid.serial.trim_start_matches('0'))
+            });
             if !renew
                 && !entries_changed
                 && now.x509_bundle == sent.x509_bundle
-                && now.crl == sent.crl
+                && now.crls == sent.crls
+                && !revoked_served
             {
                 sent = now;
                 continue;
             }
-            if renew || entries_changed {
+            if renew || entries_changed || revoked_served {
                 match self.x509_set(peer.as_ref()).await {
                     Ok(new) => set = new,
                     Err(status) => {
@@ -215,6 +269,10 @@ impl WorkloadApi {
                         return;
                     }
                 }
+            } else if let Err(status) = self.attest(peer.as_ref()) {
+                // The key is sent again: only to the process attested for it.
+                let _ = tx.send(Err(status)).await;
+                return;
             }
             let now = published.borrow_and_update().clone().unwrap_or(now);
             if tx.send(Ok(Self::x509_response(&set, &now))).await.is_err() {
@@ -232,6 +290,7 @@ impl WorkloadApi {
         make: fn(&Published) -> T,
     ) -> Result<Streamed<T>, Status> {
         let selectors = self.attest(peer.as_ref())?;
+        let slot = self.stream_slot(peer.as_ref())?;
         let first = self.current()?;
         if !first
             .entries
@@ -246,6 +305,7 @@ impl WorkloadApi {
         let api = self.clone();
         let mut published = self.published.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             if tx.send(Ok(make(&first))).await.is_err() {
                 return;
             }
@@ -276,7 +336,7 @@ impl WorkloadApi {
 
 fn x509_bundles(p: &Published) -> X509BundlesResponse {
     X509BundlesResponse {
-        crl: vec![p.crl.clone()],
+        crl: p.crls.clone(),
         bundles: [(p.trust_domain_id.clone(), p.x509_bundle.clone())].into(),
     }
 }
@@ -297,6 +357,7 @@ impl SpiffeWorkloadApi for Arc<WorkloadApi> {
     ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
         check_header(&request)?;
         let peer = request.extensions().get::<Peer>().cloned();
+        let slot = self.stream_slot(peer.as_ref())?;
         let set = self.x509_set(peer.as_ref()).await?;
         tracing::info!(
             pid = peer.as_ref().map_or(0, |p| p.pid),
@@ -309,7 +370,7 @@ impl SpiffeWorkloadApi for Arc<WorkloadApi> {
         tx.send(Ok(WorkloadApi::x509_response(&set, &published)))
             .await
             .map_err(|_| Status::cancelled("the caller went away"))?;
-        tokio::spawn(self.clone().keep_x509(peer, set, published, tx));
+        tokio::spawn(self.clone().keep_x509(slot, peer, set, published, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

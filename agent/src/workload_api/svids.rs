@@ -16,8 +16,12 @@ use tonic::{Code, Status};
 
 use crate::workload::Agent;
 
-/// Most refusals remembered (more: the oldest are forgotten wholesale).
+/// Most refusals remembered: when full, expired ones are dropped, and a new
+/// one is not held while none has expired (the broker decides it again).
 const MAX_HELD: usize = 10_000;
+
+/// The shortest time between an SVID's issue and its renewal.
+pub const MIN_RENEWAL: time::Duration = time::Duration::seconds(1);
 
 /// An X.509-SVID issued to a workload, with the key made for it.
 #[derive(Clone)]
@@ -26,6 +30,8 @@ pub struct IssuedX509 {
     pub spiffe_id: String,
     /// The chain, DER, leaf first.
     pub chain: Vec<u8>,
+    /// The chain as the broker sent it, PEM (SDS).
+    pub chain_pem: String,
     /// The key, PKCS#8 DER.
     pub key: PrivateKey,
     /// When it was issued (the agent's clock).
@@ -37,9 +43,12 @@ pub struct IssuedX509 {
 }
 
 impl IssuedX509 {
-    /// Half its life from issue: when it is renewed.
+    /// Half its life from issue: when it is renewed (at least
+    /// [`MIN_RENEWAL`] after issue, so a short or CA-capped life never
+    /// renews in a loop).
     pub fn renew_at(&self) -> OffsetDateTime {
-        self.issued_at + (self.not_after - self.issued_at) / 2
+        let half: time::Duration = (self.not_after - self.issued_at) / 2;
+        self.issued_at + half.max(MIN_RENEWAL)
     }
 }
 
@@ -68,9 +77,12 @@ impl Held {
         }
         if let Ok(mut held) = self.held.lock() {
             if held.len() >= MAX_HELD {
-                held.clear();
+                let now = Instant::now();
+                held.retain(|_, (until, _)| *until > now);
             }
-            held.insert(key, (Instant::now() + hold, status.clone()));
+            if held.len() < MAX_HELD {
+                held.insert(key, (Instant::now() + hold, status.clone()));
+            }
         }
     }
 }
@@ -173,8 +185,8 @@ pub async fn x509(
             "grant {grant} did not answer an X.509-SVID for {spiffe_id}"
         )));
     }
-    let chain = certs_from_pem(c["svid_pem"].as_str().unwrap_or_default())
-        .map_err(|e| bad(e.to_string()))?;
+    let chain_pem = c["svid_pem"].as_str().unwrap_or_default().to_owned();
+    let chain = certs_from_pem(&chain_pem).map_err(|e| bad(e.to_string()))?;
     let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
     let info = mintguard_certs::svid::SvidInfo::parse(leaf).map_err(|e| bad(e.to_string()))?;
     if info.spiffe_id.to_string() != spiffe_id {
@@ -183,6 +195,7 @@ pub async fn x509(
     Ok(IssuedX509 {
         spiffe_id: spiffe_id.to_owned(),
         chain: chain.iter().flat_map(|c| c.as_ref().to_vec()).collect(),
+        chain_pem,
         key,
         issued_at,
         not_after: info.not_after,

@@ -366,9 +366,9 @@ pub struct NodeBundles {
     /// The JWT bundle: the broker's JWKS, each key with `kid` and
     /// `use: "jwt-svid"`.
     pub jwt_bundle: serde_json::Value,
-    /// A CRL (DER, standard base64) signed by the active CA listing the
-    /// revoked X.509-SVIDs that have not expired.
-    pub crl_der_b64: String,
+    /// CRLs (DER, standard base64), one per CA still trusted (the active
+    /// CA's first), each listing the revoked X.509-SVIDs that have not expired.
+    pub crls_der_b64: Vec<String>,
     /// Their serial numbers, hex.
     pub revoked_serials: Vec<String>,
     /// The node's identities (and the node itself) that are suspended.

@@ -207,6 +207,11 @@ impl Issuer<'_> {
         // The CSR is key material for the minter, not a decision input: the
         // record holds what was signed (`extras.credential`), not the CSR.
         let csr = request.csr.take();
+        if self.identity_limiter.check_key(&subject.identity).is_err() {
+            return Err(Refusal::RateLimited);
+        }
+        // Counted against the identity's rate first: a CSR's signature check
+        // is work a caller could otherwise repeat for free.
         if let Some(minter) = self.minters.get(grant.kind) {
             let material = crate::mint::Material {
                 audience: request.audience.as_deref(),
@@ -215,9 +220,6 @@ impl Issuer<'_> {
             minter
                 .check_material(&grant.spec, &material)
                 .map_err(Refusal::Material)?;
-        }
-        if self.identity_limiter.check_key(&subject.identity).is_err() {
-            return Err(Refusal::RateLimited);
         }
         let node = subject.issuer.as_str();
         let identity = subject.identity.as_str();

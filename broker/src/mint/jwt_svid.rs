@@ -2,8 +2,10 @@
 //! JWT-SVID profile — ES256 (the profile does not allow EdDSA), header
 //! `alg`/`kid`/`typ` only, `sub` the decided SPIFFE ID, `aud` the request's
 //! audiences (each one of the grant's `audiences`), `exp`, `iat` and `jti`
-//! (the lease id). Signed by the broker's JWT keys, which the agent
-//! publishes as the trust domain's JWT bundle (`use: "jwt-svid"`).
+//! (the lease id). Signed by the broker's JWT-SVID keys (`<jwt.keys_dir>/svid`,
+//! always ES256, rotated with the JWT keys), kept apart from the keys of
+//! Mintguard JWTs so neither verifies as the other; the agent publishes them
+//! as the trust domain's JWT bundle (`use: "jwt-svid"`).
 //! Revocation is `introspection_only`, as for Mintguard JWTs.
 
 use std::sync::{Arc, RwLock};
@@ -51,12 +53,6 @@ impl GrantSettings for JwtSvidGrant {
             }
             mintguard_api::check_text("bad_audience", "audience", aud, mintguard_api::MAX_AUDIENCE_LEN)
                 .map_err(|e| Invalid::new(key.clone(), e.message))?;
-        }
-        if cx.jwt_algorithm != JwtAlgorithm::Es256 {
-            return Err(Invalid::new(
-                (cx.key)("kind"),
-                "JWT-SVIDs are ES256 (the profile does not allow EdDSA): set [jwt] algorithm = \"ES256\"",
-            ));
         }
         if cx.max_ttl > cx.jwt_max_ttl {
             return Err(Invalid::new(
@@ -198,9 +194,9 @@ impl Minter for JwtSvidMinter {
     }
 }
 
-/// Always built: JWT-SVIDs are signed with the broker's own keys.
+/// Always built: JWT-SVIDs are signed with the broker's own JWT-SVID keys.
 pub async fn build(deps: &Deps<'_>) -> Result<Option<Box<dyn Minter>>, String> {
     Ok(Some(Box::new(JwtSvidMinter {
-        keys: deps.jwt.clone(),
+        keys: deps.jwt_svid.clone(),
     })))
 }

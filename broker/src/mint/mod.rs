@@ -494,6 +494,8 @@ pub trait SettingsOf: Sized {
 pub struct Deps<'a> {
     /// The broker's JWT signing keys (shared with the JWKS and rotation).
     pub jwt: &'a Arc<RwLock<JwtKeySet>>,
+    /// The broker's JWT-SVID signing keys (ES256; the JWT bundle agents publish).
+    pub jwt_svid: &'a Arc<RwLock<JwtKeySet>>,
     /// The broker's CA (X.509-SVIDs; shared with rotation and the bundle).
     pub ca: &'a Arc<RwLock<mintguard_certs::ca::CertificateAuthority>>,
     /// The broker's Vault client, if `[vault]` is configured.

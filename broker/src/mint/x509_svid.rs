@@ -14,7 +14,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mintguard_certs::ca::{CertificateAuthority, serial_for, validate_csr};
+use mintguard_certs::ca::{CertificateAuthority, RevokedSerial, serial_for, validate_csr};
 use mintguard_certs::id::parse_spiffe_id;
 use mintguard_certs::svid::SvidInfo;
 use serde::Deserialize;
@@ -162,6 +162,58 @@ impl Minter for X509SvidMinter {
     /// One record per SVID: never an intent without an outcome.
     async fn reconcile(&self, _lease: &Lease, _grant: Option<&GrantSpec>) -> Reconcile {
         Reconcile::Nothing
+    }
+}
+
+/// The CRLs last signed for agents: one per CA still trusted (an SVID's
+/// issuer must sign the CRL that lists it), listing every revoked,
+/// unexpired X.509-SVID (serials are unique across CAs: 128 bits of a hash).
+#[derive(Clone, Debug)]
+pub struct SignedCrls {
+    /// The revocations listed, sorted.
+    pub revoked: Vec<RevokedSerial>,
+    /// When they were signed, milliseconds.
+    pub signed_at_ms: i64,
+    /// The CRLs, DER: the active CA's first.
+    pub ders: Vec<Vec<u8>>,
+}
+
+/// How long signed CRLs are reused while the revocations they list are
+/// unchanged (they are valid for [`CRL_VALIDITY`]).
+pub const CRL_REUSE_MS: i64 = 10 * 60 * 1000;
+/// How long a CRL is valid.
+pub const CRL_VALIDITY: time::Duration = time::Duration::hours(1);
+
+impl SignedCrls {
+    /// CRLs listing `revoked`, signed by every CA of `ca` still trusted at `now_ms`.
+    pub fn sign(
+        ca: &CertificateAuthority,
+        mut revoked: Vec<RevokedSerial>,
+        now_ms: i64,
+    ) -> Result<Self, mintguard_certs::CertsError> {
+        revoked.sort_by_key(|r| r.serial);
+        let now = crate::clock::datetime(now_ms);
+        let number = u64::try_from(now_ms).unwrap_or(0);
+        let mut ders = vec![ca.active().crl(&revoked, number, now, now + CRL_VALIDITY)?];
+        for retired in ca.retired().iter().filter(|r| r.trusted_until > now) {
+            ders.push(
+                retired
+                    .authority
+                    .crl(&revoked, number, now, now + CRL_VALIDITY)?,
+            );
+        }
+        Ok(Self {
+            revoked,
+            signed_at_ms: now_ms,
+            ders,
+        })
+    }
+
+    /// Whether these CRLs can be served again for `revoked` at `now_ms`.
+    pub fn still_fit(&self, revoked: &[RevokedSerial], now_ms: i64) -> bool {
+        now_ms.saturating_sub(self.signed_at_ms) < CRL_REUSE_MS
+            && self.revoked.len() == revoked.len()
+            && self.revoked.iter().zip(revoked).all(|(a, b)| a.serial == b.serial)
     }
 }
 

@@ -10,6 +10,9 @@ use axum::routing::{delete, get, post};
 use axum::{Extension, Router};
 use mintguard_api::{EntryView, IssueRequest, NodeBundles, RenewRequest, SvidResponse};
 use mintguard_certs::ca::{RevokedSerial, serial_for};
+
+use crate::mint::x509_svid::SignedCrls;
+use crate::state::Keys;
 use mintguard_certs::tls::SpiffePeer;
 use time::OffsetDateTime;
 
@@ -60,59 +63,83 @@ async fn entries(
     ))
 }
 
-/// Most revoked X.509-SVIDs one CRL lists (the soonest to expire are
-/// dropped past it, and the metric says how many are listed).
-pub const MAX_CRL_ENTRIES: usize = 10_000;
+/// Most revoked, unexpired X.509-SVIDs the CRLs list. More is refused
+/// (503 `crl_too_large`), never a CRL that silently leaves some out.
+pub const MAX_CRL_ENTRIES: usize = 100_000;
 
 async fn bundles(
     State(broker): State<Arc<Broker>>,
     Extension(peer): Extension<SpiffePeer>,
 ) -> Result<axum::Json<NodeBundles>, ApiError> {
     let node = peer.id().to_string();
+    // Polled by every agent: counted against the node's rate like its
+    // other requests, and refused to a suspended node.
+    crate::doors::node::limit_node(&broker, &node)?;
+    if broker.store.suspension(&node).await?.is_some() {
+        return Err(
+            ApiError::forbidden("node_suspended", "this node is suspended")
+                .with_reasons(vec!["issuer_suspended".into()]),
+        );
+    }
     let now_ms = broker.clock.now_ms();
     let now = crate::clock::datetime(now_ms);
-    let revoked = broker
+    let leases = broker
         .store
         .leases(&crate::store::LeaseQuery::RevokedSvids {
             now_ms,
-            limit: MAX_CRL_ENTRIES,
+            limit: MAX_CRL_ENTRIES + 1,
         })
         .await?;
-    let serials: Vec<RevokedSerial> = revoked
+    if leases.len() > MAX_CRL_ENTRIES {
+        tracing::error!(
+            limit = MAX_CRL_ENTRIES,
+            "more revoked, unexpired X.509-SVIDs than a CRL may list: agents keep their last CRL until fewer are live"
+        );
+        return Err(ApiError::unavailable(
+            "crl_too_large",
+            "too many revoked SVIDs are live to list them all",
+            format!("over {MAX_CRL_ENTRIES}"),
+        ));
+    }
+    let mut revoked: Vec<RevokedSerial> = leases
         .iter()
         .map(|l| RevokedSerial {
             serial: serial_for(&l.id),
             revoked_at: crate::clock::datetime(l.revoked_at_ms.unwrap_or(now_ms)),
         })
         .collect();
+    revoked.sort_by_key(|r| r.serial);
     let unavailable = |e: mintguard_certs::CertsError| {
         ApiError::unavailable("ca_unavailable", "CA unavailable", e)
     };
-    let (bundle, crl) = {
+    let cached = broker
+        .crl
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .filter(|c| c.still_fit(&revoked, now_ms));
+    let (bundle, crls) = {
         let ca = broker
             .ca
             .read()
             .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
         let bundle = ca.bundle(now).map_err(unavailable)?;
-        // Valid for an hour; agents fetch it far more often.
-        let crl = ca
-            .active()
-            .crl(
-                &serials,
-                u64::try_from(now_ms).unwrap_or(0),
-                now,
-                now + time::Duration::hours(1),
-            )
-            .map_err(unavailable)?;
-        (bundle, crl)
+        let crls = match cached {
+            Some(crls) => crls,
+            None => SignedCrls::sign(&ca, revoked, now_ms).map_err(unavailable)?,
+        };
+        (bundle, crls)
     };
     broker
         .metrics
         .crl_entries
-        .set(i64::try_from(serials.len()).unwrap_or(i64::MAX));
-    broker.refresh_jwt_keys();
+        .set(i64::try_from(crls.revoked.len()).unwrap_or(i64::MAX));
+    if let Ok(mut slot) = broker.crl.lock() {
+        *slot = Some(crls.clone());
+    }
+    broker.refresh_keys(Keys::JwtSvid);
     let jwt_bundle = {
-        let keys = broker.jwt.read().map_err(|_| {
+        let keys = broker.jwt_svid.read().map_err(|_| {
             ApiError::unavailable("keys_unavailable", "signing keys unavailable", "poisoned")
         })?;
         let mut jwks = serde_json::to_value(keys.jwks(now)).map_err(|e| {
@@ -143,12 +170,14 @@ async fn bundles(
     suspended.sort();
     suspended.dedup();
     use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
     Ok(axum::Json(NodeBundles {
         trust_domain_id: broker.config().trust_domain.id_string(),
         x509_bundle_pem: bundle.to_pem(),
         jwt_bundle,
-        crl_der_b64: base64::engine::general_purpose::STANDARD.encode(crl),
-        revoked_serials: serials
+        crls_der_b64: crls.ders.iter().map(|d| b64.encode(d)).collect(),
+        revoked_serials: crls
+            .revoked
             .iter()
             .map(|s| mintguard_certs::hex(&s.serial))
             .collect(),

@@ -98,7 +98,11 @@ fn renew_identity(
 
 /// Replaces the JWT signing key every `every`; retired public keys stay in
 /// the JWKS until every token they signed has expired.
-pub(super) async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Duration) {
+pub(super) async fn rotate_jwt_keys(
+    broker: Arc<Broker>,
+    every: std::time::Duration,
+    which: crate::state::Keys,
+) {
     // Checked often, rotated when the active key (as persisted) is due: a
     // replica sharing the directory that rotated first is followed, not
     // repeated.
@@ -110,8 +114,8 @@ pub(super) async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Durat
     loop {
         tick.tick().await;
         let config = broker.config();
-        let dir = config.jwt_dir();
-        let settings = crate::state::jwt_settings(&config);
+        let dir = which.dir(&config);
+        let settings = which.settings(&config);
         let result = tokio::task::spawn_blocking(move || {
             crate::state::with_dir_lock(&dir, || {
                 let mut keys = mintguard_certs::jwt::JwtKeySet::load(&dir, settings)
@@ -128,20 +132,22 @@ pub(super) async fn rotate_jwt_keys(broker: Arc<Broker>, every: std::time::Durat
         match result {
             Ok((keys, rotated)) => {
                 let changed = broker
-                    .jwt
+                    .keys(which)
                     .read()
                     .map(|k| k.active().kid() != keys.active().kid())
                     .unwrap_or(true);
-                if let Ok(mut current) = broker.jwt.write() {
+                if let Ok(mut current) = broker.keys(which).write() {
                     *current = keys;
                 }
                 if rotated {
-                    tracing::info!("JWT signing key rotated");
+                    tracing::info!(keys = ?which, "JWT signing key rotated");
                 } else if changed {
-                    tracing::info!("JWT signing key rotated by a replica; following");
+                    tracing::info!(keys = ?which, "JWT signing key rotated by a replica; following");
                 }
             }
-            Err(e) => tracing::error!(%e, "JWT key check failed; the current key stays active"),
+            Err(e) => {
+                tracing::error!(%e, keys = ?which, "JWT key check failed; the current key stays active")
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 //! | Task | Every | Does |
 //! |---|---|---|
 //! | [`identity::rotate_identity`] | half the SVID's life | advances the CA, renews the serving SVID, swaps the listeners' TLS |
-//! | [`identity::rotate_jwt_keys`] | a quarter of `jwt.rotate_every` (1 s–60 s) | rotates or follows the JWT signing key |
+//! | [`identity::rotate_jwt_keys`] | a quarter of `jwt.rotate_every` (1 s–60 s) | rotates or follows the JWT and the JWT-SVID signing keys |
 //! | [`log::refusal_writer`] | `limits.refusal_window` | logs the window's unauthenticated refusals |
 //! | [`log::checkpoint_timer`] | `log.checkpoint_interval` | signs a checkpoint of new records |
 //! | rate-limiter pruning | 60 s | drops idle per-node and per-identity limiters |
@@ -40,10 +40,13 @@ pub struct ServingIdentity {
 pub fn start(broker: &Arc<Broker>, serving: ServingIdentity) -> Result<(), String> {
     let config = broker.config();
     tokio::spawn(identity::rotate_identity(broker.clone(), serving));
-    tokio::spawn(identity::rotate_jwt_keys(
-        broker.clone(),
-        config.jwt.rotate_every.0,
-    ));
+    for keys in [crate::state::Keys::Jwt, crate::state::Keys::JwtSvid] {
+        tokio::spawn(identity::rotate_jwt_keys(
+            broker.clone(),
+            config.jwt.rotate_every.0,
+            keys,
+        ));
+    }
     tokio::spawn(log::refusal_writer(
         broker.clone(),
         config.limits.refusal_window.0,

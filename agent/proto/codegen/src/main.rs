@@ -1,4 +1,6 @@
-//! Regenerates the Workload API's gRPC code from `agent/proto/*.proto`
+//! Regenerates the Workload API's and Envoy SDS's gRPC code from
+//! `agent/proto/` (the SPIFFE `workload.proto`; a trimmed subset of Envoy's
+//! xDS v3 protos with upstream package names and field numbers)
 //! with a vendored `protoc` (none is installed on build machines), so the
 //! agent's build needs neither: `cargo run --manifest-path
 //! agent/proto/codegen/Cargo.toml` from the repository root, then commit
@@ -18,7 +20,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .out_dir(out)
         .compile_with_config(
             config,
-            &[std::path::PathBuf::from("agent/proto/workload.proto")],
+            &[
+                std::path::PathBuf::from("agent/proto/workload.proto"),
+                std::path::PathBuf::from("agent/proto/envoy/service/secret/v3/sds.proto"),
+                std::path::PathBuf::from(
+                    "agent/proto/envoy/extensions/transport_sockets/tls/v3/tls.proto",
+                ),
+            ],
             &[std::path::PathBuf::from("agent/proto"), include],
         )?;
     // The service has no `package`, so prost names the file `_.rs`.
