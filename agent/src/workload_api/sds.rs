@@ -234,6 +234,8 @@ impl SdsStream {
         tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     ) {
         let mut published = self.api.published.clone();
+        published.borrow_and_update();
+        let mut sent: Option<Arc<Published>> = None;
         loop {
             let renew_at = self.set.iter().map(IssuedX509::renew_at).min();
             let wait = renew_at.map_or(std::time::Duration::from_secs(3600), |at| {
@@ -288,9 +290,25 @@ impl SdsStream {
                     if self.names.is_none() {
                         continue;
                     }
-                    self.respond(false).await
+                    let revoked_served = self.set.iter().any(|svid| {
+                        now.revoked_serials
+                            .iter()
+                            .any(|r| r.trim_start_matches('0') == svid.serial.trim_start_matches('0'))
+                    });
+                    let entries_changed = sent.as_ref().is_some_and(|s| s.entries != now.entries);
+                    let served_changed = sent.as_ref().is_none_or(|s| {
+                        s.x509_bundle != now.x509_bundle || s.crls != now.crls
+                    });
+                    if revoked_served || entries_changed {
+                        self.respond(true).await
+                    } else if served_changed {
+                        self.respond(false).await
+                    } else {
+                        continue;
+                    }
                 }
             };
+            sent = self.api.published.borrow().clone();
             match answer {
                 Ok(response) => {
                     if tx.send(Ok(response)).await.is_err() {

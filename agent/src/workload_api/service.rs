@@ -206,6 +206,8 @@ impl WorkloadApi {
         tx: mpsc::Sender<Result<X509svidResponse, Status>>,
     ) {
         let mut published = self.published.clone();
+        // What is current now was sent (or is about to be): only later changes wake.
+        published.borrow_and_update();
         loop {
             let renew_at = set
                 .iter()
@@ -304,6 +306,8 @@ impl WorkloadApi {
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
         let mut published = self.published.clone();
+        // What is current now was sent (or is about to be): only later changes wake.
+        published.borrow_and_update();
         tokio::spawn(async move {
             let _slot = slot;
             if tx.send(Ok(make(&first))).await.is_err() {
