@@ -244,13 +244,13 @@ impl Authority {
     /// ([`serial_for`] of the workload SVID's lease).
     pub fn issue_svid_from_csr_with_serial(
         &self,
-        csr_pem: &str,
+        csr: &Csr,
         spiffe_id: &SpiffeId,
         ttl: Duration,
         now: OffsetDateTime,
         serial: [u8; 16],
     ) -> Result<CertificateDer<'static>> {
-        let csr = parse_csr(csr_pem)?;
+        let csr = &csr.0;
         let mut params = self.svid_params(spiffe_id, ttl, now)?;
         params.serial_number = Some(SerialNumber::from_slice(&serial));
         Ok(params
@@ -348,6 +348,23 @@ impl Authority {
         params.not_before = now - BACKDATE;
         params.not_after = (now + to_time(ttl)).min(self.not_after);
         Ok(params)
+    }
+}
+
+/// A CSR whose size, self-signature (proof of possession) and key type were
+/// checked once: only its public key is ever used.
+pub struct Csr(CertificateSigningRequestParams);
+
+impl Csr {
+    /// Parses and checks a PEM CSR (see [`validate_csr`]).
+    pub fn parse(csr_pem: &str) -> Result<Self> {
+        parse_csr(csr_pem).map(Self)
+    }
+}
+
+impl std::fmt::Debug for Csr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Csr")
     }
 }
 
@@ -568,7 +585,7 @@ impl CertificateAuthority {
     /// [`Authority::issue_svid_from_csr_with_serial`].
     pub fn issue_svid_from_csr_with_serial(
         &self,
-        csr_pem: &str,
+        csr: &Csr,
         spiffe_id: &SpiffeId,
         ttl: Duration,
         now: OffsetDateTime,
@@ -576,7 +593,7 @@ impl CertificateAuthority {
     ) -> Result<CertificateDer<'static>> {
         self.check_ttl(spiffe_id, ttl)?;
         self.active
-            .issue_svid_from_csr_with_serial(csr_pem, spiffe_id, ttl, now, serial)
+            .issue_svid_from_csr_with_serial(csr, spiffe_id, ttl, now, serial)
     }
 
     /// Issues an SVID with a fresh key; see [`Authority::issue_svid`].

@@ -80,6 +80,17 @@ pub fn csr_pem(key: &PrivateKey) -> Result<String> {
     Ok(params.serialize_request(&key_pair)?.pem()?)
 }
 
+/// A fresh P-256 key and a PEM CSR for it (one key pair, used once).
+pub fn generate_key_and_csr() -> Result<(PrivateKey, String)> {
+    let key_pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Mintguard");
+    let csr = params.serialize_request(&key_pair)?.pem()?;
+    Ok((PrivateKey::from_pkcs8_der(key_pair.serialize_der()), csr))
+}
+
 /// An X.509-SVID: the certificate chain (leaf first) and its private key.
 #[derive(Clone, Debug)]
 pub struct X509Svid {

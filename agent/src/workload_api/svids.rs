@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use mintguard_api::{CredentialRequest, CredentialResponse, EntryView, ErrorBody};
-use mintguard_certs::svid::{PrivateKey, certs_from_pem, csr_pem, generate_key};
+use mintguard_certs::svid::{PrivateKey, certs_from_pem, generate_key_and_csr};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
 
@@ -168,8 +168,8 @@ pub async fn x509(
     grant: &str,
     spiffe_id: &str,
 ) -> Result<IssuedX509, Status> {
-    let key = generate_key().map_err(|e| Status::internal(format!("key generation: {e}")))?;
-    let csr = csr_pem(&key).map_err(|e| Status::internal(format!("CSR: {e}")))?;
+    let (key, csr) = generate_key_and_csr()
+        .map_err(|e| Status::internal(format!("key and CSR generation: {e}")))?;
     let issued_at = OffsetDateTime::now_utc();
     let request = CredentialRequest {
         grant: grant.to_owned(),

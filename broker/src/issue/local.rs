@@ -38,7 +38,7 @@ impl Issuer<'_> {
             ttl_seconds: decision.ttl_seconds,
             now_ms: now,
             audience: body.request.audience.as_deref(),
-            csr: csr.as_deref(),
+            csr: csr.as_ref(),
         };
         // Signed before the write, so the write is the only I/O; released after it.
         let sealed = minter.seal(approved, &mint).map_err(|e| match e {

@@ -167,8 +167,8 @@ struct Minting<'a> {
     body: Body<'a>,
     spend: Vec<SpendOp>,
     now: i64,
-    /// The request's CSR, kept out of its record.
-    csr: Option<String>,
+    /// The request's CSR (checked), kept out of its record.
+    csr: Option<mintguard_certs::ca::Csr>,
 }
 
 /// The pieces of a decision record's body.
@@ -212,10 +212,16 @@ impl Issuer<'_> {
         }
         // Counted against the identity's rate first: a CSR's signature check
         // is work a caller could otherwise repeat for free.
+        let csr = csr
+            .map(|pem| mintguard_certs::ca::Csr::parse(&pem))
+            .transpose()
+            .map_err(|e| {
+                Refusal::Material(crate::mint::MaterialError::bad("bad_csr", e.to_string()))
+            })?;
         if let Some(minter) = self.minters.get(grant.kind) {
             let material = crate::mint::Material {
                 audience: request.audience.as_deref(),
-                csr: csr.as_deref(),
+                csr: csr.as_ref(),
             };
             minter
                 .check_material(&grant.spec, &material)

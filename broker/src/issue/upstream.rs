@@ -63,7 +63,7 @@ impl Issuer<'_> {
             ttl_seconds,
             now_ms: now,
             audience: body.request.audience.as_deref(),
-            csr: csr.as_deref(),
+            csr: csr.as_ref(),
         };
         let lease = mint.lease(minter, &request_id);
         let expires_at_ms = lease.expires_at_ms;

@@ -127,8 +127,8 @@ pub struct MintRequest<'a> {
     pub now_ms: i64,
     /// The audiences the request named (JWT-SVIDs).
     pub audience: Option<&'a [String]>,
-    /// The request's PEM CSR (X.509-SVIDs): never recorded.
-    pub csr: Option<&'a str>,
+    /// The request's CSR, checked (X.509-SVIDs): never recorded.
+    pub csr: Option<&'a mintguard_certs::ca::Csr>,
 }
 
 impl<'a> MintRequest<'a> {
@@ -293,8 +293,8 @@ pub enum Reconcile {
 pub struct Material<'a> {
     /// `audience`.
     pub audience: Option<&'a [String]>,
-    /// `csr` (PEM).
-    pub csr: Option<&'a str>,
+    /// `csr`, parsed and checked.
+    pub csr: Option<&'a mintguard_certs::ca::Csr>,
 }
 
 /// Material a grant's kind does not take, or cannot use: refused before
