@@ -654,32 +654,7 @@ fn a_node_cannot_vouch_for_another_nodes_entries() {
         svid.spiffe_id().to_string(),
         "spiffe://example.org/mintguard/node/node-2"
     );
-    let bundle = mintguard_certs::bundle::TrustBundle::from_pem(
-        mintguard_certs::id::parse_trust_domain("example.org").unwrap(),
-        &std::fs::read_to_string(node.root().join("data/bundle.pem")).unwrap(),
-    )
-    .unwrap();
-    let listen: Value = serde_json::from_str(
-        &std::fs::read_to_string(node.root().join("data/listen.json")).unwrap(),
-    )
-    .unwrap();
-    let client = mintguard_agent::broker::BrokerClient::new(
-        listen["agents"].as_str().unwrap().to_owned(),
-        mintguard_certs::tls::SpiffeConnector::new(
-            Some(&svid),
-            &bundle,
-            mintguard_certs::id::IdMatcher::exact(mintguard_certs::id::broker_id(
-                bundle.trust_domain(),
-            )),
-        )
-        .unwrap(),
-        mintguard_agent::broker::Limits {
-            connect_timeout: Duration::from_secs(5),
-            request_timeout: Duration::from_secs(10),
-            retries: 0,
-            max_idle: 1,
-        },
-    );
+    let client = node_client(node.root(), "agent2-data");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,5 +1,6 @@
-//! What the load generators share: command-line arguments, kept-alive
-//! HTTP/1.1 clients over mTLS, and the measured run with its percentiles.
+//! What the load generators share: command-line arguments, the real
+//! binaries they start, kept-alive HTTP/1.1 clients over mTLS, and the
+//! measured run with its percentiles.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,69 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use mintguard_certs::tls::SpiffeConnector;
+
+/// A binary built beside the running one (same profile).
+///
+/// # Panics
+/// When it is missing.
+pub fn sibling(name: &str) -> std::path::PathBuf {
+    let path = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)))
+        .unwrap_or_default();
+    assert!(
+        path.exists(),
+        "{} missing: build the broker and agent binaries in the same profile",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback TCP port.
+///
+/// # Panics
+/// When none can be bound.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port: {e}"))
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits until `path` exists (and holds `needle`, if given), up to 30 s.
+///
+/// # Panics
+/// When it does not in time.
+pub fn wait_for(path: &std::path::Path, needle: Option<&str>) {
+    for _ in 0..600 {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && needle.is_none_or(|n| text.contains(n))
+        {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {}", path.display());
+}
+
+/// Lowercase hex SHA-256 of `bytes` (an executable's selector).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 
 /// A numeric argument (`--name N`), or `default`.
 pub fn arg(name: &str, default: usize) -> usize {

@@ -394,3 +394,39 @@ pub fn uid_of(user: &str) -> String {
 pub fn test_user() -> String {
     std::env::var("MINTGUARD_TEST_USER").unwrap_or_else(|_| "mg-test".into())
 }
+
+/// A client of the broker's agents listener with the SVID in `root/data`.
+pub fn node_client(root: &Path, data: &str) -> mintguard_agent::broker::BrokerClient {
+    let stored: Value =
+        serde_json::from_slice(&std::fs::read(root.join(data).join("node.json")).unwrap()).unwrap();
+    let svid = mintguard_certs::svid::X509Svid::from_pem(
+        stored["svid_pem"].as_str().unwrap(),
+        stored["key_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let bundle = mintguard_certs::bundle::TrustBundle::from_pem(
+        mintguard_certs::id::parse_trust_domain("example.org").unwrap(),
+        &std::fs::read_to_string(root.join("data/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let listen: Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("data/listen.json")).unwrap())
+            .unwrap();
+    mintguard_agent::broker::BrokerClient::new(
+        listen["agents"].as_str().unwrap().to_owned(),
+        mintguard_certs::tls::SpiffeConnector::new(
+            Some(&svid),
+            &bundle,
+            mintguard_certs::id::IdMatcher::exact(mintguard_certs::id::broker_id(
+                bundle.trust_domain(),
+            )),
+        )
+        .unwrap(),
+        mintguard_agent::broker::Limits {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            retries: 0,
+            max_idle: 1,
+        },
+    )
+}
