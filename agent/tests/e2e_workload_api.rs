@@ -841,3 +841,48 @@ fn envoy_sds_serves_decided_certificates_and_bundles() {
     }
     assert_log_verifies_and_replays(&node);
 }
+
+#[test]
+fn suspending_the_node_ends_every_stream_it_serves() {
+    let node = node_with_workload_api();
+    let id = "spiffe://example.org/w/on-node";
+    node.entry_with_grants(id, &["unix:uid:0".to_owned()], &["x509-svid"]);
+    let sock = api_socket(&node);
+    let sock = sock.to_str().unwrap();
+    wait_for(
+        "the entry to reach the agent",
+        Duration::from_secs(20),
+        || {
+            spiffe(&node, None, &["crl", sock])
+                .first()
+                .is_some_and(|l| l["serials"].is_array())
+        },
+    );
+    let watcher = Running::start(&node, None, &["watch", sock]);
+    assert_eq!(watcher.next(Duration::from_secs(30))["crls"], 1);
+    let out = node.mg(&[
+        "suspend",
+        "spiffe://example.org/mintguard/node/node-1",
+        "--reason",
+        "test: node compromised",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ended = loop {
+        let line = watcher.next(Duration::from_secs(30));
+        if line.get("ended").is_some() {
+            break line;
+        }
+    };
+    assert_eq!(ended["ended"], "PERMISSION_DENIED", "{ended}");
+    assert!(
+        ended["details"]
+            .as_str()
+            .unwrap()
+            .contains("mintguard/node/node-1"),
+        "{ended}"
+    );
+}

@@ -206,26 +206,36 @@ struct SdsStream {
 impl SdsStream {
     /// Attests the caller, renews its SVIDs if `renew` (or the names need
     /// them for the first time), and builds the next response.
-    async fn respond(&mut self, renew: bool) -> Result<DiscoveryResponse, Status> {
+    async fn respond(
+        &mut self,
+        renew: bool,
+    ) -> Result<(DiscoveryResponse, Arc<Published>), Status> {
         let names = self.names.clone().unwrap_or_default();
         let published = self.api.current()?;
-        if needs_svids(&names, &published.trust_domain_id) && (renew || self.set.is_empty()) {
-            self.set = self.api.x509_set(self.peer.as_ref()).await?;
+        if needs_svids(&names, &published.trust_domain_id) {
+            if renew || self.set.is_empty() {
+                self.set = self.api.x509_set(self.peer.as_ref()).await?;
+            } else {
+                self.api.attest(self.peer.as_ref())?;
+            }
         } else {
+            // Names that take no SVID keep none (and no renewal timer).
+            self.set.clear();
             self.api.attest(self.peer.as_ref())?;
         }
         let resources = resources(&names, &self.set, &published)?;
         self.version += 1;
         let nonce = nonce();
         self.last_nonce = Some(nonce.clone());
-        Ok(DiscoveryResponse {
+        let response = DiscoveryResponse {
             version_info: self.version.to_string(),
             resources,
             canary: false,
             type_url: SECRET_TYPE.to_owned(),
             nonce,
             control_plane: None,
-        })
+        };
+        Ok((response, published))
     }
 
     async fn run(
@@ -236,6 +246,7 @@ impl SdsStream {
         let mut published = self.api.published.clone();
         published.borrow_and_update();
         let mut sent: Option<Arc<Published>> = None;
+        let mut nacked: Option<String> = None;
         loop {
             let renew_at = self.set.iter().map(IssuedX509::renew_at).min();
             let wait = renew_at.map_or(std::time::Duration::from_secs(3600), |at| {
@@ -260,8 +271,13 @@ impl SdsStream {
                     {
                         continue;
                     }
-                    if let Some(error) = &request.error_detail {
-                        tracing::warn!(code = error.code, message = %error.message, version = %request.version_info, "sds: Envoy rejected a response (NACK)");
+                    if let Some(error) = &request.error_detail
+                        && nacked.as_deref() != Some(request.response_nonce.as_str())
+                    {
+                        // Once per response, the message cut short.
+                        nacked = Some(request.response_nonce.clone());
+                        let message: String = error.message.chars().take(256).collect();
+                        tracing::warn!(code = error.code, %message, version = %request.version_info, "sds: Envoy rejected a response (NACK)");
                     }
                     // An ACK or NACK of the names already served sends nothing.
                     if self.names.as_ref() == Some(&request.resource_names) {
@@ -277,12 +293,18 @@ impl SdsStream {
                     }
                     let now = published.borrow_and_update().clone();
                     let Some(now) = now else { continue };
-                    if let Some(id) = self.set.iter().find(|s| now.suspended.contains(&s.spiffe_id)) {
-                        tracing::warn!(spiffe_id = %id.spiffe_id, "sds: suspended; ending the stream");
+                    let node = self.api.node_id();
+                    if let Some(id) = self
+                        .set
+                        .iter()
+                        .map(|s| s.spiffe_id.clone())
+                        .find(|id| now.suspended.contains(id))
+                        .or_else(|| now.suspended.contains(&node).then_some(node))
+                    {
+                        tracing::warn!(spiffe_id = %id, "sds: suspended; ending the stream");
                         let _ = tx
                             .send(Err(Status::permission_denied(format!(
-                                "suspended: {} is suspended",
-                                id.spiffe_id
+                                "suspended: {id} is suspended"
                             ))))
                             .await;
                         return;
@@ -308,9 +330,9 @@ impl SdsStream {
                     }
                 }
             };
-            sent = self.api.published.borrow().clone();
             match answer {
-                Ok(response) => {
+                Ok((response, served)) => {
+                    sent = Some(served);
                     if tx.send(Ok(response)).await.is_err() {
                         return;
                     }

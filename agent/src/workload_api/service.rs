@@ -86,6 +86,11 @@ impl WorkloadApi {
         })
     }
 
+    /// This node's SPIFFE ID.
+    pub(super) fn node_id(&self) -> String {
+        self.agent.node.svid().spiffe_id().to_string()
+    }
+
     /// A stream slot of the caller's uid, or `ResourceExhausted`.
     pub(super) fn stream_slot(&self, peer: Option<&Peer>) -> Result<StreamSlot, Status> {
         let uid = peer.map_or(u32::MAX, |p| p.uid);
@@ -205,9 +210,9 @@ impl WorkloadApi {
         mut sent: Arc<Published>,
         tx: mpsc::Sender<Result<X509svidResponse, Status>>,
     ) {
+        // Not marked seen: a change since `sent` wakes at once, and is
+        // compared with what was sent before anything is pushed.
         let mut published = self.published.clone();
-        // What is current now was sent (or is about to be): only later changes wake.
-        published.borrow_and_update();
         loop {
             let renew_at = set
                 .iter()
@@ -293,7 +298,12 @@ impl WorkloadApi {
     ) -> Result<Streamed<T>, Status> {
         let selectors = self.attest(peer.as_ref())?;
         let slot = self.stream_slot(peer.as_ref())?;
-        let first = self.current()?;
+        // The first message is what this receiver has seen: a change after
+        // it wakes the stream, none is lost in between.
+        let mut published = self.published.clone();
+        let first = published.borrow_and_update().clone().ok_or_else(|| {
+            Status::unavailable("broker_unavailable: the agent has not reached the broker yet")
+        })?;
         if !first
             .entries
             .iter()
@@ -305,9 +315,6 @@ impl WorkloadApi {
         }
         let (tx, rx) = mpsc::channel(4);
         let api = self.clone();
-        let mut published = self.published.clone();
-        // What is current now was sent (or is about to be): only later changes wake.
-        published.borrow_and_update();
         tokio::spawn(async move {
             let _slot = slot;
             if tx.send(Ok(make(&first))).await.is_err() {

@@ -6,7 +6,9 @@
 //! always ES256, rotated with the JWT keys), kept apart from the keys of
 //! Mintguard JWTs so neither verifies as the other; the agent publishes them
 //! as the trust domain's JWT bundle (`use: "jwt-svid"`).
-//! Revocation is `introspection_only`, as for Mintguard JWTs.
+//! Its lease is `introspection_only`, but JWT-SVIDs are validated offline
+//! (`ValidateJWTSVID`, the JWT bundle): a revoked one stays valid until its
+//! `exp`, which is why the grant's TTL should be minutes.
 
 use std::sync::{Arc, RwLock};
 

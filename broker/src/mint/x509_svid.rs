@@ -174,6 +174,8 @@ pub struct SignedCrls {
     pub revoked: Vec<RevokedSerial>,
     /// When they were signed, milliseconds.
     pub signed_at_ms: i64,
+    /// The CAs that signed them (ids, the active one first).
+    pub signers: Vec<String>,
     /// The CRLs, DER: the active CA's first.
     pub ders: Vec<Vec<u8>>,
 }
@@ -194,27 +196,48 @@ impl SignedCrls {
         revoked.sort_by_key(|r| r.serial);
         let now = crate::clock::datetime(now_ms);
         let number = u64::try_from(now_ms).unwrap_or(0);
-        let mut ders = vec![ca.active().crl(&revoked, number, now, now + CRL_VALIDITY)?];
-        for retired in ca.retired().iter().filter(|r| r.trusted_until > now) {
-            ders.push(
-                retired
-                    .authority
-                    .crl(&revoked, number, now, now + CRL_VALIDITY)?,
-            );
+        let (mut ders, mut signers) = (Vec::new(), Vec::new());
+        for authority in signers_of(ca, now) {
+            ders.push(authority.crl(&revoked, number, now, now + CRL_VALIDITY)?);
+            signers.push(authority.id().to_owned());
         }
         Ok(Self {
             revoked,
             signed_at_ms: now_ms,
+            signers,
             ders,
         })
     }
 
-    /// Whether these CRLs can be served again for `revoked` at `now_ms`.
-    pub fn still_fit(&self, revoked: &[RevokedSerial], now_ms: i64) -> bool {
+    /// Whether these CRLs can be served again for `revoked` at `now_ms`:
+    /// recent, the same revocations, signed by the CAs trusted now (a CA
+    /// rotation signs anew).
+    pub fn still_fit(
+        &self,
+        ca: &CertificateAuthority,
+        revoked: &[RevokedSerial],
+        now_ms: i64,
+    ) -> bool {
+        let now = crate::clock::datetime(now_ms);
         now_ms.saturating_sub(self.signed_at_ms) < CRL_REUSE_MS
             && self.revoked.len() == revoked.len()
             && self.revoked.iter().zip(revoked).all(|(a, b)| a.serial == b.serial)
+            && signers_of(ca, now).map(|a| a.id()).eq(self.signers.iter().map(String::as_str))
     }
+}
+
+/// The CAs a CRL must be signed by at `now`: the active one, then each
+/// retired one still trusted.
+fn signers_of(
+    ca: &CertificateAuthority,
+    now: time::OffsetDateTime,
+) -> impl Iterator<Item = &mintguard_certs::ca::Authority> {
+    std::iter::once(ca.active()).chain(
+        ca.retired()
+            .iter()
+            .filter(move |r| r.trusted_until > now)
+            .map(|r| &r.authority),
+    )
 }
 
 /// Always built: the broker's own CA signs.

@@ -73,14 +73,9 @@ async fn bundles(
 ) -> Result<axum::Json<NodeBundles>, ApiError> {
     let node = peer.id().to_string();
     // Polled by every agent: counted against the node's rate like its
-    // other requests, and refused to a suspended node.
+    // other requests. A suspended node is answered (it is listed among the
+    // suspended, so its agent ends every stream it serves).
     crate::doors::node::limit_node(&broker, &node)?;
-    if broker.store.suspension(&node).await?.is_some() {
-        return Err(
-            ApiError::forbidden("node_suspended", "this node is suspended")
-                .with_reasons(vec!["issuer_suspended".into()]),
-        );
-    }
     let now_ms = broker.clock.now_ms();
     let now = crate::clock::datetime(now_ms);
     let leases = broker
@@ -90,16 +85,14 @@ async fn bundles(
             limit: MAX_CRL_ENTRIES + 1,
         })
         .await?;
-    if leases.len() > MAX_CRL_ENTRIES {
+    let overflow = leases.len() > MAX_CRL_ENTRIES;
+    if overflow {
+        // Never a CRL that leaves some out: the last complete one is served
+        // (valid for its hour), and everything else as always.
         tracing::error!(
             limit = MAX_CRL_ENTRIES,
-            "more revoked, unexpired X.509-SVIDs than a CRL may list: agents keep their last CRL until fewer are live"
+            "more revoked, unexpired X.509-SVIDs than a CRL may list: the last complete CRL is served"
         );
-        return Err(ApiError::unavailable(
-            "crl_too_large",
-            "too many revoked SVIDs are live to list them all",
-            format!("over {MAX_CRL_ENTRIES}"),
-        ));
     }
     let mut revoked: Vec<RevokedSerial> = leases
         .iter()
@@ -112,21 +105,23 @@ async fn bundles(
     let unavailable = |e: mintguard_certs::CertsError| {
         ApiError::unavailable("ca_unavailable", "CA unavailable", e)
     };
-    let cached = broker
-        .crl
-        .lock()
-        .ok()
-        .and_then(|c| c.clone())
-        .filter(|c| c.still_fit(&revoked, now_ms));
+    let last = broker.crl.lock().ok().and_then(|c| c.clone());
     let (bundle, crls) = {
         let ca = broker
             .ca
             .read()
             .map_err(|_| ApiError::unavailable("ca_unavailable", "CA unavailable", "poisoned"))?;
         let bundle = ca.bundle(now).map_err(unavailable)?;
-        let crls = match cached {
-            Some(crls) => crls,
-            None => SignedCrls::sign(&ca, revoked, now_ms).map_err(unavailable)?,
+        let crls = match last {
+            Some(last) if overflow || last.still_fit(&ca, &revoked, now_ms) => last,
+            _ if overflow => {
+                return Err(ApiError::unavailable(
+                    "crl_too_large",
+                    "too many revoked SVIDs are live to list them all",
+                    format!("over {MAX_CRL_ENTRIES}"),
+                ));
+            }
+            _ => SignedCrls::sign(&ca, revoked, now_ms).map_err(unavailable)?,
         };
         (bundle, crls)
     };
