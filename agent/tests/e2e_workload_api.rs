@@ -126,6 +126,16 @@ impl Running {
             .expect("the workload printed nothing in time")
     }
 
+    /// The `watch` command's last line: how its stream ended.
+    fn until_ended(&self) -> Value {
+        loop {
+            let line = self.next(Duration::from_secs(30));
+            if line.get("ended").is_some() {
+                return line;
+            }
+        }
+    }
+
     fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().unwrap();
         writeln!(stdin, "{line}").unwrap();
@@ -561,12 +571,7 @@ fn a_suspended_workload_loses_its_stream_its_serial_is_revoked_and_its_mtls_fail
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ended = loop {
-        let line = watcher.next(Duration::from_secs(30));
-        if line.get("ended").is_some() {
-            break line;
-        }
-    };
+    let ended = watcher.until_ended();
     assert_eq!(ended["ended"], "PERMISSION_DENIED", "{ended}");
     let crl = &spiffe(&node, None, &["crl", sock])[0];
     let listed: Vec<&str> = crl["serials"]
@@ -871,12 +876,7 @@ fn suspending_the_node_ends_every_stream_it_serves() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let ended = loop {
-        let line = watcher.next(Duration::from_secs(30));
-        if line.get("ended").is_some() {
-            break line;
-        }
-    };
+    let ended = watcher.until_ended();
     assert_eq!(ended["ended"], "PERMISSION_DENIED", "{ended}");
     assert!(
         ended["details"]
