@@ -7,7 +7,9 @@
 //!   one stream per SVID, against OpenBao's `pki/issue/ROLE` (a P-256 key
 //!   generated server-side) with a stored role and a `no_store` role;
 //! - JWT-SVIDs via `FetchJWTSVID` against Mintguard JWTs via the agent's
-//!   HTTP API (`POST /v1/credentials`).
+//!   HTTP API (`POST /v1/credentials`);
+//! - the broker alone (the node's mTLS, `POST /v1/issue`) for X.509-SVIDs and
+//!   JWTs, to tell the broker's share of the X.509 path from the agent's.
 //!
 //! ```text
 //! cargo build --release -p mintguard-broker -p mintguard-agent -p mintguard-benches --bins
@@ -249,6 +251,37 @@ refusal_hold = "0s"
     wait_for(&root.join("agent.log"), Some("serving workloads"));
     let api = Arc::new(format!("unix://{}", root.join("workload.sock").display()));
     let http = Arc::new(root.join("agent.sock"));
+    // The broker alone, as the agent asks it (its node SVID, `POST /v1/issue`):
+    // where the X.509 path's cost lies, broker or agent.
+    let stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("agent-data/node.json")).unwrap()).unwrap();
+    let node_svid = mintguard_certs::svid::X509Svid::from_pem(
+        stored["svid_pem"].as_str().unwrap(),
+        stored["key_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let td = mintguard_certs::id::parse_trust_domain("example.org").unwrap();
+    let bundle = mintguard_certs::bundle::TrustBundle::from_pem(
+        td.clone(),
+        &std::fs::read_to_string(root.join("data/bundle.pem")).unwrap(),
+    )
+    .unwrap();
+    let connector = Arc::new(
+        mintguard_certs::tls::SpiffeConnector::new(
+            Some(&node_svid),
+            &bundle,
+            mintguard_certs::id::IdMatcher::exact(mintguard_certs::id::broker_id(&td)),
+        )
+        .unwrap(),
+    );
+    let listen: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("data/listen.json")).unwrap())
+            .unwrap();
+    let agents_addr = Arc::new(listen["agents"].as_str().unwrap().to_owned());
+    let selectors = Arc::new(serde_json::json!([
+        format!("unix:uid:{uid}"),
+        format!("unix:sha256:{sha}")
+    ]));
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -289,6 +322,38 @@ refusal_hold = "0s"
                 })
                 .await
             };
+            let direct = |grant: &'static str, csr: bool| {
+                let (addr, connector, selectors) =
+                    (agents_addr.clone(), connector.clone(), selectors.clone());
+                measure(clients, n, move || {
+                    let (addr, connector, selectors) =
+                        (addr.clone(), connector.clone(), selectors.clone());
+                    async move {
+                        let sender = Arc::new(tokio::sync::Mutex::new(
+                            mintguard_benches::load::connect(&addr, &connector).await,
+                        ));
+                        move || {
+                            let (sender, selectors) = (sender.clone(), selectors.clone());
+                            async move {
+                                let mut request = serde_json::json!({"grant": grant});
+                                if csr {
+                                    // As the agent does: a fresh key and CSR each.
+                                    let (_key, csr) =
+                                        mintguard_certs::svid::generate_key_and_csr().unwrap();
+                                    request["csr"] = csr.into();
+                                }
+                                let body = serde_json::json!({"selectors": *selectors, "request": request});
+                                let mut sender = sender.lock().await;
+                                mintguard_benches::load::post(&mut sender, "/v1/issue", &body.to_string())
+                                    .await
+                                    .0
+                            }
+                        }
+                    }
+                })
+            };
+            let x509_direct = direct("x509-svid", true).await;
+            let jwt_direct = direct("payments-token", false).await;
             let mut bao_rounds = Vec::new();
             for role in ["svid", "svid-nostore"] {
                 let (host, token) = (Arc::new(bao_host.clone()), Arc::new(vault_token.clone()));
@@ -376,6 +441,8 @@ refusal_hold = "0s"
             }
             let lines = [
                 ("x509_svid_mintguard", "X.509-SVIDs via the Workload API (decision + durable record)", x509),
+                ("x509_broker_direct", "X.509-SVIDs from the broker alone (node mTLS, POST /v1/issue, client-made key and CSR)", x509_direct),
+                ("jwt_broker_direct", "JWTs from the broker alone (node mTLS, POST /v1/issue)", jwt_direct),
                 ("x509_bao_stored", "OpenBao pki/issue (stored)", bao_rounds.remove(0)),
                 ("x509_bao_nostore", "OpenBao pki/issue (no_store)", bao_rounds.remove(0)),
                 ("jwt_svid_api", "JWT-SVIDs via FetchJWTSVID", jwt_svid),
@@ -396,6 +463,13 @@ refusal_hold = "0s"
             m("x509_svid_mintguard") / m("x509_bao_stored"),
             m("x509_svid_mintguard") / m("x509_bao_nostore"),
             m("jwt_svid_api") / m("jwt_http"),
+        );
+        println!(
+            "broker alone: X.509-SVID / OpenBao stored pki/issue {:.2}; X.509 / JWT {:.2}; through the agent / broker alone: X.509 {:.2}, JWT {:.2}",
+            m("x509_broker_direct") / m("x509_bao_stored"),
+            m("x509_broker_direct") / m("jwt_broker_direct"),
+            m("x509_svid_mintguard") / m("x509_broker_direct"),
+            m("jwt_http") / m("jwt_broker_direct"),
         );
     });
     println!("broker store: SQLite WAL, synchronous=FULL (fsync per commit), group commit");
