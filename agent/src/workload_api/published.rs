@@ -45,6 +45,8 @@ pub struct Published {
     pub crl_fetched: std::time::Instant,
     /// The serials it lists (hex): a change of them is a change of state.
     pub revoked_serials: Vec<String>,
+    /// The same serials without leading zeros, for [`Self::revokes`].
+    revoked: std::collections::HashSet<String>,
     /// Suspended identities of this node (and the node, if it is).
     pub suspended: BTreeSet<String>,
     /// This node's entries.
@@ -62,6 +64,23 @@ impl Published {
             || self.suspended != other.suspended
             || self.entries != other.entries
             || other.crl_fetched.duration_since(self.crl_fetched) > CRL_REPUBLISH
+    }
+
+    /// Whether the CRL lists `serial` (hex, leading zeros or not).
+    pub fn revokes(&self, serial: &str) -> bool {
+        self.revoked.contains(serial.trim_start_matches('0'))
+    }
+
+    /// The first of `ids` that is suspended, or `node` if it is: whose
+    /// suspension ends a stream serving `ids` on `node`.
+    pub fn suspended_of<'a>(
+        &self,
+        mut ids: impl Iterator<Item = &'a str>,
+        node: &str,
+    ) -> Option<String> {
+        ids.find(|id| self.suspended.contains(*id))
+            .or_else(|| self.suspended.contains(node).then_some(node))
+            .map(str::to_owned)
     }
 
     fn from_broker(b: NodeBundles, entries: Arc<Vec<EntryView>>) -> Result<Self, String> {
@@ -97,6 +116,11 @@ impl Published {
             jwt_keys,
             crls,
             crl_fetched: std::time::Instant::now(),
+            revoked: b
+                .revoked_serials
+                .iter()
+                .map(|r| r.trim_start_matches('0').to_owned())
+                .collect(),
             revoked_serials: b.revoked_serials,
             suspended: b.suspended.into_iter().collect(),
             entries,

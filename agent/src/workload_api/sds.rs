@@ -293,14 +293,10 @@ impl SdsStream {
                     }
                     let now = published.borrow_and_update().clone();
                     let Some(now) = now else { continue };
-                    let node = self.api.node_id();
-                    if let Some(id) = self
-                        .set
-                        .iter()
-                        .map(|s| s.spiffe_id.clone())
-                        .find(|id| now.suspended.contains(id))
-                        .or_else(|| now.suspended.contains(&node).then_some(node))
-                    {
+                    if let Some(id) = now.suspended_of(
+                        self.set.iter().map(|s| s.spiffe_id.as_str()),
+                        &self.api.node_id(),
+                    ) {
                         tracing::warn!(spiffe_id = %id, "sds: suspended; ending the stream");
                         let _ = tx
                             .send(Err(Status::permission_denied(format!(
@@ -312,11 +308,7 @@ impl SdsStream {
                     if self.names.is_none() {
                         continue;
                     }
-                    let revoked_served = self.set.iter().any(|svid| {
-                        now.revoked_serials
-                            .iter()
-                            .any(|r| r.trim_start_matches('0') == svid.serial.trim_start_matches('0'))
-                    });
+                    let revoked_served = self.set.iter().any(|svid| now.revokes(&svid.serial));
                     let entries_changed = sent.as_ref().is_some_and(|s| s.entries != now.entries);
                     let served_changed = sent.as_ref().is_none_or(|s| {
                         s.x509_bundle != now.x509_bundle || s.crls != now.crls

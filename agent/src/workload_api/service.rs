@@ -234,13 +234,8 @@ impl WorkloadApi {
             };
             let now = published.borrow_and_update().clone();
             let Some(now) = now else { continue };
-            let ids: Vec<&str> = set.iter().map(|s| s.spiffe_id.as_str()).collect();
-            let node = self.agent.node.svid().spiffe_id().to_string();
-            if let Some(id) = ids
-                .iter()
-                .find(|id| now.suspended.contains(**id))
-                .map(|id| (*id).to_owned())
-                .or_else(|| now.suspended.contains(&node).then_some(node))
+            if let Some(id) =
+                now.suspended_of(set.iter().map(|s| s.spiffe_id.as_str()), &self.node_id())
             {
                 tracing::warn!(spiffe_id = %id, "workload api: suspended; ending its X.509-SVID stream");
                 let _ = tx
@@ -253,11 +248,7 @@ impl WorkloadApi {
             let entries_changed = now.entries != sent.entries;
             // An SVID of this stream revoked (its lease, not the identity):
             // replaced at once rather than served until its renewal.
-            let revoked_served = set.iter().any(|svid| {
-                now.revoked_serials
-                    .iter()
-                    .any(|r| r.trim_start_matches('0') == svid.serial.trim_start_matches('0'))
-            });
+            let revoked_served = set.iter().any(|svid| now.revokes(&svid.serial));
             if !renew
                 && !entries_changed
                 && now.x509_bundle == sent.x509_bundle
