@@ -6,6 +6,11 @@
 //! the connecting process wrote every byte the connection carried
 //! (`SCM_CREDENTIALS`, see [`Writers`]) and runs the executable it ran at
 //! accept.
+//!
+//! Where the kernel names the connecting process itself (`SO_PEERPIDFD`),
+//! a connection's later calls reuse what cannot have changed while that
+//! process lives and runs the same, unmodified file: its executable's path
+//! and hash (see [`Attestor::attest`]). Everything else is read again.
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -73,7 +78,69 @@ pub struct Peer {
     pub exe: FileVersion,
     /// Who wrote the connection's bytes.
     pub writers: Writers,
+    /// The connecting process's pidfd and what its connection's last
+    /// attestation found.
+    pub pinned: Pinned,
 }
+
+/// The connecting process as the kernel names it (`SO_PEERPIDFD`), kept for
+/// the connection's life, and the part of its last attestation that holds
+/// while that process lives and runs the same file.
+#[derive(Clone, Debug, Default)]
+pub struct Pinned(Arc<PinnedInner>);
+
+#[derive(Debug, Default)]
+struct PinnedInner {
+    pidfd: Option<std::os::fd::OwnedFd>,
+    last: Mutex<Option<Executable>>,
+}
+
+/// The executable an attestation found: the file's version (content
+/// included) when it was hashed, its path and hash.
+#[derive(Clone, Debug)]
+struct Executable {
+    version: FileVersion,
+    path: PathBuf,
+    sha256: String,
+}
+
+impl Pinned {
+    fn new(pidfd: Option<std::os::fd::OwnedFd>) -> Self {
+        Self(Arc::new(PinnedInner {
+            pidfd,
+            last: Mutex::new(None),
+        }))
+    }
+
+    /// Whether the pidfd's process has exited (`None`: no pidfd). A process
+    /// that has not exited still holds its pid: no other process can.
+    fn exited(&self) -> Option<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        use std::os::fd::AsFd;
+        let fd = self.0.pidfd.as_ref()?;
+        let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+        // An error is taken as exited: refused, never trusted.
+        Some(poll(&mut fds, PollTimeout::ZERO).map_or(true, |n| n > 0))
+    }
+
+    fn last(&self) -> Option<Executable> {
+        self.0.last.lock().ok()?.clone()
+    }
+
+    fn remember(&self, exe: Option<Executable>) {
+        if let Ok(mut last) = self.0.last.lock() {
+            *last = exe;
+        }
+    }
+}
+
+impl PartialEq for Pinned {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for Pinned {}
 
 impl Peer {
     /// The peer `pid` (uid, gid from `SO_PEERCRED`) with its start time and
@@ -97,9 +164,9 @@ impl Peer {
         uid: u32,
         gid: u32,
         writers: Writers,
-        pidfd: Option<&std::os::fd::OwnedFd>,
+        pidfd: Option<std::os::fd::OwnedFd>,
     ) -> Result<Self, AttestError> {
-        let same_process = || pidfd.is_none_or(|fd| pidfd_pid(fd) == Some(pid));
+        let same_process = || pidfd.as_ref().is_none_or(|fd| pidfd_pid(fd) == Some(pid));
         if !same_process() {
             return Err(AttestError::PeerGone(pid));
         }
@@ -116,6 +183,7 @@ impl Peer {
             start_time,
             exe: FileVersion::of(&meta),
             writers,
+            pinned: Pinned::new(pidfd),
         })
     }
 }
@@ -308,17 +376,19 @@ impl Attestor {
         if let Some(hash) = self.hashes.lock().ok().and_then(|h| h.get(&key).cloned()) {
             return Ok((path, hash, key));
         }
-        // aws-lc's SHA-256: fast in every build profile, on multi-MB binaries.
-        let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            let n = file.read(&mut buf).map_err(|e| proc_error(&link, e))?;
-            if n == 0 {
-                break;
+        let hash = off_the_runtime(|| {
+            // aws-lc's SHA-256: fast in every build profile, on multi-MB binaries.
+            let mut hasher = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = file.read(&mut buf).map_err(|e| proc_error(&link, e))?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
             }
-            hasher.update(&buf[..n]);
-        }
-        let hash = mintguard_certs::hex(hasher.finish().as_ref());
+            Ok(mintguard_certs::hex(hasher.finish().as_ref()))
+        })?;
         if let Ok(mut h) = self.hashes.lock() {
             if h.len() >= MAX_CACHED_HASHES {
                 h.clear();
@@ -362,6 +432,10 @@ impl Attestor {
     ///
     /// Exec: the executable hashed must be the one the process ran at
     /// accept, and still be the one it runs after the reads.
+    ///
+    /// A later call on the same connection, where the kernel pins the
+    /// connecting process (`SO_PEERPIDFD`), reuses the executable's path and
+    /// hash found before (see [`Attestor::attest_again`]).
     pub fn attest(&self, peer: &Peer) -> Result<Vec<String>, AttestError> {
         if let Some(writer) = peer.writers.foreign() {
             return Err(AttestError::ConnectionShared {
@@ -369,12 +443,16 @@ impl Attestor {
                 writer,
             });
         }
+        if let Some(selectors) = self.attest_again(peer)? {
+            return Ok(selectors);
+        }
         let (mut path, mut sha, exe) = self.executable(peer.pid)?;
         if !exe.same_file(&peer.exe) {
             return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
         let mut file = exe;
-        if sha == self.own_sha256 {
+        let helper = sha == self.own_sha256;
+        if helper {
             let helper = stat(peer.pid)?;
             if helper.start_time != peer.start_time {
                 return Err(AttestError::PeerGone(peer.pid));
@@ -387,11 +465,76 @@ impl Attestor {
         if stat(peer.pid)?.start_time != peer.start_time {
             return Err(AttestError::PeerGone(peer.pid));
         }
-        let link = format!("/proc/{}/exe", peer.pid);
-        let now = std::fs::metadata(&link).map_err(|e| exe_error(peer.pid, &link, e))?;
-        if !FileVersion::of(&now).same_file(&exe) {
+        if !exe_version(peer.pid)?.same_file(&exe) {
             return Err(AttestError::ExecutedSinceConnect(peer.pid));
         }
+        // The agent's own helper is attested by its parent: never reused.
+        peer.pinned.remember((!helper).then(|| Executable {
+            version: exe,
+            path: path.clone(),
+            sha256: sha.clone(),
+        }));
+        Ok(self.selectors(peer, &path, &sha, &file, cgroups))
+    }
+
+    /// A later call of a connection whose process the kernel pins: the
+    /// executable's path and hash found by the last attestation are reused
+    /// while the process lives (its pidfd has not signalled its exit, so no
+    /// other process holds its pid), runs the file it ran at accept, and
+    /// that file is unchanged (the same [`FileVersion`] as when hashed: a
+    /// write moves its ctime, which no user can set back). One `stat` of
+    /// `/proc/PID/exe` before and after the reads stands for the two
+    /// `readlink`s, the `open` and the `/proc/PID/stat` read of a first
+    /// call; the cgroups, the user name and the path are read again.
+    /// `None`: no pidfd, no earlier attestation or a changed file — the
+    /// full reads are needed.
+    fn attest_again(&self, peer: &Peer) -> Result<Option<Vec<String>>, AttestError> {
+        let alive = |pinned: &Pinned| match pinned.exited() {
+            Some(false) => Ok(true),
+            Some(true) => Err(AttestError::PeerGone(peer.pid)),
+            None => Ok(false),
+        };
+        if !alive(&peer.pinned)? {
+            return Ok(None);
+        }
+        let Some(last) = peer.pinned.last() else {
+            return Ok(None);
+        };
+        let before = exe_version(peer.pid)?;
+        if !before.same_file(&peer.exe) {
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        }
+        if before != last.version {
+            return Ok(None);
+        }
+        let cgroups = cgroup_selectors(peer.pid);
+        // Still alive after the reads: they were all of this process.
+        alive(&peer.pinned)?;
+        let after = exe_version(peer.pid)?;
+        if !after.same_file(&peer.exe) {
+            return Err(AttestError::ExecutedSinceConnect(peer.pid));
+        }
+        if after != last.version {
+            return Ok(None);
+        }
+        Ok(Some(self.selectors(
+            peer,
+            &last.path,
+            &last.sha256,
+            &last.version,
+            cgroups,
+        )))
+    }
+
+    /// The selectors of `peer` running `file` (at `path`, hashed `sha`).
+    fn selectors(
+        &self,
+        peer: &Peer,
+        path: &Path,
+        sha: &str,
+        file: &FileVersion,
+        cgroups: Vec<String>,
+    ) -> Vec<String> {
         let mut selectors = vec![
             format!("unix:uid:{}", peer.uid),
             format!("unix:gid:{}", peer.gid),
@@ -403,12 +546,12 @@ impl Attestor {
         // very file it runs, or it is not given: in a container it names a
         // file of the container's filesystem, and after an upgrade the
         // replaced binary is no longer at its path.
-        if std::fs::metadata(&path).is_ok_and(|m| FileVersion::of(&m).same_file(&file)) {
+        if std::fs::metadata(path).is_ok_and(|m| FileVersion::of(&m).same_file(file)) {
             selectors.push(format!("unix:path:{}", path.to_string_lossy()));
         }
         selectors.push(format!("unix:sha256:{sha}"));
         selectors.extend(cgroups);
-        Ok(selectors)
+        selectors
     }
 
     fn helper_parent(
@@ -487,6 +630,25 @@ impl FileVersion {
             ctime_nsec: meta.ctime_nsec(),
         }
     }
+}
+
+/// Runs `f` (a long read: hashing a binary not seen before) where it does
+/// not hold up the agent's other requests: on the multi-thread runtime's
+/// worker, the worker's other tasks move to another thread meanwhile.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) if rt.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+/// The version of the file `pid` runs, through `/proc/PID/exe`.
+fn exe_version(pid: i32) -> Result<FileVersion, AttestError> {
+    let link = format!("/proc/{pid}/exe");
+    let meta = std::fs::metadata(&link).map_err(|e| exe_error(pid, &link, e))?;
+    Ok(FileVersion::of(&meta))
 }
 
 /// `cgroup:path:/…` for each cgroup of `pid`, and `cgroup:container_id:ID`
@@ -591,7 +753,7 @@ mod tests {
             Ok(pidfd) => {
                 assert_eq!(pidfd_pid(&pidfd), None, "the connecting process is gone");
                 assert_eq!(
-                    Peer::at_accept(own, 0, 0, Writers::default(), Some(&pidfd)),
+                    Peer::at_accept(own, 0, 0, Writers::default(), Some(pidfd)),
                     Err(AttestError::PeerGone(own))
                 );
             }
@@ -602,7 +764,7 @@ mod tests {
         let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
         let pidfd = getsockopt(&a, PeerPidfd).unwrap();
         assert_eq!(pidfd_pid(&pidfd), Some(own));
-        assert!(Peer::at_accept(own, 0, 0, Writers::default(), Some(&pidfd)).is_ok());
+        assert!(Peer::at_accept(own, 0, 0, Writers::default(), Some(pidfd)).is_ok());
         drop(b);
     }
 
@@ -698,6 +860,79 @@ mod tests {
         assert_eq!(
             attestor.attest(&peer),
             Err(AttestError::ExecutedSinceConnect(peer.pid))
+        );
+    }
+
+    /// A connection's later calls reuse its first attestation's executable
+    /// only while the kernel pins the process: an exec since is refused,
+    /// and so is a call after the process exited.
+    #[test]
+    fn a_reused_attestation_still_sees_an_exec_and_an_exit() {
+        use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+        use std::io::{Read, Write};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        // Connects, waits for a byte, then execs sleep (the same pid).
+        let mut child = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import os,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+                 s.send(b'x'); s.recv(1); os.execvp('sleep', ['sleep', '30'])",
+            ])
+            .arg(&path)
+            .spawn()
+            .unwrap();
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut byte = [0u8; 1];
+        stream.read_exact(&mut byte).unwrap();
+        let cred = getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials).unwrap();
+        let pidfd = getsockopt(&stream, PeerPidfd).unwrap();
+        let peer = Peer::at_accept(
+            cred.pid(),
+            cred.uid(),
+            cred.gid(),
+            Writers::default(),
+            Some(pidfd),
+        )
+        .unwrap();
+        let attestor = Attestor::new().unwrap();
+        let first = attestor.attest(&peer).unwrap();
+        assert!(
+            peer.pinned.last().is_some(),
+            "a pinned peer's executable is kept"
+        );
+        assert_eq!(
+            attestor.attest(&peer).unwrap(),
+            first,
+            "reused: the same answer"
+        );
+        // The process execs: the next call is refused, cached or not.
+        let exe_before = std::fs::read_link(format!("/proc/{}/exe", cred.pid())).unwrap();
+        stream.write_all(b"y").unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::fs::read_link(format!("/proc/{}/exe", cred.pid()))
+            .ok()
+            .as_ref()
+            == Some(&exe_before)
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the child never exec'd"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            attestor.attest(&peer),
+            Err(AttestError::ExecutedSinceConnect(cred.pid()))
+        );
+        // The process exits: its pidfd says so before any /proc read.
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(peer.pinned.exited(), Some(true));
+        assert_eq!(
+            attestor.attest(&peer),
+            Err(AttestError::PeerGone(cred.pid()))
         );
     }
 

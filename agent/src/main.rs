@@ -110,7 +110,12 @@ fn main() -> ExitCode {
             if let Some(socket) = socket {
                 config.socket_path = socket;
             }
+            // One worker: a request hops workload connection → handler →
+            // broker connection, and on one thread none of those hops is a
+            // cross-core wake-up (~50–70 µs each here). Long reads (hashing
+            // a new binary) leave the worker (`block_in_place`).
             let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
                 .enable_all()
                 .build()
             {

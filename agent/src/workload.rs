@@ -602,9 +602,9 @@ pub async fn accept<F, Fut>(
         let pidfd = nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerPidfd);
         let gone = matches!(&pidfd, Err(e) if *e != nix::errno::Errno::ENOPROTOOPT);
         let pidfd = pidfd.ok();
-        let peer = cred.filter(|_| !gone).and_then(|c| {
-            Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone(), pidfd.as_ref()).ok()
-        });
+        let peer = cred
+            .filter(|_| !gone)
+            .and_then(|c| Peer::at_accept(c.pid()?, c.uid(), c.gid(), writers.clone(), pidfd).ok());
         // The kernel's uid even when /proc could not be read (the peer
         // exited); no credentials at all: one shared bucket (such a peer is
         // refused anyway).

@@ -361,7 +361,9 @@ impl SpiffeWorkloadApi for Arc<WorkloadApi> {
         let peer = request.extensions().get::<Peer>().cloned();
         let slot = self.stream_slot(peer.as_ref())?;
         let set = self.x509_set(peer.as_ref()).await?;
-        tracing::info!(
+        // Debug, not info: one line per SVID would be the agent's busiest
+        // log (each SVID is in the broker's issuance log already).
+        tracing::debug!(
             pid = peer.as_ref().map_or(0, |p| p.pid),
             svids = set.len(),
             "workload api: X.509-SVID stream opened"

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use mintguard_api::{CredentialRequest, CredentialResponse, EntryView, ErrorBody};
+use mintguard_api::{CredentialRequest, EntryView, ErrorBody};
 use mintguard_certs::svid::{PrivateKey, certs_from_pem, generate_key_and_csr};
 use time::OffsetDateTime;
 use tonic::{Code, Status};
@@ -121,6 +121,25 @@ fn refusal(status: u16, body: &[u8]) -> Status {
     }
 }
 
+/// What the Workload API reads of the broker's answer: its credential. The
+/// rest (the decision with its numbers, the lease) is skipped unparsed.
+#[derive(serde::Deserialize)]
+struct Answer {
+    credential: Credential,
+}
+
+/// An `x509_svid` or `jwt_svid` credential (other fields are skipped).
+#[derive(serde::Deserialize)]
+struct Credential {
+    #[serde(rename = "type")]
+    kind: String,
+    spiffe_id: String,
+    /// X.509-SVIDs: the chain, PEM.
+    svid_pem: Option<String>,
+    /// JWT-SVIDs: the token.
+    token: Option<String>,
+}
+
 /// Asks the broker under `grant` for `spiffe_id` on behalf of the workload
 /// with `selectors`; a held refusal is answered without asking.
 async fn ask(
@@ -129,7 +148,7 @@ async fn ask(
     hold: Duration,
     selectors: &[String],
     request: CredentialRequest,
-) -> Result<CredentialResponse, Status> {
+) -> Result<Credential, Status> {
     let key = format!(
         "{}\u{1f}{}\u{1f}{}\u{1f}{}",
         request.grant,
@@ -149,7 +168,8 @@ async fn ask(
         .await
         .map_err(|e| Status::unavailable(format!("broker_unavailable: {}", e.body_message())))?;
     if status.as_u16() == 200 {
-        return serde_json::from_slice(&body)
+        return serde_json::from_slice::<Answer>(&body)
+            .map(|a| a.credential)
             .map_err(|e| Status::unavailable(format!("bad broker answer: {e}")));
     }
     let refused = refusal(status.as_u16(), &body);
@@ -177,15 +197,15 @@ pub async fn x509(
         csr: Some(csr),
         ..Default::default()
     };
-    let issued = ask(agent, held, hold, selectors, request).await?;
+    let c = ask(agent, held, hold, selectors, request).await?;
     let bad = |why: String| Status::unavailable(format!("bad broker answer: {why}"));
-    let c = &issued.credential;
-    if c["type"] != "x509_svid" || c["spiffe_id"] != spiffe_id {
+    let (Some(chain_pem), "x509_svid", true) =
+        (c.svid_pem, c.kind.as_str(), c.spiffe_id == spiffe_id)
+    else {
         return Err(bad(format!(
             "grant {grant} did not answer an X.509-SVID for {spiffe_id}"
         )));
-    }
-    let chain_pem = c["svid_pem"].as_str().unwrap_or_default().to_owned();
+    };
     let chain = certs_from_pem(&chain_pem).map_err(|e| bad(e.to_string()))?;
     let leaf = chain.first().ok_or_else(|| bad("empty chain".into()))?;
     let info = mintguard_certs::svid::SvidInfo::parse(leaf).map_err(|e| bad(e.to_string()))?;
@@ -219,10 +239,9 @@ pub async fn jwt(
         audience: Some(audience.to_vec()),
         ..Default::default()
     };
-    let issued = ask(agent, held, hold, selectors, request).await?;
-    let c = &issued.credential;
-    match (c["type"].as_str(), c["token"].as_str()) {
-        (Some("jwt_svid"), Some(token)) if c["spiffe_id"] == spiffe_id => Ok(token.to_owned()),
+    let c = ask(agent, held, hold, selectors, request).await?;
+    match (c.kind.as_str(), c.token) {
+        ("jwt_svid", Some(token)) if c.spiffe_id == spiffe_id => Ok(token),
         _ => Err(Status::unavailable(format!(
             "bad broker answer: grant {grant} did not answer a JWT-SVID for {spiffe_id}"
         ))),

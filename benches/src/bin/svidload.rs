@@ -13,8 +13,11 @@
 //!
 //! ```text
 //! cargo build --release -p mintguard-broker -p mintguard-agent -p mintguard-benches --bins
-//! tests/peers.sh target/release/svidload [--clients 32] [--requests 5000] [--rounds 3]
+//! tests/peers.sh target/release/svidload [--clients 32] [--requests 5000] [--rounds 3] [--only x509,bao]
 //! ```
+//! `--only` runs some of the paths: `x509` (via the agent), `direct` (the
+//! broker alone, both kinds), `bao` (both roles), `jwt` (both agent paths); a
+//! ratio with a side that did not run prints NaN.
 //! Needs `VAULT_ADDR` and `VAULT_TOKEN` (an OpenBao root token; tests/peers.sh).
 
 #![allow(clippy::print_stdout, clippy::expect_used, clippy::unwrap_used)] // a report tool; setup failures stop it
@@ -28,7 +31,9 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use mintguard_agent::workload_api::proto::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use mintguard_agent::workload_api::proto::{JwtsvidRequest, X509svidRequest};
-use mintguard_benches::load::{Kill, arg, free_port, measure, sha256_hex, sibling, wait_for};
+use mintguard_benches::load::{
+    Kill, arg, arg_str, free_port, measure, sha256_hex, sibling, wait_for,
+};
 
 /// One call to OpenBao: the status.
 async fn bao(
@@ -114,6 +119,12 @@ fn main() {
     let clients = arg("--clients", 32);
     let requests = arg("--requests", 5_000);
     let rounds = arg("--rounds", 3);
+    let only = arg_str("--only");
+    let run_path = |path: &str| {
+        only.as_deref()
+            .is_none_or(|o| o.split(',').any(|p| p == path))
+    };
+    let skipped = || async { (f64::NAN, String::new()) };
     let vault_addr = std::env::var("VAULT_ADDR").expect("needs VAULT_ADDR (tests/peers.sh)");
     let vault_token = std::env::var("VAULT_TOKEN").expect("needs VAULT_TOKEN (tests/peers.sh)");
     let bao_host = vault_addr.trim_start_matches("http://").to_owned();
@@ -295,7 +306,9 @@ refusal_hold = "0s"
         for round in 0..=rounds {
             // Round 0 warms every path up and is not counted.
             let n = if round == 0 { requests / 10 } else { requests };
-            let x509 = {
+            let x509 = if !run_path("x509") {
+                skipped().await
+            } else {
                 let api = api.clone();
                 measure(clients, n, move || {
                     let api = api.clone();
@@ -352,10 +365,17 @@ refusal_hold = "0s"
                     }
                 })
             };
-            let x509_direct = direct("x509-svid", true).await;
-            let jwt_direct = direct("payments-token", false).await;
+            let (x509_direct, jwt_direct) = if run_path("direct") {
+                (direct("x509-svid", true).await, direct("payments-token", false).await)
+            } else {
+                (skipped().await, skipped().await)
+            };
             let mut bao_rounds = Vec::new();
             for role in ["svid", "svid-nostore"] {
+                if !run_path("bao") {
+                    bao_rounds.push(skipped().await);
+                    continue;
+                }
                 let (host, token) = (Arc::new(bao_host.clone()), Arc::new(vault_token.clone()));
                 let result = measure(clients, n, move || {
                     let (host, token) = (host.clone(), token.clone());
@@ -381,7 +401,9 @@ refusal_hold = "0s"
                 .await;
                 bao_rounds.push(result);
             }
-            let jwt_svid = {
+            let jwt_svid = if !run_path("jwt") {
+                skipped().await
+            } else {
                 let api = api.clone();
                 measure(clients, n, move || {
                     let api = api.clone();
@@ -406,7 +428,9 @@ refusal_hold = "0s"
                 })
                 .await
             };
-            let jwt_http = {
+            let jwt_http = if !run_path("jwt") {
+                skipped().await
+            } else {
                 let http = http.clone();
                 measure(clients, n, move || {
                     let http = http.clone();
@@ -449,11 +473,14 @@ refusal_hold = "0s"
                 ("jwt_http", "Mintguard JWTs via the agent's HTTP API", jwt_http),
             ];
             for (key, label, (rate, line)) in lines {
+                if rate.is_nan() {
+                    continue;
+                }
                 println!("round {round}, {clients} clients, {label}: {line}");
                 results.entry(key).or_default().push(rate);
             }
         }
-        let m = |k: &str| median(results[k].clone());
+        let m = |k: &str| results.get(k).map_or(f64::NAN, |v| median(v.clone()));
         println!("medians over {rounds} interleaved rounds ({clients} clients, {requests} requests each):");
         for (k, v) in &results {
             println!("  {k}: {:.0}/s (rounds: {v:.0?})", median(v.clone()));
