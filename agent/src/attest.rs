@@ -143,6 +143,16 @@ impl PartialEq for Pinned {
 impl Eq for Pinned {}
 
 impl Peer {
+    /// This peer without its pidfd (and so without reuse of an earlier
+    /// attestation): for what outlives the connection, such as a
+    /// container-credentials token.
+    pub fn unpinned(&self) -> Self {
+        Self {
+            pinned: Pinned::default(),
+            ..self.clone()
+        }
+    }
+
     /// The peer `pid` (uid, gid from `SO_PEERCRED`) with its start time and
     /// executable read now, at accept.
     ///

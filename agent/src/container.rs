@@ -129,7 +129,9 @@ pub async fn create_token(
     container.tokens.insert(
         token.clone(),
         Binding {
-            peer,
+            // Without its pidfd: a token outlives its connection, and a
+            // table of them must not hold a descriptor each.
+            peer: peer.unpinned(),
             grant: req.grant.clone(),
             spiffe_id: req.spiffe_id,
         },

@@ -85,6 +85,21 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Raises the soft limit on open files to the hard one (each workload
+/// connection holds two descriptors: its socket and its peer's pidfd).
+fn raise_nofile() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%e, soft, hard, "could not raise the open-file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(%e, "could not read the open-file limit"),
+    }
+}
+
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run {
@@ -110,12 +125,9 @@ fn main() -> ExitCode {
             if let Some(socket) = socket {
                 config.socket_path = socket;
             }
-            // One worker: a request hops workload connection → handler →
-            // broker connection, and on one thread none of those hops is a
-            // cross-core wake-up (~50–70 µs each here). Long reads (hashing
-            // a new binary) leave the worker (`block_in_place`).
+            // Each connection holds its socket and its peer's pidfd.
+            raise_nofile();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
                 .enable_all()
                 .build()
             {

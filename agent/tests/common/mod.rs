@@ -286,7 +286,10 @@ listen = "127.0.0.1:0"
             .arg(root.join(config))
             .env_remove("MINTGUARD_JOIN_TOKEN")
             // Stream opens are debug lines; the tests count them.
-            .env("RUST_LOG", "info,mintguard_agent::workload_api::service=debug")
+            .env(
+                "RUST_LOG",
+                "info,mintguard_agent::workload_api::service=debug",
+            )
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if let Some(t) = token {
