@@ -37,8 +37,9 @@ use hyper_util::rt::TokioIo;
 use mintguard_benches::load::{arg, arg_str, connect, flag, measure, post};
 use mintguard_broker::clock::now_ms;
 use mintguard_broker::config::Config;
+use mintguard_broker::log::canonical_body;
 use mintguard_broker::state::{Broker, token_hash};
-use mintguard_broker::store::Entry;
+use mintguard_broker::store::{Entry, LogQuery};
 use mintguard_certs::bundle::TrustBundle;
 use mintguard_certs::id::{self, IdMatcher};
 use mintguard_certs::svid::{self, X509Svid};
@@ -383,6 +384,25 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
         }
     }
     let (seq, _) = broker.store.head().await.unwrap();
+    let recent = LogQuery {
+        after_seq: Some((seq - 1000).max(0)),
+        limit: 1000,
+        ..LogQuery::default()
+    };
+    let decisions: Vec<usize> = broker
+        .store
+        .log(&recent)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|r| r.entry.kind.has_decision())
+        .map(|r| canonical_body(&r.entry.body).len())
+        .collect();
+    println!(
+        "decision record body: {} bytes (JCS, mean of the last {} decision records)",
+        decisions.iter().sum::<usize>() / decisions.len().max(1),
+        decisions.len()
+    );
     match &stores.url {
         None => println!(
             "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",

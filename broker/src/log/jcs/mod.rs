@@ -36,6 +36,12 @@ pub fn to_string(value: &Value) -> String {
 /// Appends the canonical form of the string `s`.
 pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
+    let plain = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
+    if s.bytes().all(plain) {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, b) in s.bytes().enumerate() {
         let escape = match b {
@@ -61,12 +67,23 @@ pub fn write_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-/// UTF-16 code-unit order; for two ASCII names, byte order is the same.
+/// UTF-16 code-unit order, read from the UTF-8 bytes: byte order is code
+/// point order, which UTF-16's differs from only between U+E000–U+FFFF
+/// (lead bytes 0xEE, 0xEF) and the supplementary planes (lead bytes 0xF0
+/// and up), whose surrogates sort below them. Strings that agree up to a
+/// byte agree up to a character boundary or inside one character, so the
+/// first differing bytes are both lead bytes or both continuation bytes.
 fn utf16_cmp(a: &str, b: &str) -> Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        a.as_bytes().cmp(b.as_bytes())
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let Some(i) = a.iter().zip(b).position(|(x, y)| x != y) else {
+        return a.len().cmp(&b.len());
+    };
+    let (x, y) = (a[i], b[i]);
+    let high_bmp = |b: u8| matches!(b, 0xEE | 0xEF);
+    if (high_bmp(x) && y >= 0xF0) || (x >= 0xF0 && high_bmp(y)) {
+        y.cmp(&x)
     } else {
-        a.encode_utf16().cmp(b.encode_utf16())
+        x.cmp(&y)
     }
 }
 
@@ -207,13 +224,20 @@ struct SeqCanon<'a> {
     close_variant: bool,
 }
 
-/// Collects an object's members, sorted and written at the end (and a
-/// closing `}` after it for a struct variant).
+/// Writes an object (and a closing `}` after it for a struct variant).
+/// While its members arrive in strictly increasing order (a map's keys, a
+/// struct whose fields are declared in order), each is written to `out` as
+/// it comes; from the first member out of order on, the members are
+/// collected, then sorted and written at the end.
 struct MapCanon<'a> {
     out: &'a mut String,
-    /// The members' values, one after another (one buffer per object).
-    values: String,
-    /// Each member's name and where its value is in `values`.
+    /// Where the members start in `out` (after the `{`).
+    start: usize,
+    /// The collected members' values, one after another, once a member
+    /// came out of order (`None` while they are written as they come).
+    values: Option<String>,
+    /// Each member's name and where its value is: in `out` while the
+    /// members are written as they come, in `values` once collected.
     members: Vec<(Cow<'static, str>, Range<usize>)>,
     key: Option<Cow<'static, str>>,
     close_variant: bool,
@@ -377,13 +401,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         })
     }
     fn serialize_map(self, len: Option<usize>) -> Result<MapCanon<'a>, Unsupported> {
-        Ok(MapCanon {
-            out: self.out,
-            values: String::with_capacity(256),
-            members: Vec::with_capacity(len.unwrap_or(8)),
-            key: None,
-            close_variant: false,
-        })
+        Ok(MapCanon::open(self.out, len.unwrap_or(8), false))
     }
     fn serialize_struct(self, name: &'static str, len: usize) -> Result<MapCanon<'a>, Unsupported> {
         if name == RAW_VALUE_TOKEN {
@@ -399,13 +417,7 @@ impl<'a> ser::Serializer for Canon<'a> {
         len: usize,
     ) -> Result<MapCanon<'a>, Unsupported> {
         let out = self.open_variant(variant);
-        Ok(MapCanon {
-            out,
-            values: String::with_capacity(256),
-            members: Vec::with_capacity(len),
-            key: None,
-            close_variant: true,
-        })
+        Ok(MapCanon::open(out, len, true))
     }
 }
 
@@ -451,36 +463,79 @@ seq_traits!(
     SerializeTupleVariant::serialize_field
 );
 
-impl MapCanon<'_> {
+impl<'a> MapCanon<'a> {
+    fn open(out: &'a mut String, len: usize, close_variant: bool) -> Self {
+        out.push('{');
+        Self {
+            start: out.len(),
+            out,
+            values: None,
+            members: Vec::with_capacity(len),
+            key: None,
+            close_variant,
+        }
+    }
+
     fn member<T: Serialize + ?Sized>(
         &mut self,
         key: Cow<'static, str>,
         value: &T,
     ) -> Result<(), Unsupported> {
-        let start = self.values.len();
-        value.serialize(Canon {
-            out: &mut self.values,
-        })?;
-        self.members.push((key, start..self.values.len()));
+        if self.values.is_none() {
+            let in_order = self
+                .members
+                .last()
+                .is_none_or(|(last, _)| utf16_cmp(last, &key) == Ordering::Less);
+            if in_order {
+                if !self.members.is_empty() {
+                    self.out.push(',');
+                }
+                write_str(self.out, &key);
+                self.out.push(':');
+                let start = self.out.len();
+                value.serialize(Canon { out: self.out })?;
+                self.members.push((key, start..self.out.len()));
+                return Ok(());
+            }
+            self.collect_written();
+        }
+        let values = self.values.get_or_insert_default();
+        let start = values.len();
+        value.serialize(Canon { out: values })?;
+        let end = values.len();
+        self.members.push((key, start..end));
         Ok(())
     }
 
+    /// Moves the members written so far out of `out`, to be sorted with the rest.
+    fn collect_written(&mut self) {
+        let mut values = String::with_capacity(2 * (self.out.len() - self.start));
+        for (_, range) in &mut self.members {
+            let start = values.len();
+            values.push_str(&self.out[range.clone()]);
+            *range = start..values.len();
+        }
+        self.out.truncate(self.start);
+        self.values = Some(values);
+    }
+
     fn finish(mut self) -> Result<(), Unsupported> {
-        // Stable: of duplicate names the last one written wins, as in a map.
-        self.members.sort_by(|a, b| utf16_cmp(&a.0, &b.0));
-        let mut members = self.members.iter().peekable();
-        self.out.push('{');
-        let mut first = true;
-        while let Some((name, range)) = members.next() {
-            if members.peek().is_some_and(|(next, _)| next == name) {
-                continue;
+        if let Some(values) = &self.values {
+            // Stable: of duplicate names the last one written wins, as in a map.
+            self.members.sort_by(|a, b| utf16_cmp(&a.0, &b.0));
+            let mut members = self.members.iter().peekable();
+            let mut first = true;
+            while let Some((name, range)) = members.next() {
+                if members.peek().is_some_and(|(next, _)| next == name) {
+                    continue;
+                }
+                if !std::mem::take(&mut first) {
+                    self.out.push(',');
+                }
+                write_str(self.out, name);
+                self.out.push(':');
+                self.out.push_str(&values[range.clone()]);
             }
-            if !std::mem::take(&mut first) {
-                self.out.push(',');
-            }
-            write_str(self.out, name);
-            self.out.push(':');
-            self.out.push_str(&self.values[range.clone()]);
         }
         self.out.push('}');
         if self.close_variant {

@@ -86,6 +86,14 @@ proptest! {
     }
 
     #[test]
+    fn names_sort_in_utf16_order(
+        a in "[a\u{7f}\u{e9}\u{d7ff}\u{e000}\u{ff61}\u{ffff}\u{10000}\u{1f600}]{0,4}",
+        b in "[a\u{7f}\u{e9}\u{d7ff}\u{e000}\u{ff61}\u{ffff}\u{10000}\u{1f600}]{0,4}",
+    ) {
+        prop_assert_eq!(utf16_cmp(&a, &b), a.encode_utf16().cmp(b.encode_utf16()));
+    }
+
+    #[test]
     fn direct_writing_is_identical_for_values(v in arb_value()) {
         prop_assert_eq!(to_canonical(&v).unwrap(), to_string(&v));
     }
@@ -133,8 +141,20 @@ struct Shapes {
     by_number: std::collections::BTreeMap<i32, String>,
     by_name: std::collections::HashMap<String, Value>,
     by_kind: std::collections::BTreeMap<Flag, u32>,
+    in_order: InOrder,
     #[serde(flatten)]
     flattened: std::collections::BTreeMap<String, i64>,
+}
+
+/// Fields declared in their canonical order: written as they come, until
+/// a flattened map's names break the order.
+#[derive(Clone, Debug, serde::Serialize)]
+struct InOrder {
+    a: u8,
+    b: Vec<Kind>,
+    c: std::collections::BTreeMap<String, i64>,
+    #[serde(flatten)]
+    more: std::collections::BTreeMap<String, bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
@@ -182,13 +202,20 @@ fn arb_shapes() -> impl Strategy<Value = Shapes> {
             ),
             // Names that may collide with the struct's own fields.
             prop::collection::btree_map("zeta|alpha|extra|[a-z]{1,3}", any::<i64>(), 0..3),
+            (
+                any::<u8>(),
+                prop::collection::vec(arb_kind(), 0..3),
+                prop::collection::btree_map("[a-c\u{e9}\u{1f600}]{0,2}", any::<i64>(), 0..4),
+                // After `c`, before it, or the same name as a field.
+                prop::collection::btree_map("[a-d]|ca|cb", any::<bool>(), 0..3),
+            ),
         ),
     )
         .prop_map(
             |(
                 (zeta, alpha, renamed, skipped_when_none),
                 (optional, kinds, wrapper, (p, c), tuple),
-                (by_number, by_name, by_kind, flattened),
+                (by_number, by_name, by_kind, flattened, (a, b, by_letter, more)),
             )| Shapes {
                 zeta,
                 alpha,
@@ -204,6 +231,12 @@ fn arb_shapes() -> impl Strategy<Value = Shapes> {
                 by_number,
                 by_name: by_name.into_iter().collect(),
                 by_kind,
+                in_order: InOrder {
+                    a,
+                    b,
+                    c: by_letter,
+                    more,
+                },
                 flattened,
             },
         )

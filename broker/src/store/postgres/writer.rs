@@ -7,6 +7,9 @@ use super::*;
 pub(super) const AVAIL_EVERY: &str = "CASE WHEN balance_milli >= $1 THEN balance_milli
      ELSE LEAST($1, balance_milli + (LEAST(GREATEST($2 - updated_at_ms, 0), $3) * $1) / $3) END";
 
+/// Creates a full bucket if the key has none.
+const ENSURE_BUCKET: &str = "INSERT INTO budgets(key, balance_milli, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING";
+
 pub(super) async fn ensure_bucket(
     client: &impl tokio_postgres::GenericClient,
     key: &str,
@@ -14,42 +17,42 @@ pub(super) async fn ensure_bucket(
     now_ms: i64,
 ) -> Result<()> {
     client
-        .execute(
-            "INSERT INTO budgets(key, balance_milli, updated_at_ms) VALUES ($1, $2, $3) ON CONFLICT (key) DO NOTHING",
-            &[&key, &cap, &now_ms],
-        )
+        .execute(ENSURE_BUCKET, &[&key, &cap, &now_ms])
         .await
         .map_err(map_pg)?;
     Ok(())
 }
 
-pub(super) async fn spend_one(
-    client: &impl tokio_postgres::GenericClient,
+/// Spends `op` with its statements sent at once (the bucket is created
+/// full if new, then charged if it can pay): whether it paid.
+async fn spend_one(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
     op: &SpendOp,
     now_ms: i64,
 ) -> Result<bool> {
     let (cap, per) = bucket_params(&op.policy);
-    ensure_bucket(client, &op.key, cap, now_ms).await?;
     let cost = cost_milli(op.cost);
-    let changed = match per {
-        Some(per) => {
-            let sql = format!(
-                "UPDATE budgets SET balance_milli = ({AVAIL_EVERY}) - $4, updated_at_ms = GREATEST(updated_at_ms, $2)
-                 WHERE key = $5 AND ({AVAIL_EVERY}) >= $4"
-            );
-            client.execute(&sql, &[&cap, &now_ms, &per, &cost, &op.key]).await
-        }
-        None => {
-            client
-                .execute(
-                    "UPDATE budgets SET balance_milli = balance_milli - $2, updated_at_ms = GREATEST(updated_at_ms, $1)
-                     WHERE key = $3 AND balance_milli >= $2",
-                    &[&now_ms, &cost, &op.key],
+    let ensure = async {
+        tx.execute(&statements.ensure_bucket, &[&op.key, &cap, &now_ms])
+            .await
+    };
+    let charge = async {
+        match per {
+            Some(per) => {
+                tx.execute(
+                    &statements.spend_every,
+                    &[&cap, &now_ms, &per, &cost, &op.key],
                 )
                 .await
+            }
+            None => {
+                tx.execute(&statements.spend_total, &[&now_ms, &cost, &op.key])
+                    .await
+            }
         }
-    }
-    .map_err(map_pg)?;
+    };
+    let (_, changed) = tokio::try_join!(ensure, charge).map_err(map_pg)?;
     Ok(changed == 1)
 }
 
@@ -59,13 +62,17 @@ pub(super) struct Job {
     pub(super) done: oneshot::Sender<Result<Appended>>,
 }
 
-/// Appends one record inside the batch transaction (under the head lock).
+/// Appends one record inside the batch transaction (under the head lock),
+/// in two round trips: the job's savepoint, its refusal checks and its
+/// spends go out together; the spends are undone if any cannot pay or the
+/// append is refused, and that, the inserts and the savepoint's release go
+/// out together. Statements sent together execute in the order sent; a
+/// failing one aborts those after it, and the caller rolls the job back.
 pub(super) async fn append_one(
     tx: &tokio_postgres::Transaction<'_>,
     head: &mut (i64, String),
     statements: &Statements,
     known_rule_sets: &mut HashSet<String>,
-    pipelined_savepoint: bool,
     append: Append,
     mut body_jcs: String,
 ) -> Result<Appended> {
@@ -78,40 +85,49 @@ pub(super) async fn append_one(
         refuse_if_lease_closed,
         ..
     } = append;
-    let suspended = !refuse_if_suspended.is_empty()
-        && tx
+    let time_ms = entry.time_ms;
+    let batch = |sql: &'static str| async move { tx.batch_execute(sql).await.map_err(map_pg) };
+    let suspended = async {
+        if refuse_if_suspended.is_empty() {
+            return Ok(false);
+        }
+        let row = tx
             .query_opt(&statements.suspended, &[&refuse_if_suspended])
             .await
-            .map_err(map_pg)?
-            .is_some();
+            .map_err(map_pg)?;
+        Ok(row.is_some())
+    };
     // Closed (or unknown): refused. Open: marked answered; the row stays
     // locked until the batch commits, so a concurrent close waits, re-reads
     // it and leaves it open.
-    let lease_closed = match &refuse_if_lease_closed {
-        Some(id) => {
-            tx.execute(&statements.lease_answered, &[id, &entry.time_ms])
-                .await
-                .map_err(map_pg)?
-                == 0
-        }
-        None => false,
-    };
-    let mut spent = !suspended && !lease_closed;
-    if spent && !spend.is_empty() {
-        tx.batch_execute("SAVEPOINT spend").await.map_err(map_pg)?;
-        for op in &spend {
-            if !spend_one(tx, op, entry.time_ms).await? {
-                spent = false;
-                break;
-            }
-        }
-        let sql = if spent {
-            "RELEASE SAVEPOINT spend"
-        } else {
-            "ROLLBACK TO SAVEPOINT spend; RELEASE SAVEPOINT spend"
+    let lease_closed = async {
+        let Some(id) = &refuse_if_lease_closed else {
+            return Ok(false);
         };
-        tx.batch_execute(sql).await.map_err(map_pg)?;
-    }
+        let marked = tx
+            .execute(&statements.lease_answered, &[id, &time_ms])
+            .await
+            .map_err(map_pg)?;
+        Ok(marked == 0)
+    };
+    // All spends or none: each is charged, and all are undone below unless
+    // every one paid.
+    let paid = async {
+        if spend.is_empty() {
+            return Ok(true);
+        }
+        let charges = spend
+            .iter()
+            .map(|op| spend_one(tx, statements, op, time_ms));
+        let (_, paid) = tokio::try_join!(
+            batch("SAVEPOINT spend"),
+            futures_util::future::try_join_all(charges)
+        )?;
+        Ok::<bool, StoreError>(paid.into_iter().all(|p| p))
+    };
+    let ((), suspended, lease_closed, paid) =
+        tokio::try_join!(batch("SAVEPOINT job"), suspended, lease_closed, paid)?;
+    let spent = !suspended && !lease_closed && paid;
     // A closed lease first: its caller revokes what was minted.
     if lease_closed {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
@@ -120,8 +136,15 @@ pub(super) async fn append_one(
     } else if !spent {
         body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
     }
+    let settle_spends = async {
+        match (spend.is_empty(), spent) {
+            (true, _) => Ok(()),
+            (false, true) => batch("RELEASE SAVEPOINT spend").await,
+            (false, false) => batch("ROLLBACK TO SAVEPOINT spend; RELEASE SAVEPOINT spend").await,
+        }
+    };
     // The rule set (unless this writer committed it before), the lease and
-    // the record go out pipelined: one round trip, executed in order.
+    // the record.
     let rule_set = rule_set.filter(|(hash, _)| !known_rule_sets.contains(hash.as_str()));
     let rule_set_insert = async {
         if let Some((hash, body)) = &rule_set {
@@ -177,18 +200,12 @@ pub(super) async fn append_one(
         .await
         .map_err(map_pg)
     };
-    let savepoint = |sql: &'static str| async move {
-        if pipelined_savepoint {
-            tx.batch_execute(sql).await.map_err(map_pg)?;
-        }
-        Ok::<(), StoreError>(())
-    };
     tokio::try_join!(
-        savepoint("SAVEPOINT job"),
+        settle_spends,
         rule_set_insert,
         lease_insert,
         log_insert,
-        savepoint("RELEASE SAVEPOINT job")
+        batch("RELEASE SAVEPOINT job")
     )?;
     if let Some((hash, _)) = rule_set {
         known_rule_sets.insert(hash);
@@ -211,6 +228,11 @@ pub(super) struct Statements {
     pub(super) log: tokio_postgres::Statement,
     pub(super) suspended: tokio_postgres::Statement,
     pub(super) lease_answered: tokio_postgres::Statement,
+    pub(super) ensure_bucket: tokio_postgres::Statement,
+    /// A spend from a bucket that refills `per` (see `AVAIL_EVERY`).
+    pub(super) spend_every: tokio_postgres::Statement,
+    /// A spend from a bucket that never refills.
+    pub(super) spend_total: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -239,6 +261,19 @@ impl Statements {
             lease_answered: client
                 .prepare(
                     "UPDATE leases SET answered_at_ms = $2 WHERE id = $1 AND revoked_at_ms IS NULL",
+                )
+                .await?,
+            ensure_bucket: client.prepare(ENSURE_BUCKET).await?,
+            spend_every: client
+                .prepare(&format!(
+                    "UPDATE budgets SET balance_milli = ({AVAIL_EVERY}) - $4, updated_at_ms = GREATEST(updated_at_ms, $2)
+                     WHERE key = $5 AND ({AVAIL_EVERY}) >= $4"
+                ))
+                .await?,
+            spend_total: client
+                .prepare(
+                    "UPDATE budgets SET balance_milli = balance_milli - $2, updated_at_ms = GREATEST(updated_at_ms, $1)
+                     WHERE key = $3 AND balance_milli >= $2",
                 )
                 .await?,
         })
@@ -282,33 +317,18 @@ pub(super) async fn run_batch(
     for job in batch {
         let saved = head.clone();
         let known_before = known.clone();
-        // A job that writes nothing before its inserts opens and releases
-        // its savepoint in the same pipeline as them; one with spends or a
-        // lease to mark answered opens it first, so a failure undoes those.
-        let pipelined = job.append.spend.is_empty() && job.append.refuse_if_lease_closed.is_none();
         let result = async {
-            if !pipelined {
-                tx.batch_execute("SAVEPOINT job").await.map_err(map_pg)?;
-            }
             match append_one(
                 &tx,
                 &mut head,
                 statements,
                 &mut known,
-                pipelined,
                 job.append,
                 job.body_jcs,
             )
             .await
             {
-                Ok(appended) => {
-                    if !pipelined {
-                        tx.batch_execute("RELEASE SAVEPOINT job")
-                            .await
-                            .map_err(map_pg)?;
-                    }
-                    Ok(appended)
-                }
+                Ok(appended) => Ok(appended),
                 Err(e) => {
                     tx.batch_execute("ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job")
                         .await

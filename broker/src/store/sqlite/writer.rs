@@ -148,8 +148,13 @@ impl Writer {
         })
     }
 
-    /// All spends or none, each a conditional update computed in SQL.
+    /// All spends or none, each a conditional update computed in SQL. One
+    /// spend needs no savepoint: it changes its bucket or nothing (a bucket
+    /// it creates is full, as a missing one reads).
     pub(super) fn try_spend(&mut self, spend: &[SpendOp], now_ms: i64) -> Result<bool> {
+        if let [op] = spend {
+            return spend_one(&self.conn, op, now_ms);
+        }
         exec(&self.conn, "SAVEPOINT spend")?;
         for op in spend {
             if !spend_one(&self.conn, op, now_ms)? {

@@ -20,11 +20,8 @@
 //! `decide()` never spends: it returns the costs to spend ([`Decision::spend`]),
 //! and the broker spends them atomically with the log record.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
 use serde::{Deserialize, Serialize};
 
 use crate::budget::{BudgetPolicy, BudgetSnapshot, MILLI};
@@ -32,6 +29,11 @@ use crate::outcome::Outcome;
 use crate::reason::Reason;
 use crate::rules::{MatchedRule, RuleSet};
 use crate::trust::{SignalKind, TrustInput, TrustReport, trust_score};
+
+mod cedar;
+
+pub use cedar::CI_CLAIMS;
+use cedar::cedar_request;
 
 /// Who is asking.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -279,192 +281,6 @@ fn round_half_up(x: f64) -> i64 {
         0
     }
 }
-
-/// Mintguard's Cedar type names and action, parsed once.
-struct CedarTypes {
-    node: EntityTypeName,
-    ci_issuer: EntityTypeName,
-    workload: EntityTypeName,
-    ci_job: EntityTypeName,
-    grant: EntityTypeName,
-    mint: EntityUid,
-}
-
-static TYPES: std::sync::LazyLock<CedarTypes> = std::sync::LazyLock::new(|| {
-    use std::str::FromStr as _;
-    // Constants of Mintguard's schema: they parse.
-    let name = |s: &str| {
-        EntityTypeName::from_str(s).unwrap_or_else(|_| unreachable!("{s} is a valid type name"))
-    };
-    CedarTypes {
-        node: name("Mintguard::Node"),
-        ci_issuer: name("Mintguard::CiIssuer"),
-        workload: name("Mintguard::Workload"),
-        ci_job: name("Mintguard::CiJob"),
-        grant: name("Mintguard::Grant"),
-        mint: EntityUid::from_type_name_and_id(name("Mintguard::Action"), EntityId::new("mint")),
-    }
-});
-
-fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
-    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
-}
-
-fn string(s: &str) -> RestrictedExpression {
-    RestrictedExpression::new_string(s.to_owned())
-}
-
-/// Builds the Cedar request and entities for `input` (the entities through
-/// the rule set's cache).
-fn cedar_request(
-    rules: &RuleSet,
-    input: &DecisionInput,
-    trust: &TrustReport,
-    eci: &EciNumbers,
-    requested_ttl: u64,
-    ttl: u64,
-    budget_available: i64,
-) -> Result<(Request, std::sync::Arc<Entities>), String> {
-    let types = &*TYPES;
-    let (issuer_type, issuer_attr, principal_type) = match input.issuer.kind {
-        IssuerKind::Node => (&types.node, "name", &types.workload),
-        IssuerKind::CiIssuer => (&types.ci_issuer, "url", &types.ci_job),
-    };
-    let issuer = uid(issuer_type, &input.issuer.id);
-    let principal = uid(principal_type, &input.identity);
-    let grant = uid(&types.grant, &input.grant.name);
-    let key = [
-        issuer_type.basename(),
-        input.issuer.id.as_str(),
-        input.identity.as_str(),
-        input.grant.name.as_str(),
-        input.grant.kind.as_str(),
-    ]
-    .join("\u{0}");
-    let entities = rules.entities(key, || {
-        let entities = [
-            Entity::new(
-                issuer.clone(),
-                HashMap::from([(issuer_attr.to_owned(), string(&input.issuer.id))]),
-                HashSet::new(),
-            ),
-            Entity::new(
-                principal.clone(),
-                HashMap::from([("spiffe_id".to_owned(), string(&input.identity))]),
-                HashSet::from([issuer]),
-            ),
-            Entity::new(
-                grant.clone(),
-                HashMap::from([
-                    ("name".to_owned(), string(&input.grant.name)),
-                    ("kind".to_owned(), string(&input.grant.kind)),
-                ]),
-                HashSet::new(),
-            ),
-        ]
-        .into_iter()
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| e.to_string())?;
-        Entities::from_entities(entities, None).map_err(|e| e.to_string())
-    })?;
-
-    let signals = trust.signals.iter().filter_map(|s| {
-        s.value.map(|v| {
-            (
-                s.kind.as_str().to_owned(),
-                RestrictedExpression::new_long(i64::from(v)),
-            )
-        })
-    });
-    let signals = RestrictedExpression::new_record(signals).map_err(|e| e.to_string())?;
-    let claims = input
-        .ci_claims
-        .iter()
-        .filter(|(k, _)| CI_CLAIMS.contains(&k.as_str()))
-        .map(|(k, v)| (k.clone(), string(v)));
-    let claims = RestrictedExpression::new_record(claims).map_err(|e| e.to_string())?;
-    let now = time::OffsetDateTime::from_unix_timestamp(input.now_ms.div_euclid(1000))
-        .map_err(|e| e.to_string())?;
-    let long = |v: u64| RestrictedExpression::new_long(i64::try_from(v).unwrap_or(i64::MAX));
-    let purpose = input.purpose.as_deref().unwrap_or("");
-    let context = Context::from_pairs([
-        (
-            "trust_score".to_owned(),
-            RestrictedExpression::new_long(i64::from(trust.score)),
-        ),
-        ("signals".to_owned(), signals),
-        ("eci".to_owned(), RestrictedExpression::new_long(eci.eci)),
-        (
-            "eci_raw".to_owned(),
-            RestrictedExpression::new_long(eci.eci_raw),
-        ),
-        (
-            "grant_exposure".to_owned(),
-            RestrictedExpression::new_long(eci.grant_exposure),
-        ),
-        (
-            "issuer_blast_radius".to_owned(),
-            RestrictedExpression::new_long(eci.issuer_blast_radius),
-        ),
-        (
-            "budget_available".to_owned(),
-            RestrictedExpression::new_long(budget_available),
-        ),
-        ("requested_ttl".to_owned(), long(requested_ttl)),
-        ("ttl".to_owned(), long(ttl)),
-        ("purpose".to_owned(), string(purpose)),
-        (
-            "has_purpose".to_owned(),
-            RestrictedExpression::new_bool(!purpose.is_empty()),
-        ),
-        (
-            "hour".to_owned(),
-            RestrictedExpression::new_long(i64::from(now.hour())),
-        ),
-        (
-            "weekday".to_owned(),
-            RestrictedExpression::new_long(i64::from(now.weekday().number_from_monday())),
-        ),
-        (
-            "issuer_kind".to_owned(),
-            string(match input.issuer.kind {
-                IssuerKind::Node => "node",
-                IssuerKind::CiIssuer => "ci_issuer",
-            }),
-        ),
-        (
-            "has_evidence".to_owned(),
-            RestrictedExpression::new_bool(!input.evidence.is_empty()),
-        ),
-        ("ci_claims".to_owned(), claims),
-    ])
-    .map_err(|e| e.to_string())?;
-    let request = Request::new(principal, types.mint.clone(), grant, context, None)
-        .map_err(|e| e.to_string())?;
-    Ok((request, entities))
-}
-
-/// The CI claims Cedar sees (those declared in the schema's `CiClaims`).
-pub const CI_CLAIMS: &[&str] = &[
-    "repository",
-    "repository_id",
-    "repository_owner",
-    "repository_owner_id",
-    "ref",
-    "ref_type",
-    "ref_protected",
-    "environment",
-    "event_name",
-    "job_workflow_ref",
-    "runner_environment",
-    "workflow",
-    "project_id",
-    "project_path",
-    "namespace_id",
-    "namespace_path",
-    "pipeline_source",
-    "sub",
-];
 
 /// Decides one request. Pure: the same input and rule set give the same decision.
 pub fn decide(input: &DecisionInput, rules: &RuleSet) -> Decision {
