@@ -489,6 +489,88 @@ async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn 
     assert_eq!(verify_chain(all, &[], None).unwrap().records, 6);
 }
 
+/// Several spends commit all or none, and a refused append keeps none of
+/// them: whichever spend cannot pay, whatever else refuses the write.
+async fn spends_are_all_or_none_and_never_kept_for_a_refusal(store: Arc<dyn Store>) {
+    let (identity, t) = ("spiffe://example.org/a", 10_000_000);
+    let policy = hourly_budget();
+    let op = |key: &str, cost: u64| SpendOp {
+        key: key.into(),
+        policy: policy.clone(),
+        cost,
+    };
+    let append = |request: &str, spend: Vec<SpendOp>, lease_closed: Option<&str>| Append {
+        canonical_body: None,
+        entry: entry(request, identity, "allow", t),
+        spend,
+        lease: Some(lease(&format!("lease-{request}"), identity, t)),
+        rule_set: None,
+        refuse_if_suspended: vec![identity.into()],
+        refuse_if_lease_closed: lease_closed.map(Into::into),
+    };
+    // `low` keeps 2 of its 20 tokens.
+    assert!(
+        store
+            .append(append("p1", vec![op("low", 18)], None))
+            .await
+            .unwrap()
+            .spent
+    );
+    let low = store.budget("low").await.unwrap();
+    for (request, spend) in [
+        ("p2", vec![op("low", 5), op("fresh", 1)]),
+        ("p3", vec![op("fresh", 1), op("low", 5)]),
+        // More than a new bucket holds: refused without creating it.
+        ("p4", vec![op("fresh", 21)]),
+    ] {
+        let refused = store.append(append(request, spend, None)).await.unwrap();
+        assert!(!refused.spent && !refused.suspended, "{request}");
+        assert!(
+            store
+                .lease(&format!("lease-{request}"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let record = &store.log_for_request(request).await.unwrap()[0];
+        assert_eq!(record.entry.body["final_outcome"], "budget_exhausted");
+    }
+    // A spend that could pay, on a write refused for a closed lease.
+    let closed = store
+        .append(append("p5", vec![op("fresh", 1)], Some("lease-none")))
+        .await
+        .unwrap();
+    assert!(closed.lease_closed && !closed.spent);
+    assert_eq!(store.budget("low").await.unwrap(), low, "low untouched");
+    assert_eq!(
+        store.budget("fresh").await.unwrap(),
+        None,
+        "fresh never spent"
+    );
+    // Both can pay: both are spent.
+    let both = store
+        .append(append("p6", vec![op("low", 2), op("fresh", 3)], None))
+        .await
+        .unwrap();
+    assert!(both.spent);
+    assert_eq!(
+        store.budget("fresh").await.unwrap(),
+        Some(
+            BudgetSnapshot::full(&policy, t)
+                .spend(&policy, t, 3)
+                .unwrap()
+        )
+    );
+    let all = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(verify_chain(all, &[], None).unwrap().records, 6);
+}
+
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
     let policy = hourly_budget();
     let spend = |cost, t| Append {
@@ -1442,6 +1524,7 @@ conformance!(
     concurrent_appends_form_one_verifiable_chain,
     a_suspension_found_at_write_time_refuses_spend_and_lease,
     an_outcome_for_a_closed_lease_is_logged_as_lease_closed,
+    spends_are_all_or_none_and_never_kept_for_a_refusal,
     budget_spends_are_exact_under_concurrency,
     budget_refill_top_up_and_refund_match_the_policy_math,
     join_tokens_are_single_use_and_expire,

@@ -404,10 +404,19 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
         decisions.len()
     );
     match &stores.url {
-        None => println!(
-            "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written",
-            mintguard_broker::store::sqlite::MAX_BATCH
-        ),
+        None => {
+            let db = dir.path().join("data/broker.db");
+            let on_disk: u64 = [db.clone(), db.with_extension("db-wal")]
+                .iter()
+                .filter_map(|f| std::fs::metadata(f).ok())
+                .map(|m| m.len())
+                .sum();
+            println!(
+                "store: SQLite WAL, synchronous=FULL (fsync per commit), group commit of up to {} records per transaction; {seq} records written, {} bytes on disk per record (database and WAL files, leases and indexes included)",
+                mintguard_broker::store::sqlite::MAX_BATCH,
+                on_disk / u64::try_from(seq.max(1)).unwrap_or(1)
+            )
+        }
         Some(_) => println!(
             "store: PostgreSQL, {} replica(s) appending to one chain; {seq} records written",
             stores.replicas

@@ -487,13 +487,18 @@ impl<'a> MapCanon<'a> {
                 .last()
                 .is_none_or(|(last, _)| utf16_cmp(last, &key) == Ordering::Less);
             if in_order {
+                let mark = self.out.len();
                 if !self.members.is_empty() {
                     self.out.push(',');
                 }
                 write_str(self.out, &key);
                 self.out.push(':');
                 let start = self.out.len();
-                value.serialize(Canon { out: self.out })?;
+                if let Err(e) = value.serialize(Canon { out: self.out }) {
+                    // Nothing of a member that failed stays written.
+                    self.out.truncate(mark);
+                    return Err(e);
+                }
                 self.members.push((key, start..self.out.len()));
                 return Ok(());
             }

@@ -52,7 +52,7 @@ async fn spend_one(
             }
         }
     };
-    let (_, changed) = tokio::try_join!(ensure, charge).map_err(map_pg)?;
+    let (_, changed) = tokio::try_join!(biased; ensure, charge).map_err(map_pg)?;
     Ok(changed == 1)
 }
 
@@ -68,6 +68,12 @@ pub(super) struct Job {
 /// append is refused, and that, the inserts and the savepoint's release go
 /// out together. Statements sent together execute in the order sent; a
 /// failing one aborts those after it, and the caller rolls the job back.
+///
+/// The order sent is the order written: each statement is sent on its
+/// future's first poll (every one is prepared, so none waits for a parse
+/// first), `try_join!` is `biased` (first poll in the order listed), and
+/// `try_join_all` polls its futures in the order given (up to 30 in a
+/// list, beyond that through a first-in-first-out queue).
 pub(super) async fn append_one(
     tx: &tokio_postgres::Transaction<'_>,
     head: &mut (i64, String),
@@ -120,13 +126,19 @@ pub(super) async fn append_one(
             .iter()
             .map(|op| spend_one(tx, statements, op, time_ms));
         let (_, paid) = tokio::try_join!(
+            biased;
             batch("SAVEPOINT spend"),
             futures_util::future::try_join_all(charges)
         )?;
         Ok::<bool, StoreError>(paid.into_iter().all(|p| p))
     };
-    let ((), suspended, lease_closed, paid) =
-        tokio::try_join!(batch("SAVEPOINT job"), suspended, lease_closed, paid)?;
+    let ((), suspended, lease_closed, paid) = tokio::try_join!(
+        biased;
+        batch("SAVEPOINT job"),
+        suspended,
+        lease_closed,
+        paid
+    )?;
     let spent = !suspended && !lease_closed && paid;
     // A closed lease first: its caller revokes what was minted.
     if lease_closed {
@@ -201,6 +213,7 @@ pub(super) async fn append_one(
         .map_err(map_pg)
     };
     tokio::try_join!(
+        biased;
         settle_spends,
         rule_set_insert,
         lease_insert,

@@ -135,6 +135,12 @@ impl Hot {
         }
     }
 
+    /// A subject's suspension, if the subject is cached.
+    pub fn suspension(&self, subject: &str) -> Option<Option<SuspensionRecord>> {
+        let maps = self.lock();
+        maps.subjects.get(subject).map(|s| s.suspension.clone())
+    }
+
     /// Stores what a read found, unless a transaction changed the cached
     /// tables since `generation` (the read may predate it).
     pub fn fill(

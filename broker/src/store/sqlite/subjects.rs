@@ -33,6 +33,10 @@ impl SubjectStore for SqliteStore {
         .await
     }
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
+        // A node's every request asks first (see `routes::agents`).
+        if let Some(cached) = self.hot.suspension(subject) {
+            return Ok(cached);
+        }
         self.read_now(|conn| read_suspension(conn, subject))
     }
     async fn suspended_subjects(&self) -> Result<Vec<String>> {

@@ -194,7 +194,11 @@ pub(super) fn spend_one(conn: &Connection, op: &SpendOp, now_ms: i64) -> Result<
     if update_bucket(conn, op, cap, per, now_ms)? {
         return Ok(true);
     }
-    // No row updated: the bucket is new (create it full) or cannot pay.
+    // No row updated: the bucket is new (create it full) or cannot pay. A
+    // new bucket holds exactly `cap`: a cost above it is refused without one.
+    if cost_milli(op.cost) > cap {
+        return Ok(false);
+    }
     if ensure_bucket(conn, &op.key, cap, now_ms)? {
         return update_bucket(conn, op, cap, per, now_ms);
     }
