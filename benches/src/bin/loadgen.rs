@@ -267,16 +267,18 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
     )
     .unwrap();
 
-    // Enroll a node over the public listener, register the workload.
+    // Enroll a node over the public listener, register the workload (a
+    // token of its own: `--store` may name a database used before).
+    let join_token = format!("jt-loadgen-{}", now_ms());
     broker
         .store
-        .create_join_token(&token_hash("jt-loadgen"), "load-1", now_ms() + 60_000)
+        .create_join_token(&token_hash(&join_token), "load-1", now_ms() + 60_000)
         .await
         .unwrap();
     let key = svid::generate_key().unwrap();
     let anon = SpiffeConnector::new(None, &bundle, IdMatcher::exact(id::broker_id(&td))).unwrap();
     let mut s = connect(&bound.public.to_string(), &anon).await;
-    let body = serde_json::json!({"join_token": "jt-loadgen", "csr": svid::csr_pem(&key).unwrap()})
+    let body = serde_json::json!({"join_token": join_token, "csr": svid::csr_pem(&key).unwrap()})
         .to_string();
     let (status, answer) = post(&mut s, "/v1/node/enroll", &body).await;
     assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));

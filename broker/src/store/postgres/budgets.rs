@@ -5,19 +5,12 @@ use super::*;
 #[async_trait]
 impl BudgetStore for PostgresStore {
     async fn budget(&self, key: &str) -> Result<Option<BudgetSnapshot>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = $1",
-                &[&key],
-            )
+        let (client, statement) = self.prepared(BUDGET).await?;
+        let row = client
+            .query_opt(&statement, &[&key])
             .await
             .map_err(map_pg)?;
-        Ok(row.map(|r| BudgetSnapshot {
-            balance_milli: r.get(0),
-            updated_at_ms: r.get(1),
-        }))
+        Ok(row.as_ref().map(snapshot_row))
     }
     async fn top_up(
         &self,
@@ -90,5 +83,15 @@ impl BudgetStore for PostgresStore {
         }
         .map_err(map_pg)?;
         Ok(())
+    }
+}
+
+pub(super) const BUDGET: &str = "SELECT balance_milli, updated_at_ms FROM budgets WHERE key = $1";
+
+/// A row of [`BUDGET`].
+pub(super) fn snapshot_row(r: &Row) -> BudgetSnapshot {
+    BudgetSnapshot {
+        balance_milli: r.get(0),
+        updated_at_ms: r.get(1),
     }
 }

@@ -31,6 +31,7 @@ use crate::store::mark_final_outcome;
 use crate::store::{Approval, DecisionRow, SignalRecord};
 
 mod approvals;
+mod batch;
 mod budgets;
 mod connection;
 mod leases;
@@ -39,6 +40,7 @@ mod registry;
 mod subjects;
 mod writer;
 
+use batch::run_batch;
 pub use connection::connection;
 use connection::{error_chain, plaintext_off_host};
 use writer::*;
@@ -178,6 +180,18 @@ impl PostgresStore {
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(unavailable)
     }
+
+    /// A pooled connection and `sql` prepared on it: parsed and planned
+    /// once per connection, not on every request (a decision's reads ran a
+    /// parse and a round trip each before).
+    async fn prepared(
+        &self,
+        sql: &str,
+    ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement)> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(map_pg)?;
+        Ok((client, statement))
+    }
 }
 
 async fn migrate(client: &mut Client) -> Result<()> {
@@ -290,6 +304,46 @@ impl Store for PostgresStore {
         Box::new(AdvisoryLeader {
             url: self.url.clone(),
             client: None,
+        })
+    }
+
+    /// One connection, one round trip: the two suspensions, the signals
+    /// and the bucket, prepared and sent together.
+    async fn request_state(
+        &self,
+        identity: &str,
+        issuer: &str,
+        budget_key: Option<&str>,
+    ) -> Result<super::RequestState> {
+        let client = self.client().await?;
+        let (suspensions, signals, budget) = tokio::try_join!(
+            client.prepare_cached(subjects::SUSPENSIONS_OF),
+            client.prepare_cached(subjects::SIGNALS_OF),
+            client.prepare_cached(budgets::BUDGET),
+        )
+        .map_err(map_pg)?;
+        let subjects: &[&str] = &[identity, issuer];
+        let budget = async {
+            match budget_key {
+                Some(key) => client.query_opt(&budget, &[&key]).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (suspended, signals, budget) = tokio::try_join!(
+            biased;
+            async { client.query(&suspensions, &[&subjects]).await },
+            async { client.query(&signals, &[&subjects]).await },
+            budget
+        )
+        .map_err(map_pg)?;
+        let suspended: Vec<SuspensionRecord> =
+            suspended.iter().map(subjects::suspension_row).collect();
+        let of = |subject: &str| suspended.iter().find(|s| s.subject == subject).cloned();
+        Ok(super::RequestState {
+            identity_suspension: of(identity),
+            issuer_suspension: of(issuer),
+            signals: signals.iter().map(subjects::signal_row).collect(),
+            budget: budget.flatten().map(|r| budgets::snapshot_row(&r)),
         })
     }
 }

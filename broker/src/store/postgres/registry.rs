@@ -126,20 +126,21 @@ impl RegistryStore for PostgresStore {
     async fn entries(&self, parent: Option<&str>) -> Result<Vec<Entry>> {
         const COLUMNS: &str =
             "SELECT id, spiffe_id, parent, selectors, grants, created_at_ms FROM entries";
-        let client = self.client().await?;
         // Two statements, so one parent's read is an index search under a
-        // generic plan too (`$1 IS NULL OR parent = $1` would scan).
+        // generic plan too (`$1 IS NULL OR parent = $1` would scan). A
+        // node's entries are read on each of its requests: prepared.
         let rows = match parent {
             Some(parent) => {
-                client
-                    .query(
-                        &format!("{COLUMNS} WHERE parent = $1 ORDER BY created_at_ms, id"),
-                        &[&parent],
-                    )
-                    .await
+                let (client, statement) = self
+                    .prepared(&format!(
+                        "{COLUMNS} WHERE parent = $1 ORDER BY created_at_ms, id"
+                    ))
+                    .await?;
+                client.query(&statement, &[&parent]).await
             }
             None => {
-                client
+                self.client()
+                    .await?
                     .query(&format!("{COLUMNS} ORDER BY created_at_ms, id"), &[])
                     .await
             }

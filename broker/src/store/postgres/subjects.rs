@@ -36,21 +36,12 @@ impl SubjectStore for PostgresStore {
             == 1)
     }
     async fn suspension(&self, subject: &str) -> Result<Option<SuspensionRecord>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt(
-                "SELECT subject, reason, by_whom, at_ms FROM suspensions WHERE subject = $1",
-                &[&subject],
-            )
+        let (client, statement) = self.prepared(SUSPENSION).await?;
+        let row = client
+            .query_opt(&statement, &[&subject])
             .await
             .map_err(map_pg)?;
-        Ok(row.map(|r| SuspensionRecord {
-            subject: r.get(0),
-            reason: r.get(1),
-            by: r.get(2),
-            at_ms: r.get(3),
-        }))
+        Ok(row.as_ref().map(suspension_row))
     }
     async fn suspended_subjects(&self) -> Result<Vec<String>> {
         let rows = self
@@ -82,27 +73,41 @@ impl SubjectStore for PostgresStore {
         Ok(())
     }
     async fn signals(&self, subjects: &[&str]) -> Result<Vec<SignalRecord>> {
-        let subjects: Vec<String> = subjects.iter().map(|s| (*s).to_owned()).collect();
-        let rows = self
-            .client()
-            .await?
-            .query(
-                "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
-                 WHERE subject = ANY($1) ORDER BY subject, kind, source",
-                &[&subjects],
-            )
+        let (client, statement) = self.prepared(SIGNALS_OF).await?;
+        let rows = client
+            .query(&statement, &[&subjects])
             .await
             .map_err(map_pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| SignalRecord {
-                subject: r.get(0),
-                kind: r.get(1),
-                source: r.get(2),
-                value: u8::try_from(r.get::<_, i16>(3)).unwrap_or(0),
-                observed_at_ms: r.get(4),
-                ttl_seconds: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
-            })
-            .collect())
+        Ok(rows.iter().map(signal_row).collect())
+    }
+}
+
+pub(super) const SUSPENSION: &str =
+    "SELECT subject, reason, by_whom, at_ms FROM suspensions WHERE subject = $1";
+pub(super) const SUSPENSIONS_OF: &str =
+    "SELECT subject, reason, by_whom, at_ms FROM suspensions WHERE subject = ANY($1)";
+pub(super) const SIGNALS_OF: &str =
+    "SELECT subject, kind, source, value, observed_at_ms, ttl_seconds FROM signals
+     WHERE subject = ANY($1) ORDER BY subject, kind, source";
+
+/// A row of [`SUSPENSION`] or [`SUSPENSIONS_OF`].
+pub(super) fn suspension_row(r: &Row) -> SuspensionRecord {
+    SuspensionRecord {
+        subject: r.get(0),
+        reason: r.get(1),
+        by: r.get(2),
+        at_ms: r.get(3),
+    }
+}
+
+/// A row of [`SIGNALS_OF`].
+pub(super) fn signal_row(r: &Row) -> SignalRecord {
+    SignalRecord {
+        subject: r.get(0),
+        kind: r.get(1),
+        source: r.get(2),
+        value: u8::try_from(r.get::<_, i16>(3)).unwrap_or(0),
+        observed_at_ms: r.get(4),
+        ttl_seconds: u64::try_from(r.get::<_, i64>(5)).unwrap_or(0),
     }
 }

@@ -24,8 +24,9 @@ pub(super) async fn ensure_bucket(
 }
 
 /// Spends `op` with its statements sent at once (the bucket is created
-/// full if new, then charged if it can pay): whether it paid.
-async fn spend_one(
+/// full if new, then charged if it can pay): whether it paid. A cost above
+/// the capacity creates no bucket (a new one could not pay it).
+pub(super) async fn spend_one(
     tx: &tokio_postgres::Transaction<'_>,
     statements: &Statements,
     op: &SpendOp,
@@ -34,6 +35,9 @@ async fn spend_one(
     let (cap, per) = bucket_params(&op.policy);
     let cost = cost_milli(op.cost);
     let ensure = async {
+        if cost > cap {
+            return Ok(0);
+        }
         tx.execute(&statements.ensure_bucket, &[&op.key, &cap, &now_ms])
             .await
     };
@@ -168,50 +172,13 @@ pub(super) async fn append_one(
         Ok::<(), StoreError>(())
     };
     let lease_insert = async {
-        if spent && let Some(l) = &lease {
-            tx.execute(
-                &statements.lease,
-                &[
-                    &l.id,
-                    &l.request_id,
-                    &l.identity,
-                    &l.grant,
-                    &l.node,
-                    &l.kind.as_str(),
-                    &l.revocation.as_str(),
-                    &l.issued_at_ms,
-                    &l.expires_at_ms,
-                    &l.revoked_at_ms,
-                    &l.task_ended_at_ms,
-                ],
-            )
-            .await
-            .map_err(map_pg)?;
+        match &lease {
+            Some(l) if spent => insert_lease(tx, statements, l).await,
+            _ => Ok(()),
         }
-        Ok::<(), StoreError>(())
     };
     let record = LogRecord::seal_canonical(head.0 + 1, entry, &body_jcs, head.1.clone());
-    let e = &record.entry;
-    let log_insert = async {
-        tx.execute(
-            &statements.log,
-            &[
-                &record.seq,
-                &e.time_ms,
-                &e.kind.as_str(),
-                &e.request_id,
-                &e.identity,
-                &e.grant,
-                &e.node,
-                &e.outcome,
-                &body_jcs,
-                &record.prev_hash,
-                &record.hash,
-            ],
-        )
-        .await
-        .map_err(map_pg)
-    };
+    let log_insert = insert_record(tx, statements, &record, &body_jcs);
     tokio::try_join!(
         biased;
         settle_spends,
@@ -233,6 +200,62 @@ pub(super) async fn append_one(
     })
 }
 
+/// Starts tracking `l`.
+pub(super) async fn insert_lease(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    l: &Lease,
+) -> Result<()> {
+    tx.execute(
+        &statements.lease,
+        &[
+            &l.id,
+            &l.request_id,
+            &l.identity,
+            &l.grant,
+            &l.node,
+            &l.kind.as_str(),
+            &l.revocation.as_str(),
+            &l.issued_at_ms,
+            &l.expires_at_ms,
+            &l.revoked_at_ms,
+            &l.task_ended_at_ms,
+        ],
+    )
+    .await
+    .map_err(map_pg)?;
+    Ok(())
+}
+
+/// Inserts the sealed `record`, its body in canonical form.
+pub(super) async fn insert_record(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+    record: &LogRecord,
+    body_jcs: &str,
+) -> Result<()> {
+    let e = &record.entry;
+    tx.execute(
+        &statements.log,
+        &[
+            &record.seq,
+            &e.time_ms,
+            &e.kind.as_str(),
+            &e.request_id,
+            &e.identity,
+            &e.grant,
+            &e.node,
+            &e.outcome,
+            &body_jcs,
+            &record.prev_hash,
+            &record.hash,
+        ],
+    )
+    .await
+    .map_err(map_pg)?;
+    Ok(())
+}
+
 /// The writer's inserts, prepared once per connection, so a job's statements
 /// go out pipelined (one round trip) and execute in the order sent.
 pub(super) struct Statements {
@@ -246,6 +269,11 @@ pub(super) struct Statements {
     pub(super) spend_every: tokio_postgres::Statement,
     /// A spend from a bucket that never refills.
     pub(super) spend_total: tokio_postgres::Statement,
+    /// The chain head, locked.
+    pub(super) head: tokio_postgres::Statement,
+    pub(super) head_update: tokio_postgres::Statement,
+    /// Which of the subjects given are suspended.
+    pub(super) suspended_of: tokio_postgres::Statement,
 }
 
 impl Statements {
@@ -289,12 +317,22 @@ impl Statements {
                      WHERE key = $3 AND balance_milli >= $2",
                 )
                 .await?,
+            head: client
+                .prepare("SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE")
+                .await?,
+            head_update: client
+                .prepare("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1")
+                .await?,
+            suspended_of: client
+                .prepare("SELECT subject FROM suspensions WHERE subject = ANY($1)")
+                .await?,
         })
     }
 }
 
-/// Runs one batch: lock the head, append each job in its own savepoint, commit.
-pub(super) async fn run_batch(
+/// Runs one batch job by job: lock the head, append each job in its own
+/// savepoint (a job that fails is undone alone), commit.
+pub(super) async fn run_jobwise(
     client: &mut Client,
     statements: &Statements,
     batch: Vec<Job>,
@@ -311,12 +349,7 @@ pub(super) async fn run_batch(
             return;
         }
     };
-    let head = tx
-        .query_one(
-            "SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE",
-            &[],
-        )
-        .await;
+    let head = tx.query_one(&statements.head, &[]).await;
     let mut head: (i64, String) = match head {
         Ok(row) => (row.get(0), row.get(1)),
         Err(e) => {
@@ -358,12 +391,9 @@ pub(super) async fn run_batch(
         results.push((job.done, result));
     }
     let committed = async {
-        tx.execute(
-            "UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1",
-            &[&head.0, &head.1],
-        )
-        .await
-        .map_err(map_pg)?;
+        tx.execute(&statements.head_update, &[&head.0, &head.1])
+            .await
+            .map_err(map_pg)?;
         tx.commit().await.map_err(map_pg)
     }
     .await;
