@@ -685,6 +685,21 @@ pub trait ApprovalStore: Send + Sync {
 /// suspension that came first): its final outcome; returns the new canonical
 /// body. (A body written directly, with `entry.body` left `Null`, is parsed
 /// here: the tree is built only on this rare path.)
+/// The final outcome of an append the write refused, if it refused it: a
+/// closed lease first (its caller revokes what was minted), then a
+/// suspension, then a spend that could not pay.
+pub(crate) fn refusal(lease_closed: bool, suspended: bool, spent: bool) -> Option<&'static str> {
+    if lease_closed {
+        Some("lease_closed")
+    } else if suspended {
+        Some("suspended")
+    } else if !spent {
+        Some("budget_exhausted")
+    } else {
+        None
+    }
+}
+
 pub(crate) fn mark_final_outcome(
     entry: &mut LogEntry,
     body_jcs: &str,

@@ -145,16 +145,7 @@ async fn appends(
     for ((job, (suspended, lease_closed)), paid) in batch.iter().zip(&refused).zip(&paid) {
         let spent = !suspended && !lease_closed && *paid;
         let mut entry = job.append.entry.clone();
-        let final_outcome = if *lease_closed {
-            Some("lease_closed")
-        } else if *suspended {
-            Some("suspended")
-        } else if !spent {
-            Some("budget_exhausted")
-        } else {
-            None
-        };
-        let body_jcs = match final_outcome {
+        let body_jcs = match refusal(*lease_closed, *suspended, spent) {
             Some(outcome) => mark_final_outcome(&mut entry, &job.body_jcs, outcome)?,
             None => job.body_jcs.clone(),
         };

@@ -27,8 +27,8 @@ use super::{
 use super::{ApprovalStore, BudgetStore, LeaseStore, LogStore, RegistryStore, SubjectStore};
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
-use crate::store::mark_final_outcome;
 use crate::store::{Approval, DecisionRow, SignalRecord};
+use crate::store::{mark_final_outcome, refusal};
 
 mod approvals;
 mod batch;

@@ -144,13 +144,8 @@ pub(super) async fn append_one(
         paid
     )?;
     let spent = !suspended && !lease_closed && paid;
-    // A closed lease first: its caller revokes what was minted.
-    if lease_closed {
-        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
-    } else if suspended {
-        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
-    } else if !spent {
-        body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
+    if let Some(outcome) = refusal(lease_closed, suspended, spent) {
+        body_jcs = mark_final_outcome(&mut entry, &body_jcs, outcome)?;
     }
     let settle_spends = async {
         match (spend.is_empty(), spent) {

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
-    Store, StoreError, SuspensionRecord, bucket_params, cost_milli, mark_final_outcome,
+    Store, StoreError, SuspensionRecord, bucket_params, cost_milli, mark_final_outcome, refusal,
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};

@@ -93,13 +93,8 @@ impl Writer {
         let spent = !suspended
             && !lease_closed
             && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
-        // A closed lease first: its caller revokes what was minted.
-        if lease_closed {
-            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "lease_closed")?;
-        } else if suspended {
-            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "suspended")?;
-        } else if !spent {
-            body_jcs = mark_final_outcome(&mut entry, &body_jcs, "budget_exhausted")?;
+        if let Some(outcome) = refusal(lease_closed, suspended, spent) {
+            body_jcs = mark_final_outcome(&mut entry, &body_jcs, outcome)?;
         }
         if let Some((hash, body)) = &rule_set
             && !self.known_rule_sets.contains(hash)
