@@ -681,10 +681,6 @@ pub trait ApprovalStore: Send + Sync {
     async fn update_approval(&self, approval: &Approval) -> Result<bool>;
 }
 
-/// Records that a decision lost at write time (the budget race, or a
-/// suspension that came first): its final outcome; returns the new canonical
-/// body. (A body written directly, with `entry.body` left `Null`, is parsed
-/// here: the tree is built only on this rare path.)
 /// The final outcome of an append the write refused, if it refused it: a
 /// closed lease first (its caller revokes what was minted), then a
 /// suspension, then a spend that could not pay.
@@ -700,6 +696,10 @@ pub(crate) fn refusal(lease_closed: bool, suspended: bool, spent: bool) -> Optio
     }
 }
 
+/// Records that a decision lost at write time (the budget race, or a
+/// suspension that came first): its final outcome; returns the new canonical
+/// body. (A body written directly, with `entry.body` left `Null`, is parsed
+/// here: the tree is built only on this rare path.)
 pub(crate) fn mark_final_outcome(
     entry: &mut LogEntry,
     body_jcs: &str,

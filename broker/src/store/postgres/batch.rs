@@ -24,7 +24,7 @@ pub(super) async fn run_batch(
     batch: Vec<Job>,
     rule_sets: &mut HashSet<String>,
 ) {
-    if batch.iter().all(|job| job.append.spend.len() <= 1) {
+    if batched(&batch) {
         match append_batch(client, statements, &batch, rule_sets).await {
             Ok(Some(appended)) => {
                 for (job, appended) in batch.into_iter().zip(appended) {
@@ -49,6 +49,26 @@ pub(super) async fn run_batch(
     run_jobwise(client, statements, batch, rule_sets).await;
 }
 
+/// Whether the batch can run without a savepoint per job: no job spends
+/// from several buckets (all or none needs its own savepoint), and no job
+/// checks a lease an earlier job of the batch starts (the checks run before
+/// the inserts).
+fn batched(batch: &[Job]) -> bool {
+    let mut started = HashSet::new();
+    batch.iter().all(|job| {
+        let append = &job.append;
+        let fits = append.spend.len() <= 1
+            && append
+                .refuse_if_lease_closed
+                .as_ref()
+                .is_none_or(|id| !started.contains(id.as_str()));
+        if let Some(lease) = &append.lease {
+            started.insert(lease.id.as_str());
+        }
+        fits
+    })
+}
+
 /// The batch in one transaction: `Ok(None)` if a statement failed before
 /// the commit (rolled back); an error if it could not begin or commit.
 async fn append_batch(
@@ -65,8 +85,11 @@ async fn append_batch(
             *rule_sets = known;
             Ok(Some(appended))
         }
-        Err(_) => {
-            tx.rollback().await.map_err(map_pg)?;
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = batch.len(), "a batch of appends was rolled back; running it job by job");
+            tx.rollback()
+                .await
+                .map_err(|rollback| unavailable(format!("{e}; then the rollback: {rollback}")))?;
             Ok(None)
         }
     }
@@ -144,7 +167,19 @@ async fn appends(
     let mut sealed = Vec::with_capacity(batch.len());
     for ((job, (suspended, lease_closed)), paid) in batch.iter().zip(&refused).zip(&paid) {
         let spent = !suspended && !lease_closed && *paid;
-        let mut entry = job.append.entry.clone();
+        // The record is sealed and stored from `body_jcs`; the body's tree
+        // (if the caller built one) is not copied.
+        let e = &job.append.entry;
+        let mut entry = LogEntry {
+            time_ms: e.time_ms,
+            kind: e.kind,
+            request_id: e.request_id.clone(),
+            identity: e.identity.clone(),
+            grant: e.grant.clone(),
+            node: e.node.clone(),
+            outcome: e.outcome.clone(),
+            body: serde_json::Value::Null,
+        };
         let body_jcs = match refusal(*lease_closed, *suspended, spent) {
             Some(outcome) => mark_final_outcome(&mut entry, &job.body_jcs, outcome)?,
             None => job.body_jcs.clone(),

@@ -9,7 +9,7 @@ impl BudgetStore for PostgresStore {
         let row = client
             .query_opt(&statement, &[&key])
             .await
-            .map_err(map_pg)?;
+            .map_err(|e| self.stale(e))?;
         Ok(row.as_ref().map(snapshot_row))
     }
     async fn top_up(

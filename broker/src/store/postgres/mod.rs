@@ -149,6 +149,9 @@ impl PostgresStore {
                 }
                 // Reconnect after a lost connection: the broker recovers by itself.
                 if client.as_ref().is_none_or(|(c, _)| c.is_closed()) {
+                    // What the lost connection stored may be gone too (a
+                    // failover to a standby behind it): store rule sets anew.
+                    rule_sets.clear();
                     client = match config.connect(tls.clone()).await {
                         Ok((c, conn)) => {
                             tokio::spawn(conn);
@@ -189,8 +192,26 @@ impl PostgresStore {
         sql: &str,
     ) -> Result<(deadpool_postgres::Object, tokio_postgres::Statement)> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await.map_err(map_pg)?;
+        let statement = client
+            .prepare_cached(sql)
+            .await
+            .map_err(|e| self.stale(e))?;
         Ok((client, statement))
+    }
+
+    /// `e` from a query on a cached statement. If the server no longer has
+    /// the statement (its session was reset) or the statement's result type
+    /// changed (a migration by another process), every connection's cache is
+    /// emptied, so the next request prepares afresh; this one fails as
+    /// unavailable.
+    fn stale(&self, e: tokio_postgres::Error) -> StoreError {
+        use tokio_postgres::error::SqlState;
+        if e.code().is_some_and(|c| {
+            *c == SqlState::INVALID_SQL_STATEMENT_NAME || *c == SqlState::FEATURE_NOT_SUPPORTED
+        }) {
+            self.pool.manager().statement_caches.clear();
+        }
+        map_pg(e)
     }
 }
 
@@ -321,7 +342,7 @@ impl Store for PostgresStore {
             client.prepare_cached(subjects::SIGNALS_OF),
             client.prepare_cached(budgets::BUDGET),
         )
-        .map_err(map_pg)?;
+        .map_err(|e| self.stale(e))?;
         let subjects: &[&str] = &[identity, issuer];
         let budget = async {
             match budget_key {
@@ -335,7 +356,7 @@ impl Store for PostgresStore {
             async { client.query(&signals, &[&subjects]).await },
             budget
         )
-        .map_err(map_pg)?;
+        .map_err(|e| self.stale(e))?;
         let suspended: Vec<SuspensionRecord> =
             suspended.iter().map(subjects::suspension_row).collect();
         let of = |subject: &str| suspended.iter().find(|s| s.subject == subject).cloned();

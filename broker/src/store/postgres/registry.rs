@@ -136,16 +136,18 @@ impl RegistryStore for PostgresStore {
                         "{COLUMNS} WHERE parent = $1 ORDER BY created_at_ms, id"
                     ))
                     .await?;
-                client.query(&statement, &[&parent]).await
-            }
-            None => {
-                self.client()
-                    .await?
-                    .query(&format!("{COLUMNS} ORDER BY created_at_ms, id"), &[])
+                client
+                    .query(&statement, &[&parent])
                     .await
+                    .map_err(|e| self.stale(e))
             }
-        }
-        .map_err(map_pg)?;
+            None => self
+                .client()
+                .await?
+                .query(&format!("{COLUMNS} ORDER BY created_at_ms, id"), &[])
+                .await
+                .map_err(map_pg),
+        }?;
         rows.iter()
             .map(|r| {
                 let id: String = r.get(0);

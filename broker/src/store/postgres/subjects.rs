@@ -40,7 +40,7 @@ impl SubjectStore for PostgresStore {
         let row = client
             .query_opt(&statement, &[&subject])
             .await
-            .map_err(map_pg)?;
+            .map_err(|e| self.stale(e))?;
         Ok(row.as_ref().map(suspension_row))
     }
     async fn suspended_subjects(&self) -> Result<Vec<String>> {
@@ -77,7 +77,7 @@ impl SubjectStore for PostgresStore {
         let rows = client
             .query(&statement, &[&subjects])
             .await
-            .map_err(map_pg)?;
+            .map_err(|e| self.stale(e))?;
         Ok(rows.iter().map(signal_row).collect())
     }
 }
