@@ -200,6 +200,18 @@ fn hourly_budget() -> BudgetPolicy {
     }
 }
 
+/// How many records the store's chain holds, verified (at most 100).
+async fn verified_records(store: &Arc<dyn Store>) -> i64 {
+    let all = store
+        .log(&LogQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    verify_chain(all, &[], None).unwrap().records
+}
+
 fn plain(e: LogEntry) -> Append {
     Append {
         canonical_body: None,
@@ -388,14 +400,7 @@ async fn a_suspension_found_at_write_time_refuses_spend_and_lease(store: Arc<dyn
     assert_eq!(record.entry.outcome.as_deref(), Some("suspended"));
     assert_eq!(record.entry.body["final_outcome"], "suspended");
     // The chain holds the refused record like any other.
-    let all = store
-        .log(&LogQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(verify_chain(all, &[], None).unwrap().records, 2);
+    assert_eq!(verified_records(&store).await, 2);
     // Resumed: the next write goes through.
     assert!(store.resume(node).await.unwrap());
     let third = store.append(issue("w3")).await.unwrap();
@@ -479,14 +484,7 @@ async fn an_outcome_for_a_closed_lease_is_logged_as_lease_closed(store: Arc<dyn 
             Some("lease_closed")
         ]
     );
-    let all = store
-        .log(&LogQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(verify_chain(all, &[], None).unwrap().records, 6);
+    assert_eq!(verified_records(&store).await, 6);
 }
 
 /// Several spends commit all or none, and a refused append keeps none of
@@ -561,14 +559,7 @@ async fn spends_are_all_or_none_and_never_kept_for_a_refusal(store: Arc<dyn Stor
                 .unwrap()
         )
     );
-    let all = store
-        .log(&LogQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_eq!(verify_chain(all, &[], None).unwrap().records, 6);
+    assert_eq!(verified_records(&store).await, 6);
 }
 
 async fn budget_refill_top_up_and_refund_match_the_policy_math(store: Arc<dyn Store>) {
