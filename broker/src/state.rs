@@ -367,7 +367,10 @@ impl Broker {
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| setup(format!("{}: {e}", config.data_dir.display())))?;
-        let store = crate::store::open(&config.store).await.map_err(setup)?;
+        let instance = instance_id(&config.data_dir).map_err(setup)?;
+        let store = crate::store::open_replica(&config.store, &instance)
+            .await
+            .map_err(setup)?;
         let now = OffsetDateTime::now_utc();
         let settings = CaSettings {
             ca_ttl: config.ca.ca_ttl.0,
@@ -422,14 +425,16 @@ impl Broker {
             .checkpoints_file
             .clone()
             .unwrap_or_else(|| config.data_dir.join("checkpoints.jsonl"));
-        let instance = instance_id(&config.data_dir).map_err(setup)?;
         let (head, _) = store.head().await.map_err(setup)?;
         let last_cp = store
             .checkpoints()
             .await
             .map_err(setup)?
-            .last()
-            .map_or(0, |c| c.seq);
+            .iter()
+            .filter(|c| c.chain == store.chain())
+            .map(|c| c.seq)
+            .max()
+            .unwrap_or(0);
         let per_node =
             NonZeroU32::new(config.limits.per_node_per_second).unwrap_or(NonZeroU32::MIN);
         let per_identity =
@@ -477,6 +482,7 @@ impl Broker {
         );
         let dynamic = build_dynamic(config, &*store).await?;
         tracing::info!(
+            chain = store.chain(),
             records = head,
             last_checkpoint = last_cp,
             "issuance log opened"
@@ -536,8 +542,9 @@ impl Broker {
         Ok(appended)
     }
 
-    /// Signs, stores and exports a checkpoint of the head when `every` records
-    /// were added since the last one, or `force` (the interval timer) and any were.
+    /// Signs, stores and exports a checkpoint of this replica's chain's head
+    /// when `every` records were added since the last one, or `force` (the
+    /// interval timer) and any were.
     pub async fn checkpoint_if_due(&self, seq: i64, hash: &str, force: bool) {
         let due = {
             let Ok(mut last) = self.log.last.lock() else {
@@ -559,6 +566,7 @@ impl Broker {
                 .sign_statement(
                     checkpoint::StatementKind::Checkpoint,
                     Some(&self.log.instance),
+                    self.store.chain(),
                     seq,
                     hash,
                     now_ms(),
@@ -677,24 +685,21 @@ impl Broker {
         &self.log.instance
     }
 
-    /// Signs and exports (fsync'd) the statement that the records through
-    /// `(seq, hash)` are about to be pruned: written before the records are
-    /// deleted, so a pruned base is never without it.
-    pub fn export_prune_statement(
+    /// Signs and exports (fsync'd) a statement of `kind` about `(seq, hash)`
+    /// of `chain`: that the records through it are about to be pruned
+    /// (written before they are deleted, so a pruned base is never without
+    /// it), or that the chain was retired there.
+    pub fn export_statement(
         &self,
+        kind: checkpoint::StatementKind,
+        chain: &str,
         seq: i64,
         hash: &str,
     ) -> Result<checkpoint::Checkpoint, String> {
         let statement = self
             .log
             .signer
-            .sign_statement(
-                checkpoint::StatementKind::Prune,
-                Some(&self.log.instance),
-                seq,
-                hash,
-                now_ms(),
-            )
+            .sign_statement(kind, Some(&self.log.instance), chain, seq, hash, now_ms())
             .map_err(|e| e.to_string())?;
         checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())?;
         Ok(statement)

@@ -7,11 +7,13 @@
 
 mod common;
 
+use common::records::{entry, plain};
+
 use std::sync::Arc;
 
+use mintguard_broker::log::RecordKind;
 use mintguard_broker::log::checkpoint::LogSigner;
 use mintguard_broker::log::verify::verify_chain;
-use mintguard_broker::log::{LogEntry, RecordKind};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::sqlite::SqliteStore;
 use mintguard_broker::store::{
@@ -121,48 +123,13 @@ async fn postgres_store_speaks_verified_tls_when_asked() {
     );
 }
 
-fn entry(request: &str, identity: &str, outcome: &str, time_ms: i64) -> LogEntry {
-    LogEntry {
-        time_ms,
-        kind: RecordKind::Decision,
-        request_id: request.into(),
-        identity: Some(identity.into()),
-        grant: Some("payments-db".into()),
-        node: Some("spiffe://example.org/mintguard/node/n1".into()),
-        outcome: Some(outcome.into()),
-        body: decision_body(time_ms),
-    }
-}
-
-/// A decision body every reader decodes (`logs verify` checks that): a real
-/// input and its decision, marked `allow`, and the request.
-fn decision_body(time_ms: i64) -> serde_json::Value {
-    static DECIDED: std::sync::OnceLock<(serde_json::Value, serde_json::Value)> =
-        std::sync::OnceLock::new();
-    let (input, decision) = DECIDED.get_or_init(|| {
-        let input: mintguard_policy::DecisionInput = serde_json::from_value(serde_json::json!({
-            "identity": "spiffe://example.org/ns/pay/sa/api",
-            "principal": "workload",
-            "issuer": {"kind": "node", "id": "spiffe://example.org/mintguard/node/n1", "may_vouch": true},
-            "grant": {"name": "payments-db", "kind": "vault", "max_ttl_seconds": 900},
-            "now_ms": 1_795_514_400_000i64,
-            "signals": {"signals": {}, "unconstrained": []},
-            "eci": {"identity_effective": 40.0, "grant_exposure": 60.0, "issuer_blast_radius": 75.0},
-        }))
-        .unwrap();
-        let rules = mintguard_policy::rules::RuleSet::new(
-            Vec::new(),
-            mintguard_policy::trust::TrustConfig::default(),
-        )
-        .unwrap();
-        let mut decision = mintguard_policy::decide(&input, &rules);
-        decision.outcome = mintguard_policy::Outcome::Allow;
-        (
-            serde_json::to_value(input).unwrap(),
-            serde_json::to_value(decision).unwrap(),
-        )
-    });
-    serde_json::json!({"input": input, "decision": decision, "request": {"grant": "payments-db"}, "n": time_ms})
+/// The base the store's own chain resumes from, if it was pruned.
+async fn base(store: &Arc<dyn Store>) -> Option<(i64, String)> {
+    let chains = store.chains().await.unwrap();
+    chains
+        .into_iter()
+        .find(|c| c.chain == store.chain())
+        .and_then(|c| c.base)
 }
 
 fn lease(id: &str, identity: &str, issued: i64) -> Lease {
@@ -210,18 +177,6 @@ async fn verified_records(store: &Arc<dyn Store>) -> i64 {
         .await
         .unwrap();
     verify_chain(all, &[], None).unwrap().records
-}
-
-fn plain(e: LogEntry) -> Append {
-    Append {
-        canonical_body: None,
-        entry: e,
-        spend: vec![],
-        lease: None,
-        rule_set: None,
-        refuse_if_suspended: Vec::new(),
-        refuse_if_lease_closed: None,
-    }
 }
 
 async fn concurrent_appends_form_one_verifiable_chain(store: Arc<dyn Store>) {
@@ -1010,7 +965,7 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
     let mut outcome = plain(entry("q6", "spiffe://example.org/b", "issued", 6001));
     outcome.entry.kind = RecordKind::Outcome;
     store.append(outcome).await.unwrap();
-    let rows = store.decision_rows(0, None, 100).await.unwrap();
+    let rows = store.decision_rows("", 0, None, 100).await.unwrap();
     assert_eq!(
         rows.iter()
             .map(|r| r.request_id.as_str())
@@ -1031,7 +986,7 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
         assert_eq!(row.time_ms, record.entry.time_ms);
     }
     let later = store
-        .decision_rows(rows[1].seq, Some(3000), 1)
+        .decision_rows("", rows[1].seq, Some(3000), 1)
         .await
         .unwrap();
     assert_eq!(later.len(), 1);
@@ -1298,7 +1253,7 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
             .await
             .unwrap();
     }
-    assert_eq!(store.base().await.unwrap(), None);
+    assert_eq!(base(&store).await, None);
     let records = store
         .log(&LogQuery {
             limit: 100,
@@ -1307,8 +1262,8 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
         .await
         .unwrap();
     let hash6 = records[5].hash.clone();
-    assert_eq!(store.prune_through(6).await.unwrap(), 6);
-    assert_eq!(store.base().await.unwrap(), Some((6, hash6.clone())));
+    assert_eq!(store.prune_through("", 6).await.unwrap(), 6);
+    assert_eq!(base(&store).await, Some((6, hash6.clone())));
     let rest = store
         .log(&LogQuery {
             limit: 100,
@@ -1330,6 +1285,7 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
         .sign_statement(
             mintguard_broker::log::checkpoint::StatementKind::Prune,
             Some("b1"),
+            "",
             6,
             &hash6,
             1,
@@ -1345,7 +1301,10 @@ async fn pruning_keeps_a_verifiable_base(store: Arc<dyn Store>) {
         Err(VerifyFailure::UnrecordedPrune { seq: 6 })
     );
     assert!(
-        matches!(store.prune_through(3).await, Err(StoreError::Conflict(_))),
+        matches!(
+            store.prune_through("", 3).await,
+            Err(StoreError::Conflict(_))
+        ),
         "already pruned"
     );
     // Appends continue the chain after a prune.

@@ -32,7 +32,7 @@ const RISE: u8 = 10;
 pub struct Analysis {
     analyzer: Analyzer,
     config: AnomalyConfig,
-    watermark: i64,
+    watermark: crate::store::LogCursor,
     last: HashMap<Subject, (i64, u8, (u8, u8))>,
     pending: VecDeque<(Detection, String)>,
     alerts: Option<AlertSink>,
@@ -133,7 +133,7 @@ impl Analysis {
         Self {
             analyzer: Analyzer::new(config.detectors.clone()),
             config,
-            watermark: 0,
+            watermark: crate::store::LogCursor::default(),
             last: HashMap::new(),
             pending: VecDeque::new(),
             alerts,
@@ -147,12 +147,11 @@ impl Analysis {
         let since = now_ms() - i64::try_from(self.config.history.0.as_millis()).unwrap_or(0);
         let mut seen = 0;
         loop {
-            let page = broker
-                .store
-                .decision_rows(self.watermark, Some(since), PAGE)
-                .await?;
+            let page =
+                crate::store::decisions_after(&*broker.store, &self.watermark, Some(since), PAGE)
+                    .await?;
             for record in &page {
-                self.watermark = record.seq;
+                self.watermark.advance(&record.chain, record.seq);
                 if let Some(event) = read_event(broker, record) {
                     self.analyzer.observe(&event);
                     seen += 1;
@@ -162,9 +161,11 @@ impl Analysis {
                 break;
             }
         }
-        if self.watermark == 0 {
-            // Nothing in the window: start after whatever is older.
-            self.watermark = broker.store.head().await?.0;
+        // A chain with nothing in the window: start after whatever it holds.
+        for chain in broker.store.chains().await? {
+            if self.watermark.after(&chain.chain) == 0 {
+                self.watermark.advance(&chain.chain, chain.seq);
+            }
         }
         Ok(seen)
     }
@@ -174,9 +175,7 @@ impl Analysis {
     pub async fn step(&mut self, broker: &Broker) -> Result<usize, String> {
         let mut read = 0;
         loop {
-            let page = broker
-                .store
-                .decision_rows(self.watermark, None, PAGE)
+            let page = crate::store::decisions_after(&*broker.store, &self.watermark, None, PAGE)
                 .await
                 .map_err(|e| e.to_string())?;
             for record in &page {
@@ -190,7 +189,7 @@ impl Analysis {
                         }
                     }
                 }
-                self.watermark = record.seq;
+                self.watermark.advance(&record.chain, record.seq);
             }
             // A failed action stays pending and is retried at the next step.
             while let Some((detection, request_id)) = self.pending.front().cloned() {
@@ -378,6 +377,7 @@ mod tests {
 
     fn row(outcome: &str, body: Value) -> DecisionRow {
         DecisionRow {
+            chain: String::new(),
             seq: 7,
             time_ms: 1_000,
             request_id: "req-1".into(),

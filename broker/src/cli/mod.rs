@@ -3,4 +3,5 @@
 
 pub mod client;
 pub mod eci;
+pub mod log_chain;
 pub mod ops;

@@ -343,6 +343,7 @@ impl Fixture {
 
 /// Every record (oldest first).
 const ALL: crate::store::LogQuery = crate::store::LogQuery {
+    chain: String::new(),
     identity: None,
     grant: None,
     node: None,

@@ -12,6 +12,11 @@
 //! Each line is signed over its kind and the exporting broker's instance id
 //! as well, so a checkpoint cannot be passed off as a prune statement, and
 //! a broker can tell which of the store's checkpoints its own file must hold.
+//!
+//! Each statement names the chain it is about (a replica's instance id;
+//! absent for the unnamed chain). A **final** statement closes a retired
+//! replica's chain: its head is signed, so the chain can be neither
+//! extended nor cut back afterwards without `logs verify` noticing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,6 +34,8 @@ pub enum StatementKind {
     Checkpoint,
     /// The records through `(seq, hash)` were deleted by retention.
     Prune,
+    /// The chain was retired at `(seq, hash)`: it has no record after it.
+    Final,
 }
 
 impl StatementKind {
@@ -37,9 +44,12 @@ impl StatementKind {
     }
 }
 
-/// A signed checkpoint (or prune statement), one JSON line in the export file.
+/// A signed checkpoint (or prune or final statement), one JSON line in the export file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// The chain (absent: the unnamed chain).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
     /// The last record covered.
     pub seq: i64,
     /// That record's hash.
@@ -54,12 +64,15 @@ pub struct Checkpoint {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exporter: Option<String>,
     /// A compact JWS (EdDSA) by the log-signing key over
-    /// `{"seq","hash","time_ms"}` and, when present, `kind` and `exporter`.
+    /// `{"seq","hash","time_ms"}` and, when present, `kind`, `exporter`
+    /// and `chain`.
     pub jws: String,
 }
 
 #[derive(Serialize, Deserialize)]
 struct Payload {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    chain: String,
     seq: i64,
     hash: String,
     time_ms: i64,
@@ -168,22 +181,24 @@ impl LogSigner {
         self.key.jwk()
     }
 
-    /// Signs a checkpoint of `(seq, hash)` at `time_ms`.
+    /// Signs a checkpoint of `(seq, hash)` of the unnamed chain at `time_ms`.
     pub fn sign(&self, seq: i64, hash: &str, time_ms: i64) -> Result<Checkpoint, CheckpointError> {
-        self.sign_statement(StatementKind::Checkpoint, None, seq, hash, time_ms)
+        self.sign_statement(StatementKind::Checkpoint, None, "", seq, hash, time_ms)
     }
 
-    /// Signs a statement of `kind` about `(seq, hash)` at `time_ms`, naming
-    /// the broker instance `exporter` that exports it.
+    /// Signs a statement of `kind` about `(seq, hash)` of `chain` at
+    /// `time_ms`, naming the broker instance `exporter` that exports it.
     pub fn sign_statement(
         &self,
         kind: StatementKind,
         exporter: Option<&str>,
+        chain: &str,
         seq: i64,
         hash: &str,
         time_ms: i64,
     ) -> Result<Checkpoint, CheckpointError> {
         let payload = Payload {
+            chain: chain.to_owned(),
             seq,
             hash: hash.to_owned(),
             time_ms,
@@ -195,6 +210,7 @@ impl LogSigner {
             reason: e.to_string(),
         })?;
         Ok(Checkpoint {
+            chain: chain.to_owned(),
             seq,
             hash: hash.to_owned(),
             time_ms,
@@ -210,7 +226,8 @@ impl Checkpoint {
     pub fn verify(&self, key: &Jwk) -> bool {
         match key.verify(&self.jws) {
             Ok(payload) => serde_json::from_value::<Payload>(payload).is_ok_and(|p| {
-                p.seq == self.seq
+                p.chain == self.chain
+                    && p.seq == self.seq
                     && p.hash == self.hash
                     && p.time_ms == self.time_ms
                     && p.kind == self.kind
@@ -220,8 +237,9 @@ impl Checkpoint {
         }
     }
 
-    /// The store keeps `seq, hash, time_ms, jws`; the rest is read back out
-    /// of the JWS payload (signed; checked when the checkpoint is verified).
+    /// The store keeps `seq, hash, time_ms, jws` (and the chain, to key
+    /// them by); the rest is read back out of the JWS payload (signed;
+    /// checked when the checkpoint is verified).
     pub fn from_stored(seq: i64, hash: String, time_ms: i64, jws: String) -> Self {
         let payload = jws
             .split('.')
@@ -233,9 +251,12 @@ impl Checkpoint {
                     .ok()
             })
             .and_then(|bytes| serde_json::from_slice::<Payload>(&bytes).ok());
-        let (kind, exporter) =
-            payload.map_or((StatementKind::Checkpoint, None), |p| (p.kind, p.exporter));
+        let (kind, exporter, chain) = payload
+            .map_or((StatementKind::Checkpoint, None, String::new()), |p| {
+                (p.kind, p.exporter, p.chain)
+            });
         Self {
+            chain,
             seq,
             hash,
             time_ms,

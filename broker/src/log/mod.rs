@@ -6,6 +6,13 @@
 //! chain. A recomputed chain is caught by the signed checkpoints exported
 //! outside the database ([`checkpoint`]); records after the last exported
 //! checkpoint are covered by the chain alone.
+//!
+//! A store shared by several broker replicas (PostgreSQL) holds one chain
+//! per replica, named by its instance id, so replicas never wait on each
+//! other's appends; a chain's records name it in `chain`, which their hash
+//! covers. The one chain of a store no replica shares (SQLite), and every
+//! chain written before replicas had chains of their own, is the unnamed
+//! chain `""`, whose records hash exactly as before.
 
 pub mod checkpoint;
 pub mod decode;
@@ -69,7 +76,11 @@ impl RecordKind {
 /// What the pipeline asks to log; the store assigns `seq`, `prev_hash`, `hash`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
-    /// When, milliseconds since the Unix epoch.
+    /// When, milliseconds since the Unix epoch. The store moves it forward
+    /// (never back) to its chain's previous record's time when appends
+    /// commit out of order, so each chain is in time order and readers
+    /// merge the chains by time ([`crate::store::read_log`]); the decision's
+    /// own clock reading is in its input.
     pub time_ms: i64,
     /// What the record is.
     pub kind: RecordKind,
@@ -90,7 +101,11 @@ pub struct LogEntry {
 /// A record as stored: the entry with its place in the chain.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogRecord {
-    /// Position in the chain, from 1.
+    /// The chain it belongs to: a replica's instance id, or `""` (the
+    /// unnamed chain) — see the module documentation.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub chain: String,
+    /// Position in its chain, from 1.
     pub seq: i64,
     /// The entry.
     #[serde(flatten)]
@@ -105,6 +120,8 @@ pub struct LogRecord {
 #[cfg(test)]
 #[derive(Serialize)]
 struct Hashed<'a> {
+    #[serde(skip_serializing_if = "str::is_empty")]
+    chain: &'a str,
     seq: i64,
     #[serde(flatten)]
     entry: &'a LogEntry,
@@ -123,16 +140,18 @@ fn push_jcs_str(out: &mut String, value: Option<&str>) {
     }
 }
 
-/// SHA-256 (hex) of the JCS form of `entry` at `seq` after `prev_hash`.
-pub fn record_hash(seq: i64, entry: &LogEntry, prev_hash: &str) -> String {
-    record_hash_canonical(seq, entry, &canonical_body(&entry.body), prev_hash)
+/// SHA-256 (hex) of the JCS form of `entry` at `seq` of `chain` after `prev_hash`.
+pub fn record_hash(chain: &str, seq: i64, entry: &LogEntry, prev_hash: &str) -> String {
+    record_hash_canonical(chain, seq, entry, &canonical_body(&entry.body), prev_hash)
 }
 
 /// [`record_hash`] with the body already in JCS form: the record's JCS is
 /// assembled around it (its members are fixed and already in JCS order), so
 /// the expensive canonicalization of the body can run before, and outside,
-/// the store's serial writer.
+/// the store's serial writer. The unnamed chain's records have no `chain`
+/// member.
 pub fn record_hash_canonical(
+    chain: &str,
     seq: i64,
     entry: &LogEntry,
     body_jcs: &str,
@@ -141,6 +160,10 @@ pub fn record_hash_canonical(
     let mut out = String::with_capacity(body_jcs.len() + 512);
     out.push_str("{\"body\":");
     out.push_str(body_jcs);
+    if !chain.is_empty() {
+        out.push_str(",\"chain\":");
+        jcs::write_str(&mut out, chain);
+    }
     out.push_str(",\"grant\":");
     push_jcs_str(&mut out, entry.grant.as_deref());
     out.push_str(",\"identity\":");
@@ -159,11 +182,48 @@ pub fn record_hash_canonical(
     crate::ids::hex(&Sha256::digest(out.as_bytes()))
 }
 
-impl LogRecord {
-    /// Seals `entry` as record `seq` after `prev_hash`.
-    pub fn seal(seq: i64, entry: LogEntry, prev_hash: String) -> Self {
-        let hash = record_hash(seq, &entry, &prev_hash);
+/// A chain's last record, where its writer appends the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Its seq (0: the chain is empty).
+    pub seq: i64,
+    /// Its hash ([`GENESIS`] when empty).
+    pub hash: String,
+    /// Its time (0 when empty).
+    pub time_ms: i64,
+}
+
+impl Head {
+    /// The head of an empty chain.
+    pub fn genesis() -> Self {
         Self {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+            time_ms: 0,
+        }
+    }
+
+    /// Seals `entry` (its body's JCS form computed beforehand) as the next
+    /// record of `chain`, no earlier than this head, and moves the head to it.
+    pub fn seal_next(&mut self, chain: &str, mut entry: LogEntry, body_jcs: &str) -> LogRecord {
+        entry.time_ms = entry.time_ms.max(self.time_ms);
+        let record =
+            LogRecord::seal_canonical(chain, self.seq + 1, entry, body_jcs, self.hash.clone());
+        *self = Self {
+            seq: record.seq,
+            hash: record.hash.clone(),
+            time_ms: record.entry.time_ms,
+        };
+        record
+    }
+}
+
+impl LogRecord {
+    /// Seals `entry` as record `seq` of the unnamed chain after `prev_hash`.
+    pub fn seal(seq: i64, entry: LogEntry, prev_hash: String) -> Self {
+        let hash = record_hash("", seq, &entry, &prev_hash);
+        Self {
+            chain: String::new(),
             seq,
             entry,
             prev_hash,
@@ -171,10 +231,18 @@ impl LogRecord {
         }
     }
 
-    /// [`Self::seal`] with the body's JCS form computed beforehand.
-    pub fn seal_canonical(seq: i64, entry: LogEntry, body_jcs: &str, prev_hash: String) -> Self {
-        let hash = record_hash_canonical(seq, &entry, body_jcs, &prev_hash);
+    /// Seals `entry` as record `seq` of `chain` after `prev_hash`, with the
+    /// body's JCS form computed beforehand.
+    pub fn seal_canonical(
+        chain: &str,
+        seq: i64,
+        entry: LogEntry,
+        body_jcs: &str,
+        prev_hash: String,
+    ) -> Self {
+        let hash = record_hash_canonical(chain, seq, &entry, body_jcs, &prev_hash);
         Self {
+            chain: chain.to_owned(),
             seq,
             entry,
             prev_hash,
@@ -184,7 +252,7 @@ impl LogRecord {
 
     /// Whether the stored hash matches the record's content.
     pub fn hash_is_valid(&self) -> bool {
-        record_hash(self.seq, &self.entry, &self.prev_hash) == self.hash
+        record_hash(&self.chain, self.seq, &self.entry, &self.prev_hash) == self.hash
     }
 }
 
@@ -224,22 +292,36 @@ mod tests {
         assert!(!edited.hash_is_valid());
         let second = LogRecord::seal(2, entry(2), first.hash.clone());
         // The assembled JCS equals serde_jcs over the whole record.
-        for (seq, mut e) in [(1, entry(1)), (77, entry(2))] {
+        for (chain, seq, mut e) in [("", 1, entry(1)), ("", 77, entry(2)), ("0a1b", 3, entry(3))] {
             e.identity = Some("spiffe://x/\u{1}\"é\\\u{2028}".into());
             e.node = None;
             e.body = serde_json::json!({"b": [1e-7, 3.5, -0.0, 1234567890123u64], "a": "\t\n\u{7f}", "é": {"z": null}});
             let whole = serde_jcs::to_vec(&Hashed {
+                chain,
                 seq,
                 entry: &e,
                 prev_hash: GENESIS,
             })
             .unwrap();
             assert_eq!(
-                record_hash(seq, &e, GENESIS),
+                record_hash(chain, seq, &e, GENESIS),
                 crate::ids::hex(&Sha256::digest(&whole))
             );
         }
         assert_ne!(second.hash, first.hash);
+        // A record of a named chain does not hash as the unnamed chain's.
+        let named = LogRecord::seal_canonical(
+            "0a1b",
+            1,
+            entry(1),
+            &canonical_body(&entry(1).body),
+            GENESIS.into(),
+        );
+        assert!(named.hash_is_valid());
+        assert_ne!(named.hash, first.hash);
+        let mut moved = named.clone();
+        moved.chain = "0a1c".into();
+        assert!(!moved.hash_is_valid(), "a record moved to another chain");
         assert_eq!(first.hash.len(), 64);
     }
 }

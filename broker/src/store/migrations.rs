@@ -29,6 +29,29 @@ const TOKENS: &[(&str, &str, &str)] = &[
         "CREATE TABLE log_head (id INT PRIMARY KEY CHECK (id = 1), seq BIGINT NOT NULL, hash TEXT NOT NULL);
      INSERT INTO log_head VALUES (1, 0, '0000000000000000000000000000000000000000000000000000000000000000');",
     ),
+    // PostgreSQL's chains, one per replica (see `crate::log`): each with
+    // its head (and the head's time), its pruned base and whether it was retired; the one chain
+    // kept so far becomes the unnamed chain `''`. SQLite keeps one chain:
+    // its head is its last row, its base in `log_base`.
+    (
+        "{log_chains}",
+        "",
+        "ALTER TABLE log ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+     ALTER TABLE log DROP CONSTRAINT log_pkey;
+     ALTER TABLE log ADD PRIMARY KEY (chain, seq);
+     ALTER TABLE checkpoints ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+     ALTER TABLE checkpoints DROP CONSTRAINT checkpoints_pkey;
+     ALTER TABLE checkpoints ADD PRIMARY KEY (chain, seq);
+     CREATE TABLE log_chains (chain TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL,
+        time_ms BIGINT NOT NULL, base_seq BIGINT, base_hash TEXT, registered_at_ms BIGINT NOT NULL,
+        retired_at_ms BIGINT);
+     INSERT INTO log_chains(chain, seq, hash, time_ms, base_seq, base_hash, registered_at_ms)
+        SELECT '', h.seq, h.hash, COALESCE((SELECT time_ms FROM log WHERE seq = h.seq), 0), b.seq, b.hash, 0
+        FROM log_head h LEFT JOIN log_base b ON TRUE
+        WHERE h.seq > 0 OR b.seq IS NOT NULL;
+     DROP TABLE log_head;
+     DROP TABLE log_base;",
+    ),
     (
         "{suspensions_by_whom}",
         "ALTER TABLE suspensions RENAME COLUMN by TO by_whom;",
@@ -142,6 +165,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX leases_upstream ON leases(issued_at_ms, id) WHERE kind NOT IN ('jwt', 'x509_svid', 'jwt_svid') AND revoked_at_ms IS NULL;
      CREATE INDEX leases_revoked_svids ON leases(expires_at_ms) WHERE kind = 'x509_svid' AND revoked_at_ms IS NOT NULL;",
     ),
+    (11, "{log_chains}"),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it

@@ -10,13 +10,17 @@
 //! min(N, ⌊B/c⌋) times, across replicas too. Appends are group-committed: one
 //! writer batches concurrent appends into one transaction and one fsync.
 
+mod entry;
 mod lease_query;
+mod log_read;
 pub mod migrations;
 pub mod postgres;
 pub mod sqlite;
 
+pub use entry::{Entry, KNOWN_SELECTORS, WEAK_ENTRY};
 pub(crate) use lease_query::{CLOSE_LEASE, CLOSE_UNANSWERED, numbered};
 pub use lease_query::{LeaseOwner, LeaseQuery, SqlValue};
+pub use log_read::{LogCursor, decisions_after, read_log};
 
 use async_trait::async_trait;
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
@@ -26,7 +30,7 @@ use crate::log::checkpoint::Checkpoint;
 use crate::log::{LogEntry, LogRecord};
 
 /// Errors from a store.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The database cannot be reached or written (disk full, connection lost…):
     /// the broker fails closed with 503.
@@ -173,70 +177,6 @@ pub struct Appended {
     pub lease_closed: bool,
 }
 
-/// A registration entry: which workloads on which node get which identity.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Entry id.
-    pub id: String,
-    /// The SPIFFE ID it assigns.
-    pub spiffe_id: String,
-    /// The node that may vouch for it.
-    pub parent: String,
-    /// Selectors, all of which the workload must present.
-    pub selectors: Vec<String>,
-    /// Grants the identity may request.
-    pub grants: Vec<String>,
-    /// Created, ms since the epoch.
-    pub created_at_ms: i64,
-}
-
-/// Selectors that say *who* runs a workload and that a local user cannot
-/// take on: an entry needs one. An executable hash alone is not enough —
-/// any local user can run that binary (under LD_PRELOAD, or ptraced) — so
-/// `unix:sha256` must stand beside a uid, gid or user, or beside a
-/// container or Kubernetes selector the runtime sets.
-const PINS_WHO: &[&str] = &[
-    "unix:uid:",
-    "unix:gid:",
-    "unix:user:",
-    "cgroup:container_id:",
-    "k8s:sa:",
-];
-
-/// Selector prefixes the agent can prove (a selector is one of these and a
-/// value).
-pub const KNOWN_SELECTORS: &[&str] = &[
-    "unix:uid:",
-    "unix:gid:",
-    "unix:user:",
-    "unix:path:",
-    "unix:sha256:",
-    "cgroup:",
-    "k8s:ns:",
-    "k8s:sa:",
-];
-
-/// Why an entry without a selector saying who runs the workload is refused.
-pub const WEAK_ENTRY: &str = "an entry needs a unix:uid, unix:gid, unix:user, cgroup:container_id or k8s:sa selector (an executable hash alone matches any local user who runs that binary)";
-
-impl Entry {
-    /// Whether `selector` is one the agent can prove ([`KNOWN_SELECTORS`]
-    /// with a value).
-    pub fn known_selector(selector: &str) -> bool {
-        KNOWN_SELECTORS
-            .iter()
-            .any(|k| selector.starts_with(k) && selector.len() > k.len())
-    }
-
-    /// Whether `selectors` hold one that says who runs the workload
-    /// ([`PINS_WHO`]); an entry without one is weak.
-    pub fn pins_who(selectors: &[String]) -> bool {
-        selectors
-            .iter()
-            .any(|s| PINS_WHO.iter().any(|k| s.starts_with(k)))
-    }
-}
-
 /// A suspension of an identity or issuer.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SuspensionRecord {
@@ -378,6 +318,8 @@ pub struct SignalRecord {
 /// few fields it needs instead of building the whole tree).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DecisionRow {
+    /// The chain.
+    pub chain: String,
     /// Position in the chain.
     pub seq: i64,
     /// When decided, ms since the epoch.
@@ -409,9 +351,11 @@ pub struct RequestState {
     pub budget: Option<BudgetSnapshot>,
 }
 
-/// Filters for reading the log.
+/// Filters for reading one chain of the log ([`read_log`] reads them all).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct LogQuery {
+    /// The chain (`""`: the unnamed one).
+    pub chain: String,
     /// Only this identity.
     pub identity: Option<String>,
     /// Only this grant.
@@ -424,10 +368,35 @@ pub struct LogQuery {
     pub since_ms: Option<i64>,
     /// Until this time (exclusive), ms.
     pub until_ms: Option<i64>,
-    /// After this sequence number.
+    /// After this sequence number of the chain.
     pub after_seq: Option<i64>,
-    /// At most this many records (oldest first).
+    /// At most this many records (in `seq` order).
     pub limit: usize,
+}
+
+impl From<&ChainHead> for crate::log::verify::ChainStart {
+    fn from(head: &ChainHead) -> Self {
+        Self {
+            chain: head.chain.clone(),
+            base: head.base.clone(),
+            retired: head.retired_at_ms.is_some(),
+        }
+    }
+}
+
+/// One chain of the log as the store keeps it (see [`crate::log`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// Its name: a replica's instance id, or `""`.
+    pub chain: String,
+    /// Its last record's seq (0 when it has none).
+    pub seq: i64,
+    /// That record's hash (the genesis hash when it has none).
+    pub hash: String,
+    /// The last pruned record (seq, hash), if retention pruned it.
+    pub base: Option<(i64, String)>,
+    /// When an operator retired it (no record is appended to it after).
+    pub retired_at_ms: Option<i64>,
 }
 
 /// Opens the store a URL names: `sqlite://PATH` or `postgres://…`
@@ -440,6 +409,18 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
         )?)),
         Backend::Postgres => Ok(std::sync::Arc::new(
             postgres::PostgresStore::connect(url).await?,
+        )),
+    }
+}
+
+/// [`open`] for the broker whose instance id is `instance`: on a store
+/// several replicas share (PostgreSQL) it appends to a chain of its own,
+/// named `instance` ([`crate::log`]); SQLite has one broker and one chain.
+pub async fn open_replica(url: &str, instance: &str) -> Result<std::sync::Arc<dyn Store>> {
+    match Backend::of(url)? {
+        Backend::Sqlite(_) => open(url).await,
+        Backend::Postgres => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect_replica(url, instance).await?,
         )),
     }
 }
@@ -539,38 +520,51 @@ pub trait Store:
 }
 
 /// The issuance log: its appends (group-committed with their spends and
-/// leases), reads, checkpoints and retention.
+/// leases), reads, checkpoints and retention. A store holds one chain per
+/// replica that appends to it ([`crate::log`]); this handle appends to
+/// [`LogStore::chain`].
 #[async_trait]
 pub trait LogStore: Send + Sync {
+    /// The chain this handle appends to.
+    fn chain(&self) -> &str;
     /// Appends a record atomically with its spends, lease and rule set (group-committed).
     async fn append(&self, append: Append) -> Result<Appended>;
-    /// Records in `seq` order matching `query`.
+    /// Records of `query.chain` in `seq` order matching `query`.
     async fn log(&self, query: &LogQuery) -> Result<Vec<LogRecord>>;
-    /// Decisions after `after_seq` (from `since_ms` if given), in `seq`
-    /// order, at most `limit`, bodies unparsed (see [`DecisionRow`]): the
-    /// `decision` records and the `intent` records, which are the decisions
-    /// of upstream (Vault, STS) grants that were allowed.
+    /// Decisions of `chain` after `after_seq` (from `since_ms` if given), in
+    /// `seq` order, at most `limit`, bodies unparsed (see [`DecisionRow`]):
+    /// the `decision` records and the `intent` records, which are the
+    /// decisions of upstream (Vault, STS) grants that were allowed.
     async fn decision_rows(
         &self,
+        chain: &str,
         after_seq: i64,
         since_ms: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DecisionRow>>;
-    /// All records of one request, in order.
+    /// All records of one request, in time order (a request's records may
+    /// be on several chains: an intent, and the outcome another replica's
+    /// reconciliation wrote).
     async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>>;
-    /// The chain head: (last seq, its hash); (0, genesis) when empty.
+    /// The head of [`LogStore::chain`]: (last seq, its hash); (0, genesis) when empty.
     async fn head(&self) -> Result<(i64, String)>;
+    /// Every chain the store holds, by name.
+    async fn chains(&self) -> Result<Vec<ChainHead>>;
+    /// Retires `chain` (a replica taken out of service): no record is
+    /// appended to it after. Its head, which the caller signs as the
+    /// chain's final statement. A conflict for this handle's own chain,
+    /// an unknown chain, or one already retired.
+    async fn retire_chain(&self, chain: &str, now_ms: i64) -> Result<(i64, String)>;
     /// A stored rule set by hash.
     async fn rule_set(&self, hash: &str) -> Result<Option<String>>;
     /// Stores a signed checkpoint (also exported outside the store).
     async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
     /// The stored checkpoints, in order.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
-    /// Deletes the records through `seq` (already exported) and remembers
-    /// `(seq, hash)` as the base the chain resumes from; the number deleted.
-    async fn prune_through(&self, seq: i64) -> Result<u64>;
-    /// The base left by the last prune: (seq, hash) of the last pruned record.
-    async fn base(&self) -> Result<Option<(i64, String)>>;
+    /// Deletes the records of `chain` through `seq` (already exported) and
+    /// remembers `(seq, hash)` as the base the chain resumes from; the
+    /// number deleted.
+    async fn prune_through(&self, chain: &str, seq: i64) -> Result<u64>;
 }
 
 /// Budget buckets (spent inside [`LogStore::append`]; topped up and refunded here).

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // shared test support; a failed setup must fail
 
+pub mod records;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -668,6 +670,7 @@ pub fn read_records(conn: &rusqlite::Connection) -> Vec<mintguard_broker::log::L
     let mut stmt = conn.prepare("SELECT seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash FROM log ORDER BY seq").unwrap();
     stmt.query_map([], |r| {
         Ok(mintguard_broker::log::LogRecord {
+            chain: String::new(),
             seq: r.get(0)?,
             entry: mintguard_broker::log::LogEntry {
                 time_ms: r.get(1)?,

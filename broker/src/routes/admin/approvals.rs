@@ -267,18 +267,18 @@ pub(super) async fn reviews(
         limit: MAX_PAGE,
         ..Default::default()
     };
-    let closed: std::collections::HashMap<String, Value> = broker
-        .store
-        .log(&read("review_closed"))
-        .await?
-        .into_iter()
-        .filter_map(|r| {
-            let id = r.entry.body["details"]["review"].as_str()?.to_owned();
-            Some((id, r.entry.body["details"].clone()))
-        })
-        .collect();
+    let first = LogCursor::default();
+    let closed: std::collections::HashMap<String, Value> =
+        read_log(&*broker.store, &read("review_closed"), &first)
+            .await?
+            .into_iter()
+            .filter_map(|r| {
+                let id = r.entry.body["details"]["review"].as_str()?.to_owned();
+                Some((id, r.entry.body["details"].clone()))
+            })
+            .collect();
     let mut out = Vec::new();
-    for r in broker.store.log(&read("break_glass_issued")).await? {
+    for r in read_log(&*broker.store, &read("break_glass_issued"), &first).await? {
         let details = &r.entry.body["details"];
         let id = details["review"].as_str().unwrap_or_default();
         let closure = closed.get(id);
@@ -383,27 +383,26 @@ pub(super) async fn review_closed_in_log(
     id: &str,
     created_at_ms: i64,
 ) -> Result<bool, ApiError> {
-    let mut after_seq = None;
+    let query = LogQuery {
+        outcome: Some("review_closed".into()),
+        since_ms: Some(created_at_ms),
+        limit: MAX_PAGE,
+        ..Default::default()
+    };
+    let mut after = LogCursor::default();
     loop {
-        let closures = broker
-            .store
-            .log(&LogQuery {
-                outcome: Some("review_closed".into()),
-                since_ms: Some(created_at_ms),
-                after_seq,
-                limit: MAX_PAGE,
-                ..Default::default()
-            })
-            .await?;
+        let closures = read_log(&*broker.store, &query, &after).await?;
         if closures
             .iter()
             .any(|r| r.entry.body["details"]["review"] == id)
         {
             return Ok(true);
         }
-        match closures.last() {
-            Some(last) if closures.len() == MAX_PAGE => after_seq = Some(last.seq),
-            _ => return Ok(false),
+        if closures.len() < MAX_PAGE {
+            return Ok(false);
+        }
+        for r in &closures {
+            after.advance(&r.chain, r.seq);
         }
     }
 }

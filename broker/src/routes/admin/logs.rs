@@ -1,6 +1,8 @@
 //! The issuance log as operators read it: pages, verification, explain,
 //! replay, checkpoints and retention.
 
+use std::collections::BTreeMap;
+
 use super::*;
 
 #[derive(Deserialize)]
@@ -11,10 +13,19 @@ pub(super) struct LogParams {
     outcome: Option<String>,
     since_ms: Option<i64>,
     until_ms: Option<i64>,
+    /// One chain only, in `seq` order (`after_seq` then counts in it).
+    chain: Option<String>,
+    /// Where the reader stands ([`LogCursor`]): every chain, in time order.
+    after: Option<String>,
+    /// The unnamed chain's seq, as before chains had names (or, with
+    /// `chain`, that chain's).
     after_seq: Option<i64>,
     limit: Option<usize>,
 }
 
+/// Records in time order across the chains, after the cursor `after`
+/// (the next page's cursor: `after` advanced past each record returned);
+/// or, with `chain`, one chain in `seq` order after `after_seq`.
 pub(super) async fn logs(
     State(broker): State<Arc<Broker>>,
     op: Operator,
@@ -22,6 +33,7 @@ pub(super) async fn logs(
 ) -> Result<axum::Json<Vec<LogRecord>>, ApiError> {
     op.require(Role::Viewer)?;
     let q = LogQuery {
+        chain: p.chain.clone().unwrap_or_default(),
         identity: p.identity,
         grant: p.grant,
         node: p.node,
@@ -31,14 +43,39 @@ pub(super) async fn logs(
         after_seq: p.after_seq,
         limit: p.limit.unwrap_or(1000).clamp(1, MAX_PAGE),
     };
-    Ok(axum::Json(broker.store.log(&q).await?))
+    if p.chain.is_some() {
+        if p.after.is_some() {
+            return Err(ApiError::bad_request(
+                "bad_cursor",
+                "one chain is read after after_seq; every chain after a cursor (after)",
+            ));
+        }
+        return Ok(axum::Json(broker.store.log(&q).await?));
+    }
+    let after = match (p.after, p.after_seq) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::bad_request(
+                "bad_cursor",
+                "give a cursor (after) or the unnamed chain's after_seq, not both",
+            ));
+        }
+        (Some(text), None) => {
+            LogCursor::parse(&text).map_err(|why| ApiError::bad_request("bad_cursor", why))?
+        }
+        (None, seq) => {
+            let mut cursor = LogCursor::default();
+            cursor.advance("", seq.unwrap_or(0));
+            cursor
+        }
+    };
+    Ok(axum::Json(read_log(&*broker.store, &q, &after).await?))
 }
 
-/// The log in pages of `MAX_PAGE`, oldest first, so that no caller holds
-/// all of it.
+/// The log in pages of `MAX_PAGE`, every chain in time order ([`read_log`]),
+/// so that no caller holds all of it.
 pub(super) struct RecordPages<'a> {
     broker: &'a Broker,
-    after: Option<i64>,
+    after: LogCursor,
     done: bool,
 }
 
@@ -46,7 +83,7 @@ impl<'a> RecordPages<'a> {
     fn new(broker: &'a Broker) -> Self {
         Self {
             broker,
-            after: None,
+            after: LogCursor::default(),
             done: false,
         }
     }
@@ -56,17 +93,15 @@ impl<'a> RecordPages<'a> {
         if self.done {
             return Ok(None);
         }
-        let page = self
-            .broker
-            .store
-            .log(&LogQuery {
-                after_seq: self.after,
-                limit: MAX_PAGE,
-                ..Default::default()
-            })
-            .await?;
+        let query = LogQuery {
+            limit: MAX_PAGE,
+            ..Default::default()
+        };
+        let page = read_log(&*self.broker.store, &query, &self.after).await?;
         self.done = page.len() < MAX_PAGE;
-        self.after = page.last().map(|r| r.seq).or(self.after);
+        for r in &page {
+            self.after.advance(&r.chain, r.seq);
+        }
         Ok((!page.is_empty()).then_some(page))
     }
 }
@@ -117,13 +152,23 @@ pub(super) async fn verify_log(
     {
         return Ok(Err(VerifyFailure::ExportMissing { seq }));
     }
+    // The store's statements too (signed, and checked like the file's):
+    // the other replicas' checkpoints and the retired chains' final
+    // statements, which this broker's file does not hold.
+    checkpoints.extend(stored);
     checkpoints.extend(also.cloned());
-    let base = broker.store.base().await?;
-    let base = base.as_ref().map(|(seq, hash)| (*seq, hash.as_str()));
-    let mut verifier = match ChainVerifier::new(base, &checkpoints, Some(broker.log_public_key())) {
-        Ok(verifier) => verifier,
-        Err(failure) => return Ok(Err(failure)),
-    };
+    let chains: Vec<ChainStart> = broker
+        .store
+        .chains()
+        .await?
+        .iter()
+        .map(ChainStart::from)
+        .collect();
+    let mut verifier =
+        match ChainVerifier::for_chains(&chains, &checkpoints, Some(broker.log_public_key())) {
+            Ok(verifier) => verifier,
+            Err(failure) => return Ok(Err(failure)),
+        };
     let mut pages = RecordPages::new(broker);
     while let Some(page) = pages.next().await? {
         if let Err(failure) = page.iter().try_for_each(|r| verifier.push(r)) {
@@ -338,38 +383,59 @@ pub(super) async fn replay(
     ))
 }
 
-/// The stored checkpoints and the base left by the last prune.
+/// The chains (each with its head, the base left by its last prune, and
+/// the record retention must keep of it), and the stored checkpoints.
 pub(super) async fn checkpoints(
     State(broker): State<Arc<Broker>>,
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    let base = broker.store.base().await?;
+    let chains = broker.store.chains().await?;
+    let needed = oldest_needed(&broker).await?;
+    let needed_from = |chain: &str| {
+        needed
+            .iter()
+            .filter(|(c, _, _)| c == chain)
+            .map(|(_, seq, _)| *seq)
+            .min()
+    };
+    let unnamed = chains.iter().find(|c| c.chain.is_empty());
     Ok(axum::Json(json!({
-        "base": base.map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "chains": chains.iter().map(|c| json!({
+            "chain": c.chain, "seq": c.seq, "hash": c.hash,
+            "base": c.base.as_ref().map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+            "retired_at_ms": c.retired_at_ms,
+            // Retention keeps this record of the chain and every later one (see `prune`).
+            "needed_from_seq": needed_from(&c.chain),
+        })).collect::<Vec<_>>(),
         "checkpoints": broker.store.checkpoints().await?,
-        // Retention keeps this record and every later one (see `prune`).
-        "needed_from_seq": oldest_needed(&broker).await?.map(|(seq, _)| seq),
+        // The unnamed chain's, as before chains had names.
+        "base": unnamed.and_then(|c| c.base.as_ref()).map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
+        "needed_from_seq": needed_from(""),
     })))
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct PruneRequest {
+    /// The chain to prune (absent: the unnamed one).
+    #[serde(default)]
+    chain: String,
     through_seq: i64,
     /// Where the caller exported the pruned records (recorded in the log).
     export: String,
 }
 
-/// The first record retention must keep, and the lease that needs it: a
-/// live upstream lease's intent and outcome (which names what to revoke
-/// upstream) stay until the lease ends. The oldest such leases by issue
-/// time are looked at (a lease decided later may have been logged first);
-/// one whose records are already gone (pruned by an older broker) protects
-/// nothing and is passed over.
+/// The first record of each chain retention must keep, and the lease that
+/// needs it: (chain, seq, lease). A live upstream lease's intent and
+/// outcome (which names what to revoke upstream) stay until the lease
+/// ends. The oldest such leases by issue time are looked at (a lease
+/// decided later may have been logged first); one whose records are
+/// already gone (pruned by an older broker) protects nothing and is passed
+/// over.
 pub(super) async fn oldest_needed(
     broker: &Broker,
-) -> Result<Option<(i64, crate::store::Lease)>, ApiError> {
+) -> Result<Vec<(String, i64, crate::store::Lease)>, ApiError> {
     let pinning = broker
         .store
         .leases(&LeaseQuery::OldestPinning {
@@ -378,26 +444,32 @@ pub(super) async fn oldest_needed(
         })
         .await?;
     let full = pinning.len() == 64;
-    let mut oldest: Option<(i64, crate::store::Lease)> = None;
+    let mut oldest: BTreeMap<String, (i64, crate::store::Lease)> = BTreeMap::new();
     let first = pinning.first().cloned();
     for lease in pinning {
-        let records = broker.store.log_for_request(&lease.request_id).await?;
-        if let Some(seq) = records.iter().map(|r| r.seq).min()
-            && oldest.as_ref().is_none_or(|(o, _)| seq < *o)
-        {
-            oldest = Some((seq, lease));
+        for r in broker.store.log_for_request(&lease.request_id).await? {
+            if oldest.get(&r.chain).is_none_or(|(o, _)| r.seq < *o) {
+                oldest.insert(r.chain.clone(), (r.seq, lease.clone()));
+            }
         }
     }
     // Sixty-four leases whose records are all gone and maybe more after
-    // them: inconclusive, so nothing may be pruned until an operator closes
-    // them (`mintguard revoke LEASE --confirm-revoked-upstream`).
-    if oldest.is_none()
+    // them: inconclusive, so nothing may be pruned from any chain until an
+    // operator closes them (`mintguard revoke LEASE --confirm-revoked-upstream`).
+    if oldest.is_empty()
         && full
         && let Some(lease) = first
     {
-        return Ok(Some((1, lease)));
+        let chains = broker.store.chains().await?;
+        return Ok(chains
+            .into_iter()
+            .map(|c| (c.chain, 1, lease.clone()))
+            .collect());
     }
-    Ok(oldest)
+    Ok(oldest
+        .into_iter()
+        .map(|(chain, (seq, lease))| (chain, seq, lease))
+        .collect())
 }
 
 /// Retention: deletes records through a checkpointed record the caller has
@@ -420,15 +492,19 @@ pub(super) async fn prune(
         .checkpoints()
         .await?
         .into_iter()
-        .find(|c| c.seq == req.through_seq && c.kind == StatementKind::Checkpoint)
+        .find(|c| {
+            c.chain == req.chain && c.seq == req.through_seq && c.kind == StatementKind::Checkpoint
+        })
         .ok_or_else(|| {
             ApiError::bad_request(
                 "not_a_checkpoint",
-                "prune only through a checkpointed record",
+                "prune only through a checkpointed record of the chain",
             )
         })?;
-    if let Some((seq, lease)) = oldest_needed(&broker).await?
-        && seq <= req.through_seq
+    if let Some((_, seq, lease)) = oldest_needed(&broker)
+        .await?
+        .into_iter()
+        .find(|(chain, seq, _)| *chain == req.chain && *seq <= req.through_seq)
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -455,7 +531,12 @@ pub(super) async fn prune(
     // anchors the base for replicas whose own export lacks it, and a crash
     // between the delete and the outcome still leaves a verifiable log.
     let statement = broker
-        .export_prune_statement(req.through_seq, &checkpoint.hash)
+        .export_statement(
+            StatementKind::Prune,
+            &req.chain,
+            req.through_seq,
+            &checkpoint.hash,
+        )
         .map_err(|e| {
             ApiError::unavailable(
                 "checkpoint_export_failed",
@@ -463,17 +544,74 @@ pub(super) async fn prune(
                 e,
             )
         })?;
-    let intent = json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export, "statement": statement});
+    // The unnamed chain's prune names no chain, as before chains had names.
+    let chain = (!req.chain.is_empty()).then_some(req.chain.as_str());
+    let intent = json!({"chain": chain, "through_seq": req.through_seq, "hash": checkpoint.hash, "export": req.export, "statement": statement});
     let deleted = AdminAction::begin(&broker, &op, "log_pruned", None, intent)
         .await?
         .run(
-            async { Ok(broker.store.prune_through(req.through_seq).await?) },
+            async {
+                Ok(broker
+                    .store
+                    .prune_through(&req.chain, req.through_seq)
+                    .await?)
+            },
             |deleted| {
-                json!({"through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement})
+                json!({"chain": chain, "through_seq": req.through_seq, "hash": checkpoint.hash, "deleted": deleted, "export": req.export, "statement": statement})
             },
         )
         .await?;
     Ok(axum::Json(
-        json!({"through_seq": req.through_seq, "deleted": deleted, "hash": checkpoint.hash}),
+        json!({"chain": req.chain, "through_seq": req.through_seq, "deleted": deleted, "hash": checkpoint.hash}),
+    ))
+}
+
+/// Retires a replica's chain (the replica was taken out of service): its
+/// head is signed as the chain's final statement, exported and stored, so
+/// the chain can be neither extended nor cut back unnoticed; the replica,
+/// if it still runs, appends nothing more. Run on another replica.
+pub(super) async fn retire_chain(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Path(chain): Path<String>,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Admin)?;
+    if !crate::ids::is_hex_id(&chain) {
+        return Err(ApiError::bad_request(
+            "bad_chain",
+            "a replica's chain is named by its instance id (lowercase hex)",
+        ));
+    }
+    // The log verifies first: a chain someone edited is not sealed as it is.
+    if let Err(failure) = verify_log(&broker, None).await? {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_not_verified",
+            format!("the log does not verify, so no chain was retired: {failure}"),
+        ));
+    }
+    let intent = json!({"chain": chain});
+    let (seq, hash, statement) = AdminAction::begin(&broker, &op, "chain_retired", None, intent)
+        .await?
+        .run(
+            async {
+                let (seq, hash) = broker.store.retire_chain(&chain, broker.clock.now_ms()).await?;
+                let statement = broker
+                    .export_statement(StatementKind::Final, &chain, seq, &hash)
+                    .map_err(|e| {
+                        ApiError::unavailable(
+                            "checkpoint_export_failed",
+                            "the chain was retired but its final statement could not be exported: run the command again",
+                            e,
+                        )
+                    })?;
+                broker.store.add_checkpoint(&statement).await?;
+                Ok((seq, hash, statement))
+            },
+            |(seq, hash, statement)| json!({"chain": chain, "seq": seq, "hash": hash, "statement": statement}),
+        )
+        .await?;
+    Ok(axum::Json(
+        json!({"chain": chain, "seq": seq, "hash": hash, "statement": statement}),
     ))
 }

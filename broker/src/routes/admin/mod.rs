@@ -33,16 +33,18 @@ use crate::issue::revoke::CONFIRMED_UPSTREAM;
 use crate::lease::Revocation;
 use crate::log::checkpoint::{Checkpoint, StatementKind};
 use crate::log::decode::Decided;
-use crate::log::verify::{ChainVerifier, VerifyFailure, VerifyReport};
+use crate::log::verify::{ChainStart, ChainVerifier, VerifyFailure, VerifyReport};
 use crate::log::{LogEntry, LogRecord, RecordKind};
 use crate::state::{Broker, token_hash};
-use crate::store::{Entry, LeaseQuery, LogQuery, SignalRecord, SuspensionRecord};
+use crate::store::{
+    Entry, LeaseQuery, LogCursor, LogQuery, SignalRecord, SuspensionRecord, read_log,
+};
 use approvals::{
     approve, close_review, issue_break_glass, list_approvals, open_break_glass, reject, reviews,
 };
 use entries::{create_entry, create_token, delete_entry, list_entries};
 use leases::{budget_show, budget_top_up, leases, revoke};
-use logs::{checkpoints, explain, log_key, logs, prune, replay, rule_set, verify};
+use logs::{checkpoints, explain, log_key, logs, prune, replay, retire_chain, rule_set, verify};
 use subjects::{get_signals, identities, put_signal, resume, suspend};
 
 /// Most records one log page returns.
@@ -60,6 +62,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/rule_sets/{hash}", get(rule_set))
         .route("/admin/v1/logs/checkpoints", get(checkpoints))
         .route("/admin/v1/logs/prune", post(prune))
+        .route("/admin/v1/logs/chains/{chain}/retire", post(retire_chain))
         .route("/admin/v1/explain/{request_id}", get(explain))
         .route("/admin/v1/replay", post(replay))
         .route("/admin/v1/leases", get(leases))

@@ -111,7 +111,7 @@ async fn appends(
         .collect();
     subjects.sort_unstable();
     subjects.dedup();
-    let head = async { tx.query_one(&statements.head, &[]).await.map_err(map_pg) };
+    let head = locked_head(tx, statements);
     let suspended = async {
         if subjects.is_empty() {
             return Ok(Vec::new());
@@ -163,7 +163,7 @@ async fn appends(
     .await?;
 
     // 3. The records, sealed in order, each with its final outcome.
-    let (mut seq, mut prev_hash): (i64, String) = (head.get(0), head.get(1));
+    let mut head = head;
     let mut sealed = Vec::with_capacity(batch.len());
     for ((job, (suspended, lease_closed)), paid) in batch.iter().zip(&refused).zip(&paid) {
         let spent = !suspended && !lease_closed && *paid;
@@ -184,11 +184,9 @@ async fn appends(
             Some(outcome) => mark_final_outcome(&mut entry, &job.body_jcs, outcome)?,
             None => job.body_jcs.clone(),
         };
-        seq += 1;
-        let record = LogRecord::seal_canonical(seq, entry, &body_jcs, prev_hash);
-        prev_hash = record.hash.clone();
+        let record = head.seal_next(&statements.chain, entry, &body_jcs);
         let appended = Appended {
-            seq,
+            seq: record.seq,
             hash: record.hash.clone(),
             spent,
             suspended: *suspended,
@@ -226,9 +224,12 @@ async fn appends(
             .map(|(record, body_jcs, _)| insert_record(tx, statements, record, body_jcs)),
     );
     let head_update = async {
-        tx.execute(&statements.head_update, &[&seq, &prev_hash])
-            .await
-            .map_err(map_pg)
+        tx.execute(
+            &statements.head_update,
+            &[&statements.chain, &head.seq, &head.hash, &head.time_ms],
+        )
+        .await
+        .map_err(map_pg)
     };
     tokio::try_join!(biased; rule_set_inserts, lease_inserts, record_inserts, head_update)?;
     Ok(sealed

@@ -4,6 +4,9 @@ use super::*;
 
 #[async_trait]
 impl LogStore for PostgresStore {
+    fn chain(&self) -> &str {
+        &self.chain
+    }
     async fn append(&self, append: Append) -> Result<Appended> {
         let (done, rx) = oneshot::channel();
         // Canonicalize the body here, in the caller's task, not in the serial writer.
@@ -31,10 +34,10 @@ impl LogStore for PostgresStore {
                      WHERE ($1::TEXT IS NULL OR identity = $1) AND ($2::TEXT IS NULL OR grant_name = $2)
                        AND ($3::TEXT IS NULL OR node = $3) AND ($4::TEXT IS NULL OR outcome = $4)
                        AND ($5::BIGINT IS NULL OR time_ms >= $5) AND ($6::BIGINT IS NULL OR time_ms < $6)
-                       AND seq > $7
+                       AND chain = $9 AND seq > $7
                      ORDER BY seq LIMIT $8"
                 ),
-                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit],
+                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit, &q.chain],
             )
             .await
             .map_err(map_pg)?;
@@ -42,6 +45,7 @@ impl LogStore for PostgresStore {
     }
     async fn decision_rows(
         &self,
+        chain: &str,
         after_seq: i64,
         since_ms: Option<i64>,
         limit: usize,
@@ -52,15 +56,16 @@ impl LogStore for PostgresStore {
             .await?
             .query(
                 "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
-                 WHERE seq > $1 AND kind IN ('decision', 'intent') AND ($2::BIGINT IS NULL OR time_ms >= $2)
+                 WHERE chain = $4 AND seq > $1 AND kind IN ('decision', 'intent') AND ($2::BIGINT IS NULL OR time_ms >= $2)
                  ORDER BY seq LIMIT $3",
-                &[&after_seq, &since_ms, &limit],
+                &[&after_seq, &since_ms, &limit, &chain],
             )
             .await
             .map_err(map_pg)?;
         Ok(rows
             .iter()
             .map(|r| DecisionRow {
+                chain: chain.to_owned(),
                 seq: r.get(0),
                 time_ms: r.get(1),
                 request_id: r.get(2),
@@ -77,7 +82,7 @@ impl LogStore for PostgresStore {
             .client()
             .await?
             .query(
-                &format!("SELECT {LOG_COLUMNS} FROM log WHERE request_id = $1 ORDER BY seq"),
+                &format!("SELECT {LOG_COLUMNS} FROM log WHERE request_id = $1 ORDER BY time_ms, chain, seq"),
                 &[&request_id],
             )
             .await
@@ -88,10 +93,57 @@ impl LogStore for PostgresStore {
         let row = self
             .client()
             .await?
-            .query_opt("SELECT seq, hash FROM log_head WHERE id = 1", &[])
+            .query_opt(
+                "SELECT seq, hash FROM log_chains WHERE chain = $1",
+                &[&self.chain],
+            )
             .await
             .map_err(map_pg)?;
         Ok(row.map_or((0, GENESIS.to_owned()), |r| (r.get(0), r.get(1))))
+    }
+    async fn chains(&self) -> Result<Vec<ChainHead>> {
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT chain, seq, hash, base_seq, base_hash, retired_at_ms FROM log_chains ORDER BY chain",
+                &[],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows
+            .iter()
+            .map(|r| ChainHead {
+                chain: r.get(0),
+                seq: r.get(1),
+                hash: r.get(2),
+                base: r
+                    .get::<_, Option<i64>>(3)
+                    .zip(r.get::<_, Option<String>>(4)),
+                retired_at_ms: r.get(5),
+            })
+            .collect())
+    }
+    async fn retire_chain(&self, chain: &str, now_ms: i64) -> Result<(i64, String)> {
+        if chain == self.chain {
+            return Err(StoreError::Conflict(
+                "a replica does not retire its own chain: run the command on another replica"
+                    .into(),
+            ));
+        }
+        // The chain's row lock: its last batch has committed, and none follows.
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "UPDATE log_chains SET retired_at_ms = $2 WHERE chain = $1 AND retired_at_ms IS NULL RETURNING seq, hash",
+                &[&chain, &now_ms],
+            )
+            .await
+            .map_err(map_pg)?;
+        row.map(|r| (r.get(0), r.get(1))).ok_or_else(|| {
+            StoreError::Conflict(format!("no chain {chain:?} that is not already retired"))
+        })
     }
     async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
         let row = self
@@ -106,8 +158,8 @@ impl LogStore for PostgresStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO checkpoints(seq, hash, time_ms, jws) VALUES ($1, $2, $3, $4)",
-                &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws],
+                "INSERT INTO checkpoints(chain, seq, hash, time_ms, jws) VALUES ($5, $1, $2, $3, $4)",
+                &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws, &cp.chain],
             )
             .await
             .map_err(map_pg)?;
@@ -118,7 +170,7 @@ impl LogStore for PostgresStore {
             .client()
             .await?
             .query(
-                "SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq",
+                "SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY chain, seq",
                 &[],
             )
             .await
@@ -128,40 +180,41 @@ impl LogStore for PostgresStore {
             .map(|r| Checkpoint::from_stored(r.get(0), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
-    async fn prune_through(&self, seq: i64) -> Result<u64> {
+    async fn prune_through(&self, chain: &str, seq: i64) -> Result<u64> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_pg)?;
-        // Serialize with appends (they hold this lock while extending the chain).
-        tx.query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
-            .await
-            .map_err(map_pg)?;
+        // Serialize with the chain's appends (they hold this lock while extending it).
+        tx.query_opt(
+            "SELECT seq FROM log_chains WHERE chain = $1 FOR UPDATE",
+            &[&chain],
+        )
+        .await
+        .map_err(map_pg)?
+        .ok_or_else(|| StoreError::Conflict(format!("the store has no chain {chain:?}")))?;
         let row = tx
-            .query_opt("SELECT hash FROM log WHERE seq = $1", &[&seq])
+            .query_opt(
+                "SELECT hash FROM log WHERE chain = $1 AND seq = $2",
+                &[&chain, &seq],
+            )
             .await
             .map_err(map_pg)?;
         let hash: String = row
             .map(|r| r.get(0))
             .ok_or_else(|| StoreError::Conflict(format!("record {seq} is not in the log")))?;
         let deleted = tx
-            .execute("DELETE FROM log WHERE seq <= $1", &[&seq])
+            .execute(
+                "DELETE FROM log WHERE chain = $1 AND seq <= $2",
+                &[&chain, &seq],
+            )
             .await
             .map_err(map_pg)?;
         tx.execute(
-            "INSERT INTO log_base(id, seq, hash) VALUES (1, $1, $2) ON CONFLICT (id) DO UPDATE SET seq = EXCLUDED.seq, hash = EXCLUDED.hash",
-            &[&seq, &hash],
+            "UPDATE log_chains SET base_seq = $2, base_hash = $3 WHERE chain = $1",
+            &[&chain, &seq, &hash],
         )
         .await
         .map_err(map_pg)?;
         tx.commit().await.map_err(map_pg)?;
         Ok(deleted)
-    }
-    async fn base(&self) -> Result<Option<(i64, String)>> {
-        let row = self
-            .client()
-            .await?
-            .query_opt("SELECT seq, hash FROM log_base WHERE id = 1", &[])
-            .await
-            .map_err(map_pg)?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 }

@@ -1,9 +1,10 @@
 //! The PostgreSQL store, for one or several broker replicas.
 //!
-//! One global hash chain: every append batch takes the row lock on
-//! `log_head` (`SELECT … FOR UPDATE`), so concurrent writers — in this
-//! process or in other replicas — extend one chain in order. Each replica
-//! group-commits: its writer task drains pending appends into one
+//! One hash chain per replica ([`crate::log`]): a replica's append batch
+//! takes the row lock on its own chain's row of `log_chains` (`SELECT …
+//! FOR UPDATE`), so replicas never wait on each other's appends, and a
+//! chain is extended in order even by two processes that share it. Each
+//! replica group-commits: its writer task drains pending appends into one
 //! transaction. Budget spends are conditional updates in that transaction;
 //! join tokens are consumed by a conditional update; reads and other writes
 //! are single statements through a connection pool.
@@ -21,12 +22,12 @@ use tokio_postgres::{Client, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
-    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
-    Store, StoreError, SuspensionRecord, bucket_params, cost_milli,
+    Append, Appended, ChainHead, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp,
+    SqlValue, Store, StoreError, SuspensionRecord, bucket_params, cost_milli,
 };
 use super::{ApprovalStore, BudgetStore, LeaseStore, LogStore, RegistryStore, SubjectStore};
 use crate::log::checkpoint::Checkpoint;
-use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::log::{GENESIS, Head, LogEntry, LogRecord, RecordKind};
 use crate::store::{Approval, DecisionRow, SignalRecord};
 use crate::store::{mark_final_outcome, refusal};
 
@@ -69,6 +70,8 @@ pub struct PostgresStore {
     pool: Pool,
     appends: mpsc::Sender<Job>,
     url: String,
+    /// The chain this handle appends to.
+    chain: String,
 }
 
 /// Leadership on PostgreSQL: the holder of a session advisory lock, on a
@@ -112,8 +115,39 @@ impl super::Leader for AdvisoryLeader {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user:password@host:port/db`), migrates,
-    /// and starts the append writer.
+    /// and starts the append writer, which appends to the unnamed chain
+    /// (registered by its first append).
     pub async fn connect(url: &str) -> Result<Self> {
+        Self::connect_as(url, "").await
+    }
+
+    /// [`Self::connect`] for the replica whose chain is `chain` (its
+    /// instance id), registered now: a chain an operator retired is refused.
+    pub async fn connect_replica(url: &str, chain: &str) -> Result<Self> {
+        let store = Self::connect_as(url, chain).await?;
+        let client = store.client().await?;
+        let now = crate::clock::now_ms();
+        client
+            .execute(REGISTER_CHAIN, &[&chain, &now])
+            .await
+            .map_err(map_pg)?;
+        let retired: Option<i64> = client
+            .query_one(
+                "SELECT retired_at_ms FROM log_chains WHERE chain = $1",
+                &[&chain],
+            )
+            .await
+            .map_err(map_pg)?
+            .get(0);
+        if let Some(at) = retired {
+            return Err(StoreError::Setup(format!(
+                "this replica's chain {chain:?} was retired (at {at} ms): a retired replica does not append again; start it with a new data directory, which gives it a new instance id and chain"
+            )));
+        }
+        Ok(store)
+    }
+
+    async fn connect_as(url: &str, chain: &str) -> Result<Self> {
         let (config, tls) = connection(url)?;
         if plaintext_off_host(&config) {
             tracing::warn!(
@@ -133,11 +167,13 @@ impl PostgresStore {
             .build()
             .map_err(|e| StoreError::Setup(format!("postgres pool: {e}")))?;
         let (appends, mut rx) = mpsc::channel::<Job>(4096);
+        let writer_chain = chain.to_owned();
         tokio::spawn(async move {
-            let mut client = match Statements::prepare(&client).await {
-                Ok(statements) => Some((client, statements)),
-                Err(_) => None,
-            };
+            let chain = writer_chain;
+            // Prepared (and the chain registered) at the first append: a
+            // handle that only reads writes nothing.
+            let mut fresh = Some(client);
+            let mut client: Option<(Client, Statements)> = None;
             let mut rule_sets = HashSet::new();
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -152,15 +188,22 @@ impl PostgresStore {
                     // What the lost connection stored may be gone too (a
                     // failover to a standby behind it): store rule sets anew.
                     rule_sets.clear();
-                    client = match config.connect(tls.clone()).await {
-                        Ok((c, conn)) => {
-                            tokio::spawn(conn);
-                            match Statements::prepare(&c).await {
-                                Ok(statements) => Some((c, statements)),
-                                Err(_) => None,
+                    let connected = match fresh.take() {
+                        Some(c) => Some(c),
+                        None => match config.connect(tls.clone()).await {
+                            Ok((c, conn)) => {
+                                tokio::spawn(conn);
+                                Some(c)
                             }
-                        }
-                        Err(_) => None,
+                            Err(_) => None,
+                        },
+                    };
+                    client = match connected {
+                        Some(c) => match Statements::prepare(&c, &chain).await {
+                            Ok(statements) => Some((c, statements)),
+                            Err(_) => None,
+                        },
+                        None => None,
                     };
                 }
                 match client.as_mut() {
@@ -177,6 +220,7 @@ impl PostgresStore {
             pool,
             appends,
             url: url.to_owned(),
+            chain: chain.to_owned(),
         })
     }
 
@@ -268,8 +312,7 @@ async fn migrate(client: &mut Client) -> Result<()> {
     result
 }
 
-const LOG_COLUMNS: &str =
-    "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash";
+const LOG_COLUMNS: &str = "seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash, chain";
 const LEASE_COLUMNS: &str = "id, request_id, identity, grant_name, node, kind, revocation, issued_at_ms, expires_at_ms, revoked_at_ms, task_ended_at_ms";
 
 fn row_to_record(r: &Row) -> Result<LogRecord> {
@@ -293,6 +336,7 @@ fn row_to_record(r: &Row) -> Result<LogRecord> {
         },
         prev_hash: r.get(9),
         hash: r.get(10),
+        chain: r.get(11),
     })
 }
 

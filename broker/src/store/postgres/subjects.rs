@@ -4,19 +4,22 @@ use super::*;
 
 #[async_trait]
 impl SubjectStore for PostgresStore {
-    /// Takes the chain head's lock first, as every append does: at READ
-    /// COMMITTED an append's suspension check sees only what committed
-    /// before it ran, so without the lock a batch that checked just before
-    /// this commit could commit its lease after the caller listed the
-    /// leases to revoke. With it, the batch either runs after this commit
-    /// (and its check sees the suspension) or commits before it (and its
-    /// lease is listed).
+    /// Takes every chain head's lock first (in one order), as each
+    /// replica's append batch takes its own: at READ COMMITTED an append's
+    /// suspension check sees only what committed before it ran, so without
+    /// the locks a batch that checked just before this commit could commit
+    /// its lease after the caller listed the leases to revoke. With them,
+    /// every batch either runs after this commit (and its check sees the
+    /// suspension) or commits before it (and its lease is listed).
     async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_pg)?;
-        tx.query_one("SELECT seq FROM log_head WHERE id = 1 FOR UPDATE", &[])
-            .await
-            .map_err(map_pg)?;
+        tx.query(
+            "SELECT chain FROM log_chains ORDER BY chain FOR UPDATE",
+            &[],
+        )
+        .await
+        .map_err(map_pg)?;
         tx.execute(
             "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES ($1, $2, $3, $4)
              ON CONFLICT (subject) DO UPDATE SET reason = EXCLUDED.reason, by_whom = EXCLUDED.by_whom, at_ms = EXCLUDED.at_ms",

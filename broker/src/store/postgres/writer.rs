@@ -80,7 +80,7 @@ pub(super) struct Job {
 /// list, beyond that through a first-in-first-out queue).
 pub(super) async fn append_one(
     tx: &tokio_postgres::Transaction<'_>,
-    head: &mut (i64, String),
+    head: &mut Head,
     statements: &Statements,
     known_rule_sets: &mut HashSet<String>,
     append: Append,
@@ -172,7 +172,9 @@ pub(super) async fn append_one(
             _ => Ok(()),
         }
     };
-    let record = LogRecord::seal_canonical(head.0 + 1, entry, &body_jcs, head.1.clone());
+    // The head moves here; a job that fails after is rolled back by its
+    // caller, which puts the head back.
+    let record = head.seal_next(&statements.chain, entry, &body_jcs);
     let log_insert = insert_record(tx, statements, &record, &body_jcs);
     tokio::try_join!(
         biased;
@@ -185,7 +187,6 @@ pub(super) async fn append_one(
     if let Some((hash, _)) = rule_set {
         known_rule_sets.insert(hash);
     }
-    *head = (record.seq, record.hash.clone());
     Ok(Appended {
         seq: record.seq,
         hash: record.hash,
@@ -233,6 +234,7 @@ pub(super) async fn insert_record(
     tx.execute(
         &statements.log,
         &[
+            &record.chain,
             &record.seq,
             &e.time_ms,
             &e.kind.as_str(),
@@ -254,6 +256,8 @@ pub(super) async fn insert_record(
 /// The writer's inserts, prepared once per connection, so a job's statements
 /// go out pipelined (one round trip) and execute in the order sent.
 pub(super) struct Statements {
+    /// The chain the writer appends to.
+    pub(super) chain: String,
     pub(super) rule_set: tokio_postgres::Statement,
     pub(super) lease: tokio_postgres::Statement,
     pub(super) log: tokio_postgres::Statement,
@@ -264,7 +268,7 @@ pub(super) struct Statements {
     pub(super) spend_every: tokio_postgres::Statement,
     /// A spend from a bucket that never refills.
     pub(super) spend_total: tokio_postgres::Statement,
-    /// The chain head, locked.
+    /// The chain's head, locked (no row: the chain was retired).
     pub(super) head: tokio_postgres::Statement,
     pub(super) head_update: tokio_postgres::Statement,
     /// Which of the subjects given are suspended.
@@ -272,10 +276,17 @@ pub(super) struct Statements {
 }
 
 impl Statements {
+    /// Prepares the statements on `client` and registers `chain` (once per
+    /// connection: a chain stays registered).
     pub(super) async fn prepare(
         client: &Client,
+        chain: &str,
     ) -> std::result::Result<Self, tokio_postgres::Error> {
+        client
+            .execute(REGISTER_CHAIN, &[&chain, &crate::clock::now_ms()])
+            .await?;
         Ok(Self {
+            chain: chain.to_owned(),
             rule_set: client
                 .prepare("INSERT INTO rule_sets(hash, body) VALUES ($1, $2) ON CONFLICT (hash) DO NOTHING")
                 .await?,
@@ -287,8 +298,8 @@ impl Statements {
                 .await?,
             log: client
                 .prepare(
-                    "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)",
+                    "INSERT INTO log(chain, seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
                 )
                 .await?,
             suspended: client
@@ -313,16 +324,48 @@ impl Statements {
                 )
                 .await?,
             head: client
-                .prepare("SELECT seq, hash FROM log_head WHERE id = 1 FOR UPDATE")
+                .prepare(
+                    "SELECT seq, hash, time_ms FROM log_chains WHERE chain = $1 AND retired_at_ms IS NULL FOR UPDATE",
+                )
                 .await?,
             head_update: client
-                .prepare("UPDATE log_head SET seq = $1, hash = $2 WHERE id = 1")
+                .prepare("UPDATE log_chains SET seq = $2, hash = $3, time_ms = $4 WHERE chain = $1")
                 .await?,
             suspended_of: client
                 .prepare("SELECT subject FROM suspensions WHERE subject = ANY($1)")
                 .await?,
         })
     }
+}
+
+/// Registers a chain (a no-op for one registered before).
+pub(super) const REGISTER_CHAIN: &str =
+    "INSERT INTO log_chains(chain, seq, hash, time_ms, registered_at_ms)
+     VALUES ($1, 0, '0000000000000000000000000000000000000000000000000000000000000000', 0, $2)
+     ON CONFLICT (chain) DO NOTHING";
+
+/// The writer's chain head, locked until the transaction ends; unavailable
+/// once the chain was retired (an operator took this replica out of
+/// service: it appends nothing more).
+pub(super) async fn locked_head(
+    tx: &tokio_postgres::Transaction<'_>,
+    statements: &Statements,
+) -> Result<Head> {
+    let row = tx
+        .query_opt(&statements.head, &[&statements.chain])
+        .await
+        .map_err(map_pg)?;
+    row.map(|r| Head {
+        seq: r.get(0),
+        hash: r.get(1),
+        time_ms: r.get(2),
+    })
+    .ok_or_else(|| {
+        unavailable(format!(
+            "this replica's chain {:?} was retired: it appends nothing more (start the replica with a new data directory, and so a new chain)",
+            statements.chain
+        ))
+    })
 }
 
 /// Runs one batch job by job: lock the head, append each job in its own
@@ -344,12 +387,11 @@ pub(super) async fn run_jobwise(
             return;
         }
     };
-    let head = tx.query_one(&statements.head, &[]).await;
-    let mut head: (i64, String) = match head {
-        Ok(row) => (row.get(0), row.get(1)),
+    let mut head = match locked_head(&tx, statements).await {
+        Ok(head) => head,
         Err(e) => {
             for job in batch {
-                let _ = job.done.send(Err(unavailable(&e)));
+                let _ = job.done.send(Err(e.clone()));
             }
             return;
         }
@@ -386,9 +428,12 @@ pub(super) async fn run_jobwise(
         results.push((job.done, result));
     }
     let committed = async {
-        tx.execute(&statements.head_update, &[&head.0, &head.1])
-            .await
-            .map_err(map_pg)?;
+        tx.execute(
+            &statements.head_update,
+            &[&statements.chain, &head.seq, &head.hash, &head.time_ms],
+        )
+        .await
+        .map_err(map_pg)?;
         tx.commit().await.map_err(map_pg)
     }
     .await;

@@ -4,12 +4,19 @@ use super::*;
 
 #[async_trait]
 impl LogStore for SqliteStore {
+    /// A SQLite store has one broker, and one chain: the unnamed one.
+    fn chain(&self) -> &str {
+        ""
+    }
     async fn append(&self, mut append: Append) -> Result<Appended> {
         // Canonicalize the body here, in the caller's task, not in the serial writer.
         let body_jcs = append.take_canonical_body();
         self.write(move |w| w.append(append, body_jcs)).await
     }
     async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
+        if !q.chain.is_empty() {
+            return Ok(Vec::new());
+        }
         let q = q.clone();
         self.read(move |conn| {
             let sql = format!(
@@ -33,10 +40,14 @@ impl LogStore for SqliteStore {
     }
     async fn decision_rows(
         &self,
+        chain: &str,
         after_seq: i64,
         since_ms: Option<i64>,
         limit: usize,
     ) -> Result<Vec<DecisionRow>> {
+        if !chain.is_empty() {
+            return Ok(Vec::new());
+        }
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
         self.read(move |conn| {
             let mut stmt = conn
@@ -49,6 +60,7 @@ impl LogStore for SqliteStore {
             let rows = stmt
                 .query_map(params![after_seq, since_ms, limit], |r| {
                     Ok(DecisionRow {
+                        chain: String::new(),
                         seq: r.get(0)?,
                         time_ms: r.get(1)?,
                         request_id: r.get(2)?,
@@ -92,6 +104,33 @@ impl LogStore for SqliteStore {
         })
         .await
     }
+    async fn chains(&self) -> Result<Vec<ChainHead>> {
+        let (seq, hash) = self.head().await?;
+        let base: Option<(i64, String)> = self.read_now(|conn| {
+            conn.query_row("SELECT seq, hash FROM log_base WHERE id = 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()
+            .map_err(map_sql)
+        })?;
+        // A pruned log whose records are all gone resumes at its base.
+        let (seq, hash) = match &base {
+            Some((base_seq, base_hash)) if seq == 0 => (*base_seq, base_hash.clone()),
+            _ => (seq, hash),
+        };
+        Ok(vec![ChainHead {
+            chain: String::new(),
+            seq,
+            hash,
+            base,
+            retired_at_ms: None,
+        }])
+    }
+    async fn retire_chain(&self, _chain: &str, _now_ms: i64) -> Result<(i64, String)> {
+        Err(StoreError::Conflict(
+            "a SQLite store has one chain, its own broker's: there is no replica to retire".into(),
+        ))
+    }
     async fn rule_set(&self, hash: &str) -> Result<Option<String>> {
         let hash = hash.to_owned();
         self.read_now(move |conn| {
@@ -134,7 +173,12 @@ impl LogStore for SqliteStore {
         })
         .await
     }
-    async fn prune_through(&self, seq: i64) -> Result<u64> {
+    async fn prune_through(&self, chain: &str, seq: i64) -> Result<u64> {
+        if !chain.is_empty() {
+            return Err(StoreError::Conflict(format!(
+                "a SQLite store has no chain {chain:?}"
+            )));
+        }
         self.write(move |w| {
             let hash: Option<String> = w
                 .conn
@@ -156,14 +200,5 @@ impl LogStore for SqliteStore {
             Ok(u64::try_from(deleted).unwrap_or(0))
         })
         .await
-    }
-    async fn base(&self) -> Result<Option<(i64, String)>> {
-        self.read_now(|conn| {
-            conn.query_row("SELECT seq, hash FROM log_base WHERE id = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()
-            .map_err(map_sql)
-        })
     }
 }

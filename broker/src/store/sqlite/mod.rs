@@ -13,11 +13,12 @@ use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Append, Appended, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp, SqlValue,
-    Store, StoreError, SuspensionRecord, bucket_params, cost_milli, mark_final_outcome, refusal,
+    Append, Appended, ChainHead, Entry, Lease, LeaseQuery, LogQuery, NodeRenewal, Result, SpendOp,
+    SqlValue, Store, StoreError, SuspensionRecord, bucket_params, cost_milli, mark_final_outcome,
+    refusal,
 };
 use crate::log::checkpoint::Checkpoint;
-use crate::log::{GENESIS, LogEntry, LogRecord, RecordKind};
+use crate::log::{GENESIS, Head, LogEntry, LogRecord, RecordKind};
 use crate::store::{Approval, DecisionRow, RequestState, SignalRecord};
 
 mod hot;
@@ -110,6 +111,7 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LogRecord, String)>
     let body: String = r.get(8)?;
     Ok((
         LogRecord {
+            chain: String::new(),
             seq: r.get(0)?,
             entry: LogEntry {
                 time_ms: r.get(1)?,
@@ -329,15 +331,21 @@ impl SqliteStore {
         }
         let mut conn = open(path)?;
         migrate(&mut conn)?;
-        let (head_seq, head_hash) = conn
+        let head = conn
             .query_row(
-                "SELECT seq, hash FROM log ORDER BY seq DESC LIMIT 1",
+                "SELECT seq, hash, time_ms FROM log ORDER BY seq DESC LIMIT 1",
                 [],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| {
+                    Ok(Head {
+                        seq: r.get(0)?,
+                        hash: r.get(1)?,
+                        time_ms: r.get(2)?,
+                    })
+                },
             )
             .optional()
             .map_err(|e| StoreError::Setup(e.to_string()))?
-            .unwrap_or((0, GENESIS.to_owned()));
+            .unwrap_or_else(Head::genesis);
         let suspended = suspended_subjects(&conn)?;
         let hot = Arc::new(hot::Hot::default());
         hot.watch(&mut conn)
@@ -349,8 +357,7 @@ impl SqliteStore {
         let (jobs, mut rx) = mpsc::channel::<Job>(4096);
         let mut writer = Writer {
             conn,
-            head_seq,
-            head_hash,
+            head,
             known_rule_sets: std::collections::HashSet::new(),
             suspended,
             resumed: Vec::new(),
@@ -366,7 +373,7 @@ impl SqliteStore {
                             Err(_) => break,
                         }
                     }
-                    let head = (writer.head_seq, writer.head_hash.clone());
+                    let head = writer.head.clone();
                     if exec(&writer.conn, "BEGIN IMMEDIATE").is_err() {
                         // Dropping the jobs drops their senders: each caller
                         // sees its write refused as unavailable.
@@ -388,7 +395,7 @@ impl SqliteStore {
                         if let Ok(s) = suspended_subjects(&writer.conn) {
                             writer.suspended = s;
                         }
-                        (writer.head_seq, writer.head_hash) = head;
+                        writer.head = head;
                     }
                     writer_hot.transaction_ended();
                     for done in completions {

@@ -10,8 +10,7 @@ pub(super) type Job = Box<dyn FnOnce(&mut Writer) -> Completion + Send>;
 /// The writer thread's state: the write connection and the chain head.
 pub(super) struct Writer {
     pub(super) conn: Connection,
-    pub(super) head_seq: i64,
-    pub(super) head_hash: String,
+    pub(super) head: Head,
     /// Rule-set hashes committed to `rule_sets` (cleared on any rollback), so
     /// a record needs no insert for a rule set already stored.
     pub(super) known_rule_sets: std::collections::HashSet<String>,
@@ -45,7 +44,7 @@ impl Writer {
     /// Runs `f` in a savepoint: its writes are undone if it fails.
     pub(super) fn savepoint<T>(&mut self, f: impl FnOnce(&mut Writer) -> Result<T>) -> Result<T> {
         exec(&self.conn, "SAVEPOINT job")?;
-        let head = (self.head_seq, self.head_hash.clone());
+        let head = self.head.clone();
         match f(self) {
             Ok(v) => {
                 exec(&self.conn, "RELEASE job")?;
@@ -58,7 +57,7 @@ impl Writer {
                 // resume jobs change `suspended` only once their statement
                 // succeeded, and then cannot fail.)
                 self.known_rule_sets.clear();
-                (self.head_seq, self.head_hash) = head;
+                self.head = head;
                 Err(e)
             }
         }
@@ -108,8 +107,7 @@ impl Writer {
         if spent && let Some(lease) = &lease {
             insert_lease(&self.conn, lease)?;
         }
-        let record =
-            LogRecord::seal_canonical(self.head_seq + 1, entry, &body_jcs, self.head_hash.clone());
+        let record = self.head.seal_next("", entry, &body_jcs);
         let e = &record.entry;
         self.conn
             .prepare_cached(
@@ -132,8 +130,6 @@ impl Writer {
                 ],
             ))
             .map_err(map_sql)?;
-        self.head_seq = record.seq;
-        self.head_hash = record.hash.clone();
         Ok(Appended {
             seq: record.seq,
             hash: record.hash,

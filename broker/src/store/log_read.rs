@@ -1,0 +1,201 @@
+//! Reading the log across its chains, in time order.
+//!
+//! Each chain is read in `seq` order after a cursor of its own, and the
+//! chains' pages are merged by `(time_ms, chain, seq)`. What a page takes
+//! from each chain is a prefix of what that chain has after its cursor, so
+//! a reader paging on never skips a record and never sees one twice — not
+//! even one a slower replica commits after a faster replica's later ones
+//! (a single sequence over all chains would skip it). The order is time
+//! order wherever each chain's records are in time order.
+
+use std::collections::BTreeMap;
+
+use super::{DecisionRow, LogQuery, LogStore, Result};
+use crate::log::LogRecord;
+
+/// Most chains a cursor names (a cursor comes in from the admin API).
+pub const MAX_CURSOR_CHAINS: usize = 1024;
+
+/// Where a reader of the whole log stands: the last seq it read of each
+/// chain. Written `CHAIN:SEQ,…` (the unnamed chain as `:SEQ`); a bare
+/// number is the unnamed chain's seq, as before chains had names.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogCursor(BTreeMap<String, i64>);
+
+impl LogCursor {
+    /// The last seq read of `chain` (0: none).
+    pub fn after(&self, chain: &str) -> i64 {
+        self.0.get(chain).copied().unwrap_or(0)
+    }
+
+    /// Moves past `seq` of `chain`.
+    pub fn advance(&mut self, chain: &str, seq: i64) {
+        let at = self.0.entry(chain.to_owned()).or_insert(0);
+        *at = (*at).max(seq);
+    }
+
+    /// Whether it names no chain.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Parses the written form; the reason when it is not one.
+    pub fn parse(text: &str) -> std::result::Result<Self, String> {
+        let mut cursor = Self::default();
+        if text.is_empty() {
+            return Ok(cursor);
+        }
+        if let Ok(seq) = text.parse::<i64>() {
+            cursor.advance("", seq.max(0));
+            return Ok(cursor);
+        }
+        for part in text.split(',') {
+            if cursor.0.len() == MAX_CURSOR_CHAINS {
+                return Err(format!("a cursor names at most {MAX_CURSOR_CHAINS} chains"));
+            }
+            let (chain, seq) = part
+                .rsplit_once(':')
+                .ok_or("a cursor is CHAIN:SEQ,… (the unnamed chain as :SEQ)")?;
+            if !(chain.is_empty() || crate::ids::is_hex_id(chain)) {
+                return Err("a chain is named by a replica's instance id (hex)".into());
+            }
+            let seq = seq
+                .parse::<i64>()
+                .ok()
+                .filter(|s| *s >= 0)
+                .ok_or("a cursor's seq is a whole number")?;
+            cursor.advance(chain, seq);
+        }
+        Ok(cursor)
+    }
+}
+
+impl std::fmt::Display for LogCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, (chain, seq)) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{chain}:{seq}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Records matching `query` (its `chain` and `after_seq` are ignored)
+/// after `after`, from every chain, merged in time order; at most
+/// `query.limit`. The next page's cursor is `after` advanced past each
+/// record returned.
+pub async fn read_log(
+    store: &dyn LogStore,
+    query: &LogQuery,
+    after: &LogCursor,
+) -> Result<Vec<LogRecord>> {
+    let limit = query.limit.max(1);
+    let mut pages = Vec::new();
+    for chain in store.chains().await? {
+        if chain.seq <= after.after(&chain.chain) {
+            continue;
+        }
+        let page = store
+            .log(&LogQuery {
+                after_seq: Some(after.after(&chain.chain)),
+                limit,
+                chain: chain.chain,
+                ..query.clone()
+            })
+            .await?;
+        pages.push(page);
+    }
+    Ok(merge(pages, limit, |r| (r.entry.time_ms, &r.chain, r.seq)))
+}
+
+/// Decisions after `after` (from `since_ms` if given), from every chain,
+/// merged in time order; at most `limit` (see [`LogStore::decision_rows`]).
+pub async fn decisions_after(
+    store: &dyn LogStore,
+    after: &LogCursor,
+    since_ms: Option<i64>,
+    limit: usize,
+) -> Result<Vec<DecisionRow>> {
+    let limit = limit.max(1);
+    let mut pages = Vec::new();
+    for chain in store.chains().await? {
+        if chain.seq <= after.after(&chain.chain) {
+            continue;
+        }
+        pages.push(
+            store
+                .decision_rows(&chain.chain, after.after(&chain.chain), since_ms, limit)
+                .await?,
+        );
+    }
+    Ok(merge(pages, limit, |r| (r.time_ms, &r.chain, r.seq)))
+}
+
+/// The first `limit` of `pages` (each in its chain's `seq` order) by `key`,
+/// taking each page's items front to back.
+fn merge<T>(pages: Vec<Vec<T>>, limit: usize, key: impl Fn(&T) -> (i64, &String, i64)) -> Vec<T> {
+    if pages.len() == 1 {
+        let mut page = pages.into_iter().next().unwrap_or_default();
+        page.truncate(limit);
+        return page;
+    }
+    let mut fronts: Vec<std::iter::Peekable<std::vec::IntoIter<T>>> = pages
+        .into_iter()
+        .map(|p| p.into_iter().peekable())
+        .collect();
+    let mut out = Vec::with_capacity(limit);
+    while out.len() < limit {
+        let next = fronts
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, f)| f.peek().map(|item| (i, key(item))))
+            .min_by(|(_, a), (_, b)| a.cmp(b))
+            .map(|(i, _)| i);
+        match next.and_then(|i| fronts[i].next()) {
+            Some(item) => out.push(item),
+            None => break,
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_read_back_and_refuse_what_they_cannot_be() {
+        let mut c = LogCursor::parse("17").unwrap();
+        assert_eq!(c.after(""), 17);
+        c.advance("0a", 4);
+        c.advance("0a", 2);
+        assert_eq!(c.to_string(), ":17,0a:4");
+        assert_eq!(LogCursor::parse(&c.to_string()).unwrap(), c);
+        assert!(LogCursor::parse("").unwrap().is_empty());
+        for bad in ["0a", "0a:x", "0a:-1", "../x:1", "zz:1", ",:1"] {
+            assert!(LogCursor::parse(bad).is_err(), "{bad}");
+        }
+        let many: Vec<String> = (0..=MAX_CURSOR_CHAINS)
+            .map(|i| format!("{i:x}0:1"))
+            .collect();
+        assert!(LogCursor::parse(&many.join(",")).is_err());
+    }
+
+    #[test]
+    fn a_merge_takes_each_chain_in_order_and_never_skips() {
+        let a = "a".to_owned();
+        let b = "b".to_owned();
+        // Chain a's record 2 carries an earlier time than its record 1.
+        let pages = vec![
+            vec![(10, &a, 1), (5, &a, 2), (30, &a, 3)],
+            vec![(7, &b, 1), (20, &b, 2)],
+        ];
+        let merged = merge(pages, 4, |r| (r.0, r.1, r.2));
+        assert_eq!(
+            merged,
+            vec![(7, &b, 1), (10, &a, 1), (5, &a, 2), (20, &b, 2)]
+        );
+    }
+}

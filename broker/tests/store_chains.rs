@@ -1,0 +1,222 @@
+//! Per-replica chains on PostgreSQL (the peer from tests/peers.sh; these
+//! fail, never skip, without MINTGUARD_PG_URL): replicas append to chains
+//! of their own, readers see one log in time order, a retired chain takes
+//! no more records, and a store from before chains keeps its chain.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
+mod common;
+
+use std::sync::Arc;
+
+use common::records::{entry, plain};
+use mintguard_broker::log::GENESIS;
+use mintguard_broker::log::verify::{ChainStart, ChainVerifier};
+use mintguard_broker::store::postgres::PostgresStore;
+use mintguard_broker::store::{LogCursor, LogQuery, Store, StoreError, decisions_after, read_log};
+
+async fn replica(url: &str, chain: &str) -> Arc<dyn Store> {
+    Arc::new(PostgresStore::connect_replica(url, chain).await.unwrap())
+}
+
+/// Every record, `page` at a time through a cursor, and the verified report.
+async fn read_all(store: &Arc<dyn Store>, page: usize) -> Vec<mintguard_broker::log::LogRecord> {
+    let query = LogQuery {
+        limit: page,
+        ..Default::default()
+    };
+    let mut after = LogCursor::default();
+    let mut all = Vec::new();
+    loop {
+        let records = read_log(&**store, &query, &after).await.unwrap();
+        for r in &records {
+            after.advance(&r.chain, r.seq);
+        }
+        let done = records.len() < page;
+        all.extend(records);
+        if done {
+            return all;
+        }
+    }
+}
+
+async fn verify(store: &Arc<dyn Store>) -> mintguard_broker::log::verify::VerifyReport {
+    let chains: Vec<ChainStart> = store
+        .chains()
+        .await
+        .unwrap()
+        .iter()
+        .map(ChainStart::from)
+        .collect();
+    let mut verifier = ChainVerifier::for_chains(&chains, &[], None).unwrap();
+    for r in read_all(store, 1000).await {
+        verifier.push(&r).unwrap();
+    }
+    verifier.finish(&[]).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_append_to_chains_of_their_own_and_read_as_one_log() {
+    let url = common::fresh_postgres_database("mg_chains").await;
+    let (a, b) = (replica(&url, "aa").await, replica(&url, "bb").await);
+    assert_eq!((a.chain(), b.chain()), ("aa", "bb"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..60i64 {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.spawn(async move {
+            let time = 1_000 + i;
+            let e = entry(&format!("r{i}"), "spiffe://example.org/w", "allow", time);
+            store.append(plain(e)).await.unwrap()
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+    // Each chain is numbered from 1 on its own.
+    let chains = a.chains().await.unwrap();
+    let heads: Vec<(&str, i64)> = chains.iter().map(|c| (c.chain.as_str(), c.seq)).collect();
+    assert_eq!(heads, [("aa", 30), ("bb", 30)]);
+    assert_eq!(b.head().await.unwrap().0, 30);
+    // Read through a cursor in pages of 7: every record once, each chain
+    // in its own order, the whole in time order.
+    let all = read_all(&a, 7).await;
+    assert_eq!(all.len(), 60);
+    let mut ids: Vec<&str> = all.iter().map(|r| r.entry.request_id.as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 60, "no record twice");
+    for chain in ["aa", "bb"] {
+        let seqs: Vec<i64> = all
+            .iter()
+            .filter(|r| r.chain == chain)
+            .map(|r| r.seq)
+            .collect();
+        assert_eq!(seqs, (1..=30).collect::<Vec<_>>(), "{chain}");
+    }
+    let times: Vec<i64> = all.iter().map(|r| r.entry.time_ms).collect();
+    assert!(times.windows(2).all(|w| w[0] <= w[1]), "{times:?}");
+    // One request's records, wherever they are.
+    let found = b.log_for_request("r4").await.unwrap();
+    assert_eq!((found.len(), found[0].chain.as_str()), (1, "aa"));
+    // The decisions' reader sees both chains, after a cursor of its own.
+    let mut after = LogCursor::default();
+    after.advance("aa", 10);
+    let rows = decisions_after(&*a, &after, None, 1000).await.unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r.chain == "bb" || r.seq > 10));
+    // Every chain verifies.
+    let report = verify(&a).await;
+    assert_eq!(report.records, 60);
+    assert_eq!(report.chains.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retired_chain_takes_no_more_records_and_its_replica_does_not_return() {
+    let url = common::fresh_postgres_database("mg_chains_retire").await;
+    let (a, b) = (replica(&url, "aa").await, replica(&url, "bb").await);
+    for (i, store) in [&a, &a, &b].into_iter().enumerate() {
+        let e = entry(&format!("r{i}"), "spiffe://example.org/w", "allow", 1_000);
+        store.append(plain(e)).await.unwrap();
+    }
+    assert!(
+        matches!(a.retire_chain("aa", 5).await, Err(StoreError::Conflict(_))),
+        "a replica does not retire its own chain"
+    );
+    let (seq, hash) = b.retire_chain("aa", 5).await.unwrap();
+    let head = a.head().await.unwrap();
+    assert_eq!((seq, hash), head);
+    assert!(
+        matches!(b.retire_chain("aa", 6).await, Err(StoreError::Conflict(_))),
+        "retired once"
+    );
+    // The retired replica's next append is refused: nothing more is logged.
+    let e = entry("late", "spiffe://example.org/w", "allow", 2_000);
+    match a.append(plain(e)).await {
+        Err(StoreError::Unavailable(why)) => assert!(why.contains("retired"), "{why}"),
+        other => panic!("appended to a retired chain: {other:?}"),
+    }
+    assert_eq!(a.head().await.unwrap().0, 2);
+    // Nor does it come back under the same instance id.
+    match PostgresStore::connect_replica(&url, "aa").await {
+        Err(StoreError::Setup(why)) => assert!(why.contains("retired"), "{why}"),
+        Err(other) => panic!("{other}"),
+        Ok(_) => panic!("a retired replica reconnected"),
+    }
+    let chains = b.chains().await.unwrap();
+    assert_eq!(chains[0].retired_at_ms, Some(5));
+    assert_eq!(chains[1].retired_at_ms, None);
+    // Without the final statement the store's retirement does not verify.
+    let starts: Vec<ChainStart> = chains.iter().map(ChainStart::from).collect();
+    let mut verifier = ChainVerifier::for_chains(&starts, &[], None).unwrap();
+    for r in read_all(&b, 100).await {
+        verifier.push(&r).unwrap();
+    }
+    assert!(verifier.finish(&[]).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_from_before_chains_keeps_its_chain_as_the_unnamed_one() {
+    let url = common::fresh_postgres_database("mg_chains_upgrade").await;
+    // The schema as it was before per-replica chains, with three records.
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    client
+        .batch_execute("CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY)")
+        .await
+        .unwrap();
+    use mintguard_broker::store::migrations::{Dialect, rendered};
+    for (version, sql) in rendered(Dialect::Postgres).take_while(|(v, _)| *v <= 10) {
+        client.batch_execute(&sql).await.unwrap();
+        client
+            .execute("INSERT INTO schema_migrations VALUES ($1)", &[&version])
+            .await
+            .unwrap();
+    }
+    let mut prev = GENESIS.to_owned();
+    for seq in 1..=3i64 {
+        let e = entry(&format!("old{seq}"), "spiffe://example.org/w", "allow", seq);
+        let record = mintguard_broker::log::LogRecord::seal(seq, e, prev.clone());
+        let body = mintguard_broker::log::canonical_body(&record.entry.body);
+        client
+            .execute(
+                "INSERT INTO log(seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+                 VALUES ($1, $2, 'decision', $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[&seq, &record.entry.time_ms, &record.entry.request_id, &record.entry.identity,
+                  &record.entry.grant, &record.entry.node, &record.entry.outcome, &body,
+                  &record.prev_hash, &record.hash],
+            )
+            .await
+            .unwrap();
+        prev = record.hash;
+    }
+    client
+        .execute(
+            "UPDATE log_head SET seq = 3, hash = $1 WHERE id = 1",
+            &[&prev],
+        )
+        .await
+        .unwrap();
+    // The upgraded store: the old chain is the unnamed one, and the
+    // replica that migrated it appends to its own.
+    let store = replica(&url, "aa").await;
+    let e = entry("new", "spiffe://example.org/w", "allow", 10);
+    assert_eq!(store.append(plain(e)).await.unwrap().seq, 1);
+    let chains = store.chains().await.unwrap();
+    let heads: Vec<(&str, i64, &str)> = chains
+        .iter()
+        .map(|c| (c.chain.as_str(), c.seq, c.hash.as_str()))
+        .collect();
+    assert_eq!(heads[0], ("", 3, prev.as_str()));
+    assert_eq!((heads[1].0, heads[1].1), ("aa", 1));
+    let report = verify(&store).await;
+    assert_eq!(report.records, 4);
+    let unnamed = store
+        .log(&LogQuery {
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(unnamed.len(), 3);
+}
