@@ -408,3 +408,86 @@ async fn one_replica_acts_on_detections() {
         );
     }
 }
+
+/// Each replica appends to a chain of its own. A replica taken out of
+/// service has its chain retired through another: its next issuance is
+/// refused (no record, no credential), it does not start again under the
+/// same instance id, retention prunes every chain, and the log — both
+/// chains, one closed by its final statement — verifies from the survivor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retired_replica_issues_nothing_more_and_the_log_still_verifies() {
+    let store = fresh_postgres_database("mg_ha_retire").await;
+    let shared = tempfile::tempdir().unwrap();
+    let mut a = replica(&store, shared.path(), None);
+    let b = replica(
+        &store,
+        shared.path(),
+        Some(&a.data().join("log-signing.key")),
+    );
+    let node = enrolled_node(&a, "node-1").await;
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
+    for broker in [&a, &b, &a, &b, &a, &b] {
+        for _ in 0..4 {
+            let reply = issue(broker, &node, json!({"grant": "ha-open"})).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    }
+    let chain_a = std::fs::read_to_string(a.data().join("instance.id")).unwrap();
+    let chain_b = std::fs::read_to_string(b.data().join("instance.id")).unwrap();
+    let report = b.cli_json(&["logs", "verify", "--json"]);
+    let chains = report["report"]["chains"].as_array().unwrap();
+    let mut named: Vec<&str> = chains
+        .iter()
+        .map(|c| c["chain"].as_str().unwrap())
+        .collect();
+    named.sort_unstable();
+    let mut expected = [chain_a.trim(), chain_b.trim()];
+    expected.sort_unstable();
+    assert_eq!(named, expected, "{report}");
+
+    // Retiring is another replica's act: A may not retire its own chain.
+    let own = a.cli(&["logs", "retire", "--chain", chain_a.trim()]);
+    assert!(!own.status.success());
+    let out = b.cli(&["logs", "retire", "--chain", chain_a.trim()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let refused = issue(&a, &node, json!({"grant": "ha-open"})).await;
+    assert_eq!(refused.status, 503, "{}", refused.text);
+    let served = issue(&b, &node, json!({"grant": "ha-open"})).await;
+    assert_eq!(served.status, 200, "{}", served.text);
+
+    // The retired replica does not come back under its instance id.
+    a.stop();
+    let restarted = std::process::Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+        .args(["run", "--config"])
+        .arg(a.dir.path().join("broker.toml"))
+        .output()
+        .unwrap();
+    assert!(!restarted.status.success());
+    let why = String::from_utf8_lossy(&restarted.stderr);
+    assert!(why.contains("retired"), "{why}");
+
+    let verified = b.assert_log_verifies();
+    let text = String::from_utf8_lossy(&verified.stdout);
+    assert!(text.contains("retired"), "{text}");
+
+    // Retention prunes every chain through its own checkpoint, and the
+    // log still verifies.
+    let export = b.dir.path().join("pruned.jsonl");
+    let out = b.prune_all(&export);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains(chain_a.trim()) && said.contains(chain_b.trim()),
+        "{said}"
+    );
+    b.assert_log_verifies();
+}

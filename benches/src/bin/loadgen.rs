@@ -14,8 +14,8 @@
 //! and on (observe mode) and compares the median throughputs.
 //! `--store postgres://… [--replicas N]` runs N brokers (in this process,
 //! sharing the CA and JWT keys) on one PostgreSQL, clients spread over them;
-//! `--compare-stores postgres://…/postgres` runs one SQLite broker, one
-//! PostgreSQL broker and two PostgreSQL brokers in one run, on fresh databases.
+//! `--compare-stores postgres://…/postgres` runs one SQLite broker, then one,
+//! two and three PostgreSQL brokers in one run, on fresh databases.
 //!
 //! `--jwt-algorithm EdDSA` signs with Ed25519 instead of the default ES256.
 //!
@@ -121,13 +121,14 @@ fn main() {
         .build()
         .unwrap();
     if let Some(base) = arg_str("--compare-stores") {
-        // One SQLite broker, one PostgreSQL broker, two PostgreSQL brokers:
+        // One SQLite broker, then one, two and three PostgreSQL brokers:
         // same machine, same run, fresh databases.
         let mut lines = Vec::new();
         for (label, url, replicas) in [
             ("1 broker, SQLite", None, 1),
             ("1 broker, PostgreSQL", Some("mg_bench_one"), 1),
             ("2 brokers, one PostgreSQL", Some("mg_bench_two"), 2),
+            ("3 brokers, one PostgreSQL", Some("mg_bench_three"), 3),
         ] {
             let url = url.map(|db| runtime.block_on(fresh_database(&base, db)));
             let stores = Stores { url, replicas };
@@ -391,6 +392,7 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
     }
     let (seq, _) = broker.store.head().await.unwrap();
     let recent = LogQuery {
+        chain: broker.store.chain().to_owned(),
         after_seq: Some((seq - 1000).max(0)),
         limit: 1000,
         ..LogQuery::default()
@@ -423,10 +425,14 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
                 on_disk / u64::try_from(seq.max(1)).unwrap_or(1)
             )
         }
-        Some(_) => println!(
-            "store: PostgreSQL, {} replica(s) appending to one chain; {seq} records written",
-            stores.replicas
-        ),
+        Some(_) => {
+            let chains = broker.store.chains().await.unwrap();
+            println!(
+                "store: PostgreSQL, {} replica(s), each appending to a chain of its own; {} records written",
+                stores.replicas,
+                chains.iter().map(|c| c.seq).sum::<i64>()
+            )
+        }
     }
     drop(replicas);
     (via_broker, last_line)

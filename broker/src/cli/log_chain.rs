@@ -431,24 +431,31 @@ fn report(v: Value, json_out: bool, out: &mut impl Write) -> Result<bool, String
         print_json(out, &v)?;
     } else if ok {
         let r = &v["report"];
-        let coverage = match r["last_checkpoint"].as_i64() {
-            Some(last) => format!(
-                "{} checkpoints matched, the last at record {last}; records after it are covered by the chain only",
+        let chains = r["chains"].as_array().map_or(&[][..], Vec::as_slice);
+        let several = chains.len() > 1 || chains.iter().any(|c| c["chain"] != "");
+        let coverage = match (several, r["last_checkpoint"].as_i64()) {
+            (true, _) => format!(
+                "{} chains, {} checkpoints matched; each chain's records after its last checkpoint are covered by the chain only",
+                chains.len(),
                 r["checkpoints"]
             ),
-            None => "no checkpoint yet: the records are covered by the chain only".to_owned(),
+            (false, Some(last)) => format!(
+                "head {}; {} checkpoints matched, the last at record {last}; records after it are covered by the chain only",
+                r["head"].as_str().unwrap_or(""),
+                r["checkpoints"]
+            ),
+            (false, None) => format!(
+                "head {}; no checkpoint yet: the records are covered by the chain only",
+                r["head"].as_str().unwrap_or("")
+            ),
         };
         writeln!(
             out,
-            "ok: {} records ({} decisions decoded, {} rule sets re-hashed), head {}; {coverage}",
-            r["records"],
-            r["decisions"],
-            r["rule_sets"],
-            r["head"].as_str().unwrap_or("")
+            "ok: {} records ({} decisions decoded, {} rule sets re-hashed), {coverage}",
+            r["records"], r["decisions"], r["rule_sets"],
         )
         .map_err(|e| e.to_string())?;
-        let chains = r["chains"].as_array().map_or(&[][..], Vec::as_slice);
-        if chains.len() > 1 || chains.iter().any(|c| c["chain"] != "") {
+        if several {
             for c in chains {
                 writeln!(
                     out,

@@ -312,9 +312,14 @@ pub fn print_records(
             serde_json::to_string(r).unwrap_or_default()
         } else {
             let e = &r.entry;
+            // A replica's chain by the first characters of its name.
+            let at = match r.chain.get(..8) {
+                Some(chain) => format!("{chain}:{}", r.seq),
+                None if r.chain.is_empty() => r.seq.to_string(),
+                None => format!("{}:{}", r.chain, r.seq),
+            };
             format!(
-                "{:>6}  {}  {:<10} {:<16} {:<48} {:<16} {}",
-                r.seq,
+                "{at:>6}  {}  {:<10} {:<16} {:<48} {:<16} {}",
                 time_of(e.time_ms),
                 e.kind.as_str(),
                 e.outcome.as_deref().unwrap_or("-"),
