@@ -30,6 +30,13 @@ fn replica(
     replica_with(store, shared, signing_key, "", "enabled = false")
 }
 
+/// Two replicas on `store`, the second reading the first's log-signing key.
+fn two_replicas(store: &str, shared: &std::path::Path) -> (BrokerProcess, BrokerProcess) {
+    let a = replica(store, shared, None);
+    let b = replica(store, shared, Some(&a.data().join("log-signing.key")));
+    (a, b)
+}
+
 /// A replica; `jwt` and `anomaly` fill its `[jwt]` and `[anomaly]` tables.
 fn replica_with(
     store: &str,
@@ -86,12 +93,7 @@ per_identity_per_second = 100000
 async fn two_brokers_on_one_postgres_agree() {
     let store = fresh_postgres_database("mg_ha").await;
     let shared = tempfile::tempdir().unwrap();
-    let a = replica(&store, shared.path(), None);
-    let b = replica(
-        &store,
-        shared.path(),
-        Some(&a.data().join("log-signing.key")),
-    );
+    let (a, b) = two_replicas(&store, shared.path());
     assert_eq!(
         std::fs::read_to_string(a.data().join("bundle.pem")).unwrap(),
         std::fs::read_to_string(b.data().join("bundle.pem")).unwrap(),
@@ -212,12 +214,7 @@ async fn two_brokers_on_one_postgres_agree() {
 async fn killing_one_replica_under_load_loses_no_record() {
     let store = fresh_postgres_database("mg_ha_kill").await;
     let shared = tempfile::tempdir().unwrap();
-    let mut a = replica(&store, shared.path(), None);
-    let b = replica(
-        &store,
-        shared.path(),
-        Some(&a.data().join("log-signing.key")),
-    );
+    let (mut a, b) = two_replicas(&store, shared.path());
     let node = Arc::new(enrolled_node(&a, "node-1").await);
     register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
 
@@ -418,12 +415,7 @@ async fn one_replica_acts_on_detections() {
 async fn a_retired_replica_issues_nothing_more_and_the_log_still_verifies() {
     let store = fresh_postgres_database("mg_ha_retire").await;
     let shared = tempfile::tempdir().unwrap();
-    let mut a = replica(&store, shared.path(), None);
-    let b = replica(
-        &store,
-        shared.path(),
-        Some(&a.data().join("log-signing.key")),
-    );
+    let (mut a, b) = two_replicas(&store, shared.path());
     let node = enrolled_node(&a, "node-1").await;
     register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
     for broker in [&a, &b, &a, &b, &a, &b] {
