@@ -205,20 +205,35 @@ async fn tampering_with_the_sqlite_log_is_detected_and_located() {
     let (ok, text) = verify_offline(&broker, &pristine);
     assert!(ok, "{text}");
 
-    // An edited byte.
+    // An edited byte (written back as text, which every reader reads).
     let db = copy("edited");
-    rusqlite::Connection::open(&db)
-        .unwrap()
-        .execute(
-            "UPDATE log SET body = replace(body, 'allow', 'allox') WHERE seq = 7",
-            [],
-        )
-        .unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let edited = read_records(&conn)[6].entry.body.to_string();
+    assert!(edited.contains("allow"));
+    conn.execute(
+        "UPDATE log SET body = ?1 WHERE seq = 7",
+        [edited.replace("allow", "allox")],
+    )
+    .unwrap();
     let (ok, text) = verify_offline(&broker, &db);
     assert!(
         !ok && text.contains("record 7: content does not match its hash"),
         "{text}"
     );
+
+    // A byte flipped in a compressed body: it no longer decompresses, and
+    // the record is named.
+    let db = copy("flipped");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    let mut blob: Vec<u8> = conn
+        .query_row("SELECT body FROM log WHERE seq = 7", [], |r| r.get(0))
+        .unwrap();
+    let middle = blob.len() / 2;
+    blob[middle] ^= 0x5a;
+    conn.execute("UPDATE log SET body = ?1 WHERE seq = 7", [blob])
+        .unwrap();
+    let (ok, text) = verify_offline(&broker, &db);
+    assert!(!ok && text.contains("record 7"), "{text}");
 
     // A deleted record.
     let db = copy("deleted");

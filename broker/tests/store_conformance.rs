@@ -65,6 +65,88 @@ async fn connections_by_tls(db: &str) -> (i64, i64) {
     (row.get(0), row.get(1))
 }
 
+/// SQLite keeps bodies compressed; once enough records were appended it
+/// trains a dictionary on them, stores it, and compresses with it. Every
+/// body reads back exactly and the chain verifies, in this process and in
+/// another that opens the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sqlite_bodies_are_compressed_with_a_dictionary_of_the_stores_own_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broker.db");
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).unwrap());
+    let append = |from: i64, to: i64| {
+        let store = store.clone();
+        async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in from..to {
+                let store = store.clone();
+                tasks.spawn(async move {
+                    let e = entry(&format!("r{i}"), "spiffe://example.org/a", "allow", i);
+                    store.append(plain(e)).await.unwrap();
+                });
+            }
+            while let Some(done) = tasks.join_next().await {
+                done.unwrap();
+            }
+        }
+    };
+    let samples = i64::try_from(mintguard_broker::store::sqlite::bodies::SAMPLES).unwrap();
+    append(0, samples).await;
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let dictionaries = || -> i64 {
+        raw.query_row("SELECT count(*) FROM body_dictionaries", [], |r| r.get(0))
+            .unwrap()
+    };
+    for _ in 0..200 {
+        if dictionaries() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(dictionaries(), 1, "no dictionary was trained");
+    append(samples, samples + 20).await;
+    let (early, late): (i64, i64) = raw
+        .query_row("SELECT length(body) FROM log WHERE seq = 1", [], |r| {
+            r.get(0)
+        })
+        .and_then(|early| {
+            raw.query_row(
+                "SELECT length(body) FROM log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((early, r.get(0)?)),
+            )
+        })
+        .unwrap();
+    let text = i64::try_from(
+        mintguard_broker::log::canonical_body(
+            &entry("r1", "spiffe://example.org/a", "allow", 1).body,
+        )
+        .len(),
+    )
+    .unwrap();
+    assert!(
+        early < text && late * 3 < early,
+        "{text} B as text, {early} B, then {late} B"
+    );
+    let reopened: Arc<dyn Store> =
+        Arc::new(SqliteStore::open(&dir.path().join("broker.db")).unwrap());
+    for s in [&store, &reopened] {
+        let all = s
+            .log(&LogQuery {
+                limit: 10_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1020);
+        assert!(
+            all.iter()
+                .all(|r| r.entry.body["input"]["identity"].is_string())
+        );
+        assert_eq!(verify_chain(all, &[], None).unwrap().records, 1020);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_store_speaks_verified_tls_when_asked() {
     let url = common::fresh_postgres_database("mg_tls").await;

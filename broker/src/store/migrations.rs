@@ -52,6 +52,13 @@ const TOKENS: &[(&str, &str, &str)] = &[
      DROP TABLE log_head;
      DROP TABLE log_base;",
     ),
+    // SQLite's record-body dictionaries (see `store::sqlite::bodies`).
+    (
+        "{body_dictionaries}",
+        "CREATE TABLE body_dictionaries (id INTEGER PRIMARY KEY, hash TEXT NOT NULL,
+            dict BLOB NOT NULL, created_at_ms INTEGER NOT NULL);",
+        "",
+    ),
     (
         "{suspensions_by_whom}",
         "ALTER TABLE suspensions RENAME COLUMN by TO by_whom;",
@@ -166,6 +173,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
      CREATE INDEX leases_revoked_svids ON leases(expires_at_ms) WHERE kind = 'x509_svid' AND revoked_at_ms IS NOT NULL;",
     ),
     (11, "{log_chains}"),
+    // SQLite keeps a record's body compressed, with a dictionary trained on
+    // its own records; PostgreSQL keeps it as text (TOAST compresses it).
+    (12, "{body_dictionaries}"),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it

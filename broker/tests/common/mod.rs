@@ -667,6 +667,7 @@ pub fn verify_offline(broker: &BrokerProcess, db: &Path) -> (bool, String) {
 
 /// Every record of a SQLite store, oldest first.
 pub fn read_records(conn: &rusqlite::Connection) -> Vec<mintguard_broker::log::LogRecord> {
+    let bodies = mintguard_broker::store::sqlite::bodies::Bodies::load(conn).unwrap();
     let mut stmt = conn.prepare("SELECT seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash FROM log ORDER BY seq").unwrap();
     stmt.query_map([], |r| {
         Ok(mintguard_broker::log::LogRecord {
@@ -680,7 +681,12 @@ pub fn read_records(conn: &rusqlite::Connection) -> Vec<mintguard_broker::log::L
                 grant: r.get(5)?,
                 node: r.get(6)?,
                 outcome: r.get(7)?,
-                body: serde_json::from_str(&r.get::<_, String>(8)?).unwrap(),
+                body: serde_json::from_str(
+                    &bodies
+                        .decode(conn, (&r.get::<_, rusqlite::types::Value>(8)?).into())
+                        .unwrap(),
+                )
+                .unwrap(),
             },
             prev_hash: r.get(9)?,
             hash: r.get(10)?,

@@ -9,15 +9,22 @@ impl LogStore for SqliteStore {
         ""
     }
     async fn append(&self, mut append: Append) -> Result<Appended> {
-        // Canonicalize the body here, in the caller's task, not in the serial writer.
+        // Canonicalize and compress the body here, in the caller's task, not
+        // in the serial writer.
         let body_jcs = append.take_canonical_body();
-        self.write(move |w| w.append(append, body_jcs)).await
+        let (stored, samples) = self.bodies.encode(&body_jcs);
+        if let Some(samples) = samples {
+            self.train_dictionary(samples);
+        }
+        self.write(move |w| w.append(append, body_jcs, stored))
+            .await
     }
     async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
         if !q.chain.is_empty() {
             return Ok(Vec::new());
         }
         let q = q.clone();
+        let bodies = self.bodies.clone();
         self.read(move |conn| {
             let sql = format!(
                 "SELECT {LOG_COLUMNS} FROM log
@@ -34,7 +41,11 @@ impl LogStore for SqliteStore {
                     row_to_record,
                 )
                 .map_err(map_sql)?;
-            rows.map(|r| r.map_err(map_sql).and_then(finish_record)).collect()
+            rows.map(|r| {
+                r.map_err(map_sql)
+                    .and_then(|row| finish_record(&bodies, conn, row))
+            })
+            .collect()
         })
         .await
     }
@@ -49,6 +60,7 @@ impl LogStore for SqliteStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+        let bodies = self.bodies.clone();
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(
@@ -59,7 +71,7 @@ impl LogStore for SqliteStore {
                 .map_err(map_sql)?;
             let rows = stmt
                 .query_map(params![after_seq, since_ms, limit], |r| {
-                    Ok(DecisionRow {
+                    let row = DecisionRow {
                         chain: String::new(),
                         seq: r.get(0)?,
                         time_ms: r.get(1)?,
@@ -68,16 +80,25 @@ impl LogStore for SqliteStore {
                         grant: r.get(4)?,
                         node: r.get(5)?,
                         outcome: r.get(6)?,
-                        body: r.get(7)?,
-                    })
+                        body: String::new(),
+                    };
+                    Ok((row, r.get::<_, rusqlite::types::Value>(7)?))
                 })
                 .map_err(map_sql)?;
-            rows.map(|r| r.map_err(map_sql)).collect()
+            rows.map(|r| {
+                let (mut row, body) = r.map_err(map_sql)?;
+                row.body = bodies
+                    .decode(conn, (&body).into())
+                    .map_err(|e| StoreError::Corrupt(format!("record {}: {e}", row.seq)))?;
+                Ok(row)
+            })
+            .collect()
         })
         .await
     }
     async fn log_for_request(&self, request_id: &str) -> Result<Vec<LogRecord>> {
         let id = request_id.to_owned();
+        let bodies = self.bodies.clone();
         self.read(move |conn| {
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -85,8 +106,11 @@ impl LogStore for SqliteStore {
                 ))
                 .map_err(map_sql)?;
             let rows = stmt.query_map([id], row_to_record).map_err(map_sql)?;
-            rows.map(|r| r.map_err(map_sql).and_then(finish_record))
-                .collect()
+            rows.map(|r| {
+                r.map_err(map_sql)
+                    .and_then(|row| finish_record(&bodies, conn, row))
+            })
+            .collect()
         })
         .await
     }

@@ -25,6 +25,7 @@ mod hot;
 use super::{ApprovalStore, BudgetStore, LeaseStore, LogStore, RegistryStore, SubjectStore};
 
 mod approvals;
+pub mod bodies;
 mod budgets;
 mod leases;
 mod log;
@@ -106,9 +107,11 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LogRecord, String)> {
+/// A log row: the record (its body still unread), its kind and its stored body.
+type LogRow = (LogRecord, String, rusqlite::types::Value);
+
+fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<LogRow> {
     let kind: String = r.get(2)?;
-    let body: String = r.get(8)?;
     Ok((
         LogRecord {
             chain: String::new(),
@@ -126,23 +129,30 @@ fn row_to_record(r: &rusqlite::Row<'_>) -> rusqlite::Result<(LogRecord, String)>
             prev_hash: r.get(9)?,
             hash: r.get(10)?,
         },
-        format!("{kind}\u{0}{body}"),
+        kind,
+        r.get(8)?,
     ))
 }
 
-/// Parses the body and checks the kind; a row that does not parse is reported
-/// as corrupt (verification then names it).
-fn finish_record((mut record, raw): (LogRecord, String)) -> Result<LogRecord> {
-    let (kind, body) = raw.split_once('\u{0}').unwrap_or_default();
-    if RecordKind::parse(kind).is_none() {
+/// Reads the body and checks the kind; a row that does not decode is
+/// reported as corrupt (verification then names it).
+fn finish_record(
+    bodies: &bodies::Bodies,
+    conn: &Connection,
+    (mut record, kind, body): LogRow,
+) -> Result<LogRecord> {
+    if RecordKind::parse(&kind).is_none() {
         return Err(StoreError::Corrupt(format!(
             "record {}: unknown kind {kind:?}",
             record.seq
         )));
     }
-    record.entry.body = serde_json::from_str(body).map_err(|e| {
-        StoreError::Corrupt(format!("record {}: body is not JSON: {e}", record.seq))
-    })?;
+    let seq = record.seq;
+    let body = bodies
+        .decode(conn, (&body).into())
+        .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?;
+    record.entry.body = serde_json::from_str(&body)
+        .map_err(|e| StoreError::Corrupt(format!("record {seq}: body is not JSON: {e}")))?;
     Ok(record)
 }
 
@@ -296,6 +306,8 @@ const LOG_COLUMNS: &str =
 #[derive(Clone)]
 pub struct SqliteStore {
     jobs: mpsc::Sender<Job>,
+    /// How record bodies are stored ([`bodies`]).
+    bodies: Arc<bodies::Bodies>,
     readers: Arc<Vec<Mutex<Connection>>>,
     hot: Arc<hot::Hot>,
     path: PathBuf,
@@ -347,6 +359,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Setup(e.to_string()))?
             .unwrap_or_else(Head::genesis);
         let suspended = suspended_subjects(&conn)?;
+        let bodies = Arc::new(bodies::Bodies::load(&conn)?);
         let hot = Arc::new(hot::Hot::default());
         hot.watch(&mut conn)
             .map_err(|e| StoreError::Setup(format!("update hook: {e}")))?;
@@ -357,6 +370,7 @@ impl SqliteStore {
         let (jobs, mut rx) = mpsc::channel::<Job>(4096);
         let mut writer = Writer {
             conn,
+            bodies: bodies.clone(),
             head,
             known_rule_sets: std::collections::HashSet::new(),
             suspended,
@@ -411,6 +425,7 @@ impl SqliteStore {
             .map_err(|e| StoreError::Setup(format!("writer thread: {e}")))?;
         Ok(Self {
             jobs,
+            bodies,
             readers: Arc::new(readers),
             hot,
             path: path.to_path_buf(),
@@ -428,21 +443,69 @@ impl SqliteStore {
         &self,
         f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |writer| {
-            let result = writer.savepoint(f);
-            Box::new(move |committed: Result<()>| {
-                let _ = tx.send(committed.and(result));
-            })
-        });
-        self.jobs
-            .send(job)
-            .await
-            .map_err(|_| unavailable("the writer thread stopped"))?;
-        rx.await
-            .map_err(|_| unavailable("the write was dropped (the batch could not begin)"))?
+        write_on(&self.jobs, f).await
     }
 
+    /// Trains the first body dictionary on `samples` off the request path,
+    /// stores it, then compresses new bodies with it. A dictionary that
+    /// cannot be trained or stored leaves bodies compressed without one.
+    fn train_dictionary(&self, samples: Vec<Vec<u8>>) {
+        let (jobs, bodies) = (self.jobs.clone(), self.bodies.clone());
+        tokio::spawn(async move {
+            let trained = tokio::task::spawn_blocking(move || bodies::Bodies::train(&samples))
+                .await
+                .map_err(unavailable)
+                .and_then(|trained| trained);
+            let stored = match trained {
+                Ok((id, dict)) => {
+                    let kept = dict.clone();
+                    let now = crate::clock::now_ms();
+                    write_on(&jobs, move |w| {
+                        bodies::Bodies::store(&w.conn, id, &kept, now)
+                    })
+                    .await
+                    .map(|()| (id, dict))
+                }
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok((id, dict)) => {
+                    tracing::info!(
+                        dictionary = id,
+                        bytes = dict.len(),
+                        "record bodies are compressed with a dictionary trained on this store's records"
+                    );
+                    bodies.install(id, &dict);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no body dictionary: bodies stay compressed without one")
+                }
+            }
+        });
+    }
+}
+
+/// Runs `f` on the writer behind `jobs`, in its own savepoint of the next
+/// group commit; resolves once the commit is durable.
+async fn write_on<T: Send + 'static>(
+    jobs: &mpsc::Sender<Job>,
+    f: impl FnOnce(&mut Writer) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = oneshot::channel();
+    let job: Job = Box::new(move |writer| {
+        let result = writer.savepoint(f);
+        Box::new(move |committed: Result<()>| {
+            let _ = tx.send(committed.and(result));
+        })
+    });
+    jobs.send(job)
+        .await
+        .map_err(|_| unavailable("the writer thread stopped"))?;
+    rx.await
+        .map_err(|_| unavailable("the write was dropped (the batch could not begin)"))?
+}
+
+impl SqliteStore {
     /// Runs a short point read inline on a read connection: a SQLite point
     /// lookup takes microseconds, less than a hop to the blocking pool.
     fn read_now<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {

@@ -10,6 +10,8 @@ pub(super) type Job = Box<dyn FnOnce(&mut Writer) -> Completion + Send>;
 /// The writer thread's state: the write connection and the chain head.
 pub(super) struct Writer {
     pub(super) conn: Connection,
+    /// How record bodies are stored.
+    pub(super) bodies: Arc<bodies::Bodies>,
     pub(super) head: Head,
     /// Rule-set hashes committed to `rule_sets` (cleared on any rollback), so
     /// a record needs no insert for a rule set already stored.
@@ -63,7 +65,14 @@ impl Writer {
         }
     }
 
-    pub(super) fn append(&mut self, append: Append, mut body_jcs: String) -> Result<Appended> {
+    /// Appends `append`, its body `body_jcs` stored as `stored` (compressed
+    /// by the caller; see [`super::bodies`]).
+    pub(super) fn append(
+        &mut self,
+        append: Append,
+        mut body_jcs: String,
+        mut stored: Option<Vec<u8>>,
+    ) -> Result<Appended> {
         let Append {
             mut entry,
             spend,
@@ -94,6 +103,7 @@ impl Writer {
             && (spend.is_empty() || self.try_spend(&spend, entry.time_ms)?);
         if let Some(outcome) = refusal(lease_closed, suspended, spent) {
             body_jcs = mark_final_outcome(&mut entry, &body_jcs, outcome)?;
+            stored = self.bodies.compress(&body_jcs);
         }
         if let Some((hash, body)) = &rule_set
             && !self.known_rule_sets.contains(hash)
@@ -124,7 +134,7 @@ impl Writer {
                     e.grant,
                     e.node,
                     e.outcome,
-                    body_jcs,
+                    bodies::column(&body_jcs, stored),
                     record.prev_hash,
                     record.hash
                 ],
