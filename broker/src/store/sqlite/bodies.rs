@@ -14,13 +14,13 @@
 //! store. The first is trained once [`SAMPLES`] records were appended;
 //! until then bodies are compressed without one.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use arc_swap::ArcSwapOption;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OptionalExtension};
-use zstd::dict::{DecoderDictionary, EncoderDictionary};
 
 use super::{Result, StoreError, map_sql};
 
@@ -28,25 +28,51 @@ use super::{Result, StoreError, map_sql};
 pub const SAMPLES: usize = 1000;
 /// The size a dictionary is trained to (bytes).
 const DICTIONARY_BYTES: usize = 64 * 1024;
-/// zstd's level: the ratio is the same from 1 to 9 with a dictionary, and
-/// 3 compresses a 2.5 KB body in a few microseconds.
-const LEVEL: i32 = 3;
+/// zstd's level: with a dictionary the ratio is the same from 1 to 9, and
+/// 1 compresses a 2.5 KB body in about two microseconds.
+const LEVEL: i32 = 1;
 /// The largest body decompressed (a record body is far smaller; a blob that
 /// claims more is corrupt).
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
-/// The dictionary new bodies are compressed with.
-struct Encoder {
+/// A stored dictionary.
+struct Dictionary {
     id: u32,
-    dictionary: EncoderDictionary<'static>,
+    /// SHA-256 of its bytes: what a thread's cached context is keyed by
+    /// (zstd ids are random 32-bit numbers; two stores in one process may
+    /// share one).
+    hash: String,
+    bytes: Vec<u8>,
+}
+
+impl Dictionary {
+    fn new(id: u32, bytes: &[u8]) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            hash: crate::ids::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)),
+            bytes: bytes.to_vec(),
+        })
+    }
+}
+
+thread_local! {
+    /// Each thread's compression context, with the dictionary it was made
+    /// for (`""`: none): a context takes far longer to make than a body to
+    /// compress.
+    static COMPRESSOR: RefCell<Option<(String, zstd::bulk::Compressor<'static>)>> =
+        const { RefCell::new(None) };
+    /// Each thread's decompression context, likewise.
+    static DECOMPRESSOR: RefCell<Option<(String, zstd::bulk::Decompressor<'static>)>> =
+        const { RefCell::new(None) };
 }
 
 /// The store's body codec, shared by the appenders (who compress before
 /// the writer), the writer and the readers.
 #[derive(Default)]
 pub struct Bodies {
-    encoder: ArcSwapOption<Encoder>,
-    decoders: RwLock<HashMap<u32, Arc<DecoderDictionary<'static>>>>,
+    /// The dictionary new bodies are compressed with.
+    encoder: ArcSwapOption<Dictionary>,
+    decoders: RwLock<HashMap<u32, Arc<Dictionary>>>,
     /// Bodies kept to train the first dictionary on (emptied once trained).
     samples: Mutex<Option<Vec<Vec<u8>>>>,
 }
@@ -82,15 +108,12 @@ impl Bodies {
 
     fn add_decoder(&self, id: u32, dict: &[u8]) {
         if let Ok(mut decoders) = self.decoders.write() {
-            decoders.insert(id, Arc::new(DecoderDictionary::copy(dict)));
+            decoders.insert(id, Dictionary::new(id, dict));
         }
     }
 
     fn use_encoder(&self, id: u32, dict: &[u8]) {
-        self.encoder.store(Some(Arc::new(Encoder {
-            id,
-            dictionary: EncoderDictionary::copy(dict, LEVEL),
-        })));
+        self.encoder.store(Some(Dictionary::new(id, dict)));
     }
 
     /// `jcs` as it is stored: compressed, with the current dictionary if
@@ -100,14 +123,14 @@ impl Bodies {
     pub fn encode(&self, jcs: &str) -> (Option<Vec<u8>>, Option<Vec<Vec<u8>>>) {
         let encoder = self.encoder.load();
         match encoder.as_deref() {
-            Some(e) => (compress(jcs, Some(&e.dictionary)), None),
+            Some(d) => (compress(jcs, Some(d)), None),
             None => (compress(jcs, None), self.sample(jcs)),
         }
     }
 
     /// `jcs` compressed as [`Self::encode`] does, without keeping a sample.
     pub fn compress(&self, jcs: &str) -> Option<Vec<u8>> {
-        compress(jcs, self.encoder.load().as_deref().map(|e| &e.dictionary))
+        compress(jcs, self.encoder.load().as_deref())
     }
 
     fn sample(&self, jcs: &str) -> Option<Vec<Vec<u8>>> {
@@ -170,18 +193,15 @@ impl Bodies {
         let corrupt =
             |why: String| StoreError::Corrupt(format!("a record body does not decompress: {why}"));
         let id = zstd::zstd_safe::get_dict_id_from_frame(blob).map_or(0, u32::from);
-        let bytes = if id == 0 {
-            zstd::bulk::decompress(blob, MAX_BODY).map_err(|e| corrupt(e.to_string()))?
-        } else {
-            let decoder = self.decoder(conn, id)?;
-            zstd::bulk::Decompressor::with_prepared_dictionary(&decoder)
-                .and_then(|mut d| d.decompress(blob, MAX_BODY))
-                .map_err(|e| corrupt(e.to_string()))?
+        let dictionary = match id {
+            0 => None,
+            id => Some(self.decoder(conn, id)?),
         };
+        let bytes = decompress(blob, dictionary.as_deref()).map_err(corrupt)?;
         String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))
     }
 
-    fn decoder(&self, conn: &Connection, id: u32) -> Result<Arc<DecoderDictionary<'static>>> {
+    fn decoder(&self, conn: &Connection, id: u32) -> Result<Arc<Dictionary>> {
         if let Some(d) = self.decoders.read().ok().and_then(|d| d.get(&id).cloned()) {
             return Ok(d);
         }
@@ -212,15 +232,50 @@ fn dictionary_id(id: i64) -> Result<u32> {
         .map_err(|_| StoreError::Corrupt(format!("dictionary id {id} is not a zstd id")))
 }
 
-/// `jcs` compressed; `None` (kept as text, which every reader reads) in
-/// the case zstd fails, which it does not on input given whole.
-fn compress(jcs: &str, dictionary: Option<&EncoderDictionary<'static>>) -> Option<Vec<u8>> {
-    match dictionary {
-        Some(d) => zstd::bulk::Compressor::with_prepared_dictionary(d)
-            .and_then(|mut c| c.compress(jcs.as_bytes()))
-            .ok(),
-        None => zstd::bulk::compress(jcs.as_bytes(), LEVEL).ok(),
-    }
+/// `jcs` compressed, on this thread's context; `None` (kept as text, which
+/// every reader reads) in the case zstd fails, which it does not on input
+/// given whole.
+fn compress(jcs: &str, dictionary: Option<&Dictionary>) -> Option<Vec<u8>> {
+    let key = dictionary.map_or("", |d| d.hash.as_str());
+    COMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(made_for, _)| made_for != key) {
+            let context = match dictionary {
+                Some(d) => zstd::bulk::Compressor::with_dictionary(LEVEL, &d.bytes),
+                None => zstd::bulk::Compressor::new(LEVEL),
+            };
+            *cell = Some((key.to_owned(), context.ok()?));
+        }
+        cell.as_mut()?.1.compress(jcs.as_bytes()).ok()
+    })
+}
+
+/// `blob` decompressed, on this thread's context, into the size its frame
+/// states (a frame that states none, or more than [`MAX_BODY`], is refused).
+fn decompress(
+    blob: &[u8],
+    dictionary: Option<&Dictionary>,
+) -> std::result::Result<Vec<u8>, String> {
+    let size = match zstd::zstd_safe::get_frame_content_size(blob) {
+        Ok(Some(size)) if size <= MAX_BODY as u64 => usize::try_from(size).unwrap_or(MAX_BODY),
+        Ok(Some(size)) => return Err(format!("it states {size} bytes")),
+        Ok(None) | Err(_) => return Err("not a zstd frame that states its size".into()),
+    };
+    let key = dictionary.map_or("", |d| d.hash.as_str());
+    DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.as_ref().is_none_or(|(made_for, _)| made_for != key) {
+            let context = match dictionary {
+                Some(d) => zstd::bulk::Decompressor::with_dictionary(&d.bytes),
+                None => zstd::bulk::Decompressor::new(),
+            };
+            *cell = Some((key.to_owned(), context.map_err(|e| e.to_string())?));
+        }
+        match cell.as_mut() {
+            Some((_, d)) => d.decompress(blob, size).map_err(|e| e.to_string()),
+            None => Err("no decompression context".into()),
+        }
+    })
 }
 
 /// A body as the log's `body` column holds it.
