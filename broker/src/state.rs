@@ -273,6 +273,9 @@ pub struct LogWriter {
     instance: String,
     every: i64,
     last: Mutex<(i64, i64)>, // (seq checkpointed, time ms)
+    /// The other replicas' chains' heads this broker last signed (see
+    /// [`Broker::checkpoint_if_due`]).
+    witnessed: Mutex<HashMap<String, i64>>,
 }
 
 /// The broker.
@@ -505,6 +508,7 @@ impl Broker {
                 instance,
                 every,
                 last: Mutex::new((last_cp, now_ms())),
+                witnessed: Mutex::new(HashMap::new()),
             },
             operators: RwLock::new(operators),
             introspection: RwLock::new(introspection),
@@ -583,6 +587,59 @@ impl Broker {
             tracing::error!(seq, %e, "checkpoint failed; it will be retried");
             if let Ok(mut last) = self.log.last.lock() {
                 *last = (0, now_ms());
+            }
+            return;
+        }
+        self.witness_other_chains().await;
+    }
+
+    /// Signs every other chain's head that moved since this broker last
+    /// did, into its own export (and the store): so every replica's file
+    /// anchors every chain, and a chain deleted or cut back is caught by
+    /// any replica's `logs verify`, not only by its own replica's file
+    /// (which a decommissioned replica no longer has).
+    async fn witness_other_chains(&self) {
+        let Ok(chains) = self.store.chains().await else {
+            return;
+        };
+        for chain in chains {
+            let seen = self
+                .log
+                .witnessed
+                .lock()
+                .map_or(0, |w| w.get(&chain.chain).copied().unwrap_or(0));
+            if chain.chain == self.store.chain() || chain.seq <= seen {
+                continue;
+            }
+            let result = async {
+                let cp = self
+                    .log
+                    .signer
+                    .sign_statement(
+                        checkpoint::StatementKind::Checkpoint,
+                        Some(&self.log.instance),
+                        &chain.chain,
+                        chain.seq,
+                        &chain.hash,
+                        now_ms(),
+                    )
+                    .map_err(|e| e.to_string())?;
+                checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
+                self.store
+                    .add_checkpoint(&cp)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    if let Ok(mut w) = self.log.witnessed.lock() {
+                        w.insert(chain.chain, chain.seq);
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(chain = chain.chain, %e, "signing another chain's head failed; it will be retried");
+                }
             }
         }
     }

@@ -426,6 +426,21 @@ async fn a_retired_replica_issues_nothing_more_and_the_log_still_verifies() {
     }
     let chain_a = std::fs::read_to_string(a.data().join("instance.id")).unwrap();
     let chain_b = std::fs::read_to_string(b.data().join("instance.id")).unwrap();
+    // A's head checkpointed (every 5 records here): its final statement is
+    // then about a record a checkpoint already names.
+    let head_of = |report: &Value, chain: &str| {
+        report["report"]["chains"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["chain"] == chain)
+            .map(|c| c["records"].as_i64().unwrap())
+            .unwrap()
+    };
+    while head_of(&b.cli_json(&["logs", "verify", "--json"]), chain_a.trim()) % 5 != 0 {
+        let reply = issue(&a, &node, json!({"grant": "ha-open"})).await;
+        assert_eq!(reply.status, 200, "{}", reply.text);
+    }
     let report = b.cli_json(&["logs", "verify", "--json"]);
     let chains = report["report"]["chains"].as_array().unwrap();
     let mut named: Vec<&str> = chains
@@ -482,4 +497,45 @@ async fn a_retired_replica_issues_nothing_more_and_the_log_still_verifies() {
         "{said}"
     );
     b.assert_log_verifies();
+}
+
+/// Every replica signs the other chains' heads into its own export: a
+/// replica's chain deleted from the database (its records, checkpoints and
+/// registration) fails `logs verify` on the other replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_chain_deleted_from_the_database_fails_every_replicas_verification() {
+    let store = fresh_postgres_database("mg_ha_witness").await;
+    let shared = tempfile::tempdir().unwrap();
+    let (a, b) = two_replicas(&store, shared.path());
+    let node = enrolled_node(&a, "node-1").await;
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
+    // A's chain first, then B's: B's checkpoints sign A's head.
+    for broker in [&a, &b] {
+        for _ in 0..6 {
+            let reply = issue(broker, &node, json!({"grant": "ha-open"})).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    }
+    b.assert_log_verifies();
+    let chain_a = std::fs::read_to_string(a.data().join("instance.id")).unwrap();
+    let chain_a = chain_a.trim();
+    let config: tokio_postgres::Config = store.parse().unwrap();
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    for table in ["log", "checkpoints", "log_chains"] {
+        client
+            .execute(
+                &format!("DELETE FROM {table} WHERE chain = $1"),
+                &[&chain_a],
+            )
+            .await
+            .unwrap();
+    }
+    let verify = b.cli(&["logs", "verify"]);
+    assert!(!verify.status.success());
+    let said = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        said.contains(chain_a) && said.contains("does not hold"),
+        "{said}"
+    );
 }

@@ -220,3 +220,52 @@ async fn a_store_from_before_chains_keeps_its_chain_as_the_unnamed_one() {
         .unwrap();
     assert_eq!(unnamed.len(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_no_chain_accounts_for_is_found_and_never_read() {
+    let url = common::fresh_postgres_database("mg_chains_stray").await;
+    let a = replica(&url, "aa").await;
+    for i in 0..3 {
+        let e = entry(
+            &format!("r{i}"),
+            "spiffe://example.org/w",
+            "allow",
+            1_000 + i,
+        );
+        a.append(plain(e)).await.unwrap();
+    }
+    assert_eq!(a.stray_record().await.unwrap(), None);
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    // Forged rows: one of a chain the store does not hold, one past a
+    // registered chain's head, both of an existing request.
+    for (chain, seq) in [("00", 1i64), ("aa", 4)] {
+        client
+            .execute(
+                "INSERT INTO log(chain, seq, time_ms, kind, request_id, identity, grant_name, node, outcome, body, prev_hash, hash)
+                 SELECT $1, $2, 1, kind, request_id, identity, grant_name, node, 'minted', body, prev_hash, hash
+                 FROM log WHERE chain = 'aa' AND seq = 1",
+                &[&chain, &seq],
+            )
+            .await
+            .unwrap();
+    }
+    let stray = a.stray_record().await.unwrap().expect("a stray record");
+    assert!(
+        stray == ("00".into(), 1) || stray == ("aa".into(), 4),
+        "{stray:?}"
+    );
+    // Readers see only what a chain accounts for.
+    assert_eq!(a.log_for_request("r0").await.unwrap().len(), 1);
+    assert_eq!(read_all(&a, 100).await.len(), 3);
+    let one = a
+        .log(&LogQuery {
+            chain: "aa".into(),
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(one.len(), 3);
+}

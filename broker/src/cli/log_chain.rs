@@ -33,7 +33,8 @@ pub enum LogsCommand {
     /// good): its head is signed as the chain's final statement, and the
     /// replica appends nothing more. Run it through another replica.
     Retire {
-        /// The chain: the retired replica's instance id (`<data_dir>/instance.id`).
+        /// The chain: the retired replica's instance id (`<data_dir>/instance.id`),
+        /// or `unnamed` for the chain a store kept before replicas had chains.
         #[arg(long)]
         chain: String,
     },
@@ -152,7 +153,13 @@ pub async fn verify(
                             problems.push(p);
                         }
                     }
-                    break verifier.finish(&problems);
+                    let verified = verifier.finish(&problems);
+                    break match (verified, source.stray().await?) {
+                        (Ok(_), Some((chain, seq))) => {
+                            Err(VerifyFailure::StrayRecord { chain, seq })
+                        }
+                        (verified, _) => verified,
+                    };
                 }
             }
         }
@@ -187,6 +194,7 @@ fn chains_of(state: &Value) -> Result<Vec<ChainStart>, String> {
             base: c["base"]["seq"]
                 .as_i64()
                 .zip(c["base"]["hash"].as_str().map(str::to_owned)),
+            head: c["seq"].as_i64().zip(c["hash"].as_str().map(str::to_owned)),
             retired: !c["retired_at_ms"].is_null(),
         })
         .collect())
@@ -213,6 +221,22 @@ impl LogSource {
                 .iter()
                 .map(ChainStart::from)
                 .collect()),
+        }
+    }
+
+    /// A record no chain accounts for, if any.
+    async fn stray(&self) -> Result<Option<(String, i64)>, String> {
+        match self {
+            Self::Admin(client) => {
+                let v = client
+                    .call("GET", "/admin/v1/logs/checkpoints", None)
+                    .await?;
+                let stray = &v["stray"];
+                Ok(stray["seq"]
+                    .as_i64()
+                    .map(|seq| (stray["chain"].as_str().unwrap_or_default().to_owned(), seq)))
+            }
+            Self::Store(store) => store.stray_record().await.map_err(|e| e.to_string()),
         }
     }
 

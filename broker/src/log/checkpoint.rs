@@ -42,6 +42,15 @@ impl StatementKind {
     fn is_checkpoint(&self) -> bool {
         *self == StatementKind::Checkpoint
     }
+
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatementKind::Checkpoint => "checkpoint",
+            StatementKind::Prune => "prune",
+            StatementKind::Final => "final",
+        }
+    }
 }
 
 /// A signed checkpoint (or prune or final statement), one JSON line in the export file.

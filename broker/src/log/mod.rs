@@ -77,10 +77,11 @@ impl RecordKind {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LogEntry {
     /// When, milliseconds since the Unix epoch. The store moves it forward
-    /// (never back) to its chain's previous record's time when appends
-    /// commit out of order, so each chain is in time order and readers
-    /// merge the chains by time ([`crate::store::read_log`]); the decision's
-    /// own clock reading is in its input.
+    /// (never back, at most [`MAX_TIME_SHIFT_MS`]) to its chain's previous
+    /// record's time when appends commit out of order, so each chain is in
+    /// time order and readers merge the chains by time
+    /// ([`crate::store::read_log`]); the decision's own clock reading is in
+    /// its input.
     pub time_ms: i64,
     /// What the record is.
     pub kind: RecordKind,
@@ -182,6 +183,9 @@ pub fn record_hash_canonical(
     crate::ids::hex(&Sha256::digest(out.as_bytes()))
 }
 
+/// The most a record's time is moved forward to its predecessor's.
+pub const MAX_TIME_SHIFT_MS: i64 = 1_000;
+
 /// A chain's last record, where its writer appends the next.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Head {
@@ -204,9 +208,14 @@ impl Head {
     }
 
     /// Seals `entry` (its body's JCS form computed beforehand) as the next
-    /// record of `chain`, no earlier than this head, and moves the head to it.
+    /// record of `chain`, no earlier than this head when the two are within
+    /// [`MAX_TIME_SHIFT_MS`] (appends that commit out of order), and moves
+    /// the head to it. A head later than that (a clock that jumped, or a
+    /// head row someone edited) moves no record: each keeps its own time.
     pub fn seal_next(&mut self, chain: &str, mut entry: LogEntry, body_jcs: &str) -> LogRecord {
-        entry.time_ms = entry.time_ms.max(self.time_ms);
+        if self.time_ms > entry.time_ms && self.time_ms - entry.time_ms <= MAX_TIME_SHIFT_MS {
+            entry.time_ms = self.time_ms;
+        }
         let record =
             LogRecord::seal_canonical(chain, self.seq + 1, entry, body_jcs, self.hash.clone());
         *self = Self {

@@ -40,8 +40,9 @@ const TOKENS: &[(&str, &str, &str)] = &[
      ALTER TABLE log DROP CONSTRAINT log_pkey;
      ALTER TABLE log ADD PRIMARY KEY (chain, seq);
      ALTER TABLE checkpoints ADD COLUMN chain TEXT NOT NULL DEFAULT '';
+     ALTER TABLE checkpoints ADD COLUMN kind TEXT NOT NULL DEFAULT 'checkpoint';
      ALTER TABLE checkpoints DROP CONSTRAINT checkpoints_pkey;
-     ALTER TABLE checkpoints ADD PRIMARY KEY (chain, seq);
+     ALTER TABLE checkpoints ADD PRIMARY KEY (chain, seq, kind);
      CREATE TABLE log_chains (chain TEXT PRIMARY KEY, seq BIGINT NOT NULL, hash TEXT NOT NULL,
         time_ms BIGINT NOT NULL, base_seq BIGINT, base_hash TEXT, registered_at_ms BIGINT NOT NULL,
         retired_at_ms BIGINT);

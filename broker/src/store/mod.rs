@@ -379,6 +379,7 @@ impl From<&ChainHead> for crate::log::verify::ChainStart {
         Self {
             chain: head.chain.clone(),
             base: head.base.clone(),
+            head: Some((head.seq, head.hash.clone())),
             retired: head.retired_at_ms.is_some(),
         }
     }
@@ -550,6 +551,10 @@ pub trait LogStore: Send + Sync {
     async fn head(&self) -> Result<(i64, String)>;
     /// Every chain the store holds, by name.
     async fn chains(&self) -> Result<Vec<ChainHead>>;
+    /// A record no chain accounts for, if there is one: of a chain the
+    /// store does not hold, or beyond its chain's head. Readers never see
+    /// such a record; `logs verify` reports it.
+    async fn stray_record(&self) -> Result<Option<(String, i64)>>;
     /// Retires `chain` (a replica taken out of service): no record is
     /// appended to it after. Its head, which the caller signs as the
     /// chain's final statement. A conflict for this handle's own chain,

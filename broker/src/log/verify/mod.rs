@@ -169,6 +169,28 @@ pub enum VerifyFailure {
         /// The record the statement is about.
         seq: i64,
     },
+    /// The chain's records end before (or differ at) the head the store records.
+    #[error(
+        "the chain's records end at record {last}, but the store records its head at record {head} (records were removed from the end, or replaced)"
+    )]
+    HeadMismatch {
+        /// The last record present.
+        last: i64,
+        /// The head the store records.
+        head: i64,
+    },
+    /// A record no chain the store holds accounts for: of an unregistered
+    /// chain, or beyond its chain's head. Readers never see it; someone
+    /// wrote it into the database.
+    #[error(
+        "record {seq} of chain {chain:?} is beyond any head the store records (of an unknown chain, or past its chain's head): it was written into the database, not appended"
+    )]
+    StrayRecord {
+        /// Its chain.
+        chain: String,
+        /// Its seq.
+        seq: i64,
+    },
     /// A record follows the chain's signed final statement.
     #[error(
         "record {seq} follows the chain's final statement at record {closed_at} (a retired chain was extended)"
@@ -255,6 +277,9 @@ pub struct ChainStart {
     pub chain: String,
     /// The base left by retention (seq, hash), if it was pruned.
     pub base: Option<(i64, String)>,
+    /// Its head as the store records it (seq, hash): the chain's records
+    /// must reach it (records appended while verifying may pass it).
+    pub head: Option<(i64, String)>,
     /// Whether the store says an operator retired it.
     pub retired: bool,
 }
@@ -264,6 +289,8 @@ struct ChainState<'a> {
     checkpoints: BTreeMap<i64, &'a Checkpoint>,
     /// The chain's signed final statement, if it was retired.
     closed_at: Option<&'a Checkpoint>,
+    /// The head the store records.
+    head: Option<(i64, String)>,
     retired: bool,
     base: Option<i64>,
     base_hash: Option<String>,
@@ -317,6 +344,7 @@ impl<'a> ChainVerifier<'a> {
         let start = ChainStart {
             chain: String::new(),
             base: base.map(|(seq, hash)| (seq, hash.to_owned())),
+            head: None,
             retired: false,
         };
         Self::for_chains(&[start], checkpoints, key)
@@ -334,6 +362,7 @@ impl<'a> ChainVerifier<'a> {
         let start = ChainStart {
             chain: chain.to_owned(),
             base: from.map(|(seq, hash)| (seq, hash.to_owned())),
+            head: None,
             retired: false,
         };
         let mut verifier = Self::for_chains(&[start], checkpoints, None)?;
@@ -358,6 +387,7 @@ impl<'a> ChainVerifier<'a> {
                 let mut state = ChainState {
                     checkpoints: BTreeMap::new(),
                     closed_at: None,
+                    head: start.head.clone(),
                     retired: start.retired,
                     base: None,
                     base_hash: None,
@@ -581,6 +611,11 @@ impl<'a> ChainVerifier<'a> {
             }
             if state.retired && state.closed_at.is_none() {
                 return Err(fail(VerifyFailure::UnsealedRetirement { last }));
+            }
+            if let Some((head, hash)) = &state.head
+                && (last < *head || (last == *head && state.prev_hash != *hash))
+            {
+                return Err(fail(VerifyFailure::HeadMismatch { last, head: *head }));
             }
             chains.push(ChainReport {
                 chain,

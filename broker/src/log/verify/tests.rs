@@ -36,6 +36,7 @@ fn start(chain: &str) -> ChainStart {
     ChainStart {
         chain: chain.into(),
         base: None,
+        head: None,
         retired: false,
     }
 }
@@ -115,6 +116,33 @@ fn every_chain_is_verified_and_none_may_go_missing() {
         }
     );
     assert!(failure.to_string().starts_with("chain bb: "), "{failure}");
+}
+
+#[test]
+fn a_chain_must_reach_the_head_the_store_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+    let key = signer.public_jwk();
+    let a = named_chain("aa", 6);
+    let at = |n: usize| ChainStart {
+        head: Some((a[n].seq, a[n].hash.clone())),
+        ..start("aa")
+    };
+    assert!(verify_all(&[at(5)], &a, &[], key).is_ok());
+    // Appended while verifying: past the head read at the start.
+    assert!(verify_all(&[at(3)], &a, &[], key).is_ok());
+    // The tail deleted, the head row left as it was.
+    assert_eq!(
+        verify_all(&[at(5)], &a[..4], &[], key).map(|r| r.records),
+        Err(VerifyFailure::InChain {
+            chain: "aa".into(),
+            failure: Box::new(VerifyFailure::HeadMismatch { last: 4, head: 6 })
+        })
+    );
+    // The head row names another record at that seq.
+    let mut other = at(5);
+    other.head = Some((6, a[4].hash.clone()));
+    assert!(verify_all(&[other], &a, &[], key).is_err());
 }
 
 #[test]

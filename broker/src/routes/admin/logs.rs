@@ -182,7 +182,13 @@ pub(super) async fn verify_log(
             problems.push(problem);
         }
     }
-    Ok(verifier.finish(&problems))
+    let verified = verifier.finish(&problems);
+    if verified.is_ok()
+        && let Some((chain, seq)) = broker.store.stray_record().await?
+    {
+        return Ok(Err(VerifyFailure::StrayRecord { chain, seq }));
+    }
+    Ok(verified)
 }
 
 /// A stored rule set as the store holds it (its text, unparsed), so an
@@ -265,8 +271,8 @@ pub(super) async fn explain(
             let Some(subject) = subject else { continue };
             let mut q = LogQuery {
                 outcome: Some("detection".into()),
-                since_ms: Some(r.entry.time_ms - ttl_ms),
-                until_ms: Some(r.entry.time_ms + 1),
+                since_ms: Some(r.entry.time_ms.saturating_sub(ttl_ms)),
+                until_ms: Some(r.entry.time_ms.saturating_add(1)),
                 limit: MAX_PAGE,
                 ..Default::default()
             };
@@ -395,8 +401,8 @@ pub(super) async fn checkpoints(
     let needed_from = |chain: &str| {
         needed
             .iter()
-            .filter(|(c, _, _)| c == chain)
-            .map(|(_, seq, _)| *seq)
+            .filter(|n| n.chain == chain)
+            .map(|n| n.seq)
             .min()
     };
     let unnamed = chains.iter().find(|c| c.chain.is_empty());
@@ -409,6 +415,8 @@ pub(super) async fn checkpoints(
             "needed_from_seq": needed_from(&c.chain),
         })).collect::<Vec<_>>(),
         "checkpoints": broker.store.checkpoints().await?,
+        // A record no chain accounts for (`logs verify` reports it).
+        "stray": broker.store.stray_record().await?.map(|(chain, seq)| json!({"chain": chain, "seq": seq})),
         // The unnamed chain's, as before chains had names.
         "base": unnamed.and_then(|c| c.base.as_ref()).map(|(seq, hash)| json!({"seq": seq, "hash": hash})),
         "needed_from_seq": needed_from(""),
@@ -433,9 +441,7 @@ pub(super) struct PruneRequest {
 /// decided later may have been logged first); one whose records are
 /// already gone (pruned by an older broker) protects nothing and is passed
 /// over.
-pub(super) async fn oldest_needed(
-    broker: &Broker,
-) -> Result<Vec<(String, i64, crate::store::Lease)>, ApiError> {
+pub(super) async fn oldest_needed(broker: &Broker) -> Result<Vec<Needed>, ApiError> {
     let pinning = broker
         .store
         .leases(&LeaseQuery::OldestPinning {
@@ -444,32 +450,82 @@ pub(super) async fn oldest_needed(
         })
         .await?;
     let full = pinning.len() == 64;
-    let mut oldest: BTreeMap<String, (i64, crate::store::Lease)> = BTreeMap::new();
+    let mut oldest: BTreeMap<String, Needed> = BTreeMap::new();
     let first = pinning.first().cloned();
-    for lease in pinning {
+    let mut keep = |chain: &str, seq: i64, why: String| {
+        if oldest.get(chain).is_none_or(|n| seq < n.seq) {
+            oldest.insert(
+                chain.to_owned(),
+                Needed {
+                    chain: chain.to_owned(),
+                    seq,
+                    why,
+                },
+            );
+        }
+    };
+    let lease_needs = |lease: &crate::store::Lease| {
+        format!(
+            "belongs to lease {} ({}), still live or awaiting upstream revocation: prune through a checkpoint before it, or after the lease ends",
+            lease.id, lease.kind
+        )
+    };
+    let mut found = false;
+    for lease in &pinning {
         for r in broker.store.log_for_request(&lease.request_id).await? {
-            if oldest.get(&r.chain).is_none_or(|(o, _)| r.seq < *o) {
-                oldest.insert(r.chain.clone(), (r.seq, lease.clone()));
-            }
+            found = true;
+            keep(&r.chain, r.seq, lease_needs(lease));
+        }
+    }
+    // A prune's record on one chain accounts for another chain's base
+    // (`logs verify` looks for it): it stays while that base does.
+    let chains = broker.store.chains().await?;
+    let prunes = LogQuery {
+        outcome: Some("log_pruned".into()),
+        limit: MAX_PAGE,
+        ..Default::default()
+    };
+    for r in read_log(&*broker.store, &prunes, &LogCursor::default()).await? {
+        let details = &r.entry.body["details"];
+        let pruned = details["chain"].as_str().unwrap_or_default();
+        let accounts = chains.iter().any(|c| {
+            c.chain == pruned && c.base.as_ref().map(|b| b.0) == details["through_seq"].as_i64()
+        });
+        if pruned != r.chain && accounts {
+            keep(
+                &r.chain,
+                r.seq,
+                format!(
+                    "records the prune of chain {pruned:?} up to its current base: it stays until that chain is pruned further"
+                ),
+            );
         }
     }
     // Sixty-four leases whose records are all gone and maybe more after
     // them: inconclusive, so nothing may be pruned from any chain until an
     // operator closes them (`mintguard revoke LEASE --confirm-revoked-upstream`).
-    if oldest.is_empty()
-        && full
+    if full
+        && !found
         && let Some(lease) = first
     {
-        let chains = broker.store.chains().await?;
         return Ok(chains
             .into_iter()
-            .map(|c| (c.chain, 1, lease.clone()))
+            .map(|c| Needed {
+                chain: c.chain,
+                seq: 1,
+                why: lease_needs(&lease),
+            })
             .collect());
     }
-    Ok(oldest
-        .into_iter()
-        .map(|(chain, (seq, lease))| (chain, seq, lease))
-        .collect())
+    Ok(oldest.into_values().collect())
+}
+
+/// A record retention must keep (and every later one of its chain).
+pub(super) struct Needed {
+    chain: String,
+    seq: i64,
+    /// Why, as the refusal says it.
+    why: String,
 }
 
 /// Retention: deletes records through a checkpointed record the caller has
@@ -501,18 +557,15 @@ pub(super) async fn prune(
                 "prune only through a checkpointed record of the chain",
             )
         })?;
-    if let Some((_, seq, lease)) = oldest_needed(&broker)
+    if let Some(needed) = oldest_needed(&broker)
         .await?
         .into_iter()
-        .find(|(chain, seq, _)| *chain == req.chain && *seq <= req.through_seq)
+        .find(|n| n.chain == req.chain && n.seq <= req.through_seq)
     {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             "records_still_needed",
-            format!(
-                "record {seq} belongs to lease {} ({}), still live or awaiting upstream revocation: prune through a checkpoint before it, or after the lease ends",
-                lease.id, lease.kind
-            ),
+            format!("record {} {}", needed.seq, needed.why),
         ));
     }
     // Sign only what verifies: the whole chain, this broker's export, and
@@ -573,29 +626,64 @@ pub(super) async fn prune(
 pub(super) async fn retire_chain(
     State(broker): State<Arc<Broker>>,
     op: Operator,
-    Path(chain): Path<String>,
+    Path(name): Path<String>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Admin)?;
-    if !crate::ids::is_hex_id(&chain) {
-        return Err(ApiError::bad_request(
-            "bad_chain",
-            "a replica's chain is named by its instance id (lowercase hex)",
-        ));
-    }
-    // The log verifies first: a chain someone edited is not sealed as it is.
-    if let Err(failure) = verify_log(&broker, None).await? {
+    // `unnamed`: the chain a store kept before replicas had chains of their own.
+    let chain = match name.as_str() {
+        "unnamed" => String::new(),
+        hex if crate::ids::is_hex_id(hex) => name.clone(),
+        _ => {
+            return Err(ApiError::bad_request(
+                "bad_chain",
+                "a replica's chain is named by its instance id (lowercase hex), the store's first chain `unnamed`",
+            ));
+        }
+    };
+    let target = broker
+        .store
+        .chains()
+        .await?
+        .into_iter()
+        .find(|c| c.chain == chain)
+        .ok_or_else(|| ApiError::not_found("unknown_chain", "the store holds no such chain"))?;
+    let sealed = broker
+        .store
+        .checkpoints()
+        .await?
+        .iter()
+        .any(|c| c.chain == chain && c.kind == StatementKind::Final);
+    if target.retired_at_ms.is_some() && sealed {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
-            "log_not_verified",
-            format!("the log does not verify, so no chain was retired: {failure}"),
+            "already_retired",
+            "the chain is retired and sealed by its final statement",
         ));
+    }
+    // The log verifies first: a chain someone edited is not sealed as it
+    // is. A retirement left without its final statement (an export or
+    // store failure, a crash) is what this run completes.
+    match verify_log(&broker, None).await? {
+        Ok(_) => {}
+        Err(failure) if unsealed(&failure, &chain) => {}
+        Err(failure) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "log_not_verified",
+                format!("the log does not verify, so no chain was retired: {failure}"),
+            ));
+        }
     }
     let intent = json!({"chain": chain});
     let (seq, hash, statement) = AdminAction::begin(&broker, &op, "chain_retired", None, intent)
         .await?
         .run(
             async {
-                let (seq, hash) = broker.store.retire_chain(&chain, broker.clock.now_ms()).await?;
+                // Retired before, unsealed: its head, which nothing extends any more.
+                let (seq, hash) = match target.retired_at_ms {
+                    Some(_) => (target.seq, target.hash.clone()),
+                    None => broker.store.retire_chain(&chain, broker.clock.now_ms()).await?,
+                };
                 let statement = broker
                     .export_statement(StatementKind::Final, &chain, seq, &hash)
                     .map_err(|e| {
@@ -614,4 +702,15 @@ pub(super) async fn retire_chain(
     Ok(axum::Json(
         json!({"chain": chain, "seq": seq, "hash": hash, "statement": statement}),
     ))
+}
+
+/// Whether `failure` is `chain`'s retirement without its final statement.
+fn unsealed(failure: &VerifyFailure, chain: &str) -> bool {
+    match failure {
+        VerifyFailure::UnsealedRetirement { .. } => chain.is_empty(),
+        VerifyFailure::InChain { chain: c, failure } => {
+            c == chain && matches!(**failure, VerifyFailure::UnsealedRetirement { .. })
+        }
+        _ => false,
+    }
 }

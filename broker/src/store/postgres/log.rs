@@ -35,6 +35,7 @@ impl LogStore for PostgresStore {
                        AND ($3::TEXT IS NULL OR node = $3) AND ($4::TEXT IS NULL OR outcome = $4)
                        AND ($5::BIGINT IS NULL OR time_ms >= $5) AND ($6::BIGINT IS NULL OR time_ms < $6)
                        AND chain = $9 AND seq > $7
+                       AND seq <= (SELECT c.seq FROM log_chains c WHERE c.chain = $9)
                      ORDER BY seq LIMIT $8"
                 ),
                 &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit, &q.chain],
@@ -57,6 +58,7 @@ impl LogStore for PostgresStore {
             .query(
                 "SELECT seq, time_ms, request_id, identity, grant_name, node, outcome, body FROM log
                  WHERE chain = $4 AND seq > $1 AND kind IN ('decision', 'intent') AND ($2::BIGINT IS NULL OR time_ms >= $2)
+                   AND seq <= (SELECT c.seq FROM log_chains c WHERE c.chain = $4)
                  ORDER BY seq LIMIT $3",
                 &[&after_seq, &since_ms, &limit, &chain],
             )
@@ -82,7 +84,9 @@ impl LogStore for PostgresStore {
             .client()
             .await?
             .query(
-                &format!("SELECT {LOG_COLUMNS} FROM log WHERE request_id = $1 ORDER BY time_ms, chain, seq"),
+                &format!("SELECT {LOG_COLUMNS} FROM log WHERE request_id = $1
+                     AND EXISTS (SELECT 1 FROM log_chains c WHERE c.chain = log.chain AND log.seq <= c.seq)
+                     ORDER BY time_ms, chain, seq"),
                 &[&request_id],
             )
             .await
@@ -124,6 +128,19 @@ impl LogStore for PostgresStore {
             })
             .collect())
     }
+    async fn stray_record(&self) -> Result<Option<(String, i64)>> {
+        let row = self
+            .client()
+            .await?
+            .query_opt(
+                "SELECT l.chain, l.seq FROM log l LEFT JOIN log_chains c ON c.chain = l.chain
+                 WHERE c.chain IS NULL OR l.seq > c.seq LIMIT 1",
+                &[],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
     async fn retire_chain(&self, chain: &str, now_ms: i64) -> Result<(i64, String)> {
         if chain == self.chain {
             return Err(StoreError::Conflict(
@@ -158,8 +175,11 @@ impl LogStore for PostgresStore {
         self.client()
             .await?
             .execute(
-                "INSERT INTO checkpoints(chain, seq, hash, time_ms, jws) VALUES ($5, $1, $2, $3, $4)",
-                &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws, &cp.chain],
+                // One statement of a kind per record: another replica's of
+                // the same head says the same (and is in that replica's file).
+                "INSERT INTO checkpoints(chain, seq, kind, hash, time_ms, jws) VALUES ($5, $1, $6, $2, $3, $4)
+                 ON CONFLICT (chain, seq, kind) DO NOTHING",
+                &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws, &cp.chain, &cp.kind.as_str()],
             )
             .await
             .map_err(map_pg)?;

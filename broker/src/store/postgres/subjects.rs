@@ -4,7 +4,8 @@ use super::*;
 
 #[async_trait]
 impl SubjectStore for PostgresStore {
-    /// Takes every chain head's lock first (in one order), as each
+    /// Takes every chain head's lock first (in one order, the table locked
+    /// against new chains), as each
     /// replica's append batch takes its own: at READ COMMITTED an append's
     /// suspension check sees only what committed before it ran, so without
     /// the locks a batch that checked just before this commit could commit
@@ -14,12 +15,18 @@ impl SubjectStore for PostgresStore {
     async fn suspend(&self, s: &SuspensionRecord) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(map_pg)?;
-        tx.query(
-            "SELECT chain FROM log_chains ORDER BY chain FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(map_pg)?;
+        // The heads first (each batch in flight commits), then the table,
+        // against a chain registering meanwhile (its replica's first batch
+        // could pass its check unlocked), then the heads again, with any
+        // chain registered before the table lock. A batch waiting on a head
+        // holds only a row-share lock, which the table lock does not wait
+        // for: no deadlock.
+        let heads = "SELECT chain FROM log_chains ORDER BY chain FOR UPDATE";
+        tx.query(heads, &[]).await.map_err(map_pg)?;
+        tx.batch_execute("LOCK TABLE log_chains IN SHARE ROW EXCLUSIVE MODE")
+            .await
+            .map_err(map_pg)?;
+        tx.query(heads, &[]).await.map_err(map_pg)?;
         tx.execute(
             "INSERT INTO suspensions(subject, reason, by_whom, at_ms) VALUES ($1, $2, $3, $4)
              ON CONFLICT (subject) DO UPDATE SET reason = EXCLUDED.reason, by_whom = EXCLUDED.by_whom, at_ms = EXCLUDED.at_ms",

@@ -150,6 +150,10 @@ impl LogStore for SqliteStore {
             retired_at_ms: None,
         }])
     }
+    /// The head is the last row: every record is in the one chain.
+    async fn stray_record(&self) -> Result<Option<(String, i64)>> {
+        Ok(None)
+    }
     async fn retire_chain(&self, _chain: &str, _now_ms: i64) -> Result<(i64, String)> {
         Err(StoreError::Conflict(
             "a SQLite store has one chain, its own broker's: there is no replica to retire".into(),
