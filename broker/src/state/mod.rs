@@ -20,8 +20,13 @@ use time::OffsetDateTime;
 
 use crate::clock::{Clock, now_ms};
 use crate::config::{Config, Role};
-use crate::log::checkpoint::{self, LogSigner};
+use crate::log::checkpoint::LogSigner;
 use crate::store::{Append, Appended, Store, StoreError};
+
+mod log;
+
+pub use log::LogWriter;
+use log::instance_id;
 
 /// What a reload replaces atomically.
 pub struct Dynamic {
@@ -233,49 +238,6 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         blast_radius,
         ci,
     })
-}
-
-/// Reads this broker's instance id from `<data_dir>/instance.id`, creating
-/// it (128 random bits, hex) on first start.
-fn instance_id(data_dir: &Path) -> Result<String, String> {
-    let path = data_dir.join("instance.id");
-    match std::fs::read_to_string(&path) {
-        Ok(id) if crate::ids::is_hex_id(id.trim()) => return Ok(id.trim().to_owned()),
-        Ok(_) => return Err(format!("{}: not an instance id", path.display())),
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(format!("{}: {e}", path.display()));
-        }
-        Err(_) => {}
-    }
-    let id = crate::ids::secret_hex::<16>().map_err(|e| e.to_string())?;
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    // create_new is O_EXCL: a symlink planted at the path is not followed.
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&path)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    file.write_all(id.as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(id)
-}
-
-/// Signs and exports checkpoints every N records or T seconds.
-pub struct LogWriter {
-    signer: LogSigner,
-    export: std::path::PathBuf,
-    /// This broker's instance id (`<data_dir>/instance.id`): its exported
-    /// lines name it, so its `logs verify` knows which of the store's
-    /// checkpoints its own file must hold (replicas export to files of their own).
-    instance: String,
-    every: i64,
-    last: Mutex<(i64, i64)>, // (seq checkpointed, time ms)
-    /// The other replicas' chains' heads this broker last signed (see
-    /// [`Broker::checkpoint_if_due`]).
-    witnessed: Mutex<HashMap<String, i64>>,
 }
 
 /// The broker.
@@ -546,104 +508,6 @@ impl Broker {
         Ok(appended)
     }
 
-    /// Signs, stores and exports a checkpoint of this replica's chain's head
-    /// when `every` records were added since the last one, or `force` (the
-    /// interval timer) and any were.
-    pub async fn checkpoint_if_due(&self, seq: i64, hash: &str, force: bool) {
-        let due = {
-            let Ok(mut last) = self.log.last.lock() else {
-                return;
-            };
-            let due = seq > last.0 && (force || seq - last.0 >= self.log.every);
-            if due {
-                *last = (seq, now_ms());
-            }
-            due
-        };
-        if !due {
-            return;
-        }
-        let result = async {
-            let cp = self
-                .log
-                .signer
-                .sign_statement(
-                    checkpoint::StatementKind::Checkpoint,
-                    Some(&self.log.instance),
-                    self.store.chain(),
-                    seq,
-                    hash,
-                    now_ms(),
-                )
-                .map_err(|e| e.to_string())?;
-            checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
-            self.store
-                .add_checkpoint(&cp)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(seq, %e, "checkpoint failed; it will be retried");
-            if let Ok(mut last) = self.log.last.lock() {
-                *last = (0, now_ms());
-            }
-            return;
-        }
-        self.witness_other_chains().await;
-    }
-
-    /// Signs every other chain's head that moved since this broker last
-    /// did, into its own export (and the store): so every replica's file
-    /// anchors every chain, and a chain deleted or cut back is caught by
-    /// any replica's `logs verify`, not only by its own replica's file
-    /// (which a decommissioned replica no longer has).
-    async fn witness_other_chains(&self) {
-        let Ok(chains) = self.store.chains().await else {
-            return;
-        };
-        for chain in chains {
-            let seen = self
-                .log
-                .witnessed
-                .lock()
-                .map_or(0, |w| w.get(&chain.chain).copied().unwrap_or(0));
-            if chain.chain == self.store.chain() || chain.seq <= seen {
-                continue;
-            }
-            let result = async {
-                let cp = self
-                    .log
-                    .signer
-                    .sign_statement(
-                        checkpoint::StatementKind::Checkpoint,
-                        Some(&self.log.instance),
-                        &chain.chain,
-                        chain.seq,
-                        &chain.hash,
-                        now_ms(),
-                    )
-                    .map_err(|e| e.to_string())?;
-                checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
-                self.store
-                    .add_checkpoint(&cp)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-            .await;
-            match result {
-                Ok(()) => {
-                    if let Ok(mut w) = self.log.witnessed.lock() {
-                        w.insert(chain.chain, chain.seq);
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(chain = chain.chain, %e, "signing another chain's head failed; it will be retried");
-                }
-            }
-        }
-    }
-
     /// Re-reads the configuration file: rules, grants, trust weights, the
     /// exposure graph and tokens are replaced atomically. A file that fails
     /// validation changes nothing; the error says why. Returns the new rule-set hash.
@@ -723,10 +587,6 @@ impl Broker {
         }
     }
 
-    pub fn log_public_key(&self) -> &mintguard_certs::jwt::Jwk {
-        self.log.signer.public_jwk()
-    }
-
     /// The metrics in the text format, with the gauges read now.
     pub fn metrics_text(&self) -> String {
         let stale = matches!(
@@ -735,31 +595,6 @@ impl Broker {
         );
         self.metrics.analysis_stale.set(i64::from(stale));
         self.metrics.encode()
-    }
-
-    /// This broker's instance id (see [`LogWriter`]).
-    pub fn instance_id(&self) -> &str {
-        &self.log.instance
-    }
-
-    /// Signs and exports (fsync'd) a statement of `kind` about `(seq, hash)`
-    /// of `chain`: that the records through it are about to be pruned
-    /// (written before they are deleted, so a pruned base is never without
-    /// it), or that the chain was retired there.
-    pub fn export_statement(
-        &self,
-        kind: checkpoint::StatementKind,
-        chain: &str,
-        seq: i64,
-        hash: &str,
-    ) -> Result<checkpoint::Checkpoint, String> {
-        let statement = self
-            .log
-            .signer
-            .sign_statement(kind, Some(&self.log.instance), chain, seq, hash, now_ms())
-            .map_err(|e| e.to_string())?;
-        checkpoint::export(&self.log.export, &statement).map_err(|e| e.to_string())?;
-        Ok(statement)
     }
 
     /// Counts a refusal of an unauthenticated caller (see
