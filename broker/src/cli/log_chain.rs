@@ -98,7 +98,10 @@ pub async fn verify(
     // verifier: a log of any length is checked in constant memory.
     let source = match store {
         Some(url) => LogSource::open_store(url).await?,
-        None => LogSource::Admin(AdminClient::new(target)?),
+        None => LogSource::Admin(Box::new((
+            AdminClient::new(target)?,
+            tokio::sync::OnceCell::new(),
+        ))),
     };
     let chains = source.chains().await?;
     // The store holding a checkpoint a broker exported that its file
@@ -178,7 +181,9 @@ const PAGE: usize = 10_000;
 /// Where `logs verify` reads the log: the broker's admin API, or a store
 /// directly.
 enum LogSource {
-    Admin(AdminClient),
+    /// The admin API, with its `/admin/v1/logs/checkpoints` answer (the
+    /// chains, the stored statements, a stray record), asked for once.
+    Admin(Box<(AdminClient, tokio::sync::OnceCell<Value>)>),
     Store(std::sync::Arc<dyn crate::store::Store>),
 }
 
@@ -201,6 +206,18 @@ fn chains_of(state: &Value) -> Result<Vec<ChainStart>, String> {
 }
 
 impl LogSource {
+    /// The admin API's view of the chains and statements, asked for once
+    /// per verification (the broker reads every chain's state to answer).
+    async fn state(
+        client: &AdminClient,
+        state: &tokio::sync::OnceCell<Value>,
+    ) -> Result<Value, String> {
+        state
+            .get_or_try_init(|| client.call("GET", "/admin/v1/logs/checkpoints", None))
+            .await
+            .cloned()
+    }
+
     async fn open_store(url: &str) -> Result<Self, String> {
         let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
         Ok(Self::Store(store))
@@ -209,11 +226,7 @@ impl LogSource {
     /// Every chain, with its pruned prefix's end.
     async fn chains(&self) -> Result<Vec<ChainStart>, String> {
         match self {
-            Self::Admin(client) => chains_of(
-                &client
-                    .call("GET", "/admin/v1/logs/checkpoints", None)
-                    .await?,
-            ),
+            Self::Admin(admin) => chains_of(&Self::state(&admin.0, &admin.1).await?),
             Self::Store(store) => Ok(store
                 .chains()
                 .await
@@ -227,10 +240,8 @@ impl LogSource {
     /// A record no chain accounts for, if any.
     async fn stray(&self) -> Result<Option<(String, i64)>, String> {
         match self {
-            Self::Admin(client) => {
-                let v = client
-                    .call("GET", "/admin/v1/logs/checkpoints", None)
-                    .await?;
+            Self::Admin(admin) => {
+                let v = Self::state(&admin.0, &admin.1).await?;
                 let stray = &v["stray"];
                 Ok(stray["seq"]
                     .as_i64()
@@ -243,10 +254,8 @@ impl LogSource {
     /// The checkpoints the store holds.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>, String> {
         match self {
-            Self::Admin(client) => {
-                let v = client
-                    .call("GET", "/admin/v1/logs/checkpoints", None)
-                    .await?;
+            Self::Admin(admin) => {
+                let v = Self::state(&admin.0, &admin.1).await?;
                 serde_json::from_value(v["checkpoints"].clone()).map_err(|e| e.to_string())
             }
             Self::Store(store) => store.checkpoints().await.map_err(|e| e.to_string()),
@@ -256,7 +265,8 @@ impl LogSource {
     /// The stored text of rule set `hash`, as the store holds it.
     async fn rule_set(&self, hash: &str) -> Result<Option<String>, String> {
         match self {
-            Self::Admin(client) => {
+            Self::Admin(admin) => {
+                let client = &admin.0;
                 let v = client
                     .call("GET", &format!("/admin/v1/rule_sets/{hash}"), None)
                     .await?;
@@ -269,7 +279,8 @@ impl LogSource {
     /// At most `PAGE` records after `after`, every chain in time order.
     async fn page(&self, after: &LogCursor) -> Result<Vec<LogRecord>, String> {
         match self {
-            Self::Admin(client) => {
+            Self::Admin(admin) => {
+                let client = &admin.0;
                 let v = client
                     .call(
                         "GET",
