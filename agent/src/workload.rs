@@ -16,8 +16,7 @@ use axum::routing::{delete, get, post};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use mintguard_api::{
-    CredentialRequest, CredentialResponse, EntryView, ErrorBody, IssueRequest, MAX_REQUEST_BYTES,
-    NodeFacts,
+    CredentialRequest, EntryView, ErrorBody, IssueRequest, MAX_REQUEST_BYTES, NodeFacts,
 };
 use serde_json::json;
 use tokio::net::UnixListener;
@@ -313,7 +312,7 @@ async fn credentials(
     };
     let (status, retry_after, body) = agent.issue(selectors, request).await?;
     if status == StatusCode::OK
-        && let Ok(issued) = serde_json::from_slice::<CredentialResponse>(&body)
+        && let Ok(issued) = serde_json::from_slice::<IssuedLease>(&body)
     {
         if let Ok(mut leases) = agent.leases.lock() {
             if leases.len() >= MAX_TRACKED_LEASES {
@@ -326,6 +325,13 @@ async fn credentials(
         }
     }
     Ok(passthrough(status, retry_after, body))
+}
+
+/// The lease id of a credential the broker issued: all the agent keeps of
+/// it (the credential itself passes through unparsed).
+#[derive(serde::Deserialize)]
+struct IssuedLease {
+    lease_id: String,
 }
 
 async fn release(

@@ -304,11 +304,13 @@ impl Attestor {
     /// other process holds its pid), runs the file it ran at accept, and
     /// that file is unchanged (the same [`FileVersion`] as when hashed: a
     /// write moves its ctime, which no user can set back). One `stat` of
-    /// `/proc/PID/exe` before and after the reads stands for the two
-    /// `readlink`s, the `open` and the `/proc/PID/stat` read of a first
-    /// call; the cgroups, the user name and the path are read again.
-    /// `None`: no pidfd, no earlier attestation or a changed file — the
-    /// full reads are needed.
+    /// `/proc/PID/exe` after the reads stands for the two `readlink`s, the
+    /// `open` and the `/proc/PID/stat` read of a first call: what it finds
+    /// is what the selectors name, whatever the process ran in between
+    /// (its bytes were all read before, and all its own). The cgroups are
+    /// read again through the connection's open `/proc/PID/cgroup`; the
+    /// user name and the path are read again. `None`: no pidfd, no earlier
+    /// attestation or a changed file — the full reads are needed.
     fn attest_again(&self, peer: &Peer) -> Result<Option<Vec<String>>, AttestError> {
         let alive = |pinned: &Pinned| match pinned.exited() {
             Some(false) => Ok(true),
@@ -321,14 +323,10 @@ impl Attestor {
         let Some(last) = peer.pinned.last() else {
             return Ok(None);
         };
-        let before = exe_version(peer.pid)?;
-        if !before.same_file(&peer.exe) {
-            return Err(AttestError::ExecutedSinceConnect(peer.pid));
-        }
-        if before != last.version {
-            return Ok(None);
-        }
-        let cgroups = cgroup_selectors(peer.pid);
+        let cgroups = cgroup_selectors_of(
+            &peer.pinned.cgroup_text(peer.pid),
+            Path::new("/sys/fs/cgroup"),
+        );
         // Still alive after the reads: they were all of this process.
         alive(&peer.pinned)?;
         let after = exe_version(peer.pid)?;

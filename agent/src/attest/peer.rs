@@ -83,6 +83,11 @@ pub struct Pinned(Arc<PinnedInner>);
 struct PinnedInner {
     pidfd: Option<std::os::fd::OwnedFd>,
     last: Mutex<Option<Executable>>,
+    /// `/proc/PID/cgroup`, opened once while the pidfd said the process
+    /// lived: a `/proc/PID` file names the process it was opened for (its
+    /// `struct pid`), never a later holder of the number, and is read
+    /// afresh from offset 0 on each call (the kernel renders it per read).
+    cgroup: Mutex<Option<std::fs::File>>,
 }
 
 /// The executable an attestation found: the file's version (content
@@ -99,6 +104,7 @@ impl Pinned {
         Self(Arc::new(PinnedInner {
             pidfd,
             last: Mutex::new(None),
+            cgroup: Mutex::new(None),
         }))
     }
 
@@ -115,6 +121,37 @@ impl Pinned {
 
     pub(super) fn last(&self) -> Option<Executable> {
         self.0.last.lock().ok()?.clone()
+    }
+
+    /// The text of the process's `/proc/PID/cgroup` now, through the file
+    /// this connection opened (opened on the first call). The caller checks
+    /// that the process still lives afterwards ([`Self::exited`]): then the
+    /// file was opened for it, and the text is its own. Empty when it
+    /// cannot be read.
+    pub(super) fn cgroup_text(&self, pid: i32) -> String {
+        use std::os::unix::fs::FileExt;
+        let Ok(mut file) = self.0.cgroup.lock() else {
+            return String::new();
+        };
+        if file.is_none() {
+            *file = std::fs::File::open(format!("/proc/{pid}/cgroup")).ok();
+        }
+        let Some(f) = file.as_ref() else {
+            return String::new();
+        };
+        // The kernel renders the whole file on a read from offset 0; a
+        // cgroup path is at most 4 KiB and the selectors take 32 lines.
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read_at(&mut buf[len..], len as u64) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(_) => return String::new(),
+            }
+        }
+        buf.truncate(len);
+        String::from_utf8(buf).unwrap_or_default()
     }
 
     pub(super) fn remember(&self, exe: Option<Executable>) {

@@ -290,3 +290,47 @@ fn a_container_id_counts_only_in_a_cgroup_root_made() {
         1
     );
 }
+
+/// A connection's later attestations read the process's cgroups afresh:
+/// a process moved to another cgroup between two requests on one kept-alive
+/// connection is named by the new one (the connection's open
+/// `/proc/PID/cgroup` renders the file again on each read), and once the
+/// process is gone its connection attests nothing.
+#[test]
+fn a_kept_connection_sees_its_process_move_between_cgroups() {
+    use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let mut child = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(30)",
+        ])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    let (stream, _) = listener.accept().unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let pidfd = getsockopt(&stream, PeerPidfd).ok();
+    let peer = Peer::at_accept(pid, 0, 0, Writers::default(), pidfd).unwrap();
+    let attestor = Attestor::new().unwrap();
+    let cgroup = format!("mintguard-attest-{}", std::process::id());
+    let moved = Path::new("/sys/fs/cgroup/pids").join(&cgroup);
+    let selector = format!("cgroup:path:/{cgroup}");
+
+    let first = attestor.attest(&peer).unwrap();
+    assert!(!first.contains(&selector), "{first:?}");
+    std::fs::create_dir(&moved).expect("the tests run as root with cgroup v1 pids mounted");
+    std::fs::write(moved.join("cgroup.procs"), pid.to_string()).unwrap();
+    let second = attestor.attest(&peer).unwrap();
+    let third = attestor.attest(&peer).unwrap();
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let gone = attestor.attest(&peer);
+    std::fs::remove_dir(&moved).unwrap();
+    assert!(second.contains(&selector), "{second:?}");
+    assert_eq!(second, third);
+    assert_eq!(gone, Err(AttestError::PeerGone(pid)));
+}
