@@ -539,3 +539,71 @@ async fn a_chain_deleted_from_the_database_fails_every_replicas_verification() {
         "{said}"
     );
 }
+
+/// A chain marked retired in the database and its head row moved past its
+/// records (forged records to be inserted once it is sealed) is never
+/// sealed: `logs retire` verifies that the records reach the head it would
+/// sign. With the head where the records end, the unsealed retirement is
+/// completed at that head.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_retirement_forged_in_the_database_is_not_sealed_past_its_records() {
+    let store = fresh_postgres_database("mg_ha_forged_retire").await;
+    let shared = tempfile::tempdir().unwrap();
+    let (mut a, b) = two_replicas(&store, shared.path());
+    let node = enrolled_node(&a, "node-1").await;
+    register_api_with(&a, "node-1", &["unix:uid:1000"], &["ha-open"]);
+    for broker in [&a, &b] {
+        for _ in 0..3 {
+            let reply = issue(broker, &node, json!({"grant": "ha-open"})).await;
+            assert_eq!(reply.status, 200, "{}", reply.text);
+        }
+    }
+    a.stop();
+    let chain_a = std::fs::read_to_string(a.data().join("instance.id")).unwrap();
+    let chain_a = chain_a.trim();
+    let config: tokio_postgres::Config = store.parse().unwrap();
+    let (client, conn) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let head = client
+        .query_one(
+            "SELECT seq, hash FROM log_chains WHERE chain = $1",
+            &[&chain_a],
+        )
+        .await
+        .unwrap();
+    let (seq, hash): (i64, String) = (head.get(0), head.get(1));
+    client
+        .execute(
+            "UPDATE log_chains SET retired_at_ms = 1, seq = seq + 2, hash = $2 WHERE chain = $1",
+            &[&chain_a, &"ab".repeat(32)],
+        )
+        .await
+        .unwrap();
+    let out = b.cli(&["logs", "retire", "--chain", chain_a]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("does not verify"), "{said}");
+    let verify = b.cli(&["logs", "verify"]);
+    assert!(!verify.status.success());
+    assert!(
+        String::from_utf8_lossy(&verify.stdout).contains("records were removed from the end"),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    // The head put back where the records end: sealed there.
+    client
+        .execute(
+            "UPDATE log_chains SET seq = $2, hash = $3 WHERE chain = $1",
+            &[&chain_a, &seq, &hash],
+        )
+        .await
+        .unwrap();
+    let sealed = b.cli(&["logs", "retire", "--chain", chain_a]);
+    let said = String::from_utf8_lossy(&sealed.stdout);
+    assert!(
+        sealed.status.success() && said.contains(&format!("at record {seq} (hash {hash})")),
+        "{said}{}",
+        String::from_utf8_lossy(&sealed.stderr)
+    );
+    b.assert_log_verifies();
+}

@@ -1059,7 +1059,7 @@ async fn queries_rule_sets_checkpoints_and_suspensions(store: Arc<dyn Store>) {
         let record = all.iter().find(|r| r.seq == row.seq).unwrap();
         assert_eq!(
             row.body,
-            mintguard_broker::log::canonical_body(&record.entry.body)
+            Ok(mintguard_broker::log::canonical_body(&record.entry.body))
         );
         assert_eq!(row.identity, record.entry.identity);
         assert_eq!(row.grant, record.entry.grant);

@@ -83,8 +83,8 @@ struct CiPart {
 /// door). A body it cannot read is an error: the caller counts it as a
 /// finding (a decision analysis never saw).
 pub fn event_of(row: &DecisionRow) -> Result<Option<Event>, Undecodable> {
-    let body: EventBody =
-        serde_json::from_str(&row.body).map_err(|e| Undecodable(e.to_string()))?;
+    let text = row.body.as_deref().map_err(|e| Undecodable(e.clone()))?;
+    let body: EventBody = serde_json::from_str(text).map_err(|e| Undecodable(e.to_string()))?;
     let (Some(identity), Some(grant)) = (row.identity.clone(), row.grant.clone()) else {
         return Ok(None);
     };
@@ -385,7 +385,7 @@ mod tests {
             grant: Some("db".into()),
             node: Some("spiffe://example.org/mintguard/node/n1".into()),
             outcome: Some(outcome.into()),
-            body: crate::log::canonical_body(&body),
+            body: Ok(crate::log::canonical_body(&body)),
         }
     }
 
@@ -424,7 +424,9 @@ mod tests {
         // silent skip or a zero. A row without an identity, or refused at
         // the door: no event.
         let mut bad = row("allow", json!({}));
-        bad.body = "{".into();
+        bad.body = Ok("{".into());
+        assert!(event_of(&bad).is_err());
+        bad.body = Err("record 7: a record body does not decompress".into());
         assert!(event_of(&bad).is_err());
         let mut float_ttl = body.clone();
         float_ttl["request"]["ttl_seconds"] = json!(1.8446744073709552e19);

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use super::Broker;
 use crate::clock::now_ms;
-use crate::log::checkpoint::{self, LogSigner};
+use crate::log::checkpoint::{self, LogSigner, StatementKind};
 
 /// Reads this broker's instance id from `<data_dir>/instance.id`, creating
 /// it (128 random bits, hex) on first start.
@@ -49,8 +49,8 @@ pub struct LogWriter {
     pub(super) every: i64,
     pub(super) last: Mutex<(i64, i64)>, // (seq checkpointed, time ms)
     /// The other replicas' chains' heads this broker last signed (see
-    /// [`Broker::checkpoint_if_due`]).
-    pub(super) witnessed: Mutex<HashMap<String, i64>>,
+    /// [`Broker::checkpoint_if_due`]), from its export file at start.
+    pub(super) witnessed: Mutex<HashMap<String, (i64, String)>>,
 }
 
 impl Broker {
@@ -82,6 +82,23 @@ impl Broker {
         self.witness_other_chains().await;
     }
 
+    /// The other chains' heads this broker's export file signed last.
+    pub(super) fn witnessed_in(export: &Path, own_chain: &str) -> HashMap<String, (i64, String)> {
+        let mut witnessed: HashMap<String, (i64, String)> = HashMap::new();
+        for cp in checkpoint::read_file(export).unwrap_or_default() {
+            if cp.chain == own_chain || cp.kind != StatementKind::Checkpoint {
+                continue;
+            }
+            if witnessed
+                .get(&cp.chain)
+                .is_none_or(|(seq, _)| cp.seq > *seq)
+            {
+                witnessed.insert(cp.chain.clone(), (cp.seq, cp.hash.clone()));
+            }
+        }
+        witnessed
+    }
+
     /// Signs every other chain's head that moved since this broker last
     /// did, into its own export (and the store): so every replica's file
     /// anchors every chain, and a chain deleted or cut back is caught by
@@ -92,18 +109,38 @@ impl Broker {
             return;
         };
         for chain in chains {
+            if chain.chain == self.store.chain() {
+                continue;
+            }
             let seen = self
                 .log
                 .witnessed
                 .lock()
-                .map_or(0, |w| w.get(&chain.chain).copied().unwrap_or(0));
-            if chain.chain == self.store.chain() || chain.seq <= seen {
-                continue;
+                .ok()
+                .and_then(|w| w.get(&chain.chain).cloned());
+            if let Some((seq, hash)) = &seen {
+                // A head behind, or another hash at the same record, than
+                // this broker signed: the chain was cut back or rewritten.
+                // Signing it would put a second history in the export.
+                if chain.seq < *seq || (chain.seq == *seq && chain.hash != *hash) {
+                    tracing::error!(
+                        chain = chain.chain,
+                        witnessed_seq = seq,
+                        witnessed_hash = hash,
+                        head_seq = chain.seq,
+                        head_hash = chain.hash,
+                        "another chain's head moved back or changed since this broker signed it: not signed; run `mintguard logs verify`"
+                    );
+                    continue;
+                }
+                if chain.seq == *seq {
+                    continue;
+                }
             }
             match self.checkpoint(&chain.chain, chain.seq, &chain.hash).await {
                 Ok(()) => {
                     if let Ok(mut w) = self.log.witnessed.lock() {
-                        w.insert(chain.chain, chain.seq);
+                        w.insert(chain.chain, (chain.seq, chain.hash));
                     }
                 }
                 Err(e) => {
@@ -120,7 +157,7 @@ impl Broker {
             .log
             .signer
             .sign_statement(
-                checkpoint::StatementKind::Checkpoint,
+                StatementKind::Checkpoint,
                 Some(&self.log.instance),
                 chain,
                 seq,
@@ -150,7 +187,7 @@ impl Broker {
     /// it), or that the chain was retired there.
     pub fn export_statement(
         &self,
-        kind: checkpoint::StatementKind,
+        kind: StatementKind,
         chain: &str,
         seq: i64,
         hash: &str,

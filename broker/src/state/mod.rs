@@ -390,6 +390,7 @@ impl Broker {
             .checkpoints_file
             .clone()
             .unwrap_or_else(|| config.data_dir.join("checkpoints.jsonl"));
+        let witnessed = Broker::witnessed_in(&export, store.chain());
         let (head, _) = store.head().await.map_err(setup)?;
         let last_cp = store
             .checkpoints()
@@ -470,7 +471,7 @@ impl Broker {
                 instance,
                 every,
                 last: Mutex::new((last_cp, now_ms())),
-                witnessed: Mutex::new(HashMap::new()),
+                witnessed: Mutex::new(witnessed),
             },
             operators: RwLock::new(operators),
             introspection: RwLock::new(introspection),

@@ -61,6 +61,13 @@ const TOKENS: &[(&str, &str, &str)] = &[
         "",
     ),
     (
+        "{checkpoint_kinds}",
+        "",
+        "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'checkpoint';
+     ALTER TABLE checkpoints DROP CONSTRAINT IF EXISTS checkpoints_pkey;
+     ALTER TABLE checkpoints ADD PRIMARY KEY (chain, seq, kind);",
+    ),
+    (
         "{suspensions_by_whom}",
         "ALTER TABLE suspensions RENAME COLUMN by TO by_whom;",
         "",
@@ -177,6 +184,9 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // SQLite keeps a record's body compressed, with a dictionary trained on
     // its own records; PostgreSQL keeps it as text (TOAST compresses it).
     (12, "{body_dictionaries}"),
+    // Migration 11 as first written gave PostgreSQL's checkpoints no kind:
+    // a store it migrated then gets it now (a no-op where 11 did).
+    (13, "{checkpoint_kinds}"),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it

@@ -334,8 +334,10 @@ pub struct DecisionRow {
     pub node: Option<String>,
     /// The logged outcome.
     pub outcome: Option<String>,
-    /// The body's canonical JSON text.
-    pub body: String,
+    /// The body's canonical JSON text, or why the store could not read it
+    /// (the reader counts it as a finding and goes on: one unreadable row
+    /// never stops a page).
+    pub body: std::result::Result<String, String>,
 }
 
 /// What the pipeline reads from the store for one request, in one read.
@@ -555,6 +557,13 @@ pub trait LogStore: Send + Sync {
     /// store does not hold, or beyond its chain's head. Readers never see
     /// such a record; `logs verify` reports it.
     async fn stray_record(&self) -> Result<Option<(String, i64)>>;
+    /// Whether what the store reads its records with is intact and the
+    /// same as this handle reads with (SQLite's body dictionaries; nothing
+    /// for a store keeping bodies as text): `logs verify` asks, since a
+    /// running broker would go on reading with what it loaded.
+    async fn check_codec(&self) -> Result<()> {
+        Ok(())
+    }
     /// Retires `chain` (a replica taken out of service): no record is
     /// appended to it after. Its head, which the caller signs as the
     /// chain's final statement. A conflict for this handle's own chain,

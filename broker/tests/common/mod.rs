@@ -683,7 +683,11 @@ pub fn read_records(conn: &rusqlite::Connection) -> Vec<mintguard_broker::log::L
                 outcome: r.get(7)?,
                 body: serde_json::from_str(
                     &bodies
-                        .decode(conn, (&r.get::<_, rusqlite::types::Value>(8)?).into())
+                        .decode(
+                            conn,
+                            (&r.get::<_, rusqlite::types::Value>(8)?).into(),
+                            &mut Default::default(),
+                        )
                         .unwrap(),
                 )
                 .unwrap(),

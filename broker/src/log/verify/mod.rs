@@ -127,6 +127,13 @@ pub enum VerifyFailure {
         /// What is wrong with it.
         rule_set: RuleSetProblem,
     },
+    /// What the store reads record bodies with (SQLite's dictionaries) was
+    /// edited, replaced or removed.
+    #[error("{reason}")]
+    Codec {
+        /// What is wrong.
+        reason: String,
+    },
     /// The checkpoint export cannot be read, or part of it is malformed.
     #[error("{reason}")]
     CheckpointFile {
@@ -208,6 +215,23 @@ pub enum VerifyFailure {
     UnsealedRetirement {
         /// The chain's last record.
         last: i64,
+        /// Its hash, as the records give it (the head a final statement
+        /// closing it would name).
+        head: String,
+    },
+    /// Two signed statements about one record of a chain name different
+    /// hashes: a signer was shown two histories (a witness signed a head
+    /// someone rewrote), or one history was rewritten and re-signed.
+    #[error(
+        "two signed statements about record {seq} name different hashes ({first} and {second}): the chain was shown or rewritten two ways"
+    )]
+    Equivocation {
+        /// The record.
+        seq: i64,
+        /// One statement's hash.
+        first: String,
+        /// The other's.
+        second: String,
     },
     /// The log ends before an exported checkpoint (truncated).
     #[error(
@@ -423,14 +447,41 @@ impl<'a> ChainVerifier<'a> {
                     seq: cp.seq,
                 });
             };
+            // The same statement may come twice (the export file and the
+            // store); two about one record must agree.
+            let agree = |state: &ChainState<'a>| match state.checkpoints.get(&cp.seq) {
+                Some(known) if known.hash != cp.hash => Err(on_chain(
+                    &cp.chain,
+                    VerifyFailure::Equivocation {
+                        seq: cp.seq,
+                        first: known.hash.clone(),
+                        second: cp.hash.clone(),
+                    },
+                )),
+                _ => Ok(()),
+            };
             match cp.kind {
                 StatementKind::Checkpoint => {
+                    agree(state)?;
                     state.checkpoints.insert(cp.seq, cp);
                 }
                 StatementKind::Prune => {
                     prunes.insert((cp.chain.as_str(), cp.seq, cp.hash.as_str()));
                 }
                 StatementKind::Final => {
+                    agree(state)?;
+                    if let Some(other) = state.closed_at
+                        && (other.seq, &other.hash) != (cp.seq, &cp.hash)
+                    {
+                        return Err(on_chain(
+                            &cp.chain,
+                            VerifyFailure::Equivocation {
+                                seq: cp.seq,
+                                first: format!("final at {}: {}", other.seq, other.hash),
+                                second: format!("final at {}: {}", cp.seq, cp.hash),
+                            },
+                        ));
+                    }
                     state.checkpoints.insert(cp.seq, cp);
                     state.closed_at = Some(cp);
                 }
@@ -597,6 +648,10 @@ impl<'a> ChainVerifier<'a> {
             });
         }
         let mut chains = Vec::with_capacity(self.chains.len());
+        // A retirement without its final statement is reported only once
+        // every chain passed every other check: `logs retire` completes
+        // it, and must never seal a chain something else is wrong with.
+        let mut unsealed = None;
         for (chain, state) in self.chains {
             let fail = |failure| on_chain(&chain, failure);
             let last = state.expected - 1;
@@ -609,13 +664,16 @@ impl<'a> ChainVerifier<'a> {
                     checkpoint: cp,
                 }));
             }
-            if state.retired && state.closed_at.is_none() {
-                return Err(fail(VerifyFailure::UnsealedRetirement { last }));
-            }
             if let Some((head, hash)) = &state.head
                 && (last < *head || (last == *head && state.prev_hash != *hash))
             {
                 return Err(fail(VerifyFailure::HeadMismatch { last, head: *head }));
+            }
+            if state.retired && state.closed_at.is_none() {
+                unsealed.get_or_insert(fail(VerifyFailure::UnsealedRetirement {
+                    last,
+                    head: state.prev_hash.clone(),
+                }));
             }
             chains.push(ChainReport {
                 chain,
@@ -625,6 +683,9 @@ impl<'a> ChainVerifier<'a> {
                 last_checkpoint,
                 retired: state.closed_at.is_some(),
             });
+        }
+        if let Some(failure) = unsealed {
+            return Err(failure);
         }
         // A log of one chain reports as it did before chains had names.
         let only = (chains.len() == 1).then(|| chains[0].clone());

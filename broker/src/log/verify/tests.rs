@@ -184,9 +184,78 @@ fn a_retired_chain_ends_at_its_final_statement() {
         verify_all(&retired, &a[..4], &[], key).map(|r| r.records),
         Err(VerifyFailure::InChain {
             chain: "aa".into(),
-            failure: Box::new(VerifyFailure::UnsealedRetirement { last: 4 })
+            failure: Box::new(VerifyFailure::UnsealedRetirement {
+                last: 4,
+                head: a[3].hash.clone()
+            })
         })
     );
+    // Retired, unsealed, and its head row moved past its records (forged
+    // records to be inserted once sealed): the head is the failure, so
+    // `logs retire` refuses to seal.
+    let ahead = [ChainStart {
+        retired: true,
+        head: Some((6, a[5].hash.clone())),
+        ..start("aa")
+    }];
+    assert_eq!(
+        verify_all(&ahead, &a[..4], &[], key),
+        Err(VerifyFailure::InChain {
+            chain: "aa".into(),
+            failure: Box::new(VerifyFailure::HeadMismatch { last: 4, head: 6 })
+        })
+    );
+    // Another chain's failure comes before the unsealed retirement.
+    let b = named_chain("bb", 3);
+    let mut both = retired.to_vec();
+    both.push(start("bb"));
+    let broken: Vec<LogRecord> = a[..4].iter().chain(&b[1..]).cloned().collect();
+    assert!(matches!(
+        verify_all(&both, &broken, &[], key),
+        Err(VerifyFailure::InChain { chain, .. }) if chain == "bb"
+    ));
+}
+
+#[test]
+fn two_statements_about_one_record_must_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = LogSigner::load_or_create(&dir.path().join("log.key")).unwrap();
+    let key = signer.public_jwk();
+    let a = named_chain("aa", 6);
+    let sign = |kind, seq: i64, hash: &str| {
+        signer
+            .sign_statement(kind, Some("b2"), "aa", seq, hash, 1)
+            .unwrap()
+    };
+    let honest = sign(StatementKind::Checkpoint, 4, &a[3].hash);
+    // The same statement twice (the export file and the store) is one.
+    assert!(verify_all(&[start("aa")], &a, &[honest.clone(), honest.clone()], key).is_ok());
+    // A witness made to sign a rewritten history at the same record.
+    let forged = sign(StatementKind::Checkpoint, 4, &a[2].hash);
+    for order in [
+        [honest.clone(), forged.clone()],
+        [forged.clone(), honest.clone()],
+    ] {
+        assert!(matches!(
+            verify_all(&[start("aa")], &a, &order, key),
+            Err(VerifyFailure::InChain { failure, .. })
+                if matches!(*failure, VerifyFailure::Equivocation { seq: 4, .. })
+        ));
+    }
+    // Two final statements closing the chain at different records.
+    let retired = [ChainStart {
+        retired: true,
+        ..start("aa")
+    }];
+    let finals = [
+        sign(StatementKind::Final, 4, &a[3].hash),
+        sign(StatementKind::Final, 6, &a[5].hash),
+    ];
+    assert!(matches!(
+        verify_all(&retired, &a, &finals, key),
+        Err(VerifyFailure::InChain { failure, .. })
+            if matches!(*failure, VerifyFailure::Equivocation { .. })
+    ));
 }
 
 #[test]

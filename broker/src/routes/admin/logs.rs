@@ -146,6 +146,13 @@ pub(super) async fn verify_log(
             }));
         }
     };
+    match broker.store.check_codec().await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Corrupt(reason)) => {
+            return Ok(Err(VerifyFailure::Codec { reason }));
+        }
+        Err(e) => return Err(e.into()),
+    }
     let stored = broker.store.checkpoints().await?;
     if let Some(seq) =
         crate::log::verify::missing_export(&stored, &checkpoints, &[broker.instance_id()])
@@ -183,7 +190,10 @@ pub(super) async fn verify_log(
         }
     }
     let verified = verifier.finish(&problems);
-    if verified.is_ok()
+    // An unsealed retirement is reported last (see `finish`): the stray
+    // rows are looked for under it too, before `logs retire` may seal.
+    let sealable = matches!(&verified, Err(f) if unsealed(f).is_some());
+    if (verified.is_ok() || sealable)
         && let Some((chain, seq)) = broker.store.stray_record().await?
     {
         return Ok(Err(VerifyFailure::StrayRecord { chain, seq }));
@@ -663,25 +673,43 @@ pub(super) async fn retire_chain(
     // The log verifies first: a chain someone edited is not sealed as it
     // is. A retirement left without its final statement (an export or
     // store failure, a crash) is what this run completes.
-    match verify_log(&broker, None).await? {
-        Ok(_) => {}
-        Err(failure) if unsealed(&failure, &chain) => {}
-        Err(failure) => {
-            return Err(ApiError::new(
-                StatusCode::CONFLICT,
-                "log_not_verified",
-                format!("the log does not verify, so no chain was retired: {failure}"),
-            ));
-        }
+    // It is sealed at the head its records reach, which must be the one
+    // the store records (nothing appends to a retired chain).
+    let verified_head = match verify_log(&broker, None).await? {
+        Ok(_) => None,
+        Err(failure) => match unsealed(&failure) {
+            Some((c, last, head)) if c == chain => Some((last, head.to_owned())),
+            _ => {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    "log_not_verified",
+                    format!("the log does not verify, so no chain was retired: {failure}"),
+                ));
+            }
+        },
+    };
+    if let Some(verified) = &verified_head
+        && (target.retired_at_ms.is_none() || *verified != (target.seq, target.hash.clone()))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_not_verified",
+            format!(
+                "the chain's records end at record {} but the store records its head at {}: it was not sealed",
+                verified.0, target.seq
+            ),
+        ));
     }
     let intent = json!({"chain": chain});
     let (seq, hash, statement) = AdminAction::begin(&broker, &op, "chain_retired", None, intent)
         .await?
         .run(
             async {
-                // Retired before, unsealed: its head, which nothing extends any more.
-                let (seq, hash) = match target.retired_at_ms {
-                    Some(_) => (target.seq, target.hash.clone()),
+                // Retired before, unsealed: the head its records reach
+                // (checked above against the store's), which nothing
+                // extends any more.
+                let (seq, hash) = match verified_head {
+                    Some(head) => head,
                     None => broker.store.retire_chain(&chain, broker.clock.now_ms()).await?,
                 };
                 let statement = broker
@@ -704,13 +732,15 @@ pub(super) async fn retire_chain(
     ))
 }
 
-/// Whether `failure` is `chain`'s retirement without its final statement.
-fn unsealed(failure: &VerifyFailure, chain: &str) -> bool {
+/// The chain, last record and head hash of a retirement without its final
+/// statement, if that is what `failure` is.
+fn unsealed(failure: &VerifyFailure) -> Option<(&str, i64, &str)> {
     match failure {
-        VerifyFailure::UnsealedRetirement { .. } => chain.is_empty(),
-        VerifyFailure::InChain { chain: c, failure } => {
-            c == chain && matches!(**failure, VerifyFailure::UnsealedRetirement { .. })
-        }
-        _ => false,
+        VerifyFailure::UnsealedRetirement { last, head } => Some(("", *last, head)),
+        VerifyFailure::InChain { chain, failure } => match &**failure {
+            VerifyFailure::UnsealedRetirement { last, head } => Some((chain, *last, head)),
+            _ => None,
+        },
+        _ => None,
     }
 }

@@ -75,7 +75,7 @@ impl LogStore for PostgresStore {
                 grant: r.get(4),
                 node: r.get(5),
                 outcome: r.get(6),
-                body: r.get(7),
+                body: Ok(r.get(7)),
             })
             .collect())
     }
@@ -172,17 +172,35 @@ impl LogStore for PostgresStore {
         Ok(row.map(|r| r.get(0)))
     }
     async fn add_checkpoint(&self, cp: &Checkpoint) -> Result<()> {
-        self.client()
-            .await?
+        let client = self.client().await?;
+        // One statement of a kind per record: another replica's of the same
+        // head says the same (and is in that replica's file). One naming
+        // another hash means two histories were signed: never dropped
+        // silently.
+        let inserted = client
             .execute(
-                // One statement of a kind per record: another replica's of
-                // the same head says the same (and is in that replica's file).
                 "INSERT INTO checkpoints(chain, seq, kind, hash, time_ms, jws) VALUES ($5, $1, $6, $2, $3, $4)
                  ON CONFLICT (chain, seq, kind) DO NOTHING",
                 &[&cp.seq, &cp.hash, &cp.time_ms, &cp.jws, &cp.chain, &cp.kind.as_str()],
             )
             .await
             .map_err(map_pg)?;
+        if inserted == 0 {
+            let stored: String = client
+                .query_one(
+                    "SELECT hash FROM checkpoints WHERE chain = $1 AND seq = $2 AND kind = $3",
+                    &[&cp.chain, &cp.seq, &cp.kind.as_str()],
+                )
+                .await
+                .map_err(map_pg)?
+                .get(0);
+            if stored != cp.hash {
+                return Err(StoreError::Conflict(format!(
+                    "chain {:?} record {}: the store holds a statement of hash {stored}, this one names {} (two histories were signed)",
+                    cp.chain, cp.seq, cp.hash
+                )));
+            }
+        }
         Ok(())
     }
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>> {

@@ -31,9 +31,19 @@ const DICTIONARY_BYTES: usize = 64 * 1024;
 /// zstd's level: with a dictionary the ratio is the same from 1 to 9, and
 /// 1 compresses a 2.5 KB body in about two microseconds.
 const LEVEL: i32 = 1;
-/// The largest body decompressed (a record body is far smaller; a blob that
-/// claims more is corrupt).
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The largest body decompressed: far above any record the broker writes
+/// (a request is at most `limits.max_body_bytes`, 64 KiB by default, and a
+/// record holds one request with its inputs); a blob that claims more is
+/// corrupt.
+const MAX_BODY: usize = 4 * 1024 * 1024;
+/// The most bytes one read (a page of records) may decompress to in all: a
+/// few hundred bytes of blob can claim megabytes, and a page of 10,000
+/// such rows must not take the broker's memory.
+pub const READ_BUDGET: usize = 256 * 1024 * 1024;
+/// The largest dictionary read (trained to [`DICTIONARY_BYTES`]).
+const MAX_DICTIONARY: usize = 2 * DICTIONARY_BYTES;
+/// A zstd dictionary's first four bytes (little-endian 0xEC30A437).
+const DICTIONARY_MAGIC: [u8; 4] = [0x37, 0xa4, 0x30, 0xec];
 
 /// A stored dictionary.
 struct Dictionary {
@@ -49,9 +59,44 @@ impl Dictionary {
     fn new(id: u32, bytes: &[u8]) -> Arc<Self> {
         Arc::new(Self {
             id,
-            hash: crate::ids::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes)),
+            hash: sha256(bytes),
             bytes: bytes.to_vec(),
         })
+    }
+
+    /// The dictionary a `body_dictionaries` row holds, if the row is one
+    /// this store wrote: a zstd dictionary (not raw content) of at most
+    /// [`MAX_DICTIONARY`] bytes, whose own id is the row's and whose
+    /// SHA-256 is the row's `hash`. An edited row is corrupt, never used.
+    fn from_row(id: i64, hash: &str, bytes: &[u8]) -> Result<Arc<Self>> {
+        let bad = |why: &str| StoreError::Corrupt(format!("body dictionary {id}: {why}"));
+        let id = u32::try_from(id).map_err(|_| bad("its id is not a zstd id"))?;
+        if bytes.len() > MAX_DICTIONARY || !bytes.starts_with(&DICTIONARY_MAGIC) {
+            return Err(bad("not a zstd dictionary of at most 128 KiB"));
+        }
+        if zstd::zstd_safe::get_dict_id(bytes).map(u32::from) != Some(id) {
+            return Err(bad("its bytes name another id"));
+        }
+        let dictionary = Self::new(id, bytes);
+        if dictionary.hash != hash {
+            return Err(bad(
+                "its bytes do not hash to the hash stored with them (edited)",
+            ));
+        }
+        Ok(dictionary)
+    }
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    crate::ids::hex(&<sha2::Sha256 as sha2::Digest>::digest(bytes))
+}
+
+/// What one read may still decompress (see [`READ_BUDGET`]).
+pub struct ReadBudget(usize);
+
+impl Default for ReadBudget {
+    fn default() -> Self {
+        Self(READ_BUDGET)
     }
 }
 
@@ -82,21 +127,15 @@ impl Bodies {
     /// newest one to compress with; none yet, samples are collected.
     pub fn load(conn: &Connection) -> Result<Self> {
         let bodies = Self::default();
-        let mut stmt = conn
-            .prepare("SELECT id, dict FROM body_dictionaries ORDER BY created_at_ms, id")
-            .map_err(map_sql)?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))
-            .map_err(map_sql)?;
         let mut newest = None;
-        for row in rows {
-            let (id, dict) = row.map_err(map_sql)?;
-            let id = dictionary_id(id)?;
-            bodies.add_decoder(id, &dict);
-            newest = Some((id, dict));
+        for dictionary in stored_dictionaries(conn)? {
+            if let Ok(mut decoders) = bodies.decoders.write() {
+                decoders.insert(dictionary.id, dictionary.clone());
+            }
+            newest = Some(dictionary);
         }
         match newest {
-            Some((id, dict)) => bodies.use_encoder(id, &dict),
+            Some(dictionary) => bodies.encoder.store(Some(dictionary)),
             None => {
                 if let Ok(mut samples) = bodies.samples.lock() {
                     *samples = Some(Vec::with_capacity(SAMPLES));
@@ -106,14 +145,34 @@ impl Bodies {
         Ok(bodies)
     }
 
-    fn add_decoder(&self, id: u32, dict: &[u8]) {
-        if let Ok(mut decoders) = self.decoders.write() {
-            decoders.insert(id, Dictionary::new(id, dict));
+    /// Whether every stored dictionary is intact and is the one this
+    /// process reads with: a row edited since it was loaded is found here
+    /// (this process would go on reading with the bytes it loaded, and the
+    /// next to open the store could not), for `logs verify`.
+    pub fn check(&self, conn: &Connection) -> Result<()> {
+        let loaded = self.decoders.read().map_err(|_| {
+            StoreError::Unavailable("the body dictionaries' lock is poisoned".into())
+        })?;
+        let stored = stored_dictionaries(conn)?;
+        for dictionary in &stored {
+            if let Some(mine) = loaded.get(&dictionary.id)
+                && mine.hash != dictionary.hash
+            {
+                return Err(StoreError::Corrupt(format!(
+                    "body dictionary {} was replaced since this broker loaded it",
+                    dictionary.id
+                )));
+            }
         }
-    }
-
-    fn use_encoder(&self, id: u32, dict: &[u8]) {
-        self.encoder.store(Some(Dictionary::new(id, dict)));
+        if let Some(encoder) = self.encoder.load().as_deref()
+            && !stored.iter().any(|d| d.hash == encoder.hash)
+        {
+            return Err(StoreError::Corrupt(format!(
+                "body dictionary {} that new records are compressed with is gone from the store",
+                encoder.id
+            )));
+        }
+        Ok(())
     }
 
     /// `jcs` as it is stored: compressed, with the current dictionary if
@@ -158,26 +217,51 @@ impl Bodies {
         Ok((id, dict))
     }
 
-    /// Stores a trained dictionary (in the writer's transaction).
+    /// Stores a trained dictionary (in the writer's transaction). One
+    /// another handle on the store trained on the same records under the
+    /// same id is the same dictionary, or a conflict.
     pub fn store(conn: &Connection, id: u32, dict: &[u8], now_ms: i64) -> Result<()> {
-        let hash = crate::ids::hex(&<sha2::Sha256 as sha2::Digest>::digest(dict));
-        conn.execute(
-            "INSERT INTO body_dictionaries(id, hash, dict, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
-            rusqlite::params![i64::from(id), hash, dict, now_ms],
-        )
-        .map_err(map_sql)?;
+        let inserted = conn
+            .execute(
+                "INSERT OR IGNORE INTO body_dictionaries(id, hash, dict, created_at_ms) VALUES (?1, ?2, ?3, ?4)",
+                rusqlite::params![i64::from(id), sha256(dict), dict, now_ms],
+            )
+            .map_err(map_sql)?;
+        if inserted == 0 {
+            let stored: Vec<u8> = conn
+                .query_row(
+                    "SELECT dict FROM body_dictionaries WHERE id = ?1",
+                    [i64::from(id)],
+                    |r| r.get(0),
+                )
+                .map_err(map_sql)?;
+            if stored != dict {
+                return Err(StoreError::Conflict(format!(
+                    "body dictionary {id} is stored with other bytes"
+                )));
+            }
+        }
         Ok(())
     }
 
     /// Compresses new bodies with a dictionary once it is stored.
     pub fn install(&self, id: u32, dict: &[u8]) {
-        self.add_decoder(id, dict);
-        self.use_encoder(id, dict);
+        let dictionary = Dictionary::new(id, dict);
+        if let Ok(mut decoders) = self.decoders.write() {
+            decoders.insert(id, dictionary.clone());
+        }
+        self.encoder.store(Some(dictionary));
     }
 
-    /// A stored body's canonical JSON. A dictionary this process has not
-    /// loaded (another process trained it) is read from `conn`.
-    pub fn decode(&self, conn: &Connection, value: ValueRef<'_>) -> Result<String> {
+    /// A stored body's canonical JSON, within what `budget` has left. A
+    /// dictionary this process has not loaded (another process trained it)
+    /// is read from `conn`.
+    pub fn decode(
+        &self,
+        conn: &Connection,
+        value: ValueRef<'_>,
+        budget: &mut ReadBudget,
+    ) -> Result<String> {
         let blob = match value {
             ValueRef::Text(text) => {
                 return String::from_utf8(text.to_vec())
@@ -197,7 +281,7 @@ impl Bodies {
             0 => None,
             id => Some(self.decoder(conn, id)?),
         };
-        let bytes = decompress(blob, dictionary.as_deref()).map_err(corrupt)?;
+        let bytes = decompress(blob, dictionary.as_deref(), budget).map_err(corrupt)?;
         String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8".into()))
     }
 
@@ -205,37 +289,59 @@ impl Bodies {
         if let Some(d) = self.decoders.read().ok().and_then(|d| d.get(&id).cloned()) {
             return Ok(d);
         }
-        let dict: Option<Vec<u8>> = conn
+        let row: Option<(String, Vec<u8>)> = conn
             .query_row(
-                "SELECT dict FROM body_dictionaries WHERE id = ?1",
+                "SELECT hash, dict FROM body_dictionaries WHERE id = ?1",
                 [i64::from(id)],
-                |r| r.get(0),
+                |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()
             .map_err(map_sql)?;
-        let dict = dict.ok_or_else(|| {
+        let (hash, dict) = row.ok_or_else(|| {
             StoreError::Corrupt(format!(
                 "a record body names dictionary {id}, which the store does not hold"
             ))
         })?;
-        self.add_decoder(id, &dict);
-        self.decoders
-            .read()
-            .ok()
-            .and_then(|d| d.get(&id).cloned())
-            .ok_or_else(|| StoreError::Corrupt(format!("dictionary {id} could not be loaded")))
+        let dictionary = Dictionary::from_row(i64::from(id), &hash, &dict)?;
+        if let Ok(mut decoders) = self.decoders.write() {
+            decoders.insert(id, dictionary.clone());
+        }
+        Ok(dictionary)
     }
 }
 
-fn dictionary_id(id: i64) -> Result<u32> {
-    u32::try_from(id)
-        .map_err(|_| StoreError::Corrupt(format!("dictionary id {id} is not a zstd id")))
+/// Every stored dictionary, oldest first, each checked ([`Dictionary::from_row`]).
+fn stored_dictionaries(conn: &Connection) -> Result<Vec<Arc<Dictionary>>> {
+    let mut stmt = conn
+        .prepare("SELECT id, hash, dict FROM body_dictionaries ORDER BY created_at_ms, id")
+        .map_err(map_sql)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(map_sql)?;
+    rows.map(|row| {
+        let (id, hash, dict) = row.map_err(map_sql)?;
+        Dictionary::from_row(id, &hash, &dict)
+    })
+    .collect()
 }
 
-/// `jcs` compressed, on this thread's context; `None` (kept as text, which
-/// every reader reads) in the case zstd fails, which it does not on input
-/// given whole.
+/// `jcs` compressed, on this thread's context, and checked to read back
+/// exactly (a few microseconds: a record is written only in a form its
+/// readers decode); `None` (kept as text, which every reader reads) in the
+/// case zstd fails or does not give it back.
 fn compress(jcs: &str, dictionary: Option<&Dictionary>) -> Option<Vec<u8>> {
+    let blob = compress_only(jcs, dictionary)?;
+    let back = decompress(&blob, dictionary, &mut ReadBudget::default()).ok()?;
+    (back == jcs.as_bytes()).then_some(blob)
+}
+
+fn compress_only(jcs: &str, dictionary: Option<&Dictionary>) -> Option<Vec<u8>> {
     let key = dictionary.map_or("", |d| d.hash.as_str());
     COMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -251,16 +357,21 @@ fn compress(jcs: &str, dictionary: Option<&Dictionary>) -> Option<Vec<u8>> {
 }
 
 /// `blob` decompressed, on this thread's context, into the size its frame
-/// states (a frame that states none, or more than [`MAX_BODY`], is refused).
+/// states (a frame that states none, more than [`MAX_BODY`] or more than
+/// the read's budget has left is refused).
 fn decompress(
     blob: &[u8],
     dictionary: Option<&Dictionary>,
+    budget: &mut ReadBudget,
 ) -> std::result::Result<Vec<u8>, String> {
     let size = match zstd::zstd_safe::get_frame_content_size(blob) {
         Ok(Some(size)) if size <= MAX_BODY as u64 => usize::try_from(size).unwrap_or(MAX_BODY),
         Ok(Some(size)) => return Err(format!("it states {size} bytes")),
         Ok(None) | Err(_) => return Err("not a zstd frame that states its size".into()),
     };
+    budget.0 = budget.0.checked_sub(size).ok_or_else(|| {
+        format!("the records read with it decompress to more than {READ_BUDGET} bytes")
+    })?;
     let key = dictionary.map_or("", |d| d.hash.as_str());
     DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
@@ -334,14 +445,27 @@ mod tests {
         let fresh = Bodies::load(&conn).unwrap();
         for reader in [&bodies, &fresh] {
             for (text, blob) in &before {
-                assert_eq!(&reader.decode(&conn, ValueRef::Blob(blob)).unwrap(), text);
+                assert_eq!(
+                    &reader
+                        .decode(&conn, ValueRef::Blob(blob), &mut ReadBudget::default())
+                        .unwrap(),
+                    text
+                );
             }
             assert_eq!(
-                reader.decode(&conn, ValueRef::Blob(&after)).unwrap(),
+                reader
+                    .decode(&conn, ValueRef::Blob(&after), &mut ReadBudget::default())
+                    .unwrap(),
                 body(5000)
             );
             assert_eq!(
-                reader.decode(&conn, ValueRef::Text(b"{\"a\":1}")).unwrap(),
+                reader
+                    .decode(
+                        &conn,
+                        ValueRef::Text(b"{\"a\":1}"),
+                        &mut ReadBudget::default()
+                    )
+                    .unwrap(),
                 "{\"a\":1}"
             );
         }
@@ -359,16 +483,127 @@ mod tests {
         let (blob, _) = bodies.encode(&body(1));
         let other = Bodies::load(&conn).unwrap();
         assert!(matches!(
-            other.decode(&conn, ValueRef::Blob(&blob.unwrap())),
+            other.decode(
+                &conn,
+                ValueRef::Blob(&blob.unwrap()),
+                &mut ReadBudget::default()
+            ),
             Err(StoreError::Corrupt(_))
         ));
         for bad in [&b"not zstd"[..], &[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0][..]] {
             assert!(matches!(
-                bodies.decode(&conn, ValueRef::Blob(bad)),
+                bodies.decode(&conn, ValueRef::Blob(bad), &mut ReadBudget::default()),
                 Err(StoreError::Corrupt(_))
             ));
         }
-        assert!(bodies.decode(&conn, ValueRef::Integer(7)).is_err());
-        assert!(bodies.decode(&conn, ValueRef::Text(&[0xff, 0xfe])).is_err());
+        assert!(
+            bodies
+                .decode(&conn, ValueRef::Integer(7), &mut ReadBudget::default())
+                .is_err()
+        );
+        assert!(
+            bodies
+                .decode(
+                    &conn,
+                    ValueRef::Text(&[0xff, 0xfe]),
+                    &mut ReadBudget::default()
+                )
+                .is_err()
+        );
+    }
+
+    fn trained(conn: &Connection) -> (Bodies, u32, Vec<u8>) {
+        let samples: Vec<Vec<u8>> = (0..SAMPLES).map(|i| body(i).into_bytes()).collect();
+        let (id, dict) = Bodies::train(&samples).unwrap();
+        Bodies::store(conn, id, &dict, 1).unwrap();
+        let bodies = Bodies::load(conn).unwrap();
+        (bodies, id, dict)
+    }
+
+    /// A dictionary row someone edited is never read with: at open its
+    /// bytes must be a zstd dictionary naming the row's id and hashing to
+    /// the row's hash; a row edited after this process loaded it is found
+    /// by `check` (what `logs verify` asks).
+    #[test]
+    fn an_edited_dictionary_is_refused_at_open_and_found_by_check() {
+        let conn = store();
+        let (bodies, id, dict) = trained(&conn);
+        bodies.check(&conn).unwrap();
+        let mut edited = dict.clone();
+        let last = edited.len() - 1;
+        edited[last] ^= 1;
+        conn.execute(
+            "UPDATE body_dictionaries SET dict = ?1 WHERE id = ?2",
+            rusqlite::params![edited, i64::from(id)],
+        )
+        .unwrap();
+        assert!(matches!(Bodies::load(&conn), Err(StoreError::Corrupt(_))));
+        assert!(matches!(bodies.check(&conn), Err(StoreError::Corrupt(_))));
+        // The hash edited to match: still another dictionary than the one
+        // loaded.
+        conn.execute(
+            "UPDATE body_dictionaries SET hash = ?1 WHERE id = ?2",
+            rusqlite::params![sha256(&edited), i64::from(id)],
+        )
+        .unwrap();
+        assert!(matches!(bodies.check(&conn), Err(StoreError::Corrupt(_))));
+        // Raw content (no dictionary header), or another id than the row's.
+        for (row_id, bytes) in [(i64::from(id), b"raw content".to_vec()), (7, dict.clone())] {
+            conn.execute("DELETE FROM body_dictionaries", []).unwrap();
+            conn.execute(
+                "INSERT INTO body_dictionaries(id, hash, dict, created_at_ms) VALUES (?1, ?2, ?3, 1)",
+                rusqlite::params![row_id, sha256(&bytes), bytes],
+            )
+            .unwrap();
+            assert!(
+                matches!(Bodies::load(&conn), Err(StoreError::Corrupt(_))),
+                "{row_id}"
+            );
+        }
+        // The dictionary new records are compressed with removed.
+        conn.execute("DELETE FROM body_dictionaries", []).unwrap();
+        assert!(matches!(bodies.check(&conn), Err(StoreError::Corrupt(_))));
+    }
+
+    /// A small blob may claim megabytes: each body is held to
+    /// [`MAX_BODY`] and a read's bodies to [`READ_BUDGET`] in all.
+    #[test]
+    fn a_read_decompresses_within_its_budget() {
+        let conn = store();
+        let bodies = Bodies::load(&conn).unwrap();
+        let big = "x".repeat(MAX_BODY);
+        let blob = zstd::bulk::compress(big.as_bytes(), 1).unwrap();
+        assert!(blob.len() < 1024, "{} bytes", blob.len());
+        let mut budget = ReadBudget::default();
+        for _ in 0..READ_BUDGET / MAX_BODY {
+            bodies
+                .decode(&conn, ValueRef::Blob(&blob), &mut budget)
+                .unwrap();
+        }
+        assert!(matches!(
+            bodies.decode(&conn, ValueRef::Blob(&blob), &mut budget),
+            Err(StoreError::Corrupt(why)) if why.contains("more than")
+        ));
+        let bigger = zstd::bulk::compress("x".repeat(MAX_BODY + 1).as_bytes(), 1).unwrap();
+        assert!(matches!(
+            bodies.decode(&conn, ValueRef::Blob(&bigger), &mut ReadBudget::default()),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+
+    /// Two handles training on the same records store one dictionary; one
+    /// with other bytes under the same id is a conflict, never dropped.
+    #[test]
+    fn a_dictionary_stored_twice_is_one_or_a_conflict() {
+        let conn = store();
+        let (_, id, dict) = trained(&conn);
+        Bodies::store(&conn, id, &dict, 2).unwrap();
+        let mut other = dict.clone();
+        let last = other.len() - 1;
+        other[last] ^= 1;
+        assert!(matches!(
+            Bodies::store(&conn, id, &other, 3),
+            Err(StoreError::Conflict(_))
+        ));
     }
 }

@@ -41,9 +41,10 @@ impl LogStore for SqliteStore {
                     row_to_record,
                 )
                 .map_err(map_sql)?;
+            let mut budget = bodies::ReadBudget::default();
             rows.map(|r| {
                 r.map_err(map_sql)
-                    .and_then(|row| finish_record(&bodies, conn, row))
+                    .and_then(|row| finish_record(&bodies, conn, row, &mut budget))
             })
             .collect()
         })
@@ -80,16 +81,17 @@ impl LogStore for SqliteStore {
                         grant: r.get(4)?,
                         node: r.get(5)?,
                         outcome: r.get(6)?,
-                        body: String::new(),
+                        body: Ok(String::new()),
                     };
                     Ok((row, r.get::<_, rusqlite::types::Value>(7)?))
                 })
                 .map_err(map_sql)?;
+            let mut budget = bodies::ReadBudget::default();
             rows.map(|r| {
                 let (mut row, body) = r.map_err(map_sql)?;
                 row.body = bodies
-                    .decode(conn, (&body).into())
-                    .map_err(|e| StoreError::Corrupt(format!("record {}: {e}", row.seq)))?;
+                    .decode(conn, (&body).into(), &mut budget)
+                    .map_err(|e| e.to_string());
                 Ok(row)
             })
             .collect()
@@ -106,9 +108,10 @@ impl LogStore for SqliteStore {
                 ))
                 .map_err(map_sql)?;
             let rows = stmt.query_map([id], row_to_record).map_err(map_sql)?;
+            let mut budget = bodies::ReadBudget::default();
             rows.map(|r| {
                 r.map_err(map_sql)
-                    .and_then(|row| finish_record(&bodies, conn, row))
+                    .and_then(|row| finish_record(&bodies, conn, row, &mut budget))
             })
             .collect()
         })
@@ -153,6 +156,10 @@ impl LogStore for SqliteStore {
     /// The head is the last row: every record is in the one chain.
     async fn stray_record(&self) -> Result<Option<(String, i64)>> {
         Ok(None)
+    }
+    async fn check_codec(&self) -> Result<()> {
+        let bodies = self.bodies.clone();
+        self.read(move |conn| bodies.check(conn)).await
     }
     async fn retire_chain(&self, _chain: &str, _now_ms: i64) -> Result<(i64, String)> {
         Err(StoreError::Conflict(

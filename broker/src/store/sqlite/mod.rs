@@ -140,6 +140,7 @@ fn finish_record(
     bodies: &bodies::Bodies,
     conn: &Connection,
     (mut record, kind, body): LogRow,
+    budget: &mut bodies::ReadBudget,
 ) -> Result<LogRecord> {
     if RecordKind::parse(&kind).is_none() {
         return Err(StoreError::Corrupt(format!(
@@ -149,7 +150,7 @@ fn finish_record(
     }
     let seq = record.seq;
     let body = bodies
-        .decode(conn, (&body).into())
+        .decode(conn, (&body).into(), budget)
         .map_err(|e| StoreError::Corrupt(format!("record {seq}: {e}")))?;
     record.entry.body = serde_json::from_str(&body)
         .map_err(|e| StoreError::Corrupt(format!("record {seq}: body is not JSON: {e}")))?;
