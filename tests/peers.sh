@@ -18,6 +18,8 @@
 #   a second Unix user     MINTGUARD_TEST_USER (mg-test)
 #   py-spiffe 0.3.2        MINTGUARD_SPIFFE_PYTHON (the SPIFFE Workload API client, in a
 #                          system-Python venv every user can run: /opt/mintguard-spiffe-venv)
+#   headless Chromium      MINTGUARD_CHROMIUM (Debian's), MINTGUARD_PLAYWRIGHT (playwright-core
+#                          from npm, the directory to import), for the console's browser tests
 #
 # Installs are cached under $MINTGUARD_PEERS_CACHE (default ~/.cache/mintguard-peers),
 # so a second start takes seconds. The exit status is the command's.
@@ -31,6 +33,7 @@ TEST_USER=mg-test
 # Outside $CACHE (often under /root): the test user runs it too.
 SPIFFE_VENV=${MINTGUARD_SPIFFE_VENV:-/opt/mintguard-spiffe-venv}
 SPIFFE_PACKAGES=('spiffe==0.3.2')
+PLAYWRIGHT=playwright-core@1.65.2
 
 log() { printf 'peers: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -71,6 +74,22 @@ install_peers() {
         "$SPIFFE_VENV/bin/pip" install -q --disable-pip-version-check "${SPIFFE_PACKAGES[@]}"
         chmod -R a+rX "$SPIFFE_VENV"
         printf '%s\n' "$spiffe_want" >"$spiffe_stamp"
+    fi
+
+    # Headless Chromium from Debian and playwright-core from npm, for the
+    # console's browser tests (Playwright's own browser download fails here).
+    if [[ ! -x /usr/bin/chromium ]]; then
+        log "installing chromium (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+    fi
+    [[ -x /usr/bin/chromium ]] || die "no /usr/bin/chromium after install"
+    local pw=$CACHE/playwright
+    if [[ ! -f $pw/node_modules/playwright-core/package.json || "$(cat "$pw/installed.txt" 2>/dev/null)" != "$PLAYWRIGHT" ]]; then
+        command -v npm >/dev/null || die "npm is missing (Node.js is needed for the console's browser tests)"
+        log "installing $PLAYWRIGHT into $pw (npm)"
+        mkdir -p "$pw"
+        (cd "$pw" && npm init -y >/dev/null && npm install --silent --no-audit --no-fund "$PLAYWRIGHT" >/dev/null)
+        printf '%s\n' "$PLAYWRIGHT" >"$pw/installed.txt"
     fi
 
     if ! id "$TEST_USER" >/dev/null 2>&1; then
@@ -226,6 +245,7 @@ main() {
     export MINTGUARD_AWS_CLI=$VENV/bin/aws MINTGUARD_PYTHON=$VENV/bin/python
     export MINTGUARD_TEST_USER=$TEST_USER MINTGUARD_PEERS_LOGS=$WORK
     export MINTGUARD_SPIFFE_PYTHON=$SPIFFE_VENV/bin/python
+    export MINTGUARD_PLAYWRIGHT=$CACHE/playwright/node_modules/playwright-core MINTGUARD_CHROMIUM=/usr/bin/chromium
     export PATH="$VENV/bin:$PATH"
 
     local status=0

@@ -57,6 +57,7 @@ pub mod ci;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod doors;
 pub mod fault;
 pub mod health;

@@ -13,7 +13,10 @@ use common::records::{entry, plain};
 use mintguard_broker::log::GENESIS;
 use mintguard_broker::log::verify::{ChainStart, ChainVerifier};
 use mintguard_broker::store::postgres::PostgresStore;
-use mintguard_broker::store::{LogCursor, LogQuery, Store, StoreError, decisions_after, read_log};
+use mintguard_broker::store::{
+    LogCursor, LogQuery, Store, StoreError, decisions_after, read_log, read_log_newer,
+    read_log_recent,
+};
 
 async fn replica(url: &str, chain: &str) -> Arc<dyn Store> {
     Arc::new(PostgresStore::connect_replica(url, chain).await.unwrap())
@@ -108,6 +111,89 @@ async fn replicas_append_to_chains_of_their_own_and_read_as_one_log() {
     let report = verify(&a).await;
     assert_eq!(report.records, 60);
     assert_eq!(report.chains.len(), 2);
+}
+
+/// The console's timeline reads the log newest first across the chains:
+/// page after page back to the oldest, every record once, in time order
+/// reversed; and polling after the newest page returns only what was
+/// appended since, filters included, without reading a match twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_newest_records_read_back_page_by_page_and_new_ones_by_polling() {
+    let url = common::fresh_postgres_database("mg_chains_recent").await;
+    let (a, b) = (replica(&url, "aa").await, replica(&url, "bb").await);
+    for i in 0..25i64 {
+        let store = if i % 3 == 0 { &b } else { &a };
+        let outcome = if i % 5 == 0 { "deny" } else { "allow" };
+        let e = entry(
+            &format!("r{i}"),
+            "spiffe://example.org/w",
+            outcome,
+            1_000 + i,
+        );
+        store.append(plain(e)).await.unwrap();
+    }
+    let query = LogQuery {
+        limit: 4,
+        ..Default::default()
+    };
+    let mut before = LogCursor::default();
+    let mut seen = Vec::new();
+    let first = read_log_recent(&*a, &query, &before).await.unwrap();
+    let after = first.after.clone();
+    let mut page = first;
+    loop {
+        seen.extend(page.records.iter().map(|r| r.entry.request_id.clone()));
+        if !page.more {
+            break;
+        }
+        before = page.before.clone();
+        page = read_log_recent(&*a, &query, &before).await.unwrap();
+    }
+    let expected: Vec<String> = (0..25).rev().map(|i| format!("r{i}")).collect();
+    assert_eq!(seen, expected);
+    // Appended since the first page: a poll returns those, newest first.
+    for i in 25..28i64 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let e = entry(
+            &format!("r{i}"),
+            "spiffe://example.org/w",
+            "deny",
+            1_000 + i,
+        );
+        store.append(plain(e)).await.unwrap();
+    }
+    let newer = read_log_newer(&*a, &query, &after).await.unwrap();
+    let ids: Vec<&str> = newer
+        .records
+        .iter()
+        .map(|r| r.entry.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r27", "r26", "r25"]);
+    assert!(!newer.more);
+    let again = read_log_newer(&*a, &query, &newer.after).await.unwrap();
+    assert!(again.records.is_empty() && !again.more);
+    // Filtered: only refusals, newest first, and the poll moves past the
+    // chains' heads so it does not scan the allowed records again.
+    let denies = LogQuery {
+        outcome: Some("deny".into()),
+        limit: 100,
+        ..Default::default()
+    };
+    let page = read_log_recent(&*a, &denies, &LogCursor::default())
+        .await
+        .unwrap();
+    let ids: Vec<&str> = page
+        .records
+        .iter()
+        .map(|r| r.entry.request_id.as_str())
+        .collect();
+    assert_eq!(ids, ["r27", "r26", "r25", "r20", "r15", "r10", "r5", "r0"]);
+    assert!(!page.more);
+    let e = entry("r28", "spiffe://example.org/w", "allow", 1_028);
+    a.append(plain(e)).await.unwrap();
+    let polled = read_log_newer(&*a, &denies, &page.after).await.unwrap();
+    assert!(polled.records.is_empty());
+    assert_eq!(polled.after.after("aa"), a.head().await.unwrap().0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

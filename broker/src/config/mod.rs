@@ -31,7 +31,7 @@ pub use keys::{CaConfig, JwtConfig};
 pub use limits::LimitsConfig;
 pub use listen::Listen;
 pub use log::LogConfig;
-pub use operators::{ApprovalsConfig, IntrospectionClient, OperatorConfig, Role};
+pub use operators::{ApprovalsConfig, ConsoleConfig, IntrospectionClient, OperatorConfig, Role};
 pub use rules::{EciConfig, PoliciesConfig};
 pub use signals::{SignalsConfig, parse_version};
 pub use upstreams::{AppRoleConfig, AwsConfig, VaultConfig};
@@ -69,6 +69,8 @@ struct RawConfig {
     anomaly: AnomalyConfig,
     #[serde(default)]
     approvals: ApprovalsConfig,
+    #[serde(default)]
+    console: ConsoleConfig,
     #[serde(default)]
     eci: EciConfig,
     #[serde(default)]
@@ -118,6 +120,8 @@ pub struct Config {
     pub anomaly: AnomalyConfig,
     /// Step-up approvals.
     pub approvals: ApprovalsConfig,
+    /// The operator console.
+    pub console: ConsoleConfig,
     /// ECI.
     pub eci: EciConfig,
     /// Cedar policies.
@@ -218,6 +222,7 @@ impl Config {
             .map_err(|e| err("trust", e.to_string()))?;
         raw.signals.validate().map_err(found)?;
         raw.anomaly.validate().map_err(found)?;
+        raw.console.validate().map_err(found)?;
         raw.eci.validate().map_err(found)?;
         raw.log.validate().map_err(found)?;
         raw.limits.validate().map_err(found)?;
@@ -293,6 +298,7 @@ impl Config {
             trust: raw.trust,
             signals: raw.signals,
             approvals: raw.approvals,
+            console: raw.console,
             anomaly: AnomalyConfig {
                 webhook: raw.anomaly.webhook.clone().map(|w| WebhookConfig {
                     secret_file: resolve(&w.secret_file),

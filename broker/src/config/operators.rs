@@ -30,6 +30,46 @@ impl Default for ApprovalsConfig {
     }
 }
 
+/// `[console]`: the operator console served on the admin listener under
+/// `/ui/`.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsoleConfig {
+    /// Serve it. Default true (it grants nothing the admin API does not:
+    /// each call is checked against the operator's role).
+    pub enabled: bool,
+    /// A session ends this long after its last request. Default 15 min.
+    pub idle_timeout: Dur,
+    /// …and this long after sign-in, whatever its use. Default 12 h.
+    pub max_age: Dur,
+}
+
+impl Default for ConsoleConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            idle_timeout: Dur(Duration::from_secs(15 * 60)),
+            max_age: Dur(Duration::from_secs(12 * 3600)),
+        }
+    }
+}
+
+impl ConsoleConfig {
+    /// Both timeouts at least a second, the idle one within the age.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if self.idle_timeout.0 < Duration::from_secs(1) || self.idle_timeout.0 > self.max_age.0 {
+            return Err(Invalid::new(
+                "console.idle_timeout",
+                "at least 1s and at most console.max_age",
+            ));
+        }
+        if self.max_age.0 > Duration::from_secs(7 * 24 * 3600) {
+            return Err(Invalid::new("console.max_age", "at most 7 days"));
+        }
+        Ok(())
+    }
+}
+
 /// Operator roles.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 #[serde(rename_all = "snake_case")]

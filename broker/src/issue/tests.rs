@@ -351,6 +351,8 @@ const ALL: crate::store::LogQuery = crate::store::LogQuery {
     since_ms: None,
     until_ms: None,
     after_seq: None,
+    before_seq: None,
+    newest_first: false,
     limit: 10_000,
 };
 

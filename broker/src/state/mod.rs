@@ -269,6 +269,8 @@ pub struct Broker {
     pub log: LogWriter,
     /// Operator tokens: hash → (name, role).
     pub operators: RwLock<Operators>,
+    /// The operator console's browser sessions.
+    pub console: crate::console::Sessions,
     /// Introspection clients by token hash.
     pub introspection: RwLock<HashMap<String, crate::config::IntrospectionClient>>,
     /// Requests per node.
@@ -446,6 +448,10 @@ impl Broker {
             .unwrap_or(i64::MAX),
             now_ms(),
         );
+        let console = crate::console::Sessions::new(
+            i64::try_from(config.console.idle_timeout.0.as_millis()).unwrap_or(i64::MAX),
+            i64::try_from(config.console.max_age.0.as_millis()).unwrap_or(i64::MAX),
+        );
         let dynamic = build_dynamic(config, &*store).await?;
         tracing::info!(
             chain = store.chain(),
@@ -474,6 +480,7 @@ impl Broker {
                 witnessed: Mutex::new(witnessed),
             },
             operators: RwLock::new(operators),
+            console,
             introspection: RwLock::new(introspection),
             node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
             identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),

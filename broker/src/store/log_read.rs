@@ -34,6 +34,16 @@ impl LogCursor {
         *at = (*at).max(seq);
     }
 
+    /// The seq it holds for `chain`, if it names it.
+    pub fn get(&self, chain: &str) -> Option<i64> {
+        self.0.get(chain).copied()
+    }
+
+    /// Holds `seq` for `chain`, whatever it held.
+    pub fn set(&mut self, chain: &str, seq: i64) {
+        self.0.insert(chain.to_owned(), seq);
+    }
+
     /// Whether it names no chain.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
@@ -108,6 +118,127 @@ pub async fn read_log(
         pages.push(page);
     }
     Ok(merge(pages, limit, |r| (r.entry.time_ms, &r.chain, r.seq)))
+}
+
+/// A page of the log, newest first, with where to read on (see
+/// [`read_log_recent`], [`read_log_newer`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RecentPage {
+    /// The records, newest first.
+    pub records: Vec<LogRecord>,
+    /// Where the older page starts: each chain's records before its seq.
+    pub before: LogCursor,
+    /// Where newer records start: each chain's records after its seq.
+    pub after: LogCursor,
+    /// Whether records matching the query lie beyond this page (older ones
+    /// for [`read_log_recent`], newer ones for [`read_log_newer`]).
+    pub more: bool,
+}
+
+/// The newest records matching `query` (its `chain`, `after_seq`,
+/// `before_seq` and order are ignored) from every chain, newest first, at
+/// most `query.limit`: each chain's records before the seq `before` holds
+/// for it, from its head where it holds none. Each chain is read backwards
+/// from its own bound and the pages merged by time, so paging on with
+/// [`RecentPage::before`] never skips a record nor shows one twice;
+/// [`RecentPage::after`] holds each chain's head as it was read, for
+/// [`read_log_newer`].
+pub async fn read_log_recent(
+    store: &dyn LogStore,
+    query: &LogQuery,
+    before: &LogCursor,
+) -> Result<RecentPage> {
+    let limit = query.limit.max(1);
+    let mut next = before.clone();
+    let mut after = LogCursor::default();
+    let (mut pages, mut full, mut read) = (Vec::new(), false, 0);
+    for chain in store.chains().await? {
+        after.advance(&chain.chain, chain.seq);
+        let bound = before
+            .get(&chain.chain)
+            .unwrap_or_else(|| chain.seq.saturating_add(1));
+        next.set(&chain.chain, bound);
+        let page = store
+            .log(&LogQuery {
+                after_seq: None,
+                before_seq: Some(bound),
+                newest_first: true,
+                limit,
+                chain: chain.chain,
+                ..query.clone()
+            })
+            .await?;
+        full |= page.len() == limit;
+        read += page.len();
+        pages.push(page);
+    }
+    let records = merge(pages, limit, |r| {
+        (
+            r.entry.time_ms.saturating_neg(),
+            &r.chain,
+            r.seq.saturating_neg(),
+        )
+    });
+    for r in &records {
+        next.set(&r.chain, r.seq);
+    }
+    Ok(RecentPage {
+        more: full || read > records.len(),
+        records,
+        before: next,
+        after,
+    })
+}
+
+/// The records matching `query` after `after` (as [`read_log`]), newest
+/// first; [`RecentPage::after`] moves past them, and past each chain's head
+/// as read when every match up to it was returned, so a poll does not read
+/// the same non-matching records again. `before` is empty.
+pub async fn read_log_newer(
+    store: &dyn LogStore,
+    query: &LogQuery,
+    after: &LogCursor,
+) -> Result<RecentPage> {
+    let limit = query.limit.max(1);
+    let mut next = after.clone();
+    let (mut pages, mut heads, mut full, mut read) = (Vec::new(), Vec::new(), false, 0);
+    for chain in store.chains().await? {
+        let from = after.after(&chain.chain);
+        if chain.seq <= from {
+            continue;
+        }
+        let page = store
+            .log(&LogQuery {
+                after_seq: Some(from),
+                before_seq: None,
+                newest_first: false,
+                limit,
+                chain: chain.chain.clone(),
+                ..query.clone()
+            })
+            .await?;
+        full |= page.len() == limit;
+        read += page.len();
+        heads.push((chain.chain, chain.seq));
+        pages.push(page);
+    }
+    let mut records = merge(pages, limit, |r| (r.entry.time_ms, &r.chain, r.seq));
+    let more = full || read > records.len();
+    if !more {
+        for (chain, seq) in heads {
+            next.advance(&chain, seq);
+        }
+    }
+    for r in &records {
+        next.advance(&r.chain, r.seq);
+    }
+    records.reverse();
+    Ok(RecentPage {
+        records,
+        before: LogCursor::default(),
+        after: next,
+        more,
+    })
 }
 
 /// Decisions after `after` (from `since_ms` if given), from every chain,

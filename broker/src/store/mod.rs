@@ -20,7 +20,9 @@ pub mod sqlite;
 pub use entry::{Entry, KNOWN_SELECTORS, WEAK_ENTRY};
 pub(crate) use lease_query::{CLOSE_LEASE, CLOSE_UNANSWERED, numbered};
 pub use lease_query::{LeaseOwner, LeaseQuery, SqlValue};
-pub use log_read::{LogCursor, decisions_after, read_log};
+pub use log_read::{
+    LogCursor, RecentPage, decisions_after, read_log, read_log_newer, read_log_recent,
+};
 
 use async_trait::async_trait;
 use mintguard_policy::budget::{BudgetPolicy, BudgetSnapshot, Refill};
@@ -372,7 +374,11 @@ pub struct LogQuery {
     pub until_ms: Option<i64>,
     /// After this sequence number of the chain.
     pub after_seq: Option<i64>,
-    /// At most this many records (in `seq` order).
+    /// Before this sequence number of the chain.
+    pub before_seq: Option<i64>,
+    /// The newest first (`seq` descending), not the oldest.
+    pub newest_first: bool,
+    /// At most this many records (in `seq` order, or its reverse).
     pub limit: usize,
 }
 

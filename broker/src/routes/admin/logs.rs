@@ -42,6 +42,7 @@ pub(super) async fn logs(
         until_ms: p.until_ms,
         after_seq: p.after_seq,
         limit: p.limit.unwrap_or(1000).clamp(1, MAX_PAGE),
+        ..Default::default()
     };
     if p.chain.is_some() {
         if p.after.is_some() {
@@ -309,6 +310,8 @@ pub(super) async fn explain(
 #[derive(Deserialize)]
 pub(super) struct ReplayParams {
     since_ms: Option<i64>,
+    /// Only this request's decisions.
+    request_id: Option<String>,
 }
 
 /// Differences `replay` lists (all are counted).
@@ -336,8 +339,27 @@ pub(super) async fn replay(
     > = std::collections::HashMap::new();
     let (mut replayed, mut differences, mut total) = (0usize, Vec::new(), 0usize);
     let mut undecodable = 0usize;
+    // One request's records, or the whole log a page at a time.
+    let mut one = match &p.request_id {
+        Some(id) if id.is_empty() || id.len() > 128 => {
+            return Err(ApiError::bad_request(
+                "bad_request_id",
+                "a request id is 1 to 128 characters",
+            ));
+        }
+        Some(id) => Some(broker.store.log_for_request(id).await?),
+        None => None,
+    };
     let mut pages = RecordPages::new(&broker);
-    while let Some(page) = pages.next().await? {
+    loop {
+        let page = match one.take() {
+            Some(records) => records,
+            None if p.request_id.is_some() => break,
+            None => match pages.next().await? {
+                Some(page) => page,
+                None => break,
+            },
+        };
         for record in page {
             if !record.entry.kind.has_decision()
                 || p.since_ms.is_some_and(|s| record.entry.time_ms < s)

@@ -5,9 +5,11 @@
 //! signal-source tokens reach only their own endpoints.
 
 mod approvals;
+pub mod console;
 mod entries;
 mod leases;
 mod logs;
+mod recent;
 mod subjects;
 
 use std::future::Future;
@@ -45,6 +47,7 @@ use approvals::{
 use entries::{create_entry, create_token, delete_entry, list_entries};
 use leases::{budget_show, budget_top_up, leases, revoke};
 use logs::{checkpoints, explain, log_key, logs, prune, replay, retire_chain, rule_set, verify};
+use recent::recent;
 use subjects::{get_signals, identities, put_signal, resume, suspend};
 
 /// Most records one log page returns.
@@ -57,6 +60,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/entries", post(create_entry).get(list_entries))
         .route("/admin/v1/entries/{id}", delete(delete_entry))
         .route("/admin/v1/logs", get(logs))
+        .route("/admin/v1/logs/recent", get(recent))
         .route("/admin/v1/logs/verify", get(verify))
         .route("/admin/v1/logs/key", get(log_key))
         .route("/admin/v1/rule_sets/{hash}", get(rule_set))
@@ -83,6 +87,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/identities", get(identities))
         .route("/admin/v1/budget", get(budget_show))
         .route("/admin/v1/budget/top-up", post(budget_top_up))
+        .merge(console::router(&broker))
+        .layer(axum::middleware::from_fn(console::security_headers))
         .with_state(broker)
 }
 
@@ -140,25 +146,36 @@ impl FromRequestParts<Arc<Broker>> for Operator {
                 .read()
                 .ok()
                 .and_then(|o| o.roles.get(&name).copied());
-            return match role {
-                Some(role) => Ok(Operator { name, role }),
-                None => Err(ApiError::forbidden(
+            let Some(role) = role else {
+                return Err(ApiError::forbidden(
                     "unknown_operator",
                     format!("{} has no operator role", peer.id()),
-                )),
+                ));
             };
+            // A browser presents its certificate to any page's request,
+            // cross-site ones included: from a browser, a change needs
+            // the console's session and its CSRF token too.
+            if console::from_browser(parts) {
+                console::guard_change(parts, broker, &name)?;
+            }
+            return Ok(Operator { name, role });
         }
-        let token = parts
+        let bearer = parts
             .headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                ApiError::unauthenticated(
-                    "unauthenticated",
-                    "an operator certificate or bearer token is required",
-                )
-            })?;
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let Some(token) = bearer else {
+            // The console's session cookie, checked like the credential
+            // it was opened with.
+            if let Some(op) = console::session_operator(parts, broker)? {
+                return Ok(op);
+            }
+            return Err(ApiError::unauthenticated(
+                "unauthenticated",
+                "an operator certificate or bearer token is required",
+            ));
+        };
         let found = broker
             .operators
             .read()

@@ -34,11 +34,12 @@ impl LogStore for PostgresStore {
                      WHERE ($1::TEXT IS NULL OR identity = $1) AND ($2::TEXT IS NULL OR grant_name = $2)
                        AND ($3::TEXT IS NULL OR node = $3) AND ($4::TEXT IS NULL OR outcome = $4)
                        AND ($5::BIGINT IS NULL OR time_ms >= $5) AND ($6::BIGINT IS NULL OR time_ms < $6)
-                       AND chain = $9 AND seq > $7
+                       AND chain = $9 AND seq > $7 AND ($10::BIGINT IS NULL OR seq < $10)
                        AND seq <= (SELECT c.seq FROM log_chains c WHERE c.chain = $9)
-                     ORDER BY seq LIMIT $8"
+                     ORDER BY seq {} LIMIT $8",
+                    if q.newest_first { "DESC" } else { "ASC" }
                 ),
-                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit, &q.chain],
+                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit, &q.chain, &q.before_seq],
             )
             .await
             .map_err(map_pg)?;

@@ -1,0 +1,215 @@
+// The operator console in a real browser: headless Chromium (Debian's),
+// driven by playwright-core. Run by broker/tests/e2e_console.rs, which
+// starts the broker and speaks with this script over stdin/stdout:
+//   this script prints `ready` once the timeline is live; the test then
+//   issues a credential and writes one line of JSON to stdin:
+//   {"request_id", "lease_id", "explain": <mintguard explain --json>}.
+// Environment: MG_URL (the admin listener), MG_BUNDLE (the broker's CA
+// bundle, PEM), MG_OPERATOR, MG_VIEWER (tokens), MG_IDLE_SECONDS,
+// MINTGUARD_PLAYWRIGHT, MINTGUARD_CHROMIUM.
+import { createRequire } from "node:module";
+import { createHash, X509Certificate } from "node:crypto";
+import { readFileSync } from "node:fs";
+import http from "node:http";
+import https from "node:https";
+import readline from "node:readline";
+import tls from "node:tls";
+import assert from "node:assert/strict";
+
+const require = createRequire(import.meta.url);
+const { chromium } = require(process.env.MINTGUARD_PLAYWRIGHT);
+const url = new URL(process.env.MG_URL);
+const bundle = readFileSync(process.env.MG_BUNDLE, "utf8");
+const step = (what) => console.error(`console test: ${what}`);
+
+// The broker's certificate, verified against its CA (its name is a SPIFFE
+// ID, not a host name): Chromium is told to trust exactly that key.
+async function brokerSpki() {
+  return new Promise((resolve, reject) => {
+    const socket = tls.connect({
+      host: url.hostname,
+      port: Number(url.port),
+      ca: bundle,
+      checkServerIdentity: () => undefined,
+    }, () => {
+      if (!socket.authorized) return reject(new Error(`broker certificate: ${socket.authorizationError}`));
+      const cert = new X509Certificate(socket.getPeerCertificate().raw);
+      const spki = cert.publicKey.export({ type: "spki", format: "der" });
+      socket.end();
+      resolve(createHash("sha256").update(spki).digest("base64"));
+    });
+    socket.on("error", reject);
+  });
+}
+
+const input = readline.createInterface({ input: process.stdin });
+const lines = input[Symbol.asyncIterator]();
+async function nextLine() {
+  const { value, done } = await lines.next();
+  if (done) throw new Error("the test closed stdin");
+  return JSON.parse(value);
+}
+
+/** A raw HTTPS request to the broker (outside the browser). */
+function raw(method, path, headers) {
+  return new Promise((resolve, reject) => {
+    const req = https.request({
+      host: url.hostname, port: Number(url.port), method, path, headers,
+      ca: bundle, checkServerIdentity: () => undefined,
+    }, (res) => {
+      let body = "";
+      res.on("data", (c) => (body += c));
+      res.on("end", () => resolve({ status: res.statusCode, body, headers: res.headers }));
+    });
+    req.on("error", reject);
+    req.end();
+  });
+}
+
+const spki = await brokerSpki();
+const browser = await chromium.launch({
+  executablePath: process.env.MINTGUARD_CHROMIUM,
+  args: [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    `--ignore-certificate-errors-spki-list=${spki}`,
+  ],
+});
+try {
+  const base = url.origin;
+
+  // ---- Sign in as an operator; the timeline is live. ----
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  const csp = [];
+  page.on("console", (m) => { if (/Content Security Policy/.test(m.text())) csp.push(m.text()); });
+  const first = await page.goto(base + "/ui/");
+  assert.equal(first.status(), 200);
+  const headers = first.headers();
+  assert.match(headers["content-security-policy"], /script-src 'self'/);
+  assert.equal(headers["x-frame-options"], "DENY");
+  await page.waitForSelector("#sign-in:not([hidden])");
+  step("sign-in page shown");
+  await page.fill("#token", "not-a-token");
+  await page.click("#sign-in-form button");
+  await page.waitForFunction(() => document.querySelector("#sign-in-error").textContent.includes("unknown operator token"));
+  await page.fill("#token", process.env.MG_OPERATOR);
+  await page.click("#sign-in-form button");
+  await page.waitForSelector("#timeline-rows");
+  await page.waitForFunction(() => document.querySelector("#timeline-status").textContent.includes("records shown"));
+  const who = await page.textContent("#who");
+  assert.match(who, /ops-oscar \(operator\)/);
+  const cookies = await context.cookies();
+  const session = cookies.find((c) => c.name === "mintguard_session");
+  assert.ok(session, "a session cookie");
+  assert.equal(session.httpOnly, true);
+  assert.equal(session.secure, true);
+  assert.equal(session.sameSite, "Strict");
+  assert.ok(!page.url().includes(session.value), "no credential in the URL");
+  step("signed in; timeline live");
+  console.log("ready");
+
+  // ---- A fresh issuance appears on the timeline by itself. ----
+  const fresh = await nextLine();
+  const row = `#timeline-rows tr[data-request="${fresh.request_id}"]`;
+  await page.waitForSelector(row, { timeout: 15000 });
+  const rowText = await page.textContent(row);
+  assert.match(rowText, /payments-token/);
+  step("the fresh issuance appeared");
+
+  // ---- Its decision shows what `mintguard explain --json` gives. ----
+  await page.click(`${row} a`);
+  await page.waitForSelector("section.record[data-kind=decision]");
+  const decision = fresh.explain.records.find((r) => r.kind === "decision");
+  const d = decision.body.decision;
+  const field = async (name) =>
+    page.textContent(`section.record[data-kind=decision] dd[data-field="${name}"]`);
+  assert.equal(await field("trust score"), String(d.trust.score));
+  assert.equal(await field("min_trust"), String(d.min_trust));
+  assert.equal(await field("ECI"), String(d.eci.eci));
+  assert.equal(await field("grant exposure"), String(d.eci.grant_exposure));
+  assert.equal(await field("issuer blast radius"), String(d.eci.issuer_blast_radius));
+  assert.equal(await field("minted TTL (s)"), String(d.ttl_seconds));
+  assert.equal(await field("rule set"), d.rule_set_hash);
+  assert.equal(await field("hash"), decision.hash);
+  assert.equal(await field("chain position"), `${decision.chain || "(unnamed)"}:${decision.seq}`);
+  for (const s of d.trust.signals) {
+    assert.ok((await page.textContent("section.record[data-kind=decision]")).includes(s.kind), s.kind);
+  }
+  for (const r of d.rules) {
+    assert.ok((await page.textContent("section.record[data-kind=decision]")).includes(r.id), r.id);
+  }
+  await page.click("#replay");
+  await page.waitForFunction(() => /all identical/.test(document.querySelector("#replay-result").textContent));
+  step("the decision page matches explain, and replays");
+
+  // ---- A forged cross-site request is refused. ----
+  // From another origin's page in the same browser: the SameSite=Strict
+  // cookie is not sent, so nothing is authenticated.
+  const evil = http.createServer((_, res) => {
+    res.setHeader("Content-Type", "text/html");
+    res.end(`<form id=f method=POST action="${base}/admin/v1/leases/${fresh.lease_id}/revoke"></form>
+             <script>document.getElementById("f").submit()</script>`);
+  });
+  await new Promise((r) => evil.listen(0, "127.0.0.1", r));
+  const evilPage = await context.newPage();
+  await evilPage.goto(`http://127.0.0.1:${evil.address().port}/`);
+  await evilPage.waitForURL(/\/revoke$/);
+  const evilBody = await evilPage.textContent("body");
+  assert.match(evilBody, /unauthenticated/);
+  evil.close();
+  // With the cookie (stolen into another client) but no CSRF token, or
+  // from another origin: refused before any handler runs.
+  const cookie = `mintguard_session=${session.value}`;
+  const noCsrf = await raw("POST", `/admin/v1/leases/${fresh.lease_id}/revoke`, { Cookie: cookie, Origin: base });
+  assert.equal(noCsrf.status, 403);
+  assert.match(noCsrf.body, /csrf_refused/);
+  const csrf = await page.evaluate(async () => (await (await fetch("/ui/session")).json()).csrf);
+  const crossSite = await raw("POST", `/admin/v1/leases/${fresh.lease_id}/revoke`, {
+    Cookie: cookie, Origin: "https://evil.example", "X-Mintguard-CSRF": csrf,
+  });
+  assert.equal(crossSite.status, 403);
+  assert.match(crossSite.body, /cross_site_request/);
+  step("forged cross-site requests refused");
+
+  // ---- Sign out ends the session. ----
+  await page.goto(base + "/ui/#/timeline");
+  await page.waitForSelector("#timeline-rows");
+  await page.click("#sign-out");
+  await page.waitForSelector("#sign-in:not([hidden])");
+  const after = await raw("GET", "/admin/v1/logs?limit=1", { Cookie: cookie });
+  assert.equal(after.status, 401);
+  assert.deepEqual(csp, [], "no Content-Security-Policy violation");
+  step("signed out");
+  // ---- A viewer sees the log, and is refused an operator's action. ----
+  const viewerContext = await browser.newContext();
+  const viewer = await viewerContext.newPage();
+  await viewer.goto(base + "/ui/#/decision/" + encodeURIComponent(fresh.request_id));
+  await viewer.waitForSelector("#sign-in:not([hidden])");
+  await viewer.fill("#token", process.env.MG_VIEWER);
+  await viewer.click("#sign-in-form button");
+  await viewer.waitForSelector("section.record[data-kind=decision]");
+  const refused = await viewer.evaluate(async (lease) => {
+    const s = await (await fetch("/ui/session")).json();
+    const res = await fetch(`/admin/v1/leases/${lease}/revoke`, {
+      method: "POST", headers: { "X-Mintguard-CSRF": s.csrf },
+    });
+    return { status: res.status, body: await res.text() };
+  }, fresh.lease_id);
+  assert.equal(refused.status, 403);
+  assert.match(refused.body, /insufficient_role/);
+  step("a viewer is refused an operator's action");
+
+  // ---- An expired session returns to sign-in. ----
+  const idle = Number(process.env.MG_IDLE_SECONDS);
+  await viewer.waitForTimeout((idle + 1.5) * 1000);
+  await viewer.click("#replay");
+  await viewer.waitForSelector("#sign-in:not([hidden])");
+  assert.match(await viewer.textContent("#sign-in-error"), /session ended/);
+  step("an idle session returned to sign-in");
+
+  console.log("done");
+} finally {
+  await browser.close();
+}
+process.exit(0);
