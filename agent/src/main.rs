@@ -86,7 +86,8 @@ fn runtime() -> Result<tokio::runtime::Runtime, String> {
 }
 
 /// Raises the soft limit on open files to the hard one (each workload
-/// connection holds two descriptors: its socket and its peer's pidfd).
+/// connection holds three descriptors: its socket, its peer's pidfd and the
+/// peer's `/proc/PID/cgroup`).
 fn raise_nofile() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     match getrlimit(Resource::RLIMIT_NOFILE) {

@@ -150,7 +150,13 @@ impl Pinned {
                 Err(_) => return String::new(),
             }
         }
-        buf.truncate(len);
+        // A last line cut off by the buffer would read as a prefix of a
+        // real path (an ancestor's cgroup): only whole lines are read.
+        let whole = buf[..len]
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1);
+        buf.truncate(whole);
         String::from_utf8(buf).unwrap_or_default()
     }
 

@@ -109,7 +109,9 @@ impl Broker {
             return;
         };
         for chain in chains {
-            if chain.chain == self.store.chain() {
+            // A retired chain is closed by its final statement; its head
+            // row moving on is for `logs verify` to find, not to sign.
+            if chain.chain == self.store.chain() || chain.retired_at_ms.is_some() {
                 continue;
             }
             let seen = self
@@ -138,11 +140,7 @@ impl Broker {
                 }
             }
             match self.checkpoint(&chain.chain, chain.seq, &chain.hash).await {
-                Ok(()) => {
-                    if let Ok(mut w) = self.log.witnessed.lock() {
-                        w.insert(chain.chain, (chain.seq, chain.hash));
-                    }
-                }
+                Ok(()) => {}
                 Err(e) => {
                     tracing::error!(chain = chain.chain, %e, "signing another chain's head failed; it will be retried");
                 }
@@ -166,6 +164,13 @@ impl Broker {
             )
             .map_err(|e| e.to_string())?;
         checkpoint::export(&self.log.export, &cp).map_err(|e| e.to_string())?;
+        // Signed and exported: another chain's head counts as witnessed
+        // from here, whether or not the store takes the statement.
+        if chain != self.store.chain()
+            && let Ok(mut w) = self.log.witnessed.lock()
+        {
+            w.insert(chain.to_owned(), (seq, hash.to_owned()));
+        }
         self.store
             .add_checkpoint(&cp)
             .await

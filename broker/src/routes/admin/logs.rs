@@ -695,45 +695,52 @@ pub(super) async fn retire_chain(
     // The log verifies first: a chain someone edited is not sealed as it
     // is. A retirement left without its final statement (an export or
     // store failure, a crash) is what this run completes.
-    // It is sealed at the head its records reach, which must be the one
-    // the store records (nothing appends to a retired chain).
-    let verified_head = match verify_log(&broker, None).await? {
-        Ok(_) => None,
-        Err(failure) => match unsealed(&failure) {
-            Some((c, last, head)) if c == chain => Some((last, head.to_owned())),
-            _ => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    "log_not_verified",
-                    format!("the log does not verify, so no chain was retired: {failure}"),
-                ));
-            }
-        },
-    };
-    if let Some(verified) = &verified_head
-        && (target.retired_at_ms.is_none() || *verified != (target.seq, target.hash.clone()))
+    if let Err(failure) = verify_log(&broker, None).await?
+        && unsealed(&failure).is_none_or(|(c, _, _)| c != chain)
     {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "log_not_verified",
-            format!(
-                "the chain's records end at record {} but the store records its head at {}: it was not sealed",
-                verified.0, target.seq
-            ),
-        ));
+        return Err(not_verified(&failure));
     }
     let intent = json!({"chain": chain});
     let (seq, hash, statement) = AdminAction::begin(&broker, &op, "chain_retired", None, intent)
         .await?
         .run(
             async {
-                // Retired before, unsealed: the head its records reach
-                // (checked above against the store's), which nothing
-                // extends any more.
-                let (seq, hash) = match verified_head {
-                    Some(head) => head,
-                    None => broker.store.retire_chain(&chain, broker.clock.now_ms()).await?,
+                // Retired first, so that nothing extends it; then verified
+                // again, and sealed at the head its records reach, which
+                // must be the store's: never at a head row that no
+                // verification read up to.
+                if target.retired_at_ms.is_none() {
+                    broker.store.retire_chain(&chain, broker.clock.now_ms()).await?;
+                }
+                let (seq, hash) = match verify_log(&broker, None).await? {
+                    Err(failure) => match unsealed(&failure) {
+                        Some((c, last, head)) if c == chain => (last, head.to_owned()),
+                        _ => return Err(not_verified(&failure)),
+                    },
+                    Ok(_) => {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            "already_retired",
+                            "the chain was sealed meanwhile",
+                        ));
+                    }
                 };
+                let stored = broker
+                    .store
+                    .chains()
+                    .await?
+                    .into_iter()
+                    .find(|c| c.chain == chain)
+                    .map(|c| (c.seq, c.hash));
+                if stored != Some((seq, hash.clone())) {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "log_not_verified",
+                        format!(
+                            "the chain's records end at record {seq} but the store records another head: it was not sealed"
+                        ),
+                    ));
+                }
                 let statement = broker
                     .export_statement(StatementKind::Final, &chain, seq, &hash)
                     .map_err(|e| {
@@ -752,6 +759,14 @@ pub(super) async fn retire_chain(
     Ok(axum::Json(
         json!({"chain": chain, "seq": seq, "hash": hash, "statement": statement}),
     ))
+}
+
+fn not_verified(failure: &VerifyFailure) -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "log_not_verified",
+        format!("the log does not verify, so no chain was sealed: {failure}"),
+    )
 }
 
 /// The chain, last record and head hash of a retirement without its final

@@ -154,14 +154,22 @@ impl Bodies {
             StoreError::Unavailable("the body dictionaries' lock is poisoned".into())
         })?;
         let stored = stored_dictionaries(conn)?;
-        for dictionary in &stored {
-            if let Some(mine) = loaded.get(&dictionary.id)
-                && mine.hash != dictionary.hash
-            {
-                return Err(StoreError::Corrupt(format!(
-                    "body dictionary {} was replaced since this broker loaded it",
-                    dictionary.id
-                )));
+        // Every dictionary this process reads with is still stored, as it was.
+        for mine in loaded.values() {
+            match stored.iter().find(|d| d.id == mine.id) {
+                Some(d) if d.hash == mine.hash => {}
+                Some(_) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "body dictionary {} was replaced since this broker loaded it",
+                        mine.id
+                    )));
+                }
+                None => {
+                    return Err(StoreError::Corrupt(format!(
+                        "body dictionary {} is gone from the store: the records compressed with it cannot be read by the next to open it",
+                        mine.id
+                    )));
+                }
             }
         }
         if let Some(encoder) = self.encoder.load().as_deref()
