@@ -77,6 +77,15 @@ function fmtTime(ms) {
   return new Date(ms).toISOString().replace("T", " ").replace("Z", " UTC");
 }
 
+/** A budget's refill as the config writes it: `per 1h`, or `never refilled`. */
+function fmtRefill(per) {
+  const secs = per && per.every && per.every.seconds;
+  if (typeof secs !== "number") return per === "never" ? "never refilled" : JSON.stringify(per);
+  if (secs % 3600 === 0) return `per ${secs / 3600}h`;
+  if (secs % 60 === 0) return `per ${secs / 60}m`;
+  return `per ${secs}s`;
+}
+
 function outcomeBadge(outcome) {
   const o = outcome || "—";
   return el("span", { class: "badge o-" + o.replace(/[^a-z_]/g, "") }, o);
@@ -148,7 +157,7 @@ function route() {
   const { page, arg, params } = parseHash();
   const target = $("page");
   target.replaceChildren();
-  const render = { timeline: timeline, decision: decisionPage }[page] || timeline;
+  const render = { timeline: timeline, decision: decisionPage, identity: identityPage, approvals: approvalsPage }[page] || timeline;
   render(target, arg, params).catch((e) => {
     if (e.status !== 401) target.append(el("p", { class: "error", role: "alert" }, `${e.code}: ${e.message}`));
   });
@@ -220,7 +229,7 @@ async function timeline(target, _arg, params) {
       el("td", { class: "time" }, fmtTime(r.time_ms)),
       el("td", {}, outcomeBadge(r.outcome)),
       el("td", {}, r.kind),
-      el("td", { class: "id" }, r.identity || ""),
+      el("td", { class: "id" }, r.identity ? el("a", { href: "#/identity/" + encodeURIComponent(r.identity) }, r.identity) : ""),
       el("td", {}, r.grant || ""),
       el("td", { class: "id" }, r.node || ""),
       el("td", {}, reasonsOf(r).join(", ")),
@@ -307,6 +316,7 @@ function drawChart(target, records) {
 // ---- Decision -------------------------------------------------------------
 
 function table(headers, rows) {
+  if (!rows.length) return el("p", { class: "status" }, "none");
   return el("table", {},
     el("thead", {}, el("tr", {}, headers.map((h) => el("th", {}, h)))),
     el("tbody", {}, rows.map((cells) => el("tr", {}, cells.map((c) => el("td", {}, c ?? ""))))));
@@ -355,7 +365,8 @@ async function decisionPage(target, requestId) {
         ["verdict", d.trust.score >= d.min_trust ? "meets min_trust" : "below min_trust"],
       ]));
       section.append(table(["signal", "observed", "value", "weight", "share", "age (s)", "source", "status"],
-        (d.trust.signals || []).map((s) => [s.kind, s.observed, s.value, s.weight, s.share, s.age_seconds, s.source, s.status])));
+        (d.trust.signals || []).map((s) => [s.kind, s.observed, s.value, s.weight,
+          typeof s.share === "number" ? s.share.toFixed(3) : s.share, s.age_seconds, s.source, s.status])));
       section.append(el("h3", {}, "ECI"));
       section.append(kv([
         ["ECI", d.eci.eci],
@@ -399,6 +410,138 @@ async function decisionPage(target, requestId) {
     }
   });
   target.append(el("h2", {}, "Replay"), replay, result);
+}
+
+// ---- Identity ---------------------------------------------------------------
+
+const ROLE_RANK = { viewer: 0, approver: 0, operator: 1, admin: 2 };
+const mayOperate = () => state.session && ROLE_RANK[state.session.role] >= 1;
+const mayApprove = () => state.session && ["approver", "admin"].includes(state.session.role);
+
+/** A gauge: `value` of `max` as a bar, with the numbers. */
+function gauge(value, max, label) {
+  const W = 240, H = 14;
+  const share = max > 0 ? Math.max(0, Math.min(1, value / max)) : 0;
+  return el("span", { class: "gauge" },
+    svg("svg", { viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": label },
+      svg("rect", { x: 0, y: 0, width: W, height: H, class: "gauge-back" }),
+      svg("rect", { x: 0, y: 0, width: W * share, height: H, class: share < 0.2 ? "gauge-low" : "gauge-fill" })),
+    ` ${label}`);
+}
+
+/** Trust score and ECI of the identity's decisions over time, as lines. */
+function drawHistory(records) {
+  const points = records
+    .filter((r) => r.body && r.body.decision)
+    .map((r) => ({ t: r.time_ms, trust: r.body.decision.trust.score, eci: r.body.decision.eci.eci }))
+    .reverse();
+  if (points.length < 1) return el("p", { class: "status" }, "no decisions yet");
+  const W = 800, H = 120;
+  const lo = points[0].t, hi = Math.max(points[points.length - 1].t, lo + 1);
+  const x = (t) => ((t - lo) / (hi - lo)) * (W - 10) + 5;
+  const y = (v) => H - (Math.max(0, Math.min(100, v)) / 100) * H;
+  const line = (key) => points.map((p, i) => `${i ? "L" : "M"}${x(p.t).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+  return svg("svg", { viewBox: `0 0 ${W} ${H + 20}`, class: "chart", role: "img", "aria-label": "trust score and ECI over time" },
+    svg("path", { d: line("trust"), class: "line-trust" }),
+    svg("path", { d: line("eci"), class: "line-eci" }),
+    svg("text", { x: 0, y: H + 15, class: "axis" }, `trust (green) and ECI (red), 0–100, ${points.length} decisions from ${fmtTime(lo)}`));
+}
+
+async function identityPage(target, identity) {
+  target.append(el("h1", {}, "Identity ", el("code", {}, identity)));
+  const [entries, leases, signals, recent, detections] = await Promise.all([
+    api("GET", "/admin/v1/entries"),
+    api("GET", "/admin/v1/leases?limit=200&identity=" + encodeURIComponent(identity)),
+    api("GET", "/admin/v1/signals?subject=" + encodeURIComponent(identity)),
+    api("GET", "/admin/v1/logs/recent?limit=200&identity=" + encodeURIComponent(identity)),
+    api("GET", "/admin/v1/logs/recent?limit=50&outcome=detection&identity=" + encodeURIComponent(identity)),
+  ]);
+  const mine = entries.filter((e) => e.spiffe_id === identity);
+  target.append(el("h2", {}, "Entries"));
+  target.append(table(["entry", "parent", "selectors", "grants"],
+    mine.map((e) => [e.id, e.parent, e.selectors.join(" "), e.grants.join(", ")])));
+
+  target.append(el("h2", {}, "Budgets"));
+  const grants = [...new Set(mine.flatMap((e) => e.grants))];
+  const budgets = el("div", { id: "budgets" });
+  for (const grant of grants) {
+    try {
+      const b = await api("GET", `/admin/v1/budget?identity=${encodeURIComponent(identity)}&grant=${encodeURIComponent(grant)}`);
+      budgets.append(el("p", { "data-grant": grant }, `${grant}: `, gauge(b.available, b.capacity, `${b.available} of ${b.capacity} ${fmtRefill(b.per)}`)));
+    } catch (e) {
+      if (e.status === 401) throw e;
+      budgets.append(el("p", { "data-grant": grant }, `${grant}: no budget (${e.code})`));
+    }
+  }
+  target.append(budgets);
+
+  target.append(el("h2", {}, "Trust and ECI over time"));
+  target.append(drawHistory(recent.records));
+  if (recent.more) target.append(el("p", { class: "status" }, "partial: the newest 200 records"));
+
+  target.append(el("h2", {}, "Live leases"));
+  const live = leases.filter((l) => l.live);
+  const rows = live.map((l) => {
+    const cells = [l.id, l.grant, l.kind, fmtTime(l.issued_at_ms), fmtTime(l.expires_at_ms)];
+    if (mayOperate()) {
+      const button = el("button", { type: "button", class: "revoke", "data-lease": l.id }, "Revoke");
+      button.addEventListener("click", async () => {
+        button.disabled = true;
+        try {
+          await api("POST", `/admin/v1/leases/${encodeURIComponent(l.id)}/revoke`);
+          button.replaceWith(el("span", { class: "revoked" }, "revoked"));
+        } catch (e) {
+          button.disabled = false;
+          if (e.status !== 401) button.after(el("span", { class: "error" }, ` ${e.code}: ${e.message}`));
+        }
+      });
+      cells.push(button);
+    }
+    return cells;
+  });
+  target.append(table(["lease", "grant", "kind", "issued", "expires", mayOperate() ? "" : null].filter((h) => h !== null), rows));
+
+  target.append(el("h2", {}, "Signals"));
+  target.append(table(["kind", "value", "source", "observed"],
+    signals.map((x) => [x.kind, x.value, x.source, fmtTime((x.observed_at || 0) * 1000)])));
+
+  target.append(el("h2", {}, "Detections"));
+  target.append(table(["time", "request", "detail"], detections.records.map((r) => [
+    fmtTime(r.time_ms), r.request_id, JSON.stringify(r.body.detection || r.body)])));
+}
+
+// ---- Approvals --------------------------------------------------------------
+
+async function approvalsPage(target) {
+  target.append(el("h1", {}, "Approvals"));
+  const pending = await api("GET", "/admin/v1/approvals");
+  if (!mayApprove()) target.append(el("p", { class: "status" }, "Your role may see requests held for approval, not decide them."));
+  const rows = pending.map((a) => {
+    const cells = [a.approval_id, a.identity, a.grant, a.purpose || "", a.requested_by, fmtTime(a.created_at_ms), a.state];
+    if (mayApprove()) {
+      const approve = el("button", { type: "button", class: "approve", "data-approval": a.approval_id }, "Approve");
+      const reason = el("input", { placeholder: "reason to reject", "aria-label": "reason" });
+      const reject = el("button", { type: "button", class: "reject" }, "Reject");
+      const result = el("span", { class: "result" });
+      const act = (verdict, body) => async () => {
+        try {
+          await api("POST", `/admin/v1/approvals/${encodeURIComponent(a.approval_id)}/${verdict}`, body);
+          result.textContent = verdict === "approve" ? "approved" : "rejected";
+          result.className = "result done";
+        } catch (e) {
+          if (e.status !== 401) {
+            result.textContent = `${e.code}: ${e.message}`;
+            result.className = "result error";
+          }
+        }
+      };
+      approve.addEventListener("click", act("approve", {}));
+      reject.addEventListener("click", () => act("reject", { reason: reason.value || "rejected in the console" })());
+      cells.push(el("span", {}, approve, " ", reason, " ", reject, " ", result));
+    }
+    return cells;
+  });
+  target.append(table(["approval", "identity", "grant", "purpose", "requested by", "since", "state", ""], rows));
 }
 
 async function boot() {

@@ -13,6 +13,16 @@ use std::process::{Command, Stdio};
 use common::*;
 use serde_json::{Value, json};
 
+/// Every request for `held-token` waits for an approver.
+const HELD: &str = r#"
+@id("api-may-ask-for-held-tokens")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"held-token");
+@id("held-tokens-need-an-approver")
+@outcome("step_up")
+forbid (principal, action, resource == Mintguard::Grant::"held-token");
+"#;
+
 /// Seconds a console session lasts idle here (short, so the test sees one end).
 const IDLE_SECONDS: u64 = 6;
 
@@ -24,32 +34,57 @@ fn peer(var: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
-    // Two more operators from the config (the CLI keeps using alice's
-    // token, the one under data/operators).
+    // Three more operators from the config (the CLI keeps using alice's
+    // token, the one under data/operators), and a grant every request of
+    // which is held for an approver.
     let dir = tempfile::tempdir().unwrap();
     let token = |name: &str| {
         let secret = mintguard_broker::ids::secret_hex::<16>().unwrap();
         format!("console-{name}-{secret}")
     };
-    let (oscar, vera) = (token("oscar"), token("vera"));
+    let (oscar, ada, vera) = (token("oscar"), token("ada"), token("vera"));
     write_private(&dir.path().join("oscar.token"), &oscar);
+    write_private(&dir.path().join("ada.token"), &ada);
     write_private(&dir.path().join("vera.token"), &vera);
-    let operators = r#"
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/held.cedar"), HELD).unwrap();
+    let extra = format!(
+        r#"
+[[grants]]
+name = "held-token"
+kind = "jwt"
+max_ttl = "5m"
+jwt = {{ audience = "held" }}
 [[operators]]
 name = "ops-oscar"
 role = "operator"
 token_file = "oscar.token"
 [[operators]]
+name = "appr-ada"
+role = "approver"
+token_file = "ada.token"
+[[operators]]
 name = "view-vera"
 role = "viewer"
 token_file = "vera.token"
-"#;
-    let console = format!("[console]\nidle_timeout = \"{IDLE_SECONDS}s\"\n");
-    let broker = BrokerProcess::start_in(dir, &format!("{operators}{console}"));
+[console]
+idle_timeout = "{IDLE_SECONDS}s"
+"#
+    );
+    let broker = BrokerProcess::start_in(dir, &extra);
     let node = enrolled_node(&broker, "node-1").await;
-    register_api(&broker, "node-1");
-    // Something on the timeline before the page opens.
+    register_api_with(
+        &broker,
+        "node-1",
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["payments-token", "held-token"],
+    );
+    // Something on the timeline before the page opens, and a request held
+    // for an approver.
     issue_ok(&broker, &node, 3).await;
+    let held = issue(&broker, &node, json!({"grant": "held-token"})).await;
+    assert_eq!(held.status, 202, "{}", held.text);
+    let approval_id = held.body["approval_id"].as_str().unwrap().to_owned();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/console.mjs");
     let mut browser = Command::new("node")
@@ -57,6 +92,7 @@ token_file = "vera.token"
         .env("MG_URL", format!("https://{}", broker.addr("admin")))
         .env("MG_BUNDLE", broker.data().join("bundle.pem"))
         .env("MG_OPERATOR", &oscar)
+        .env("MG_APPROVER", &ada)
         .env("MG_VIEWER", &vera)
         .env("MG_IDLE_SECONDS", IDLE_SECONDS.to_string())
         .env("MINTGUARD_PLAYWRIGHT", peer("MINTGUARD_PLAYWRIGHT"))
@@ -85,18 +121,31 @@ token_file = "vera.token"
         .to_owned();
     let lease_id = issued["lease_id"].as_str().unwrap().to_owned();
     let explain = broker.cli_json(&["explain", &request_id]);
-    let line = json!({"request_id": request_id, "lease_id": lease_id, "explain": explain});
-    writeln!(stdin, "{line}").unwrap();
-    stdin.flush().unwrap();
+    let credential = issued["credential"]["token"].as_str().unwrap().to_owned();
+    let line = json!({
+        "request_id": request_id,
+        "lease_id": lease_id,
+        "identity": API,
+        "approval_id": approval_id,
+        "explain": explain,
+    });
+    let mut reply = |line: Value| {
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+    };
+    let mut expect = |tag: &str| {
+        let got = said.next().and_then(Result::ok);
+        assert_eq!(
+            got.as_deref(),
+            Some(tag),
+            "the browser test stopped before {tag:?}"
+        );
+    };
+    reply(line);
 
-    let done = said.next().and_then(Result::ok);
-    let status = browser.wait().unwrap();
-    assert!(
-        status.success() && done.as_deref() == Some("done"),
-        "the browser test failed ({status})"
-    );
-
-    // Nothing the forged requests tried took effect: the lease is live.
+    // Nothing the forged requests tried took effect: the lease is live,
+    // and so is its token.
+    expect("forged");
     assert!(
         broker
             .live_leases()
@@ -104,6 +153,31 @@ token_file = "vera.token"
             .any(|l| l["id"] == lease_id.as_str()),
         "the lease a forged request aimed at was revoked"
     );
+    let active = introspect(&broker, INTROSPECTION_TOKEN, &credential).await;
+    assert_eq!(active.body["active"], true, "{}", active.text);
+    reply(json!({}));
+
+    // Revoked from the identity page: introspection refuses the token.
+    expect("revoked");
+    let inactive = introspect(&broker, INTROSPECTION_TOKEN, &credential).await;
+    assert_eq!(inactive.body["active"], false, "{}", inactive.text);
+    reply(json!({}));
+
+    // Approved in the console: the held request is issued.
+    expect("approved");
+    let redeemed = issue(
+        &broker,
+        &node,
+        json!({"grant": "held-token", "approval_id": approval_id}),
+    )
+    .await;
+    assert_eq!(redeemed.status, 200, "{}", redeemed.text);
+    reply(json!({}));
+
+    expect("done");
+    let status = browser.wait().unwrap();
+    assert!(status.success(), "the browser test failed ({status})");
+
     // Each sign-in is recorded under its operator's name.
     let signed_in: Vec<String> = broker
         .logs(&[])
@@ -111,6 +185,20 @@ token_file = "vera.token"
         .filter(|r| r["body"]["action"] == "console_sign_in")
         .map(|r| r["body"]["operator"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(signed_in, ["ops-oscar", "view-vera"]);
+    assert_eq!(signed_in, ["ops-oscar", "appr-ada", "view-vera"]);
+    // The revocation and the approval are recorded under their operators.
+    let records: Vec<String> = broker.logs(&[]).iter().map(Value::to_string).collect();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.contains(&lease_id) && r.contains("operator:ops-oscar")),
+        "no revocation by ops-oscar"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r.contains("\"approved\"") && r.contains("appr-ada")),
+        "no approval by appr-ada"
+    );
     broker.assert_log_verifies();
 }

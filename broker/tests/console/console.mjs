@@ -3,9 +3,12 @@
 // starts the broker and speaks with this script over stdin/stdout:
 //   this script prints `ready` once the timeline is live; the test then
 //   issues a credential and writes one line of JSON to stdin:
-//   {"request_id", "lease_id", "explain": <mintguard explain --json>}.
+//   {"request_id", "lease_id", "identity", "approval_id",
+//    "explain": <mintguard explain>}.
+// Later steps print `forged`, `revoked` and `approved` and wait for a line
+// back, while the test checks what the broker then holds.
 // Environment: MG_URL (the admin listener), MG_BUNDLE (the broker's CA
-// bundle, PEM), MG_OPERATOR, MG_VIEWER (tokens), MG_IDLE_SECONDS,
+// bundle, PEM), MG_OPERATOR, MG_APPROVER, MG_VIEWER (tokens), MG_IDLE_SECONDS,
 // MINTGUARD_PLAYWRIGHT, MINTGUARD_CHROMIUM.
 import { createRequire } from "node:module";
 import { createHash, X509Certificate } from "node:crypto";
@@ -21,6 +24,11 @@ const { chromium } = require(process.env.MINTGUARD_PLAYWRIGHT);
 const url = new URL(process.env.MG_URL);
 const bundle = readFileSync(process.env.MG_BUNDLE, "utf8");
 const step = (what) => console.error(`console test: ${what}`);
+// With MG_SCREENSHOTS=DIR, each page is also saved there (docs/console/).
+async function shot(page, name) {
+  if (!process.env.MG_SCREENSHOTS) return;
+  await page.screenshot({ path: `${process.env.MG_SCREENSHOTS}/${name}.png`, fullPage: true });
+}
 
 // The broker's certificate, verified against its CA (its name is a SPIFFE
 // ID, not a host name): Chromium is told to trust exactly that key.
@@ -79,7 +87,7 @@ try {
   const base = url.origin;
 
   // ---- Sign in as an operator; the timeline is live. ----
-  const context = await browser.newContext();
+  const context = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const page = await context.newPage();
   const csp = [];
   page.on("console", (m) => { if (/Content Security Policy/.test(m.text())) csp.push(m.text()); });
@@ -89,6 +97,7 @@ try {
   assert.match(headers["content-security-policy"], /script-src 'self'/);
   assert.equal(headers["x-frame-options"], "DENY");
   await page.waitForSelector("#sign-in:not([hidden])");
+  await shot(page, "sign-in");
   step("sign-in page shown");
   await page.fill("#token", "not-a-token");
   await page.click("#sign-in-form button");
@@ -115,10 +124,11 @@ try {
   await page.waitForSelector(row, { timeout: 15000 });
   const rowText = await page.textContent(row);
   assert.match(rowText, /payments-token/);
+  await shot(page, "timeline");
   step("the fresh issuance appeared");
 
   // ---- Its decision shows what `mintguard explain --json` gives. ----
-  await page.click(`${row} a`);
+  await page.click(`${row} a[href^="#/decision/"]`);
   await page.waitForSelector("section.record[data-kind=decision]");
   const decision = fresh.explain.records.find((r) => r.kind === "decision");
   const d = decision.body.decision;
@@ -141,6 +151,7 @@ try {
   }
   await page.click("#replay");
   await page.waitForFunction(() => /all identical/.test(document.querySelector("#replay-result").textContent));
+  await shot(page, "decision");
   step("the decision page matches explain, and replays");
 
   // ---- A forged cross-site request is refused. ----
@@ -171,6 +182,20 @@ try {
   assert.equal(crossSite.status, 403);
   assert.match(crossSite.body, /cross_site_request/);
   step("forged cross-site requests refused");
+  console.log("forged");
+  await nextLine();
+
+  // ---- Revoke the lease from the identity page. ----
+  await page.goto(base + "/ui/#/identity/" + encodeURIComponent(fresh.identity));
+  const revoke = `button.revoke[data-lease="${fresh.lease_id}"]`;
+  await page.waitForSelector(revoke);
+  assert.match(await page.textContent("#budgets"), /payments-token: +\d+ of 100 per 1h/);
+  await shot(page, "identity");
+  await page.click(revoke);
+  await page.waitForSelector("span.revoked");
+  step("revoked from the identity page");
+  console.log("revoked");
+  await nextLine();
 
   // ---- Sign out ends the session. ----
   await page.goto(base + "/ui/#/timeline");
@@ -181,8 +206,25 @@ try {
   assert.equal(after.status, 401);
   assert.deepEqual(csp, [], "no Content-Security-Policy violation");
   step("signed out");
+  // ---- An approver approves a held request. ----
+  const approverContext = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const approver = await approverContext.newPage();
+  await approver.goto(base + "/ui/#/approvals");
+  await approver.waitForSelector("#sign-in:not([hidden])");
+  await approver.fill("#token", process.env.MG_APPROVER);
+  await approver.click("#sign-in-form button");
+  const approveButton = `button.approve[data-approval="${fresh.approval_id}"]`;
+  await approver.waitForSelector(approveButton);
+  await shot(approver, "approvals");
+  await approver.click(approveButton);
+  await approver.waitForSelector(".result.done");
+  assert.equal(await approver.textContent(".result.done"), "approved");
+  step("an approver approved the held request");
+  console.log("approved");
+  await nextLine();
+
   // ---- A viewer sees the log, and is refused an operator's action. ----
-  const viewerContext = await browser.newContext();
+  const viewerContext = await browser.newContext({ viewport: { width: 1400, height: 900 } });
   const viewer = await viewerContext.newPage();
   await viewer.goto(base + "/ui/#/decision/" + encodeURIComponent(fresh.request_id));
   await viewer.waitForSelector("#sign-in:not([hidden])");
@@ -198,7 +240,21 @@ try {
   }, fresh.lease_id);
   assert.equal(refused.status, 403);
   assert.match(refused.body, /insufficient_role/);
-  step("a viewer is refused an operator's action");
+  await viewer.goto(base + "/ui/#/approvals");
+  await viewer.waitForSelector("text=Your role may see requests held for approval");
+  assert.equal(await viewer.$(`button.approve`), null, "no approve button for a viewer");
+  const notApprover = await viewer.evaluate(async (id) => {
+    const s = await (await fetch("/ui/session")).json();
+    const res = await fetch(`/admin/v1/approvals/${id}/approve`, {
+      method: "POST", headers: { "X-Mintguard-CSRF": s.csrf, "Content-Type": "application/json" }, body: "{}",
+    });
+    return { status: res.status, body: await res.text() };
+  }, fresh.approval_id);
+  assert.equal(notApprover.status, 403);
+  assert.match(notApprover.body, /insufficient_role/);
+  await viewer.goto(base + "/ui/#/decision/" + encodeURIComponent(fresh.request_id));
+  await viewer.waitForSelector("#replay");
+  step("a viewer is refused an operator's and an approver's action");
 
   // ---- An expired session returns to sign-in. ----
   const idle = Number(process.env.MG_IDLE_SECONDS);
