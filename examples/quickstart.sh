@@ -6,9 +6,19 @@
 # executable) getting a JWT over the agent's Unix socket and verifying it
 # against the broker's JWKS, then the issuance log and its verification.
 #
+# Then it suspends the identity and the same workload is refused, with the
+# reasons, before it is resumed: Mintguard decides, it does not only mint.
+#
 #   ./examples/quickstart.sh            # in a temp dir, removed afterwards
+#   ./examples/quickstart.sh --serve    # then keep the broker up, with the console's URL, until Ctrl-C
 #   MINTGUARD_QUICKSTART_DIR=~/.local/share/mintguard-quickstart ./examples/quickstart.sh   # keep it
 set -euo pipefail
+serve=
+case ${1:-} in
+    --serve) serve=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--serve]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")/.."
 
 cargo build -q -p mintguard-broker --bins
@@ -71,7 +81,27 @@ echo "== agent: $(grep -o 'node=[^ ]*' "$work/agent.log" | tail -1), socket $soc
 echo "== the workload asks the agent for a credential"
 "$workload_bin" "$socket" "$data"
 
+echo "== suspended: the same workload is refused, and why"
+mg suspend spiffe://example.org/ns/pay/sa/api --reason "quickstart: a compromised-host drill" >/dev/null
+if refusal=$(RUST_BACKTRACE=0 "$workload_bin" "$socket" "$data" 2>&1); then
+    echo "a suspended identity got a credential" >&2
+    exit 1
+fi
+echo "$refusal"
+mg resume spiffe://example.org/ns/pay/sa/api >/dev/null
+echo "== resumed"
+
 echo "== the issuance log"
 mg logs
 echo "== mintguard logs verify"
 mg logs verify
+
+if [[ -n $serve ]]; then
+    admin=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["admin"])' "$data/listen.json")
+    echo "== the operator console: https://$admin/ui/"
+    echo "   sign in with the token in $data/operators/quickstart.token (an admin)"
+    echo "   the listener's certificate is signed by $data/bundle.pem: trust it, or for a look run"
+    echo "   chromium --ignore-certificate-errors-spki-list=\$(openssl s_client -connect $admin </dev/null 2>/dev/null | openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | openssl dgst -sha256 -binary | base64)"
+    echo "== serving until Ctrl-C"
+    wait $broker_pid
+fi

@@ -45,9 +45,13 @@ class ApiError extends Error {
   }
 }
 
-/** Calls the admin API with the session; a lost session returns to sign-in. */
-async function api(method, path, body) {
+/**
+ * Calls the admin API with the session; a lost session returns to sign-in.
+ * A background poll says so: it does not keep an unattended page signed in.
+ */
+async function api(method, path, body, { poll = false } = {}) {
   const headers = { Accept: "application/json" };
+  if (poll) headers["X-Mintguard-Poll"] = "1";
   if (method !== "GET" && state.session) headers["X-Mintguard-CSRF"] = state.session.csrf;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const res = await fetch(path, {
@@ -263,7 +267,7 @@ async function timeline(target, _arg, params) {
     const q = new URLSearchParams(query);
     q.set("limit", "1000");
     q.set("after", after);
-    const page = await api("GET", "/admin/v1/logs/recent?" + q);
+    const page = await api("GET", "/admin/v1/logs/recent?" + q, undefined, { poll: true });
     after = page.after;
     for (const r of page.records.slice().reverse()) {
       shown.unshift(r);

@@ -24,7 +24,7 @@ forbid (principal, action, resource == Mintguard::Grant::"held-token");
 "#;
 
 /// Seconds a console session lasts idle here (short, so the test sees one end).
-const IDLE_SECONDS: u64 = 6;
+const IDLE_SECONDS: u64 = 8;
 
 fn peer(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {

@@ -120,6 +120,52 @@ pub async fn read_log(
     Ok(merge(pages, limit, |r| (r.entry.time_ms, &r.chain, r.seq)))
 }
 
+/// A value a log query binds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// A text column's value.
+    Text(String),
+    /// An integer's.
+    Int(i64),
+}
+
+/// The `WHERE` conditions of `query` with only the filters it sets, so that
+/// each is matched by its index (`column = ?` is; `(? IS NULL OR column =
+/// ?)` is not), and the values they bind, in order; `placeholder(n)` spells
+/// the n-th (from 1) in the backend's dialect.
+pub(crate) fn log_conditions(
+    query: &LogQuery,
+    placeholder: impl Fn(usize) -> String,
+) -> (String, Vec<Bound>) {
+    let mut conditions = Vec::new();
+    let mut values = Vec::new();
+    let mut bind = |condition: &str, value: Bound| {
+        values.push(value);
+        conditions.push(condition.replace('?', &placeholder(values.len())));
+    };
+    bind("seq > ?", Bound::Int(query.after_seq.unwrap_or(0)));
+    if let Some(seq) = query.before_seq {
+        bind("seq < ?", Bound::Int(seq));
+    }
+    for (column, value) in [
+        ("identity", &query.identity),
+        ("grant_name", &query.grant),
+        ("node", &query.node),
+        ("outcome", &query.outcome),
+    ] {
+        if let Some(v) = value {
+            bind(&format!("{column} = ?"), Bound::Text(v.clone()));
+        }
+    }
+    if let Some(ms) = query.since_ms {
+        bind("time_ms >= ?", Bound::Int(ms));
+    }
+    if let Some(ms) = query.until_ms {
+        bind("time_ms < ?", Bound::Int(ms));
+    }
+    (conditions.join(" AND "), values)
+}
+
 /// A page of the log, newest first, with where to read on (see
 /// [`read_log_recent`], [`read_log_newer`]).
 #[derive(Clone, Debug, PartialEq)]

@@ -109,7 +109,7 @@ try {
   const who = await page.textContent("#who");
   assert.match(who, /ops-oscar \(operator\)/);
   const cookies = await context.cookies();
-  const session = cookies.find((c) => c.name === "mintguard_session");
+  const session = cookies.find((c) => c.name === "__Host-mintguard_session");
   assert.ok(session, "a session cookie");
   assert.equal(session.httpOnly, true);
   assert.equal(session.secure, true);
@@ -169,9 +169,21 @@ try {
   const evilBody = await evilPage.textContent("body");
   assert.match(evilBody, /unauthenticated/);
   evil.close();
+  // A read from another site's page (an image, a script) is refused too,
+  // even where the browser would send its credentials.
+  const crossRead = await raw("GET", "/admin/v1/logs?limit=1", {
+    Cookie: `__Host-mintguard_session=${session.value}`, "Sec-Fetch-Site": "cross-site",
+  });
+  assert.equal(crossRead.status, 403);
+  assert.match(crossRead.body, /cross_site_request/);
+  const planted = await raw("GET", "/admin/v1/logs?limit=1", {
+    Cookie: `__Host-mintguard_session=${session.value}; __Host-mintguard_session=planted`,
+  });
+  assert.equal(planted.status, 400);
+  assert.match(planted.body, /several_sessions/);
   // With the cookie (stolen into another client) but no CSRF token, or
   // from another origin: refused before any handler runs.
-  const cookie = `mintguard_session=${session.value}`;
+  const cookie = `__Host-mintguard_session=${session.value}`;
   const noCsrf = await raw("POST", `/admin/v1/leases/${fresh.lease_id}/revoke`, { Cookie: cookie, Origin: base });
   assert.equal(noCsrf.status, 403);
   assert.match(noCsrf.body, /csrf_refused/);

@@ -30,7 +30,7 @@ use serde_json::json;
 
 use super::{Operator, admin_record};
 use crate::config::Role;
-use crate::console::{COOKIE, CSRF_HEADER, Session, Via, cookie_id, same_secret};
+use crate::console::{COOKIE, CSRF_HEADER, OpenError, Session, Via, cookie_ids, same_secret};
 use crate::http::ApiError;
 use crate::state::{Broker, token_hash};
 
@@ -39,7 +39,11 @@ const SCRIPT: &str = include_str!("../../../console/app.js");
 const STYLE: &str = include_str!("../../../console/app.css");
 
 /// The console's policy: its own scripts, styles and API, nothing else.
-const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
+
+/// The header the page's background poll carries: it does not restart the
+/// session's idle time (an unattended tab still signs out).
+const POLL_HEADER: &str = "x-mintguard-poll";
 
 /// The console's routes (none when `[console] enabled = false`).
 pub fn router(broker: &Broker) -> Router<Arc<Broker>> {
@@ -96,6 +100,18 @@ pub async fn security_headers(
         HeaderValue::from_static("no-referrer"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        "cross-origin-resource-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        "cross-origin-opener-policy",
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(
+        header::STRICT_TRANSPORT_SECURITY,
+        HeaderValue::from_static("max-age=31536000"),
+    );
     res
 }
 
@@ -110,19 +126,25 @@ fn changes(method: &Method) -> bool {
 }
 
 /// A browser's request from another site than the console's own origin
-/// (`https://` and the Host it was sent to) is refused.
-fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+/// (`https://` and the Host it was sent to) is refused, whatever its
+/// method: a page elsewhere must not even read (or make the broker scan the
+/// log) with an operator's certificate or cookie. An address typed in or
+/// bookmarked (`Sec-Fetch-Site: none`) may only read.
+pub fn same_origin(parts: &Parts) -> Result<(), ApiError> {
+    let headers = &parts.headers;
     let refused = |why: &str| ApiError::forbidden("cross_site_request", why.to_owned());
-    if let Some(site) = headers.get("sec-fetch-site")
-        && site.as_bytes() != b"same-origin"
-    {
-        return Err(refused("the request came from another site"));
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let typed = site.as_bytes() == b"none" && !changes(&parts.method);
+        if site.as_bytes() != b"same-origin" && !typed {
+            return Err(refused("the request came from another site"));
+        }
     }
     match (headers.get(header::ORIGIN), headers.get(header::HOST)) {
         (None, _) => Ok(()),
         (Some(origin), Some(host))
-            if origin.as_bytes()
-                == format!("https://{}", host.to_str().unwrap_or("\u{0}")).as_bytes() =>
+            if host
+                .to_str()
+                .is_ok_and(|h| origin.as_bytes() == format!("https://{h}").as_bytes()) =>
         {
             Ok(())
         }
@@ -133,11 +155,11 @@ fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
 /// A change from a browser: from the console's origin, under a live
 /// session of operator `name`, with that session's CSRF token.
 pub fn guard_change(parts: &Parts, broker: &Broker, name: &str) -> Result<(), ApiError> {
+    same_origin(parts)?;
     if !changes(&parts.method) {
         return Ok(());
     }
-    same_origin(&parts.headers)?;
-    let session = live_session(parts, broker).ok_or_else(|| {
+    let session = live_session(parts, broker)?.ok_or_else(|| {
         ApiError::forbidden(
             "csrf_refused",
             "a change from a browser needs the console's session and its CSRF token",
@@ -157,18 +179,35 @@ pub fn guard_change(parts: &Parts, broker: &Broker, name: &str) -> Result<(), Ap
     Ok(())
 }
 
-fn session_id(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find_map(cookie_id)
+/// The session cookie's value, if the request carries one; more than one
+/// (one may have been planted beside the real one) is refused.
+fn session_id(headers: &HeaderMap) -> Result<Option<&str>, ApiError> {
+    let ids = cookie_ids(
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
+    match ids.as_slice() {
+        [] => Ok(None),
+        [id] if !id.is_empty() && id.len() <= 128 => Ok(Some(id)),
+        [_] => Err(ApiError::unauthenticated(
+            "session_ended",
+            "a malformed console session cookie",
+        )),
+        _ => Err(ApiError::bad_request(
+            "several_sessions",
+            "the request carries more than one console session cookie",
+        )),
+    }
 }
 
-fn live_session(parts: &Parts, broker: &Broker) -> Option<Session> {
-    broker
-        .console
-        .touch(session_id(&parts.headers)?, broker.clock.now_ms())
+fn live_session(parts: &Parts, broker: &Broker) -> Result<Option<Session>, ApiError> {
+    let Some(id) = session_id(&parts.headers)? else {
+        return Ok(None);
+    };
+    let active = !parts.headers.contains_key(POLL_HEADER);
+    Ok(broker.console.touch(id, broker.clock.now_ms(), active))
 }
 
 /// The operator a session cookie stands for, checked as the credential it
@@ -176,7 +215,7 @@ fn live_session(parts: &Parts, broker: &Broker) -> Option<Session> {
 /// operator's role still there; a change guarded as [`guard_change`].
 /// `None`: no session cookie.
 pub fn session_operator(parts: &Parts, broker: &Broker) -> Result<Option<Operator>, ApiError> {
-    if session_id(&parts.headers).is_none() {
+    if session_id(&parts.headers)?.is_none() {
         return Ok(None);
     }
     let ended = || {
@@ -185,7 +224,7 @@ pub fn session_operator(parts: &Parts, broker: &Broker) -> Result<Option<Operato
             "the console session ended (signed out, idle, or too old): sign in again",
         )
     };
-    let session = live_session(parts, broker).ok_or_else(ended)?;
+    let session = live_session(parts, broker)?.ok_or_else(ended)?;
     let operators = broker.operators.read().map_err(|_| ended())?;
     let role = match &session.via {
         Via::Token(hash) => operators
@@ -193,10 +232,14 @@ pub fn session_operator(parts: &Parts, broker: &Broker) -> Result<Option<Operato
             .get(hash)
             .filter(|(name, _)| *name == session.name)
             .map(|(_, role)| *role),
-        Via::Certificate => operators.roles.get(&session.name).copied(),
+        // Opened with a certificate: valid only where it is presented (the
+        // certificate path of the extractor), never by the cookie alone.
+        Via::Certificate => None,
     };
     drop(operators);
-    let role = role.ok_or_else(ended)?;
+    let role = role
+        .filter(|r| *r != Role::SignalSource)
+        .ok_or_else(ended)?;
     guard_change(parts, broker, &session.name)?;
     Ok(Some(Operator {
         name: session.name,
@@ -219,7 +262,18 @@ async fn sign_in(
     parts: Parts,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    same_origin(&parts.headers)?;
+    same_origin(&parts)?;
+    let json = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !json {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "not_json",
+            "sign in with a JSON body (Content-Type: application/json)",
+        ));
+    }
     let request: SignIn = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("bad_json", e.to_string()))?;
     let refused = || ApiError::unauthenticated("unauthenticated", "unknown operator token");
@@ -232,6 +286,16 @@ async fn sign_in(
                 .ok()
                 .and_then(|o| o.tokens.get(&hash).cloned());
             let (name, role) = found.ok_or_else(refused)?;
+            // A browser presenting one operator's certificate is that
+            // operator on every request: it does not sign in as another.
+            if let Some(peer) = parts.extensions.get::<SpiffePeer>()
+                && peer.id().path() != format!("/mintguard/operator/{name}")
+            {
+                return Err(ApiError::forbidden(
+                    "certificate_mismatch",
+                    "the browser presents another operator's certificate",
+                ));
+            }
             (name, role, Via::Token(hash))
         }
         Some(_) => return Err(refused()),
@@ -272,15 +336,32 @@ async fn sign_in(
         Via::Token(_) => "token",
         Via::Certificate => "certificate",
     };
+    // A sign-in ends the session the browser held before.
+    if let Ok(Some(old)) = session_id(&parts.headers) {
+        broker.console.close(old);
+    }
     let (id, session) = broker
         .console
         .open(&name, via, broker.clock.now_ms())
-        .ok_or_else(|| {
-            ApiError::unavailable(
+        .map_err(|e| match e {
+            OpenError::TooOften => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "sign_in_rate",
+                format!(
+                    "at most {} sign-ins a minute per operator",
+                    crate::console::SIGN_INS_PER_MINUTE
+                ),
+            ),
+            OpenError::Full => ApiError::unavailable(
+                "sessions_full",
+                "the console holds as many sessions as it may: try again later",
+                "session table full",
+            ),
+            OpenError::Rng => ApiError::unavailable(
                 "rng_failed",
                 "no session could be opened",
                 "the system's randomness failed",
-            )
+            ),
         })?;
     let op = Operator { name, role };
     if let Err(e) = admin_record(
@@ -330,7 +411,7 @@ async fn session_info(
     let op = session_operator(&parts, &broker)?.ok_or_else(|| {
         ApiError::unauthenticated("unauthenticated", "not signed in to the console")
     })?;
-    let session = live_session(&parts, &broker)
+    let session = live_session(&parts, &broker)?
         .ok_or_else(|| ApiError::unauthenticated("session_ended", "the console session ended"))?;
     Ok(axum::Json(info(&broker, &op, &session)).into_response())
 }
@@ -340,7 +421,7 @@ async fn sign_out(State(broker): State<Arc<Broker>>, parts: Parts) -> Result<Res
     session_operator(&parts, &broker)?.ok_or_else(|| {
         ApiError::unauthenticated("unauthenticated", "not signed in to the console")
     })?;
-    if let Some(id) = session_id(&parts.headers) {
+    if let Some(id) = session_id(&parts.headers)? {
         broker.console.close(id);
     }
     with_cookie(StatusCode::NO_CONTENT.into_response(), "", "; Max-Age=0")

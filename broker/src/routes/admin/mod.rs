@@ -153,8 +153,9 @@ impl FromRequestParts<Arc<Broker>> for Operator {
                 ));
             };
             // A browser presents its certificate to any page's request,
-            // cross-site ones included: from a browser, a change needs
-            // the console's session and its CSRF token too.
+            // cross-site ones included: from a browser, a request must come
+            // from the console's origin, and a change needs the console's
+            // session and its CSRF token too.
             if console::from_browser(parts) {
                 console::guard_change(parts, broker, &name)?;
             }

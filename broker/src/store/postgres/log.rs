@@ -25,21 +25,37 @@ impl LogStore for PostgresStore {
     }
     async fn log(&self, q: &LogQuery) -> Result<Vec<LogRecord>> {
         let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
+        // Only the filters given, so each meets its index; the chain and
+        // its head bound every read (rows past the head are not records).
+        let (conditions, values) =
+            crate::store::log_read::log_conditions(q, |n| format!("${}", n + 1));
+        let values: Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>> = values
+            .into_iter()
+            .map(|v| -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
+                match v {
+                    crate::store::log_read::Bound::Text(t) => Box::new(t),
+                    crate::store::log_read::Bound::Int(i) => Box::new(i),
+                }
+            })
+            .collect();
+        let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&q.chain];
+        params.extend(
+            values
+                .iter()
+                .map(|v| &**v as &(dyn tokio_postgres::types::ToSql + Sync)),
+        );
         let rows = self
             .client()
             .await?
             .query(
                 &format!(
                     "SELECT {LOG_COLUMNS} FROM log
-                     WHERE ($1::TEXT IS NULL OR identity = $1) AND ($2::TEXT IS NULL OR grant_name = $2)
-                       AND ($3::TEXT IS NULL OR node = $3) AND ($4::TEXT IS NULL OR outcome = $4)
-                       AND ($5::BIGINT IS NULL OR time_ms >= $5) AND ($6::BIGINT IS NULL OR time_ms < $6)
-                       AND chain = $9 AND seq > $7 AND ($10::BIGINT IS NULL OR seq < $10)
-                       AND seq <= (SELECT c.seq FROM log_chains c WHERE c.chain = $9)
-                     ORDER BY seq {} LIMIT $8",
+                     WHERE chain = $1 AND {conditions}
+                       AND seq <= (SELECT c.seq FROM log_chains c WHERE c.chain = $1)
+                     ORDER BY seq {} LIMIT {limit}",
                     if q.newest_first { "DESC" } else { "ASC" }
                 ),
-                &[&q.identity, &q.grant, &q.node, &q.outcome, &q.since_ms, &q.until_ms, &q.after_seq.unwrap_or(0), &limit, &q.chain, &q.before_seq],
+                &params,
             )
             .await
             .map_err(map_pg)?;

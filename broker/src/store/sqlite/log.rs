@@ -26,21 +26,23 @@ impl LogStore for SqliteStore {
         let q = q.clone();
         let bodies = self.bodies.clone();
         self.read(move |conn| {
+            let (conditions, values) =
+                crate::store::log_read::log_conditions(&q, |n| format!("?{n}"));
+            let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
             let sql = format!(
-                "SELECT {LOG_COLUMNS} FROM log
-                 WHERE (?1 IS NULL OR identity = ?1) AND (?2 IS NULL OR grant_name = ?2) AND (?3 IS NULL OR node = ?3)
-                   AND (?4 IS NULL OR outcome = ?4) AND (?5 IS NULL OR time_ms >= ?5) AND (?6 IS NULL OR time_ms < ?6)
-                   AND seq > ?7 AND (?9 IS NULL OR seq < ?9)
-                 ORDER BY seq {} LIMIT ?8",
+                "SELECT {LOG_COLUMNS} FROM log WHERE {conditions} ORDER BY seq {} LIMIT {limit}",
                 if q.newest_first { "DESC" } else { "ASC" }
             );
             let mut stmt = conn.prepare_cached(&sql).map_err(map_sql)?;
-            let limit = i64::try_from(q.limit.max(1)).unwrap_or(i64::MAX);
+            let values: Vec<rusqlite::types::Value> = values
+                .into_iter()
+                .map(|v| match v {
+                    crate::store::log_read::Bound::Text(t) => rusqlite::types::Value::Text(t),
+                    crate::store::log_read::Bound::Int(i) => rusqlite::types::Value::Integer(i),
+                })
+                .collect();
             let rows = stmt
-                .query_map(
-                    params![q.identity, q.grant, q.node, q.outcome, q.since_ms, q.until_ms, q.after_seq.unwrap_or(0), limit, q.before_seq],
-                    row_to_record,
-                )
+                .query_map(rusqlite::params_from_iter(values), row_to_record)
                 .map_err(map_sql)?;
             let mut budget = bodies::ReadBudget::default();
             rows.map(|r| {
