@@ -72,6 +72,9 @@ idle_timeout = "{IDLE_SECONDS}s"
 "#
     );
     let broker = BrokerProcess::start_in(dir, &extra);
+    let certs = broker.dir.path().join("carl");
+    broker.create_operator("cert-carl", "viewer", Some(&certs));
+    broker.cli_json(&["reload"]);
     let node = enrolled_node(&broker, "node-1").await;
     register_api_with(
         &broker,
@@ -95,6 +98,8 @@ idle_timeout = "{IDLE_SECONDS}s"
         .env("MG_APPROVER", &ada)
         .env("MG_VIEWER", &vera)
         .env("MG_IDLE_SECONDS", IDLE_SECONDS.to_string())
+        .env("MG_CERT", certs.join("cert-carl.crt"))
+        .env("MG_KEY", certs.join("cert-carl.key"))
         .env("MINTGUARD_PLAYWRIGHT", peer("MINTGUARD_PLAYWRIGHT"))
         .env("MINTGUARD_CHROMIUM", peer("MINTGUARD_CHROMIUM"))
         .stdin(Stdio::piped())
@@ -185,7 +190,7 @@ idle_timeout = "{IDLE_SECONDS}s"
         .filter(|r| r["body"]["action"] == "console_sign_in")
         .map(|r| r["body"]["operator"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(signed_in, ["ops-oscar", "appr-ada", "view-vera"]);
+    assert_eq!(signed_in, ["ops-oscar", "appr-ada", "view-vera", "cert-carl"]);
     // The revocation and the approval are recorded under their operators.
     let records: Vec<String> = broker.logs(&[]).iter().map(Value::to_string).collect();
     assert!(

@@ -61,16 +61,6 @@ const TOKENS: &[(&str, &str, &str)] = &[
         "",
     ),
     (
-        "{log_filter_indexes}",
-        "CREATE INDEX log_outcome ON log(outcome, seq);
-     CREATE INDEX log_node ON log(node, seq);
-     CREATE INDEX log_grant ON log(grant_name, seq);",
-        "CREATE INDEX log_chain_outcome ON log(chain, outcome, seq);
-     CREATE INDEX log_chain_node ON log(chain, node, seq);
-     CREATE INDEX log_chain_grant ON log(chain, grant_name, seq);
-     CREATE INDEX log_chain_identity ON log(chain, identity, seq);",
-    ),
-    (
         "{checkpoint_kinds}",
         "",
         "ALTER TABLE checkpoints ADD COLUMN IF NOT EXISTS kind TEXT NOT NULL DEFAULT 'checkpoint';
@@ -197,9 +187,6 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Migration 11 as first written gave PostgreSQL's checkpoints no kind:
     // a store it migrated then gets it now (a no-op where 11 did).
     (13, "{checkpoint_kinds}"),
-    // Each filter of a log read meets an index along `seq`, newest first or
-    // oldest (the console's timeline, `mintguard logs --outcome …`).
-    (14, "{log_filter_indexes}"),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it

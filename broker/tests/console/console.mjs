@@ -8,7 +8,8 @@
 // Later steps print `forged`, `revoked` and `approved` and wait for a line
 // back, while the test checks what the broker then holds.
 // Environment: MG_URL (the admin listener), MG_BUNDLE (the broker's CA
-// bundle, PEM), MG_OPERATOR, MG_APPROVER, MG_VIEWER (tokens), MG_IDLE_SECONDS,
+// bundle, PEM), MG_OPERATOR, MG_APPROVER, MG_VIEWER (tokens), MG_CERT and
+// MG_KEY (a viewer's operator certificate), MG_IDLE_SECONDS,
 // MINTGUARD_PLAYWRIGHT, MINTGUARD_CHROMIUM.
 import { createRequire } from "node:module";
 import { createHash, X509Certificate } from "node:crypto";
@@ -59,18 +60,18 @@ async function nextLine() {
 }
 
 /** A raw HTTPS request to the broker (outside the browser). */
-function raw(method, path, headers) {
+function raw(method, path, headers, { body, cert, key } = {}) {
   return new Promise((resolve, reject) => {
     const req = https.request({
       host: url.hostname, port: Number(url.port), method, path, headers,
-      ca: bundle, checkServerIdentity: () => undefined,
+      ca: bundle, checkServerIdentity: () => undefined, cert, key, agent: false,
     }, (res) => {
-      let body = "";
-      res.on("data", (c) => (body += c));
-      res.on("end", () => resolve({ status: res.statusCode, body, headers: res.headers }));
+      let text = "";
+      res.on("data", (c) => (text += c));
+      res.on("end", () => resolve({ status: res.statusCode, body: text, headers: res.headers }));
     });
     req.on("error", reject);
-    req.end();
+    req.end(body);
   });
 }
 
@@ -276,6 +277,24 @@ try {
   assert.match(await viewer.textContent("#sign-in-error"), /session ended/);
   step("an idle session returned to sign-in");
 
+  // ---- A session opened with an operator certificate holds only where
+  // that certificate is presented. ----
+  const cert = readFileSync(process.env.MG_CERT), key = readFileSync(process.env.MG_KEY);
+  const certSignIn = await raw("POST", "/ui/session",
+    { "Content-Type": "application/json", Origin: base }, { body: "{}", cert, key });
+  assert.equal(certSignIn.status, 200, certSignIn.body);
+  assert.equal(JSON.parse(certSignIn.body).name, "cert-carl");
+  const certCookie = certSignIn.headers["set-cookie"][0].split(";")[0];
+  assert.match(certCookie, /^__Host-mintguard_session=/);
+  const withCert = await raw("GET", "/ui/session", { Cookie: certCookie }, { cert, key });
+  assert.equal(withCert.status, 200, withCert.body);
+  const withoutCert = await raw("GET", "/admin/v1/logs?limit=1", { Cookie: certCookie });
+  assert.equal(withoutCert.status, 401);
+  assert.match(withoutCert.body, /session_ended/);
+  const textPlain = await raw("POST", "/ui/session",
+    { "Content-Type": "text/plain", Origin: base }, { body: "{}", cert, key });
+  assert.equal(textPlain.status, 415);
+  step("a certificate's session holds only with the certificate");
   console.log("done");
 } finally {
   await browser.close();

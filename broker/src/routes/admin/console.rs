@@ -232,9 +232,13 @@ pub fn session_operator(parts: &Parts, broker: &Broker) -> Result<Option<Operato
             .get(hash)
             .filter(|(name, _)| *name == session.name)
             .map(|(_, role)| *role),
-        // Opened with a certificate: valid only where it is presented (the
-        // certificate path of the extractor), never by the cookie alone.
-        Via::Certificate => None,
+        // Opened with a certificate: valid only where that operator's
+        // certificate is presented, never by the cookie alone.
+        Via::Certificate => parts
+            .extensions
+            .get::<SpiffePeer>()
+            .filter(|peer| peer.id().path() == format!("/mintguard/operator/{}", session.name))
+            .and_then(|_| operators.roles.get(&session.name).copied()),
     };
     drop(operators);
     let role = role
