@@ -190,7 +190,10 @@ idle_timeout = "{IDLE_SECONDS}s"
         .filter(|r| r["body"]["action"] == "console_sign_in")
         .map(|r| r["body"]["operator"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(signed_in, ["ops-oscar", "appr-ada", "view-vera", "cert-carl"]);
+    assert_eq!(
+        signed_in,
+        ["ops-oscar", "appr-ada", "view-vera", "cert-carl"]
+    );
     // The revocation and the approval are recorded under their operators.
     let records: Vec<String> = broker.logs(&[]).iter().map(Value::to_string).collect();
     assert!(
