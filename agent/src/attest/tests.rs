@@ -2,6 +2,26 @@
 
 use super::*;
 
+/// A listening Unix socket and a `python3 -c script` process started to
+/// connect to it (`sys.argv[1]` is the socket's path).
+fn python_peer(
+    script: &str,
+) -> (
+    tempfile::TempDir,
+    std::os::unix::net::UnixListener,
+    std::process::Child,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+    let child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .arg(&path)
+        .spawn()
+        .unwrap();
+    (dir, listener, child)
+}
+
 fn me() -> Peer {
     Peer::at_accept(
         i32::try_from(std::process::id()).unwrap(),
@@ -155,19 +175,11 @@ fn a_process_running_another_executable_than_at_accept_is_refused() {
 fn a_reused_attestation_still_sees_an_exec_and_an_exit() {
     use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
     use std::io::{Read, Write};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
     // Connects, waits for a byte, then execs sleep (the same pid).
-    let mut child = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import os,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
-             s.send(b'x'); s.recv(1); os.execvp('sleep', ['sleep', '30'])",
-        ])
-        .arg(&path)
-        .spawn()
-        .unwrap();
+    let (_dir, listener, mut child) = python_peer(
+        "import os,socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); \
+         s.send(b'x'); s.recv(1); os.execvp('sleep', ['sleep', '30'])",
+    );
     let (mut stream, _) = listener.accept().unwrap();
     let mut byte = [0u8; 1];
     stream.read_exact(&mut byte).unwrap();
@@ -299,17 +311,10 @@ fn a_container_id_counts_only_in_a_cgroup_root_made() {
 #[test]
 fn a_kept_connection_sees_its_process_move_between_cgroups() {
     use nix::sys::socket::{getsockopt, sockopt::PeerPidfd};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("s.sock");
-    let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
-    let mut child = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(30)",
-        ])
-        .arg(&path)
-        .spawn()
-        .unwrap();
+    // Connects and stays (killed below).
+    let (_dir, listener, mut child) = python_peer(
+        "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); time.sleep(30)",
+    );
     let (stream, _) = listener.accept().unwrap();
     let pid = i32::try_from(child.id()).unwrap();
     let pidfd = getsockopt(&stream, PeerPidfd).ok();

@@ -28,7 +28,7 @@ use axum::routing::get;
 use mintguard_certs::tls::SpiffePeer;
 use serde_json::json;
 
-use super::{Operator, admin_record};
+use super::{Operator, admin_record, certificate_name, certificate_operator};
 use crate::config::Role;
 use crate::console::{COOKIE, CSRF_HEADER, OpenError, Session, Via, cookie_ids, same_secret};
 use crate::http::ApiError;
@@ -237,7 +237,7 @@ pub fn session_operator(parts: &Parts, broker: &Broker) -> Result<Option<Operato
         Via::Certificate => parts
             .extensions
             .get::<SpiffePeer>()
-            .filter(|peer| peer.id().path() == format!("/mintguard/operator/{}", session.name))
+            .filter(|peer| certificate_name(peer) == session.name)
             .and_then(|_| operators.roles.get(&session.name).copied()),
     };
     drop(operators);
@@ -293,7 +293,7 @@ async fn sign_in(
             // A browser presenting one operator's certificate is that
             // operator on every request: it does not sign in as another.
             if let Some(peer) = parts.extensions.get::<SpiffePeer>()
-                && peer.id().path() != format!("/mintguard/operator/{name}")
+                && certificate_name(peer) != name
             {
                 return Err(ApiError::forbidden(
                     "certificate_mismatch",
@@ -310,23 +310,7 @@ async fn sign_in(
                     "give an operator token, or present an operator certificate",
                 )
             })?;
-            let name = peer
-                .id()
-                .path()
-                .strip_prefix("/mintguard/operator/")
-                .unwrap_or_default()
-                .to_owned();
-            let role = broker
-                .operators
-                .read()
-                .ok()
-                .and_then(|o| o.roles.get(&name).copied())
-                .ok_or_else(|| {
-                    ApiError::forbidden(
-                        "unknown_operator",
-                        format!("{} has no operator role", peer.id()),
-                    )
-                })?;
+            let Operator { name, role } = certificate_operator(peer, &broker)?;
             (name, role, Via::Certificate)
         }
     };

@@ -135,23 +135,7 @@ impl FromRequestParts<Arc<Broker>> for Operator {
         // The listener admits only operator SVIDs (a node's fails the
         // handshake); an operator whose role was removed is refused here.
         if let Some(peer) = parts.extensions.get::<SpiffePeer>() {
-            let name = peer
-                .id()
-                .path()
-                .strip_prefix("/mintguard/operator/")
-                .unwrap_or_default()
-                .to_owned();
-            let role = broker
-                .operators
-                .read()
-                .ok()
-                .and_then(|o| o.roles.get(&name).copied());
-            let Some(role) = role else {
-                return Err(ApiError::forbidden(
-                    "unknown_operator",
-                    format!("{} has no operator role", peer.id()),
-                ));
-            };
+            let Operator { name, role } = certificate_operator(peer, broker)?;
             // A browser presents its certificate to any page's request,
             // cross-site ones included: from a browser, a request must come
             // from the console's origin, and a change needs the console's
@@ -187,6 +171,32 @@ impl FromRequestParts<Arc<Broker>> for Operator {
         })?;
         Ok(Operator { name, role })
     }
+}
+
+/// The operator name an operator SVID carries (`""` for any other ID).
+fn certificate_name(peer: &SpiffePeer) -> &str {
+    peer.id()
+        .path()
+        .strip_prefix("/mintguard/operator/")
+        .unwrap_or_default()
+}
+
+/// The operator an operator SVID names, with its role now; one whose role
+/// was removed is refused.
+fn certificate_operator(peer: &SpiffePeer, broker: &Broker) -> Result<Operator, ApiError> {
+    let name = certificate_name(peer).to_owned();
+    let role = broker
+        .operators
+        .read()
+        .ok()
+        .and_then(|o| o.roles.get(&name).copied())
+        .ok_or_else(|| {
+            ApiError::forbidden(
+                "unknown_operator",
+                format!("{} has no operator role", peer.id()),
+            )
+        })?;
+    Ok(Operator { name, role })
 }
 
 /// The API view of an entry.
