@@ -71,6 +71,7 @@ pub mod mint;
 pub mod outbound;
 pub mod refusals;
 pub mod routes;
+pub mod seed;
 pub mod setting;
 pub mod state;
 pub mod store;

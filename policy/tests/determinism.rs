@@ -206,6 +206,7 @@ fn arb_input() -> impl Strategy<Value = DecisionInput> {
                     identity_effective,
                     grant_exposure,
                     issuer_blast_radius,
+                    explained: None,
                 },
                 budgets,
                 evidence,

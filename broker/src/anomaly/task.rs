@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use super::alerts::AlertSink;
 use super::analyzer::{Analyzer, Detection, Event, Subject};
-use crate::clock::now_ms;
 use crate::config::{AnomalyConfig, AnomalyMode};
 use crate::log::decode::Undecodable;
 use crate::log::{LogEntry, RecordKind};
@@ -144,7 +143,8 @@ impl Analysis {
     /// Replays the last `history` of the log into the baselines, without
     /// acting on what it would have detected (that was acted on then).
     pub async fn rebuild(&mut self, broker: &Broker) -> crate::store::Result<usize> {
-        let since = now_ms() - i64::try_from(self.config.history.0.as_millis()).unwrap_or(0);
+        let since =
+            broker.clock.now_ms() - i64::try_from(self.config.history.0.as_millis()).unwrap_or(0);
         let mut seen = 0;
         loop {
             let page =
@@ -254,7 +254,7 @@ impl Analysis {
         });
         broker
             .record(LogEntry {
-                time_ms: now_ms(),
+                time_ms: broker.clock.now_ms(),
                 kind: RecordKind::Admin,
                 request_id: crate::ids::random_id("det"),
                 identity,
@@ -308,7 +308,7 @@ impl Analysis {
                     detection.codes()
                 ),
                 by: format!("anomaly:{}", detection.codes()),
-                at_ms: now_ms(),
+                at_ms: broker.clock.now_ms(),
             })
             .await
             .map_err(|e| e.to_string())?;
@@ -359,13 +359,13 @@ pub async fn run(broker: Arc<Broker>, alerts: Option<AlertSink>) {
             }
         }
     }
-    broker.analysis.beat(now_ms());
+    broker.analysis.beat(broker.clock.now_ms());
     loop {
         tokio::time::sleep(interval).await;
         analysis.acting = leadership.leads().await;
         crate::fault::fault_wait("anomaly_step").await;
         match analysis.step(&broker).await {
-            Ok(_) => broker.analysis.beat(now_ms()),
+            Ok(_) => broker.analysis.beat(broker.clock.now_ms()),
             Err(e) => tracing::warn!(error = %e, "anomaly analysis step failed; retrying"),
         }
     }

@@ -40,6 +40,30 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Write a busy issuance log through the real issuance core and anomaly
+    /// analysis, on a clock walking the past `--span` up to now (demos, the
+    /// console's screenshots and timings). Stop the broker first; the
+    /// config's rules must permit `spiffe://<td>/ns/seed/…` (examples/busy/).
+    SeedLog {
+        /// The broker's TOML configuration.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Credential requests to decide.
+        #[arg(long, default_value_t = 100_000)]
+        requests: u64,
+        /// The span they cover, ending now.
+        #[arg(long, default_value = "24h")]
+        span: String,
+        /// Nodes (besides the batch node).
+        #[arg(long, default_value_t = 8)]
+        nodes: usize,
+        /// Workload identities.
+        #[arg(long, default_value_t = 120)]
+        identities: usize,
+        /// The traffic's random seed (the same seed, the same traffic).
+        #[arg(long, default_value_t = 7)]
+        seed: u64,
+    },
     /// Bootstrap operators.
     Operator {
         #[command(subcommand)]
@@ -76,6 +100,14 @@ enum OperatorCommand {
 fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Run { config, log_json } => run(config, log_json),
+        Command::SeedLog {
+            config,
+            requests,
+            span,
+            nodes,
+            identities,
+            seed,
+        } => seed_log(&config, requests, &span, nodes, identities, seed),
         Command::Operator {
             command:
                 OperatorCommand::Create {
@@ -92,6 +124,53 @@ fn main() -> ExitCode {
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("mintguard-broker: {message}");
     ExitCode::from(2)
+}
+
+/// The multi-threaded runtime, or the exit its failure means.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| fail(format!("runtime: {e}")))
+}
+
+fn seed_log(
+    file: &std::path::Path,
+    requests: u64,
+    span: &str,
+    nodes: usize,
+    identities: usize,
+    seed: u64,
+) -> ExitCode {
+    let span = match humantime::parse_duration(span) {
+        Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Err(e) => return fail(format!("--span {span:?}: {e}")),
+    };
+    let config = match Config::load(file) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let plan = mintguard_broker::seed::SeedPlan {
+        requests,
+        span_ms: span,
+        nodes,
+        identities,
+        seed,
+    };
+    let started = std::time::Instant::now();
+    match runtime.block_on(mintguard_broker::seed::seed(config, &plan)) {
+        Ok(report) => {
+            let mut out = serde_json::to_value(&report).unwrap_or_default();
+            out["seconds"] = serde_json::json!(started.elapsed().as_secs_f64());
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
+    }
 }
 
 fn run(file: PathBuf, log_json: bool) -> ExitCode {
@@ -113,12 +192,9 @@ fn run(file: PathBuf, log_json: bool) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return fail(format!("runtime: {e}")),
+        Err(e) => return e,
     };
     runtime.block_on(async move {
         let data_dir = config.data_dir.clone();

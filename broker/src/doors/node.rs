@@ -132,6 +132,20 @@ async fn issue_inner(
     now: i64,
 ) -> Result<Result<Issued, Refusal>, ApiError> {
     validate(&req)?;
+    limit_node(broker, node)?;
+    issue_from(broker, node, posture, req, now).await
+}
+
+/// Decides and mints a validated `req` as vouched for by `node` with the
+/// posture its SVID gave, at `now`: the node door after its checks of the
+/// request's form and rate (the seed tool drives it directly).
+pub(crate) async fn issue_from(
+    broker: &Broker,
+    node: &str,
+    posture: (u8, &str),
+    req: IssueRequest,
+    now: i64,
+) -> Result<Result<Issued, Refusal>, ApiError> {
     let dynamic = broker.dynamic.load_full();
     let IssueRequest {
         selectors,
@@ -145,7 +159,6 @@ async fn issue_inner(
             format!("no grant named {:?}", request.grant),
         ));
     };
-    limit_node(broker, node)?;
     let entries = broker.store.entries(Some(node)).await?;
     let entry = select_entry(&entries, &selectors, request.spiffe_id.as_deref())?.clone();
 

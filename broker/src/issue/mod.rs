@@ -30,7 +30,8 @@ use governor::DefaultKeyedRateLimiter;
 use mintguard_api::CredentialRequest;
 use mintguard_policy::budget::BudgetSnapshot;
 use mintguard_policy::decision::{
-    BudgetView, EciInput, Evidence, IssuerContext, IssuerKind, PrincipalKind, Suspension,
+    BudgetView, EciExplained, EciInput, Evidence, IssuerContext, IssuerKind, PrincipalKind,
+    Suspension,
 };
 use mintguard_policy::eci::EciReport;
 use mintguard_policy::rules::RuleSet;
@@ -295,6 +296,7 @@ impl Issuer<'_> {
                 identity_effective: eci.get(identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
                 grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
                 issuer_blast_radius: subject.blast_radius,
+                explained: eci.get(identity).and_then(EciExplained::of),
             },
             budgets: match (&budget, snapshot) {
                 (Some((key, policy)), Some(snapshot)) => vec![BudgetView {

@@ -332,6 +332,15 @@ impl Broker {
 
     /// Opens everything the configuration names: store, CA, keys, policies, graph.
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
+        Self::start_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+    }
+
+    /// Opens the broker reading `clock` for its decisions and records; only
+    /// `seed-log` (a day of traffic in seconds) sets another than the system's.
+    pub async fn start_with_clock(
+        config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| setup(format!("{}: {e}", config.data_dir.display())))?;
         let instance = instance_id(&config.data_dir).map_err(setup)?;
@@ -446,7 +455,7 @@ impl Broker {
                     .saturating_mul(u128::from(config.anomaly.stale_after_intervals)),
             )
             .unwrap_or(i64::MAX),
-            now_ms(),
+            clock.now_ms(),
         );
         let console = crate::console::Sessions::new(
             i64::try_from(config.console.idle_timeout.0.as_millis()).unwrap_or(i64::MAX),
@@ -462,7 +471,7 @@ impl Broker {
         Ok(Arc::new(Self {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
-            clock: Arc::new(crate::clock::SystemClock),
+            clock,
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,

@@ -116,6 +116,37 @@ pub struct EciInput {
     pub grant_exposure: f64,
     /// The issuer's blast radius: the highest effective ECI (capped) it may vouch for.
     pub issuer_blast_radius: f64,
+    /// How the identity's ECI was made, for the operator; the decision reads
+    /// only `identity_effective`. `None` for an identity the ECI was not
+    /// computed for (counted at 300) and in records written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub explained: Option<EciExplained>,
+}
+
+/// An identity's ECI, factor by factor (see `examples/graphs/README.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EciExplained {
+    /// Its personalized PageRank.
+    pub ppr: f64,
+    /// The five factors, each 0–1.
+    pub factors: crate::eci::Factors,
+    /// `100 × Σ weight × factor`.
+    pub structural: f64,
+    /// The hygiene modifier (1–3).
+    pub hygiene_modifier: f64,
+}
+
+impl EciExplained {
+    /// The explanation of `node`, when it is an identity or grant with factors.
+    pub fn of(node: &crate::eci::NodeEci) -> Option<Self> {
+        Some(Self {
+            ppr: node.ppr,
+            factors: node.factors?,
+            structural: node.structural_eci?,
+            hygiene_modifier: node.hygiene_modifier?,
+        })
+    }
 }
 
 /// One budget that applies, with the balance the decision saw.

@@ -213,6 +213,7 @@ pub fn run(scenario: &Scenario) -> Result<Report, String> {
                 identity_effective: 30.0,
                 grant_exposure: exposure.get(r.grant.as_str()).copied().unwrap_or(100.0),
                 issuer_blast_radius: 30.0,
+                explained: None,
             },
             budgets: Vec::new(),
             evidence: Vec::new(),
