@@ -15,7 +15,7 @@ use mintguard_broker::log::verify::{ChainStart, ChainVerifier};
 use mintguard_broker::store::postgres::PostgresStore;
 use mintguard_broker::store::{
     LogCursor, LogQuery, Store, StoreError, decisions_after, read_log, read_log_newer,
-    read_log_recent,
+    read_log_recent, read_log_recent_within,
 };
 
 async fn replica(url: &str, chain: &str) -> Arc<dyn Store> {
@@ -194,6 +194,83 @@ async fn the_newest_records_read_back_page_by_page_and_new_ones_by_polling() {
     let polled = read_log_newer(&*a, &denies, &page.after).await.unwrap();
     assert!(polled.records.is_empty());
     assert_eq!(polled.after.after("aa"), a.head().await.unwrap().0);
+}
+
+/// A filter no index serves (a node) reads a bounded window of each chain
+/// per page: a page that stops at the window says so, and paging on reads
+/// below it, every match once, newest first, across the chains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_filter_reads_a_window_per_page_and_pages_on_below_it() {
+    let url = common::fresh_postgres_database("mg_chains_window").await;
+    let (a, b) = (replica(&url, "aa").await, replica(&url, "bb").await);
+    let rare = "spiffe://example.org/mintguard/node/rare";
+    let mut expected = Vec::new();
+    for i in 0..60i64 {
+        let store = if i % 2 == 0 { &a } else { &b };
+        let mut e = entry(
+            &format!("r{i}"),
+            "spiffe://example.org/w",
+            "allow",
+            1_000 + i,
+        );
+        if i % 7 == 3 {
+            e.node = Some(rare.into());
+            expected.push(format!("r{i}"));
+        }
+        store.append(plain(e)).await.unwrap();
+    }
+    expected.reverse();
+    let query = LogQuery {
+        node: Some(rare.into()),
+        limit: 3,
+        ..Default::default()
+    };
+    let (mut before, mut seen, mut limited) = (LogCursor::default(), Vec::new(), 0);
+    for _ in 0..100 {
+        let page = read_log_recent_within(&*a, &query, &before, 5)
+            .await
+            .unwrap();
+        assert!(
+            page.records
+                .iter()
+                .all(|r| r.entry.node.as_deref() == Some(rare))
+        );
+        seen.extend(page.records.iter().map(|r| r.entry.request_id.clone()));
+        limited += usize::from(page.scan_limited);
+        if !page.more {
+            break;
+        }
+        before = page.before;
+    }
+    assert_eq!(seen, expected);
+    assert!(
+        limited > 0,
+        "a 5-record window over 30 records per chain stops short"
+    );
+    // The whole chain at once without the window; an identity filter is
+    // served by its index and never windowed.
+    let whole = read_log_recent(
+        &*a,
+        &LogQuery {
+            limit: 100,
+            ..query.clone()
+        },
+        &LogCursor::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(whole.records.len(), expected.len());
+    assert!(!whole.more && !whole.scan_limited);
+    let by_identity = LogQuery {
+        identity: Some("spiffe://example.org/w".into()),
+        limit: 100,
+        ..query
+    };
+    let page = read_log_recent_within(&*a, &by_identity, &LogCursor::default(), 5)
+        .await
+        .unwrap();
+    assert_eq!(page.records.len(), expected.len());
+    assert!(!page.scan_limited);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

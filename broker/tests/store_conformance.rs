@@ -891,6 +891,41 @@ async fn lease_queries_select_by_owner_state_and_cursor(store: Arc<dyn Store>) {
         ids(&["b3"])
     );
 
+    // Issued through a node or CI issuer in a window, newest first; the
+    // count is bounded by the limit. Revoked and expired leases count.
+    let through = |node: &str, since_ms, until_ms, limit| LeaseQuery::IssuedThrough {
+        node: node.into(),
+        since_ms,
+        until_ms,
+        limit,
+    };
+    let n1 = "spiffe://example.org/mintguard/node/n1";
+    assert_eq!(
+        lease_ids(&store, through(n1, 0, now, 100)).await,
+        ids(&["b1", "a1", "a3"])
+    );
+    assert_eq!(
+        lease_ids(&store, through(n1, 100, 300, 100)).await,
+        ids(&["a1"])
+    );
+    assert_eq!(lease_ids(&store, through(ci, 0, now, 100)).await.len(), 2);
+    assert_eq!(
+        store.count_leases(&through(n1, 0, now, 100)).await.unwrap(),
+        3
+    );
+    assert_eq!(
+        store.count_leases(&through(n1, 0, now, 2)).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store.count_leases(&through(n2, 0, 200, 100)).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.count_leases(&through(n2, 0, now, 100)).await.unwrap(),
+        1
+    );
+
     // Expired effective leases not yet revoked, oldest first.
     let expired_after = |after: (i64, &str)| LeaseQuery::ExpiredUnrevoked {
         now_ms: now,

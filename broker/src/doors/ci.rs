@@ -240,15 +240,7 @@ pub async fn issue(
         .await);
     }
     let network = compiled.network(client);
-    // The issuer may reach what its policies' grants expose.
-    let blast_radius = dynamic
-        .ci
-        .policies
-        .iter()
-        .filter(|c| c.policy.issuer == issuer)
-        .flat_map(|c| c.policy.grants.iter())
-        .filter_map(|g| dynamic.eci.grant_exposure(g))
-        .fold(0.0, f64::max);
+    let blast_radius = blast_radius(&dynamic, issuer);
     let subject = Subject {
         identity,
         principal: PrincipalKind::CiJob,
@@ -276,4 +268,17 @@ pub async fn issue(
         .issuer(&dynamic)
         .issue(grant, request, subject, now)
         .await)
+}
+
+/// A CI issuer's blast radius: the highest exposure of the grants its
+/// policies may mint.
+pub fn blast_radius(dynamic: &crate::state::Dynamic, issuer: &str) -> f64 {
+    dynamic
+        .ci
+        .policies
+        .iter()
+        .filter(|c| c.policy.issuer == issuer)
+        .flat_map(|c| c.policy.grants.iter())
+        .filter_map(|g| dynamic.eci.grant_exposure(g))
+        .fold(0.0, f64::max)
 }

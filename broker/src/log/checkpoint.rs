@@ -39,7 +39,8 @@ pub enum StatementKind {
 }
 
 impl StatementKind {
-    fn is_checkpoint(&self) -> bool {
+    /// Whether it is a checkpoint (not a prune or final statement).
+    pub fn is_checkpoint(&self) -> bool {
         *self == StatementKind::Checkpoint
     }
 

@@ -36,6 +36,9 @@ pub struct Dynamic {
     pub rules: RuleSet,
     /// The rule set's stored form (JSON), written with the first record that uses it.
     pub rules_json: Arc<str>,
+    /// The effective exposure graph: the operator's, with the grants and
+    /// registered identities (what the console draws).
+    pub graph: ExposureGraph,
     /// ECI of the effective graph.
     pub eci: EciReport,
     /// Each node's blast radius: the ECI it can reach through the identities
@@ -234,6 +237,7 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         config,
         rules,
         rules_json,
+        graph: effective,
         eci,
         blast_radius,
         ci,
@@ -248,6 +252,8 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     /// The clock every issuance reads once ([`crate::clock::SystemClock`]).
     pub clock: Arc<dyn Clock>,
+    /// The last `logs verify` this broker ran, for the console's badge.
+    pub last_verify: Mutex<Option<serde_json::Value>>,
     /// The CA (shared with the X.509-SVID minter).
     pub ca: Arc<RwLock<CertificateAuthority>>,
     /// The broker's own serving SVID.
@@ -472,6 +478,7 @@ impl Broker {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
             clock,
+            last_verify: Mutex::new(None),
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,

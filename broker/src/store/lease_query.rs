@@ -58,6 +58,18 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
+    /// Leases issued through a node or CI issuer in `[since_ms, until_ms)`
+    /// (by the `(node, expires_at_ms)` index: a lease expires after its issue).
+    IssuedThrough {
+        /// The node (SPIFFE ID) or CI issuer (URL).
+        node: String,
+        /// Issued at or after this time.
+        since_ms: i64,
+        /// Issued before this time.
+        until_ms: i64,
+        /// At most this many.
+        limit: usize,
+    },
     /// Revoked X.509-SVID leases not yet expired at `now_ms` (a CRL's
     /// entries), soonest expiry first.
     RevokedSvids {
@@ -181,6 +193,21 @@ impl LeaseQuery {
                 bind(SqlValue::Int(crate::lease::NEVER_MS)),
                 bind(limit(n))
             ),
+            LeaseQuery::IssuedThrough {
+                node,
+                since_ms,
+                until_ms,
+                limit: n,
+            } => {
+                let since = bind(SqlValue::Int(*since_ms));
+                format!(
+                    "WHERE node = {} AND expires_at_ms >= {since} AND issued_at_ms >= {since} \
+                     AND issued_at_ms < {} ORDER BY issued_at_ms DESC, id LIMIT {}",
+                    bind(SqlValue::Text(node.clone())),
+                    bind(SqlValue::Int(*until_ms)),
+                    bind(limit(n))
+                )
+            }
             LeaseQuery::RevokedSvids { now_ms, limit: n } => format!(
                 "WHERE kind = 'x509_svid' AND revoked_at_ms IS NOT NULL AND expires_at_ms > {} \
                  ORDER BY expires_at_ms, id LIMIT {}",

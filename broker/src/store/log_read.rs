@@ -133,6 +133,13 @@ pub(crate) enum Bound {
 /// each is matched by its index (`column = ?` is; `(? IS NULL OR column =
 /// ?)` is not), and the values they bind, in order; `placeholder(n)` spells
 /// the n-th (from 1) in the backend's dialect.
+/// The outcomes that are the bulk of traffic; every other one is in the
+/// `log_notable` partial index (migration 14), whose condition is this.
+pub const HOT_OUTCOMES: &[&str] = &["allow", "allow_reduced", "minted"];
+/// `log_notable`'s condition, spelled as the migration spells it (SQLite
+/// uses a partial index only for a query that names its condition).
+pub const NOTABLE_SQL: &str = "outcome NOT IN ('allow', 'allow_reduced', 'minted')";
+
 pub(crate) fn log_conditions(
     query: &LogQuery,
     placeholder: impl Fn(usize) -> String,
@@ -163,6 +170,13 @@ pub(crate) fn log_conditions(
     if let Some(ms) = query.until_ms {
         bind("time_ms < ?", Bound::Int(ms));
     }
+    if query
+        .outcome
+        .as_deref()
+        .is_some_and(|o| !HOT_OUTCOMES.contains(&o))
+    {
+        conditions.push(NOTABLE_SQL.to_owned());
+    }
     (conditions.join(" AND "), values)
 }
 
@@ -179,6 +193,9 @@ pub struct RecentPage {
     /// Whether records matching the query lie beyond this page (older ones
     /// for [`read_log_recent`], newer ones for [`read_log_newer`]).
     pub more: bool,
+    /// Whether the page stopped at [`SCAN_WINDOW`] records of some chain
+    /// without filling: older matches may lie below, unread.
+    pub scan_limited: bool,
 }
 
 /// The newest records matching `query` (its `chain`, `after_seq`,
@@ -194,28 +211,57 @@ pub async fn read_log_recent(
     query: &LogQuery,
     before: &LogCursor,
 ) -> Result<RecentPage> {
+    read_log_recent_within(store, query, before, SCAN_WINDOW).await
+}
+
+/// [`read_log_recent`], reading at most `window` records of a chain for a
+/// filter no index serves.
+pub async fn read_log_recent_within(
+    store: &dyn LogStore,
+    query: &LogQuery,
+    before: &LogCursor,
+    window: i64,
+) -> Result<RecentPage> {
     let limit = query.limit.max(1);
+    let capped = scan_capped(query);
     let mut next = before.clone();
     let mut after = LogCursor::default();
-    let (mut pages, mut full, mut read) = (Vec::new(), false, 0);
+    let (mut pages, mut full, mut read, mut scan_limited) = (Vec::new(), false, 0, false);
+    // Per chain: the records it returned, and where its scan stopped when
+    // the page is not full (the next page starts below it).
+    let mut scanned = Vec::new();
     for chain in store.chains().await? {
         after.advance(&chain.chain, chain.seq);
         let bound = before
             .get(&chain.chain)
             .unwrap_or_else(|| chain.seq.saturating_add(1));
         next.set(&chain.chain, bound);
+        let base = chain.base.as_ref().map_or(0, |b| b.0);
+        let floor = if capped {
+            bound
+                .saturating_sub(1)
+                .saturating_sub(window.max(1))
+                .max(base)
+        } else {
+            0
+        };
         let page = store
             .log(&LogQuery {
-                after_seq: None,
+                after_seq: Some(floor),
                 before_seq: Some(bound),
                 newest_first: true,
                 limit,
-                chain: chain.chain,
+                chain: chain.chain.clone(),
                 ..query.clone()
             })
             .await?;
-        full |= page.len() == limit;
+        let short = page.len() < limit;
+        full |= !short;
         read += page.len();
+        if short && floor > base {
+            scan_limited = true;
+        }
+        scanned.push((chain.chain, page.len(), short.then_some(floor)));
         pages.push(page);
     }
     let records = merge(pages, limit, |r| {
@@ -228,12 +274,38 @@ pub async fn read_log_recent(
     for r in &records {
         next.set(&r.chain, r.seq);
     }
+    // A chain whose every match in its scanned range is on this page goes
+    // on below that range.
+    for (chain, returned, floor) in scanned {
+        if let Some(floor) = floor
+            && records.iter().filter(|r| r.chain == chain).count() == returned
+        {
+            next.set(&chain, floor.saturating_add(1));
+        }
+    }
     Ok(RecentPage {
-        more: full || read > records.len(),
+        more: full || read > records.len() || scan_limited,
         records,
         before: next,
         after,
+        scan_limited,
     })
+}
+
+/// Records of one chain a page reads at most when no index serves its
+/// filter (a node or grant, without an identity or a notable outcome):
+/// beyond them the page is partial ([`RecentPage::scan_limited`]) and the
+/// next one reads on below.
+pub const SCAN_WINDOW: i64 = 100_000;
+
+/// Whether `query` filters on what no index serves.
+fn scan_capped(query: &LogQuery) -> bool {
+    let indexed = query.identity.is_some()
+        || query
+            .outcome
+            .as_deref()
+            .is_some_and(|o| !HOT_OUTCOMES.contains(&o));
+    !indexed && (query.node.is_some() || query.grant.is_some())
 }
 
 /// The records matching `query` after `after` (as [`read_log`]), newest
@@ -284,6 +356,7 @@ pub async fn read_log_newer(
         before: LogCursor::default(),
         after: next,
         more,
+        scan_limited: false,
     })
 }
 

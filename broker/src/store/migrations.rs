@@ -67,6 +67,15 @@ const TOKENS: &[(&str, &str, &str)] = &[
      ALTER TABLE checkpoints DROP CONSTRAINT IF EXISTS checkpoints_pkey;
      ALTER TABLE checkpoints ADD PRIMARY KEY (chain, seq, kind);",
     ),
+    // Records of the outcomes that are not the bulk of traffic (refusals,
+    // detections, operators' actions): a partial index the log's queries
+    // name verbatim (`NOTABLE_SQL`), so a rare outcome is found without a
+    // scan and an allowed issuance pays no index write.
+    (
+        "{log_notable}",
+        "CREATE INDEX log_notable ON log(outcome, seq) WHERE outcome NOT IN ('allow', 'allow_reduced', 'minted');",
+        "CREATE INDEX log_notable ON log(chain, outcome, seq) WHERE outcome NOT IN ('allow', 'allow_reduced', 'minted');",
+    ),
     (
         "{suspensions_by_whom}",
         "ALTER TABLE suspensions RENAME COLUMN by TO by_whom;",
@@ -187,6 +196,7 @@ pub const MIGRATIONS: &[(i64, &str)] = &[
     // Migration 11 as first written gave PostgreSQL's checkpoints no kind:
     // a store it migrated then gets it now (a no-op where 11 did).
     (13, "{checkpoint_kinds}"),
+    (14, "{log_notable}"),
 ];
 
 /// The newest schema version this broker knows: a store migrated past it
@@ -250,6 +260,14 @@ mod tests {
             .query_row("SELECT by_whom FROM suspensions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(by, "operator:a");
+    }
+
+    #[test]
+    fn the_notable_index_is_spelled_as_the_queries_are() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let (_, sql) = rendered(dialect).find(|(v, _)| *v == 14).unwrap();
+            assert!(sql.contains(crate::store::NOTABLE_SQL), "{sql}");
+        }
     }
 
     #[test]

@@ -21,7 +21,8 @@ pub use entry::{Entry, KNOWN_SELECTORS, WEAK_ENTRY};
 pub(crate) use lease_query::{CLOSE_LEASE, CLOSE_UNANSWERED, numbered};
 pub use lease_query::{LeaseOwner, LeaseQuery, SqlValue};
 pub use log_read::{
-    LogCursor, RecentPage, decisions_after, read_log, read_log_newer, read_log_recent,
+    HOT_OUTCOMES, LogCursor, NOTABLE_SQL, RecentPage, SCAN_WINDOW, decisions_after, read_log,
+    read_log_newer, read_log_recent, read_log_recent_within,
 };
 
 use async_trait::async_trait;
@@ -651,6 +652,9 @@ pub trait LeaseStore: Send + Sync {
     async fn lease(&self, id: &str) -> Result<Option<Lease>>;
     /// The leases a query selects.
     async fn leases(&self, query: &LeaseQuery) -> Result<Vec<Lease>>;
+    /// How many leases a query selects (at most its limit: the count is as
+    /// bounded as the query).
+    async fn count_leases(&self, query: &LeaseQuery) -> Result<u64>;
     /// Marks a lease revoked (and its task ended); whether it was live.
     async fn revoke_lease(&self, id: &str, now_ms: i64) -> Result<bool>;
     /// Closes a lease whose intent has no outcome (reconciliation found

@@ -20,6 +20,7 @@
 //! [`EciReport`], which answers lookups by id in O(1).
 
 pub mod graph;
+pub mod neighbourhood;
 pub mod pagerank;
 
 use std::collections::HashMap;

@@ -113,12 +113,19 @@ pub(super) async fn verify(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
     let verified = verify_log(&broker, None).await?;
-    Ok(axum::Json(match verified {
+    let answer = match verified {
         Ok(report) => json!({"ok": true, "report": report}),
         Err(failure) => {
             json!({"ok": false, "failure": failure, "message": failure.to_string()})
         }
-    }))
+    };
+    if let Ok(mut last) = broker.last_verify.lock() {
+        let mut seen = answer.clone();
+        seen["at_ms"] = json!(broker.clock.now_ms());
+        seen["by"] = json!(op.name);
+        *last = Some(seen);
+    }
+    Ok(axum::Json(answer))
 }
 
 /// `logs verify` on the broker: its own checkpoint file (which must be

@@ -7,6 +7,7 @@
 mod approvals;
 pub mod console;
 mod entries;
+mod exposure;
 mod leases;
 mod logs;
 mod recent;
@@ -85,6 +86,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/health", get(health))
         .route("/admin/v1/signals", post(put_signal).get(get_signals))
         .route("/admin/v1/identities", get(identities))
+        .route("/admin/v1/graph", get(exposure::graph))
+        .route("/admin/v1/issuer", get(exposure::issuer))
+        .route("/admin/v1/logs/status", get(recent::status))
         .route("/admin/v1/budget", get(budget_show))
         .route("/admin/v1/budget/top-up", post(budget_top_up))
         .merge(console::router(&broker))

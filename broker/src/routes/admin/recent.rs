@@ -77,5 +77,37 @@ pub(super) async fn recent(
         "before": page.before.to_string(),
         "after": page.after.to_string(),
         "more": page.more,
+        "scan_limited": page.scan_limited,
+        "scan_window": crate::store::SCAN_WINDOW,
+    })))
+}
+
+/// `GET /admin/v1/logs/status`: the log-integrity badge — each chain's head,
+/// the newest checkpoint, and the last `logs verify` this broker ran (none
+/// since it started: the badge says so and offers to run one).
+pub(super) async fn status(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+) -> Result<axum::Json<Value>, ApiError> {
+    op.require(Role::Viewer)?;
+    let chains = broker.store.chains().await?;
+    let checkpoints = broker.store.checkpoints().await?;
+    let last_checkpoint = checkpoints
+        .iter()
+        .filter(|c| c.kind.is_checkpoint())
+        .max_by_key(|c| (c.time_ms, c.seq));
+    let last_verify = broker.last_verify.lock().ok().and_then(|v| v.clone());
+    Ok(axum::Json(json!({
+        "chains": chains.iter().map(|c| json!({
+            "chain": c.chain, "seq": c.seq, "hash": c.hash,
+            "pruned_through": c.base.as_ref().map(|b| b.0),
+            "retired_at_ms": c.retired_at_ms,
+        })).collect::<Vec<_>>(),
+        "last_checkpoint": last_checkpoint.map(|c| json!({
+            "chain": c.chain, "seq": c.seq, "hash": c.hash, "time_ms": c.time_ms,
+        })),
+        "checkpoints": checkpoints.len(),
+        "last_verify": last_verify,
+        "now_ms": broker.clock.now_ms(),
     })))
 }

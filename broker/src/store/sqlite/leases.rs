@@ -3,6 +3,14 @@
 use super::*;
 use crate::store::{CLOSE_LEASE, CLOSE_UNANSWERED};
 
+/// A lease query's values as SQLite binds them.
+fn sql_values(values: Vec<SqlValue>) -> impl Iterator<Item = rusqlite::types::Value> {
+    values.into_iter().map(|v| match v {
+        SqlValue::Text(t) => rusqlite::types::Value::Text(t),
+        SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
+    })
+}
+
 #[async_trait]
 impl LeaseStore for SqliteStore {
     async fn lease(&self, id: &str) -> Result<Option<Lease>> {
@@ -23,14 +31,25 @@ impl LeaseStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached(&format!("SELECT {LEASE_COLUMNS} FROM leases {clauses}"))
                 .map_err(map_sql)?;
-            let values = values.into_iter().map(|v| match v {
-                SqlValue::Text(t) => rusqlite::types::Value::Text(t),
-                SqlValue::Int(i) => rusqlite::types::Value::Integer(i),
-            });
             let rows = stmt
-                .query_map(rusqlite::params_from_iter(values), row_to_lease)
+                .query_map(rusqlite::params_from_iter(sql_values(values)), row_to_lease)
                 .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+    async fn count_leases(&self, query: &LeaseQuery) -> Result<u64> {
+        let (clauses, values) = query.sql(|n| format!("?{n}"));
+        self.read(move |conn| {
+            conn.prepare_cached(&format!(
+                "SELECT COUNT(*) FROM (SELECT 1 FROM leases {clauses}) AS counted"
+            ))
+            .map_err(map_sql)?
+            .query_row(rusqlite::params_from_iter(sql_values(values)), |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| u64::try_from(n).unwrap_or(0))
+            .map_err(map_sql)
         })
         .await
     }
