@@ -131,6 +131,7 @@ idle_timeout = "{IDLE_SECONDS}s"
         "request_id": request_id,
         "lease_id": lease_id,
         "identity": API,
+        "node": node.spiffe_id().to_string(),
         "approval_id": approval_id,
         "explain": explain,
     });
@@ -179,6 +180,22 @@ idle_timeout = "{IDLE_SECONDS}s"
     assert_eq!(redeemed.status, 200, "{}", redeemed.text);
     reply(json!({}));
 
+    // Suspended from the node's page: its workloads are refused; resumed,
+    // they are issued again.
+    expect("suspended");
+    let refused = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert!(
+        refused.text.contains("issuer_suspended"),
+        "{}",
+        refused.text
+    );
+    reply(json!({}));
+    expect("resumed");
+    let again = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    reply(json!({}));
+
     expect("done");
     let status = browser.wait().unwrap();
     assert!(status.success(), "the browser test failed ({status})");
@@ -192,7 +209,13 @@ idle_timeout = "{IDLE_SECONDS}s"
         .collect();
     assert_eq!(
         signed_in,
-        ["ops-oscar", "appr-ada", "view-vera", "cert-carl"]
+        [
+            "ops-oscar",
+            "appr-ada",
+            "ops-oscar",
+            "view-vera",
+            "cert-carl"
+        ]
     );
     // The revocation and the approval are recorded under their operators.
     let records: Vec<String> = broker.logs(&[]).iter().map(Value::to_string).collect();
@@ -208,5 +231,113 @@ idle_timeout = "{IDLE_SECONDS}s"
             .any(|r| r.contains("\"approved\"") && r.contains("appr-ada")),
         "no approval by appr-ada"
     );
+    for action in ["\"suspended\"", "\"resumed\""] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r.contains(action) && r.contains("ops-oscar")),
+            "no {action} by ops-oscar"
+        );
+    }
     broker.assert_log_verifies();
+}
+
+/// Two JWT grants (one reaching a crown jewel of the example graph) and the
+/// example exposure graph, for the busy log.
+fn busy_extra() -> String {
+    let graph = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../examples/graphs/payments.json"
+    );
+    format!(
+        r#"
+[eci]
+graph = "{graph}"
+[[grants]]
+name = "ledger-admin"
+kind = "jwt"
+max_ttl = "10m"
+eci_targets = ["role:prod-db-admin"]
+jwt = {{ audience = "ledger" }}
+budget = {{ amount = 40, per = "1h", eci_factor = 2 }}
+"#
+    )
+}
+
+/// The console on a busy log: `mintguard-broker seed-log` writes
+/// MG_BUSY_REQUESTS (100,000 by default) decisions with detections through
+/// the real issuance core; every page renders on it in a real browser,
+/// says when it shows partial data, and reports how long it took
+/// (`tests/console/busy.mjs`; the timings are printed, never asserted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_on_a_busy_log() {
+    let requests = std::env::var("MG_BUSY_REQUESTS").unwrap_or_else(|_| "100000".into());
+    let extra = busy_extra();
+    let mut broker = BrokerProcess::start(&extra);
+    broker.stop();
+    let root = broker.dir.path().to_owned();
+    std::fs::copy(
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/busy/policies/seed.cedar"
+        ),
+        root.join("policies/seed.cedar"),
+    )
+    .unwrap();
+    let seeded = Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+        .args(["seed-log", "--requests", &requests, "--config"])
+        .arg(root.join("broker.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        seeded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&seeded.stderr)
+    );
+    let report: Value = serde_json::from_slice(&seeded.stdout).unwrap();
+    eprintln!("seed-log: {report}");
+    let wanted: u64 = requests.parse().unwrap();
+    assert_eq!(report["requests"], wanted);
+    assert_eq!(
+        report["issued"].as_u64().unwrap() + report["refused"].as_u64().unwrap(),
+        wanted,
+        "every request was decided and logged: {report}"
+    );
+    assert!(report["issued"].as_u64().unwrap() > wanted / 2, "{report}");
+    assert!(report["detections"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["records"].as_i64().unwrap() >= i64::try_from(wanted).unwrap());
+    broker.restart(&extra);
+
+    let token = std::fs::read_to_string(broker.data().join("operators/alice.token")).unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/busy.mjs");
+    let out = Command::new("node")
+        .arg(script)
+        .env("MG_URL", format!("https://{}", broker.addr("admin")))
+        .env("MG_BUNDLE", broker.data().join("bundle.pem"))
+        .env("MG_TOKEN", token.trim())
+        .env("MG_TD", "example.org")
+        .env("MINTGUARD_PLAYWRIGHT", peer("MINTGUARD_PLAYWRIGHT"))
+        .env("MINTGUARD_CHROMIUM", peer("MINTGUARD_CHROMIUM"))
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("node runs the busy-log browser test");
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{said}");
+    assert!(out.status.success(), "the busy-log browser test failed");
+    let pages: Vec<&str> = said
+        .lines()
+        .filter_map(|l| l.strip_prefix("timing "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    for page in [
+        "timeline",
+        "identity",
+        "decision",
+        "node",
+        "anomalies",
+        "integrity",
+    ] {
+        assert!(pages.contains(&page), "no timing for {page}: {said}");
+    }
+    assert_eq!(said.lines().last(), Some("done"));
 }

@@ -74,7 +74,8 @@ const TOKENS: &[(&str, &str, &str)] = &[
     (
         "{log_notable}",
         "CREATE INDEX log_notable ON log(outcome, seq) WHERE outcome NOT IN ('allow', 'allow_reduced', 'minted');",
-        "CREATE INDEX log_notable ON log(chain, outcome, seq) WHERE outcome NOT IN ('allow', 'allow_reduced', 'minted');",
+        "CREATE INDEX log_notable ON log(chain, outcome, seq) WHERE outcome NOT IN ('allow', 'allow_reduced', 'minted');
+     CREATE INDEX checkpoints_time ON checkpoints(time_ms, seq);",
     ),
     (
         "{suspensions_by_whom}",

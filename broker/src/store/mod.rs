@@ -582,6 +582,9 @@ pub trait LogStore: Send + Sync {
     async fn add_checkpoint(&self, checkpoint: &Checkpoint) -> Result<()>;
     /// The stored checkpoints, in order.
     async fn checkpoints(&self) -> Result<Vec<Checkpoint>>;
+    /// The newest `limit` signed statements (checkpoints, prune and final
+    /// statements), newest first (the console's integrity badge).
+    async fn newest_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>>;
     /// Deletes the records of `chain` through `seq` (already exported) and
     /// remembers `(seq, hash)` as the base the chain resumes from; the
     /// number deleted.

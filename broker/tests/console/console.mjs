@@ -150,6 +150,16 @@ try {
   for (const r of d.rules) {
     assert.ok((await page.textContent("section.record[data-kind=decision]")).includes(r.id), r.id);
   }
+  // The ECI factor by factor, as the record holds it.
+  const x = decision.body.input.eci.explained;
+  const num = (v, digits) => String(Number(v.toFixed(digits)));
+  assert.equal(await field("structural ECI"), num(x.structural, 3));
+  assert.equal(await field("hygiene modifier"), num(x.hygiene_modifier, 3));
+  assert.equal(await field("PPR"), num(x.ppr, 6));
+  const factors = await page.$$eval("section.record[data-kind=decision] table.factors tbody tr",
+    (rows) => rows.map((r) => [...r.children].map((c) => c.textContent)));
+  assert.deepEqual(factors.map((f) => f[0]), ["access", "critical", "sensitivity", "lateral", "privilege"]);
+  for (const [name, value] of factors) assert.equal(value, num(x.factors[name], 4), name);
   await page.click("#replay");
   await page.waitForFunction(() => /all identical/.test(document.querySelector("#replay-result").textContent));
   await shot(page, "decision");
@@ -203,12 +213,37 @@ try {
   const revoke = `button.revoke[data-lease="${fresh.lease_id}"]`;
   await page.waitForSelector(revoke);
   assert.match(await page.textContent("#budgets"), /payments-token: +\d+ of 100 per 1h/);
+  // Its exposure-graph neighbourhood, drawn from the identity outwards.
+  await page.waitForSelector(`svg.graph g[data-node="${fresh.identity}"]`);
+  assert.ok((await page.$$("svg.graph g.node")).length >= 2, "the identity and what it reaches");
+  assert.match(await page.textContent("#eci-summary"), /factors: access/);
   await shot(page, "identity");
   await page.click(revoke);
   await page.waitForSelector("span.revoked");
   step("revoked from the identity page");
   console.log("revoked");
   await nextLine();
+
+  // ---- The log-integrity badge: unverified, then verified from its page. ----
+  await page.waitForSelector("#integrity[data-level]");
+  await page.click("#integrity");
+  await page.waitForSelector("#verify");
+  await page.click("#verify");
+  await page.waitForFunction(() => /"records"/.test(document.querySelector("#verify-result").textContent));
+  await page.waitForSelector("#integrity[data-level=ok]");
+  assert.match(await page.textContent("#integrity"), /verified \d+ records/);
+  await shot(page, "integrity");
+  step("the log verified from its integrity page; the badge says so");
+
+  // ---- The node's page: what it vouches for, its rate, its leases. ----
+  await page.goto(base + "/ui/#/issuer/" + encodeURIComponent(fresh.node));
+  await page.waitForSelector("table.vouches");
+  assert.ok((await page.textContent("table.vouches")).includes(fresh.identity), "the node vouches for the identity");
+  assert.match(await page.textContent("#rate-summary"), /no baseline yet|× its hourly mean/);
+  assert.match(await page.textContent("figure.rate"), /last hour: [1-9]/);
+  await page.goto(base + "/ui/#/anomalies");
+  await page.waitForSelector("#detections-status");
+  step("the node and anomalies pages render");
 
   // ---- Sign out ends the session. ----
   await page.goto(base + "/ui/#/timeline");
@@ -234,6 +269,30 @@ try {
   assert.equal(await approver.textContent(".result.done"), "approved");
   step("an approver approved the held request");
   console.log("approved");
+  await nextLine();
+
+  // ---- An operator suspends the node from its page, then resumes it. ----
+  const opContext = await browser.newContext({ viewport: { width: 1400, height: 900 } });
+  const op = await opContext.newPage();
+  await op.goto(base + "/ui/#/issuer/" + encodeURIComponent(fresh.node));
+  await op.waitForSelector("#sign-in:not([hidden])");
+  await op.fill("#token", process.env.MG_OPERATOR);
+  await op.click("#sign-in-form button");
+  await op.waitForSelector("button.suspend");
+  await shot(op, "node");
+  await op.click("button.suspend");
+  await op.waitForFunction(() => /a reason is required/.test(document.querySelector(".suspension").textContent));
+  await op.fill("input.reason", "lost laptop, investigating");
+  await op.click("button.suspend");
+  await op.waitForSelector(".suspension [data-state=suspended]");
+  assert.match(await op.textContent(".suspension"), /operator:ops-oscar: lost laptop, investigating/);
+  step("suspended the node from its page");
+  console.log("suspended");
+  await nextLine();
+  await op.click("button.resume");
+  await op.waitForSelector(".suspension [data-state=active]");
+  step("resumed it");
+  console.log("resumed");
   await nextLine();
 
   // ---- A viewer sees the log, and is refused an operator's action. ----

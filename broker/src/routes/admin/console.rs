@@ -35,8 +35,46 @@ use crate::http::ApiError;
 use crate::state::{Broker, token_hash};
 
 const INDEX: &str = include_str!("../../../console/index.html");
-const SCRIPT: &str = include_str!("../../../console/app.js");
-const STYLE: &str = include_str!("../../../console/app.css");
+const JS: &str = "text/javascript; charset=utf-8";
+
+/// The console's files under `/ui/`, embedded: name, type, body. The page's
+/// script is ES modules, one per page (`broker/console/`).
+const ASSETS: &[(&str, &str, &str)] = &[
+    (
+        "app.css",
+        "text/css; charset=utf-8",
+        include_str!("../../../console/app.css"),
+    ),
+    ("app.js", JS, include_str!("../../../console/app.js")),
+    ("lib.js", JS, include_str!("../../../console/lib.js")),
+    (
+        "timeline.js",
+        JS,
+        include_str!("../../../console/timeline.js"),
+    ),
+    (
+        "decision.js",
+        JS,
+        include_str!("../../../console/decision.js"),
+    ),
+    (
+        "identity.js",
+        JS,
+        include_str!("../../../console/identity.js"),
+    ),
+    ("graph.js", JS, include_str!("../../../console/graph.js")),
+    ("issuer.js", JS, include_str!("../../../console/issuer.js")),
+    (
+        "anomalies.js",
+        JS,
+        include_str!("../../../console/anomalies.js"),
+    ),
+    (
+        "approvals.js",
+        JS,
+        include_str!("../../../console/approvals.js"),
+    ),
+];
 
 /// The console's policy: its own scripts, styles and API, nothing else.
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'";
@@ -56,14 +94,7 @@ pub fn router(broker: &Broker) -> Router<Arc<Broker>> {
             "/ui/",
             get(|| async { asset(INDEX, "text/html; charset=utf-8") }),
         )
-        .route(
-            "/ui/app.js",
-            get(|| async { asset(SCRIPT, "text/javascript; charset=utf-8") }),
-        )
-        .route(
-            "/ui/app.css",
-            get(|| async { asset(STYLE, "text/css; charset=utf-8") }),
-        )
+        .route("/ui/{file}", get(ui_file))
         .route(
             "/ui/session",
             get(session_info).post(sign_in).delete(sign_out),
@@ -72,6 +103,14 @@ pub fn router(broker: &Broker) -> Router<Arc<Broker>> {
 
 fn redirect_to_ui() -> Response {
     (StatusCode::PERMANENT_REDIRECT, [(header::LOCATION, "/ui/")]).into_response()
+}
+
+/// One of [`ASSETS`], or 404.
+async fn ui_file(axum::extract::Path(file): axum::extract::Path<String>) -> Response {
+    match ASSETS.iter().find(|(name, _, _)| *name == file) {
+        Some((_, content_type, body)) => asset(body, content_type),
+        None => ApiError::not_found("no_such_file", "the console has no such file").into_response(),
+    }
 }
 
 fn asset(body: &'static str, content_type: &'static str) -> Response {

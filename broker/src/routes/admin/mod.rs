@@ -49,7 +49,7 @@ use entries::{create_entry, create_token, delete_entry, list_entries};
 use leases::{budget_show, budget_top_up, leases, revoke};
 use logs::{checkpoints, explain, log_key, logs, prune, replay, retire_chain, rule_set, verify};
 use recent::recent;
-use subjects::{get_signals, identities, put_signal, resume, suspend};
+use subjects::{get_signals, identities, put_signal, resume, suspend, suspension};
 
 /// Most records one log page returns.
 pub const MAX_PAGE: usize = 10_000;
@@ -81,6 +81,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/reviews/{id}/close", post(close_review))
         .route("/admin/v1/suspend", post(suspend))
         .route("/admin/v1/resume", post(resume))
+        .route("/admin/v1/suspension", get(suspension))
         .route("/admin/v1/reload", post(reload))
         .route("/metrics", get(metrics))
         .route("/admin/v1/health", get(health))

@@ -83,6 +83,24 @@ pub(super) async fn resume(
     ))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct SubjectQuery {
+    subject: String,
+}
+
+/// `GET /admin/v1/suspension?subject=ID`: the subject's suspension, or null.
+pub(super) async fn suspension(
+    State(broker): State<Arc<Broker>>,
+    op: Operator,
+    Query(q): Query<SubjectQuery>,
+) -> Result<axum::Json<Option<SuspensionRecord>>, ApiError> {
+    op.require(Role::Viewer)?;
+    mintguard_api::check_text("bad_subject", "subject", &q.subject, 2048)
+        .map_err(ApiError::from_input)?;
+    Ok(axum::Json(broker.store.suspension(&q.subject).await?))
+}
+
 /// Signal sources written by the broker itself (its observations, the
 /// anomaly analysis, an operator's default), never through the API.
 pub(super) const RESERVED_SOURCES: &[&str] = &["broker:", "anomaly:", "operator:", "agent:", "ci:"];

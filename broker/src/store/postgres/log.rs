@@ -230,10 +230,20 @@ impl LogStore for PostgresStore {
             )
             .await
             .map_err(map_pg)?;
-        Ok(rows
-            .iter()
-            .map(|r| Checkpoint::from_stored(r.get(0), r.get(1), r.get(2), r.get(3)))
-            .collect())
+        Ok(rows.iter().map(row_to_checkpoint).collect())
+    }
+    async fn newest_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .client()
+            .await?
+            .query(
+                "SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY time_ms DESC, seq DESC LIMIT $1",
+                &[&limit],
+            )
+            .await
+            .map_err(map_pg)?;
+        Ok(rows.iter().map(row_to_checkpoint).collect())
     }
     async fn prune_through(&self, chain: &str, seq: i64) -> Result<u64> {
         let mut client = self.client().await?;
@@ -272,4 +282,9 @@ impl LogStore for PostgresStore {
         tx.commit().await.map_err(map_pg)?;
         Ok(deleted)
     }
+}
+
+/// A `checkpoints` row (`seq, hash, time_ms, jws`).
+fn row_to_checkpoint(r: &Row) -> Checkpoint {
+    Checkpoint::from_stored(r.get(0), r.get(1), r.get(2), r.get(3))
 }

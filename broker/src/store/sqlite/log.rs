@@ -197,15 +197,21 @@ impl LogStore for SqliteStore {
             let mut stmt = conn
                 .prepare_cached("SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq")
                 .map_err(map_sql)?;
+            let rows = stmt.query_map([], row_to_checkpoint).map_err(map_sql)?;
+            rows.map(|r| r.map_err(map_sql)).collect()
+        })
+        .await
+    }
+    async fn newest_checkpoints(&self, limit: usize) -> Result<Vec<Checkpoint>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |conn| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT seq, hash, time_ms, jws FROM checkpoints ORDER BY seq DESC LIMIT ?1",
+                )
+                .map_err(map_sql)?;
             let rows = stmt
-                .query_map([], |r| {
-                    Ok(Checkpoint::from_stored(
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                    ))
-                })
+                .query_map([limit], row_to_checkpoint)
                 .map_err(map_sql)?;
             rows.map(|r| r.map_err(map_sql)).collect()
         })
@@ -239,4 +245,14 @@ impl LogStore for SqliteStore {
         })
         .await
     }
+}
+
+/// A `checkpoints` row (`seq, hash, time_ms, jws`).
+fn row_to_checkpoint(r: &rusqlite::Row<'_>) -> rusqlite::Result<Checkpoint> {
+    Ok(Checkpoint::from_stored(
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+    ))
 }
