@@ -76,3 +76,4 @@ pub mod setting;
 pub mod state;
 pub mod store;
 pub mod tasks;
+pub mod whatif;

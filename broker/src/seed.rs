@@ -2,8 +2,9 @@
 //! real issuance core — entries, Cedar rules, trust, ECI, budgets, signed
 //! chained records, leases — and the real anomaly analysis, on a clock that
 //! walks a past `span` up to now. It is for demonstrations, the console's
-//! screenshots and its page-load timings; the broker must not be running on
-//! the store meanwhile.
+//! screenshots and its page-load timings — into a log of its own: it
+//! refuses a store whose log holds any record, and a data directory a
+//! broker is running on (its `broker.lock`).
 //!
 //! The population: `nodes` nodes vouching for `identities` workloads
 //! (`spiffe://<td>/ns/seed/sa/svc-NNN`, one `unix:uid` selector each, every
@@ -22,8 +23,9 @@ use mintguard_api::{CredentialRequest, IssueRequest};
 use crate::anomaly::task::Analysis;
 use crate::clock::{Clock, ManualClock};
 use crate::config::Config;
+use crate::issue::Refusal;
 use crate::issue::inputs::node_posture;
-use crate::state::Broker;
+use crate::state::{Broker, DataDirUse};
 use crate::store::{Entry, LogQuery};
 
 /// Requests issued concurrently at one instant of the simulated clock (so
@@ -130,27 +132,26 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
 
     let now = crate::clock::now_ms();
     let clock = Arc::new(ManualClock::new(now - plan.span_ms));
-    let broker = Broker::start_with_clock(config.clone(), clock.clone())
+    let broker = Broker::start_with_clock(config.clone(), clock.clone(), DataDirUse::Sole)
         .await
         .map_err(|e| e.to_string())?;
-    // After whatever the log holds already: time never runs backwards in it.
-    let newest = broker
+    // Backdated records beside real ones would make a log whose times run
+    // backwards, and a demonstration's entries would stand in a real
+    // registry: a log of its own only.
+    if let Some(chain) = broker
         .store
-        .log(&LogQuery {
-            chain: broker.store.chain().to_owned(),
-            newest_first: true,
-            limit: 1,
-            ..LogQuery::default()
-        })
+        .chains()
         .await
-        .map_err(|e| e.to_string())?;
-    let from = newest.first().map_or(now - plan.span_ms, |r| {
-        (r.entry.time_ms + 1).max(now - plan.span_ms)
-    });
-    if from >= now {
-        return Err("the log already has records up to now".into());
+        .map_err(|e| e.to_string())?
+        .iter()
+        .find(|c| c.seq > 0 || c.base.is_some())
+    {
+        return Err(format!(
+            "the store's log already holds records (chain {:?} at {}): seed-log writes only into a store of its own",
+            chain.chain, chain.seq
+        ));
     }
-    clock.set(from);
+    let from = now - plan.span_ms;
 
     let workloads = register(&broker, &config, plan, &grants, from).await?;
     // ECI and blast radius over the new entries.
@@ -235,7 +236,13 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
         for result in futures_util::future::join_all(calls).await {
             match result {
                 Ok(Ok(_)) => report.issued += 1,
-                Ok(Err(_)) => report.refused += 1,
+                Ok(Err(refusal)) if decided(&refusal) => report.refused += 1,
+                // The log, the store or signing failed: stop, never a
+                // seeded log with holes.
+                Ok(Err(refusal)) => return Err(format!("issuance failed: {}", refusal.message())),
+                Err(e) if e.status.is_server_error() => {
+                    return Err(format!("issuance failed: {}: {}", e.code, e.message));
+                }
                 Err(_) => report.rejected += 1,
             }
         }
@@ -262,6 +269,19 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
         .map_err(|e| e.to_string())?
         .len();
     Ok(report)
+}
+
+/// Whether a refusal is a decision's (logged as such), not a failure.
+fn decided(refusal: &Refusal) -> bool {
+    matches!(
+        refusal,
+        Refusal::StepUp { .. }
+            | Refusal::Denied { .. }
+            | Refusal::Suspended { .. }
+            | Refusal::SuspendedAtWrite { .. }
+            | Refusal::BudgetExhausted { .. }
+            | Refusal::RateLimited
+    )
 }
 
 /// Creates the population's entries (reusing those a previous seed made).

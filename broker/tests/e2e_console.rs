@@ -306,7 +306,31 @@ async fn the_console_on_a_busy_log() {
     assert!(report["issued"].as_u64().unwrap() > wanted / 2, "{report}");
     assert!(report["detections"].as_u64().unwrap() > 0, "{report}");
     assert!(report["records"].as_i64().unwrap() >= i64::try_from(wanted).unwrap());
+    // A seeded log is a log of its own: never beside records, nor beside a
+    // running broker.
+    let seed_again = || {
+        Command::new(env!("CARGO_BIN_EXE_mintguard-broker"))
+            .args(["seed-log", "--requests", "10", "--config"])
+            .arg(root.join("broker.toml"))
+            .output()
+            .unwrap()
+    };
+    let refused = seed_again();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("already holds records"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     broker.restart(&extra);
+    let beside = seed_again();
+    assert!(!beside.status.success());
+    assert!(
+        String::from_utf8_lossy(&beside.stderr)
+            .contains("a broker is running on this data directory"),
+        "{}",
+        String::from_utf8_lossy(&beside.stderr)
+    );
 
     let token = std::fs::read_to_string(broker.data().join("operators/alice.token")).unwrap();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/busy.mjs");

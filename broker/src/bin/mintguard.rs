@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use mintguard_broker::cli;
 use mintguard_broker::cli::client::{AdminClient, Target};
 use mintguard_broker::cli::ops::{self, EntryCommand, LogsArgs, TokenCommand, urlencode};
+use mintguard_broker::cli::whatif;
 use serde_json::json;
 
 /// Inspect, explain and act on Mintguard.
@@ -100,6 +101,9 @@ enum Command {
         /// The request id.
         request_id: String,
     },
+    /// What proposed rules would have decided: every logged decision
+    /// re-decided under them, with the transitions between outcomes.
+    Whatif(whatif::WhatifArgs),
     /// Re-decide logged decisions under their recorded inputs and rule sets.
     Replay {
         /// Only records newer than this (e.g. 24h).
@@ -389,6 +393,7 @@ async fn run(args: Cli) -> Result<bool, String> {
         )
         .await
         .map(|_| true),
+        Command::Whatif(args) => whatif::run(&client, args, out).await,
         Command::Replay { since } => {
             let path = match since {
                 Some(s) => {

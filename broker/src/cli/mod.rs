@@ -5,3 +5,4 @@ pub mod client;
 pub mod eci;
 pub mod log_chain;
 pub mod ops;
+pub mod whatif;

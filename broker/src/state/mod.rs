@@ -80,6 +80,43 @@ pub fn with_dir_lock<T>(dir: &Path, f: impl FnOnce() -> Result<T, String>) -> Re
     result
 }
 
+/// How a broker holds its data directory's `broker.lock`: brokers (and
+/// replicas sharing the directory) share it; `seed-log` holds it alone, so
+/// it never writes beside a running broker, nor a broker starts beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataDirUse {
+    /// A serving broker.
+    Shared,
+    /// The seed tool.
+    Sole,
+}
+
+fn lock_data_dir(dir: &Path, data_dir_use: DataDirUse) -> Result<std::fs::File, String> {
+    let path = dir.join("broker.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let locked = match data_dir_use {
+        DataDirUse::Shared => file.try_lock_shared(),
+        DataDirUse::Sole => file.try_lock(),
+    };
+    match locked {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "{}: {}",
+            path.display(),
+            match data_dir_use {
+                DataDirUse::Shared => "held by mintguard-broker seed-log; wait for it to finish",
+                DataDirUse::Sole => "a broker is running on this data directory; stop it first",
+            }
+        )),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("{}: {e}", path.display())),
+    }
+}
+
 /// Which of the broker's JWT key sets: its own JWTs', or the JWT-SVIDs'
 /// (kept apart, so a Mintguard JWT never verifies as a JWT-SVID against
 /// the trust domain's JWT bundle, nor the other way round).
@@ -252,8 +289,12 @@ pub struct Broker {
     pub store: Arc<dyn Store>,
     /// The clock every issuance reads once ([`crate::clock::SystemClock`]).
     pub clock: Arc<dyn Clock>,
+    /// Held while the broker runs (see [`DataDirUse`]).
+    _data_lock: std::fs::File,
     /// The last `logs verify` this broker ran, for the console's badge.
     pub last_verify: Mutex<Option<serde_json::Value>>,
+    /// Held while a `logs verify` runs: one at a time.
+    pub verifying: tokio::sync::Mutex<()>,
     /// The CA (shared with the X.509-SVID minter).
     pub ca: Arc<RwLock<CertificateAuthority>>,
     /// The broker's own serving SVID.
@@ -338,17 +379,25 @@ impl Broker {
 
     /// Opens everything the configuration names: store, CA, keys, policies, graph.
     pub async fn start(config: Config) -> Result<Arc<Self>, StartError> {
-        Self::start_with_clock(config, Arc::new(crate::clock::SystemClock)).await
+        Self::start_with_clock(
+            config,
+            Arc::new(crate::clock::SystemClock),
+            DataDirUse::Shared,
+        )
+        .await
     }
 
     /// Opens the broker reading `clock` for its decisions and records; only
-    /// `seed-log` (a day of traffic in seconds) sets another than the system's.
+    /// `seed-log` (a day of traffic in seconds) sets another than the
+    /// system's, and holds the data directory alone.
     pub async fn start_with_clock(
         config: Config,
         clock: Arc<dyn Clock>,
+        data_dir_use: DataDirUse,
     ) -> Result<Arc<Self>, StartError> {
         std::fs::create_dir_all(&config.data_dir)
             .map_err(|e| setup(format!("{}: {e}", config.data_dir.display())))?;
+        let data_lock = lock_data_dir(&config.data_dir, data_dir_use).map_err(setup)?;
         let instance = instance_id(&config.data_dir).map_err(setup)?;
         let store = crate::store::open_replica(&config.store, &instance)
             .await
@@ -478,7 +527,9 @@ impl Broker {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
             clock,
+            _data_lock: data_lock,
             last_verify: Mutex::new(None),
+            verifying: tokio::sync::Mutex::new(()),
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,

@@ -58,8 +58,10 @@ pub enum LeaseQuery {
         /// At most this many.
         limit: usize,
     },
-    /// Leases issued through a node or CI issuer in `[since_ms, until_ms)`
-    /// (by the `(node, expires_at_ms)` index: a lease expires after its issue).
+    /// Leases issued through a node or CI issuer in `[since_ms, until_ms)`,
+    /// in no particular order (it is for counting: no sort before the
+    /// limit), by the `(node, expires_at_ms)` index (a lease expires after
+    /// its issue).
     IssuedThrough {
         /// The node (SPIFFE ID) or CI issuer (URL).
         node: String,
@@ -202,7 +204,7 @@ impl LeaseQuery {
                 let since = bind(SqlValue::Int(*since_ms));
                 format!(
                     "WHERE node = {} AND expires_at_ms >= {since} AND issued_at_ms >= {since} \
-                     AND issued_at_ms < {} ORDER BY issued_at_ms DESC, id LIMIT {}",
+                     AND issued_at_ms < {} LIMIT {}",
                     bind(SqlValue::Text(node.clone())),
                     bind(SqlValue::Int(*until_ms)),
                     bind(limit(n))

@@ -232,9 +232,9 @@ pub async fn read_log_recent_within(
     let mut scanned = Vec::new();
     for chain in store.chains().await? {
         after.advance(&chain.chain, chain.seq);
-        let bound = before
-            .get(&chain.chain)
-            .unwrap_or_else(|| chain.seq.saturating_add(1));
+        // A cursor past the head reads from the head.
+        let head = chain.seq.saturating_add(1);
+        let bound = before.get(&chain.chain).map_or(head, |b| b.min(head));
         next.set(&chain.chain, bound);
         let base = chain.base.as_ref().map_or(0, |b| b.0);
         let floor = if capped {
@@ -293,19 +293,25 @@ pub async fn read_log_recent_within(
 }
 
 /// Records of one chain a page reads at most when no index serves its
-/// filter (a node or grant, without an identity or a notable outcome):
-/// beyond them the page is partial ([`RecentPage::scan_limited`]) and the
-/// next one reads on below.
+/// filter (a node, a grant, a hot outcome or a time, without an identity
+/// or a notable outcome): beyond them the page is partial
+/// ([`RecentPage::scan_limited`]) and the next one reads on.
 pub const SCAN_WINDOW: i64 = 100_000;
 
-/// Whether `query` filters on what no index serves.
+/// Whether `query` filters on what no index serves (no filter at all needs
+/// none: every record matches).
 fn scan_capped(query: &LogQuery) -> bool {
     let indexed = query.identity.is_some()
         || query
             .outcome
             .as_deref()
             .is_some_and(|o| !HOT_OUTCOMES.contains(&o));
-    !indexed && (query.node.is_some() || query.grant.is_some())
+    let filtered = query.node.is_some()
+        || query.grant.is_some()
+        || query.outcome.is_some()
+        || query.since_ms.is_some()
+        || query.until_ms.is_some();
+    !indexed && filtered
 }
 
 /// The records matching `query` after `after` (as [`read_log`]), newest
@@ -318,17 +324,28 @@ pub async fn read_log_newer(
     after: &LogCursor,
 ) -> Result<RecentPage> {
     let limit = query.limit.max(1);
+    let capped = scan_capped(query);
     let mut next = after.clone();
     let (mut pages, mut heads, mut full, mut read) = (Vec::new(), Vec::new(), false, 0);
+    let mut scan_limited = false;
     for chain in store.chains().await? {
         let from = after.after(&chain.chain);
         if chain.seq <= from {
             continue;
         }
+        // A filter no index serves reads at most a window past the cursor
+        // (a poll reads only what was appended since; a cursor far behind
+        // catches up a window at a time).
+        let upto = if capped {
+            from.saturating_add(SCAN_WINDOW).min(chain.seq)
+        } else {
+            chain.seq
+        };
+        scan_limited |= upto < chain.seq;
         let page = store
             .log(&LogQuery {
                 after_seq: Some(from),
-                before_seq: None,
+                before_seq: Some(upto.saturating_add(1)),
                 newest_first: false,
                 limit,
                 chain: chain.chain.clone(),
@@ -337,12 +354,15 @@ pub async fn read_log_newer(
             .await?;
         full |= page.len() == limit;
         read += page.len();
-        heads.push((chain.chain, chain.seq));
+        heads.push((chain.chain, upto));
         pages.push(page);
     }
     let mut records = merge(pages, limit, |r| (r.entry.time_ms, &r.chain, r.seq));
-    let more = full || read > records.len();
-    if !more {
+    let more = full || read > records.len() || scan_limited;
+    let full_pages = !(full || read > records.len());
+    // Every match up to each chain's scanned end was returned: the cursor
+    // moves past that end, so the next poll does not read it again.
+    if full_pages {
         for (chain, seq) in heads {
             next.advance(&chain, seq);
         }
@@ -356,7 +376,7 @@ pub async fn read_log_newer(
         before: LogCursor::default(),
         after: next,
         more,
-        scan_limited: false,
+        scan_limited,
     })
 }
 

@@ -59,7 +59,7 @@ try {
     assert.equal(alert && await alert.textContent(), null, `${name}: the page reported an error`);
     console.log(`timing ${name} ${wall} ${rendered}`);
     if (process.env.MG_SCREENSHOTS) {
-      await page.screenshot({ path: `${process.env.MG_SCREENSHOTS}/busy-${name}.png`, fullPage: name !== "timeline" });
+      await page.screenshot({ path: `${process.env.MG_SCREENSHOTS}/busy-${name}.png`, fullPage: !name.startsWith("timeline") });
     }
   }
 

@@ -112,6 +112,14 @@ pub(super) async fn verify(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
+    // One at a time: each reads the whole log.
+    let Ok(_running) = broker.verifying.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "verify_running",
+            "a verification of the log is running; ask again when it ends",
+        ));
+    };
     let verified = verify_log(&broker, None).await?;
     let answer = match verified {
         Ok(report) => json!({"ok": true, "report": report}),

@@ -12,6 +12,7 @@ mod leases;
 mod logs;
 mod recent;
 mod subjects;
+mod whatif;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/logs/chains/{chain}/retire", post(retire_chain))
         .route("/admin/v1/explain/{request_id}", get(explain))
         .route("/admin/v1/replay", post(replay))
+        .route("/admin/v1/whatif", post(whatif::whatif))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{id}/revoke", post(revoke))
         .route("/admin/v1/approvals", get(list_approvals))

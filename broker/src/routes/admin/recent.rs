@@ -91,7 +91,9 @@ pub(super) async fn status(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
     let chains = broker.store.chains().await?;
-    let newest = broker.store.newest_checkpoints(16).await?;
+    // The newest statements, prune and final ones among them: 64 hold a
+    // checkpoint unless retention ran 64 times since the last one.
+    let newest = broker.store.newest_checkpoints(64).await?;
     let last_checkpoint = newest
         .iter()
         .filter(|c| c.kind.is_checkpoint())

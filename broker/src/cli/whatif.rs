@@ -1,0 +1,144 @@
+//! `mintguard whatif --rules DIR`: what a proposed rule set would have
+//! decided, every logged decision re-decided under it by the broker
+//! (`POST /admin/v1/whatif`, viewer role). With `--fail-on`, it exits 1
+//! when a decision would move to one of those outcomes, so it can gate a
+//! change to the policies (`examples/ci/whatif.yml`).
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::client::AdminClient;
+use crate::whatif::WhatIfReport;
+
+/// Arguments of `mintguard whatif`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct WhatifArgs {
+    /// The proposed Cedar policies: every `*.cedar` file of the directory
+    /// (they replace the running set).
+    #[arg(long, value_name = "DIR")]
+    pub rules: PathBuf,
+    /// A broker configuration whose `[trust]` weights and thresholds are
+    /// proposed too (default: the running ones).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Only decisions newer than this (e.g. 7d).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only this identity's decisions.
+    #[arg(long)]
+    pub identity: Option<String>,
+    /// Only this grant's.
+    #[arg(long)]
+    pub grant: Option<String>,
+    /// Only this node's or CI issuer's.
+    #[arg(long)]
+    pub node: Option<String>,
+    /// Exit 1 when any decision would move to one of these outcomes
+    /// (comma-separated: deny, step_up, suspend, allow, allow_reduced).
+    #[arg(long, value_delimiter = ',')]
+    pub fail_on: Vec<String>,
+    /// The report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const OUTCOMES: &[&str] = &["allow", "allow_reduced", "step_up", "deny", "suspend"];
+
+/// Runs it: `Ok(false)` when a `--fail-on` transition occurred.
+pub async fn run(
+    client: &AdminClient,
+    args: &WhatifArgs,
+    out: &mut impl Write,
+) -> Result<bool, String> {
+    if let Some(bad) = args
+        .fail_on
+        .iter()
+        .find(|o| !OUTCOMES.contains(&o.as_str()))
+    {
+        return Err(format!(
+            "--fail-on {bad:?}: an outcome is one of {}",
+            OUTCOMES.join(", ")
+        ));
+    }
+    let sources = crate::state::load_policies(Some(&args.rules)).map_err(|e| e.to_string())?;
+    if sources.is_empty() {
+        return Err(format!(
+            "{}: no .cedar files (with none, every request is denied)",
+            args.rules.display()
+        ));
+    }
+    let policies: Vec<Value> = sources
+        .into_iter()
+        .map(|s| json!({"name": s.name, "text": s.text}))
+        .collect();
+    let mut body = json!({"policies": policies});
+    if let Some(file) = &args.config {
+        let config = crate::config::Config::load(file).map_err(|e| e.to_string())?;
+        body["trust"] = serde_json::to_value(&config.trust).map_err(|e| e.to_string())?;
+    }
+    if let Some(s) = &args.since {
+        let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
+        body["since_ms"] =
+            json!(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    }
+    for (key, value) in [
+        ("identity", &args.identity),
+        ("grant", &args.grant),
+        ("node", &args.node),
+    ] {
+        if let Some(v) = value {
+            body[key] = json!(v);
+        }
+    }
+    let v = client.call("POST", "/admin/v1/whatif", Some(&body)).await?;
+    let report: WhatIfReport = serde_json::from_value(v.clone())
+        .map_err(|e| format!("the broker's what-if report: {e}"))?;
+    let io = |e: std::io::Error| format!("writing output: {e}");
+    if args.json {
+        writeln!(out, "{v}").map_err(io)?;
+    } else {
+        print(&report, out).map_err(io)?;
+    }
+    Ok(!report.reaches(&args.fail_on))
+}
+
+fn print(r: &WhatIfReport, out: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "rule set {}: {} decisions re-decided, {} change outcome, {} change only reasons or TTL, {} undecodable",
+        r.rule_set, r.decisions, r.changed, r.changed_details, r.undecodable
+    )?;
+    for (seq, why) in &r.findings {
+        writeln!(out, "  finding: record {seq} is undecodable: {why}")?;
+    }
+    let top = |m: &std::collections::BTreeMap<String, u64>| {
+        let mut v: Vec<_> = m.iter().collect();
+        v.sort_by(|a, b| b.1.cmp(a.1));
+        v.iter()
+            .take(5)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    for t in &r.transitions {
+        writeln!(out, "{:>14} → {:<14} {:>8}", t.from, t.to, t.count)?;
+        writeln!(out, "    grants: {}", top(&t.grants))?;
+        writeln!(out, "    identities: {}", top(&t.identities))?;
+        writeln!(out, "    nodes: {}", top(&t.nodes))?;
+        for s in &t.samples {
+            writeln!(
+                out,
+                "    {} (seq {}): rules +[{}] -[{}]; reasons [{}] → [{}]",
+                s.request_id,
+                s.seq,
+                s.rules_added.join(", "),
+                s.rules_removed.join(", "),
+                s.reasons_before.join(", "),
+                s.reasons_after.join(", ")
+            )?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! `mintguard whatif` on the real broker: a log with a known mix of
+//! traffic; a proposed rule that denies one grant in given hours reports
+//! exactly the decisions a count of the log itself finds, with the rule
+//! that made the difference; `--fail-on deny` exits non-zero; a changed
+//! trust threshold shows up as transitions too. The running rules are
+//! untouched throughout.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// The API workload may also ask for the ledger grant.
+const LEDGER: &str = r#"
+@id("api-may-mint-ledger")
+permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+        action == Mintguard::Action::"mint", resource == Mintguard::Grant::"ledger-token");
+"#;
+
+const EXTRA: &str = r#"
+[[grants]]
+name = "ledger-token"
+kind = "jwt"
+max_ttl = "15m"
+jwt = { audience = "ledger" }
+[[grants]]
+name = "audit-token"
+kind = "jwt"
+max_ttl = "15m"
+jwt = { audience = "audit" }
+"#;
+
+/// The UTC hour of a time in ms.
+fn hour(ms: i64) -> i64 {
+    ms.div_euclid(3_600_000).rem_euclid(24)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("policies")).unwrap();
+    std::fs::write(dir.path().join("policies/ledger.cedar"), LEDGER).unwrap();
+    let broker = BrokerProcess::start_in(dir, EXTRA);
+    let node = enrolled_node(&broker, "node-1").await;
+    register_api_with(
+        &broker,
+        "node-1",
+        &["unix:uid:1000", "unix:sha256:0a1b2c"],
+        &["payments-token", "ledger-token"],
+    );
+    // The mix: payments and ledger tokens, and requests for a grant the
+    // entry lacks (decided deny, and logged).
+    for i in 0..14 {
+        let (grant, status) = match i % 7 {
+            0..=3 => ("payments-token", 200),
+            4 | 5 => ("ledger-token", 200),
+            _ => ("audit-token", 403),
+        };
+        let reply = issue(&broker, &node, json!({"grant": grant})).await;
+        assert_eq!(reply.status, status, "{grant}: {}", reply.text);
+    }
+
+    // The proposal: the running rules, and the ledger grant refused in the
+    // current hour and the next (so the test holds across an hour's turn).
+    let now_hour = hour(mintguard_broker::clock::now_ms());
+    let proposed = broker.dir.path().join("proposed");
+    std::fs::create_dir_all(&proposed).unwrap();
+    std::fs::write(proposed.join("api.cedar"), POLICIES).unwrap();
+    std::fs::write(proposed.join("ledger.cedar"), LEDGER).unwrap();
+    std::fs::write(
+        proposed.join("after-hours.cedar"),
+        format!(
+            r#"@id("ledger-after-hours")
+forbid (principal, action, resource == Mintguard::Grant::"ledger-token")
+when {{ context.hour == {now_hour} || context.hour == {} }};"#,
+            (now_hour + 1) % 24
+        ),
+    )
+    .unwrap();
+
+    // What the log itself says the rule would change: every ledger
+    // decision in those hours not already refused.
+    let decisions: Vec<Value> = broker
+        .logs(&[])
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["body"]["decision"].is_object())
+        .collect();
+    let expected = decisions
+        .iter()
+        .filter(|r| r["grant"] == "ledger-token")
+        .filter(|r| {
+            let h = hour(r["body"]["input"]["now_ms"].as_i64().unwrap());
+            h == now_hour || h == (now_hour + 1) % 24
+        })
+        .filter(|r| r["body"]["decision"]["outcome"] != "deny")
+        .count();
+    assert!(expected >= 4, "the mix holds ledger issuances: {expected}");
+
+    let proposed_arg = proposed.to_str().unwrap();
+    let report = broker.cli_json(&["whatif", "--rules", proposed_arg, "--json"]);
+    assert_eq!(report["decisions"], decisions.len(), "{report}");
+    assert_eq!(report["changed"], expected, "{report}");
+    let transitions = report["transitions"].as_array().unwrap();
+    assert_eq!(transitions.len(), 1, "{report}");
+    let t = &transitions[0];
+    assert_eq!(
+        (t["from"].as_str(), t["to"].as_str()),
+        (Some("allow"), Some("deny"))
+    );
+    assert_eq!(t["count"], expected);
+    assert_eq!(t["grants"], json!({"ledger-token": expected}));
+    assert_eq!(t["identities"], json!({API: expected}));
+    let sample = &t["samples"][0];
+    assert_eq!(sample["rules_added"], json!(["ledger-after-hours"]));
+    assert!(
+        sample["reasons_after"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "rule_forbid"),
+        "{sample}"
+    );
+
+    // A gate: deny transitions fail it; a step-up gate passes.
+    let gate = broker.cli(&[
+        "whatif",
+        "--rules",
+        proposed_arg,
+        "--fail-on",
+        "deny,suspend",
+    ]);
+    assert_eq!(
+        gate.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&gate.stdout)
+    );
+    let text = String::from_utf8_lossy(&gate.stdout);
+    assert!(text.contains("allow → deny"), "{text}");
+    assert!(text.contains("ledger-after-hours"), "{text}");
+    let pass = broker.cli(&["whatif", "--rules", proposed_arg, "--fail-on", "step_up"]);
+    assert_eq!(
+        pass.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&pass.stderr)
+    );
+    // Filtered to the payments grant: nothing changes.
+    let payments = broker.cli_json(&[
+        "whatif",
+        "--rules",
+        proposed_arg,
+        "--grant",
+        "payments-token",
+        "--json",
+    ]);
+    assert_eq!(payments["changed"], 0, "{payments}");
+    assert!(payments["decisions"].as_u64().unwrap() >= 8);
+
+    // A trust threshold no decision meets: every allow steps up, as the
+    // log's own scores say.
+    let config = std::fs::read_to_string(broker.dir.path().join("broker.toml")).unwrap();
+    let stricter = broker.dir.path().join("stricter.toml");
+    std::fs::write(
+        &stricter,
+        format!("{config}\n[trust]\nmin_trust_base = 100.0\nmin_trust_per_eci = 0.0\n"),
+    )
+    .unwrap();
+    let running = broker.dir.path().join("policies");
+    let strict = broker.cli_json(&[
+        "whatif",
+        "--rules",
+        running.to_str().unwrap(),
+        "--config",
+        stricter.to_str().unwrap(),
+        "--json",
+    ]);
+    let allowed = decisions
+        .iter()
+        .filter(|r| r["body"]["decision"]["outcome"] == "allow")
+        .filter(|r| r["body"]["decision"]["trust"]["score"].as_f64().unwrap() < 100.0)
+        .count();
+    assert!(allowed > 0);
+    let moved: u64 = strict["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["from"] == "allow" && t["to"] == "step_up")
+        .map(|t| t["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(moved, allowed as u64, "{strict}");
+
+    // Enforcement is untouched: the running rules still issue the ledger grant.
+    let reply = issue(&broker, &node, json!({"grant": "ledger-token"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    // Bad input is refused with a reason, changing nothing.
+    let empty = broker.dir.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let none = broker.cli(&["whatif", "--rules", empty.to_str().unwrap()]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("no .cedar files"));
+    std::fs::write(
+        empty.join("broken.cedar"),
+        "permit (principal, action, resource) when { nope };",
+    )
+    .unwrap();
+    let broken = broker.cli(&["whatif", "--rules", empty.to_str().unwrap()]);
+    assert_eq!(broken.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&broken.stderr).contains("bad_rules"),
+        "{}",
+        String::from_utf8_lossy(&broken.stderr)
+    );
+}
