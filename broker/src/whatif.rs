@@ -6,18 +6,21 @@
 //! only reads the log.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use mintguard_policy::rules::RuleSet;
 use mintguard_policy::{Decision, decide};
 use serde::{Deserialize, Serialize};
 
 use crate::log::LogRecord;
-use crate::log::decode::{Decided, decided};
+use crate::log::decode::{Decided, Undecodable, decided};
 
 /// Sample requests kept per transition.
 pub const SAMPLES: usize = 5;
 /// Identities, grants and nodes named per transition (all are counted).
 pub const NAMED: usize = 50;
+/// Most decisions one what-if re-decides; past it the report is truncated.
+pub const MAX_DECISIONS: u64 = 5_000_000;
 
 /// One transition's tally.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -34,7 +37,8 @@ pub struct Transition {
     pub grants: BTreeMap<String, u64>,
     /// By node or CI issuer.
     pub nodes: BTreeMap<String, u64>,
-    /// Distinct identities, grants and nodes beyond those named.
+    /// Decisions whose identity, grant or node was beyond the `NAMED` each
+    /// map holds (counted once per map).
     pub unnamed: u64,
     /// The first `SAMPLES` requests.
     pub samples: Vec<Sample>,
@@ -61,6 +65,19 @@ pub struct Sample {
     pub rules_removed: Vec<String>,
 }
 
+/// A record no reader could decode.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Finding {
+    /// Its chain.
+    pub chain: String,
+    /// Its seq.
+    pub seq: i64,
+    /// Its request.
+    pub request_id: String,
+    /// Why.
+    pub reason: String,
+}
+
 /// What the proposal would have done to the log.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WhatIfReport {
@@ -74,8 +91,10 @@ pub struct WhatIfReport {
     pub changed_details: u64,
     /// Decision records no reader could decode (each a finding).
     pub undecodable: u64,
-    /// The first undecodable records: seq and why.
-    pub findings: Vec<(i64, String)>,
+    /// The first undecodable records.
+    pub findings: Vec<Finding>,
+    /// Whether it stopped at `MAX_DECISIONS` (narrow it with a time or filter).
+    pub truncated: bool,
     /// Outcome transitions, most frequent first.
     pub transitions: Vec<Transition>,
 }
@@ -88,8 +107,8 @@ impl WhatIfReport {
 }
 
 /// Re-decides records one at a time under `rules`.
-pub struct WhatIf<'a> {
-    rules: &'a RuleSet,
+pub struct WhatIf {
+    rules: Arc<RuleSet>,
     report: WhatIfReport,
     by: BTreeMap<(String, String), Transition>,
 }
@@ -109,44 +128,59 @@ fn count(map: &mut BTreeMap<String, u64>, key: Option<&String>, unnamed: &mut u6
     }
 }
 
-impl<'a> WhatIf<'a> {
+impl WhatIf {
     /// A what-if under `rules`.
-    pub fn new(rules: &'a RuleSet) -> Self {
+    pub fn new(rules: Arc<RuleSet>) -> Self {
         Self {
-            rules,
             report: WhatIfReport {
                 rule_set: rules.hash().to_owned(),
                 ..WhatIfReport::default()
             },
             by: BTreeMap::new(),
+            rules,
         }
     }
 
-    /// Re-decides `record` if it holds a decision.
-    pub fn observe(&mut self, record: &LogRecord) {
-        if !record.entry.kind.has_decision() {
-            return;
+    /// Whether it has re-decided all it may (`MAX_DECISIONS`).
+    pub fn full(&self) -> bool {
+        self.report.truncated
+    }
+
+    /// Re-decides `record` if it holds a decision; a record that cannot be
+    /// decoded is counted, kept among the findings, and returned.
+    pub fn observe(&mut self, record: &LogRecord) -> Result<(), Undecodable> {
+        if !record.entry.kind.has_decision() || self.report.truncated {
+            return Ok(());
+        }
+        if self.report.decisions >= MAX_DECISIONS {
+            self.report.truncated = true;
+            return Ok(());
         }
         let parts = match decided(&record.entry) {
             Ok(Some(Decided::Decision(parts))) => parts,
-            Ok(_) => return,
+            Ok(_) => return Ok(()),
             Err(why) => {
                 self.report.undecodable += 1;
                 if self.report.findings.len() < SAMPLES * 4 {
-                    self.report.findings.push((record.seq, why.0));
+                    self.report.findings.push(Finding {
+                        chain: record.chain.clone(),
+                        seq: record.seq,
+                        request_id: record.entry.request_id.clone(),
+                        reason: why.0.clone(),
+                    });
                 }
-                return;
+                return Err(why);
             }
         };
         let (input, logged) = (parts.input, parts.decision);
-        let again = decide(&input, self.rules);
+        let again = decide(&input, &self.rules);
         self.report.decisions += 1;
         let (from, to) = (logged.outcome.as_str(), again.outcome.as_str());
         if from == to {
             if again.reasons != logged.reasons || again.ttl_seconds != logged.ttl_seconds {
                 self.report.changed_details += 1;
             }
-            return;
+            return Ok(());
         }
         self.report.changed += 1;
         let t = self
@@ -175,6 +209,7 @@ impl<'a> WhatIf<'a> {
                 rules_removed: before.difference(&after).cloned().collect(),
             });
         }
+        Ok(())
     }
 
     /// The report, transitions most frequent first.

@@ -438,6 +438,31 @@ async fn an_operator_suspends_a_ci_issuer_by_its_url() {
     // What the issuer vouched for is revoked; its next token is refused.
     let live = broker.live_leases();
     assert!(live.is_empty(), "{live:?}");
+    // The console's issuer page: a CI issuer, its policies, its one
+    // issuance in the last hour, and its suspension.
+    let page = broker
+        .admin_get(&format!(
+            "/admin/v1/issuer?id={}",
+            mintguard_broker::cli::ops::urlencode(&issuer.url)
+        ))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.text);
+    assert_eq!(page.body["kind"], "ci_issuer");
+    let policies: Vec<&str> = page.body["ci_policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, ["octo-deploy", "audited"]);
+    assert_eq!(page.body["rate"]["last_hour"], 1, "{}", page.text);
+    assert_eq!(page.body["live_leases"], 0);
+    assert_eq!(page.body["suspension"]["reason"], "issuer keys leaked");
+    assert!(page.body["blast_radius"]["max"].as_f64().is_some());
+    let unknown = broker
+        .admin_get("/admin/v1/issuer?id=https%3A%2F%2Fissuer.example.org")
+        .await;
+    assert_eq!(unknown.status, 400, "{}", unknown.text);
     let refused = ci_post(
         &broker,
         &issuer.sign(&github_claims(&issuer.url, "jti-during"), |_| {}),

@@ -110,8 +110,19 @@ fn print(r: &WhatIfReport, out: &mut impl Write) -> std::io::Result<()> {
         "rule set {}: {} decisions re-decided, {} change outcome, {} change only reasons or TTL, {} undecodable",
         r.rule_set, r.decisions, r.changed, r.changed_details, r.undecodable
     )?;
-    for (seq, why) in &r.findings {
-        writeln!(out, "  finding: record {seq} is undecodable: {why}")?;
+    if r.truncated {
+        writeln!(
+            out,
+            "  truncated at {} decisions: narrow it with --since or a filter",
+            crate::whatif::MAX_DECISIONS
+        )?;
+    }
+    for f in &r.findings {
+        writeln!(
+            out,
+            "  finding: record {}:{} ({}) is undecodable: {}",
+            f.chain, f.seq, f.request_id, f.reason
+        )?;
     }
     let top = |m: &std::collections::BTreeMap<String, u64>| {
         let mut v: Vec<_> = m.iter().collect();

@@ -293,8 +293,12 @@ pub struct Broker {
     _data_lock: std::fs::File,
     /// The last `logs verify` this broker ran, for the console's badge.
     pub last_verify: Mutex<Option<serde_json::Value>>,
-    /// Held while a `logs verify` runs: one at a time.
+    /// Held while a `logs verify` runs: one at a time, the others waiting
+    /// their turn (a viewer asking again and again cannot starve it).
     pub verifying: tokio::sync::Mutex<()>,
+    /// Held while a what-if or replay over the whole log runs: one at a
+    /// time, the others refused (409).
+    pub log_job: tokio::sync::Mutex<()>,
     /// The CA (shared with the X.509-SVID minter).
     pub ca: Arc<RwLock<CertificateAuthority>>,
     /// The broker's own serving SVID.
@@ -530,6 +534,7 @@ impl Broker {
             _data_lock: data_lock,
             last_verify: Mutex::new(None),
             verifying: tokio::sync::Mutex::new(()),
+            log_job: tokio::sync::Mutex::new(()),
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,

@@ -293,8 +293,8 @@ pub async fn read_log_recent_within(
 }
 
 /// Records of one chain a page reads at most when no index serves its
-/// filter (a node, a grant, a hot outcome or a time, without an identity
-/// or a notable outcome): beyond them the page is partial
+/// filter (a node, a grant or a hot outcome, without an identity or a
+/// notable outcome): beyond them the page is partial
 /// ([`RecentPage::scan_limited`]) and the next one reads on.
 pub const SCAN_WINDOW: i64 = 100_000;
 
@@ -306,11 +306,7 @@ fn scan_capped(query: &LogQuery) -> bool {
             .outcome
             .as_deref()
             .is_some_and(|o| !HOT_OUTCOMES.contains(&o));
-    let filtered = query.node.is_some()
-        || query.grant.is_some()
-        || query.outcome.is_some()
-        || query.since_ms.is_some()
-        || query.until_ms.is_some();
+    let filtered = query.node.is_some() || query.grant.is_some() || query.outcome.is_some();
     !indexed && filtered
 }
 
@@ -329,7 +325,9 @@ pub async fn read_log_newer(
     let (mut pages, mut heads, mut full, mut read) = (Vec::new(), Vec::new(), false, 0);
     let mut scan_limited = false;
     for chain in store.chains().await? {
-        let from = after.after(&chain.chain);
+        // Nothing lies at or below a pruned base.
+        let base = chain.base.as_ref().map_or(0, |b| b.0);
+        let from = after.after(&chain.chain).max(base);
         if chain.seq <= from {
             continue;
         }

@@ -112,14 +112,8 @@ pub(super) async fn verify(
     op: Operator,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
-    // One at a time: each reads the whole log.
-    let Ok(_running) = broker.verifying.try_lock() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "verify_running",
-            "a verification of the log is running; ask again when it ends",
-        ));
-    };
+    // One at a time (each reads the whole log), in turn.
+    let _turn = broker.verifying.lock().await;
     let verified = verify_log(&broker, None).await?;
     let answer = match verified {
         Ok(report) => json!({"ok": true, "report": report}),
@@ -348,6 +342,13 @@ pub(super) async fn replay(
     Query(p): Query<ReplayParams>,
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
+    let Ok(_job) = broker.log_job.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_job_running",
+            "a what-if or replay over the log is running; ask again when it ends",
+        ));
+    };
     let mut rule_sets: std::collections::HashMap<
         String,
         Result<RuleSet, crate::log::rule_sets::RuleSetProblem>,

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
+use axum::http::StatusCode;
 use mintguard_policy::rules::{PolicySource, RuleSet};
 use mintguard_policy::trust::TrustConfig;
 use serde::Deserialize;
@@ -31,9 +32,10 @@ pub(super) struct PolicyFile {
 pub(super) struct WhatIfRequest {
     /// The proposed Cedar sources (all of them: they replace the running set).
     policies: Vec<PolicyFile>,
-    /// Proposed `[trust]` weights and thresholds; the running ones if absent.
+    /// Proposed `[trust]` keys, over the running ones (a key left out keeps
+    /// its running value).
     #[serde(default)]
-    trust: Option<TrustConfig>,
+    trust: Option<Value>,
     /// Only decisions from this time.
     #[serde(default)]
     since_ms: Option<i64>,
@@ -45,6 +47,33 @@ pub(super) struct WhatIfRequest {
     node: Option<String>,
 }
 
+/// `value` with `over`'s keys laid on it, objects key by key.
+fn overlay(value: &mut Value, over: Value) {
+    match (value, over) {
+        (Value::Object(base), Value::Object(over)) => {
+            for (key, v) in over {
+                overlay(base.entry(key).or_insert(Value::Null), v);
+            }
+        }
+        (slot, over) => *slot = over,
+    }
+}
+
+/// The proposed trust configuration: the running one with the proposal's
+/// keys over it, validated with the rules.
+fn proposed_trust(running: TrustConfig, proposal: Option<Value>) -> Result<TrustConfig, ApiError> {
+    let Some(proposal) = proposal else {
+        return Ok(running);
+    };
+    let mut merged = serde_json::to_value(&running).unwrap_or_default();
+    overlay(&mut merged, proposal);
+    serde_json::from_value(merged)
+        .map_err(|e| ApiError::bad_request("bad_trust", format!("the proposed [trust]: {e}")))
+}
+
+/// Re-decides the log (or the part the filters select) under the proposal.
+/// One whole-log job (what-if, replay) runs at a time, off the async
+/// workers, and at most `MAX_DECISIONS` decisions are re-decided.
 pub(super) async fn whatif(
     State(broker): State<Arc<Broker>>,
     op: Operator,
@@ -70,9 +99,13 @@ pub(super) async fn whatif(
             mintguard_api::check_text(code, what, v, 2048).map_err(ApiError::from_input)?;
         }
     }
-    let trust = match req.trust {
-        Some(trust) => trust,
-        None => broker.config().trust,
+    let trust = proposed_trust(broker.config().trust, req.trust)?;
+    let Ok(_job) = broker.log_job.try_lock() else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "log_job_running",
+            "a what-if or replay over the log is running; ask again when it ends",
+        ));
     };
     let sources = req
         .policies
@@ -82,9 +115,13 @@ pub(super) async fn whatif(
             text: p.text,
         })
         .collect();
-    let rules = RuleSet::new(sources, trust)
+    let rules = tokio::task::spawn_blocking(move || RuleSet::new(sources, trust))
+        .await
+        .map_err(|e| {
+            ApiError::unavailable("whatif_failed", "building the proposed rules failed", e)
+        })?
         .map_err(|e| ApiError::bad_request("bad_rules", format!("the proposed rules: {e}")))?;
-    let mut whatif = WhatIf::new(&rules);
+    let mut whatif = WhatIf::new(Arc::new(rules));
     let query = LogQuery {
         identity: req.identity,
         grant: req.grant,
@@ -98,21 +135,55 @@ pub(super) async fn whatif(
         let page = read_log(&*broker.store, &query, &after).await?;
         for record in &page {
             after.advance(&record.chain, record.seq);
-            whatif.observe(record);
         }
-        if page.len() < MAX_PAGE {
+        let last = page.len() < MAX_PAGE;
+        let (back, undecodable) = tokio::task::spawn_blocking(move || {
+            let mut undecodable = Vec::new();
+            for record in &page {
+                if let Err(why) = whatif.observe(record) {
+                    undecodable.push((record.seq, why));
+                }
+            }
+            (whatif, undecodable)
+        })
+        .await
+        .map_err(|e| ApiError::unavailable("whatif_failed", "re-deciding failed", e))?;
+        whatif = back;
+        for (seq, why) in &undecodable {
+            broker.metrics.undecodable("whatif", *seq, why);
+        }
+        if last || whatif.full() {
             break;
         }
     }
-    let report = whatif.finish();
-    for (seq, why) in &report.findings {
-        broker.metrics.undecodable(
-            "whatif",
-            *seq,
-            &crate::log::decode::Undecodable(why.clone()),
-        );
-    }
     Ok(axum::Json(
-        serde_json::to_value(&report).unwrap_or_default(),
+        serde_json::to_value(whatif.finish()).unwrap_or_default(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proposed_trust_key_lies_over_the_running_ones() {
+        let running = TrustConfig {
+            critical_below: 20,
+            ..TrustConfig::default()
+        };
+        let proposed = proposed_trust(
+            running.clone(),
+            Some(serde_json::json!({"min_trust_base": 90.0})),
+        )
+        .unwrap();
+        assert_eq!(proposed.min_trust_base, 90.0);
+        assert_eq!(
+            proposed.critical_below, 20,
+            "a key left out keeps its running value"
+        );
+        assert_eq!(proposed.weights, running.weights);
+        assert_eq!(proposed_trust(running.clone(), None).unwrap(), running);
+        let bad = proposed_trust(running, Some(serde_json::json!({"no_such_key": 1})));
+        assert_eq!(bad.unwrap_err().code, "bad_trust");
+    }
 }
