@@ -5,8 +5,11 @@
 //! with the rules that made the difference. Enforcement is untouched: this
 //! only reads the log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+use mintguard_policy::decision::{DecisionInput, EciExplained, IssuerKind};
+use mintguard_policy::eci::{BlastRadius, EciReport};
 
 use mintguard_policy::rules::RuleSet;
 use mintguard_policy::{Decision, decide};
@@ -65,6 +68,76 @@ pub struct Sample {
     pub rules_removed: Vec<String>,
 }
 
+/// A proposed exposure graph's ECI inputs, standing in for the recorded
+/// ones as issuance would have computed them.
+pub struct ProposedEci {
+    /// ECI of the proposed effective graph.
+    pub eci: EciReport,
+    /// Each node's blast radius under it.
+    pub blast_radius: HashMap<String, BlastRadius>,
+    /// Each CI issuer's: the highest exposure of its policies' grants.
+    pub ci_radius: HashMap<String, f64>,
+}
+
+impl ProposedEci {
+    /// `input`'s ECI values under the proposed graph (as `Issuer::issue` reads them).
+    fn apply(&self, input: &mut DecisionInput) {
+        let node = self.eci.get(&input.identity);
+        input.eci.identity_effective = node.and_then(|n| n.eci_raw).unwrap_or(300.0);
+        input.eci.grant_exposure = self.eci.grant_exposure(&input.grant.name).unwrap_or(100.0);
+        input.eci.issuer_blast_radius = match input.issuer.kind {
+            IssuerKind::Node => self
+                .blast_radius
+                .get(&input.issuer.id)
+                .map_or(100.0, |r| r.max),
+            IssuerKind::CiIssuer => self.ci_radius.get(&input.issuer.id).copied().unwrap_or(0.0),
+        };
+        input.eci.explained = node.and_then(EciExplained::of);
+    }
+}
+
+/// How an identity's ECI moves under a proposed graph.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EciChange {
+    /// The identity.
+    pub identity: String,
+    /// Its effective ECI (capped) now; `None` outside the computed ECI.
+    pub before: Option<f64>,
+    /// Under the proposed graph.
+    pub after: Option<f64>,
+}
+
+/// The identities whose ECI a proposed graph moves, most moved first (at
+/// most `limit`), and how many there are.
+pub fn eci_changes(
+    running: &EciReport,
+    proposed: &EciReport,
+    identities: &BTreeSet<String>,
+    limit: usize,
+) -> (Vec<EciChange>, u64) {
+    let mut changes: Vec<EciChange> = identities
+        .iter()
+        .map(|id| EciChange {
+            identity: id.clone(),
+            before: running.identity_eci(id),
+            after: proposed.identity_eci(id),
+        })
+        .filter(|c| match (c.before, c.after) {
+            (Some(a), Some(b)) => (a - b).abs() > 1e-9,
+            (a, b) => a.is_some() != b.is_some(),
+        })
+        .collect();
+    let moved = |c: &EciChange| (c.after.unwrap_or(100.0) - c.before.unwrap_or(100.0)).abs();
+    changes.sort_by(|a, b| {
+        moved(b)
+            .total_cmp(&moved(a))
+            .then(a.identity.cmp(&b.identity))
+    });
+    let total = changes.len() as u64;
+    changes.truncate(limit);
+    (changes, total)
+}
+
 /// A record no reader could decode.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Finding {
@@ -97,6 +170,13 @@ pub struct WhatIfReport {
     pub truncated: bool,
     /// Outcome transitions, most frequent first.
     pub transitions: Vec<Transition>,
+    /// With a proposed graph: the identities whose ECI it moves (the most
+    /// moved first), and how many.
+    #[serde(default)]
+    pub eci_changes: Vec<EciChange>,
+    /// How many identities' ECI it moves.
+    #[serde(default)]
+    pub eci_changed: u64,
 }
 
 impl WhatIfReport {
@@ -109,6 +189,7 @@ impl WhatIfReport {
 /// Re-decides records one at a time under `rules`.
 pub struct WhatIf {
     rules: Arc<RuleSet>,
+    eci: Option<Arc<ProposedEci>>,
     report: WhatIfReport,
     by: BTreeMap<(String, String), Transition>,
 }
@@ -130,7 +211,7 @@ fn count(map: &mut BTreeMap<String, u64>, key: Option<&String>, unnamed: &mut u6
 
 impl WhatIf {
     /// A what-if under `rules`.
-    pub fn new(rules: Arc<RuleSet>) -> Self {
+    pub fn new(rules: Arc<RuleSet>, eci: Option<Arc<ProposedEci>>) -> Self {
         Self {
             report: WhatIfReport {
                 rule_set: rules.hash().to_owned(),
@@ -138,6 +219,7 @@ impl WhatIf {
             },
             by: BTreeMap::new(),
             rules,
+            eci,
         }
     }
 
@@ -172,7 +254,10 @@ impl WhatIf {
                 return Err(why);
             }
         };
-        let (input, logged) = (parts.input, parts.decision);
+        let (mut input, logged) = (parts.input, parts.decision);
+        if let Some(eci) = &self.eci {
+            eci.apply(&mut input);
+        }
         let again = decide(&input, &self.rules);
         self.report.decisions += 1;
         let (from, to) = (logged.outcome.as_str(), again.outcome.as_str());

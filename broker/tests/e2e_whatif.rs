@@ -190,6 +190,90 @@ when {{ context.hour == {now_hour} || context.hour == {} }};"#,
         .sum();
     assert_eq!(moved, allowed as u64, "{strict}");
 
+    // A proposed graph in which the API reaches a crown jewel as admin: its
+    // ECI rises, and so does min_trust = 40 + 0.6 × max(ECI, exposure)
+    // (ECI weighing more, as proposed beside it) — every allow whose logged
+    // score falls below the new bar steps up; the weight alone, over the
+    // running graph, moves only what the running ECI says.
+    let weighed = broker.dir.path().join("weighed.toml");
+    std::fs::write(
+        &weighed,
+        format!("{config}\n[trust]\nmin_trust_per_eci = 0.6\n"),
+    )
+    .unwrap();
+    let graph = broker.dir.path().join("graph.json");
+    std::fs::write(
+        &graph,
+        json!({
+            "nodes": [
+                {"id": API, "kind": "identity"},
+                {"id": "role:ledger-admin", "kind": "role"},
+                {"id": "db:ledger", "kind": "resource", "crown_jewel": true, "sensitivity": ["financial"]}
+            ],
+            "edges": [
+                {"from": API, "to": "role:ledger-admin", "kind": "can_assume"},
+                {"from": "role:ledger-admin", "to": "db:ledger", "kind": "grants", "access": "admin"}
+            ]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let step_ups = |report: &Value| -> u64 {
+        report["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| t["from"] == "allow" && t["to"] == "step_up")
+            .map(|t| t["count"].as_u64().unwrap())
+            .sum()
+    };
+    let below = |eci: f64| {
+        decisions
+            .iter()
+            .filter(|r| r["body"]["decision"]["outcome"] == "allow")
+            .filter(|r| {
+                let exposure = r["body"]["input"]["eci"]["grant_exposure"]
+                    .as_f64()
+                    .unwrap();
+                let score = r["body"]["decision"]["trust"]["score"].as_f64().unwrap();
+                score < 40.0 + 0.6 * eci.max(exposure)
+            })
+            .count() as u64
+    };
+    let weight_only = broker.cli_json(&[
+        "whatif",
+        "--rules",
+        running.to_str().unwrap(),
+        "--config",
+        weighed.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(weight_only["eci_changed"], 0);
+    let exposed = broker.cli_json(&[
+        "whatif",
+        "--rules",
+        running.to_str().unwrap(),
+        "--config",
+        weighed.to_str().unwrap(),
+        "--graph",
+        graph.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(exposed["eci_changed"], 1, "{exposed}");
+    let change = &exposed["eci_changes"][0];
+    assert_eq!(change["identity"], API);
+    let (before, after) = (
+        change["before"].as_f64().unwrap(),
+        change["after"].as_f64().unwrap(),
+    );
+    assert!(after > before, "{change}");
+    assert_eq!(step_ups(&weight_only), below(before), "{weight_only}");
+    assert_eq!(step_ups(&exposed), below(after), "{exposed}");
+    assert!(
+        step_ups(&exposed) > step_ups(&weight_only),
+        "an admin path to a crown jewel raises the bar: {exposed}"
+    );
+
     // Enforcement is untouched: the running rules still issue the ledger grant.
     let reply = issue(&broker, &node, json!({"grant": "ledger-token"})).await;
     assert_eq!(reply.status, 200, "{}", reply.text);

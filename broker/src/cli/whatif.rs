@@ -23,6 +23,10 @@ pub struct WhatifArgs {
     /// proposed too (default: the running ones).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// A proposed exposure graph (JSON, as `[eci] graph`): the decisions'
+    /// ECI inputs are recomputed under it, and the identities it moves listed.
+    #[arg(long, value_name = "FILE")]
+    pub graph: Option<PathBuf>,
     /// Only decisions newer than this (e.g. 7d).
     #[arg(long)]
     pub since: Option<String>,
@@ -77,6 +81,17 @@ pub async fn run(
     if let Some(file) = &args.config {
         let config = crate::config::Config::load(file).map_err(|e| e.to_string())?;
         body["trust"] = serde_json::to_value(&config.trust).map_err(|e| e.to_string())?;
+    }
+    if let Some(file) = &args.graph {
+        let size = std::fs::metadata(file)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .len();
+        if size > super::eci::MAX_GRAPH_FILE {
+            return Err(format!("{}: {size} bytes is too large", file.display()));
+        }
+        let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        body["graph"] = serde_json::from_slice(&text)
+            .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
     }
     if let Some(s) = &args.since {
         let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
@@ -133,6 +148,19 @@ fn print(r: &WhatIfReport, out: &mut impl Write) -> std::io::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if r.eci_changed > 0 {
+        writeln!(out, "ECI moves for {} identities:", r.eci_changed)?;
+        let show = |x: Option<f64>| x.map_or("none".to_owned(), |v| format!("{v:.2}"));
+        for c in &r.eci_changes {
+            writeln!(
+                out,
+                "    {:<60} {:>7} → {:<7}",
+                c.identity,
+                show(c.before),
+                show(c.after)
+            )?;
+        }
+    }
     for t in &r.transitions {
         writeln!(out, "{:>14} → {:<14} {:>8}", t.from, t.to, t.count)?;
         writeln!(out, "    grants: {}", top(&t.grants))?;

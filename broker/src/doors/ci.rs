@@ -273,12 +273,19 @@ pub async fn issue(
 /// A CI issuer's blast radius: the highest exposure of the grants its
 /// policies may mint.
 pub fn blast_radius(dynamic: &crate::state::Dynamic, issuer: &str) -> f64 {
-    dynamic
-        .ci
-        .policies
+    blast_radius_under(&dynamic.ci, &dynamic.eci, issuer)
+}
+
+/// [`blast_radius`] under the ECI `eci` (a what-if's proposed graph).
+pub fn blast_radius_under(
+    ci: &crate::ci::CiRuntime,
+    eci: &mintguard_policy::eci::EciReport,
+    issuer: &str,
+) -> f64 {
+    ci.policies
         .iter()
         .filter(|c| c.policy.issuer == issuer)
         .flat_map(|c| c.policy.grants.iter())
-        .filter_map(|g| dynamic.eci.grant_exposure(g))
+        .filter_map(|g| eci.grant_exposure(g))
         .fold(0.0, f64::max)
 }

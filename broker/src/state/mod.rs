@@ -204,6 +204,76 @@ pub fn load_policies(dir: Option<&Path>) -> Result<Vec<PolicySource>, StartError
     Ok(sources)
 }
 
+/// What an exposure graph makes of the registered identities.
+pub struct Exposure {
+    /// The effective graph: the operator's, with a node per grant (edges to
+    /// its `eci_targets`) and per registered identity (edges to its grants).
+    pub graph: ExposureGraph,
+    /// ECI of the effective graph.
+    pub eci: EciReport,
+    /// Each node's blast radius over the identities its entries vouch for.
+    pub blast_radius: HashMap<String, mintguard_policy::eci::BlastRadius>,
+}
+
+/// The ECI and blast radii `graph` gives under `config`'s grants and the
+/// store's entries (the running broker's, or a what-if's proposal).
+pub async fn exposure(
+    config: &Config,
+    graph: &ExposureGraph,
+    store: &dyn Store,
+) -> Result<Exposure, String> {
+    let grants: Vec<GrantNode> = config
+        .grants
+        .values()
+        .map(|g| GrantNode {
+            name: g.name.clone(),
+            eci_targets: g.eci_targets.clone(),
+        })
+        .collect();
+    let mut identities: HashMap<String, Vec<String>> = HashMap::new();
+    let mut vouches: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
+    for entry in store.entries(None).await.map_err(|e| e.to_string())? {
+        vouches
+            .entry(entry.parent.clone())
+            .or_default()
+            .insert(entry.spiffe_id.clone());
+        identities.entry(entry.spiffe_id).or_default().extend(
+            entry
+                .grants
+                .into_iter()
+                .filter(|g| config.grants.contains_key(g)),
+        );
+    }
+    let identities: Vec<RegisteredIdentity> = identities
+        .into_iter()
+        .map(|(id, grants)| RegisteredIdentity { id, grants })
+        .collect();
+    let effective =
+        effective_graph(graph, &grants, &identities).map_err(|e| format!("eci: {e}"))?;
+    let params = PprParams {
+        alpha: config.eci.alpha,
+        half_life_days: config.eci.half_life_days,
+        ..PprParams::default()
+    };
+    let eci = compute_eci(
+        &effective,
+        &params,
+        OffsetDateTime::now_utc().unix_timestamp(),
+    );
+    let blast_radius = vouches
+        .into_iter()
+        .map(|(node, ids)| {
+            let radius = mintguard_policy::eci::blast_radius(&eci, ids.iter().map(String::as_str));
+            (node, radius)
+        })
+        .collect();
+    Ok(Exposure {
+        graph: effective,
+        eci,
+        blast_radius,
+    })
+}
+
 /// Builds the reloadable part from a configuration and the registered entries.
 pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic, StartError> {
     let rules = RuleSet::new(
@@ -221,54 +291,14 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         .map_err(|e| setup(format!("{}: {e}", path.display())))?,
         None => ExposureGraph::new(),
     };
-    let grants: Vec<GrantNode> = config
-        .grants
-        .values()
-        .map(|g| GrantNode {
-            name: g.name.clone(),
-            eci_targets: g.eci_targets.clone(),
-        })
-        .collect();
-    let mut identities: HashMap<String, Vec<String>> = HashMap::new();
-    let mut vouches: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
-    for entry in store.entries(None).await.map_err(setup)? {
-        vouches
-            .entry(entry.parent.clone())
-            .or_default()
-            .insert(entry.spiffe_id.clone());
-        identities.entry(entry.spiffe_id).or_default().extend(
-            entry
-                .grants
-                .into_iter()
-                .filter(|g| config.grants.contains_key(g)),
-        );
-    }
-    let identities: Vec<RegisteredIdentity> = identities
-        .into_iter()
-        .map(|(id, grants)| RegisteredIdentity { id, grants })
-        .collect();
-    let effective =
-        effective_graph(&graph, &grants, &identities).map_err(|e| setup(format!("eci: {e}")))?;
-    let params = PprParams {
-        alpha: config.eci.alpha,
-        half_life_days: config.eci.half_life_days,
-        ..PprParams::default()
-    };
-    let eci = compute_eci(
-        &effective,
-        &params,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    );
+    let Exposure {
+        graph: effective,
+        eci,
+        blast_radius,
+    } = exposure(&config, &graph, store).await.map_err(setup)?;
     for w in &eci.warnings {
         tracing::warn!("eci: {w}");
     }
-    let blast_radius = vouches
-        .into_iter()
-        .map(|(node, ids)| {
-            let radius = mintguard_policy::eci::blast_radius(&eci, ids.iter().map(String::as_str));
-            (node, radius)
-        })
-        .collect();
     let ci = crate::ci::CiRuntime::new(&config.ci).map_err(|e| setup(format!("ci: {e}")))?;
     Ok(Dynamic {
         config,

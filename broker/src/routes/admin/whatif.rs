@@ -15,7 +15,9 @@ use crate::config::Role;
 use crate::http::{ApiError, Json};
 use crate::state::Broker;
 use crate::store::{LogCursor, LogQuery, read_log};
-use crate::whatif::WhatIf;
+use crate::whatif::{ProposedEci, WhatIf, eci_changes};
+use mintguard_policy::eci::graph::{ExposureGraph, NodeKind};
+use std::collections::BTreeSet;
 
 /// Most policy files a proposal holds.
 pub const MAX_POLICY_FILES: usize = 512;
@@ -36,6 +38,10 @@ pub(super) struct WhatIfRequest {
     /// its running value).
     #[serde(default)]
     trust: Option<Value>,
+    /// A proposed exposure graph (the format of `examples/graphs/`): the
+    /// decisions' ECI inputs are recomputed under it.
+    #[serde(default)]
+    graph: Option<Value>,
     /// Only decisions from this time.
     #[serde(default)]
     since_ms: Option<i64>,
@@ -121,7 +127,14 @@ pub(super) async fn whatif(
             ApiError::unavailable("whatif_failed", "building the proposed rules failed", e)
         })?
         .map_err(|e| ApiError::bad_request("bad_rules", format!("the proposed rules: {e}")))?;
-    let mut whatif = WhatIf::new(Arc::new(rules));
+    let (eci, changes) = match req.graph {
+        Some(graph) => {
+            let (eci, changes) = proposed_eci(&broker, graph).await?;
+            (Some(Arc::new(eci)), Some(changes))
+        }
+        None => (None, None),
+    };
+    let mut whatif = WhatIf::new(Arc::new(rules), eci);
     let query = LogQuery {
         identity: req.identity,
         grant: req.grant,
@@ -156,8 +169,55 @@ pub(super) async fn whatif(
             break;
         }
     }
-    Ok(axum::Json(
-        serde_json::to_value(whatif.finish()).unwrap_or_default(),
+    let mut report = whatif.finish();
+    if let Some((changes, total)) = changes {
+        report.eci_changes = changes;
+        report.eci_changed = total;
+    }
+    Ok(axum::Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Identities whose ECI change a report lists.
+const ECI_CHANGES_LISTED: usize = 100;
+
+/// The ECI inputs a proposed graph gives, and the identities it moves.
+async fn proposed_eci(
+    broker: &Broker,
+    graph: Value,
+) -> Result<(ProposedEci, (Vec<crate::whatif::EciChange>, u64)), ApiError> {
+    let bytes = serde_json::to_vec(&graph).unwrap_or_default();
+    let graph = ExposureGraph::from_json(&bytes)
+        .map_err(|e| ApiError::bad_request("bad_graph", format!("the proposed graph: {e}")))?;
+    let dynamic = broker.dynamic.load_full();
+    let exposure = crate::state::exposure(&dynamic.config, &graph, &*broker.store)
+        .await
+        .map_err(|e| ApiError::bad_request("bad_graph", format!("the proposed graph: {e}")))?;
+    let ci_radius = dynamic
+        .config
+        .ci
+        .issuers
+        .iter()
+        .map(|i| {
+            let radius = crate::doors::ci::blast_radius_under(&dynamic.ci, &exposure.eci, &i.url);
+            (i.url.clone(), radius)
+        })
+        .collect();
+    let identities: BTreeSet<String> = dynamic
+        .eci
+        .nodes()
+        .iter()
+        .chain(exposure.eci.nodes())
+        .filter(|n| n.kind == NodeKind::Identity)
+        .map(|n| n.id.clone())
+        .collect();
+    let changes = eci_changes(&dynamic.eci, &exposure.eci, &identities, ECI_CHANGES_LISTED);
+    Ok((
+        ProposedEci {
+            eci: exposure.eci,
+            blast_radius: exposure.blast_radius,
+            ci_radius,
+        },
+        changes,
     ))
 }
 
