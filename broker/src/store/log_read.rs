@@ -129,10 +129,6 @@ pub(crate) enum Bound {
     Int(i64),
 }
 
-/// The `WHERE` conditions of `query` with only the filters it sets, so that
-/// each is matched by its index (`column = ?` is; `(? IS NULL OR column =
-/// ?)` is not), and the values they bind, in order; `placeholder(n)` spells
-/// the n-th (from 1) in the backend's dialect.
 /// The outcomes that are the bulk of traffic; every other one is in the
 /// `log_notable` partial index (migration 14), whose condition is this.
 pub const HOT_OUTCOMES: &[&str] = &["allow", "allow_reduced", "minted"];
@@ -140,6 +136,10 @@ pub const HOT_OUTCOMES: &[&str] = &["allow", "allow_reduced", "minted"];
 /// uses a partial index only for a query that names its condition).
 pub const NOTABLE_SQL: &str = "outcome NOT IN ('allow', 'allow_reduced', 'minted')";
 
+/// The `WHERE` conditions of `query` with only the filters it sets, so that
+/// each is matched by its index (`column = ?` is; `(? IS NULL OR column =
+/// ?)` is not), and the values they bind, in order; `placeholder(n)` spells
+/// the n-th (from 1) in the backend's dialect.
 pub(crate) fn log_conditions(
     query: &LogQuery,
     placeholder: impl Fn(usize) -> String,
