@@ -5,6 +5,8 @@
 //! trust threshold shows up as transitions too. The running rules are
 //! untouched throughout.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed setup must fail the test
+
 mod common;
 
 use common::*;
@@ -35,8 +37,9 @@ fn hour(ms: i64) -> i64 {
     ms.div_euclid(3_600_000).rem_euclid(24)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
+/// A broker whose API workload may ask for the payments and ledger grants
+/// through node-1.
+async fn start() -> (BrokerProcess, mintguard_certs::svid::X509Svid) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/ledger.cedar"), LEDGER).unwrap();
@@ -48,6 +51,12 @@ async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
         &["unix:uid:1000", "unix:sha256:0a1b2c"],
         &["payments-token", "ledger-token"],
     );
+    (broker, node)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
+    let (broker, node) = start().await;
     // The mix: payments and ledger tokens, and requests for a grant the
     // entry lacks (decided deny, and logged).
     for i in 0..14 {
@@ -294,5 +303,145 @@ when {{ context.hour == {now_hour} || context.hour == {} }};"#,
         String::from_utf8_lossy(&broken.stderr).contains("bad_rules"),
         "{}",
         String::from_utf8_lossy(&broken.stderr)
+    );
+}
+
+/// `mintguard decide` runs the live pipeline without minting: it agrees
+/// with a real issuance made right after it, spends and leases nothing, and
+/// is logged as a simulation under the operator who ran it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decide_agrees_with_the_issuance_right_after_it() {
+    let (broker, node) = start().await;
+    issue_ok(&broker, &node, 2).await;
+    let budget = |b: &BrokerProcess| {
+        b.cli_json(&[
+            "budget",
+            "show",
+            "--identity",
+            API,
+            "--grant",
+            "payments-token",
+        ])["available"]
+            .clone()
+    };
+    let before = budget(&broker);
+    let leases = broker.live_leases().len();
+
+    let simulated = broker.cli_json(&[
+        "decide",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+        "--node",
+        "node-1",
+    ]);
+    assert_eq!(simulated["simulation"], true);
+    let sim = &simulated["body"]["decision"];
+    assert_eq!(budget(&broker), before, "a simulation spends nothing");
+    assert_eq!(
+        broker.live_leases().len(),
+        leases,
+        "a simulation leases nothing"
+    );
+
+    let reply = issue(&broker, &node, json!({"grant": "payments-token"})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let request_id = reply.body["decision"]["request_id"].as_str().unwrap();
+    let explained = broker.cli_json(&["explain", request_id]);
+    let real = &explained["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["kind"] == "decision")
+        .unwrap()["body"]["decision"];
+    for key in [
+        "outcome",
+        "reasons",
+        "ttl_seconds",
+        "rule_set_hash",
+        "rules",
+    ] {
+        assert_eq!(sim[key], real[key], "{key}: {sim} vs {real}");
+    }
+    // The logged record is canonical JSON (40.0 is written 40).
+    assert_eq!(sim["min_trust"].as_f64(), real["min_trust"].as_f64());
+    assert_eq!(sim["trust"]["score"], real["trust"]["score"]);
+    for key in ["eci", "eci_raw", "grant_exposure", "issuer_blast_radius"] {
+        assert_eq!(sim["eci"][key].as_f64(), real["eci"][key].as_f64(), "{key}");
+    }
+
+    // A grant the entry lacks: decided deny, as issuance would.
+    let refused = broker.cli_json(&["decide", "--identity", API, "--grant", "audit-token"]);
+    assert_eq!(refused["body"]["decision"]["outcome"], "deny");
+    assert!(
+        refused["body"]["decision"]["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("issuer_may_not_vouch")),
+        "{refused}"
+    );
+    // Assumed observations and a time: a node posture of 0 falls below
+    // the critical bar.
+    let signals = broker.dir.path().join("assumed.json");
+    std::fs::write(&signals, r#"{"posture": 0, "attestation": 0}"#).unwrap();
+    let weak = broker.cli_json(&[
+        "decide",
+        "--identity",
+        API,
+        "--grant",
+        "payments-token",
+        "--signals",
+        signals.to_str().unwrap(),
+        "--at",
+        "2026-12-01T03:00:00Z",
+    ]);
+    assert_ne!(weak["body"]["decision"]["outcome"], "allow", "{weak}");
+    assert_eq!(weak["body"]["input"]["now_ms"], 1_796_094_000_000_i64);
+    // Each simulation is in the log under the operator, and only there.
+    let simulations: Vec<Value> = broker
+        .logs(&[])
+        .into_iter()
+        .filter(|r| r["outcome"] == "simulated_decision")
+        .collect();
+    assert_eq!(simulations.len(), 3);
+    assert!(simulations.iter().all(|r| r["body"]["operator"] == "alice"));
+    // Bad input: a clear 4xx, nothing logged.
+    for (args, code) in [
+        (
+            vec!["--identity", API, "--grant", "no-such-grant"],
+            "unknown_grant",
+        ),
+        (
+            vec![
+                "--identity",
+                "spiffe://example.org/ns/x/sa/nobody",
+                "--grant",
+                "payments-token",
+            ],
+            "no_entry",
+        ),
+        (
+            vec!["--identity", "not-an-id", "--grant", "payments-token"],
+            "bad_spiffe_id",
+        ),
+    ] {
+        let mut all = vec!["decide"];
+        all.extend(args);
+        let out = broker.cli(&all);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(code),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(
+        broker
+            .logs(&[])
+            .iter()
+            .filter(|r| r["outcome"] == "simulated_decision")
+            .count(),
+        3
     );
 }

@@ -4,6 +4,7 @@
 
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -100,6 +101,31 @@ enum Command {
     Explain {
         /// The request id.
         request_id: String,
+    },
+    /// Decide one request with the live pipeline (state, signals, ECI,
+    /// budgets, rules), minting and spending nothing; logged as a simulation.
+    Decide {
+        /// The workload's SPIFFE ID.
+        #[arg(long)]
+        identity: String,
+        /// The grant.
+        #[arg(long)]
+        grant: String,
+        /// The node vouching (name or SPIFFE ID; default: its entry's parent).
+        #[arg(long)]
+        node: Option<String>,
+        /// The TTL asked for, e.g. 5m.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// The purpose given.
+        #[arg(long)]
+        purpose: Option<String>,
+        /// Observations to assume, JSON: {"posture": 0-100, "attestation": 0-100}.
+        #[arg(long, value_name = "FILE")]
+        signals: Option<PathBuf>,
+        /// When it is decided (RFC 3339; default now).
+        #[arg(long, value_name = "RFC3339")]
+        at: Option<String>,
     },
     /// What proposed rules would have decided: every logged decision
     /// re-decided under them, with the transitions between outcomes.
@@ -394,6 +420,40 @@ async fn run(args: Cli) -> Result<bool, String> {
         .await
         .map(|_| true),
         Command::Whatif(args) => whatif::run(&client, args, out).await,
+        Command::Decide {
+            identity,
+            grant,
+            node,
+            ttl,
+            purpose,
+            signals,
+            at,
+        } => {
+            let mut body = json!({"identity": identity, "grant": grant});
+            if let Some(n) = node {
+                body["node"] = json!(n);
+            }
+            if let Some(t) = ttl {
+                body["ttl_seconds"] = json!(ops::ttl_seconds(t)?);
+            }
+            if let Some(p) = purpose {
+                body["purpose"] = json!(p);
+            }
+            if let Some(file) = signals {
+                let text =
+                    std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+                body["signals"] = serde_json::from_slice(&text)
+                    .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
+            }
+            if let Some(at) = at {
+                let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| format!("--at {at:?}: not RFC 3339: {e}"))?;
+                body["at_ms"] = json!(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX));
+            }
+            ops::simple(&client, "POST", "/admin/v1/decide", Some(body), out)
+                .await
+                .map(|_| true)
+        }
         Command::Replay { since } => {
             let path = match since {
                 Some(s) => {

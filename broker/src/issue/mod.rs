@@ -193,6 +193,16 @@ impl Body<'_> {
     }
 }
 
+/// What [`Issuer::gather`] read for a decision.
+pub struct Gathered {
+    /// The decision's input.
+    pub input: DecisionInput,
+    /// The budget that applies: its key and policy.
+    pub budget: Option<(String, mintguard_policy::budget::BudgetPolicy)>,
+    /// The approval the request redeems.
+    pub approval: Option<crate::store::Approval>,
+}
+
 impl Issuer<'_> {
     /// Decides `request` for `subject` under `grant` at `now` (the
     /// issuance's one reading of the clock: the decision, its record, the
@@ -231,92 +241,11 @@ impl Issuer<'_> {
         let node = subject.issuer.as_str();
         let identity = subject.identity.as_str();
         let request_id = random_id("req");
-        let budget = grant.budget.as_ref().map(|b| {
-            (
-                format!("identity:{identity}/grant:{}", grant.name),
-                b.policy(),
-            )
-        });
-        let state = self
-            .store
-            .request_state(identity, node, budget.as_ref().map(|(key, _)| key.as_str()))
-            .await?;
-        let approval = match &request.approval_id {
-            Some(id) => Some(
-                approval::redeemable(
-                    self.store,
-                    id,
-                    identity,
-                    node,
-                    subject.approval_binding.as_deref(),
-                    &request,
-                    now,
-                )
-                .await?,
-            ),
-            None => None,
-        };
-        // An approver's TTL cap applies to the request it approved.
-        let requested_ttl = match approval.as_ref().and_then(|a| a.approved_ttl_seconds) {
-            Some(cap) => Some(request.ttl_seconds.map_or(cap, |t| t.min(cap))),
-            None => request.ttl_seconds,
-        };
-        let config = self.rules.config;
-        let eci = self.rules.eci;
-        let anomaly = &config.anomaly.responses;
-        let external = &state.signals;
-        let snapshot = budget.as_ref().map(|(_, policy)| {
-            state
-                .budget
-                .unwrap_or_else(|| BudgetSnapshot::full(policy, now))
-        });
-        let input = DecisionInput {
-            identity: identity.to_owned(),
-            principal: subject.principal,
-            issuer: IssuerContext {
-                kind: subject.issuer_kind,
-                id: node.to_owned(),
-                may_vouch: subject.may_vouch,
-                suspended: state.issuer_suspension.is_some(),
-                anomalous: anomaly.issuer_anomalous(node, external, now),
-            },
-            grant: inputs::grant_input(grant),
-            requested_ttl_seconds: requested_ttl,
-            purpose: request.purpose.clone(),
-            now_ms: now,
-            signals: inputs::observed_signals(
-                &config.signals,
-                grant,
-                &subject.observed,
-                external,
-                self.analysis.behaviour(now),
-                now,
-            ),
-            eci: EciInput {
-                identity_effective: eci.get(identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
-                grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
-                issuer_blast_radius: subject.blast_radius,
-                explained: eci.get(identity).and_then(EciExplained::of),
-            },
-            budgets: match (&budget, snapshot) {
-                (Some((key, policy)), Some(snapshot)) => vec![BudgetView {
-                    key: key.clone(),
-                    policy: policy.clone(),
-                    snapshot,
-                }],
-                _ => Vec::new(),
-            },
-            evidence: inputs::compromise_evidence(external, now),
-            suspension: state.identity_suspension.as_ref().map(|s| Suspension {
-                evidence: Evidence {
-                    kind: inputs::evidence_kind(&s.by),
-                    detail: format!("{}: {}", s.by, s.reason),
-                },
-            }),
-            approved: approval.is_some(),
-            anomaly: anomaly.anomaly_input(identity, external, now),
-            ci_claims: subject.ci_claims.clone(),
-        };
+        let Gathered {
+            input,
+            budget,
+            approval,
+        } = self.gather(grant, &request, &subject, now).await?;
         let decide_started = std::time::Instant::now();
         let decided = decide(&input, self.rules.rules);
         self.metrics
@@ -424,6 +353,112 @@ impl Issuer<'_> {
             approval::restore(self.store, approval).await;
         }
         issued
+    }
+
+    /// Everything a decision reads for `request` by `subject` at `now`:
+    /// the store's state of the identity, its issuer and its budget, a
+    /// redeemable approval, signals, ECI, anomaly state. Issuance decides on
+    /// it; `mintguard decide` decides on it and stops there.
+    pub async fn gather(
+        &self,
+        grant: &GrantConfig,
+        request: &CredentialRequest,
+        subject: &Subject<'_>,
+        now: i64,
+    ) -> Result<Gathered, Refusal> {
+        let node = subject.issuer.as_str();
+        let identity = subject.identity.as_str();
+        let budget = grant.budget.as_ref().map(|b| {
+            (
+                format!("identity:{identity}/grant:{}", grant.name),
+                b.policy(),
+            )
+        });
+        let state = self
+            .store
+            .request_state(identity, node, budget.as_ref().map(|(key, _)| key.as_str()))
+            .await?;
+        let approval = match &request.approval_id {
+            Some(id) => Some(
+                approval::redeemable(
+                    self.store,
+                    id,
+                    identity,
+                    node,
+                    subject.approval_binding.as_deref(),
+                    request,
+                    now,
+                )
+                .await?,
+            ),
+            None => None,
+        };
+        // An approver's TTL cap applies to the request it approved.
+        let requested_ttl = match approval.as_ref().and_then(|a| a.approved_ttl_seconds) {
+            Some(cap) => Some(request.ttl_seconds.map_or(cap, |t| t.min(cap))),
+            None => request.ttl_seconds,
+        };
+        let config = self.rules.config;
+        let eci = self.rules.eci;
+        let anomaly = &config.anomaly.responses;
+        let external = &state.signals;
+        let snapshot = budget.as_ref().map(|(_, policy)| {
+            state
+                .budget
+                .unwrap_or_else(|| BudgetSnapshot::full(policy, now))
+        });
+        let input = DecisionInput {
+            identity: identity.to_owned(),
+            principal: subject.principal,
+            issuer: IssuerContext {
+                kind: subject.issuer_kind,
+                id: node.to_owned(),
+                may_vouch: subject.may_vouch,
+                suspended: state.issuer_suspension.is_some(),
+                anomalous: anomaly.issuer_anomalous(node, external, now),
+            },
+            grant: inputs::grant_input(grant),
+            requested_ttl_seconds: requested_ttl,
+            purpose: request.purpose.clone(),
+            now_ms: now,
+            signals: inputs::observed_signals(
+                &config.signals,
+                grant,
+                &subject.observed,
+                external,
+                self.analysis.behaviour(now),
+                now,
+            ),
+            eci: EciInput {
+                identity_effective: eci.get(identity).and_then(|n| n.eci_raw).unwrap_or(300.0),
+                grant_exposure: eci.grant_exposure(&grant.name).unwrap_or(100.0),
+                issuer_blast_radius: subject.blast_radius,
+                explained: eci.get(identity).and_then(EciExplained::of),
+            },
+            budgets: match (&budget, snapshot) {
+                (Some((key, policy)), Some(snapshot)) => vec![BudgetView {
+                    key: key.clone(),
+                    policy: policy.clone(),
+                    snapshot,
+                }],
+                _ => Vec::new(),
+            },
+            evidence: inputs::compromise_evidence(external, now),
+            suspension: state.identity_suspension.as_ref().map(|s| Suspension {
+                evidence: Evidence {
+                    kind: inputs::evidence_kind(&s.by),
+                    detail: format!("{}: {}", s.by, s.reason),
+                },
+            }),
+            approved: approval.is_some(),
+            anomaly: anomaly.anomaly_input(identity, external, now),
+            ci_claims: subject.ci_claims.clone(),
+        };
+        Ok(Gathered {
+            input,
+            budget,
+            approval,
+        })
     }
 
     /// A decision that does not mint: held for approval (`step_up`),

@@ -6,6 +6,7 @@
 
 mod approvals;
 pub mod console;
+mod decide;
 mod entries;
 mod exposure;
 mod leases;
@@ -72,6 +73,7 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/explain/{request_id}", get(explain))
         .route("/admin/v1/replay", post(replay))
         .route("/admin/v1/whatif", post(whatif::whatif))
+        .route("/admin/v1/decide", post(decide::decide_one))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{id}/revoke", post(revoke))
         .route("/admin/v1/approvals", get(list_approvals))
