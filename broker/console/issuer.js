@@ -17,7 +17,7 @@ function drawRate(rate) {
       bar(24, rate.baseline_per_hour, "gauge-back")),
     el("figcaption", { class: "status", id: "rate-summary" },
       ratio === null
-        ? "No issuances in the 24 hours before the last one: no baseline yet."
+        ? "No issuances in the 24 hours before the last hour: no baseline yet."
         : `${fmtNum(ratio, 2)}× its hourly mean over the ${rate.baseline_hours} hours before.`,
       rate.capped ? " (a count reached its bound: at least these many.)" : ""));
 }

@@ -42,11 +42,13 @@ export async function timeline(target, _arg, params) {
     location.hash = "#/timeline" + (q.toString() ? "?" + q : "");
   });
   const status = el("p", { id: "timeline-status", class: "status" });
+  const shadowLine = el("p", { id: "shadow-status", class: "status", hidden: true });
   const chart = el("div", { id: "chart" });
   const rows = el("tbody", { id: "timeline-rows" });
   const more = el("button", { id: "older", type: "button" }, "Older records");
   target.append(
     el("h1", {}, "Timeline"),
+    shadowLine,
     form,
     chart,
     status,
@@ -121,7 +123,25 @@ export async function timeline(target, _arg, params) {
 
   more.addEventListener("click", () => load().catch(() => {}));
   await load();
-  state.timer = setInterval(() => poll().catch(() => {}), 2000);
+  await drawShadow(shadowLine).catch(() => {});
+  state.timer = setInterval(() => {
+    poll().catch(() => {});
+    drawShadow(shadowLine).catch(() => {});
+  }, 2000);
+}
+
+/** The shadow rule set's disagreements since the broker started, if one is watched. */
+async function drawShadow(target) {
+  const s = await api("GET", "/admin/v1/shadow", undefined, { poll: true });
+  target.hidden = !s.configured;
+  if (!s.configured) return;
+  const { decisions, disagreements } = s.since_start;
+  const total = disagreements.reduce((n, d) => n + d.count, 0);
+  const each = disagreements.map((d) => `${d.from} → ${d.to} ${d.count.toLocaleString()}`).join(", ");
+  target.textContent =
+    `Shadow rule set ${s.rule_set_hash.slice(0, 12)}: ${total.toLocaleString()} of ${decisions.toLocaleString()} live decisions since the broker started disagree` +
+    (each ? ` (${each})` : "") + ". It is never enforced; mintguard shadow report lists them.";
+  target.dataset.disagreements = String(total);
 }
 
 const OUTCOMES = ["allow", "allow_reduced", "issued", "step_up", "deny", "suspend", "failed", "detection", "admin"];

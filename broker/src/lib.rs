@@ -43,6 +43,9 @@
 //!   are no import circles among these modules.
 //! - [`tasks`]: the background tasks (identity and key rotation, log
 //!   timers, upstream expiry and reconciliation, analysis), started in one place.
+//! - Safe policy change: [`whatif`] re-decides the logged decisions under
+//!   proposed rules; [`shadow`] decides every live request under a shadow
+//!   rule set beside the enforced one, and tallies where they disagree.
 //! - [`metrics`]: Prometheus metrics. [`cli`]: the `mintguard` CLI's commands.
 //!
 //! What it deliberately does not do: trust a caller's claims about itself (a
@@ -73,6 +76,7 @@ pub mod refusals;
 pub mod routes;
 pub mod seed;
 pub mod setting;
+pub mod shadow;
 pub mod state;
 pub mod store;
 pub mod tasks;

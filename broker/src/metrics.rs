@@ -39,6 +39,24 @@ pub struct RefusalLabel {
     pub reason: String,
 }
 
+/// `from` and `to` outcomes of a shadow disagreement.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabel {
+    /// The enforced outcome.
+    pub from: String,
+    /// The shadow rule set's.
+    pub to: String,
+}
+
+/// Shadow decisions since the broker started, as the console shows them.
+#[derive(Debug, Default)]
+pub struct ShadowTally {
+    /// Live decisions also decided under a shadow rule set.
+    pub decisions: u64,
+    /// Those where it disagreed, by (enforced, shadow) outcome.
+    pub disagreements: std::collections::BTreeMap<(String, String), u64>,
+}
+
 /// The broker's metrics.
 pub struct Metrics {
     registry: Registry,
@@ -67,6 +85,12 @@ pub struct Metrics {
     pub unauthenticated_refusals: Family<RefusalLabel, Counter>,
     /// Revoked, unexpired X.509-SVIDs in the CRL last published to agents.
     pub crl_entries: Gauge,
+    /// Live decisions also decided under the shadow rule set.
+    pub shadow_decisions: Counter,
+    /// Those whose shadow outcome differs from the enforced one.
+    pub shadow_disagreements: Family<TransitionLabel, Counter>,
+    /// The same counts, readable by the console.
+    pub shadow_tally: std::sync::Mutex<ShadowTally>,
 }
 
 impl Default for Metrics {
@@ -84,6 +108,18 @@ impl Default for Metrics {
         let analysis_stale = Gauge::default();
         let unauthenticated_refusals = Family::<RefusalLabel, Counter>::default();
         let crl_entries = Gauge::default();
+        let shadow_decisions = Counter::default();
+        let shadow_disagreements = Family::<TransitionLabel, Counter>::default();
+        registry.register(
+            "shadow_decisions",
+            "Live decisions also decided under the shadow rule set (never enforced)",
+            shadow_decisions.clone(),
+        );
+        registry.register(
+            "shadow_disagreements",
+            "Live decisions whose shadow outcome differs from the enforced one, by transition",
+            shadow_disagreements.clone(),
+        );
         registry.register(
             "crl_entries",
             "Revoked, unexpired X.509-SVIDs in the CRL last published to agents",
@@ -150,6 +186,9 @@ impl Default for Metrics {
             analysis_stale,
             unauthenticated_refusals,
             crl_entries,
+            shadow_decisions,
+            shadow_disagreements,
+            shadow_tally: std::sync::Mutex::default(),
             decision_seconds,
             issue_seconds,
             log_write_seconds,
@@ -184,6 +223,30 @@ impl Metrics {
                 reader: reader.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a live decision also decided under the shadow rule set, and
+    /// whether its outcome (`shadow`) disagreed with the enforced one.
+    pub fn shadow_decided(&self, enforced: &str, shadow: &str) {
+        self.shadow_decisions.inc();
+        let disagrees = enforced != shadow;
+        if disagrees {
+            self.shadow_disagreements
+                .get_or_create(&TransitionLabel {
+                    from: enforced.to_owned(),
+                    to: shadow.to_owned(),
+                })
+                .inc();
+        }
+        if let Ok(mut tally) = self.shadow_tally.lock() {
+            tally.decisions += 1;
+            if disagrees {
+                *tally
+                    .disagreements
+                    .entry((enforced.to_owned(), shadow.to_owned()))
+                    .or_default() += 1;
+            }
+        }
     }
 
     /// Counts a refusal of an unauthenticated caller.

@@ -158,7 +158,7 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
     let dynamic = crate::state::build_dynamic(config, &*broker.store)
         .await
         .map_err(|e| e.to_string())?;
-    broker.dynamic.store(Arc::new(dynamic));
+    broker.install(dynamic).await?;
 
     let mut analysis = anomaly
         .enabled

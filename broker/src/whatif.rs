@@ -2,8 +2,9 @@
 //! (Cedar sources and trust weights and thresholds) with the inputs it
 //! recorded, and the transitions between outcomes it would make — counted,
 //! with the identities, grants and nodes they touch and sample requests
-//! with the rules that made the difference. Enforcement is untouched: this
-//! only reads the log.
+//! with the rules that made the difference. A shadow report tallies the
+//! same way between each decision and the shadow verdict it recorded.
+//! Enforcement is untouched: this only reads the log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use mintguard_policy::decision::{DecisionInput, EciExplained, IssuerKind};
 use mintguard_policy::eci::{BlastRadius, EciReport};
 
 use mintguard_policy::rules::RuleSet;
-use mintguard_policy::{Decision, decide};
+use mintguard_policy::{Verdict, decide};
 use serde::{Deserialize, Serialize};
 
 use crate::log::LogRecord;
@@ -177,6 +178,14 @@ pub struct WhatIfReport {
     /// How many identities' ECI it moves.
     #[serde(default)]
     pub eci_changed: u64,
+    /// A shadow report: the shadow rule sets that decided, with how many
+    /// decisions each (`rule_set` is the last one's).
+    #[serde(default)]
+    pub shadow_rule_sets: BTreeMap<String, u64>,
+    /// A shadow report: decisions with no shadow verdict (made while no
+    /// shadow set was configured), not compared.
+    #[serde(default)]
+    pub unshadowed: u64,
 }
 
 impl WhatIfReport {
@@ -186,16 +195,28 @@ impl WhatIfReport {
     }
 }
 
-/// Re-decides records one at a time under `rules`.
+/// What each logged decision is compared with.
+enum Against {
+    /// Proposed rules (and perhaps a proposed graph): each decision is
+    /// re-decided under them with its recorded input.
+    Proposal {
+        rules: Arc<RuleSet>,
+        eci: Option<Arc<ProposedEci>>,
+    },
+    /// The shadow rule set's verdict the record holds (a shadow report).
+    Shadow,
+}
+
+/// Compares logged decisions, one at a time, with proposed rules or with
+/// their shadow verdicts, and tallies the transitions.
 pub struct WhatIf {
-    rules: Arc<RuleSet>,
-    eci: Option<Arc<ProposedEci>>,
+    against: Against,
     report: WhatIfReport,
     by: BTreeMap<(String, String), Transition>,
 }
 
-fn fired(d: &Decision) -> BTreeSet<String> {
-    d.rules.iter().map(|r| r.id.clone()).collect()
+fn fired(v: &Verdict) -> BTreeSet<&str> {
+    v.rules.iter().map(String::as_str).collect()
 }
 
 fn count(map: &mut BTreeMap<String, u64>, key: Option<&String>, unnamed: &mut u64) {
@@ -210,7 +231,7 @@ fn count(map: &mut BTreeMap<String, u64>, key: Option<&String>, unnamed: &mut u6
 }
 
 impl WhatIf {
-    /// A what-if under `rules`.
+    /// A what-if under `rules` (and `eci`, a proposed graph's).
     pub fn new(rules: Arc<RuleSet>, eci: Option<Arc<ProposedEci>>) -> Self {
         Self {
             report: WhatIfReport {
@@ -218,8 +239,16 @@ impl WhatIf {
                 ..WhatIfReport::default()
             },
             by: BTreeMap::new(),
-            rules,
-            eci,
+            against: Against::Proposal { rules, eci },
+        }
+    }
+
+    /// A shadow report: each decision against the shadow verdict it holds.
+    pub fn shadow() -> Self {
+        Self {
+            report: WhatIfReport::default(),
+            by: BTreeMap::new(),
+            against: Against::Shadow,
         }
     }
 
@@ -254,11 +283,31 @@ impl WhatIf {
                 return Err(why);
             }
         };
-        let (mut input, logged) = (parts.input, parts.decision);
-        if let Some(eci) = &self.eci {
-            eci.apply(&mut input);
-        }
-        let again = decide(&input, &self.rules);
+        let logged = Verdict::of(&parts.decision);
+        let again = match &self.against {
+            Against::Proposal { rules, eci } => {
+                let mut input = parts.input;
+                if let Some(eci) = eci {
+                    eci.apply(&mut input);
+                }
+                Verdict::of(&decide(&input, rules))
+            }
+            Against::Shadow => {
+                let Some(shadow) = parts.shadow else {
+                    self.report.unshadowed += 1;
+                    return Ok(());
+                };
+                if shadow.rule_set_hash != self.report.rule_set {
+                    self.report.rule_set.clone_from(&shadow.rule_set_hash);
+                }
+                *self
+                    .report
+                    .shadow_rule_sets
+                    .entry(shadow.rule_set_hash.clone())
+                    .or_default() += 1;
+                shadow
+            }
+        };
         self.report.decisions += 1;
         let (from, to) = (logged.outcome.as_str(), again.outcome.as_str());
         if from == to {
@@ -290,8 +339,8 @@ impl WhatIf {
                 time_ms: e.time_ms,
                 reasons_before: logged.reasons.iter().map(|r| r.code().to_owned()).collect(),
                 reasons_after: again.reasons.iter().map(|r| r.code().to_owned()).collect(),
-                rules_added: after.difference(&before).cloned().collect(),
-                rules_removed: before.difference(&after).cloned().collect(),
+                rules_added: after.difference(&before).map(|r| (*r).to_owned()).collect(),
+                rules_removed: before.difference(&after).map(|r| (*r).to_owned()).collect(),
             });
         }
         Ok(())

@@ -37,6 +37,56 @@ fn hour(ms: i64) -> i64 {
     ms.div_euclid(3_600_000).rem_euclid(24)
 }
 
+/// The proposal: the running rules, and the ledger grant refused in the
+/// current hour and the next (so a test holds across an hour's turn);
+/// the directory, and the current hour.
+fn after_hours_proposal(broker: &BrokerProcess) -> (std::path::PathBuf, i64) {
+    let now_hour = hour(mintguard_broker::clock::now_ms());
+    let proposed = broker.dir.path().join("proposed");
+    std::fs::create_dir_all(&proposed).unwrap();
+    std::fs::write(proposed.join("api.cedar"), POLICIES).unwrap();
+    std::fs::write(proposed.join("ledger.cedar"), LEDGER).unwrap();
+    std::fs::write(
+        proposed.join("after-hours.cedar"),
+        format!(
+            r#"@id("ledger-after-hours")
+forbid (principal, action, resource == Mintguard::Grant::"ledger-token")
+when {{ context.hour == {now_hour} || context.hour == {} }};"#,
+            (now_hour + 1) % 24
+        ),
+    )
+    .unwrap();
+    (proposed, now_hour)
+}
+
+/// What the log itself says the after-hours rule changes: every ledger
+/// decision in those hours not already refused.
+fn after_hours_ledger(decisions: &[Value], now_hour: i64) -> usize {
+    decisions
+        .iter()
+        .filter(|r| r["grant"] == "ledger-token")
+        .filter(|r| {
+            let h = hour(r["body"]["input"]["now_ms"].as_i64().unwrap());
+            h == now_hour || h == (now_hour + 1) % 24
+        })
+        .filter(|r| r["body"]["decision"]["outcome"] != "deny")
+        .count()
+}
+
+/// The mix of traffic: payments and ledger tokens, and requests for a grant
+/// the entry lacks (decided deny, and logged).
+async fn traffic(broker: &BrokerProcess, node: &mintguard_certs::svid::X509Svid) {
+    for i in 0..14 {
+        let (grant, status) = match i % 7 {
+            0..=3 => ("payments-token", 200),
+            4 | 5 => ("ledger-token", 200),
+            _ => ("audit-token", 403),
+        };
+        let reply = issue(broker, node, json!({"grant": grant})).await;
+        assert_eq!(reply.status, status, "{grant}: {}", reply.text);
+    }
+}
+
 /// A broker whose API workload may ask for the payments and ledger grants
 /// through node-1.
 async fn start() -> (BrokerProcess, mintguard_certs::svid::X509Svid) {
@@ -57,36 +107,9 @@ async fn start() -> (BrokerProcess, mintguard_certs::svid::X509Svid) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
     let (broker, node) = start().await;
-    // The mix: payments and ledger tokens, and requests for a grant the
-    // entry lacks (decided deny, and logged).
-    for i in 0..14 {
-        let (grant, status) = match i % 7 {
-            0..=3 => ("payments-token", 200),
-            4 | 5 => ("ledger-token", 200),
-            _ => ("audit-token", 403),
-        };
-        let reply = issue(&broker, &node, json!({"grant": grant})).await;
-        assert_eq!(reply.status, status, "{grant}: {}", reply.text);
-    }
+    traffic(&broker, &node).await;
 
-    // The proposal: the running rules, and the ledger grant refused in the
-    // current hour and the next (so the test holds across an hour's turn).
-    let now_hour = hour(mintguard_broker::clock::now_ms());
-    let proposed = broker.dir.path().join("proposed");
-    std::fs::create_dir_all(&proposed).unwrap();
-    std::fs::write(proposed.join("api.cedar"), POLICIES).unwrap();
-    std::fs::write(proposed.join("ledger.cedar"), LEDGER).unwrap();
-    std::fs::write(
-        proposed.join("after-hours.cedar"),
-        format!(
-            r#"@id("ledger-after-hours")
-forbid (principal, action, resource == Mintguard::Grant::"ledger-token")
-when {{ context.hour == {now_hour} || context.hour == {} }};"#,
-            (now_hour + 1) % 24
-        ),
-    )
-    .unwrap();
-
+    let (proposed, now_hour) = after_hours_proposal(&broker);
     // What the log itself says the rule would change: every ledger
     // decision in those hours not already refused.
     let decisions: Vec<Value> = broker
@@ -94,15 +117,7 @@ when {{ context.hour == {now_hour} || context.hour == {} }};"#,
         .into_iter()
         .filter(|r| r["kind"] == "decision" && r["body"]["decision"].is_object())
         .collect();
-    let expected = decisions
-        .iter()
-        .filter(|r| r["grant"] == "ledger-token")
-        .filter(|r| {
-            let h = hour(r["body"]["input"]["now_ms"].as_i64().unwrap());
-            h == now_hour || h == (now_hour + 1) % 24
-        })
-        .filter(|r| r["body"]["decision"]["outcome"] != "deny")
-        .count();
+    let expected = after_hours_ledger(&decisions, now_hour);
     assert!(expected >= 4, "the mix holds ledger issuances: {expected}");
 
     let proposed_arg = proposed.to_str().unwrap();
@@ -444,4 +459,152 @@ async fn decide_agrees_with_the_issuance_right_after_it() {
             .count(),
         3
     );
+}
+
+/// The after-hours proposal watched as a shadow set on live traffic:
+/// enforcement is untouched, and the shadow disagrees exactly where
+/// `whatif` over the same log says the proposal would — in the report, in
+/// Prometheus and in the status the console reads; `replay` re-decides both
+/// verdicts and the log verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_set_on_live_traffic_disagrees_where_whatif_says() {
+    let (broker, node) = start().await;
+    let (proposed, now_hour) = after_hours_proposal(&broker);
+    let config_file = broker.dir.path().join("broker.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    let watch = |shadow: &str| {
+        let text = config.replace(
+            "cedar = \"policies\"",
+            &format!("cedar = \"policies\"\n{shadow}"),
+        );
+        std::fs::write(&config_file, text).unwrap();
+        broker.cli(&["reload"])
+    };
+
+    // A shadow set that does not load is refused; nothing changes.
+    let broken = broker.dir.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("x.cedar"),
+        "forbid (principal, action, resource) when { nope };",
+    )
+    .unwrap();
+    let refused = watch("shadow = \"broken\"");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("policies.shadow"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    assert_eq!(broker.cli_json(&["shadow", "status"])["configured"], false);
+
+    let reloaded = watch("shadow = \"proposed\"");
+    assert!(
+        reloaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&reloaded.stderr)
+    );
+    let status = broker.cli_json(&["shadow", "status"]);
+    assert_eq!(status["configured"], true, "{status}");
+    let shadow_hash = status["rule_set_hash"].as_str().unwrap().to_owned();
+    let watched: Vec<Value> = broker
+        .logs(&[])
+        .into_iter()
+        .filter(|r| r["outcome"] == "shadow_rules")
+        .collect();
+    assert_eq!(watched.len(), 1, "the log says from when it is watched");
+    assert_eq!(watched[0]["body"]["rule_set_hash"], shadow_hash.as_str());
+
+    // Live traffic: every request is enforced by the running rules (the
+    // ledger grant still issues) and also decided under the shadow set.
+    traffic(&broker, &node).await;
+    let decisions: Vec<Value> = broker
+        .logs(&[])
+        .into_iter()
+        .filter(|r| r["kind"] == "decision" && r["body"]["decision"].is_object())
+        .collect();
+    assert!(
+        decisions
+            .iter()
+            .all(|r| r["body"]["shadow"]["rule_set_hash"] == shadow_hash.as_str())
+    );
+    let expected = after_hours_ledger(&decisions, now_hour);
+    assert!(expected >= 4, "{expected}");
+    for r in decisions.iter().filter(|r| r["grant"] == "ledger-token") {
+        assert_eq!(r["outcome"], "allow", "enforcement never reads the shadow");
+    }
+
+    // The report and what-if over the same log agree, transition by transition.
+    let report = broker.cli_json(&["shadow", "report", "--json"]);
+    let whatif = broker.cli_json(&["whatif", "--rules", proposed.to_str().unwrap(), "--json"]);
+    assert_eq!(report["rule_set"], shadow_hash.as_str(), "{report}");
+    assert_eq!(
+        whatif["rule_set"],
+        shadow_hash.as_str(),
+        "same sources, same trust"
+    );
+    assert_eq!(report["decisions"], decisions.len(), "{report}");
+    assert_eq!(report["changed"], expected, "{report}");
+    let tally = |r: &Value| -> Vec<(Value, Value, Value, Value)> {
+        r["transitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["from"].clone(),
+                    t["to"].clone(),
+                    t["count"].clone(),
+                    t["grants"].clone(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(tally(&report), tally(&whatif), "{report}\n{whatif}");
+    let t = &report["transitions"][0];
+    assert_eq!(
+        (t["from"].as_str(), t["to"].as_str()),
+        (Some("allow"), Some("deny"))
+    );
+    assert_eq!(
+        t["samples"][0]["rules_added"],
+        json!(["ledger-after-hours"])
+    );
+    let gate = broker.cli(&["shadow", "report", "--fail-on", "deny"]);
+    assert_eq!(gate.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gate.stdout).contains("allow → deny"));
+
+    // Prometheus and the console's status count the same disagreements.
+    let metrics = broker.admin_get("/metrics").await;
+    let line =
+        format!("mintguard_shadow_disagreements_total{{from=\"allow\",to=\"deny\"}} {expected}");
+    assert!(metrics.text.contains(&line), "{}", metrics.text);
+    assert!(
+        metrics.text.contains(&format!(
+            "mintguard_shadow_decisions_total {}",
+            decisions.len()
+        )),
+        "{}",
+        metrics.text
+    );
+    let status = broker.cli_json(&["shadow", "status"]);
+    assert_eq!(status["since_start"]["decisions"], decisions.len());
+    assert_eq!(
+        status["since_start"]["disagreements"],
+        json!([{"from": "allow", "to": "deny", "count": expected}])
+    );
+
+    // Replay re-decides both verdicts; the log verifies.
+    let replay = broker.cli_json(&["replay"]);
+    assert_eq!(replay["differences_total"], 0, "{replay}");
+    assert_eq!(replay["shadow_replayed"], decisions.len(), "{replay}");
+    broker.assert_log_verifies();
+
+    // Unwatched: later decisions carry no shadow verdict and are not compared.
+    assert!(watch("").status.success());
+    issue_ok(&broker, &node, 1).await;
+    let report = broker.cli_json(&["shadow", "report", "--json"]);
+    assert_eq!(report["decisions"], decisions.len());
+    assert_eq!(report["unshadowed"], 1, "{report}");
+    assert_eq!(broker.cli_json(&["shadow", "status"])["configured"], false);
 }

@@ -54,7 +54,7 @@ pub mod reason;
 pub mod rules;
 pub mod trust;
 
-pub use decision::{Decision, DecisionInput, decide};
+pub use decision::{Decision, DecisionInput, Verdict, decide};
 pub use error::PolicyError;
 pub use outcome::Outcome;
 pub use reason::Reason;

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use mintguard_broker::cli;
 use mintguard_broker::cli::client::{AdminClient, Target};
 use mintguard_broker::cli::ops::{self, EntryCommand, LogsArgs, TokenCommand, urlencode};
+use mintguard_broker::cli::shadow;
 use mintguard_broker::cli::whatif;
 use serde_json::json;
 
@@ -130,6 +131,11 @@ enum Command {
     /// What proposed rules would have decided: every logged decision
     /// re-decided under them, with the transitions between outcomes.
     Whatif(whatif::WhatifArgs),
+    /// The shadow rule set: what is watched, and where it disagreed.
+    Shadow {
+        #[command(subcommand)]
+        command: shadow::ShadowCommand,
+    },
     /// Re-decide logged decisions under their recorded inputs and rule sets.
     Replay {
         /// Only records newer than this (e.g. 24h).
@@ -420,6 +426,7 @@ async fn run(args: Cli) -> Result<bool, String> {
         .await
         .map(|_| true),
         Command::Whatif(args) => whatif::run(&client, args, out).await,
+        Command::Shadow { command } => shadow::run(&client, command, out).await,
         Command::Decide {
             identity,
             grant,

@@ -5,4 +5,5 @@ pub mod client;
 pub mod eci;
 pub mod log_chain;
 pub mod ops;
+pub mod shadow;
 pub mod whatif;

@@ -27,6 +27,14 @@ pub struct WhatifArgs {
     /// ECI inputs are recomputed under it, and the identities it moves listed.
     #[arg(long, value_name = "FILE")]
     pub graph: Option<PathBuf>,
+    /// Which decisions, and how the report is given.
+    #[command(flatten)]
+    pub scope: ReportScope,
+}
+
+/// The decisions a report covers, and how it is given (`whatif`, `shadow report`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ReportScope {
     /// Only decisions newer than this (e.g. 7d).
     #[arg(long)]
     pub since: Option<String>,
@@ -39,13 +47,62 @@ pub struct WhatifArgs {
     /// Only this node's or CI issuer's.
     #[arg(long)]
     pub node: Option<String>,
-    /// Exit 1 when any decision would move to one of these outcomes
+    /// Exit 1 when any decision moves to one of these outcomes
     /// (comma-separated: deny, step_up, suspend, allow, allow_reduced).
     #[arg(long, value_delimiter = ',')]
     pub fail_on: Vec<String>,
     /// The report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+impl ReportScope {
+    /// Checks `--fail-on`, and sets the window and filters in `body`.
+    pub(super) fn apply(&self, body: &mut Value) -> Result<(), String> {
+        if let Some(bad) = self
+            .fail_on
+            .iter()
+            .find(|o| !OUTCOMES.contains(&o.as_str()))
+        {
+            return Err(format!(
+                "--fail-on {bad:?}: an outcome is one of {}",
+                OUTCOMES.join(", ")
+            ));
+        }
+        if let Some(s) = &self.since {
+            let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
+            body["since_ms"] =
+                json!(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        }
+        for (key, value) in [
+            ("identity", &self.identity),
+            ("grant", &self.grant),
+            ("node", &self.node),
+        ] {
+            if let Some(v) = value {
+                body[key] = json!(v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `report` (`v` as the broker sent it) as asked; `Ok(false)`
+    /// when a `--fail-on` transition occurred.
+    pub(super) fn give(
+        &self,
+        v: &Value,
+        report: &WhatIfReport,
+        print: impl FnOnce(&WhatIfReport, &mut dyn Write) -> std::io::Result<()>,
+        out: &mut dyn Write,
+    ) -> Result<bool, String> {
+        let io = |e: std::io::Error| format!("writing output: {e}");
+        if self.json {
+            writeln!(out, "{v}").map_err(io)?;
+        } else {
+            print(report, out).map_err(io)?;
+        }
+        Ok(!report.reaches(&self.fail_on))
+    }
 }
 
 const OUTCOMES: &[&str] = &["allow", "allow_reduced", "step_up", "deny", "suspend"];
@@ -56,17 +113,7 @@ pub async fn run(
     args: &WhatifArgs,
     out: &mut impl Write,
 ) -> Result<bool, String> {
-    if let Some(bad) = args
-        .fail_on
-        .iter()
-        .find(|o| !OUTCOMES.contains(&o.as_str()))
-    {
-        return Err(format!(
-            "--fail-on {bad:?}: an outcome is one of {}",
-            OUTCOMES.join(", ")
-        ));
-    }
-    let sources = crate::state::load_policies(Some(&args.rules)).map_err(|e| e.to_string())?;
+    let sources = crate::config::load_policies(Some(&args.rules))?;
     if sources.is_empty() {
         return Err(format!(
             "{}: no .cedar files (with none, every request is denied)",
@@ -78,6 +125,7 @@ pub async fn run(
         .map(|s| json!({"name": s.name, "text": s.text}))
         .collect();
     let mut body = json!({"policies": policies});
+    args.scope.apply(&mut body)?;
     if let Some(file) = &args.config {
         let config = crate::config::Config::load(file).map_err(|e| e.to_string())?;
         body["trust"] = serde_json::to_value(&config.trust).map_err(|e| e.to_string())?;
@@ -93,38 +141,24 @@ pub async fn run(
         body["graph"] = serde_json::from_slice(&text)
             .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
     }
-    if let Some(s) = &args.since {
-        let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
-        body["since_ms"] =
-            json!(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-    }
-    for (key, value) in [
-        ("identity", &args.identity),
-        ("grant", &args.grant),
-        ("node", &args.node),
-    ] {
-        if let Some(v) = value {
-            body[key] = json!(v);
-        }
-    }
     let v = client.call("POST", "/admin/v1/whatif", Some(&body)).await?;
     let report: WhatIfReport = serde_json::from_value(v.clone())
         .map_err(|e| format!("the broker's what-if report: {e}"))?;
-    let io = |e: std::io::Error| format!("writing output: {e}");
-    if args.json {
-        writeln!(out, "{v}").map_err(io)?;
-    } else {
-        print(&report, out).map_err(io)?;
-    }
-    Ok(!report.reaches(&args.fail_on))
+    args.scope.give(&v, &report, print, out)
 }
 
-fn print(r: &WhatIfReport, out: &mut impl Write) -> std::io::Result<()> {
+fn print(r: &WhatIfReport, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
         out,
         "rule set {}: {} decisions re-decided, {} change outcome, {} change only reasons or TTL, {} undecodable",
         r.rule_set, r.decisions, r.changed, r.changed_details, r.undecodable
     )?;
+    print_tally(r, out)
+}
+
+/// What follows a report's first line: truncation, findings, ECI moves,
+/// and each transition with its samples.
+pub(super) fn print_tally(r: &WhatIfReport, out: &mut dyn Write) -> std::io::Result<()> {
     if r.truncated {
         writeln!(
             out,

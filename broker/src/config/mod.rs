@@ -32,7 +32,7 @@ pub use limits::LimitsConfig;
 pub use listen::Listen;
 pub use log::LogConfig;
 pub use operators::{ApprovalsConfig, ConsoleConfig, IntrospectionClient, OperatorConfig, Role};
-pub use rules::{EciConfig, PoliciesConfig};
+pub use rules::{EciConfig, PoliciesConfig, load_policies};
 pub use signals::{SignalsConfig, parse_version};
 pub use upstreams::{AppRoleConfig, AwsConfig, VaultConfig};
 
@@ -313,6 +313,7 @@ impl Config {
             },
             policies: PoliciesConfig {
                 cedar: raw.policies.cedar.as_deref().map(resolve),
+                shadow: raw.policies.shadow.as_deref().map(resolve),
             },
             log: LogConfig {
                 checkpoints_file: Some(

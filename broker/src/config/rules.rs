@@ -1,6 +1,8 @@
 //! `[eci]` and `[policies]`: what decides besides the trust score.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use mintguard_policy::rules::PolicySource;
 
 use serde::Deserialize;
 
@@ -35,6 +37,11 @@ pub struct PoliciesConfig {
     /// A directory of `*.cedar` files, relative to the config file. Without
     /// it, no permit exists and everything is denied.
     pub cedar: Option<PathBuf>,
+    /// A directory of `*.cedar` files every live decision is also decided
+    /// under (with the running trust configuration), relative to the config
+    /// file: its verdict is recorded beside the enforced one and never
+    /// enforced (see `mintguard shadow report`).
+    pub shadow: Option<PathBuf>,
 }
 
 impl EciConfig {
@@ -48,4 +55,30 @@ impl EciConfig {
         }
         Ok(())
     }
+}
+
+/// Loads the Cedar sources of a directory (`*.cedar`); none without one.
+pub fn load_policies(dir: Option<&Path>) -> Result<Vec<PolicySource>, String> {
+    let Some(dir) = dir else {
+        return Ok(Vec::new());
+    };
+    let mut sources = Vec::new();
+    let entries = std::fs::read_dir(dir).map_err(|e| format!("policies {}: {e}", dir.display()))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("policies {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            sources.push(PolicySource {
+                name: path
+                    .file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned(),
+                text: std::fs::read_to_string(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            });
+        }
+    }
+    Ok(sources)
 }

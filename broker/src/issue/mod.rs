@@ -68,6 +68,8 @@ pub struct Rules<'a> {
     pub rules_json: &'a Arc<str>,
     /// ECI of the effective graph.
     pub eci: &'a EciReport,
+    /// The shadow rule set, decided beside `rules` and never enforced.
+    pub shadow: Option<&'a crate::shadow::Shadow>,
 }
 
 /// The issuance core and its collaborators.
@@ -251,7 +253,10 @@ impl Issuer<'_> {
         self.metrics
             .decision_seconds
             .observe(decide_started.elapsed().as_secs_f64());
-        let mut extras = Extras::default();
+        let mut extras = Extras {
+            shadow: self.shadow_verdict(&input, &decided),
+            ..Extras::default()
+        };
         let decision = match &subject.break_glass {
             Some(glass) => {
                 let d = inputs::break_glass_override(&decided, grant)?;
@@ -550,6 +555,20 @@ impl Issuer<'_> {
             outcome: Some(decision.outcome.as_str().to_owned()),
             body,
         }
+    }
+
+    /// The shadow rule set's verdict on `input`, counted against the
+    /// enforced `decided`; `None` without a shadow set.
+    fn shadow_verdict(
+        &self,
+        input: &DecisionInput,
+        decided: &Decision,
+    ) -> Option<mintguard_policy::Verdict> {
+        let shadow = self.rules.shadow?;
+        let verdict = mintguard_policy::Verdict::of(&decide(input, &shadow.rules));
+        self.metrics
+            .shadow_decided(decided.outcome.as_str(), verdict.outcome.as_str());
+        Some(verdict)
     }
 
     /// Appends a decision record that commits nothing beside it.

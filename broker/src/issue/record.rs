@@ -77,6 +77,9 @@ pub struct Extras {
     /// The lease committed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease: Option<LeaseBody>,
+    /// The shadow rule set's verdict, never enforced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<mintguard_policy::Verdict>,
     /// What was signed, in public facts (an X.509-SVID's serial, SPIFFE
     /// ID, not-after and key digest; a JWT-SVID's audiences).
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -281,6 +281,7 @@ impl Fixture {
                 rules: &self.dynamic.rules,
                 rules_json: &self.dynamic.rules_json,
                 eci: &self.dynamic.eci,
+                shadow: self.dynamic.shadow.as_ref(),
             },
             identity_limiter: &self.limiter,
             metrics: &self.metrics,

@@ -34,6 +34,9 @@ pub struct DecidedParts {
     pub decision: Decision,
     /// The request as the caller made it.
     pub request: CredentialRequest,
+    /// The shadow rule set's verdict, when one was configured.
+    #[serde(default)]
+    pub shadow: Option<mintguard_policy::Verdict>,
 }
 
 /// Why a decision-bearing record cannot be read.

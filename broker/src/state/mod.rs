@@ -11,10 +11,6 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use mintguard_certs::ca::{CaSettings, CertificateAuthority};
 use mintguard_certs::jwt::{JwtKeySet, JwtSettings};
 use mintguard_certs::svid::X509Svid;
-use mintguard_policy::eci::graph::{ExposureGraph, GrantNode, RegisteredIdentity, effective_graph};
-use mintguard_policy::eci::pagerank::PprParams;
-use mintguard_policy::eci::{EciReport, compute_eci};
-use mintguard_policy::rules::{PolicySource, RuleSet};
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
@@ -23,30 +19,16 @@ use crate::config::{Config, Role};
 use crate::log::checkpoint::LogSigner;
 use crate::store::{Append, Appended, Store, StoreError};
 
+mod dynamic;
 mod log;
 
+pub use dynamic::{Dynamic, Exposure, build_dynamic, exposure};
 pub use log::LogWriter;
 use log::instance_id;
 
-/// What a reload replaces atomically.
-pub struct Dynamic {
-    /// The configuration it came from.
-    pub config: Config,
-    /// Cedar policies + trust configuration.
-    pub rules: RuleSet,
-    /// The rule set's stored form (JSON), written with the first record that uses it.
-    pub rules_json: Arc<str>,
-    /// The effective exposure graph: the operator's, with the grants and
-    /// registered identities (what the console draws).
-    pub graph: ExposureGraph,
-    /// ECI of the effective graph.
-    pub eci: EciReport,
-    /// Each node's blast radius: the ECI it can reach through the identities
-    /// its entries let it vouch for.
-    pub blast_radius: HashMap<String, mintguard_policy::eci::BlastRadius>,
-    /// CI trust policies, compiled.
-    pub ci: crate::ci::CiRuntime,
-}
+/// Simulations (`mintguard decide`) an operator runs per minute at most:
+/// each is a durable record.
+pub const SIMULATIONS_PER_MINUTE: u32 = 60;
 
 /// [`crate::config::upstreams::reconcile_after`], milliseconds.
 pub fn reconcile_after_ms(config: &Config) -> i64 {
@@ -179,138 +161,6 @@ pub fn token_hash(token: &str) -> String {
     crate::ids::hex(&Sha256::digest(token.trim().as_bytes()))
 }
 
-/// Loads the Cedar sources of a directory (`*.cedar`).
-pub fn load_policies(dir: Option<&Path>) -> Result<Vec<PolicySource>, StartError> {
-    let Some(dir) = dir else {
-        return Ok(Vec::new());
-    };
-    let mut sources = Vec::new();
-    let entries =
-        std::fs::read_dir(dir).map_err(|e| setup(format!("policies {}: {e}", dir.display())))?;
-    for entry in entries {
-        let path = entry.map_err(setup)?.path();
-        if path.extension().is_some_and(|e| e == "cedar") {
-            sources.push(PolicySource {
-                name: path
-                    .file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned(),
-                text: std::fs::read_to_string(&path)
-                    .map_err(|e| setup(format!("{}: {e}", path.display())))?,
-            });
-        }
-    }
-    Ok(sources)
-}
-
-/// What an exposure graph makes of the registered identities.
-pub struct Exposure {
-    /// The effective graph: the operator's, with a node per grant (edges to
-    /// its `eci_targets`) and per registered identity (edges to its grants).
-    pub graph: ExposureGraph,
-    /// ECI of the effective graph.
-    pub eci: EciReport,
-    /// Each node's blast radius over the identities its entries vouch for.
-    pub blast_radius: HashMap<String, mintguard_policy::eci::BlastRadius>,
-}
-
-/// The ECI and blast radii `graph` gives under `config`'s grants and the
-/// store's entries (the running broker's, or a what-if's proposal).
-pub async fn exposure(
-    config: &Config,
-    graph: &ExposureGraph,
-    store: &dyn Store,
-) -> Result<Exposure, String> {
-    let grants: Vec<GrantNode> = config
-        .grants
-        .values()
-        .map(|g| GrantNode {
-            name: g.name.clone(),
-            eci_targets: g.eci_targets.clone(),
-        })
-        .collect();
-    let mut identities: HashMap<String, Vec<String>> = HashMap::new();
-    let mut vouches: HashMap<String, std::collections::BTreeSet<String>> = HashMap::new();
-    for entry in store.entries(None).await.map_err(|e| e.to_string())? {
-        vouches
-            .entry(entry.parent.clone())
-            .or_default()
-            .insert(entry.spiffe_id.clone());
-        identities.entry(entry.spiffe_id).or_default().extend(
-            entry
-                .grants
-                .into_iter()
-                .filter(|g| config.grants.contains_key(g)),
-        );
-    }
-    let identities: Vec<RegisteredIdentity> = identities
-        .into_iter()
-        .map(|(id, grants)| RegisteredIdentity { id, grants })
-        .collect();
-    let effective =
-        effective_graph(graph, &grants, &identities).map_err(|e| format!("eci: {e}"))?;
-    let params = PprParams {
-        alpha: config.eci.alpha,
-        half_life_days: config.eci.half_life_days,
-        ..PprParams::default()
-    };
-    let eci = compute_eci(
-        &effective,
-        &params,
-        OffsetDateTime::now_utc().unix_timestamp(),
-    );
-    let blast_radius = vouches
-        .into_iter()
-        .map(|(node, ids)| {
-            let radius = mintguard_policy::eci::blast_radius(&eci, ids.iter().map(String::as_str));
-            (node, radius)
-        })
-        .collect();
-    Ok(Exposure {
-        graph: effective,
-        eci,
-        blast_radius,
-    })
-}
-
-/// Builds the reloadable part from a configuration and the registered entries.
-pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic, StartError> {
-    let rules = RuleSet::new(
-        load_policies(config.policies.cedar.as_deref())?,
-        config.trust.clone(),
-    )
-    .map_err(|e| setup(format!("policies: {e}")))?;
-    let rules_json: Arc<str> = serde_json::to_string(&rules.to_stored())
-        .map_err(setup)?
-        .into();
-    let graph = match &config.eci.graph {
-        Some(path) => ExposureGraph::from_json(
-            &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,
-        )
-        .map_err(|e| setup(format!("{}: {e}", path.display())))?,
-        None => ExposureGraph::new(),
-    };
-    let Exposure {
-        graph: effective,
-        eci,
-        blast_radius,
-    } = exposure(&config, &graph, store).await.map_err(setup)?;
-    for w in &eci.warnings {
-        tracing::warn!("eci: {w}");
-    }
-    let ci = crate::ci::CiRuntime::new(&config.ci).map_err(|e| setup(format!("ci: {e}")))?;
-    Ok(Dynamic {
-        config,
-        rules,
-        rules_json,
-        graph: effective,
-        eci,
-        blast_radius,
-        ci,
-    })
-}
-
 /// The broker.
 pub struct Broker {
     /// Reloadable configuration and decision inputs.
@@ -360,6 +210,8 @@ pub struct Broker {
     pub identity_limiter: DefaultKeyedRateLimiter<String>,
     /// CI requests per client address (before any token work or log write).
     pub ci_limiter: DefaultKeyedRateLimiter<std::net::IpAddr>,
+    /// `mintguard decide` per operator (each simulation is a record).
+    pub simulation_limiter: DefaultKeyedRateLimiter<String>,
     /// Refusals of unauthenticated callers, counted per window.
     pub refusals: crate::refusals::RefusalTally,
     /// CI issuers' keys, cached across reloads.
@@ -384,6 +236,7 @@ impl Broker {
                 rules: &dynamic.rules,
                 rules_json: &dynamic.rules_json,
                 eci: &dynamic.eci,
+                shadow: dynamic.shadow.as_ref(),
             },
             identity_limiter: &self.identity_limiter,
             metrics: &self.metrics,
@@ -408,6 +261,7 @@ impl Broker {
         self.node_limiter.retain_recent();
         self.identity_limiter.retain_recent();
         self.ci_limiter.retain_recent();
+        self.simulation_limiter.retain_recent();
         self.ci_limiter.shrink_to_fit();
     }
 
@@ -557,7 +411,7 @@ impl Broker {
             last_checkpoint = last_cp,
             "issuance log opened"
         );
-        Ok(Arc::new(Self {
+        let broker = Arc::new(Self {
             dynamic: ArcSwap::from_pointee(dynamic),
             store,
             clock,
@@ -587,11 +441,19 @@ impl Broker {
             node_limiter: RateLimiter::keyed(Quota::per_second(per_node)),
             identity_limiter: RateLimiter::keyed(Quota::per_second(per_identity)),
             ci_limiter: RateLimiter::keyed(Quota::per_second(per_ci_address)),
+            simulation_limiter: RateLimiter::keyed(Quota::per_minute(
+                NonZeroU32::new(SIMULATIONS_PER_MINUTE).unwrap_or(NonZeroU32::MIN),
+            )),
             refusals: crate::refusals::RefusalTally::default(),
             ci_verifier: crate::ci::verify::CiVerifier::default(),
             metrics: crate::metrics::Metrics::default(),
             analysis,
-        }))
+        });
+        broker
+            .record_shadow(&broker.dynamic.load())
+            .await
+            .map_err(setup)?;
+        Ok(broker)
     }
 
     /// The current configuration.
@@ -640,7 +502,7 @@ impl Broker {
             .await
             .map_err(|e| e.to_string())?;
         let hash = dynamic.rules.hash().to_owned();
-        self.dynamic.store(Arc::new(dynamic));
+        self.install(dynamic).await?;
         if let Ok(mut o) = self.operators.write() {
             *o = operators;
         }

@@ -302,6 +302,39 @@ pub struct Decision {
     pub rule_set_hash: String,
 }
 
+/// What a rule set decided, in brief: what a decision record keeps of a
+/// shadow rule set's decision, and what a what-if compares.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    /// The rule set that decided.
+    pub rule_set_hash: String,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// Why, sorted.
+    pub reasons: Vec<Reason>,
+    /// The TTL it would mint, seconds.
+    pub ttl_seconds: u64,
+    /// Whether it would mint the reduced variant.
+    pub reduced: bool,
+    /// The `@id`s of the Cedar rules that matched.
+    pub rules: Vec<String>,
+}
+
+impl Verdict {
+    /// `decision` in brief.
+    pub fn of(decision: &Decision) -> Self {
+        Self {
+            rule_set_hash: decision.rule_set_hash.clone(),
+            outcome: decision.outcome,
+            reasons: decision.reasons.clone(),
+            ttl_seconds: decision.ttl_seconds,
+            reduced: decision.reduced,
+            rules: decision.rules.iter().map(|r| r.id.clone()).collect(),
+        }
+    }
+}
+
 /// Budget balance Cedar sees when no budget applies.
 pub const UNLIMITED_BUDGET: i64 = 1_000_000_000;
 

@@ -546,8 +546,13 @@ impl<'a> ChainVerifier<'a> {
         match decode::decided(&record.entry) {
             Ok(Some(Decided::Decision(parts))) => {
                 self.decisions += 1;
-                if !self.rule_sets.contains(&parts.decision.rule_set_hash) {
-                    self.rule_sets.insert(parts.decision.rule_set_hash.clone());
+                // The enforced rule set, and a shadow set's: each must be
+                // stored and hash to its name.
+                let shadow = parts.shadow.as_ref().map(|s| &s.rule_set_hash);
+                for hash in std::iter::once(&parts.decision.rule_set_hash).chain(shadow) {
+                    if !self.rule_sets.contains(hash) {
+                        self.rule_sets.insert(hash.clone());
+                    }
                 }
             }
             Ok(_) => {}

@@ -19,7 +19,7 @@ use crate::config::Role;
 use crate::http::{ApiError, Json};
 use crate::ids::random_id;
 use crate::issue::{Gathered, Observed, Subject};
-use crate::state::Broker;
+use crate::state::{Broker, SIMULATIONS_PER_MINUTE};
 
 /// How far from now a simulation may be set (`at_ms`), ms.
 pub const MAX_SHIFT_MS: i64 = 366 * 86_400_000;
@@ -80,7 +80,7 @@ pub(super) async fn decide_one(
     }
     let wall = broker.clock.now_ms();
     let now = req.at_ms.unwrap_or(wall);
-    if (now - wall).abs() > MAX_SHIFT_MS {
+    if now.abs_diff(wall) > MAX_SHIFT_MS.unsigned_abs() {
         return Err(ApiError::bad_request(
             "bad_time",
             "at_ms must lie within a year of now",
@@ -110,6 +110,21 @@ pub(super) async fn decide_one(
             "no registration entry names this identity (under that node)",
         ));
     };
+    // As the node door: an entry that does not say who runs the workload
+    // is not honoured.
+    if !crate::store::Entry::pins_who(&entry.selectors) {
+        return Err(ApiError::forbidden("weak_entry", crate::store::WEAK_ENTRY)
+            .with_reasons(vec![entry.id.clone()]));
+    }
+    // Each simulation is a durable record: an operator runs at most
+    // `SIMULATIONS_PER_MINUTE` a minute.
+    if broker.simulation_limiter.check_key(&op.name).is_err() {
+        return Err(ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("at most {SIMULATIONS_PER_MINUTE} simulations a minute per operator"),
+        ));
+    }
     let attestation = if entry
         .selectors
         .iter()
@@ -155,6 +170,12 @@ pub(super) async fn decide_one(
         .gather(grant, &request, &subject, now)
         .await?;
     let decision = decide(&input, &dynamic.rules);
+    // The shadow set's verdict too, as a live decision would record it
+    // (not counted: nothing was asked for).
+    let shadow = dynamic
+        .shadow
+        .as_ref()
+        .map(|s| mintguard_policy::Verdict::of(&decide(&input, &s.rules)));
     let request_id = random_id("sim");
     write_admin(
         &broker,
@@ -174,6 +195,6 @@ pub(super) async fn decide_one(
         "identity": entry.spiffe_id,
         "grant": grant.name,
         "node": entry.parent,
-        "body": {"input": input, "decision": decision},
+        "body": {"input": input, "decision": decision, "shadow": shadow},
     })))
 }

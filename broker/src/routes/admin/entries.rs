@@ -132,7 +132,11 @@ pub(super) async fn create_entry(
 pub(super) async fn reload_eci(broker: &Broker) {
     let config = broker.config();
     match crate::state::build_dynamic(config, &*broker.store).await {
-        Ok(d) => broker.dynamic.store(Arc::new(d)),
+        Ok(d) => {
+            if let Err(e) = broker.install(d).await {
+                tracing::error!(%e, "installing the recomputed ECI failed; keeping the previous values");
+            }
+        }
         Err(e) => tracing::error!(%e, "recomputing ECI failed; keeping the previous values"),
     }
 }

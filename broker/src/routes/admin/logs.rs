@@ -1,5 +1,5 @@
 //! The issuance log as operators read it: pages, verification, explain,
-//! replay, checkpoints and retention.
+//! checkpoints and retention (`replay` is its own file).
 
 use std::collections::BTreeMap;
 
@@ -81,7 +81,7 @@ pub(super) struct RecordPages<'a> {
 }
 
 impl<'a> RecordPages<'a> {
-    fn new(broker: &'a Broker) -> Self {
+    pub(super) fn new(broker: &'a Broker) -> Self {
         Self {
             broker,
             after: LogCursor::default(),
@@ -90,7 +90,7 @@ impl<'a> RecordPages<'a> {
     }
 
     /// The next page, or `None` after the last.
-    async fn next(&mut self) -> Result<Option<Vec<LogRecord>>, ApiError> {
+    pub(super) async fn next(&mut self) -> Result<Option<Vec<LogRecord>>, ApiError> {
         if self.done {
             return Ok(None);
         }
@@ -313,127 +313,6 @@ pub(super) async fn explain(
     }
     Ok(axum::Json(
         json!({"request_id": request_id, "records": records, "detections": detections, "findings": findings}),
-    ))
-}
-
-#[derive(Deserialize)]
-pub(super) struct ReplayParams {
-    since_ms: Option<i64>,
-    /// Only this request's decisions.
-    request_id: Option<String>,
-}
-
-/// Differences `replay` lists (all are counted).
-pub(super) const MAX_LISTED_DIFFERENCES: usize = 1000;
-
-pub(super) fn note_difference(listed: &mut Vec<Value>, total: &mut usize, difference: Value) {
-    *total += 1;
-    if listed.len() < MAX_LISTED_DIFFERENCES {
-        listed.push(difference);
-    }
-}
-
-/// Re-decides every logged decision under its recorded input and rule set,
-/// reading the log a page at a time; the first `MAX_LISTED_DIFFERENCES`
-/// differences are listed, all are counted.
-pub(super) async fn replay(
-    State(broker): State<Arc<Broker>>,
-    op: Operator,
-    Query(p): Query<ReplayParams>,
-) -> Result<axum::Json<Value>, ApiError> {
-    op.require(Role::Viewer)?;
-    let Ok(_job) = broker.log_job.try_lock() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "log_job_running",
-            "a what-if or replay over the log is running; ask again when it ends",
-        ));
-    };
-    let mut rule_sets: std::collections::HashMap<
-        String,
-        Result<RuleSet, crate::log::rule_sets::RuleSetProblem>,
-    > = std::collections::HashMap::new();
-    let (mut replayed, mut differences, mut total) = (0usize, Vec::new(), 0usize);
-    let mut undecodable = 0usize;
-    // One request's records, or the whole log a page at a time.
-    let mut one = match &p.request_id {
-        Some(id) if id.is_empty() || id.len() > 128 => {
-            return Err(ApiError::bad_request(
-                "bad_request_id",
-                "a request id is 1 to 128 characters",
-            ));
-        }
-        Some(id) => Some(broker.store.log_for_request(id).await?),
-        None => None,
-    };
-    let mut pages = RecordPages::new(&broker);
-    loop {
-        let page = match one.take() {
-            Some(records) => records,
-            None if p.request_id.is_some() => break,
-            None => match pages.next().await? {
-                Some(page) => page,
-                None => break,
-            },
-        };
-        for record in page {
-            if !record.entry.kind.has_decision()
-                || p.since_ms.is_some_and(|s| record.entry.time_ms < s)
-            {
-                continue;
-            }
-            let parts = match crate::log::decode::decided(&record.entry) {
-                Ok(Some(Decided::Decision(parts))) => parts,
-                Ok(_) => continue,
-                Err(why) => {
-                    broker.metrics.undecodable("replay", record.seq, &why);
-                    undecodable += 1;
-                    note_difference(
-                        &mut differences,
-                        &mut total,
-                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "undecodable", "reason": why.0}),
-                    );
-                    continue;
-                }
-            };
-            let (input, logged) = (parts.input, parts.decision);
-            let hash = logged.rule_set_hash.clone();
-            if !rule_sets.contains_key(&hash) {
-                let stored = broker.store.rule_set(&hash).await?;
-                rule_sets.insert(
-                    hash.clone(),
-                    crate::log::rule_sets::load(&hash, stored.as_deref()),
-                );
-            }
-            let rules = match &rule_sets[&hash] {
-                Ok(rules) => rules,
-                Err(problem) => {
-                    note_difference(
-                        &mut differences,
-                        &mut total,
-                        json!({"seq": record.seq, "request_id": record.entry.request_id, "difference": "rule_set", "problem": problem, "message": problem.to_string()}),
-                    );
-                    continue;
-                }
-            };
-            let again = decide(&input, rules);
-            replayed += 1;
-            if again != logged {
-                note_difference(
-                    &mut differences,
-                    &mut total,
-                    json!({
-                        "seq": record.seq,
-                        "request_id": record.entry.request_id,
-                        "logged": {"outcome": logged.outcome, "reasons": logged.reasons},
-                        "replayed": {"outcome": again.outcome, "reasons": again.reasons},
-                    }),
-                );
-            }
-        }
-    }
-    Ok(axum::Json(
-        json!({"replayed": replayed, "differences": differences, "differences_total": total, "undecodable": undecodable}),
     ))
 }
 

@@ -12,6 +12,8 @@ mod exposure;
 mod leases;
 mod logs;
 mod recent;
+mod replay;
+mod shadow;
 mod subjects;
 mod whatif;
 
@@ -49,8 +51,9 @@ use approvals::{
 };
 use entries::{create_entry, create_token, delete_entry, list_entries};
 use leases::{budget_show, budget_top_up, leases, revoke};
-use logs::{checkpoints, explain, log_key, logs, prune, replay, retire_chain, rule_set, verify};
+use logs::{checkpoints, explain, log_key, logs, prune, retire_chain, rule_set, verify};
 use recent::recent;
+use replay::replay;
 use subjects::{get_signals, identities, put_signal, resume, suspend, suspension};
 
 /// Most records one log page returns.
@@ -74,6 +77,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .route("/admin/v1/replay", post(replay))
         .route("/admin/v1/whatif", post(whatif::whatif))
         .route("/admin/v1/decide", post(decide::decide_one))
+        .route("/admin/v1/shadow", get(shadow::shadow_status))
+        .route("/admin/v1/shadow/report", post(shadow::shadow_report))
         .route("/admin/v1/leases", get(leases))
         .route("/admin/v1/leases/{id}/revoke", post(revoke))
         .route("/admin/v1/approvals", get(list_approvals))

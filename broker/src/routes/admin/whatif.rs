@@ -96,23 +96,15 @@ pub(super) async fn whatif(
         mintguard_api::check_text("bad_policy_name", "policy name", &p.name, 256)
             .map_err(ApiError::from_input)?;
     }
-    for (code, what, value) in [
-        ("bad_identity", "identity", &req.identity),
-        ("bad_grant", "grant", &req.grant),
-        ("bad_node", "node", &req.node),
-    ] {
-        if let Some(v) = value {
-            mintguard_api::check_text(code, what, v, 2048).map_err(ApiError::from_input)?;
-        }
+    let query = Scope {
+        since_ms: req.since_ms,
+        identity: req.identity,
+        grant: req.grant,
+        node: req.node,
     }
+    .query()?;
     let trust = proposed_trust(broker.config().trust, req.trust)?;
-    let Ok(_job) = broker.log_job.try_lock() else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "log_job_running",
-            "a what-if or replay over the log is running; ask again when it ends",
-        ));
-    };
+    let _job = log_job(&broker)?;
     let sources = req
         .policies
         .into_iter()
@@ -134,18 +126,26 @@ pub(super) async fn whatif(
         }
         None => (None, None),
     };
-    let mut whatif = WhatIf::new(Arc::new(rules), eci);
-    let query = LogQuery {
-        identity: req.identity,
-        grant: req.grant,
-        node: req.node,
-        since_ms: req.since_ms,
-        limit: MAX_PAGE,
-        ..Default::default()
-    };
+    let whatif = WhatIf::new(Arc::new(rules), eci);
+    let mut report = scan(&broker, &query, whatif).await?;
+    if let Some((changes, total)) = changes {
+        report.eci_changes = changes;
+        report.eci_changed = total;
+    }
+    Ok(axum::Json(serde_json::to_value(report).unwrap_or_default()))
+}
+
+/// Feeds the records `query` selects to `whatif`, a page at a time off the
+/// async workers, until the last page or `MAX_DECISIONS`; the caller holds
+/// `log_job`.
+pub(super) async fn scan(
+    broker: &Broker,
+    query: &LogQuery,
+    mut whatif: WhatIf,
+) -> Result<crate::whatif::WhatIfReport, ApiError> {
     let mut after = LogCursor::default();
     loop {
-        let page = read_log(&*broker.store, &query, &after).await?;
+        let page = read_log(&*broker.store, query, &after).await?;
         for record in &page {
             after.advance(&record.chain, record.seq);
         }
@@ -166,15 +166,58 @@ pub(super) async fn whatif(
             broker.metrics.undecodable("whatif", *seq, why);
         }
         if last || whatif.full() {
-            break;
+            return Ok(whatif.finish());
         }
     }
-    let mut report = whatif.finish();
-    if let Some((changes, total)) = changes {
-        report.eci_changes = changes;
-        report.eci_changed = total;
+}
+
+/// One whole-log job at a time: the lock, or 409.
+pub(super) fn log_job(broker: &Broker) -> Result<tokio::sync::MutexGuard<'_, ()>, ApiError> {
+    broker.log_job.try_lock().map_err(|_| {
+        ApiError::new(
+            StatusCode::CONFLICT,
+            "log_job_running",
+            "a what-if or replay over the log is running; ask again when it ends",
+        )
+    })
+}
+
+/// The decisions a whole-log report covers.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct Scope {
+    /// Only decisions from this time.
+    #[serde(default)]
+    pub since_ms: Option<i64>,
+    #[serde(default)]
+    pub identity: Option<String>,
+    #[serde(default)]
+    pub grant: Option<String>,
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl Scope {
+    /// The log query it makes, its filters checked.
+    pub fn query(self) -> Result<LogQuery, ApiError> {
+        for (code, what, value) in [
+            ("bad_identity", "identity", &self.identity),
+            ("bad_grant", "grant", &self.grant),
+            ("bad_node", "node", &self.node),
+        ] {
+            if let Some(v) = value {
+                mintguard_api::check_text(code, what, v, 2048).map_err(ApiError::from_input)?;
+            }
+        }
+        Ok(LogQuery {
+            identity: self.identity,
+            grant: self.grant,
+            node: self.node,
+            since_ms: self.since_ms,
+            limit: MAX_PAGE,
+            ..Default::default()
+        })
     }
-    Ok(axum::Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
 /// Identities whose ECI change a report lists.
