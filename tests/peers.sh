@@ -18,6 +18,7 @@
 #   a second Unix user     MINTGUARD_TEST_USER (mg-test)
 #   py-spiffe 0.3.2        MINTGUARD_SPIFFE_PYTHON (the SPIFFE Workload API client, in a
 #                          system-Python venv every user can run: /opt/mintguard-spiffe-venv)
+#   cvc5 (Debian's)        MINTGUARD_CVC5, the SMT solver of `mintguard rules diff`
 #   headless Chromium      MINTGUARD_CHROMIUM (Debian's), MINTGUARD_PLAYWRIGHT (playwright-core
 #                          from npm, the directory to import), for the console's browser tests
 #
@@ -75,6 +76,13 @@ install_peers() {
         chmod -R a+rX "$SPIFFE_VENV"
         printf '%s\n' "$spiffe_want" >"$spiffe_stamp"
     fi
+
+    # cvc5 from Debian, the SMT solver `mintguard rules diff` runs.
+    if ! command -v cvc5 >/dev/null; then
+        log "installing cvc5 (apt)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cvc5 >/dev/null
+    fi
+    command -v cvc5 >/dev/null || die "no cvc5 after install"
 
     # Headless Chromium from Debian and playwright-core from npm, for the
     # console's browser tests (Playwright's own browser download fails here).
@@ -246,6 +254,8 @@ main() {
     export MINTGUARD_TEST_USER=$TEST_USER MINTGUARD_PEERS_LOGS=$WORK
     export MINTGUARD_SPIFFE_PYTHON=$SPIFFE_VENV/bin/python
     export MINTGUARD_PLAYWRIGHT=$CACHE/playwright/node_modules/playwright-core MINTGUARD_CHROMIUM=/usr/bin/chromium
+    MINTGUARD_CVC5=$(command -v cvc5)
+    export MINTGUARD_CVC5
     export PATH="$VENV/bin:$PATH"
 
     local status=0

@@ -48,9 +48,12 @@ pub struct TransitionLabel {
     pub to: String,
 }
 
-/// Shadow decisions since the broker started, as the console shows them.
+/// Decisions under the shadow rule set watched now, since this broker
+/// began watching it (as the console shows them).
 #[derive(Debug, Default)]
 pub struct ShadowTally {
+    /// The shadow rule set counted (a different one starts the counts afresh).
+    pub rule_set: String,
     /// Live decisions also decided under a shadow rule set.
     pub decisions: u64,
     /// Those where it disagreed, by (enforced, shadow) outcome.
@@ -225,9 +228,11 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts a live decision also decided under the shadow rule set, and
-    /// whether its outcome (`shadow`) disagreed with the enforced one.
-    pub fn shadow_decided(&self, enforced: &str, shadow: &str) {
+    /// Counts a live decision also decided under the shadow rule set
+    /// `rule_set` (when decided: a record that then fails to be written is
+    /// counted too), and whether its outcome (`shadow`) disagreed with the
+    /// enforced one.
+    pub fn shadow_decided(&self, rule_set: &str, enforced: &str, shadow: &str) {
         self.shadow_decisions.inc();
         let disagrees = enforced != shadow;
         if disagrees {
@@ -239,6 +244,12 @@ impl Metrics {
                 .inc();
         }
         if let Ok(mut tally) = self.shadow_tally.lock() {
+            if tally.rule_set != rule_set {
+                *tally = ShadowTally {
+                    rule_set: rule_set.to_owned(),
+                    ..ShadowTally::default()
+                };
+            }
             tally.decisions += 1;
             if disagrees {
                 *tally

@@ -155,10 +155,14 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
 
     let workloads = register(&broker, &config, plan, &grants, from).await?;
     // ECI and blast radius over the new entries.
-    let dynamic = crate::state::build_dynamic(config, &*broker.store)
-        .await
-        .map_err(|e| e.to_string())?;
-    broker.install(dynamic).await?;
+    {
+        let _reloading = broker.reloading.lock().await;
+        let running = broker.dynamic.load_full();
+        let dynamic = crate::state::with_new_exposure(&running, &*broker.store)
+            .await
+            .map_err(|e| e.to_string())?;
+        broker.install(dynamic).await?;
+    }
 
     let mut analysis = anomaly
         .enabled

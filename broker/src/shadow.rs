@@ -51,24 +51,47 @@ impl Shadow {
         self.rules.hash()
     }
 
+    /// The record that says no shadow rule set is watched from now on.
+    pub fn none_record(now_ms: i64) -> Append {
+        Append::record(watch_record(
+            now_ms,
+            json!({"action": "shadow_rules", "rule_set_hash": null}),
+        ))
+    }
+
     /// The record that stores it and says it is watched from now on.
     pub fn record(&self, dir: &Path, now_ms: i64) -> Append {
-        let mut append = Append::record(LogEntry {
-            time_ms: now_ms,
-            kind: RecordKind::Admin,
-            request_id: crate::ids::random_id("shadow"),
-            identity: None,
-            grant: None,
-            node: None,
-            outcome: Some("shadow_rules".to_owned()),
-            body: json!({
+        let policies: Vec<String> = self
+            .rules
+            .to_stored()
+            .policies
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let mut append = Append::record(watch_record(
+            now_ms,
+            json!({
                 "action": "shadow_rules",
                 "rule_set_hash": self.hash(),
                 "dir": dir.display().to_string(),
-                "policies": self.rules.to_stored().policies.iter().map(|p| &p.name).collect::<Vec<_>>(),
+                "policies": policies,
             }),
-        });
+        ));
         append.rule_set = Some((self.hash().to_owned(), self.rules_json.clone()));
         append
+    }
+}
+
+/// A `shadow_rules` record (which set is watched from now on).
+fn watch_record(now_ms: i64, body: serde_json::Value) -> LogEntry {
+    LogEntry {
+        time_ms: now_ms,
+        kind: RecordKind::Admin,
+        request_id: crate::ids::random_id("shadow"),
+        identity: None,
+        grant: None,
+        node: None,
+        outcome: Some("shadow_rules".to_owned()),
+        body,
     }
 }

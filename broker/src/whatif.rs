@@ -23,7 +23,8 @@ use crate::log::decode::{Decided, Undecodable, decided};
 pub const SAMPLES: usize = 5;
 /// Identities, grants and nodes named per transition (all are counted).
 pub const NAMED: usize = 50;
-/// Most decisions one what-if re-decides; past it the report is truncated.
+/// Most decision records one what-if reads (re-decided, compared, or not);
+/// past it the report is truncated.
 pub const MAX_DECISIONS: u64 = 5_000_000;
 
 /// One transition's tally.
@@ -211,6 +212,8 @@ enum Against {
 /// their shadow verdicts, and tallies the transitions.
 pub struct WhatIf {
     against: Against,
+    /// Decision records read (all count toward `MAX_DECISIONS`, compared or not).
+    scanned: u64,
     report: WhatIfReport,
     by: BTreeMap<(String, String), Transition>,
 }
@@ -239,6 +242,7 @@ impl WhatIf {
                 ..WhatIfReport::default()
             },
             by: BTreeMap::new(),
+            scanned: 0,
             against: Against::Proposal { rules, eci },
         }
     }
@@ -248,6 +252,7 @@ impl WhatIf {
         Self {
             report: WhatIfReport::default(),
             by: BTreeMap::new(),
+            scanned: 0,
             against: Against::Shadow,
         }
     }
@@ -263,10 +268,11 @@ impl WhatIf {
         if !record.entry.kind.has_decision() || self.report.truncated {
             return Ok(());
         }
-        if self.report.decisions >= MAX_DECISIONS {
+        if self.scanned >= MAX_DECISIONS {
             self.report.truncated = true;
             return Ok(());
         }
+        self.scanned += 1;
         let parts = match decided(&record.entry) {
             Ok(Some(Decided::Decision(parts))) => parts,
             Ok(_) => return Ok(()),

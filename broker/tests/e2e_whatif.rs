@@ -461,6 +461,15 @@ async fn decide_agrees_with_the_issuance_right_after_it() {
     );
 }
 
+/// The log's records of which shadow set is watched.
+fn shadow_rules_records(broker: &BrokerProcess) -> Vec<Value> {
+    broker
+        .logs(&[])
+        .into_iter()
+        .filter(|r| r["outcome"] == "shadow_rules")
+        .collect()
+}
+
 /// The after-hours proposal watched as a shadow set on live traffic:
 /// enforcement is untouched, and the shadow disagrees exactly where
 /// `whatif` over the same log says the proposal would — in the report, in
@@ -507,11 +516,7 @@ async fn a_shadow_set_on_live_traffic_disagrees_where_whatif_says() {
     let status = broker.cli_json(&["shadow", "status"]);
     assert_eq!(status["configured"], true, "{status}");
     let shadow_hash = status["rule_set_hash"].as_str().unwrap().to_owned();
-    let watched: Vec<Value> = broker
-        .logs(&[])
-        .into_iter()
-        .filter(|r| r["outcome"] == "shadow_rules")
-        .collect();
+    let watched = shadow_rules_records(&broker);
     assert_eq!(watched.len(), 1, "the log says from when it is watched");
     assert_eq!(watched[0]["body"]["rule_set_hash"], shadow_hash.as_str());
 
@@ -607,4 +612,7 @@ async fn a_shadow_set_on_live_traffic_disagrees_where_whatif_says() {
     assert_eq!(report["decisions"], decisions.len());
     assert_eq!(report["unshadowed"], 1, "{report}");
     assert_eq!(broker.cli_json(&["shadow", "status"])["configured"], false);
+    let watched = shadow_rules_records(&broker);
+    assert_eq!(watched.len(), 2, "the log says when it stopped, too");
+    assert_eq!(watched[1]["body"]["rule_set_hash"], Value::Null);
 }

@@ -85,6 +85,9 @@ pub struct RuleSet {
     count: usize,
     graduated: HashMap<PolicyId, Outcome>,
     permits: HashSet<PolicyId>,
+    /// Every policy as written (ids from `@id`), validated: what static
+    /// analysis reads ([`RuleSet::at_most`]).
+    validated: PolicySet,
     authorizer: std::sync::Arc<Authorizer>,
     entities: std::sync::Arc<EntityCache>,
 }
@@ -270,6 +273,7 @@ impl RuleSet {
             count,
             graduated,
             permits,
+            validated: all,
             authorizer: std::sync::Arc::new(Authorizer::new()),
             entities: std::sync::Arc::default(),
         })
@@ -306,6 +310,44 @@ impl RuleSet {
     /// Whether the rule set has no policy (everything is denied).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The requests these rules give `level` or a weaker outcome, as one
+    /// plain Cedar policy set that allows exactly those (for static
+    /// analysis): the permits, and as forbids the forbids that select a
+    /// stronger outcome than `level` (a forbid without `@outcome` selects
+    /// deny). At `deny` and above no permit is needed, so one permitting
+    /// everything stands in for them. Cedar treats a policy that errors as
+    /// not matching, where decisions deny on it.
+    pub fn at_most(&self, level: Outcome) -> Result<PolicySet, PolicyError> {
+        let mut set = PolicySet::new();
+        let add = |set: &mut PolicySet, p: Policy| {
+            let id = p.id().to_string();
+            set.add(p)
+                .map_err(|e| cedar_err("<analysis>", format!("policy {id:?}: {e}")))
+        };
+        if level >= Outcome::Deny {
+            let any = Policy::from_str("permit (principal, action, resource);")
+                .map_err(|e| cedar_err("<analysis>", e))?
+                .new_id(PolicyId::new("mintguard-any-request"));
+            add(&mut set, any)?;
+        }
+        for policy in self.validated.policies() {
+            let keep = match policy.effect() {
+                Effect::Permit => level < Outcome::Deny,
+                Effect::Forbid => {
+                    self.graduated
+                        .get(policy.id())
+                        .copied()
+                        .unwrap_or(Outcome::Deny)
+                        > level
+                }
+            };
+            if keep {
+                add(&mut set, policy.clone())?;
+            }
+        }
+        Ok(set)
     }
 
     /// The entities for `key` (the strings they are built from), built by

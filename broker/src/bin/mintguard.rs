@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use mintguard_broker::cli;
 use mintguard_broker::cli::client::{AdminClient, Target};
 use mintguard_broker::cli::ops::{self, EntryCommand, LogsArgs, TokenCommand, urlencode};
+use mintguard_broker::cli::rules;
 use mintguard_broker::cli::shadow;
 use mintguard_broker::cli::whatif;
 use serde_json::json;
@@ -131,6 +132,11 @@ enum Command {
     /// What proposed rules would have decided: every logged decision
     /// re-decided under them, with the transitions between outcomes.
     Whatif(whatif::WhatifArgs),
+    /// Static checks of rule sets (offline, with a local cvc5).
+    Rules {
+        #[command(subcommand)]
+        command: rules::RulesCommand,
+    },
     /// The shadow rule set: what is watched, and where it disagreed.
     Shadow {
         #[command(subcommand)]
@@ -328,9 +334,16 @@ async fn run(args: Cli) -> Result<bool, String> {
     {
         return ops::verify(&args.target, cmd, out).await;
     }
+    // Offline: no broker to reach.
+    if let Command::Rules {
+        command: rules::RulesCommand::Diff(diff),
+    } = &args.command
+    {
+        return rules::run(diff, out).await;
+    }
     let client = AdminClient::new(&args.target)?;
     match &args.command {
-        Command::Eci(_) | Command::Aws { .. } => Ok(true),
+        Command::Eci(_) | Command::Aws { .. } | Command::Rules { .. } => Ok(true),
         Command::Token { command } => ops::token(&client, command, out).await.map(|()| true),
         Command::Entry { command, json } => ops::entry(&client, command, *json, out)
             .await

@@ -5,5 +5,6 @@ pub mod client;
 pub mod eci;
 pub mod log_chain;
 pub mod ops;
+pub mod rules;
 pub mod shadow;
 pub mod whatif;

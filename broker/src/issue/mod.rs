@@ -566,8 +566,11 @@ impl Issuer<'_> {
     ) -> Option<mintguard_policy::Verdict> {
         let shadow = self.rules.shadow?;
         let verdict = mintguard_policy::Verdict::of(&decide(input, &shadow.rules));
-        self.metrics
-            .shadow_decided(decided.outcome.as_str(), verdict.outcome.as_str());
+        self.metrics.shadow_decided(
+            shadow.hash(),
+            decided.outcome.as_str(),
+            verdict.outcome.as_str(),
+        );
         Some(verdict)
     }
 

@@ -281,7 +281,7 @@ impl Fixture {
                 rules: &self.dynamic.rules,
                 rules_json: &self.dynamic.rules_json,
                 eci: &self.dynamic.eci,
-                shadow: self.dynamic.shadow.as_ref(),
+                shadow: self.dynamic.shadow.as_deref(),
             },
             identity_limiter: &self.limiter,
             metrics: &self.metrics,

@@ -36,7 +36,7 @@ pub struct Dynamic {
     pub ci: crate::ci::CiRuntime,
     /// The shadow rule set (`[policies] shadow`), decided beside the
     /// enforced one and never enforced.
-    pub shadow: Option<crate::shadow::Shadow>,
+    pub shadow: Option<Arc<crate::shadow::Shadow>>,
 }
 
 /// What an exposure graph makes of the registered identities.
@@ -109,7 +109,8 @@ pub async fn exposure(
     })
 }
 
-/// Builds the reloadable part from a configuration and the registered entries.
+/// Builds the reloadable part from a configuration and the registered
+/// entries: the rules and the shadow set read from their directories.
 pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic, StartError> {
     let rules = RuleSet::new(
         crate::config::load_policies(config.policies.cedar.as_deref()).map_err(setup)?,
@@ -120,12 +121,42 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         .map_err(setup)?
         .into();
     let shadow = match &config.policies.shadow {
-        Some(dir) => Some(
+        Some(dir) => Some(Arc::new(
             crate::shadow::Shadow::load(dir, &config.trust)
                 .map_err(|e| setup(format!("policies.shadow: {e}")))?,
-        ),
+        )),
         None => None,
     };
+    assemble(config, rules, rules_json, shadow, store).await
+}
+
+/// `running`'s configuration, rules and shadow set with the exposure
+/// recomputed over the entries registered now (after an entry changed):
+/// no rule directory is re-read, so a policy file being edited cannot hold
+/// up the new ECI.
+pub async fn with_new_exposure(
+    running: &Dynamic,
+    store: &dyn Store,
+) -> Result<Dynamic, StartError> {
+    assemble(
+        running.config.clone(),
+        running.rules.clone(),
+        running.rules_json.clone(),
+        running.shadow.clone(),
+        store,
+    )
+    .await
+}
+
+/// The rest of the inputs around the rules: the exposure graph and its
+/// ECI, and the CI policies.
+async fn assemble(
+    config: Config,
+    rules: RuleSet,
+    rules_json: Arc<str>,
+    shadow: Option<Arc<crate::shadow::Shadow>>,
+    store: &dyn Store,
+) -> Result<Dynamic, StartError> {
     let graph = match &config.eci.graph {
         Some(path) => ExposureGraph::from_json(
             &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,
@@ -155,30 +186,35 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
 }
 
 impl Broker {
-    /// Makes `dynamic` the running decision inputs. A shadow rule set that
-    /// differs from the running one is first stored with its record (no
-    /// record, no change: the running inputs stay).
+    /// Makes `dynamic` the running decision inputs; the caller holds
+    /// `reloading` (so that no rebuild from older inputs lands after a newer
+    /// one). A change of shadow rule set — a new one, or none — is first
+    /// recorded (the new set stored with its record): no record, no change.
     pub async fn install(&self, dynamic: Dynamic) -> Result<(), String> {
         let running = self.dynamic.load();
-        let running_shadow = running.shadow.as_ref().map(|s| s.hash());
-        if let Some(shadow) = &dynamic.shadow
-            && running_shadow != Some(shadow.hash())
-        {
+        let hash = |d: &Dynamic| d.shadow.as_ref().map(|s| s.hash().to_owned());
+        if hash(&running) != hash(&dynamic) {
             self.record_shadow(&dynamic).await?;
         }
         self.dynamic.store(Arc::new(dynamic));
         Ok(())
     }
 
-    /// Writes the record that stores `dynamic`'s shadow rule set.
+    /// Writes the record that says which shadow rule set `dynamic` watches
+    /// (storing it), or that it watches none.
     pub(super) async fn record_shadow(&self, dynamic: &Dynamic) -> Result<(), String> {
-        let (Some(shadow), Some(dir)) = (&dynamic.shadow, &dynamic.config.policies.shadow) else {
-            return Ok(());
+        let now = self.clock.now_ms();
+        let append = match (&dynamic.shadow, &dynamic.config.policies.shadow) {
+            (Some(shadow), Some(dir)) => shadow.record(dir, now),
+            _ => crate::shadow::Shadow::none_record(now),
         };
-        self.append(shadow.record(dir, self.clock.now_ms()))
+        self.append(append)
             .await
             .map_err(|e| format!("recording the shadow rule set: {e}"))?;
-        tracing::info!(rule_set = %shadow.hash(), dir = %dir.display(), "shadow rule set watched");
+        match &dynamic.shadow {
+            Some(s) => tracing::info!(rule_set = %s.hash(), "shadow rule set watched"),
+            None => tracing::info!("no shadow rule set watched"),
+        }
         Ok(())
     }
 }

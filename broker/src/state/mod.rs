@@ -22,7 +22,7 @@ use crate::store::{Append, Appended, Store, StoreError};
 mod dynamic;
 mod log;
 
-pub use dynamic::{Dynamic, Exposure, build_dynamic, exposure};
+pub use dynamic::{Dynamic, Exposure, build_dynamic, exposure, with_new_exposure};
 pub use log::LogWriter;
 use log::instance_id;
 
@@ -176,6 +176,10 @@ pub struct Broker {
     /// Held while a `logs verify` runs: one at a time, the others waiting
     /// their turn (a viewer asking again and again cannot starve it).
     pub verifying: tokio::sync::Mutex<()>,
+    /// Held while the decision inputs are rebuilt and installed (reload,
+    /// entry changes): one rebuild at a time, each from the inputs the one
+    /// before installed.
+    pub reloading: tokio::sync::Mutex<()>,
     /// Held while a what-if or replay over the whole log runs: one at a
     /// time, the others refused (409).
     pub log_job: tokio::sync::Mutex<()>,
@@ -236,7 +240,7 @@ impl Broker {
                 rules: &dynamic.rules,
                 rules_json: &dynamic.rules_json,
                 eci: &dynamic.eci,
-                shadow: dynamic.shadow.as_ref(),
+                shadow: dynamic.shadow.as_deref(),
             },
             identity_limiter: &self.identity_limiter,
             metrics: &self.metrics,
@@ -419,6 +423,7 @@ impl Broker {
             last_verify: Mutex::new(None),
             verifying: tokio::sync::Mutex::new(()),
             log_job: tokio::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
             ca,
             svid: ArcSwap::from_pointee(svid),
             jwt,
@@ -449,10 +454,10 @@ impl Broker {
             metrics: crate::metrics::Metrics::default(),
             analysis,
         });
-        broker
-            .record_shadow(&broker.dynamic.load())
-            .await
-            .map_err(setup)?;
+        let dynamic = broker.dynamic.load_full();
+        if dynamic.shadow.is_some() {
+            broker.record_shadow(&dynamic).await.map_err(setup)?;
+        }
         Ok(broker)
     }
 
@@ -484,6 +489,7 @@ impl Broker {
     /// exposure graph and tokens are replaced atomically. A file that fails
     /// validation changes nothing; the error says why. Returns the new rule-set hash.
     pub async fn reload(&self) -> Result<String, String> {
+        let _reloading = self.reloading.lock().await;
         let file = self.dynamic.load().config.file.clone();
         let config = Config::load(&file).map_err(|e| e.to_string())?;
         let running = self.config();

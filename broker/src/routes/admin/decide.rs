@@ -103,27 +103,40 @@ pub(super) async fn decide_one(
                 .to_string(),
         ),
     };
-    let entries = broker.store.entries(node.as_deref()).await?;
-    let Some(entry) = entries.iter().find(|e| e.spiffe_id == req.identity) else {
-        return Err(ApiError::not_found(
-            "no_entry",
-            "no registration entry names this identity (under that node)",
-        ));
-    };
-    // As the node door: an entry that does not say who runs the workload
-    // is not honoured.
-    if !crate::store::Entry::pins_who(&entry.selectors) {
-        return Err(ApiError::forbidden("weak_entry", crate::store::WEAK_ENTRY)
-            .with_reasons(vec![entry.id.clone()]));
-    }
-    // Each simulation is a durable record: an operator runs at most
-    // `SIMULATIONS_PER_MINUTE` a minute.
+    // Each simulation reads the store and is a durable record: an operator
+    // runs at most `SIMULATIONS_PER_MINUTE` a minute.
     if broker.simulation_limiter.check_key(&op.name).is_err() {
         return Err(ApiError::new(
             axum::http::StatusCode::TOO_MANY_REQUESTS,
             "rate_limited",
             format!("at most {SIMULATIONS_PER_MINUTE} simulations a minute per operator"),
         ));
+    }
+    let entries = broker.store.entries(node.as_deref()).await?;
+    let mut named = entries.iter().filter(|e| e.spiffe_id == req.identity);
+    let Some(entry) = named.next() else {
+        return Err(ApiError::not_found(
+            "no_entry",
+            "no registration entry names this identity (under that node)",
+        ));
+    };
+    // The node door decides with the entry of the node that asks: with
+    // several, which node is simulated must be said.
+    if named.next().is_some() {
+        return Err(ApiError::bad_request(
+            "ambiguous_entry",
+            if node.is_some() {
+                "several entries under that node name this identity: which one an attestation matches depends on the workload's selectors"
+            } else {
+                "several entries name this identity: give the node (--node)"
+            },
+        ));
+    }
+    // As the node door: an entry that does not say who runs the workload
+    // is not honoured.
+    if !crate::store::Entry::pins_who(&entry.selectors) {
+        return Err(ApiError::forbidden("weak_entry", crate::store::WEAK_ENTRY)
+            .with_reasons(vec![entry.id.clone()]));
     }
     let attestation = if entry
         .selectors

@@ -130,8 +130,9 @@ pub(super) async fn create_entry(
 
 /// Recomputes ECI after the registered identities changed.
 pub(super) async fn reload_eci(broker: &Broker) {
-    let config = broker.config();
-    match crate::state::build_dynamic(config, &*broker.store).await {
+    let _reloading = broker.reloading.lock().await;
+    let running = broker.dynamic.load_full();
+    match crate::state::with_new_exposure(&running, &*broker.store).await {
         Ok(d) => {
             if let Err(e) = broker.install(d).await {
                 tracing::error!(%e, "installing the recomputed ECI failed; keeping the previous values");

@@ -1,5 +1,5 @@
 //! The shadow rule set as operators see it: `GET /admin/v1/shadow` (what is
-//! watched, and the disagreements since this broker started) and `POST
+//! watched, and its disagreements since this broker began watching it) and `POST
 //! /admin/v1/shadow/report` (the logged decisions tallied against the
 //! shadow verdicts they hold, as `whatif` tallies a proposal). Viewer role;
 //! both only read.
@@ -23,20 +23,21 @@ pub(super) async fn shadow_status(
 ) -> Result<axum::Json<Value>, ApiError> {
     op.require(Role::Viewer)?;
     let dynamic = broker.dynamic.load();
+    let hash = dynamic.shadow.as_ref().map(|s| s.hash());
+    // The counts of the set watched now (none yet after a change).
     let (decisions, disagreements) = match broker.metrics.shadow_tally.lock() {
-        Ok(t) => (
+        Ok(t) if Some(t.rule_set.as_str()) == hash => (
             t.decisions,
             t.disagreements
                 .iter()
                 .map(|((from, to), count)| json!({"from": from, "to": to, "count": count}))
                 .collect::<Vec<_>>(),
         ),
-        Err(_) => (0, Vec::new()),
+        _ => (0, Vec::new()),
     };
     Ok(axum::Json(json!({
-        "configured": dynamic.shadow.is_some(),
-        "rule_set_hash": dynamic.shadow.as_ref().map(|s| s.hash()),
-        "dir": dynamic.config.policies.shadow.as_ref().map(|d| d.display().to_string()),
+        "configured": hash.is_some(),
+        "rule_set_hash": hash,
         "enforced_rule_set_hash": dynamic.rules.hash(),
         "since_start": {"decisions": decisions, "disagreements": disagreements},
     })))
