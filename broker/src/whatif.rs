@@ -16,8 +16,13 @@ use mintguard_policy::rules::RuleSet;
 use mintguard_policy::{Verdict, decide};
 use serde::{Deserialize, Serialize};
 
+use mintguard_policy::eci::graph::{ExposureGraph, NodeKind};
+
+use crate::ci::CiRuntime;
+use crate::config::Config;
 use crate::log::LogRecord;
 use crate::log::decode::{Decided, Undecodable, decided};
+use crate::store::{LogCursor, LogQuery, Store, StoreError, read_log};
 
 /// Sample requests kept per transition.
 pub const SAMPLES: usize = 5;
@@ -359,4 +364,83 @@ impl WhatIf {
         self.report.transitions = transitions;
         self.report
     }
+}
+
+/// Feeds the records `query` selects from `store` to `whatif`, a page at a
+/// time off the async workers, until the last page or `MAX_DECISIONS`;
+/// each undecodable record is passed to `undecodable` (its seq and why)
+/// as well as kept in the report.
+pub async fn scan(
+    store: &dyn Store,
+    query: &LogQuery,
+    mut whatif: WhatIf,
+    mut undecodable: impl FnMut(i64, &Undecodable),
+) -> Result<WhatIfReport, StoreError> {
+    let mut after = LogCursor::default();
+    loop {
+        let page = read_log(store, query, &after).await?;
+        for record in &page {
+            after.advance(&record.chain, record.seq);
+        }
+        let last = page.len() < query.limit;
+        let (back, found) = tokio::task::spawn_blocking(move || {
+            let mut found = Vec::new();
+            for record in &page {
+                if let Err(why) = whatif.observe(record) {
+                    found.push((record.seq, why));
+                }
+            }
+            (whatif, found)
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("re-deciding failed: {e}")))?;
+        whatif = back;
+        for (seq, why) in &found {
+            undecodable(*seq, why);
+        }
+        if last || whatif.full() {
+            return Ok(whatif.finish());
+        }
+    }
+}
+
+/// Identities whose ECI change a report lists.
+const ECI_CHANGES_LISTED: usize = 100;
+
+/// The ECI inputs `graph` gives under `config`'s grants and CI policies
+/// (`ci`) and the store's entries, and the identities whose ECI it moves
+/// from `running`.
+pub async fn proposed_eci(
+    config: &Config,
+    ci: &CiRuntime,
+    running: &EciReport,
+    graph: &ExposureGraph,
+    store: &dyn Store,
+) -> Result<(ProposedEci, (Vec<EciChange>, u64)), String> {
+    let exposure = crate::state::exposure(config, graph, store).await?;
+    let ci_radius = config
+        .ci
+        .issuers
+        .iter()
+        .map(|i| {
+            let radius = crate::doors::ci::blast_radius_under(ci, &exposure.eci, &i.url);
+            (i.url.clone(), radius)
+        })
+        .collect();
+    let identities: BTreeSet<String> = running
+        .nodes()
+        .iter()
+        .chain(exposure.eci.nodes())
+        .filter(|n| n.kind == NodeKind::Identity)
+        .map(|n| n.id.clone())
+        .collect();
+    let changes = eci_changes(running, &exposure.eci, &identities, ECI_CHANGES_LISTED);
+    Ok((
+        ProposedEci {
+            eci: exposure.eci,
+            blast_radius: exposure.blast_radius,
+            ci_radius,
+        },
+        changes,
+    ))
 }

@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::path::Path;
+
 use common::*;
 use serde_json::{Value, json};
 
@@ -293,6 +295,47 @@ async fn whatif_reports_the_decisions_a_proposed_rule_would_change() {
     assert!(after > before, "{change}");
     assert_eq!(step_ups(&weight_only), below(before), "{weight_only}");
     assert_eq!(step_ups(&exposed), below(after), "{exposed}");
+
+    // Offline, on the store itself (no broker asked): the same reports.
+    let store = format!("sqlite://{}", broker.data().join("broker.db").display());
+    let offline = |rules: &str, config: &Path, graph: Option<&Path>| {
+        let mut args = vec![
+            "whatif",
+            "--store",
+            &store,
+            "--rules",
+            rules,
+            "--config",
+            config.to_str().unwrap(),
+            "--json",
+        ];
+        if let Some(g) = graph {
+            args.extend(["--graph", g.to_str().unwrap()]);
+        }
+        broker.cli_json(&args)
+    };
+    let same = |a: &Value, b: &Value| {
+        for key in [
+            "rule_set",
+            "decisions",
+            "changed",
+            "changed_details",
+            "transitions",
+            "eci_changes",
+            "eci_changed",
+        ] {
+            assert_eq!(a[key], b[key], "{key}: {a}\n{b}");
+        }
+    };
+    let config_file = broker.dir.path().join("broker.toml");
+    same(&offline(proposed_arg, &config_file, None), &report);
+    same(
+        &offline(running.to_str().unwrap(), &weighed, Some(&graph)),
+        &exposed,
+    );
+    let needs_config = broker.cli(&["whatif", "--store", &store, "--rules", proposed_arg]);
+    assert_eq!(needs_config.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&needs_config.stderr).contains("--store needs --config"));
     assert!(
         step_ups(&exposed) > step_ups(&weight_only),
         "an admin path to a crown jewel raises the bar: {exposed}"

@@ -341,6 +341,11 @@ async fn run(args: Cli) -> Result<bool, String> {
     {
         return rules::run(diff, out).await;
     }
+    if let Command::Whatif(w) = &args.command
+        && w.store.is_some()
+    {
+        return whatif::run_offline(w, out).await;
+    }
     let client = AdminClient::new(&args.target)?;
     match &args.command {
         Command::Eci(_) | Command::Aws { .. } | Command::Rules { .. } => Ok(true),

@@ -1,16 +1,21 @@
 //! `mintguard whatif --rules DIR`: what a proposed rule set would have
 //! decided, every logged decision re-decided under it by the broker
-//! (`POST /admin/v1/whatif`, viewer role). With `--fail-on`, it exits 1
+//! (`POST /admin/v1/whatif`, viewer role), or with `--store` here, reading
+//! a store directly (no broker needed). With `--fail-on`, it exits 1
 //! when a decision would move to one of those outcomes, so it can gate a
 //! change to the policies (`examples/ci/whatif.yml`).
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use mintguard_policy::eci::graph::ExposureGraph;
+use mintguard_policy::rules::{PolicySource, RuleSet};
 use serde_json::{Value, json};
 
 use super::client::AdminClient;
-use crate::whatif::WhatIfReport;
+use crate::store::LogQuery;
+use crate::whatif::{WhatIf, WhatIfReport};
 
 /// Arguments of `mintguard whatif`.
 #[derive(Clone, Debug, clap::Args)]
@@ -27,6 +32,11 @@ pub struct WhatifArgs {
     /// ECI inputs are recomputed under it, and the identities it moves listed.
     #[arg(long, value_name = "FILE")]
     pub graph: Option<PathBuf>,
+    /// Offline: read this store directly (`sqlite:///…/mintguard.db`,
+    /// `postgres://…`) instead of asking a broker; needs `--config`, the
+    /// broker's configuration (its `[trust]`, grants and CI policies).
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// Which decisions, and how the report is given.
     #[command(flatten)]
     pub scope: ReportScope,
@@ -69,21 +79,39 @@ impl ReportScope {
                 OUTCOMES.join(", ")
             ));
         }
-        if let Some(s) = &self.since {
-            let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
-            body["since_ms"] =
-                json!(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        let query = self.query()?;
+        if let Some(since) = query.since_ms {
+            body["since_ms"] = json!(since);
         }
         for (key, value) in [
-            ("identity", &self.identity),
-            ("grant", &self.grant),
-            ("node", &self.node),
+            ("identity", query.identity),
+            ("grant", query.grant),
+            ("node", query.node),
         ] {
             if let Some(v) = value {
                 body[key] = json!(v);
             }
         }
         Ok(())
+    }
+
+    /// The log query it selects.
+    fn query(&self) -> Result<LogQuery, String> {
+        let since_ms = match &self.since {
+            Some(s) => {
+                let d = humantime::parse_duration(s).map_err(|e| format!("--since {s:?}: {e}"))?;
+                Some(crate::clock::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+            }
+            None => None,
+        };
+        Ok(LogQuery {
+            since_ms,
+            identity: self.identity.clone(),
+            grant: self.grant.clone(),
+            node: self.node.clone(),
+            limit: crate::routes::admin::MAX_PAGE,
+            ..LogQuery::default()
+        })
     }
 
     /// Writes `report` (`v` as the broker sent it) as asked; `Ok(false)`
@@ -113,13 +141,7 @@ pub async fn run(
     args: &WhatifArgs,
     out: &mut impl Write,
 ) -> Result<bool, String> {
-    let sources = crate::config::load_policies(Some(&args.rules))?;
-    if sources.is_empty() {
-        return Err(format!(
-            "{}: no .cedar files (with none, every request is denied)",
-            args.rules.display()
-        ));
-    }
+    let sources = proposed_sources(args)?;
     let policies: Vec<Value> = sources
         .into_iter()
         .map(|s| json!({"name": s.name, "text": s.text}))
@@ -131,19 +153,90 @@ pub async fn run(
         body["trust"] = serde_json::to_value(&config.trust).map_err(|e| e.to_string())?;
     }
     if let Some(file) = &args.graph {
-        let size = std::fs::metadata(file)
-            .map_err(|e| format!("{}: {e}", file.display()))?
-            .len();
-        if size > super::eci::MAX_GRAPH_FILE {
-            return Err(format!("{}: {size} bytes is too large", file.display()));
-        }
-        let text = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
-        body["graph"] = serde_json::from_slice(&text)
+        body["graph"] = serde_json::from_slice(&read_graph(file)?)
             .map_err(|e| format!("{}: not JSON: {e}", file.display()))?;
     }
     let v = client.call("POST", "/admin/v1/whatif", Some(&body)).await?;
     let report: WhatIfReport = serde_json::from_value(v.clone())
         .map_err(|e| format!("the broker's what-if report: {e}"))?;
+    args.scope.give(&v, &report, print, out)
+}
+
+/// The proposed Cedar sources (`--rules`): none is an error.
+fn proposed_sources(args: &WhatifArgs) -> Result<Vec<PolicySource>, String> {
+    let sources = crate::config::load_policies(Some(&args.rules))?;
+    if sources.is_empty() {
+        return Err(format!(
+            "{}: no .cedar files (with none, every request is denied)",
+            args.rules.display()
+        ));
+    }
+    Ok(sources)
+}
+
+/// A graph file's bytes, within `MAX_GRAPH_FILE`.
+fn read_graph(file: &Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(file)
+        .map_err(|e| format!("{}: {e}", file.display()))?
+        .len();
+    if size > super::eci::MAX_GRAPH_FILE {
+        return Err(format!("{}: {size} bytes is too large", file.display()));
+    }
+    std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))
+}
+
+/// Offline (`--store`): the log of the store re-decided here, under the
+/// proposal with the `[trust]` of `--config` (as the broker would with the
+/// same proposal), and the report given as the broker's would be.
+pub async fn run_offline(args: &WhatifArgs, out: &mut impl Write) -> Result<bool, String> {
+    let sources = proposed_sources(args)?;
+    let Some(url) = &args.store else {
+        return Err("run_offline needs --store".into());
+    };
+    let Some(file) = &args.config else {
+        return Err("--store needs --config FILE: the broker's configuration (its [trust] decides, and a --graph needs its grants)".into());
+    };
+    let config = crate::config::Config::load(file).map_err(|e| e.to_string())?;
+    if let Some(path) = url.strip_prefix("sqlite://")
+        && !Path::new(path).exists()
+    {
+        return Err(format!("--store {url}: no such file"));
+    }
+    let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
+    let rules = RuleSet::new(sources, config.trust.clone())
+        .map_err(|e| format!("the proposed rules: {e}"))?;
+    let (eci, changes) = match &args.graph {
+        Some(file) => {
+            let proposed = ExposureGraph::from_json(&read_graph(file)?)
+                .map_err(|e| format!("{}: {e}", file.display()))?;
+            let running = match &config.eci.graph {
+                Some(path) => ExposureGraph::from_json(
+                    &std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+                )
+                .map_err(|e| format!("{}: {e}", path.display()))?,
+                None => ExposureGraph::new(),
+            };
+            let running = crate::state::exposure(&config, &running, &*store)
+                .await?
+                .eci;
+            let ci = crate::ci::CiRuntime::new(&config.ci)?;
+            let (eci, changes) =
+                crate::whatif::proposed_eci(&config, &ci, &running, &proposed, &*store).await?;
+            (Some(Arc::new(eci)), Some(changes))
+        }
+        None => (None, None),
+    };
+    let whatif = WhatIf::new(Arc::new(rules), eci);
+    let mut report = crate::whatif::scan(&*store, &args.scope.query()?, whatif, |seq, why| {
+        eprintln!("mintguard: finding: decision record {seq} is undecodable: {why}");
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Some((changes, total)) = changes {
+        report.eci_changes = changes;
+        report.eci_changed = total;
+    }
+    let v = serde_json::to_value(&report).map_err(|e| e.to_string())?;
     args.scope.give(&v, &report, print, out)
 }
 

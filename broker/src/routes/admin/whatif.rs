@@ -14,10 +14,9 @@ use super::{MAX_PAGE, Operator};
 use crate::config::Role;
 use crate::http::{ApiError, Json};
 use crate::state::Broker;
-use crate::store::{LogCursor, LogQuery, read_log};
-use crate::whatif::{ProposedEci, WhatIf, eci_changes};
-use mintguard_policy::eci::graph::{ExposureGraph, NodeKind};
-use std::collections::BTreeSet;
+use crate::store::LogQuery;
+use crate::whatif::{ProposedEci, WhatIf};
+use mintguard_policy::eci::graph::ExposureGraph;
 
 /// Most policy files a proposal holds.
 pub const MAX_POLICY_FILES: usize = 512;
@@ -135,40 +134,19 @@ pub(super) async fn whatif(
     Ok(axum::Json(serde_json::to_value(report).unwrap_or_default()))
 }
 
-/// Feeds the records `query` selects to `whatif`, a page at a time off the
-/// async workers, until the last page or `MAX_DECISIONS`; the caller holds
-/// `log_job`.
+/// [`crate::whatif::scan`] over the broker's store, each undecodable
+/// record counted and logged; the caller holds `log_job`.
 pub(super) async fn scan(
     broker: &Broker,
     query: &LogQuery,
-    mut whatif: WhatIf,
+    whatif: WhatIf,
 ) -> Result<crate::whatif::WhatIfReport, ApiError> {
-    let mut after = LogCursor::default();
-    loop {
-        let page = read_log(&*broker.store, query, &after).await?;
-        for record in &page {
-            after.advance(&record.chain, record.seq);
-        }
-        let last = page.len() < MAX_PAGE;
-        let (back, undecodable) = tokio::task::spawn_blocking(move || {
-            let mut undecodable = Vec::new();
-            for record in &page {
-                if let Err(why) = whatif.observe(record) {
-                    undecodable.push((record.seq, why));
-                }
-            }
-            (whatif, undecodable)
+    Ok(
+        crate::whatif::scan(&*broker.store, query, whatif, |seq, why| {
+            broker.metrics.undecodable("whatif", seq, why);
         })
-        .await
-        .map_err(|e| ApiError::unavailable("whatif_failed", "re-deciding failed", e))?;
-        whatif = back;
-        for (seq, why) in &undecodable {
-            broker.metrics.undecodable("whatif", *seq, why);
-        }
-        if last || whatif.full() {
-            return Ok(whatif.finish());
-        }
-    }
+        .await?,
+    )
 }
 
 /// One whole-log job at a time: the lock, or 409.
@@ -220,10 +198,8 @@ impl Scope {
     }
 }
 
-/// Identities whose ECI change a report lists.
-const ECI_CHANGES_LISTED: usize = 100;
-
-/// The ECI inputs a proposed graph gives, and the identities it moves.
+/// The ECI inputs a proposed graph gives, and the identities it moves
+/// from the running ECI.
 async fn proposed_eci(
     broker: &Broker,
     graph: Value,
@@ -232,36 +208,15 @@ async fn proposed_eci(
     let graph = ExposureGraph::from_json(&bytes)
         .map_err(|e| ApiError::bad_request("bad_graph", format!("the proposed graph: {e}")))?;
     let dynamic = broker.dynamic.load_full();
-    let exposure = crate::state::exposure(&dynamic.config, &graph, &*broker.store)
-        .await
-        .map_err(|e| ApiError::bad_request("bad_graph", format!("the proposed graph: {e}")))?;
-    let ci_radius = dynamic
-        .config
-        .ci
-        .issuers
-        .iter()
-        .map(|i| {
-            let radius = crate::doors::ci::blast_radius_under(&dynamic.ci, &exposure.eci, &i.url);
-            (i.url.clone(), radius)
-        })
-        .collect();
-    let identities: BTreeSet<String> = dynamic
-        .eci
-        .nodes()
-        .iter()
-        .chain(exposure.eci.nodes())
-        .filter(|n| n.kind == NodeKind::Identity)
-        .map(|n| n.id.clone())
-        .collect();
-    let changes = eci_changes(&dynamic.eci, &exposure.eci, &identities, ECI_CHANGES_LISTED);
-    Ok((
-        ProposedEci {
-            eci: exposure.eci,
-            blast_radius: exposure.blast_radius,
-            ci_radius,
-        },
-        changes,
-    ))
+    crate::whatif::proposed_eci(
+        &dynamic.config,
+        &dynamic.ci,
+        &dynamic.eci,
+        &graph,
+        &*broker.store,
+    )
+    .await
+    .map_err(|e| ApiError::bad_request("bad_graph", format!("the proposed graph: {e}")))
 }
 
 #[cfg(test)]
