@@ -130,7 +130,7 @@ export async function timeline(target, _arg, params) {
   }, 2000);
 }
 
-/** The shadow rule set's disagreements since the broker started, if one is watched. */
+/** The shadow rule set's disagreements since this broker began watching it, if one is watched. */
 async function drawShadow(target) {
   const s = await api("GET", "/admin/v1/shadow", undefined, { poll: true });
   target.hidden = !s.configured;
@@ -139,7 +139,7 @@ async function drawShadow(target) {
   const total = disagreements.reduce((n, d) => n + d.count, 0);
   const each = disagreements.map((d) => `${d.from} → ${d.to} ${d.count.toLocaleString()}`).join(", ");
   target.textContent =
-    `Shadow rule set ${s.rule_set_hash.slice(0, 12)}: ${total.toLocaleString()} of ${decisions.toLocaleString()} live decisions since the broker started disagree` +
+    `Shadow rule set ${s.rule_set_hash.slice(0, 12)}: ${total.toLocaleString()} of ${decisions.toLocaleString()} live decisions since this broker began watching it disagree` +
     (each ? ` (${each})` : "") + ". It is never enforced; mintguard shadow report lists them.";
   target.dataset.disagreements = String(total);
 }

@@ -137,14 +137,16 @@ pub async fn seed(mut config: Config, plan: &SeedPlan) -> Result<SeedReport, Str
         .map_err(|e| e.to_string())?;
     // Backdated records beside real ones would make a log whose times run
     // backwards, and a demonstration's entries would stand in a real
-    // registry: a log of its own only.
+    // registry: a log of its own only (but for the `shadow_rules` record
+    // the start itself writes when a shadow set is configured).
+    let started_with = i64::from(config.policies.shadow.is_some());
     if let Some(chain) = broker
         .store
         .chains()
         .await
         .map_err(|e| e.to_string())?
         .iter()
-        .find(|c| c.seq > 0 || c.base.is_some())
+        .find(|c| c.seq > started_with || c.base.is_some())
     {
         return Err(format!(
             "the store's log already holds records (chain {:?} at {}): seed-log writes only into a store of its own",

@@ -100,7 +100,8 @@ fn rules_diff_proves_what_a_change_loosens_and_tightens() {
     let same = rules(root.path(), "same", BASE);
     let (v, code) = diff_json(&old, &same);
     assert_eq!(code, Some(0), "{v}");
-    assert_eq!(v["old"], v["new"]);
+    assert_eq!(v["old_cedar_hash"], v["new_cedar_hash"]);
+    assert_eq!(v["may_error"], serde_json::json!([]));
     assert_eq!(levels(&v["loosens"]), vec![]);
     assert_eq!(levels(&v["tightens"]), vec![]);
 
@@ -175,6 +176,31 @@ permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
         "{text}"
     );
     assert!(text.contains("new tightens nothing"), "{text}");
+
+    // A policy that may error (an overflow: decisions deny there, the
+    // analysis would count it as not matching): not proved, exit 1.
+    let overflow = rules(
+        root.path(),
+        "overflow",
+        &format!(
+            r#"{BASE}
+@id("short-ttl")
+@outcome("allow_reduced")
+forbid (principal, action, resource) when {{ context.ttl * 1000000000000000 > 3600 }};"#
+        ),
+    );
+    let (v, code) = diff_json(&old, &overflow);
+    assert_eq!(code, Some(1), "{v}");
+    let flagged: Vec<&str> = v["may_error"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["policy"].as_str().unwrap())
+        .collect();
+    assert!(
+        !flagged.is_empty() && flagged.iter().all(|p| *p == "short-ttl"),
+        "{v}"
+    );
 
     // No solver, a broken rule set: exit 2 with why.
     let none = diff(&old, &same, "/nonexistent/cvc5");

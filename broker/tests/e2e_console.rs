@@ -74,6 +74,17 @@ idle_timeout = "{IDLE_SECONDS}s"
     let broker = BrokerProcess::start_in(dir, &extra);
     let certs = broker.dir.path().join("carl");
     broker.create_operator("cert-carl", "viewer", Some(&certs));
+    // The running rules watched as a shadow set too: the timeline says so.
+    let config_file = broker.dir.path().join("broker.toml");
+    let config = std::fs::read_to_string(&config_file).unwrap();
+    std::fs::write(
+        &config_file,
+        config.replace(
+            "cedar = \"policies\"",
+            "cedar = \"policies\"\nshadow = \"policies\"",
+        ),
+    )
+    .unwrap();
     broker.cli_json(&["reload"]);
     let node = enrolled_node(&broker, "node-1").await;
     register_api_with(

@@ -312,6 +312,11 @@ impl RuleSet {
         self.len() == 0
     }
 
+    /// Every policy as written (ids from `@id`), validated.
+    pub fn policies(&self) -> impl Iterator<Item = &Policy> {
+        self.validated.policies()
+    }
+
     /// The requests these rules give `level` or a weaker outcome, as one
     /// plain Cedar policy set that allows exactly those (for static
     /// analysis): the permits, and as forbids the forbids that select a

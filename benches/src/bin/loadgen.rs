@@ -11,7 +11,9 @@
 //! ```
 //!
 //! `--compare-analysis R` runs R interleaved rounds with anomaly analysis off
-//! and on (observe mode) and compares the median throughputs.
+//! and on (observe mode) and compares the median throughputs;
+//! `--compare-shadow R` the same without and with a shadow rule set
+//! (`[policies] shadow`: the enforced permit and an after-hours forbid).
 //! `--store postgres://… [--replicas N]` runs N brokers (in this process,
 //! sharing the CA and JWT keys) on one PostgreSQL, clients spread over them;
 //! `--compare-stores postgres://…/postgres` runs one SQLite broker, then one,
@@ -116,6 +118,7 @@ fn main() {
     let clients = arg("--clients", 32);
     let requests = arg("--requests", 20_000);
     let rounds = arg("--compare-analysis", 0);
+    let shadow_rounds = arg("--compare-shadow", 0);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -132,7 +135,8 @@ fn main() {
         ] {
             let url = url.map(|db| runtime.block_on(fresh_database(&base, db)));
             let stores = Stores { url, replicas };
-            let (rate, line) = runtime.block_on(run(clients, requests, Analysis::Off, stores));
+            let (rate, line) =
+                runtime.block_on(run(clients, requests, Analysis::Off, false, stores));
             lines.push(format!("{label}: {rate:.0}/s — {line}"));
         }
         for line in lines {
@@ -144,8 +148,40 @@ fn main() {
         url: arg_str("--store"),
         replicas: arg("--replicas", 1),
     };
+    if shadow_rounds > 0 {
+        // Interleaved, each on a fresh broker with analysis off: without a
+        // shadow set, then with one, the order alternating by round.
+        let (mut without, mut with) = (Vec::new(), Vec::new());
+        for round in 0..shadow_rounds {
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
+            for shadow in order {
+                let (rate, _) = runtime.block_on(run(
+                    clients,
+                    requests,
+                    Analysis::Off,
+                    shadow,
+                    stores.clone(),
+                ));
+                if shadow {
+                    with.push(rate)
+                } else {
+                    without.push(rate)
+                }
+            }
+        }
+        let (without, with) = (median(&mut without), median(&mut with));
+        println!(
+            "median of {shadow_rounds} interleaved runs: no shadow set {without:.0}/s, with a shadow set {with:.0}/s ({:+.1} %)",
+            100.0 * (with - without) / without
+        );
+        return;
+    }
     if rounds == 0 {
-        runtime.block_on(run(clients, requests, Analysis::Default, stores));
+        runtime.block_on(run(clients, requests, Analysis::Default, false, stores));
         return;
     }
     // Interleaved runs, each on a fresh broker: analysis off, then on (in
@@ -159,23 +195,33 @@ fn main() {
             [Analysis::Observe, Analysis::Off]
         };
         for mode in order {
-            let (rate, _) = runtime.block_on(run(clients, requests, mode, stores.clone()));
+            let (rate, _) = runtime.block_on(run(clients, requests, mode, false, stores.clone()));
             match mode {
                 Analysis::Off => off.push(rate),
                 _ => on.push(rate),
             }
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let (off, on) = (median(&mut off), median(&mut on));
     println!(
         "median of {rounds} interleaved runs: analysis off {off:.0}/s, on {on:.0}/s ({:+.1} %)",
         100.0 * (on - off) / off
     );
 }
+
+/// The median of `v` (sorted in place).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// The shadow rule set of `--compare-shadow`: the enforced permit, and a
+/// forbid the enforced set lacks.
+const SHADOW_POLICY: &str = r#"permit (principal == Mintguard::Workload::"spiffe://example.org/ns/pay/sa/api",
+    action == Mintguard::Action::"mint", resource);
+@id("no-payments-at-night")
+forbid (principal, action, resource == Mintguard::Grant::"payments-token")
+when { context.hour < 5 };"#;
 
 /// Anomaly analysis during a run.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -188,10 +234,20 @@ enum Analysis {
     Observe,
 }
 
-async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores) -> (f64, String) {
+async fn run(
+    clients: usize,
+    requests: usize,
+    analysis: Analysis,
+    shadow: bool,
+    stores: Stores,
+) -> (f64, String) {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("policies")).unwrap();
     std::fs::write(dir.path().join("policies/api.cedar"), POLICY).unwrap();
+    if shadow {
+        std::fs::create_dir_all(dir.path().join("shadow")).unwrap();
+        std::fs::write(dir.path().join("shadow/api.cedar"), SHADOW_POLICY).unwrap();
+    }
     let vault = flag("--vault").then(|| {
         (
             std::env::var("VAULT_ADDR").expect("--vault needs VAULT_ADDR (tests/peers.sh)"),
@@ -202,6 +258,12 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
         Some(url) => format!("store = \"{url}\"\n{CONFIG}"),
         None => CONFIG.to_owned(),
     };
+    if shadow {
+        config = config.replace(
+            "cedar = \"policies\"",
+            "cedar = \"policies\"\nshadow = \"shadow\"",
+        );
+    }
     assert!(
         stores.replicas == 1 || stores.url.is_some(),
         "--replicas needs --store postgres://…"
@@ -246,10 +308,15 @@ async fn run(clients: usize, requests: usize, analysis: Analysis, stores: Stores
         .unwrap();
         std::fs::write(
             root.join("broker.toml"),
-            config.replace(
-                "cedar = \"policies\"",
-                &format!("cedar = \"{}/policies\"", dir.path().display()),
-            ),
+            config
+                .replace(
+                    "cedar = \"policies\"",
+                    &format!("cedar = \"{}/policies\"", dir.path().display()),
+                )
+                .replace(
+                    "shadow = \"shadow\"",
+                    &format!("shadow = \"{}/shadow\"", dir.path().display()),
+                ),
         )
         .unwrap();
         let replica = Broker::start(Config::load(&root.join("broker.toml")).unwrap())

@@ -219,7 +219,9 @@ impl LogSource {
     }
 
     async fn open_store(url: &str) -> Result<Self, String> {
-        let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
+        let store = crate::store::open_existing(url)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(Self::Store(store))
     }
 

@@ -12,12 +12,17 @@
 //! the schema allows (workloads and CI jobs). The same check the other way
 //! round says whether NEW tightens anything. Only the Cedar rules are
 //! compared: trust thresholds, ECI and budgets decide beside them.
+//!
+//! A policy that errors at evaluation makes decisions deny, but Cedar's
+//! analysis counts it as not matching; so each policy of both sets is
+//! first proved never to error, and one that may makes the diff fail as
+//! not proved.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use cedar_policy_symcc::solver::LocalSolver;
-use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicySet};
+use cedar_policy_symcc::{CedarSymCompiler, CompiledPolicy, CompiledPolicySet};
 use mintguard_policy::Outcome;
 use mintguard_policy::rules::{RuleSet, schema};
 use mintguard_policy::trust::TrustConfig;
@@ -65,13 +70,30 @@ pub struct Difference {
     pub counterexample: String,
 }
 
+/// A policy that may error at evaluation, for some request the schema
+/// admits: where it does, decisions deny and Cedar's analysis counts it as
+/// not matching, so a diff that involves it is not a proof.
+#[derive(Debug, Serialize)]
+pub struct MayError {
+    /// `old` or `new`.
+    pub rule_set: &'static str,
+    /// The policy's id.
+    pub policy: String,
+    /// The principal type for which it may error.
+    pub principal: String,
+}
+
 /// What `rules diff` found.
 #[derive(Debug, Serialize)]
 pub struct Diff {
-    /// The rule sets' hashes (Cedar sources with default trust).
-    pub old: String,
+    /// OLD's Cedar sources, hashed with the default `[trust]` (not the
+    /// rule-set hashes the log names, which include the broker's `[trust]`).
+    pub old_cedar_hash: String,
     /// NEW's.
-    pub new: String,
+    pub new_cedar_hash: String,
+    /// Policies that may error: while any is listed, "loosens nothing" is
+    /// not proved, and the diff fails.
+    pub may_error: Vec<MayError>,
     /// Where NEW gives a weaker outcome than OLD (each a finding).
     pub loosens: Vec<Difference>,
     /// Where NEW gives a stronger one.
@@ -128,9 +150,12 @@ pub async fn run(args: &DiffArgs, out: &mut impl Write) -> Result<bool, String> 
         )
     })?;
     let mut compiler = CedarSymCompiler::new(solver).map_err(|e| format!("the solver: {e}"))?;
+    let mut may_error = may_error_in(&mut compiler, "old", &old).await?;
+    may_error.extend(may_error_in(&mut compiler, "new", &new).await?);
     let diff = Diff {
-        old: old.hash().to_owned(),
-        new: new.hash().to_owned(),
+        old_cedar_hash: old.hash().to_owned(),
+        new_cedar_hash: new.hash().to_owned(),
+        may_error,
         loosens: weaker_than(&mut compiler, &new, &old).await?,
         tightens: weaker_than(&mut compiler, &old, &new).await?,
     };
@@ -141,12 +166,52 @@ pub async fn run(args: &DiffArgs, out: &mut impl Write) -> Result<bool, String> 
     } else {
         print(&diff, args, out).map_err(io)?;
     }
-    Ok(diff.loosens.is_empty())
+    Ok(diff.loosens.is_empty() && diff.may_error.is_empty())
+}
+
+/// The policies of `rules` that may error for some request of some
+/// principal type the schema admits.
+async fn may_error_in(
+    compiler: &mut CedarSymCompiler<LocalSolver>,
+    which: &'static str,
+    rules: &RuleSet,
+) -> Result<Vec<MayError>, String> {
+    let schema = schema().map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for env in schema.request_envs() {
+        for policy in rules.policies() {
+            let compiled = CompiledPolicy::compile(policy, &env, &schema)
+                .map_err(|e| format!("compiling {} for the solver: {e}", policy.id()))?;
+            let never = compiler
+                .check_never_errors_opt(&compiled)
+                .await
+                .map_err(|e| format!("the solver: {e}"))?;
+            if !never {
+                found.push(MayError {
+                    rule_set: which,
+                    policy: policy.id().to_string(),
+                    principal: env.principal().to_string(),
+                });
+            }
+        }
+    }
+    Ok(found)
 }
 
 fn print(d: &Diff, args: &DiffArgs, out: &mut impl Write) -> std::io::Result<()> {
     let (old, new) = (args.old.display(), args.new.display());
-    writeln!(out, "old {old} ({}), new {new} ({})", d.old, d.new)?;
+    writeln!(
+        out,
+        "old {old} (Cedar sources {}), new {new} (Cedar sources {})",
+        d.old_cedar_hash, d.new_cedar_hash
+    )?;
+    for m in &d.may_error {
+        writeln!(
+            out,
+            "not proved: the {} rules' policy {} may error for a {} request (decisions deny there; the analysis counts it as not matching): make it total, e.g. guard the operation that can fail",
+            m.rule_set, m.policy, m.principal
+        )?;
+    }
     for (what, list) in [("loosens", &d.loosens), ("tightens", &d.tightens)] {
         if list.is_empty() {
             writeln!(

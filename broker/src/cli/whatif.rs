@@ -32,7 +32,7 @@ pub struct WhatifArgs {
     /// ECI inputs are recomputed under it, and the identities it moves listed.
     #[arg(long, value_name = "FILE")]
     pub graph: Option<PathBuf>,
-    /// Offline: read this store directly (`sqlite:///…/mintguard.db`,
+    /// Offline: read this store directly (`sqlite:///…/broker.db`,
     /// `postgres://…`) instead of asking a broker; needs `--config`, the
     /// broker's configuration (its `[trust]`, grants and CI policies).
     #[arg(long, value_name = "URL")]
@@ -197,12 +197,9 @@ pub async fn run_offline(args: &WhatifArgs, out: &mut impl Write) -> Result<bool
         return Err("--store needs --config FILE: the broker's configuration (its [trust] decides, and a --graph needs its grants)".into());
     };
     let config = crate::config::Config::load(file).map_err(|e| e.to_string())?;
-    if let Some(path) = url.strip_prefix("sqlite://")
-        && !Path::new(path).exists()
-    {
-        return Err(format!("--store {url}: no such file"));
-    }
-    let store = crate::store::open(url).await.map_err(|e| e.to_string())?;
+    let store = crate::store::open_existing(url)
+        .await
+        .map_err(|e| e.to_string())?;
     let rules = RuleSet::new(sources, config.trust.clone())
         .map_err(|e| format!("the proposed rules: {e}"))?;
     let (eci, changes) = match &args.graph {

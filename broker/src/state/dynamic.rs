@@ -24,6 +24,9 @@ pub struct Dynamic {
     pub rules: RuleSet,
     /// The rule set's stored form (JSON), written with the first record that uses it.
     pub rules_json: Arc<str>,
+    /// The operator's exposure graph (`[eci] graph`) as read at the last
+    /// reload: an entry change recomputes ECI over it without re-reading it.
+    pub operator_graph: Arc<ExposureGraph>,
     /// The effective exposure graph: the operator's, with the grants and
     /// registered identities (what the console draws).
     pub graph: ExposureGraph,
@@ -127,13 +130,20 @@ pub async fn build_dynamic(config: Config, store: &dyn Store) -> Result<Dynamic,
         )),
         None => None,
     };
-    assemble(config, rules, rules_json, shadow, store).await
+    let graph = match &config.eci.graph {
+        Some(path) => ExposureGraph::from_json(
+            &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,
+        )
+        .map_err(|e| setup(format!("{}: {e}", path.display())))?,
+        None => ExposureGraph::new(),
+    };
+    assemble(config, rules, rules_json, shadow, Arc::new(graph), store).await
 }
 
-/// `running`'s configuration, rules and shadow set with the exposure
-/// recomputed over the entries registered now (after an entry changed):
-/// no rule directory is re-read, so a policy file being edited cannot hold
-/// up the new ECI.
+/// `running`'s configuration, rules, shadow set and operator graph with
+/// the exposure recomputed over the entries registered now (after an entry
+/// changed): no file is re-read, so a policy or graph file being edited
+/// cannot hold up the new ECI, nor slip in without a reload.
 pub async fn with_new_exposure(
     running: &Dynamic,
     store: &dyn Store,
@@ -143,6 +153,7 @@ pub async fn with_new_exposure(
         running.rules.clone(),
         running.rules_json.clone(),
         running.shadow.clone(),
+        running.operator_graph.clone(),
         store,
     )
     .await
@@ -155,15 +166,9 @@ async fn assemble(
     rules: RuleSet,
     rules_json: Arc<str>,
     shadow: Option<Arc<crate::shadow::Shadow>>,
+    graph: Arc<ExposureGraph>,
     store: &dyn Store,
 ) -> Result<Dynamic, StartError> {
-    let graph = match &config.eci.graph {
-        Some(path) => ExposureGraph::from_json(
-            &std::fs::read(path).map_err(|e| setup(format!("{}: {e}", path.display())))?,
-        )
-        .map_err(|e| setup(format!("{}: {e}", path.display())))?,
-        None => ExposureGraph::new(),
-    };
     let Exposure {
         graph: effective,
         eci,
@@ -177,6 +182,7 @@ async fn assemble(
         config,
         rules,
         rules_json,
+        operator_graph: graph,
         graph: effective,
         eci,
         blast_radius,

@@ -216,6 +216,30 @@ pub fn too_new(found: i64) -> Option<String> {
     })
 }
 
+/// How a store's schema is met when it is opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchemaUse {
+    /// A broker: created, or migrated up to this build's version.
+    Migrate,
+    /// A reader (offline `whatif`, `logs verify --store`): it must be a
+    /// Mintguard store at exactly this build's version; nothing is created
+    /// or migrated.
+    Existing,
+}
+
+/// For [`SchemaUse::Existing`]: the refusal of a store at schema `found`
+/// (`None`: it has no schema table, so it is no Mintguard store).
+pub fn not_as_built(found: Option<i64>) -> Option<String> {
+    match found {
+        None => Some("not a Mintguard store (it has no schema_migrations table)".to_owned()),
+        Some(v) if v != latest() => Some(format!(
+            "the store's schema is version {v}, this build's is {}: read it with the mintguard of the broker that writes it (a reader never migrates a store)",
+            latest()
+        )),
+        Some(_) => None,
+    }
+}
+
 /// [`MIGRATIONS`] spelled for `dialect`.
 pub fn rendered(dialect: Dialect) -> impl Iterator<Item = (i64, String)> {
     MIGRATIONS

@@ -423,6 +423,22 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
     }
 }
 
+/// Opens an existing store to read it (offline `whatif`, `logs verify
+/// --store`): it must be a Mintguard store at this build's schema version,
+/// and nothing is created or migrated (a newer CLI never changes the
+/// schema under an older broker).
+pub async fn open_existing(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    match Backend::of(url)? {
+        Backend::Sqlite(path) => Ok(std::sync::Arc::new(sqlite::SqliteStore::open_with(
+            std::path::Path::new(path),
+            migrations::SchemaUse::Existing,
+        )?)),
+        Backend::Postgres => Ok(std::sync::Arc::new(
+            postgres::PostgresStore::connect_existing(url).await?,
+        )),
+    }
+}
+
 /// [`open`] for the broker whose instance id is `instance`: on a store
 /// several replicas share (PostgreSQL) it appends to a chain of its own,
 /// named `instance` ([`crate::log`]); SQLite has one broker and one chain.

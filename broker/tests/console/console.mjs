@@ -125,8 +125,11 @@ try {
   await page.waitForSelector(row, { timeout: 15000 });
   const rowText = await page.textContent(row);
   assert.match(rowText, /payments-token/);
+  // The shadow set (the running rules themselves) agrees with every decision.
+  await page.waitForFunction(() => /live decisions/.test(document.querySelector("#shadow-status").textContent));
+  assert.match(await page.textContent("#shadow-status"), /^Shadow rule set [0-9a-f]{12}: 0 of \d+ live decisions since this broker began watching it disagree\./);
   await shot(page, "timeline");
-  step("the fresh issuance appeared");
+  step("the fresh issuance appeared; the shadow set's counts shown");
 
   // ---- Its decision shows what `mintguard explain --json` gives. ----
   await page.click(`${row} a[href^="#/decision/"]`);

@@ -28,6 +28,7 @@ use super::{
 use super::{ApprovalStore, BudgetStore, LeaseStore, LogStore, RegistryStore, SubjectStore};
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, Head, LogEntry, LogRecord, RecordKind};
+use crate::store::migrations::SchemaUse;
 use crate::store::{Approval, DecisionRow, SignalRecord};
 use crate::store::{mark_final_outcome, refusal};
 
@@ -118,13 +119,19 @@ impl PostgresStore {
     /// and starts the append writer, which appends to the unnamed chain
     /// (registered by its first append).
     pub async fn connect(url: &str) -> Result<Self> {
-        Self::connect_as(url, "").await
+        Self::connect_as(url, "", SchemaUse::Migrate).await
+    }
+
+    /// [`Self::connect`] for a reader: the schema must exist at this
+    /// build's version, and nothing is migrated.
+    pub async fn connect_existing(url: &str) -> Result<Self> {
+        Self::connect_as(url, "", SchemaUse::Existing).await
     }
 
     /// [`Self::connect`] for the replica whose chain is `chain` (its
     /// instance id), registered now: a chain an operator retired is refused.
     pub async fn connect_replica(url: &str, chain: &str) -> Result<Self> {
-        let store = Self::connect_as(url, chain).await?;
+        let store = Self::connect_as(url, chain, SchemaUse::Migrate).await?;
         let client = store.client().await?;
         let now = crate::clock::now_ms();
         client
@@ -147,7 +154,7 @@ impl PostgresStore {
         Ok(store)
     }
 
-    async fn connect_as(url: &str, chain: &str) -> Result<Self> {
+    async fn connect_as(url: &str, chain: &str, schema: SchemaUse) -> Result<Self> {
         let (config, tls) = connection(url)?;
         if plaintext_off_host(&config) {
             tracing::warn!(
@@ -159,7 +166,7 @@ impl PostgresStore {
             .await
             .map_err(|e| StoreError::Setup(format!("postgres: {}", error_chain(&e))))?;
         tokio::spawn(conn);
-        migrate(&mut client).await?;
+        migrate(&mut client, schema).await?;
         let manager = deadpool_postgres::Manager::new(config.clone(), tls.clone());
         let pool = Pool::builder(manager)
             .max_size(16)
@@ -259,8 +266,19 @@ impl PostgresStore {
     }
 }
 
-async fn migrate(client: &mut Client) -> Result<()> {
+async fn migrate(client: &mut Client, schema: SchemaUse) -> Result<()> {
     let setup = |e: tokio_postgres::Error| StoreError::Setup(format!("migration: {e}"));
+    if schema == SchemaUse::Existing {
+        let found: Option<i64> = client
+            .query_one("SELECT MAX(version) FROM schema_migrations", &[])
+            .await
+            .ok()
+            .and_then(|row| row.get(0));
+        return match super::migrations::not_as_built(found) {
+            Some(refusal) => Err(StoreError::Setup(refusal)),
+            None => Ok(()),
+        };
+    }
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::log::checkpoint::Checkpoint;
 use crate::log::{GENESIS, Head, LogEntry, LogRecord, RecordKind};
+use crate::store::migrations::SchemaUse;
 use crate::store::{Approval, DecisionRow, RequestState, SignalRecord};
 
 mod hot;
@@ -68,8 +69,20 @@ fn open(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-fn migrate(conn: &mut Connection) -> Result<()> {
+fn migrate(conn: &mut Connection, schema: SchemaUse) -> Result<()> {
     let setup = |e: rusqlite::Error| StoreError::Setup(format!("migration: {e}"));
+    if schema == SchemaUse::Existing {
+        let found: Option<i64> = conn
+            .query_row("SELECT MAX(version) FROM schema_migrations", [], |r| {
+                r.get(0)
+            })
+            .ok()
+            .flatten();
+        return match super::migrations::not_as_built(found) {
+            Some(refusal) => Err(StoreError::Setup(refusal)),
+            None => Ok(()),
+        };
+    }
     conn.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)",
     )
@@ -336,6 +349,18 @@ fn with_reader<T>(
 impl SqliteStore {
     /// Opens (creating and migrating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_with(path, SchemaUse::Migrate)
+    }
+
+    /// Opens the database at `path`, its schema met as `schema` says (a
+    /// reader's must exist, at this build's version).
+    pub fn open_with(path: &Path, schema: SchemaUse) -> Result<Self> {
+        if schema == SchemaUse::Existing && !path.is_file() {
+            return Err(StoreError::Setup(format!(
+                "{}: no such file",
+                path.display()
+            )));
+        }
         if let Some(dir) = path.parent()
             && !dir.as_os_str().is_empty()
         {
@@ -343,7 +368,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Setup(format!("{}: {e}", dir.display())))?;
         }
         let mut conn = open(path)?;
-        migrate(&mut conn)?;
+        migrate(&mut conn, schema)?;
         let head = conn
             .query_row(
                 "SELECT seq, hash, time_ms FROM log ORDER BY seq DESC LIMIT 1",
