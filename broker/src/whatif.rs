@@ -20,9 +20,8 @@ use mintguard_policy::eci::graph::{ExposureGraph, NodeKind};
 
 use crate::ci::CiRuntime;
 use crate::config::Config;
-use crate::log::LogRecord;
-use crate::log::decode::{Decided, Undecodable, decided};
-use crate::store::{LogCursor, LogQuery, Store, StoreError, read_log};
+use crate::log::decode::{Decided, Undecodable, decided_str};
+use crate::store::{DecisionRow, LogCursor, LogQuery, Store, StoreError, decisions_after};
 
 /// Sample requests kept per transition.
 pub const SAMPLES: usize = 5;
@@ -267,10 +266,11 @@ impl WhatIf {
         self.report.truncated
     }
 
-    /// Re-decides `record` if it holds a decision; a record that cannot be
-    /// decoded is counted, kept among the findings, and returned.
-    pub fn observe(&mut self, record: &LogRecord) -> Result<(), Undecodable> {
-        if !record.entry.kind.has_decision() || self.report.truncated {
+    /// Re-decides the decision of `row` (a `decision` or `intent` record,
+    /// its body as stored); one that cannot be decoded is counted, kept
+    /// among the findings, and returned.
+    pub fn observe(&mut self, row: &DecisionRow) -> Result<(), Undecodable> {
+        if self.report.truncated {
             return Ok(());
         }
         if self.scanned >= MAX_DECISIONS {
@@ -278,16 +278,20 @@ impl WhatIf {
             return Ok(());
         }
         self.scanned += 1;
-        let parts = match decided(&record.entry) {
-            Ok(Some(Decided::Decision(parts))) => parts,
-            Ok(_) => return Ok(()),
+        let decoded = match &row.body {
+            Ok(text) => decided_str(text),
+            Err(why) => Err(Undecodable(why.clone())),
+        };
+        let parts = match decoded {
+            Ok(Decided::Decision(parts)) => parts,
+            Ok(Decided::RefusedAtTheDoor) => return Ok(()),
             Err(why) => {
                 self.report.undecodable += 1;
                 if self.report.findings.len() < SAMPLES * 4 {
                     self.report.findings.push(Finding {
-                        chain: record.chain.clone(),
-                        seq: record.seq,
-                        request_id: record.entry.request_id.clone(),
+                        chain: row.chain.clone(),
+                        seq: row.seq,
+                        request_id: row.request_id.clone(),
                         reason: why.0.clone(),
                     });
                 }
@@ -337,7 +341,7 @@ impl WhatIf {
                 ..Transition::default()
             });
         t.count += 1;
-        let e = &record.entry;
+        let e = row;
         count(&mut t.identities, e.identity.as_ref(), &mut t.unnamed);
         count(&mut t.grants, e.grant.as_ref(), &mut t.unnamed);
         count(&mut t.nodes, e.node.as_ref(), &mut t.unnamed);
@@ -345,8 +349,8 @@ impl WhatIf {
             let (before, after) = (fired(&logged), fired(&again));
             t.samples.push(Sample {
                 request_id: e.request_id.clone(),
-                chain: record.chain.clone(),
-                seq: record.seq,
+                chain: row.chain.clone(),
+                seq: row.seq,
                 time_ms: e.time_ms,
                 reasons_before: logged.reasons.iter().map(|r| r.code().to_owned()).collect(),
                 reasons_after: again.reasons.iter().map(|r| r.code().to_owned()).collect(),
@@ -366,28 +370,40 @@ impl WhatIf {
     }
 }
 
-/// Feeds the records `query` selects from `store` to `whatif`, a page at a
-/// time off the async workers, until the last page or `MAX_DECISIONS`;
-/// each undecodable record is passed to `undecodable` (its seq and why)
-/// as well as kept in the report.
+/// Feeds the decisions `query` selects (its time and identity, grant and
+/// node filters) from `store` to `whatif`, in time order a page at a time,
+/// bodies decoded off the async workers, until the last page or
+/// `MAX_DECISIONS`; each undecodable record is passed to `undecodable`
+/// (its seq and why) as well as kept in the report.
 pub async fn scan(
     store: &dyn Store,
     query: &LogQuery,
     mut whatif: WhatIf,
     mut undecodable: impl FnMut(i64, &Undecodable),
 ) -> Result<WhatIfReport, StoreError> {
+    let selects = |row: &DecisionRow| {
+        [
+            (&query.identity, &row.identity),
+            (&query.grant, &row.grant),
+            (&query.node, &row.node),
+        ]
+        .iter()
+        .all(|(want, have)| want.is_none() || want == have)
+    };
     let mut after = LogCursor::default();
     loop {
-        let page = read_log(store, query, &after).await?;
-        for record in &page {
-            after.advance(&record.chain, record.seq);
+        let page = decisions_after(store, &after, query.since_ms, query.limit).await?;
+        for row in &page {
+            after.advance(&row.chain, row.seq);
         }
         let last = page.len() < query.limit;
+        let mut rows = page;
+        rows.retain(|r| selects(r));
         let (back, found) = tokio::task::spawn_blocking(move || {
             let mut found = Vec::new();
-            for record in &page {
-                if let Err(why) = whatif.observe(record) {
-                    found.push((record.seq, why));
+            for row in &rows {
+                if let Err(why) = whatif.observe(row) {
+                    found.push((row.seq, why));
                 }
             }
             (whatif, found)

@@ -63,14 +63,27 @@ pub fn decided_body(body: &serde_json::Value) -> Result<Decided, Undecodable> {
         .map_err(|e| Undecodable(e.to_string()))
 }
 
+/// [`decided_body`] for the stored text of a record known to carry a
+/// decision, decoded straight into its typed parts (no JSON tree) unless it
+/// is not a decision's.
+pub fn decided_str(body: &str) -> Result<Decided, Undecodable> {
+    match serde_json::from_str::<DecidedParts>(body) {
+        Ok(parts) => Ok(Decided::Decision(Box::new(parts))),
+        // A refusal at the door, or a finding: the tree says which.
+        Err(_) => {
+            let value: serde_json::Value =
+                serde_json::from_str(body).map_err(|e| Undecodable(format!("not JSON: {e}")))?;
+            decided_body(&value)
+        }
+    }
+}
+
 /// [`decided_body`] for a body still in its stored text form.
 pub fn decided_text(kind: RecordKind, body: &str) -> Result<Option<Decided>, Undecodable> {
     if !kind.has_decision() {
         return Ok(None);
     }
-    let value: serde_json::Value =
-        serde_json::from_str(body).map_err(|e| Undecodable(format!("not JSON: {e}")))?;
-    decided_body(&value).map(Some)
+    decided_str(body).map(Some)
 }
 
 #[cfg(test)]
